@@ -1,0 +1,106 @@
+// Reference attention (scores materialized per block of queries), RoPE and embedding lookup.
+#include <cmath>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/error.h"
+
+namespace vgen::cpu {
+
+Tensor CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+  const Tensor fq = as_f32(q), fk = as_f32(k), fv = as_f32(v);
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
+  Tensor fb;
+  int64_t bsb = 0, bsh = 0, bsq = 0, bsk = 0;  // bias strides, 0 where broadcast
+  if (bias.defined()) {
+    VGEN_CHECK(bias.dim() == 4, "attention: bias {} must be 4-D", bias.str());
+    const Shape want{B, H, Sq, Sk};
+    for (int i = 0; i < 4; ++i)
+      VGEN_CHECK(bias.size(i) == 1 || bias.size(i) == want[i], "attention: bias {} does not broadcast to {}",
+                 bias.str(), shape_str(want));
+    fb = as_f32(bias);
+    const Shape st = contiguous_strides(bias.shape());
+    bsb = bias.size(0) == 1 ? 0 : st[0];
+    bsh = bias.size(1) == 1 ? 0 : st[1];
+    bsq = bias.size(2) == 1 ? 0 : st[2];
+    bsk = bias.size(3) == 1 ? 0 : st[3];
+  }
+  Tensor out = Tensor::empty({B, H, Sq, D});
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(Sq, (int64_t{1} << 24) / std::max<int64_t>(Sk, 1)));
+  std::vector<float> scores(static_cast<size_t>(block * Sk));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qp = fq.data<float>() + (b * H + h) * Sq * D;
+      const float* kp = fk.data<float>() + (b * H + h) * Sk * D;
+      const float* vp = fv.data<float>() + (b * H + h) * Sk * D;
+      float* op = out.data<float>() + (b * H + h) * Sq * D;
+      for (int64_t q0 = 0; q0 < Sq; q0 += block) {
+        const int64_t rows = std::min(block, Sq - q0);
+        sgemm(rows, Sk, D, qp + q0 * D, kp, true, scores.data());
+#pragma omp parallel for
+        for (int64_t r = 0; r < rows; ++r) {
+          float* s = scores.data() + r * Sk;
+          const float* bp = fb.defined() ? fb.data<float>() + b * bsb + h * bsh + (q0 + r) * bsq : nullptr;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j < Sk; ++j) {
+            s[j] = s[j] * scale + (bp ? bp[j * bsk] : 0.0f);
+            mx = std::fmax(mx, s[j]);
+          }
+          double sum = 0.0;
+          for (int64_t j = 0; j < Sk; ++j) {
+            s[j] = mx == -INFINITY ? 0.0f : std::exp(s[j] - mx);
+            sum += s[j];
+          }
+          const float inv = sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f;
+          for (int64_t j = 0; j < Sk; ++j) s[j] *= inv;
+        }
+        sgemm(rows, D, Sk, scores.data(), vp, false, op + q0 * D);
+      }
+    }
+  }
+  return to_dtype(out, q.dtype());
+}
+
+Tensor CpuBackend::rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  const Tensor fx = as_f32(x), fc = as_f32(cos), fs = as_f32(sin);
+  const int64_t B = x.size(0), S = x.size(1), H = x.size(2), D = x.size(3);
+  Tensor out = Tensor::empty(x.shape());
+  const float* p = fx.data<float>();
+  const float* c = fc.data<float>();
+  const float* sn = fs.data<float>();
+  float* q = out.data<float>();
+#pragma omp parallel for collapse(2)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t s = 0; s < S; ++s) {
+      const float* cs = c + s * D;
+      const float* ss = sn + s * D;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t base = ((b * S + s) * H + h) * D;
+        for (int64_t i = 0; i < D; i += 2) {
+          // As diffusers: cos from even slots, sin from odd slots of the interleaved tables.
+          const float x1 = p[base + i], x2 = p[base + i + 1];
+          q[base + i] = x1 * cs[i] - x2 * ss[i + 1];
+          q[base + i + 1] = x1 * ss[i + 1] + x2 * cs[i];
+        }
+      }
+    }
+  }
+  return to_dtype(out, x.dtype());
+}
+
+Tensor CpuBackend::embedding(const Tensor& ids, const Tensor& table) {
+  const Tensor fi = ids.contiguous();
+  const Tensor ft = as_f32(table);
+  const int64_t V = table.size(0), D = table.size(1), n = ids.numel();
+  Shape shape = ids.shape();
+  shape.push_back(D);
+  Tensor out = Tensor::empty(shape);
+  const int64_t* id = fi.data<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    VGEN_CHECK(id[i] >= 0 && id[i] < V, "embedding: token id {} out of range for a vocabulary of {}", id[i], V);
+    std::copy(ft.data<float>() + id[i] * D, ft.data<float>() + (id[i] + 1) * D, out.data<float>() + i * D);
+  }
+  return to_dtype(out, table.dtype());
+}
+
+}  // namespace vgen::cpu

@@ -1,0 +1,75 @@
+// 3-D convolution as im2col + GEMM over chunks of output positions, and 2x upsampling.
+#include <vector>
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/error.h"
+
+namespace vgen::cpu {
+
+Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) {
+  const Tensor fx = as_f32(x), fw = as_f32(weight);
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t O = weight.size(0), kt = weight.size(2), kh = weight.size(3), kw = weight.size(4);
+  const auto [st, sh, sw] = p.stride;
+  const auto [pt, ph, pw] = p.padding;
+  const int64_t To = (T + 2 * pt - kt) / st + 1, Ho = (H + 2 * ph - kh) / sh + 1, Wo = (W + 2 * pw - kw) / sw + 1;
+  const int64_t K = C * kt * kh * kw, L = To * Ho * Wo;
+  Tensor out = Tensor::empty({B, O, To, Ho, Wo});
+  // Columns for at most ~16M floats at a time.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(L, (int64_t{1} << 24) / K));
+  std::vector<float> col(static_cast<size_t>(K * chunk));
+  std::vector<float> res(static_cast<size_t>(O * chunk));
+  const Tensor fb = bias.defined() ? as_f32(bias) : Tensor();
+  for (int64_t b = 0; b < B; ++b) {
+    const float* xb = fx.data<float>() + b * C * T * H * W;
+    float* ob = out.data<float>() + b * O * L;
+    for (int64_t l0 = 0; l0 < L; l0 += chunk) {
+      const int64_t n = std::min(chunk, L - l0);
+#pragma omp parallel for
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t c = k / (kt * kh * kw), dt = (k / (kh * kw)) % kt, dh = (k / kw) % kh, dw = k % kw;
+        float* dst = col.data() + k * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t l = l0 + j;
+          const int64_t to = l / (Ho * Wo), ho = (l / Wo) % Ho, wo = l % Wo;
+          const int64_t ti = to * st - pt + dt, hi = ho * sh - ph + dh, wi = wo * sw - pw + dw;
+          dst[j] = (ti < 0 || ti >= T || hi < 0 || hi >= H || wi < 0 || wi >= W)
+                       ? 0.0f
+                       : xb[((c * T + ti) * H + hi) * W + wi];
+        }
+      }
+      sgemm(O, n, K, fw.data<float>(), col.data(), false, res.data());
+#pragma omp parallel for
+      for (int64_t o = 0; o < O; ++o) {
+        const float bo = fb.defined() ? fb.data<float>()[o] : 0.0f;
+        for (int64_t j = 0; j < n; ++j) ob[o * L + l0 + j] = res[o * n + j] + bo;
+      }
+    }
+  }
+  return to_dtype(out, x.dtype());
+}
+
+Tensor CpuBackend::upsample_nearest2x(const Tensor& x) {
+  VGEN_CHECK(x.dim() >= 2, "upsample_nearest2x of {}", x.str());
+  const Tensor fx = as_f32(x);
+  const int64_t H = x.size(-2), W = x.size(-1), planes = x.numel() / (H * W);
+  Shape shape = x.shape();
+  shape[shape.size() - 2] = 2 * H;
+  shape.back() = 2 * W;
+  Tensor out = Tensor::empty(shape);
+  const float* p = fx.data<float>();
+  float* q = out.data<float>();
+#pragma omp parallel for
+  for (int64_t i = 0; i < planes; ++i) {
+    for (int64_t h = 0; h < 2 * H; ++h)
+      for (int64_t w = 0; w < 2 * W; ++w) q[(i * 2 * H + h) * 2 * W + w] = p[(i * H + h / 2) * W + w / 2];
+  }
+  return to_dtype(out, x.dtype());
+}
+
+Backend& cpu_backend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+}  // namespace vgen::cpu

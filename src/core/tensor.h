@@ -1,0 +1,117 @@
+// Tensor: a typed, strided view of reference-counted device memory.
+//
+// Views (reshape of contiguous data, permute, narrow, select) share storage; ops
+// produce new contiguous tensors. Memory comes from the device's Allocator, or from
+// a caller-owned buffer such as an mmap'ed safetensors file.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/device.h"
+#include "core/dtype.h"
+
+namespace vgen {
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& shape);
+int64_t shape_numel(const Shape& shape);
+
+class Storage {
+ public:
+  // Allocates nbytes on device through its allocator.
+  Storage(size_t nbytes, Device device);
+  // Wraps external memory; `keep_alive` owns it (e.g. an mmap).
+  Storage(void* data, size_t nbytes, Device device, std::shared_ptr<void> keep_alive);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  Device device_;
+  bool owned_ = false;
+  std::shared_ptr<void> keep_alive_;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
+  static Tensor full(const Shape& shape, float value, DType dtype = DType::F32,
+                     Device device = Device::cpu());
+  // Copies float data into a new CPU F32 tensor.
+  static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
+  static Tensor from_vector_i64(const std::vector<int64_t>& values, const Shape& shape);
+  // Wraps memory without copying; keep_alive must own it.
+  static Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device,
+                          std::shared_ptr<void> keep_alive);
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }
+  int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
+  int64_t size(int64_t d) const;
+  int64_t numel() const { return shape_numel(shape_); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return storage_ ? storage_->device() : Device::cpu(); }
+  size_t element_size() const { return dtype_size(dtype_); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(); }
+  bool is_contiguous() const;
+
+  void* raw_data() const;
+  template <typename T>
+  T* data() const {
+    return static_cast<T*>(raw_data());
+  }
+
+  // Views. `view` needs contiguous data; one dimension may be -1.
+  Tensor view(Shape shape) const;
+  Tensor reshape(Shape shape) const;  // view when possible, else a contiguous copy
+  Tensor permute(const std::vector<int64_t>& order) const;
+  Tensor transpose(int64_t a, int64_t b) const;
+  Tensor narrow(int64_t dim, int64_t start, int64_t length) const;
+  Tensor select(int64_t dim, int64_t index) const;
+  Tensor unsqueeze(int64_t dim) const;
+  Tensor squeeze(int64_t dim) const;
+  Tensor flatten(int64_t start_dim, int64_t end_dim) const;
+
+  // Copies.
+  Tensor contiguous() const;
+  Tensor clone() const;
+  Tensor to(DType dtype) const;
+  Tensor to(Device device) const;
+  // Copies src (same shape; any dtype/strides/device) into this tensor's memory.
+  void copy_(const Tensor& src);
+
+  // Host-side helpers (copy to CPU F32 when needed).
+  std::vector<float> to_vector() const;
+  float item() const;
+  std::string str() const;  // "F32[2, 3] cpu"
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  int64_t offset_ = 0;  // in elements
+  Shape shape_;
+  Shape strides_;  // in elements
+  DType dtype_ = DType::F32;
+
+  friend class TensorAccess;
+};
+
+Shape contiguous_strides(const Shape& shape);
+// Normalizes a possibly negative dimension index against rank; throws when out of range.
+int64_t wrap_dim(int64_t dim, int64_t rank);
+
+}  // namespace vgen

@@ -1,0 +1,160 @@
+#include "ops/ops.h"
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/error.h"
+
+namespace vgen {
+namespace {
+Backend* g_backends[2] = {nullptr, nullptr};
+}
+
+Backend& backend_for(Device device) {
+  if (device.is_cpu() && g_backends[0] == nullptr) return cpu::cpu_backend();
+  Backend* b = g_backends[device.is_cpu() ? 0 : 1];
+  if (b == nullptr) fail("no backend for device {}: vgen was built without CUDA support", device.str());
+  return *b;
+}
+
+void register_backend(DeviceType type, Backend* backend) { g_backends[type == DeviceType::CPU ? 0 : 1] = backend; }
+bool has_backend(DeviceType type) { return type == DeviceType::CPU || g_backends[1] != nullptr; }
+
+namespace ops {
+namespace {
+
+Backend& on(const Tensor& x, const char* op) {
+  VGEN_CHECK(x.defined(), "{}: undefined input tensor", op);
+  return backend_for(x.device());
+}
+
+void same_device(const Tensor& a, const Tensor& b, const char* op) {
+  if (b.defined() && a.device() != b.device())
+    fail("{}: inputs on different devices ({} and {})", op, a.device().str(), b.device().str());
+}
+
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) { same_device(a, b, "add"); return on(a, "add").binary(BinaryOp::Add, a, b); }
+Tensor sub(const Tensor& a, const Tensor& b) { same_device(a, b, "sub"); return on(a, "sub").binary(BinaryOp::Sub, a, b); }
+Tensor mul(const Tensor& a, const Tensor& b) { same_device(a, b, "mul"); return on(a, "mul").binary(BinaryOp::Mul, a, b); }
+Tensor div(const Tensor& a, const Tensor& b) { same_device(a, b, "div"); return on(a, "div").binary(BinaryOp::Div, a, b); }
+Tensor scale(const Tensor& x, float s) { return on(x, "scale").unary(UnaryOp::Scale, x, s, 0.0f); }
+Tensor add_scalar(const Tensor& x, float s) { return on(x, "add_scalar").unary(UnaryOp::AddScalar, x, s, 0.0f); }
+Tensor clamp(const Tensor& x, float lo, float hi) { return on(x, "clamp").unary(UnaryOp::Clamp, x, lo, hi); }
+Tensor silu(const Tensor& x) { return on(x, "silu").unary(UnaryOp::Silu, x, 0, 0); }
+Tensor gelu_tanh(const Tensor& x) { return on(x, "gelu_tanh").unary(UnaryOp::GeluTanh, x, 0, 0); }
+Tensor gelu(const Tensor& x) { return on(x, "gelu").unary(UnaryOp::Gelu, x, 0, 0); }
+Tensor exp(const Tensor& x) { return on(x, "exp").unary(UnaryOp::Exp, x, 0, 0); }
+
+Tensor axpby(float alpha, const Tensor& a, float beta, const Tensor& b) {
+  same_device(a, b, "axpby");
+  VGEN_CHECK(a.shape() == b.shape(), "axpby: shapes {} and {} differ", shape_str(a.shape()), shape_str(b.shape()));
+  return on(a, "axpby").axpby(alpha, a, beta, b);
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act) {
+  same_device(x, weight, "linear");
+  same_device(x, bias, "linear");
+  VGEN_CHECK(weight.dim() == 2 && x.size(-1) == weight.size(1), "linear: input {} does not match weight {}",
+             x.str(), weight.str());
+  VGEN_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+             "linear: bias {} does not match weight {}", bias.str(), weight.str());
+  return on(x, "linear").linear(x, weight, bias, act);
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  same_device(a, b, "matmul");
+  VGEN_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), "matmul: {} x {}", a.str(), b.str());
+  return on(a, "matmul").matmul(a, b);
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
+  VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "layer_norm: weight {} for input {}", weight.str(), x.str());
+  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(-1), "layer_norm: bias {} for input {}", bias.str(), x.str());
+  return on(x, "layer_norm").layer_norm(x, weight, bias, eps);
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
+  VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "rms_norm: weight {} for input {}", weight.str(), x.str());
+  return on(x, "rms_norm").rms_norm(x, weight, eps);
+}
+
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias) {
+  VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "channel_rms_norm: gamma {} for input {}", gamma.str(), x.str());
+  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "channel_rms_norm: bias {} for input {}", bias.str(), x.str());
+  return on(x, "channel_rms_norm").channel_rms_norm(x, gamma, bias);
+}
+
+Tensor softmax(const Tensor& x) { return on(x, "softmax").softmax(x); }
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+  VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q {}, k {}, v {} must be [B, H, S, D]",
+             q.str(), k.str(), v.str());
+  VGEN_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
+                 k.shape() == v.shape(),
+             "attention: q {}, k {}, v {} do not agree", q.str(), k.str(), v.str());
+  return on(q, "attention").attention(q, k, v, bias, scale);
+}
+
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  VGEN_CHECK(x.dim() == 4 && cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) &&
+                 sin.shape() == cos.shape() && x.size(3) % 2 == 0,
+             "rope: x {} with cos {} sin {}", x.str(), cos.str(), sin.str());
+  return on(x, "rope").rope(x, cos, sin);
+}
+
+Tensor embedding(const Tensor& ids, const Tensor& table) {
+  VGEN_CHECK(ids.dtype() == DType::I64 && table.dim() == 2, "embedding: ids {} table {}", ids.str(), table.str());
+  return on(table, "embedding").embedding(ids, table);
+}
+
+Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params) {
+  VGEN_CHECK(x.dim() == 5 && weight.dim() == 5 && x.size(1) == weight.size(1),
+             "conv3d: input {} does not match weight {}", x.str(), weight.str());
+  VGEN_CHECK(!bias.defined() || bias.numel() == weight.size(0), "conv3d: bias {} for weight {}", bias.str(), weight.str());
+  for (int i = 0; i < 3; ++i) {
+    VGEN_CHECK(x.size(2 + i) + 2 * params.padding[i] >= weight.size(2 + i),
+               "conv3d: input {} smaller than kernel {}", x.str(), weight.str());
+  }
+  return on(x, "conv3d").conv3d(x, weight, bias, params);
+}
+
+Tensor upsample_nearest2x(const Tensor& x) { return on(x, "upsample_nearest2x").upsample_nearest2x(x); }
+
+Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
+  VGEN_CHECK(!tensors.empty(), "cat of no tensors");
+  const Tensor& first = tensors[0];
+  dim = wrap_dim(dim, first.dim());
+  Shape shape = first.shape();
+  shape[dim] = 0;
+  for (const Tensor& t : tensors) {
+    VGEN_CHECK(t.dim() == first.dim(), "cat: {} and {} differ in rank", first.str(), t.str());
+    for (int64_t i = 0; i < t.dim(); ++i) {
+      VGEN_CHECK(i == dim || t.size(i) == first.size(i), "cat along {}: {} and {} differ", dim, first.str(), t.str());
+    }
+    same_device(first, t, "cat");
+    shape[dim] += t.size(dim);
+  }
+  Tensor out = Tensor::empty(shape, first.dtype(), first.device());
+  int64_t offset = 0;
+  for (const Tensor& t : tensors) {
+    if (t.size(dim) == 0) continue;
+    out.narrow(dim, offset, t.size(dim)).copy_(t);
+    offset += t.size(dim);
+  }
+  return out;
+}
+
+Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after) {
+  dim = wrap_dim(dim, x.dim());
+  Shape shape = x.shape();
+  shape[dim] += before + after;
+  Tensor out = Tensor::zeros(shape, x.dtype(), x.device());
+  out.narrow(dim, before, x.size(dim)).copy_(x);
+  return out;
+}
+
+double sum_abs(const Tensor& x) { return on(x, "sum_abs").sum_abs(x); }
+double mean_abs(const Tensor& x) { return x.numel() == 0 ? 0.0 : sum_abs(x) / static_cast<double>(x.numel()); }
+
+}  // namespace ops
+}  // namespace vgen

@@ -1,0 +1,47 @@
+// The ops models are written with. Each dispatches to the backend of its inputs' device.
+#pragma once
+
+#include <vector>
+
+#include "ops/backend.h"
+
+namespace vgen::ops {
+
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, float s);
+Tensor add_scalar(const Tensor& x, float s);
+Tensor clamp(const Tensor& x, float lo, float hi);
+Tensor silu(const Tensor& x);
+Tensor gelu_tanh(const Tensor& x);
+Tensor gelu(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor axpby(float alpha, const Tensor& a, float beta, const Tensor& b);
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {},
+              Activation act = Activation::None);
+Tensor matmul(const Tensor& a, const Tensor& b);
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
+Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias);
+Tensor softmax(const Tensor& x);
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale);
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
+Tensor embedding(const Tensor& ids, const Tensor& table);
+
+Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params);
+Tensor upsample_nearest2x(const Tensor& x);
+
+// Shape ops built from copies (the same on every backend).
+Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);
+// Zero padding of dimension `dim`: `before` and `after` elements.
+Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after);
+
+double sum_abs(const Tensor& x);
+double mean_abs(const Tensor& x);
+
+}  // namespace vgen::ops

@@ -1,0 +1,89 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/random.h"
+#include "io/safetensors.h"
+#include "ops/ops.h"
+
+using namespace vgen;
+
+TEST(Tensor, ViewsShareMemoryAndCopiesConvert) {
+  Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5}, {2, 3});
+  Tensor tt = t.transpose(0, 1);
+  EXPECT_FALSE(tt.is_contiguous());
+  EXPECT_EQ(tt.contiguous().to_vector(), (std::vector<float>{0, 3, 1, 4, 2, 5}));
+  EXPECT_EQ(t.narrow(1, 1, 2).contiguous().to_vector(), (std::vector<float>{1, 2, 4, 5}));
+  EXPECT_EQ(t.to(DType::BF16).to(DType::F32).to_vector(), t.to_vector());
+  EXPECT_EQ(t.to(DType::F16).to(DType::F32).to_vector(), t.to_vector());
+  EXPECT_THROW(t.view({4, 2}), Error);
+  EXPECT_EQ(t.view({3, -1}).shape(), (Shape{3, 2}));
+}
+
+TEST(DType, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3f80);
+  // 1 + 2^-8 is halfway between two bf16 values: ties to even (down).
+  EXPECT_EQ(float_to_bf16(1.00390625f), 0x3f80);
+  EXPECT_EQ(float_to_bf16(1.01171875f), 0x3f82);
+  EXPECT_EQ(f16_to_float(float_to_f16(0.333251953125f)), 0.333251953125f);
+  EXPECT_EQ(f16_to_float(float_to_f16(65504.0f)), 65504.0f);
+}
+
+TEST(Random, SameSeedSameNoiseIndependentOfShape) {
+  Tensor a = randn({2, 8}, 42);
+  Tensor b = randn({16}, 42);
+  EXPECT_EQ(a.to_vector(), b.to_vector());
+  Tensor c = randn({16}, 43);
+  EXPECT_NE(a.to_vector(), c.to_vector());
+  std::vector<float> v = randn({100000}, 7).to_vector();
+  double mean = 0, var = 0;
+  for (float x : v) mean += x;
+  mean /= v.size();
+  for (float x : v) var += (x - mean) * (x - mean);
+  var /= v.size();
+  EXPECT_NEAR(mean, 0.0, 0.02);
+  EXPECT_NEAR(var, 1.0, 0.02);
+}
+
+TEST(Safetensors, RoundTripAndErrors) {
+  const std::string dir = ::testing::TempDir() + "/st_roundtrip";
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/model.safetensors";
+  save_safetensors(path, {{"a", Tensor::from_vector({1, 2, 3, 4}, {2, 2})},
+                          {"b", Tensor::from_vector({5, 6}, {2}).to(DType::BF16)}});
+  WeightStore store = WeightStore::open_dir(dir);
+  EXPECT_EQ(store.get("a").to_vector(), (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(store.get("b").dtype(), DType::BF16);
+  EXPECT_EQ(store.load("b", {2}, DType::F32, Device::cpu()).to_vector(), (std::vector<float>{5, 6}));
+  try {
+    store.load("a", {4}, DType::F32, Device::cpu());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'a' has shape [2, 2]"), std::string::npos) << e.what();
+  }
+  try {
+    store.get("missing.weight");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'missing.weight'"), std::string::npos) << e.what();
+  }
+  // Truncate the file: the loader must name the tensor whose data is cut off.
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 4);
+  try {
+    SafetensorsFile f(path);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Ops, BroadcastAndLinear) {
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = Tensor::from_vector({10, 20, 30}, {3});
+  EXPECT_EQ(ops::add(a, b).to_vector(), (std::vector<float>{11, 22, 33, 14, 25, 36}));
+  Tensor w = Tensor::from_vector({1, 0, 0, 0, 1, 1}, {2, 3});
+  Tensor bias = Tensor::from_vector({0.5f, -0.5f}, {2});
+  EXPECT_EQ(ops::linear(a, w, bias).to_vector(), (std::vector<float>{1.5f, 4.5f, 4.5f, 10.5f}));
+  EXPECT_EQ(ops::cat({a, a}, 1).shape(), (Shape{2, 6}));
+}
