@@ -1,0 +1,54 @@
+// WanPipeline (text-to-video, Wan2.1): diffusers' pipeline_wan.py, read top to bottom:
+// encode the prompts, prepare latents, run the shared denoising loop, decode, to frames.
+#pragma once
+
+#include <memory>
+
+#include "io/checkpoint.h"
+#include "models/wan/autoencoder_kl_wan.h"
+#include "models/wan/transformer_wan.h"
+#include "pipelines/pipeline.h"
+#include "text/tokenizer.h"
+#include "text/umt5_encoder.h"
+
+namespace vgen {
+
+// The negative prompt of diffusers' Wan examples, used when the caller gives none.
+extern const char* const kWanDefaultNegativePrompt;
+
+class WanPipeline final : public DiffusionPipeline {
+ public:
+  static std::unique_ptr<WanPipeline> from_pretrained(const DiffusersCheckpoint& checkpoint,
+                                                      const PipelineOptions& options);
+
+  std::string class_name() const override { return "WanPipeline"; }
+  ResolvedParams resolve(const GenerationParams& params) const override;
+  GenerationOutput generate(const GenerationParams& params, const StepCallback& on_step = {}) override;
+  std::vector<std::pair<std::string, std::string>> describe() const override;
+
+  // The pieces, public for the parity tests.
+  // Prompt embeddings [N, L, text_dim], zero past each prompt's length (as diffusers).
+  Tensor encode_prompt(const std::vector<std::string>& prompts, int max_sequence_length) const;
+  // Shape of the initial latents for a resolved request.
+  Shape latent_shape(const ResolvedParams& p) const;
+  // latents / (1 / latents_std) + latents_mean, then the VAE decode.
+  Tensor decode_latents(const Tensor& latents) const;
+  Scheduler& scheduler() { return *scheduler_; }
+  const WanTransformer3DModel& transformer() const { return *transformer_; }
+
+ private:
+  WanPipeline() = default;
+
+  std::string root_;
+  PipelineOptions options_;
+  std::unique_ptr<T5Tokenizer> tokenizer_;
+  std::unique_ptr<UMT5EncoderModel> text_encoder_;
+  std::unique_ptr<WanTransformer3DModel> transformer_;
+  std::unique_ptr<AutoencoderKLWan> vae_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int64_t vae_scale_factor_temporal_ = 4;
+  int64_t vae_scale_factor_spatial_ = 8;
+  std::vector<std::pair<std::string, std::string>> description_;
+};
+
+}  // namespace vgen

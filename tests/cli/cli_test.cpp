@@ -1,0 +1,173 @@
+// End-to-end tests of the `vgen` binary on the tiny fixture model: outputs checked with
+// ffprobe, bad inputs checked for a non-zero exit and a one-line message naming the problem.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors.h"
+#include "support/parity.h"
+
+namespace fs = std::filesystem;
+using vgen::testing::fixture;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(VGEN_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) r.out.append(buf, n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string last_line(const std::string& s) {
+  std::string t = s;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const size_t pos = t.rfind('\n');
+  return pos == std::string::npos ? t : t.substr(pos + 1);
+}
+
+// A private copy of the tiny model that a test may break.
+fs::path copy_model(const std::string& name) {
+  const fs::path dst = fs::path(::testing::TempDir()) / ("cli_" + name);
+  fs::remove_all(dst);
+  fs::copy(fixture("wan21_t2v_tiny"), dst, fs::copy_options::recursive);
+  return dst;
+}
+
+bool have_ffprobe() { return std::system("ffprobe -version > /dev/null 2>&1") == 0; }
+
+nlohmann::json ffprobe(const std::string& path) {
+  const std::string cmd = "ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+                          "stream=codec_name,pix_fmt,width,height,nb_read_frames,r_frame_rate -of json '" + path + "'";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  pclose(pipe);
+  return nlohmann::json::parse(out)["streams"][0];
+}
+
+const std::string kQuick = " --prompt 'a red fox in the snow' --steps 2 --seed 7 --quiet ";
+
+}  // namespace
+
+TEST(Cli, GeneratesAnMp4ThatFfprobeAccepts) {
+  if (!have_ffprobe()) GTEST_SKIP() << "ffprobe not installed";
+  const std::string out = ::testing::TempDir() + "/cli_out.mp4";
+  fs::remove(out);
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + kQuick +
+                       "--height 48 --width 80 --num-frames 9 --fps 12 --output " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json s = ffprobe(out);
+  EXPECT_EQ(s["codec_name"], "h264");
+  EXPECT_EQ(s["pix_fmt"], "yuv420p");
+  EXPECT_EQ(s["width"], 80);
+  EXPECT_EQ(s["height"], 48);
+  EXPECT_EQ(s["nb_read_frames"], "9");
+  EXPECT_EQ(s["r_frame_rate"], "12/1");
+}
+
+TEST(Cli, WritesAPngForOneFrame) {
+  const std::string out = ::testing::TempDir() + "/cli_out.png";
+  fs::remove(out);
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 32 --width 48 --num-frames 1 -o " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream f(out, std::ios::binary);
+  char sig[8] = {};
+  f.read(sig, 8);
+  EXPECT_EQ(std::string(sig + 1, 3), "PNG");
+}
+
+TEST(Cli, RejectsFramesOffTheGrid) {
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 32 --width 48 --num-frames 80");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(last_line(r.out).find("num_frames must be of the form 4k+1"), std::string::npos) << r.out;
+  EXPECT_NE(last_line(r.out).find("80"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RejectsSizesOffTheGrid) {
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 40 --width 48 --num-frames 5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(last_line(r.out).find("height must be a positive multiple of 16 (got 40)"), std::string::npos) << r.out;
+}
+
+TEST(Cli, NamesAMissingTensor) {
+  const fs::path model = copy_model("missing_tensor");
+  const fs::path file = model / "transformer" / "diffusion_pytorch_model.safetensors";
+  std::map<std::string, vgen::Tensor> kept;
+  {
+    const vgen::WeightStore store = vgen::WeightStore::open_files({file.string()});
+    for (const std::string& n : store.names())
+      if (n != "blocks.0.attn1.to_q.weight") kept[n] = store.get(n).clone();
+  }
+  vgen::save_safetensors(file.string(), kept);
+  const Result r = run("generate --model " + model.string() + kQuick + "--height 32 --width 48 --num-frames 5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(last_line(r.out).find("missing tensor 'blocks.0.attn1.to_q.weight'"), std::string::npos) << r.out;
+}
+
+TEST(Cli, NamesACorruptedHeader) {
+  const fs::path model = copy_model("corrupt_header");
+  const fs::path file = model / "transformer" / "diffusion_pytorch_model.safetensors";
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(8);
+    f.write("#garbage#", 9);
+  }
+  const Result r = run("generate --model " + model.string() + kQuick + "--height 32 --width 48 --num-frames 5");
+  EXPECT_NE(r.code, 0);
+  const std::string line = last_line(r.out);
+  EXPECT_NE(line.find("corrupted safetensors header"), std::string::npos) << r.out;
+  EXPECT_NE(line.find("diffusion_pytorch_model.safetensors"), std::string::npos) << r.out;
+}
+
+TEST(Cli, NamesAnUnsupportedPipelineClass) {
+  const fs::path model = copy_model("bad_class");
+  const fs::path index = model / "model_index.json";
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(index));
+  j["_class_name"] = "FancyVideoPipeline";
+  std::ofstream(index) << j.dump(2);
+  const Result r = run("generate --model " + model.string() + kQuick);
+  EXPECT_NE(r.code, 0);
+  const std::string line = last_line(r.out);
+  EXPECT_NE(line.find("unsupported pipeline class 'FancyVideoPipeline'"), std::string::npos) << r.out;
+  EXPECT_NE(line.find("WanPipeline"), std::string::npos) << r.out;
+}
+
+TEST(Cli, NamesMalformedJson) {
+  const fs::path model = copy_model("bad_json");
+  std::ofstream(model / "transformer" / "config.json") << "{\"num_layers\": 3,";
+  const Result r = run("generate --model " + model.string() + kQuick);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(last_line(r.out).find("transformer/config.json: malformed JSON"), std::string::npos) << r.out;
+}
+
+TEST(Cli, InfoDescribesTheCheckpoint) {
+  const Result r = run("info " + fixture("wan21_t2v_tiny_b"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("WanPipeline"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("BF16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("UniPCMultistepScheduler"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownFlagIsAUsageError) {
+  const Result r = run("generate --model x --prompt y --bogus-flag 3");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("bogus-flag"), std::string::npos) << r.out;
+}
