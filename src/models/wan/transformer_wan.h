@@ -1,0 +1,133 @@
+// WanTransformer3DModel (diffusers' transformer_wan.py), the Wan2.1 text-to-video DiT:
+// patch embedding, timestep/text conditioning, N blocks of (modulated self-attention with
+// 3-D RoPE, cross-attention to the text, modulated gelu-tanh FFN), modulated output norm,
+// projection and unpatchify. Runs through vgen::ops, so one code path serves every backend.
+//
+// Weights live in a compute dtype chosen at load (float32 on the CPU, bf16 on the GPU),
+// except those diffusers keeps in float32 (`_keep_in_fp32_modules`: time_embedder,
+// scale_shift_table, norm2); norms, modulation and gated residuals run in float32 with
+// diffusers' casts.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/json.h"
+#include "models/wan/transformer_wan_embeddings.h"
+
+namespace vgen {
+
+// Fields named as in the transformer's config.json; defaults are diffusers' (register_to_config).
+struct WanTransformer3DModelConfig {
+  std::array<int64_t, 3> patch_size{1, 2, 2};
+  int64_t num_attention_heads = 40;
+  int64_t attention_head_dim = 128;
+  int64_t in_channels = 16;
+  int64_t out_channels = 16;  // null or 0 in the file means in_channels, as in diffusers
+  int64_t text_dim = 4096;
+  int64_t freq_dim = 256;
+  int64_t ffn_dim = 13824;
+  int64_t num_layers = 40;
+  bool cross_attn_norm = true;
+  std::string qk_norm = "rms_norm_across_heads";
+  double eps = 1e-6;
+  int64_t rope_max_seq_len = 1024;
+  // image_dim, added_kv_proj_dim and pos_embed_seq_len must be null (image-to-video only).
+
+  int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
+
+  // Reads and checks a config.json (`path` names it in errors); fails on values this port
+  // does not implement, naming the field.
+  static WanTransformer3DModelConfig from_json(const Json& j, const std::string& path);
+};
+
+// The latents cut into patches: tokens plus what later stages need about the grid.
+struct WanPatchedInput {
+  Tensor hidden_states;  // [B, S, inner_dim], compute dtype; S = frames * height * width
+  int64_t batch_size = 0;
+  int64_t post_patch_num_frames = 0, post_patch_height = 0, post_patch_width = 0;
+  Tensor freqs_cos, freqs_sin;  // [S, attention_head_dim] float32 RoPE tables on the model's device
+};
+
+// The condition embedder's outputs (WanTimeTextImageEmbedding), shaped as diffusers has them.
+struct WanConditioning {
+  Tensor temb;           // [B, inner_dim] ([B, seq, inner_dim] for per-token timesteps), compute dtype
+  Tensor timestep_proj;  // [B, 6, inner_dim] ([B, seq, 6, inner_dim]), compute dtype
+  Tensor encoder_hidden_states;  // [B, L, inner_dim]: the projected text, compute dtype
+};
+
+class WanTransformer3DModel {
+ public:
+  // Reads dir/config.json and the weights in dir (one file or shards), each checked against
+  // the shape the config implies and converted to `dtype` on `device`. A missing tensor, or a
+  // checkpoint tensor the model does not use, is an error naming it and the folder.
+  static std::unique_ptr<WanTransformer3DModel> from_pretrained(const std::string& dir, DType dtype, Device device);
+
+  const WanTransformer3DModelConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  // hidden_states [B, in_channels, F, H, W]; timestep [B] (or [B, F'*H'*W'] per token, as
+  // Wan2.2 TI2V) with values like 999.0; encoder_hidden_states [B, L, text_dim]
+  // -> [B, out_channels, F, H, W] in the compute dtype.
+  Tensor forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states) const;
+
+  // The stages of forward, separately, so a step cache (TeaCache) can look at `temb` and
+  // skip run_blocks: forward = finish(run_blocks(embed_patches(x), c), c, x) with
+  // c = condition(timestep, encoder_hidden_states).
+  WanPatchedInput embed_patches(const Tensor& hidden_states) const;
+  WanConditioning condition(const Tensor& timestep, const Tensor& encoder_hidden_states) const;
+  Tensor run_blocks(const WanPatchedInput& input, const WanConditioning& cond) const;  // -> [B, S, inner_dim]
+  // norm_out with the output modulation, proj_out, unpatchify -> [B, out_channels, F, H, W].
+  Tensor finish(const Tensor& hidden_states, const WanConditioning& cond, const WanPatchedInput& input) const;
+
+ private:
+  struct Linear {
+    Tensor weight;  // [out, in]
+    Tensor bias;    // [out]
+  };
+  struct Block {
+    Tensor scale_shift_table;  // [1, 6, dim] float32
+    // attn1: to_q | to_k | to_v fused into one projection (one GEMM; the same numbers).
+    Linear attn1_to_qkv, attn1_to_out;
+    Tensor attn1_norm_q, attn1_norm_k;
+    // attn2: queries from the video tokens, to_k | to_v fused over the text.
+    Linear attn2_to_q, attn2_to_kv, attn2_to_out;
+    Tensor attn2_norm_q, attn2_norm_k;
+    Tensor norm2_weight, norm2_bias;  // float32; undefined without cross_attn_norm
+    Linear ffn_proj, ffn_out;         // ffn.net.0.proj (then gelu-tanh), ffn.net.2
+  };
+
+  WanTransformer3DModel(WanTransformer3DModelConfig config, DType dtype, Device device);
+
+  Tensor block_forward(const Block& block, const Tensor& hidden_states, const Tensor& encoder_hidden_states,
+                       const Tensor& timestep_proj, const WanPatchedInput& input) const;
+  Tensor self_attention(const Block& block, const Tensor& x, const WanPatchedInput& input) const;
+  Tensor cross_attention(const Block& block, const Tensor& x, const Tensor& context) const;
+  Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Linear& to_out) const;
+  WanRotaryPosEmbed::Tables rotary_tables(int64_t frames, int64_t height, int64_t width) const;
+
+  WanTransformer3DModelConfig config_;
+  DType dtype_;
+  Device device_;
+  WanRotaryPosEmbed rope_;
+
+  Linear patch_embedding_;  // Conv3d weight viewed as [dim, in_channels * pt * ph * pw]
+  Linear time_embedder_linear_1_, time_embedder_linear_2_;  // float32
+  Linear time_proj_;
+  Linear text_embedder_linear_1_, text_embedder_linear_2_;
+  std::vector<Block> blocks_;
+  Tensor scale_shift_table_;  // [1, 2, dim] float32
+  Linear proj_out_;
+
+  // The RoPE tables of the last grid (every step of a generation uses the same one).
+  mutable std::mutex rope_mutex_;
+  mutable std::array<int64_t, 3> rope_grid_{0, 0, 0};
+  mutable WanRotaryPosEmbed::Tables rope_tables_;
+};
+
+}  // namespace vgen
