@@ -28,14 +28,20 @@ Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& b
 #pragma omp parallel for
       for (int64_t k = 0; k < K; ++k) {
         const int64_t c = k / (kt * kh * kw), dt = (k / (kh * kw)) % kt, dh = (k / kw) % kh, dw = k % kw;
+        const float* xc = xb + c * T * H * W;
         float* dst = col.data() + k * n;
+        // Walk the output positions with counters instead of a division per element.
+        int64_t to = l0 / (Ho * Wo), ho = (l0 / Wo) % Ho, wo = l0 % Wo;
         for (int64_t j = 0; j < n; ++j) {
-          const int64_t l = l0 + j;
-          const int64_t to = l / (Ho * Wo), ho = (l / Wo) % Ho, wo = l % Wo;
           const int64_t ti = to * st - pt + dt, hi = ho * sh - ph + dh, wi = wo * sw - pw + dw;
-          dst[j] = (ti < 0 || ti >= T || hi < 0 || hi >= H || wi < 0 || wi >= W)
-                       ? 0.0f
-                       : xb[((c * T + ti) * H + hi) * W + wi];
+          dst[j] = (ti < 0 || ti >= T || hi < 0 || hi >= H || wi < 0 || wi >= W) ? 0.0f : xc[(ti * H + hi) * W + wi];
+          if (++wo == Wo) {
+            wo = 0;
+            if (++ho == Ho) {
+              ho = 0;
+              ++to;
+            }
+          }
         }
       }
       sgemm(O, n, K, fw.data<float>(), col.data(), false, res.data());
