@@ -1,0 +1,144 @@
+// MP4 writer: RGB24 -> yuv420p (BT.709, limited range, tagged as such) -> libx264 -> mp4
+// muxer with +faststart (the muxer rewrites the file so the moov atom comes first).
+#include "media/mp4.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <string_view>
+
+#include "core/error.h"
+#include "media/libav.h"
+#include "media/temp_file.h"
+
+extern "C" {
+#include <libavformat/avformat.h>
+#include <libavutil/opt.h>
+}
+
+namespace vgen::media {
+namespace {
+
+constexpr std::array<std::string_view, 10> kX264Presets = {
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"};
+
+struct OutputContextDeleter {
+  void operator()(AVFormatContext* fmt) const {
+    if (fmt->pb) avio_closep(&fmt->pb);
+    avformat_free_context(fmt);
+  }
+};
+using OutputContext = std::unique_ptr<AVFormatContext, OutputContextDeleter>;
+
+void check_frames(const Tensor& frames, const VideoEncodeOptions& options, const std::string& what) {
+  VGEN_CHECK(frames.defined() && frames.dtype() == DType::U8 && frames.dim() == 4 && frames.size(3) == 3,
+             "{}: frames must be a U8 [F, H, W, 3] RGB tensor, got {}", what,
+             frames.defined() ? frames.str() : "an undefined tensor");
+  const int64_t f = frames.size(0), h = frames.size(1), w = frames.size(2);
+  VGEN_CHECK(f > 0 && h > 0 && w > 0, "{}: no pixels to encode in {}", what, frames.str());
+  VGEN_CHECK(w % 2 == 0 && h % 2 == 0,
+             "{}: H.264 yuv420p needs an even width and height, got {}x{} (width x height)", what, w, h);
+  VGEN_CHECK(std::isfinite(options.fps) && options.fps > 0, "{}: fps must be positive, got {}", what, options.fps);
+  VGEN_CHECK(options.crf >= 0 && options.crf <= 51, "{}: crf must be in 0..51, got {}", what, options.crf);
+  VGEN_CHECK(std::find(kX264Presets.begin(), kX264Presets.end(), options.preset) != kX264Presets.end(),
+             "{}: unknown libx264 preset '{}' (valid: ultrafast, superfast, veryfast, faster, fast, medium, slow, "
+             "slower, veryslow, placebo)",
+             what, options.preset);
+}
+
+// Expects check_frames to have passed.
+void encode_to_file(const std::string& file, const Tensor& input, const VideoEncodeOptions& options,
+                    const std::string& what) {
+  const Tensor frames = input.to(Device::cpu()).contiguous();
+  const int num_frames = static_cast<int>(frames.size(0));
+  const int height = static_cast<int>(frames.size(1)), width = static_cast<int>(frames.size(2));
+  // Exact rational rate: 16 -> 16/1, 23.976 -> 2997/125, 29.97002997 -> 30000/1001.
+  const AVRational frame_rate = av_d2q(options.fps, 1001000);
+  VGEN_CHECK(frame_rate.num > 0 && frame_rate.den > 0, "{}: fps {} has no usable rational form", what, options.fps);
+
+  libav::CodecContext ctx = libav::alloc_encoder("libx264", what);
+  ctx->width = width;
+  ctx->height = height;
+  ctx->pix_fmt = AV_PIX_FMT_YUV420P;
+  ctx->framerate = frame_rate;
+  ctx->time_base = av_inv_q(frame_rate);  // one tick per frame
+  ctx->sample_aspect_ratio = AVRational{1, 1};
+  ctx->color_range = AVCOL_RANGE_MPEG;
+  ctx->colorspace = AVCOL_SPC_BT709;
+  ctx->color_primaries = AVCOL_PRI_BT709;
+  ctx->color_trc = AVCOL_TRC_BT709;
+  ctx->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;  // mp4 keeps SPS/PPS in the avcC box
+  av_opt_set(ctx->priv_data, "preset", options.preset.c_str(), 0);
+  av_opt_set_double(ctx->priv_data, "crf", options.crf, 0);
+  libav::open_encoder(ctx.get(), what);
+
+  // "file:" keeps paths containing ':' from being read as protocols; the muxer reopens this
+  // URL to move the moov atom (faststart).
+  const std::string url = "file:" + file;
+  AVFormatContext* raw_fmt = nullptr;
+  int ret = avformat_alloc_output_context2(&raw_fmt, nullptr, "mp4", url.c_str());
+  VGEN_CHECK(ret >= 0, "{}: cannot set up the mp4 muxer: {}", what, libav::error_string(ret));
+  OutputContext fmt(raw_fmt);
+  AVStream* stream = avformat_new_stream(fmt.get(), nullptr);
+  VGEN_CHECK(stream != nullptr, "{}: cannot add a video stream", what);
+  ret = avcodec_parameters_from_context(stream->codecpar, ctx.get());
+  VGEN_CHECK(ret >= 0, "{}: cannot copy the encoder parameters: {}", what, libav::error_string(ret));
+  stream->time_base = ctx->time_base;
+  stream->avg_frame_rate = frame_rate;
+
+  ret = avio_open(&fmt->pb, url.c_str(), AVIO_FLAG_WRITE);
+  VGEN_CHECK(ret >= 0, "{}: cannot open '{}': {}", what, file, libav::error_string(ret));
+  AVDictionary* muxer_options = nullptr;
+  av_dict_set(&muxer_options, "movflags", "+faststart", 0);
+  ret = avformat_write_header(fmt.get(), &muxer_options);
+  av_dict_free(&muxer_options);
+  VGEN_CHECK(ret >= 0, "{}: cannot write the mp4 header: {}", what, libav::error_string(ret));
+
+  libav::RgbConverter converter(width, height, AV_PIX_FMT_YUV420P, SWS_CS_ITU709, /*full_range=*/false, what);
+  libav::Frame frame = libav::alloc_frame(AV_PIX_FMT_YUV420P, width, height, what);
+  libav::Packet packet(av_packet_alloc());
+  VGEN_CHECK(packet != nullptr, "{}: out of memory allocating a packet", what);
+  const auto write_packet = [&](AVPacket* p) {
+    av_packet_rescale_ts(p, ctx->time_base, stream->time_base);
+    p->stream_index = stream->index;
+    const int r = av_interleaved_write_frame(fmt.get(), p);
+    VGEN_CHECK(r >= 0, "{}: cannot write a packet: {}", what, libav::error_string(r));
+  };
+
+  const uint8_t* pixels = frames.data<uint8_t>();
+  const size_t frame_bytes = static_cast<size_t>(width) * height * 3;
+  for (int i = 0; i < num_frames; ++i) {
+    ret = av_frame_make_writable(frame.get());
+    VGEN_CHECK(ret >= 0, "{}: cannot reuse the frame buffer: {}", what, libav::error_string(ret));
+    converter.convert(pixels + i * frame_bytes, frame.get());
+    frame->pts = i;
+    libav::encode(ctx.get(), frame.get(), packet.get(), write_packet, what);
+  }
+  libav::encode(ctx.get(), nullptr, packet.get(), write_packet, what);  // flush delayed (B-)frames
+
+  ret = av_write_trailer(fmt.get());
+  VGEN_CHECK(ret >= 0, "{}: cannot finish the mp4 file: {}", what, libav::error_string(ret));
+  ret = avio_closep(&fmt->pb);
+  VGEN_CHECK(ret >= 0, "{}: cannot close '{}': {}", what, file, libav::error_string(ret));
+}
+
+}  // namespace
+
+void write_mp4(const std::string& path, const Tensor& frames, const VideoEncodeOptions& options) {
+  const std::string what = fmt::format("writing MP4 '{}'", path);
+  check_frames(frames, options, what);  // fail before creating any file
+  TempFile temp(path);
+  encode_to_file(temp.path(), frames, options, what);
+  temp.rename_to(path);
+}
+
+std::vector<uint8_t> encode_mp4(const Tensor& frames, const VideoEncodeOptions& options) {
+  const std::string what = "encoding MP4";
+  check_frames(frames, options, what);
+  TempFile temp((std::filesystem::temp_directory_path() / "vgen-encode.mp4").string());
+  encode_to_file(temp.path(), frames, options, what);
+  return read_file(temp.path());
+}
+
+}  // namespace vgen::media
