@@ -1,2 +1,162 @@
+// vgen: command-line entry point (generate, info).
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdio>
-int main() { std::puts("vgen"); return 0; }
+#include <filesystem>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "api/visual_gen.h"
+#include "cli/progress.h"
+#include "core/error.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "media/image.h"
+#include "media/mp4.h"
+#include "pipelines/registry.h"
+
+namespace fs = std::filesystem;
+using namespace vgen;
+
+namespace {
+
+struct GenerateArgs {
+  std::string model;
+  std::string output = "output.mp4";
+  std::string latents_file;
+  std::string device = "cpu";
+  std::optional<std::string> scheduler;
+  std::optional<double> flow_shift;
+  std::optional<double> fps;
+  bool quiet = false;
+  GenerationParams params;
+  std::optional<std::string> negative_prompt;
+  std::optional<int64_t> seed;
+};
+
+Tensor read_latents(const std::string& path) {
+  const WeightStore store = WeightStore::open_files({path});
+  const std::vector<std::string> names = store.names();
+  if (store.contains("latents")) return store.get("latents").to(DType::F32);
+  if (names.size() == 1) return store.get(names[0]).to(DType::F32);
+  fail("{}: expected a tensor named 'latents' (or exactly one tensor), found {}", path, names.size());
+}
+
+std::string lower_extension(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return ext;
+}
+
+int run_generate(GenerateArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string ext = lower_extension(a.output);
+  const bool video_out = ext == ".mp4";
+  if (!video_out && ext != ".png" && ext != ".jpg" && ext != ".jpeg" && ext != ".webp")
+    fail("--output {}: unsupported extension '{}' (use .mp4, .png, .jpg or .webp)", a.output, ext);
+
+  PipelineOptions options;
+  options.device = parse_device(a.device);
+  options.scheduler.scheduler = a.scheduler;
+  options.scheduler.flow_shift = a.flow_shift;
+  if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
+  if (a.seed) a.params.seed = static_cast<uint64_t>(*a.seed);
+  if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
+
+  VisualGen gen(a.model, options);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const ResolvedParams r = gen.pipeline().resolve(a.params);
+  if (!video_out && r.num_frames != 1)
+    fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, r.num_frames);
+  if (!a.quiet)
+    std::fprintf(stderr, "vgen: %s, %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu\n",
+                 gen.pipeline().class_name().c_str(), static_cast<long long>(r.width), static_cast<long long>(r.height),
+                 static_cast<long long>(r.num_frames), r.num_inference_steps, r.guidance_scale,
+                 static_cast<unsigned long long>(r.seed));
+
+  ProgressBar bar(r.num_inference_steps, !a.quiet);
+  GenerationOutput out = gen.generate(a.params, [&](const StepProgress& p) {
+    bar.update(p.step, p.step_seconds);
+    return true;
+  });
+  bar.finish();
+
+  const auto tw = std::chrono::steady_clock::now();
+  const double fps = a.fps.value_or(out.fps);
+  if (video_out) {
+    media::VideoEncodeOptions enc;
+    enc.fps = fps;
+    media::write_mp4(a.output, out.frames, enc);
+  } else {
+    media::write_image(a.output, out.frames.select(0, 0));
+  }
+  const double write_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
+  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.quiet) {
+    std::fprintf(stderr, "timing: load %.2fs", load_s);
+    for (const auto& [phase, s] : out.timings) std::fprintf(stderr, ", %s %.2fs", phase.c_str(), s);
+    std::fprintf(stderr, ", write %.2fs, total %.2fs\n", write_s, total_s);
+  }
+  std::printf("%s\n", a.output.c_str());
+  return 0;
+}
+
+int run_info(const std::string& model) {
+  const DiffusersCheckpoint ckpt = DiffusersCheckpoint::open(model);
+  const PipelineEntry& entry = find_pipeline(ckpt);
+  std::unique_ptr<DiffusionPipeline> pipeline = entry.load(ckpt, PipelineOptions{});
+  std::printf("%-14s %s\n", "task", entry.task.c_str());
+  for (const auto& [k, v] : pipeline->describe()) std::printf("%-14s %s\n", k.c_str(), v.c_str());
+  const ResolvedParams d = pipeline->resolve(GenerationParams{});
+  std::printf("%-14s %lldx%lld (WxH), %lld frames, %d steps, guidance %.1f\n", "defaults",
+              static_cast<long long>(d.width), static_cast<long long>(d.height), static_cast<long long>(d.num_frames),
+              d.num_inference_steps, d.guidance_scale);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"vgen: diffusion-transformer video and image generation (diffusers checkpoints)"};
+  app.set_version_flag("--version", std::string("vgen ") + VGEN_VERSION);
+  app.require_subcommand(1);
+
+  GenerateArgs g;
+  CLI::App* gen = app.add_subcommand("generate", "Generate one video or image");
+  gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json)")->required();
+  gen->add_option("--prompt", g.params.prompt, "Text prompt")->required();
+  gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the Wan examples' one; \"\" for none)");
+  gen->add_option("--height", g.params.height, "Height in pixels, a multiple of 16 (default: the model's)");
+  gen->add_option("--width", g.params.width, "Width in pixels, a multiple of 16 (default: the model's)");
+  gen->add_option("--num-frames", g.params.num_frames, "Frames, of the form 4k+1 (default 81)");
+  gen->add_option("--steps,--num-inference-steps", g.params.num_inference_steps, "Denoising steps (default 50)");
+  gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default 5.0; <= 1 disables CFG)");
+  gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
+  gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default 512)");
+  gen->add_option("--seed", g.seed, "Random seed (default 0)")->check(CLI::NonNegativeNumber);
+  gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's, 16 for Wan2.1)")->check(CLI::PositiveNumber);
+  gen->add_option("--scheduler", g.scheduler, "Override the checkpoint's scheduler (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)");
+  gen->add_option("--flow-shift", g.flow_shift, "Override the scheduler's flow shift")->check(CLI::PositiveNumber);
+  gen->add_option("--latents", g.latents_file, "Initial noise from a safetensors file (tensor 'latents'), like diffusers' latents=")
+      ->check(CLI::ExistingFile);
+  gen->add_option("--device", g.device, "cpu, cuda or cuda:N");
+  gen->add_option("-o,--output", g.output, "Output file: .mp4 (H.264), or .png/.jpg/.webp for a 1-frame image");
+  gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
+
+  std::string info_model;
+  CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it");
+  info->add_option("model", info_model, "Checkpoint folder in the diffusers layout")->required();
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (gen->parsed()) return run_generate(g);
+    if (info->parsed()) return run_info(info_model);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -18,10 +18,6 @@ using vgen::testing::rel_l2;
 
 namespace {
 
-struct Case {
-  std::string name;
-};
-
 class WanPipelineParity : public ::testing::TestWithParam<std::string> {};
 
 GenerationParams params_from(const Json& call, const Tensor& latents, double guidance_scale) {
@@ -76,8 +72,8 @@ TEST_P(WanPipelineParity, MatchesDiffusersEndToEnd) {
     const Tensor want = ref.get("frames_uint8" + suffix);
     EXPECT_EQ(fraction_off(out.frames, want, 1), 0.0) << name;
     EXPECT_LT(fraction_off(out.frames, want, 0), 1e-3) << name;
-    std::printf("[%s%s] denoised latents rel L2 %.2e, frames max abs %.2e\n", name.c_str(), suffix.c_str(), latent_err,
-                frame_err);
+    std::printf("[%s%s] denoised latents rel L2 %.2e, frames max abs %.2e, uint8 values off by one %.4f%%\n",
+                name.c_str(), suffix.c_str(), latent_err, frame_err, 100.0 * fraction_off(out.frames, want, 0));
   }
 }
 

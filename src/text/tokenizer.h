@@ -1,0 +1,83 @@
+// The T5 / UMT5 tokenizer as transformers 5 runs it for diffusers' Wan pipelines
+// (`T5Tokenizer`, tokenizers backend):
+//
+//   tokenizer(texts, padding="max_length", max_length=N, truncation=True,
+//             add_special_tokens=True, return_attention_mask=True)
+//
+// Added tokens (<pad>, </s>, <unk>, <extra_id_N>, ...) are split out of the raw text first
+// (leftmost-longest match); every other segment is normalized with the SentencePiece
+// charsmap, split on whitespace, prefixed with "▁" (Metaspace, prepend "always") and segmented
+// by the Unigram model; runs of unknown characters become one <unk> (no byte fallback, as
+// transformers 5's T5Tokenizer builds it). Truncation keeps room for the appended </s>.
+//
+// Two sources for the model, chosen by from_pretrained:
+// * `spiece.model` through the SentencePiece library (vocabulary extended by the
+//   tokenizer_config.json `extra_ids` sentinels, <extra_id_0> last, like transformers'
+//   T5Converter; default 100). Known differences from transformers: SentencePiece normalizes
+//   by longest match, not per grapheme cluster, so a base character with a charsmap entry
+//   followed by a combining mark ("Ａ\u0301": transformers drops the accent) or U+0085
+//   tokenizes differently (see PrecompiledCharsmap); and the sentinels are split out of the
+//   text like the added tokens of a tokenizer.json, whereas transformers, given spiece.model
+//   alone, leaves them to the Unigram model, so text glued after one ("<extra_id_0>c") gets
+//   no "▁" there.
+// * `tokenizer.json` (Unigram model) with its own implementation of the pipeline above. As in
+//   transformers 5, only the vocabulary, unk_id, added_tokens and the Precompiled charsmap are
+//   taken from the file; its normalizer steps other than Precompiled and its pre_tokenizer are
+//   replaced by the fixed T5 pipeline (WhitespaceSplit + Metaspace).
+// Not supported: added tokens with single_word or normalized=true matching rules (they are
+// matched like plain special tokens), tokenizer.json models other than Unigram.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace vgen {
+
+struct TokenizerOutput {
+  Tensor input_ids;              // I64 [B, max_length], right-padded with the pad id
+  Tensor attention_mask;         // I64 [B, max_length], 1 on real tokens (including </s>)
+  std::vector<int64_t> lengths;  // real tokens per text (diffusers' seq_lens)
+};
+
+enum class TokenizerSource {
+  Auto,           // spiece.model when present, else tokenizer.json
+  SentencePiece,  // spiece.model
+  TokenizerJson,  // tokenizer.json
+};
+
+class T5Tokenizer {
+ public:
+  // Loads a checkpoint's `tokenizer/` folder: spiece.model and/or tokenizer.json, plus the
+  // optional tokenizer_config.json and special_tokens_map.json (pad/eos/unk tokens, extra_ids,
+  // additional special tokens). Throws vgen::Error naming the folder or file at fault.
+  static T5Tokenizer from_pretrained(const std::string& dir, TokenizerSource source = TokenizerSource::Auto);
+
+  T5Tokenizer(T5Tokenizer&&) noexcept;
+  T5Tokenizer& operator=(T5Tokenizer&&) noexcept;
+  ~T5Tokenizer();
+
+  // Padded / truncated batch, as the Wan pipeline calls the tokenizer. max_length >= 1.
+  TokenizerOutput operator()(const std::vector<std::string>& texts, int64_t max_length) const;
+  // Ids of one text with </s> appended, no truncation or padding (tokenizer(text).input_ids).
+  std::vector<int64_t> encode(const std::string& text) const;
+
+  // Number of ids (vocabulary plus added tokens outside it): len(tokenizer) in transformers.
+  int64_t vocab_size() const;
+  int64_t pad_token_id() const;
+  int64_t eos_token_id() const;
+  int64_t unk_token_id() const;
+  // Id of a vocabulary piece or added token, or -1.
+  int64_t token_to_id(const std::string& token) const;
+  TokenizerSource source() const;
+
+ private:
+  struct Impl;
+  explicit T5Tokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vgen
