@@ -1,4 +1,4 @@
-// vgen: command-line entry point (generate, info).
+// vgen: command-line entry point (generate, info, serve).
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +17,7 @@
 #include "media/image.h"
 #include "media/mp4.h"
 #include "pipelines/registry.h"
+#include "serving/server.h"
 
 namespace fs = std::filesystem;
 using namespace vgen;
@@ -150,10 +151,24 @@ int main(int argc, char** argv) {
   CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it");
   info->add_option("model", info_model, "Checkpoint folder in the diffusers layout")->required();
 
+  serving::ServeOptions serve;
+  CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
+  srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout")->required();
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph)")
+      ->check(CLI::ExistingFile);
+  srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
+  srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(CLI::Range(0, 65535));
+  srv->add_option("--api-key", serve.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes");
+  srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
+  srv->add_option("--device", serve.device, "cpu, cuda or cuda:N");
+  srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
+  srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(CLI::PositiveNumber);
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (gen->parsed()) return run_generate(g);
     if (info->parsed()) return run_info(info_model);
+    if (srv->parsed()) return serving::run_server(serve);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -1,0 +1,83 @@
+// The engine's YAML configuration file: how the model runs (quantization, caching,
+// parallelism, attention backend, CUDA graphs), as opposed to what a request generates.
+//
+//   linear:      {quant_algo: none, dynamic: true, ignore: ["proj_out", "*.norm*"]}
+//   teacache:    {enabled: false, threshold: 0.2, use_ret_steps: true}
+//   parallel:    {cfg_size: 1, ulysses_size: 1}
+//   attention:   {backend: reference}
+//   cuda_graph:  {enabled: false}
+//
+// Every section and key is optional (absent = the default below). Parsing is strict: an
+// unknown key at any level, a duplicate key, a value of the wrong type or out of range is
+// an error naming the file, line, and key path.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vgen {
+
+// ModelOpt's quantization algorithms for the transformer's linear layers.
+enum class QuantAlgo { None, FP8, FP8Blockwise, NVFP4 };
+
+struct LinearConfig {
+  QuantAlgo quant_algo = QuantAlgo::None;  // none | fp8 | fp8_blockwise | nvfp4
+  // true: quantize the BF16 checkpoint's weights while loading; false: the checkpoint holds
+  // pre-quantized weights and scales (ModelOpt's `quantization_config`).
+  bool dynamic = true;
+  // Module-name patterns (fnmatch-style, e.g. "blocks.0.*", "proj_out") left unquantized.
+  std::vector<std::string> ignore;
+};
+
+struct TeaCacheConfig {
+  bool enabled = false;
+  // Skip the transformer while the accumulated rescaled relative L1 distance of the
+  // timestep-modulated input stays below this.
+  double threshold = 0.2;
+  // Wan's "retention steps" variant: measure the distance on the timestep embedding and
+  // always compute the first steps.
+  bool use_ret_steps = true;
+  std::optional<int> warmup_steps;   // steps always computed; unset: the model family's
+  std::vector<double> coefficients;  // rescaling polynomial, highest power first; empty: the family's
+};
+
+struct ParallelConfig {
+  int cfg_size = 1;      // 1, or 2: positive and negative CFG branch on different GPUs
+  int ulysses_size = 1;  // sequence-parallel GPUs (all-to-all over heads)
+};
+
+enum class AttentionBackend { Reference, Flash, CuDNN };
+
+struct AttentionConfig {
+  AttentionBackend backend = AttentionBackend::Reference;  // reference | flash | cudnn
+};
+
+struct CudaGraphConfig {
+  bool enabled = false;  // capture the transformer step in a CUDA graph
+};
+
+struct EngineConfig {
+  LinearConfig linear;
+  TeaCacheConfig teacache;
+  ParallelConfig parallel;
+  AttentionConfig attention;
+  CudaGraphConfig cuda_graph;
+};
+
+// `source` names the text in errors (the file path).
+EngineConfig parse_engine_config(const std::string& yaml_text, const std::string& source);
+// Reads and parses a YAML file; a missing or unreadable file is an error naming it.
+EngineConfig load_engine_config(const std::string& path);
+
+// One line per configured value whose feature vgen does not implement yet, e.g.
+// "linear.quant_algo: fp8 is not implemented yet (supported: none)". Empty when all of it runs.
+std::vector<std::string> unimplemented_features(const EngineConfig& config);
+// Throws vgen::Error "SOURCE: <every unimplemented feature>" when the list above is not empty,
+// so that a configuration is never silently ignored.
+void require_implemented(const EngineConfig& config, const std::string& source);
+
+std::string quant_algo_name(QuantAlgo algo);
+std::string attention_backend_name(AttentionBackend backend);
+
+}  // namespace vgen

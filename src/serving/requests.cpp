@@ -1,0 +1,404 @@
+#include "serving/requests.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "serving/api_error.h"
+
+namespace vgen::serving {
+namespace {
+
+// Bounds that keep absurd requests from reaching the pipeline; the model's own limits
+// (multiples of 16, 4k+1 frames, ...) come from its resolve().
+constexpr int64_t kMaxSide = 8192;
+constexpr int64_t kMaxFrames = 4097;
+constexpr int64_t kMaxSteps = 1000;
+constexpr double kMaxGuidance = 100.0;
+constexpr double kMaxFps = 240.0;
+constexpr double kMaxSeconds = 3600.0;
+
+std::string describe_json_type(const nlohmann::json& v) {
+  if (v.is_string()) return "a string";
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number()) return "a number";
+  if (v.is_array()) return "an array";
+  if (v.is_object()) return "an object";
+  return v.type_name();
+}
+
+// Whole-string decimal integer, as multipart fields carry them.
+std::optional<long long> parse_integer_text(const std::string& s) {
+  if (s.empty() || s.size() > 20) return std::nullopt;
+  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i == s.size()) return std::nullopt;
+  for (size_t j = i; j < s.size(); ++j)
+    if (s[j] < '0' || s[j] > '9') return std::nullopt;
+  errno = 0;
+  const long long v = std::strtoll(s.c_str(), nullptr, 10);
+  if (errno == ERANGE) return std::nullopt;
+  return v;
+}
+
+// Multipart text is raw bytes; JSON bodies are checked by the JSON parser.
+bool is_valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < len; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d >> 6) != 0x2) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    const uint32_t min_for_len[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_for_len[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += len;
+  }
+  return true;
+}
+
+std::optional<double> parse_number_text(const std::string& s) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return std::nullopt;
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (*end != '\0' || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+const std::vector<std::string> kVideoFields = {"prompt",          "model",   "seconds",        "size",
+                                               "input_reference", "fps",     "num_frames",     "negative_prompt",
+                                               "num_inference_steps",        "guidance_scale", "seed"};
+const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "response_format", "output_format",
+                                               "output_compression", "quality", "user", "negative_prompt",
+                                               "num_inference_steps", "guidance_scale", "seed"};
+
+std::string required_prompt(const RequestFields& f) {
+  std::optional<std::string> prompt = f.string("prompt");
+  if (!prompt) throw ApiError(400, "missing required parameter 'prompt'", "prompt", "missing_required_parameter");
+  if (prompt->empty()) bad_field("prompt", "'prompt' must not be empty");
+  return *prompt;
+}
+
+// The fields video and image requests share.
+void parse_common(const RequestFields& f, GenerationParams& p, std::optional<uint64_t>& seed,
+                  std::optional<std::string>& model) {
+  p.prompt = required_prompt(f);
+  model = f.string("model");
+  p.negative_prompt = f.string("negative_prompt");
+  if (auto v = f.integer("num_inference_steps", 1, kMaxSteps)) p.num_inference_steps = static_cast<int>(*v);
+  p.guidance_scale = f.number("guidance_scale", 0.0, kMaxGuidance);
+  seed = f.unsigned_integer("seed");
+  if (auto size = f.string("size")) {
+    if (auto wh = parse_size(*size, "size")) {
+      p.width = wh->first;
+      p.height = wh->second;
+    }
+  }
+}
+
+void check_model(const std::optional<std::string>& requested, const ModelInfo& model) {
+  if (requested && *requested != model.id)
+    throw ApiError(400, fmt::format("model '{}' is not served here; this server serves '{}' (see GET /v1/models)",
+                                    *requested, model.id),
+                   "model", "model_not_found");
+}
+
+ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const GenerationParams& p) {
+  try {
+    return pipeline.resolve(p);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what(), std::nullopt, "invalid_value");
+  }
+}
+
+GenerationParams explicit_params(const ResolvedParams& r) {
+  GenerationParams p;
+  p.prompt = r.prompt;
+  p.negative_prompt = r.negative_prompt;
+  p.height = r.height;
+  p.width = r.width;
+  p.num_frames = r.num_frames;
+  p.num_inference_steps = r.num_inference_steps;
+  p.guidance_scale = r.guidance_scale;
+  p.guidance_rescale = r.guidance_rescale;
+  p.max_sequence_length = r.max_sequence_length;
+  p.seed = r.seed;
+  return p;
+}
+
+}  // namespace
+
+RequestFields RequestFields::from_json(const std::string& body) {
+  RequestFields f;
+  if (body.empty()) throw ApiError(400, "the request body is empty; send a JSON object", std::nullopt, "invalid_json");
+  try {
+    f.json_ = nlohmann::json::parse(body);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ApiError(400, fmt::format("the request body is not valid JSON ({})", e.what()), std::nullopt,
+                   "invalid_json");
+  }
+  if (!f.json_.is_object())
+    throw ApiError(400, "the request body must be a JSON object (or multipart/form-data)", std::nullopt,
+                   "invalid_json");
+  return f;
+}
+
+RequestFields RequestFields::from_form(std::vector<FormPart> parts) {
+  RequestFields f;
+  f.form_ = true;
+  f.parts_ = std::move(parts);
+  return f;
+}
+
+void RequestFields::reject_unknown(const std::vector<std::string>& accepted) const {
+  const auto check = [&](const std::string& name) {
+    for (const std::string& a : accepted)
+      if (a == name) return;
+    std::string list;
+    for (const std::string& a : accepted) list += (list.empty() ? "" : ", ") + a;
+    throw ApiError(422, fmt::format("unknown parameter '{}' (accepted: {})", name, list), name, "unknown_parameter");
+  };
+  if (form_) {
+    for (const FormPart& part : parts_) check(part.name);
+  } else {
+    for (auto it = json_.begin(); it != json_.end(); ++it) check(it.key());
+  }
+}
+
+bool RequestFields::has(const std::string& name) const {
+  if (form_) {
+    for (const FormPart& part : parts_)
+      if (part.name == name) return true;
+    return false;
+  }
+  auto it = json_.find(name);
+  return it != json_.end() && !it->is_null();
+}
+
+std::optional<std::string> RequestFields::form_text(const std::string& name) const {
+  const FormPart* found = nullptr;
+  for (const FormPart& part : parts_) {
+    if (part.name != name) continue;
+    if (found) bad_field(name, fmt::format("'{}' is given more than once", name));
+    found = &part;
+  }
+  if (!found) return std::nullopt;
+  if (!is_valid_utf8(found->content)) bad_field(name, fmt::format("'{}' is not valid UTF-8 text", name));
+  return found->content;
+}
+
+std::optional<std::string> RequestFields::string(const std::string& name) const {
+  if (form_) return form_text(name);
+  auto it = json_.find(name);
+  if (it == json_.end() || it->is_null()) return std::nullopt;
+  if (!it->is_string()) bad_field(name, fmt::format("'{}' must be a string, got {}", name, describe_json_type(*it)));
+  return it->get<std::string>();
+}
+
+std::optional<int64_t> RequestFields::integer(const std::string& name, int64_t min, int64_t max) const {
+  std::optional<long long> v;
+  if (form_) {
+    const std::optional<std::string> text = form_text(name);
+    if (!text) return std::nullopt;
+    v = parse_integer_text(*text);
+    if (!v) bad_field(name, fmt::format("'{}' must be an integer, got '{}'", name, *text));
+  } else {
+    auto it = json_.find(name);
+    if (it == json_.end() || it->is_null()) return std::nullopt;
+    if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(max))
+      bad_field(name, fmt::format("'{}' must be in [{}, {}], got {}", name, min, max, it->dump()));
+    if (!it->is_number_integer())
+      bad_field(name, fmt::format("'{}' must be an integer, got {}", name,
+                                  it->is_number() ? it->dump() : describe_json_type(*it)));
+    v = it->get<long long>();
+  }
+  if (*v < min || *v > max) bad_field(name, fmt::format("'{}' must be in [{}, {}], got {}", name, min, max, *v));
+  return *v;
+}
+
+std::optional<uint64_t> RequestFields::unsigned_integer(const std::string& name) const {
+  const std::string message = fmt::format("'{}' must be an integer in [0, 18446744073709551615]", name);
+  if (form_) {
+    const std::optional<std::string> text = form_text(name);
+    if (!text) return std::nullopt;
+    if (text->empty() || text->size() > 20 || text->find_first_not_of("0123456789") != std::string::npos)
+      bad_field(name, fmt::format("{}, got '{}'", message, *text));
+    errno = 0;
+    const unsigned long long v = std::strtoull(text->c_str(), nullptr, 10);
+    if (errno == ERANGE) bad_field(name, fmt::format("{}, got '{}'", message, *text));
+    return v;
+  }
+  auto it = json_.find(name);
+  if (it == json_.end() || it->is_null()) return std::nullopt;
+  if (it->is_number_unsigned()) return it->get<uint64_t>();
+  bad_field(name, fmt::format("{}, got {}", message, it->is_number() ? it->dump() : describe_json_type(*it)));
+}
+
+std::optional<double> RequestFields::number(const std::string& name, double min, double max, bool accept_text) const {
+  std::optional<double> v;
+  if (form_) {
+    const std::optional<std::string> text = form_text(name);
+    if (!text) return std::nullopt;
+    v = parse_number_text(*text);
+    if (!v) bad_field(name, fmt::format("'{}' must be a number, got '{}'", name, *text));
+  } else {
+    auto it = json_.find(name);
+    if (it == json_.end() || it->is_null()) return std::nullopt;
+    if (it->is_number()) {
+      v = it->get<double>();
+    } else if (accept_text && it->is_string()) {
+      v = parse_number_text(it->get<std::string>());
+      if (!v) bad_field(name, fmt::format("'{}' must be a number, got '{}'", name, it->get<std::string>()));
+    } else {
+      bad_field(name, fmt::format("'{}' must be a number, got {}", name, describe_json_type(*it)));
+    }
+  }
+  if (!(*v >= min && *v <= max)) bad_field(name, fmt::format("'{}' must be in [{}, {}], got {}", name, min, max, *v));
+  return v;
+}
+
+std::vector<const FormPart*> RequestFields::files(const std::string& name) const {
+  std::vector<const FormPart*> out;
+  for (const FormPart& part : parts_)
+    if (part.name == name) out.push_back(&part);
+  return out;
+}
+
+std::optional<std::pair<int64_t, int64_t>> parse_size(const std::string& text, const std::string& field) {
+  if (text == "auto") return std::nullopt;
+  const size_t x = text.find('x');
+  const auto dimension = [&](const std::string& s) -> std::optional<int64_t> {
+    if (s.empty() || s.size() > 5 || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return std::stoll(s);
+  };
+  const std::optional<int64_t> w = x == std::string::npos ? std::nullopt : dimension(text.substr(0, x));
+  const std::optional<int64_t> h = x == std::string::npos ? std::nullopt : dimension(text.substr(x + 1));
+  if (!w || !h)
+    bad_field(field, fmt::format("'{}' must be \"WIDTHxHEIGHT\" in pixels (e.g. \"832x480\") or \"auto\", got '{}'",
+                                 field, text));
+  if (*w < 1 || *h < 1 || *w > kMaxSide || *h > kMaxSide)
+    bad_field(field, fmt::format("'{}': width and height must be in [1, {}], got '{}'", field, kMaxSide, text));
+  return std::make_pair(*w, *h);
+}
+
+int64_t frames_for_seconds(double seconds, double fps, int64_t frame_grid) {
+  const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::floor(seconds * fps + 0.5)));
+  const int64_t k = (2 * (n - 1) + frame_grid) / (2 * frame_grid);
+  return frame_grid * k + 1;
+}
+
+std::string format_seconds(double seconds) { return fmt::format("{}", seconds); }
+
+VideoRequest parse_video_request(const RequestFields& f) {
+  f.reject_unknown(kVideoFields);
+  VideoRequest r;
+  parse_common(f, r.params, r.seed, r.model);
+  r.seconds = f.number("seconds", 0.0, kMaxSeconds, /*accept_text=*/true);
+  if (r.seconds && *r.seconds <= 0) bad_field("seconds", fmt::format("'seconds' must be > 0, got {}", *r.seconds));
+  r.fps = f.number("fps", 0.0, kMaxFps);
+  if (r.fps && *r.fps <= 0) bad_field("fps", fmt::format("'fps' must be > 0, got {}", *r.fps));
+  r.params.num_frames = f.integer("num_frames", 1, kMaxFrames);
+  if (r.seconds && r.params.num_frames)
+    bad_field("num_frames", "give either 'seconds' or 'num_frames', not both");
+  r.has_input_reference = f.has("input_reference");
+  return r;
+}
+
+ImageRequest parse_image_request(const RequestFields& f, bool edit) {
+  std::vector<std::string> accepted = kImageFields;
+  if (edit) accepted.insert(accepted.end(), {"image", "image[]", "mask"});
+  f.reject_unknown(accepted);
+  ImageRequest r;
+  r.edit = edit;
+  parse_common(f, r.params, r.seed, r.model);
+  r.n = static_cast<int>(f.integer("n", 1, 10).value_or(1));
+  if (auto format = f.string("response_format")) {
+    if (*format == "url")
+      bad_field("response_format", "response_format 'url' is not supported by this server; use 'b64_json'");
+    if (*format != "b64_json")
+      bad_field("response_format", fmt::format("'response_format' must be 'b64_json', got '{}'", *format));
+  }
+  if (auto format = f.string("output_format")) {
+    if (*format != "png" && *format != "jpeg" && *format != "webp")
+      bad_field("output_format", fmt::format("'output_format' must be one of png, jpeg, webp; got '{}'", *format));
+    r.output_format = media::parse_image_format(*format);
+  }
+  // OpenAI's output_compression (0-100, for jpeg and webp) is the encoder's quality here.
+  if (auto c = f.integer("output_compression", 0, 100)) r.quality = std::max<int>(1, static_cast<int>(*c));
+  if (auto quality = f.string("quality")) {
+    // One quality level: OpenAI's values are accepted and do not change the output.
+    if (*quality != "auto" && *quality != "low" && *quality != "medium" && *quality != "high" &&
+        *quality != "standard" && *quality != "hd")
+      bad_field("quality", fmt::format("'quality' must be one of auto, low, medium, high, standard, hd; got '{}'",
+                                       *quality));
+  }
+  f.string("user");
+  if (edit && f.files("image").empty() && f.files("image[]").empty() && !f.has("image"))
+    throw ApiError(400, "missing required parameter 'image' (a file part)", "image", "missing_required_parameter");
+  return r;
+}
+
+nlohmann::json VideoPlan::extras() const {
+  return {{"num_frames", resolved.num_frames},
+          {"fps", fps},
+          {"num_inference_steps", resolved.num_inference_steps},
+          {"guidance_scale", resolved.guidance_scale},
+          {"seed", resolved.seed},
+          {"negative_prompt", resolved.negative_prompt}};
+}
+
+VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {
+  check_model(request.model, model);
+  if (request.has_input_reference && model.task.find("image-to-video") == std::string::npos)
+    throw ApiError(400, fmt::format("image-to-video not supported by this model ('{}' is {})", model.id, model.task),
+                   "input_reference", "unsupported_value");
+  VideoPlan plan;
+  plan.fps = request.fps.value_or(model.fps);
+  GenerationParams p = request.params;
+  p.seed = request.seed ? *request.seed : random_seed();
+  if (request.seconds) {
+    p.num_frames = frames_for_seconds(*request.seconds, plan.fps, model.frame_grid);
+    if (*p.num_frames > kMaxFrames)
+      bad_field("seconds", fmt::format("{} s at {} fps is {} frames, more than the {} allowed", *request.seconds,
+                                       plan.fps, *p.num_frames, kMaxFrames));
+  }
+  plan.resolved = resolve_or_400(pipeline, p);
+  plan.params = explicit_params(plan.resolved);
+  plan.seconds = format_seconds(request.seconds ? *request.seconds
+                                                : static_cast<double>(plan.resolved.num_frames) / plan.fps);
+  plan.size = fmt::format("{}x{}", plan.resolved.width, plan.resolved.height);
+  return plan;
+}
+
+ImagePlan plan_image(const ImageRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {
+  check_model(request.model, model);
+  if (request.edit)
+    throw ApiError(400, fmt::format("model '{}' ({}) cannot edit images; use /v1/images/generations", model.id,
+                                    model.task),
+                   "image", "unsupported_value");
+  ImagePlan plan;
+  GenerationParams p = request.params;
+  p.num_frames = 1;
+  p.seed = request.seed ? *request.seed : random_seed();
+  plan.resolved = resolve_or_400(pipeline, p);
+  plan.params = explicit_params(plan.resolved);
+  plan.n = request.n;
+  plan.output_format = request.output_format;
+  plan.quality = request.quality;
+  plan.size = fmt::format("{}x{}", plan.resolved.width, plan.resolved.height);
+  return plan;
+}
+
+uint64_t random_seed() {
+  thread_local std::random_device device;
+  return device();
+}
+
+}  // namespace vgen::serving

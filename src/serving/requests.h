@@ -1,0 +1,136 @@
+// Request bodies of the OpenAI-compatible endpoints -> generation parameters.
+//
+// Bodies arrive as JSON or as multipart/form-data (where every value is text and numbers are
+// parsed from it). Unknown fields are a 422; a value of the wrong type or out of range is a
+// 400 naming the field; the pipeline's own validation (resolve) is a 400 with its message.
+//
+// Video length: `num_frames` when given, else from `seconds` (see frames_for_seconds), else
+// the model's default. Frame rate: `fps` when given, else the model's (16 for Wan2.1).
+// Seed: `seed` when given, else a random one (returned in the Video object).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "media/image.h"
+#include "pipelines/pipeline.h"
+
+namespace vgen::serving {
+
+// One part of a multipart/form-data body.
+struct FormPart {
+  std::string name;
+  std::string filename;  // empty for a plain field
+  std::string content_type;
+  std::string content;
+};
+
+// The fields of a request body, with typed accessors that answer 400 naming the field.
+class RequestFields {
+ public:
+  // 400 unless `body` is one JSON object.
+  static RequestFields from_json(const std::string& body);
+  static RequestFields from_form(std::vector<FormPart> parts);
+
+  // 422 naming the first field whose name is not in `accepted`.
+  void reject_unknown(const std::vector<std::string>& accepted) const;
+
+  bool has(const std::string& name) const;
+  std::optional<std::string> string(const std::string& name) const;
+  std::optional<int64_t> integer(const std::string& name, int64_t min, int64_t max) const;
+  std::optional<uint64_t> unsigned_integer(const std::string& name) const;
+  // A finite number in [min, max]; `accept_text` also takes a JSON string holding a number
+  // (the SDK sends `seconds` as "4").
+  std::optional<double> number(const std::string& name, double min, double max, bool accept_text = false) const;
+  // File parts named `name` (multipart only; a JSON body has none).
+  std::vector<const FormPart*> files(const std::string& name) const;
+
+ private:
+  bool form_ = false;
+  nlohmann::json json_;
+  std::vector<FormPart> parts_;
+
+  // The single text value of a form field (400 when repeated).
+  std::optional<std::string> form_text(const std::string& name) const;
+};
+
+// What the server knows about the model besides its pipeline.
+struct ModelInfo {
+  std::string id;          // what /v1/models lists and requests may name
+  std::string task;        // "text-to-video", from the registry
+  double fps = 16.0;       // default frame rate of the family's videos
+  int64_t frame_grid = 4;  // num_frames = frame_grid * k + 1 (the VAE's temporal factor)
+};
+
+// "WxH" (width first) or "auto" (nullopt: the model's default).
+std::optional<std::pair<int64_t, int64_t>> parse_size(const std::string& text, const std::string& field);
+
+// Frames for `seconds` at `fps` on the model's grid of frame_grid * k + 1 frames:
+//   n = round(seconds * fps), at least 1 (halves round up)
+//   k = floor((n - 1) / frame_grid + 1/2)  (the nearest grid point; a tie goes to the longer one)
+//   frames = frame_grid * k + 1
+// e.g. 4 s at 16 fps: n = 64 -> 65 frames; 5 s -> 80 -> 81; 1 s -> 16 -> 17; 0.1 s -> 2 -> 1.
+int64_t frames_for_seconds(double seconds, double fps, int64_t frame_grid);
+
+// The `seconds` string of a Video object: the request's value when it gave one, else
+// num_frames / fps; shortest decimal form ("4", "2.5", "5.0625").
+std::string format_seconds(double seconds);
+
+struct VideoRequest {
+  GenerationParams params;  // height/width/num_frames unset when the request leaves them to the model
+  std::optional<uint64_t> seed;
+  std::optional<double> seconds;
+  std::optional<double> fps;
+  std::optional<std::string> model;
+  bool has_input_reference = false;
+};
+
+// Fields of POST /v1/videos and /v1/videos/generations.
+VideoRequest parse_video_request(const RequestFields& fields);
+
+struct ImageRequest {
+  GenerationParams params;
+  std::optional<uint64_t> seed;
+  int n = 1;
+  std::optional<std::string> model;
+  media::ImageFormat output_format = media::ImageFormat::PNG;
+  int quality = 90;   // JPEG/WebP quality, from output_compression
+  bool edit = false;  // /v1/images/edits
+};
+
+// Fields of POST /v1/images/generations (edit = false) and /v1/images/edits (edit = true).
+ImageRequest parse_image_request(const RequestFields& fields, bool edit);
+
+// A request made concrete for the model: every generation parameter explicit, validated by
+// the pipeline's resolve().
+struct VideoPlan {
+  GenerationParams params;  // all fields set from `resolved`
+  ResolvedParams resolved;
+  double fps = 16.0;
+  std::string seconds;  // for the Video object
+  std::string size;     // "WxH"
+  // What the Video object shows beyond OpenAI's fields, and what the job store keeps.
+  nlohmann::json extras() const;
+};
+
+VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline);
+
+struct ImagePlan {
+  GenerationParams params;  // one frame; the seed of image i is params.seed + i
+  ResolvedParams resolved;
+  int n = 1;
+  media::ImageFormat output_format = media::ImageFormat::PNG;
+  int quality = 90;
+  std::string size;
+};
+
+ImagePlan plan_image(const ImageRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline);
+
+// A random seed for requests that give none, in [0, 2^32) so that every JSON client reads it exactly.
+uint64_t random_seed();
+
+}  // namespace vgen::serving

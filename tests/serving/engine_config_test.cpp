@@ -1,0 +1,171 @@
+// The engine YAML config: strict parsing (unknown keys, duplicates, types, ranges) with
+// errors naming file, line and key path, and the check that rejects features not built yet.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "config/engine_config.h"
+#include "core/error.h"
+
+using namespace vgen;
+
+namespace {
+
+// The vgen::Error message of parsing `yaml` (fails the test when it parses).
+std::string parse_error(const std::string& yaml) {
+  try {
+    parse_engine_config(yaml, "engine.yaml");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "parsed without error:\n" << yaml;
+  return "";
+}
+
+void expect_contains(const std::string& text, const std::string& part) {
+  EXPECT_NE(text.find(part), std::string::npos) << "'" << part << "' not in: " << text;
+}
+
+}  // namespace
+
+TEST(EngineConfig, EmptyIsAllDefaults) {
+  for (const char* text : {"", "# nothing\n", "linear:\nteacache:\n"}) {
+    const EngineConfig c = parse_engine_config(text, "engine.yaml");
+    EXPECT_EQ(c.linear.quant_algo, QuantAlgo::None);
+    EXPECT_TRUE(c.linear.dynamic);
+    EXPECT_TRUE(c.linear.ignore.empty());
+    EXPECT_FALSE(c.teacache.enabled);
+    EXPECT_DOUBLE_EQ(c.teacache.threshold, 0.2);
+    EXPECT_TRUE(c.teacache.use_ret_steps);
+    EXPECT_FALSE(c.teacache.warmup_steps.has_value());
+    EXPECT_EQ(c.parallel.cfg_size, 1);
+    EXPECT_EQ(c.parallel.ulysses_size, 1);
+    EXPECT_EQ(c.attention.backend, AttentionBackend::Reference);
+    EXPECT_FALSE(c.cuda_graph.enabled);
+    EXPECT_TRUE(unimplemented_features(c).empty());
+    EXPECT_NO_THROW(require_implemented(c, "engine.yaml"));
+  }
+}
+
+TEST(EngineConfig, EverySection) {
+  const EngineConfig c = parse_engine_config(R"(
+linear:
+  quant_algo: fp8_blockwise
+  dynamic: false
+  ignore: ["proj_out", "blocks.0.*"]
+teacache:
+  enabled: true
+  threshold: 0.08
+  use_ret_steps: false
+  warmup_steps: 3
+  coefficients: [1.0e2, -2, 3.5, 0, 1]
+parallel:
+  cfg_size: 2
+  ulysses_size: 4
+attention:
+  backend: flash
+cuda_graph:
+  enabled: true
+)",
+                                             "engine.yaml");
+  EXPECT_EQ(c.linear.quant_algo, QuantAlgo::FP8Blockwise);
+  EXPECT_FALSE(c.linear.dynamic);
+  EXPECT_EQ(c.linear.ignore, (std::vector<std::string>{"proj_out", "blocks.0.*"}));
+  EXPECT_TRUE(c.teacache.enabled);
+  EXPECT_DOUBLE_EQ(c.teacache.threshold, 0.08);
+  EXPECT_FALSE(c.teacache.use_ret_steps);
+  EXPECT_EQ(c.teacache.warmup_steps, 3);
+  EXPECT_EQ(c.teacache.coefficients, (std::vector<double>{100, -2, 3.5, 0, 1}));
+  EXPECT_EQ(c.parallel.cfg_size, 2);
+  EXPECT_EQ(c.parallel.ulysses_size, 4);
+  EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
+  EXPECT_TRUE(c.cuda_graph.enabled);
+
+  // None of these features is built yet: each is named, none silently ignored.
+  const std::vector<std::string> missing = unimplemented_features(c);
+  ASSERT_EQ(missing.size(), 6u);
+  try {
+    require_implemented(c, "engine.yaml");
+    ADD_FAILURE() << "accepted unimplemented features";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    expect_contains(m, "engine.yaml: ");
+    for (const char* key : {"linear.quant_algo: fp8_blockwise", "teacache.enabled", "parallel.cfg_size: 2",
+                            "parallel.ulysses_size: 4", "attention.backend: flash", "cuda_graph.enabled"})
+      expect_contains(m, key);
+  }
+}
+
+TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
+  for (const char* text : {"linear: {quant_algo: fp8}", "linear: {quant_algo: nvfp4}", "teacache: {enabled: true}",
+                           "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: cudnn}",
+                           "cuda_graph: {enabled: true}"}) {
+    EXPECT_EQ(unimplemented_features(parse_engine_config(text, "engine.yaml")).size(), 1u) << text;
+  }
+  // Settings of a disabled feature are only validated.
+  EXPECT_TRUE(unimplemented_features(parse_engine_config("teacache: {threshold: 0.3}\nlinear: {dynamic: false}",
+                                                         "engine.yaml"))
+                  .empty());
+}
+
+TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
+  std::string m = parse_error("teacache:\n  enabled: false\n  treshold: 0.1\n");
+  expect_contains(m, "engine.yaml:3:3: teacache.treshold: unknown key");
+  expect_contains(m, "threshold");  // the known keys are listed
+
+  m = parse_error("linear: {}\nquantization: {}\n");
+  expect_contains(m, "engine.yaml:2:1: quantization: unknown key");
+  expect_contains(m, "cuda_graph");
+
+  m = parse_error("parallel:\n  cfg_size: 1\n  tp_size: 2\n");
+  expect_contains(m, "parallel.tp_size: unknown key");
+}
+
+TEST(EngineConfig, DuplicateKeys) {
+  expect_contains(parse_error("parallel:\n  cfg_size: 1\n  cfg_size: 2\n"), "parallel.cfg_size: duplicate key");
+  expect_contains(parse_error("linear: {}\nlinear: {}\n"), "linear: duplicate key");
+}
+
+TEST(EngineConfig, WrongTypesAndRanges) {
+  expect_contains(parse_error("teacache:\n  enabled: yes\n"), "engine.yaml:2:12: teacache.enabled: expected true or false, got 'yes'");
+  expect_contains(parse_error("teacache: {threshold: abc}"), "teacache.threshold: expected a number, got 'abc'");
+  expect_contains(parse_error("teacache: {threshold: 0}"), "teacache.threshold: must be > 0");
+  expect_contains(parse_error("teacache: {threshold: .nan}"), "teacache.threshold: expected a number");
+  expect_contains(parse_error("teacache: {warmup_steps: 1.5}"), "teacache.warmup_steps: expected an integer");
+  expect_contains(parse_error("teacache: {coefficients: 1.0}"), "teacache.coefficients: expected a list");
+  expect_contains(parse_error("teacache: {coefficients: []}"), "teacache.coefficients: needs at least one");
+  expect_contains(parse_error("teacache: {coefficients: [1, x]}"), "teacache.coefficients[1]: expected a number");
+  expect_contains(parse_error("parallel: {cfg_size: 3}"), "parallel.cfg_size: 3 is out of range [1, 2]");
+  expect_contains(parse_error("parallel: {ulysses_size: 0}"), "parallel.ulysses_size: 0 is out of range");
+  expect_contains(parse_error("parallel: {ulysses_size: [2]}"), "parallel.ulysses_size: expected an integer");
+  expect_contains(parse_error("linear: {quant_algo: int4}"),
+                  "linear.quant_algo: 'int4' is not one of: none, fp8, fp8_blockwise, nvfp4");
+  expect_contains(parse_error("linear: {ignore: proj_out}"), "linear.ignore: expected a list");
+  expect_contains(parse_error("linear: {ignore: [{a: 1}]}"), "linear.ignore[0]: expected a string");
+  expect_contains(parse_error("attention: {backend: sdpa}"), "attention.backend: 'sdpa' is not one of: reference");
+  expect_contains(parse_error("cuda_graph: true"), "cuda_graph: expected a mapping");
+  expect_contains(parse_error("- linear\n- teacache\n"), "top level: expected a mapping");
+}
+
+TEST(EngineConfig, InvalidYamlNamesTheLine) {
+  expect_contains(parse_error("linear:\n  quant_algo: [fp8\n"), "engine.yaml:");
+  expect_contains(parse_error("linear:\n  quant_algo: [fp8\n"), "invalid YAML");
+}
+
+TEST(EngineConfig, LoadFromFile) {
+  const std::filesystem::path path = std::filesystem::path(::testing::TempDir()) / "vgen_engine_config_test.yaml";
+  {
+    std::ofstream out(path);
+    out << "attention:\n  backend: reference\ncuda_graph:\n  enabled: false\n";
+  }
+  const EngineConfig c = load_engine_config(path.string());
+  EXPECT_EQ(c.attention.backend, AttentionBackend::Reference);
+  std::filesystem::remove(path);
+  try {
+    load_engine_config(path.string());
+    ADD_FAILURE() << "loaded a missing file";
+  } catch (const Error& e) {
+    expect_contains(e.what(), path.string() + ": cannot open");
+  }
+}

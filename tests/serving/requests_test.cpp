@@ -1,0 +1,265 @@
+// Request parsing and validation of the HTTP server: JSON and multipart bodies, the
+// size/seconds -> frames mapping, and the plan that the pipeline's resolve() validates.
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "serving/api_error.h"
+#include "serving/requests.h"
+#include "serving/video_id.h"
+#include "serving/fake_pipeline.h"
+
+using namespace vgen::serving;
+using vgen::testing::FakePipeline;
+
+namespace {
+
+// Runs `f`, expects an ApiError with this status (and param when given); returns its message.
+std::string expect_api_error(const std::function<void()>& f, int status, const char* param = nullptr) {
+  try {
+    f();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, status) << e.what();
+    if (param) {
+      EXPECT_TRUE(e.param.has_value()) << e.what();
+      if (e.param) EXPECT_EQ(*e.param, param) << e.what();
+    }
+    return e.what();
+  }
+  ADD_FAILURE() << "no ApiError thrown";
+  return "";
+}
+
+ModelInfo tiny_model() {
+  ModelInfo m;
+  m.id = "wan21_t2v_tiny";
+  m.task = "text-to-video";
+  return m;
+}
+
+VideoPlan plan_json(const std::string& body) {
+  FakePipeline pipeline;
+  return plan_video(parse_video_request(RequestFields::from_json(body)), tiny_model(), pipeline);
+}
+
+ImagePlan plan_image_json(const std::string& body) {
+  FakePipeline pipeline;
+  return plan_image(parse_image_request(RequestFields::from_json(body), false), tiny_model(), pipeline);
+}
+
+FormPart field(const std::string& name, const std::string& value) { return {name, "", "", value}; }
+
+}  // namespace
+
+TEST(ServingRequests, SizeIsWidthByHeight) {
+  EXPECT_EQ(parse_size("832x480", "size"), std::make_pair(int64_t{832}, int64_t{480}));
+  EXPECT_EQ(parse_size("48x32", "size"), std::make_pair(int64_t{48}, int64_t{32}));
+  EXPECT_FALSE(parse_size("auto", "size").has_value());
+  for (const char* bad : {"832", "x480", "832x", "0x480", "-1x2", "832X480", "832x480 ", " 832x480", "99999x1",
+                          "1e3x2", "832x480x3", "", "8193x16"}) {
+    const std::string message = expect_api_error([&] { parse_size(bad, "size"); }, 400, "size");
+    EXPECT_NE(message.find("size"), std::string::npos) << message;
+  }
+}
+
+TEST(ServingRequests, SecondsSnapToTheFourKPlusOneGrid) {
+  EXPECT_EQ(frames_for_seconds(4, 16, 4), 65);  // 64 -> nearest 4k+1 is 65
+  EXPECT_EQ(frames_for_seconds(5, 16, 4), 81);  // 80 -> 81 (Wan's default length)
+  EXPECT_EQ(frames_for_seconds(1, 16, 4), 17);
+  EXPECT_EQ(frames_for_seconds(2, 16, 4), 33);
+  EXPECT_EQ(frames_for_seconds(4, 24, 4), 97);
+  EXPECT_EQ(frames_for_seconds(63.0 / 16, 16, 4), 65);  // 63 is halfway between 61 and 65: the longer
+  EXPECT_EQ(frames_for_seconds(62.0 / 16, 16, 4), 61);
+  EXPECT_EQ(frames_for_seconds(0.1, 16, 4), 1);   // 2 frames -> 1
+  EXPECT_EQ(frames_for_seconds(0.01, 16, 4), 1);  // never 0
+  EXPECT_EQ(frames_for_seconds(3.0 / 16, 16, 4), 5);  // 3 is halfway between 1 and 5
+  for (double s = 0.05; s < 20; s += 0.37) EXPECT_EQ(frames_for_seconds(s, 16, 4) % 4, 1) << s;
+}
+
+TEST(ServingRequests, SecondsFormatting) {
+  EXPECT_EQ(format_seconds(4), "4");
+  EXPECT_EQ(format_seconds(2.5), "2.5");
+  EXPECT_EQ(format_seconds(81.0 / 16), "5.0625");
+}
+
+TEST(ServingRequests, VideoPlanFromJson) {
+  const VideoPlan p = plan_json(R"({"prompt": "a cat", "seconds": "4", "size": "48x32", "num_inference_steps": 2,
+                                    "seed": 7, "guidance_scale": 1.0, "negative_prompt": "blur"})");
+  EXPECT_EQ(p.resolved.width, 48);
+  EXPECT_EQ(p.resolved.height, 32);
+  EXPECT_EQ(p.resolved.num_frames, 65);
+  EXPECT_EQ(p.resolved.num_inference_steps, 2);
+  EXPECT_EQ(p.resolved.seed, 7u);
+  EXPECT_EQ(p.resolved.negative_prompt, "blur");
+  EXPECT_DOUBLE_EQ(p.resolved.guidance_scale, 1.0);
+  EXPECT_EQ(p.seconds, "4");
+  EXPECT_EQ(p.size, "48x32");
+  EXPECT_DOUBLE_EQ(p.fps, 16.0);
+  // Every parameter is explicit, so what runs is exactly what the Video object reports.
+  EXPECT_EQ(p.params.num_frames, 65);
+  EXPECT_EQ(p.params.width, 48);
+  EXPECT_EQ(p.params.seed, 7u);
+  EXPECT_EQ(p.extras()["num_frames"], 65);
+  EXPECT_EQ(p.extras()["seed"], 7);
+}
+
+TEST(ServingRequests, SecondsAsNumberFpsAndNumFrames) {
+  EXPECT_EQ(plan_json(R"({"prompt": "x", "seconds": 2})").resolved.num_frames, 33);
+  EXPECT_EQ(plan_json(R"({"prompt": "x", "seconds": 2.5})").seconds, "2.5");
+  const VideoPlan at24 = plan_json(R"({"prompt": "x", "seconds": 1, "fps": 24})");
+  EXPECT_EQ(at24.resolved.num_frames, 25);
+  EXPECT_DOUBLE_EQ(at24.fps, 24.0);
+  const VideoPlan frames = plan_json(R"({"prompt": "x", "num_frames": 9})");
+  EXPECT_EQ(frames.resolved.num_frames, 9);
+  EXPECT_EQ(frames.seconds, "0.5625");  // 9 / 16
+  // Neither: the model's default length (the fake's 5 frames).
+  EXPECT_EQ(plan_json(R"({"prompt": "x", "size": "auto"})").resolved.num_frames, 5);
+}
+
+TEST(ServingRequests, RandomSeedWhenNoneIsGiven) {
+  const VideoPlan a = plan_json(R"({"prompt": "x"})");
+  const VideoPlan b = plan_json(R"({"prompt": "x"})");
+  EXPECT_LT(a.resolved.seed, uint64_t{1} << 32);
+  EXPECT_NE(a.resolved.seed, b.resolved.seed);  // 1 in 2^32 to fail
+  EXPECT_EQ(plan_json(R"({"prompt": "x", "seed": 18446744073709551615})").resolved.seed, 18446744073709551615ull);
+}
+
+TEST(ServingRequests, VideoValidationErrorsNameTheField) {
+  struct Case {
+    const char* body;
+    int status;
+    const char* param;
+  };
+  const Case cases[] = {
+      {R"({"seconds": "4"})", 400, "prompt"},
+      {R"({"prompt": ""})", 400, "prompt"},
+      {R"({"prompt": 5})", 400, "prompt"},
+      {R"({"prompt": "x", "bogus": 1})", 422, "bogus"},
+      {R"({"prompt": "x", "seconds": "four"})", 400, "seconds"},
+      {R"({"prompt": "x", "seconds": 0})", 400, "seconds"},
+      {R"({"prompt": "x", "seconds": -1})", 400, "seconds"},
+      {R"({"prompt": "x", "seconds": true})", 400, "seconds"},
+      {R"({"prompt": "x", "seconds": 100000})", 400, "seconds"},
+      {R"({"prompt": "x", "seconds": 1000})", 400, "seconds"},  // 16000 frames
+      {R"({"prompt": "x", "size": 832})", 400, "size"},
+      {R"({"prompt": "x", "size": "832*480"})", 400, "size"},
+      {R"({"prompt": "x", "num_inference_steps": 2.5})", 400, "num_inference_steps"},
+      {R"({"prompt": "x", "num_inference_steps": 0})", 400, "num_inference_steps"},
+      {R"({"prompt": "x", "num_inference_steps": "2"})", 400, "num_inference_steps"},
+      {R"({"prompt": "x", "num_inference_steps": 99999999999999999999})", 400, "num_inference_steps"},
+      {R"({"prompt": "x", "guidance_scale": "high"})", 400, "guidance_scale"},
+      {R"({"prompt": "x", "guidance_scale": -1})", 400, "guidance_scale"},
+      {R"({"prompt": "x", "seed": -1})", 400, "seed"},
+      {R"({"prompt": "x", "seed": 1.5})", 400, "seed"},
+      {R"({"prompt": "x", "fps": 0})", 400, "fps"},
+      {R"({"prompt": "x", "num_frames": 0})", 400, "num_frames"},
+      {R"({"prompt": "x", "num_frames": 9, "seconds": 1})", 400, "num_frames"},
+      {R"({"prompt": "x", "negative_prompt": ["a"]})", 400, "negative_prompt"},
+      {R"({"prompt": "x", "model": "sora-2"})", 400, "model"},
+      {R"({"prompt": "x", "input_reference": {"image_url": "http://x/y.png"}})", 400, "input_reference"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.body);
+    expect_api_error([&] { plan_json(c.body); }, c.status, c.param);
+  }
+}
+
+TEST(ServingRequests, PipelineValidationIsA400WithItsMessage) {
+  std::string m = expect_api_error([] { plan_json(R"({"prompt": "x", "size": "50x32"})"); }, 400);
+  EXPECT_NE(m.find("multiples of 16"), std::string::npos) << m;
+  m = expect_api_error([] { plan_json(R"({"prompt": "x", "num_frames": 8})"); }, 400);
+  EXPECT_NE(m.find("4k+1"), std::string::npos) << m;
+}
+
+TEST(ServingRequests, InputReferenceOnATextToVideoModel) {
+  FakePipeline pipeline;
+  std::vector<FormPart> parts = {field("prompt", "x"), {"input_reference", "ref.png", "image/png", "\x89PNG"}};
+  const std::string m = expect_api_error(
+      [&] { plan_video(parse_video_request(RequestFields::from_form(parts)), tiny_model(), pipeline); }, 400,
+      "input_reference");
+  EXPECT_NE(m.find("image-to-video not supported by this model"), std::string::npos) << m;
+}
+
+TEST(ServingRequests, MalformedBodies) {
+  expect_api_error([] { RequestFields::from_json(""); }, 400);
+  expect_api_error([] { RequestFields::from_json("{"); }, 400);
+  expect_api_error([] { RequestFields::from_json("[1, 2]"); }, 400);
+  expect_api_error([] { RequestFields::from_json("\"prompt\""); }, 400);
+  // null is "not given".
+  EXPECT_EQ(plan_json(R"({"prompt": "x", "seed": null, "size": null, "seconds": 1})").resolved.num_frames, 17);
+}
+
+TEST(ServingRequests, MultipartFieldsAreText) {
+  FakePipeline pipeline;
+  const std::vector<FormPart> parts = {field("prompt", "a cat"),  field("seconds", "2"),  field("size", "48x32"),
+                                       field("num_inference_steps", "3"), field("guidance_scale", "1.5"),
+                                       field("seed", "42"),         field("fps", "8")};
+  const VideoPlan p = plan_video(parse_video_request(RequestFields::from_form(parts)), tiny_model(), pipeline);
+  EXPECT_EQ(p.resolved.num_frames, 17);  // 2 s at 8 fps
+  EXPECT_EQ(p.resolved.num_inference_steps, 3);
+  EXPECT_DOUBLE_EQ(p.resolved.guidance_scale, 1.5);
+  EXPECT_EQ(p.resolved.seed, 42u);
+  EXPECT_EQ(p.size, "48x32");
+
+  const auto parse = [&](std::vector<FormPart> f) {
+    plan_video(parse_video_request(RequestFields::from_form(std::move(f))), tiny_model(), pipeline);
+  };
+  expect_api_error([&] { parse({field("prompt", "x"), field("num_inference_steps", "2.0")}); }, 400,
+                   "num_inference_steps");
+  expect_api_error([&] { parse({field("prompt", "x"), field("seed", "-3")}); }, 400, "seed");
+  expect_api_error([&] { parse({field("prompt", "x"), field("seconds", "4s")}); }, 400, "seconds");
+  expect_api_error([&] { parse({field("prompt", "x"), field("prompt", "y")}); }, 400, "prompt");
+  expect_api_error([&] { parse({field("prompt", "bad \xff\xfe utf8")}); }, 400, "prompt");
+  expect_api_error([&] { parse({field("prompt", "x"), field("style", "vivid")}); }, 422, "style");
+}
+
+TEST(ServingRequests, ImagePlan) {
+  const ImagePlan p = plan_image_json(
+      R"({"prompt": "a cat", "size": "48x32", "n": 3, "output_format": "webp", "output_compression": 70,
+          "response_format": "b64_json", "quality": "high", "user": "me", "seed": 5, "num_inference_steps": 2})");
+  EXPECT_EQ(p.resolved.num_frames, 1);
+  EXPECT_EQ(p.n, 3);
+  EXPECT_EQ(p.output_format, vgen::media::ImageFormat::WEBP);
+  EXPECT_EQ(p.quality, 70);
+  EXPECT_EQ(p.size, "48x32");
+  EXPECT_EQ(p.params.seed, 5u);
+  EXPECT_EQ(plan_image_json(R"({"prompt": "x"})").output_format, vgen::media::ImageFormat::PNG);
+
+  expect_api_error([] { plan_image_json(R"({"prompt": "x", "n": 11})"); }, 400, "n");
+  expect_api_error([] { plan_image_json(R"({"prompt": "x", "n": 0})"); }, 400, "n");
+  expect_api_error([] { plan_image_json(R"({"prompt": "x", "output_format": "gif"})"); }, 400, "output_format");
+  expect_api_error([] { plan_image_json(R"({"prompt": "x", "output_format": "jpg"})"); }, 400, "output_format");
+  expect_api_error([] { plan_image_json(R"({"prompt": "x", "quality": "ultra"})"); }, 400, "quality");
+  expect_api_error([] { plan_image_json(R"({"prompt": "x", "seconds": 4})"); }, 422, "seconds");
+  const std::string m =
+      expect_api_error([] { plan_image_json(R"({"prompt": "x", "response_format": "url"})"); }, 400, "response_format");
+  EXPECT_NE(m.find("not supported"), std::string::npos) << m;
+}
+
+TEST(ServingRequests, EditsNeedAnImageAndAnEditingModel) {
+  FakePipeline pipeline;
+  const auto edit = [&](std::vector<FormPart> parts) {
+    plan_image(parse_image_request(RequestFields::from_form(std::move(parts)), true), tiny_model(), pipeline);
+  };
+  expect_api_error([&] { edit({field("prompt", "x")}); }, 400, "image");
+  const std::string m =
+      expect_api_error([&] { edit({field("prompt", "x"), {"image[]", "a.png", "image/png", "png"}}); }, 400, "image");
+  EXPECT_NE(m.find("cannot edit images"), std::string::npos) << m;
+}
+
+TEST(ServingVideoId, NewIdsAreValidAndDistinct) {
+  const std::string a = new_video_id(), b = new_video_id();
+  EXPECT_TRUE(is_valid_video_id(a)) << a;
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a.rfind("video_", 0), 0u);
+}
+
+TEST(ServingVideoId, StrictValidation) {
+  EXPECT_TRUE(is_valid_video_id("video_0123456789abcdef"));
+  EXPECT_TRUE(is_valid_video_id("video_" + std::string(64, 'Z')));
+  for (const std::string& bad : std::vector<std::string>{"", "video_", "video_abc", "video_" + std::string(65, 'a'), "VIDEO_0123456789abcdef",
+                                "video_0123456789abcde/", "video_../../../etc/passwd", "video_0123456789abcdef.mp4",
+                                "video_0123456789abcd%2F", "image_0123456789abcdef", std::string("video_0123456789abcde\0", 22),
+                                "video_0123456789abcdéf"})
+    EXPECT_FALSE(is_valid_video_id(bad)) << bad;
+}
