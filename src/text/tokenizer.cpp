@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <unordered_map>
 
@@ -68,17 +69,102 @@ std::string base64_decode(std::string_view text, const std::string& where) {
   return out;
 }
 
+bool read_varint(std::string_view s, size_t& pos, uint64_t& value) {
+  value = 0;
+  for (int shift = 0; pos < s.size() && shift < 64; shift += 7) {
+    const auto byte = static_cast<unsigned char>(s[pos++]);
+    value |= static_cast<uint64_t>(byte & 0x7F) << shift;
+    if (!(byte & 0x80)) return true;
+  }
+  return false;
+}
+
+void append_varint(std::string& out, uint64_t value) {
+  for (; value >= 0x80; value >>= 7) out += static_cast<char>((value & 0x7F) | 0x80);
+  out += static_cast<char>(value);
+}
+
+// One field of a protobuf message in wire format.
+struct ProtoField {
+  uint64_t number = 0;
+  uint64_t wire_type = 0;
+  std::string_view raw;      // key and value, as stored
+  std::string_view payload;  // the bytes of a length-delimited value
+};
+
+std::vector<ProtoField> proto_fields(std::string_view message, const std::string& where) {
+  std::vector<ProtoField> fields;
+  for (size_t pos = 0; pos < message.size();) {
+    const size_t begin = pos;
+    ProtoField f;
+    uint64_t key, value;
+    bool ok = read_varint(message, pos, key);
+    f.number = key >> 3;
+    f.wire_type = key & 7;
+    if (ok) {
+      switch (f.wire_type) {
+        case 0:
+          ok = read_varint(message, pos, value);
+          break;
+        case 1:
+        case 5: {
+          const size_t size = f.wire_type == 1 ? 8 : 4;
+          ok = message.size() - pos >= size;
+          pos += size;
+          break;
+        }
+        case 2:
+          ok = read_varint(message, pos, value) && value <= message.size() - pos;
+          if (ok) {
+            f.payload = message.substr(pos, value);
+            pos += value;
+          }
+          break;
+        default:
+          ok = false;
+      }
+    }
+    if (!ok) fail("{}: cannot load the SentencePiece model (malformed protobuf at byte {})", where, begin);
+    f.raw = message.substr(begin, pos - begin);
+    fields.push_back(f);
+  }
+  return fields;
+}
+
+// Splits a serialized ModelProto into the model without normalizer_spec (3).precompiled_charsmap
+// (2) and that charsmap (empty when absent): the text reaches SentencePiece already normalized
+// the way transformers does it, and must not be normalized a second time.
+std::string without_charsmap(std::string_view proto, std::string& charsmap, const std::string& where) {
+  std::string out;
+  for (const ProtoField& f : proto_fields(proto, where)) {
+    if (f.number != 3 || f.wire_type != 2) {
+      out += f.raw;
+      continue;
+    }
+    std::string spec;
+    for (const ProtoField& g : proto_fields(f.payload, where)) {
+      if (g.number == 2 && g.wire_type == 2) {
+        charsmap.assign(g.payload);
+      } else {
+        spec += g.raw;
+      }
+    }
+    append_varint(out, (3 << 3) | 2);
+    append_varint(out, spec.size());
+    out += spec;
+  }
+  return out;
+}
+
 }  // namespace
 
 struct T5Tokenizer::Impl {
   TokenizerSource source = TokenizerSource::Auto;
   std::string where;  // the model file, for error messages
 
-  // spiece.model
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp;
-  // tokenizer.json
-  std::unique_ptr<text::UnigramModel> unigram;
-  std::unique_ptr<text::PrecompiledCharsmap> charsmap;
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp;  // spiece.model
+  std::unique_ptr<text::UnigramModel> unigram;                // tokenizer.json
+  std::unique_ptr<text::PrecompiledCharsmap> charsmap;        // absent: no normalization
 
   int64_t model_size = 0;                             // pieces of the SentencePiece / Unigram model
   std::unordered_map<std::string, int64_t> appended;  // ids >= model_size: sentinels, new added tokens
@@ -117,7 +203,6 @@ struct T5Tokenizer::Impl {
   }
 
   void index_added_tokens() {
-    for (auto& bucket : added_by_first_byte) bucket.clear();
     for (size_t i = 0; i < added.size(); ++i)
       added_by_first_byte[static_cast<unsigned char>(added[i].content[0])].push_back(i);
     for (auto& bucket : added_by_first_byte) {
@@ -126,20 +211,22 @@ struct T5Tokenizer::Impl {
     }
   }
 
-  // SentencePiece's ids for one segment. Byte pieces (models trained with byte_fallback) are
-  // merged back into one <unk> per run, as transformers' converted tokenizer has no byte fallback.
+  // SentencePiece's ids for one segment, normalized beforehand as transformers does (its
+  // per-grapheme reading of the charsmap; SentencePiece's own longest-match normalization is
+  // removed at load). Byte pieces (models trained with byte_fallback) become one <unk> per run,
+  // as transformers' converted tokenizer has no byte fallback.
   void encode_with_sentencepiece(std::string_view segment, std::vector<int64_t>& ids) const {
-    // transformers splits words on every Unicode whitespace left after normalization,
-    // SentencePiece only on ' '; nmt_nfkc maps all of them to ' ' except U+0085, which it keeps,
-    // and U+000B, which it deletes. Spaces for the former; the latter is left to the charsmap.
+    const std::string normalized = charsmap ? charsmap->normalize(segment) : std::string(segment);
+    // transformers splits words on any Unicode whitespace, SentencePiece on ' ' only (U+0085
+    // survives nmt_nfkc, for one).
     std::string spaced;
     char32_t cp;
-    for (size_t pos = 0; pos < segment.size();) {
-      const size_t len = text::decode_utf8(segment, pos, &cp);
-      if (text::is_unicode_whitespace(cp) && cp != 0xB) {
+    for (size_t pos = 0; pos < normalized.size();) {
+      const size_t len = text::decode_utf8(normalized, pos, &cp);
+      if (text::is_unicode_whitespace(cp)) {
         spaced += ' ';
       } else {
-        spaced.append(segment.substr(pos, len));
+        spaced.append(normalized, pos, len);
       }
       pos += len;
     }
@@ -278,9 +365,15 @@ T5Tokenizer T5Tokenizer::from_pretrained(const std::string& dir, TokenizerSource
   std::vector<AddedToken> file_added;  // tokenizer.json's added_tokens
   if (source == TokenizerSource::SentencePiece) {
     impl->where = spiece_path;
+    std::ifstream in(spiece_path, std::ios::binary);
+    if (!in) fail("{}: cannot open", spiece_path);
+    const std::string proto((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string charsmap;
+    const std::string model = without_charsmap(proto, charsmap, spiece_path);
     impl->sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
-    const auto status = impl->sp->Load(spiece_path);
+    const auto status = impl->sp->LoadFromSerializedProto(model);
     if (!status.ok()) fail("{}: cannot load the SentencePiece model ({})", spiece_path, status.ToString());
+    if (!charsmap.empty()) impl->charsmap = std::make_unique<text::PrecompiledCharsmap>(charsmap, spiece_path);
     impl->model_size = impl->sp->GetPieceSize();
     impl->unk_id = impl->sp->unk_id();
     // transformers' T5Converter appends the sentinels in reverse: <extra_id_0> gets the last id.
@@ -372,8 +465,8 @@ TokenizerOutput T5Tokenizer::operator()(const std::vector<std::string>& texts, i
   if (max_length < 1) fail("tokenizer: max_length must be at least 1 (room for </s>), got {}", max_length);
   const auto batch = static_cast<int64_t>(texts.size());
   TokenizerOutput out;
-  out.input_ids = Tensor::full({batch, max_length}, 0.0f, DType::I64);
-  out.attention_mask = Tensor::zeros({batch, max_length}, DType::I64);
+  out.input_ids = Tensor::empty({batch, max_length}, DType::I64);
+  out.attention_mask = Tensor::empty({batch, max_length}, DType::I64);
   int64_t* ids = out.input_ids.data<int64_t>();
   int64_t* mask = out.attention_mask.data<int64_t>();
   for (int64_t b = 0; b < batch; ++b) {
@@ -385,6 +478,7 @@ TokenizerOutput T5Tokenizer::operator()(const std::vector<std::string>& texts, i
     std::fill(ids + b * max_length, ids + (b + 1) * max_length, impl_->pad_id);
     std::copy(tokens.begin(), tokens.end(), ids + b * max_length);
     std::fill(mask + b * max_length, mask + b * max_length + n, int64_t{1});
+    std::fill(mask + b * max_length + n, mask + (b + 1) * max_length, int64_t{0});
     out.lengths.push_back(n);
   }
   return out;

@@ -11,21 +11,24 @@
 // transformers 5's T5Tokenizer builds it). Truncation keeps room for the appended </s>.
 //
 // Two sources for the model, chosen by from_pretrained:
-// * `spiece.model` through the SentencePiece library (vocabulary extended by the
-//   tokenizer_config.json `extra_ids` sentinels, <extra_id_0> last, like transformers'
-//   T5Converter; default 100). Known differences from transformers: SentencePiece normalizes
-//   by longest match, not per grapheme cluster, so a base character with a charsmap entry
-//   followed by a combining mark ("Ａ\u0301": transformers drops the accent) or U+0085
-//   tokenizes differently (see PrecompiledCharsmap); and the sentinels are split out of the
-//   text like the added tokens of a tokenizer.json, whereas transformers, given spiece.model
-//   alone, leaves them to the Unigram model, so text glued after one ("<extra_id_0>c") gets
-//   no "▁" there.
+// * `spiece.model` through the SentencePiece library for the segmentation; its charsmap is
+//   taken out of the model and applied the way transformers reads it (PrecompiledCharsmap,
+//   per grapheme cluster, where SentencePiece matches the longest prefix); the vocabulary is
+//   extended by the tokenizer_config.json `extra_ids` sentinels, <extra_id_0> last, like
+//   transformers' T5Converter (default 100). One known difference: the sentinels are split out
+//   of the text like the added tokens of a tokenizer.json, whereas transformers, given
+//   spiece.model alone, leaves them to the Unigram model, so text glued after one
+//   ("<extra_id_0>c") gets no "▁" there.
 // * `tokenizer.json` (Unigram model) with its own implementation of the pipeline above. As in
 //   transformers 5, only the vocabulary, unk_id, added_tokens and the Precompiled charsmap are
 //   taken from the file; its normalizer steps other than Precompiled and its pre_tokenizer are
 //   replaced by the fixed T5 pipeline (WhitespaceSplit + Metaspace).
-// Not supported: added tokens with single_word or normalized=true matching rules (they are
-// matched like plain special tokens), tokenizer.json models other than Unigram.
+// Added tokens come from tokenizer.json's added_tokens, the pad/eos/unk tokens, and
+// tokenizer_config.json's additional_special_tokens / extra_special_tokens /
+// added_tokens_decoder; one outside the vocabulary gets the next free id, in that order.
+// Not supported: the single_word and normalized=true matching rules of added tokens (they are
+// matched like the special tokens, lstrip/rstrip honoured), tokenizer.json models other than
+// Unigram.
 #pragma once
 
 #include <cstdint>

@@ -58,15 +58,15 @@ UMT5Config UMT5Config::from_json(const Json& j, const std::string& path) {
   c.feed_forward_proj = json_get<std::string>(j, "feed_forward_proj", c.feed_forward_proj, path);
   const size_t dash = c.feed_forward_proj.find('-');
   c.is_gated_act = dash != std::string::npos;
-  if (c.is_gated_act && (c.feed_forward_proj.substr(0, dash) != "gated" ||
-                         c.feed_forward_proj.find('-', dash + 1) != std::string::npos))
+  if (c.is_gated_act &&
+      (c.feed_forward_proj.substr(0, dash) != "gated" || c.feed_forward_proj.find('-', dash + 1) != std::string::npos))
     fail("{}: field 'feed_forward_proj' is \"{}\"; expected \"gated-ACT\" or \"ACT\"", path, c.feed_forward_proj);
   c.dense_act_fn = c.is_gated_act ? c.feed_forward_proj.substr(dash + 1) : c.feed_forward_proj;
   if (c.feed_forward_proj == "gated-gelu") c.dense_act_fn = "gelu_new";
   if (c.dense_act_fn != "gelu_new" && c.dense_act_fn != "gelu_pytorch_tanh" && c.dense_act_fn != "gelu" &&
       c.dense_act_fn != "relu" && c.dense_act_fn != "silu")
-    fail("{}: field 'feed_forward_proj' is \"{}\"; activation '{}' is not supported (gelu_new, gelu, relu, silu)",
-         path, c.feed_forward_proj, c.dense_act_fn);
+    fail("{}: field 'feed_forward_proj' is \"{}\"; activation '{}' is not supported (gelu_new, gelu, relu, silu)", path,
+         c.feed_forward_proj, c.dense_act_fn);
   return c;
 }
 
@@ -100,7 +100,9 @@ std::unique_ptr<UMT5EncoderModel> UMT5EncoderModel::from_pretrained(const std::s
   const int64_t inner = c.num_heads * c.d_kv;
 
   const WeightStore store = WeightStore::open_dir(dir);
-  auto load = [&](const std::string& name, const Shape& shape, DType as) { return store.load(name, shape, as, device); };
+  auto load = [&](const std::string& name, const Shape& shape, DType as) {
+    return store.load(name, shape, as, device);
+  };
 
   // UMT5EncoderModel ties encoder.embed_tokens to shared; checkpoints store one or both.
   const bool has_shared = store.contains("shared.weight");
@@ -153,7 +155,8 @@ Tensor UMT5EncoderModel::self_attention(const Block& block, const Tensor& x, con
   const int64_t B = x.size(0), L = x.size(1), H = config_.num_heads, D = config_.d_kv;
   auto heads = [&](const Tensor& w) { return ops::linear(x, w).view({B, L, H, D}).permute({0, 2, 1, 3}); };
   // position_bias [1, H, L, L] from this layer's bucket table, plus the padding mask [B, 1, 1, L].
-  const Tensor position_bias = ops::embedding(bucket_ids, block.relative_attention_bias).permute({2, 0, 1}).unsqueeze(0);
+  const Tensor position_bias =
+      ops::embedding(bucket_ids, block.relative_attention_bias).permute({2, 0, 1}).unsqueeze(0);
   const Tensor bias = ops::add(position_bias, mask_bias);
   // UMT5 folds the scale into its initialization: scores are plain q.k.
   const Tensor out = ops::attention(heads(block.q), heads(block.k), heads(block.v), bias, 1.0f);
@@ -162,8 +165,10 @@ Tensor UMT5EncoderModel::self_attention(const Block& block, const Tensor& x, con
 
 Tensor UMT5EncoderModel::feed_forward(const Block& block, const Tensor& x) const {
   const std::string& act = config_.dense_act_fn;
-  const Activation fused = act == "gelu" ? Activation::Gelu : act == "silu" ? Activation::Silu
-                         : act == "relu" ? Activation::None : Activation::GeluTanh;  // gelu_new, gelu_pytorch_tanh
+  const Activation fused = act == "gelu"   ? Activation::Gelu
+                           : act == "silu" ? Activation::Silu
+                           : act == "relu" ? Activation::None
+                                           : Activation::GeluTanh;  // gelu_new, gelu_pytorch_tanh
   Tensor h = ops::linear(x, block.wi_0, {}, fused);
   if (act == "relu") h = ops::clamp(h, 0.0f, INFINITY);
   if (block.wi_1.defined()) h = ops::mul(h, ops::linear(x, block.wi_1));
@@ -173,10 +178,10 @@ Tensor UMT5EncoderModel::feed_forward(const Block& block, const Tensor& x) const
 }
 
 Tensor UMT5EncoderModel::forward(const Tensor& input_ids, const Tensor& attention_mask) const {
-  VGEN_CHECK(input_ids.dtype() == DType::I64 && input_ids.dim() == 2, "UMT5EncoderModel: input_ids {} must be I64 [B, L]",
-             input_ids.str());
-  VGEN_CHECK(attention_mask.shape() == input_ids.shape(), "UMT5EncoderModel: attention_mask {} does not match input_ids {}",
-             attention_mask.str(), input_ids.str());
+  VGEN_CHECK(input_ids.dtype() == DType::I64 && input_ids.dim() == 2,
+             "UMT5EncoderModel: input_ids {} must be I64 [B, L]", input_ids.str());
+  VGEN_CHECK(attention_mask.shape() == input_ids.shape(),
+             "UMT5EncoderModel: attention_mask {} does not match input_ids {}", attention_mask.str(), input_ids.str());
   const int64_t B = input_ids.size(0), L = input_ids.size(1);
   const int64_t nb = config_.relative_attention_num_buckets, md = config_.relative_attention_max_distance;
 

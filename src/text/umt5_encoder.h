@@ -63,12 +63,12 @@ class UMT5EncoderModel {
 
  private:
   struct Block {
-    Tensor q, k, v, o;                // [inner, d_model] / [d_model, inner]
-    Tensor relative_attention_bias;   // [num_buckets, num_heads] float32
-    Tensor attention_norm;            // layer.0.layer_norm.weight
-    Tensor wi_0, wi_1;                // [d_ff, d_model]; wi_1 undefined for a non-gated FFN (then wi_0 is `wi`)
-    Tensor wo;                        // [d_model, d_ff]; float32 when the compute dtype is F16
-    Tensor ffn_norm;                  // layer.1.layer_norm.weight
+    Tensor q, k, v, o;               // [inner, d_model] / [d_model, inner]
+    Tensor relative_attention_bias;  // [num_buckets, num_heads] float32
+    Tensor attention_norm;           // layer.0.layer_norm.weight
+    Tensor wi_0, wi_1;               // [d_ff, d_model]; wi_1 undefined for a non-gated FFN (then wi_0 is `wi`)
+    Tensor wo;                       // [d_model, d_ff]; float32 when the compute dtype is F16
+    Tensor ffn_norm;                 // layer.1.layer_norm.weight
   };
 
   UMT5EncoderModel(UMT5Config config, DType dtype, Device device);

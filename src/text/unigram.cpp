@@ -20,7 +20,8 @@ UnigramModel::UnigramModel(std::vector<std::pair<std::string, double>> vocab, in
   VGEN_CHECK(!vocab_.empty(), "Unigram model: empty vocabulary");
   VGEN_CHECK(unk_id_ >= 0 && unk_id_ < size(), "Unigram model: unk_id {} outside the vocabulary of {}", unk_id_,
              size());
-  VGEN_CHECK(size() < std::numeric_limits<int32_t>::max(), "Unigram model: vocabulary of {} pieces is too large", size());
+  VGEN_CHECK(size() < std::numeric_limits<int32_t>::max(), "Unigram model: vocabulary of {} pieces is too large",
+             size());
   double min_score = std::numeric_limits<double>::infinity();
   for (size_t i = 0; i < vocab_.size(); ++i) {
     ids_[vocab_[i].first] = static_cast<int64_t>(i);

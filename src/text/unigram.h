@@ -36,7 +36,7 @@ class UnigramModel {
 
   std::vector<std::pair<std::string, double>> vocab_;
   std::unordered_map<std::string_view, int64_t> ids_;  // views into vocab_
-  std::vector<Node> trie_;  // node 0 is the root; children contiguous, sorted by label
+  std::vector<Node> trie_;                             // node 0 is the root; children contiguous, sorted by label
   int64_t unk_id_;
   double unk_score_;
 };

@@ -1,10 +1,11 @@
 // wan_prompt_clean against diffusers' Wan prompt_clean (ftfy not installed, as in the fixtures).
+#include "text/prompt_clean.h"
+
 #include <gtest/gtest.h>
 
 #include "core/error.h"
 #include "io/json.h"
 #include "support/parity.h"
-#include "text/prompt_clean.h"
 
 using namespace vgen;
 
@@ -18,7 +19,8 @@ TEST(WanPromptClean, MatchesDiffusers) {
   for (const char* name : {"wan21_t2v_tiny_ref", "wan21_t2v_tiny_b_ref"}) {
     const Json prompts = read_json_file(vgen::testing::fixture(std::string(name) + "/prompts.json"));
     for (size_t i = 0; i < prompts.at("prompts").size(); ++i)
-      EXPECT_EQ(wan_prompt_clean(prompts["prompts"][i].get<std::string>()), prompts["prompts_cleaned"][i].get<std::string>());
+      EXPECT_EQ(wan_prompt_clean(prompts["prompts"][i].get<std::string>()),
+                prompts["prompts_cleaned"][i].get<std::string>());
     EXPECT_EQ(wan_prompt_clean(prompts.at("negative_prompt").get<std::string>()),
               prompts.at("negative_prompt_cleaned").get<std::string>());
   }

@@ -1,5 +1,7 @@
 // T5Tokenizer against transformers 5 (the tokenizer diffusers' WanPipeline calls): token ids and
 // attention masks must be identical, through spiece.model and through tokenizer.json alone.
+#include "text/tokenizer.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -9,7 +11,6 @@
 #include "io/json.h"
 #include "support/parity.h"
 #include "text/prompt_clean.h"
-#include "text/tokenizer.h"
 
 using namespace vgen;
 namespace fs = std::filesystem;
@@ -98,27 +99,29 @@ TEST(T5Tokenizer, FixturePromptsThroughTokenizerJsonOnly) {
 }
 
 // Raw texts with whitespace of every kind, NFKC through the precompiled charsmap, combining
-// marks, unknown characters, added tokens and "▁" inside the text (text_extra.json, from
-// tools/fixtures/make_text_extra.py).
+// marks, unknown characters, added tokens and "▁" inside the text, plus 400 seeded random
+// strings over such an alphabet (text_extra.json, from tools/fixtures/make_text_extra.py).
+// Both sources must match transformers on every one, including the texts where raw
+// SentencePiece (its own longest-match normalization, ' '-only word splits) does not.
 TEST(T5Tokenizer, EdgeCasesMatchTransformers) {
   const Json extra = read_json_file(vgen::testing::fixture("wan21_t2v_tiny_ref/text_extra.json"));
-  const T5Tokenizer json_tok = T5Tokenizer::from_pretrained(tokenizer_dir("wan21_t2v_tiny"), TokenizerSource::TokenizerJson);
-  const T5Tokenizer sp_tok = T5Tokenizer::from_pretrained(tokenizer_dir("wan21_t2v_tiny"), TokenizerSource::SentencePiece);
-  int sentencepiece_skipped = 0;
-  for (const Json& c : extra.at("tokenizer_cases")) {
-    const std::string text = c.at("text").get<std::string>();
-    const std::vector<int64_t> expected = c.at("input_ids").get<std::vector<int64_t>>();
-    SCOPED_TRACE(text);
-    EXPECT_EQ(json_tok.encode(text), expected);
-    // SentencePiece's own normalizer (longest match) differs from transformers' Precompiled
-    // (grapheme clusters) on a few texts; the fixture flags them.
-    if (c.at("sentencepiece_differs").get<bool>()) {
-      ++sentencepiece_skipped;
-      continue;
+  const std::string dir = tokenizer_dir("wan21_t2v_tiny");
+  const T5Tokenizer json_tok = T5Tokenizer::from_pretrained(dir, TokenizerSource::TokenizerJson);
+  const T5Tokenizer sp_tok = T5Tokenizer::from_pretrained(dir, TokenizerSource::SentencePiece);
+  int cases = 0, raw_sentencepiece_differs = 0;
+  for (const char* list : {"tokenizer_cases", "random_tokenizer_cases"}) {
+    for (const Json& c : extra.at(list)) {
+      const std::string text = c.at("text").get<std::string>();
+      const std::vector<int64_t> expected = c.at("input_ids").get<std::vector<int64_t>>();
+      SCOPED_TRACE(text);
+      EXPECT_EQ(json_tok.encode(text), expected);
+      EXPECT_EQ(sp_tok.encode(text), expected);
+      ++cases;
+      raw_sentencepiece_differs += c.at("sentencepiece_differs").get<bool>();
     }
-    EXPECT_EQ(sp_tok.encode(text), expected);
   }
-  EXPECT_LE(sentencepiece_skipped, 3);
+  EXPECT_GT(cases, 400);
+  EXPECT_GT(raw_sentencepiece_differs, 10);
 }
 
 TEST(T5Tokenizer, SpecialTokensAndVocabulary) {
@@ -158,8 +161,9 @@ TEST(T5Tokenizer, ErrorsNameTheFileAtFault) {
   fs::remove_all(root);
   fs::create_directories(root);
 
-  EXPECT_NE(error_of([&] { T5Tokenizer::from_pretrained((root / "absent").string()); }).find("tokenizer folder not found"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { T5Tokenizer::from_pretrained((root / "absent").string()); }).find("tokenizer folder not found"),
+      std::string::npos);
 
   const fs::path empty = root / "empty";
   fs::create_directories(empty);
@@ -168,7 +172,8 @@ TEST(T5Tokenizer, ErrorsNameTheFileAtFault) {
   EXPECT_NE(no_model.find(empty.string()), std::string::npos) << no_model;
 
   const std::string json_only = json_only_copy("wan21_t2v_tiny");
-  const std::string no_spiece = error_of([&] { T5Tokenizer::from_pretrained(json_only, TokenizerSource::SentencePiece); });
+  const std::string no_spiece =
+      error_of([&] { T5Tokenizer::from_pretrained(json_only, TokenizerSource::SentencePiece); });
   EXPECT_NE(no_spiece.find("spiece.model: file not found"), std::string::npos) << no_spiece;
 
   const fs::path malformed = root / "malformed";
@@ -179,7 +184,8 @@ TEST(T5Tokenizer, ErrorsNameTheFileAtFault) {
 
   write_file(malformed / "tokenizer.json", R"({"model": {"type": "Unigram", "vocab": [["<pad>", 0.0], ["</s>"]]}})");
   const std::string bad_pair = error_of([&] { T5Tokenizer::from_pretrained(malformed.string()); });
-  EXPECT_NE(bad_pair.find("tokenizer.json: model.vocab[1] is not a [piece, score] pair"), std::string::npos) << bad_pair;
+  EXPECT_NE(bad_pair.find("tokenizer.json: model.vocab[1] is not a [piece, score] pair"), std::string::npos)
+      << bad_pair;
 
   write_file(malformed / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {}, "merges": []}})");
   const std::string bpe = error_of([&] { T5Tokenizer::from_pretrained(malformed.string()); });
@@ -197,8 +203,16 @@ TEST(T5Tokenizer, ErrorsNameTheFileAtFault) {
             std::string::npos)
       << bad_spm;
 
+  write_file(garbage / "spiece.model", "");
+  const std::string empty_spm = error_of([&] { T5Tokenizer::from_pretrained(garbage.string()); });
+  EXPECT_NE(empty_spm.find((garbage / "spiece.model").string() + ": cannot load the SentencePiece model"),
+            std::string::npos)
+      << empty_spm;
+
   const T5Tokenizer tok = T5Tokenizer::from_pretrained(tokenizer_dir("wan21_t2v_tiny"));
   EXPECT_NE(error_of([&] { tok({"a"}, 0); }).find("max_length must be at least 1"), std::string::npos);
-  EXPECT_NE(error_of([&] { tok({"ok", "bad \xff byte"}, 8); }).find("tokenizer input 1: not valid UTF-8 at byte 4"),
+  EXPECT_NE(error_of([&] {
+              tok({"ok", "bad \xff byte"}, 8);
+            }).find("tokenizer input 1: not valid UTF-8 at byte 4"),
             std::string::npos);
 }

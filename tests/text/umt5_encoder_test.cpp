@@ -3,20 +3,21 @@
 // Tolerance: CPU float32 vs torch CPU float32 differs only in summation order (BLAS GEMMs,
 // double-accumulated norms and softmax here); over 2-3 layers that stays far below 1e-5
 // relative L2, the bound every component is held to.
+#include "text/umt5_encoder.h"
+
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "core/error.h"
 #include "io/json.h"
+#include "ops/ops.h"
 #include "support/parity.h"
 #include "text/prompt_clean.h"
 #include "text/tokenizer.h"
-#include "text/umt5_encoder.h"
-#include "ops/ops.h"
 
 using namespace vgen;
 namespace fs = std::filesystem;
@@ -46,15 +47,19 @@ fs::path encoder_copy(const std::string& tag) {
 
 }  // namespace
 
+// transformers' _relative_position_bucket (encoder) on every position in [-1100, 1100] for several
+// bucket configurations: exact, including the float32 log at bucket boundaries.
 TEST(UMT5Encoder, RelativePositionBucketsMatchTransformers) {
-  // transformers' _relative_position_bucket(torch.tensor(rel)) for the encoder.
-  const std::vector<std::pair<int64_t, int64_t>> b32 = {
-      {-1000, 15}, {-128, 15}, {-127, 15}, {-64, 14}, {-33, 12}, {-32, 12}, {-16, 10}, {-15, 9}, {-9, 8},
-      {-8, 8},     {-7, 7},    {-1, 1},    {0, 0},    {1, 17},   {7, 23},   {8, 24},   {9, 24},  {15, 25},
-      {16, 26},    {17, 26},   {31, 27},   {32, 28},  {63, 29},  {64, 30},  {100, 31}, {127, 31}, {5000, 31}};
-  for (const auto& [rel, bucket] : b32) EXPECT_EQ(relative_position_bucket(rel, 32, 128), bucket) << rel;
-  const std::vector<std::pair<int64_t, int64_t>> b8 = {{-1000, 3}, {-7, 3}, {-1, 1}, {0, 0}, {1, 5}, {2, 6}, {7, 7}};
-  for (const auto& [rel, bucket] : b8) EXPECT_EQ(relative_position_bucket(rel, 8, 20), bucket) << rel;
+  const Json extra = read_json_file(vgen::testing::fixture("wan21_t2v_tiny_ref/text_extra.json"));
+  for (const Json& c : extra.at("relative_position_buckets")) {
+    const auto nb = c.at("num_buckets").get<int64_t>(), md = c.at("max_distance").get<int64_t>();
+    const auto first = c.at("first_relative_position").get<int64_t>();
+    const std::vector<int64_t> expected = c.at("buckets").get<std::vector<int64_t>>();
+    for (size_t i = 0; i < expected.size(); ++i) {
+      const int64_t rel = first + static_cast<int64_t>(i);
+      ASSERT_EQ(relative_position_bucket(rel, nb, md), expected[i]) << "rel " << rel << ", " << nb << "/" << md;
+    }
+  }
 }
 
 TEST(UMT5Encoder, LastHiddenStateMatchesTransformers) {
@@ -68,7 +73,8 @@ TEST(UMT5Encoder, LastHiddenStateMatchesTransformers) {
       const Tensor out = model->forward(ref.get(prefix + "input_ids"), ref.get(prefix + "attention_mask"));
       const double err = vgen::testing::rel_l2(out, ref.get(prefix + "last_hidden_state"));
       std::printf("[ UMT5 %s %slast_hidden_state %s ] rel L2 %.3g, max abs %.3g\n", name, prefix.c_str(),
-                  shape_str(out.shape()).c_str(), err, vgen::testing::max_abs_diff(out, ref.get(prefix + "last_hidden_state")));
+                  shape_str(out.shape()).c_str(), err,
+                  vgen::testing::max_abs_diff(out, ref.get(prefix + "last_hidden_state")));
       EXPECT_LT(err, kTolerance);
     }
   }
@@ -115,12 +121,13 @@ TEST(UMT5Encoder, ArbitraryAndFullyMaskedRows) {
 // differ (the CPU ops round once per op), so the bound is bf16-sized: within 2e-2 of torch's
 // bf16 run, and no further from the float32 reference than 1.5x torch's own bf16 error.
 TEST(UMT5Encoder, Bf16CloseToTransformersBf16) {
-  const auto model = UMT5EncoderModel::from_pretrained(vgen::testing::fixture("wan21_t2v_tiny/text_encoder"), DType::BF16);
+  const auto model =
+      UMT5EncoderModel::from_pretrained(vgen::testing::fixture("wan21_t2v_tiny/text_encoder"), DType::BF16);
   const WeightStore text = vgen::testing::reference("wan21_t2v_tiny_ref/text.safetensors");
   const WeightStore extra = vgen::testing::reference("wan21_t2v_tiny_ref/text_extra.safetensors");
   const Tensor out = model->forward(text.get("input_ids"), text.get("attention_mask"));
   EXPECT_EQ(out.dtype(), DType::BF16);
-  const Tensor f32 = text.get("last_hidden_state"), torch_bf16 = extra.get("last_hidden_state_bf16");
+  const Tensor f32 = text.get("last_hidden_state"), torch_bf16 = extra.get("last_hidden_state_bf16").to(DType::F32);
   const double vs_torch = vgen::testing::rel_l2(out.to(DType::F32), torch_bf16);
   const double ours = vgen::testing::rel_l2(out.to(DType::F32), f32), theirs = vgen::testing::rel_l2(torch_bf16, f32);
   std::printf("[ UMT5 bf16 ] rel L2 vs torch bf16 %.3g; vs float32: vgen %.3g, torch %.3g\n", vs_torch, ours, theirs);
@@ -180,6 +187,8 @@ TEST(UMT5Encoder, ErrorsNameTheTensorOrFieldAtFault) {
   const Tensor ids = Tensor::from_vector_i64({0, 1, 600}, {1, 3});
   const Tensor mask = Tensor::from_vector_i64({1, 1, 1}, {1, 3});
   EXPECT_NE(error_of([&] { model->forward(ids, mask); }).find("token id 600 out of range"), std::string::npos);
-  EXPECT_NE(error_of([&] { model->forward(ids, Tensor::from_vector_i64({1, 1}, {1, 2})); }).find("does not match"),
+  EXPECT_NE(error_of([&] {
+              model->forward(ids, Tensor::from_vector_i64({1, 1}, {1, 2}));
+            }).find("does not match"),
             std::string::npos);
 }
