@@ -14,6 +14,8 @@
 //   more so the more steps; FlowMatchEuler matches bit for bit.
 #include <gtest/gtest.h>
 
+#include "support/errors.h"
+
 #include <cmath>
 
 #include "core/error.h"
@@ -30,6 +32,8 @@ using vgen::testing::fixture;
 using vgen::testing::rel_l2;
 
 namespace {
+
+using vgen::testing::error_of;
 
 constexpr double kStepTolerance = 2e-6;
 constexpr double kBetaSigmaTolerance = 1e-6;
@@ -167,18 +171,6 @@ TEST(Schedulers, OverrideToFlowMatchEulerConvertsFlowShift) {
 }
 
 namespace {
-
-// Runs f and returns the vgen::Error message ("" and a test failure when none is thrown).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no vgen::Error thrown";
-  return "";
-}
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 

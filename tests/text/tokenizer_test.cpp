@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/errors.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -16,6 +18,8 @@ using namespace vgen;
 namespace fs = std::filesystem;
 
 namespace {
+
+using vgen::testing::error_of;
 
 const char* const kFixtures[] = {"wan21_t2v_tiny", "wan21_t2v_tiny_b"};
 
@@ -38,16 +42,6 @@ std::vector<int64_t> row(const Tensor& t, int64_t b) {
 void write_file(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;
-}
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 // Every fixture prompt (cleaned as the pipeline does), and the negative prompt, padded and

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include "support/errors.h"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -24,18 +26,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using vgen::testing::error_of;
+
 const char* const kFixtures[] = {"wan21_t2v_tiny", "wan21_t2v_tiny_b"};
 constexpr double kTolerance = 1e-5;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // A copy of the fixture's text_encoder folder whose weights and config can be tampered with.
 fs::path encoder_copy(const std::string& tag) {
