@@ -516,7 +516,8 @@ template <typename T>
 T Server::Impl::run_sync(const std::function<T(const std::atomic<bool>&)>& work) {
   auto promise = std::make_shared<std::promise<T>>();
   std::future<T> result = promise->get_future();
-  const bool queued = queue.submit("", [promise, work](const std::atomic<bool>& cancelled) {
+  // The queue item holds the only reference, so dropping it unrun breaks the promise.
+  const bool queued = queue.submit("", [promise = std::move(promise), work](const std::atomic<bool>& cancelled) {
     try {
       promise->set_value(work(cancelled));
     } catch (...) {

@@ -187,7 +187,8 @@ TEST(ServingJobQueue, CancelQueuedAndRunning) {
   });
   auto dropped = std::make_shared<std::promise<int>>();
   std::future<int> dropped_result = dropped->get_future();
-  queue.submit("b", [&, dropped](const std::atomic<bool>&) {
+  // The queue holds the only reference: dropping the item breaks the promise.
+  queue.submit("b", [&, dropped = std::move(dropped)](const std::atomic<bool>&) {
     queued_ran = true;
     dropped->set_value(1);
   });
@@ -214,7 +215,7 @@ TEST(ServingJobQueue, ShutdownCancelsRunningAndDropsQueued) {
   });
   auto waiting = std::make_shared<std::promise<int>>();
   std::future<int> waiting_result = waiting->get_future();
-  queue.submit("", [waiting](const std::atomic<bool>&) { waiting->set_value(1); });
+  queue.submit("", [waiting = std::move(waiting)](const std::atomic<bool>&) { waiting->set_value(1); });
   queue.start();
   started.get_future().wait();
   queue.shutdown();
