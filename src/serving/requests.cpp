@@ -140,7 +140,7 @@ RequestFields RequestFields::from_json(const std::string& body) {
   if (body.empty()) throw ApiError(400, "the request body is empty; send a JSON object", std::nullopt, "invalid_json");
   try {
     f.json_ = nlohmann::json::parse(body);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse errors, and numbers out of range (1e400)
     throw ApiError(400, fmt::format("the request body is not valid JSON ({})", e.what()), std::nullopt,
                    "invalid_json");
   }
@@ -350,8 +350,7 @@ nlohmann::json VideoPlan::extras() const {
           {"fps", fps},
           {"num_inference_steps", resolved.num_inference_steps},
           {"guidance_scale", resolved.guidance_scale},
-          {"seed", resolved.seed},
-          {"negative_prompt", resolved.negative_prompt}};
+          {"seed", resolved.seed}};
 }
 
 VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {

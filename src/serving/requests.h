@@ -113,7 +113,8 @@ struct VideoPlan {
   double fps = 16.0;
   std::string seconds;  // for the Video object
   std::string size;     // "WxH"
-  // What the Video object shows beyond OpenAI's fields, and what the job store keeps.
+  // What the Video object shows beyond OpenAI's fields (num_frames, fps, num_inference_steps,
+  // guidance_scale, seed); the job store keeps it with the job.
   nlohmann::json extras() const;
 };
 

@@ -1,6 +1,7 @@
 #include "serving/server.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -69,6 +70,14 @@ std::string base64(const std::vector<uint8_t>& in) {
   return out;
 }
 
+// A client's string quoted in an error message: control bytes become '?', long ones are cut.
+std::string printable(const std::string& s) {
+  std::string out = s.substr(0, 200);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return s.size() > 200 ? out + "..." : out;
+}
+
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(dump(body), "application/json");
@@ -77,6 +86,8 @@ void send_json(httplib::Response& res, int status, const json& body) {
 void send_error(httplib::Response& res, const ApiError& e) {
   send_json(res, e.status, error_body(e.status, e.what(), e.param, e.code));
   if (e.status == 429 || e.status == 503) res.set_header("retry-after", "1");
+  // A failed generation is not transient: the SDK must not retry it.
+  if (e.code == "generation_failed") res.set_header("x-should-retry", "false");
 }
 
 // The error body for statuses httplib answers on its own (malformed request, body too large).
@@ -106,12 +117,13 @@ RequestFields body_fields(const httplib::Request& req) {
 // 400 naming the first query parameter not in `accepted`.
 void reject_unknown_query(const httplib::Request& req, const std::set<std::string>& accepted) {
   for (const auto& [name, value] : req.params)
-    if (!accepted.count(name)) bad_field(name, fmt::format("unknown query parameter '{}'", name));
+    if (!accepted.count(name)) bad_field(name, fmt::format("unknown query parameter '{}'", printable(name)));
 }
 
 std::string checked_video_id(const std::string& id) {
   if (!is_valid_video_id(id))
-    bad_field("video_id", fmt::format("invalid video id '{}' (expected 'video_' and 16 to 64 letters or digits)", id));
+    bad_field("video_id", fmt::format("invalid video id '{}' (expected 'video_' and 16 to 64 letters or digits)",
+                                      printable(id)));
   return id;
 }
 
@@ -226,7 +238,7 @@ struct Server::Impl {
   std::atomic<bool> ready{false};
   std::exception_ptr load_error;
   std::thread loader_thread;
-  JobQueue queue;  // after `model` and `store`: its worker uses them, so it goes first
+  JobQueue queue;  // declared after `model` and `store`: its worker, which uses them, is joined first
   httplib::Server http;
   std::vector<Route> routes;
   int port = 0;
@@ -438,7 +450,7 @@ void Server::Impl::dispatch(const httplib::Request& req, httplib::Response& res)
   try {
     Params params;
     const Route* route = find_route(req.path, params);
-    if (!route) throw ApiError(404, fmt::format("unknown path '{}'", req.path), std::nullopt, "not_found");
+    if (!route) throw ApiError(404, fmt::format("unknown path '{}'", printable(req.path)), std::nullopt, "not_found");
     const std::string method = req.method == "HEAD" ? "GET" : req.method;
     const Handler* handler = nullptr;
     std::string allow;
@@ -733,45 +745,61 @@ void Server::run() { impl_->run(); }
 
 void Server::stop() { impl_->stop(); }
 
+namespace {
+
+// SIGINT/SIGTERM -> one byte on a pipe that a watcher thread reads. A handler (rather than
+// sigwait with the signals blocked) because threads started before run_server, such as
+// OpenBLAS's pool, would otherwise still receive the signal and take the process down.
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void on_stop_signal(int sig) {
+  const char byte = static_cast<char>(sig);
+  [[maybe_unused]] const ssize_t n = ::write(g_signal_pipe[1], &byte, 1);
+}
+
+}  // namespace
+
 int run_server(const ServeOptions& options) {
   if (!options.config_file.empty()) {
     const EngineConfig config = load_engine_config(options.config_file);
     require_implemented(config, options.config_file);
   }
-  // SIGINT/SIGTERM are taken by a thread that stops the server; every thread started from
-  // here on inherits the blocked mask, so no other thread is interrupted by them.
-  sigset_t signals, previous;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, &previous);
-  struct RestoreMask {
-    sigset_t mask;
-    ~RestoreMask() { pthread_sigmask(SIG_SETMASK, &mask, nullptr); }
-  } restore{previous};
-
   Server server(options, [options] { return load_served_model(options); });
+
+  if (::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) fail("cannot create a pipe: {}", std::strerror(errno));
+  struct sigaction action {}, previous_int{}, previous_term{};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, &previous_int);
+  sigaction(SIGTERM, &action, &previous_term);
   std::atomic<bool> done{false};
-  std::thread waiter([&] {
-    const timespec tick{0, 200'000'000};
+  std::thread watcher([&] {
+    pollfd fd{g_signal_pipe[0], POLLIN, 0};
     while (!done) {
-      const int sig = sigtimedwait(&signals, nullptr, &tick);
-      if (sig == SIGINT || sig == SIGTERM) {
+      char sig = 0;
+      if (::poll(&fd, 1, 200) > 0 && ::read(g_signal_pipe[0], &sig, 1) == 1) {
         spdlog::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
         server.stop();
         return;
       }
     }
   });
+  const auto cleanup = [&] {
+    done = true;
+    watcher.join();
+    sigaction(SIGINT, &previous_int, nullptr);
+    sigaction(SIGTERM, &previous_term, nullptr);
+    ::close(g_signal_pipe[0]);
+    ::close(g_signal_pipe[1]);
+    g_signal_pipe[0] = g_signal_pipe[1] = -1;
+  };
   try {
     server.run();
   } catch (...) {
-    done = true;
-    waiter.join();
+    cleanup();
     throw;
   }
-  done = true;
-  waiter.join();
+  cleanup();
   return 0;
 }
 

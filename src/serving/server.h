@@ -1,5 +1,4 @@
-// `vgen serve`: the OpenAI-compatible HTTP server (see docs in /v1 routes below and
-// shared/spec/openai-api.md).
+// `vgen serve`: the OpenAI-compatible HTTP server (the contract: shared/spec/openai-api.md).
 //
 //   GET  /health                      200 when the model is loaded, 503 while loading
 //   GET  /metrics                     Prometheus text

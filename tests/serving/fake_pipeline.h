@@ -1,6 +1,7 @@
 // A stand-in DiffusionPipeline for serving tests: validates like a Wan pipeline (sizes in
 // multiples of 16, 4k+1 frames) and "generates" a deterministic gradient in a few
-// milliseconds per step, honouring the step callback's cancellation.
+// milliseconds per step, honouring the step callback's cancellation. The prompt "fail"
+// fails after its first step, as a generation that runs out of memory would.
 #pragma once
 
 #include <chrono>
@@ -43,6 +44,7 @@ class FakePipeline final : public DiffusionPipeline {
       p.total = r.num_inference_steps;
       p.step_seconds = std::chrono::duration<double>(step_time_).count();
       if (on_step && !on_step(p)) throw Cancelled();
+      if (r.prompt == "fail") fail("simulated failure at step {}", i);
     }
     GenerationOutput out;
     out.frames = Tensor::empty({r.num_frames, r.height, r.width, 3}, DType::U8);

@@ -4,6 +4,7 @@ ready, stop or kill it, make raw HTTP requests, and check media files with ffpro
 Every test script is run by ctest as `python3 SCRIPT VGEN_BINARY MODEL_DIR` and exits 0
 (pass), 1 (fail) or 77 (skipped: a tool it needs is missing)."""
 
+import atexit
 import http.client
 import json
 import os
@@ -48,6 +49,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+_processes = []
+
+
+@atexit.register
+def _kill_leftovers():
+    """A test that dies on an exception must not leave its server running."""
+    for proc in _processes:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class Server:
     """One `vgen serve` process; its log goes to media_dir/../server-N.log."""
 
@@ -74,6 +87,7 @@ class Server:
                                      f"server-{os.path.basename(self.media_dir)}-{self.starts}.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        _processes.append(self.proc)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -175,7 +189,12 @@ class Checks:
             print(f"  FAIL  {what}")
         return condition
 
-    def finish(self):
+    def finish(self, scratch_dir=None):
+        """Exits; the scratch directory (media, server logs) is kept only when a check failed."""
         print(f"{self.count - self.failures}/{self.count} checks passed")
+        if scratch_dir and not self.failures:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+        elif scratch_dir:
+            print(f"server logs and media kept in {scratch_dir}")
         sys.exit(1 if self.failures else 0)
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import warnings
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_util import FAST, Checks, Server, ffprobe, image_info, parse_args, require_tools  # noqa: E402
 
@@ -117,7 +118,7 @@ def main():
     finally:
         code = server.stop()
         t.check(code == 0, f"SIGTERM stops the server cleanly (exit {code})")
-    t.finish()
+    t.finish(root)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,219 @@
+// The HTTP server in-process with a fake pipeline: what the tiny model cannot show
+// (loading takes time, generations can fail, load failures), checked over real HTTP.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "serving/fake_pipeline.h"
+#include "serving/server.h"
+
+using namespace vgen::serving;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+ServeOptions options_for(const std::string& name) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("vgen_server_" + name);
+  fs::remove_all(dir);
+  ServeOptions o;
+  o.model = "/models/fake_model/";
+  o.port = 0;
+  o.media_dir = dir.string();
+  return o;
+}
+
+ServedModel fake_model(std::chrono::milliseconds step_time = std::chrono::milliseconds(1)) {
+  ServedModel m;
+  m.info.id = "fake_model";
+  m.info.task = "text-to-video";
+  m.pipeline = std::make_unique<vgen::testing::FakePipeline>(step_time);
+  return m;
+}
+
+// A server running on its own thread for the scope of a test.
+class RunningServer {
+ public:
+  RunningServer(const ServeOptions& options, ModelLoader loader)
+      : server_(options, std::move(loader)), client_("127.0.0.1", server_.port()) {
+    thread_ = std::thread([this] {
+      try {
+        server_.run();
+      } catch (const std::exception& e) {
+        run_error_ = e.what();
+      }
+    });
+    client_.set_read_timeout(30);
+  }
+  ~RunningServer() { stop(); }
+
+  void stop() {
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  httplib::Client& client() { return client_; }
+  int port() const { return server_.port(); }
+  const std::string& run_error() const { return run_error_; }
+
+ private:
+  Server server_;
+  httplib::Client client_;
+  std::thread thread_;
+  std::string run_error_;
+};
+
+json body_of(const httplib::Result& r) { return json::parse(r->body); }
+
+void wait_until_ready(httplib::Client& c) {
+  for (int i = 0; i < 5000; ++i) {
+    if (auto r = c.Get("/health"); r && r->status == 200) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  FAIL() << "server not ready";
+}
+
+}  // namespace
+
+TEST(ServingServer, AnswersWhileTheModelLoads) {
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  RunningServer s(options_for("loading"), [released] {
+    released.wait();
+    return fake_model();
+  });
+  httplib::Client& c = s.client();
+  auto r = c.Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(body_of(r)["status"], "loading");
+  EXPECT_EQ(body_of(r)["error"]["code"], "model_loading");
+  r = c.Get("/v1/models");
+  EXPECT_EQ(r->status, 503);
+  EXPECT_TRUE(r->has_header("retry-after"));
+  r = c.Post("/v1/videos", R"({"prompt": "x"})", "application/json");
+  EXPECT_EQ(r->status, 503);
+  r = c.Get("/metrics");
+  EXPECT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find("vgen_model_ready 0"), std::string::npos);
+
+  release.set_value();
+  wait_until_ready(c);
+  r = c.Get("/v1/models");
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(body_of(r)["data"][0]["id"], "fake_model");
+  EXPECT_NE(c.Get("/metrics")->body.find("vgen_model_ready 1"), std::string::npos);
+}
+
+TEST(ServingServer, ModelLoadFailureEndsRun) {
+  RunningServer s(options_for("load_failure"), []() -> ServedModel { vgen::fail("model_index.json: broken"); });
+  s.stop();
+  EXPECT_NE(s.run_error().find("model_index.json: broken"), std::string::npos) << s.run_error();
+}
+
+TEST(ServingServer, FailedGenerations) {
+  RunningServer s(options_for("failures"), [] { return fake_model(); });
+  httplib::Client& c = s.client();
+  wait_until_ready(c);
+
+  auto r = c.Post("/v1/videos", R"({"prompt": "fail", "num_inference_steps": 3})", "application/json");
+  ASSERT_EQ(r->status, 200);
+  const std::string id = body_of(r)["id"];
+  json v;
+  for (int i = 0; i < 5000; ++i) {
+    v = body_of(c.Get("/v1/videos/" + id));
+    if (v["status"] == "failed" || v["status"] == "completed") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(v["status"], "failed");
+  EXPECT_EQ(v["error"]["code"], "generation_failed");
+  EXPECT_NE(v["error"]["message"].get<std::string>().find("simulated failure at step 1"), std::string::npos) << v;
+  EXPECT_FALSE(v["completed_at"].is_null());
+  r = c.Get("/v1/videos/" + id + "/content");
+  EXPECT_EQ(r->status, 409);
+  EXPECT_EQ(r->get_header_value("x-should-retry"), "false");
+  EXPECT_EQ(body_of(r)["error"]["code"], "video_failed");
+
+  // The synchronous endpoints answer 500 with the reason, and the SDK is told not to retry.
+  r = c.Post("/v1/videos/generations", R"({"prompt": "fail"})", "application/json");
+  EXPECT_EQ(r->status, 500);
+  EXPECT_EQ(r->get_header_value("x-should-retry"), "false");
+  EXPECT_EQ(body_of(r)["error"]["type"], "server_error");
+  EXPECT_NE(body_of(r)["error"]["message"].get<std::string>().find("simulated failure"), std::string::npos);
+  r = c.Post("/v1/images/generations", R"({"prompt": "fail"})", "application/json");
+  EXPECT_EQ(r->status, 500);
+
+  // And the worker goes on.
+  r = c.Post("/v1/videos/generations", R"({"prompt": "ok", "num_frames": 1})", "application/json");
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Type"), "video/mp4");
+  const std::string metrics = c.Get("/metrics")->body;
+  EXPECT_NE(metrics.find("vgen_generations_total{kind=\"video\",result=\"failed\"} 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("vgen_generations_total{kind=\"video_sync\",result=\"completed\"} 1"), std::string::npos);
+}
+
+TEST(ServingServer, StopAnswersWaitingSyncRequests) {
+  RunningServer s(options_for("stop_sync"), [] { return fake_model(std::chrono::milliseconds(50)); });
+  httplib::Client& c = s.client();
+  wait_until_ready(c);
+  // A long sync job runs; a second one waits in the queue; stop() must answer both.
+  auto first = std::async(std::launch::async, [&] {
+    httplib::Client c1("127.0.0.1", s.port());
+    c1.set_read_timeout(30);
+    return c1.Post("/v1/videos/generations", R"({"prompt": "a", "num_inference_steps": 1000})", "application/json");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto second = std::async(std::launch::async, [&] {
+    httplib::Client c2("127.0.0.1", s.port());
+    c2.set_read_timeout(30);
+    return c2.Post("/v1/images/generations", R"({"prompt": "b"})", "application/json");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t0 = std::chrono::steady_clock::now();
+  s.stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  for (auto* f : {&first, &second}) {
+    httplib::Result r = f->get();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 503);
+    EXPECT_EQ(json::parse(r->body)["error"]["code"], "server_shutting_down");
+  }
+}
+
+TEST(ServingServer, ServedModelNameAndApiKey) {
+  ServeOptions o = options_for("named");
+  o.served_model_name = "wan-fake";
+  o.api_key = "sk-test";
+  RunningServer s(o, [] {
+    ServedModel m = fake_model();
+    m.info.id = "wan-fake";
+    return m;
+  });
+  httplib::Client& c = s.client();
+  wait_until_ready(c);
+  EXPECT_EQ(c.Get("/v1/models")->status, 401);
+  c.set_bearer_token_auth("sk-test");
+  EXPECT_EQ(c.Get("/v1/models/wan-fake")->status, 200);
+  EXPECT_EQ(c.Get("/v1/models/other")->status, 404);
+  auto r = c.Post("/v1/videos", R"({"prompt": "x", "model": "wan-fake", "num_frames": 1})", "application/json");
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(body_of(r)["model"], "wan-fake");
+  EXPECT_EQ(body_of(r)["status"], "queued");
+  EXPECT_EQ(body_of(r)["num_frames"], 1);
+}
+
+TEST(ServingServer, MediaDirectoryIsExclusive) {
+  const ServeOptions o = options_for("exclusive");
+  Server first(o, [] { return fake_model(); });
+  try {
+    Server second(o, [] { return fake_model(); });
+    ADD_FAILURE() << "two servers share " << o.media_dir;
+  } catch (const vgen::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("in use by another vgen server"), std::string::npos) << e.what();
+  }
+}

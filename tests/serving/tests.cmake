@@ -1,0 +1,18 @@
+# End-to-end tests of `vgen serve` from Python: the official openai SDK, curl, raw HTTP.
+# Each script starts its own server on 127.0.0.1 (free port, temporary media dir) with the
+# tiny fixture model. They exit 77 (reported as skipped) when python3's `openai` package,
+# curl or ffprobe is missing.
+find_package(Python3 COMPONENTS Interpreter)
+if(NOT Python3_Interpreter_FOUND)
+  message(STATUS "python3 not found: the serving end-to-end tests are not registered")
+  return()
+endif()
+
+foreach(script openai_sdk http_errors restart load)
+  add_test(NAME serving_${script}
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/serving/test_${script}.py
+                   $<TARGET_FILE:vgen> ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/wan21_t2v_tiny)
+  # One at a time: they time cancellations and shutdowns on a shared CPU.
+  set_tests_properties(serving_${script} PROPERTIES
+    SKIP_RETURN_CODE 77 TIMEOUT 600 RESOURCE_LOCK vgen_serving LABELS serving)
+endforeach()
