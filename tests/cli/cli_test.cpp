@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "support/command.h"
 #include "support/parity.h"
 
 namespace fs = std::filesystem;
@@ -49,18 +50,12 @@ fs::path copy_model(const std::string& name) {
   return dst;
 }
 
-bool have_ffprobe() { return std::system("ffprobe -version > /dev/null 2>&1") == 0; }
-
 nlohmann::json ffprobe(const std::string& path) {
-  const std::string cmd = "ffprobe -v error -count_frames -select_streams v:0 -show_entries "
-                          "stream=codec_name,pix_fmt,width,height,nb_read_frames,r_frame_rate -of json '" + path + "'";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
-  pclose(pipe);
-  return nlohmann::json::parse(out)["streams"][0];
+  const auto out = vgen::testing::run_command(
+      "ffprobe -v error -count_frames -select_streams v:0 -show_entries "
+      "stream=codec_name,pix_fmt,width,height,nb_read_frames,r_frame_rate -of json " + vgen::testing::shell_quote(path));
+  EXPECT_TRUE(out.has_value()) << "ffprobe failed on " << path;
+  return nlohmann::json::parse(out.value_or("{\"streams\": [{}]}"))["streams"][0];
 }
 
 const std::string kQuick = " --prompt 'a red fox in the snow' --steps 2 --seed 7 --quiet ";
@@ -68,7 +63,7 @@ const std::string kQuick = " --prompt 'a red fox in the snow' --steps 2 --seed 7
 }  // namespace
 
 TEST(Cli, GeneratesAnMp4ThatFfprobeAccepts) {
-  if (!have_ffprobe()) GTEST_SKIP() << "ffprobe not installed";
+  if (!vgen::testing::have_program("ffprobe")) GTEST_SKIP() << "ffprobe not installed";
   const std::string out = ::testing::TempDir() + "/cli_out.mp4";
   fs::remove(out);
   const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + kQuick +

@@ -2,6 +2,8 @@
 // (tests/fixtures/media_ref/media_extra.safetensors, tools/fixtures/make_media_extra.py).
 #include <gtest/gtest.h>
 
+#include "support/errors.h"
+
 #include <cmath>
 #include <limits>
 
@@ -13,6 +15,8 @@ using namespace vgen;
 using namespace vgen::media;
 
 namespace {
+
+using vgen::testing::expect_error;
 
 std::vector<uint8_t> u8_values(const Tensor& t) {
   const Tensor c = t.to(Device::cpu()).contiguous();
@@ -122,14 +126,6 @@ TEST(Frames, LayoutAndBatchSelection) {
 }
 
 TEST(Frames, ErrorsNameTheTensor) {
-  const auto expect_error = [](const auto& call, const std::string& needle) {
-    try {
-      call();
-      ADD_FAILURE() << "no error, expected one containing: " << needle;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
   expect_error([] { video_to_uint8_frames(Tensor::zeros({3, 2, 4, 4})); }, "[B, 3, F, H, W] video, got F32[3, 2, 4, 4]");
   expect_error([] { video_to_uint8_frames(Tensor::zeros({1, 4, 2, 4, 4})); }, "got F32[1, 4, 2, 4, 4]");
   expect_error([] { video_to_float_frames(Tensor::zeros({1, 3, 2, 4, 4}, DType::U8)); },

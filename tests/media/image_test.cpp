@@ -2,6 +2,8 @@
 // tool (size and approximate pixels), format names, atomic writes and errors.
 #include <gtest/gtest.h>
 
+#include "support/errors.h"
+
 #include <png.h>
 
 #include <cmath>
@@ -10,32 +12,22 @@
 #include <random>
 #include <nlohmann/json.hpp>
 
-#include "command.h"
+#include "support/command.h"
 #include "core/error.h"
 #include "media/image.h"
 #include "media/temp_file.h"
 
 using namespace vgen;
 using namespace vgen::media;
+using vgen::testing::fresh_dir;
+using vgen::testing::listing;
 using vgen::testing::run_command;
 using vgen::testing::shell_quote;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string fresh_dir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/vgen_media_" + name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-std::vector<std::string> listing(const std::string& dir) {
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using vgen::testing::expect_error;
 
 // Uniform noise in every channel: the worst case for lossless coding.
 Tensor noise_image(int64_t height, int64_t width, uint64_t seed) {
@@ -224,14 +216,6 @@ TEST(Image, WriteImageChoosesFormatFromExtension) {
 
 TEST(Image, ErrorsNameTheProblemAndLeaveNoFiles) {
   const std::string dir = fresh_dir("image_errors");
-  const auto expect_error = [](const auto& call, const std::string& needle) {
-    try {
-      call();
-      ADD_FAILURE() << "no error, expected one containing: " << needle;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
   const Tensor image = smooth_image(8, 8);
   expect_error([&] { encode_png(Tensor::zeros({8, 8, 3})); }, "U8 [H, W, 3] RGB tensor, got F32[8, 8, 3]");
   expect_error([&] { encode_image(Tensor::zeros({8, 8, 4}, DType::U8), ImageFormat::JPEG, 90); },

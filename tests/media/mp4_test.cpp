@@ -12,11 +12,13 @@
 #include "media/frames.h"
 #include "media/mp4.h"
 #include "media/temp_file.h"
-#include "command.h"
+#include "support/command.h"
 #include "support/parity.h"
 
 using namespace vgen;
 using namespace vgen::media;
+using vgen::testing::fresh_dir;
+using vgen::testing::listing;
 using vgen::testing::run_command;
 using vgen::testing::shell_quote;
 namespace fs = std::filesystem;
@@ -36,20 +38,6 @@ Tensor moving_gradient(int64_t frames, int64_t height, int64_t width) {
         px[2] = static_cast<uint8_t>((x + y + 8 * f) % 256);
       }
   return t;
-}
-
-std::string fresh_dir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/vgen_media_" + name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-std::vector<std::string> listing(const std::string& dir) {
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
 }
 
 nlohmann::json probe(const std::string& path) {

@@ -21,4 +21,11 @@ std::string error_of(F&& f) {
   return "(no error)";
 }
 
+// Expects f to throw a vgen::Error whose message contains `needle`.
+template <typename F>
+void expect_error(F&& f, const std::string& needle) {
+  const std::string message = error_of(f);
+  EXPECT_NE(message.find(needle), std::string::npos) << message;
+}
+
 }  // namespace vgen::testing

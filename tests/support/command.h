@@ -1,10 +1,15 @@
-// Runs the ffmpeg/ffprobe command-line tools from the media tests (outputs are checked
-// with tools independent of the encoder code under test).
+// Shell commands and scratch folders for tests (outputs are checked with tools such as
+// ffprobe, independent of the code under test).
 #pragma once
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <vector>
 #include <optional>
 #include <string>
+
+#include <gtest/gtest.h>
 
 namespace vgen::testing {
 
@@ -28,6 +33,22 @@ inline std::string shell_quote(const std::string& text) {
   std::string quoted = "'";
   for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
+}
+
+// An empty folder under the test temp dir.
+inline std::string fresh_dir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/vgen_" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// Sorted file names in dir.
+inline std::vector<std::string> listing(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 }  // namespace vgen::testing
