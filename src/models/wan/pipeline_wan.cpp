@@ -60,7 +60,6 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   if (ckpt.has_component("transformer_2"))
     fail("{}: two-expert Wan2.2 checkpoints (transformer_2) are not supported yet", ckpt.root());
   std::unique_ptr<WanPipeline> p(new WanPipeline());
-  p->root_ = ckpt.root();
   p->options_ = options;
   p->tokenizer_ = std::make_unique<T5Tokenizer>(T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer")));
   p->text_encoder_ = UMT5EncoderModel::from_pretrained(ckpt.component_dir("text_encoder"), options.dtype, options.device);
@@ -76,12 +75,6 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
          p->text_encoder_->config().d_model);
   if (tcfg.in_channels != vcfg.z_dim)
     fail("{}: transformer in_channels {} does not match the VAE's z_dim {}", ckpt.root(), tcfg.in_channels, vcfg.z_dim);
-  // Each temporal downsample halves the frames; spatial compression is 2^(levels).
-  int64_t temporal = 1;
-  for (bool down : vcfg.temperal_downsample) temporal *= down ? 2 : 1;
-  p->vae_scale_factor_temporal_ = temporal;
-  p->vae_scale_factor_spatial_ = int64_t{1} << vcfg.temperal_downsample.size();
-
   p->description_ = {
       {"pipeline", "WanPipeline (text-to-video)"},
       {"model", ckpt.root()},
@@ -93,7 +86,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
                                   tcfg.num_layers, tcfg.num_attention_heads, tcfg.attention_head_dim, tcfg.ffn_dim,
                                   describe_weights(ckpt, "transformer"))},
       {"vae", fmt::format("{}: z_dim {}, compression {}x{}x{}; {}", ckpt.component("vae").class_name, vcfg.z_dim,
-                          p->vae_scale_factor_temporal_, p->vae_scale_factor_spatial_, p->vae_scale_factor_spatial_,
+                          vcfg.scale_factor_temporal, vcfg.scale_factor_spatial, vcfg.scale_factor_spatial,
                           describe_weights(ckpt, "vae"))},
       {"scheduler", p->scheduler_->name()},
   };
@@ -118,13 +111,15 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   r.max_sequence_length = params.max_sequence_length.value_or(512);
   r.seed = params.seed;
 
-  const int64_t spatial = vae_scale_factor_spatial_ * tcfg.patch_size[1];
+  // diffusers' WanPipeline takes both factors from the VAE config.
+  const int64_t temporal = vae_->config().scale_factor_temporal;
+  const int64_t spatial = vae_->config().scale_factor_spatial * tcfg.patch_size[1];
   if (r.height <= 0 || r.height % spatial != 0)
     fail("height must be a positive multiple of {} (got {})", spatial, r.height);
   if (r.width <= 0 || r.width % spatial != 0) fail("width must be a positive multiple of {} (got {})", spatial, r.width);
-  if (r.num_frames < 1 || (r.num_frames - 1) % vae_scale_factor_temporal_ != 0)
-    fail("num_frames must be of the form {}k+1 (1, {}, {}, ..., 81), got {}", vae_scale_factor_temporal_,
-         vae_scale_factor_temporal_ + 1, 2 * vae_scale_factor_temporal_ + 1, r.num_frames);
+  if (r.num_frames < 1 || (r.num_frames - 1) % temporal != 0)
+    fail("num_frames must be of the form {}k+1 (1, {}, {}, ..., 81), got {}", temporal, temporal + 1, 2 * temporal + 1,
+         r.num_frames);
   if (r.num_inference_steps < 1 || r.num_inference_steps > 1000)
     fail("num_inference_steps must be between 1 and 1000, got {}", r.num_inference_steps);
   if (!(r.guidance_scale >= 0.0 && r.guidance_scale <= 100.0))
@@ -145,8 +140,9 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
 }
 
 Shape WanPipeline::latent_shape(const ResolvedParams& p) const {
-  return {1, transformer_->config().in_channels, (p.num_frames - 1) / vae_scale_factor_temporal_ + 1,
-          p.height / vae_scale_factor_spatial_, p.width / vae_scale_factor_spatial_};
+  const auto& vcfg = vae_->config();
+  return {1, transformer_->config().in_channels, (p.num_frames - 1) / vcfg.scale_factor_temporal + 1,
+          p.height / vcfg.scale_factor_spatial, p.width / vcfg.scale_factor_spatial};
 }
 
 Tensor WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int max_sequence_length) const {

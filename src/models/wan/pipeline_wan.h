@@ -39,15 +39,12 @@ class WanPipeline final : public DiffusionPipeline {
  private:
   WanPipeline() = default;
 
-  std::string root_;
   PipelineOptions options_;
   std::unique_ptr<T5Tokenizer> tokenizer_;
   std::unique_ptr<UMT5EncoderModel> text_encoder_;
   std::unique_ptr<WanTransformer3DModel> transformer_;
   std::unique_ptr<AutoencoderKLWan> vae_;
   std::unique_ptr<Scheduler> scheduler_;
-  int64_t vae_scale_factor_temporal_ = 4;
-  int64_t vae_scale_factor_spatial_ = 8;
   std::vector<std::pair<std::string, std::string>> description_;
 };
 
