@@ -11,6 +11,14 @@ PACKAGES=(
   libgtest-dev libsqlite3-dev libcpp-httplib-dev
 )
 
+# The CUDA backend (built when nvcc is found) needs the header-only cuDNN frontend, from PyPI.
+if command -v nvcc > /dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  if ! python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'include', 'cudnn_frontend.h')))" 2>/dev/null; then
+    echo "installing: nvidia-cudnn-frontend (pip)"
+    python3 -m pip install -q nvidia-cudnn-frontend
+  fi
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,12 +10,15 @@
 #include <fmt/format.h>
 
 #include "api/visual_gen.h"
+#include "cli/bench.h"
 #include "cli/progress.h"
+#include "core/allocator.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "media/image.h"
 #include "media/mp4.h"
+#include "ops/ops.h"
 #include "pipelines/registry.h"
 #include "serving/server.h"
 
@@ -28,7 +31,11 @@ struct GenerateArgs {
   std::string model;
   std::string output = "output.mp4";
   std::string latents_file;
-  std::string device = "cpu";
+  std::string device = "auto";
+  std::string dtype;
+  std::string vae_dtype = "fp32";
+  std::string attention_backend = "auto";
+  bool offload_text_encoder = false;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
@@ -59,8 +66,11 @@ int run_generate(GenerateArgs& a) {
   if (!video_out && ext != ".png" && ext != ".jpg" && ext != ".jpeg" && ext != ".webp")
     fail("--output {}: unsupported extension '{}' (use .mp4, .png, .jpg or .webp)", a.output, ext);
 
-  PipelineOptions options;
-  options.device = parse_device(a.device);
+  PipelineOptions options = default_pipeline_options(resolve_device(a.device));
+  if (!a.dtype.empty()) options.dtype = parse_compute_dtype(a.dtype);
+  options.vae_dtype = parse_compute_dtype(a.vae_dtype);
+  options.offload_text_encoder = a.offload_text_encoder;
+  ops::set_attention_backend(a.attention_backend);
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
@@ -73,8 +83,9 @@ int run_generate(GenerateArgs& a) {
   if (!video_out && r.num_frames != 1)
     fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, r.num_frames);
   if (!a.quiet)
-    std::fprintf(stderr, "vgen: %s, %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu\n",
-                 gen.pipeline().class_name().c_str(), static_cast<long long>(r.width), static_cast<long long>(r.height),
+    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu\n",
+                 gen.pipeline().class_name().c_str(), options.device.str().c_str(),
+                 std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(r.width), static_cast<long long>(r.height),
                  static_cast<long long>(r.num_frames), r.num_inference_steps, r.guidance_scale,
                  static_cast<unsigned long long>(r.seed));
 
@@ -99,7 +110,10 @@ int run_generate(GenerateArgs& a) {
   if (!a.quiet) {
     std::fprintf(stderr, "timing: load %.2fs", load_s);
     for (const auto& [phase, s] : out.timings) std::fprintf(stderr, ", %s %.2fs", phase.c_str(), s);
-    std::fprintf(stderr, ", write %.2fs, total %.2fs\n", write_s, total_s);
+    std::fprintf(stderr, ", write %.2fs, total %.2fs", write_s, total_s);
+    if (options.device.is_cuda())
+      std::fprintf(stderr, ", peak GPU memory %.2f GiB", allocator_for(options.device).peak_bytes() / double(1ull << 30));
+    std::fprintf(stderr, "\n");
   }
   std::printf("%s\n", a.output.c_str());
   return 0;
@@ -143,7 +157,11 @@ int main(int argc, char** argv) {
   gen->add_option("--flow-shift", g.flow_shift, "Override the scheduler's flow shift")->check(CLI::PositiveNumber);
   gen->add_option("--latents", g.latents_file, "Initial noise from a safetensors file (tensor 'latents'), like diffusers' latents=")
       ->check(CLI::ExistingFile);
-  gen->add_option("--device", g.device, "cpu, cuda or cuda:N");
+  gen->add_option("--device", g.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
+  gen->add_option("--dtype", g.dtype, "Compute dtype of the transformer and text encoder: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
+  gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32, as diffusers' Wan examples advise)");
+  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default auto)");
+  gen->add_flag("--offload-text-encoder", g.offload_text_encoder, "Free the text encoder once the prompts are encoded (reloaded for the next generation)");
   gen->add_option("-o,--output", g.output, "Output file: .mp4 (H.264), or .png/.jpg/.webp for a 1-frame image");
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
 
@@ -160,7 +178,31 @@ int main(int argc, char** argv) {
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(CLI::Range(0, 65535));
   srv->add_option("--api-key", serve.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes");
   srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
-  srv->add_option("--device", serve.device, "cpu, cuda or cuda:N");
+  srv->add_option("--device", serve.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
+  srv->add_option("--dtype", serve.dtype, "Compute dtype: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
+
+  cli::BenchArgs b;
+  CLI::App* bench = app.add_subcommand("bench", "Time vgen on random inputs, one JSON line per result (tools/bench drives it beside diffusers)");
+  bench->add_option("what", b.what, "attention, transformer, vae or pipeline")->required();
+  bench->add_option("--model", b.model, "Checkpoint folder (pipeline root or the component's folder); not needed for attention");
+  bench->add_option("--device", b.device, "auto, cpu or cuda (default auto)");
+  bench->add_option("--dtype", b.dtype, "Compute dtype (default: bf16 on a GPU)");
+  bench->add_option("--vae-dtype", b.vae_dtype, "VAE dtype for vae/pipeline (default fp32)");
+  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn or reference");
+  bench->add_option("--height", b.height, "Height in pixels (default 480)");
+  bench->add_option("--width", b.width, "Width in pixels (default 832)");
+  bench->add_option("--num-frames", b.num_frames, "Frames (default 81)");
+  bench->add_option("--seq", b.seq, "attention: sequence length (default 32760)");
+  bench->add_option("--heads", b.heads, "attention: heads (default 12)");
+  bench->add_option("--head-dim", b.head_dim, "attention: head dim (default 128)");
+  bench->add_option("--text-len", b.text_len, "transformer: text tokens (default 512)");
+  bench->add_option("--steps", b.steps, "pipeline: denoising steps (default 50)");
+  bench->add_option("--warmup", b.warmup, "Untimed runs first (pipeline: steps of the warm-up run) (default 2)");
+  bench->add_option("--iters", b.iters, "Timed runs; the median is reported (default 5)");
+  bench->add_option("-o,--output", b.output, "pipeline: also write the MP4 (timed)");
+  bench->add_option("--inputs", b.inputs, "transformer: safetensors with hidden_states, timestep, encoder_hidden_states")
+      ->check(CLI::ExistingFile);
+  bench->add_option("--save-output", b.save_output, "transformer: write the output of one forward as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
   srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(CLI::PositiveNumber);
 
@@ -169,6 +211,7 @@ int main(int argc, char** argv) {
     if (gen->parsed()) return run_generate(g);
     if (info->parsed()) return run_info(info_model);
     if (srv->parsed()) return serving::run_server(serve);
+    if (bench->parsed()) return cli::run_bench(b);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -39,10 +39,16 @@ Allocator* g_allocators[2] = {nullptr, nullptr};
 
 }  // namespace
 
+// Defined with the backends (ops/ops.cpp): installs the GPU backend, and with it the GPU
+// allocator, on first use.
+bool has_backend(DeviceType type);
+std::string backend_unavailable_reason(DeviceType type);
+
 Allocator& allocator_for(Device device) {
   static CpuAllocator cpu;
   if (device.is_cpu()) return g_allocators[0] ? *g_allocators[0] : cpu;
-  if (g_allocators[1] == nullptr) fail("no allocator for {}: vgen was built without CUDA", device.str());
+  if (g_allocators[1] == nullptr && !has_backend(device.type))
+    fail("no allocator for {}: {}", device.str(), backend_unavailable_reason(device.type));
   return *g_allocators[1];
 }
 

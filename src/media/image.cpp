@@ -8,12 +8,14 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "media/libav.h"
 #include "media/temp_file.h"
 
+#ifdef VGEN_WITH_LIBAV
+#include "media/libav.h"
 extern "C" {
 #include <libavutil/opt.h>
 }
+#endif
 
 namespace vgen::media {
 namespace {
@@ -32,6 +34,7 @@ Tensor checked_image(const Tensor& image, const std::string& what) {
   return image.to(Device::cpu()).contiguous();
 }
 
+#ifdef VGEN_WITH_LIBAV
 // One picture through a libavcodec encoder: RGB24 -> pix_fmt -> encoder -> its packet.
 std::vector<uint8_t> encode_with_libav(const Tensor& rgb, libav::CodecContext ctx, AVPixelFormat pix_fmt,
                                        int colorspace, bool full_range, int frame_quality, const std::string& what) {
@@ -76,6 +79,13 @@ std::vector<uint8_t> encode_webp(const Tensor& rgb, int quality, const std::stri
   // Lossy WebP is VP8: BT.601 matrix, limited-range levels.
   return encode_with_libav(rgb, std::move(ctx), AV_PIX_FMT_YUV420P, SWS_CS_ITU601, /*full_range=*/false, 0, what);
 }
+#else
+[[noreturn]] std::vector<uint8_t> encode_without_libav(const char* format, const std::string& what) {
+  fail("{}: {} needs FFmpeg's libraries, which this build of vgen does not have (PNG works)", what, format);
+}
+std::vector<uint8_t> encode_jpeg(const Tensor&, int, const std::string& what) { encode_without_libav("JPEG", what); }
+std::vector<uint8_t> encode_webp(const Tensor&, int, const std::string& what) { encode_without_libav("WebP", what); }
+#endif
 
 }  // namespace
 

@@ -1,21 +1,30 @@
 // MP4 writer: RGB24 -> yuv420p (BT.709, limited range, tagged as such) -> libx264 -> mp4
 // muxer with +faststart (the muxer rewrites the file so the moov atom comes first).
+//
+// Built with FFmpeg's libraries when they are found (the normal build); a build without them
+// pipes the same raw frames through an `ffmpeg` program instead ($VGEN_FFMPEG, else the one
+// on PATH), with the same encoder settings.
 #include "media/mp4.h"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string_view>
+#include <sys/wait.h>
 
 #include "core/error.h"
-#include "media/libav.h"
 #include "media/temp_file.h"
 
+#ifdef VGEN_WITH_LIBAV
+#include "media/libav.h"
 extern "C" {
 #include <libavformat/avformat.h>
 #include <libavutil/opt.h>
 }
+#endif
 
 namespace vgen::media {
 namespace {
@@ -23,6 +32,7 @@ namespace {
 constexpr std::array<std::string_view, 10> kX264Presets = {
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"};
 
+#ifdef VGEN_WITH_LIBAV
 struct OutputContextDeleter {
   void operator()(AVFormatContext* fmt) const {
     if (fmt->pb) avio_closep(&fmt->pb);
@@ -30,6 +40,7 @@ struct OutputContextDeleter {
   }
 };
 using OutputContext = std::unique_ptr<AVFormatContext, OutputContextDeleter>;
+#endif
 
 void check_frames(const Tensor& frames, const VideoEncodeOptions& options, const std::string& what) {
   VGEN_CHECK(frames.defined() && frames.dtype() == DType::U8 && frames.dim() == 4 && frames.size(3) == 3,
@@ -47,6 +58,7 @@ void check_frames(const Tensor& frames, const VideoEncodeOptions& options, const
              what, options.preset);
 }
 
+#ifdef VGEN_WITH_LIBAV
 // Expects check_frames to have passed.
 void encode_to_file(const std::string& file, const Tensor& input, const VideoEncodeOptions& options,
                     const std::string& what) {
@@ -122,6 +134,35 @@ void encode_to_file(const std::string& file, const Tensor& input, const VideoEnc
   ret = avio_closep(&fmt->pb);
   VGEN_CHECK(ret >= 0, "{}: cannot close '{}': {}", what, file, libav::error_string(ret));
 }
+#else
+std::string quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// Expects check_frames to have passed.
+void encode_to_file(const std::string& file, const Tensor& input, const VideoEncodeOptions& options,
+                    const std::string& what) {
+  const Tensor frames = input.to(Device::cpu()).contiguous();
+  const char* env = std::getenv("VGEN_FFMPEG");
+  const std::string program = env != nullptr && *env != '\0' ? env : "ffmpeg";
+  const std::string command = fmt::format(
+      "{} -hide_banner -loglevel error -y -f rawvideo -pix_fmt rgb24 -s {}x{} -framerate {:.10g} -i - "
+      "-vf scale=out_color_matrix=bt709:out_range=tv -c:v libx264 -preset {} -crf {} -pix_fmt yuv420p "
+      "-color_range tv -colorspace bt709 -color_primaries bt709 -color_trc bt709 -movflags +faststart -f mp4 {}",
+      quoted(program), frames.size(2), frames.size(1), options.fps, options.preset, options.crf, quoted(file));
+  FILE* pipe = popen(command.c_str(), "w");
+  VGEN_CHECK(pipe != nullptr, "{}: this build has no FFmpeg libraries and '{}' could not be started", what, program);
+  const size_t bytes = frames.nbytes();
+  const size_t written = std::fwrite(frames.data<uint8_t>(), 1, bytes, pipe);
+  const int status = pclose(pipe);
+  VGEN_CHECK(written == bytes && status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+             "{}: this build has no FFmpeg libraries and '{}' failed (exit status {}); install FFmpeg or set "
+             "VGEN_FFMPEG to an ffmpeg program with libx264",
+             what, program, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+}
+#endif
 
 }  // namespace
 

@@ -19,6 +19,9 @@ enum class Activation { None, GeluTanh, Gelu, Silu };
 struct Conv3dParams {
   std::array<int64_t, 3> stride{1, 1, 1};
   std::array<int64_t, 3> padding{0, 0, 0};  // zero padding on both sides of (T, H, W)
+  // when >= 0: zero frames before T instead of padding[0] (padding[0] stays the frames after),
+  // for causal convolutions without a pad copy
+  int64_t time_padding_before = -1;
 };
 
 class Backend {
@@ -65,11 +68,29 @@ class Backend {
   virtual Tensor upsample_nearest2x(const Tensor& x) = 0;
 
   virtual double sum_abs(const Tensor& x) = 0;
+
+  // Fused ops. The defaults compose the ops above (the reference every backend's own
+  // version is tested against); a backend overrides them with single kernels.
+  //
+  // (layer_norm(x.float()) * (1 + scale) + shift).to(x.dtype): x [B, S, D]; scale and shift
+  // float32, broadcastable to [B, S, D] (one row per batch [B, 1, D] or per token).
+  virtual Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps);
+  // (x.float() + y.float() * gate).to(x.dtype): x, y [B, S, D]; gate float32 like scale above.
+  virtual Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
+  // rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x [B, S, H, D] (rows may
+  // be strided, as a slice of a fused QKV projection), weight [H * D] -> [B, S, H, D].
+  virtual Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,
+                               const Tensor& sin);
+
+  // Waits for all queued work (a no-op on the CPU).
+  virtual void synchronize() {}
 };
 
 Backend& backend_for(Device device);
 // Installed by a backend at startup (the CPU one is built in).
 void register_backend(DeviceType type, Backend* backend);
 bool has_backend(DeviceType type);
+// Why there is no backend for `type` ("" when there is one), e.g. "no CUDA device found".
+std::string backend_unavailable_reason(DeviceType type);
 
 }  // namespace vgen

@@ -1,22 +1,67 @@
 #include "ops/ops.h"
 
+#include <mutex>
+
 #include "backends/cpu/cpu_backend.h"
 #include "core/error.h"
+#ifdef VGEN_WITH_CUDA
+#include "backends/cuda/attention.h"
+#include "backends/cuda/cuda_backend.h"
+#endif
 
 namespace vgen {
 namespace {
 Backend* g_backends[2] = {nullptr, nullptr};
+std::string g_cuda_unavailable = "vgen was built without CUDA support";
+
+// Installs the GPU backend on first use when this build has one and a device is present.
+void ensure_builtin_backends() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#ifdef VGEN_WITH_CUDA
+    std::string why;
+    if (cuda::register_if_available(&why)) g_cuda_unavailable.clear();
+    else g_cuda_unavailable = why;
+#endif
+  });
 }
+}  // namespace
 
 Backend& backend_for(Device device) {
   if (device.is_cpu() && g_backends[0] == nullptr) return cpu::cpu_backend();
+  ensure_builtin_backends();
   Backend* b = g_backends[device.is_cpu() ? 0 : 1];
-  if (b == nullptr) fail("no backend for device {}: vgen was built without CUDA support", device.str());
+  if (b == nullptr) fail("no backend for device {}: {}", device.str(), g_cuda_unavailable);
+  if (device.is_cuda() && device.index != 0)
+    fail("device {}: vgen uses one GPU per process, cuda:0 (choose it with CUDA_VISIBLE_DEVICES)", device.str());
   return *b;
 }
 
 void register_backend(DeviceType type, Backend* backend) { g_backends[type == DeviceType::CPU ? 0 : 1] = backend; }
-bool has_backend(DeviceType type) { return type == DeviceType::CPU || g_backends[1] != nullptr; }
+bool has_backend(DeviceType type) {
+  if (type == DeviceType::CPU) return true;
+  ensure_builtin_backends();
+  return g_backends[1] != nullptr;
+}
+std::string backend_unavailable_reason(DeviceType type) {
+  return has_backend(type) ? std::string() : g_cuda_unavailable;
+}
+
+Tensor Backend::modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
+  Tensor n = ops::layer_norm(x.to(DType::F32), {}, {}, eps);
+  n = ops::add(ops::mul(n, ops::add_scalar(scale, 1.0f)), shift);
+  return n.to(x.dtype());
+}
+
+Tensor Backend::gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
+  return ops::add(x.to(DType::F32), ops::mul(y.to(DType::F32), gate)).to(x.dtype());
+}
+
+Tensor Backend::rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
+  const Shape shape = x.shape();
+  const Tensor flat = x.reshape({shape[0], shape[1], shape[2] * shape[3]});
+  return ops::rope(ops::rms_norm(flat, weight, eps).view(shape), cos, sin);
+}
 
 namespace ops {
 namespace {
@@ -111,8 +156,13 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   VGEN_CHECK(x.dim() == 5 && weight.dim() == 5 && x.size(1) == weight.size(1),
              "conv3d: input {} does not match weight {}", x.str(), weight.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == weight.size(0), "conv3d: bias {} for weight {}", bias.str(), weight.str());
+  VGEN_CHECK(params.time_padding_before >= -1, "conv3d: time_padding_before {} is negative",
+             params.time_padding_before);
   for (int i = 0; i < 3; ++i) {
-    VGEN_CHECK(x.size(2 + i) + 2 * params.padding[i] >= weight.size(2 + i),
+    const int64_t before = i == 0 && params.time_padding_before >= 0 ? params.time_padding_before : params.padding[i];
+    VGEN_CHECK(params.stride[i] > 0 && params.padding[i] >= 0, "conv3d: stride {} / padding {} in dim {}",
+               params.stride[i], params.padding[i], i);
+    VGEN_CHECK(x.size(2 + i) + before + params.padding[i] >= weight.size(2 + i),
                "conv3d: input {} smaller than kernel {}", x.str(), weight.str());
   }
   return on(x, "conv3d").conv3d(x, weight, bias, params);
@@ -151,6 +201,53 @@ Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after) {
   Tensor out = Tensor::zeros(shape, x.dtype(), x.device());
   out.narrow(dim, before, x.size(dim)).copy_(x);
   return out;
+}
+
+Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
+  same_device(x, scale, "modulated_layer_norm");
+  same_device(x, shift, "modulated_layer_norm");
+  VGEN_CHECK(x.dim() == 3 && scale.dim() == 3 && shift.shape() == scale.shape() && scale.dtype() == DType::F32 &&
+                 scale.size(2) == x.size(2) && (scale.size(0) == x.size(0) || scale.size(0) == 1) &&
+                 (scale.size(1) == x.size(1) || scale.size(1) == 1),
+             "modulated_layer_norm: x {} with scale {} shift {}", x.str(), scale.str(), shift.str());
+  return on(x, "modulated_layer_norm").modulated_layer_norm(x, scale, shift, eps);
+}
+
+Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
+  same_device(x, y, "gated_residual");
+  same_device(x, gate, "gated_residual");
+  VGEN_CHECK(x.dim() == 3 && y.shape() == x.shape() && y.dtype() == x.dtype() && gate.dim() == 3 &&
+                 gate.dtype() == DType::F32 && gate.size(2) == x.size(2) &&
+                 (gate.size(0) == x.size(0) || gate.size(0) == 1) && (gate.size(1) == x.size(1) || gate.size(1) == 1),
+             "gated_residual: x {} y {} gate {}", x.str(), y.str(), gate.str());
+  return on(x, "gated_residual").gated_residual(x, y, gate);
+}
+
+Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
+  same_device(x, weight, "rms_norm_rope");
+  VGEN_CHECK(x.dim() == 4 && weight.dim() == 1 && weight.size(0) == x.size(2) * x.size(3) && cos.dim() == 2 &&
+                 cos.size(0) == x.size(1) && cos.size(1) == x.size(3) && sin.shape() == cos.shape() &&
+                 x.size(3) % 2 == 0,
+             "rms_norm_rope: x {} weight {} cos {} sin {}", x.str(), weight.str(), cos.str(), sin.str());
+  return on(x, "rms_norm_rope").rms_norm_rope(x, weight, eps, cos, sin);
+}
+
+void synchronize(Device device) { backend_for(device).synchronize(); }
+
+void set_attention_backend(const std::string& name) {
+  if (name != "auto" && name != "cudnn" && name != "reference")
+    fail("unknown attention backend '{}': expected auto, cudnn or reference", name);
+#ifdef VGEN_WITH_CUDA
+  // "auto" keeps the backend's own choice (cuDNN, or $VGEN_ATTENTION_BACKEND).
+  if (name != "auto" && has_backend(DeviceType::CUDA)) cuda::set_attention_backend(name);
+#endif
+}
+
+std::string attention_backend_name(Device device) {
+#ifdef VGEN_WITH_CUDA
+  if (device.is_cuda()) return cuda::attention_backend();
+#endif
+  return "cpu";
 }
 
 double sum_abs(const Tensor& x) { return on(x, "sum_abs").sum_abs(x); }

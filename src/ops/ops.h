@@ -41,6 +41,19 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);
 // Zero padding of dimension `dim`: `before` and `after` elements.
 Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after);
 
+// Fused ops (see Backend): modulated LayerNorm, gated residual add, RMSNorm + RoPE.
+Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps);
+Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
+Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin);
+
+// Waits until the device has finished all queued work.
+void synchronize(Device device);
+
+// The GPU attention kernel: "auto" (the fastest available: cuDNN's fused SDPA), "cudnn", or
+// "reference" (plain GEMM + softmax; also what cuDNN falls back to for cases it rejects).
+void set_attention_backend(const std::string& name);
+std::string attention_backend_name(Device device);
+
 double sum_abs(const Tensor& x);
 double mean_abs(const Tensor& x);
 

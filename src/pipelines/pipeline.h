@@ -67,9 +67,21 @@ struct ResolvedParams {
 
 struct PipelineOptions {
   Device device = Device::cpu();
-  DType dtype = DType::F32;  // compute dtype of the transformer and text encoder
+  DType dtype = DType::F32;      // compute dtype of the transformer and text encoder
+  DType vae_dtype = DType::F32;  // the VAE's (float32 as diffusers' Wan examples advise)
+  // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
+  // checkpoint for the next one): its memory goes to the transformer and the VAE.
+  bool offload_text_encoder = false;
   SchedulerOverrides scheduler;
 };
+
+// The usual options for a device: bf16 compute on a GPU, float32 on the CPU.
+PipelineOptions default_pipeline_options(Device device);
+// "auto" (a GPU when one is usable, else the CPU), "cpu", "cuda", "cuda:N"; an unusable GPU is
+// an error saying why.
+Device resolve_device(const std::string& text);
+// "bf16", "fp16", "fp32" (and bfloat16/float16/float32, f16/f32).
+DType parse_compute_dtype(const std::string& text);
 
 class DiffusionPipeline {
  public:

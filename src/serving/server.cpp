@@ -214,8 +214,8 @@ struct FileDescriptor {
 ServedModel load_served_model(const ServeOptions& options) {
   const DiffusersCheckpoint checkpoint = DiffusersCheckpoint::open(options.model);
   const PipelineEntry& entry = find_pipeline(checkpoint);
-  PipelineOptions pipeline_options;
-  pipeline_options.device = parse_device(options.device);
+  PipelineOptions pipeline_options = default_pipeline_options(resolve_device(options.device));
+  if (!options.dtype.empty()) pipeline_options.dtype = parse_compute_dtype(options.dtype);
   ServedModel m;
   m.pipeline = entry.load(checkpoint, pipeline_options);
   m.info.id = model_id_for(options);

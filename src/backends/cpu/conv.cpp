@@ -11,8 +11,10 @@ Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& b
   const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t O = weight.size(0), kt = weight.size(2), kh = weight.size(3), kw = weight.size(4);
   const auto [st, sh, sw] = p.stride;
-  const auto [pt, ph, pw] = p.padding;
-  const int64_t To = (T + 2 * pt - kt) / st + 1, Ho = (H + 2 * ph - kh) / sh + 1, Wo = (W + 2 * pw - kw) / sw + 1;
+  const auto [pt_after, ph, pw] = p.padding;
+  const int64_t pt = p.time_padding_before >= 0 ? p.time_padding_before : pt_after;  // frames before T
+  const int64_t To = (T + pt + pt_after - kt) / st + 1;
+  const int64_t Ho = (H + 2 * ph - kh) / sh + 1, Wo = (W + 2 * pw - kw) / sw + 1;
   const int64_t K = C * kt * kh * kw, L = To * Ho * Wo;
   Tensor out = Tensor::empty({B, O, To, Ho, Wo});
   // Columns for at most ~16M floats at a time.

@@ -73,22 +73,16 @@ class CausalConv3d {
       past = (*cache)[slot_];
       (*cache)[slot_] = next_cache(x, past);
     }
-    Tensor input;
+    // The zero frames in front are the convolution's own (asymmetric) padding: no pad copy.
+    Conv3dParams p = params_;
+    Tensor input = x;
     if (past.defined()) {
-      std::vector<Tensor> parts;
-      const int64_t zeros = causal_pad_ - past.size(2);
-      if (zeros > 0) {
-        Shape shape = x.shape();
-        shape[2] = zeros;
-        parts.push_back(Tensor::zeros(shape, x.dtype(), x.device()));
-      }
-      parts.push_back(std::move(past));
-      parts.push_back(x);
-      input = ops::cat(parts, 2);
+      p.time_padding_before = causal_pad_ - past.size(2);
+      input = ops::cat({std::move(past), x}, 2);
     } else {
-      input = ops::pad(x, 2, causal_pad_, 0);
+      p.time_padding_before = causal_pad_;
     }
-    return ops::conv3d(input, weight_, bias_, params_);
+    return ops::conv3d(input, weight_, bias_, p);
   }
 
  private:

@@ -49,6 +49,7 @@ class AutoencoderKLWan {
   ~AutoencoderKLWan();
 
   const AutoencoderKLWanConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
 
   // z [B, z_dim, T, h, w], already de-normalized (latents * std + mean) ->
   // video [B, out_channels, 1 + 4(T-1), 8h, 8w] clamped to [-1, 1], in the model's dtype.

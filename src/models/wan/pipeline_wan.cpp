@@ -62,10 +62,11 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   std::unique_ptr<WanPipeline> p(new WanPipeline());
   p->options_ = options;
   p->tokenizer_ = std::make_unique<T5Tokenizer>(T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer")));
-  p->text_encoder_ = UMT5EncoderModel::from_pretrained(ckpt.component_dir("text_encoder"), options.dtype, options.device);
+  p->text_encoder_dir_ = ckpt.component_dir("text_encoder");
+  p->text_encoder_ = UMT5EncoderModel::from_pretrained(p->text_encoder_dir_, options.dtype, options.device);
   p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype, options.device);
-  // The VAE runs in float32, as diffusers' Wan examples advise.
-  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), DType::F32, options.device);
+  // The VAE runs in float32 by default, as diffusers' Wan examples advise.
+  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
 
   const auto& tcfg = p->transformer_->config();
@@ -79,7 +80,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
       {"pipeline", "WanPipeline (text-to-video)"},
       {"model", ckpt.root()},
       {"device", options.device.str()},
-      {"compute dtype", std::string(dtype_name(options.dtype))},
+      {"compute dtype", fmt::format("{} (VAE {})", dtype_name(options.dtype), dtype_name(options.vae_dtype))},
       {"tokenizer", ckpt.component("tokenizer").class_name},
       {"text_encoder", fmt::format("{}: {}", ckpt.component("text_encoder").class_name, describe_weights(ckpt, "text_encoder"))},
       {"transformer", fmt::format("{}: {} layers, {} heads x {}, ffn {}; {}", ckpt.component("transformer").class_name,
@@ -150,6 +151,8 @@ Tensor WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int m
   for (const std::string& p : prompts) cleaned.push_back(wan_prompt_clean(p));
   const TokenizerOutput tokens = (*tokenizer_)(cleaned, max_sequence_length);
   const Device device = options_.device;
+  if (!text_encoder_)
+    text_encoder_ = UMT5EncoderModel::from_pretrained(text_encoder_dir_, options_.dtype, options_.device);
   Tensor hidden = text_encoder_->forward(tokens.input_ids.to(device), tokens.attention_mask.to(device));
   // diffusers keeps u[:len] of each prompt and pads back with zeros.
   return zero_padded_positions(hidden, tokens.lengths).to(options_.dtype);
@@ -165,7 +168,7 @@ Tensor WanPipeline::decode_latents(const Tensor& latents) const {
   const Tensor inv = Tensor::from_vector(inv_std, {1, z, 1, 1, 1}).to(device);
   const Tensor m = Tensor::from_vector(mean, {1, z, 1, 1, 1}).to(device);
   const Tensor x = ops::add(ops::div(latents.to(DType::F32), inv), m);
-  return vae_->decode(x);
+  return vae_->decode(x.to(vae_->dtype()));
 }
 
 GenerationOutput WanPipeline::generate(const GenerationParams& params, const StepCallback& on_step) {
@@ -178,6 +181,8 @@ GenerationOutput WanPipeline::generate(const GenerationParams& params, const Ste
   const bool cfg = r.guidance_scale > 1.0;
   const Tensor prompt_embeds = encode_prompt({r.prompt}, r.max_sequence_length);
   const Tensor negative_embeds = cfg ? encode_prompt({r.negative_prompt}, r.max_sequence_length) : Tensor();
+  if (options_.offload_text_encoder) text_encoder_.reset();
+  ops::synchronize(device);
   out.timings.emplace_back("encode_prompt", seconds_since(start));
 
   start = std::chrono::steady_clock::now();
@@ -203,6 +208,7 @@ GenerationOutput WanPipeline::generate(const GenerationParams& params, const Ste
     return transformer_->forward(x.to(options_.dtype), timestep, context).to(DType::F32);
   };
   out.denoised_latents = run_denoising_loop(*scheduler_, latents, loop, predict, on_step);
+  ops::synchronize(device);
   out.timings.emplace_back("denoise", seconds_since(start));
 
   start = std::chrono::steady_clock::now();

@@ -41,7 +41,8 @@ class WanPipeline final : public DiffusionPipeline {
 
   PipelineOptions options_;
   std::unique_ptr<T5Tokenizer> tokenizer_;
-  std::unique_ptr<UMT5EncoderModel> text_encoder_;
+  std::string text_encoder_dir_;
+  mutable std::unique_ptr<UMT5EncoderModel> text_encoder_;  // null while offloaded
   std::unique_ptr<WanTransformer3DModel> transformer_;
   std::unique_ptr<AutoencoderKLWan> vae_;
   std::unique_ptr<Scheduler> scheduler_;

@@ -23,18 +23,6 @@ int64_t positive_field(const Json& j, const std::string& key, int64_t fallback, 
 // Returns x as float32 (itself when it already is): diffusers' `.float()`.
 Tensor f32(const Tensor& x) { return x.to(DType::F32); }
 
-// (LayerNorm(x.float()) * (1 + scale) + shift).type_as(x): norm1/norm3/norm_out with their modulation.
-Tensor modulated_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
-  Tensor n = ops::layer_norm(f32(x), {}, {}, eps);
-  n = ops::add(ops::mul(n, ops::add_scalar(scale, 1.0f)), shift);
-  return n.to(x.dtype());
-}
-
-// (x.float() + y.float() * gate).type_as(x): the gated residuals of the blocks.
-Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
-  return ops::add(f32(x), ops::mul(f32(y), gate)).to(x.dtype());
-}
-
 }  // namespace
 
 WanTransformer3DModelConfig WanTransformer3DModelConfig::from_json(const Json& j, const std::string& path) {
@@ -267,8 +255,10 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
   const Tensor c_shift_msa = chunk(3), c_scale_msa = chunk(4), c_gate_msa = chunk(5);
 
   // 1. Self-attention.
-  Tensor norm = modulated_norm(hidden_states, scale_msa, shift_msa, eps);
-  Tensor h = gated_residual(hidden_states, self_attention(block, norm, input), gate_msa);
+  // (LayerNorm(x.float()) * (1 + scale) + shift).type_as(x), and the gated residual
+  // (x.float() + y.float() * gate).type_as(x): one fused op each.
+  Tensor norm = ops::modulated_layer_norm(hidden_states, scale_msa, shift_msa, eps);
+  Tensor h = ops::gated_residual(hidden_states, self_attention(block, norm, input), gate_msa);
 
   // 2. Cross-attention: norm2(h.float()).type_as(h) (identity without cross_attn_norm), plain residual.
   norm = block.norm2_weight.defined() ? ops::layer_norm(f32(h), block.norm2_weight, block.norm2_bias, eps).to(h.dtype())
@@ -276,23 +266,23 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
   h = ops::add(h, cross_attention(block, norm, encoder_hidden_states));
 
   // 3. Feed-forward.
-  norm = modulated_norm(h, c_scale_msa, c_shift_msa, eps);
+  norm = ops::modulated_layer_norm(h, c_scale_msa, c_shift_msa, eps);
   const Tensor ff = ops::linear(ops::linear(norm, block.ffn_proj.weight, block.ffn_proj.bias, Activation::GeluTanh),
                                 block.ffn_out.weight, block.ffn_out.bias);
-  return gated_residual(h, ff, c_gate_msa);
+  return ops::gated_residual(h, ff, c_gate_msa);
 }
 
 Tensor WanTransformer3DModel::self_attention(const Block& block, const Tensor& x, const WanPatchedInput& input) const {
-  const int64_t B = x.size(0), S = x.size(1), dim = config_.inner_dim();
+  const int64_t B = x.size(0), S = x.size(1);
   const int64_t heads = config_.num_attention_heads, D = config_.attention_head_dim;
   const float eps = static_cast<float>(config_.eps);
   const Tensor qkv = ops::linear(x, block.attn1_to_qkv.weight, block.attn1_to_qkv.bias);
-  // RMSNorm over all heads together, then split into heads and rotate.
-  Tensor q = ops::rms_norm(qkv.narrow(2, 0, dim), block.attn1_norm_q, eps).view({B, S, heads, D});
-  Tensor k = ops::rms_norm(qkv.narrow(2, dim, dim), block.attn1_norm_k, eps).view({B, S, heads, D});
-  q = ops::rope(q, input.freqs_cos, input.freqs_sin);
-  k = ops::rope(k, input.freqs_cos, input.freqs_sin);
-  const Tensor v = qkv.narrow(2, 2 * dim, dim).reshape({B, S, heads, D});
+  // RMSNorm over all heads together, then split into heads and rotate (one fused op each,
+  // reading q and k straight out of the fused projection).
+  const Tensor qkv_heads = qkv.view({B, S, 3, heads, D});
+  const Tensor q = ops::rms_norm_rope(qkv_heads.select(2, 0), block.attn1_norm_q, eps, input.freqs_cos, input.freqs_sin);
+  const Tensor k = ops::rms_norm_rope(qkv_heads.select(2, 1), block.attn1_norm_k, eps, input.freqs_cos, input.freqs_sin);
+  const Tensor v = qkv_heads.select(2, 2);
   return attend(q, k, v, block.attn1_to_out);
 }
 
@@ -329,7 +319,7 @@ Tensor WanTransformer3DModel::finish(const Tensor& hidden_states, const WanCondi
   const Tensor mod = ops::add(scale_shift_table_.view({1, 1, 2, dim}), f32(temb).unsqueeze(2));
   const Tensor shift = mod.select(2, 0).contiguous(), scale = mod.select(2, 1).contiguous();
 
-  const Tensor norm = modulated_norm(hidden_states, scale, shift, static_cast<float>(config_.eps));
+  const Tensor norm = ops::modulated_layer_norm(hidden_states, scale, shift, static_cast<float>(config_.eps));
   const Tensor out = ops::linear(norm, proj_out_.weight, proj_out_.bias);  // [B, S, pt*ph*pw*C]
   // Unpatchify: (b, f, h, w, dt, dh, dw, c) -> (b, c, f*pt + dt, h*ph + dh, w*pw + dw).
   return out.view({B, F, H, W, pt, ph, pw, config_.out_channels})

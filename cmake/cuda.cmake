@@ -1,0 +1,80 @@
+# The CUDA backend (src/backends/cuda): built when VGEN_CUDA is ON, or AUTO and nvcc is found.
+# Needs the CUDA toolkit (cudart, cuBLASLt), cuDNN 9 and the header-only cuDNN frontend
+# (PyPI: nvidia-cudnn-frontend; found through python3, or VGEN_CUDNN_FRONTEND_INCLUDE), whose
+# runtime-compiled engines need NVRTC.
+#
+# Sets VGEN_CUDA_SOURCES and defines vgen_link_cuda(target). Without CUDA both are empty and
+# the binaries run on the CPU only.
+
+set(VGEN_CUDA_SOURCES "")
+set(VGEN_WITH_CUDA OFF)
+
+if(NOT VGEN_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(VGEN_WITH_CUDA ON)
+  elseif(VGEN_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "VGEN_CUDA=ON but no CUDA compiler (nvcc) was found")
+  else()
+    message(STATUS "nvcc not found: building without the CUDA backend")
+  endif()
+endif()
+
+if(VGEN_WITH_CUDA)
+  # Targets are given as -gencode flags (CMake 3.25 does not know the 'a' suffix).
+  set(CMAKE_CUDA_ARCHITECTURES OFF)
+  enable_language(CUDA)
+  if(CMAKE_VERSION VERSION_LESS 3.26)
+    # CMake 3.25 does not know nvcc's C++20 flag yet.
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+  endif()
+  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  find_package(CUDAToolkit REQUIRED)
+
+  set(VGEN_CUDA_GENCODE "")
+  foreach(arch IN LISTS VGEN_CUDA_ARCHS)
+    list(APPEND VGEN_CUDA_GENCODE "-gencode=arch=compute_${arch},code=sm_${arch}")
+  endforeach()
+
+  find_path(CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/include/x86_64-linux-gnu)
+  find_library(CUDNN_LIBRARY cudnn HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+  if(NOT CUDNN_INCLUDE_DIR OR NOT CUDNN_LIBRARY)
+    message(FATAL_ERROR "cuDNN 9 (cudnn.h, libcudnn) not found: install it or configure with -DVGEN_CUDA=OFF")
+  endif()
+
+  if(NOT VGEN_CUDNN_FRONTEND_INCLUDE)
+    find_package(Python3 COMPONENTS Interpreter)
+    if(Python3_Interpreter_FOUND)
+      execute_process(
+        COMMAND ${Python3_EXECUTABLE} -c "import sysconfig, os; print(os.path.join(sysconfig.get_paths()['purelib'], 'include'))"
+        OUTPUT_VARIABLE _fe_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+    endif()
+    find_path(VGEN_CUDNN_FRONTEND_INCLUDE cudnn_frontend.h HINTS ${_fe_dir})
+  endif()
+  if(NOT VGEN_CUDNN_FRONTEND_INCLUDE)
+    message(FATAL_ERROR "cudnn_frontend.h not found: `python3 -m pip install nvidia-cudnn-frontend`, pass "
+                        "-DVGEN_CUDNN_FRONTEND_INCLUDE=<dir>, or configure with -DVGEN_CUDA=OFF")
+  endif()
+  message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, targets ${VGEN_CUDA_ARCHS}, "
+                 "cuDNN ${CUDNN_LIBRARY}, cuDNN frontend ${VGEN_CUDNN_FRONTEND_INCLUDE}")
+
+  file(GLOB_RECURSE VGEN_CUDA_SOURCES CONFIGURE_DEPENDS
+       ${CMAKE_SOURCE_DIR}/src/backends/cuda/*.cu ${CMAKE_SOURCE_DIR}/src/backends/cuda/*.cpp)
+endif()
+
+function(vgen_link_cuda target)
+  if(NOT VGEN_WITH_CUDA)
+    return()
+  endif()
+  target_compile_definitions(${target} PUBLIC VGEN_WITH_CUDA=1)
+  # fmt 9's consteval format strings do not compile under nvcc in C++20 mode.
+  target_compile_definitions(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:FMT_USE_CONSTEXPR=1>)
+  target_include_directories(${target} SYSTEM PRIVATE ${CUDNN_INCLUDE_DIR} ${VGEN_CUDNN_FRONTEND_INCLUDE})
+  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas CUDA::nvrtc ${CUDNN_LIBRARY})
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:${VGEN_CUDA_GENCODE} --expt-relaxed-constexpr -lineinfo -Xcompiler=-fopenmp>)
+  set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
+endfunction()

@@ -1,0 +1,335 @@
+// Attention on CUDA: cuDNN's fused SDPA (through the cuDNN frontend graph API) for BF16/F16,
+// the float32 reference (attention_ref.cu) for everything else; see attention.h.
+//
+// q, k, v are usually permuted views of [B, S, H, D] projections: their strides go to cuDNN
+// as they are, and the output is written into a [B, Sq, H, D] buffer returned as a permuted
+// [B, H, Sq, D] view, so that the caller's permute back to [B, Sq, H * D] costs nothing.
+//
+// Built graphs are cached per (dtype, shapes, strides, pointer alignments, bias layout, scale);
+// a combination cuDNN rejects is cached too (as rejected) and goes to the reference.
+#include "backends/cuda/attention.h"
+
+#include <cudnn.h>
+#include <cudnn_frontend.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_common.h"
+#include "core/random.h"
+#include "ops/ops.h"
+
+namespace vgen::cuda {
+
+void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
+                         const Tensor& out);
+
+namespace {
+
+namespace fe = cudnn_frontend;
+
+// ---- backend choice -------------------------------------------------------------------------
+
+enum Choice : int { kUnset = -1, kCudnn = 0, kReference = 1 };
+std::atomic<int> g_choice{kUnset};
+
+int parse_choice(const std::string& name, const char* where) {
+  if (name == "cudnn") return kCudnn;
+  if (name == "reference") return kReference;
+  fail("{}: unknown attention backend '{}' (choose cudnn or reference)", where, name);
+}
+
+int choice() {
+  int c = g_choice.load();
+  if (c == kUnset) {
+    const char* env = std::getenv("VGEN_ATTENTION_BACKEND");
+    c = env != nullptr && *env != '\0' ? parse_choice(env, "VGEN_ATTENTION_BACKEND") : kCudnn;
+    int expected = kUnset;
+    if (!g_choice.compare_exchange_strong(expected, c)) c = expected;
+  }
+  return c;
+}
+
+// ---- cuDNN SDPA -----------------------------------------------------------------------------
+
+enum Uid : int64_t { kQ = 1, kK = 2, kV = 3, kO = 4, kBias = 5 };
+
+void check_cudnn(cudnnStatus_t status, const char* what) {
+  if (status != CUDNN_STATUS_SUCCESS) fail("cudnn: {}: {}", what, cudnnGetErrorString(status));
+}
+
+// Largest power of two (at most 16) dividing the address: the alignment cuDNN may assume.
+int64_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return a == 0 ? 16 : std::min<int64_t>(16, static_cast<int64_t>(a & (~a + 1)));
+}
+
+struct Desc {
+  std::vector<int64_t> dims, strides;
+  int64_t align = 16;
+};
+
+Desc desc_of(const Tensor& t) { return {t.shape(), t.strides(), alignment(t.raw_data())}; }
+
+struct SdpaPlan {
+  std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN did not take it
+  int64_t workspace = 0;
+};
+
+struct SdpaState {
+  std::mutex mutex;
+  cudnnHandle_t handle = nullptr;
+  std::map<std::vector<int64_t>, SdpaPlan> plans;
+};
+
+// Process-wide and never destroyed (the handle must not outlive the CUDA runtime's teardown).
+SdpaState& sdpa_state() {
+  static SdpaState* s = [] {
+    auto* st = new SdpaState;
+    check_cudnn(cudnnCreate(&st->handle), "create handle");
+    check_cudnn(cudnnSetStream(st->handle, stream()), "bind the handle to the backend's stream");
+    return st;
+  }();
+  return *s;
+}
+
+std::string desc_str(const Desc& d) { return fmt::format("{} strides {}", shape_str(d.dims), shape_str(d.strides)); }
+
+SdpaPlan build_plan(cudnnHandle_t handle, fe::DataType_t io, const Desc& q, const Desc& k, const Desc& v, const Desc& o,
+                    const Desc* bias, float scale, std::string* why) {
+  SdpaPlan plan;
+  try {
+    auto g = std::make_shared<fe::graph::Graph>();
+    g->set_io_data_type(io)
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
+    auto tensor = [&](const char* name, int64_t uid, const Desc& d) {
+      return g->tensor(fe::graph::Tensor_attributes()
+                           .set_name(name)
+                           .set_uid(uid)
+                           .set_dim(d.dims)
+                           .set_stride(d.strides)
+                           .set_data_type(io)
+                           .set_alignment(d.align));
+    };
+    auto Q = tensor("Q", kQ, q), K = tensor("K", kK, k), V = tensor("V", kV, v);
+    auto attrs = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(false).set_attn_scale(scale);
+    if (bias != nullptr) attrs.set_bias(tensor("bias", kBias, *bias));
+    auto outputs = g->sdpa(Q, K, V, attrs);
+    outputs[0]->set_output(true).set_uid(kO).set_dim(o.dims).set_stride(o.strides).set_data_type(io);
+    fe::error_t err = g->validate();
+    if (err.is_good()) err = g->build_operation_graph(handle);
+    if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+    if (err.is_good()) err = g->check_support();
+    if (err.is_good()) err = g->build_plans();
+    if (err.is_good()) err = g->get_workspace_size(plan.workspace);
+    if (err.is_bad()) {
+      *why = err.err_msg;
+      return plan;
+    }
+    plan.graph = std::move(g);
+  } catch (const std::exception& e) {
+    *why = e.what();
+    plan.graph.reset();
+  }
+  return plan;
+}
+
+// How a bias goes to cuDNN: its own dims (size 1 where it broadcasts), every dim expanded with
+// stride 0, or copied out dense over the query dim.
+enum class BiasForm : int64_t { None, AsIs, Expanded, Dense };
+
+bool bias_broadcasts(const Tensor& bias, const Shape& want) {
+  if (bias.dim() != 4) return false;
+  for (int i = 0; i < 4; ++i)
+    if (bias.size(i) != 1 && bias.size(i) != want[i]) return false;
+  return true;
+}
+
+bool sdpa_operand_ok(const Tensor& t) {
+  if (t.strides()[3] != 1 || alignment(t.raw_data()) < 16) return false;
+  for (int i = 0; i < 3; ++i)
+    if (t.size(i) > 1 && (t.strides()[i] * static_cast<int64_t>(t.element_size())) % 16 != 0) return false;
+  return true;
+}
+
+// The output's layout: [B, Sq, H, D] memory seen as [B, H, Sq, D], freshly allocated.
+Desc output_desc(int64_t B, int64_t H, int64_t Sq, int64_t D) { return {{B, H, Sq, D}, {Sq * H * D, D, H * D, 1}, 16}; }
+
+// A cuDNN plan for one call: the graph and the bias tensor in the layout it was built for.
+struct Found {
+  const SdpaPlan* plan = nullptr;
+  BiasForm form = BiasForm::None;
+  Tensor bias;
+};
+
+// Finds (building and caching when new) the cuDNN plan for this case; nullopt when cuDNN
+// does not take it. The bias must already broadcast to [B, H, Sq, Sk].
+std::optional<Found> find_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+  const DType dt = q.dtype();
+  if ((dt != DType::BF16 && dt != DType::F16) || k.dtype() != dt || v.dtype() != dt) return std::nullopt;
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
+  if (D % 8 != 0 || D > 256 || Sk == 0) return std::nullopt;
+  if (!sdpa_operand_ok(q) || !sdpa_operand_ok(k) || !sdpa_operand_ok(v)) return std::nullopt;
+
+  const fe::DataType_t io = dt == DType::BF16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF;
+  const Desc dq = desc_of(q), dk = desc_of(k), dv = desc_of(v), dout = output_desc(B, H, Sq, D);
+  const Shape full{B, H, Sq, Sk};
+  const Tensor bias_io = bias.defined() ? bias.to(dt).contiguous() : Tensor();
+  int32_t scale_bits;
+  std::memcpy(&scale_bits, &scale, sizeof(scale_bits));
+
+  const std::vector<BiasForm> forms = bias.defined()
+                                          ? std::vector<BiasForm>{BiasForm::AsIs, BiasForm::Expanded, BiasForm::Dense}
+                                          : std::vector<BiasForm>{BiasForm::None};
+  SdpaState& st = sdpa_state();
+  for (BiasForm form : forms) {
+    Found found;
+    found.form = form;
+    found.bias = bias_io;
+    Desc db;
+    if (form == BiasForm::AsIs || form == BiasForm::Expanded) {
+      if (bias.size(3) != Sk) continue;  // cuDNN reads bias rows with unit stride
+      db = desc_of(bias_io);
+      if (form == BiasForm::Expanded) {
+        if (bias_io.shape() == full) continue;  // nothing to expand: the same graph as AsIs
+        for (int i = 0; i < 4; ++i) {
+          if (db.dims[i] == 1) db.strides[i] = 0;
+          db.dims[i] = full[i];
+        }
+      }
+    } else if (form == BiasForm::Dense) {
+      const Shape dense{bias.size(0), bias.size(1), Sq, Sk};
+      if (bias.shape() == dense || shape_numel(dense) > (int64_t{1} << 27)) continue;
+      found.bias = ops::add(Tensor::zeros(dense, dt, q.device()), bias_io);
+      db = desc_of(found.bias);
+    }
+    std::vector<int64_t> key{static_cast<int64_t>(dt), static_cast<int64_t>(form), scale_bits};
+    for (const Desc* d : std::initializer_list<const Desc*>{&dq, &dk, &dv, &dout, &db}) {
+      key.insert(key.end(), d->dims.begin(), d->dims.end());
+      key.insert(key.end(), d->strides.begin(), d->strides.end());
+      key.push_back(d->align);
+    }
+
+    std::lock_guard<std::mutex> lock(st.mutex);
+    auto it = st.plans.find(key);
+    if (it == st.plans.end()) {
+      std::string why;
+      SdpaPlan plan = build_plan(st.handle, io, dq, dk, dv, dout, form == BiasForm::None ? nullptr : &db, scale, &why);
+      if (!plan.graph)
+        spdlog::debug("attention: cuDNN SDPA does not take q {}, k {}, v {}{}: {}", desc_str(dq), desc_str(dk),
+                      desc_str(dv), form == BiasForm::None ? std::string() : ", bias " + desc_str(db), why);
+      it = st.plans.emplace(std::move(key), std::move(plan)).first;
+    }
+    if (!it->second.graph) continue;
+    found.plan = &it->second;
+    return found;
+  }
+  return std::nullopt;
+}
+
+// Runs cuDNN SDPA into out ([B, Sq, H, D] memory as [B, H, Sq, D]); false when cuDNN does not
+// take this case.
+bool run_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale, const Tensor& out) {
+  const std::optional<Found> found = find_cudnn(q, k, v, bias, scale);
+  if (!found) return false;
+  const SdpaPlan& plan = *found->plan;
+  SdpaState& st = sdpa_state();
+  const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, q.device()) : Tensor();
+  std::unordered_map<int64_t, void*> pack{
+      {kQ, q.raw_data()}, {kK, k.raw_data()}, {kV, v.raw_data()}, {kO, out.raw_data()}};
+  if (found->form != BiasForm::None) pack.emplace(kBias, found->bias.raw_data());
+  std::lock_guard<std::mutex> lock(st.mutex);
+  const fe::error_t err = plan.graph->execute(st.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  if (err.is_bad())
+    fail("attention: cuDNN SDPA on q {}, k {}, v {}{} failed: {}", q.str(), k.str(), v.str(),
+         bias.defined() ? ", bias " + bias.str() : std::string(), err.err_msg);
+  return true;
+}
+
+void check_bias(const Tensor& q, const Tensor& k, const Tensor& bias) {
+  if (!bias.defined()) return;
+  const Shape full{q.size(0), q.size(1), q.size(2), k.size(2)};
+  VGEN_CHECK(bias_broadcasts(bias, full), "attention: bias {} does not broadcast to {}", bias.str(), shape_str(full));
+  require_float("attention", bias);
+}
+
+}  // namespace
+
+void set_attention_backend(const std::string& name) { g_choice.store(parse_choice(name, "set_attention_backend")); }
+
+std::string attention_backend() { return choice() == kReference ? "reference" : "cudnn"; }
+
+std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+  VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention_path: q {}, k {}, v {} must be [B, H, S, D]",
+             q.str(), k.str(), v.str());
+  for (const Tensor* t : {&q, &k, &v, &bias}) require_cuda("attention_path", *t);
+  check_bias(q, k, bias);
+  if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  const bool empty = q.numel() == 0 || v.size(3) == 0;
+  return !empty && choice() == kCudnn && find_cudnn(q, k, v, bias, scale) ? "cudnn" : "reference";
+}
+
+Tensor CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+  for (const Tensor* t : {&q, &k, &v, &bias}) require_cuda("attention", *t);
+  for (const Tensor* t : {&q, &k, &v}) require_float("attention", *t);
+  check_bias(q, k, bias);
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3);
+  // [B, Sq, H, D] memory seen as [B, H, Sq, D].
+  const Tensor out = Tensor::empty({B, Sq, H, D}, q.dtype(), q.device()).permute({0, 2, 1, 3});
+  if (out.numel() == 0) return out;
+  if (choice() == kCudnn && run_cudnn(q, k, v, bias, scale, out)) return out;
+  attention_reference(q, k, v, bias, scale, out);
+  return out;
+}
+
+double benchmark_attention_tflops(int64_t B, int64_t H, int64_t S, int64_t D, int iters) {
+  VGEN_CHECK(has_backend(DeviceType::CUDA), "benchmark_attention_tflops: no CUDA backend ({})",
+             backend_unavailable_reason(DeviceType::CUDA));
+  VGEN_CHECK(B > 0 && H > 0 && S > 0 && D > 0 && iters > 0,
+             "benchmark_attention_tflops: bad arguments B {} H {} S {} D {} iters {}", B, H, S, D, iters);
+  const Device dev = Device::cuda(0);
+  // Random BF16 [B, S, H, D] buffers (a block of noise tiled over them) seen as [B, H, S, D].
+  auto make = [&](uint64_t seed) {
+    const Tensor buf = Tensor::empty({B, S, H, D}, DType::BF16, dev);
+    const Tensor flat = buf.view({-1});
+    const int64_t n = flat.numel(), block = std::min<int64_t>(n, int64_t{1} << 20);
+    const Tensor noise = randn({block}, seed).to(DType::BF16).to(dev);
+    for (int64_t off = 0; off < n; off += block) {
+      const int64_t len = std::min(block, n - off);
+      flat.narrow(0, off, len).copy_(noise.narrow(0, 0, len));
+    }
+    return buf.permute({0, 2, 1, 3});
+  };
+  const Tensor q = make(1), k = make(2), v = make(3);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  for (int i = 0; i < 3; ++i) ops::attention(q, k, v, {}, scale);  // builds and caches the graph
+
+  std::vector<cudaEvent_t> events(2 * static_cast<size_t>(iters));
+  for (cudaEvent_t& e : events) check(cudaEventCreate(&e), "create a timing event");
+  for (int i = 0; i < iters; ++i) {
+    check(cudaEventRecord(events[2 * i], stream()), "record a timing event");
+    ops::attention(q, k, v, {}, scale);
+    check(cudaEventRecord(events[2 * i + 1], stream()), "record a timing event");
+  }
+  check(cudaStreamSynchronize(stream()), "synchronize after the benchmark");
+  std::vector<float> ms(iters);
+  for (int i = 0; i < iters; ++i) check(cudaEventElapsedTime(&ms[i], events[2 * i], events[2 * i + 1]), "read a timer");
+  for (cudaEvent_t e : events) cudaEventDestroy(e);
+  std::nth_element(ms.begin(), ms.begin() + iters / 2, ms.end());
+  const double seconds = ms[iters / 2] * 1e-3;
+  const double flops = 4.0 * static_cast<double>(B) * H * static_cast<double>(S) * S * D;
+  return seconds > 0 ? flops / seconds / 1e12 : 0.0;
+}
+
+}  // namespace vgen::cuda

@@ -1,0 +1,36 @@
+// Attention on CUDA: which implementation CudaBackend::attention uses, and a benchmark.
+//
+// "cudnn" (the default): cuDNN's fused SDPA (flash attention) through the cuDNN frontend, for
+// BF16/F16 q/k/v with head dim a multiple of 8 up to 256, float32 softmax; cases it does not
+// take (F32 inputs, other head dims, misaligned or unsupported strides or biases) fall back to
+// the reference automatically. "reference": plain matrix products + softmax in float32,
+// chunked over heads and queries (exact, slow, for checking).
+//
+// This header needs no CUDA headers (the CLI includes it); its functions exist only in builds
+// with VGEN_WITH_CUDA.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace vgen::cuda {
+
+// Selects the attention implementation: "cudnn" or "reference"; throws vgen::Error naming
+// the value otherwise. The initial value comes from the environment variable
+// VGEN_ATTENTION_BACKEND when it is set, else "cudnn".
+void set_attention_backend(const std::string& name);
+std::string attention_backend();
+
+// Which implementation CudaBackend::attention takes for these inputs ("cudnn" or "reference"),
+// building and caching the cuDNN graph as a call would. scale < 0 means 1 / sqrt(D).
+std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale = -1.0f);
+
+// Times scaled-dot-product attention on random BF16 q, k, v [B, H, S, D] (views of
+// [B, S, H, D] buffers, as the models pass them) through the selected backend: a few warm-up
+// calls, then `iters` timed calls (CUDA events); returns TFLOP/s of the median call, counting
+// 4 * B * H * S * S * D flops. Needs the CUDA backend (throws otherwise).
+double benchmark_attention_tflops(int64_t B, int64_t H, int64_t S, int64_t D, int iters);
+
+}  // namespace vgen::cuda

@@ -1,0 +1,116 @@
+// Reference attention on CUDA: scores = q k^T through FP32 GEMMs, one kernel for
+// scale + bias + softmax per row (the CPU's exact rule: a row whose scores are all -inf gets
+// zero weights), then weights @ v. Computed in float32 over chunks of heads (and of queries
+// when one head's scores would not fit), whatever the input dtypes; exact but slow: used for
+// F32 inputs, for what cuDNN's SDPA does not take, and to check it.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "backends/cuda/cuda_common.h"
+#include "backends/cuda/device_utils.cuh"
+#include "ops/ops.h"
+
+namespace vgen::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxScores = int64_t{1} << 28;  // floats of scores per chunk (1 GiB)
+
+__device__ float block_reduce(float v, bool is_max, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // `shared` may still be read from a previous reduction
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = shared[0];
+  for (int w = 1; w < kThreads / 32; ++w) v = is_max ? fmaxf(v, shared[w]) : v + shared[w];
+  return v;
+}
+
+// scores [heads, queries, Sk] (contiguous F32), in place: softmax(scores * scale + bias).
+// Row r is head h0 + r / queries, query q0 + r % queries; bias element (h, q, j) is at
+// bias[h * bsh + q * bsq + j * bsk] (strides 0 where it broadcasts).
+template <typename TB>
+__global__ void scale_bias_softmax_kernel(float* scores, int64_t queries, int64_t Sk, float scale, const TB* bias,
+                                          int64_t bsh, int64_t bsq, int64_t bsk, int64_t h0, int64_t q0) {
+  __shared__ float shared[kThreads / 32];
+  const int64_t row = blockIdx.x;
+  float* s = scores + row * Sk;
+  const TB* b = bias == nullptr ? nullptr : bias + (h0 + row / queries) * bsh + (q0 + row % queries) * bsq;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < Sk; j += kThreads) {
+    const float v = s[j] * scale + (b != nullptr ? to_float(b[j * bsk]) : 0.0f);
+    s[j] = v;
+    mx = fmaxf(mx, v);
+  }
+  mx = block_reduce(mx, true, shared);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < Sk; j += kThreads) {
+    const float e = mx == -INFINITY ? 0.0f : expf(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, false, shared);
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  for (int64_t j = threadIdx.x; j < Sk; j += kThreads) s[j] *= inv;
+}
+
+}  // namespace
+
+// out [B, H, Sq, D] (any strides, any float dtype) = attention(q, k, v, bias, scale); bias
+// (optional) is 4-D, floating and broadcastable to [B, H, Sq, Sk] (the caller checks).
+void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
+                         const Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
+  if (out.numel() == 0) return;
+  if (Sk == 0) {  // no keys: an empty weighted sum
+    Tensor(out).copy_(Tensor::zeros(out.shape(), out.dtype(), out.device()));
+    return;
+  }
+  int64_t bsb = 0, bsh = 0, bsq = 0, bsk = 0;  // bias strides, 0 where it broadcasts
+  if (bias.defined()) {                        // 4-D, float, broadcastable to [B, H, Sq, Sk]: checked by the caller
+    bsb = bias.size(0) == 1 ? 0 : bias.strides()[0];
+    bsh = bias.size(1) == 1 ? 0 : bias.strides()[1];
+    bsq = bias.size(2) == 1 ? 0 : bias.strides()[2];
+    bsk = bias.size(3) == 1 ? 0 : bias.strides()[3];
+  }
+  // Chunks: as many heads as fit, else one head and as many queries as fit.
+  const int64_t per_head = Sq * Sk;
+  const int64_t heads = std::clamp<int64_t>(kMaxScores / std::max<int64_t>(per_head, 1), 1, H);
+  const int64_t queries = per_head <= kMaxScores ? Sq : std::max<int64_t>(1, kMaxScores / Sk);
+
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h0 = 0; h0 < H; h0 += heads) {
+      const int64_t hc = std::min(heads, H - h0);
+      const Tensor kf = k.select(0, b).narrow(0, h0, hc).to(DType::F32);  // [hc, Sk, D]
+      const Tensor vf = v.select(0, b).narrow(0, h0, hc).to(DType::F32);  // [hc, Sk, D]
+      const Tensor kt = kf.transpose(1, 2);                               // [hc, D, Sk]
+      for (int64_t q0 = 0; q0 < Sq; q0 += queries) {
+        const int64_t qc = std::min(queries, Sq - q0);
+        const Tensor qf = q.select(0, b).narrow(0, h0, hc).narrow(1, q0, qc).to(DType::F32);  // [hc, qc, D]
+        Tensor scores = ops::matmul(qf, kt);                                                  // [hc, qc, Sk]
+        const unsigned rows = static_cast<unsigned>(hc * qc);
+        if (bias.defined()) {
+          VGEN_DISPATCH_FLOAT(bias.dtype(), "attention bias", {
+            const T* bp = static_cast<const T*>(bias.raw_data()) + b * bsb;
+            scale_bias_softmax_kernel<T>
+                <<<rows, kThreads, 0, stream()>>>(scores.data<float>(), qc, Sk, scale, bp, bsh, bsq, bsk, h0, q0);
+          });
+        } else {
+          scale_bias_softmax_kernel<float>
+              <<<rows, kThreads, 0, stream()>>>(scores.data<float>(), qc, Sk, scale, nullptr, 0, 0, 0, h0, q0);
+        }
+        check_launch("attention (reference softmax)", scores, bias);
+        out.select(0, b).narrow(0, h0, hc).narrow(1, q0, qc).copy_(ops::matmul(scores, vf));
+      }
+    }
+  }
+}
+
+}  // namespace vgen::cuda

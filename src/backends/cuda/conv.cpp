@@ -1,0 +1,288 @@
+// 3-D convolution on CUDA through the cuDNN frontend graph API: conv_fprop with the bias added
+// by a pointwise node of the same graph, NCDHW tensors with the caller's strides.
+//
+// BF16/F16 convolve with float32 accumulation; F32 convolves in true FP32: engines whose
+// numerical notes say tensor cores (TF32 for float inputs), down-converted inputs, reduced
+// precision reductions, FFT or Winograd are deselected, so the float32 VAE matches the CPU to
+// float rounding. Operands of two dtypes convolve in float32; the result has x's dtype.
+//
+// Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias). When
+// cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
+// tried, then a contiguous copy of x, and last an im2col (strided copies) + cuBLASLt GEMM path.
+// The environment variable VGEN_CONV_IM2COL=1 forces that last path (for tests and debugging).
+#include <cudnn.h>
+#include <cudnn_frontend.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_common.h"
+#include "ops/ops.h"
+
+namespace vgen::cuda {
+namespace {
+
+namespace fe = cudnn_frontend;
+
+enum Uid : int64_t { kX = 1, kW = 2, kBias = 3, kY = 4 };
+
+void check_cudnn(cudnnStatus_t status, const char* what) {
+  if (status != CUDNN_STATUS_SUCCESS) fail("cudnn: {}: {}", what, cudnnGetErrorString(status));
+}
+
+int64_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return a == 0 ? 16 : std::min<int64_t>(16, static_cast<int64_t>(a & (~a + 1)));
+}
+
+// The convolution after dtype conversion: x [B, C, T, H, W] (any strides), w [O, C, kt, kh, kw]
+// and bias [O] contiguous, y [B, O, To, Ho, Wo] contiguous; pads before/after per dim.
+struct Conv {
+  Tensor x, w, bias, y;
+  std::array<int64_t, 3> stride{}, pad_before{}, pad_after{};
+};
+
+struct ConvPlan {
+  std::shared_ptr<fe::graph::Graph> graph;  // null: no engine
+  int64_t workspace = 0;
+};
+
+struct ConvState {
+  std::mutex mutex;
+  cudnnHandle_t handle = nullptr;
+  std::map<std::vector<int64_t>, ConvPlan> plans;
+};
+
+// Process-wide and never destroyed (the handle must not outlive the CUDA runtime's teardown).
+ConvState& conv_state() {
+  static ConvState* s = [] {
+    auto* st = new ConvState;
+    check_cudnn(cudnnCreate(&st->handle), "create handle");
+    check_cudnn(cudnnSetStream(st->handle, stream()), "bind the handle to the backend's stream");
+    return st;
+  }();
+  return *s;
+}
+
+std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
+
+ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::string* why) {
+  ConvPlan plan;
+  const DType dt = c.x.dtype();
+  const fe::DataType_t io = dt == DType::F32    ? fe::DataType_t::FLOAT
+                            : dt == DType::BF16 ? fe::DataType_t::BFLOAT16
+                                                : fe::DataType_t::HALF;
+  try {
+    auto g = std::make_shared<fe::graph::Graph>();
+    g->set_io_data_type(io)
+        .set_intermediate_data_type(fe::DataType_t::FLOAT)
+        .set_compute_data_type(fe::DataType_t::FLOAT);
+    auto tensor = [&](const char* name, int64_t uid, const Tensor& t, Shape dims, Shape strides) {
+      return g->tensor(fe::graph::Tensor_attributes()
+                           .set_name(name)
+                           .set_uid(uid)
+                           .set_dim(dims)
+                           .set_stride(strides)
+                           .set_data_type(io)
+                           .set_alignment(alignment(t.raw_data())));
+    };
+    auto X = tensor("x", kX, c.x, c.x.shape(), c.x.strides());
+    auto W = tensor("w", kW, c.w, c.w.shape(), c.w.strides());
+    auto y = g->conv_fprop(X, W,
+                           fe::graph::Conv_fprop_attributes()
+                               .set_name("conv")
+                               .set_pre_padding(vec(c.pad_before))
+                               .set_post_padding(vec(c.pad_after))
+                               .set_stride(vec(c.stride))
+                               .set_dilation({1, 1, 1})
+                               .set_compute_data_type(fe::DataType_t::FLOAT));
+    if (fuse_bias) {
+      const int64_t O = c.w.size(0);
+      auto Bt = tensor("bias", kBias, c.bias, {1, O, 1, 1, 1}, {O, 1, 1, 1, 1});
+      y->set_data_type(fe::DataType_t::FLOAT);
+      y = g->pointwise(y, Bt,
+                       fe::graph::Pointwise_attributes()
+                           .set_name("add_bias")
+                           .set_mode(fe::PointwiseMode_t::ADD)
+                           .set_compute_data_type(fe::DataType_t::FLOAT));
+    }
+    y->set_output(true).set_uid(kY).set_dim(c.y.shape()).set_stride(c.y.strides()).set_data_type(io);
+
+    fe::error_t err = g->validate();
+    if (err.is_good()) err = g->build_operation_graph(handle);
+    if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+    if (err.is_good() && dt == DType::F32) {
+      using N = fe::NumericalNote_t;
+      g->deselect_numeric_notes({N::TENSOR_CORE, N::DOWN_CONVERT_INPUTS, N::REDUCED_PRECISION_REDUCTION, N::FFT,
+                                 N::WINOGRAD, N::WINOGRAD_TILE_4x4, N::WINOGRAD_TILE_6x6, N::WINOGRAD_TILE_13x13});
+    }
+    if (err.is_good()) err = g->check_support();
+    if (err.is_good()) err = g->build_plans();
+    if (err.is_good()) err = g->get_workspace_size(plan.workspace);
+    if (err.is_bad()) {
+      *why = err.err_msg;
+      return plan;
+    }
+    plan.graph = std::move(g);
+  } catch (const std::exception& e) {
+    *why = e.what();
+    plan.graph.reset();
+  }
+  return plan;
+}
+
+std::string conv_str(const Conv& c) {
+  return fmt::format("x {} strides {}, w {}, stride {}, padding before {} after {}", c.x.str(),
+                     shape_str(c.x.strides()), c.w.str(), shape_str(vec(c.stride)), shape_str(vec(c.pad_before)),
+                     shape_str(vec(c.pad_after)));
+}
+
+// Runs the convolution into c.y through cuDNN (the bias fused when fuse_bias); false when
+// cuDNN has no engine for it.
+bool run_cudnn(const Conv& c, bool fuse_bias) {
+  ConvState& st = conv_state();
+  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), fuse_bias};
+  for (const Tensor* t : {&c.x, &c.w, &c.y}) {
+    key.insert(key.end(), t->shape().begin(), t->shape().end());
+    key.insert(key.end(), t->strides().begin(), t->strides().end());
+    key.push_back(alignment(t->raw_data()));
+  }
+  key.push_back(fuse_bias ? alignment(c.bias.raw_data()) : 0);
+  for (const auto* a : {&c.stride, &c.pad_before, &c.pad_after}) key.insert(key.end(), a->begin(), a->end());
+
+  std::lock_guard<std::mutex> lock(st.mutex);
+  auto it = st.plans.find(key);
+  if (it == st.plans.end()) {
+    std::string why;
+    ConvPlan plan = build_plan(st.handle, c, fuse_bias, &why);
+    if (!plan.graph)
+      spdlog::debug("conv3d: no cuDNN engine for {}{}: {}", conv_str(c), fuse_bias ? " + bias" : "", why);
+    it = st.plans.emplace(std::move(key), std::move(plan)).first;
+  }
+  const ConvPlan& plan = it->second;
+  if (!plan.graph) return false;
+  const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, c.x.device()) : Tensor();
+  std::unordered_map<int64_t, void*> pack{{kX, c.x.raw_data()}, {kW, c.w.raw_data()}, {kY, c.y.raw_data()}};
+  if (fuse_bias) pack.emplace(kBias, c.bias.raw_data());
+  const fe::error_t err = plan.graph->execute(st.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  if (err.is_bad()) fail("conv3d: cuDNN failed on {}: {}", conv_str(c), err.err_msg);
+  return true;
+}
+
+// im2col through strided copies of a zero-padded x, then one GEMM per chunk of output
+// positions: y[b][:, chunk] = w [O, K] @ columns [K, chunk]. No bias.
+void conv_im2col(const Conv& c) {
+  const Tensor& x = c.x;
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t O = c.w.size(0), kt = c.w.size(2), kh = c.w.size(3), kw = c.w.size(4);
+  const int64_t To = c.y.size(2), Ho = c.y.size(3), Wo = c.y.size(4);
+  const auto [st, sh, sw] = c.stride;
+  const int64_t K = C * kt * kh * kw;
+  // Padded extents: multiples of the stride, long enough for every (output, tap) pair, so that
+  // xp viewed as [B, C, Tp/st, st, Hp/sh, sh, Wp/sw, sw] gives each tap's inputs as a view.
+  auto extent = [](int64_t before, int64_t n, int64_t out, int64_t k, int64_t s) {
+    const int64_t need = std::max(before + n, (out + (k - 1) / s + 1) * s);
+    return (need + s - 1) / s * s;
+  };
+  const int64_t Tp = extent(c.pad_before[0], T, To, kt, st), Hp = extent(c.pad_before[1], H, Ho, kh, sh),
+                Wp = extent(c.pad_before[2], W, Wo, kw, sw);
+  const Tensor xp = Tensor::zeros({B, C, Tp, Hp, Wp}, x.dtype(), x.device());
+  xp.narrow(2, c.pad_before[0], T).narrow(3, c.pad_before[1], H).narrow(4, c.pad_before[2], W).copy_(x);
+  const Tensor xv = xp.view({B, C, Tp / st, st, Hp / sh, sh, Wp / sw, sw});
+  const Tensor w2 = c.w.view({O, K});
+
+  constexpr int64_t kMaxColumns = int64_t{1} << 27;  // elements of one chunk of columns
+  const int64_t tc = std::clamp<int64_t>(kMaxColumns / std::max<int64_t>(1, K * Ho * Wo), 1, To);
+  const int64_t hc = tc > 1 ? Ho : std::clamp<int64_t>(kMaxColumns / std::max<int64_t>(1, K * Wo), 1, Ho);
+  for (int64_t b = 0; b < B; ++b) {
+    const Tensor xb = xv.select(0, b);  // [C, Tp/st, st, Hp/sh, sh, Wp/sw, sw]
+    for (int64_t t0 = 0; t0 < To; t0 += tc) {
+      const int64_t nt = std::min(tc, To - t0);
+      for (int64_t h0 = 0; h0 < Ho; h0 += hc) {
+        const int64_t nh = std::min(hc, Ho - h0);
+        const Tensor col = Tensor::empty({C, kt, kh, kw, nt, nh, Wo}, x.dtype(), x.device());
+        for (int64_t dt = 0; dt < kt; ++dt) {
+          for (int64_t dh = 0; dh < kh; ++dh) {
+            for (int64_t dw = 0; dw < kw; ++dw) {
+              // Input frame (t0 + i) * st + dt = (t0 + i + dt / st) * st + dt % st, likewise H, W.
+              const Tensor src = xb.narrow(1, t0 + dt / st, nt)
+                                     .select(2, dt % st)  // [C, nt, Hp/sh, sh, Wp/sw, sw]
+                                     .narrow(2, h0 + dh / sh, nh)
+                                     .select(3, dh % sh)  // [C, nt, nh, Wp/sw, sw]
+                                     .narrow(3, dw / sw, Wo)
+                                     .select(4, dw % sw);  // [C, nt, nh, Wo]
+              col.select(1, dt).select(1, dh).select(1, dw).copy_(src);
+            }
+          }
+        }
+        const Tensor res = ops::matmul(w2, col.view({K, nt * nh * Wo}));  // [O, nt * nh * Wo]
+        c.y.select(0, b).narrow(1, t0, nt).narrow(2, h0, nh).copy_(res.view({O, nt, nh, Wo}));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Tensor CudaBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) {
+  for (const Tensor* t : {&x, &weight, &bias}) require_cuda("conv3d", *t);
+  require_float("conv3d", x);
+  require_float("conv3d", weight);
+  if (bias.defined()) require_float("conv3d", bias);
+  VGEN_CHECK(x.dim() == 5 && weight.dim() == 5 && x.size(1) == weight.size(1),
+             "conv3d: input {} does not match weight {}", x.str(), weight.str());
+  const int64_t B = x.size(0), C = x.size(1), O = weight.size(0);
+  Conv c;
+  c.stride = p.stride;
+  c.pad_before = p.padding;
+  c.pad_after = p.padding;
+  if (p.time_padding_before >= 0) c.pad_before[0] = p.time_padding_before;
+  Shape out_shape{B, O, 0, 0, 0};
+  for (int i = 0; i < 3; ++i) {
+    VGEN_CHECK(c.stride[i] > 0 && c.pad_before[i] >= 0 && c.pad_after[i] >= 0,
+               "conv3d: bad stride {} / padding {} for input {}", shape_str(vec(p.stride)), shape_str(vec(p.padding)),
+               x.str());
+    const int64_t span = x.size(2 + i) + c.pad_before[i] + c.pad_after[i] - weight.size(2 + i);
+    out_shape[2 + i] = span < 0 ? 0 : span / c.stride[i] + 1;
+  }
+  const DType dt = x.dtype() == weight.dtype() ? x.dtype() : DType::F32;
+  c.x = x.to(dt);
+  c.w = weight.to(dt).contiguous();
+  if (bias.defined()) c.bias = bias.to(dt).contiguous();
+  c.y = Tensor::empty(out_shape, dt, x.device());
+  if (c.y.numel() == 0) return c.y.to(x.dtype());
+  if (C == 0) {  // an empty sum: the bias (or zeros)
+    Tensor y = Tensor::zeros(out_shape, dt, x.device());
+    if (c.bias.defined()) y = ops::add(y, c.bias.view({1, O, 1, 1, 1}));
+    return y.to(x.dtype());
+  }
+
+  const char* force = std::getenv("VGEN_CONV_IM2COL");
+  bool bias_done = false, done = false;
+  for (int attempt = 0; attempt < 2 && !done && !(force != nullptr && std::string(force) == "1"); ++attempt) {
+    if (attempt == 1) {
+      if (c.x.is_contiguous()) break;
+      c.x = c.x.contiguous();
+    }
+    if (c.bias.defined() && run_cudnn(c, true)) {
+      done = bias_done = true;
+    } else {
+      done = run_cudnn(c, false);
+    }
+  }
+  if (!done) {
+    spdlog::debug("conv3d: no cuDNN engine for {}; using im2col + GEMM", conv_str(c));
+    conv_im2col(c);
+  }
+  Tensor y = c.y;
+  if (c.bias.defined() && !bias_done) y = ops::add(y, c.bias.view({1, O, 1, 1, 1}));
+  return y.to(x.dtype());
+}
+
+}  // namespace vgen::cuda

@@ -1,0 +1,213 @@
+// Embedding lookup, nearest-neighbour 2x upsampling and the sum of absolute values.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_common.h"
+#include "backends/cuda/device_utils.cuh"
+
+namespace vgen::cuda {
+namespace {
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Calls f(W{}) with W an unsigned word of `bytes` bytes (1 to 16).
+template <typename F>
+void dispatch_word(int64_t bytes, F&& f) {
+  switch (bytes) {
+    case 1: f(uint8_t{}); break;
+    case 2: f(uint16_t{}); break;
+    case 4: f(uint32_t{}); break;
+    case 8: f(uint2{}); break;
+    case 16: f(uint4{}); break;
+    default: fail("cuda: no word of {} bytes", bytes);
+  }
+}
+
+// ---- Embedding ---------------------------------------------------------------------------------
+
+// One block row per id: copies table row ids[r] (words_per_row words of W) to out row r.
+// An id outside [0, V) leaves its row unwritten and is reported through `bad` (flag, id).
+template <typename W>
+__global__ void embedding_kernel(const int64_t* __restrict__ ids, const W* __restrict__ table, W* __restrict__ out,
+                                 int64_t n, int64_t V, int64_t words_per_row, unsigned long long* bad) {
+  for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+    const int64_t id = ids[r];
+    if (id < 0 || id >= V) {
+      if (threadIdx.x == 0 && atomicCAS(bad, 0ull, 1ull) == 0ull) bad[1] = static_cast<unsigned long long>(id);
+      continue;
+    }
+    const W* src = table + id * words_per_row;
+    W* dst = out + r * words_per_row;
+    for (int64_t w = threadIdx.x; w < words_per_row; w += blockDim.x) dst[w] = src[w];
+  }
+}
+
+// ---- Upsampling ------------------------------------------------------------------------------
+
+// Each thread reads VEC elements of an input row and writes them doubled to two output rows.
+template <typename E, int VEC, bool kWide>
+__global__ void upsample2x_kernel(const E* __restrict__ x, E* __restrict__ out, int64_t H, int64_t W, int64_t n) {
+  const int64_t wv = W / VEC;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t row, col;  // input row (plane * H + h) and vector column
+    if constexpr (kWide) {
+      row = i / wv;
+      col = i - row * wv;
+    } else {
+      const uint32_t i32 = static_cast<uint32_t>(i), w32 = static_cast<uint32_t>(wv);
+      row = i32 / w32;
+      col = i32 - static_cast<uint32_t>(row) * w32;
+    }
+    const int64_t plane = kWide ? row / H : static_cast<uint32_t>(row) / static_cast<uint32_t>(H);
+    const int64_t h = row - plane * H;
+    const Vec<E, VEC> in = *reinterpret_cast<const Vec<E, VEC>*>(x + row * W + col * VEC);
+    Vec<E, 2 * VEC> o;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) o.v[2 * j] = o.v[2 * j + 1] = in.v[j];
+    E* top = out + ((plane * 2 * H + 2 * h) * 2 * W) + 2 * col * VEC;
+    *reinterpret_cast<Vec<E, 2 * VEC>*>(top) = o;
+    *reinterpret_cast<Vec<E, 2 * VEC>*>(top + 2 * W) = o;
+  }
+}
+
+// ---- Sum of absolute values -------------------------------------------------------------------
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Per-thread float64 sums of |x|, reduced per block and added to *result.
+template <typename T, int VEC>
+__global__ void sum_abs_kernel(const T* __restrict__ x, int64_t n, double* result) {
+  __shared__ double partial[32];
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};  // independent chains
+  const int64_t nvec = n / VEC, stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  for (int64_t i = first; i < nvec; i += stride) {
+    const Vec<T, VEC> v = *reinterpret_cast<const Vec<T, VEC>*>(x + i * VEC);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[j % 4] += fabs(static_cast<double>(to_float<T>(v.v[j])));
+  }
+  for (int64_t i = nvec * VEC + first; i < n; i += stride) acc[0] += fabs(static_cast<double>(to_float<T>(x[i])));
+  double total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  total = warp_sum(total);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = total;
+  __syncthreads();
+  if (warp == 0) {
+    total = lane < static_cast<int>(blockDim.x >> 5) ? partial[lane] : 0.0;
+    total = warp_sum(total);
+    if (lane == 0) atomicAdd(result, total);
+  }
+}
+
+}  // namespace
+
+Tensor CudaBackend::embedding(const Tensor& ids_in, const Tensor& table_in) {
+  require_cuda("embedding", table_in);
+  VGEN_CHECK(ids_in.dtype() == DType::I64 && table_in.dim() == 2, "embedding: ids {} table {}", ids_in.str(),
+             table_in.str());
+  // Token ids may come from the host.
+  const Tensor ids = ids_in.device().is_cuda() ? contiguous(ids_in) : ids_in.to(table_in.device());
+  const Tensor table = contiguous(table_in);
+  const int64_t V = table.size(0), D = table.size(1), n = ids.numel();
+  Shape shape = ids.shape();
+  shape.push_back(D);
+  Tensor out = Tensor::empty(shape, table.dtype(), table.device());
+  if (n == 0) return out;
+  // The widest word that divides a row and keeps both tensors aligned.
+  const int64_t row_bytes = D * static_cast<int64_t>(table.element_size());
+  int64_t word = static_cast<int64_t>(table.element_size());
+  for (int64_t w = 16; w > word; w /= 2) {
+    if (row_bytes % w == 0 && aligned(table.raw_data(), w) && aligned(out.raw_data(), w)) {
+      word = w;
+      break;
+    }
+  }
+  const int64_t words = row_bytes / word;
+  Tensor flag = Tensor::zeros({2}, DType::I64, table.device());
+  auto* bad = static_cast<unsigned long long*>(flag.raw_data());
+  const int threads = static_cast<int>(std::clamp<int64_t>((words + 31) / 32 * 32, 32, 256));
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535LL * 32));
+  dispatch_word(word, [&](auto w) {
+    using W = decltype(w);
+    embedding_kernel<W><<<blocks, threads, 0, stream()>>>(static_cast<const int64_t*>(ids.raw_data()),
+                                                           static_cast<const W*>(table.raw_data()),
+                                                           static_cast<W*>(out.raw_data()), n, V, words, bad);
+  });
+  check_launch("embedding", ids, table);
+  int64_t host_flag[2] = {0, 0};
+  check(cudaMemcpyAsync(host_flag, flag.raw_data(), sizeof(host_flag), cudaMemcpyDeviceToHost, stream()),
+        "embedding: read the id check");
+  check(cudaStreamSynchronize(stream()), "embedding: synchronize");
+  VGEN_CHECK(host_flag[0] == 0, "embedding: token id {} out of range for a vocabulary of {}", host_flag[1], V);
+  return out;
+}
+
+Tensor CudaBackend::upsample_nearest2x(const Tensor& x_in) {
+  require_cuda("upsample_nearest2x", x_in);
+  VGEN_CHECK(x_in.dim() >= 2, "upsample_nearest2x of {}", x_in.str());
+  const Tensor x = contiguous(x_in);
+  const int64_t H = x.size(-2), W = x.size(-1);
+  Shape shape = x.shape();
+  shape[shape.size() - 2] = 2 * H;
+  shape.back() = 2 * W;
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
+  if (x.numel() == 0) return out;
+  // Elements are moved as raw words: any dtype.
+  const int64_t es = static_cast<int64_t>(x.element_size());
+  const int64_t vmax = std::max<int64_t>(1, 8 / es);  // VEC inputs -> 2 * VEC outputs of up to 16 bytes
+  const bool vec = vmax > 1 && W % vmax == 0 && aligned(x.raw_data(), vmax * es) && aligned(out.raw_data(), 2 * vmax * es);
+  const int64_t n = x.numel() / (vec ? vmax : 1);
+  const bool wide = n >= (int64_t(1) << 31);
+  constexpr int kThreads = 256;
+  const unsigned blocks = blocks_for(n, kThreads);
+  dispatch_word(es, [&](auto e) {
+    using E = decltype(e);
+    constexpr int kVec = sizeof(E) >= 8 ? 1 : static_cast<int>(8 / sizeof(E));
+    const E* in = static_cast<const E*>(x.raw_data());
+    E* o = static_cast<E*>(out.raw_data());
+    if (vec && wide) upsample2x_kernel<E, kVec, true><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
+    else if (vec) upsample2x_kernel<E, kVec, false><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
+    else if (wide) upsample2x_kernel<E, 1, true><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
+    else upsample2x_kernel<E, 1, false><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
+  });
+  check_launch("upsample_nearest2x", x_in);
+  return out;
+}
+
+double CudaBackend::sum_abs(const Tensor& x_in) {
+  require_cuda("sum_abs", x_in);
+  if (x_in.numel() == 0) return 0.0;
+  // Other dtypes are read as float32, as the CPU backend does.
+  const Tensor x = contiguous(is_kernel_float(x_in.dtype()) ? x_in : x_in.to(DType::F32));
+  Tensor result = Tensor::zeros({1}, DType::F64, x.device());
+  const int64_t n = x.numel();
+  constexpr int kThreads = 256;
+  const int64_t want = (n + kThreads * 8 - 1) / (kThreads * 8);
+  const unsigned blocks =
+      static_cast<unsigned>(std::clamp<int64_t>(want, 1, int64_t(device_properties().multiProcessorCount) * 8));
+  double* r = static_cast<double*>(result.raw_data());
+  VGEN_DISPATCH_FLOAT(x.dtype(), "sum_abs", {
+    const T* p = static_cast<const T*>(x.raw_data());
+    if (aligned(p, 16)) sum_abs_kernel<T, 16 / sizeof(T)><<<blocks, kThreads, 0, stream()>>>(p, n, r);
+    else sum_abs_kernel<T, 1><<<blocks, kThreads, 0, stream()>>>(p, n, r);
+  });
+  check_launch("sum_abs", x_in);
+  double host = 0.0;
+  check(cudaMemcpyAsync(&host, r, sizeof(host), cudaMemcpyDeviceToHost, stream()), "sum_abs: read the result");
+  check(cudaStreamSynchronize(stream()), "sum_abs: synchronize");
+  return host;
+}
+
+}  // namespace vgen::cuda

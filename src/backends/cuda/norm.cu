@@ -1,0 +1,631 @@
+// Row normalizations on the GPU: layer norm (plain and modulated), RMS norm (plain and fused
+// with RoPE), RoPE alone, softmax, and the Wan VAE channel norm.
+//
+// Row ops run one block per row. A row is read once from global memory into registers
+// (up to kCached vectors per thread, each VEC elements of one 16-byte load) and reduced in
+// float32 with warp shuffles; longer rows fall back to a loop that re-reads the row (from
+// L1/L2). Results are rounded as the CPU reference (and the default compositions of the
+// fused ops) round them: products and sums are rounded separately (__fmul_rn etc. keep the
+// compiler from fusing them), intermediates stored in x's dtype are rounded to it.
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/cuda_common.h"
+#include "backends/cuda/device_utils.cuh"
+
+namespace vgen::cuda {
+namespace {
+
+constexpr int kCached = 2;           // vectors per thread kept in registers (2 measured best)
+constexpr int kMaxRowThreads = 512;  // threads per row block
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+template <int VEC, typename T>
+__device__ __forceinline__ void load_vec(const T* p, float (&v)[VEC]) {
+  const Vec<T, VEC> r = *reinterpret_cast<const Vec<T, VEC>*>(p);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) v[j] = to_float<T>(r.v[j]);
+}
+
+template <int VEC, typename T>
+__device__ __forceinline__ void store_vec(T* p, const float (&v)[VEC]) {
+  Vec<T, VEC> r;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) r.v[j] = from_float<T>(v[j]);
+  *reinterpret_cast<Vec<T, VEC>*>(p) = r;
+}
+
+// Sum (or max) over the block; every thread gets the result. blockDim.x is a multiple of 32.
+template <bool kMax>
+__device__ __forceinline__ float block_reduce(float v, float* smem) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, w) : v + w;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();  // smem may still be read from a previous reduction
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = lane < warps ? smem[lane] : (kMax ? -INFINITY : 0.0f);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? fmaxf(v, w) : v + w;
+  }
+  return v;
+}
+
+// Calls f(k, vi) for this thread's vectors vi = threadIdx.x + k * blockDim.x of a row of nv
+// vectors: unrolled over k < CACHE (the caller keeps vector k in registers), or with
+// CACHE == 0 a plain loop (k is then always 0).
+template <int CACHE, typename F>
+__device__ __forceinline__ void for_row(int nv, F&& f) {
+  if constexpr (CACHE > 0) {
+#pragma unroll
+    for (int k = 0; k < CACHE; ++k) {
+      const int vi = threadIdx.x + k * blockDim.x;
+      if (vi < nv) f(k, vi);
+    }
+  } else {
+    for (int vi = threadIdx.x; vi < nv; vi += blockDim.x) f(0, vi);
+  }
+}
+
+// Rows of a [B, S, D] view: row r = b * S + s starts at b * batch_stride + s * row_stride.
+struct Rows {
+  int64_t S = 1, batch_stride = 0, row_stride = 0;
+  __device__ __forceinline__ int64_t offset(int64_t r) const { return (r / S) * batch_stride + (r % S) * row_stride; }
+};
+
+// A row's vectors of this thread, kept as loaded (packed T) when CACHE > 0, else re-read.
+template <typename T, int VEC, int CACHE>
+struct RowCache {
+  Vec<T, VEC> v[CACHE > 0 ? CACHE : 1];
+  const T* row;
+  __device__ __forceinline__ void load(int k, int vi, float (&out)[VEC]) {
+    const Vec<T, VEC> r = *reinterpret_cast<const Vec<T, VEC>*>(row + int64_t(vi) * VEC);
+    if constexpr (CACHE > 0) v[k] = r;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = to_float<T>(r.v[j]);
+  }
+  __device__ __forceinline__ void get(int k, int vi, float (&out)[VEC]) const {
+    Vec<T, VEC> r;
+    if constexpr (CACHE > 0) r = v[k];
+    else r = *reinterpret_cast<const Vec<T, VEC>*>(row + int64_t(vi) * VEC);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = to_float<T>(r.v[j]);
+  }
+};
+
+// ---- Layer norm (plain, affine, or modulated) -----------------------------------------------
+
+enum LnMode { kPlain, kAffine, kModulated };
+
+struct LayerNormArgs {
+  const void* x;
+  Rows rows;
+  int D;
+  void* out;  // contiguous [rows, D]
+  const void* weight;  // kAffine: optional weight and bias [D]
+  const void* bias;
+  const float* scale;  // kModulated: F32 rows given by `mod`
+  const float* shift;
+  Rows mod;
+  float eps;
+};
+
+template <typename T, typename Tw, int MODE, int VEC, int CACHE>
+__global__ void __launch_bounds__(kMaxRowThreads) layer_norm_kernel(LayerNormArgs a) {
+  __shared__ float smem[32];
+  const int64_t row = blockIdx.x;
+  T* out = static_cast<T*>(a.out) + row * a.D;
+  const int nv = a.D / VEC;
+  RowCache<T, VEC, CACHE> cache;
+  cache.row = static_cast<const T*>(a.x) + a.rows.offset(row);
+
+  // Two-pass mean and variance over the cached row.
+  float sum = 0.0f;
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    cache.load(k, vi, v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sum += v[j];
+  });
+  const float mean = block_reduce<false>(sum, smem) / a.D;
+  float sq = 0.0f;
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    cache.get(k, vi, v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) sq += (v[j] - mean) * (v[j] - mean);
+  });
+  const float rstd = 1.0f / sqrtf(block_reduce<false>(sq, smem) / a.D + a.eps);
+
+  const Tw* w = static_cast<const Tw*>(a.weight);
+  const Tw* b = static_cast<const Tw*>(a.bias);
+  const float* scale = MODE == kModulated ? a.scale + a.mod.offset(row) : nullptr;
+  const float* shift = MODE == kModulated ? a.shift + a.mod.offset(row) : nullptr;
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    cache.get(k, vi, v);
+    const int64_t e = int64_t(vi) * VEC;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(__fsub_rn(v[j], mean), rstd);
+    if constexpr (MODE == kAffine) {
+      float p[VEC];
+      if (w) {
+        load_vec<VEC>(w + e, p);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(v[j], p[j]);
+      }
+      if (b) {
+        load_vec<VEC>(b + e, p);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(v[j], p[j]);
+      }
+    } else if constexpr (MODE == kModulated) {
+      float sc[VEC], sh[VEC];
+      load_vec<VEC>(scale + e, sc);
+      load_vec<VEC>(shift + e, sh);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(__fmul_rn(v[j], __fadd_rn(sc[j], 1.0f)), sh[j]);
+    }
+    store_vec<VEC>(out + e, v);
+  });
+}
+
+// ---- RMS norm, RoPE, and both fused ------------------------------------------------------------
+
+struct RmsRopeArgs {
+  const void* x;
+  Rows rows;  // one row per token (b, s); s indexes the RoPE tables
+  int D;      // row length (H * head_dim for the fused op)
+  void* out;  // contiguous [rows, D]
+  const void* weight;
+  float eps;
+  const float* cos;  // [S, head_dim] contiguous
+  const float* sin;
+  int head_dim;
+};
+
+// kNorm: x * rsqrt(mean(x^2) + eps) * weight, rounded to T. kRope: then rotate interleaved
+// pairs: out[2i] = n[2i] cos[2i] - n[2i+1] sin[2i+1], out[2i+1] = n[2i] sin[2i+1] + n[2i+1] cos[2i].
+template <typename T, typename Tw, bool kNorm, bool kRope, int VEC, int CACHE>
+__global__ void __launch_bounds__(kMaxRowThreads) rms_rope_kernel(RmsRopeArgs a) {
+  static_assert(!kRope || VEC % 2 == 0, "rope needs whole pairs per vector");
+  __shared__ float smem[32];
+  extern __shared__ float4 rope_smem[];  // kRope: (cos[2i], sin[2i + 1]) of this token
+  const int64_t row = blockIdx.x;
+  T* out = static_cast<T*>(a.out) + row * a.D;
+  const int nv = a.D / VEC;
+  RowCache<T, VEC, kNorm ? CACHE : 0> cache;
+  cache.row = static_cast<const T*>(a.x) + a.rows.offset(row);
+  float2* pairs = reinterpret_cast<float2*>(rope_smem);
+  if constexpr (kRope) {
+    const int64_t t = (row % a.rows.S) * a.head_dim;
+    for (int i = threadIdx.x; i < a.head_dim / 2; i += blockDim.x)
+      pairs[i] = make_float2(a.cos[t + 2 * i], a.sin[t + 2 * i + 1]);
+    if constexpr (!kNorm) __syncthreads();  // else the reduction's barriers order it
+  }
+
+  float rstd = 1.0f;
+  if constexpr (kNorm) {
+    float ss = 0.0f;
+    for_row<CACHE>(nv, [&](int k, int vi) {
+      float v[VEC];
+      cache.load(k, vi, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) ss += v[j] * v[j];
+    });
+    rstd = 1.0f / sqrtf(block_reduce<false>(ss, smem) / a.D + a.eps);
+  }
+
+  const Tw* w = static_cast<const Tw*>(a.weight);
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    cache.get(k, vi, v);
+    const int64_t e = int64_t(vi) * VEC;
+    if constexpr (kNorm) {
+      float wv[VEC];
+      if (w) {
+        load_vec<VEC>(w + e, wv);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) wv[j] = 1.0f;  // exact: w * n == n
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        v[j] = __fmul_rn(wv[j], __fmul_rn(v[j], rstd));
+        if constexpr (kRope) v[j] = round_to<T>(v[j]);  // the normalized tensor is stored in T
+      }
+    }
+    if constexpr (kRope) {
+      const float2* p = pairs + static_cast<int>(e % a.head_dim) / 2;
+      float o[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; j += 2) {
+        const float2 cs = p[j / 2];
+        o[j] = __fsub_rn(__fmul_rn(v[j], cs.x), __fmul_rn(v[j + 1], cs.y));
+        o[j + 1] = __fadd_rn(__fmul_rn(v[j], cs.y), __fmul_rn(v[j + 1], cs.x));
+      }
+      store_vec<VEC>(out + e, o);
+    } else {
+      store_vec<VEC>(out + e, v);
+    }
+  });
+}
+
+// ---- Softmax ----------------------------------------------------------------------------------
+
+template <typename T, int VEC, int CACHE>
+__global__ void __launch_bounds__(kMaxRowThreads) softmax_kernel(const T* __restrict__ in, T* __restrict__ out, int D) {
+  __shared__ float smem[32];
+  const int64_t row = blockIdx.x;
+  const T* x = in + row * D;
+  T* y = out + row * D;
+  const int nv = D / VEC;
+  float cache[CACHE > 0 ? CACHE : 1][VEC];
+
+  float mx = -INFINITY;
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    load_vec<VEC>(x + int64_t(vi) * VEC, v);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      mx = fmaxf(mx, v[j]);
+      if constexpr (CACHE > 0) cache[k][j] = v[j];
+    }
+  });
+  mx = block_reduce<true>(mx, smem);
+  float sum = 0.0f;
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    if constexpr (CACHE > 0) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = cache[k][j];
+    } else {
+      load_vec<VEC>(x + int64_t(vi) * VEC, v);
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float ex = expf(v[j] - mx);
+      sum += ex;
+      if constexpr (CACHE > 0) cache[k][j] = ex;
+    }
+  });
+  const float inv = 1.0f / block_reduce<false>(sum, smem);
+  for_row<CACHE>(nv, [&](int k, int vi) {
+    float v[VEC];
+    if constexpr (CACHE > 0) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(cache[k][j], inv);
+    } else {
+      load_vec<VEC>(x + int64_t(vi) * VEC, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(expf(v[j] - mx), inv);
+    }
+    store_vec<VEC>(y + int64_t(vi) * VEC, v);
+  });
+}
+
+// ---- Channel RMS norm (Wan VAE) -----------------------------------------------------------
+
+// x [B, C, inner] contiguous; one thread per VEC consecutive positions of one batch.
+template <typename T, typename Tw, int VEC>
+__global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out, const Tw* __restrict__ gamma,
+                                   const Tw* __restrict__ bias, int64_t C, int64_t inner, int64_t n, float scale) {
+  const int64_t per_batch = inner / VEC;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / per_batch, p = (i - b * per_batch) * VEC;
+    const T* base = x + b * C * inner + p;
+    T* dst = out + b * C * inner + p;
+    float ss[VEC] = {};
+    for (int64_t c = 0; c < C; ++c) {
+      float v[VEC];
+      load_vec<VEC>(base + c * inner, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) ss[j] += v[j] * v[j];
+    }
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) ss[j] = fmaxf(sqrtf(ss[j]), 1e-12f);
+    for (int64_t c = 0; c < C; ++c) {
+      float v[VEC];
+      load_vec<VEC>(base + c * inner, v);
+      const float g = to_float<Tw>(gamma[c]);
+      const float bb = bias ? to_float<Tw>(bias[c]) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float y = __fmul_rn(__fmul_rn(__fdiv_rn(v[j], ss[j]), scale), g);
+        v[j] = bias ? __fadd_rn(y, bb) : y;
+      }
+      store_vec<VEC>(dst + c * inner, v);
+    }
+  }
+}
+
+// ---- Host side ----------------------------------------------------------------------------
+
+bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// A contiguous, 16-byte aligned copy of an optional parameter in `dtype`.
+Tensor param(const Tensor& t, DType dtype) {
+  if (!t.defined()) return t;
+  require_cuda("norm parameter", t);
+  Tensor c = contiguous(t.dtype() == dtype ? t : t.to(dtype));
+  return aligned(c.raw_data(), 16) ? c : c.clone();
+}
+
+// The dtype kernels read parameters in: x's when every given parameter has it, else float32
+// (exact for bf16/f16 parameters).
+DType param_dtype(DType x, const Tensor& a, const Tensor& b = {}) {
+  const bool same = (!a.defined() || a.dtype() == x) && (!b.defined() || b.dtype() == x);
+  return same ? x : DType::F32;
+}
+
+template <typename F>
+void dispatch_param(DType xd, DType wd, const char* op, F&& f) {
+  VGEN_DISPATCH_FLOAT(xd, op, {
+    using X = T;
+    if (wd == xd) f(X{}, X{});
+    else f(X{}, float{});
+  });
+}
+
+// vmax when `len`, every stride and every (pointer, element size) allow vectors of vmax
+// elements, else vmin when they allow vmin, else 0.
+int pick_vec(int vmax, int vmin, int64_t len, std::initializer_list<std::pair<const void*, int64_t>> ptrs,
+             std::initializer_list<int64_t> strides) {
+  for (int v : {vmax, vmin}) {
+    bool ok = len % v == 0;
+    for (const auto& [p, es] : ptrs) ok = ok && (p == nullptr || aligned(p, v * es));
+    for (int64_t s : strides) ok = ok && s % v == 0;
+    if (ok) return v;
+  }
+  return 0;
+}
+
+template <int V>
+using Int = std::integral_constant<int, V>;
+
+// Calls launch(Int<VEC>, Int<CACHE>, threads) for a row of nv vectors of `vec` (VMAX or
+// VMIN) elements: cached in registers when the row fits kCached vectors a thread.
+template <int VMAX, int VMIN, typename F>
+void launch_rows(int64_t nv, int vec, F&& launch) {
+  const int64_t per = (nv + kCached - 1) / kCached;
+  const bool cached = per <= kMaxRowThreads;
+  const int threads = cached ? static_cast<int>(std::max<int64_t>(32, (per + 31) / 32 * 32)) : kMaxRowThreads;
+  if (vec == VMAX && cached) launch(Int<VMAX>{}, Int<kCached>{}, threads);
+  else if (vec == VMAX) launch(Int<VMAX>{}, Int<0>{}, threads);
+  else if (cached) launch(Int<VMIN>{}, Int<kCached>{}, threads);
+  else launch(Int<VMIN>{}, Int<0>{}, threads);
+}
+
+// Layer norm over the last dim, optional affine and modulation (x [B, S, D] then).
+Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                       const Tensor& scale, const Tensor& shift, float eps) {
+  require_cuda(op, x_in);
+  require_float(op, x_in);
+  const int64_t D = x_in.size(-1);
+  Tensor out = Tensor::empty(x_in.shape(), x_in.dtype(), x_in.device());
+  const int64_t nrows = D == 0 ? 0 : x_in.numel() / D;
+  if (nrows == 0) return out;
+  VGEN_CHECK(nrows < (int64_t(1) << 31) && D < (int64_t(1) << 31), "{}: {} is too large", op, x_in.str());
+  // Rows of a [B, S, D] view with a contiguous last dim are read in place; others are copied.
+  Tensor x = x_in;
+  Rows rows{nrows, 0, D};
+  if (x.dim() == 3 && x.strides()[2] == 1) rows = {x.size(1), x.strides()[0], x.strides()[1]};
+  else x = contiguous(x);
+  const DType wd = param_dtype(x.dtype(), weight, bias);
+  const Tensor w = param(weight, wd), b = param(bias, wd);
+  Rows mod;
+  if (scale.defined())
+    mod = {x.size(1), scale.size(0) == 1 ? 0 : scale.strides()[0], scale.size(1) == 1 ? 0 : scale.strides()[1]};
+  const LayerNormArgs args{x.raw_data(), rows, static_cast<int>(D), out.raw_data(),
+                           w.defined() ? w.raw_data() : nullptr, b.defined() ? b.raw_data() : nullptr,
+                           scale.defined() ? static_cast<const float*>(scale.raw_data()) : nullptr,
+                           shift.defined() ? static_cast<const float*>(shift.raw_data()) : nullptr, mod, eps};
+  const int64_t es = static_cast<int64_t>(x.element_size()), ws = static_cast<int64_t>(dtype_size(wd));
+  const int vmax = static_cast<int>(16 / es);
+  const int vec = pick_vec(vmax, 1, D,
+                           {{args.x, es}, {args.out, es}, {args.weight, ws}, {args.bias, ws}, {args.scale, 4},
+                            {args.shift, 4}},
+                           {rows.batch_stride, rows.row_stride, mod.batch_stride, mod.row_stride});
+  const int64_t nv = D / vec;
+  const unsigned grid = static_cast<unsigned>(nrows);
+  const int mode = scale.defined() ? kModulated : (w.defined() || b.defined()) ? kAffine : kPlain;
+  dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
+    using T = decltype(tx);
+    using Tw = decltype(tw);
+    launch_rows<16 / sizeof(T), 1>(nv, vec, [&](auto v, auto c, int threads) {
+      constexpr int V = decltype(v)::value, C = decltype(c)::value;
+      if (mode == kAffine) layer_norm_kernel<T, Tw, kAffine, V, C><<<grid, threads, 0, stream()>>>(args);
+      else if (mode == kModulated) layer_norm_kernel<T, T, kModulated, V, C><<<grid, threads, 0, stream()>>>(args);
+      else layer_norm_kernel<T, T, kPlain, V, C><<<grid, threads, 0, stream()>>>(args);
+    });
+  });
+  check_launch(op, x_in, scale);
+  return out;
+}
+
+// RMS norm (norm) and/or RoPE (cos defined) of the rows of x: one row per token of D
+// elements (H * head_dim for RoPE), x's rows given by `rows`, the output contiguous.
+Tensor rms_rope_rows(const char* op, const Tensor& x, Rows rows, int64_t D, const Tensor& weight, float eps,
+                     const Tensor& cos, const Tensor& sin, bool norm) {
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const int64_t nrows = D == 0 ? 0 : x.numel() / D;
+  if (nrows == 0) return out;
+  VGEN_CHECK(nrows < (int64_t(1) << 31) && D < (int64_t(1) << 31), "{}: {} is too large", op, x.str());
+  const bool rope = cos.defined();
+  const DType wd = param_dtype(x.dtype(), weight);
+  const Tensor w = norm ? param(weight, wd) : Tensor();
+  const Tensor c = rope ? param(cos, DType::F32) : Tensor(), s = rope ? param(sin, DType::F32) : Tensor();
+  const int64_t hd = rope ? c.size(1) : D;
+  const RmsRopeArgs args{x.raw_data(), rows, static_cast<int>(D), out.raw_data(),
+                         w.defined() ? w.raw_data() : nullptr, eps,
+                         rope ? static_cast<const float*>(c.raw_data()) : nullptr,
+                         rope ? static_cast<const float*>(s.raw_data()) : nullptr, static_cast<int>(hd)};
+  const int64_t es = static_cast<int64_t>(x.element_size()), ws = static_cast<int64_t>(dtype_size(wd));
+  const int vmax = static_cast<int>(16 / es), vmin = rope ? 2 : 1;
+  const int vec = pick_vec(vmax, vmin, hd, {{args.x, es}, {args.weight, ws}}, {rows.batch_stride, rows.row_stride});
+  if (vec == 0) {  // a misaligned view (RoPE needs whole pairs): read an aligned copy
+    const Tensor xc = x.clone();
+    return rms_rope_rows(op, xc, {rows.S, rows.S * D, D}, D, weight, eps, cos, sin, norm);
+  }
+  const int64_t nv = D / vec;
+  const unsigned grid = static_cast<unsigned>(nrows);
+  VGEN_CHECK(!rope || hd <= 8192, "{}: head dim {} is too large", op, hd);
+  const size_t pair_bytes = rope ? static_cast<size_t>(hd / 2) * sizeof(float2) : 0;
+  dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
+    using T = decltype(tx);
+    using Tw = decltype(tw);
+    constexpr int kVec = 16 / sizeof(T);
+    if (rope) {
+      launch_rows<kVec, 2>(nv, vec, [&](auto v, auto c, int threads) {
+        constexpr int V = decltype(v)::value, C = decltype(c)::value;
+        if (norm) rms_rope_kernel<T, Tw, true, true, V, C><<<grid, threads, pair_bytes, stream()>>>(args);
+        else rms_rope_kernel<T, T, false, true, V, C><<<grid, threads, pair_bytes, stream()>>>(args);
+      });
+    } else {
+      launch_rows<kVec, 1>(nv, vec, [&](auto v, auto c, int threads) {
+        rms_rope_kernel<T, Tw, true, false, decltype(v)::value, decltype(c)::value>
+            <<<grid, threads, 0, stream()>>>(args);
+      });
+    }
+  });
+  check_launch(op, x, cos);
+  return out;
+}
+
+// Rows (one per token) of x [B, S, H, D], copying x first when a token's (H, D) block is
+// not contiguous.
+Rows token_rows(Tensor* x) {
+  const Shape& st = x->strides();
+  const bool dense = st[3] == 1 && (x->size(2) == 1 || st[2] == x->size(3));
+  if (!dense) *x = x->contiguous();
+  return {x->size(1), x->strides()[0], x->strides()[1]};
+}
+
+}  // namespace
+
+Tensor CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
+  VGEN_CHECK(x.dim() >= 1, "layer_norm of {}", x.str());
+  VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "layer_norm: weight {} for input {}", weight.str(), x.str());
+  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(-1), "layer_norm: bias {} for input {}", bias.str(), x.str());
+  return layer_norm_rows("layer_norm", x, weight, bias, {}, {}, eps);
+}
+
+Tensor CudaBackend::modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
+  require_cuda("modulated_layer_norm", scale);
+  require_cuda("modulated_layer_norm", shift);
+  VGEN_CHECK(x.dim() == 3 && scale.dim() == 3 && shift.shape() == scale.shape() && scale.dtype() == DType::F32 &&
+                 shift.dtype() == DType::F32 && scale.size(2) == x.size(2) &&
+                 (scale.size(0) == x.size(0) || scale.size(0) == 1) && (scale.size(1) == x.size(1) || scale.size(1) == 1),
+             "modulated_layer_norm: x {} with scale {} shift {}", x.str(), scale.str(), shift.str());
+  // scale and shift are read through one set of strides with a contiguous last dim.
+  const bool same = scale.strides()[2] == 1 && shift.strides() == scale.strides();
+  return layer_norm_rows("modulated_layer_norm", x, {}, {}, same ? scale : scale.clone(), same ? shift : shift.clone(),
+                         eps);
+}
+
+Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
+  require_cuda("rms_norm", x);
+  require_float("rms_norm", x);
+  VGEN_CHECK(x.dim() >= 1, "rms_norm of {}", x.str());
+  VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "rms_norm: weight {} for input {}", weight.str(), x.str());
+  const Tensor xc = contiguous(x);
+  const int64_t D = x.size(-1);
+  const int64_t rows = D == 0 ? 1 : std::max<int64_t>(x.numel() / D, 1);
+  return rms_rope_rows("rms_norm", xc, {rows, 0, D}, D, weight, eps, {}, {}, true);
+}
+
+Tensor CudaBackend::rope(const Tensor& x_in, const Tensor& cos, const Tensor& sin) {
+  require_cuda("rope", x_in);
+  require_float("rope", x_in);
+  VGEN_CHECK(x_in.dim() == 4 && cos.dim() == 2 && cos.size(0) == x_in.size(1) && cos.size(1) == x_in.size(3) &&
+                 sin.shape() == cos.shape() && x_in.size(3) % 2 == 0,
+             "rope: x {} with cos {} sin {}", x_in.str(), cos.str(), sin.str());
+  Tensor x = x_in;
+  const Rows rows = token_rows(&x);
+  return rms_rope_rows("rope", x, rows, x.size(2) * x.size(3), {}, 0.0f, cos, sin, false);
+}
+
+Tensor CudaBackend::rms_norm_rope(const Tensor& x_in, const Tensor& weight, float eps, const Tensor& cos,
+                                  const Tensor& sin) {
+  require_cuda("rms_norm_rope", x_in);
+  require_float("rms_norm_rope", x_in);
+  VGEN_CHECK(x_in.dim() == 4 && weight.dim() == 1 && weight.size(0) == x_in.size(2) * x_in.size(3) &&
+                 cos.dim() == 2 && cos.size(0) == x_in.size(1) && cos.size(1) == x_in.size(3) &&
+                 sin.shape() == cos.shape() && x_in.size(3) % 2 == 0,
+             "rms_norm_rope: x {} weight {} cos {} sin {}", x_in.str(), weight.str(), cos.str(), sin.str());
+  Tensor x = x_in;
+  const Rows rows = token_rows(&x);
+  return rms_rope_rows("rms_norm_rope", x, rows, x.size(2) * x.size(3), weight, eps, cos, sin, true);
+}
+
+Tensor CudaBackend::softmax(const Tensor& x_in) {
+  require_cuda("softmax", x_in);
+  require_float("softmax", x_in);
+  VGEN_CHECK(x_in.dim() >= 1, "softmax of {}", x_in.str());
+  const Tensor x = contiguous(x_in);
+  const int64_t D = x.size(-1);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const int64_t nrows = D == 0 ? 0 : x.numel() / D;
+  if (nrows == 0) return out;
+  VGEN_CHECK(nrows < (int64_t(1) << 31) && D < (int64_t(1) << 31), "softmax: {} is too large", x.str());
+  const int64_t es = static_cast<int64_t>(x.element_size());
+  const int vec = pick_vec(static_cast<int>(16 / es), 1, D, {{x.raw_data(), es}}, {});
+  const int64_t nv = D / vec;
+  const unsigned grid = static_cast<unsigned>(nrows);
+  VGEN_DISPATCH_FLOAT(x.dtype(), "softmax", {
+    const T* in = static_cast<const T*>(x.raw_data());
+    T* o = static_cast<T*>(out.raw_data());
+    const int d = static_cast<int>(D);
+    launch_rows<16 / sizeof(T), 1>(nv, vec, [&](auto v, auto c, int threads) {
+      softmax_kernel<T, decltype(v)::value, decltype(c)::value><<<grid, threads, 0, stream()>>>(in, o, d);
+    });
+  });
+  check_launch("softmax", x_in);
+  return out;
+}
+
+Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias) {
+  require_cuda("channel_rms_norm", x_in);
+  require_float("channel_rms_norm", x_in);
+  VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
+             "channel_rms_norm: x {} gamma {} bias {}", x_in.str(), gamma.str(), bias.str());
+  const Tensor x = contiguous(x_in);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() == 0) return out;
+  const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
+  const DType wd = param_dtype(x.dtype(), gamma, bias);
+  const Tensor g = param(gamma, wd), b = param(bias, wd);
+  const float scale = std::sqrt(static_cast<float>(C));
+  const int64_t es = static_cast<int64_t>(x.element_size());
+  const int vec = pick_vec(static_cast<int>(16 / es), 1, inner, {{x.raw_data(), es}}, {});
+  const int64_t n = B * (inner / vec);
+  constexpr int kThreads = 256;
+  const unsigned blocks = blocks_for(n, kThreads);
+  dispatch_param(x.dtype(), wd, "channel_rms_norm", [&](auto tx, auto tw) {
+    using T = decltype(tx);
+    using Tw = decltype(tw);
+    constexpr int kVec = 16 / sizeof(T);
+    const T* in = static_cast<const T*>(x.raw_data());
+    T* o = static_cast<T*>(out.raw_data());
+    const Tw* gp = static_cast<const Tw*>(g.raw_data());
+    const Tw* bp = b.defined() ? static_cast<const Tw*>(b.raw_data()) : nullptr;
+    if (vec == kVec) channel_rms_kernel<T, Tw, kVec><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, inner, n, scale);
+    else channel_rms_kernel<T, Tw, 1><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, inner, n, scale);
+  });
+  check_launch("channel_rms_norm", x_in, gamma);
+  return out;
+}
+
+}  // namespace vgen::cuda

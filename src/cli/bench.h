@@ -1,0 +1,31 @@
+// `vgen bench`: times vgen's pieces on random inputs, one JSON line per measurement, so a
+// driver (tools/bench/bench_wan.py) can put them beside diffusers' figures from the same run.
+#pragma once
+
+#include <string>
+
+namespace vgen::cli {
+
+struct BenchArgs {
+  std::string what;    // attention | transformer | vae | pipeline
+  std::string model;   // checkpoint folder (pipeline root, or the component's own folder)
+  std::string device = "auto";
+  std::string dtype;   // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
+  std::string vae_dtype = "fp32";
+  std::string attention_backend = "auto";
+  int64_t height = 480, width = 832, num_frames = 81;
+  int64_t heads = 12, head_dim = 128, seq = 32760;  // attention
+  int64_t text_len = 512;                         // transformer context tokens
+  int steps = 50;                                 // pipeline
+  int warmup = 2, iters = 5;
+  std::string output;  // pipeline: also write the MP4 (timed, as diffusers' export is)
+  std::string prompt = "A cat plays piano in the night";
+  // transformer: inputs from a safetensors file (hidden_states, timestep, encoder_hidden_states)
+  // instead of random ones, and the output saved as raw little-endian float32 (parity runs).
+  std::string inputs;
+  std::string save_output;
+};
+
+int run_bench(const BenchArgs& args);
+
+}  // namespace vgen::cli

@@ -1,0 +1,30 @@
+#include "pipelines/pipeline.h"
+
+#include "core/error.h"
+#include "ops/backend.h"
+
+namespace vgen {
+
+PipelineOptions default_pipeline_options(Device device) {
+  PipelineOptions o;
+  o.device = device;
+  o.dtype = device.is_cuda() ? DType::BF16 : DType::F32;
+  return o;
+}
+
+Device resolve_device(const std::string& text) {
+  if (text == "auto") return has_backend(DeviceType::CUDA) ? Device::cuda(0) : Device::cpu();
+  const Device d = parse_device(text);
+  if (d.is_cuda() && !has_backend(DeviceType::CUDA))
+    fail("--device {}: {}", text, backend_unavailable_reason(DeviceType::CUDA));
+  return d;
+}
+
+DType parse_compute_dtype(const std::string& text) {
+  if (text == "bf16" || text == "bfloat16") return DType::BF16;
+  if (text == "f16" || text == "fp16" || text == "float16") return DType::F16;
+  if (text == "f32" || text == "fp32" || text == "float32") return DType::F32;
+  fail("unknown dtype '{}': expected bf16, fp16 or fp32", text);
+}
+
+}  // namespace vgen
