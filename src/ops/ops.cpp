@@ -1,11 +1,14 @@
 #include "ops/ops.h"
 
+#include <cstdlib>
 #include <mutex>
 
 #include "backends/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "ops/profiling_backend.h"
 #ifdef VGEN_WITH_CUDA
 #include "backends/cuda/attention.h"
+#include "backends/cuda/conv.h"
 #include "backends/cuda/cuda_backend.h"
 #endif
 
@@ -23,6 +26,11 @@ void ensure_builtin_backends() {
     if (cuda::register_if_available(&why)) g_cuda_unavailable.clear();
     else g_cuda_unavailable = why;
 #endif
+    const char* profile = std::getenv("VGEN_PROFILE_OPS");
+    if (g_backends[1] != nullptr && profile != nullptr && std::string(profile) == "1") {
+      static std::unique_ptr<Backend> profiler = make_profiling_backend(g_backends[1]);
+      g_backends[1] = profiler.get();
+    }
   });
 }
 }  // namespace
@@ -240,6 +248,14 @@ void set_attention_backend(const std::string& name) {
 #ifdef VGEN_WITH_CUDA
   // "auto" keeps the backend's own choice (cuDNN, or $VGEN_ATTENTION_BACKEND).
   if (name != "auto" && has_backend(DeviceType::CUDA)) cuda::set_attention_backend(name);
+#endif
+}
+
+void set_allow_tf32(bool allow) {
+#ifdef VGEN_WITH_CUDA
+  cuda::set_conv_allow_tf32(allow);
+#else
+  (void)allow;
 #endif
 }
 

@@ -54,6 +54,11 @@ void synchronize(Device device);
 void set_attention_backend(const std::string& name);
 std::string attention_backend_name(Device device);
 
+// Whether float32 convolutions on the GPU may use TF32 tensor cores, as PyTorch's cuDNN
+// convolutions (and so diffusers' float32 VAE) do by default. On unless VGEN_ALLOW_TF32=0;
+// float32 matrix products are always true FP32 (PyTorch's default too).
+void set_allow_tf32(bool allow);
+
 double sum_abs(const Tensor& x);
 double mean_abs(const Tensor& x);
 

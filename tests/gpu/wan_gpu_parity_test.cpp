@@ -32,6 +32,12 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
+// float32 convolutions in true FP32 for a scope (the default allows TF32, as PyTorch does).
+struct ExactFloat32 {
+  ExactFloat32() { ops::set_allow_tf32(false); }
+  ~ExactFloat32() { ops::set_allow_tf32(true); }
+};
+
 double rel(const Tensor& got, const Tensor& want) { return rel_l2(got.to(Device::cpu()).to(DType::F32), want); }
 
 }  // namespace
@@ -65,6 +71,7 @@ TEST(WanGpu, TransformerBf16AsCloseAsDiffusersBf16) {
 
 TEST(WanGpu, VaeDecodeMatchesDiffusers) {
   SKIP_WITHOUT_GPU();
+  const ExactFloat32 exact;
   for (const char* name : {"wan21_t2v_tiny", "wan21_t2v_tiny_b"}) {
     const auto vae = AutoencoderKLWan::from_pretrained(fixture(std::string(name) + "/vae"), DType::F32, kGpu);
     const WeightStore ref = reference(std::string(name) + "_ref/vae.safetensors");
@@ -102,6 +109,7 @@ TEST(WanGpu, Umt5MatchesTransformers) {
 // float32 run than vgen's own CPU bf16 run is, with 50% slack for the other summation orders.
 TEST(WanGpu, PipelineMatchesDiffusers) {
   SKIP_WITHOUT_GPU();
+  const ExactFloat32 exact;
   const std::string name = "wan21_t2v_tiny";
   const Json call = read_json_file(fixture(name + "_ref/pipeline.json"))["call"];
   const WeightStore ref = reference(name + "_ref/pipeline.safetensors");

@@ -6,15 +6,22 @@
 // precision reductions, FFT or Winograd are deselected, so the float32 VAE matches the CPU to
 // float rounding. Operands of two dtypes convolve in float32; the result has x's dtype.
 //
+// Unless TF32 is allowed (set_conv_allow_tf32, or VGEN_ALLOW_TF32=1/0; on by default as in
+// PyTorch, whose cuDNN convolutions use TF32 unless torch.backends.cudnn.allow_tf32 is off):
+// then float32 convolutions may run on tensor cores, as diffusers' float32 VAE does on a GPU.
+//
 // Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias). When
 // cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
 // tried, then a contiguous copy of x, and last an im2col (strided copies) + cuBLASLt GEMM path.
 // The environment variable VGEN_CONV_IM2COL=1 forces that last path (for tests and debugging).
+#include "backends/cuda/conv.h"
+
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -26,6 +33,19 @@
 #include "ops/ops.h"
 
 namespace vgen::cuda {
+namespace {
+std::atomic<bool>& tf32_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* env = std::getenv("VGEN_ALLOW_TF32");
+    return env == nullptr || std::string(env) != "0";
+  }()};
+  return flag;
+}
+}  // namespace
+
+void set_conv_allow_tf32(bool allow) { tf32_flag().store(allow); }
+bool conv_allow_tf32() { return tf32_flag().load(); }
+
 namespace {
 
 namespace fe = cudnn_frontend;
@@ -117,7 +137,7 @@ ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::st
     fe::error_t err = g->validate();
     if (err.is_good()) err = g->build_operation_graph(handle);
     if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
-    if (err.is_good() && dt == DType::F32) {
+    if (err.is_good() && dt == DType::F32 && !conv_allow_tf32()) {
       using N = fe::NumericalNote_t;
       g->deselect_numeric_notes({N::TENSOR_CORE, N::DOWN_CONVERT_INPUTS, N::REDUCED_PRECISION_REDUCTION, N::FFT,
                                  N::WINOGRAD, N::WINOGRAD_TILE_4x4, N::WINOGRAD_TILE_6x6, N::WINOGRAD_TILE_13x13});
@@ -147,7 +167,7 @@ std::string conv_str(const Conv& c) {
 // cuDNN has no engine for it.
 bool run_cudnn(const Conv& c, bool fuse_bias) {
   ConvState& st = conv_state();
-  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), fuse_bias};
+  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), fuse_bias, conv_allow_tf32()};
   for (const Tensor* t : {&c.x, &c.w, &c.y}) {
     key.insert(key.end(), t->shape().begin(), t->shape().end());
     key.insert(key.end(), t->strides().begin(), t->strides().end());
