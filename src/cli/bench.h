@@ -18,6 +18,8 @@ struct BenchArgs {
   int64_t text_len = 512;                         // transformer context tokens
   int steps = 50;                                 // pipeline
   int warmup = 2, iters = 5;
+  bool cuda_graphs = true;            // transformer, pipeline: replay the step from a CUDA graph
+  bool offload_text_encoder = false;  // pipeline: free the text encoder after encoding, as `vgen generate` does
   std::string output;  // pipeline: also write the MP4 (timed, as diffusers' export is)
   std::string prompt = "A cat plays piano in the night";
   // transformer: inputs from a safetensors file (hidden_states, timestep, encoder_hidden_states)

@@ -35,7 +35,7 @@ struct GenerateArgs {
   std::string dtype;
   std::string vae_dtype = "fp32";
   std::string attention_backend = "auto";
-  bool offload_text_encoder = false;
+  bool cuda_graphs = true;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
@@ -69,7 +69,9 @@ int run_generate(GenerateArgs& a) {
   PipelineOptions options = default_pipeline_options(resolve_device(a.device));
   if (!a.dtype.empty()) options.dtype = parse_compute_dtype(a.dtype);
   options.vae_dtype = parse_compute_dtype(a.vae_dtype);
-  options.offload_text_encoder = a.offload_text_encoder;
+  // One generation per process: the text encoder's memory goes to the transformer and VAE.
+  options.offload_text_encoder = true;
+  options.cuda_graphs = a.cuda_graphs;
   ops::set_attention_backend(a.attention_backend);
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
@@ -161,7 +163,7 @@ int main(int argc, char** argv) {
   gen->add_option("--dtype", g.dtype, "Compute dtype of the transformer and text encoder: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32, as diffusers' Wan examples advise)");
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default auto)");
-  gen->add_flag("--offload-text-encoder", g.offload_text_encoder, "Free the text encoder once the prompts are encoded (reloaded for the next generation)");
+  gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_option("-o,--output", g.output, "Output file: .mp4 (H.264), or .png/.jpg/.webp for a 1-frame image");
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
 
@@ -180,6 +182,7 @@ int main(int argc, char** argv) {
   srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
   srv->add_option("--device", serve.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   srv->add_option("--dtype", serve.dtype, "Compute dtype: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
+  srv->add_flag("--offload-text-encoder", serve.offload_text_encoder, "Free the text encoder after each generation's prompts are encoded (reloaded for the next one: less memory, slower requests)");
 
   cli::BenchArgs b;
   CLI::App* bench = app.add_subcommand("bench", "Time vgen on random inputs, one JSON line per result (tools/bench drives it beside diffusers)");
@@ -199,6 +202,8 @@ int main(int argc, char** argv) {
   bench->add_option("--steps", b.steps, "pipeline: denoising steps (default 50)");
   bench->add_option("--warmup", b.warmup, "Untimed runs first (pipeline: steps of the warm-up run) (default 2)");
   bench->add_option("--iters", b.iters, "Timed runs; the median is reported (default 5)");
+  bench->add_flag("!--no-cuda-graphs", b.cuda_graphs, "transformer, pipeline: run the step eagerly, without CUDA graphs");
+  bench->add_flag("--offload-text-encoder", b.offload_text_encoder, "pipeline: free the text encoder once the prompts are encoded, as vgen generate does");
   bench->add_option("-o,--output", b.output, "pipeline: also write the MP4 (timed)");
   bench->add_option("--inputs", b.inputs, "transformer: safetensors with hidden_states, timestep, encoder_hidden_states")
       ->check(CLI::ExistingFile);

@@ -114,7 +114,10 @@ const std::vector<std::pair<std::string, QuantAlgo>> kQuantAlgos = {
     {"none", QuantAlgo::None}, {"fp8", QuantAlgo::FP8}, {"fp8_blockwise", QuantAlgo::FP8Blockwise},
     {"nvfp4", QuantAlgo::NVFP4}};
 const std::vector<std::pair<std::string, AttentionBackend>> kAttentionBackends = {
-    {"reference", AttentionBackend::Reference}, {"flash", AttentionBackend::Flash}, {"cudnn", AttentionBackend::CuDNN}};
+    {"auto", AttentionBackend::Auto},
+    {"reference", AttentionBackend::Reference},
+    {"flash", AttentionBackend::Flash},
+    {"cudnn", AttentionBackend::CuDNN}};
 
 }  // namespace
 
@@ -212,10 +215,8 @@ std::vector<std::string> unimplemented_features(const EngineConfig& c) {
   if (c.parallel.ulysses_size != 1)
     out.push_back(
         fmt::format("parallel.ulysses_size: {} is not implemented yet (supported: 1)", c.parallel.ulysses_size));
-  if (c.attention.backend != AttentionBackend::Reference)
-    out.push_back(fmt::format("attention.backend: {} is not implemented yet (supported: reference)",
-                              attention_backend_name(c.attention.backend)));
-  if (c.cuda_graph.enabled) out.push_back("cuda_graph.enabled: CUDA graphs are not implemented yet (supported: false)");
+  if (c.attention.backend == AttentionBackend::Flash)
+    out.push_back("attention.backend: flash is not implemented yet (supported: auto, cudnn, reference)");
   return out;
 }
 

@@ -4,8 +4,8 @@
 //   linear:      {quant_algo: none, dynamic: true, ignore: ["proj_out", "*.norm*"]}
 //   teacache:    {enabled: false, threshold: 0.2, use_ret_steps: true}
 //   parallel:    {cfg_size: 1, ulysses_size: 1}
-//   attention:   {backend: reference}
-//   cuda_graph:  {enabled: false}
+//   attention:   {backend: auto}
+//   cuda_graph:  {enabled: true}
 //
 // Every section and key is optional (absent = the default below). Parsing is strict: an
 // unknown key at any level, a duplicate key, a value of the wrong type or out of range is
@@ -47,14 +47,15 @@ struct ParallelConfig {
   int ulysses_size = 1;  // sequence-parallel GPUs (all-to-all over heads)
 };
 
-enum class AttentionBackend { Reference, Flash, CuDNN };
+enum class AttentionBackend { Auto, Reference, Flash, CuDNN };
 
 struct AttentionConfig {
-  AttentionBackend backend = AttentionBackend::Reference;  // reference | flash | cudnn
+  // auto (the fastest on the device: cuDNN's fused SDPA on a GPU) | reference | flash | cudnn
+  AttentionBackend backend = AttentionBackend::Auto;
 };
 
 struct CudaGraphConfig {
-  bool enabled = false;  // capture the transformer step in a CUDA graph
+  bool enabled = true;  // replay the transformer step from a CUDA graph (on a GPU)
 };
 
 struct EngineConfig {

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <array>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,13 @@ struct Conv3dParams {
   // when >= 0: zero frames before T instead of padding[0] (padding[0] stays the frames after),
   // for causal convolutions without a pad copy
   int64_t time_padding_before = -1;
+};
+
+// Device work recorded by Backend::capture, replayed on the backend's stream.
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+  virtual void replay() = 0;
 };
 
 class Backend {
@@ -45,7 +54,8 @@ class Backend {
   // a[..., M, K] @ b[..., K, N]; batch dims of b equal a's, or b is 2-D.
   virtual Tensor matmul(const Tensor& a, const Tensor& b) = 0;
 
-  // Over the last dim; undefined weight/bias means no affine part. Statistics in float32.
+  // Over the last dim; undefined weight/bias means no affine part. Computed in float32 (statistics
+  // and affine part), rounded once to x's dtype: layer_norm(x.float()).to(x.dtype).
   virtual Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) = 0;
   // x * rsqrt(mean(x^2) + eps) * weight over the last dim (T5 / Wan qk-norm).
   virtual Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) = 0;
@@ -84,6 +94,12 @@ class Backend {
 
   // Waits for all queued work (a no-op on the CPU).
   virtual void synchronize() {}
+
+  // Records the device work that `work` queues, without running it, for replay as one launch
+  // (a CUDA graph). Throws when this backend cannot capture (the default), or when `work`
+  // does what a recording cannot hold: a host synchronization or transfer, or memory
+  // allocated inside that outlives it (or memory from outside freed inside).
+  virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work);
 };
 
 Backend& backend_for(Device device);

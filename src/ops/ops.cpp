@@ -55,6 +55,10 @@ std::string backend_unavailable_reason(DeviceType type) {
   return has_backend(type) ? std::string() : g_cuda_unavailable;
 }
 
+std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) {
+  fail("{}: this backend cannot record work for replay", name());
+}
+
 Tensor Backend::modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
   Tensor n = ops::layer_norm(x.to(DType::F32), {}, {}, eps);
   n = ops::add(ops::mul(n, ops::add_scalar(scale, 1.0f)), shift);
@@ -241,6 +245,10 @@ Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Ten
 }
 
 void synchronize(Device device) { backend_for(device).synchronize(); }
+
+std::unique_ptr<CapturedWork> capture(Device device, const std::function<void()>& work) {
+  return backend_for(device).capture(work);
+}
 
 void set_attention_backend(const std::string& name) {
   if (name != "auto" && name != "cudnn" && name != "reference")

@@ -49,6 +49,10 @@ Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Ten
 // Waits until the device has finished all queued work.
 void synchronize(Device device);
 
+// Records the work `work` queues on `device` for replay as one launch (see Backend::capture;
+// GraphedCallable (ops/graphed_callable.h) is the safe way to use it).
+std::unique_ptr<CapturedWork> capture(Device device, const std::function<void()>& work);
+
 // The GPU attention kernel: "auto" (the fastest available: cuDNN's fused SDPA), "cudnn", or
 // "reference" (plain GEMM + softmax; also what cuDNN falls back to for cases it rejects).
 void set_attention_backend(const std::string& name);

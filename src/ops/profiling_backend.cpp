@@ -7,6 +7,8 @@
 #include <mutex>
 #include <vector>
 
+#include "core/error.h"
+
 namespace vgen {
 namespace {
 
@@ -67,6 +69,9 @@ class ProfilingBackend final : public Backend {
     return timed("rms_norm_rope", [&] { return inner_->rms_norm_rope(x, w, eps, c, s); });
   }
   void synchronize() override { inner_->synchronize(); }
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>&) override {
+    fail("VGEN_PROFILE_OPS synchronizes around every op, so work cannot be recorded for replay");
+  }
 
  private:
   struct Entry {

@@ -72,6 +72,9 @@ struct PipelineOptions {
   // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
   // checkpoint for the next one): its memory goes to the transformer and the VAE.
   bool offload_text_encoder = false;
+  // Replays the transformer step from a CUDA graph per input shape (on a GPU; the numbers are
+  // the same, the launches fewer).
+  bool cuda_graphs = true;
   SchedulerOverrides scheduler;
 };
 

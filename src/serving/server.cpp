@@ -19,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "config/engine_config.h"
+#include "ops/ops.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "media/image.h"
@@ -216,6 +217,13 @@ ServedModel load_served_model(const ServeOptions& options) {
   const PipelineEntry& entry = find_pipeline(checkpoint);
   PipelineOptions pipeline_options = default_pipeline_options(resolve_device(options.device));
   if (!options.dtype.empty()) pipeline_options.dtype = parse_compute_dtype(options.dtype);
+  pipeline_options.offload_text_encoder = options.offload_text_encoder;
+  if (!options.config_file.empty()) {
+    const EngineConfig config = load_engine_config(options.config_file);
+    require_implemented(config, options.config_file);
+    ops::set_attention_backend(attention_backend_name(config.attention.backend));
+    pipeline_options.cuda_graphs = config.cuda_graph.enabled;
+  }
   ServedModel m;
   m.pipeline = entry.load(checkpoint, pipeline_options);
   m.info.id = model_id_for(options);

@@ -41,8 +41,8 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_FALSE(c.teacache.warmup_steps.has_value());
     EXPECT_EQ(c.parallel.cfg_size, 1);
     EXPECT_EQ(c.parallel.ulysses_size, 1);
-    EXPECT_EQ(c.attention.backend, AttentionBackend::Reference);
-    EXPECT_FALSE(c.cuda_graph.enabled);
+    EXPECT_EQ(c.attention.backend, AttentionBackend::Auto);
+    EXPECT_TRUE(c.cuda_graph.enabled);
     EXPECT_TRUE(unimplemented_features(c).empty());
     EXPECT_NO_THROW(require_implemented(c, "engine.yaml"));
   }
@@ -66,7 +66,7 @@ parallel:
 attention:
   backend: flash
 cuda_graph:
-  enabled: true
+  enabled: false
 )",
                                              "engine.yaml");
   EXPECT_EQ(c.linear.quant_algo, QuantAlgo::FP8Blockwise);
@@ -80,11 +80,11 @@ cuda_graph:
   EXPECT_EQ(c.parallel.cfg_size, 2);
   EXPECT_EQ(c.parallel.ulysses_size, 4);
   EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
-  EXPECT_TRUE(c.cuda_graph.enabled);
+  EXPECT_FALSE(c.cuda_graph.enabled);
 
   // None of these features is built yet: each is named, none silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
-  ASSERT_EQ(missing.size(), 6u);
+  ASSERT_EQ(missing.size(), 5u);
   try {
     require_implemented(c, "engine.yaml");
     ADD_FAILURE() << "accepted unimplemented features";
@@ -92,17 +92,20 @@ cuda_graph:
     const std::string m = e.what();
     expect_contains(m, "engine.yaml: ");
     for (const char* key : {"linear.quant_algo: fp8_blockwise", "teacache.enabled", "parallel.cfg_size: 2",
-                            "parallel.ulysses_size: 4", "attention.backend: flash", "cuda_graph.enabled"})
+                            "parallel.ulysses_size: 4", "attention.backend: flash"})
       expect_contains(m, key);
   }
 }
 
 TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
   for (const char* text : {"linear: {quant_algo: fp8}", "linear: {quant_algo: nvfp4}", "teacache: {enabled: true}",
-                           "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: cudnn}",
-                           "cuda_graph: {enabled: true}"}) {
+                           "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: flash}"}) {
     EXPECT_EQ(unimplemented_features(parse_engine_config(text, "engine.yaml")).size(), 1u) << text;
   }
+  // What runs: the attention backends vgen has, CUDA graphs on or off.
+  for (const char* text : {"attention: {backend: auto}", "attention: {backend: cudnn}", "attention: {backend: reference}",
+                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}"})
+    EXPECT_TRUE(unimplemented_features(parse_engine_config(text, "engine.yaml")).empty()) << text;
   // Settings of a disabled feature are only validated.
   EXPECT_TRUE(unimplemented_features(parse_engine_config("teacache: {threshold: 0.3}\nlinear: {dynamic: false}",
                                                          "engine.yaml"))
@@ -143,7 +146,7 @@ TEST(EngineConfig, WrongTypesAndRanges) {
                   "linear.quant_algo: 'int4' is not one of: none, fp8, fp8_blockwise, nvfp4");
   expect_contains(parse_error("linear: {ignore: proj_out}"), "linear.ignore: expected a list");
   expect_contains(parse_error("linear: {ignore: [{a: 1}]}"), "linear.ignore[0]: expected a string");
-  expect_contains(parse_error("attention: {backend: sdpa}"), "attention.backend: 'sdpa' is not one of: reference");
+  expect_contains(parse_error("attention: {backend: sdpa}"), "attention.backend: 'sdpa' is not one of: auto, reference");
   expect_contains(parse_error("cuda_graph: true"), "cuda_graph: expected a mapping");
   expect_contains(parse_error("- linear\n- teacache\n"), "top level: expected a mapping");
 }

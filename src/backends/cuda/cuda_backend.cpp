@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <mutex>
+#include <thread>
+#include <unordered_set>
 
 #include "backends/cuda/cuda_common.h"
 #include "core/allocator.h"
@@ -45,14 +47,32 @@ class CudaAllocator final : public Allocator {
     size_t peak = peak_.load();
     while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
     }
+    if (capturing_ && std::this_thread::get_id() == capture_thread_) captured_.insert(ptr);
     return ptr;
   }
 
   void deallocate(void* ptr, size_t nbytes) override {
+    if (capturing_ && std::this_thread::get_id() == capture_thread_ && captured_.erase(ptr) == 0) foreign_free_ = true;
     // During process exit the runtime may already be gone: nothing left to free then.
     if (cudaFreeAsync(ptr, g_stream) != cudaSuccess) (void)cudaGetLastError();
     allocated_.fetch_sub(nbytes);
   }
+
+  // While this thread records a graph, allocations and frees become graph nodes: each
+  // allocation must be freed inside the recording, and nothing allocated before freed in it
+  // (a replay would free it again). end_capture says how many allocations outlive it and
+  // whether an outside one was freed.
+  void begin_capture() {
+    captured_.clear();
+    foreign_free_ = false;
+    capture_thread_ = std::this_thread::get_id();
+    capturing_ = true;
+  }
+  std::pair<size_t, bool> end_capture() {
+    capturing_ = false;
+    return {captured_.size(), foreign_free_};
+  }
+  void trim() { cudaMemPoolTrimTo(pool_, 0); }
   size_t allocated_bytes() const override { return allocated_.load(); }
   size_t peak_bytes() const override { return peak_.load(); }
   void reset_peak() override { peak_.store(allocated_.load()); }
@@ -61,6 +81,24 @@ class CudaAllocator final : public Allocator {
   cudaMemPool_t pool_;
   std::atomic<size_t> allocated_{0};
   std::atomic<size_t> peak_{0};
+  std::atomic<bool> capturing_{false};
+  std::thread::id capture_thread_;
+  std::unordered_set<void*> captured_;
+  bool foreign_free_ = false;
+};
+
+CudaAllocator* g_allocator = nullptr;
+
+class CudaGraph final : public CapturedWork {
+ public:
+  explicit CudaGraph(cudaGraphExec_t exec) : exec_(exec) {}
+  ~CudaGraph() override {
+    if (cudaGraphExecDestroy(exec_) != cudaSuccess) (void)cudaGetLastError();
+  }
+  void replay() override { check(cudaGraphLaunch(exec_, g_stream), "replay a CUDA graph"); }
+
+ private:
+  cudaGraphExec_t exec_;
 };
 
 }  // namespace
@@ -95,6 +133,44 @@ Tensor contiguous(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous
 
 void CudaBackend::synchronize() { check(cudaStreamSynchronize(g_stream), "synchronize"); }
 
+std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& work) {
+  synchronize();
+  g_allocator->begin_capture();
+  check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal), "begin a CUDA graph capture");
+  cudaGraph_t graph = nullptr;
+  try {
+    work();
+  } catch (...) {
+    // End the (possibly invalidated) capture so the stream is usable again, then report.
+    (void)cudaStreamEndCapture(g_stream, &graph);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    g_allocator->end_capture();
+    throw;
+  }
+  const cudaError_t ended = cudaStreamEndCapture(g_stream, &graph);
+  const auto [outliving, foreign_free] = g_allocator->end_capture();
+  if (ended != cudaSuccess || graph == nullptr) {
+    (void)cudaGetLastError();
+    fail("cuda: capturing a CUDA graph failed: {} (the work synchronized or used the stream in a way a graph cannot "
+         "record)",
+         cudaGetErrorString(ended));
+  }
+  if (outliving != 0 || foreign_free) {
+    cudaGraphDestroy(graph);
+    fail("cuda: the recorded work {} (a graph replay cannot do that)",
+         foreign_free ? "freed memory allocated before the recording"
+                      : fmt::format("left {} allocations alive past the recording", outliving));
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(made, "instantiate a CUDA graph");
+  // Memory the eager runs cached is not needed by the graph, which has its own.
+  g_allocator->trim();
+  return std::make_unique<CudaGraph>(exec);
+}
+
 bool register_if_available(std::string* why) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
@@ -113,6 +189,7 @@ bool register_if_available(std::string* why) {
     uint64_t keep = UINT64_MAX;
     check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "configure the memory pool");
     static CudaAllocator allocator(pool);
+    g_allocator = &allocator;
     static CudaBackend backend;
     set_allocator(DeviceType::CUDA, &allocator);
     register_backend(DeviceType::CUDA, &backend);

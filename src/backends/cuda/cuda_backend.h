@@ -41,6 +41,8 @@ class CudaBackend final : public Backend {
   Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,
                        const Tensor& sin) override;
   void synchronize() override;
+  // A CUDA graph of the work (stream capture on the backend's stream, this thread only).
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
 };
 
 // Registers the backend and its allocator when a CUDA device is usable; otherwise returns

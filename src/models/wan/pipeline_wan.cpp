@@ -65,6 +65,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   p->text_encoder_dir_ = ckpt.component_dir("text_encoder");
   p->text_encoder_ = UMT5EncoderModel::from_pretrained(p->text_encoder_dir_, options.dtype, options.device);
   p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype, options.device);
+  p->transformer_->enable_cuda_graphs(options.cuda_graphs && options.device.is_cuda());
   // The VAE runs in float32 by default, as diffusers' Wan examples advise.
   p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
@@ -151,8 +152,7 @@ Tensor WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int m
   for (const std::string& p : prompts) cleaned.push_back(wan_prompt_clean(p));
   const TokenizerOutput tokens = (*tokenizer_)(cleaned, max_sequence_length);
   const Device device = options_.device;
-  if (!text_encoder_)
-    text_encoder_ = UMT5EncoderModel::from_pretrained(text_encoder_dir_, options_.dtype, options_.device);
+  VGEN_CHECK(text_encoder_ != nullptr, "WanPipeline: the text encoder is not loaded");
   Tensor hidden = text_encoder_->forward(tokens.input_ids.to(device), tokens.attention_mask.to(device));
   // diffusers keeps u[:len] of each prompt and pads back with zeros.
   return zero_padded_positions(hidden, tokens.lengths).to(options_.dtype);
@@ -178,6 +178,12 @@ GenerationOutput WanPipeline::generate(const GenerationParams& params, const Ste
   const Device device = options_.device;
 
   auto start = std::chrono::steady_clock::now();
+  if (!text_encoder_) {  // freed after the previous generation's prompts (offload_text_encoder)
+    text_encoder_ = UMT5EncoderModel::from_pretrained(text_encoder_dir_, options_.dtype, options_.device);
+    ops::synchronize(device);
+    out.timings.emplace_back("load_text_encoder", seconds_since(start));
+    start = std::chrono::steady_clock::now();
+  }
   const bool cfg = r.guidance_scale > 1.0;
   const Tensor prompt_embeds = encode_prompt({r.prompt}, r.max_sequence_length);
   const Tensor negative_embeds = cfg ? encode_prompt({r.negative_prompt}, r.max_sequence_length) : Tensor();

@@ -73,7 +73,29 @@ WanTransformer3DModel::WanTransformer3DModel(WanTransformer3DModelConfig config,
     : config_(std::move(config)),
       dtype_(dtype),
       device_(device),
-      rope_(config_.attention_head_dim, config_.rope_max_seq_len) {}
+      rope_(config_.attention_head_dim, config_.rope_max_seq_len) {
+  // The graphed part of forward: inputs {hidden_states after the patch embedding, temb,
+  // timestep_proj, projected text, RoPE cos, RoPE sin}, params {batch, frames, height, width}.
+  graphed_ = std::make_unique<GraphedCallable>(
+      "WanTransformer3DModel", [this](const std::vector<Tensor>& in, const std::vector<int64_t>& p) {
+        WanPatchedInput input;
+        input.hidden_states = in[0];
+        input.freqs_cos = in[4];
+        input.freqs_sin = in[5];
+        input.batch_size = p[0];
+        input.post_patch_num_frames = p[1];
+        input.post_patch_height = p[2];
+        input.post_patch_width = p[3];
+        WanConditioning cond;
+        cond.temb = in[1];
+        cond.timestep_proj = in[2];
+        cond.encoder_hidden_states = in[3];
+        return finish(run_blocks(input, cond), cond, input);
+      });
+  graphed_->set_enabled(false);
+}
+
+void WanTransformer3DModel::enable_cuda_graphs(bool enable) { graphed_->set_enabled(enable); }
 
 std::unique_ptr<WanTransformer3DModel> WanTransformer3DModel::from_pretrained(const std::string& dir, DType dtype,
                                                                               Device device) {
@@ -261,8 +283,8 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
   Tensor h = ops::gated_residual(hidden_states, self_attention(block, norm, input), gate_msa);
 
   // 2. Cross-attention: norm2(h.float()).type_as(h) (identity without cross_attn_norm), plain residual.
-  norm = block.norm2_weight.defined() ? ops::layer_norm(f32(h), block.norm2_weight, block.norm2_bias, eps).to(h.dtype())
-                                      : h;
+  // layer_norm computes in float32 and rounds once to h's dtype: the same numbers, no casts.
+  norm = block.norm2_weight.defined() ? ops::layer_norm(h, block.norm2_weight, block.norm2_bias, eps) : h;
   h = ops::add(h, cross_attention(block, norm, encoder_hidden_states));
 
   // 3. Feed-forward.
@@ -331,7 +353,10 @@ Tensor WanTransformer3DModel::forward(const Tensor& hidden_states, const Tensor&
                                       const Tensor& encoder_hidden_states) const {
   const WanPatchedInput input = embed_patches(hidden_states);
   const WanConditioning cond = condition(timestep, encoder_hidden_states);
-  return finish(run_blocks(input, cond), cond, input);
+  if (!graphed_->enabled() || device_.is_cpu()) return finish(run_blocks(input, cond), cond, input);
+  return (*graphed_)({input.hidden_states, cond.temb, cond.timestep_proj, cond.encoder_hidden_states, input.freqs_cos,
+                      input.freqs_sin},
+                     {input.batch_size, input.post_patch_num_frames, input.post_patch_height, input.post_patch_width});
 }
 
 }  // namespace vgen

@@ -18,6 +18,7 @@
 #include "core/tensor.h"
 #include "io/json.h"
 #include "models/wan/transformer_wan_embeddings.h"
+#include "ops/graphed_callable.h"
 
 namespace vgen {
 
@@ -76,6 +77,12 @@ class WanTransformer3DModel {
   // -> [B, out_channels, F, H, W] in the compute dtype.
   Tensor forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states) const;
 
+  // Whether forward replays run_blocks + finish from a CUDA graph per input shape (on a GPU;
+  // the embeddings before them run eagerly, as they read the timestep on the host). Off by
+  // default; the pipelines turn it on. The numbers are the same either way.
+  void enable_cuda_graphs(bool enable);
+  const GraphedCallable& graphed_step() const { return *graphed_; }
+
   // The stages of forward, separately, so a step cache (TeaCache) can look at `temb` and
   // skip run_blocks: forward = finish(run_blocks(embed_patches(x), c), c, x) with
   // c = condition(timestep, encoder_hidden_states).
@@ -123,6 +130,8 @@ class WanTransformer3DModel {
   std::vector<Block> blocks_;
   Tensor scale_shift_table_;  // [1, 2, dim] float32
   Linear proj_out_;
+
+  std::unique_ptr<GraphedCallable> graphed_;
 
   // The RoPE tables of the last grid (every step of a generation uses the same one).
   mutable std::mutex rope_mutex_;
