@@ -108,7 +108,10 @@ std::unique_ptr<UMT5EncoderModel> UMT5EncoderModel::from_pretrained(const std::s
   const bool has_shared = store.contains("shared.weight");
   if (!has_shared && !store.contains("encoder.embed_tokens.weight"))
     fail("{}: missing tensor 'shared.weight' (or its tied copy 'encoder.embed_tokens.weight')", dir);
-  model->shared_ = load(has_shared ? "shared.weight" : "encoder.embed_tokens.weight", {c.vocab_size, c.d_model}, dtype);
+  // The table stays in host memory: a forward needs only its prompts' rows (UMT5-XXL's is 2 GiB
+  // of bf16 that the GPU then never holds).
+  model->shared_ = store.load(has_shared ? "shared.weight" : "encoder.embed_tokens.weight", {c.vocab_size, c.d_model},
+                              dtype, Device::cpu());
   if (has_shared && store.contains("encoder.embed_tokens.weight")) store.get("encoder.embed_tokens.weight");
 
   model->blocks_.resize(static_cast<size_t>(c.num_layers));
@@ -197,7 +200,7 @@ Tensor UMT5EncoderModel::forward(const Tensor& input_ids, const Tensor& attentio
   for (size_t i = 0; i < mask.size(); ++i) mask_values[i] = mask[i] != 0.0f ? 0.0f : -FLT_MAX;
   const Tensor mask_bias = Tensor::from_vector(mask_values, {B, 1, 1, L}).to(device_);
 
-  Tensor h = ops::embedding(input_ids.device() == device_ ? input_ids : input_ids.to(device_), shared_);
+  Tensor h = ops::embedding(input_ids.to(Device::cpu()), shared_).to(device_);
   for (const Block& block : blocks_) {
     h = add_promoted(h, self_attention(block, norm(h, block.attention_norm), bucket_ids, mask_bias));
     h = add_promoted(h, feed_forward(block, norm(h, block.ffn_norm)));

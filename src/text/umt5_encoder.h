@@ -79,7 +79,7 @@ class UMT5EncoderModel {
   UMT5Config config_;
   DType dtype_;
   Device device_;
-  Tensor shared_;  // [vocab_size, d_model]
+  Tensor shared_;  // [vocab_size, d_model], in host memory (rows gathered there, then uploaded)
   std::vector<Block> blocks_;
   Tensor final_layer_norm_;
 };
