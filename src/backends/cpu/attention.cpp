@@ -1,5 +1,6 @@
 // Reference attention (scores materialized per block of queries), RoPE and embedding lookup.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "backends/cpu/cpu_backend.h"
@@ -89,18 +90,23 @@ Tensor CpuBackend::rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
 }
 
 Tensor CpuBackend::embedding(const Tensor& ids, const Tensor& table) {
+  // Rows are copied as bytes in the table's own dtype: exact, and no conversion of the whole
+  // table (UMT5-XXL's is a billion elements) for the few rows a prompt needs.
   const Tensor fi = ids.contiguous();
-  const Tensor ft = as_f32(table);
+  const Tensor t = table.contiguous();
   const int64_t V = table.size(0), D = table.size(1), n = ids.numel();
   Shape shape = ids.shape();
   shape.push_back(D);
-  Tensor out = Tensor::empty(shape);
+  Tensor out = Tensor::empty(shape, table.dtype());
+  const int64_t row = D * static_cast<int64_t>(t.element_size());
   const int64_t* id = fi.data<int64_t>();
+  const char* src = static_cast<const char*>(t.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
   for (int64_t i = 0; i < n; ++i) {
     VGEN_CHECK(id[i] >= 0 && id[i] < V, "embedding: token id {} out of range for a vocabulary of {}", id[i], V);
-    std::copy(ft.data<float>() + id[i] * D, ft.data<float>() + (id[i] + 1) * D, out.data<float>() + i * D);
+    std::memcpy(dst + i * row, src + id[i] * row, static_cast<size_t>(row));
   }
-  return to_dtype(out, table.dtype());
+  return out;
 }
 
 }  // namespace vgen::cpu
