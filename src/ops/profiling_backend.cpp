@@ -18,7 +18,11 @@ class ProfilingBackend final : public Backend {
   ~ProfilingBackend() override { report(); }
 
   std::string name() const override { return inner_->name(); }
-  void copy(const Tensor& d, const Tensor& s) override { timed("copy", [&] { inner_->copy(d, s); }); }
+  void copy(const Tensor& d, const Tensor& s) override {
+    // Host transfers (weight uploads while loading, results read back) apart from device copies.
+    const char* op = s.device().is_cpu() ? "copy host->device" : d.device().is_cpu() ? "copy device->host" : "copy";
+    timed(op, [&] { inner_->copy(d, s); });
+  }
   void fill(const Tensor& d, float v) override { timed("fill", [&] { inner_->fill(d, v); }); }
   Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) override {
     return timed("binary", [&] { return inner_->binary(op, a, b); });

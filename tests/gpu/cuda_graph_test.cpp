@@ -8,20 +8,16 @@
 #include "models/wan/transformer_wan.h"
 #include "ops/graphed_callable.h"
 #include "ops/ops.h"
+#include "support/gpu.h"
 #include "support/parity.h"
 
 using namespace vgen;
 using vgen::testing::fixture;
+using vgen::testing::kGpu;
 using vgen::testing::max_abs_diff;
 using vgen::testing::reference;
 
 namespace {
-
-#define SKIP_WITHOUT_GPU()                                                                     \
-  if (!has_backend(DeviceType::CUDA))                                                          \
-  GTEST_SKIP() << "no CUDA backend: " << backend_unavailable_reason(DeviceType::CUDA)
-
-const Device kGpu = Device::cuda(0);
 
 Tensor host_f32(const Tensor& t) { return t.to(Device::cpu()).to(DType::F32).contiguous(); }
 

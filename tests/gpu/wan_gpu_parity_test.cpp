@@ -15,22 +15,18 @@
 #include "models/wan/pipeline_wan.h"
 #include "models/wan/transformer_wan.h"
 #include "ops/ops.h"
+#include "support/gpu.h"
 #include "support/parity.h"
 #include "text/umt5_encoder.h"
 
 using namespace vgen;
 using vgen::testing::fixture;
+using vgen::testing::kGpu;
 using vgen::testing::max_abs_diff;
 using vgen::testing::reference;
 using vgen::testing::rel_l2;
 
 namespace {
-
-#define SKIP_WITHOUT_GPU()                                                                     \
-  if (!has_backend(DeviceType::CUDA))                                                          \
-  GTEST_SKIP() << "no CUDA backend: " << backend_unavailable_reason(DeviceType::CUDA)
-
-const Device kGpu = Device::cuda(0);
 
 // float32 convolutions in true FP32 for a scope (the default allows TF32, as PyTorch does).
 struct ExactFloat32 {
