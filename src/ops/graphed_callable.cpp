@@ -77,10 +77,16 @@ Tensor GraphedCallable::operator()(const std::vector<Tensor>& inputs, const std:
     // now, with the very layouts the recording will see).
     Entry& fresh = add(std::move(key), inputs);
     fresh.last_use = ++clock_;
-    copy_inputs(fresh.inputs, inputs);
-    Tensor out = fn_(fresh.inputs, params);
-    fresh.output = Tensor::empty(out.shape(), out.dtype(), out.device());
-    return out;
+    try {
+      copy_inputs(fresh.inputs, inputs);
+      Tensor out = fn_(fresh.inputs, params);
+      fresh.output = Tensor::empty(out.shape(), out.dtype(), out.device());
+      return out;
+    } catch (...) {
+      // A failing call (bad inputs, cancellation) leaves nothing behind to record later.
+      entries_.pop_back();
+      throw;
+    }
   }
   e->last_use = ++clock_;
   copy_inputs(e->inputs, inputs);

@@ -3,6 +3,7 @@
 // the right result. The GPU cases skip where no CUDA device is found.
 #include <gtest/gtest.h>
 
+#include "core/error.h"
 #include "core/random.h"
 #include "io/checkpoint.h"
 #include "models/wan/transformer_wan.h"
@@ -113,6 +114,21 @@ TEST(CudaGraph, MemoryOutlivingTheRecordingIsRefused) {
     EXPECT_EQ(max_abs_diff(host_f32(kept), ops::scale(x, 3.0f)), 0.0) << "call " << seed;
   }
   EXPECT_EQ(g.captures(), 0);
+}
+
+TEST(CudaGraph, AFailedFirstCallLeavesNothingBehind) {
+  SKIP_WITHOUT_GPU();
+  bool fail_next = true;
+  GraphedCallable g("test", [&](const std::vector<Tensor>& in, const std::vector<int64_t>& p) {
+    if (fail_next) throw Error("bad inputs");
+    return affine(in, p);
+  });
+  const Tensor x = randn({5, 3}, 1);
+  EXPECT_THROW((void)g({x.to(kGpu)}), Error);
+  fail_next = false;
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(max_abs_diff(host_f32(g({x.to(kGpu)})), affine({x}, {})), 0.0);
+  EXPECT_EQ(g.captures(), 1);  // graphs still on: the failure was the call's, not the recording's
+  EXPECT_EQ(g.replays(), 2);
 }
 
 // The Wan transformer with the step graphed gives bit for bit what it gives eagerly, over
