@@ -61,6 +61,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   return t;
 }
 
+Tensor Tensor::empty_channels_last_3d(const Shape& shape, DType dtype, Device device) {
+  VGEN_CHECK(shape.size() == 5, "channels-last 3-D tensor of shape {}: needs 5 dims", shape_str(shape));
+  return empty({shape[0], shape[2], shape[3], shape[4], shape[1]}, dtype, device).permute({0, 4, 1, 2, 3});
+}
+
+Tensor Tensor::empty_like_format(const Tensor& like, const Shape& shape, DType dtype) {
+  if (shape.size() == 5 && like.prefers_channels_last_3d()) return empty_channels_last_3d(shape, dtype, like.device());
+  return empty(shape, dtype, like.device());
+}
+
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0f, dtype, device); }
 
 Tensor Tensor::full(const Shape& shape, float value, DType dtype, Device device) {
@@ -104,6 +114,33 @@ bool Tensor::is_contiguous() const {
     if (shape_[i] == 1) continue;
     if (strides_[i] != expected) return false;
     expected *= shape_[i];
+  }
+  return true;
+}
+
+namespace {
+// Whether 5-D data is laid out densely as [N, D, H, W, C] (size-1 dims ignored).
+bool channels_last_dense(const Shape& shape, const Shape& strides) {
+  if (shape.size() != 5) return false;
+  int64_t expected = 1;
+  for (int64_t d : {1, 4, 3, 2, 0}) {
+    if (shape[d] == 1) continue;
+    if (strides[d] != expected) return false;
+    expected *= shape[d];
+  }
+  return true;
+}
+}  // namespace
+
+bool Tensor::is_channels_last_3d() const { return !is_contiguous() && channels_last_dense(shape_, strides_); }
+
+bool Tensor::prefers_channels_last_3d() const {
+  if (dim() != 5 || is_contiguous()) return false;
+  int64_t last = 0;  // strides grow from C through W, H, D to N (size-1 dims ignored)
+  for (int64_t d : {1, 4, 3, 2, 0}) {
+    if (shape_[d] == 1) continue;
+    if (strides_[d] < last || (last == 0 && strides_[d] != 1)) return false;
+    last = std::max<int64_t>(strides_[d] * shape_[d], 1);
   }
   return true;
 }
@@ -208,11 +245,20 @@ Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
 
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
-  return clone();
+  Tensor t = empty(shape_, dtype_, device());
+  t.copy_(*this);
+  return t;
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_, device());
+  Tensor t = empty_like_format(*this, shape_, dtype_);
+  t.copy_(*this);
+  return t;
+}
+
+Tensor Tensor::to_channels_last_3d() const {
+  if (channels_last_dense(shape_, strides_)) return *this;
+  Tensor t = empty_channels_last_3d(shape_, dtype_, device());
   t.copy_(*this);
   return t;
 }

@@ -48,6 +48,11 @@ class Tensor {
   Tensor() = default;
 
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
+  // A 5-D [N, C, D, H, W] tensor whose memory is laid out as [N, D, H, W, C].
+  static Tensor empty_channels_last_3d(const Shape& shape, DType dtype, Device device);
+  // `shape` in `like`'s memory format: channels-last 3-D when `like` prefers it and shape is 5-D,
+  // else contiguous (PyTorch's preserve_format, for the one non-default format we use).
+  static Tensor empty_like_format(const Tensor& like, const Shape& shape, DType dtype);
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
   static Tensor full(const Shape& shape, float value, DType dtype = DType::F32,
                      Device device = Device::cpu());
@@ -69,6 +74,12 @@ class Tensor {
   size_t element_size() const { return dtype_size(dtype_); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(); }
   bool is_contiguous() const;
+  // 5-D [N, C, D, H, W] data laid out as [N, D, H, W, C] (PyTorch's channels_last_3d) and not
+  // also contiguous: the layout the VAE's convolutions run in on a GPU. Size-1 dims are ignored.
+  bool is_channels_last_3d() const;
+  // Channels-last 3-D ordering of possibly gapped strides (a slice of such a tensor): what
+  // results made from this tensor are laid out as (empty_like_format).
+  bool prefers_channels_last_3d() const;
 
   void* raw_data() const;
   template <typename T>
@@ -89,7 +100,8 @@ class Tensor {
 
   // Copies.
   Tensor contiguous() const;
-  Tensor clone() const;
+  Tensor clone() const;  // keeps a channels-last 3-D layout, else contiguous
+  Tensor to_channels_last_3d() const;  // this tensor when already so laid out, else a copy
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
   // Copies src (same shape; any dtype/strides/device) into this tensor's memory.

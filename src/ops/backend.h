@@ -59,8 +59,10 @@ class Backend {
   virtual Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) = 0;
   // x * rsqrt(mean(x^2) + eps) * weight over the last dim (T5 / Wan qk-norm).
   virtual Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) = 0;
-  // Wan VAE norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) * sqrt(C) * gamma[C] + bias[C].
-  virtual Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias) = 0;
+  // Wan VAE norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) * sqrt(C) * gamma[C] + bias[C],
+  // then `act` (None or Silu) on the result as rounded to x's dtype. The output keeps a
+  // channels-last 3-D input's layout.
+  virtual Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) = 0;
   virtual Tensor softmax(const Tensor& x) = 0;  // over the last dim
 
   // softmax(q k^T * scale + bias) v; q [B, H, Sq, D], k/v [B, H, Sk, D];

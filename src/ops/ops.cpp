@@ -135,10 +135,11 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   return on(x, "rms_norm").rms_norm(x, weight, eps);
 }
 
-Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias) {
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) {
   VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "channel_rms_norm: gamma {} for input {}", gamma.str(), x.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "channel_rms_norm: bias {} for input {}", bias.str(), x.str());
-  return on(x, "channel_rms_norm").channel_rms_norm(x, gamma, bias);
+  VGEN_CHECK(act == Activation::None || act == Activation::Silu, "channel_rms_norm: only SiLU (or nothing) may follow");
+  return on(x, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act);
 }
 
 Tensor softmax(const Tensor& x) { return on(x, "softmax").softmax(x); }
@@ -196,7 +197,15 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
     same_device(first, t, "cat");
     shape[dim] += t.size(dim);
   }
-  Tensor out = Tensor::empty(shape, first.dtype(), first.device());
+  // Channels-last 3-D when any piece is (the Wan VAE's cached frames + a new chunk).
+  const Tensor* like = &first;
+  for (const Tensor& t : tensors) {
+    if (t.prefers_channels_last_3d()) {
+      like = &t;
+      break;
+    }
+  }
+  Tensor out = Tensor::empty_like_format(*like, shape, first.dtype());
   int64_t offset = 0;
   for (const Tensor& t : tensors) {
     if (t.size(dim) == 0) continue;

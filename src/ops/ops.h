@@ -26,7 +26,9 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
-Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias);
+// The Wan VAE's channel RMS norm, optionally fused with the SiLU that follows it
+// (act None or Silu; the same values as silu(channel_rms_norm(...))).
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act = Activation::None);
 Tensor softmax(const Tensor& x);
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale);

@@ -43,8 +43,8 @@ class ProfilingBackend final : public Backend {
   Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) override {
     return timed("rms_norm", [&] { return inner_->rms_norm(x, w, eps); });
   }
-  Tensor channel_rms_norm(const Tensor& x, const Tensor& g, const Tensor& b) override {
-    return timed("channel_rms_norm", [&] { return inner_->channel_rms_norm(x, g, b); });
+  Tensor channel_rms_norm(const Tensor& x, const Tensor& g, const Tensor& b, Activation act) override {
+    return timed("channel_rms_norm", [&] { return inner_->channel_rms_norm(x, g, b, act); });
   }
   Tensor softmax(const Tensor& x) override { return timed("softmax", [&] { return inner_->softmax(x); }); }
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) override {

@@ -21,6 +21,39 @@ TEST(Tensor, ViewsShareMemoryAndCopiesConvert) {
   EXPECT_EQ(t.view({3, -1}).shape(), (Shape{3, 2}));
 }
 
+TEST(Tensor, ChannelsLast3dLayoutIsKeptByClonesAndCat) {
+  const Tensor x = randn({2, 3, 4, 5, 6}, 21);
+  const Tensor cl = x.to_channels_last_3d();
+  EXPECT_TRUE(cl.is_channels_last_3d());
+  EXPECT_FALSE(x.is_channels_last_3d());
+  EXPECT_EQ(cl.shape(), x.shape());
+  EXPECT_EQ(cl.strides(), (Shape{360, 1, 90, 18, 3}));  // memory [N, D, H, W, C]
+  EXPECT_EQ(cl.to_vector(), x.to_vector());
+  EXPECT_EQ(cl.to_channels_last_3d().raw_data(), cl.raw_data());  // already so: no copy
+  // A 1x1x1 filter is both contiguous and channels-last: no copy either.
+  const Tensor w = randn({4, 3, 1, 1, 1}, 22);
+  EXPECT_EQ(w.to_channels_last_3d().raw_data(), w.raw_data());
+  // Clones keep the layout; contiguous() gives NCDHW.
+  EXPECT_TRUE(cl.clone().is_channels_last_3d());
+  EXPECT_TRUE(cl.contiguous().is_contiguous());
+  EXPECT_EQ(cl.contiguous().to_vector(), x.to_vector());
+  // A slice in time of a batch of 2 has gaps: it prefers channels-last, its clone is dense.
+  const Tensor slice = cl.narrow(2, 1, 2);
+  EXPECT_FALSE(slice.is_channels_last_3d());
+  EXPECT_TRUE(slice.prefers_channels_last_3d());
+  EXPECT_TRUE(slice.clone().is_channels_last_3d());
+  EXPECT_EQ(slice.clone().to_vector(), x.narrow(2, 1, 2).contiguous().to_vector());
+  // cat is channels-last when a piece is, with the same values.
+  const Tensor c = ops::cat({x.narrow(2, 0, 1), cl.narrow(2, 1, 3)}, 2);
+  EXPECT_TRUE(c.is_channels_last_3d());
+  EXPECT_EQ(c.to_vector(), x.to_vector());
+  EXPECT_FALSE(ops::cat({x, x}, 2).is_channels_last_3d());
+  // Other ranks and permutations are not channels-last.
+  EXPECT_FALSE(randn({3, 4, 5}, 23).transpose(0, 2).prefers_channels_last_3d());
+  EXPECT_FALSE(x.permute({0, 2, 1, 3, 4}).prefers_channels_last_3d());
+  EXPECT_THROW(Tensor::empty_channels_last_3d({2, 3, 4}, DType::F32, Device::cpu()), Error);
+}
+
 TEST(DType, Bf16RoundsToNearestEven) {
   EXPECT_EQ(float_to_bf16(1.0f), 0x3f80);
   // 1 + 2^-8 is halfway between two bf16 values: ties to even (down).

@@ -389,6 +389,60 @@ TEST(CudaNorm, ChannelRmsNormMatchesCpu) {
                "channel_rms_norm permuted");
 }
 
+// Channels-last 3-D inputs (rows of C channels, the VAE's layout on a GPU) and the fused SiLU:
+// the output keeps the layout, the values match the CPU's NCDHW ones.
+TEST(CudaNorm, ChannelRmsNormChannelsLastAndSiluMatchCpu) {
+  REQUIRE_CUDA();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    // C a multiple of the vector width and not (5, 12), up to a row wider than one warp's vectors.
+    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8}, {1, 5, 2, 3, 7}, {1, 384, 2, 6, 10}, {1, 96, 1, 4, 4}}) {
+      for (bool bias : {false, true}) {
+        for (Activation act : {Activation::None, Activation::Silu}) {
+          for (bool channels_last : {false, true}) {
+            const int64_t C = shape[1];
+            const Tensor x = rnd(shape, dt);
+            const Tensor g = rnd({C, 1, 1, 1}, dt), b = bias ? rnd({C}, DType::F32) : Tensor();
+            const std::string what = fmt::format("channel_rms_norm {} bias={} silu={} channels_last={}", x.str(), bias,
+                                                 act == Activation::Silu, channels_last);
+            const Tensor want = ops::channel_rms_norm(x, g, b, act);
+            poison_pool(want.numel() * 4);
+            const Tensor gx = channels_last ? gpu(x).to_channels_last_3d() : gpu(x);
+            const Tensor got = ops::channel_rms_norm(gx, gpu(g), gpu(b), act);
+            EXPECT_EQ(got.is_channels_last_3d(), channels_last) << what;
+            expect_close(got, want, tol_for(dt), what);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Elementwise ops on channels-last 3-D tensors give channels-last results with the CPU's values.
+TEST(CudaElementwise, ChannelsLast3dKeepsItsLayout) {
+  REQUIRE_CUDA();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const Tensor a = rnd({2, 16, 3, 5, 7}, dt), b = rnd({2, 16, 3, 5, 7}, dt), bias = rnd({1, 16, 1, 1, 1}, dt);
+    const Tensor ga = gpu(a).to_channels_last_3d(), gb = gpu(b).to_channels_last_3d();
+    const std::string name(dtype_name(dt));
+    const Tensor silu = ops::silu(ga);
+    EXPECT_TRUE(silu.is_channels_last_3d());
+    expect_close(silu, ops::silu(a), tol_for(dt), name + " silu");
+    const Tensor sum = ops::add(ga, gb);
+    EXPECT_TRUE(sum.is_channels_last_3d());
+    expect_close(sum, ops::add(a, b), tol_for(dt), name + " add");
+    const Tensor mixed = ops::add(gpu(a), gb);  // NCDHW + channels-last
+    EXPECT_TRUE(mixed.is_channels_last_3d());
+    expect_close(mixed, ops::add(a, b), tol_for(dt), name + " add mixed layouts");
+    expect_close(ops::add(ga, gpu(bias)), ops::add(a, bias), tol_for(dt), name + " add broadcast bias");
+    const Tensor ax = ops::axpby(0.5f, ga, -2.0f, gb);
+    EXPECT_TRUE(ax.is_channels_last_3d());
+    expect_close(ax, ops::axpby(0.5f, a, -2.0f, b), tol_for(dt), name + " axpby");
+    const Tensor c = ops::cat({ga.narrow(2, 1, 2), ga}, 2);
+    EXPECT_TRUE(c.is_channels_last_3d());
+    expect_same_values(c, ops::cat({a.narrow(2, 1, 2), a}, 2), name + " cat");
+  }
+}
+
 TEST(CudaNorm, SoftmaxMatchesCpu) {
   REQUIRE_CUDA();
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
@@ -545,6 +599,15 @@ TEST(CudaMisc, UpsampleNearest2xMatchesCpu) {
   }
   const Tensor t = rnd({3, 8, 6}, DType::BF16).transpose(1, 2);
   expect_same_values(ops::upsample_nearest2x(gpu(t)), ops::upsample_nearest2x(t), "upsample transposed");
+  // Channels-last 3-D: every word width (C * element size of 16, 8, 4, 2 and 1 bytes).
+  for (DType dt : {DType::F32, DType::BF16, DType::U8}) {
+    for (const Shape& shape : std::vector<Shape>{{2, 96, 2, 5, 7}, {1, 3, 3, 4, 6}, {1, 2, 1, 3, 3}, {1, 1, 2, 3, 5}}) {
+      const Tensor x = dt == DType::U8 ? sample(shape, dt) : rnd(shape, dt);
+      const Tensor got = ops::upsample_nearest2x(gpu(x).to_channels_last_3d());
+      if (shape[1] > 1) EXPECT_TRUE(got.is_channels_last_3d()) << x.str();
+      expect_same_values(got, ops::upsample_nearest2x(x), "upsample channels-last " + x.str());
+    }
+  }
 }
 
 TEST(CudaMisc, SumAbsMatchesCpu) {

@@ -355,18 +355,21 @@ namespace {
 bool ops_allow_tf32 = true;
 
 void check_conv(const Shape& xs, const Shape& ws, bool with_bias, const Conv3dParams& p, DType dt,
-                const std::string& what, bool strided_x = false) {
+                const std::string& what, bool strided_x = false, bool channels_last = false) {
   // strided_x: x is frames [1, T+1) of a longer clip (a non-contiguous view).
   Shape big = xs;
   if (strided_x) big[2] += 2;
   const Tensor xb = rnd(big, dt), w = rnd(ws, dt, 0.2f), b = with_bias ? rnd({ws[0]}, dt) : Tensor();
   const Tensor x = strided_x ? xb.narrow(2, 1, xs[2]) : xb;
   const Tensor want = ops::conv3d(x, w, b, p);  // CPU
-  const Tensor gx = strided_x ? gpu(xb).narrow(2, 1, xs[2]) : gpu(xb);
+  Tensor gx = strided_x ? gpu(xb).narrow(2, 1, xs[2]) : gpu(xb);
+  if (channels_last) gx = gx.to_channels_last_3d();
   poison_pool(want.numel() * 4);
   const Tensor got = ops::conv3d(gx, gpu(w), gpu(b), p);
   EXPECT_EQ(got.dtype(), dt) << what;
-  EXPECT_TRUE(got.is_contiguous()) << what;
+  // The output is laid out as the input (a 1-channel output is both).
+  if (channels_last && ws[0] > 1) EXPECT_TRUE(got.is_channels_last_3d()) << what;
+  if (!channels_last) EXPECT_TRUE(got.is_contiguous()) << what;
   // True FP32 unless TF32 is allowed (then ~1e-3, like bf16-sized rounding of the inputs).
   const double tol = dt == DType::F32 ? (ops_allow_tf32 ? 5e-3 : 1e-5) : 1e-2;
   expect_close(got, want, tol, std::string(dtype_name(dt)) + " " + what);
@@ -401,6 +404,24 @@ TEST(CudaConv3d, MatchesCpu) {
     check_conv({1, 3, 3, 17, 13}, {24, 3, 3, 3, 3}, true, params({1, 1, 1}, {0, 1, 1}, 2), dt, "RGB in, causal", true);
     check_conv({2, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, false, params({1, 1, 1}, {0, 1, 1}, 2), dt, "3 out, no bias");
     check_conv({1, 32, 3, 7, 9}, {48, 32, 1, 1, 1}, true, params({1, 1, 1}, {0, 0, 0}), dt, "1x1x1", true);
+  }
+}
+
+// Channels-last 3-D input (NDHWC convolution, the VAE's layout on a GPU): a channels-last
+// output with the CPU's values, including shapes cuDNN may refuse in NDHWC (3 or 1 channels).
+TEST(CudaConv3d, ChannelsLastMatchesCpu) {
+  REQUIRE_CUDA();
+  const Tf32 exact(false);
+  const DebugLog debug;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    check_conv({2, 16, 4, 9, 11}, {24, 16, 3, 3, 3}, true, params({1, 1, 1}, {1, 1, 1}), dt, "cl 3x3x3 same", false,
+               true);
+    check_conv({1, 32, 5, 12, 10}, {32, 32, 3, 3, 3}, true, params({1, 1, 1}, {0, 1, 1}, 2), dt, "cl causal", false,
+               true);
+    check_conv({1, 16, 3, 8, 8}, {8, 16, 1, 3, 3}, true, params({1, 1, 1}, {0, 1, 1}), dt, "cl 1x3x3", false, true);
+    check_conv({1, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, true, params({1, 1, 1}, {0, 1, 1}, 2), dt, "cl 3 out", false, true);
+    check_conv({1, 16, 2, 6, 6}, {32, 16, 1, 1, 1}, true, params({1, 1, 1}, {0, 0, 0}), dt, "cl 1x1x1", false, true);
+    check_conv({1, 3, 3, 9, 7}, {8, 3, 3, 3, 3}, false, params({1, 1, 1}, {0, 1, 1}, 2), dt, "cl 3 in", false, true);
   }
 }
 

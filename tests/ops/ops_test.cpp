@@ -92,8 +92,14 @@ TEST(CpuOps, NormsMatchFormulas) {
       EXPECT_NEAR(rms[r * 9 + i], xv[r * 9 + i] / std::sqrt(ss + 1e-6) * wv[i], 1e-5);
     }
   }
-  // Channel norm over dim 1 of [B, C, T, H, W].
+  // Channel norm over dim 1 of [B, C, T, H, W]; the fused SiLU is silu of the norm.
   const Tensor v = rnd({1, 3, 2, 2, 2}, 11), g = rnd({3}, 12);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const Tensor vd = v.to(dt), gd = g.to(dt);
+    EXPECT_EQ(ops::channel_rms_norm(vd, gd, {}, Activation::Silu).to_vector(),
+              ops::silu(ops::channel_rms_norm(vd, gd, {})).to_vector());
+  }
+  EXPECT_THROW(ops::channel_rms_norm(v, g, {}, Activation::GeluTanh), Error);
   const std::vector<float> vv = v.to_vector(), gv = g.to_vector();
   const std::vector<float> cn = ops::channel_rms_norm(v, g, Tensor()).to_vector();
   for (int s = 0; s < 8; ++s) {

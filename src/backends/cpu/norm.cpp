@@ -55,7 +55,7 @@ Tensor CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   return to_dtype(out, x.dtype());
 }
 
-Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias) {
+Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) {
   const Tensor fx = as_f32(x), fg = as_f32(gamma);
   const Tensor fb = bias.defined() ? as_f32(bias) : Tensor();
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
@@ -80,7 +80,8 @@ Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const 
       }
     }
   }
-  return to_dtype(out, x.dtype());
+  const Tensor y = to_dtype(out, x.dtype());
+  return act == Activation::Silu ? unary(UnaryOp::Silu, y, 0.0f, 0.0f) : y;
 }
 
 Tensor CpuBackend::softmax(const Tensor& x) {

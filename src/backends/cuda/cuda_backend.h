@@ -26,7 +26,7 @@ class CudaBackend final : public Backend {
   Tensor matmul(const Tensor& a, const Tensor& b) override;
   Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) override;
   Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) override;
-  Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias) override;
+  Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) override;
   Tensor softmax(const Tensor& x) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) override;
   Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) override;

@@ -7,7 +7,9 @@
 // element otherwise. Inputs may be any view: a permuted or sliced tensor needs no copy.
 
 
+#include <algorithm>
 #include <array>
+#include <numeric>
 #include <cmath>
 #include <utility>
 
@@ -151,7 +153,7 @@ __device__ __forceinline__ void apply(To* out, const F& f, const int64_t (&off)[
   *reinterpret_cast<Vec<To, VEC>*>(out) = o;
 }
 
-// out[i] = f(in...[i]) for n groups of VEC outputs; the output is contiguous.
+// out[i] = f(in...[i]) for n groups of VEC outputs; the output is contiguous (in its memory order).
 template <typename To, int VEC, bool kWide, typename F, typename... Ts>
 __global__ void map_kernel(To* __restrict__ out, int64_t n, Indexer<sizeof...(Ts)> ix, unsigned bcast, F f,
                            const Ts* __restrict__... in) {
@@ -170,7 +172,7 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape) {
   return out;
 }
 
-// Runs f over `out` (contiguous, of dtype To) with inputs given by their pointers and
+// Runs f over `out` (dense, of dtype To) with inputs given by their pointers and
 // their strides broadcast to out's shape.
 template <typename To, typename F, typename... Ts>
 void launch_map(const char* op, const Tensor& out, const Tensor& culprit, F f,
@@ -178,10 +180,33 @@ void launch_map(const char* op, const Tensor& out, const Tensor& culprit, F f,
   constexpr int N = sizeof...(Ts);
   const int64_t n = out.numel();
   if (n == 0) return;
+  // A dense output in another memory format (channels-last 3-D): dims are taken in the order
+  // of its memory, so that it is written as a contiguous array.
+  std::vector<size_t> order(out.shape().size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  if (!out.is_contiguous()) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t i, size_t j) { return out.strides()[i] > out.strides()[j]; });
+  }
+  auto reorder = [&](const Shape& v) {
+    Shape r(v.size());
+    for (size_t d = 0; d < order.size(); ++d) r[d] = v[order[d]];
+    return r;
+  };
+  const Shape shape = reorder(out.shape());
+  std::array<Shape, N + 1> st;
+  st[0] = reorder(out.strides());
+  for (int k = 0; k < N; ++k) st[k + 1] = reorder(strides[k]);
+  for (size_t d = 0, expected = 1; d < shape.size(); ++d) {
+    const size_t i = shape.size() - 1 - d;
+    if (shape[i] == 1) continue;
+    VGEN_CHECK(st[0][i] == static_cast<int64_t>(expected), "{}: output {} strides {} are not dense", op, out.str(),
+               shape_str(out.strides()));
+    expected *= static_cast<size_t>(shape[i]);
+  }
   std::array<const Shape*, N + 1> all;
-  all[0] = &out.strides();
-  for (int k = 0; k < N; ++k) all[k + 1] = &strides[k];
-  const Layout<N + 1> full = simplify<N + 1>(out.shape(), all);
+  for (int k = 0; k <= N; ++k) all[k] = &st[k];
+  const Layout<N + 1> full = simplify<N + 1>(shape, all);
   VGEN_CHECK(static_cast<int>(full.size.size()) <= kMaxDims, "{}: {} has more than {} irregular dims", op,
              culprit.str(), kMaxDims);
   Layout<N> l;
@@ -302,7 +327,8 @@ Tensor CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   Tensor fb = as_kernel_float(b);
   // b is read in a's type or as float32 (exact for bf16/f16).
   if (fb.dtype() != fa.dtype() && fb.dtype() != DType::F32) fb = fb.to(DType::F32);
-  Tensor out = Tensor::empty(shape, fa.dtype(), a.device());
+  // A channels-last 3-D operand keeps its layout (flat, fully vectorized work when both are).
+  Tensor out = Tensor::empty_like_format(a.prefers_channels_last_3d() ? a : b, shape, fa.dtype());
   const std::array<Shape, 2> strides{broadcast_strides(fa, shape), broadcast_strides(fb, shape)};
   const BinaryFn f{op};
   VGEN_DISPATCH_FLOAT(fa.dtype(), "binary", {
@@ -318,7 +344,7 @@ Tensor CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b) {
 Tensor CudaBackend::unary(UnaryOp op, const Tensor& x, float alpha, float beta) {
   require_cuda("unary", x);
   const Tensor fx = as_kernel_float(x);
-  Tensor out = Tensor::empty(x.shape(), fx.dtype(), x.device());
+  Tensor out = Tensor::empty_like_format(x, x.shape(), fx.dtype());
   const std::array<Shape, 1> strides{fx.strides()};
   VGEN_DISPATCH_FLOAT(fx.dtype(), "unary", {
     launch_map<T>("unary", out, x, UnaryFn{op, alpha, beta}, strides, static_cast<const T*>(fx.raw_data()));
@@ -333,7 +359,7 @@ Tensor CudaBackend::axpby(float alpha, const Tensor& a, float beta, const Tensor
   const Tensor fa = as_kernel_float(a);
   Tensor fb = as_kernel_float(b);
   if (fb.dtype() != fa.dtype() && fb.dtype() != DType::F32) fb = fb.to(DType::F32);
-  Tensor out = Tensor::empty(a.shape(), fa.dtype(), a.device());
+  Tensor out = Tensor::empty_like_format(a, a.shape(), fa.dtype());
   const std::array<Shape, 2> strides{fa.strides(), fb.strides()};
   const AxpbyFn f{alpha, beta};
   VGEN_DISPATCH_FLOAT(fa.dtype(), "axpby", {

@@ -78,6 +78,24 @@ __global__ void upsample2x_kernel(const E* __restrict__ x, E* __restrict__ out, 
   }
 }
 
+// Channels-last 3-D: x [planes, H, W, cw words]; each thread copies one word of a position's
+// channels to the four output positions it becomes.
+template <typename Wd>
+__global__ void upsample2x_channels_last_kernel(const Wd* __restrict__ x, Wd* __restrict__ out, int64_t H, int64_t W,
+                                                int64_t cw, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = i % cw, pos = i / cw;
+    const int64_t w = pos % W, row = pos / W;
+    const int64_t h = row % H, plane = row / H;
+    const Wd v = x[i];
+    Wd* o = out + ((plane * 2 * H + 2 * h) * 2 * W + 2 * w) * cw + k;
+    o[0] = v;
+    o[cw] = v;
+    o[2 * W * cw] = v;
+    o[2 * W * cw + cw] = v;
+  }
+}
+
 // ---- Sum of absolute values -------------------------------------------------------------------
 
 __device__ __forceinline__ double warp_sum(double v) {
@@ -154,9 +172,34 @@ Tensor CudaBackend::embedding(const Tensor& ids_in, const Tensor& table_in) {
   return out;
 }
 
+namespace {
+
+// upsample_nearest2x of a channels-last 3-D [B, C, T, H, W]; the output in the same layout.
+Tensor upsample_channels_last(const Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  Tensor out = Tensor::empty_channels_last_3d({B, C, T, 2 * H, 2 * W}, x.dtype(), x.device());
+  if (x.numel() == 0) return out;
+  // The widest word that a position's channels are made of.
+  const int64_t bytes = C * static_cast<int64_t>(x.element_size());
+  int64_t word = 16;
+  while (word > 1 && (bytes % word != 0 || !aligned(x.raw_data(), word) || !aligned(out.raw_data(), word))) word /= 2;
+  const int64_t cw = bytes / word, n = B * T * H * W * cw;
+  constexpr int kThreads = 256;
+  dispatch_word(word, [&](auto e) {
+    using E = decltype(e);
+    upsample2x_channels_last_kernel<E><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
+        static_cast<const E*>(x.raw_data()), static_cast<E*>(out.raw_data()), H, W, cw, n);
+  });
+  check_launch("upsample_nearest2x (channels-last)", x);
+  return out;
+}
+
+}  // namespace
+
 Tensor CudaBackend::upsample_nearest2x(const Tensor& x_in) {
   require_cuda("upsample_nearest2x", x_in);
   VGEN_CHECK(x_in.dim() >= 2, "upsample_nearest2x of {}", x_in.str());
+  if (x_in.is_channels_last_3d()) return upsample_channels_last(x_in);
   const Tensor x = contiguous(x_in);
   const int64_t H = x.size(-2), W = x.size(-1);
   Shape shape = x.shape();

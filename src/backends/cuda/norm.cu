@@ -318,8 +318,21 @@ __global__ void __launch_bounds__(kMaxRowThreads) softmax_kernel(const T* __rest
 
 // ---- Channel RMS norm (Wan VAE) -----------------------------------------------------------
 
+// The channel norm's value y of one element, then SiLU when kSilu, applied to y rounded to T
+// as an unfused silu(norm(x)) would read it.
+template <typename T, bool kSilu>
+__device__ __forceinline__ float channel_rms_out(float v, float denom, float scale, float g, float b, bool has_bias) {
+  float y = __fmul_rn(__fmul_rn(__fdiv_rn(v, denom), scale), g);
+  if (has_bias) y = __fadd_rn(y, b);
+  if (kSilu) {
+    y = to_float<T>(from_float<T>(y));
+    y = y / (1.0f + expf(-y));
+  }
+  return y;
+}
+
 // x [B, C, inner] contiguous; one thread per VEC consecutive positions of one batch.
-template <typename T, typename Tw, int VEC>
+template <typename T, typename Tw, int VEC, bool kSilu>
 __global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out, const Tw* __restrict__ gamma,
                                    const Tw* __restrict__ bias, int64_t C, int64_t inner, int64_t n, float scale) {
   const int64_t per_batch = inner / VEC;
@@ -342,11 +355,43 @@ __global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out,
       const float g = to_float<Tw>(gamma[c]);
       const float bb = bias ? to_float<Tw>(bias[c]) : 0.0f;
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const float y = __fmul_rn(__fmul_rn(__fdiv_rn(v[j], ss[j]), scale), g);
-        v[j] = bias ? __fadd_rn(y, bb) : y;
-      }
+      for (int j = 0; j < VEC; ++j) v[j] = channel_rms_out<T, kSilu>(v[j], ss[j], scale, g, bb, bias != nullptr);
       store_vec<VEC>(dst + c * inner, v);
+    }
+  }
+}
+
+// x [rows, C] (channels-last: the C channels of a position are contiguous); one warp per row,
+// each lane VEC consecutive channels at a time.
+template <typename T, typename Tw, int VEC, bool kSilu>
+__global__ void channel_rms_rows_kernel(const T* __restrict__ x, T* __restrict__ out, const Tw* __restrict__ gamma,
+                                        const Tw* __restrict__ bias, int64_t C, int64_t rows, float scale) {
+  const int lane = threadIdx.x & 31;
+  const int64_t first = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  const int64_t step = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t r = first; r < rows; r += step) {
+    const T* row = x + r * C;
+    T* dst = out + r * C;
+    float ss = 0.0f;
+    for (int64_t c = int64_t(lane) * VEC; c < C; c += 32 * VEC) {
+      float v[VEC];
+      load_vec<VEC>(row + c, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) ss += v[j] * v[j];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float denom = fmaxf(sqrtf(ss), 1e-12f);
+    for (int64_t c = int64_t(lane) * VEC; c < C; c += 32 * VEC) {
+      float v[VEC];
+      load_vec<VEC>(row + c, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float g = to_float<Tw>(gamma[c + j]);
+        const float bb = bias ? to_float<Tw>(bias[c + j]) : 0.0f;
+        v[j] = channel_rms_out<T, kSilu>(v[j], denom, scale, g, bb, bias != nullptr);
+      }
+      store_vec<VEC>(dst + c, v);
     }
   }
 }
@@ -596,23 +641,27 @@ Tensor CudaBackend::softmax(const Tensor& x_in) {
   return out;
 }
 
-Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias) {
+Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act) {
   require_cuda("channel_rms_norm", x_in);
   require_float("channel_rms_norm", x_in);
   VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
              "channel_rms_norm: x {} gamma {} bias {}", x_in.str(), gamma.str(), bias.str());
-  const Tensor x = contiguous(x_in);
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  VGEN_CHECK(act == Activation::None || act == Activation::Silu,
+             "channel_rms_norm: only no activation or SiLU can follow the norm");
+  // Channels-last 3-D input: rows of C contiguous channels, output in the same layout.
+  const bool rows = x_in.is_channels_last_3d();
+  const Tensor x = rows ? x_in : contiguous(x_in);
+  Tensor out = Tensor::empty_like_format(x, x.shape(), x.dtype());
   if (x.numel() == 0) return out;
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
   const DType wd = param_dtype(x.dtype(), gamma, bias);
   const Tensor g = param(gamma, wd), b = param(bias, wd);
   const float scale = std::sqrt(static_cast<float>(C));
   const int64_t es = static_cast<int64_t>(x.element_size());
-  const int vec = pick_vec(static_cast<int>(16 / es), 1, inner, {{x.raw_data(), es}}, {});
-  const int64_t n = B * (inner / vec);
+  const int vec = rows ? pick_vec(static_cast<int>(16 / es), 1, C, {{x.raw_data(), es}, {out.raw_data(), es}}, {})
+                       : pick_vec(static_cast<int>(16 / es), 1, inner, {{x.raw_data(), es}}, {});
   constexpr int kThreads = 256;
-  const unsigned blocks = blocks_for(n, kThreads);
+  const unsigned blocks = rows ? blocks_for(B * inner * 32, kThreads) : blocks_for(B * (inner / vec), kThreads);
   dispatch_param(x.dtype(), wd, "channel_rms_norm", [&](auto tx, auto tw) {
     using T = decltype(tx);
     using Tw = decltype(tw);
@@ -621,8 +670,21 @@ Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, co
     T* o = static_cast<T*>(out.raw_data());
     const Tw* gp = static_cast<const Tw*>(g.raw_data());
     const Tw* bp = b.defined() ? static_cast<const Tw*>(b.raw_data()) : nullptr;
-    if (vec == kVec) channel_rms_kernel<T, Tw, kVec><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, inner, n, scale);
-    else channel_rms_kernel<T, Tw, 1><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, inner, n, scale);
+    auto go = [&](auto v, auto silu) {
+      constexpr int V = decltype(v)::value;
+      constexpr bool S = decltype(silu)::value;
+      if (rows)
+        channel_rms_rows_kernel<T, Tw, V, S><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, B * inner, scale);
+      else
+        channel_rms_kernel<T, Tw, V, S><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, inner,
+                                                                           B * (inner / V), scale);
+    };
+    auto with_vec = [&](auto silu) {
+      if (vec == kVec) go(Int<kVec>{}, silu);
+      else go(Int<1>{}, silu);
+    };
+    if (act == Activation::Silu) with_vec(std::true_type{});
+    else with_vec(std::false_type{});
   });
   check_launch("channel_rms_norm", x_in, gamma);
   return out;
