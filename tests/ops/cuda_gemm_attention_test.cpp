@@ -19,6 +19,7 @@
 #include "support/parity.h"
 #ifdef VGEN_WITH_CUDA
 #include "backends/cuda/attention.h"
+#include "backends/cuda/cuda_backend.h"
 #endif
 
 using namespace vgen;
@@ -210,6 +211,18 @@ TEST(CudaGemm, LinearStridedInputAndMixedDtypes) {
 
 // ---- matmul ----------------------------------------------------------------------------------
 
+// 16-bit operands with the float32 product kept: float32 rounding of exact products.
+TEST(CudaGemm, MatmulFloat32OutKeepsTheProduct) {
+  REQUIRE_CUDA();
+  for (DType dt : {DType::BF16, DType::F16}) {
+    const Tensor a = rnd({3, 37, 129}, dt), b = rnd({3, 129, 61}, dt);
+    const Tensor want = ops::matmul(f32(a), f32(b));
+    const Tensor got = cuda::matmul_float32_out(gpu(a), gpu(b).transpose(-1, -2).contiguous().transpose(-1, -2));
+    EXPECT_EQ(got.dtype(), DType::F32);
+    expect_close(got, want, 1e-6, std::string(dtype_name(dt)) + " matmul_float32_out");
+  }
+}
+
 TEST(CudaGemm, MatmulBatchedBroadcastAndTransposed) {
   REQUIRE_CUDA();
   for (DType dt : {DType::F32, DType::BF16}) {
@@ -335,9 +348,26 @@ TEST(CudaAttention, ReferenceF32AndBf16) {
     check_attention(c, DType::F32, "cudnn");  // float32 always takes the reference
     check_attention(c, DType::BF16, "reference");
   }
-  // Head dims cuDNN does not take fall back by themselves.
-  check_attention({1, 2, 100, 90, 20, 0}, DType::BF16, "cudnn");
-  check_attention({1, 1, 64, 64, 384, 1}, DType::BF16, "cudnn");
+  cuda::set_attention_backend(before);
+}
+
+// 16-bit attention cuDNN does not take (head dims above 256 as in the Wan VAE's mid block,
+// head dims not a multiple of 8) goes to the tensor-core math path by itself.
+TEST(CudaAttention, MathPathForWhatCudnnRefuses) {
+  REQUIRE_CUDA();
+  const std::string before = cuda::attention_backend();
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (const AttnCase& c : {AttnCase{1, 1, 780, 780, 384, 0}, AttnCase{2, 1, 64, 77, 384, 1},
+                              AttnCase{1, 2, 100, 90, 20, 0}, AttnCase{1, 2, 33, 65, 320, 2}}) {
+      check_attention(c, dt, "cudnn");
+      const Tensor q = bshd_view(Tensor::empty({c.B, c.Sq, c.H, c.D}, dt, kGpu));
+      const Tensor k = bshd_view(Tensor::empty({c.B, c.Sk, c.H, c.D}, dt, kGpu));
+      if (c.bias == 0) EXPECT_EQ(cuda::attention_path(q, k, k, {}), "math") << case_str(c, dt, "cudnn");
+    }
+  }
+  // Float32 keeps the exact reference.
+  const Tensor q = Tensor::empty({1, 1, 64, 384}, DType::F32, kGpu);
+  EXPECT_EQ(cuda::attention_path(q, q, q, {}), "reference");
   cuda::set_attention_backend(before);
 }
 

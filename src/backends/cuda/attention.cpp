@@ -33,6 +33,8 @@ namespace vgen::cuda {
 
 void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
                          const Tensor& out);
+void attention_math(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
+                    const Tensor& out);
 
 namespace {
 
@@ -264,6 +266,11 @@ void check_bias(const Tensor& q, const Tensor& k, const Tensor& bias) {
   require_float("attention", bias);
 }
 
+// 16-bit q, k, v of one dtype that cuDNN did not take: the tensor-core "math" path.
+bool math_applies(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return (q.dtype() == DType::BF16 || q.dtype() == DType::F16) && k.dtype() == q.dtype() && v.dtype() == q.dtype();
+}
+
 }  // namespace
 
 void set_attention_backend(const std::string& name) { g_choice.store(parse_choice(name, "set_attention_backend")); }
@@ -277,7 +284,9 @@ std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, co
   check_bias(q, k, bias);
   if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
   const bool empty = q.numel() == 0 || v.size(3) == 0;
-  return !empty && choice() == kCudnn && find_cudnn(q, k, v, bias, scale) ? "cudnn" : "reference";
+  if (empty || choice() != kCudnn) return "reference";
+  if (find_cudnn(q, k, v, bias, scale)) return "cudnn";
+  return math_applies(q, k, v) ? "math" : "reference";
 }
 
 Tensor CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
@@ -289,7 +298,8 @@ Tensor CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v,
   const Tensor out = Tensor::empty({B, Sq, H, D}, q.dtype(), q.device()).permute({0, 2, 1, 3});
   if (out.numel() == 0) return out;
   if (choice() == kCudnn && run_cudnn(q, k, v, bias, scale, out)) return out;
-  attention_reference(q, k, v, bias, scale, out);
+  if (choice() == kCudnn && math_applies(q, k, v)) attention_math(q, k, v, bias, scale, out);
+  else attention_reference(q, k, v, bias, scale, out);
   return out;
 }
 

@@ -1,10 +1,12 @@
 // Attention on CUDA: which implementation CudaBackend::attention uses, and a benchmark.
 //
 // "cudnn" (the default): cuDNN's fused SDPA (flash attention) through the cuDNN frontend, for
-// BF16/F16 q/k/v with head dim a multiple of 8 up to 256, float32 softmax; cases it does not
-// take (F32 inputs, other head dims, misaligned or unsupported strides or biases) fall back to
-// the reference automatically. "reference": plain matrix products + softmax in float32,
-// chunked over heads and queries (exact, slow, for checking).
+// BF16/F16 q/k/v with head dim a multiple of 8 up to 256, float32 softmax. 16-bit cases it
+// does not take (head dims above 256 as in the Wan VAE, misaligned or unsupported strides or
+// biases) go to "math": tensor-core matrix products with float32 scores and softmax, the
+// weights rounded to 16 bits for weights @ v; F32 inputs go to the reference. "reference":
+// plain matrix products + softmax in float32, chunked over heads and queries (exact, slow,
+// for checking).
 //
 // This header needs no CUDA headers (the CLI includes it); its functions exist only in builds
 // with VGEN_WITH_CUDA.
@@ -23,7 +25,7 @@ namespace vgen::cuda {
 void set_attention_backend(const std::string& name);
 std::string attention_backend();
 
-// Which implementation CudaBackend::attention takes for these inputs ("cudnn" or "reference"),
+// Which implementation CudaBackend::attention takes for these inputs ("cudnn", "math" or "reference"),
 // building and caching the cuDNN graph as a call would. scale < 0 means 1 / sqrt(D).
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale = -1.0f);
 

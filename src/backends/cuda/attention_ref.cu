@@ -2,7 +2,12 @@
 // scale + bias + softmax per row (the CPU's exact rule: a row whose scores are all -inf gets
 // zero weights), then weights @ v. Computed in float32 over chunks of heads (and of queries
 // when one head's scores would not fit), whatever the input dtypes; exact but slow: used for
-// F32 inputs, for what cuDNN's SDPA does not take, and to check it.
+// F32 inputs and to check the others.
+//
+// The "math" variant is the same with tensor-core GEMMs for 16-bit q/k/v, for the 16-bit
+// attention cuDNN's SDPA does not take (head dims above 256, as the Wan VAE's single 384-wide
+// head): q k^T from 16-bit operands with the float32 scores kept, the softmax in float32, the
+// weights rounded to v's dtype for weights @ v (float32 accumulation), as flash attention does.
 
 #include <cuda_runtime.h>
 
@@ -63,10 +68,15 @@ __global__ void scale_bias_softmax_kernel(float* scores, int64_t queries, int64_
 
 }  // namespace
 
+Tensor matmul_float32_out(const Tensor& a, const Tensor& b);
+
+namespace {
+
 // out [B, H, Sq, D] (any strides, any float dtype) = attention(q, k, v, bias, scale); bias
 // (optional) is 4-D, floating and broadcastable to [B, H, Sq, Sk] (the caller checks).
-void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
-                         const Tensor& out) {
+// math: the 16-bit variant (q, k, v of one 16-bit dtype).
+void attention_by_gemms(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
+                        const Tensor& out, bool math) {
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
   if (out.numel() == 0) return;
   if (Sk == 0) {  // no keys: an empty weighted sum
@@ -88,13 +98,14 @@ void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, cons
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h0 = 0; h0 < H; h0 += heads) {
       const int64_t hc = std::min(heads, H - h0);
-      const Tensor kf = k.select(0, b).narrow(0, h0, hc).to(DType::F32);  // [hc, Sk, D]
-      const Tensor vf = v.select(0, b).narrow(0, h0, hc).to(DType::F32);  // [hc, Sk, D]
-      const Tensor kt = kf.transpose(1, 2);                               // [hc, D, Sk]
+      const DType dt = math ? q.dtype() : DType::F32;
+      const Tensor kf = k.select(0, b).narrow(0, h0, hc).to(dt);  // [hc, Sk, D]
+      const Tensor vf = v.select(0, b).narrow(0, h0, hc).to(dt);  // [hc, Sk, D]
+      const Tensor kt = kf.transpose(1, 2);                       // [hc, D, Sk]
       for (int64_t q0 = 0; q0 < Sq; q0 += queries) {
         const int64_t qc = std::min(queries, Sq - q0);
-        const Tensor qf = q.select(0, b).narrow(0, h0, hc).narrow(1, q0, qc).to(DType::F32);  // [hc, qc, D]
-        Tensor scores = ops::matmul(qf, kt);                                                  // [hc, qc, Sk]
+        const Tensor qf = q.select(0, b).narrow(0, h0, hc).narrow(1, q0, qc).to(dt);  // [hc, qc, D]
+        Tensor scores = math ? matmul_float32_out(qf, kt) : ops::matmul(qf, kt);       // [hc, qc, Sk] F32
         const unsigned rows = static_cast<unsigned>(hc * qc);
         if (bias.defined()) {
           VGEN_DISPATCH_FLOAT(bias.dtype(), "attention bias", {
@@ -107,10 +118,26 @@ void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, cons
               <<<rows, kThreads, 0, stream()>>>(scores.data<float>(), qc, Sk, scale, nullptr, 0, 0, 0, h0, q0);
         }
         check_launch("attention (reference softmax)", scores, bias);
+        if (math) scores = scores.to(dt);
         out.select(0, b).narrow(0, h0, hc).narrow(1, q0, qc).copy_(ops::matmul(scores, vf));
       }
     }
   }
+}
+
+}  // namespace
+
+void attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
+                         const Tensor& out) {
+  attention_by_gemms(q, k, v, bias, scale, out, false);
+}
+
+void attention_math(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
+                    const Tensor& out) {
+  VGEN_CHECK((q.dtype() == DType::BF16 || q.dtype() == DType::F16) && k.dtype() == q.dtype() &&
+                 v.dtype() == q.dtype(),
+             "attention (math): q {}, k {}, v {} must share a 16-bit dtype", q.str(), k.str(), v.str());
+  attention_by_gemms(q, k, v, bias, scale, out, true);
 }
 
 }  // namespace vgen::cuda

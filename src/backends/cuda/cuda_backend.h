@@ -14,6 +14,9 @@
 
 namespace vgen::cuda {
 
+// a @ b (as matmul) of 16-bit operands with the float32 product kept (no rounding of D).
+Tensor matmul_float32_out(const Tensor& a, const Tensor& b);
+
 class CudaBackend final : public Backend {
  public:
   std::string name() const override { return "cuda"; }

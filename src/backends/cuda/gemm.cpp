@@ -135,6 +135,7 @@ std::optional<Operand> transposed_operand(const Matrix& L) {
 // D (contiguous [batch, M, N]) = left [batch, M, K] * right [batch, K, N] (+ bias[N]), epilogue.
 struct Problem {
   DType dtype = DType::F32;  // of both operands, D and the bias
+  DType out_dtype = DType::F32;  // of D: dtype, or F32 for 16-bit operands (matmul_float32_out)
   Operand a, b;              // cuBLASLt's A (from the right factor) and B (from the left one)
   int64_t M = 0, N = 0, K = 0, batch = 1;
   void* d = nullptr;
@@ -149,7 +150,7 @@ struct Plan {
   bool ok = false;  // false: the heuristic found no algorithm (cached too)
 };
 
-using PlanKey = std::array<int64_t, 21>;
+using PlanKey = std::array<int64_t, 22>;
 
 struct State {
   std::mutex mutex;
@@ -214,7 +215,7 @@ Plan make_plan(State& st, const Problem& p, const std::string& what) {
   // Column-major: A is N x K (after op), B is K x M, D is N x M with ld N.
   plan.la = make_layout(type, p.a.rows, p.a.cols, p.a.ld, p.batch, p.a.batch_stride, what);
   plan.lb = make_layout(type, p.b.rows, p.b.cols, p.b.ld, p.batch, p.b.batch_stride, what);
-  plan.ld = make_layout(type, p.N, p.M, p.N, p.batch, p.M * p.N, what);
+  plan.ld = make_layout(blas_type(p.out_dtype), p.N, p.M, p.N, p.batch, p.M * p.N, what);
 
   cublasLtMatmulPreference_t pref = nullptr;
   check_blas(cublasLtMatmulPreferenceCreate(&pref), "create preference", what);
@@ -254,6 +255,7 @@ Plan make_plan(State& st, const Problem& p, const std::string& what) {
 bool run(const Problem& p) {
   State& st = state();
   const PlanKey key{static_cast<int64_t>(p.dtype),
+                    static_cast<int64_t>(p.out_dtype),
                     p.a.op,
                     p.b.op,
                     p.M,
@@ -351,6 +353,7 @@ bool make_problem(const Matrix& left, const Matrix& right, bool right_shared, DT
   const auto a = transposed_operand(right);
   if (!a || !b) return false;
   p->dtype = dtype;
+  p->out_dtype = dtype;
   p->a = *a;
   p->b = *b;
   p->M = left.rows;
@@ -412,7 +415,10 @@ Tensor CudaBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& 
   return gemm(p, out, b, act).to(x.dtype()).view(shape);
 }
 
-Tensor CudaBackend::matmul(const Tensor& a, const Tensor& b) {
+namespace {
+
+// a @ b with D in out_dtype (the operands' compute dtype when it is undefined).
+Tensor matmul_as(const Tensor& a, const Tensor& b, std::optional<DType> out_dtype) {
   require_inputs("matmul", a, b);
   const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   const bool shared = b.dim() == 2;
@@ -421,11 +427,12 @@ Tensor CudaBackend::matmul(const Tensor& a, const Tensor& b) {
   Shape shape = a.shape();
   shape.back() = N;
   const DType cdt = compute_dtype(a.dtype(), b.dtype());
-  if (batch == 0 || M == 0 || N == 0) return Tensor::empty(shape, a.dtype(), a.device());
-  if (K == 0) return Tensor::zeros(shape, a.dtype(), a.device());
+  const DType result = out_dtype.value_or(a.dtype());
+  if (batch == 0 || M == 0 || N == 0) return Tensor::empty(shape, result, a.device());
+  if (K == 0) return Tensor::zeros(shape, result, a.device());
 
   Tensor ac = a.to(cdt), bc = b.to(cdt);
-  Tensor out = Tensor::empty(shape, cdt, a.device());
+  Tensor out = Tensor::empty(shape, out_dtype.value_or(cdt), a.device());
   const int64_t a_batch_dims = a.dim() - 2, b_batch_dims = b.dim() - 2;
 
   Problem p;
@@ -447,7 +454,14 @@ Tensor CudaBackend::matmul(const Tensor& a, const Tensor& b) {
     ready = make_problem(*left, *right, shared, cdt, out.raw_data(), &p);
   }
   VGEN_CHECK(ready, "matmul: cannot describe {} x {} for cublasLt", a.str(), b.str());
-  return gemm(p, out, Tensor(), Activation::None).to(a.dtype());
+  p.out_dtype = out.dtype();
+  return gemm(p, out, Tensor(), Activation::None).to(result);
 }
+
+}  // namespace
+
+Tensor CudaBackend::matmul(const Tensor& a, const Tensor& b) { return matmul_as(a, b, std::nullopt); }
+
+Tensor matmul_float32_out(const Tensor& a, const Tensor& b) { return matmul_as(a, b, DType::F32); }
 
 }  // namespace vgen::cuda
