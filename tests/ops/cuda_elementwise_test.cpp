@@ -394,8 +394,15 @@ TEST(CudaNorm, ChannelRmsNormMatchesCpu) {
 TEST(CudaNorm, ChannelRmsNormChannelsLastAndSiluMatchCpu) {
   REQUIRE_CUDA();
   for (DType dt : {DType::F32, DType::BF16}) {
-    // C a multiple of the vector width and not (5, 12), up to a row wider than one warp's vectors.
-    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8}, {1, 5, 2, 3, 7}, {1, 384, 2, 6, 10}, {1, 96, 1, 4, 4}}) {
+    // C a multiple of the vector width or not (5, 12); rows held by groups of 2 to 32 lanes, a
+    // last warp only partly used (9 rows), and rows too long for registers (1040).
+    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8},
+                                                 {1, 5, 2, 3, 7},
+                                                 {1, 384, 2, 6, 10},
+                                                 {1, 96, 1, 4, 4},
+                                                 {1, 96, 1, 3, 3},
+                                                 {1, 192, 1, 5, 1},
+                                                 {1, 1040, 1, 2, 3}}) {
       for (bool bias : {false, true}) {
         for (Activation act : {Activation::None, Activation::Silu}) {
           for (bool channels_last : {false, true}) {

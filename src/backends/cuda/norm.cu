@@ -361,37 +361,69 @@ __global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out,
   }
 }
 
-// x [rows, C] (channels-last: the C channels of a position are contiguous); one warp per row,
-// each lane VEC consecutive channels at a time.
-template <typename T, typename Tw, int VEC, bool kSilu>
+// x [rows, C] (channels-last: the C channels of a position are contiguous) as nv vectors of
+// VEC per row; a group of G lanes per row (G divides 32), lane i of a group taking vectors
+// i, i + G, ... With CACHE > 0 (nv <= G * CACHE) a lane keeps its vectors in registers and x
+// is read once; CACHE == 0 reads the row twice.
+template <typename T, typename Tw, int VEC, int G, int CACHE, bool kSilu>
 __global__ void channel_rms_rows_kernel(const T* __restrict__ x, T* __restrict__ out, const Tw* __restrict__ gamma,
-                                        const Tw* __restrict__ bias, int64_t C, int64_t rows, float scale) {
-  const int lane = threadIdx.x & 31;
-  const int64_t first = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
-  const int64_t step = (int64_t(gridDim.x) * blockDim.x) >> 5;
-  for (int64_t r = first; r < rows; r += step) {
-    const T* row = x + r * C;
+                                        const Tw* __restrict__ bias, int64_t nv, int64_t rows, float scale) {
+  constexpr int kRowsPerWarp = 32 / G;
+  const int lane = threadIdx.x & 31, sub = lane % G, slot = lane / G;
+  const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
+  const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  const int64_t C = nv * VEC;
+  // The loop is uniform over the warp (shuffles need every lane); rows past the end idle.
+  for (int64_t base = warp * kRowsPerWarp; base < rows; base += warps * kRowsPerWarp) {
+    const int64_t r = base + slot;
+    const bool active = r < rows;
+    const T* row = x + (active ? r : 0) * C;
     T* dst = out + r * C;
+    float cache[CACHE > 0 ? CACHE : 1][VEC];
     float ss = 0.0f;
-    for (int64_t c = int64_t(lane) * VEC; c < C; c += 32 * VEC) {
-      float v[VEC];
-      load_vec<VEC>(row + c, v);
+    if constexpr (CACHE > 0) {
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) ss += v[j] * v[j];
+      for (int k = 0; k < CACHE; ++k) {
+        const int64_t i = sub + int64_t(k) * G;
+        if (active && i < nv) {
+          load_vec<VEC>(row + i * VEC, cache[k]);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) ss += cache[k][j] * cache[k][j];
+        }
+      }
+    } else {
+      for (int64_t i = sub; active && i < nv; i += G) {
+        float v[VEC];
+        load_vec<VEC>(row + i * VEC, v);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) ss += v[j] * v[j];
+      }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    for (int o = G / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (!active) continue;
     const float denom = fmaxf(sqrtf(ss), 1e-12f);
-    for (int64_t c = int64_t(lane) * VEC; c < C; c += 32 * VEC) {
-      float v[VEC];
-      load_vec<VEC>(row + c, v);
+    auto finish = [&](int64_t i, float (&v)[VEC]) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        const float g = to_float<Tw>(gamma[c + j]);
-        const float bb = bias ? to_float<Tw>(bias[c + j]) : 0.0f;
-        v[j] = channel_rms_out<T, kSilu>(v[j], denom, scale, g, bb, bias != nullptr);
+        const int64_t c = i * VEC + j;
+        const float bb = bias ? to_float<Tw>(bias[c]) : 0.0f;
+        v[j] = channel_rms_out<T, kSilu>(v[j], denom, scale, to_float<Tw>(gamma[c]), bb, bias != nullptr);
       }
-      store_vec<VEC>(dst + c, v);
+      store_vec<VEC>(dst + i * VEC, v);
+    };
+    if constexpr (CACHE > 0) {
+#pragma unroll
+      for (int k = 0; k < CACHE; ++k) {
+        const int64_t i = sub + int64_t(k) * G;
+        if (i < nv) finish(i, cache[k]);
+      }
+    } else {
+      for (int64_t i = sub; i < nv; i += G) {
+        float v[VEC];
+        load_vec<VEC>(row + i * VEC, v);
+        finish(i, v);
+      }
     }
   }
 }
@@ -661,7 +693,6 @@ Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, co
   const int vec = rows ? pick_vec(static_cast<int>(16 / es), 1, C, {{x.raw_data(), es}, {out.raw_data(), es}}, {})
                        : pick_vec(static_cast<int>(16 / es), 1, inner, {{x.raw_data(), es}}, {});
   constexpr int kThreads = 256;
-  const unsigned blocks = rows ? blocks_for(B * inner * 32, kThreads) : blocks_for(B * (inner / vec), kThreads);
   dispatch_param(x.dtype(), wd, "channel_rms_norm", [&](auto tx, auto tw) {
     using T = decltype(tx);
     using Tw = decltype(tw);
@@ -673,11 +704,28 @@ Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, co
     auto go = [&](auto v, auto silu) {
       constexpr int V = decltype(v)::value;
       constexpr bool S = decltype(silu)::value;
-      if (rows)
-        channel_rms_rows_kernel<T, Tw, V, S><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, B * inner, scale);
-      else
-        channel_rms_kernel<T, Tw, V, S><<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, C, inner,
-                                                                           B * (inner / V), scale);
+      if (!rows) {
+        channel_rms_kernel<T, Tw, V, S><<<blocks_for(B * (inner / V), kThreads), kThreads, 0, stream()>>>(
+            in, o, gp, bp, C, inner, B * (inner / V), scale);
+        return;
+      }
+      // Channels-last rows: the smallest group of lanes that holds a row in registers
+      // (kCache vectors a lane), else whole warps reading the row twice.
+      constexpr int kCache = 4;
+      const int64_t nv = C / V, nrows = B * inner;
+      auto launch = [&](auto g, auto cache) {
+        constexpr int Gs = decltype(g)::value;
+        const unsigned blocks = blocks_for((nrows + 32 / Gs - 1) / (32 / Gs) * 32, kThreads);
+        channel_rms_rows_kernel<T, Tw, V, Gs, decltype(cache)::value, S>
+            <<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, nv, nrows, scale);
+      };
+      if constexpr (V != kVec) launch(Int<32>{}, Int<0>{});
+      else if (nv > 32 * kCache) launch(Int<32>{}, Int<0>{});
+      else if (nv <= 2 * kCache) launch(Int<2>{}, Int<kCache>{});
+      else if (nv <= 4 * kCache) launch(Int<4>{}, Int<kCache>{});
+      else if (nv <= 8 * kCache) launch(Int<8>{}, Int<kCache>{});
+      else if (nv <= 16 * kCache) launch(Int<16>{}, Int<kCache>{});
+      else launch(Int<32>{}, Int<kCache>{});
     };
     auto with_vec = [&](auto silu) {
       if (vec == kVec) go(Int<kVec>{}, silu);
