@@ -66,6 +66,7 @@ int run_bench(const BenchArgs& a) {
   const Device device = resolve_device(a.device);
   const DType dtype = a.dtype.empty() ? default_pipeline_options(device).dtype : parse_compute_dtype(a.dtype);
   ops::set_attention_backend(a.attention_backend);
+  if (a.conv_autotune) ops::set_conv_autotune(true);
   nlohmann::json out = {{"what", "vgen_" + a.what}, {"device", device.str()}, {"dtype", dtype_name(dtype)}};
 
   if (a.what == "attention") {
@@ -113,9 +114,11 @@ int run_bench(const BenchArgs& a) {
     const int64_t lt = (a.num_frames - 1) / 4 + 1;
     const Tensor z = random_on({1, vae->config().z_dim, lt, a.height / 8, a.width / 8}, vdt, device, 6);
     reset_peak(device);
-    const double s = median_seconds([&] { (void)vae->decode(z); }, device, a.warmup, a.iters);
-    out.update({{"h", a.height}, {"w", a.width}, {"frames", a.num_frames}, {"s", s}, {"peak_gib", peak_gib(device)},
-                {"dtype", dtype_name(vdt)}});
+    // The first decode alone too: it builds (and with --conv-autotune times) the cuDNN plans.
+    const double first_s = median_seconds([&] { (void)vae->decode(z); }, device, 0, 1);
+    const double s = median_seconds([&] { (void)vae->decode(z); }, device, std::max(a.warmup - 1, 0), a.iters);
+    out.update({{"h", a.height}, {"w", a.width}, {"frames", a.num_frames}, {"s", s}, {"first_s", first_s},
+                {"peak_gib", peak_gib(device)}, {"dtype", dtype_name(vdt)}, {"conv_autotune", a.conv_autotune}});
   } else if (a.what == "pipeline") {
     PipelineOptions o = default_pipeline_options(device);
     o.dtype = dtype;
@@ -159,6 +162,7 @@ int run_bench(const BenchArgs& a) {
     out.update({{"h", a.height}, {"w", a.width}, {"frames", a.num_frames}, {"steps", a.steps}, {"load_s", load_s},
                 {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s}, {"phases", phases},
                 {"peak_gib", peak_gib(device)}, {"vae_dtype", a.vae_dtype}, {"cuda_graphs", a.cuda_graphs},
+                {"conv_autotune", a.conv_autotune},
                 {"offload_text_encoder", a.offload_text_encoder}, {"text_encoder_reload_s", reload_s}});
   } else {
     fail("bench: unknown benchmark '{}' (attention, transformer, vae, pipeline)", a.what);

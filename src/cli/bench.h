@@ -19,6 +19,7 @@ struct BenchArgs {
   int steps = 50;                                 // pipeline
   int warmup = 2, iters = 5;
   bool cuda_graphs = true;            // transformer, pipeline: replay the step from a CUDA graph
+  bool conv_autotune = false;         // vae, pipeline: autotuned GPU convolutions (vgen serve's default)
   bool offload_text_encoder = false;  // pipeline: free the text encoder after encoding, as `vgen generate` does
   std::string output;  // pipeline: also write the MP4 (timed, as diffusers' export is)
   std::string prompt = "A cat plays piano in the night";

@@ -36,6 +36,7 @@ struct GenerateArgs {
   std::string vae_dtype = "fp32";
   std::string attention_backend = "auto";
   bool cuda_graphs = true;
+  bool conv_autotune = false;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
@@ -73,6 +74,7 @@ int run_generate(GenerateArgs& a) {
   options.offload_text_encoder = true;
   options.cuda_graphs = a.cuda_graphs;
   ops::set_attention_backend(a.attention_backend);
+  if (a.conv_autotune) ops::set_conv_autotune(true);
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
@@ -164,6 +166,7 @@ int main(int argc, char** argv) {
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32, as diffusers' Wan examples advise)");
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
+  gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (pays off for long videos; costs ~1 s once)");
   gen->add_option("-o,--output", g.output, "Output file: .mp4 (H.264), or .png/.jpg/.webp for a 1-frame image");
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
 
@@ -174,7 +177,7 @@ int main(int argc, char** argv) {
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
   srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout")->required();
-  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph)")
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph, conv)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(CLI::Range(0, 65535));
@@ -203,6 +206,7 @@ int main(int argc, char** argv) {
   bench->add_option("--warmup", b.warmup, "Untimed runs first (pipeline: steps of the warm-up run) (default 2)");
   bench->add_option("--iters", b.iters, "Timed runs; the median is reported (default 5)");
   bench->add_flag("!--no-cuda-graphs", b.cuda_graphs, "transformer, pipeline: run the step eagerly, without CUDA graphs");
+  bench->add_flag("--conv-autotune", b.conv_autotune, "vae, pipeline: autotune the GPU convolutions (as vgen serve does)");
   bench->add_flag("--offload-text-encoder", b.offload_text_encoder, "pipeline: free the text encoder once the prompts are encoded, as vgen generate does");
   bench->add_option("-o,--output", b.output, "pipeline: also write the MP4 (timed)");
   bench->add_option("--inputs", b.inputs, "transformer: safetensors with hidden_states, timestep, encoder_hidden_states")

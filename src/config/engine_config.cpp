@@ -151,7 +151,7 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   };
   const auto number_item = [&r](const YAML::Node& n, const std::string& p) { return r.number(n, p); };
 
-  r.for_each_key(root, "", {"linear", "teacache", "parallel", "attention", "cuda_graph"},
+  r.for_each_key(root, "", {"linear", "teacache", "parallel", "attention", "cuda_graph", "conv"},
                  [&](const std::string& section, const YAML::Node& node, const std::string& path) {
     if (section == "linear") {
       r.for_each_key(node, path, {"quant_algo", "dynamic", "ignore"},
@@ -188,6 +188,10 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
     } else if (section == "cuda_graph") {
       r.for_each_key(node, path, {"enabled"}, [&](const std::string&, const YAML::Node& v, const std::string& p) {
         c.cuda_graph.enabled = r.boolean(v, p);
+      });
+    } else if (section == "conv") {
+      r.for_each_key(node, path, {"autotune"}, [&](const std::string&, const YAML::Node& v, const std::string& p) {
+        c.conv.autotune = r.boolean(v, p);
       });
     }
   });

@@ -6,6 +6,7 @@
 //   parallel:    {cfg_size: 1, ulysses_size: 1}
 //   attention:   {backend: auto}
 //   cuda_graph:  {enabled: true}
+//   conv:        {autotune: true}
 //
 // Every section and key is optional (absent = the default below). Parsing is strict: an
 // unknown key at any level, a duplicate key, a value of the wrong type or out of range is
@@ -58,12 +59,19 @@ struct CudaGraphConfig {
   bool enabled = true;  // replay the transformer step from a CUDA graph (on a GPU)
 };
 
+struct ConvConfig {
+  // Time cuDNN's leading engines for each VAE convolution shape on its first call and keep
+  // the fastest (a one-time cost per shape, repaid from the second video on).
+  bool autotune = true;
+};
+
 struct EngineConfig {
   LinearConfig linear;
   TeaCacheConfig teacache;
   ParallelConfig parallel;
   AttentionConfig attention;
   CudaGraphConfig cuda_graph;
+  ConvConfig conv;
 };
 
 // `source` names the text in errors (the file path).

@@ -276,6 +276,14 @@ void set_allow_tf32(bool allow) {
 #endif
 }
 
+void set_conv_autotune(bool on) {
+#ifdef VGEN_WITH_CUDA
+  cuda::set_conv_autotune(on);
+#else
+  (void)on;
+#endif
+}
+
 std::string attention_backend_name(Device device) {
 #ifdef VGEN_WITH_CUDA
   if (device.is_cuda()) return cuda::attention_backend();

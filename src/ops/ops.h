@@ -64,6 +64,10 @@ std::string attention_backend_name(Device device);
 // convolutions (and so diffusers' float32 VAE) do by default. On unless VGEN_ALLOW_TF32=0;
 // float32 matrix products are always true FP32 (PyTorch's default too).
 void set_allow_tf32(bool allow);
+// Whether GPU convolutions time cuDNN's leading engines on their first call per shape and
+// keep the fastest (torch.backends.cudnn.benchmark): faster from the second decode on, slower
+// the first time. Off unless VGEN_CONV_AUTOTUNE=1; vgen serve turns it on (conv.autotune).
+void set_conv_autotune(bool on);
 
 double sum_abs(const Tensor& x);
 double mean_abs(const Tensor& x);

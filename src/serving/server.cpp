@@ -218,12 +218,15 @@ ServedModel load_served_model(const ServeOptions& options) {
   PipelineOptions pipeline_options = default_pipeline_options(resolve_device(options.device));
   if (!options.dtype.empty()) pipeline_options.dtype = parse_compute_dtype(options.dtype);
   pipeline_options.offload_text_encoder = options.offload_text_encoder;
+  // A server decodes many videos: autotuned convolutions repay their first-call cost.
+  EngineConfig config;
   if (!options.config_file.empty()) {
-    const EngineConfig config = load_engine_config(options.config_file);
+    config = load_engine_config(options.config_file);
     require_implemented(config, options.config_file);
     ops::set_attention_backend(attention_backend_name(config.attention.backend));
     pipeline_options.cuda_graphs = config.cuda_graph.enabled;
   }
+  ops::set_conv_autotune(config.conv.autotune);
   ServedModel m;
   m.pipeline = entry.load(checkpoint, pipeline_options);
   m.info.id = model_id_for(options);

@@ -43,6 +43,7 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_EQ(c.parallel.ulysses_size, 1);
     EXPECT_EQ(c.attention.backend, AttentionBackend::Auto);
     EXPECT_TRUE(c.cuda_graph.enabled);
+    EXPECT_TRUE(c.conv.autotune);
     EXPECT_TRUE(unimplemented_features(c).empty());
     EXPECT_NO_THROW(require_implemented(c, "engine.yaml"));
   }
@@ -67,6 +68,8 @@ attention:
   backend: flash
 cuda_graph:
   enabled: false
+conv:
+  autotune: false
 )",
                                              "engine.yaml");
   EXPECT_EQ(c.linear.quant_algo, QuantAlgo::FP8Blockwise);
@@ -81,6 +84,7 @@ cuda_graph:
   EXPECT_EQ(c.parallel.ulysses_size, 4);
   EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
   EXPECT_FALSE(c.cuda_graph.enabled);
+  EXPECT_FALSE(c.conv.autotune);
 
   // None of these features is built yet: each is named, none silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
@@ -104,7 +108,7 @@ TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
   }
   // What runs: the attention backends vgen has, CUDA graphs on or off.
   for (const char* text : {"attention: {backend: auto}", "attention: {backend: cudnn}", "attention: {backend: reference}",
-                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}"})
+                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}"})
     EXPECT_TRUE(unimplemented_features(parse_engine_config(text, "engine.yaml")).empty()) << text;
   // Settings of a disabled feature are only validated.
   EXPECT_TRUE(unimplemented_features(parse_engine_config("teacache: {threshold: 0.3}\nlinear: {dynamic: false}",
@@ -120,6 +124,9 @@ TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
   m = parse_error("linear: {}\nquantization: {}\n");
   expect_contains(m, "engine.yaml:2:1: quantization: unknown key");
   expect_contains(m, "cuda_graph");
+
+  m = parse_error("conv: {autotune: yes please}\n");
+  expect_contains(m, "conv.autotune");
 
   m = parse_error("parallel:\n  cfg_size: 1\n  tp_size: 2\n");
   expect_contains(m, "parallel.tp_size: unknown key");

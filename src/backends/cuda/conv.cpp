@@ -13,6 +13,11 @@
 // PyTorch, whose cuDNN convolutions use TF32 unless torch.backends.cudnn.allow_tf32 is off):
 // then float32 convolutions may run on tensor cores, as diffusers' float32 VAE does on a GPU.
 //
+// Engines: cuDNN's heuristics choose (mode A; VGEN_CONV_HEURISTICS=B for mode B). With
+// autotuning on (set_conv_autotune, or VGEN_CONV_AUTOTUNE=1) a graph's first call times the
+// heuristics' first kConvAutotunePlans candidates on its own buffers and keeps the fastest:
+// worth it where a process decodes many videos (a server), not for one.
+//
 // Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias). When
 // cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
 // tried, then a contiguous copy of x, and last an im2col (strided copies) + cuBLASLt GEMM path.
@@ -50,10 +55,34 @@ void set_conv_allow_tf32(bool allow) { tf32_flag().store(allow); }
 bool conv_allow_tf32() { return tf32_flag().load(); }
 
 namespace {
+std::atomic<bool>& autotune_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* env = std::getenv("VGEN_CONV_AUTOTUNE");
+    return env != nullptr && std::string(env) == "1";
+  }()};
+  return flag;
+}
+}  // namespace
+
+void set_conv_autotune(bool on) { autotune_flag().store(on); }
+bool conv_autotune() { return autotune_flag().load(); }
+
+namespace {
 
 namespace fe = cudnn_frontend;
 
 enum Uid : int64_t { kX = 1, kW = 2, kBias = 3, kY = 4 };
+
+constexpr int64_t kConvAutotunePlans = 8;                     // candidates timed per graph
+constexpr int64_t kConvAutotuneWorkspace = int64_t{256} << 20;  // the most workspace a candidate may take
+
+fe::HeurMode_t heuristics_mode() {
+  static const fe::HeurMode_t mode = [] {
+    const char* env = std::getenv("VGEN_CONV_HEURISTICS");
+    return env != nullptr && std::string(env) == "B" ? fe::HeurMode_t::B : fe::HeurMode_t::A;
+  }();
+  return mode;
+}
 
 void check_cudnn(cudnnStatus_t status, const char* what) {
   if (status != CUDNN_STATUS_SUCCESS) fail("cudnn: {}: {}", what, cudnnGetErrorString(status));
@@ -108,6 +137,35 @@ ConvState& conv_state() {
 
 std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
 
+// The variant pack of c: its buffers by uid.
+std::unordered_map<int64_t, void*> variant_pack(const Conv& c, bool fuse_bias) {
+  std::unordered_map<int64_t, void*> pack{{kX, c.x.raw_data()}, {kW, c.w.raw_data()}, {kY, c.y.raw_data()}};
+  if (fuse_bias) pack.emplace(kBias, c.bias.raw_data());
+  return pack;
+}
+
+bool stream_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
+}
+
+// Builds the first kConvAutotunePlans candidates of g and times them on c's buffers (y is
+// overwritten), leaving the fastest as g's plan; false (g unchanged) when that fails.
+bool autotune(cudnnHandle_t handle, fe::graph::Graph& g, const Conv& c, bool fuse_bias) {
+  g.deselect_workspace_greater_than(kConvAutotuneWorkspace);
+  const int64_t n = std::min<int64_t>(g.get_execution_plan_count(), kConvAutotunePlans);
+  int64_t built = 0;
+  for (int64_t i = 0; i < n; ++i) built += g.build_plan_at_index(i).is_good() ? 1 : 0;
+  if (built < 2) return false;
+  const int64_t ws = g.get_autotune_workspace_size();
+  if (ws > kConvAutotuneWorkspace) return false;
+  const Tensor workspace = ws > 0 ? Tensor::empty({ws}, DType::U8, c.x.device()) : Tensor();
+  auto pack = variant_pack(c, fuse_bias);
+  const fe::error_t err = g.autotune(handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  if (err.is_bad()) spdlog::debug("conv3d: autotuning failed: {}", err.err_msg);
+  return err.is_good();
+}
+
 ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::string* why) {
   ConvPlan plan;
   const DType dt = c.x.dtype();
@@ -152,14 +210,15 @@ ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::st
 
     fe::error_t err = g->validate();
     if (err.is_good()) err = g->build_operation_graph(handle);
-    if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
+    if (err.is_good()) err = g->create_execution_plans({heuristics_mode(), fe::HeurMode_t::FALLBACK});
     if (err.is_good() && dt == DType::F32 && !conv_allow_tf32()) {
       using N = fe::NumericalNote_t;
       g->deselect_numeric_notes({N::TENSOR_CORE, N::DOWN_CONVERT_INPUTS, N::REDUCED_PRECISION_REDUCTION, N::FFT,
                                  N::WINOGRAD, N::WINOGRAD_TILE_4x4, N::WINOGRAD_TILE_6x6, N::WINOGRAD_TILE_13x13});
     }
     if (err.is_good()) err = g->check_support();
-    if (err.is_good()) err = g->build_plans();
+    const bool tuned = err.is_good() && conv_autotune() && !stream_capturing() && autotune(handle, *g, c, fuse_bias);
+    if (err.is_good() && !tuned) err = g->build_plans();
     if (err.is_good()) err = g->get_workspace_size(plan.workspace);
     if (err.is_bad()) {
       *why = err.err_msg;
@@ -183,7 +242,8 @@ std::string conv_str(const Conv& c) {
 // cuDNN has no engine for it.
 bool run_cudnn(const Conv& c, bool fuse_bias) {
   ConvState& st = conv_state();
-  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), fuse_bias, conv_allow_tf32(), c.channels_last};
+  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), fuse_bias, conv_allow_tf32(), c.channels_last,
+                           conv_autotune()};
   for (const Tensor* t : {&c.x, &c.w, &c.y}) {
     key.insert(key.end(), t->shape().begin(), t->shape().end());
     key.insert(key.end(), t->strides().begin(), t->strides().end());
@@ -204,8 +264,7 @@ bool run_cudnn(const Conv& c, bool fuse_bias) {
   const ConvPlan& plan = it->second;
   if (!plan.graph) return false;
   const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, c.x.device()) : Tensor();
-  std::unordered_map<int64_t, void*> pack{{kX, c.x.raw_data()}, {kW, c.w.raw_data()}, {kY, c.y.raw_data()}};
-  if (fuse_bias) pack.emplace(kBias, c.bias.raw_data());
+  auto pack = variant_pack(c, fuse_bias);
   const fe::error_t err = plan.graph->execute(st.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
   if (err.is_bad()) fail("conv3d: cuDNN failed on {}: {}", conv_str(c), err.err_msg);
   return true;

@@ -1,4 +1,4 @@
-// Precision of float32 convolutions on CUDA (no CUDA headers needed).
+// Precision and engine choice of convolutions on CUDA (no CUDA headers needed).
 #pragma once
 
 namespace vgen::cuda {
@@ -8,5 +8,12 @@ namespace vgen::cuda {
 // off; off gives true float32 (what the parity tests against the CPU use).
 void set_conv_allow_tf32(bool allow);
 bool conv_allow_tf32();
+
+// Whether a convolution graph's first call times cuDNN's leading candidate engines on its
+// own buffers and keeps the fastest (as torch.backends.cudnn.benchmark), instead of taking
+// the heuristics' first choice. Initially off, or on with VGEN_CONV_AUTOTUNE=1. It costs
+// time once per shape, so it pays off in a long-running process (a server), not in one decode.
+void set_conv_autotune(bool on);
+bool conv_autotune();
 
 }  // namespace vgen::cuda
