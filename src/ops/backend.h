@@ -60,8 +60,8 @@ class Backend {
   // x * rsqrt(mean(x^2) + eps) * weight over the last dim (T5 / Wan qk-norm).
   virtual Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) = 0;
   // Wan VAE norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) * sqrt(C) * gamma[C] + bias[C],
-  // then `act` (None or Silu) on the result as rounded to x's dtype. The output keeps a
-  // channels-last 3-D input's layout.
+  // then `act` (None or Silu) on the result as rounded to x's dtype. The CUDA backend keeps a
+  // channels-last 3-D input's layout (the CPU's result is contiguous).
   virtual Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) = 0;
   virtual Tensor softmax(const Tensor& x) = 0;  // over the last dim
 

@@ -11,9 +11,9 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
-#include <string>
 #include <filesystem>
 #include <optional>
+#include <string>
 
 #include "core/error.h"
 #include "io/safetensors.h"
