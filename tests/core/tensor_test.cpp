@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/random.h"
 #include "io/safetensors.h"
@@ -52,6 +53,21 @@ TEST(Tensor, ChannelsLast3dLayoutIsKeptByClonesAndCat) {
   EXPECT_FALSE(randn({3, 4, 5}, 23).transpose(0, 2).prefers_channels_last_3d());
   EXPECT_FALSE(x.permute({0, 2, 1, 3, 4}).prefers_channels_last_3d());
   EXPECT_THROW(Tensor::empty_channels_last_3d({2, 3, 4}, DType::F32, Device::cpu()), Error);
+}
+
+TEST(Env, FlagIsOneOrZeroElseTheFallback) {
+  const char* name = "VGEN_TEST_ENV_FLAG";
+  unsetenv(name);
+  EXPECT_TRUE(env_flag(name, true));
+  EXPECT_FALSE(env_flag(name, false));
+  setenv(name, "1", 1);
+  EXPECT_TRUE(env_flag(name, false));
+  setenv(name, "0", 1);
+  EXPECT_FALSE(env_flag(name, true));
+  setenv(name, "yes", 1);
+  EXPECT_TRUE(env_flag(name, true));
+  EXPECT_FALSE(env_flag(name, false));
+  unsetenv(name);
 }
 
 TEST(DType, Bf16RoundsToNearestEven) {

@@ -13,7 +13,7 @@
 // PyTorch, whose cuDNN convolutions use TF32 unless torch.backends.cudnn.allow_tf32 is off):
 // then float32 convolutions may run on tensor cores, as diffusers' float32 VAE does on a GPU.
 //
-// Engines: cuDNN's heuristics choose (mode A; VGEN_CONV_HEURISTICS=B for mode B). With
+// Engines: cuDNN's heuristics (mode A) choose; mode B picked no faster ones for the Wan VAE. With
 // autotuning on (set_conv_autotune, or VGEN_CONV_AUTOTUNE=1) a graph's first call times the
 // heuristics' first kConvAutotunePlans candidates on its own buffers and keeps the fastest:
 // worth it where a process decodes many videos (a server), not for one.
@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,31 +37,24 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
+#include "core/env.h"
 #include "ops/ops.h"
 
 namespace vgen::cuda {
 namespace {
 std::atomic<bool>& tf32_flag() {
-  static std::atomic<bool> flag{[] {
-    const char* env = std::getenv("VGEN_ALLOW_TF32");
-    return env == nullptr || std::string(env) != "0";
-  }()};
+  static std::atomic<bool> flag{env_flag("VGEN_ALLOW_TF32", true)};
+  return flag;
+}
+
+std::atomic<bool>& autotune_flag() {
+  static std::atomic<bool> flag{env_flag("VGEN_CONV_AUTOTUNE", false)};
   return flag;
 }
 }  // namespace
 
 void set_conv_allow_tf32(bool allow) { tf32_flag().store(allow); }
 bool conv_allow_tf32() { return tf32_flag().load(); }
-
-namespace {
-std::atomic<bool>& autotune_flag() {
-  static std::atomic<bool> flag{[] {
-    const char* env = std::getenv("VGEN_CONV_AUTOTUNE");
-    return env != nullptr && std::string(env) == "1";
-  }()};
-  return flag;
-}
-}  // namespace
 
 void set_conv_autotune(bool on) { autotune_flag().store(on); }
 bool conv_autotune() { return autotune_flag().load(); }
@@ -75,14 +67,6 @@ enum Uid : int64_t { kX = 1, kW = 2, kBias = 3, kY = 4 };
 
 constexpr int64_t kConvAutotunePlans = 8;                     // candidates timed per graph
 constexpr int64_t kConvAutotuneWorkspace = int64_t{256} << 20;  // the most workspace a candidate may take
-
-fe::HeurMode_t heuristics_mode() {
-  static const fe::HeurMode_t mode = [] {
-    const char* env = std::getenv("VGEN_CONV_HEURISTICS");
-    return env != nullptr && std::string(env) == "B" ? fe::HeurMode_t::B : fe::HeurMode_t::A;
-  }();
-  return mode;
-}
 
 void check_cudnn(cudnnStatus_t status, const char* what) {
   if (status != CUDNN_STATUS_SUCCESS) fail("cudnn: {}: {}", what, cudnnGetErrorString(status));
@@ -210,7 +194,7 @@ ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::st
 
     fe::error_t err = g->validate();
     if (err.is_good()) err = g->build_operation_graph(handle);
-    if (err.is_good()) err = g->create_execution_plans({heuristics_mode(), fe::HeurMode_t::FALLBACK});
+    if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
     if (err.is_good() && dt == DType::F32 && !conv_allow_tf32()) {
       using N = fe::NumericalNote_t;
       g->deselect_numeric_notes({N::TENSOR_CORE, N::DOWN_CONVERT_INPUTS, N::REDUCED_PRECISION_REDUCTION, N::FFT,
@@ -360,13 +344,13 @@ Tensor CudaBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& 
     return y.to(x.dtype());
   }
 
-  const char* force = std::getenv("VGEN_CONV_IM2COL");
+  const bool force_im2col = env_flag("VGEN_CONV_IM2COL", false);
   bool bias_done = false, done = false;
   auto run = [&](const Conv& conv) {
     if (conv.bias.defined() && run_cudnn(conv, true)) return bias_done = true;
     return run_cudnn(conv, false);
   };
-  if (force == nullptr || std::string(force) != "1") {
+  if (!force_im2col) {
     done = run(c);
     if (!done && !c.x.is_contiguous()) {  // retry in plain NCDHW
       Conv plain = c;

@@ -1,5 +1,5 @@
 // Device-side helpers for the CUDA backend's kernels: float conversions of the element
-// types, a dtype dispatch, and strided indexing of up to 8 dimensions.
+// types, SiLU, a dtype dispatch, and strided indexing of up to 8 dimensions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -12,6 +12,9 @@
 #include "core/tensor.h"
 
 namespace vgen::cuda {
+
+// x * sigmoid(x), one formula for every kernel that applies it (unary ops, fused norms).
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 
 template <typename T>
 __device__ __forceinline__ float to_float(T v);

@@ -9,8 +9,8 @@
 
 #include <algorithm>
 #include <array>
-#include <numeric>
 #include <cmath>
+#include <numeric>
 #include <utility>
 
 #include "backends/cuda/cuda_backend.h"
@@ -270,7 +270,7 @@ struct UnaryFn {
       case UnaryOp::Scale: return __fmul_rn(v, alpha);
       case UnaryOp::AddScalar: return __fadd_rn(v, alpha);
       case UnaryOp::Clamp: return fminf(fmaxf(v, alpha), beta);
-      case UnaryOp::Silu: return v / (1.0f + expf(-v));
+      case UnaryOp::Silu: return silu(v);
       case UnaryOp::GeluTanh: {
         const float k = 0.7978845608028654f;  // sqrt(2/pi)
         return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));

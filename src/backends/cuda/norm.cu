@@ -324,11 +324,7 @@ template <typename T, bool kSilu>
 __device__ __forceinline__ float channel_rms_out(float v, float denom, float scale, float g, float b, bool has_bias) {
   float y = __fmul_rn(__fmul_rn(__fdiv_rn(v, denom), scale), g);
   if (has_bias) y = __fadd_rn(y, b);
-  if (kSilu) {
-    y = to_float<T>(from_float<T>(y));
-    y = y / (1.0f + expf(-y));
-  }
-  return y;
+  return kSilu ? silu(to_float<T>(from_float<T>(y))) : y;
 }
 
 // x [B, C, inner] contiguous; one thread per VEC consecutive positions of one batch.

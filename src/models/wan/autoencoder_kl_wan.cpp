@@ -10,11 +10,10 @@
 
 #include <array>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <optional>
-#include <string>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -38,10 +37,7 @@ const std::vector<float> kDefaultLatentsStd = {2.8184f, 1.4541f, 2.3275f, 2.6558
                                                3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f};
 
 bool channels_last_on(Device device) {
-  static const bool allowed = [] {
-    const char* env = std::getenv("VGEN_VAE_CHANNELS_LAST");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  static const bool allowed = env_flag("VGEN_VAE_CHANNELS_LAST", true);
   return allowed && device.is_cuda();
 }
 
