@@ -1,9 +1,9 @@
 #include "ops/ops.h"
 
-#include <cstdlib>
 #include <mutex>
 
 #include "backends/cpu/cpu_backend.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/profiling_backend.h"
 #ifdef VGEN_WITH_CUDA
@@ -26,8 +26,7 @@ void ensure_builtin_backends() {
     if (cuda::register_if_available(&why)) g_cuda_unavailable.clear();
     else g_cuda_unavailable = why;
 #endif
-    const char* profile = std::getenv("VGEN_PROFILE_OPS");
-    if (g_backends[1] != nullptr && profile != nullptr && std::string(profile) == "1") {
+    if (g_backends[1] != nullptr && env_flag("VGEN_PROFILE_OPS", false)) {
       static std::unique_ptr<Backend> profiler = make_profiling_backend(g_backends[1]);
       g_backends[1] = profiler.get();
     }
