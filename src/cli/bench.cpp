@@ -65,8 +65,11 @@ void emit(nlohmann::json j) { std::printf("%s\n", j.dump().c_str()); std::fflush
 int run_bench(const BenchArgs& a) {
   const Device device = resolve_device(a.device);
   const DType dtype = a.dtype.empty() ? default_pipeline_options(device).dtype : parse_compute_dtype(a.dtype);
-  ops::set_attention_backend(a.attention_backend);
-  if (a.conv_autotune) ops::set_conv_autotune(true);
+  ExecutionSettings settings = ExecutionSettings::from_environment();
+  settings.attention_backend = a.attention_backend;
+  settings.conv_autotune = settings.conv_autotune || a.conv_autotune;
+  ExecutionContext context(device, settings);
+  const ContextScope scope(context);
   nlohmann::json out = {{"what", "vgen_" + a.what}, {"device", device.str()}, {"dtype", dtype_name(dtype)}};
 
   if (a.what == "attention") {
@@ -79,7 +82,7 @@ int run_bench(const BenchArgs& a) {
     const double s = median_seconds([&] { (void)ops::attention(q, k, v, {}, scale); }, device, a.warmup, a.iters);
     const double flops = 4.0 * a.heads * double(a.seq) * double(a.seq) * a.head_dim;
     out.update({{"S", a.seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
-                {"backend", ops::attention_backend_name(device)}});
+                {"backend", context.settings().attention_backend}});
   } else if (a.what == "transformer") {
     auto model = WanTransformer3DModel::from_pretrained(component_dir(a.model, "transformer"), dtype, device);
     model->enable_cuda_graphs(a.cuda_graphs && device.is_cuda());
@@ -106,7 +109,7 @@ int run_bench(const BenchArgs& a) {
     const double s = median_seconds([&] { (void)model->forward(x, t, ctx); }, device, a.warmup, a.iters);
     const int64_t tokens = lt * (a.height / 16) * (a.width / 16);
     out.update({{"h", a.height}, {"w", a.width}, {"frames", a.num_frames}, {"tokens", tokens}, {"s", s},
-                {"peak_gib", peak_gib(device)}, {"attention", ops::attention_backend_name(device)},
+                {"peak_gib", peak_gib(device)}, {"attention", context.settings().attention_backend},
                 {"cuda_graph_replays", model->graphed_step().replays()}});
   } else if (a.what == "vae") {
     const DType vdt = parse_compute_dtype(a.vae_dtype);

@@ -73,8 +73,6 @@ int run_generate(GenerateArgs& a) {
   // One generation per process: the text encoder's memory goes to the transformer and VAE.
   options.offload_text_encoder = true;
   options.cuda_graphs = a.cuda_graphs;
-  ops::set_attention_backend(a.attention_backend);
-  if (a.conv_autotune) ops::set_conv_autotune(true);
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;

@@ -5,6 +5,7 @@
 #include <new>
 
 #include "core/error.h"
+#include "core/execution_context.h"
 
 namespace vgen {
 namespace {
@@ -39,16 +40,13 @@ Allocator* g_allocators[2] = {nullptr, nullptr};
 
 }  // namespace
 
-// Defined with the backends (ops/ops.cpp): installs the GPU backend, and with it the GPU
-// allocator, on first use.
-bool has_backend(DeviceType type);
-std::string backend_unavailable_reason(DeviceType type);
 
 Allocator& allocator_for(Device device) {
   static CpuAllocator cpu;
   if (device.is_cpu()) return g_allocators[0] ? *g_allocators[0] : cpu;
-  if (g_allocators[1] == nullptr && !has_backend(device.type))
-    fail("no allocator for {}: {}", device.str(), backend_unavailable_reason(device.type));
+  // The GPU's allocator comes with its runtime, made on first use.
+  if (g_allocators[1] == nullptr) ExecutionContext::current().runtime(device);
+  VGEN_CHECK(g_allocators[1] != nullptr, "no allocator for {}", device.str());
   return *g_allocators[1];
 }
 

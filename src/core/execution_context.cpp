@@ -55,14 +55,20 @@ ExecutionContext::ExecutionContext(Device device, ExecutionSettings settings, in
 
 ExecutionContext::~ExecutionContext() {
   // Let queued work finish before the streams and handles go.
-  for (auto& g : gpus_) {
-    if (g) {
-      try {
-        g->synchronize();
-      } catch (...) {
-      }
-    }
+  try {
+    synchronize();
+  } catch (...) {
   }
+}
+
+void ExecutionContext::synchronize() {
+  std::vector<std::shared_ptr<DeviceRuntime>> made;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& g : gpus_)
+      if (g) made.push_back(g);
+  }
+  for (auto& g : made) g->synchronize();
 }
 
 DeviceRuntime& ExecutionContext::runtime(Device device) {
@@ -92,12 +98,21 @@ ExecutionContext& ExecutionContext::process_default() {
 ExecutionContext& ExecutionContext::current() { return t_bound != nullptr ? *t_bound : process_default(); }
 
 ContextScope::ContextScope(ExecutionContext& context) : previous_(t_bound) {
+  ExecutionContext& before = ExecutionContext::current();
+  if (&before != &context) before.synchronize();
   t_bound = &context;
   if (!context.device().is_cpu()) context.runtime(context.device()).activate();
 }
 
 ContextScope::~ContextScope() {
+  ExecutionContext* scoped = t_bound;
   t_bound = previous_;
+  if (scoped != nullptr && scoped != &ExecutionContext::current()) {
+    try {
+      scoped->synchronize();
+    } catch (...) {
+    }
+  }
   if (previous_ != nullptr && !previous_->device().is_cpu()) {
     try {
       previous_->runtime(previous_->device()).activate();

@@ -58,6 +58,8 @@ class DeviceRuntime {
   virtual void synchronize() {}
   // Called when a context holding this runtime is bound to a thread (e.g. cudaSetDevice).
   virtual void activate() {}
+  // The runtime doing the work when this one wraps another (a profiler), else this one.
+  virtual DeviceRuntime& underlying() { return *this; }
 };
 
 // Makes the runtime of one device type for a context (registered by each backend).
@@ -92,6 +94,9 @@ class ExecutionContext {
   // naming the device and the reason when it cannot run here.
   DeviceRuntime& runtime(Device device);
 
+  // Waits for the work queued by this context's device runtimes (those made so far).
+  void synchronize();
+
   // The context bound to this thread, else the process default.
   static ExecutionContext& current();
   // The process default context: the CPU, ExecutionSettings::from_environment().
@@ -107,7 +112,9 @@ class ExecutionContext {
 };
 
 // Binds a context to this thread until the scope ends (scopes nest; the previous binding
-// comes back).
+// comes back). Tensors cross between contexts safely at scope edges: binding waits for the
+// work queued by the context bound before, and ending the scope waits for the scoped
+// context's own (each context has its own GPU stream).
 class ContextScope {
  public:
   explicit ContextScope(ExecutionContext& context);

@@ -5,7 +5,7 @@
 
 #include "core/allocator.h"
 #include "core/error.h"
-#include "ops/backend.h"
+#include "core/execution_context.h"
 
 namespace vgen {
 
@@ -75,7 +75,7 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return fu
 
 Tensor Tensor::full(const Shape& shape, float value, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  backend_for(device).fill(t, value);
+  ExecutionContext::current().runtime(device).fill(t, value);
   return t;
 }
 
@@ -281,7 +281,7 @@ void Tensor::copy_(const Tensor& src) {
   VGEN_CHECK(shape_ == src.shape_, "copy_: shape {} into {}", shape_str(src.shape_), shape_str(shape_));
   // The non-CPU side owns the copy (it knows how to reach host memory).
   const Device d = device().is_cpu() ? src.device() : device();
-  backend_for(d).copy(*this, src);
+  ExecutionContext::current().runtime(d).copy(*this, src);
 }
 
 std::vector<float> Tensor::to_vector() const {

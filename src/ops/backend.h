@@ -1,7 +1,41 @@
-// The op interface every compute backend implements (CPU reference, CUDA).
+// The op interface every compute backend implements (CPU reference, CUDA), generated from
+// the op list (ops/op_list.h).
 //
-// Ops take and return Tensors on the backend's device. The CPU backend is the
-// reference: each other backend is tested op by op against it (tests/ops).
+// Ops take and return Tensors on the backend's device. The CPU backend is the reference: each
+// other backend is tested op by op against it (tests/ops/backend_ops_test.cpp). A backend
+// instance belongs to one ExecutionContext (core/execution_context.h) and one device, and
+// holds that context's state for the device (for CUDA: stream, library handles, plan caches).
+//
+// What each op computes:
+//   copy(dst, src)        dst and src have the same shape; either may be strided or of another
+//                         dtype (or, for a device backend, in host memory)
+//   fill(dst, value)
+//   binary(op, a, b)      elementwise with numpy broadcasting; the result has a's dtype
+//   unary(op, x, a, b)    Scale: x*a. AddScalar: x+a. Clamp: to [a, b]. Others ignore a, b
+//   axpby(a, x, b, y)     a*x + b*y for same-shape tensors, accumulated in float32
+//   linear(x, w, b, act)  x[..., in] @ w[out, in]^T + b[out], then the activation
+//   matmul(a, b)          a[..., M, K] @ b[..., K, N]; batch dims of b equal a's, or b is 2-D
+//   layer_norm            over the last dim; undefined weight/bias: no affine part; float32
+//                         statistics, rounded once to x's dtype (layer_norm(x.float()).to(x.dtype))
+//   rms_norm              x * rsqrt(mean(x^2) + eps) * weight over the last dim (T5, Wan qk-norm)
+//   channel_rms_norm      the Wan VAE's norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) *
+//                         sqrt(C) * gamma[C] + bias[C], then act (None or Silu) on the result as
+//                         rounded to x's dtype. CUDA keeps a channels-last 3-D input's layout.
+//   softmax               over the last dim
+//   attention(q,k,v,bias,scale)  softmax(q k^T * scale + bias) v; q [B, H, Sq, D], k/v
+//                         [B, H, Sk, D]; bias optional, additive, broadcastable to [B, H, Sq, Sk].
+//                         The kernel is the context's ExecutionSettings::attention_backend.
+//   rope(x, cos, sin)     rotary embedding on interleaved pairs: x [B, S, H, D], cos/sin [S, D] F32
+//   embedding(ids, table) table[ids]: ids I64 of any shape, table [V, D]
+//   conv3d(x, w, b, p)    x [B, C, T, H, W], w [O, C, kt, kh, kw], b [O] (optional)
+//   upsample_nearest2x    nearest-neighbour 2x upsampling of the last two dims
+//   sum_abs               sum of |x| in double
+//   modulated_layer_norm  (layer_norm(x.float()) * (1 + scale) + shift).to(x.dtype): x [B, S, D];
+//                         scale/shift F32 broadcastable to [B, S, D] ([B, 1, D] or per token)
+//   gated_residual        (x.float() + y.float() * gate).to(x.dtype): x, y [B, S, D]; gate as scale
+//   rms_norm_rope         rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x
+//                         [B, S, H, D] (rows may be strided, as a slice of a fused QKV
+//                         projection), weight [H * D]
 #pragma once
 
 #include <array>
@@ -10,7 +44,9 @@
 #include <string>
 #include <vector>
 
+#include "core/execution_context.h"
 #include "core/tensor.h"
+#include "ops/op_list.h"
 
 namespace vgen {
 
@@ -26,6 +62,18 @@ struct Conv3dParams {
   int64_t time_padding_before = -1;
 };
 
+enum class Op {
+#define VGEN_OP_ENUM(name, ret, params, args, kind) name,
+  VGEN_OP_LIST(VGEN_OP_ENUM)
+#undef VGEN_OP_ENUM
+};
+enum class OpKind { Primitive, Composite };
+
+const char* op_name(Op op);
+OpKind op_kind(Op op);
+// Every op of the list, in order.
+const std::vector<Op>& all_ops();
+
 // Device work recorded by Backend::capture, replayed on the backend's stream.
 class CapturedWork {
  public:
@@ -33,82 +81,34 @@ class CapturedWork {
   virtual void replay() = 0;
 };
 
-class Backend {
+class Backend : public DeviceRuntime {
  public:
-  virtual ~Backend() = default;
-  virtual std::string name() const = 0;
+  // Whether this backend runs `op` on inputs of `dtype` (the dtype of the op's main input:
+  // x, a, q, the table of an embedding, the destination of a copy or fill). The ops
+  // wrappers refuse an unsupported call with an error naming the op, the dtype and the
+  // backend. The default: every op on the floating dtypes F32, BF16, F16.
+  virtual bool supports(Op op, DType dtype) const;
 
-  // dst and src have the same shape; either may be strided or of another dtype.
-  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
-  virtual void fill(const Tensor& dst, float value) = 0;
-
-  // Elementwise with numpy broadcasting; result dtype is a's.
-  virtual Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) = 0;
-  // Scale: x*alpha. AddScalar: x+alpha. Clamp: to [alpha, beta]. Others ignore alpha/beta.
-  virtual Tensor unary(UnaryOp op, const Tensor& x, float alpha, float beta) = 0;
-  // alpha*a + beta*b for same-shape tensors, accumulated in float32.
-  virtual Tensor axpby(float alpha, const Tensor& a, float beta, const Tensor& b) = 0;
-
-  // x[..., in] @ weight[out, in]^T + bias[out], then the activation.
-  virtual Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act) = 0;
-  // a[..., M, K] @ b[..., K, N]; batch dims of b equal a's, or b is 2-D.
-  virtual Tensor matmul(const Tensor& a, const Tensor& b) = 0;
-
-  // Over the last dim; undefined weight/bias means no affine part. Computed in float32 (statistics
-  // and affine part), rounded once to x's dtype: layer_norm(x.float()).to(x.dtype).
-  virtual Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) = 0;
-  // x * rsqrt(mean(x^2) + eps) * weight over the last dim (T5 / Wan qk-norm).
-  virtual Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) = 0;
-  // Wan VAE norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) * sqrt(C) * gamma[C] + bias[C],
-  // then `act` (None or Silu) on the result as rounded to x's dtype. The CUDA backend keeps a
-  // channels-last 3-D input's layout (the CPU's result is contiguous).
-  virtual Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) = 0;
-  virtual Tensor softmax(const Tensor& x) = 0;  // over the last dim
-
-  // softmax(q k^T * scale + bias) v; q [B, H, Sq, D], k/v [B, H, Sk, D];
-  // bias (optional, additive) broadcastable to [B, H, Sq, Sk].
-  virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
-                           float scale) = 0;
-  // Rotary embedding on interleaved pairs: x [B, S, H, D], cos/sin [S, D] (float32).
-  virtual Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) = 0;
-  // table[ids]: ids (I64) of any shape, table [V, D].
-  virtual Tensor embedding(const Tensor& ids, const Tensor& table) = 0;
-
-  // x [B, C, T, H, W], weight [O, C, kt, kh, kw], bias [O] (optional).
-  virtual Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) = 0;
-  // Nearest-neighbour 2x upsampling of the last two dims.
-  virtual Tensor upsample_nearest2x(const Tensor& x) = 0;
-
-  virtual double sum_abs(const Tensor& x) = 0;
-
-  // Fused ops. The defaults compose the ops above (the reference every backend's own
-  // version is tested against); a backend overrides them with single kernels.
-  //
-  // (layer_norm(x.float()) * (1 + scale) + shift).to(x.dtype): x [B, S, D]; scale and shift
-  // float32, broadcastable to [B, S, D] (one row per batch [B, 1, D] or per token).
-  virtual Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps);
-  // (x.float() + y.float() * gate).to(x.dtype): x, y [B, S, D]; gate float32 like scale above.
-  virtual Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
-  // rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x [B, S, H, D] (rows may
-  // be strided, as a slice of a fused QKV projection), weight [H * D] -> [B, S, H, D].
-  virtual Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,
-                               const Tensor& sin);
-
-  // Waits for all queued work (a no-op on the CPU).
-  virtual void synchronize() {}
+  // The ops. A Primitive's default throws (a backend that leaves one out must say so in
+  // supports()); a Composite's default composes primitives.
+#define VGEN_OP_VIRTUAL(name, ret, params, args, kind) virtual ret name params;
+  VGEN_OP_LIST(VGEN_OP_VIRTUAL)
+#undef VGEN_OP_VIRTUAL
 
   // Records the device work that `work` queues, without running it, for replay as one launch
   // (a CUDA graph). Throws when this backend cannot capture (the default), or when `work`
   // does what a recording cannot hold: a host synchronization or transfer, or memory
   // allocated inside that outlives it (or memory from outside freed inside).
   virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work);
+
+ protected:
+  [[noreturn]] void not_implemented(Op op) const;
 };
 
+// The backend that runs work on `device` in the context bound to this thread.
 Backend& backend_for(Device device);
-// Installed by a backend at startup (the CPU one is built in).
-void register_backend(DeviceType type, Backend* backend);
+// Whether a device type can run here, and why not (see core/execution_context.h).
 bool has_backend(DeviceType type);
-// Why there is no backend for `type` ("" when there is one), e.g. "no CUDA device found".
 std::string backend_unavailable_reason(DeviceType type);
 
 }  // namespace vgen

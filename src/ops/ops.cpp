@@ -1,58 +1,56 @@
 #include "ops/ops.h"
 
-#include <mutex>
-
-#include "backends/cpu/cpu_backend.h"
-#include "core/env.h"
 #include "core/error.h"
-#include "ops/profiling_backend.h"
-#ifdef VGEN_WITH_CUDA
-#include "backends/cuda/attention.h"
-#include "backends/cuda/conv.h"
-#include "backends/cuda/cuda_backend.h"
-#endif
 
 namespace vgen {
-namespace {
-Backend* g_backends[2] = {nullptr, nullptr};
-std::string g_cuda_unavailable = "vgen was built without CUDA support";
 
-// Installs the GPU backend on first use when this build has one and a device is present.
-void ensure_builtin_backends() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-#ifdef VGEN_WITH_CUDA
-    std::string why;
-    if (cuda::register_if_available(&why)) g_cuda_unavailable.clear();
-    else g_cuda_unavailable = why;
-#endif
-    if (g_backends[1] != nullptr && env_flag("VGEN_PROFILE_OPS", false)) {
-      static std::unique_ptr<Backend> profiler = make_profiling_backend(g_backends[1]);
-      g_backends[1] = profiler.get();
-    }
-  });
-}
-}  // namespace
-
-Backend& backend_for(Device device) {
-  if (device.is_cpu() && g_backends[0] == nullptr) return cpu::cpu_backend();
-  ensure_builtin_backends();
-  Backend* b = g_backends[device.is_cpu() ? 0 : 1];
-  if (b == nullptr) fail("no backend for device {}: {}", device.str(), g_cuda_unavailable);
-  if (device.is_cuda() && device.index != 0)
-    fail("device {}: vgen uses one GPU per process, cuda:0 (choose it with CUDA_VISIBLE_DEVICES)", device.str());
-  return *b;
+const char* op_name(Op op) {
+  static const char* const names[] = {
+#define VGEN_OP_NAME(name, ret, params, args, kind) #name,
+      VGEN_OP_LIST(VGEN_OP_NAME)
+#undef VGEN_OP_NAME
+  };
+  return names[static_cast<size_t>(op)];
 }
 
-void register_backend(DeviceType type, Backend* backend) { g_backends[type == DeviceType::CPU ? 0 : 1] = backend; }
-bool has_backend(DeviceType type) {
-  if (type == DeviceType::CPU) return true;
-  ensure_builtin_backends();
-  return g_backends[1] != nullptr;
+OpKind op_kind(Op op) {
+  static const OpKind kinds[] = {
+#define VGEN_OP_KIND(name, ret, params, args, kind) OpKind::kind,
+      VGEN_OP_LIST(VGEN_OP_KIND)
+#undef VGEN_OP_KIND
+  };
+  return kinds[static_cast<size_t>(op)];
 }
-std::string backend_unavailable_reason(DeviceType type) {
-  return has_backend(type) ? std::string() : g_cuda_unavailable;
+
+const std::vector<Op>& all_ops() {
+  static const std::vector<Op> ops = {
+#define VGEN_OP_ITEM(name, ret, params, args, kind) Op::name,
+      VGEN_OP_LIST(VGEN_OP_ITEM)
+#undef VGEN_OP_ITEM
+  };
+  return ops;
 }
+
+bool Backend::supports(Op, DType dtype) const {
+  return dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16;
+}
+
+void Backend::not_implemented(Op op) const { fail("op '{}' is not implemented by the {} backend", op_name(op), name()); }
+
+// A Primitive's default says it is missing; Composites are defined below.
+#define VGEN_OP_MISSING_Primitive(name, ret, params, args) \
+  ret Backend::name params { not_implemented(Op::name); }
+#define VGEN_OP_MISSING_Composite(name, ret, params, args)
+#define VGEN_OP_MISSING(name, ret, params, args, kind) VGEN_OP_MISSING_##kind(name, ret, params, args)
+VGEN_OP_LIST(VGEN_OP_MISSING)
+#undef VGEN_OP_MISSING
+#undef VGEN_OP_MISSING_Primitive
+#undef VGEN_OP_MISSING_Composite
+
+// Every runtime a provider makes is a Backend (the backends register them: backends/*).
+Backend& backend_for(Device device) { return static_cast<Backend&>(ExecutionContext::current().runtime(device)); }
+bool has_backend(DeviceType type) { return device_available(type); }
+std::string backend_unavailable_reason(DeviceType type) { return device_unavailable_reason(type); }
 
 std::unique_ptr<CapturedWork> Backend::capture(const std::function<void()>&) {
   fail("{}: this backend cannot record work for replay", name());
@@ -77,9 +75,13 @@ Tensor Backend::rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, 
 namespace ops {
 namespace {
 
-Backend& on(const Tensor& x, const char* op) {
+// The backend of x's device in the bound context, after checking it runs `id` on x's dtype.
+Backend& on(const Tensor& x, Op id, const char* op) {
   VGEN_CHECK(x.defined(), "{}: undefined input tensor", op);
-  return backend_for(x.device());
+  Backend& b = backend_for(x.device());
+  if (!b.supports(id, x.dtype()))
+    fail("{}: {} is not supported by the {} backend for {} inputs", op, op_name(id), b.name(), dtype_name(x.dtype()));
+  return b;
 }
 
 void same_device(const Tensor& a, const Tensor& b, const char* op) {
@@ -89,22 +91,22 @@ void same_device(const Tensor& a, const Tensor& b, const char* op) {
 
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { same_device(a, b, "add"); return on(a, "add").binary(BinaryOp::Add, a, b); }
-Tensor sub(const Tensor& a, const Tensor& b) { same_device(a, b, "sub"); return on(a, "sub").binary(BinaryOp::Sub, a, b); }
-Tensor mul(const Tensor& a, const Tensor& b) { same_device(a, b, "mul"); return on(a, "mul").binary(BinaryOp::Mul, a, b); }
-Tensor div(const Tensor& a, const Tensor& b) { same_device(a, b, "div"); return on(a, "div").binary(BinaryOp::Div, a, b); }
-Tensor scale(const Tensor& x, float s) { return on(x, "scale").unary(UnaryOp::Scale, x, s, 0.0f); }
-Tensor add_scalar(const Tensor& x, float s) { return on(x, "add_scalar").unary(UnaryOp::AddScalar, x, s, 0.0f); }
-Tensor clamp(const Tensor& x, float lo, float hi) { return on(x, "clamp").unary(UnaryOp::Clamp, x, lo, hi); }
-Tensor silu(const Tensor& x) { return on(x, "silu").unary(UnaryOp::Silu, x, 0, 0); }
-Tensor gelu_tanh(const Tensor& x) { return on(x, "gelu_tanh").unary(UnaryOp::GeluTanh, x, 0, 0); }
-Tensor gelu(const Tensor& x) { return on(x, "gelu").unary(UnaryOp::Gelu, x, 0, 0); }
-Tensor exp(const Tensor& x) { return on(x, "exp").unary(UnaryOp::Exp, x, 0, 0); }
+Tensor add(const Tensor& a, const Tensor& b) { same_device(a, b, "add"); return on(a, Op::binary, "add").binary(BinaryOp::Add, a, b); }
+Tensor sub(const Tensor& a, const Tensor& b) { same_device(a, b, "sub"); return on(a, Op::binary, "sub").binary(BinaryOp::Sub, a, b); }
+Tensor mul(const Tensor& a, const Tensor& b) { same_device(a, b, "mul"); return on(a, Op::binary, "mul").binary(BinaryOp::Mul, a, b); }
+Tensor div(const Tensor& a, const Tensor& b) { same_device(a, b, "div"); return on(a, Op::binary, "div").binary(BinaryOp::Div, a, b); }
+Tensor scale(const Tensor& x, float s) { return on(x, Op::unary, "scale").unary(UnaryOp::Scale, x, s, 0.0f); }
+Tensor add_scalar(const Tensor& x, float s) { return on(x, Op::unary, "add_scalar").unary(UnaryOp::AddScalar, x, s, 0.0f); }
+Tensor clamp(const Tensor& x, float lo, float hi) { return on(x, Op::unary, "clamp").unary(UnaryOp::Clamp, x, lo, hi); }
+Tensor silu(const Tensor& x) { return on(x, Op::unary, "silu").unary(UnaryOp::Silu, x, 0, 0); }
+Tensor gelu_tanh(const Tensor& x) { return on(x, Op::unary, "gelu_tanh").unary(UnaryOp::GeluTanh, x, 0, 0); }
+Tensor gelu(const Tensor& x) { return on(x, Op::unary, "gelu").unary(UnaryOp::Gelu, x, 0, 0); }
+Tensor exp(const Tensor& x) { return on(x, Op::unary, "exp").unary(UnaryOp::Exp, x, 0, 0); }
 
 Tensor axpby(float alpha, const Tensor& a, float beta, const Tensor& b) {
   same_device(a, b, "axpby");
   VGEN_CHECK(a.shape() == b.shape(), "axpby: shapes {} and {} differ", shape_str(a.shape()), shape_str(b.shape()));
-  return on(a, "axpby").axpby(alpha, a, beta, b);
+  return on(a, Op::axpby, "axpby").axpby(alpha, a, beta, b);
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act) {
@@ -114,34 +116,34 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activat
              x.str(), weight.str());
   VGEN_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
              "linear: bias {} does not match weight {}", bias.str(), weight.str());
-  return on(x, "linear").linear(x, weight, bias, act);
+  return on(x, Op::linear, "linear").linear(x, weight, bias, act);
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
   same_device(a, b, "matmul");
   VGEN_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), "matmul: {} x {}", a.str(), b.str());
-  return on(a, "matmul").matmul(a, b);
+  return on(a, Op::matmul, "matmul").matmul(a, b);
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
   VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "layer_norm: weight {} for input {}", weight.str(), x.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == x.size(-1), "layer_norm: bias {} for input {}", bias.str(), x.str());
-  return on(x, "layer_norm").layer_norm(x, weight, bias, eps);
+  return on(x, Op::layer_norm, "layer_norm").layer_norm(x, weight, bias, eps);
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "rms_norm: weight {} for input {}", weight.str(), x.str());
-  return on(x, "rms_norm").rms_norm(x, weight, eps);
+  return on(x, Op::rms_norm, "rms_norm").rms_norm(x, weight, eps);
 }
 
 Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) {
   VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "channel_rms_norm: gamma {} for input {}", gamma.str(), x.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "channel_rms_norm: bias {} for input {}", bias.str(), x.str());
   VGEN_CHECK(act == Activation::None || act == Activation::Silu, "channel_rms_norm: only SiLU (or nothing) may follow");
-  return on(x, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act);
+  return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act);
 }
 
-Tensor softmax(const Tensor& x) { return on(x, "softmax").softmax(x); }
+Tensor softmax(const Tensor& x) { return on(x, Op::softmax, "softmax").softmax(x); }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
   VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q {}, k {}, v {} must be [B, H, S, D]",
@@ -149,19 +151,19 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   VGEN_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
                  k.shape() == v.shape(),
              "attention: q {}, k {}, v {} do not agree", q.str(), k.str(), v.str());
-  return on(q, "attention").attention(q, k, v, bias, scale);
+  return on(q, Op::attention, "attention").attention(q, k, v, bias, scale);
 }
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   VGEN_CHECK(x.dim() == 4 && cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) &&
                  sin.shape() == cos.shape() && x.size(3) % 2 == 0,
              "rope: x {} with cos {} sin {}", x.str(), cos.str(), sin.str());
-  return on(x, "rope").rope(x, cos, sin);
+  return on(x, Op::rope, "rope").rope(x, cos, sin);
 }
 
 Tensor embedding(const Tensor& ids, const Tensor& table) {
   VGEN_CHECK(ids.dtype() == DType::I64 && table.dim() == 2, "embedding: ids {} table {}", ids.str(), table.str());
-  return on(table, "embedding").embedding(ids, table);
+  return on(table, Op::embedding, "embedding").embedding(ids, table);
 }
 
 Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params) {
@@ -177,10 +179,10 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     VGEN_CHECK(x.size(2 + i) + before + params.padding[i] >= weight.size(2 + i),
                "conv3d: input {} smaller than kernel {}", x.str(), weight.str());
   }
-  return on(x, "conv3d").conv3d(x, weight, bias, params);
+  return on(x, Op::conv3d, "conv3d").conv3d(x, weight, bias, params);
 }
 
-Tensor upsample_nearest2x(const Tensor& x) { return on(x, "upsample_nearest2x").upsample_nearest2x(x); }
+Tensor upsample_nearest2x(const Tensor& x) { return on(x, Op::upsample_nearest2x, "upsample_nearest2x").upsample_nearest2x(x); }
 
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   VGEN_CHECK(!tensors.empty(), "cat of no tensors");
@@ -230,7 +232,7 @@ Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& 
                  scale.size(2) == x.size(2) && (scale.size(0) == x.size(0) || scale.size(0) == 1) &&
                  (scale.size(1) == x.size(1) || scale.size(1) == 1),
              "modulated_layer_norm: x {} with scale {} shift {}", x.str(), scale.str(), shift.str());
-  return on(x, "modulated_layer_norm").modulated_layer_norm(x, scale, shift, eps);
+  return on(x, Op::modulated_layer_norm, "modulated_layer_norm").modulated_layer_norm(x, scale, shift, eps);
 }
 
 Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
@@ -240,7 +242,7 @@ Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
                  gate.dtype() == DType::F32 && gate.size(2) == x.size(2) &&
                  (gate.size(0) == x.size(0) || gate.size(0) == 1) && (gate.size(1) == x.size(1) || gate.size(1) == 1),
              "gated_residual: x {} y {} gate {}", x.str(), y.str(), gate.str());
-  return on(x, "gated_residual").gated_residual(x, y, gate);
+  return on(x, Op::gated_residual, "gated_residual").gated_residual(x, y, gate);
 }
 
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
@@ -249,7 +251,7 @@ Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Ten
                  cos.size(0) == x.size(1) && cos.size(1) == x.size(3) && sin.shape() == cos.shape() &&
                  x.size(3) % 2 == 0,
              "rms_norm_rope: x {} weight {} cos {} sin {}", x.str(), weight.str(), cos.str(), sin.str());
-  return on(x, "rms_norm_rope").rms_norm_rope(x, weight, eps, cos, sin);
+  return on(x, Op::rms_norm_rope, "rms_norm_rope").rms_norm_rope(x, weight, eps, cos, sin);
 }
 
 void synchronize(Device device) { backend_for(device).synchronize(); }
@@ -258,39 +260,7 @@ std::unique_ptr<CapturedWork> capture(Device device, const std::function<void()>
   return backend_for(device).capture(work);
 }
 
-void set_attention_backend(const std::string& name) {
-  if (name != "auto" && name != "cudnn" && name != "reference")
-    fail("unknown attention backend '{}': expected auto, cudnn or reference", name);
-#ifdef VGEN_WITH_CUDA
-  // "auto" keeps the backend's own choice (cuDNN, or $VGEN_ATTENTION_BACKEND).
-  if (name != "auto" && has_backend(DeviceType::CUDA)) cuda::set_attention_backend(name);
-#endif
-}
-
-void set_allow_tf32(bool allow) {
-#ifdef VGEN_WITH_CUDA
-  cuda::set_conv_allow_tf32(allow);
-#else
-  (void)allow;
-#endif
-}
-
-void set_conv_autotune(bool on) {
-#ifdef VGEN_WITH_CUDA
-  cuda::set_conv_autotune(on);
-#else
-  (void)on;
-#endif
-}
-
-std::string attention_backend_name(Device device) {
-#ifdef VGEN_WITH_CUDA
-  if (device.is_cuda()) return cuda::attention_backend();
-#endif
-  return "cpu";
-}
-
-double sum_abs(const Tensor& x) { return on(x, "sum_abs").sum_abs(x); }
+double sum_abs(const Tensor& x) { return on(x, Op::sum_abs, "sum_abs").sum_abs(x); }
 double mean_abs(const Tensor& x) { return x.numel() == 0 ? 0.0 : sum_abs(x) / static_cast<double>(x.numel()); }
 
 }  // namespace ops

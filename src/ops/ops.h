@@ -1,4 +1,5 @@
-// The ops models are written with. Each dispatches to the backend of its inputs' device.
+// The ops models are written with. Each validates its inputs, then dispatches to the backend
+// that runs their device in the execution context bound to this thread (core/execution_context.h).
 #pragma once
 
 #include <vector>
@@ -54,20 +55,6 @@ void synchronize(Device device);
 // Records the work `work` queues on `device` for replay as one launch (see Backend::capture;
 // GraphedCallable (ops/graphed_callable.h) is the safe way to use it).
 std::unique_ptr<CapturedWork> capture(Device device, const std::function<void()>& work);
-
-// The GPU attention kernel: "auto" (the fastest available: cuDNN's fused SDPA), "cudnn", or
-// "reference" (plain GEMM + softmax; also what cuDNN falls back to for cases it rejects).
-void set_attention_backend(const std::string& name);
-std::string attention_backend_name(Device device);
-
-// Whether float32 convolutions on the GPU may use TF32 tensor cores, as PyTorch's cuDNN
-// convolutions (and so diffusers' float32 VAE) do by default. On unless VGEN_ALLOW_TF32=0;
-// float32 matrix products are always true FP32 (PyTorch's default too).
-void set_allow_tf32(bool allow);
-// Whether GPU convolutions time cuDNN's leading engines on their first call per shape and
-// keep the fastest (torch.backends.cudnn.benchmark): faster from the second decode on, slower
-// the first time. Off unless VGEN_CONV_AUTOTUNE=1; vgen serve turns it on (conv.autotune).
-void set_conv_autotune(bool on);
 
 double sum_abs(const Tensor& x);
 double mean_abs(const Tensor& x);

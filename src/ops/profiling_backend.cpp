@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -14,64 +15,20 @@ namespace {
 
 class ProfilingBackend final : public Backend {
  public:
-  explicit ProfilingBackend(Backend* inner) : inner_(inner) {}
+  explicit ProfilingBackend(std::shared_ptr<Backend> inner) : owned_(std::move(inner)), inner_(owned_.get()) {}
   ~ProfilingBackend() override { report(); }
 
   std::string name() const override { return inner_->name(); }
-  void copy(const Tensor& d, const Tensor& s) override {
-    // Host transfers (weight uploads while loading, results read back) apart from device copies.
-    const char* op = s.device().is_cpu() ? "copy host->device" : d.device().is_cpu() ? "copy device->host" : "copy";
-    timed(op, [&] { inner_->copy(d, s); });
-  }
-  void fill(const Tensor& d, float v) override { timed("fill", [&] { inner_->fill(d, v); }); }
-  Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) override {
-    return timed("binary", [&] { return inner_->binary(op, a, b); });
-  }
-  Tensor unary(UnaryOp op, const Tensor& x, float a, float b) override {
-    return timed("unary", [&] { return inner_->unary(op, x, a, b); });
-  }
-  Tensor axpby(float a, const Tensor& x, float b, const Tensor& y) override {
-    return timed("axpby", [&] { return inner_->axpby(a, x, b, y); });
-  }
-  Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b, Activation act) override {
-    return timed("linear", [&] { return inner_->linear(x, w, b, act); });
-  }
-  Tensor matmul(const Tensor& a, const Tensor& b) override { return timed("matmul", [&] { return inner_->matmul(a, b); }); }
-  Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps) override {
-    return timed("layer_norm", [&] { return inner_->layer_norm(x, w, b, eps); });
-  }
-  Tensor rms_norm(const Tensor& x, const Tensor& w, float eps) override {
-    return timed("rms_norm", [&] { return inner_->rms_norm(x, w, eps); });
-  }
-  Tensor channel_rms_norm(const Tensor& x, const Tensor& g, const Tensor& b, Activation act) override {
-    return timed("channel_rms_norm", [&] { return inner_->channel_rms_norm(x, g, b, act); });
-  }
-  Tensor softmax(const Tensor& x) override { return timed("softmax", [&] { return inner_->softmax(x); }); }
-  Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) override {
-    return timed("attention", [&] { return inner_->attention(q, k, v, bias, scale); });
-  }
-  Tensor rope(const Tensor& x, const Tensor& c, const Tensor& s) override {
-    return timed("rope", [&] { return inner_->rope(x, c, s); });
-  }
-  Tensor embedding(const Tensor& ids, const Tensor& t) override {
-    return timed("embedding", [&] { return inner_->embedding(ids, t); });
-  }
-  Tensor conv3d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv3dParams& p) override {
-    return timed("conv3d", [&] { return inner_->conv3d(x, w, b, p); });
-  }
-  Tensor upsample_nearest2x(const Tensor& x) override {
-    return timed("upsample_nearest2x", [&] { return inner_->upsample_nearest2x(x); });
-  }
-  double sum_abs(const Tensor& x) override { return timed("sum_abs", [&] { return inner_->sum_abs(x); }); }
-  Tensor modulated_layer_norm(const Tensor& x, const Tensor& s, const Tensor& sh, float eps) override {
-    return timed("modulated_layer_norm", [&] { return inner_->modulated_layer_norm(x, s, sh, eps); });
-  }
-  Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& g) override {
-    return timed("gated_residual", [&] { return inner_->gated_residual(x, y, g); });
-  }
-  Tensor rms_norm_rope(const Tensor& x, const Tensor& w, float eps, const Tensor& c, const Tensor& s) override {
-    return timed("rms_norm_rope", [&] { return inner_->rms_norm_rope(x, w, eps, c, s); });
-  }
+  bool supports(Op op, DType dtype) const override { return inner_->supports(op, dtype); }
+  void activate() override { inner_->activate(); }
+  DeviceRuntime& underlying() override { return inner_->underlying(); }
+
+  // Every op of the list, timed under its name; copies apart by direction (host transfers,
+  // weight uploads while loading and results read back, are not device work).
+#define VGEN_PROFILED_OP(name, ret, params, args, kind) \
+  ret name params override { return timed(label(Op::name, args_device_hint args), [&] { return inner_->name args; }); }
+  VGEN_OP_LIST(VGEN_PROFILED_OP)
+#undef VGEN_PROFILED_OP
   void synchronize() override { inner_->synchronize(); }
   std::unique_ptr<CapturedWork> capture(const std::function<void()>&) override {
     fail("VGEN_PROFILE_OPS synchronizes around every op, so work cannot be recorded for replay");
@@ -123,6 +80,29 @@ class ProfilingBackend final : public Backend {
                    total > 0 ? 100.0 * e.seconds / total : 0.0, e.calls);
   }
 
+  // The first tensor argument tells a copy's direction (copy(dst, src)); other ops ignore it.
+  struct CopyEnds {
+    const Tensor* dst = nullptr;
+    const Tensor* src = nullptr;
+  };
+  template <typename... A>
+  static CopyEnds args_device_hint(const A&... a) {
+    CopyEnds e;
+    auto take = [&](const auto& v) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(v)>, Tensor>) {
+        if (e.dst == nullptr) e.dst = &v;
+        else if (e.src == nullptr) e.src = &v;
+      }
+    };
+    (take(a), ...);
+    return e;
+  }
+  static const char* label(Op op, const CopyEnds& e) {
+    if (op != Op::copy || e.dst == nullptr || e.src == nullptr) return op_name(op);
+    return e.src->device().is_cpu() ? "copy host->device" : e.dst->device().is_cpu() ? "copy device->host" : "copy";
+  }
+
+  std::shared_ptr<Backend> owned_;
   Backend* inner_;
   std::mutex mutex_;
   std::map<std::string, Entry> entries_;
@@ -133,6 +113,8 @@ thread_local int ProfilingBackend::depth_ = 0;
 
 }  // namespace
 
-std::unique_ptr<Backend> make_profiling_backend(Backend* inner) { return std::make_unique<ProfilingBackend>(inner); }
+std::shared_ptr<Backend> make_profiling_backend(std::shared_ptr<Backend> inner) {
+  return std::make_shared<ProfilingBackend>(std::move(inner));
+}
 
 }  // namespace vgen

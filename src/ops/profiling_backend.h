@@ -1,5 +1,6 @@
 // A Backend that times every op of another one (synchronizing around each call) and prints a
-// table of where the time went at exit: VGEN_PROFILE_OPS=1 installs it over the GPU backend.
+// table of where the time went when its context ends: ExecutionSettings::profile_ops (VGEN_PROFILE_OPS=1)
+// puts it over the GPU backend of a context.
 // The synchronizations remove the overlap of launches, so totals run above normal timings; the
 // shares show which ops dominate.
 #pragma once
@@ -10,6 +11,6 @@
 
 namespace vgen {
 
-std::unique_ptr<Backend> make_profiling_backend(Backend* inner);
+std::shared_ptr<Backend> make_profiling_backend(std::shared_ptr<Backend> inner);
 
 }  // namespace vgen

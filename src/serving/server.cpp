@@ -223,10 +223,8 @@ ServedModel load_served_model(const ServeOptions& options) {
   if (!options.config_file.empty()) {
     config = load_engine_config(options.config_file);
     require_implemented(config, options.config_file);
-    ops::set_attention_backend(attention_backend_name(config.attention.backend));
     pipeline_options.cuda_graphs = config.cuda_graph.enabled;
   }
-  ops::set_conv_autotune(config.conv.autotune);
   ServedModel m;
   m.pipeline = entry.load(checkpoint, pipeline_options);
   m.info.id = model_id_for(options);

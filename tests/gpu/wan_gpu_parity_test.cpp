@@ -30,8 +30,8 @@ namespace {
 
 // float32 convolutions in true FP32 for a scope (the default allows TF32, as PyTorch does).
 struct ExactFloat32 {
-  ExactFloat32() { ops::set_allow_tf32(false); }
-  ~ExactFloat32() { ops::set_allow_tf32(true); }
+  ExactFloat32() : context(kGpu, vgen::testing::with_tf32(false)) {}
+  vgen::testing::ScopedContext context;
 };
 
 double rel(const Tensor& got, const Tensor& want) { return rel_l2(got.to(Device::cpu()).to(DType::F32), want); }

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "ops/ops.h"
+#include "support/gpu.h"
 #include "support/parity.h"
 #ifdef VGEN_WITH_CUDA
 #include "backends/cuda/attention.h"
@@ -24,6 +25,9 @@
 
 using namespace vgen;
 using vgen::testing::rel_l2;
+using vgen::testing::ScopedContext;
+using vgen::testing::with_attention;
+using vgen::testing::with_tf32;
 
 namespace {
 
@@ -275,7 +279,7 @@ std::string case_str(const AttnCase& c, DType dt, const std::string& backend) {
 
 void check_attention(const AttnCase& c, DType dt, const std::string& backend) {
   const std::string what = case_str(c, dt, backend);
-  cuda::set_attention_backend(backend);
+  const ScopedContext context(kGpu, with_attention(backend));
   // q/k/v as permuted views of [B, S, H, D] buffers.
   const Tensor q = rnd({c.B, c.Sq, c.H, c.D}, dt), k = rnd({c.B, c.Sk, c.H, c.D}, dt),
                v = rnd({c.B, c.Sk, c.H, c.D}, dt);
@@ -303,21 +307,30 @@ void check_attention(const AttnCase& c, DType dt, const std::string& backend) {
 
 }  // namespace
 
-TEST(CudaAttention, BackendSwitch) {
+// Each execution context keeps its own kernel choice: two alive at once do not affect each
+// other, and an unknown name is refused when the context is made.
+TEST(CudaAttention, KernelChoiceBelongsToTheContext) {
   REQUIRE_CUDA();
-  const std::string before = cuda::attention_backend();
-  cuda::set_attention_backend("reference");
-  EXPECT_EQ(cuda::attention_backend(), "reference");
-  cuda::set_attention_backend("cudnn");
-  EXPECT_EQ(cuda::attention_backend(), "cudnn");
-  EXPECT_THROW(cuda::set_attention_backend("flash9"), Error);
-  EXPECT_EQ(cuda::attention_backend(), "cudnn");
-  cuda::set_attention_backend(before);
+  ExecutionContext reference(kGpu, with_attention("reference"));
+  ExecutionContext cudnn(kGpu, with_attention("cudnn"));
+  const Tensor q = bshd_view(Tensor::empty({1, 64, 2, 128}, DType::BF16, kGpu));
+  for (int round = 0; round < 2; ++round) {
+    {
+      const ContextScope scope(reference);
+      EXPECT_EQ(cuda::attention_backend(), "reference");
+      EXPECT_EQ(cuda::attention_path(q, q, q, {}), "reference");
+    }
+    {
+      const ContextScope scope(cudnn);
+      EXPECT_EQ(cuda::attention_backend(), "cudnn");
+      EXPECT_EQ(cuda::attention_path(q, q, q, {}), "cudnn");
+    }
+  }
+  EXPECT_THROW(ExecutionContext(kGpu, with_attention("flash9")), Error);
 }
 
 TEST(CudaAttention, CudnnBf16SelfAndCrossAttention) {
   REQUIRE_CUDA();
-  const std::string before = cuda::attention_backend();
   for (const AttnCase& c : {AttnCase{2, 3, 1000, 1000, 128, 0}, AttnCase{1, 4, 999, 512, 128, 0},
                             AttnCase{2, 2, 1000, 512, 64, 0}, AttnCase{1, 2, 77, 333, 64, 0}}) {
     check_attention(c, DType::BF16, "cudnn");
@@ -327,35 +340,29 @@ TEST(CudaAttention, CudnnBf16SelfAndCrossAttention) {
     EXPECT_EQ(cuda::attention_path(q, k, k, {}), "cudnn") << case_str(c, DType::BF16, "cudnn");
   }
   check_attention({1, 2, 200, 300, 128, 0}, DType::F16, "cudnn");
-  cuda::set_attention_backend(before);
 }
 
 TEST(CudaAttention, CudnnBf16WithBias) {
   REQUIRE_CUDA();
   const DebugLog debug;  // shows the bias layouts cuDNN rejects before one it takes
-  const std::string before = cuda::attention_backend();
   for (const AttnCase& c : {AttnCase{2, 3, 1000, 512, 128, 1}, AttnCase{1, 3, 1000, 512, 128, 2},
                             AttnCase{2, 2, 300, 300, 64, 1}, AttnCase{1, 2, 300, 301, 64, 2}})
     check_attention(c, DType::BF16, "cudnn");
-  cuda::set_attention_backend(before);
 }
 
 TEST(CudaAttention, ReferenceF32AndBf16) {
   REQUIRE_CUDA();
-  const std::string before = cuda::attention_backend();
   for (const AttnCase& c : {AttnCase{2, 3, 1000, 512, 128, 0}, AttnCase{1, 2, 999, 1000, 64, 1},
                             AttnCase{2, 3, 300, 512, 64, 2}, AttnCase{1, 1, 50, 40, 384, 0}}) {
     check_attention(c, DType::F32, "cudnn");  // float32 always takes the reference
     check_attention(c, DType::BF16, "reference");
   }
-  cuda::set_attention_backend(before);
 }
 
 // 16-bit attention cuDNN does not take (head dims above 256 as in the Wan VAE's mid block,
 // head dims not a multiple of 8) goes to the tensor-core math path by itself.
 TEST(CudaAttention, MathPathForWhatCudnnRefuses) {
   REQUIRE_CUDA();
-  const std::string before = cuda::attention_backend();
   for (DType dt : {DType::BF16, DType::F16}) {
     for (const AttnCase& c : {AttnCase{1, 1, 780, 780, 384, 0}, AttnCase{2, 1, 64, 77, 384, 1},
                               AttnCase{1, 2, 100, 90, 20, 0}, AttnCase{1, 2, 33, 65, 320, 2}}) {
@@ -368,14 +375,6 @@ TEST(CudaAttention, MathPathForWhatCudnnRefuses) {
   // Float32 keeps the exact reference.
   const Tensor q = Tensor::empty({1, 1, 64, 384}, DType::F32, kGpu);
   EXPECT_EQ(cuda::attention_path(q, q, q, {}), "reference");
-  cuda::set_attention_backend(before);
-}
-
-TEST(CudaAttention, BenchmarkRuns) {
-  REQUIRE_CUDA();
-  const double tflops = cuda::benchmark_attention_tflops(1, 2, 256, 64, 3);
-  EXPECT_GT(tflops, 0.0);
-  std::printf("[ attention ] benchmark B1 H2 S256 D64 (%s): %.2f TFLOP/s\n", cuda::attention_backend().c_str(), tflops);
 }
 
 // ---- conv3d ----------------------------------------------------------------------------------
@@ -407,8 +406,9 @@ void check_conv(const Shape& xs, const Shape& ws, bool with_bias, const Conv3dPa
 
 // Sets whether float32 convolutions may use TF32 for a scope, then restores the default (on).
 struct Tf32 {
-  explicit Tf32(bool allow) { ops::set_allow_tf32(ops_allow_tf32 = allow); }
-  ~Tf32() { ops::set_allow_tf32(ops_allow_tf32 = true); }
+  explicit Tf32(bool allow) : context(kGpu, with_tf32(allow)) { ops_allow_tf32 = allow; }
+  ~Tf32() { ops_allow_tf32 = true; }
+  ScopedContext context;
 };
 
 Conv3dParams params(std::array<int64_t, 3> stride, std::array<int64_t, 3> padding, int64_t before = -1) {

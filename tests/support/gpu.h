@@ -1,13 +1,41 @@
-// For tests that run on the GPU: the device, and the skip where there is none.
+// For tests that run on the GPU: the device, the skip where there is none, and execution
+// contexts with other settings for a scope.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "core/execution_context.h"
 #include "ops/backend.h"
 
 namespace vgen::testing {
 
 inline const Device kGpu = Device::cuda(0);
+
+// The environment's settings with one change (for ScopedContext).
+inline ExecutionSettings with_attention(const std::string& backend) {
+  ExecutionSettings s = ExecutionSettings::from_environment();
+  s.attention_backend = backend;
+  return s;
+}
+inline ExecutionSettings with_tf32(bool allow) {
+  ExecutionSettings s = ExecutionSettings::from_environment();
+  s.allow_tf32 = allow;
+  return s;
+}
+
+// A fresh execution context bound to this thread until the object goes: ops in the scope run
+// with its settings (make the tensors inside the scope too, on its stream).
+class ScopedContext {
+ public:
+  ScopedContext(Device device, ExecutionSettings settings) : context_(device, std::move(settings)), scope_(context_) {}
+  ExecutionContext& context() { return context_; }
+
+ private:
+  ExecutionContext context_;
+  ContextScope scope_;
+};
 
 }  // namespace vgen::testing
 

@@ -75,9 +75,4 @@ Tensor CpuBackend::upsample_nearest2x(const Tensor& x) {
   return to_dtype(out, x.dtype());
 }
 
-Backend& cpu_backend() {
-  static CpuBackend backend;
-  return backend;
-}
-
 }  // namespace vgen::cpu

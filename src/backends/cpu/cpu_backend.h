@@ -9,6 +9,8 @@ namespace vgen::cpu {
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
+  // The reference runs every op on every dtype (converting to float32).
+  bool supports(Op, DType) const override { return true; }
   void copy(const Tensor& dst, const Tensor& src) override;
   void fill(const Tensor& dst, float value) override;
   Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) override;
@@ -28,7 +30,7 @@ class CpuBackend final : public Backend {
   double sum_abs(const Tensor& x) override;
 };
 
-// The process-wide CPU backend (always present).
+// The CPU backend. It holds no state, so every execution context shares this one.
 Backend& cpu_backend();
 
 // Contiguous float32 CPU copy of x (x itself when it already is one).

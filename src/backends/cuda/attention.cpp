@@ -26,6 +26,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
+#include "backends/cuda/cudnn_common.h"
 #include "core/random.h"
 #include "ops/ops.h"
 
@@ -40,48 +41,23 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
-// ---- backend choice -------------------------------------------------------------------------
+// ---- kernel choice --------------------------------------------------------------------------
 
-enum Choice : int { kUnset = -1, kCudnn = 0, kReference = 1 };
-std::atomic<int> g_choice{kUnset};
+enum Choice : int { kCudnn = 0, kReference = 1 };
 
-int parse_choice(const std::string& name, const char* where) {
-  if (name == "cudnn") return kCudnn;
-  if (name == "reference") return kReference;
-  fail("{}: unknown attention backend '{}' (choose cudnn or reference)", where, name);
-}
-
-int choice() {
-  int c = g_choice.load();
-  if (c == kUnset) {
-    const char* env = std::getenv("VGEN_ATTENTION_BACKEND");
-    c = env != nullptr && *env != '\0' ? parse_choice(env, "VGEN_ATTENTION_BACKEND") : kCudnn;
-    int expected = kUnset;
-    if (!g_choice.compare_exchange_strong(expected, c)) c = expected;
-  }
-  return c;
-}
+// The active context's ExecutionSettings::attention_backend ("auto" is cuDNN).
+int choice() { return active().settings().attention_backend == "reference" ? kReference : kCudnn; }
 
 // ---- cuDNN SDPA -----------------------------------------------------------------------------
 
 enum Uid : int64_t { kQ = 1, kK = 2, kV = 3, kO = 4, kBias = 5 };
-
-void check_cudnn(cudnnStatus_t status, const char* what) {
-  if (status != CUDNN_STATUS_SUCCESS) fail("cudnn: {}: {}", what, cudnnGetErrorString(status));
-}
-
-// Largest power of two (at most 16) dividing the address: the alignment cuDNN may assume.
-int64_t alignment(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  return a == 0 ? 16 : std::min<int64_t>(16, static_cast<int64_t>(a & (~a + 1)));
-}
 
 struct Desc {
   std::vector<int64_t> dims, strides;
   int64_t align = 16;
 };
 
-Desc desc_of(const Tensor& t) { return {t.shape(), t.strides(), alignment(t.raw_data())}; }
+Desc desc_of(const Tensor& t) { return {t.shape(), t.strides(), cudnn_alignment(t.raw_data())}; }
 
 struct SdpaPlan {
   std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN did not take it
@@ -89,21 +65,13 @@ struct SdpaPlan {
 };
 
 struct SdpaState {
-  std::mutex mutex;
-  cudnnHandle_t handle = nullptr;
+  explicit SdpaState(CudaBackend& backend) : cudnn(backend.state<Cudnn>()) {}
+  Cudnn& cudnn;  // the backend's handle; its mutex guards the plans too
   std::map<std::vector<int64_t>, SdpaPlan> plans;
 };
 
-// Process-wide and never destroyed (the handle must not outlive the CUDA runtime's teardown).
-SdpaState& sdpa_state() {
-  static SdpaState* s = [] {
-    auto* st = new SdpaState;
-    check_cudnn(cudnnCreate(&st->handle), "create handle");
-    check_cudnn(cudnnSetStream(st->handle, stream()), "bind the handle to the backend's stream");
-    return st;
-  }();
-  return *s;
-}
+// The active backend's plans (each execution context has its own).
+SdpaState& sdpa_state() { return active().state<SdpaState>(); }
 
 std::string desc_str(const Desc& d) { return fmt::format("{} strides {}", shape_str(d.dims), shape_str(d.strides)); }
 
@@ -159,7 +127,7 @@ bool bias_broadcasts(const Tensor& bias, const Shape& want) {
 }
 
 bool sdpa_operand_ok(const Tensor& t) {
-  if (t.strides()[3] != 1 || alignment(t.raw_data()) < 16) return false;
+  if (t.strides()[3] != 1 || cudnn_alignment(t.raw_data()) < 16) return false;
   for (int i = 0; i < 3; ++i)
     if (t.size(i) > 1 && (t.strides()[i] * static_cast<int64_t>(t.element_size())) % 16 != 0) return false;
   return true;
@@ -223,11 +191,11 @@ std::optional<Found> find_cudnn(const Tensor& q, const Tensor& k, const Tensor& 
       key.push_back(d->align);
     }
 
-    std::lock_guard<std::mutex> lock(st.mutex);
+    std::lock_guard<std::mutex> lock(st.cudnn.mutex);
     auto it = st.plans.find(key);
     if (it == st.plans.end()) {
       std::string why;
-      SdpaPlan plan = build_plan(st.handle, io, dq, dk, dv, dout, form == BiasForm::None ? nullptr : &db, scale, &why);
+      SdpaPlan plan = build_plan(st.cudnn.handle, io, dq, dk, dv, dout, form == BiasForm::None ? nullptr : &db, scale, &why);
       if (!plan.graph)
         spdlog::debug("attention: cuDNN SDPA does not take q {}, k {}, v {}{}: {}", desc_str(dq), desc_str(dk),
                       desc_str(dv), form == BiasForm::None ? std::string() : ", bias " + desc_str(db), why);
@@ -251,8 +219,8 @@ bool run_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
   std::unordered_map<int64_t, void*> pack{
       {kQ, q.raw_data()}, {kK, k.raw_data()}, {kV, v.raw_data()}, {kO, out.raw_data()}};
   if (found->form != BiasForm::None) pack.emplace(kBias, found->bias.raw_data());
-  std::lock_guard<std::mutex> lock(st.mutex);
-  const fe::error_t err = plan.graph->execute(st.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  std::lock_guard<std::mutex> lock(st.cudnn.mutex);
+  const fe::error_t err = plan.graph->execute(st.cudnn.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
   if (err.is_bad())
     fail("attention: cuDNN SDPA on q {}, k {}, v {}{} failed: {}", q.str(), k.str(), v.str(),
          bias.defined() ? ", bias " + bias.str() : std::string(), err.err_msg);
@@ -273,8 +241,6 @@ bool math_applies(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 }  // namespace
 
-void set_attention_backend(const std::string& name) { g_choice.store(parse_choice(name, "set_attention_backend")); }
-
 std::string attention_backend() { return choice() == kReference ? "reference" : "cudnn"; }
 
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
@@ -289,7 +255,7 @@ std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, co
   return math_applies(q, k, v) ? "math" : "reference";
 }
 
-Tensor CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
   for (const Tensor* t : {&q, &k, &v, &bias}) require_cuda("attention", *t);
   for (const Tensor* t : {&q, &k, &v}) require_float("attention", *t);
   check_bias(q, k, bias);

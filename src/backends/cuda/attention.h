@@ -1,4 +1,4 @@
-// Attention on CUDA: which implementation CudaBackend::attention uses, and a benchmark.
+// Attention on CUDA: which implementation CudaOps::attention uses, and a benchmark.
 //
 // "cudnn" (the default): cuDNN's fused SDPA (flash attention) through the cuDNN frontend, for
 // BF16/F16 q/k/v with head dim a multiple of 8 up to 256, float32 softmax. 16-bit cases it
@@ -19,13 +19,11 @@
 
 namespace vgen::cuda {
 
-// Selects the attention implementation: "cudnn" or "reference"; throws vgen::Error naming
-// the value otherwise. The initial value comes from the environment variable
-// VGEN_ATTENTION_BACKEND when it is set, else "cudnn".
-void set_attention_backend(const std::string& name);
+// The implementation the active execution context chooses ("cudnn" or "reference"), from
+// its ExecutionSettings::attention_backend ("auto" is cuDNN).
 std::string attention_backend();
 
-// Which implementation CudaBackend::attention takes for these inputs ("cudnn", "math" or "reference"),
+// Which implementation CudaOps::attention takes for these inputs ("cudnn", "math" or "reference"),
 // building and caching the cuDNN graph as a call would. scale < 0 means 1 / sqrt(D).
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale = -1.0f);
 

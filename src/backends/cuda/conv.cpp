@@ -37,27 +37,14 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
+#include "backends/cuda/cudnn_common.h"
 #include "core/env.h"
 #include "ops/ops.h"
 
 namespace vgen::cuda {
-namespace {
-std::atomic<bool>& tf32_flag() {
-  static std::atomic<bool> flag{env_flag("VGEN_ALLOW_TF32", true)};
-  return flag;
-}
 
-std::atomic<bool>& autotune_flag() {
-  static std::atomic<bool> flag{env_flag("VGEN_CONV_AUTOTUNE", false)};
-  return flag;
-}
-}  // namespace
-
-void set_conv_allow_tf32(bool allow) { tf32_flag().store(allow); }
-bool conv_allow_tf32() { return tf32_flag().load(); }
-
-void set_conv_autotune(bool on) { autotune_flag().store(on); }
-bool conv_autotune() { return autotune_flag().load(); }
+bool conv_allow_tf32() { return active().settings().allow_tf32; }
+bool conv_autotune() { return active().settings().conv_autotune; }
 
 namespace {
 
@@ -67,15 +54,6 @@ enum Uid : int64_t { kX = 1, kW = 2, kBias = 3, kY = 4 };
 
 constexpr int64_t kConvAutotunePlans = 8;                     // candidates timed per graph
 constexpr int64_t kConvAutotuneWorkspace = int64_t{256} << 20;  // the most workspace a candidate may take
-
-void check_cudnn(cudnnStatus_t status, const char* what) {
-  if (status != CUDNN_STATUS_SUCCESS) fail("cudnn: {}: {}", what, cudnnGetErrorString(status));
-}
-
-int64_t alignment(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  return a == 0 ? 16 : std::min<int64_t>(16, static_cast<int64_t>(a & (~a + 1)));
-}
 
 // The convolution after dtype conversion: x [B, C, T, H, W] (any strides), w [O, C, kt, kh, kw]
 // and bias [O] contiguous, y [B, O, To, Ho, Wo] contiguous; pads before/after per dim. When
@@ -103,21 +81,13 @@ struct ConvPlan {
 };
 
 struct ConvState {
-  std::mutex mutex;
-  cudnnHandle_t handle = nullptr;
+  explicit ConvState(CudaBackend& backend) : cudnn(backend.state<Cudnn>()) {}
+  Cudnn& cudnn;  // the backend's handle; its mutex guards the plans too
   std::map<std::vector<int64_t>, ConvPlan> plans;
 };
 
-// Process-wide and never destroyed (the handle must not outlive the CUDA runtime's teardown).
-ConvState& conv_state() {
-  static ConvState* s = [] {
-    auto* st = new ConvState;
-    check_cudnn(cudnnCreate(&st->handle), "create handle");
-    check_cudnn(cudnnSetStream(st->handle, stream()), "bind the handle to the backend's stream");
-    return st;
-  }();
-  return *s;
-}
+// The active backend's plans (each execution context has its own).
+ConvState& conv_state() { return active().state<ConvState>(); }
 
 std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], a[2]}; }
 
@@ -168,7 +138,7 @@ ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::st
                            .set_dim(dims)
                            .set_stride(strides)
                            .set_data_type(io)
-                           .set_alignment(alignment(t.raw_data())));
+                           .set_alignment(cudnn_alignment(t.raw_data())));
     };
     auto X = tensor("x", kX, c.x, c.x.shape(), descriptor_strides(c.x, c.channels_last));
     auto W = tensor("w", kW, c.w, c.w.shape(), descriptor_strides(c.w, c.channels_last));
@@ -231,16 +201,16 @@ bool run_cudnn(const Conv& c, bool fuse_bias) {
   for (const Tensor* t : {&c.x, &c.w, &c.y}) {
     key.insert(key.end(), t->shape().begin(), t->shape().end());
     key.insert(key.end(), t->strides().begin(), t->strides().end());
-    key.push_back(alignment(t->raw_data()));
+    key.push_back(cudnn_alignment(t->raw_data()));
   }
-  key.push_back(fuse_bias ? alignment(c.bias.raw_data()) : 0);
+  key.push_back(fuse_bias ? cudnn_alignment(c.bias.raw_data()) : 0);
   for (const auto* a : {&c.stride, &c.pad_before, &c.pad_after}) key.insert(key.end(), a->begin(), a->end());
 
-  std::lock_guard<std::mutex> lock(st.mutex);
+  std::lock_guard<std::mutex> lock(st.cudnn.mutex);
   auto it = st.plans.find(key);
   if (it == st.plans.end()) {
     std::string why;
-    ConvPlan plan = build_plan(st.handle, c, fuse_bias, &why);
+    ConvPlan plan = build_plan(st.cudnn.handle, c, fuse_bias, &why);
     if (!plan.graph)
       spdlog::debug("conv3d: no cuDNN engine for {}{}: {}", conv_str(c), fuse_bias ? " + bias" : "", why);
     it = st.plans.emplace(std::move(key), std::move(plan)).first;
@@ -249,7 +219,7 @@ bool run_cudnn(const Conv& c, bool fuse_bias) {
   if (!plan.graph) return false;
   const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, c.x.device()) : Tensor();
   auto pack = variant_pack(c, fuse_bias);
-  const fe::error_t err = plan.graph->execute(st.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  const fe::error_t err = plan.graph->execute(st.cudnn.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
   if (err.is_bad()) fail("conv3d: cuDNN failed on {}: {}", conv_str(c), err.err_msg);
   return true;
 }
@@ -309,7 +279,7 @@ void conv_im2col(const Conv& c) {
 
 }  // namespace
 
-Tensor CudaBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) {
+Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) {
   for (const Tensor* t : {&x, &weight, &bias}) require_cuda("conv3d", *t);
   require_float("conv3d", x);
   require_float("conv3d", weight);

@@ -1,19 +1,18 @@
-// Precision and engine choice of convolutions on CUDA (no CUDA headers needed).
+// Precision and engine choice of convolutions on CUDA (no CUDA headers needed): read from the
+// active execution context's settings.
 #pragma once
 
 namespace vgen::cuda {
 
 // Whether float32 convolutions may use TF32 tensor cores, as PyTorch's cuDNN convolutions do
-// by default (torch.backends.cudnn.allow_tf32). Initially on, or VGEN_ALLOW_TF32=0 turns it
-// off; off gives true float32 (what the parity tests against the CPU use).
-void set_conv_allow_tf32(bool allow);
+// by default (torch.backends.cudnn.allow_tf32): ExecutionSettings::allow_tf32 (on unless
+// VGEN_ALLOW_TF32=0); off gives true float32 (what the parity tests against the CPU use).
 bool conv_allow_tf32();
 
 // Whether a convolution graph's first call times cuDNN's leading candidate engines on its
 // own buffers and keeps the fastest (as torch.backends.cudnn.benchmark), instead of taking
-// the heuristics' first choice. Initially off, or on with VGEN_CONV_AUTOTUNE=1. It costs
-// time once per shape, so it pays off in a long-running process (a server), not in one decode.
-void set_conv_autotune(bool on);
+// the heuristics' first choice: ExecutionSettings::conv_autotune. It costs time once per
+// shape, so it pays off in a long-running process (a server), not in one decode.
 bool conv_autotune();
 
 }  // namespace vgen::cuda

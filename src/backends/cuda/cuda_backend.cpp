@@ -1,24 +1,28 @@
-// The CUDA backend's process-wide state: its stream, the device allocator (CUDA's
-// stream-ordered memory pool, kept cached), error checks, and registration.
+// The CUDA backend's per-context objects (stream, active backend, graph capture) and its
+// process-wide ones: the device allocator (CUDA's stream-ordered memory pool, kept cached),
+// device properties, and the registration as the GPU runtime provider.
 #include "backends/cuda/cuda_backend.h"
 
 #include <atomic>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "backends/cuda/cuda_common.h"
 #include "core/allocator.h"
+#include "ops/profiling_backend.h"
 
 namespace vgen::cuda {
 namespace {
 
-cudaStream_t g_stream = nullptr;
+thread_local CudaBackend* t_active = nullptr;
 cudaDeviceProp g_props{};
 
 // Device memory from the stream-ordered pool of device 0. The pool keeps freed memory
-// (release threshold: unlimited), so steady-state allocations cost no driver call, and frees
-// queued on the backend's stream are reused by later work on it in order.
+// (release threshold: unlimited), so steady-state allocations cost no driver call. Each
+// allocation is made, and later freed, on the stream of the backend active when it was made:
+// work queued there in order reuses it safely, whichever context frees the tensor.
 class CudaAllocator final : public Allocator {
  public:
   explicit CudaAllocator(cudaMemPool_t pool) : pool_(pool) {}
@@ -26,13 +30,14 @@ class CudaAllocator final : public Allocator {
   void* allocate(size_t nbytes) override {
     void* ptr = nullptr;
     const size_t n = nbytes == 0 ? 256 : nbytes;
-    cudaError_t err = cudaMallocAsync(&ptr, n, g_stream);
+    const cudaStream_t s = active().stream();
+    cudaError_t err = cudaMallocAsync(&ptr, n, s);
     if (err == cudaErrorMemoryAllocation) {
       // Give the pool's cached memory back to the driver and try once more.
       (void)cudaGetLastError();
-      check(cudaStreamSynchronize(g_stream), "synchronize before retrying an allocation");
+      check(cudaDeviceSynchronize(), "synchronize before retrying an allocation");
       cudaMemPoolTrimTo(pool_, 0);
-      err = cudaMallocAsync(&ptr, n, g_stream);
+      err = cudaMallocAsync(&ptr, n, s);
     }
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
@@ -47,15 +52,34 @@ class CudaAllocator final : public Allocator {
     size_t peak = peak_.load();
     while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
     }
+    std::lock_guard<std::mutex> lock(mutex_);
+    streams_[ptr] = s;
     if (capturing_ && std::this_thread::get_id() == capture_thread_) captured_.insert(ptr);
     return ptr;
   }
 
   void deallocate(void* ptr, size_t nbytes) override {
-    if (capturing_ && std::this_thread::get_id() == capture_thread_ && captured_.erase(ptr) == 0) foreign_free_ = true;
+    cudaStream_t s = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (capturing_ && std::this_thread::get_id() == capture_thread_ && captured_.erase(ptr) == 0) foreign_free_ = true;
+      auto it = streams_.find(ptr);
+      if (it != streams_.end()) {
+        s = it->second;
+        streams_.erase(it);
+      }
+    }
     // During process exit the runtime may already be gone: nothing left to free then.
-    if (cudaFreeAsync(ptr, g_stream) != cudaSuccess) (void)cudaGetLastError();
+    if (cudaFreeAsync(ptr, s) != cudaSuccess) (void)cudaGetLastError();
     allocated_.fetch_sub(nbytes);
+  }
+
+  // A backend's stream is going away (after a synchronization): memory made on it and still
+  // alive is freed on the default stream later.
+  void forget_stream(cudaStream_t s) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [ptr, stream] : streams_)
+      if (stream == s) stream = nullptr;
   }
 
   // While this thread records a graph, allocations and frees become graph nodes: each
@@ -63,12 +87,14 @@ class CudaAllocator final : public Allocator {
   // (a replay would free it again). end_capture says how many allocations outlive it and
   // whether an outside one was freed.
   void begin_capture() {
+    std::lock_guard<std::mutex> lock(mutex_);
     captured_.clear();
     foreign_free_ = false;
     capture_thread_ = std::this_thread::get_id();
     capturing_ = true;
   }
   std::pair<size_t, bool> end_capture() {
+    std::lock_guard<std::mutex> lock(mutex_);
     capturing_ = false;
     return {captured_.size(), foreign_free_};
   }
@@ -81,7 +107,9 @@ class CudaAllocator final : public Allocator {
   cudaMemPool_t pool_;
   std::atomic<size_t> allocated_{0};
   std::atomic<size_t> peak_{0};
-  std::atomic<bool> capturing_{false};
+  std::mutex mutex_;
+  std::unordered_map<void*, cudaStream_t> streams_;
+  bool capturing_ = false;
   std::thread::id capture_thread_;
   std::unordered_set<void*> captured_;
   bool foreign_free_ = false;
@@ -91,20 +119,53 @@ CudaAllocator* g_allocator = nullptr;
 
 class CudaGraph final : public CapturedWork {
  public:
-  explicit CudaGraph(cudaGraphExec_t exec) : exec_(exec) {}
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
   ~CudaGraph() override {
     if (cudaGraphExecDestroy(exec_) != cudaSuccess) (void)cudaGetLastError();
   }
-  void replay() override { check(cudaGraphLaunch(exec_, g_stream), "replay a CUDA graph"); }
+  void replay() override { check(cudaGraphLaunch(exec_, stream_), "replay a CUDA graph"); }
 
  private:
   cudaGraphExec_t exec_;
+  cudaStream_t stream_;  // the recording backend's (the graph lives no longer than it)
 };
 
 }  // namespace
 
-cudaStream_t stream() { return g_stream; }
+CudaBackend& active() {
+  if (t_active != nullptr) return *t_active;
+  return static_cast<CudaBackend&>(ExecutionContext::current().runtime(Device::cuda(0)).underlying());
+}
+
 const cudaDeviceProp& device_properties() { return g_props; }
+
+CudaBackend::Active::Active(CudaBackend* backend) : previous_(t_active) { t_active = backend; }
+CudaBackend::Active::~Active() { t_active = previous_; }
+
+CudaBackend::CudaBackend(int device_index, const ExecutionSettings& settings)
+    : device_index_(device_index), settings_(settings) {
+  check(cudaSetDevice(device_index_), "select the device");
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "create a stream");
+}
+
+CudaBackend::~CudaBackend() {
+  if (cudaStreamSynchronize(stream_) != cudaSuccess) (void)cudaGetLastError();
+  {
+    const Active a(this);
+    // Handles and workspaces, newest first (a plan cache goes before the handle it used).
+    while (!states_.empty()) states_.pop_back();
+  }
+  if (cudaStreamSynchronize(stream_) != cudaSuccess) (void)cudaGetLastError();
+  if (g_allocator != nullptr) g_allocator->forget_stream(stream_);
+  if (cudaStreamDestroy(stream_) != cudaSuccess) (void)cudaGetLastError();
+}
+
+bool CudaBackend::supports(Op op, DType dtype) const {
+  if (op == Op::copy || op == Op::fill) return true;
+  return is_kernel_float(dtype);
+}
+
+void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -131,24 +192,25 @@ void require_cuda(const char* op, const Tensor& t) {
 
 Tensor contiguous(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
-void CudaBackend::synchronize() { check(cudaStreamSynchronize(g_stream), "synchronize"); }
+void CudaBackend::synchronize() { check(cudaStreamSynchronize(stream_), "synchronize"); }
 
 std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& work) {
+  const Active active(this);
   synchronize();
   g_allocator->begin_capture();
-  check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal), "begin a CUDA graph capture");
+  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "begin a CUDA graph capture");
   cudaGraph_t graph = nullptr;
   try {
     work();
   } catch (...) {
     // End the (possibly invalidated) capture so the stream is usable again, then report.
-    (void)cudaStreamEndCapture(g_stream, &graph);
+    (void)cudaStreamEndCapture(stream_, &graph);
     if (graph != nullptr) cudaGraphDestroy(graph);
     (void)cudaGetLastError();
     g_allocator->end_capture();
     throw;
   }
-  const cudaError_t ended = cudaStreamEndCapture(g_stream, &graph);
+  const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
   const auto [outliving, foreign_free] = g_allocator->end_capture();
   if (ended != cudaSuccess || graph == nullptr) {
     (void)cudaGetLastError();
@@ -168,36 +230,59 @@ std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& 
   check(made, "instantiate a CUDA graph");
   // Memory the eager runs cached is not needed by the graph, which has its own.
   g_allocator->trim();
-  return std::make_unique<CudaGraph>(exec);
+  return std::make_unique<CudaGraph>(exec, stream_);
 }
 
-bool register_if_available(std::string* why) {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    (void)cudaGetLastError();
-    *why = err != cudaSuccess ? fmt::format("no usable CUDA device ({})", cudaGetErrorString(err))
-                              : std::string("no CUDA device found");
-    return false;
+namespace {
+
+// Process-wide set-up of device 0, once: properties, the memory pool, the allocator. "" when
+// it worked, else why the GPU cannot be used.
+const std::string& device_setup() {
+  static const std::string why = [] () -> std::string {
+    int count = 0;
+    const cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess || count == 0) {
+      (void)cudaGetLastError();
+      return err != cudaSuccess ? fmt::format("no usable CUDA device ({})", cudaGetErrorString(err))
+                                : std::string("no CUDA device found");
+    }
+    try {
+      check(cudaSetDevice(0), "select device 0");
+      check(cudaGetDeviceProperties(&g_props, 0), "read device properties");
+      cudaMemPool_t pool;
+      check(cudaDeviceGetDefaultMemPool(&pool, 0), "get the memory pool");
+      uint64_t keep = UINT64_MAX;
+      check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "configure the memory pool");
+      g_allocator = new CudaAllocator(pool);  // never destroyed: tensors may outlive statics
+      set_allocator(DeviceType::CUDA, g_allocator);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return {};
+  }();
+  return why;
+}
+
+std::string unavailable_reason() { return device_setup(); }
+
+std::shared_ptr<DeviceRuntime> create(int index, const ExecutionSettings& settings, std::string* why) {
+  *why = device_setup();
+  if (!why->empty()) return nullptr;
+  if (index != 0) {
+    *why = fmt::format("vgen runs one GPU per process, cuda:0 (choose it with CUDA_VISIBLE_DEVICES; several GPUs "
+                       "run as several processes)");
+    return nullptr;
   }
-  try {
-    check(cudaSetDevice(0), "select device 0");
-    check(cudaGetDeviceProperties(&g_props, 0), "read device properties");
-    check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "create stream");
-    cudaMemPool_t pool;
-    check(cudaDeviceGetDefaultMemPool(&pool, 0), "get the memory pool");
-    uint64_t keep = UINT64_MAX;
-    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "configure the memory pool");
-    static CudaAllocator allocator(pool);
-    g_allocator = &allocator;
-    static CudaBackend backend;
-    set_allocator(DeviceType::CUDA, &allocator);
-    register_backend(DeviceType::CUDA, &backend);
-  } catch (const Error& e) {
-    *why = e.what();
-    return false;
-  }
+  auto backend = std::make_shared<CudaBackend>(index, settings);
+  if (settings.profile_ops) return make_profiling_backend(backend);
+  return backend;
+}
+
+// Linked whole into every binary (CMake: WHOLE_ARCHIVE), so this runs at start-up.
+const bool registered = [] {
+  register_runtime_provider(DeviceType::CUDA, {&create, &unavailable_reason});
   return true;
-}
+}();
 
+}  // namespace
 }  // namespace vgen::cuda

@@ -1,55 +1,101 @@
-// The CUDA backend: every op of ops/backend.h on NVIDIA GPUs (Hopper first; sm_80 and sm_100
-// build too). Work is queued on one stream per process; memory comes from CUDA's
-// stream-ordered pool (a caching allocator), so a tensor freed on the host is reused by the
-// next op on the same stream without a synchronization.
+// The CUDA backend: every op of the op list (ops/op_list.h) on NVIDIA GPUs (Hopper first;
+// sm_80 and sm_100 build too).
 //
-// Floating ops take F32, BF16 or F16 tensors and accumulate in float32. The files beside
-// this one implement it: copy.cu (copies, casts, fill, host transfers), elementwise.cu,
-// norm.cu (norms, softmax, fused norm+modulation, RMSNorm+RoPE, gated residual),
-// gemm.cpp (cuBLASLt), attention.cpp (cuDNN SDPA and a plain reference), conv.cpp (cuDNN
-// convolution), misc.cu (embedding, upsampling, reductions).
+// One CudaBackend belongs to one execution context and one GPU: it owns the context's stream
+// there and, made on first use, its cuBLASLt and cuDNN handles and plan caches, and it reads
+// the context's settings (attention kernel, TF32, convolution autotuning). Two contexts in one
+// process run on separate streams and share nothing but the device's memory pool: CUDA's
+// stream-ordered pool (a caching allocator, process-wide per device), so a tensor freed on the
+// host is reused by later work on its stream without a synchronization.
+//
+// Floating ops take F32, BF16 or F16 tensors and accumulate in float32. The files beside this
+// one implement the ops as CudaOps (below): copy.cu (copies, casts, fill, host transfers),
+// elementwise.cu, norm.cu (norms, softmax, fused norm+modulation, RMSNorm+RoPE, gated
+// residual), gemm.cpp (cuBLASLt), attention.cpp (cuDNN SDPA and a plain reference), conv.cpp
+// (cuDNN convolution), misc.cu (embedding, upsampling, reductions).
 #pragma once
 
+#include <memory>
+#include <mutex>
+#include <typeindex>
+#include <utility>
+#include <vector>
+
 #include "ops/backend.h"
+
+typedef struct CUstream_st* cudaStream_t;
 
 namespace vgen::cuda {
 
 // a @ b (as matmul) of 16-bit operands with the float32 product kept (no rounding of D).
 Tensor matmul_float32_out(const Tensor& a, const Tensor& b);
 
-class CudaBackend final : public Backend {
- public:
-  std::string name() const override { return "cuda"; }
-  void copy(const Tensor& dst, const Tensor& src) override;
-  void fill(const Tensor& dst, float value) override;
-  Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) override;
-  Tensor unary(UnaryOp op, const Tensor& x, float alpha, float beta) override;
-  Tensor axpby(float alpha, const Tensor& a, float beta, const Tensor& b) override;
-  Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act) override;
-  Tensor matmul(const Tensor& a, const Tensor& b) override;
-  Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) override;
-  Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) override;
-  Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) override;
-  Tensor softmax(const Tensor& x) override;
-  Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) override;
-  Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) override;
-  Tensor embedding(const Tensor& ids, const Tensor& table) override;
-  Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) override;
-  Tensor upsample_nearest2x(const Tensor& x) override;
-  double sum_abs(const Tensor& x) override;
-
-  // Fused ops (ops/backend.h defines them by composition; these are single kernels).
-  Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) override;
-  Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) override;
-  Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,
-                       const Tensor& sin) override;
-  void synchronize() override;
-  // A CUDA graph of the work (stream capture on the backend's stream, this thread only).
-  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
+// The op implementations, one static function per op of the list; they run on the active
+// backend (active(), cuda_common.h) that CudaBackend sets around each call.
+struct CudaOps {
+#define VGEN_CUDA_OP(name, ret, params, args, kind) static ret name params;
+  VGEN_OP_LIST(VGEN_CUDA_OP)
+#undef VGEN_CUDA_OP
 };
 
-// Registers the backend and its allocator when a CUDA device is usable; otherwise returns
-// false with the reason in `why` (no driver, no device, ...).
-bool register_if_available(std::string* why);
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device_index, const ExecutionSettings& settings);
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda"; }
+  // Copies and fills take every dtype; the other ops F32, BF16 and F16.
+  bool supports(Op op, DType dtype) const override;
+
+  // Each op makes this backend the active one on the calling thread, then runs CudaOps'.
+#define VGEN_CUDA_OVERRIDE(name, ret, params, args, kind) \
+  ret name params override {                              \
+    const Active active(this);                            \
+    return CudaOps::name args;                            \
+  }
+  VGEN_OP_LIST(VGEN_CUDA_OVERRIDE)
+#undef VGEN_CUDA_OVERRIDE
+
+  void synchronize() override;
+  void activate() override;
+  // A CUDA graph of the work (stream capture on this backend's stream, this thread only).
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
+
+  int device_index() const { return device_index_; }
+  cudaStream_t stream() const { return stream_; }
+  const ExecutionSettings& settings() const { return settings_; }
+
+  // Per-backend state of one of the implementation files (plan caches, library handles),
+  // made on first use as T(*this) (which may itself ask for other states) and destroyed with
+  // the backend in the reverse order of making, before its stream.
+  template <typename T>
+  T& state() {
+    std::lock_guard<std::recursive_mutex> lock(states_mutex_);
+    for (auto& [type, ptr] : states_)
+      if (type == std::type_index(typeid(T))) return *static_cast<T*>(ptr.get());
+    auto made = std::make_shared<T>(*this);
+    states_.emplace_back(std::type_index(typeid(T)), made);
+    return *made;
+  }
+
+  // Sets the backend active() returns on this thread for a scope (scopes nest).
+  class Active {
+   public:
+    explicit Active(CudaBackend* backend);
+    ~Active();
+    Active(const Active&) = delete;
+    Active& operator=(const Active&) = delete;
+
+   private:
+    CudaBackend* previous_;
+  };
+
+ private:
+  int device_index_ = 0;
+  ExecutionSettings settings_;
+  cudaStream_t stream_ = nullptr;
+  std::recursive_mutex states_mutex_;
+  std::vector<std::pair<std::type_index, std::shared_ptr<void>>> states_;
+};
 
 }  // namespace vgen::cuda

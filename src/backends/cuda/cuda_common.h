@@ -1,19 +1,23 @@
-// Host-side helpers shared by the CUDA backend's files: error checks that name the op and
-// its shapes, the backend's stream, and the cuBLASLt / cuDNN handles bound to it.
+// Host-side helpers shared by the CUDA backend's files: the active backend and its stream,
+// error checks that name the op and its shapes, launch geometry.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <string>
 
+#include "backends/cuda/cuda_backend.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
 namespace vgen::cuda {
 
-// The stream every op is queued on (created when the backend registers).
-cudaStream_t stream();
-// Properties of the current device (read once).
+// The backend running the current op on this thread (CudaBackend sets it around each op);
+// outside an op, the GPU backend of the execution context bound to this thread.
+CudaBackend& active();
+// The active backend's stream: every kernel, copy and library call is queued on it.
+inline cudaStream_t stream() { return active().stream(); }
+// Properties of the active backend's device (read once per device).
 const cudaDeviceProp& device_properties();
 
 // Throws vgen::Error "cuda: <what>: <error string>" when `err` is not cudaSuccess.
@@ -31,6 +35,15 @@ inline unsigned blocks_for(int64_t n, int threads) {
 inline bool is_kernel_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 void require_float(const char* op, const Tensor& t);
 void require_cuda(const char* op, const Tensor& t);
+
+// Largest power of two, at most `cap`, dividing the address (`cap` for null): the alignment
+// a library (cuBLASLt, cuDNN) may assume for a buffer.
+inline int64_t pointer_alignment(const void* p, int64_t cap) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  if (a == 0) return cap;
+  const auto low = static_cast<int64_t>(a & (~a + 1));
+  return low < cap ? low : cap;
+}
 
 // A contiguous tensor on the same device (t itself when it already is).
 Tensor contiguous(const Tensor& t);

@@ -16,110 +16,10 @@
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/device_utils.cuh"
+#include "backends/cuda/layout.cuh"
 
 namespace vgen::cuda {
 namespace {
-
-// ---- Layout simplification and indexing (as in copy.cu) -------------------------------------
-
-// n / d for n < 2^31 with a multiply-high and a shift.
-struct FastDiv {
-  uint32_t d = 1, mul = 1, shift = 0;
-  FastDiv() = default;
-  explicit FastDiv(uint32_t div) : d(div) {
-    while ((uint64_t(1) << shift) < d) ++shift;
-    mul = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(n, mul) + n) >> shift; }
-};
-
-// Linear index over the simplified shape -> element offsets of N tensors; dim 0 innermost.
-template <int N>
-struct Indexer {
-  int ndim = 0;
-  int64_t size[kMaxDims];
-  FastDiv div[kMaxDims];
-  int64_t stride[N][kMaxDims];
-
-  template <bool kWide>
-  __device__ __forceinline__ void offsets(int64_t i, int64_t (&off)[N]) const {
-#pragma unroll
-    for (int k = 0; k < N; ++k) off[k] = 0;
-    uint32_t i32 = static_cast<uint32_t>(i);
-#pragma unroll
-    for (int d = 0; d < kMaxDims - 1; ++d) {
-      if (d >= ndim - 1) break;
-      int64_t idx;
-      if constexpr (kWide) {
-        idx = i % size[d];
-        i /= size[d];
-      } else {
-        const uint32_t q = div[d].div(i32);
-        idx = i32 - q * div[d].d;
-        i32 = q;
-      }
-#pragma unroll
-      for (int k = 0; k < N; ++k) off[k] += idx * stride[k][d];
-    }
-    const int64_t last = kWide ? i : static_cast<int64_t>(i32);
-#pragma unroll
-    for (int d = 0; d < kMaxDims; ++d) {
-      if (d == ndim - 1) {
-#pragma unroll
-        for (int k = 0; k < N; ++k) off[k] += last * stride[k][d];
-      }
-    }
-  }
-};
-
-template <int N>
-struct Layout {
-  std::vector<int64_t> size;                   // innermost first
-  std::vector<std::array<int64_t, N>> stride;  // per dim, per tensor
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int64_t s : size) n *= s;
-    return n;
-  }
-};
-
-// Drops size-1 dims of `shape` and merges neighbours contiguous in every tensor.
-template <int N>
-Layout<N> simplify(const Shape& shape, const std::array<const Shape*, N>& strides) {
-  Layout<N> l;
-  for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
-    if (shape[d] == 1) continue;
-    std::array<int64_t, N> st;
-    for (int k = 0; k < N; ++k) st[k] = (*strides[k])[d];
-    if (!l.size.empty()) {
-      bool merge = true;
-      for (int k = 0; k < N; ++k) merge = merge && st[k] == l.stride.back()[k] * l.size.back();
-      if (merge) {
-        l.size.back() *= shape[d];
-        continue;
-      }
-    }
-    l.size.push_back(shape[d]);
-    l.stride.push_back(st);
-  }
-  if (l.size.empty()) {
-    l.size.push_back(1);
-    l.stride.push_back({});
-  }
-  return l;
-}
-
-template <int N>
-Indexer<N> make_indexer(const Layout<N>& l) {
-  Indexer<N> ix;
-  ix.ndim = static_cast<int>(l.size.size());
-  for (int d = 0; d < ix.ndim; ++d) {
-    ix.size[d] = l.size[d];
-    if (l.size[d] < (int64_t(1) << 31)) ix.div[d] = FastDiv(static_cast<uint32_t>(l.size[d]));
-    for (int k = 0; k < N; ++k) ix.stride[k][d] = l.stride[d][k];
-  }
-  return ix;
-}
 
 constexpr int kThreads = 256;
 
@@ -319,7 +219,7 @@ Tensor result_as(const Tensor& out, DType dtype) { return out.dtype() == dtype ?
 
 }  // namespace
 
-Tensor CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b) {
+Tensor CudaOps::binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   require_cuda("binary", a);
   require_cuda("binary", b);
   const Shape shape = broadcast_shape(a, b);
@@ -341,7 +241,7 @@ Tensor CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   return result_as(out, a.dtype());
 }
 
-Tensor CudaBackend::unary(UnaryOp op, const Tensor& x, float alpha, float beta) {
+Tensor CudaOps::unary(UnaryOp op, const Tensor& x, float alpha, float beta) {
   require_cuda("unary", x);
   const Tensor fx = as_kernel_float(x);
   Tensor out = Tensor::empty_like_format(x, x.shape(), fx.dtype());
@@ -352,7 +252,7 @@ Tensor CudaBackend::unary(UnaryOp op, const Tensor& x, float alpha, float beta) 
   return result_as(out, x.dtype());
 }
 
-Tensor CudaBackend::axpby(float alpha, const Tensor& a, float beta, const Tensor& b) {
+Tensor CudaOps::axpby(float alpha, const Tensor& a, float beta, const Tensor& b) {
   require_cuda("axpby", a);
   require_cuda("axpby", b);
   VGEN_CHECK(a.shape() == b.shape(), "axpby: shapes {} and {} differ", a.str(), b.str());
@@ -372,7 +272,7 @@ Tensor CudaBackend::axpby(float alpha, const Tensor& a, float beta, const Tensor
   return result_as(out, a.dtype());
 }
 
-Tensor CudaBackend::gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
+Tensor CudaOps::gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
   require_cuda("gated_residual", x);
   require_cuda("gated_residual", y);
   require_cuda("gated_residual", gate);

@@ -50,11 +50,8 @@ cudaDataType_t blas_type(DType d) {
 // The dtype two operands multiply in: their own when equal, else float32.
 DType compute_dtype(DType a, DType b) { return a == b ? a : DType::F32; }
 
-int64_t pointer_alignment(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  if (a == 0) return 256;
-  return std::min<int64_t>(256, static_cast<int64_t>(a & (~a + 1)));
-}
+// The largest alignment cuBLASLt's heuristics distinguish.
+int64_t pointer_alignment(const void* p) { return cuda::pointer_alignment(p, 256); }
 
 // A strided matrix (or batch of them): element (i, j) of batch item b is at
 // ptr + b*batch_stride + i*rs + j*cs (in elements).
@@ -152,23 +149,31 @@ struct Plan {
 
 using PlanKey = std::array<int64_t, 22>;
 
+// A backend's cuBLASLt handle, workspace and plans (each execution context has its own).
 struct State {
+  explicit State(CudaBackend& backend)
+      : workspace(Tensor::empty({static_cast<int64_t>(kWorkspaceBytes)}, DType::U8, Device::cuda(backend.device_index()))) {
+    check_blas(cublasLtCreate(&handle), "create handle", "");
+  }
+  ~State() {
+    for (auto& [key, plan] : plans) {
+      if (plan.la) cublasLtMatrixLayoutDestroy(plan.la);
+      if (plan.lb) cublasLtMatrixLayoutDestroy(plan.lb);
+      if (plan.ld) cublasLtMatrixLayoutDestroy(plan.ld);
+      if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
+    }
+    if (handle) cublasLtDestroy(handle);
+  }
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
   std::mutex mutex;
   cublasLtHandle_t handle = nullptr;
-  Tensor* workspace = nullptr;
+  Tensor workspace;
   std::map<PlanKey, Plan> plans;
 };
 
-// Process-wide, never destroyed (its memory and handles may outlive the CUDA runtime otherwise).
-State& state() {
-  static State* s = [] {
-    auto* st = new State;
-    check_blas(cublasLtCreate(&st->handle), "create handle", "");
-    st->workspace = new Tensor(Tensor::empty({static_cast<int64_t>(kWorkspaceBytes)}, DType::U8, Device::cuda(0)));
-    return st;
-  }();
-  return *s;
-}
+State& state() { return active().state<State>(); }
 
 std::string problem_str(const Problem& p) {
   return fmt::format("{} batch {} M {} N {} K {}, opA {} ldA {}, opB {} ldB {}, epilogue {}", dtype_name(p.dtype),
@@ -287,7 +292,7 @@ bool run(const Problem& p) {
   const float alpha = 1.0f, beta = 0.0f;
   if (status == CUBLAS_STATUS_SUCCESS)
     status = cublasLtMatmul(st.handle, plan.desc, &alpha, p.a.ptr, plan.la, p.b.ptr, plan.lb, &beta, p.d, plan.ld, p.d,
-                            plan.ld, &plan.algo, st.workspace->raw_data(), kWorkspaceBytes, stream());
+                            plan.ld, &plan.algo, st.workspace.raw_data(), kWorkspaceBytes, stream());
   check_blas(status, "matmul", problem_str(p));
   return true;
 }
@@ -377,7 +382,7 @@ void require_inputs(const char* op, const Tensor& a, const Tensor& b, const Tens
 
 }  // namespace
 
-Tensor CudaBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act) {
+Tensor CudaOps::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act) {
   require_inputs("linear", x, weight, bias);
   const int64_t K = weight.size(1), N = weight.size(0);
   const int64_t M = leading_numel(x, 1);
@@ -460,7 +465,7 @@ Tensor matmul_as(const Tensor& a, const Tensor& b, std::optional<DType> out_dtyp
 
 }  // namespace
 
-Tensor CudaBackend::matmul(const Tensor& a, const Tensor& b) { return matmul_as(a, b, std::nullopt); }
+Tensor CudaOps::matmul(const Tensor& a, const Tensor& b) { return matmul_as(a, b, std::nullopt); }
 
 Tensor matmul_float32_out(const Tensor& a, const Tensor& b) { return matmul_as(a, b, DType::F32); }
 

@@ -131,7 +131,7 @@ __global__ void sum_abs_kernel(const T* __restrict__ x, int64_t n, double* resul
 
 }  // namespace
 
-Tensor CudaBackend::embedding(const Tensor& ids_in, const Tensor& table_in) {
+Tensor CudaOps::embedding(const Tensor& ids_in, const Tensor& table_in) {
   require_cuda("embedding", table_in);
   VGEN_CHECK(ids_in.dtype() == DType::I64 && table_in.dim() == 2, "embedding: ids {} table {}", ids_in.str(),
              table_in.str());
@@ -196,7 +196,7 @@ Tensor upsample_channels_last(const Tensor& x) {
 
 }  // namespace
 
-Tensor CudaBackend::upsample_nearest2x(const Tensor& x_in) {
+Tensor CudaOps::upsample_nearest2x(const Tensor& x_in) {
   require_cuda("upsample_nearest2x", x_in);
   VGEN_CHECK(x_in.dim() >= 2, "upsample_nearest2x of {}", x_in.str());
   if (x_in.is_channels_last_3d()) return upsample_channels_last(x_in);
@@ -229,7 +229,7 @@ Tensor CudaBackend::upsample_nearest2x(const Tensor& x_in) {
   return out;
 }
 
-double CudaBackend::sum_abs(const Tensor& x_in) {
+double CudaOps::sum_abs(const Tensor& x_in) {
   require_cuda("sum_abs", x_in);
   if (x_in.numel() == 0) return 0.0;
   // Other dtypes are read as float32, as the CPU backend does.

@@ -588,14 +588,14 @@ Rows token_rows(Tensor* x) {
 
 }  // namespace
 
-Tensor CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
+Tensor CudaOps::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
   VGEN_CHECK(x.dim() >= 1, "layer_norm of {}", x.str());
   VGEN_CHECK(!weight.defined() || weight.numel() == x.size(-1), "layer_norm: weight {} for input {}", weight.str(), x.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == x.size(-1), "layer_norm: bias {} for input {}", bias.str(), x.str());
   return layer_norm_rows("layer_norm", x, weight, bias, {}, {}, eps);
 }
 
-Tensor CudaBackend::modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
+Tensor CudaOps::modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps) {
   require_cuda("modulated_layer_norm", scale);
   require_cuda("modulated_layer_norm", shift);
   VGEN_CHECK(x.dim() == 3 && scale.dim() == 3 && shift.shape() == scale.shape() && scale.dtype() == DType::F32 &&
@@ -608,7 +608,7 @@ Tensor CudaBackend::modulated_layer_norm(const Tensor& x, const Tensor& scale, c
                          eps);
 }
 
-Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
+Tensor CudaOps::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   require_cuda("rms_norm", x);
   require_float("rms_norm", x);
   VGEN_CHECK(x.dim() >= 1, "rms_norm of {}", x.str());
@@ -619,7 +619,7 @@ Tensor CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   return rms_rope_rows("rms_norm", xc, {rows, 0, D}, D, weight, eps, {}, {}, true);
 }
 
-Tensor CudaBackend::rope(const Tensor& x_in, const Tensor& cos, const Tensor& sin) {
+Tensor CudaOps::rope(const Tensor& x_in, const Tensor& cos, const Tensor& sin) {
   require_cuda("rope", x_in);
   require_float("rope", x_in);
   VGEN_CHECK(x_in.dim() == 4 && cos.dim() == 2 && cos.size(0) == x_in.size(1) && cos.size(1) == x_in.size(3) &&
@@ -630,7 +630,7 @@ Tensor CudaBackend::rope(const Tensor& x_in, const Tensor& cos, const Tensor& si
   return rms_rope_rows("rope", x, rows, x.size(2) * x.size(3), {}, 0.0f, cos, sin, false);
 }
 
-Tensor CudaBackend::rms_norm_rope(const Tensor& x_in, const Tensor& weight, float eps, const Tensor& cos,
+Tensor CudaOps::rms_norm_rope(const Tensor& x_in, const Tensor& weight, float eps, const Tensor& cos,
                                   const Tensor& sin) {
   require_cuda("rms_norm_rope", x_in);
   require_float("rms_norm_rope", x_in);
@@ -643,7 +643,7 @@ Tensor CudaBackend::rms_norm_rope(const Tensor& x_in, const Tensor& weight, floa
   return rms_rope_rows("rms_norm_rope", x, rows, x.size(2) * x.size(3), weight, eps, cos, sin, true);
 }
 
-Tensor CudaBackend::softmax(const Tensor& x_in) {
+Tensor CudaOps::softmax(const Tensor& x_in) {
   require_cuda("softmax", x_in);
   require_float("softmax", x_in);
   VGEN_CHECK(x_in.dim() >= 1, "softmax of {}", x_in.str());
@@ -669,7 +669,7 @@ Tensor CudaBackend::softmax(const Tensor& x_in) {
   return out;
 }
 
-Tensor CudaBackend::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act) {
+Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act) {
   require_cuda("channel_rms_norm", x_in);
   require_float("channel_rms_norm", x_in);
   VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
