@@ -59,25 +59,17 @@ struct Desc {
 
 Desc desc_of(const Tensor& t) { return {t.shape(), t.strides(), cudnn_alignment(t.raw_data())}; }
 
-struct SdpaPlan {
-  std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN did not take it
-  int64_t workspace = 0;
-};
-
-struct SdpaState {
-  explicit SdpaState(CudaBackend& backend) : cudnn(backend.state<Cudnn>()) {}
-  Cudnn& cudnn;  // the backend's handle; its mutex guards the plans too
-  std::map<std::vector<int64_t>, SdpaPlan> plans;
-};
+struct SdpaKind;
+using SdpaState = CudnnPlans<SdpaKind>;
 
 // The active backend's plans (each execution context has its own).
 SdpaState& sdpa_state() { return active().state<SdpaState>(); }
 
 std::string desc_str(const Desc& d) { return fmt::format("{} strides {}", shape_str(d.dims), shape_str(d.strides)); }
 
-SdpaPlan build_plan(cudnnHandle_t handle, fe::DataType_t io, const Desc& q, const Desc& k, const Desc& v, const Desc& o,
+CudnnPlan build_plan(cudnnHandle_t handle, fe::DataType_t io, const Desc& q, const Desc& k, const Desc& v, const Desc& o,
                     const Desc* bias, float scale, std::string* why) {
-  SdpaPlan plan;
+  CudnnPlan plan;
   try {
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(io)
@@ -138,7 +130,7 @@ Desc output_desc(int64_t B, int64_t H, int64_t Sq, int64_t D) { return {{B, H, S
 
 // A cuDNN plan for one call: the graph and the bias tensor in the layout it was built for.
 struct Found {
-  const SdpaPlan* plan = nullptr;
+  const CudnnPlan* plan = nullptr;
   BiasForm form = BiasForm::None;
   Tensor bias;
 };
@@ -195,7 +187,7 @@ std::optional<Found> find_cudnn(const Tensor& q, const Tensor& k, const Tensor& 
     auto it = st.plans.find(key);
     if (it == st.plans.end()) {
       std::string why;
-      SdpaPlan plan = build_plan(st.cudnn.handle, io, dq, dk, dv, dout, form == BiasForm::None ? nullptr : &db, scale, &why);
+      CudnnPlan plan = build_plan(st.cudnn.handle, io, dq, dk, dv, dout, form == BiasForm::None ? nullptr : &db, scale, &why);
       if (!plan.graph)
         spdlog::debug("attention: cuDNN SDPA does not take q {}, k {}, v {}{}: {}", desc_str(dq), desc_str(dk),
                       desc_str(dv), form == BiasForm::None ? std::string() : ", bias " + desc_str(db), why);
@@ -213,14 +205,13 @@ std::optional<Found> find_cudnn(const Tensor& q, const Tensor& k, const Tensor& 
 bool run_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale, const Tensor& out) {
   const std::optional<Found> found = find_cudnn(q, k, v, bias, scale);
   if (!found) return false;
-  const SdpaPlan& plan = *found->plan;
+  const CudnnPlan& plan = *found->plan;
   SdpaState& st = sdpa_state();
-  const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, q.device()) : Tensor();
   std::unordered_map<int64_t, void*> pack{
       {kQ, q.raw_data()}, {kK, k.raw_data()}, {kV, v.raw_data()}, {kO, out.raw_data()}};
   if (found->form != BiasForm::None) pack.emplace(kBias, found->bias.raw_data());
   std::lock_guard<std::mutex> lock(st.cudnn.mutex);
-  const fe::error_t err = plan.graph->execute(st.cudnn.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  const fe::error_t err = execute(st.cudnn, plan, pack, q.device());
   if (err.is_bad())
     fail("attention: cuDNN SDPA on q {}, k {}, v {}{} failed: {}", q.str(), k.str(), v.str(),
          bias.defined() ? ", bias " + bias.str() : std::string(), err.err_msg);

@@ -75,16 +75,8 @@ Shape descriptor_strides(const Tensor& t, bool channels_last) {
   return {n, c, d, h, w};
 }
 
-struct ConvPlan {
-  std::shared_ptr<fe::graph::Graph> graph;  // null: no engine
-  int64_t workspace = 0;
-};
-
-struct ConvState {
-  explicit ConvState(CudaBackend& backend) : cudnn(backend.state<Cudnn>()) {}
-  Cudnn& cudnn;  // the backend's handle; its mutex guards the plans too
-  std::map<std::vector<int64_t>, ConvPlan> plans;
-};
+struct Conv3dKind;
+using ConvState = CudnnPlans<Conv3dKind>;
 
 // The active backend's plans (each execution context has its own).
 ConvState& conv_state() { return active().state<ConvState>(); }
@@ -120,8 +112,8 @@ bool autotune(cudnnHandle_t handle, fe::graph::Graph& g, const Conv& c, bool fus
   return err.is_good();
 }
 
-ConvPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::string* why) {
-  ConvPlan plan;
+CudnnPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::string* why) {
+  CudnnPlan plan;
   const DType dt = c.x.dtype();
   const fe::DataType_t io = dt == DType::F32    ? fe::DataType_t::FLOAT
                             : dt == DType::BF16 ? fe::DataType_t::BFLOAT16
@@ -210,16 +202,15 @@ bool run_cudnn(const Conv& c, bool fuse_bias) {
   auto it = st.plans.find(key);
   if (it == st.plans.end()) {
     std::string why;
-    ConvPlan plan = build_plan(st.cudnn.handle, c, fuse_bias, &why);
+    CudnnPlan plan = build_plan(st.cudnn.handle, c, fuse_bias, &why);
     if (!plan.graph)
       spdlog::debug("conv3d: no cuDNN engine for {}{}: {}", conv_str(c), fuse_bias ? " + bias" : "", why);
     it = st.plans.emplace(std::move(key), std::move(plan)).first;
   }
-  const ConvPlan& plan = it->second;
+  const CudnnPlan& plan = it->second;
   if (!plan.graph) return false;
-  const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, c.x.device()) : Tensor();
   auto pack = variant_pack(c, fuse_bias);
-  const fe::error_t err = plan.graph->execute(st.cudnn.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+  const fe::error_t err = execute(st.cudnn, plan, pack, c.x.device());
   if (err.is_bad()) fail("conv3d: cuDNN failed on {}: {}", conv_str(c), err.err_msg);
   return true;
 }

@@ -160,17 +160,6 @@ __global__ void fill_kernel(W* __restrict__ dst, W value, Indexer<1> ix, int64_t
 
 // ---- Host side ----------------------------------------------------------------------------
 
-template <typename F>
-void dispatch_word(int bytes, F&& f) {
-  switch (bytes) {
-    case 1: f(uint8_t{}); break;
-    case 2: f(uint16_t{}); break;
-    case 4: f(uint32_t{}); break;
-    case 8: f(uint2{}); break;
-    case 16: f(uint4{}); break;
-    default: fail("cuda copy: no word of {} bytes", bytes);
-  }
-}
 
 template <typename S, typename D>
 void launch_convert(const Tensor& dst, const Tensor& src, Layout<2> l) {

@@ -17,4 +17,10 @@ Cudnn::~Cudnn() {
   if (handle != nullptr) cudnnDestroy(handle);
 }
 
+cudnn_frontend::error_t execute(Cudnn& cudnn, const CudnnPlan& plan, std::unordered_map<int64_t, void*>& pack,
+                                Device device) {
+  const Tensor workspace = plan.workspace > 0 ? Tensor::empty({plan.workspace}, DType::U8, device) : Tensor();
+  return plan.graph->execute(cudnn.handle, pack, workspace.defined() ? workspace.raw_data() : nullptr);
+}
+
 }  // namespace vgen::cuda

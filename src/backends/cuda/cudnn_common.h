@@ -3,8 +3,14 @@
 #pragma once
 
 #include <cudnn.h>
+#include <cudnn_frontend.h>
 
+#include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
@@ -28,5 +34,25 @@ struct Cudnn {
   cudnnHandle_t handle = nullptr;
   std::mutex mutex;
 };
+
+// A built cuDNN frontend graph (null: no engine took the case; cached too) and its workspace.
+struct CudnnPlan {
+  std::shared_ptr<cudnn_frontend::graph::Graph> graph;
+  int64_t workspace = 0;
+};
+
+// A backend's cuDNN plans of one kind (`Kind` tells attention's from convolution's apart),
+// keyed by the numbers that identify a case: CudaBackend::state<CudnnPlans<Kind>>().
+template <typename Kind>
+struct CudnnPlans {
+  explicit CudnnPlans(CudaBackend& backend) : cudnn(backend.state<Cudnn>()) {}
+  Cudnn& cudnn;  // the backend's handle; hold cudnn.mutex while using `plans`
+  std::map<std::vector<int64_t>, CudnnPlan> plans;
+};
+
+// Runs `plan` on the handle's stream with a workspace allocated on `device`; the caller holds
+// cudnn.mutex. Returns cuDNN's verdict for the caller's message.
+cudnn_frontend::error_t execute(Cudnn& cudnn, const CudnnPlan& plan, std::unordered_map<int64_t, void*>& pack,
+                                Device device);
 
 }  // namespace vgen::cuda

@@ -1,5 +1,6 @@
-// Device-side helpers for the CUDA backend's kernels: float conversions of the element
-// types, SiLU, a dtype dispatch, and strided indexing of up to 8 dimensions.
+// Helpers for the CUDA backend's kernels: float conversions of the element
+// types, SiLU, a dtype dispatch, strided indexing of up to 8 dimensions, and (host side) a
+// dispatch over the unsigned word types that vectorized copies move.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -48,6 +49,19 @@ __device__ __forceinline__ float round_to(float v) { return to_float<T>(from_flo
       default: ::vgen::fail("{}: dtype {} is not supported on cuda", op, ::vgen::dtype_name(dtype)); \
     }                                                                                         \
   } while (0)
+
+// Calls f(W{}) with W an unsigned word of `bytes` bytes (1 to 16).
+template <typename F>
+inline void dispatch_word(int64_t bytes, F&& f) {
+  switch (bytes) {
+    case 1: f(uint8_t{}); break;
+    case 2: f(uint16_t{}); break;
+    case 4: f(uint32_t{}); break;
+    case 8: f(uint2{}); break;
+    case 16: f(uint4{}); break;
+    default: fail("cuda: no word of {} bytes", bytes);
+  }
+}
 
 constexpr int kMaxDims = 8;
 

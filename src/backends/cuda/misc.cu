@@ -18,18 +18,6 @@ struct alignas(sizeof(T) * VEC) Vec {
 
 bool aligned(const void* p, int64_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Calls f(W{}) with W an unsigned word of `bytes` bytes (1 to 16).
-template <typename F>
-void dispatch_word(int64_t bytes, F&& f) {
-  switch (bytes) {
-    case 1: f(uint8_t{}); break;
-    case 2: f(uint16_t{}); break;
-    case 4: f(uint32_t{}); break;
-    case 8: f(uint2{}); break;
-    case 16: f(uint4{}); break;
-    default: fail("cuda: no word of {} bytes", bytes);
-  }
-}
 
 // ---- Embedding ---------------------------------------------------------------------------------
 
