@@ -69,7 +69,6 @@ std::string desc_str(const Desc& d) { return fmt::format("{} strides {}", shape_
 
 CudnnPlan build_plan(cudnnHandle_t handle, fe::DataType_t io, const Desc& q, const Desc& k, const Desc& v, const Desc& o,
                     const Desc* bias, float scale, std::string* why) {
-  CudnnPlan plan;
   try {
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(io)
@@ -94,17 +93,11 @@ CudnnPlan build_plan(cudnnHandle_t handle, fe::DataType_t io, const Desc& q, con
     if (err.is_good()) err = g->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
     if (err.is_good()) err = g->check_support();
     if (err.is_good()) err = g->build_plans();
-    if (err.is_good()) err = g->get_workspace_size(plan.workspace);
-    if (err.is_bad()) {
-      *why = err.err_msg;
-      return plan;
-    }
-    plan.graph = std::move(g);
+    return finish_plan(std::move(g), err, why);
   } catch (const std::exception& e) {
     *why = e.what();
-    plan.graph.reset();
+    return {};
   }
-  return plan;
 }
 
 // How a bias goes to cuDNN: its own dims (size 1 where it broadcasts), every dim expanded with

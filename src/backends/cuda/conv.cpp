@@ -113,7 +113,6 @@ bool autotune(cudnnHandle_t handle, fe::graph::Graph& g, const Conv& c, bool fus
 }
 
 CudnnPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::string* why) {
-  CudnnPlan plan;
   const DType dt = c.x.dtype();
   const fe::DataType_t io = dt == DType::F32    ? fe::DataType_t::FLOAT
                             : dt == DType::BF16 ? fe::DataType_t::BFLOAT16
@@ -165,17 +164,11 @@ CudnnPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::s
     if (err.is_good()) err = g->check_support();
     const bool tuned = err.is_good() && conv_autotune() && !stream_capturing() && autotune(handle, *g, c, fuse_bias);
     if (err.is_good() && !tuned) err = g->build_plans();
-    if (err.is_good()) err = g->get_workspace_size(plan.workspace);
-    if (err.is_bad()) {
-      *why = err.err_msg;
-      return plan;
-    }
-    plan.graph = std::move(g);
+    return finish_plan(std::move(g), err, why);
   } catch (const std::exception& e) {
     *why = e.what();
-    plan.graph.reset();
+    return {};
   }
-  return plan;
 }
 
 std::string conv_str(const Conv& c) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -40,6 +41,10 @@ struct CudnnPlan {
   std::shared_ptr<cudnn_frontend::graph::Graph> graph;
   int64_t workspace = 0;
 };
+
+// The plan of graph `g` whose building so far ended with `err`: with the graph and its
+// workspace size when all went well, else without a graph and with cuDNN's reason in *why.
+CudnnPlan finish_plan(std::shared_ptr<cudnn_frontend::graph::Graph> g, cudnn_frontend::error_t err, std::string* why);
 
 // A backend's cuDNN plans of one kind (`Kind` tells attention's from convolution's apart),
 // keyed by the numbers that identify a case: CudaBackend::state<CudnnPlans<Kind>>().
