@@ -161,6 +161,27 @@ TEST(Cli, InfoDescribesTheCheckpoint) {
   EXPECT_NE(r.out.find("UniPCMultistepScheduler"), std::string::npos) << r.out;
 }
 
+// `vgen info` prints what the pipeline's capabilities() report, so help texts need no family facts.
+TEST(Cli, InfoShowsCapabilities) {
+  const Result r = run("info " + fixture("wan21_t2v_tiny"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("text-to-video"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("832x480 (WxH), 81 frames, 50 steps, guidance 5.0, 512 prompt tokens, 16 fps"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("height and width multiples of 16, num_frames = 4k+1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("image no, last image no, LoRA no, two experts no"), std::string::npos) << r.out;
+}
+
+// Defaults belong to the model (vgen info), not to the help text of a family-neutral front end.
+TEST(Cli, HelpNamesNoModelFamilyNumbers) {
+  for (const char* command : {"generate --help", "bench --help", "serve --help"}) {
+    const Result r = run(command);
+    EXPECT_EQ(r.code, 0) << command << r.out;
+    for (const char* fact : {"4k+1", "16 fps", "832", "480", "default 81", "default 50", "Wan"})
+      EXPECT_EQ(r.out.find(fact), std::string::npos) << command << " mentions '" << fact << "':\n" << r.out;
+  }
+}
+
 TEST(Cli, UnknownFlagIsAUsageError) {
   const Result r = run("generate --model x --prompt y --bogus-flag 3");
   EXPECT_NE(r.code, 0);

@@ -32,7 +32,6 @@ ServeOptions options_for(const std::string& name) {
 ServedModel fake_model(std::chrono::milliseconds step_time = std::chrono::milliseconds(1)) {
   ServedModel m;
   m.info.id = "fake_model";
-  m.info.task = "text-to-video";
   m.pipeline = std::make_unique<vgen::testing::FakePipeline>(step_time);
   return m;
 }
