@@ -99,7 +99,7 @@ struct PipelineCapabilities {
 struct PipelineOptions {
   Device device = Device::cpu();
   DType dtype = DType::F32;      // compute dtype of the transformer and text encoder
-  DType vae_dtype = DType::F32;  // the VAE's (float32 as diffusers' Wan examples advise)
+  DType vae_dtype = DType::F32;  // the VAE's (float32 by default, as diffusers' video examples run it)
   // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
   // checkpoint for the next one): its memory goes to the transformer and the VAE.
   bool offload_text_encoder = false;

@@ -14,7 +14,7 @@ namespace vgen::serving {
 namespace {
 
 // Bounds that keep absurd requests from reaching the pipeline; the model's own limits
-// (multiples of 16, 4k+1 frames, ...) come from its resolve().
+// (size multiple, frame grid, ...) come from its resolve().
 constexpr int64_t kMaxSide = 8192;
 constexpr int64_t kMaxFrames = 4097;
 constexpr int64_t kMaxSteps = 1000;
@@ -266,7 +266,7 @@ std::optional<std::pair<int64_t, int64_t>> parse_size(const std::string& text, c
   const std::optional<int64_t> w = x == std::string::npos ? std::nullopt : dimension(text.substr(0, x));
   const std::optional<int64_t> h = x == std::string::npos ? std::nullopt : dimension(text.substr(x + 1));
   if (!w || !h)
-    bad_field(field, fmt::format("'{}' must be \"WIDTHxHEIGHT\" in pixels (e.g. \"832x480\") or \"auto\", got '{}'",
+    bad_field(field, fmt::format("'{}' must be \"WIDTHxHEIGHT\" in pixels (width first) or \"auto\", got '{}'",
                                  field, text));
   if (*w < 1 || *h < 1 || *w > kMaxSide || *h > kMaxSide)
     bad_field(field, fmt::format("'{}': width and height must be in [1, {}], got '{}'", field, kMaxSide, text));

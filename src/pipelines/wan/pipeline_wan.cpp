@@ -121,6 +121,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
 std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const { return description_; }
 
 ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
+  ContextScope scope(*context_);
   const auto& tcfg = transformer_->config();
   const PipelineCapabilities& c = capabilities_;
   ResolvedParams r;
