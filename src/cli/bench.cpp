@@ -98,7 +98,7 @@ int run_bench(const BenchArgs& a) {
       // The first decode alone too: it builds (and with --conv-autotune times) the cuDNN plans.
       const double first_s = median_seconds(bench.run, device, 0, 1);
       const double s = median_seconds(bench.run, device, std::max(a.warmup - 1, 0), a.iters);
-      out.update({{"s", s}, {"first_s", first_s}, {"peak_gib", peak_gib(device)}, {"dtype", a.vae_dtype},
+      out.update({{"s", s}, {"first_s", first_s}, {"peak_gib", peak_gib(device)}, {"dtype", dtype_name(options.vae_dtype)},
                   {"conv_autotune", bench.context->settings().conv_autotune}});
     } else {
       const double s = median_seconds(bench.run, device, a.warmup, a.iters);
