@@ -58,16 +58,16 @@ ComponentBench load_component_bench(const std::string& model, const std::string&
   const fs::path sub = fs::path(model) / role;
   const std::string dir = fs::exists(sub / "config.json") ? sub.string() : model;
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  const std::string class_name = json_require<std::string>(read_json_file(config_path), "_class_name", config_path);
+  // diffusers writes `_class_name` into every model's config.json (transformers' configs have none).
+  const std::string class_name = json_get<std::string>(read_json_file(config_path), "_class_name", "", config_path);
   std::string supported;
   for (const ComponentEntry& e : component_registry()) {
     if (e.role != role) continue;
-    if (e.class_name == class_name) {
-      return e.load(dir, options, make_pipeline_context(options.pipeline));
-    }
+    if (e.class_name == class_name) return e.load(dir, options, make_pipeline_context(options.pipeline));
     supported += (supported.empty() ? "" : ", ") + e.class_name;
   }
-  fail("{}: no {} benchmark for class '{}' (supported: {})", config_path, role, class_name, supported);
+  fail("{}: no {} benchmark for class '{}' (supported: {})", config_path, role,
+       class_name.empty() ? "(no _class_name)" : class_name, supported);
 }
 
 }  // namespace vgen

@@ -182,6 +182,26 @@ TEST(Cli, HelpNamesNoModelFamilyNumbers) {
   }
 }
 
+// `vgen bench` reaches a component through the registry by its config's `_class_name`, from a
+// pipeline root or the component's own folder, and says which classes it can bench otherwise.
+TEST(Cli, BenchFindsComponentsThroughTheRegistry) {
+  const std::string tiny = fixture("wan21_t2v_tiny");
+  const std::string size = " --device cpu --height 32 --width 48 --num-frames 5 --text-len 8 --warmup 0 --iters 1";
+  for (const std::string& model : {tiny, tiny + "/transformer"}) {
+    const Result r = run("bench transformer --model " + model + size);
+    ASSERT_EQ(r.code, 0) << r.out;
+    // 5 frames -> 2 latent frames; 32x48 -> 4x6 latents -> 2x3 patches of 2x2.
+    EXPECT_NE(r.out.find("\"tokens\":12"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"what\":\"vgen_transformer\""), std::string::npos) << r.out;
+  }
+  const Result wrong = run("bench transformer --model " + tiny + "/vae" + size);
+  EXPECT_NE(wrong.code, 0);
+  EXPECT_NE(last_line(wrong.out).find("no transformer benchmark for class 'AutoencoderKLWan' (supported: "
+                                      "WanTransformer3DModel)"),
+            std::string::npos)
+      << wrong.out;
+}
+
 TEST(Cli, UnknownFlagIsAUsageError) {
   const Result r = run("generate --model x --prompt y --bogus-flag 3");
   EXPECT_NE(r.code, 0);
