@@ -11,10 +11,14 @@ VisualGen::~VisualGen() = default;
 
 GenerationOutput VisualGen::generate(const std::string& prompt, GenerationParams params, const StepCallback& on_step) {
   params.prompt = prompt;
-  return pipeline_->generate(params, on_step);
+  return generate(params, on_step);
 }
 
 GenerationOutput VisualGen::generate(const GenerationParams& params, const StepCallback& on_step) {
+  return pipeline_->generate(pipeline_->resolve(params), on_step);
+}
+
+GenerationOutput VisualGen::generate(const ResolvedParams& params, const StepCallback& on_step) {
   return pipeline_->generate(params, on_step);
 }
 

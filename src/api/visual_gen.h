@@ -18,8 +18,11 @@ class VisualGen {
   explicit VisualGen(const std::string& model_path, const PipelineOptions& options = {});
   ~VisualGen();
 
+  // Resolves `params` once (the family's defaults, validation) and runs what it resolved to.
   GenerationOutput generate(const std::string& prompt, GenerationParams params = {}, const StepCallback& on_step = {});
   GenerationOutput generate(const GenerationParams& params, const StepCallback& on_step = {});
+  // Runs parameters already resolved by pipeline().resolve() (e.g. to show them first).
+  GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {});
 
   DiffusionPipeline& pipeline() { return *pipeline_; }
   const std::string& model_path() const { return model_path_; }

@@ -2,6 +2,8 @@
 // driver (tools/bench/bench_wan.py) can put them beside diffusers' figures from the same run.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 
 namespace vgen::cli {
@@ -12,11 +14,12 @@ struct BenchArgs {
   std::string device = "auto";
   std::string dtype;   // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
   std::string vae_dtype = "fp32";
-  std::string attention_backend = "auto";
-  int64_t height = 480, width = 832, num_frames = 81;
+  std::optional<std::string> attention_backend;  // unset: VGEN_ATTENTION_BACKEND, else auto
+  // Pixel size; unset: the model's defaults (its capabilities, or its family's for a component).
+  std::optional<int64_t> height, width, num_frames;
   int64_t heads = 12, head_dim = 128, seq = 32760;  // attention
   int64_t text_len = 512;                         // transformer context tokens
-  int steps = 50;                                 // pipeline
+  std::optional<int> steps;                       // pipeline; unset: the model's default
   int warmup = 2, iters = 5;
   bool cuda_graphs = true;            // transformer, pipeline: replay the step from a CUDA graph
   bool conv_autotune = false;         // vae, pipeline: autotuned GPU convolutions (vgen serve's default)

@@ -18,7 +18,6 @@
 #include "io/safetensors.h"
 #include "media/image.h"
 #include "media/mp4.h"
-#include "ops/ops.h"
 #include "pipelines/registry.h"
 #include "serving/server.h"
 
@@ -34,7 +33,7 @@ struct GenerateArgs {
   std::string device = "auto";
   std::string dtype;
   std::string vae_dtype = "fp32";
-  std::string attention_backend = "auto";
+  std::optional<std::string> attention_backend;  // unset: the environment's (VGEN_ATTENTION_BACKEND) or auto
   bool cuda_graphs = true;
   bool conv_autotune = false;
   std::optional<std::string> scheduler;
@@ -72,7 +71,10 @@ int run_generate(GenerateArgs& a) {
   options.vae_dtype = parse_compute_dtype(a.vae_dtype);
   // One generation per process: the text encoder's memory goes to the transformer and VAE.
   options.offload_text_encoder = true;
-  options.cuda_graphs = a.cuda_graphs;
+  // PipelineOptions starts from ExecutionSettings::from_environment(); the flags override it.
+  if (a.attention_backend) options.execution.attention_backend = *a.attention_backend;
+  options.execution.cuda_graphs = a.cuda_graphs;
+  if (a.conv_autotune) options.execution.conv_autotune = true;
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
@@ -92,7 +94,7 @@ int run_generate(GenerateArgs& a) {
                  static_cast<unsigned long long>(r.seed));
 
   ProgressBar bar(r.num_inference_steps, !a.quiet);
-  GenerationOutput out = gen.generate(a.params, [&](const StepProgress& p) {
+  GenerationOutput out = gen.generate(r, [&](const StepProgress& p) {
     bar.update(p.step, p.step_seconds);
     return true;
   });
@@ -121,16 +123,21 @@ int run_generate(GenerateArgs& a) {
   return 0;
 }
 
+std::string yes_no(bool b) { return b ? "yes" : "no"; }
+
 int run_info(const std::string& model) {
-  const DiffusersCheckpoint ckpt = DiffusersCheckpoint::open(model);
-  const PipelineEntry& entry = find_pipeline(ckpt);
-  std::unique_ptr<DiffusionPipeline> pipeline = entry.load(ckpt, PipelineOptions{});
-  std::printf("%-14s %s\n", "task", entry.task.c_str());
+  std::unique_ptr<DiffusionPipeline> pipeline = load_pipeline(model, PipelineOptions{});
+  const PipelineCapabilities& c = pipeline->capabilities();
+  std::printf("%-14s %s\n", "task", c.task_list().c_str());
   for (const auto& [k, v] : pipeline->describe()) std::printf("%-14s %s\n", k.c_str(), v.c_str());
   const ResolvedParams d = pipeline->resolve(GenerationParams{});
-  std::printf("%-14s %lldx%lld (WxH), %lld frames, %d steps, guidance %.1f\n", "defaults",
+  std::printf("%-14s %lldx%lld (WxH), %lld frames, %d steps, guidance %.1f, %d prompt tokens, %g fps\n", "defaults",
               static_cast<long long>(d.width), static_cast<long long>(d.height), static_cast<long long>(d.num_frames),
-              d.num_inference_steps, d.guidance_scale);
+              d.num_inference_steps, d.guidance_scale, d.max_sequence_length, c.default_fps);
+  std::printf("%-14s height and width multiples of %lld, num_frames = %lldk+1\n", "sizes",
+              static_cast<long long>(c.spatial_multiple), static_cast<long long>(c.temporal_multiple));
+  std::printf("%-14s image %s, last image %s, LoRA %s, two experts %s\n", "inputs", yes_no(c.image_input).c_str(),
+              yes_no(c.last_image_input).c_str(), yes_no(c.lora).c_str(), yes_no(c.two_experts).c_str());
   return 0;
 }
 
@@ -145,26 +152,26 @@ int main(int argc, char** argv) {
   CLI::App* gen = app.add_subcommand("generate", "Generate one video or image");
   gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json)")->required();
   gen->add_option("--prompt", g.params.prompt, "Text prompt")->required();
-  gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the Wan examples' one; \"\" for none)");
-  gen->add_option("--height", g.params.height, "Height in pixels, a multiple of 16 (default: the model's)");
-  gen->add_option("--width", g.params.width, "Width in pixels, a multiple of 16 (default: the model's)");
-  gen->add_option("--num-frames", g.params.num_frames, "Frames, of the form 4k+1 (default 81)");
-  gen->add_option("--steps,--num-inference-steps", g.params.num_inference_steps, "Denoising steps (default 50)");
-  gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default 5.0; <= 1 disables CFG)");
+  gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's; \"\" for none)");
+  gen->add_option("--height", g.params.height, "Height in pixels, a multiple of the model's spatial multiple (default: the model's; see vgen info)");
+  gen->add_option("--width", g.params.width, "Width in pixels, a multiple of the model's spatial multiple (default: the model's)");
+  gen->add_option("--num-frames", g.params.num_frames, "Frames, on the model's frame grid (default: the model's; see vgen info)");
+  gen->add_option("--steps,--num-inference-steps", g.params.num_inference_steps, "Denoising steps (default: the model's)");
+  gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default: the model's; <= 1 disables CFG)");
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
-  gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default 512)");
+  gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
   gen->add_option("--seed", g.seed, "Random seed (default 0)")->check(CLI::NonNegativeNumber);
-  gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's, 16 for Wan2.1)")->check(CLI::PositiveNumber);
+  gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(CLI::PositiveNumber);
   gen->add_option("--scheduler", g.scheduler, "Override the checkpoint's scheduler (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)");
   gen->add_option("--flow-shift", g.flow_shift, "Override the scheduler's flow shift")->check(CLI::PositiveNumber);
   gen->add_option("--latents", g.latents_file, "Initial noise from a safetensors file (tensor 'latents'), like diffusers' latents=")
       ->check(CLI::ExistingFile);
   gen->add_option("--device", g.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   gen->add_option("--dtype", g.dtype, "Compute dtype of the transformer and text encoder: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
-  gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32, as diffusers' Wan examples advise)");
-  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default auto)");
+  gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32)");
+  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
-  gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs ~0.6 s more at 480p)");
+  gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
   gen->add_option("-o,--output", g.output, "Output file: .mp4 (H.264), or .png/.jpg/.webp for a 1-frame image");
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
 
@@ -192,15 +199,15 @@ int main(int argc, char** argv) {
   bench->add_option("--device", b.device, "auto, cpu or cuda (default auto)");
   bench->add_option("--dtype", b.dtype, "Compute dtype (default: bf16 on a GPU)");
   bench->add_option("--vae-dtype", b.vae_dtype, "VAE dtype for vae/pipeline (default fp32)");
-  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn or reference");
-  bench->add_option("--height", b.height, "Height in pixels (default 480)");
-  bench->add_option("--width", b.width, "Width in pixels (default 832)");
-  bench->add_option("--num-frames", b.num_frames, "Frames (default 81)");
+  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
+  bench->add_option("--height", b.height, "Height in pixels (default: the model's)");
+  bench->add_option("--width", b.width, "Width in pixels (default: the model's)");
+  bench->add_option("--num-frames", b.num_frames, "Frames (default: the model's)");
   bench->add_option("--seq", b.seq, "attention: sequence length (default 32760)");
   bench->add_option("--heads", b.heads, "attention: heads (default 12)");
   bench->add_option("--head-dim", b.head_dim, "attention: head dim (default 128)");
   bench->add_option("--text-len", b.text_len, "transformer: text tokens (default 512)");
-  bench->add_option("--steps", b.steps, "pipeline: denoising steps (default 50)");
+  bench->add_option("--steps", b.steps, "pipeline: denoising steps (default: the model's)");
   bench->add_option("--warmup", b.warmup, "Untimed runs first (pipeline: steps of the warm-up run) (default 2)");
   bench->add_option("--iters", b.iters, "Timed runs; the median is reported (default 5)");
   bench->add_flag("!--no-cuda-graphs", b.cuda_graphs, "transformer, pipeline: run the step eagerly, without CUDA graphs");

@@ -232,4 +232,14 @@ void require_implemented(const EngineConfig& config, const std::string& source) 
   fail("{}: {}", source, joined);
 }
 
+ExecutionSettings execution_settings(const EngineConfig& config, ExecutionSettings base) {
+  // `auto` is also what an absent section reads as: it leaves the environment's choice
+  // (VGEN_ATTENTION_BACKEND) in place, as the process-wide default did.
+  if (config.attention.backend != AttentionBackend::Auto)
+    base.attention_backend = attention_backend_name(config.attention.backend);
+  base.cuda_graphs = config.cuda_graph.enabled;
+  base.conv_autotune = config.conv.autotune;
+  return base;
+}
+
 }  // namespace vgen

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "core/execution_context.h"
+
 namespace vgen {
 
 // ModelOpt's quantization algorithms for the transformer's linear layers.
@@ -88,5 +90,12 @@ void require_implemented(const EngineConfig& config, const std::string& source);
 
 std::string quant_algo_name(QuantAlgo algo);
 std::string attention_backend_name(AttentionBackend backend);
+
+// How the configured engine runs ops: `base` (a front end passes
+// ExecutionSettings::from_environment()) with the attention, cuda_graph and conv sections
+// applied (attention `auto` keeps base's choice). The one place an EngineConfig becomes
+// ExecutionSettings.
+ExecutionSettings execution_settings(const EngineConfig& config,
+                                     ExecutionSettings base = ExecutionSettings::from_environment());
 
 }  // namespace vgen

@@ -5,6 +5,22 @@
 
 namespace vgen {
 
+bool PipelineCapabilities::supports(const std::string& task) const {
+  for (const std::string& t : tasks)
+    if (t == task) return true;
+  return false;
+}
+
+std::string PipelineCapabilities::task_list() const {
+  std::string out;
+  for (const std::string& t : tasks) out += (out.empty() ? "" : ", ") + t;
+  return out;
+}
+
+DiffusionPipeline::DiffusionPipeline(std::shared_ptr<ExecutionContext> context) : context_(std::move(context)) {
+  VGEN_CHECK(context_ != nullptr, "a pipeline needs an execution context");
+}
+
 PipelineOptions default_pipeline_options(Device device) {
   PipelineOptions o;
   o.device = device;

@@ -1,5 +1,6 @@
 // What every pipeline offers: generation parameters named as diffusers names them, each
-// optional so that the model family's own default applies, and the generated frames.
+// optional so that the model family's own default applies; what the pipeline can do
+// (capabilities); the parameters resolved once; and the generated frames.
 #pragma once
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/execution_context.h"
 #include "core/tensor.h"
 #include "schedulers/scheduler.h"
 
@@ -48,12 +50,14 @@ struct GenerationOutput {
   Tensor frames;            // uint8 [F, H, W, 3]
   Tensor video;             // float [1, 3, F, H, W] in [-1, 1] as the VAE produced it
   Tensor denoised_latents;  // [1, C, T, h, w] before de-normalization
-  double fps = 16.0;        // the family's default frame rate
+  double fps = 0.0;         // the family's default frame rate (capabilities().default_fps)
   // Seconds per phase, in order: "encode_prompt", "denoise", "decode".
   std::vector<std::pair<std::string, double>> timings;
 };
 
-// The resolved parameters after defaults and validation (what will actually run).
+// The parameters after defaults and validation: what will actually run. Made once by
+// DiffusionPipeline::resolve and handed to generate as is (never turned back into
+// GenerationParams), so that what a front end shows is what runs.
 struct ResolvedParams {
   std::string prompt;
   std::string negative_prompt;
@@ -63,18 +67,45 @@ struct ResolvedParams {
   double guidance_rescale = 0.0;
   int max_sequence_length = 0;
   uint64_t seed = 0;
+  // Initial noise (diffusers' `latents=`), its shape checked by resolve; undefined: seeded noise.
+  Tensor latents;
+};
+
+// What a pipeline can do and what it does when a request leaves a value unset. Front ends
+// (CLI, server, bench, `vgen info`) read this instead of knowing a family's numbers.
+struct PipelineCapabilities {
+  std::vector<std::string> tasks;  // e.g. {"text-to-video"}
+  // Inputs beyond the prompt that the pipeline accepts.
+  bool image_input = false;       // a first frame (image-to-video)
+  bool last_image_input = false;  // a last frame (first-last-frame-to-video)
+  bool lora = false;              // LoRA adapters
+  bool two_experts = false;       // a high-noise and a low-noise transformer (Wan2.2 A14B)
+  double default_fps = 0.0;       // frame rate of the family's videos
+  // num_frames = temporal_multiple * k + 1 (the VAE's temporal compression).
+  int64_t temporal_multiple = 1;
+  // height and width are multiples of this (VAE compression times transformer patch size).
+  int64_t spatial_multiple = 1;
+  int64_t default_height = 0, default_width = 0, default_num_frames = 0;
+  int default_num_inference_steps = 0;
+  double default_guidance_scale = 0.0;
+  int default_max_sequence_length = 0;
+
+  // Whether `task` is among `tasks`.
+  bool supports(const std::string& task) const;
+  // The tasks joined with ", " (for messages and `vgen info`).
+  std::string task_list() const;
 };
 
 struct PipelineOptions {
   Device device = Device::cpu();
   DType dtype = DType::F32;      // compute dtype of the transformer and text encoder
-  DType vae_dtype = DType::F32;  // the VAE's (float32 as diffusers' Wan examples advise)
+  DType vae_dtype = DType::F32;  // the VAE's (float32 by default, as diffusers' video examples run it)
   // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
   // checkpoint for the next one): its memory goes to the transformer and the VAE.
   bool offload_text_encoder = false;
-  // Replays the transformer step from a CUDA graph per input shape (on a GPU; the numbers are
-  // the same, the launches fewer).
-  bool cuda_graphs = true;
+  // How ops run (attention kernel, TF32, convolution autotuning, CUDA graphs): the registry
+  // builds the pipeline's ExecutionContext from these.
+  ExecutionSettings execution = ExecutionSettings::from_environment();
   SchedulerOverrides scheduler;
 };
 
@@ -86,14 +117,27 @@ Device resolve_device(const std::string& text);
 // "bf16", "fp16", "fp32" (and bfloat16/float16/float32, f16/f32).
 DType parse_compute_dtype(const std::string& text);
 
+// A loaded pipeline. It owns the ExecutionContext it runs in: every public entry point binds
+// it (ContextScope) for the duration of the call, so two pipelines in one process never
+// share settings, streams or handles.
 class DiffusionPipeline {
  public:
+  explicit DiffusionPipeline(std::shared_ptr<ExecutionContext> context);
   virtual ~DiffusionPipeline() = default;
   virtual std::string class_name() const = 0;
+  virtual const PipelineCapabilities& capabilities() const = 0;
+  // Fills the unset parameters with the family's defaults and validates all of them; throws
+  // vgen::Error naming the parameter at fault.
   virtual ResolvedParams resolve(const GenerationParams& params) const = 0;
-  virtual GenerationOutput generate(const GenerationParams& params, const StepCallback& on_step = {}) = 0;
+  // Runs a request resolved by this pipeline's resolve().
+  virtual GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) = 0;
   // Human-readable description of what was loaded (components, sizes, dtypes).
   virtual std::vector<std::pair<std::string, std::string>> describe() const = 0;
+
+  ExecutionContext& context() const { return *context_; }
+
+ protected:
+  std::shared_ptr<ExecutionContext> context_;
 };
 
 }  // namespace vgen

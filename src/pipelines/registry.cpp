@@ -1,17 +1,28 @@
 #include "pipelines/registry.h"
 
-#include "models/wan/pipeline_wan.h"
+#include <filesystem>
+
+#include "io/json.h"
+#include "pipelines/wan/component_bench_wan.h"
+#include "pipelines/wan/pipeline_wan.h"
+
+namespace fs = std::filesystem;
 
 namespace vgen {
 
 const std::vector<PipelineEntry>& pipeline_registry() {
   static const std::vector<PipelineEntry> entries = {
-      {"WanPipeline", "text-to-video",
-       [](const DiffusersCheckpoint& c, const PipelineOptions& o) -> std::unique_ptr<DiffusionPipeline> {
-         return WanPipeline::from_pretrained(c, o);
+      {"WanPipeline",
+       [](const DiffusersCheckpoint& c, const PipelineOptions& o,
+          std::shared_ptr<ExecutionContext> ctx) -> std::unique_ptr<DiffusionPipeline> {
+         return WanPipeline::from_pretrained(c, o, std::move(ctx));
        }},
   };
   return entries;
+}
+
+std::shared_ptr<ExecutionContext> make_pipeline_context(const PipelineOptions& options) {
+  return std::make_shared<ExecutionContext>(options.device, options.execution);
 }
 
 const PipelineEntry& find_pipeline(const DiffusersCheckpoint& checkpoint) {
@@ -24,9 +35,39 @@ const PipelineEntry& find_pipeline(const DiffusersCheckpoint& checkpoint) {
        checkpoint.class_name(), supported);
 }
 
+std::unique_ptr<DiffusionPipeline> load_pipeline(const DiffusersCheckpoint& checkpoint, const PipelineOptions& options) {
+  const PipelineEntry& entry = find_pipeline(checkpoint);
+  // Everything the pipeline runs reads its settings from this context.
+  return entry.load(checkpoint, options, make_pipeline_context(options));
+}
+
 std::unique_ptr<DiffusionPipeline> load_pipeline(const std::string& model_dir, const PipelineOptions& options) {
-  const DiffusersCheckpoint checkpoint = DiffusersCheckpoint::open(model_dir);
-  return find_pipeline(checkpoint).load(checkpoint, options);
+  return load_pipeline(DiffusersCheckpoint::open(model_dir), options);
+}
+
+const std::vector<ComponentEntry>& component_registry() {
+  static const std::vector<ComponentEntry> entries = {
+      {"WanTransformer3DModel", "transformer", &wan_transformer_bench},
+      {"AutoencoderKLWan", "vae", &wan_vae_bench},
+  };
+  return entries;
+}
+
+ComponentBench load_component_bench(const std::string& model, const std::string& role,
+                                    const ComponentBenchOptions& options) {
+  const fs::path sub = fs::path(model) / role;
+  const std::string dir = fs::exists(sub / "config.json") ? sub.string() : model;
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  // diffusers writes `_class_name` into every model's config.json (transformers' configs have none).
+  const std::string class_name = json_get<std::string>(read_json_file(config_path), "_class_name", "", config_path);
+  std::string supported;
+  for (const ComponentEntry& e : component_registry()) {
+    if (e.role != role) continue;
+    if (e.class_name == class_name) return e.load(dir, options, make_pipeline_context(options.pipeline));
+    supported += (supported.empty() ? "" : ", ") + e.class_name;
+  }
+  fail("{}: no {} benchmark for class '{}' (supported: {})", config_path, role,
+       class_name.empty() ? "(no _class_name)" : class_name, supported);
 }
 
 }  // namespace vgen

@@ -14,7 +14,7 @@ namespace vgen::serving {
 namespace {
 
 // Bounds that keep absurd requests from reaching the pipeline; the model's own limits
-// (multiples of 16, 4k+1 frames, ...) come from its resolve().
+// (size multiple, frame grid, ...) come from its resolve().
 constexpr int64_t kMaxSide = 8192;
 constexpr int64_t kMaxFrames = 4097;
 constexpr int64_t kMaxSteps = 1000;
@@ -116,21 +116,6 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
   } catch (const Error& e) {
     throw ApiError(400, e.what(), std::nullopt, "invalid_value");
   }
-}
-
-GenerationParams explicit_params(const ResolvedParams& r) {
-  GenerationParams p;
-  p.prompt = r.prompt;
-  p.negative_prompt = r.negative_prompt;
-  p.height = r.height;
-  p.width = r.width;
-  p.num_frames = r.num_frames;
-  p.num_inference_steps = r.num_inference_steps;
-  p.guidance_scale = r.guidance_scale;
-  p.guidance_rescale = r.guidance_rescale;
-  p.max_sequence_length = r.max_sequence_length;
-  p.seed = r.seed;
-  return p;
 }
 
 }  // namespace
@@ -281,7 +266,7 @@ std::optional<std::pair<int64_t, int64_t>> parse_size(const std::string& text, c
   const std::optional<int64_t> w = x == std::string::npos ? std::nullopt : dimension(text.substr(0, x));
   const std::optional<int64_t> h = x == std::string::npos ? std::nullopt : dimension(text.substr(x + 1));
   if (!w || !h)
-    bad_field(field, fmt::format("'{}' must be \"WIDTHxHEIGHT\" in pixels (e.g. \"832x480\") or \"auto\", got '{}'",
+    bad_field(field, fmt::format("'{}' must be \"WIDTHxHEIGHT\" in pixels (width first) or \"auto\", got '{}'",
                                  field, text));
   if (*w < 1 || *h < 1 || *w > kMaxSide || *h > kMaxSide)
     bad_field(field, fmt::format("'{}': width and height must be in [1, {}], got '{}'", field, kMaxSide, text));
@@ -355,21 +340,22 @@ nlohmann::json VideoPlan::extras() const {
 
 VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {
   check_model(request.model, model);
-  if (request.has_input_reference && model.task.find("image-to-video") == std::string::npos)
-    throw ApiError(400, fmt::format("image-to-video not supported by this model ('{}' is {})", model.id, model.task),
+  const PipelineCapabilities& caps = pipeline.capabilities();
+  if (request.has_input_reference && !caps.image_input)
+    throw ApiError(400, fmt::format("image-to-video not supported by this model ('{}' is {})", model.id,
+                                    caps.task_list()),
                    "input_reference", "unsupported_value");
   VideoPlan plan;
-  plan.fps = request.fps.value_or(model.fps);
+  plan.fps = request.fps.value_or(caps.default_fps);
   GenerationParams p = request.params;
   p.seed = request.seed ? *request.seed : random_seed();
   if (request.seconds) {
-    p.num_frames = frames_for_seconds(*request.seconds, plan.fps, model.frame_grid);
+    p.num_frames = frames_for_seconds(*request.seconds, plan.fps, caps.temporal_multiple);
     if (*p.num_frames > kMaxFrames)
       bad_field("seconds", fmt::format("{} s at {} fps is {} frames, more than the {} allowed", *request.seconds,
                                        plan.fps, *p.num_frames, kMaxFrames));
   }
   plan.resolved = resolve_or_400(pipeline, p);
-  plan.params = explicit_params(plan.resolved);
   plan.seconds = format_seconds(request.seconds ? *request.seconds
                                                 : static_cast<double>(plan.resolved.num_frames) / plan.fps);
   plan.size = fmt::format("{}x{}", plan.resolved.width, plan.resolved.height);
@@ -380,14 +366,13 @@ ImagePlan plan_image(const ImageRequest& request, const ModelInfo& model, const 
   check_model(request.model, model);
   if (request.edit)
     throw ApiError(400, fmt::format("model '{}' ({}) cannot edit images; use /v1/images/generations", model.id,
-                                    model.task),
+                                    pipeline.capabilities().task_list()),
                    "image", "unsupported_value");
   ImagePlan plan;
   GenerationParams p = request.params;
   p.num_frames = 1;
   p.seed = request.seed ? *request.seed : random_seed();
   plan.resolved = resolve_or_400(pipeline, p);
-  plan.params = explicit_params(plan.resolved);
   plan.n = request.n;
   plan.output_format = request.output_format;
   plan.quality = request.quality;

@@ -5,7 +5,7 @@
 // 400 naming the field; the pipeline's own validation (resolve) is a 400 with its message.
 //
 // Video length: `num_frames` when given, else from `seconds` (see frames_for_seconds), else
-// the model's default. Frame rate: `fps` when given, else the model's (16 for Wan2.1).
+// the model's default. Frame rate: `fps` when given, else the model's (its capabilities).
 // Seed: `seed` when given, else a random one (returned in the Video object).
 #pragma once
 
@@ -58,22 +58,22 @@ class RequestFields {
   std::optional<std::string> form_text(const std::string& name) const;
 };
 
-// What the server knows about the model besides its pipeline.
+// What the server knows about the model besides its pipeline (whose capabilities() give
+// its tasks, frame rate and frame grid).
 struct ModelInfo {
-  std::string id;          // what /v1/models lists and requests may name
-  std::string task;        // "text-to-video", from the registry
-  double fps = 16.0;       // default frame rate of the family's videos
-  int64_t frame_grid = 4;  // num_frames = frame_grid * k + 1 (the VAE's temporal factor)
+  std::string id;  // what /v1/models lists and requests may name
 };
 
 // "WxH" (width first) or "auto" (nullopt: the model's default).
 std::optional<std::pair<int64_t, int64_t>> parse_size(const std::string& text, const std::string& field);
 
-// Frames for `seconds` at `fps` on the model's grid of frame_grid * k + 1 frames:
+// Frames for `seconds` at `fps` on the model's grid of frame_grid * k + 1 frames (frame_grid:
+// the pipeline's capabilities().temporal_multiple):
 //   n = round(seconds * fps), at least 1 (halves round up)
 //   k = floor((n - 1) / frame_grid + 1/2)  (the nearest grid point; a tie goes to the longer one)
 //   frames = frame_grid * k + 1
-// e.g. 4 s at 16 fps: n = 64 -> 65 frames; 5 s -> 80 -> 81; 1 s -> 16 -> 17; 0.1 s -> 2 -> 1.
+// e.g. 4 s at 16 fps on a grid of 4: n = 64 -> 65 frames; 5 s -> 80 -> 81; 1 s -> 16 -> 17;
+// 0.1 s -> 2 -> 1.
 int64_t frames_for_seconds(double seconds, double fps, int64_t frame_grid);
 
 // The `seconds` string of a Video object: the request's value when it gave one, else
@@ -105,12 +105,11 @@ struct ImageRequest {
 // Fields of POST /v1/images/generations (edit = false) and /v1/images/edits (edit = true).
 ImageRequest parse_image_request(const RequestFields& fields, bool edit);
 
-// A request made concrete for the model: every generation parameter explicit, validated by
-// the pipeline's resolve().
+// A request made concrete for the model: resolved and validated once by the pipeline's
+// resolve(); the worker runs `resolved` as is.
 struct VideoPlan {
-  GenerationParams params;  // all fields set from `resolved`
   ResolvedParams resolved;
-  double fps = 16.0;
+  double fps = 0.0;  // the request's, else the model's
   std::string seconds;  // for the Video object
   std::string size;     // "WxH"
   // What the Video object shows beyond OpenAI's fields (num_frames, fps, num_inference_steps,
@@ -121,8 +120,7 @@ struct VideoPlan {
 VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline);
 
 struct ImagePlan {
-  GenerationParams params;  // one frame; the seed of image i is params.seed + i
-  ResolvedParams resolved;
+  ResolvedParams resolved;  // one frame; the seed of image i is resolved.seed + i
   int n = 1;
   media::ImageFormat output_format = media::ImageFormat::PNG;
   int quality = 90;

@@ -15,6 +15,10 @@
 // One model instance, one worker thread: generations run one at a time in submission order
 // from a bounded queue (429 when full). Video jobs live in a SQLite database in media_dir
 // and their files in media_dir/videos/, so completed jobs survive restarts.
+//
+// The pieces: router (matching, 404/405/401/503), access (API key, body limit), routes_models /
+// routes_images / routes_videos (the endpoints), job_runner (generations on the worker),
+// media_dir, model_loading, server.cpp (the HTTP server's lifetime), run_server.cpp (signals).
 #pragma once
 
 #include <cstddef>
@@ -23,6 +27,7 @@
 #include <string>
 
 #include "pipelines/pipeline.h"
+#include "serving/model_loading.h"
 #include "serving/requests.h"
 
 namespace vgen::serving {
@@ -41,16 +46,6 @@ struct ServeOptions {
   size_t max_queue = 64;          // generations waiting (async and sync); more is a 429
   size_t max_body_bytes = 32u << 20;  // larger request bodies are a 413
 };
-
-// A loaded model: its pipeline and what the server needs to know about it.
-struct ServedModel {
-  ModelInfo info;
-  std::unique_ptr<DiffusionPipeline> pipeline;
-};
-using ModelLoader = std::function<ServedModel()>;
-
-// Loads options.model through the pipeline registry on options.device.
-ServedModel load_served_model(const ServeOptions& options);
 
 class Server {
  public:

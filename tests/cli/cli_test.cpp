@@ -161,6 +161,47 @@ TEST(Cli, InfoDescribesTheCheckpoint) {
   EXPECT_NE(r.out.find("UniPCMultistepScheduler"), std::string::npos) << r.out;
 }
 
+// `vgen info` prints what the pipeline's capabilities() report, so help texts need no family facts.
+TEST(Cli, InfoShowsCapabilities) {
+  const Result r = run("info " + fixture("wan21_t2v_tiny"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("text-to-video"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("832x480 (WxH), 81 frames, 50 steps, guidance 5.0, 512 prompt tokens, 16 fps"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("height and width multiples of 16, num_frames = 4k+1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("image no, last image no, LoRA no, two experts no"), std::string::npos) << r.out;
+}
+
+// Defaults belong to the model (vgen info), not to the help text of a family-neutral front end.
+TEST(Cli, HelpNamesNoModelFamilyNumbers) {
+  for (const char* command : {"generate --help", "bench --help", "serve --help"}) {
+    const Result r = run(command);
+    EXPECT_EQ(r.code, 0) << command << r.out;
+    for (const char* fact : {"4k+1", "16 fps", "832", "480", "default 81", "default 50", "Wan"})
+      EXPECT_EQ(r.out.find(fact), std::string::npos) << command << " mentions '" << fact << "':\n" << r.out;
+  }
+}
+
+// `vgen bench` reaches a component through the registry by its config's `_class_name`, from a
+// pipeline root or the component's own folder, and says which classes it can bench otherwise.
+TEST(Cli, BenchFindsComponentsThroughTheRegistry) {
+  const std::string tiny = fixture("wan21_t2v_tiny");
+  const std::string size = " --device cpu --height 32 --width 48 --num-frames 5 --text-len 8 --warmup 0 --iters 1";
+  for (const std::string& model : {tiny, tiny + "/transformer"}) {
+    const Result r = run("bench transformer --model " + model + size);
+    ASSERT_EQ(r.code, 0) << r.out;
+    // 5 frames -> 2 latent frames; 32x48 -> 4x6 latents -> 2x3 patches of 2x2.
+    EXPECT_NE(r.out.find("\"tokens\":12"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"what\":\"vgen_transformer\""), std::string::npos) << r.out;
+  }
+  const Result wrong = run("bench transformer --model " + tiny + "/vae" + size);
+  EXPECT_NE(wrong.code, 0);
+  EXPECT_NE(last_line(wrong.out).find("no transformer benchmark for class 'AutoencoderKLWan' (supported: "
+                                      "WanTransformer3DModel)"),
+            std::string::npos)
+      << wrong.out;
+}
+
 TEST(Cli, UnknownFlagIsAUsageError) {
   const Result r = run("generate --model x --prompt y --bogus-flag 3");
   EXPECT_NE(r.code, 0);

@@ -12,9 +12,9 @@
 #include "io/json.h"
 #include "media/frames.h"
 #include "models/wan/autoencoder_kl_wan.h"
-#include "models/wan/pipeline_wan.h"
 #include "models/wan/transformer_wan.h"
 #include "ops/ops.h"
+#include "pipelines/registry.h"
 #include "support/gpu.h"
 #include "support/parity.h"
 #include "text/umt5_encoder.h"
@@ -125,7 +125,8 @@ TEST(WanGpu, PipelineMatchesDiffusers) {
     PipelineOptions o;
     o.device = device;
     o.dtype = dtype;
-    return WanPipeline::from_pretrained(DiffusersCheckpoint::open(fixture(name)), o)->generate(p);
+    auto pipe = load_pipeline(fixture(name), o);
+    return pipe->generate(pipe->resolve(p));
   };
   const GenerationOutput f32 = run(kGpu, DType::F32);
   const double f32_err = rel(f32.denoised_latents, want);

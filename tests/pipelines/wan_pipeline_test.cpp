@@ -6,8 +6,8 @@
 
 #include "io/json.h"
 #include "media/frames.h"
-#include "models/wan/pipeline_wan.h"
 #include "ops/ops.h"
+#include "pipelines/registry.h"
 #include "support/parity.h"
 
 using namespace vgen;
@@ -48,14 +48,14 @@ TEST_P(WanPipelineParity, MatchesDiffusersEndToEnd) {
   const std::string name = GetParam();
   const Json spec = read_json_file(fixture(name + "_ref/pipeline.json"));
   const WeightStore ref = reference(name + "_ref/pipeline.safetensors");
-  auto pipe = WanPipeline::from_pretrained(DiffusersCheckpoint::open(fixture(name)), PipelineOptions{});
+  auto pipe = load_pipeline(fixture(name), PipelineOptions{});
   const Json& call = spec["call"];
 
   for (const bool cfg : {true, false}) {
     SCOPED_TRACE(cfg ? "with CFG" : "without CFG");
     const std::string suffix = cfg ? "" : "_nocfg";
     int steps_seen = 0;
-    const GenerationOutput out = pipe->generate(params_from(call, ref.get("latents"), cfg ? 5.0 : 1.0),
+    const GenerationOutput out = pipe->generate(pipe->resolve(params_from(call, ref.get("latents"), cfg ? 5.0 : 1.0)),
                                                 [&](const StepProgress& p) {
                                                   ++steps_seen;
                                                   return true;
@@ -80,7 +80,7 @@ TEST_P(WanPipelineParity, MatchesDiffusersEndToEnd) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, WanPipelineParity, ::testing::Values("wan21_t2v_tiny", "wan21_t2v_tiny_b"));
 
 TEST(WanPipeline, SeedGivesReproducibleOutputAndCancelStops) {
-  auto pipe = WanPipeline::from_pretrained(DiffusersCheckpoint::open(fixture("wan21_t2v_tiny")), PipelineOptions{});
+  auto pipe = load_pipeline(fixture("wan21_t2v_tiny"), PipelineOptions{});
   GenerationParams p;
   p.prompt = "a lighthouse at dusk";
   p.height = 32;
@@ -88,19 +88,19 @@ TEST(WanPipeline, SeedGivesReproducibleOutputAndCancelStops) {
   p.num_frames = 5;
   p.num_inference_steps = 3;
   p.seed = 1234;
-  const GenerationOutput a = pipe->generate(p);
-  const GenerationOutput b = pipe->generate(p);
+  const GenerationOutput a = pipe->generate(pipe->resolve(p));
+  const GenerationOutput b = pipe->generate(pipe->resolve(p));
   EXPECT_EQ(a.frames.to_vector(), b.frames.to_vector());
   EXPECT_EQ(a.frames.shape(), (Shape{5, 32, 48, 3}));
   p.seed = 1235;
-  EXPECT_NE(pipe->generate(p).frames.to_vector(), a.frames.to_vector());
+  EXPECT_NE(pipe->generate(pipe->resolve(p)).frames.to_vector(), a.frames.to_vector());
   int calls = 0;
-  EXPECT_THROW(pipe->generate(p, [&](const StepProgress&) { return ++calls < 2; }), Cancelled);
+  EXPECT_THROW(pipe->generate(pipe->resolve(p), [&](const StepProgress&) { return ++calls < 2; }), Cancelled);
   EXPECT_EQ(calls, 2);
 }
 
 TEST(WanPipeline, ValidatesRequests) {
-  auto pipe = WanPipeline::from_pretrained(DiffusersCheckpoint::open(fixture("wan21_t2v_tiny")), PipelineOptions{});
+  auto pipe = load_pipeline(fixture("wan21_t2v_tiny"), PipelineOptions{});
   GenerationParams p;
   p.prompt = "x";
   p.num_frames = 80;
@@ -116,8 +116,9 @@ TEST(WanPipeline, ValidatesRequests) {
   p.width = 48;
   p.num_frames = 9;
   p.latents = Tensor::zeros({1, 16, 2, 4, 6});
+  // resolve() checks the latents' shape, before any work.
   try {
-    pipe->generate(p);
+    pipe->resolve(p);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("latents have shape [1, 16, 2, 4, 6]"), std::string::npos) << e.what();

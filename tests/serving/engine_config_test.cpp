@@ -179,3 +179,28 @@ TEST(EngineConfig, LoadFromFile) {
     expect_contains(e.what(), path.string() + ": cannot open");
   }
 }
+
+// The attention, cuda_graph and conv sections become the pipeline's ExecutionSettings, over
+// the base the front end passes; settings the file has no say in stay as the base has them.
+TEST(EngineConfig, ExecutionSettingsFromTheSections) {
+  ExecutionSettings base;
+  base.attention_backend = "cudnn";
+  base.allow_tf32 = false;
+  base.profile_ops = true;
+  const ExecutionSettings s = execution_settings(
+      parse_engine_config("attention: {backend: reference}\ncuda_graph: {enabled: false}\nconv: {autotune: false}\n",
+                          "engine.yaml"),
+      base);
+  EXPECT_EQ(s.attention_backend, "reference");
+  EXPECT_FALSE(s.cuda_graphs);
+  EXPECT_FALSE(s.conv_autotune);
+  EXPECT_FALSE(s.allow_tf32);
+  EXPECT_TRUE(s.profile_ops);
+
+  // An empty file: the sections' defaults (graphs on, autotuned convolutions, as a server
+  // wants), and `auto` attention leaves the base's (the environment's) choice.
+  const ExecutionSettings d = execution_settings(parse_engine_config("", "engine.yaml"), base);
+  EXPECT_EQ(d.attention_backend, "cudnn");
+  EXPECT_TRUE(d.cuda_graphs);
+  EXPECT_TRUE(d.conv_autotune);
+}

@@ -1,10 +1,12 @@
-// A stand-in DiffusionPipeline for serving tests: validates like a Wan pipeline (sizes in
-// multiples of 16, 4k+1 frames) and "generates" a deterministic gradient in a few
-// milliseconds per step, honouring the step callback's cancellation. The prompt "fail"
-// fails after its first step, as a generation that runs out of memory would.
+// A stand-in DiffusionPipeline for serving tests: validates like a Wan pipeline by default
+// (sizes in multiples of 16, 4k+1 frames, 16 fps; other capabilities can be given) and
+// "generates" a deterministic gradient in a few milliseconds per step, honouring the step
+// callback's cancellation. The prompt "fail" fails after its first step, as a generation
+// that runs out of memory would.
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <thread>
 
 #include "core/error.h"
@@ -12,31 +14,54 @@
 
 namespace vgen::testing {
 
+// What FakePipeline reports unless told otherwise: Wan2.1's grid at a tiny default size.
+inline PipelineCapabilities fake_capabilities() {
+  PipelineCapabilities c;
+  c.tasks = {"text-to-video"};
+  c.default_fps = 16.0;
+  c.temporal_multiple = 4;
+  c.spatial_multiple = 16;
+  c.default_height = 32;
+  c.default_width = 48;
+  c.default_num_frames = 5;
+  c.default_num_inference_steps = 2;
+  c.default_guidance_scale = 5.0;
+  c.default_max_sequence_length = 512;
+  return c;
+}
+
 class FakePipeline final : public DiffusionPipeline {
  public:
-  explicit FakePipeline(std::chrono::milliseconds step_time = std::chrono::milliseconds(1)) : step_time_(step_time) {}
+  explicit FakePipeline(std::chrono::milliseconds step_time = std::chrono::milliseconds(1),
+                        PipelineCapabilities capabilities = fake_capabilities())
+      : DiffusionPipeline(std::make_shared<ExecutionContext>(Device::cpu())),
+        step_time_(step_time),
+        capabilities_(std::move(capabilities)) {}
 
   std::string class_name() const override { return "FakePipeline"; }
+  const PipelineCapabilities& capabilities() const override { return capabilities_; }
 
   ResolvedParams resolve(const GenerationParams& p) const override {
+    const PipelineCapabilities& c = capabilities_;
     ResolvedParams r;
     r.prompt = p.prompt;
     r.negative_prompt = p.negative_prompt.value_or("");
-    r.height = p.height.value_or(32);
-    r.width = p.width.value_or(48);
-    r.num_frames = p.num_frames.value_or(5);
-    r.num_inference_steps = p.num_inference_steps.value_or(2);
-    r.guidance_scale = p.guidance_scale.value_or(5.0);
-    r.max_sequence_length = p.max_sequence_length.value_or(512);
+    r.height = p.height.value_or(c.default_height);
+    r.width = p.width.value_or(c.default_width);
+    r.num_frames = p.num_frames.value_or(c.default_num_frames);
+    r.num_inference_steps = p.num_inference_steps.value_or(c.default_num_inference_steps);
+    r.guidance_scale = p.guidance_scale.value_or(c.default_guidance_scale);
+    r.max_sequence_length = p.max_sequence_length.value_or(c.default_max_sequence_length);
     r.seed = p.seed;
-    VGEN_CHECK(r.height % 16 == 0 && r.width % 16 == 0, "height and width must be multiples of 16, got {}x{}", r.width,
-               r.height);
-    VGEN_CHECK(r.num_frames % 4 == 1, "num_frames must be of the form 4k+1, got {}", r.num_frames);
+    VGEN_CHECK(r.height % c.spatial_multiple == 0 && r.width % c.spatial_multiple == 0,
+               "height and width must be multiples of {}, got {}x{}", c.spatial_multiple, r.width, r.height);
+    VGEN_CHECK(r.num_frames % c.temporal_multiple == 1 % c.temporal_multiple,
+               "num_frames must be of the form {}k+1, got {}", c.temporal_multiple, r.num_frames);
     return r;
   }
 
-  GenerationOutput generate(const GenerationParams& params, const StepCallback& on_step = {}) override {
-    const ResolvedParams r = resolve(params);
+  GenerationOutput generate(const ResolvedParams& r, const StepCallback& on_step = {}) override {
+    ContextScope scope(*context_);
     for (int i = 1; i <= r.num_inference_steps; ++i) {
       std::this_thread::sleep_for(step_time_);
       StepProgress p;
@@ -47,6 +72,7 @@ class FakePipeline final : public DiffusionPipeline {
       if (r.prompt == "fail") fail("simulated failure at step {}", i);
     }
     GenerationOutput out;
+    out.fps = capabilities_.default_fps;
     out.frames = Tensor::empty({r.num_frames, r.height, r.width, 3}, DType::U8);
     uint8_t* px = out.frames.data<uint8_t>();
     for (int64_t f = 0; f < r.num_frames; ++f)
@@ -61,6 +87,7 @@ class FakePipeline final : public DiffusionPipeline {
 
  private:
   std::chrono::milliseconds step_time_;
+  PipelineCapabilities capabilities_;
 };
 
 }  // namespace vgen::testing

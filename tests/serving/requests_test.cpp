@@ -33,7 +33,6 @@ std::string expect_api_error(const std::function<void()>& f, int status, const c
 ModelInfo tiny_model() {
   ModelInfo m;
   m.id = "wan21_t2v_tiny";
-  m.task = "text-to-video";
   return m;
 }
 
@@ -95,10 +94,7 @@ TEST(ServingRequests, VideoPlanFromJson) {
   EXPECT_EQ(p.seconds, "4");
   EXPECT_EQ(p.size, "48x32");
   EXPECT_DOUBLE_EQ(p.fps, 16.0);
-  // Every parameter is explicit, so what runs is exactly what the Video object reports.
-  EXPECT_EQ(p.params.num_frames, 65);
-  EXPECT_EQ(p.params.width, 48);
-  EXPECT_EQ(p.params.seed, 7u);
+  // The worker runs `resolved` itself, so what runs is exactly what the Video object reports.
   EXPECT_EQ(p.extras()["num_frames"], 65);
   EXPECT_EQ(p.extras()["seed"], 7);
 }
@@ -114,6 +110,33 @@ TEST(ServingRequests, SecondsAsNumberFpsAndNumFrames) {
   EXPECT_EQ(frames.seconds, "0.5625");  // 9 / 16
   // Neither: the model's default length (the fake's 5 frames).
   EXPECT_EQ(plan_json(R"({"prompt": "x", "size": "auto"})").resolved.num_frames, 5);
+}
+
+// The frame rate and the frame grid come from the pipeline's capabilities, not from Wan's
+// numbers: a model at 24 fps on a grid of 8k+1 frames plans other lengths for the same request.
+TEST(ServingRequests, FramePlanningFollowsCapabilities) {
+  vgen::PipelineCapabilities c = vgen::testing::fake_capabilities();
+  c.default_fps = 24.0;
+  c.temporal_multiple = 8;
+  c.default_num_frames = 9;
+  FakePipeline other(std::chrono::milliseconds(1), c);
+  const auto plan = [&](const std::string& body) {
+    return plan_video(parse_video_request(RequestFields::from_json(body)), tiny_model(), other);
+  };
+  // 4 s at 24 fps: 96 frames -> nearest 8k+1 is 97 (16 fps on a grid of 4 gives 65).
+  const VideoPlan four = plan(R"({"prompt": "x", "seconds": 4})");
+  EXPECT_EQ(four.resolved.num_frames, 97);
+  EXPECT_DOUBLE_EQ(four.fps, 24.0);
+  EXPECT_EQ(four.extras()["fps"], 24.0);
+  // 1 s: 24 -> 25 on a grid of 8 (17 on Wan's); a tie (n = 5, halfway between 1 and 9) goes up.
+  EXPECT_EQ(plan(R"({"prompt": "x", "seconds": 1})").resolved.num_frames, 25);
+  EXPECT_EQ(plan(R"({"prompt": "x", "seconds": 0.1875})").resolved.num_frames, 9);
+  // No length: the model's default; its seconds at the model's fps.
+  const VideoPlan none = plan(R"({"prompt": "x"})");
+  EXPECT_EQ(none.resolved.num_frames, 9);
+  EXPECT_EQ(none.seconds, "0.375");  // 9 / 24
+  // A length off the grid is refused by the pipeline's resolve (400).
+  expect_api_error([&] { plan(R"({"prompt": "x", "num_frames": 5})"); }, 400);
 }
 
 TEST(ServingRequests, RandomSeedWhenNoneIsGiven) {
@@ -222,7 +245,7 @@ TEST(ServingRequests, ImagePlan) {
   EXPECT_EQ(p.output_format, vgen::media::ImageFormat::WEBP);
   EXPECT_EQ(p.quality, 70);
   EXPECT_EQ(p.size, "48x32");
-  EXPECT_EQ(p.params.seed, 5u);
+  EXPECT_EQ(p.resolved.seed, 5u);
   EXPECT_EQ(plan_image_json(R"({"prompt": "x"})").output_format, vgen::media::ImageFormat::PNG);
 
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "n": 11})"); }, 400, "n");

@@ -32,7 +32,6 @@ ServeOptions options_for(const std::string& name) {
 ServedModel fake_model(std::chrono::milliseconds step_time = std::chrono::milliseconds(1)) {
   ServedModel m;
   m.info.id = "fake_model";
-  m.info.task = "text-to-video";
   m.pipeline = std::make_unique<vgen::testing::FakePipeline>(step_time);
   return m;
 }
@@ -216,4 +215,35 @@ TEST(ServingServer, MediaDirectoryIsExclusive) {
   } catch (const vgen::Error& e) {
     EXPECT_NE(std::string(e.what()).find("in use by another vgen server"), std::string::npos) << e.what();
   }
+}
+
+// /v1/models and the Video object describe the served pipeline's capabilities: a model at
+// 24 fps on a grid of 8k+1 frames answers with those, and plans `seconds` on that grid.
+TEST(ServingServer, ModelsAndVideosFollowThePipelineCapabilities) {
+  RunningServer s(options_for("capabilities"), [] {
+    vgen::PipelineCapabilities caps = vgen::testing::fake_capabilities();
+    caps.default_fps = 24.0;
+    caps.temporal_multiple = 8;
+    caps.default_num_frames = 9;
+    ServedModel m;
+    m.info.id = "fake_model";
+    m.pipeline = std::make_unique<vgen::testing::FakePipeline>(std::chrono::milliseconds(1), caps);
+    return m;
+  });
+  httplib::Client& c = s.client();
+  wait_until_ready(c);
+  const json model = body_of(c.Get("/v1/models"))["data"][0];
+  EXPECT_EQ(model["id"], "fake_model");
+  EXPECT_EQ(model["capabilities"]["tasks"], json::array({"text-to-video"}));
+  EXPECT_EQ(model["capabilities"]["default_fps"], 24.0);
+  EXPECT_EQ(model["capabilities"]["temporal_multiple"], 8);
+  EXPECT_EQ(model["capabilities"]["spatial_multiple"], 16);
+  EXPECT_EQ(model["capabilities"]["inputs"]["image"], false);
+  EXPECT_EQ(body_of(c.Get("/v1/models/fake_model")), model);
+  // 1 s at 24 fps: 24 frames -> 25 on the 8k+1 grid.
+  auto r = c.Post("/v1/videos", R"({"prompt": "x", "seconds": "1"})", "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(body_of(r)["num_frames"], 25);
+  EXPECT_EQ(body_of(r)["fps"], 24.0);
+  EXPECT_EQ(body_of(r)["seconds"], "1");
 }

@@ -1,5 +1,6 @@
 // WanPipeline (text-to-video, Wan2.1): diffusers' pipeline_wan.py, read top to bottom:
 // encode the prompts, prepare latents, run the shared denoising loop, decode, to frames.
+// Every public entry point binds the pipeline's ExecutionContext for its duration.
 #pragma once
 
 #include <memory>
@@ -18,12 +19,15 @@ extern const char* const kWanDefaultNegativePrompt;
 
 class WanPipeline final : public DiffusionPipeline {
  public:
+  // Loads the components in `context` (made by the registry from options.execution).
   static std::unique_ptr<WanPipeline> from_pretrained(const DiffusersCheckpoint& checkpoint,
-                                                      const PipelineOptions& options);
+                                                      const PipelineOptions& options,
+                                                      std::shared_ptr<ExecutionContext> context);
 
   std::string class_name() const override { return "WanPipeline"; }
+  const PipelineCapabilities& capabilities() const override { return capabilities_; }
   ResolvedParams resolve(const GenerationParams& params) const override;
-  GenerationOutput generate(const GenerationParams& params, const StepCallback& on_step = {}) override;
+  GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) override;
   std::vector<std::pair<std::string, std::string>> describe() const override;
 
   // The pieces, public for the parity tests.
@@ -37,9 +41,10 @@ class WanPipeline final : public DiffusionPipeline {
   const WanTransformer3DModel& transformer() const { return *transformer_; }
 
  private:
-  WanPipeline() = default;
+  explicit WanPipeline(std::shared_ptr<ExecutionContext> context) : DiffusionPipeline(std::move(context)) {}
 
   PipelineOptions options_;
+  PipelineCapabilities capabilities_;
   std::unique_ptr<T5Tokenizer> tokenizer_;
   std::string text_encoder_dir_;
   mutable std::unique_ptr<UMT5EncoderModel> text_encoder_;  // null while offloaded

@@ -1,4 +1,4 @@
-#include "models/wan/pipeline_wan.h"
+#include "pipelines/wan/pipeline_wan.h"
 
 #include <chrono>
 #include <filesystem>
@@ -50,22 +50,44 @@ std::string describe_weights(const DiffusersCheckpoint& ckpt, const std::string&
                      store.names().size());
 }
 
+// Wan2.1's facts: what diffusers' WanPipeline.__call__ defaults to and checks, the frame
+// rate of the Wan examples' export_to_video, and the sizes wan.md gives per model size.
+PipelineCapabilities wan_capabilities(const WanTransformer3DModelConfig& tcfg, const AutoencoderKLWanConfig& vcfg) {
+  PipelineCapabilities c;
+  c.tasks = {"text-to-video"};
+  c.default_fps = 16.0;
+  // Both factors come from the VAE config, as in diffusers.
+  c.temporal_multiple = vcfg.scale_factor_temporal;
+  c.spatial_multiple = vcfg.scale_factor_spatial * tcfg.patch_size[1];
+  // The 14B models (dim 5120) default to 720p, the 1.3B ones to 480p.
+  const bool large = tcfg.num_attention_heads * tcfg.attention_head_dim >= 5120;
+  c.default_height = large ? 720 : 480;
+  c.default_width = large ? 1280 : 832;
+  c.default_num_frames = 81;
+  c.default_num_inference_steps = 50;
+  c.default_guidance_scale = 5.0;
+  c.default_max_sequence_length = 512;
+  return c;
+}
+
 }  // namespace
 
-std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpoint& ckpt, const PipelineOptions& options) {
+std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpoint& ckpt, const PipelineOptions& options,
+                                                          std::shared_ptr<ExecutionContext> context) {
   for (const char* required : {"tokenizer", "text_encoder", "transformer", "vae", "scheduler"}) {
     if (!ckpt.has_component(required))
       fail("{}/model_index.json: WanPipeline needs a '{}' component", ckpt.root(), required);
   }
   if (ckpt.has_component("transformer_2"))
     fail("{}: two-expert Wan2.2 checkpoints (transformer_2) are not supported yet", ckpt.root());
-  std::unique_ptr<WanPipeline> p(new WanPipeline());
+  std::unique_ptr<WanPipeline> p(new WanPipeline(std::move(context)));
+  ContextScope scope(*p->context_);
   p->options_ = options;
   p->tokenizer_ = std::make_unique<T5Tokenizer>(T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer")));
   p->text_encoder_dir_ = ckpt.component_dir("text_encoder");
   p->text_encoder_ = UMT5EncoderModel::from_pretrained(p->text_encoder_dir_, options.dtype, options.device);
   p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype, options.device);
-  p->transformer_->enable_cuda_graphs(options.cuda_graphs && options.device.is_cuda());
+  p->transformer_->enable_cuda_graphs(p->context_->settings().cuda_graphs && options.device.is_cuda());
   // The VAE runs in float32 by default, as diffusers' Wan examples advise.
   p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
@@ -77,6 +99,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
          p->text_encoder_->config().d_model);
   if (tcfg.in_channels != vcfg.z_dim)
     fail("{}: transformer in_channels {} does not match the VAE's z_dim {}", ckpt.root(), tcfg.in_channels, vcfg.z_dim);
+  p->capabilities_ = wan_capabilities(tcfg, vcfg);
   p->description_ = {
       {"pipeline", "WanPipeline (text-to-video)"},
       {"model", ckpt.root()},
@@ -98,24 +121,23 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
 std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const { return description_; }
 
 ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
+  ContextScope scope(*context_);
   const auto& tcfg = transformer_->config();
-  // The 14B models (dim 5120) default to 720p, the 1.3B ones to 480p (wan.md).
-  const bool large = tcfg.num_attention_heads * tcfg.attention_head_dim >= 5120;
+  const PipelineCapabilities& c = capabilities_;
   ResolvedParams r;
   r.prompt = params.prompt;
   r.negative_prompt = params.negative_prompt.value_or(kWanDefaultNegativePrompt);
-  r.height = params.height.value_or(large ? 720 : 480);
-  r.width = params.width.value_or(large ? 1280 : 832);
-  r.num_frames = params.num_frames.value_or(81);
-  r.num_inference_steps = params.num_inference_steps.value_or(50);
-  r.guidance_scale = params.guidance_scale.value_or(5.0);
+  r.height = params.height.value_or(c.default_height);
+  r.width = params.width.value_or(c.default_width);
+  r.num_frames = params.num_frames.value_or(c.default_num_frames);
+  r.num_inference_steps = params.num_inference_steps.value_or(c.default_num_inference_steps);
+  r.guidance_scale = params.guidance_scale.value_or(c.default_guidance_scale);
   r.guidance_rescale = params.guidance_rescale;
-  r.max_sequence_length = params.max_sequence_length.value_or(512);
+  r.max_sequence_length = params.max_sequence_length.value_or(c.default_max_sequence_length);
   r.seed = params.seed;
 
-  // diffusers' WanPipeline takes both factors from the VAE config.
-  const int64_t temporal = vae_->config().scale_factor_temporal;
-  const int64_t spatial = vae_->config().scale_factor_spatial * tcfg.patch_size[1];
+  const int64_t temporal = c.temporal_multiple;
+  const int64_t spatial = c.spatial_multiple;
   if (r.height <= 0 || r.height % spatial != 0)
     fail("height must be a positive multiple of {} (got {})", spatial, r.height);
   if (r.width <= 0 || r.width % spatial != 0) fail("width must be a positive multiple of {} (got {})", spatial, r.width);
@@ -138,6 +160,12 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
       fail("{}x{}x{} frames is too large: {} positions on one axis exceed the model's rope_max_seq_len {}", r.width,
            r.height, r.num_frames, positions, tcfg.rope_max_seq_len);
   }
+  if (params.latents.defined()) {
+    if (params.latents.shape() != shape)
+      fail("latents have shape {}, but {}x{} with {} frames needs {}", shape_str(params.latents.shape()), r.width,
+           r.height, r.num_frames, shape_str(shape));
+    r.latents = params.latents;
+  }
   return r;
 }
 
@@ -148,6 +176,7 @@ Shape WanPipeline::latent_shape(const ResolvedParams& p) const {
 }
 
 Tensor WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int max_sequence_length) const {
+  ContextScope scope(*context_);
   std::vector<std::string> cleaned;
   for (const std::string& p : prompts) cleaned.push_back(wan_prompt_clean(p));
   const TokenizerOutput tokens = (*tokenizer_)(cleaned, max_sequence_length);
@@ -159,6 +188,7 @@ Tensor WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int m
 }
 
 Tensor WanPipeline::decode_latents(const Tensor& latents) const {
+  ContextScope scope(*context_);
   const auto& cfg = vae_->config();
   const int64_t z = cfg.z_dim;
   std::vector<float> inv_std(z), mean(cfg.latents_mean.begin(), cfg.latents_mean.end());
@@ -171,10 +201,10 @@ Tensor WanPipeline::decode_latents(const Tensor& latents) const {
   return vae_->decode(x.to(vae_->dtype()));
 }
 
-GenerationOutput WanPipeline::generate(const GenerationParams& params, const StepCallback& on_step) {
-  const ResolvedParams r = resolve(params);
+GenerationOutput WanPipeline::generate(const ResolvedParams& r, const StepCallback& on_step) {
+  ContextScope scope(*context_);
   GenerationOutput out;
-  out.fps = 16.0;
+  out.fps = capabilities_.default_fps;
   const Device device = options_.device;
 
   auto start = std::chrono::steady_clock::now();
@@ -194,11 +224,12 @@ GenerationOutput WanPipeline::generate(const GenerationParams& params, const Ste
   start = std::chrono::steady_clock::now();
   const Shape shape = latent_shape(r);
   Tensor latents;
-  if (params.latents.defined()) {
-    if (params.latents.shape() != shape)
-      fail("latents have shape {}, but {}x{} with {} frames needs {}", shape_str(params.latents.shape()), r.width,
-           r.height, r.num_frames, shape_str(shape));
-    latents = params.latents.to(DType::F32).to(device);
+  if (r.latents.defined()) {
+    // resolve() checked the shape; a hand-made ResolvedParams is checked here too.
+    if (r.latents.shape() != shape)
+      fail("latents have shape {}, but {}x{} with {} frames needs {}", shape_str(r.latents.shape()), r.width, r.height,
+           r.num_frames, shape_str(shape));
+    latents = r.latents.to(DType::F32).to(device);
   } else {
     latents = randn(shape, r.seed).to(device);
   }

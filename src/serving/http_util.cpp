@@ -1,0 +1,88 @@
+#include "serving/http_util.h"
+
+#include <fmt/format.h>
+
+namespace vgen::serving {
+
+using nlohmann::json;
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string base64(const std::vector<uint8_t>& in) {
+  static constexpr char kTable[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const uint32_t v = (uint32_t{in[i]} << 16) | (uint32_t{in[i + 1]} << 8) | in[i + 2];
+    out += kTable[v >> 18];
+    out += kTable[(v >> 12) & 63];
+    out += kTable[(v >> 6) & 63];
+    out += kTable[v & 63];
+  }
+  if (i < in.size()) {
+    const uint32_t v = (uint32_t{in[i]} << 16) | (i + 1 < in.size() ? uint32_t{in[i + 1]} << 8 : 0);
+    out += kTable[v >> 18];
+    out += kTable[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kTable[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+std::string printable(const std::string& s) {
+  std::string out = s.substr(0, 200);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return s.size() > 200 ? out + "..." : out;
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  send_json(res, e.status, error_body(e.status, e.what(), e.param, e.code));
+  if (e.status == 429 || e.status == 503) res.set_header("retry-after", "1");
+  // A failed generation is not transient: the SDK must not retry it.
+  if (e.code == "generation_failed") res.set_header("x-should-retry", "false");
+}
+
+void fill_default_error(httplib::Response& res) {
+  std::string message;
+  std::optional<std::string> code;
+  switch (res.status) {
+    case 400: message = "malformed HTTP request"; break;
+    case 404: message = "unknown path"; code = "not_found"; break;
+    case 413: message = "request body too large"; code = "request_too_large"; break;
+    case 414: message = "request URI too long"; break;
+    case 416: message = "requested range not satisfiable"; break;
+    default: message = fmt::format("HTTP error {}", res.status);
+  }
+  send_json(res, res.status, error_body(res.status, message, std::nullopt, code));
+}
+
+RequestFields body_fields(const httplib::Request& req) {
+  if (req.is_multipart_form_data()) {
+    std::vector<FormPart> parts;
+    for (const auto& [name, f] : req.files) parts.push_back({f.name, f.filename, f.content_type, f.content});
+    return RequestFields::from_form(std::move(parts));
+  }
+  return RequestFields::from_json(req.body);
+}
+
+void reject_unknown_query(const httplib::Request& req, const std::set<std::string>& accepted) {
+  for (const auto& [name, value] : req.params)
+    if (!accepted.count(name)) bad_field(name, fmt::format("unknown query parameter '{}'", printable(name)));
+}
+
+}  // namespace vgen::serving

@@ -1,0 +1,39 @@
+// Small HTTP helpers shared by the routes: JSON and error responses in OpenAI's shape,
+// request bodies as fields, query checks, and the text a client may see of its own input.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "serving/api_error.h"
+#include "serving/requests.h"
+
+namespace vgen::serving {
+
+int64_t unix_now();
+double seconds_since(std::chrono::steady_clock::time_point t0);
+
+// Bytes a client sent (prompts, field names) may not be UTF-8; never let dump() throw on them.
+std::string dump(const nlohmann::json& j);
+std::string base64(const std::vector<uint8_t>& in);
+// A client's string quoted in an error message: control bytes become '?', long ones are cut.
+std::string printable(const std::string& s);
+
+void send_json(httplib::Response& res, int status, const nlohmann::json& body);
+// The error body, plus retry-after for 429/503 and x-should-retry: false for failed generations.
+void send_error(httplib::Response& res, const ApiError& e);
+// The error body for statuses httplib answers on its own (malformed request, body too large).
+void fill_default_error(httplib::Response& res);
+
+// The body as fields: multipart/form-data parts, else one JSON object.
+RequestFields body_fields(const httplib::Request& req);
+// 400 naming the first query parameter not in `accepted`.
+void reject_unknown_query(const httplib::Request& req, const std::set<std::string>& accepted);
+
+}  // namespace vgen::serving

@@ -1,0 +1,57 @@
+#include "serving/media_dir.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+
+namespace fs = std::filesystem;
+
+namespace vgen::serving {
+
+MediaDir::MediaDir(const std::string& dir)
+    : root_(dir.empty() ? fs::path("vgen-media") : fs::path(dir)), videos_(root_ / "videos") {
+  std::error_code ec;
+  fs::create_directories(videos_, ec);
+  if (ec) fail("{}: cannot create the media directory: {}", videos_.string(), ec.message());
+  const std::string lock_path = (root_ / "vgen.lock").string();
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) fail("{}: cannot open: {}", lock_path, std::strerror(errno));
+  // The lock dies with the process (even kill -9), so a restart never finds it stale.
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock_fd_);
+    fail("{}: the media directory is in use by another vgen server", root_.string());
+  }
+}
+
+MediaDir::~MediaDir() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+void MediaDir::remove_media(const std::string& id) const {
+  std::error_code ec;
+  fs::remove(video_path(id), ec);
+  fs::remove(thumbnail_path(id), ec);
+}
+
+void MediaDir::sweep(const std::vector<std::string>& known_ids) const {
+  const std::set<std::string> known(known_ids.begin(), known_ids.end());
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(videos_, ec)) {
+    const std::string name = e.path().filename().string();
+    const std::string id = name.substr(0, name.find('.'));
+    if (name.find(".tmp-") != std::string::npos || !known.count(id)) {
+      spdlog::info("removing stale media file {}", e.path().string());
+      fs::remove(e.path(), ec);
+    }
+  }
+}
+
+}  // namespace vgen::serving

@@ -1,0 +1,34 @@
+// The server's media directory: its job database, its videos/ folder of MP4s and
+// thumbnails, and the lock that keeps a second server out of it.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace vgen::serving {
+
+class MediaDir {
+ public:
+  // Creates `dir`/videos (empty `dir`: "vgen-media" in the working directory) and takes
+  // `dir`/vgen.lock; throws vgen::Error when another vgen server holds it.
+  explicit MediaDir(const std::string& dir);
+  ~MediaDir();
+  MediaDir(const MediaDir&) = delete;
+  MediaDir& operator=(const MediaDir&) = delete;
+
+  std::string database_path() const { return (root_ / "vgen.db").string(); }
+  std::string video_path(const std::string& id) const { return (videos_ / (id + ".mp4")).string(); }
+  std::string thumbnail_path(const std::string& id) const { return (videos_ / (id + ".thumbnail.webp")).string(); }
+  // Removes a job's files (those that exist).
+  void remove_media(const std::string& id) const;
+  // Removes temporary files of an interrupted write, and files of jobs not in `known_ids`
+  // (deleted while being written, or in a crash).
+  void sweep(const std::vector<std::string>& known_ids) const;
+
+ private:
+  std::filesystem::path root_, videos_;
+  int lock_fd_ = -1;  // holds the flock until closed
+};
+
+}  // namespace vgen::serving

@@ -1,0 +1,38 @@
+#include "serving/model_loading.h"
+
+#include <filesystem>
+
+#include "config/engine_config.h"
+#include "pipelines/registry.h"
+#include "serving/server.h"
+
+namespace fs = std::filesystem;
+
+namespace vgen::serving {
+
+std::string model_id_for(const ServeOptions& options) {
+  if (!options.served_model_name.empty()) return options.served_model_name;
+  fs::path p(options.model);
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+ServedModel load_served_model(const ServeOptions& options) {
+  PipelineOptions pipeline_options = default_pipeline_options(resolve_device(options.device));
+  if (!options.dtype.empty()) pipeline_options.dtype = parse_compute_dtype(options.dtype);
+  pipeline_options.offload_text_encoder = options.offload_text_encoder;
+  // Without a file the defaults apply, among them autotuned convolutions: a server decodes
+  // many videos, so their first-call cost is repaid.
+  EngineConfig config;
+  if (!options.config_file.empty()) {
+    config = load_engine_config(options.config_file);
+    require_implemented(config, options.config_file);
+  }
+  pipeline_options.execution = execution_settings(config, ExecutionSettings::from_environment());
+  ServedModel m;
+  m.pipeline = load_pipeline(options.model, pipeline_options);
+  m.info.id = model_id_for(options);
+  return m;
+}
+
+}  // namespace vgen::serving

@@ -1,0 +1,30 @@
+// Loading the served model: the pipeline from the registry, with the engine config's
+// execution settings, and the id the API knows it by.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "pipelines/pipeline.h"
+#include "serving/requests.h"
+
+namespace vgen::serving {
+
+struct ServeOptions;
+
+// A loaded model: its pipeline and what the server needs to know about it.
+struct ServedModel {
+  ModelInfo info;
+  std::unique_ptr<DiffusionPipeline> pipeline;
+};
+using ModelLoader = std::function<ServedModel()>;
+
+// The model's id in the API: options.served_model_name, else the checkpoint folder's name.
+std::string model_id_for(const ServeOptions& options);
+
+// Loads options.model through the pipeline registry on options.device, running as the
+// engine config (options.config_file) says over the environment's settings.
+ServedModel load_served_model(const ServeOptions& options);
+
+}  // namespace vgen::serving
