@@ -213,7 +213,8 @@ void ConfigReader::reject_unknown() const {
     if (asked_.count(it.key())) continue;
     std::string known;
     for (const std::string& k : asked_order_) known += (known.empty() ? "" : ", ") + k;
-    fail_key(it.key(), fmt::format("unknown key (known keys{}: {})", path_.empty() ? "" : " of '" + path_ + "'", known));
+    fail_key(it.key(), fmt::format("{} (known keys{}: {})", source_->yaml ? "unknown key" : "is not a known key",
+                                   path_.empty() ? "" : " of '" + path_ + "'", known));
   }
 }
 
