@@ -73,9 +73,10 @@ void ConfigReader::fail_key(const std::string& key, const std::string& what) con
 
 void ConfigReader::fail_type(const std::string& key, const char* expected, const Json& value) const {
   // A YAML scalar is shown as written; JSON values (and YAML lists or maps) as JSON.
-  const std::string shown = source_->yaml && value.is_primitive() && !value.is_null()
-                                ? "'" + (value.is_string() ? value.get<std::string>() : value.dump()) + "'"
-                                : value.dump();
+  const std::string shown =
+      source_->yaml && value.is_primitive() && !value.is_null()
+          ? fmt::format("'{}'", value.is_string() ? value.get<std::string>() : value.dump())
+          : value.dump();
   fail_value(key, fmt::format("{} {}, got {}", source_->yaml ? "expected" : "must be", expected, shown));
 }
 

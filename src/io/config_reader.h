@@ -38,8 +38,8 @@ struct ConfigSource {
 
 class ConfigReader {
  public:
-  // Reads the object `value` of `source`; fails unless it is an object (a null YAML
-  // section is an empty one).
+  // Reads the object `value` of `source` (both must outlive the reader); fails unless it is an
+  // object (null, e.g. an empty YAML section, is an empty one).
   ConfigReader(const nlohmann::json& value, std::shared_ptr<const ConfigSource> source);
   // A JSON file's object, errors naming `file` (and `subject` before each field).
   ConfigReader(const nlohmann::json& value, const std::string& file, const std::string& subject = "");

@@ -4,6 +4,7 @@
 
 #include <fmt/ranges.h>
 
+#include "core/error.h"
 #include "ops/ops.h"
 
 namespace vgen::scheduling {

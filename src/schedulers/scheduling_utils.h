@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "io/json.h"
 
 namespace vgen::scheduling {
 

@@ -146,9 +146,30 @@ TEST(NnAttention, MatchesAPlainLoop) {
   auto linear = [&](const std::string& name, const Tensor& in) {
     return nn::Linear(w, name, in.size(2), dim).forward(in).to_vector();
   };
+  // RoPE of token s: each (even, odd) pair turned by the angle 0.3 (s + 1).
+  std::vector<float> cos_table, sin_table;
+  for (int64_t t = 0; t < S; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      cos_table.push_back(static_cast<float>(std::cos(0.3 * (t + 1))));
+      sin_table.push_back(static_cast<float>(std::sin(0.3 * (t + 1))));
+    }
+  const nn::RotaryTables rope{Tensor::from_vector(cos_table, {S, D}), Tensor::from_vector(sin_table, {S, D})};
+  auto rotate = [&](std::vector<float>& y) {
+    for (int64_t t = 0; t < S; ++t)
+      for (int64_t i = 0; i < dim; i += 2) {
+        const double a = 0.3 * (t + 1), y0 = y[t * dim + i], y1 = y[t * dim + i + 1];
+        y[t * dim + i] = static_cast<float>(y0 * std::cos(a) - y1 * std::sin(a));
+        y[t * dim + i + 1] = static_cast<float>(y0 * std::sin(a) + y1 * std::cos(a));
+      }
+  };
   // Reference: per head h, out[s] = sum_j softmax_j(q[s].k[j] * 0.7) v[j]; then to_out.
-  auto reference = [&](const std::string& p, const Tensor& kv_in) {
-    const std::vector<float> q = linear(p + ".to_q", x), k = linear(p + ".to_k", kv_in), v = linear(p + ".to_v", kv_in);
+  auto reference = [&](const std::string& p, const Tensor& kv_in, bool rotary) {
+    std::vector<float> q = linear(p + ".to_q", x), k = linear(p + ".to_k", kv_in);
+    const std::vector<float> v = linear(p + ".to_v", kv_in);
+    if (rotary) {
+      rotate(q);
+      rotate(k);
+    }
     const int64_t n = kv_in.size(1);
     std::vector<float> merged(static_cast<size_t>(S * dim));
     for (int64_t h = 0; h < H; ++h) {
@@ -170,8 +191,9 @@ TEST(NnAttention, MatchesAPlainLoop) {
     }
     return nn::Linear(w, p + ".to_out.0", dim, dim).forward(Tensor::from_vector(merged, {B, S, dim}));
   };
-  EXPECT_LT(max_abs_diff(self.forward(x), reference("attn1", x)), 1e-5);
-  EXPECT_LT(max_abs_diff(cross.forward_cross(x, context), reference("attn2", context)), 1e-5);
+  EXPECT_LT(max_abs_diff(self.forward(x), reference("attn1", x, false)), 1e-5);
+  EXPECT_LT(max_abs_diff(self.forward(x, &rope), reference("attn1", x, true)), 1e-5);
+  EXPECT_LT(max_abs_diff(cross.forward_cross(x, context), reference("attn2", context, false)), 1e-5);
   expect_error([&] { self.forward_cross(x, context); }, "'attn1' is a self-attention");
 }
 

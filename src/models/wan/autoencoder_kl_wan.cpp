@@ -7,7 +7,6 @@
 // keeps NCDHW (for comparison); the values are the same either way.
 #include "models/wan/autoencoder_kl_wan.h"
 
-#include <cmath>
 #include <filesystem>
 #include <optional>
 #include <tuple>

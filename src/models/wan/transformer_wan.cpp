@@ -1,6 +1,5 @@
 #include "models/wan/transformer_wan.h"
 
-#include <cmath>
 #include <filesystem>
 
 #include "core/error.h"
