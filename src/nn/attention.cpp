@@ -43,7 +43,7 @@ Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, cons
 }
 
 Tensor Attention::forward(const Tensor& x, const RotaryTables* rope, const Tensor& bias) const {
-  VGEN_CHECK(to_qkv_.weight().defined(), "nn::Attention '{}' is a cross-attention: call forward_cross", prefix_);
+  VGEN_CHECK(to_qkv_.defined(), "nn::Attention '{}' is a cross-attention: call forward_cross", prefix_);
   VGEN_CHECK(x.dim() == 3, "nn::Attention '{}': x {} must be [batch, tokens, {}]", prefix_, x.str(), options_.query_dim);
   const int64_t B = x.size(0), S = x.size(1), H = options_.heads, D = options_.dim_head;
   // [B, S, (q|k|v), heads, D]: q, k and v are read straight out of the fused projection.
@@ -67,7 +67,7 @@ Tensor Attention::forward(const Tensor& x, const RotaryTables* rope, const Tenso
 }
 
 Tensor Attention::forward_cross(const Tensor& x, const Tensor& context) const {
-  VGEN_CHECK(to_kv_.weight().defined(), "nn::Attention '{}' is a self-attention: call forward", prefix_);
+  VGEN_CHECK(to_kv_.defined(), "nn::Attention '{}' is a self-attention: call forward", prefix_);
   VGEN_CHECK(x.dim() == 3 && context.dim() == 3 && context.size(0) == x.size(0),
              "nn::Attention '{}': x {} and context {} must be [batch, tokens, features] of one batch", prefix_,
              x.str(), context.str());

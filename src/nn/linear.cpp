@@ -39,7 +39,7 @@ Linear Linear::from_conv(const Weights& weights, const std::string& prefix, cons
 }
 
 Tensor Linear::forward(const Tensor& x, Activation act) const {
-  VGEN_CHECK(weight_.defined(), "nn::Linear: forward on a layer that was never loaded");
+  VGEN_CHECK(defined(), "nn::Linear: forward on a layer that was never loaded");
   VGEN_CHECK(x.dim() >= 1 && x.size(x.dim() - 1) == in_features(),
              "nn::Linear '{}': input {} must end in {} features (weight {})", name_, x.str(), in_features(),
              weight_.str());

@@ -39,6 +39,7 @@ class Linear {
   // x [..., in_features] -> [..., out_features] in x's dtype; `act` applied to the result.
   Tensor forward(const Tensor& x, Activation act = Activation::None) const;
 
+  bool defined() const { return weight_.defined(); }
   const std::string& name() const { return name_; }  // the checkpoint prefix ("blocks.0.attn1.to_q")
   int64_t in_features() const { return weight_.defined() ? weight_.size(1) : 0; }
   int64_t out_features() const { return weight_.defined() ? weight_.size(0) : 0; }

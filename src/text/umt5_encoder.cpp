@@ -158,7 +158,7 @@ Tensor UMT5EncoderModel::feed_forward(const Block& block, const Tensor& x) const
                                            : Activation::GeluTanh;  // gelu_new, gelu_pytorch_tanh
   Tensor h = block.wi_0.forward(x, fused);
   if (act == "relu") h = ops::clamp(h, 0.0f, INFINITY);
-  if (block.wi_1.weight().defined()) h = ops::mul(h, block.wi_1.forward(x));
+  if (block.wi_1.defined()) h = ops::mul(h, block.wi_1.forward(x));
   // transformers casts to wo's dtype (float32 under float16) before the projection.
   if (h.dtype() != block.wo.weight().dtype()) h = h.to(block.wo.weight().dtype());
   return block.wo.forward(h);
