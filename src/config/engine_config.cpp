@@ -4,111 +4,72 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
-#include <functional>
-#include <map>
-#include <set>
+#include <memory>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
 
 #include "core/error.h"
+#include "io/config_reader.h"
 
 namespace vgen {
 namespace {
 
-// Walks the YAML tree; every error carries "SOURCE:LINE:COL: key.path".
-class Reader {
- public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
+using Json = nlohmann::json;
 
-  [[noreturn]] void error(const YAML::Node& node, const std::string& path, const std::string& what) const {
-    const YAML::Mark mark = node.Mark();
-    if (mark.is_null()) fail("{}: {}: {}", source_, path, what);
-    fail("{}:{}:{}: {}: {}", source_, mark.line + 1, mark.column + 1, path, what);
-  }
+ConfigSource::Mark mark_of(const YAML::Node& node) {
+  const YAML::Mark m = node.Mark();
+  return m.is_null() ? ConfigSource::Mark{} : ConfigSource::Mark{m.line + 1, m.column + 1};
+}
 
-  // Calls `on_key(key, value, key_path)` for every entry of the mapping `node` whose key is in
-  // `known`; any other key is an error that lists the known ones. A null node (an empty
-  // section such as "teacache:") has no entries.
-  void for_each_key(const YAML::Node& node, const std::string& path, const std::vector<std::string>& known,
-                    const std::function<void(const std::string&, const YAML::Node&, const std::string&)>& on_key) const {
-    if (node.IsNull()) return;
-    if (!node.IsMap()) error(node, path.empty() ? "top level" : path, "expected a mapping of keys to values");
-    std::set<std::string> seen;
-    // Range-for keeps the iterator's pair alive (`it->first` would dangle: it is a proxy).
-    for (const auto& entry : node) {
-      const YAML::Node& key_node = entry.first;
-      if (!key_node.IsScalar()) error(key_node, path.empty() ? "top level" : path, "keys must be plain names");
-      const std::string key = key_node.Scalar();
-      const std::string key_path = path.empty() ? key : path + "." + key;
-      bool is_known = false;
-      for (const std::string& k : known) is_known = is_known || k == key;
-      if (!is_known) {
-        std::string list;
-        for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
-        error(key_node, key_path, fmt::format("unknown key (known keys{}: {})", path.empty() ? "" : " of '" + path + "'",
-                                              list));
-      }
-      if (!seen.insert(key).second) error(key_node, key_path, "duplicate key");
-      on_key(key, entry.second, key_path);
-    }
-  }
+[[noreturn]] void fail_at(const ConfigSource& source, const YAML::Node& node, const std::string& path,
+                          const std::string& what) {
+  const YAML::Mark m = node.Mark();
+  if (m.is_null()) fail("{}: {}: {}", source.file, path, what);
+  fail("{}:{}:{}: {}: {}", source.file, m.line + 1, m.column + 1, path, what);
+}
 
-  std::string scalar(const YAML::Node& node, const std::string& path, const char* expected) const {
-    if (!node.IsScalar()) error(node, path, fmt::format("expected {}", expected));
-    return node.Scalar();
-  }
+// A plain (unquoted) YAML scalar as the JSON value it spells: true/false, an integer, a finite
+// number; anything else (quoted text included) stays a string, so that the reader's type
+// errors show it as written.
+Json scalar_to_json(const YAML::Node& node) {
+  const std::string& s = node.Scalar();
+  if (node.Tag() != "?" || s.empty()) return s;
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  char* end = nullptr;
+  errno = 0;
+  const long long i = std::strtoll(s.c_str(), &end, 10);
+  if (*end == '\0' && errno != ERANGE) return static_cast<int64_t>(i);
+  const double d = std::strtod(s.c_str(), &end);
+  if (*end == '\0' && std::isfinite(d)) return d;
+  return s;
+}
 
-  bool boolean(const YAML::Node& node, const std::string& path) const {
-    const std::string s = scalar(node, path, "true or false");
-    if (s == "true" || s == "True" || s == "TRUE") return true;
-    if (s == "false" || s == "False" || s == "FALSE") return false;
-    error(node, path, fmt::format("expected true or false, got '{}'", s));
-  }
-
-  int integer(const YAML::Node& node, const std::string& path, int min, int max) const {
-    const std::string s = scalar(node, path, "an integer");
-    char* end = nullptr;
-    errno = 0;
-    const long long v = s.empty() ? 0 : std::strtoll(s.c_str(), &end, 10);
-    if (s.empty() || *end != '\0' || errno == ERANGE) error(node, path, fmt::format("expected an integer, got '{}'", s));
-    if (v < min || v > max) error(node, path, fmt::format("{} is out of range [{}, {}]", v, min, max));
-    return static_cast<int>(v);
-  }
-
-  double number(const YAML::Node& node, const std::string& path) const {
-    const std::string s = scalar(node, path, "a number");
-    char* end = nullptr;
-    const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
-    if (s.empty() || *end != '\0' || !std::isfinite(v)) error(node, path, fmt::format("expected a number, got '{}'", s));
-    return v;
-  }
-
-  template <typename E>
-  E choice(const YAML::Node& node, const std::string& path, const std::vector<std::pair<std::string, E>>& options) const {
-    const std::string s = scalar(node, path, "a name");
-    std::string list;
-    for (const auto& [name, value] : options) {
-      if (name == s) return value;
-      list += (list.empty() ? "" : ", ") + name;
-    }
-    error(node, path, fmt::format("'{}' is not one of: {}", s, list));
-  }
-
-  // A sequence (null: empty) of items read by `item`.
-  template <typename T>
-  std::vector<T> list(const YAML::Node& node, const std::string& path,
-                      const std::function<T(const YAML::Node&, const std::string&)>& item) const {
-    std::vector<T> out;
-    if (node.IsNull()) return out;
-    if (!node.IsSequence()) error(node, path, "expected a list");
-    for (size_t i = 0; i < node.size(); ++i) out.push_back(item(node[i], fmt::format("{}[{}]", path, i)));
+// The YAML tree as JSON for ConfigReader, recording where each key and value stands; a
+// duplicate key or a key that is not a plain name is an error here.
+Json yaml_to_json(const YAML::Node& node, const std::string& path, ConfigSource& source) {
+  source.value_marks[path] = mark_of(node);
+  if (node.IsNull()) return nullptr;
+  if (node.IsScalar()) return scalar_to_json(node);
+  if (node.IsSequence()) {
+    Json out = Json::array();
+    for (size_t i = 0; i < node.size(); ++i) out.push_back(yaml_to_json(node[i], fmt::format("{}[{}]", path, i), source));
     return out;
   }
-
- private:
-  std::string source_;
-};
+  Json out = Json::object();
+  // Range-for keeps the iterator's pair alive (`it->first` would dangle: it is a proxy).
+  for (const auto& entry : node) {
+    const YAML::Node& key_node = entry.first;
+    if (!key_node.IsScalar()) fail_at(source, key_node, path.empty() ? "top level" : path, "keys must be plain names");
+    const std::string key = key_node.Scalar();
+    const std::string key_path = path.empty() ? key : path + "." + key;
+    if (out.contains(key)) fail_at(source, key_node, key_path, "duplicate key");
+    source.key_marks[key_path] = mark_of(key_node);
+    out[key] = yaml_to_json(entry.second, key_path, source);
+  }
+  return out;
+}
 
 const std::vector<std::pair<std::string, QuantAlgo>> kQuantAlgos = {
     {"none", QuantAlgo::None}, {"fp8", QuantAlgo::FP8}, {"fp8_blockwise", QuantAlgo::FP8Blockwise},
@@ -142,59 +103,51 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
     fail("{}:{}:{}: invalid YAML: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg);
   }
 
-  const Reader r(source);
+  auto where = std::make_shared<ConfigSource>();
+  where->file = source;
+  where->yaml = true;
+  const Json doc = yaml_to_json(root, "", *where);
+  const ConfigReader r(doc, where);
   EngineConfig c;
-  const auto string_item = [&r](const YAML::Node& n, const std::string& p) {
-    std::string s = r.scalar(n, p, "a string");
-    if (s.empty()) r.error(n, p, "empty pattern");
-    return s;
-  };
-  const auto number_item = [&r](const YAML::Node& n, const std::string& p) { return r.number(n, p); };
 
-  r.for_each_key(root, "", {"linear", "teacache", "parallel", "attention", "cuda_graph", "conv"},
-                 [&](const std::string& section, const YAML::Node& node, const std::string& path) {
-    if (section == "linear") {
-      r.for_each_key(node, path, {"quant_algo", "dynamic", "ignore"},
-                     [&](const std::string& key, const YAML::Node& v, const std::string& p) {
-        if (key == "quant_algo") c.linear.quant_algo = r.choice(v, p, kQuantAlgos);
-        if (key == "dynamic") c.linear.dynamic = r.boolean(v, p);
-        if (key == "ignore") c.linear.ignore = r.list<std::string>(v, p, string_item);
-      });
-    } else if (section == "teacache") {
-      r.for_each_key(node, path, {"enabled", "threshold", "use_ret_steps", "warmup_steps", "coefficients"},
-                     [&](const std::string& key, const YAML::Node& v, const std::string& p) {
-        if (key == "enabled") c.teacache.enabled = r.boolean(v, p);
-        if (key == "threshold") {
-          c.teacache.threshold = r.number(v, p);
-          if (c.teacache.threshold <= 0) r.error(v, p, fmt::format("must be > 0, got {}", c.teacache.threshold));
-        }
-        if (key == "use_ret_steps") c.teacache.use_ret_steps = r.boolean(v, p);
-        if (key == "warmup_steps") c.teacache.warmup_steps = r.integer(v, p, 0, 1000);
-        if (key == "coefficients") {
-          c.teacache.coefficients = r.list<double>(v, p, number_item);
-          if (c.teacache.coefficients.empty()) r.error(v, p, "needs at least one coefficient");
-        }
-      });
-    } else if (section == "parallel") {
-      r.for_each_key(node, path, {"cfg_size", "ulysses_size"},
-                     [&](const std::string& key, const YAML::Node& v, const std::string& p) {
-        if (key == "cfg_size") c.parallel.cfg_size = r.integer(v, p, 1, 2);
-        if (key == "ulysses_size") c.parallel.ulysses_size = r.integer(v, p, 1, 1024);
-      });
-    } else if (section == "attention") {
-      r.for_each_key(node, path, {"backend"}, [&](const std::string&, const YAML::Node& v, const std::string& p) {
-        c.attention.backend = r.choice(v, p, kAttentionBackends);
-      });
-    } else if (section == "cuda_graph") {
-      r.for_each_key(node, path, {"enabled"}, [&](const std::string&, const YAML::Node& v, const std::string& p) {
-        c.cuda_graph.enabled = r.boolean(v, p);
-      });
-    } else if (section == "conv") {
-      r.for_each_key(node, path, {"autotune"}, [&](const std::string&, const YAML::Node& v, const std::string& p) {
-        c.conv.autotune = r.boolean(v, p);
-      });
-    }
-  });
+  const ConfigReader linear = r.section("linear");
+  c.linear.quant_algo = linear.choice("quant_algo", c.linear.quant_algo, kQuantAlgos);
+  c.linear.dynamic = linear.boolean("dynamic", c.linear.dynamic);
+  c.linear.ignore = linear.string_list("ignore");
+  for (size_t i = 0; i < c.linear.ignore.size(); ++i)
+    if (c.linear.ignore[i].empty()) linear.fail_value(fmt::format("ignore[{}]", i), "empty pattern");
+  linear.reject_unknown();
+
+  const ConfigReader teacache = r.section("teacache");
+  c.teacache.enabled = teacache.boolean("enabled", c.teacache.enabled);
+  c.teacache.threshold = teacache.number("threshold", c.teacache.threshold);
+  if (c.teacache.threshold <= 0) teacache.fail_value("threshold", fmt::format("must be > 0, got {}", c.teacache.threshold));
+  c.teacache.use_ret_steps = teacache.boolean("use_ret_steps", c.teacache.use_ret_steps);
+  if (auto steps = teacache.optional_integer("warmup_steps", 0, 1000)) c.teacache.warmup_steps = static_cast<int>(*steps);
+  if (teacache.has("coefficients")) {
+    c.teacache.coefficients = teacache.number_list("coefficients");
+    if (c.teacache.coefficients.empty()) teacache.fail_value("coefficients", "needs at least one coefficient");
+  }
+  teacache.reject_unknown();
+
+  const ConfigReader parallel = r.section("parallel");
+  c.parallel.cfg_size = static_cast<int>(parallel.integer("cfg_size", c.parallel.cfg_size, 1, 2));
+  c.parallel.ulysses_size = static_cast<int>(parallel.integer("ulysses_size", c.parallel.ulysses_size, 1, 1024));
+  parallel.reject_unknown();
+
+  const ConfigReader attention = r.section("attention");
+  c.attention.backend = attention.choice("backend", c.attention.backend, kAttentionBackends);
+  attention.reject_unknown();
+
+  const ConfigReader cuda_graph = r.section("cuda_graph");
+  c.cuda_graph.enabled = cuda_graph.boolean("enabled", c.cuda_graph.enabled);
+  cuda_graph.reject_unknown();
+
+  const ConfigReader conv = r.section("conv");
+  c.conv.autotune = conv.boolean("autotune", c.conv.autotune);
+  conv.reject_unknown();
+
+  r.reject_unknown();
   return c;
 }
 

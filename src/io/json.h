@@ -1,4 +1,7 @@
 // JSON files and typed field access with errors that name the file and the field.
+// Configuration files (config.json, scheduler_config.json) are read with ConfigReader
+// (io/config_reader.h), which also checks ranges, null and unknown keys; json_get serves the
+// structural fields of other formats (safetensors headers, tokenizer.json, model_index.json).
 #pragma once
 
 #include <string>

@@ -4,6 +4,7 @@
 
 #include "core/random.h"
 #include "ops/ops.h"
+#include "io/config_reader.h"
 #include "schedulers/scheduling_utils.h"
 
 namespace vgen {
@@ -14,16 +15,16 @@ constexpr const char* kName = "FlowMatchEulerDiscreteScheduler";
 }  // namespace
 
 FlowMatchEulerDiscreteConfig FlowMatchEulerDiscreteConfig::from_json(const Json& config, const std::string& path) {
-  const scheduling::ConfigReader r(config, path, kName);
+  const ConfigReader r(config, path, kName);
   FlowMatchEulerDiscreteConfig c;
-  c.num_train_timesteps = r.integer("num_train_timesteps", c.num_train_timesteps);
+  c.num_train_timesteps = r.int32("num_train_timesteps", c.num_train_timesteps);
   c.shift = r.number("shift", c.shift);
   c.use_dynamic_shifting = r.boolean("use_dynamic_shifting", c.use_dynamic_shifting);
   // Optional in diffusers: null is kept, absent means the default.
-  if (config.contains("base_shift")) c.base_shift = r.optional_number("base_shift");
-  if (config.contains("max_shift")) c.max_shift = r.optional_number("max_shift");
-  c.base_image_seq_len = r.integer("base_image_seq_len", c.base_image_seq_len);
-  c.max_image_seq_len = r.integer("max_image_seq_len", c.max_image_seq_len);
+  if (r.present("base_shift")) c.base_shift = r.optional_number("base_shift");
+  if (r.present("max_shift")) c.max_shift = r.optional_number("max_shift");
+  c.base_image_seq_len = r.int32("base_image_seq_len", c.base_image_seq_len);
+  c.max_image_seq_len = r.int32("max_image_seq_len", c.max_image_seq_len);
   c.invert_sigmas = r.boolean("invert_sigmas", c.invert_sigmas);
   c.shift_terminal = r.optional_number("shift_terminal");
   c.use_karras_sigmas = r.boolean("use_karras_sigmas", c.use_karras_sigmas);

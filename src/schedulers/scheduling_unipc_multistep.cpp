@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/ops.h"
+#include "io/config_reader.h"
 #include "schedulers/scheduling_utils.h"
 
 namespace vgen {
@@ -139,14 +140,14 @@ Tensor as_dtype(const Tensor& x, DType dtype) { return x.dtype() == dtype ? x : 
 }  // namespace
 
 UniPCMultistepConfig UniPCMultistepConfig::from_json(const Json& config, const std::string& path) {
-  const scheduling::ConfigReader r(config, path, kName);
+  const ConfigReader r(config, path, kName);
   UniPCMultistepConfig c;
-  c.num_train_timesteps = r.integer("num_train_timesteps", c.num_train_timesteps);
+  c.num_train_timesteps = r.int32("num_train_timesteps", c.num_train_timesteps);
   c.beta_start = r.number("beta_start", c.beta_start);
   c.beta_end = r.number("beta_end", c.beta_end);
   c.beta_schedule = r.string("beta_schedule", c.beta_schedule);
   c.trained_betas = r.optional_number_list("trained_betas");
-  c.solver_order = r.integer("solver_order", c.solver_order);
+  c.solver_order = r.int32("solver_order", c.solver_order);
   c.prediction_type = r.string("prediction_type", c.prediction_type);
   c.thresholding = r.boolean("thresholding", c.thresholding);
   c.dynamic_thresholding_ratio = r.number("dynamic_thresholding_ratio", c.dynamic_thresholding_ratio);
@@ -154,15 +155,15 @@ UniPCMultistepConfig UniPCMultistepConfig::from_json(const Json& config, const s
   c.predict_x0 = r.boolean("predict_x0", c.predict_x0);
   c.solver_type = r.string("solver_type", c.solver_type);
   c.lower_order_final = r.boolean("lower_order_final", c.lower_order_final);
-  c.disable_corrector = r.integer_list("disable_corrector");
-  r.require_null("solver_p", "a solver_p scheduler cannot be given in a config file");
+  for (int64_t step : r.integer_list("disable_corrector")) c.disable_corrector.push_back(static_cast<int>(step));
+  r.require_absent("solver_p", "a solver_p scheduler cannot be given in a config file");
   c.use_karras_sigmas = r.boolean("use_karras_sigmas", c.use_karras_sigmas);
   c.use_exponential_sigmas = r.boolean("use_exponential_sigmas", c.use_exponential_sigmas);
   c.use_beta_sigmas = r.boolean("use_beta_sigmas", c.use_beta_sigmas);
   c.use_flow_sigmas = r.boolean("use_flow_sigmas", c.use_flow_sigmas);
   c.flow_shift = r.number("flow_shift", c.flow_shift);
   c.timestep_spacing = r.string("timestep_spacing", c.timestep_spacing);
-  c.steps_offset = r.integer("steps_offset", c.steps_offset);
+  c.steps_offset = r.int32("steps_offset", c.steps_offset);
   c.final_sigmas_type = r.string("final_sigmas_type", c.final_sigmas_type);
   c.rescale_betas_zero_snr = r.boolean("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
   c.use_dynamic_shifting = r.boolean("use_dynamic_shifting", c.use_dynamic_shifting);

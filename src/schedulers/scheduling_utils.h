@@ -1,14 +1,12 @@
-// Pieces the schedulers share: typed reading of scheduler_config.json fields, and the
+// Pieces the schedulers share: errors about scheduler_config.json fields, and the
 // numpy-style float64 schedule helpers diffusers builds sigmas with.
 #pragma once
 
 #include <initializer_list>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
-#include "io/json.h"
 
 namespace vgen::scheduling {
 
@@ -18,32 +16,6 @@ namespace vgen::scheduling {
 // Fails unless value is one of allowed.
 void check_one_of(const std::string& path, const std::string& class_name, const std::string& key,
                   const std::string& value, std::initializer_list<const char*> allowed);
-
-// Reads the fields of one scheduler config by JSON type: absent -> the diffusers default;
-// a wrong type (null included, except for Optional fields) -> vgen::Error naming the field.
-class ConfigReader {
- public:
-  ConfigReader(const Json& config, std::string path, std::string class_name);
-
-  int integer(const std::string& key, int fallback) const;
-  double number(const std::string& key, double fallback) const;
-  // For the fields diffusers declares Optional: null or absent -> nullopt.
-  std::optional<double> optional_number(const std::string& key) const;
-  bool boolean(const std::string& key, bool fallback) const;
-  std::string string(const std::string& key, const std::string& fallback) const;
-  std::vector<int> integer_list(const std::string& key) const;
-  std::optional<std::vector<double>> optional_number_list(const std::string& key) const;
-  // Fails unless the field is absent or null.
-  void require_null(const std::string& key, const std::string& why) const;
-
- private:
-  const Json* find(const std::string& key) const;  // nullptr when absent or null
-  [[noreturn]] void fail_type(const std::string& key, const char* expected, const Json& value) const;
-
-  const Json& config_;
-  std::string path_;
-  std::string class_name_;
-};
 
 // np.linspace(start, stop, num) in float64, value for value.
 std::vector<double> np_linspace(double start, double stop, int num);

@@ -7,17 +7,12 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/config_reader.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 
 namespace vgen {
 namespace {
-
-int64_t positive_field(const Json& j, const char* key, int64_t fallback, const std::string& path) {
-  const auto v = json_get<int64_t>(j, key, fallback, path);
-  if (v <= 0) fail("{}: field '{}' must be positive, got {}", path, key, v);
-  return v;
-}
 
 // x + y with torch's type promotion for the residual stream: float32 wins.
 Tensor add_promoted(const Tensor& x, const Tensor& y) {
@@ -27,46 +22,41 @@ Tensor add_promoted(const Tensor& x, const Tensor& y) {
 }  // namespace
 
 UMT5Config UMT5Config::from_json(const Json& j, const std::string& path) {
-  if (!j.is_object()) fail("{}: expected a JSON object", path);
-  const std::string model_type = json_get<std::string>(j, "model_type", "umt5", path);
+  const ConfigReader r(j, path);
+  const std::string model_type = r.string("model_type", "umt5");
   if (model_type != "umt5")
     fail("{}: model_type is '{}', expected 'umt5' (UMT5EncoderModel: a relative attention bias in every layer)", path,
          model_type);
   UMT5Config c;
-  c.vocab_size = positive_field(j, "vocab_size", c.vocab_size, path);
-  c.d_model = positive_field(j, "d_model", c.d_model, path);
-  c.d_kv = positive_field(j, "d_kv", c.d_kv, path);
-  c.d_ff = positive_field(j, "d_ff", c.d_ff, path);
-  c.num_layers = json_get<int64_t>(j, "num_layers", c.num_layers, path);
-  if (c.num_layers < 0) fail("{}: field 'num_layers' must not be negative, got {}", path, c.num_layers);
-  c.num_heads = positive_field(j, "num_heads", c.num_heads, path);
-  c.relative_attention_num_buckets =
-      positive_field(j, "relative_attention_num_buckets", c.relative_attention_num_buckets, path);
+  c.vocab_size = r.integer("vocab_size", c.vocab_size, 1);
+  c.d_model = r.integer("d_model", c.d_model, 1);
+  c.d_kv = r.integer("d_kv", c.d_kv, 1);
+  c.d_ff = r.integer("d_ff", c.d_ff, 1);
+  c.num_layers = r.integer("num_layers", c.num_layers, 0);
+  c.num_heads = r.integer("num_heads", c.num_heads, 1);
   // Bidirectional buckets: half per direction, half of those exact; both must be non-empty.
-  if (c.relative_attention_num_buckets < 4)
-    fail("{}: field 'relative_attention_num_buckets' must be at least 4, got {}", path,
-         c.relative_attention_num_buckets);
-  c.relative_attention_max_distance =
-      positive_field(j, "relative_attention_max_distance", c.relative_attention_max_distance, path);
+  c.relative_attention_num_buckets = r.integer("relative_attention_num_buckets", c.relative_attention_num_buckets, 4);
+  c.relative_attention_max_distance = r.integer("relative_attention_max_distance", c.relative_attention_max_distance, 1);
   if (c.relative_attention_max_distance <= c.relative_attention_num_buckets / 4)
-    fail("{}: field 'relative_attention_max_distance' ({}) must exceed the {} exact buckets", path,
-         c.relative_attention_max_distance, c.relative_attention_num_buckets / 4);
-  c.layer_norm_epsilon = json_get<double>(j, "layer_norm_epsilon", c.layer_norm_epsilon, path);
+    r.fail_value("relative_attention_max_distance", fmt::format("({}) must exceed the {} exact buckets",
+                                                                c.relative_attention_max_distance,
+                                                                c.relative_attention_num_buckets / 4));
+  c.layer_norm_epsilon = r.number("layer_norm_epsilon", c.layer_norm_epsilon);
   if (!(c.layer_norm_epsilon > 0.0 && c.layer_norm_epsilon < 1.0))
-    fail("{}: field 'layer_norm_epsilon' must be in (0, 1), got {}", path, c.layer_norm_epsilon);
+    r.fail_value("layer_norm_epsilon", fmt::format("must be in (0, 1), got {}", c.layer_norm_epsilon));
 
-  c.feed_forward_proj = json_get<std::string>(j, "feed_forward_proj", c.feed_forward_proj, path);
+  c.feed_forward_proj = r.string("feed_forward_proj", c.feed_forward_proj);
   const size_t dash = c.feed_forward_proj.find('-');
   c.is_gated_act = dash != std::string::npos;
   if (c.is_gated_act &&
       (c.feed_forward_proj.substr(0, dash) != "gated" || c.feed_forward_proj.find('-', dash + 1) != std::string::npos))
-    fail("{}: field 'feed_forward_proj' is \"{}\"; expected \"gated-ACT\" or \"ACT\"", path, c.feed_forward_proj);
+    r.fail_value("feed_forward_proj", fmt::format("is \"{}\"; expected \"gated-ACT\" or \"ACT\"", c.feed_forward_proj));
   c.dense_act_fn = c.is_gated_act ? c.feed_forward_proj.substr(dash + 1) : c.feed_forward_proj;
   if (c.feed_forward_proj == "gated-gelu") c.dense_act_fn = "gelu_new";
   if (c.dense_act_fn != "gelu_new" && c.dense_act_fn != "gelu_pytorch_tanh" && c.dense_act_fn != "gelu" &&
       c.dense_act_fn != "relu" && c.dense_act_fn != "silu")
-    fail("{}: field 'feed_forward_proj' is \"{}\"; activation '{}' is not supported (gelu_new, gelu, relu, silu)", path,
-         c.feed_forward_proj, c.dense_act_fn);
+    r.fail_value("feed_forward_proj", fmt::format("is \"{}\"; activation '{}' is not supported (gelu_new, gelu, relu, silu)",
+                                                  c.feed_forward_proj, c.dense_act_fn));
   return c;
 }
 
@@ -85,6 +75,38 @@ int64_t relative_position_bucket(int64_t relative_position, int64_t num_buckets,
   return bucket + std::min(large, half - 1);
 }
 
+namespace {
+
+// T5 attention: projections q, k, v, o without biases; the scale folded into the
+// initialization, so scores are plain q.k.
+nn::AttentionOptions t5_attention_options(const UMT5Config& c) {
+  nn::AttentionOptions o;
+  o.query_dim = c.d_model;
+  o.heads = c.num_heads;
+  o.dim_head = c.d_kv;
+  o.bias = false;
+  o.scale = 1.0f;
+  o.to_q = "q";
+  o.to_k = "k";
+  o.to_v = "v";
+  o.to_out = "o";
+  return o;
+}
+
+}  // namespace
+
+UMT5EncoderModel::Block::Block(const nn::Weights& weights, const std::string& p, const UMT5Config& c)
+    : attention_norm(weights, p + "0.layer_norm", c.d_model, static_cast<float>(c.layer_norm_epsilon)),
+      self_attention(weights, p + "0.SelfAttention", t5_attention_options(c)),
+      relative_attention_bias(weights.as(DType::F32).load(p + "0.SelfAttention.relative_attention_bias.weight",
+                                                          {c.relative_attention_num_buckets, c.num_heads})),
+      ffn_norm(weights, p + "1.layer_norm", c.d_model, static_cast<float>(c.layer_norm_epsilon)),
+      wi_0(weights, p + (c.is_gated_act ? "1.DenseReluDense.wi_0" : "1.DenseReluDense.wi"), c.d_model, c.d_ff, false),
+      wi_1(c.is_gated_act ? nn::Linear(weights, p + "1.DenseReluDense.wi_1", c.d_model, c.d_ff, false) : nn::Linear()),
+      // transformers keeps wo in float32 under float16 (`_keep_in_fp32_modules`).
+      wo(weights.as(weights.dtype() == DType::F16 ? DType::F32 : weights.dtype()), p + "1.DenseReluDense.wo", c.d_ff,
+         c.d_model, false) {}
+
 UMT5EncoderModel::UMT5EncoderModel(UMT5Config config, DType dtype, Device device)
     : config_(std::move(config)), dtype_(dtype), device_(device) {}
 
@@ -97,12 +119,9 @@ std::unique_ptr<UMT5EncoderModel> UMT5EncoderModel::from_pretrained(const std::s
   auto model = std::unique_ptr<UMT5EncoderModel>(
       new UMT5EncoderModel(UMT5Config::from_json(read_json_file(config_path), config_path), dtype, device));
   const UMT5Config& c = model->config_;
-  const int64_t inner = c.num_heads * c.d_kv;
 
   const WeightStore store = WeightStore::open_dir(dir);
-  auto load = [&](const std::string& name, const Shape& shape, DType as) {
-    return store.load(name, shape, as, device);
-  };
+  const nn::Weights weights(store, dtype, device);
 
   // UMT5EncoderModel ties encoder.embed_tokens to shared; checkpoints store one or both.
   const bool has_shared = store.contains("shared.weight");
@@ -114,56 +133,21 @@ std::unique_ptr<UMT5EncoderModel> UMT5EncoderModel::from_pretrained(const std::s
                               dtype, Device::cpu());
   if (has_shared && store.contains("encoder.embed_tokens.weight")) store.get("encoder.embed_tokens.weight");
 
-  model->blocks_.resize(static_cast<size_t>(c.num_layers));
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string p = "encoder.block." + std::to_string(i) + ".layer.";
-    Block& b = model->blocks_[static_cast<size_t>(i)];
-    b.q = load(p + "0.SelfAttention.q.weight", {inner, c.d_model}, dtype);
-    b.k = load(p + "0.SelfAttention.k.weight", {inner, c.d_model}, dtype);
-    b.v = load(p + "0.SelfAttention.v.weight", {inner, c.d_model}, dtype);
-    b.o = load(p + "0.SelfAttention.o.weight", {c.d_model, inner}, dtype);
-    b.relative_attention_bias = load(p + "0.SelfAttention.relative_attention_bias.weight",
-                                     {c.relative_attention_num_buckets, c.num_heads}, DType::F32);
-    b.attention_norm = load(p + "0.layer_norm.weight", {c.d_model}, dtype);
-    if (c.is_gated_act) {
-      b.wi_0 = load(p + "1.DenseReluDense.wi_0.weight", {c.d_ff, c.d_model}, dtype);
-      b.wi_1 = load(p + "1.DenseReluDense.wi_1.weight", {c.d_ff, c.d_model}, dtype);
-    } else {
-      b.wi_0 = load(p + "1.DenseReluDense.wi.weight", {c.d_ff, c.d_model}, dtype);
-    }
-    b.wo = load(p + "1.DenseReluDense.wo.weight", {c.d_model, c.d_ff}, dtype == DType::F16 ? DType::F32 : dtype);
-    b.ffn_norm = load(p + "1.layer_norm.weight", {c.d_model}, dtype);
-  }
-  model->final_layer_norm_ = load("encoder.final_layer_norm.weight", {c.d_model}, dtype);
-
-  const std::vector<std::string> unused = store.unused();
-  if (!unused.empty()) {
-    std::string list;
-    for (size_t i = 0; i < unused.size() && i < 8; ++i) list += (i ? ", '" : "'") + unused[i] + "'";
-    if (unused.size() > 8) list += fmt::format(" and {} more", unused.size() - 8);
-    fail("{}: {} tensor(s) in the checkpoint are not used by UMT5EncoderModel as configured by {}: {}", dir,
-         unused.size(), config_path, list);
-  }
+  model->blocks_.reserve(static_cast<size_t>(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i)
+    model->blocks_.emplace_back(weights, fmt::format("encoder.block.{}.layer.", i), c);
+  model->final_layer_norm_ =
+      nn::RMSNorm(weights, "encoder.final_layer_norm", c.d_model, static_cast<float>(c.layer_norm_epsilon));
+  weights.check_all_used("UMT5EncoderModel", config_path);
   return model;
-}
-
-Tensor UMT5EncoderModel::norm(const Tensor& x, const Tensor& weight) const {
-  // UMT5LayerNorm: float32 statistics, no mean subtraction; the result in the weight's dtype.
-  Tensor y = ops::rms_norm(x, weight, static_cast<float>(config_.layer_norm_epsilon));
-  return y.dtype() == weight.dtype() ? y : y.to(weight.dtype());
 }
 
 Tensor UMT5EncoderModel::self_attention(const Block& block, const Tensor& x, const Tensor& bucket_ids,
                                         const Tensor& mask_bias) const {
-  const int64_t B = x.size(0), L = x.size(1), H = config_.num_heads, D = config_.d_kv;
-  auto heads = [&](const Tensor& w) { return ops::linear(x, w).view({B, L, H, D}).permute({0, 2, 1, 3}); };
   // position_bias [1, H, L, L] from this layer's bucket table, plus the padding mask [B, 1, 1, L].
   const Tensor position_bias =
       ops::embedding(bucket_ids, block.relative_attention_bias).permute({2, 0, 1}).unsqueeze(0);
-  const Tensor bias = ops::add(position_bias, mask_bias);
-  // UMT5 folds the scale into its initialization: scores are plain q.k.
-  const Tensor out = ops::attention(heads(block.q), heads(block.k), heads(block.v), bias, 1.0f);
-  return ops::linear(out.permute({0, 2, 1, 3}).reshape({B, L, H * D}), block.o);
+  return block.self_attention.forward(x, nullptr, ops::add(position_bias, mask_bias));
 }
 
 Tensor UMT5EncoderModel::feed_forward(const Block& block, const Tensor& x) const {
@@ -172,12 +156,12 @@ Tensor UMT5EncoderModel::feed_forward(const Block& block, const Tensor& x) const
                            : act == "silu" ? Activation::Silu
                            : act == "relu" ? Activation::None
                                            : Activation::GeluTanh;  // gelu_new, gelu_pytorch_tanh
-  Tensor h = ops::linear(x, block.wi_0, {}, fused);
+  Tensor h = block.wi_0.forward(x, fused);
   if (act == "relu") h = ops::clamp(h, 0.0f, INFINITY);
-  if (block.wi_1.defined()) h = ops::mul(h, ops::linear(x, block.wi_1));
+  if (block.wi_1.defined()) h = ops::mul(h, block.wi_1.forward(x));
   // transformers casts to wo's dtype (float32 under float16) before the projection.
-  if (h.dtype() != block.wo.dtype()) h = h.to(block.wo.dtype());
-  return ops::linear(h, block.wo);
+  if (h.dtype() != block.wo.weight().dtype()) h = h.to(block.wo.weight().dtype());
+  return block.wo.forward(h);
 }
 
 Tensor UMT5EncoderModel::forward(const Tensor& input_ids, const Tensor& attention_mask) const {
@@ -202,10 +186,10 @@ Tensor UMT5EncoderModel::forward(const Tensor& input_ids, const Tensor& attentio
 
   Tensor h = ops::embedding(input_ids.to(Device::cpu()), shared_).to(device_);
   for (const Block& block : blocks_) {
-    h = add_promoted(h, self_attention(block, norm(h, block.attention_norm), bucket_ids, mask_bias));
-    h = add_promoted(h, feed_forward(block, norm(h, block.ffn_norm)));
+    h = add_promoted(h, self_attention(block, block.attention_norm.forward(h), bucket_ids, mask_bias));
+    h = add_promoted(h, feed_forward(block, block.ffn_norm.forward(h)));
   }
-  return norm(h, final_layer_norm_);
+  return final_layer_norm_.forward(h);
 }
 
 Tensor zero_padded_positions(const Tensor& hidden, const std::vector<int64_t>& lengths) {

@@ -15,6 +15,9 @@
 
 #include "core/tensor.h"
 #include "io/json.h"
+#include "nn/attention.h"
+#include "nn/linear.h"
+#include "nn/norm.h"
 
 namespace vgen {
 
@@ -62,17 +65,19 @@ class UMT5EncoderModel {
   Device device() const { return device_; }
 
  private:
+  // UMT5Block, its modules named as the checkpoint's keys under encoder.block.N.layer.
   struct Block {
-    Tensor q, k, v, o;               // [inner, d_model] / [d_model, inner]
-    Tensor relative_attention_bias;  // [num_buckets, num_heads] float32
-    Tensor attention_norm;           // layer.0.layer_norm.weight
-    Tensor wi_0, wi_1;               // [d_ff, d_model]; wi_1 undefined for a non-gated FFN (then wi_0 is `wi`)
-    Tensor wo;                       // [d_model, d_ff]; float32 when the compute dtype is F16
-    Tensor ffn_norm;                 // layer.1.layer_norm.weight
+    Block(const nn::Weights& weights, const std::string& prefix, const UMT5Config& config);
+
+    nn::RMSNorm attention_norm;       // 0.layer_norm
+    nn::Attention self_attention;     // 0.SelfAttention.{q,k,v,o}: no biases, no 1/sqrt(d) scaling
+    Tensor relative_attention_bias;   // 0.SelfAttention.relative_attention_bias [num_buckets, num_heads] float32
+    nn::RMSNorm ffn_norm;             // 1.layer_norm
+    nn::Linear wi_0, wi_1;            // 1.DenseReluDense; wi_1 absent for a non-gated FFN (then wi_0 is `wi`)
+    nn::Linear wo;                    // float32 when the compute dtype is F16
   };
 
   UMT5EncoderModel(UMT5Config config, DType dtype, Device device);
-  Tensor norm(const Tensor& x, const Tensor& weight) const;
   Tensor self_attention(const Block& block, const Tensor& x, const Tensor& bucket_ids, const Tensor& mask_bias) const;
   Tensor feed_forward(const Block& block, const Tensor& x) const;
 
@@ -81,7 +86,7 @@ class UMT5EncoderModel {
   Device device_;
   Tensor shared_;  // [vocab_size, d_model], in host memory (rows gathered there, then uploaded)
   std::vector<Block> blocks_;
-  Tensor final_layer_norm_;
+  nn::RMSNorm final_layer_norm_;
 };
 
 // diffusers' WanPipeline._get_t5_prompt_embeds after the encoder: keeps the first lengths[b]

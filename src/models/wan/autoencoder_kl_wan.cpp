@@ -1,6 +1,5 @@
-// AutoencoderKLWan decode path. Classes and weight names follow diffusers'
-// autoencoder_kl_wan.py: WanCausalConv3d, WanRMS_norm, WanResidualBlock, WanAttentionBlock,
-// WanResample, WanUpBlock, WanMidBlock, WanDecoder3d.
+// AutoencoderKLWan decode path: config, loading, the chunked decode loop. The decoder's
+// blocks are in autoencoder_kl_wan_blocks.h, built from nn modules.
 //
 // On a GPU the decoder runs channels-last (activations and filters laid out [N, D, H, W, C]
 // under their usual [N, C, D, H, W] shapes, as PyTorch's channels_last_3d): cuDNN's NDHWC
@@ -8,27 +7,22 @@
 // keeps NCDHW (for comparison); the values are the same either way.
 #include "models/wan/autoencoder_kl_wan.h"
 
-#include <array>
-#include <cmath>
 #include <filesystem>
 #include <optional>
+#include <tuple>
 
 #include "core/env.h"
 #include "core/error.h"
+#include "io/config_reader.h"
 #include "io/safetensors.h"
+#include "models/wan/autoencoder_kl_wan_blocks.h"
+#include "nn/weights.h"
 #include "ops/ops.h"
 
 namespace fs = std::filesystem;
 
 namespace vgen {
 namespace {
-
-// Frames of each causal conv's input kept for the next chunk (diffusers' CACHE_T).
-constexpr int64_t kCacheT = 2;
-
-// The feature cache of one decode() call: one slot per causal conv with a temporal kernel.
-// An undefined slot means "no past yet", i.e. zero frames.
-using FeatCache = std::vector<Tensor>;
 
 const std::vector<float> kDefaultLatentsMean = {-0.7571f, -0.7089f, -0.9113f, 0.1075f, -0.1745f, 0.9653f,
                                                 -0.1517f, 1.5508f,  0.4134f,  -0.0715f, 0.5517f, -0.3632f,
@@ -41,297 +35,32 @@ bool channels_last_on(Device device) {
   return allowed && device.is_cuda();
 }
 
-struct WeightLoader {
-  const WeightStore& store;
-  DType dtype;
-  Device device;
-  Tensor operator()(const std::string& name, const Shape& shape) const {
-    return store.load(name, shape, dtype, device);
-  }
-  // A convolution filter, in the layout the activations will have.
-  Tensor filter(const Tensor& w) const { return channels_last_on(device) ? w.to_channels_last_3d() : w; }
-};
-
-// The last kCacheT frames of the stream [past, x], as diffusers' callers store them; a copy,
-// so that the cache does not keep the whole of x alive.
-Tensor next_cache(const Tensor& x, const Tensor& past) {
-  const int64_t t = x.size(2);
-  if (t >= kCacheT || !past.defined())
-    return x.narrow(2, std::max<int64_t>(0, t - kCacheT), std::min(t, kCacheT)).clone();
-  return ops::cat({past.narrow(2, past.size(2) - 1, 1), x}, 2);
-}
-
-// WanCausalConv3d: 2*padding_t zero frames on the past side only (cached frames of the
-// previous chunk take the place of as many), symmetric zero padding in space.
-class CausalConv3d {
- public:
-  CausalConv3d(const WeightLoader& load, const std::string& prefix, int64_t in, int64_t out,
-               std::array<int64_t, 3> kernel, std::array<int64_t, 3> padding, int64_t* num_slots)
-      : weight_(load.filter(load(prefix + ".weight", {out, in, kernel[0], kernel[1], kernel[2]}))),
-        bias_(load(prefix + ".bias", {out})),
-        causal_pad_(2 * padding[0]) {
-    params_.padding = {0, padding[1], padding[2]};
-    // Every Wan conv with a temporal kernel pads exactly CACHE_T frames, so a full cache
-    // replaces all the padding.
-    VGEN_CHECK(causal_pad_ == 0 || causal_pad_ == kCacheT, "{}: unsupported temporal padding {}", prefix, padding[0]);
-    if (causal_pad_ > 0) slot_ = (*num_slots)++;
-  }
-
-  // With `cache`, past frames come from this conv's slot, which then holds the last kCacheT
-  // frames of [past, x]; without it, the past is zeros (diffusers' call without cache_x).
-  Tensor forward(const Tensor& x, FeatCache* cache) const {
-    if (causal_pad_ == 0) return ops::conv3d(x, weight_, bias_, params_);
-    Tensor past;
-    if (cache) {
-      past = (*cache)[slot_];
-      (*cache)[slot_] = next_cache(x, past);
-    }
-    // The zero frames in front are the convolution's own (asymmetric) padding: no pad copy.
-    Conv3dParams p = params_;
-    Tensor input = x;
-    if (past.defined()) {
-      p.time_padding_before = causal_pad_ - past.size(2);
-      input = ops::cat({std::move(past), x}, 2);
-    } else {
-      p.time_padding_before = causal_pad_;
-    }
-    return ops::conv3d(input, weight_, bias_, p);
-  }
-
- private:
-  Tensor weight_, bias_;
-  Conv3dParams params_;
-  int64_t causal_pad_;
-  int64_t slot_ = -1;
-};
-
-// WanRMS_norm (no bias in the VAE): F.normalize over channels * sqrt(C) * gamma, with the
-// SiLU that follows it fused in when act is Silu.
-class RMSNorm {
- public:
-  RMSNorm(const WeightLoader& load, const std::string& prefix, int64_t dim, bool images)
-      : gamma_(load(prefix + ".gamma", images ? Shape{dim, 1, 1} : Shape{dim, 1, 1, 1})) {}
-  Tensor operator()(const Tensor& x, Activation act = Activation::None) const {
-    return ops::channel_rms_norm(x, gamma_, {}, act);
-  }
-
- private:
-  Tensor gamma_;
-};
-
-class ResidualBlock {
- public:
-  ResidualBlock(const WeightLoader& load, const std::string& prefix, int64_t in, int64_t out, int64_t* num_slots)
-      : norm1_(load, prefix + ".norm1", in, false),
-        conv1_(load, prefix + ".conv1", in, out, {3, 3, 3}, {1, 1, 1}, num_slots),
-        norm2_(load, prefix + ".norm2", out, false),
-        conv2_(load, prefix + ".conv2", out, out, {3, 3, 3}, {1, 1, 1}, num_slots) {
-    if (in != out) conv_shortcut_.emplace(load, prefix + ".conv_shortcut", in, out, std::array<int64_t, 3>{1, 1, 1},
-                                          std::array<int64_t, 3>{0, 0, 0}, num_slots);
-  }
-
-  Tensor forward(Tensor x, FeatCache& cache) const {
-    const Tensor h = conv_shortcut_ ? conv_shortcut_->forward(x, nullptr) : x;
-    x = norm1_(x, Activation::Silu);
-    x = conv1_.forward(x, &cache);
-    x = norm2_(x, Activation::Silu);  // dropout: identity at inference
-    x = conv2_.forward(x, &cache);
-    return ops::add(x, h);
-  }
-
- private:
-  RMSNorm norm1_;
-  CausalConv3d conv1_;
-  RMSNorm norm2_;
-  CausalConv3d conv2_;
-  std::optional<CausalConv3d> conv_shortcut_;
-};
-
-// WanAttentionBlock: single-head self-attention over the h*w positions of each frame.
-class AttentionBlock {
- public:
-  AttentionBlock(const WeightLoader& load, const std::string& prefix, int64_t dim)
-      : dim_(dim),
-        norm_(load, prefix + ".norm", dim, true),
-        to_qkv_weight_(load(prefix + ".to_qkv.weight", {3 * dim, dim, 1, 1}).view({3 * dim, dim})),
-        to_qkv_bias_(load(prefix + ".to_qkv.bias", {3 * dim})),
-        proj_weight_(load(prefix + ".proj.weight", {dim, dim, 1, 1}).view({dim, dim})),
-        proj_bias_(load(prefix + ".proj.bias", {dim})) {}
-
-  Tensor forward(const Tensor& x) const {
-    const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
-    // The norm is per position over channels, so it can run before the per-frame reshape.
-    // Tokens [b*t, h*w, c]; the 1x1 convs are linears over c.
-    const Tensor tokens = norm_(x).permute({0, 2, 3, 4, 1}).reshape({b * t, h * w, c});
-    Tensor qkv = ops::linear(tokens, to_qkv_weight_, to_qkv_bias_);
-    // qkv.chunk(3, dim=-1) of diffusers, with the single head as dim 1.
-    Tensor out = ops::attention(qkv.narrow(2, 0, c).unsqueeze(1), qkv.narrow(2, c, c).unsqueeze(1),
-                                qkv.narrow(2, 2 * c, c).unsqueeze(1), {}, 1.0f / std::sqrt(static_cast<float>(dim_)));
-    qkv = Tensor();
-    out = ops::linear(out.squeeze(1), proj_weight_, proj_bias_);
-    return ops::add(out.view({b, t, h, w, c}).permute({0, 4, 1, 2, 3}), x);
-  }
-
- private:
-  int64_t dim_;
-  RMSNorm norm_;
-  Tensor to_qkv_weight_, to_qkv_bias_, proj_weight_, proj_bias_;
-};
-
-// WanResample in "upsample2d" / "upsample3d" mode: (time_conv doubling the frames), then
-// per frame nearest 2x upsampling and a 3x3 conv to dim/2 channels.
-class Resample {
- public:
-  Resample(const WeightLoader& load, const std::string& prefix, int64_t dim, bool upsample3d, int64_t* num_slots)
-      : weight_(load.filter(load(prefix + ".resample.1.weight", {dim / 2, dim, 3, 3}).view({dim / 2, dim, 1, 3, 3}))),
-        bias_(load(prefix + ".resample.1.bias", {dim / 2})) {
-    params_.padding = {0, 1, 1};
-    if (upsample3d) time_conv_.emplace(load, prefix + ".time_conv", dim, 2 * dim, std::array<int64_t, 3>{3, 1, 1},
-                                       std::array<int64_t, 3>{1, 0, 0}, num_slots);
-  }
-
-  Tensor forward(Tensor x, FeatCache& cache, bool first_chunk) const {
-    // diffusers marks the first call "Rep" and skips time_conv (so the first latent frame
-    // gives one frame); its second call convolves without cache_x (zero past), storing
-    // [zeros, x] when x has one frame. An empty slot is that same zero past, so the only
-    // special case left is the first chunk.
-    if (time_conv_ && !first_chunk) {
-      const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
-      const Tensor y = time_conv_->forward(x, &cache);
-      // [b, (2, c), t] -> [b, c, (t, 2)]: frame 2i from the first half of the channels.
-      if (y.is_channels_last_3d()) {
-        // Memory [b, t, h, w, (2, c)] -> [b, (t, 2), h, w, c].
-        x = y.permute({0, 2, 3, 4, 1})
-                .view({b, t, h, w, 2, c})
-                .permute({0, 1, 4, 2, 3, 5})
-                .contiguous()
-                .view({b, 2 * t, h, w, c})
-                .permute({0, 4, 1, 2, 3});
-      } else {
-        x = y.view({b, 2, c, t, h, w}).permute({0, 2, 3, 1, 4, 5}).reshape({b, c, 2 * t, h, w});
-      }
-    }
-    // nearest-exact at scale 2 picks source index dst/2, as nearest does.
-    x = ops::upsample_nearest2x(x);
-    return ops::conv3d(x, weight_, bias_, params_);
-  }
-
- private:
-  Tensor weight_, bias_;
-  Conv3dParams params_;
-  std::optional<CausalConv3d> time_conv_;
-};
-
-// WanUpBlock: num_res_blocks + 1 residual blocks, then an optional upsampler.
-class UpBlock {
- public:
-  UpBlock(const WeightLoader& load, const std::string& prefix, int64_t in, int64_t out, int64_t num_res_blocks,
-          std::optional<bool> upsample3d, int64_t* num_slots) {
-    for (int64_t i = 0; i <= num_res_blocks; ++i) {
-      resnets_.emplace_back(load, fmt::format("{}.resnets.{}", prefix, i), i == 0 ? in : out, out, num_slots);
-    }
-    if (upsample3d) upsampler_.emplace(load, prefix + ".upsamplers.0", out, *upsample3d, num_slots);
-  }
-
-  Tensor forward(Tensor x, FeatCache& cache, bool first_chunk) const {
-    for (const ResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
-    if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
-    return x;
-  }
-
- private:
-  std::vector<ResidualBlock> resnets_;
-  std::optional<Resample> upsampler_;
-};
-
-// Channel widths of WanDecoder3d: dim * [dim_mult[-1]] + reversed(dim_mult).
-std::vector<int64_t> decoder_dims(const AutoencoderKLWanConfig& cfg) {
-  std::vector<int64_t> dims{cfg.decoder_dim() * cfg.dim_mult.back()};
-  for (auto it = cfg.dim_mult.rbegin(); it != cfg.dim_mult.rend(); ++it) dims.push_back(cfg.decoder_dim() * *it);
-  return dims;
-}
-
-// WanDecoder3d of the Wan2.1 VAE (is_residual false).
-class Decoder {
- public:
-  Decoder(const WeightLoader& load, const AutoencoderKLWanConfig& cfg, int64_t* num_slots)
-      : Decoder(load, cfg, decoder_dims(cfg), num_slots) {}
-
-  // One chunk (one latent frame) through the decoder, updating the feature cache.
-  Tensor forward(Tensor x, FeatCache& cache, bool first_chunk) const {
-    x = conv_in_.forward(x, &cache);
-    x = mid_resnet0_.forward(std::move(x), cache);
-    x = mid_attention_.forward(x);
-    x = mid_resnet1_.forward(std::move(x), cache);
-    for (const UpBlock& block : up_blocks_) x = block.forward(std::move(x), cache, first_chunk);
-    x = norm_out_(x, Activation::Silu);
-    return conv_out_.forward(x, &cache);
-  }
-
- private:
-  Decoder(const WeightLoader& load, const AutoencoderKLWanConfig& cfg, const std::vector<int64_t>& dims,
-          int64_t* num_slots)
-      : conv_in_(load, "decoder.conv_in", cfg.z_dim, dims[0], {3, 3, 3}, {1, 1, 1}, num_slots),
-        mid_resnet0_(load, "decoder.mid_block.resnets.0", dims[0], dims[0], num_slots),
-        mid_attention_(load, "decoder.mid_block.attentions.0", dims[0]),
-        mid_resnet1_(load, "decoder.mid_block.resnets.1", dims[0], dims[0], num_slots),
-        up_blocks_(make_up_blocks(load, cfg, dims, num_slots)),
-        norm_out_(load, "decoder.norm_out", dims.back(), false),
-        conv_out_(load, "decoder.conv_out", dims.back(), cfg.out_channels, {3, 3, 3}, {1, 1, 1}, num_slots) {}
-
-  static std::vector<UpBlock> make_up_blocks(const WeightLoader& load, const AutoencoderKLWanConfig& cfg,
-                                             const std::vector<int64_t>& dims, int64_t* num_slots) {
-    const size_t levels = cfg.dim_mult.size();
-    std::vector<UpBlock> blocks;
-    for (size_t i = 0; i < levels; ++i) {
-      // Each upsampler halves the channels, so blocks after the first take dims[i] / 2.
-      const int64_t in = i > 0 ? dims[i] / 2 : dims[i];
-      std::optional<bool> upsample3d;  // none on the last level; temperal_upsample is reversed
-      if (i != levels - 1) upsample3d = cfg.temperal_downsample[cfg.temperal_downsample.size() - 1 - i];
-      blocks.emplace_back(load, fmt::format("decoder.up_blocks.{}", i), in, dims[i + 1], cfg.num_res_blocks,
-                          upsample3d, num_slots);
-    }
-    return blocks;
-  }
-
-  CausalConv3d conv_in_;
-  ResidualBlock mid_resnet0_;
-  AttentionBlock mid_attention_;
-  ResidualBlock mid_resnet1_;
-  std::vector<UpBlock> up_blocks_;
-  RMSNorm norm_out_;
-  CausalConv3d conv_out_;
-};
-
-std::optional<int64_t> optional_int(const Json& j, const std::string& key, const std::string& path) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return std::nullopt;
-  return json_require<int64_t>(j, key, path);
-}
-
 }  // namespace
 
 AutoencoderKLWanConfig AutoencoderKLWanConfig::from_json(const Json& j, const std::string& path) {
-  if (!j.is_object()) fail("{}: expected a JSON object", path);
-  const std::string class_name = json_get<std::string>(j, "_class_name", "AutoencoderKLWan", path);
+  const ConfigReader r(j, path);
+  const std::string class_name = r.string("_class_name", "AutoencoderKLWan");
   if (class_name != "AutoencoderKLWan") fail("{}: _class_name is '{}', expected 'AutoencoderKLWan'", path, class_name);
   AutoencoderKLWanConfig c;
-  c.base_dim = json_get(j, "base_dim", c.base_dim, path);
-  c.decoder_base_dim = optional_int(j, "decoder_base_dim", path);
-  c.z_dim = json_get(j, "z_dim", c.z_dim, path);
-  c.dim_mult = json_get(j, "dim_mult", c.dim_mult, path);
-  c.num_res_blocks = json_get(j, "num_res_blocks", c.num_res_blocks, path);
-  c.attn_scales = json_get(j, "attn_scales", c.attn_scales, path);
-  c.temperal_downsample = json_get(j, "temperal_downsample", c.temperal_downsample, path);
-  c.dropout = json_get(j, "dropout", c.dropout, path);
-  c.latents_mean = json_get(j, "latents_mean", kDefaultLatentsMean, path);
-  c.latents_std = json_get(j, "latents_std", kDefaultLatentsStd, path);
-  c.is_residual = json_get(j, "is_residual", c.is_residual, path);
-  c.in_channels = json_get(j, "in_channels", c.in_channels, path);
-  c.out_channels = json_get(j, "out_channels", c.out_channels, path);
-  c.patch_size = optional_int(j, "patch_size", path);
-  c.scale_factor_temporal = json_get(j, "scale_factor_temporal", c.scale_factor_temporal, path);
-  c.scale_factor_spatial = json_get(j, "scale_factor_spatial", c.scale_factor_spatial, path);
+  c.base_dim = r.integer("base_dim", c.base_dim);
+  c.decoder_base_dim = r.optional_integer("decoder_base_dim");
+  c.z_dim = r.integer("z_dim", c.z_dim);
+  c.dim_mult = r.integer_list("dim_mult", c.dim_mult);
+  c.num_res_blocks = r.integer("num_res_blocks", c.num_res_blocks);
+  c.attn_scales = r.number_list("attn_scales", c.attn_scales);
+  c.temperal_downsample = r.boolean_list("temperal_downsample", c.temperal_downsample);
+  c.dropout = r.number("dropout", c.dropout);
+  for (auto [key, values, fallback] : {std::tuple{"latents_mean", &c.latents_mean, &kDefaultLatentsMean},
+                                       std::tuple{"latents_std", &c.latents_std, &kDefaultLatentsStd}}) {
+    values->clear();
+    for (double v : r.number_list(key, {fallback->begin(), fallback->end()})) values->push_back(static_cast<float>(v));
+  }
+  c.is_residual = r.boolean("is_residual", c.is_residual);
+  c.in_channels = r.integer("in_channels", c.in_channels);
+  c.out_channels = r.integer("out_channels", c.out_channels);
+  c.patch_size = r.optional_integer("patch_size");
+  c.scale_factor_temporal = r.integer("scale_factor_temporal", c.scale_factor_temporal);
+  c.scale_factor_spatial = r.integer("scale_factor_spatial", c.scale_factor_spatial);
 
   if (c.is_residual)
     fail("{}: is_residual is true (the Wan2.2 VAE's residual up blocks); only the Wan2.1 VAE (is_residual false) is "
@@ -362,13 +91,14 @@ int64_t AutoencoderKLWanConfig::frames_per_latent() const {
 }
 
 struct AutoencoderKLWan::Modules {
-  Modules(const WeightLoader& load, const AutoencoderKLWanConfig& cfg)
-      : post_quant_conv(load, "post_quant_conv", cfg.z_dim, cfg.z_dim, {1, 1, 1}, {0, 0, 0}, &num_cache_slots),
-        decoder(load, cfg, &num_cache_slots) {}
+  Modules(const WanVaeLoad& load, const AutoencoderKLWanConfig& cfg)
+      : post_quant_conv(load.causal_conv("post_quant_conv", cfg.z_dim, cfg.z_dim, {1, 1, 1}, {0, 0, 0})),
+        decoder(load, cfg),
+        cache_slots(load.slots) {}
 
-  int64_t num_cache_slots = 0;  // declared first: the modules count their slots into it
-  CausalConv3d post_quant_conv;
-  Decoder decoder;
+  nn::CausalConv3d post_quant_conv;
+  WanDecoder3d decoder;
+  nn::FeatCacheSlots cache_slots;  // declared last: counted by the causal convs above while they load
 };
 
 AutoencoderKLWan::AutoencoderKLWan() = default;
@@ -383,13 +113,14 @@ std::unique_ptr<AutoencoderKLWan> AutoencoderKLWan::from_pretrained(const std::s
   vae->dtype_ = dtype;
   vae->device_ = device;
   const WeightStore store = WeightStore::open_dir(dir);
-  vae->modules_ = std::make_unique<Modules>(WeightLoader{store, dtype, device}, vae->config_);
+  const nn::Weights weights(store, dtype, device);
+  nn::FeatCacheSlots slots;
+  vae->modules_ = std::make_unique<Modules>(WanVaeLoad{weights, channels_last_on(device), slots}, vae->config_);
   // encoder.* and quant_conv.* are legitimately left; a decoder tensor left over means the
   // config describes another decoder than the weights.
-  for (const std::string& name : store.unused()) {
-    if (name.starts_with("decoder.") || name.starts_with("post_quant_conv."))
-      fail("{}: unexpected tensor '{}' for the decoder described by {}", dir, name, config_path);
-  }
+  weights.check_all_used("the AutoencoderKLWan decoder", config_path, [](const std::string& name) {
+    return !name.starts_with("decoder.") && !name.starts_with("post_quant_conv.");
+  });
   return vae;
 }
 
@@ -406,7 +137,7 @@ Tensor AutoencoderKLWan::decode(const Tensor& z) const {
                                dtype_, device_);
   // diffusers' _decode: one latent frame per decoder call, the first with first_chunk.
   // Chunks are clamped and written in place of its torch.cat + final clamp (same values).
-  FeatCache cache(static_cast<size_t>(modules_->num_cache_slots));
+  nn::FeatCache cache(static_cast<size_t>(modules_->cache_slots.count));
   int64_t frame = 0;
   for (int64_t i = 0; i < num_frame; ++i) {
     Tensor chunk = x.narrow(2, i, 1);

@@ -1,10 +1,11 @@
 #include "models/wan/transformer_wan.h"
 
-#include <cmath>
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/config_reader.h"
 #include "io/safetensors.h"
+#include "nn/weights.h"
 #include "ops/ops.h"
 
 namespace vgen {
@@ -12,68 +13,82 @@ namespace {
 
 constexpr const char* kClassName = "WanTransformer3DModel";
 
-bool is_set(const Json& j, const std::string& key) { return j.contains(key) && !j.at(key).is_null(); }
-
-int64_t positive_field(const Json& j, const std::string& key, int64_t fallback, const std::string& path) {
-  const int64_t v = json_get<int64_t>(j, key, fallback, path);
-  if (v <= 0) fail("{}: field '{}' must be positive, got {}", path, key, v);
-  return v;
-}
-
 // Returns x as float32 (itself when it already is): diffusers' `.float()`.
 Tensor f32(const Tensor& x) { return x.to(DType::F32); }
+
+// WanAttention of a block: attn1 over the video tokens (RoPE applied by forward's caller),
+// attn2 from the video tokens to the projected text (width inner_dim); both with the RMS
+// qk-norm across heads and biased projections.
+nn::AttentionOptions attention_options(const WanTransformer3DModelConfig& c, bool cross) {
+  nn::AttentionOptions o;
+  o.query_dim = c.inner_dim();
+  o.heads = c.num_attention_heads;
+  o.dim_head = c.attention_head_dim;
+  if (cross) o.cross_attention_dim = c.inner_dim();
+  o.qk_norm = true;
+  o.eps = static_cast<float>(c.eps);
+  return o;
+}
 
 }  // namespace
 
 WanTransformer3DModelConfig WanTransformer3DModelConfig::from_json(const Json& j, const std::string& path) {
-  if (!j.is_object()) fail("{}: expected a JSON object", path);
-  const std::string class_name = json_get<std::string>(j, "_class_name", kClassName, path);
+  const ConfigReader r(j, path);
+  const std::string class_name = r.string("_class_name", kClassName);
   if (class_name != kClassName) fail("{}: _class_name is '{}', expected '{}'", path, class_name, kClassName);
-
-  for (const char* key : {"image_dim", "added_kv_proj_dim", "pos_embed_seq_len"}) {
-    if (is_set(j, key))
-      fail("{}: field '{}' is {}: image-to-video transformers (CLIP image context) are not supported yet", path, key,
-           j.at(key).dump());
-  }
+  for (const char* key : {"image_dim", "added_kv_proj_dim", "pos_embed_seq_len"})
+    r.require_absent(key, "image-to-video transformers (CLIP image context) are not supported yet");
 
   WanTransformer3DModelConfig c;
-  const std::vector<int64_t> patch = json_get<std::vector<int64_t>>(j, "patch_size", {1, 2, 2}, path);
+  const std::vector<int64_t> patch = r.integer_list("patch_size", {1, 2, 2});
   if (patch.size() != 3 || patch[0] <= 0 || patch[1] <= 0 || patch[2] <= 0)
-    fail("{}: field 'patch_size' must be 3 positive integers (t, h, w), got {}", path, j.at("patch_size").dump());
+    r.fail_value("patch_size", fmt::format("must be 3 positive integers (t, h, w), got {}", j.at("patch_size").dump()));
   c.patch_size = {patch[0], patch[1], patch[2]};
-  c.num_attention_heads = positive_field(j, "num_attention_heads", c.num_attention_heads, path);
-  c.attention_head_dim = positive_field(j, "attention_head_dim", c.attention_head_dim, path);
+  c.num_attention_heads = r.integer("num_attention_heads", c.num_attention_heads, 1);
+  c.attention_head_dim = r.integer("attention_head_dim", c.attention_head_dim, 1);
   if (c.attention_head_dim % 2 != 0)
-    fail("{}: field 'attention_head_dim' must be even for the rotary embedding, got {}", path, c.attention_head_dim);
-  c.in_channels = positive_field(j, "in_channels", c.in_channels, path);
+    r.fail_value("attention_head_dim", fmt::format("must be even for the rotary embedding, got {}", c.attention_head_dim));
+  c.in_channels = r.integer("in_channels", c.in_channels, 1);
   // diffusers: `out_channels = out_channels or in_channels`.
-  const int64_t out_channels = json_get<int64_t>(j, "out_channels", 0, path);
-  if (out_channels < 0) fail("{}: field 'out_channels' must not be negative, got {}", path, out_channels);
+  const int64_t out_channels = r.optional_integer("out_channels", 0).value_or(0);
   c.out_channels = out_channels == 0 ? c.in_channels : out_channels;
-  c.text_dim = positive_field(j, "text_dim", c.text_dim, path);
-  c.freq_dim = positive_field(j, "freq_dim", c.freq_dim, path);
-  c.ffn_dim = positive_field(j, "ffn_dim", c.ffn_dim, path);
-  c.num_layers = json_get<int64_t>(j, "num_layers", c.num_layers, path);
-  if (c.num_layers < 0) fail("{}: field 'num_layers' must not be negative, got {}", path, c.num_layers);
-  c.cross_attn_norm = json_get<bool>(j, "cross_attn_norm", c.cross_attn_norm, path);
+  c.text_dim = r.integer("text_dim", c.text_dim, 1);
+  c.freq_dim = r.integer("freq_dim", c.freq_dim, 1);
+  c.ffn_dim = r.integer("ffn_dim", c.ffn_dim, 1);
+  c.num_layers = r.integer("num_layers", c.num_layers, 0);
+  c.cross_attn_norm = r.boolean("cross_attn_norm", c.cross_attn_norm);
   // diffusers 0.42 builds the across-heads RMSNorm of q and k whatever this says; accept only
   // the value the Wan checkpoints use rather than guess what another one would mean.
-  if (j.contains("qk_norm") && j.at("qk_norm").is_null())
-    fail("{}: field 'qk_norm' is null; only \"rms_norm_across_heads\" is supported", path);
-  c.qk_norm = json_get<std::string>(j, "qk_norm", c.qk_norm, path);
+  if (r.present("qk_norm") && !r.has("qk_norm"))
+    r.fail_value("qk_norm", "is null; only \"rms_norm_across_heads\" is supported");
+  c.qk_norm = r.string("qk_norm", c.qk_norm);
   if (c.qk_norm != "rms_norm_across_heads")
-    fail("{}: field 'qk_norm' is \"{}\"; only \"rms_norm_across_heads\" is supported", path, c.qk_norm);
-  c.eps = json_get<double>(j, "eps", c.eps, path);
-  if (!(c.eps > 0.0 && c.eps < 1.0)) fail("{}: field 'eps' must be in (0, 1), got {}", path, c.eps);
-  c.rope_max_seq_len = positive_field(j, "rope_max_seq_len", c.rope_max_seq_len, path);
+    r.fail_value("qk_norm", fmt::format("is \"{}\"; only \"rms_norm_across_heads\" is supported", c.qk_norm));
+  c.eps = r.number("eps", c.eps);
+  if (!(c.eps > 0.0 && c.eps < 1.0)) r.fail_value("eps", fmt::format("must be in (0, 1), got {}", c.eps));
+  c.rope_max_seq_len = r.integer("rope_max_seq_len", c.rope_max_seq_len, 1);
   return c;
 }
+
+WanTransformer3DModel::Block::Block(const nn::Weights& weights, const std::string& prefix,
+                                    const WanTransformer3DModelConfig& c)
+    : scale_shift_table(weights.as(DType::F32).load(prefix + ".scale_shift_table", {1, 6, c.inner_dim()})),
+      norm1(static_cast<float>(c.eps)),
+      attn1(weights, prefix + ".attn1", attention_options(c, false)),
+      norm2(c.cross_attn_norm ? nn::LayerNorm(weights.as(DType::F32), prefix + ".norm2", c.inner_dim(),
+                                              static_cast<float>(c.eps))
+                              : nn::LayerNorm()),
+      attn2(weights, prefix + ".attn2", attention_options(c, true)),
+      norm3(static_cast<float>(c.eps)),
+      ffn_proj(weights, prefix + ".ffn.net.0.proj", c.inner_dim(), c.ffn_dim),
+      ffn_out(weights, prefix + ".ffn.net.2", c.ffn_dim, c.inner_dim()) {}
 
 WanTransformer3DModel::WanTransformer3DModel(WanTransformer3DModelConfig config, DType dtype, Device device)
     : config_(std::move(config)),
       dtype_(dtype),
       device_(device),
-      rope_(config_.attention_head_dim, config_.rope_max_seq_len) {
+      rope_(config_.attention_head_dim, config_.rope_max_seq_len),
+      norm_out_(static_cast<float>(config_.eps)) {
   // The graphed part of forward: inputs {hidden_states after the patch embedding, temb,
   // timestep_proj, projected text, RoPE cos, RoPE sin}, params {batch, frames, height, width}.
   graphed_ = std::make_unique<GraphedCallable>(
@@ -110,67 +125,24 @@ std::unique_ptr<WanTransformer3DModel> WanTransformer3DModel::from_pretrained(co
   const auto [pt, ph, pw] = c.patch_size;
 
   const WeightStore store = WeightStore::open_dir(dir);
-  auto load = [&](const std::string& name, const Shape& shape, DType as) {
-    return store.load(name, shape, as, device);
-  };
-  auto linear = [&](const std::string& prefix, int64_t out, int64_t in, DType as) {
-    return Linear{load(prefix + ".weight", {out, in}, as), load(prefix + ".bias", {out}, as)};
-  };
-  // Concatenates projections of the same input along the output features.
-  auto fused = [&](const std::string& prefix, std::initializer_list<const char*> parts, int64_t out, int64_t in) {
-    std::vector<Tensor> weights, biases;
-    for (const char* p : parts) {
-      Linear l = linear(prefix + p, out, in, dtype);
-      weights.push_back(l.weight);
-      biases.push_back(l.bias);
-    }
-    return Linear{ops::cat(weights, 0), ops::cat(biases, 0)};
-  };
+  const nn::Weights weights(store, dtype, device);
+  const nn::Weights weights_f32 = weights.as(DType::F32);  // diffusers' _keep_in_fp32_modules
 
-  const Tensor patch_weight = load("patch_embedding.weight", {dim, c.in_channels, pt, ph, pw}, dtype);
-  model->patch_embedding_ = {patch_weight.view({dim, c.in_channels * pt * ph * pw}),
-                             load("patch_embedding.bias", {dim}, dtype)};
-  model->time_embedder_linear_1_ = linear("condition_embedder.time_embedder.linear_1", dim, c.freq_dim, DType::F32);
-  model->time_embedder_linear_2_ = linear("condition_embedder.time_embedder.linear_2", dim, dim, DType::F32);
-  model->time_proj_ = linear("condition_embedder.time_proj", 6 * dim, dim, dtype);
-  model->text_embedder_linear_1_ = linear("condition_embedder.text_embedder.linear_1", dim, c.text_dim, dtype);
-  model->text_embedder_linear_2_ = linear("condition_embedder.text_embedder.linear_2", dim, dim, dtype);
-
-  model->blocks_.resize(static_cast<size_t>(c.num_layers));
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string p = "blocks." + std::to_string(i) + ".";
-    Block& b = model->blocks_[static_cast<size_t>(i)];
-    b.scale_shift_table = load(p + "scale_shift_table", {1, 6, dim}, DType::F32);
-    b.attn1_to_qkv = fused(p + "attn1.", {"to_q", "to_k", "to_v"}, dim, dim);
-    b.attn1_to_out = linear(p + "attn1.to_out.0", dim, dim, dtype);
-    b.attn1_norm_q = load(p + "attn1.norm_q.weight", {dim}, dtype);
-    b.attn1_norm_k = load(p + "attn1.norm_k.weight", {dim}, dtype);
-    b.attn2_to_q = linear(p + "attn2.to_q", dim, dim, dtype);
-    b.attn2_to_kv = fused(p + "attn2.", {"to_k", "to_v"}, dim, dim);
-    b.attn2_to_out = linear(p + "attn2.to_out.0", dim, dim, dtype);
-    b.attn2_norm_q = load(p + "attn2.norm_q.weight", {dim}, dtype);
-    b.attn2_norm_k = load(p + "attn2.norm_k.weight", {dim}, dtype);
-    if (c.cross_attn_norm) {
-      b.norm2_weight = load(p + "norm2.weight", {dim}, DType::F32);
-      b.norm2_bias = load(p + "norm2.bias", {dim}, DType::F32);
-    }
-    b.ffn_proj = linear(p + "ffn.net.0.proj", c.ffn_dim, dim, dtype);
-    b.ffn_out = linear(p + "ffn.net.2", dim, c.ffn_dim, dtype);
-  }
-  model->scale_shift_table_ = load("scale_shift_table", {1, 2, dim}, DType::F32);
-  model->proj_out_ = linear("proj_out", c.out_channels * pt * ph * pw, dim, dtype);
+  model->patch_embedding_ = nn::Linear::from_conv(weights, "patch_embedding", {dim, c.in_channels, pt, ph, pw});
+  model->time_embedder_linear_1_ =
+      nn::Linear(weights_f32, "condition_embedder.time_embedder.linear_1", c.freq_dim, dim);
+  model->time_embedder_linear_2_ = nn::Linear(weights_f32, "condition_embedder.time_embedder.linear_2", dim, dim);
+  model->time_proj_ = nn::Linear(weights, "condition_embedder.time_proj", dim, 6 * dim);
+  model->text_embedder_linear_1_ = nn::Linear(weights, "condition_embedder.text_embedder.linear_1", c.text_dim, dim);
+  model->text_embedder_linear_2_ = nn::Linear(weights, "condition_embedder.text_embedder.linear_2", dim, dim);
+  model->blocks_.reserve(static_cast<size_t>(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i) model->blocks_.emplace_back(weights, fmt::format("blocks.{}", i), c);
+  model->scale_shift_table_ = weights_f32.load("scale_shift_table", {1, 2, dim});
+  model->proj_out_ = nn::Linear(weights, "proj_out", dim, c.out_channels * pt * ph * pw);
 
   // Like diffusers' `_keys_to_ignore_on_load_unexpected`, leftover norm_added_q weights are fine.
-  std::vector<std::string> unused;
-  for (const std::string& name : store.unused())
-    if (name.find("norm_added_q") == std::string::npos) unused.push_back(name);
-  if (!unused.empty()) {
-    std::string list;
-    for (size_t i = 0; i < unused.size() && i < 8; ++i) list += (i ? ", '" : "'") + unused[i] + "'";
-    if (unused.size() > 8) list += fmt::format(" and {} more", unused.size() - 8);
-    fail("{}: {} tensor(s) in the checkpoint are not used by {} as configured by {}: {}", dir, unused.size(),
-         kClassName, config_path, list);
-  }
+  weights.check_all_used(kClassName, config_path,
+                         [](const std::string& name) { return name.find("norm_added_q") != std::string::npos; });
   return model;
 }
 
@@ -211,7 +183,7 @@ WanPatchedInput WanTransformer3DModel::embed_patches(const Tensor& hidden_states
   x = x.reshape({B, C, F, pt, H, ph, W, pw})
           .permute({0, 2, 4, 6, 1, 3, 5, 7})
           .reshape({B, F * H * W, C * pt * ph * pw});
-  in.hidden_states = ops::linear(x, patch_embedding_.weight, patch_embedding_.bias);
+  in.hidden_states = patch_embedding_.forward(x);
   return in;
 }
 
@@ -227,15 +199,14 @@ WanConditioning WanTransformer3DModel::condition(const Tensor& timestep, const T
   const Tensor sinusoid =
       get_timestep_embedding(timestep.to_vector(), config_.freq_dim, true, 0.0f).to(device_);
   // TimestepEmbedding (kept in float32), then `.type_as(encoder_hidden_states)`.
-  Tensor temb = ops::linear(sinusoid, time_embedder_linear_1_.weight, time_embedder_linear_1_.bias, Activation::Silu);
-  temb = ops::linear(temb, time_embedder_linear_2_.weight, time_embedder_linear_2_.bias).to(dtype_);
-  Tensor timestep_proj = ops::linear(ops::silu(temb), time_proj_.weight, time_proj_.bias);
+  Tensor temb = time_embedder_linear_1_.forward(sinusoid, Activation::Silu);
+  temb = time_embedder_linear_2_.forward(temb).to(dtype_);
+  Tensor timestep_proj = time_proj_.forward(ops::silu(temb));
 
   // PixArtAlphaTextProjection: linear, gelu-tanh, linear.
   const Tensor text = encoder_hidden_states.to(device_).to(dtype_);
-  Tensor context =
-      ops::linear(text, text_embedder_linear_1_.weight, text_embedder_linear_1_.bias, Activation::GeluTanh);
-  context = ops::linear(context, text_embedder_linear_2_.weight, text_embedder_linear_2_.bias);
+  Tensor context = text_embedder_linear_1_.forward(text, Activation::GeluTanh);
+  context = text_embedder_linear_2_.forward(context);
 
   WanConditioning c;
   if (timestep.dim() == 2) {
@@ -268,7 +239,6 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
                                             const Tensor& encoder_hidden_states, const Tensor& timestep_proj,
                                             const WanPatchedInput& input) const {
   const int64_t dim = config_.inner_dim();
-  const float eps = static_cast<float>(config_.eps);
   // scale_shift_table + temb.float(), chunked into shift, scale, gate (self-attention) and
   // c_shift, c_scale, c_gate (FFN), each [B, 1 or S, dim] float32.
   const Tensor mod = ops::add(block.scale_shift_table.view({1, 1, 6, dim}), f32(timestep_proj));
@@ -278,56 +248,21 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
 
   // 1. Self-attention.
   // (LayerNorm(x.float()) * (1 + scale) + shift).type_as(x), and the gated residual
-  // (x.float() + y.float() * gate).type_as(x): one fused op each.
-  Tensor norm = ops::modulated_layer_norm(hidden_states, scale_msa, shift_msa, eps);
-  Tensor h = ops::gated_residual(hidden_states, self_attention(block, norm, input), gate_msa);
+  // (x.float() + y.float() * gate).type_as(x): one fused op each. The RMS qk-norm across heads
+  // and the rotation are one fused op per q and k, reading them out of the fused projection.
+  const nn::RotaryTables rope{input.freqs_cos, input.freqs_sin};
+  Tensor norm = block.norm1.forward(hidden_states, scale_msa, shift_msa);
+  Tensor h = ops::gated_residual(hidden_states, block.attn1.forward(norm, &rope), gate_msa);
 
   // 2. Cross-attention: norm2(h.float()).type_as(h) (identity without cross_attn_norm), plain residual.
   // layer_norm computes in float32 and rounds once to h's dtype: the same numbers, no casts.
-  norm = block.norm2_weight.defined() ? ops::layer_norm(h, block.norm2_weight, block.norm2_bias, eps) : h;
-  h = ops::add(h, cross_attention(block, norm, encoder_hidden_states));
+  norm = block.norm2.forward(h);
+  h = ops::add(h, block.attn2.forward_cross(norm, encoder_hidden_states));
 
   // 3. Feed-forward.
-  norm = ops::modulated_layer_norm(h, c_scale_msa, c_shift_msa, eps);
-  const Tensor ff = ops::linear(ops::linear(norm, block.ffn_proj.weight, block.ffn_proj.bias, Activation::GeluTanh),
-                                block.ffn_out.weight, block.ffn_out.bias);
+  norm = block.norm3.forward(h, c_scale_msa, c_shift_msa);
+  const Tensor ff = block.ffn_out.forward(block.ffn_proj.forward(norm, Activation::GeluTanh));
   return ops::gated_residual(h, ff, c_gate_msa);
-}
-
-Tensor WanTransformer3DModel::self_attention(const Block& block, const Tensor& x, const WanPatchedInput& input) const {
-  const int64_t B = x.size(0), S = x.size(1);
-  const int64_t heads = config_.num_attention_heads, D = config_.attention_head_dim;
-  const float eps = static_cast<float>(config_.eps);
-  const Tensor qkv = ops::linear(x, block.attn1_to_qkv.weight, block.attn1_to_qkv.bias);
-  // RMSNorm over all heads together, then split into heads and rotate (one fused op each,
-  // reading q and k straight out of the fused projection).
-  const Tensor qkv_heads = qkv.view({B, S, 3, heads, D});
-  const Tensor q = ops::rms_norm_rope(qkv_heads.select(2, 0), block.attn1_norm_q, eps, input.freqs_cos, input.freqs_sin);
-  const Tensor k = ops::rms_norm_rope(qkv_heads.select(2, 1), block.attn1_norm_k, eps, input.freqs_cos, input.freqs_sin);
-  const Tensor v = qkv_heads.select(2, 2);
-  return attend(q, k, v, block.attn1_to_out);
-}
-
-Tensor WanTransformer3DModel::cross_attention(const Block& block, const Tensor& x, const Tensor& context) const {
-  const int64_t B = x.size(0), S = x.size(1), L = context.size(1), dim = config_.inner_dim();
-  const int64_t heads = config_.num_attention_heads, D = config_.attention_head_dim;
-  const float eps = static_cast<float>(config_.eps);
-  const Tensor q = ops::rms_norm(ops::linear(x, block.attn2_to_q.weight, block.attn2_to_q.bias), block.attn2_norm_q,
-                                 eps).view({B, S, heads, D});
-  const Tensor kv = ops::linear(context, block.attn2_to_kv.weight, block.attn2_to_kv.bias);
-  const Tensor k = ops::rms_norm(kv.narrow(2, 0, dim), block.attn2_norm_k, eps).view({B, L, heads, D});
-  const Tensor v = kv.narrow(2, dim, dim).reshape({B, L, heads, D});
-  return attend(q, k, v, block.attn2_to_out);
-}
-
-// Scaled dot-product attention (scale 1/sqrt(head_dim)) of [B, S, heads, D] tensors, heads
-// merged back, then to_out.
-Tensor WanTransformer3DModel::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Linear& to_out) const {
-  const int64_t B = q.size(0), S = q.size(1);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.attention_head_dim)));
-  const Tensor out = ops::attention(q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}), v.permute({0, 2, 1, 3}), {},
-                                    scale);
-  return ops::linear(out.permute({0, 2, 1, 3}).reshape({B, S, config_.inner_dim()}), to_out.weight, to_out.bias);
 }
 
 Tensor WanTransformer3DModel::finish(const Tensor& hidden_states, const WanConditioning& cond,
@@ -341,8 +276,7 @@ Tensor WanTransformer3DModel::finish(const Tensor& hidden_states, const WanCondi
   const Tensor mod = ops::add(scale_shift_table_.view({1, 1, 2, dim}), f32(temb).unsqueeze(2));
   const Tensor shift = mod.select(2, 0).contiguous(), scale = mod.select(2, 1).contiguous();
 
-  const Tensor norm = ops::modulated_layer_norm(hidden_states, scale, shift, static_cast<float>(config_.eps));
-  const Tensor out = ops::linear(norm, proj_out_.weight, proj_out_.bias);  // [B, S, pt*ph*pw*C]
+  const Tensor out = proj_out_.forward(norm_out_.forward(hidden_states, scale, shift));  // [B, S, pt*ph*pw*C]
   // Unpatchify: (b, f, h, w, dt, dh, dw, c) -> (b, c, f*pt + dt, h*ph + dh, w*pw + dw).
   return out.view({B, F, H, W, pt, ph, pw, config_.out_channels})
       .permute({0, 7, 1, 4, 2, 5, 3, 6})

@@ -18,6 +18,9 @@
 #include "core/tensor.h"
 #include "io/json.h"
 #include "models/wan/transformer_wan_embeddings.h"
+#include "nn/attention.h"
+#include "nn/linear.h"
+#include "nn/norm.h"
 #include "ops/graphed_callable.h"
 
 namespace vgen {
@@ -93,29 +96,23 @@ class WanTransformer3DModel {
   Tensor finish(const Tensor& hidden_states, const WanConditioning& cond, const WanPatchedInput& input) const;
 
  private:
-  struct Linear {
-    Tensor weight;  // [out, in]
-    Tensor bias;    // [out]
-  };
+  // WanTransformerBlock, its modules named as the checkpoint's keys under blocks.N.
   struct Block {
+    Block(const nn::Weights& weights, const std::string& prefix, const WanTransformer3DModelConfig& config);
+
     Tensor scale_shift_table;  // [1, 6, dim] float32
-    // attn1: to_q | to_k | to_v fused into one projection (one GEMM; the same numbers).
-    Linear attn1_to_qkv, attn1_to_out;
-    Tensor attn1_norm_q, attn1_norm_k;
-    // attn2: queries from the video tokens, to_k | to_v fused over the text.
-    Linear attn2_to_q, attn2_to_kv, attn2_to_out;
-    Tensor attn2_norm_q, attn2_norm_k;
-    Tensor norm2_weight, norm2_bias;  // float32; undefined without cross_attn_norm
-    Linear ffn_proj, ffn_out;         // ffn.net.0.proj (then gelu-tanh), ffn.net.2
+    nn::ModulatedLayerNorm norm1;
+    nn::Attention attn1;  // to_q | to_k | to_v fused into one projection (one GEMM; the same numbers)
+    nn::LayerNorm norm2;  // float32; identity without cross_attn_norm
+    nn::Attention attn2;  // queries from the video tokens, to_k | to_v fused over the text
+    nn::ModulatedLayerNorm norm3;
+    nn::Linear ffn_proj, ffn_out;  // ffn.net.0.proj (then gelu-tanh), ffn.net.2
   };
 
   WanTransformer3DModel(WanTransformer3DModelConfig config, DType dtype, Device device);
 
   Tensor block_forward(const Block& block, const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                        const Tensor& timestep_proj, const WanPatchedInput& input) const;
-  Tensor self_attention(const Block& block, const Tensor& x, const WanPatchedInput& input) const;
-  Tensor cross_attention(const Block& block, const Tensor& x, const Tensor& context) const;
-  Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Linear& to_out) const;
   WanRotaryPosEmbed::Tables rotary_tables(int64_t frames, int64_t height, int64_t width) const;
 
   WanTransformer3DModelConfig config_;
@@ -123,13 +120,14 @@ class WanTransformer3DModel {
   Device device_;
   WanRotaryPosEmbed rope_;
 
-  Linear patch_embedding_;  // Conv3d weight viewed as [dim, in_channels * pt * ph * pw]
-  Linear time_embedder_linear_1_, time_embedder_linear_2_;  // float32
-  Linear time_proj_;
-  Linear text_embedder_linear_1_, text_embedder_linear_2_;
+  nn::Linear patch_embedding_;  // Conv3d weight viewed as [dim, in_channels * pt * ph * pw]
+  nn::Linear time_embedder_linear_1_, time_embedder_linear_2_;  // float32
+  nn::Linear time_proj_;
+  nn::Linear text_embedder_linear_1_, text_embedder_linear_2_;
   std::vector<Block> blocks_;
   Tensor scale_shift_table_;  // [1, 2, dim] float32
-  Linear proj_out_;
+  nn::ModulatedLayerNorm norm_out_;
+  nn::Linear proj_out_;
 
   std::unique_ptr<GraphedCallable> graphed_;
 

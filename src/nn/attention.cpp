@@ -1,0 +1,86 @@
+#include "nn/attention.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace vgen::nn {
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
+                                    float scale) {
+  VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q {}, k {}, v {} must be [B, S, heads, D]",
+             q.str(), k.str(), v.str());
+  const int64_t B = q.size(0), S = q.size(1), inner = q.size(2) * q.size(3);
+  const Tensor out = ops::attention(q.permute({0, 2, 1, 3}), k.permute({0, 2, 1, 3}), v.permute({0, 2, 1, 3}), bias,
+                                    scale);
+  return out.permute({0, 2, 1, 3}).reshape({B, S, inner});
+}
+
+Attention::Attention(const Weights& weights, const std::string& prefix, const AttentionOptions& o)
+    : options_(o), prefix_(prefix) {
+  VGEN_CHECK(o.query_dim > 0 && o.heads > 0 && o.dim_head > 0, "nn::Attention '{}': query_dim {}, heads {}, dim_head {}",
+             prefix, o.query_dim, o.heads, o.dim_head);
+  const int64_t inner = o.inner_dim();
+  const std::string p = prefix + ".";
+  if (o.cross_attention_dim) {
+    to_q_ = Linear(weights, p + o.to_q, o.query_dim, inner, o.bias);
+    to_kv_ = Linear::fused(weights, {p + o.to_k, p + o.to_v}, *o.cross_attention_dim, inner, o.bias);
+  } else {
+    to_qkv_ = Linear::fused(weights, {p + o.to_q, p + o.to_k, p + o.to_v}, o.query_dim, inner, o.bias);
+  }
+  to_out_ = Linear(weights, p + o.to_out, inner, o.query_dim, o.bias);
+  if (o.qk_norm) {
+    norm_q_ = RMSNorm(weights, p + o.norm_q, inner, o.eps);
+    norm_k_ = RMSNorm(weights, p + o.norm_k, inner, o.eps);
+  }
+}
+
+Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) const {
+  const float scale =
+      options_.scale.value_or(static_cast<float>(1.0 / std::sqrt(static_cast<double>(options_.dim_head))));
+  return to_out_.forward(scaled_dot_product_attention(q, k, v, bias, scale));
+}
+
+Tensor Attention::forward(const Tensor& x, const RotaryTables* rope, const Tensor& bias) const {
+  VGEN_CHECK(to_qkv_.defined(), "nn::Attention '{}' is a cross-attention: call forward_cross", prefix_);
+  VGEN_CHECK(x.dim() == 3, "nn::Attention '{}': x {} must be [batch, tokens, {}]", prefix_, x.str(), options_.query_dim);
+  const int64_t B = x.size(0), S = x.size(1), H = options_.heads, D = options_.dim_head;
+  // [B, S, (q|k|v), heads, D]: q, k and v are read straight out of the fused projection.
+  const Tensor qkv = to_qkv_.forward(x).view({B, S, 3, H, D});
+  Tensor q = qkv.select(2, 0), k = qkv.select(2, 1);
+  const Tensor v = qkv.select(2, 2);
+  if (options_.qk_norm && rope) {
+    q = norm_q_.forward_rope(q, rope->cos, rope->sin);  // the norm across heads and the rotation, one op each
+    k = norm_k_.forward_rope(k, rope->cos, rope->sin);
+  } else {
+    if (options_.qk_norm) {
+      q = norm_q_.forward(q.reshape({B, S, H * D})).view({B, S, H, D});
+      k = norm_k_.forward(k.reshape({B, S, H * D})).view({B, S, H, D});
+    }
+    if (rope) {
+      q = ops::rope(q, rope->cos, rope->sin);
+      k = ops::rope(k, rope->cos, rope->sin);
+    }
+  }
+  return attend(q, k, v, bias);
+}
+
+Tensor Attention::forward_cross(const Tensor& x, const Tensor& context) const {
+  VGEN_CHECK(to_kv_.defined(), "nn::Attention '{}' is a self-attention: call forward", prefix_);
+  VGEN_CHECK(x.dim() == 3 && context.dim() == 3 && context.size(0) == x.size(0),
+             "nn::Attention '{}': x {} and context {} must be [batch, tokens, features] of one batch", prefix_,
+             x.str(), context.str());
+  const int64_t B = x.size(0), S = x.size(1), L = context.size(1), H = options_.heads, D = options_.dim_head;
+  const int64_t inner = options_.inner_dim();
+  Tensor q = to_q_.forward(x);
+  const Tensor kv = to_kv_.forward(context);
+  Tensor k = kv.narrow(2, 0, inner);
+  if (options_.qk_norm) {
+    q = norm_q_.forward(q);
+    k = norm_k_.forward(k);
+  }
+  return attend(q.view({B, S, H, D}), k.reshape({B, L, H, D}), kv.narrow(2, inner, inner).reshape({B, L, H, D}), {});
+}
+
+}  // namespace vgen::nn

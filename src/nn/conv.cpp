@@ -1,0 +1,78 @@
+#include "nn/conv.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace vgen::nn {
+namespace {
+
+Conv3dParams padded(std::array<int64_t, 3> padding) {
+  Conv3dParams p;
+  p.padding = padding;
+  return p;
+}
+
+// The last kCausalCacheFrames frames of the stream [past, x], as diffusers' callers store
+// them; a copy, so that the cache does not keep the whole of x alive.
+Tensor next_cache(const Tensor& x, const Tensor& past) {
+  const int64_t t = x.size(2);
+  if (t >= kCausalCacheFrames || !past.defined())
+    return x.narrow(2, std::max<int64_t>(0, t - kCausalCacheFrames), std::min(t, kCausalCacheFrames)).clone();
+  return ops::cat({past.narrow(2, past.size(2) - 1, 1), x}, 2);
+}
+
+}  // namespace
+
+Conv3d::Conv3d(Tensor weight, Tensor bias, Conv3dParams params, bool channels_last)
+    : weight_(channels_last ? weight.to_channels_last_3d() : std::move(weight)),
+      bias_(std::move(bias)),
+      params_(params) {}
+
+Conv3d::Conv3d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
+               std::array<int64_t, 3> kernel, Conv3dParams params, bool channels_last)
+    : Conv3d(weights.load(prefix + ".weight", {out, in, kernel[0], kernel[1], kernel[2]}),
+             weights.load(prefix + ".bias", {out}), params, channels_last) {}
+
+Conv3d Conv3d::per_frame_conv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
+                                std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last) {
+  const Tensor w = weights.load(prefix + ".weight", {out, in, kernel[0], kernel[1]});
+  return Conv3d(w.view({out, in, 1, kernel[0], kernel[1]}), weights.load(prefix + ".bias", {out}),
+                padded({0, padding[0], padding[1]}), channels_last);
+}
+
+Tensor Conv3d::forward(const Tensor& x, const Conv3dParams& params) const {
+  return ops::conv3d(x, weight_, bias_, params);
+}
+
+CausalConv3d::CausalConv3d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
+                           std::array<int64_t, 3> kernel, std::array<int64_t, 3> padding, bool channels_last,
+                           FeatCacheSlots& slots)
+    : conv_(weights, prefix, in, out, kernel, padded({0, padding[1], padding[2]}), channels_last),
+      causal_pad_(2 * padding[0]) {
+  VGEN_CHECK(causal_pad_ == 0 || causal_pad_ == kCausalCacheFrames, "{}: unsupported temporal padding {}", prefix,
+             padding[0]);
+  if (causal_pad_ > 0) slot_ = slots.count++;
+}
+
+Tensor CausalConv3d::forward(const Tensor& x, FeatCache* cache) const {
+  if (causal_pad_ == 0) return conv_.forward(x);
+  Tensor past;
+  if (cache) {
+    past = (*cache)[slot_];
+    (*cache)[slot_] = next_cache(x, past);
+  }
+  // The zero frames in front are the convolution's own (asymmetric) padding: no pad copy.
+  Conv3dParams p = conv_.params();
+  Tensor input = x;
+  if (past.defined()) {
+    p.time_padding_before = causal_pad_ - past.size(2);
+    input = ops::cat({std::move(past), x}, 2);
+  } else {
+    p.time_padding_before = causal_pad_;
+  }
+  return conv_.forward(input, p);
+}
+
+}  // namespace vgen::nn

@@ -1,0 +1,70 @@
+// 3-D convolutions: torch.nn.Conv3d, and the causal convolution of video VAEs with the
+// feature cache that lets them decode one latent frame at a time (diffusers' WanCausalConv3d).
+#pragma once
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "nn/weights.h"
+#include "ops/backend.h"
+
+namespace vgen::nn {
+
+// torch.nn.Conv3d: PREFIX.weight [out, in, kt, kh, kw], PREFIX.bias [out].
+class Conv3d {
+ public:
+  // `channels_last`: the activations will be laid out [N, D, H, W, C] (channels_last_3d), so
+  // the filter is stored that way too (cuDNN's NDHWC convolutions).
+  Conv3d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out, std::array<int64_t, 3> kernel,
+         Conv3dParams params, bool channels_last);
+  // torch.nn.Conv2d applied to every frame: PREFIX.weight [out, in, kh, kw] used as [out, in, 1, kh, kw].
+  static Conv3d per_frame_conv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
+                                 std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last);
+
+  Tensor forward(const Tensor& x) const { return forward(x, params_); }
+  // With other stride/padding than the layer's (a causal conv's time padding).
+  Tensor forward(const Tensor& x, const Conv3dParams& params) const;
+  const Conv3dParams& params() const { return params_; }
+
+ private:
+  Conv3d(Tensor weight, Tensor bias, Conv3dParams params, bool channels_last);
+
+  Tensor weight_, bias_;
+  Conv3dParams params_;
+};
+
+// Frames of each causal conv's input kept for the next chunk (diffusers' CACHE_T).
+inline constexpr int64_t kCausalCacheFrames = 2;
+
+// The feature cache of one chunked decode: one slot per causal conv with a temporal kernel.
+// An undefined slot means "no past yet", i.e. zero frames.
+using FeatCache = std::vector<Tensor>;
+
+// Counts the cache slots of a model's causal convs while it is built.
+struct FeatCacheSlots {
+  int64_t count = 0;
+};
+
+// diffusers' WanCausalConv3d: 2 * padding_t zero frames on the past side only (cached frames
+// of the previous chunk take the place of as many), symmetric zero padding in space.
+class CausalConv3d {
+ public:
+  // A temporal kernel takes a slot of `slots`; its padding must be exactly kCausalCacheFrames
+  // frames (every Wan conv's), so that a full cache replaces all of it.
+  CausalConv3d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
+               std::array<int64_t, 3> kernel, std::array<int64_t, 3> padding, bool channels_last,
+               FeatCacheSlots& slots);
+
+  // With `cache`, past frames come from this conv's slot, which then holds the last
+  // kCausalCacheFrames frames of [past, x]; without it the past is zeros (diffusers' call
+  // without cache_x).
+  Tensor forward(const Tensor& x, FeatCache* cache) const;
+
+ private:
+  Conv3d conv_;
+  int64_t causal_pad_;
+  int64_t slot_ = -1;
+};
+
+}  // namespace vgen::nn

@@ -1,0 +1,221 @@
+// The nn layer: loading errors that name the tensor, fused projections in the right order,
+// attention against a plain loop, and the causal conv's chunked decode against one pass.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "nn/attention.h"
+#include "nn/conv.h"
+#include "nn/linear.h"
+#include "nn/norm.h"
+#include "nn/weights.h"
+#include "support/errors.h"
+#include "support/parity.h"
+
+using namespace vgen;
+using vgen::testing::error_of;
+using vgen::testing::expect_error;
+using vgen::testing::max_abs_diff;
+
+namespace {
+
+// Deterministic values in [-1, 1) (no two tensors alike).
+Tensor values(const Shape& shape, int seed) {
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(std::sin(0.7 * (i + 1) + 1.3 * seed));
+  return Tensor::from_vector(v, shape);
+}
+
+// A checkpoint file holding `tensors`, opened as a WeightStore.
+WeightStore store_of(const std::string& tag, const std::map<std::string, Tensor>& tensors) {
+  const std::string path = ::testing::TempDir() + "/vgen_nn_" + tag + ".safetensors";
+  save_safetensors(path, tensors);
+  return WeightStore::open_files({path});
+}
+
+}  // namespace
+
+TEST(NnLinear, LoadingErrorsNameTheTensorAndShape) {
+  const WeightStore store = store_of("linear_errors", {{"proj.weight", values({4, 3}, 1)}, {"proj.bias", values({4}, 2)}});
+  const nn::Weights w(store, DType::F32, Device::cpu());
+  expect_error([&] { nn::Linear(w, "proj", 3, 5); }, "'proj.weight' has shape [4, 3], expected [5, 3]");
+  const std::string missing = error_of([&] { nn::Linear(w, "attn.to_q", 3, 4); });
+  EXPECT_NE(missing.find("missing tensor 'attn.to_q.weight'"), std::string::npos) << missing;
+  EXPECT_NE(missing.find(store.source()), std::string::npos) << missing;
+  // A bias the checkpoint lacks is named too.
+  const WeightStore no_bias = store_of("linear_no_bias", {{"proj.weight", values({4, 3}, 1)}});
+  expect_error([&] { nn::Linear(nn::Weights(no_bias, DType::F32, Device::cpu()), "proj", 3, 4); },
+               "missing tensor 'proj.bias'");
+  EXPECT_NO_THROW(nn::Linear(nn::Weights(no_bias, DType::F32, Device::cpu()), "proj", 3, 4, /*bias=*/false));
+}
+
+TEST(NnLinear, ForwardNamesTheLayerOnAWrongInput) {
+  const WeightStore store = store_of("linear_forward", {{"ffn.net.2.weight", values({4, 3}, 1)}, {"ffn.net.2.bias", values({4}, 2)}});
+  const nn::Linear l(nn::Weights(store, DType::F32, Device::cpu()), "ffn.net.2", 3, 4);
+  EXPECT_EQ(l.forward(values({2, 3}, 3)).shape(), (Shape{2, 4}));
+  expect_error([&] { l.forward(values({2, 5}, 3)); }, "nn::Linear 'ffn.net.2': input F32[2, 5]");
+  expect_error([] { nn::Linear().forward(Tensor::zeros({1, 1})); }, "never loaded");
+}
+
+// to_q | to_k | to_v fused: the output holds q, then k, then v, each as its own layer gives it.
+TEST(NnLinear, FusedProjectionsKeepTheirOrder) {
+  std::map<std::string, Tensor> tensors;
+  for (int i = 0; const char* name : {"to_q", "to_k", "to_v"}) {
+    tensors[std::string(name) + ".weight"] = values({2, 3}, 10 + i);
+    tensors[std::string(name) + ".bias"] = values({2}, 20 + i);
+    ++i;
+  }
+  const WeightStore store = store_of("linear_fused", tensors);
+  const nn::Weights w(store, DType::F32, Device::cpu());
+  const nn::Linear fused = nn::Linear::fused(w, {"to_q", "to_k", "to_v"}, 3, 2);
+  const Tensor x = values({5, 3}, 4);
+  const Tensor y = fused.forward(x);
+  ASSERT_EQ(y.shape(), (Shape{5, 6}));
+  for (int i = 0; const char* name : {"to_q", "to_k", "to_v"}) {
+    const Tensor part = nn::Linear(w, name, 3, 2).forward(x);
+    EXPECT_EQ(max_abs_diff(y.narrow(1, 2 * i, 2).contiguous(), part), 0.0) << name;
+    ++i;
+  }
+}
+
+TEST(NnWeights, LeftoverTensorsAreListed) {
+  const WeightStore store = store_of("leftovers", {{"a.weight", values({1}, 1)},
+                                                  {"encoder.x", values({1}, 2)},
+                                                  {"b.weight", values({1}, 3)}});
+  const nn::Weights w(store, DType::F32, Device::cpu());
+  w.load("a.weight", {1});
+  const std::string msg = error_of([&] { w.check_all_used("Model", "cfg.json"); });
+  EXPECT_NE(msg.find("2 unexpected tensor(s)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'b.weight'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("Model as configured by cfg.json"), std::string::npos) << msg;
+  // Tensors the model legitimately leaves (an encoder it does not run) are not reported.
+  const std::string only_b = error_of([&] {
+    w.check_all_used("Model", "cfg.json", [](const std::string& n) { return n.starts_with("encoder."); });
+  });
+  EXPECT_NE(only_b.find("1 unexpected tensor(s)"), std::string::npos) << only_b;
+  store.get("b.weight");
+  EXPECT_NO_THROW(w.check_all_used("Model", "cfg.json", [](const std::string& n) { return n.starts_with("encoder."); }));
+}
+
+// The result dtype of diffusers' RMSNorm / T5LayerNorm: the weight's when it is 16-bit.
+TEST(NnRMSNorm, ResultTakesA16BitWeightsDtype) {
+  const WeightStore store = store_of("rms", {{"norm.weight", values({4}, 1)}});
+  const Tensor x = values({2, 4}, 2);
+  const nn::RMSNorm f32(nn::Weights(store, DType::F32, Device::cpu()), "norm", 4, 1e-6f);
+  const nn::RMSNorm bf16(nn::Weights(store, DType::BF16, Device::cpu()), "norm", 4, 1e-6f);
+  EXPECT_EQ(f32.forward(x).dtype(), DType::F32);
+  EXPECT_EQ(bf16.forward(x).dtype(), DType::BF16);
+  // x * rsqrt(mean(x^2) + eps) * w, row by row.
+  const std::vector<float> xv = x.to_vector(), wv = values({4}, 1).to_vector(), y = f32.forward(x).to_vector();
+  for (int r = 0; r < 2; ++r) {
+    double ms = 0;
+    for (int i = 0; i < 4; ++i) ms += xv[r * 4 + i] * xv[r * 4 + i] / 4.0;
+    for (int i = 0; i < 4; ++i) EXPECT_NEAR(y[r * 4 + i], xv[r * 4 + i] / std::sqrt(ms + 1e-6) * wv[i], 1e-5);
+  }
+}
+
+// Self- and cross-attention against softmax(q k^T * scale + bias) v written out as loops:
+// catches a wrong fusion order, head split or scale.
+TEST(NnAttention, MatchesAPlainLoop) {
+  const int64_t B = 1, S = 3, L = 2, H = 2, D = 2, dim = H * D, ctx_dim = 3;
+  std::map<std::string, Tensor> t;
+  int seed = 0;
+  for (const char* p : {"attn1", "attn2"}) {
+    for (const char* m : {"to_q", "to_k", "to_v", "to_out.0"}) {
+      const bool kv_of_context = std::string(p) == "attn2" && (m[3] == 'k' || m[3] == 'v');
+      t[fmt::format("{}.{}.weight", p, m)] = values({dim, kv_of_context ? ctx_dim : dim}, ++seed);
+      t[fmt::format("{}.{}.bias", p, m)] = values({dim}, ++seed);
+    }
+  }
+  const WeightStore store = store_of("attention", t);
+  const nn::Weights w(store, DType::F32, Device::cpu());
+  nn::AttentionOptions o;
+  o.query_dim = dim;
+  o.heads = H;
+  o.dim_head = D;
+  o.scale = 0.7f;
+  const nn::Attention self(w, "attn1", o);
+  o.cross_attention_dim = ctx_dim;
+  const nn::Attention cross(w, "attn2", o);
+
+  const Tensor x = values({B, S, dim}, 100), context = values({B, L, ctx_dim}, 101);
+  auto linear = [&](const std::string& name, const Tensor& in) {
+    return nn::Linear(w, name, in.size(2), dim).forward(in).to_vector();
+  };
+  // RoPE of token s: each (even, odd) pair turned by the angle 0.3 (s + 1).
+  std::vector<float> cos_table, sin_table;
+  for (int64_t t = 0; t < S; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      cos_table.push_back(static_cast<float>(std::cos(0.3 * (t + 1))));
+      sin_table.push_back(static_cast<float>(std::sin(0.3 * (t + 1))));
+    }
+  const nn::RotaryTables rope{Tensor::from_vector(cos_table, {S, D}), Tensor::from_vector(sin_table, {S, D})};
+  auto rotate = [&](std::vector<float>& y) {
+    for (int64_t t = 0; t < S; ++t)
+      for (int64_t i = 0; i < dim; i += 2) {
+        const double a = 0.3 * (t + 1), y0 = y[t * dim + i], y1 = y[t * dim + i + 1];
+        y[t * dim + i] = static_cast<float>(y0 * std::cos(a) - y1 * std::sin(a));
+        y[t * dim + i + 1] = static_cast<float>(y0 * std::sin(a) + y1 * std::cos(a));
+      }
+  };
+  // Reference: per head h, out[s] = sum_j softmax_j(q[s].k[j] * 0.7) v[j]; then to_out.
+  auto reference = [&](const std::string& p, const Tensor& kv_in, bool rotary) {
+    std::vector<float> q = linear(p + ".to_q", x), k = linear(p + ".to_k", kv_in);
+    const std::vector<float> v = linear(p + ".to_v", kv_in);
+    if (rotary) {
+      rotate(q);
+      rotate(k);
+    }
+    const int64_t n = kv_in.size(1);
+    std::vector<float> merged(static_cast<size_t>(S * dim));
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t s = 0; s < S; ++s) {
+        std::vector<double> score(static_cast<size_t>(n));
+        double total = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += q[s * dim + h * D + d] * k[j * dim + h * D + d];
+          score[j] = std::exp(dot * 0.7);
+          total += score[j];
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          double acc = 0;
+          for (int64_t j = 0; j < n; ++j) acc += score[j] / total * v[j * dim + h * D + d];
+          merged[s * dim + h * D + d] = static_cast<float>(acc);
+        }
+      }
+    }
+    return nn::Linear(w, p + ".to_out.0", dim, dim).forward(Tensor::from_vector(merged, {B, S, dim}));
+  };
+  EXPECT_LT(max_abs_diff(self.forward(x), reference("attn1", x, false)), 1e-5);
+  EXPECT_LT(max_abs_diff(self.forward(x, &rope), reference("attn1", x, true)), 1e-5);
+  EXPECT_LT(max_abs_diff(cross.forward_cross(x, context), reference("attn2", context, false)), 1e-5);
+  expect_error([&] { self.forward_cross(x, context); }, "'attn1' is a self-attention");
+}
+
+// Decoding one frame at a time with the feature cache gives what one pass over all frames
+// gives (zero frames in front): the property diffusers' chunked _decode relies on.
+TEST(NnCausalConv3d, ChunkedWithCacheEqualsOnePass) {
+  const WeightStore store = store_of("causal", {{"conv.weight", values({2, 3, 3, 3, 3}, 1)}, {"conv.bias", values({2}, 2)}});
+  nn::FeatCacheSlots slots;
+  const nn::CausalConv3d conv(nn::Weights(store, DType::F32, Device::cpu()), "conv", 3, 2, {3, 3, 3}, {1, 1, 1},
+                              /*channels_last=*/false, slots);
+  EXPECT_EQ(slots.count, 1);
+  const Tensor x = values({1, 3, 4, 5, 5}, 3);
+  const Tensor whole = conv.forward(x, nullptr);
+  ASSERT_EQ(whole.shape(), (Shape{1, 2, 4, 5, 5}));
+  nn::FeatCache cache(1);
+  for (int64_t t = 0; t < 4; ++t) {
+    const Tensor frame = conv.forward(x.narrow(2, t, 1).contiguous(), &cache);
+    EXPECT_LT(max_abs_diff(frame, whole.narrow(2, t, 1).contiguous()), 1e-5) << "frame " << t;
+  }
+  // A temporal padding other than the cache's frames is refused, naming the conv.
+  nn::FeatCacheSlots other;
+  expect_error([&] {
+    nn::CausalConv3d(nn::Weights(store, DType::F32, Device::cpu()), "conv", 3, 2, {3, 3, 3}, {2, 1, 1}, false, other);
+  }, "conv: unsupported temporal padding 2");
+}
