@@ -74,8 +74,9 @@ struct Input {
 // The error allowed against the CPU, and why it is what it is.
 struct Bound {
   double rel_l2 = -1;   // ||got - want|| / ||want|| below this (< 0: not checked)
-  double max_abs = -1;  // max |got - want| at most this (< 0: not checked; 0: bit-equal values)
+  double max_abs = -1;  // max |got - want| at most this (< 0: not checked; 0: equal values)
   std::string why;
+  bool bitwise = false;  // the same bytes (NaN payloads and the sign of zero included)
 };
 
 // Execution settings a case needs (the environment's otherwise).
@@ -140,6 +141,7 @@ struct OpCase {
   double flops = 0;         // perf mode: work per call (0: GB/s of the bytes read and written)
   bool perf_only = false;   // Wan-sized: timed on device backends in perf mode only
   bool nan_ok = false;      // inputs hold NaN bit patterns, so may the outputs
+  std::vector<size_t> host_outputs = {};  // outputs in host memory by design (else on the device)
   std::string test_name;    // the gtest name (made from `name`)
 };
 
@@ -207,7 +209,8 @@ Bound by_dtype(DType d) {
   return {1e-2, -1, "16-bit output: one rounding of each element (2^-8 relative), float32 inside"};
 }
 Bound exact(const std::string& why) { return {-1, 0, why}; }
-const Bound kMoves = exact("moves or converts values, same rounding rule everywhere: bit-equal");
+const Bound kMoves = exact("moves or converts values, same rounding rule everywhere: equal values");
+const Bound kSameBytes = {-1, 0, "moves bytes: the same bytes", true};
 
 // ---- Helpers for the cases --------------------------------------------------------------------
 
@@ -333,7 +336,7 @@ void copy_cases(Cases& cs) {
                 down.copy_(src.permute({2, 1, 0}));
                 return Outputs{src.to(dd), into, host_src.permute({1, 0, 2}).to(d).to(dd), down};
               },
-              kMoves, {4, 6, 11}, dd, {}, 0, false, /*nan_ok=*/true});
+              kMoves, {4, 6, 11}, dd, {}, 0, false, /*nan_ok=*/true, /*host_outputs=*/{3}});
     }
   }
   // Permuted copies (contiguous() of a view), exact.
@@ -353,26 +356,26 @@ void copy_cases(Cases& cs) {
       for (size_t i = 0; i < out.size(); ++i) out[i] = p.shape[p.order[i]];
       cs.add({Op::copy, fmt::format("copy {}{} permuted {}", dt(d), sh(p.shape), p.what), d,
               [d, p](Gen& g) { return std::vector<Input>{in(g.normal(p.shape, d))}; },
-              [p](const Args& t, Device) { return Outputs{t[0].permute(p.order).contiguous()}; }, kMoves, out, d});
+              [p](const Args& t, Device) { return Outputs{t[0].permute(p.order).contiguous()}; }, kSameBytes, out, d});
     }
     cs.add({Op::copy, fmt::format("copy {}[5,7,9] narrowed at an odd offset and transposed", dt(d)), d,
             [d](Gen& g) { return std::vector<Input>{in(g.normal({5, 7, 9}, d))}; },
-            [](const Args& t, Device) { return Outputs{t[0].narrow(2, 1, 7).transpose(0, 2).contiguous()}; }, kMoves,
+            [](const Args& t, Device) { return Outputs{t[0].narrow(2, 1, 7).transpose(0, 2).contiguous()}; }, kSameBytes,
             {7, 7, 5}, d});
     cs.add({Op::copy, fmt::format("copy {} cat [2,3,5] and [2,4,5] along 1", dt(d)), d,
             [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 3, 5}, d)), in(g.normal({2, 4, 5}, d))}; },
-            [](const Args& t, Device) { return Outputs{ops::cat({t[0], t[1]}, 1)}; }, kMoves, {2, 7, 5}, d});
+            [](const Args& t, Device) { return Outputs{ops::cat({t[0], t[1]}, 1)}; }, kSameBytes, {2, 7, 5}, d});
     cs.add({Op::copy, fmt::format("copy {} pad [2,3,5] dim 2 by 1 and 2", dt(d)), d,
             [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 3, 5}, d))}; },
-            [](const Args& t, Device) { return Outputs{ops::pad(t[0], 2, 1, 2)}; }, kMoves, {2, 3, 8}, d});
+            [](const Args& t, Device) { return Outputs{ops::pad(t[0], 2, 1, 2)}; }, kSameBytes, {2, 3, 8}, d});
   }
   cs.add({Op::copy, "copy f32 10-D reversed (dims that do not merge)", DType::F32,
           [](Gen& g) { return std::vector<Input>{in(g.normal({2, 2, 2, 2, 2, 2, 2, 2, 2, 3}))}; },
           [](const Args& t, Device) { return Outputs{t[0].permute({9, 8, 7, 6, 5, 4, 3, 2, 1, 0}).contiguous()}; },
-          kMoves, {3, 2, 2, 2, 2, 2, 2, 2, 2, 2}, DType::F32});
+          kSameBytes, {3, 2, 2, 2, 2, 2, 2, 2, 2, 2}, DType::F32});
   cs.add({Op::copy, "copy bf16 empty [0,5] transposed", DType::BF16,
           [](Gen& g) { return std::vector<Input>{in(g.normal({0, 5}, DType::BF16))}; },
-          [](const Args& t, Device) { return Outputs{t[0].transpose(0, 1).contiguous()}; }, kMoves, {5, 0},
+          [](const Args& t, Device) { return Outputs{t[0].transpose(0, 1).contiguous()}; }, kSameBytes, {5, 0},
           DType::BF16});
   for (DType d : {DType::F32, DType::BF16}) {
     cs.add({Op::copy, fmt::format("copy {} cat channels-last [2,16,1..3,5,7] along T", dt(d)), d,
@@ -399,7 +402,7 @@ void fill_cases(Cases& cs) {
                 out.push_back(base);
                 return out;
               },
-              kMoves, {1}, d, {}, 0, false, /*nan_ok=*/true});
+              kSameBytes, {1}, d, {}, 0, false, /*nan_ok=*/true});
     }
   }
 }
@@ -510,7 +513,7 @@ void axpby_cases(Cases& cs) {
 // x (made by `make_x`, shape xs, dtype dx) @ w[N, K]^T (+ b), every activation.
 void linear_cases(Cases& cs, const std::string& what, DType dx, const Shape& xs,
                   const std::function<Input(Gen&)>& make_x, int64_t N, DType dw, float wscale, bool bias,
-                  const Bound& bound) {
+                  const Bound& bound, float bscale = 1.0f) {
   const int64_t K = xs.back();
   int64_t M = 1;
   for (size_t i = 0; i + 1 < xs.size(); ++i) M *= xs[i];
@@ -523,7 +526,7 @@ void linear_cases(Cases& cs, const std::string& what, DType dx, const Shape& xs,
             dx,
             [=](Gen& g) {
               return std::vector<Input>{make_x(g), in(g.normal({N, K}, dw, wscale)),
-                                        bias ? in(g.normal({N}, dw)) : none()};
+                                        bias ? in(g.normal({N}, dw, bscale)) : none()};
             },
             [act](const Args& t, Device) { return Outputs{ops::linear(t[0], t[1], t[2], act)}; }, bound, out, dx, {},
             2.0 * M * N * K});
@@ -542,8 +545,8 @@ void linear_cases(Cases& cs) {
   for (DType d : {DType::F32, DType::BF16}) {
     linear_cases(cs, "large", d, {1000, 1536}, [d](Gen& g) { return in(g.normal({1000, 1536}, d)); }, 8960, d, 0.03f,
                  true,
-                 d == DType::F32 ? Bound{2e-5, -1, "float32, K=1536: longer sums, summation order"} : by_dtype(d));
-    // Bias of "large" is 0.1 * normal in the old test: within the same bound, left at 1.
+                 d == DType::F32 ? Bound{2e-5, -1, "float32, K=1536: longer sums, summation order"} : by_dtype(d),
+                 0.1f);
     linear_cases(cs, "row slice of a wider buffer", d, {2, 9, 40},
                  [d](Gen& g) { return in(g.normal({2, 9, 100}, d), [](const Tensor& t) { return t.narrow(2, 17, 40); }); },
                  33, d, 0.2f, true, by_dtype(d));
@@ -938,7 +941,7 @@ void sum_abs_cases(Cases& cs) {
     for (const Shape& shape : std::vector<Shape>{{1000003}, {3, 1001}, {1}, {64, 1536}}) {
       cs.add({Op::sum_abs, fmt::format("sum_abs {}{}", dt(d), sh(shape)), d,
               [d, shape](Gen& g) { return std::vector<Input>{in(g.normal(shape, d, 3.0f))}; }, run, bound, {1},
-              DType::F64});
+              DType::F64, {}, 0, false, false, {0}});
     }
   }
   cs.add({Op::sum_abs, "sum_abs bf16[15,33] transposed and narrowed", DType::BF16,
@@ -946,10 +949,10 @@ void sum_abs_cases(Cases& cs) {
             return std::vector<Input>{in(g.normal({33, 17}, DType::BF16),
                                          [](const Tensor& t) { return t.transpose(0, 1).narrow(0, 1, 15); })};
           },
-          run, bound, {1}, DType::F64});
+          run, bound, {1}, DType::F64, {}, 0, false, false, {0}});
   cs.add({Op::sum_abs, "sum_abs f32 empty [0,3]", DType::F32,
           [](Gen& g) { return std::vector<Input>{in(g.normal({0, 3}))}; }, run, exact("an empty sum is 0"), {1},
-          DType::F64});
+          DType::F64, {}, 0, false, false, {0}});
 }
 
 void modulated_layer_norm_cases(Cases& cs) {
@@ -1158,6 +1161,17 @@ bool has_nan(const Tensor& t) {
 void compare(const Tensor& got, const Tensor& want, const OpCase& c, const std::string& what) {
   ASSERT_EQ(got.shape(), want.shape()) << what;
   ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  if (c.bound.bitwise) {
+    const Tensor g = got.to(Device::cpu()).contiguous(), w = want.contiguous();
+    const auto* p = static_cast<const uint8_t*>(g.raw_data());
+    const auto* q = static_cast<const uint8_t*>(w.raw_data());
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < g.nbytes(); ++i)
+      if (p[i] != q[i] && bad++ == 0) first = i;
+    EXPECT_EQ(bad, 0u) << what << ": " << bad << " bytes differ from the CPU's, the first at byte " << first
+                       << " (bound: " << c.bound.why << ")";
+    return;
+  }
   const Tensor g = got.to(Device::cpu()).to(DType::F64).contiguous();
   const Tensor w = want.to(DType::F64).contiguous();
   const double* a = g.data<double>();
@@ -1292,6 +1306,8 @@ TEST_P(Case, MatchesCpuOnDevices) {
       }
       ASSERT_EQ(got.size(), want.size()) << c.name;
       for (size_t i = 0; i < got.size(); ++i) {
+        const bool on_host = std::find(c.host_outputs.begin(), c.host_outputs.end(), i) != c.host_outputs.end();
+        EXPECT_EQ(got[i].device(), on_host ? Device::cpu() : d) << c.name << ": output " << i;
         const std::string what = fmt::format("{} on {}{}", c.name, d.str(), got.size() > 1 ? fmt::format(" (output {})", i) : "");
         compare(got[i], want[i], c, what);
       }
