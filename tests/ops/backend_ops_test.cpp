@@ -483,6 +483,9 @@ void unary_cases(Cases& cs) {
                 strided ? Shape{1001, 1, 9} : Shape{3, 1001}, d});
       }
     }
+    cs.add({Op::unary, fmt::format("unary silu {} empty [0,7]", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({0, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::silu(t[0])}; }, by_dtype(d), {0, 7}, d});
     if (d == DType::F16) continue;
     cs.add({Op::unary, fmt::format("unary silu {}[2,16,3,5,7] channels-last", dt(d)), d,
             [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 3, 5, 7}, d))}; },
@@ -725,6 +728,10 @@ void softmax_cases(Cases& cs) {
               [](const Args& t, Device) { return Outputs{ops::softmax(t[0])}; }, by_dtype(d), shape, d});
     }
   }
+  cs.add({Op::softmax, "softmax bf16 empty [0,7]", DType::BF16,
+          [](Gen& g) { return std::vector<Input>{in(g.normal({0, 7}, DType::BF16))}; },
+          [](const Args& t, Device) { return Outputs{ops::softmax(t[0])}; }, by_dtype(DType::BF16), {0, 7},
+          DType::BF16});
   cs.add({Op::softmax, "softmax f32[9,7] transposed", DType::F32,
           [](Gen& g) { return std::vector<Input>{in(g.normal({7, 9}), [](const Tensor& t) { return t.transpose(0, 1); })}; },
           [](const Args& t, Device) { return Outputs{ops::softmax(t[0])}; }, by_dtype(DType::F32), {9, 7}, DType::F32});
@@ -1231,8 +1238,8 @@ void time_case(const OpCase& c, const Args& args, Device d) {
   for (int i = 0; i < iters; ++i) ms.push_back(once());
   std::sort(ms.begin(), ms.end());
   const double med = ms[ms.size() / 2];
-  const std::string rate = c.flops > 0 ? fmt::format("{:9.2f} TFLOP/s", c.flops / med / 1e9)
-                                       : fmt::format("{:9.2f} GB/s", bytes / med / 1e6);
+  const std::string rate = c.flops > 0 ? fmt::format("{:9.3g} TFLOP/s", c.flops / med / 1e9)
+                                       : fmt::format("{:9.3g} GB/s   ", bytes / med / 1e6);
   std::printf("[ perf ] %-6s %10.4f ms %s  %s\n", d.str().c_str(), med, rate.c_str(), c.name.c_str());
   std::fflush(stdout);
 }
@@ -1327,8 +1334,9 @@ TEST(BackendOps, EveryOpHasACase) {
     if (!c.perf_only) ++count[c.op];
   for (Op op : all_ops()) EXPECT_GT(count[op], 0) << "op '" << op_name(op) << "' of ops/op_list.h has no case here";
   std::string summary;
-  for (Op op : all_ops()) summary += fmt::format("{} {}, ", op_name(op), count[op]);
-  std::printf("[ cases ] %zu in all: %s\n", all_cases().size(), summary.c_str());
+  for (Op op : all_ops()) summary += fmt::format(" {} {}", op_name(op), count[op]);
+  const size_t perf_only = std::count_if(all_cases().begin(), all_cases().end(), [](const OpCase& c) { return c.perf_only; });
+  std::printf("[ cases ] %zu, and %zu perf-only:%s\n", all_cases().size() - perf_only, perf_only, summary.c_str());
 }
 
 // Each case has a name of its own (the test names come from them) and an error bound.

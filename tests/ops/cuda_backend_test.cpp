@@ -201,26 +201,49 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
     EXPECT_TRUE(ops::axpby(0.5f, ga, -2.0f, gb).is_channels_last_3d()) << name << " axpby";
     EXPECT_TRUE(ops::cat({ga.narrow(2, 1, 2), ga}, 2).is_channels_last_3d()) << name << " cat";
     // Channel norms (with and without the fused SiLU) keep the layout they are given.
-    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8}, {1, 5, 2, 3, 7}, {1, 1040, 1, 2, 3}}) {
-      for (Activation act : {Activation::None, Activation::Silu}) {
-        for (bool channels_last : {false, true}) {
-          const int64_t C = shape[1];
-          Tensor x = gpu(rnd(shape, dt));
-          if (channels_last) x = x.to_channels_last_3d();
-          const Tensor y = ops::channel_rms_norm(x, gpu(rnd({C, 1, 1, 1}, dt)), gpu(rnd({C})), act);
-          EXPECT_EQ(y.is_channels_last_3d(), channels_last) << name << " channel_rms_norm " << shape_str(shape);
+    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8},
+                                                 {1, 5, 2, 3, 7},
+                                                 {1, 384, 2, 6, 10},
+                                                 {1, 96, 1, 4, 4},
+                                                 {1, 96, 1, 3, 3},
+                                                 {1, 192, 1, 5, 1},
+                                                 {1, 1040, 1, 2, 3}}) {
+      for (bool bias : {false, true}) {
+        for (Activation act : {Activation::None, Activation::Silu}) {
+          for (bool channels_last : {false, true}) {
+            const int64_t C = shape[1];
+            Tensor x = gpu(rnd(shape, dt));
+            if (channels_last) x = x.to_channels_last_3d();
+            const Tensor y =
+                ops::channel_rms_norm(x, gpu(rnd({C, 1, 1, 1}, dt)), bias ? gpu(rnd({C})) : Tensor(), act);
+            EXPECT_EQ(y.is_channels_last_3d(), channels_last) << name << " channel_rms_norm " << shape_str(shape);
+          }
         }
       }
     }
     // Convolutions: the output is laid out as the input (a 1-channel output is both).
-    const Tensor w = gpu(rnd({24, 16, 3, 3, 3}, dt, 0.2f)), b = gpu(rnd({24}, dt));
-    Conv3dParams p;
-    p.padding = {1, 1, 1};
-    const Tensor cx = gpu(rnd({2, 16, 4, 9, 11}, dt));
-    EXPECT_TRUE(ops::conv3d(cx.to_channels_last_3d(), w, b, p).is_channels_last_3d()) << name << " conv3d";
-    EXPECT_TRUE(ops::conv3d(cx, w, b, p).is_contiguous()) << name << " conv3d NCDHW";
-    const Tensor w3 = gpu(rnd({3, 16, 3, 3, 3}, dt, 0.2f));
-    EXPECT_TRUE(ops::conv3d(cx.to_channels_last_3d(), w3, {}, p).is_channels_last_3d()) << name << " conv3d 3 out";
+    struct Conv {
+      Shape x, w;
+      std::array<int64_t, 3> stride, padding;
+      int64_t before;
+    };
+    for (const Conv& c : std::vector<Conv>{{{2, 16, 4, 9, 11}, {24, 16, 3, 3, 3}, {1, 1, 1}, {1, 1, 1}, -1},
+                                           {{1, 32, 5, 12, 10}, {32, 32, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2},
+                                           {{1, 16, 3, 8, 8}, {8, 16, 1, 3, 3}, {1, 1, 1}, {0, 1, 1}, -1},
+                                           {{1, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2},
+                                           {{1, 16, 2, 6, 6}, {32, 16, 1, 1, 1}, {1, 1, 1}, {0, 0, 0}, -1},
+                                           {{1, 3, 3, 9, 7}, {8, 3, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2},
+                                           {{1, 16, 5, 12, 10}, {32, 16, 3, 3, 3}, {1, 2, 2}, {0, 1, 1}, 2},
+                                           {{2, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2}}) {
+      Conv3dParams p;
+      p.stride = c.stride;
+      p.padding = c.padding;
+      p.time_padding_before = c.before;
+      const Tensor x = gpu(rnd(c.x, dt)), w = gpu(rnd(c.w, dt, 0.2f)), b = gpu(rnd({c.w[0]}, dt));
+      const std::string what = name + " conv3d " + shape_str(c.x) + " * " + shape_str(c.w);
+      EXPECT_TRUE(ops::conv3d(x.to_channels_last_3d(), w, b, p).is_channels_last_3d()) << what;
+      EXPECT_TRUE(ops::conv3d(x, w, b, p).is_contiguous()) << what << " NCDHW";
+    }
   }
   // Upsampling, several word widths (C * element size; the 1-channel case is both layouts).
   // (U8 would cover 1-byte words, but the CUDA backend's supports() refuses it now.)
@@ -232,28 +255,42 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
   }
 }
 
+#ifdef VGEN_WITH_CUDA
+
 // Attention returns [B, H, Sq, D] as a view of [B, Sq, H, D] memory (what the output
 // projection reads); the fused RMSNorm + RoPE returns contiguous [B, S, H, D].
 TEST(CudaBackend, AttentionAndRmsNormRopeOutputLayouts) {
   SKIP_WITHOUT_GPU();
+  // The cuDNN, math and reference paths, with and without a bias.
   for (const std::string& kernel : {"cudnn", "reference"}) {
     const ScopedContext context(kGpu, with_attention(kernel));
-    for (DType dt : {DType::BF16, DType::F32}) {
-      for (int64_t D : {128, 384}) {
-        const Tensor q = bshd_view(gpu(rnd({2, 77, 3, D}, dt))), k = bshd_view(gpu(rnd({2, 50, 3, D}, dt)));
-        const Tensor out = ops::attention(q, k, k, {}, 0.1f);
-        EXPECT_TRUE(out.permute({0, 2, 1, 3}).is_contiguous()) << kernel << " " << dtype_name(dt) << " D" << D;
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      for (int64_t D : {128, 64, 384, 20}) {
+        for (bool bias : {false, true}) {
+          const Tensor q = bshd_view(gpu(rnd({2, 77, 3, D}, dt))), k = bshd_view(gpu(rnd({2, 50, 3, D}, dt)));
+          const Tensor b = bias ? gpu(rnd({2, 1, 1, 50}, dt)) : Tensor();
+          const Tensor out = ops::attention(q, k, k, b, 0.1f);
+          EXPECT_TRUE(out.permute({0, 2, 1, 3}).is_contiguous())
+              << kernel << " " << dtype_name(dt) << " D" << D << (bias ? " bias" : "") << ": path "
+              << cuda::attention_path(q, k, k, b, 0.1f);
+        }
       }
     }
   }
-  const Tensor qkv = gpu(rnd({2, 37, 3 * 12 * 128}, DType::BF16));
-  const Tensor x = qkv.view({2, 37, 3, 12, 128}).select(2, 1);
-  const Tensor y = ops::rms_norm_rope(x, gpu(rnd({12 * 128}, DType::BF16)), 1e-6f, gpu(rnd({37, 128})),
-                                      gpu(rnd({37, 128})));
-  EXPECT_TRUE(y.is_contiguous());
+  // Slices of a fused projection (both parts) and a permuted input.
+  for (DType dt : {DType::BF16, DType::F32}) {
+    const Tensor qkv = gpu(rnd({2, 37, 3 * 12 * 128}, dt));
+    for (int64_t part : {0, 1}) {
+      const Tensor x = qkv.view({2, 37, 3, 12, 128}).select(2, part);
+      const Tensor y =
+          ops::rms_norm_rope(x, gpu(rnd({12 * 128}, dt)), 1e-6f, gpu(rnd({37, 128})), gpu(rnd({37, 128})));
+      EXPECT_TRUE(y.is_contiguous()) << dtype_name(dt) << " part " << part;
+    }
+    const Tensor p = bshd_view(gpu(rnd({2, 4, 7, 16}, dt)));
+    EXPECT_TRUE(ops::rms_norm_rope(p, gpu(rnd({4 * 16}, dt)), 1e-6f, gpu(rnd({7, 16})), gpu(rnd({7, 16}))).is_contiguous())
+        << dtype_name(dt) << " permuted";
+  }
 }
-
-#ifdef VGEN_WITH_CUDA
 
 // ---- Attention: which implementation runs ------------------------------------------------------
 
