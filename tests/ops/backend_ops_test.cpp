@@ -16,7 +16,11 @@
 // Perf mode (VGEN_OPS_PERF=1): each case is also timed on each backend (median of several
 // runs after warm-up) and one line is printed per case and backend; nothing is asserted on
 // timings. Cases marked perf-only (Wan-sized shapes, too slow for the CPU reference) run only
-// then, only on device backends and without a comparison.
+// then, only on device backends and without a comparison. VGEN_OPS_ERRORS=1 prints each
+// comparison's errors next to its bounds.
+//
+//   VGEN_OPS_PERF=1 build/tests/vgen_tests --gtest_filter='BackendOps*'
+//   VGEN_OPS_PERF=1 build/tests/vgen_tests --gtest_filter='BackendOps/Case.MatchesCpuOnDevices/*Wan*'
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -1202,6 +1206,10 @@ void compare(const Tensor& got, const Tensor& want, const OpCase& c, const std::
   }
   EXPECT_EQ(nan_mismatch, 0) << what << ": NaN where the CPU has a value (unwritten elements?) or the reverse";
   const double rel = std::sqrt(num / std::max(den, 1e-30));
+  // The margins, to see how close each case runs to its bound.
+  if (env_flag("VGEN_OPS_ERRORS", false))
+    std::printf("[ error ] rel_l2 %9.3g (bound %g)  max_abs %9.3g (bound %g)  %s\n", rel, c.bound.rel_l2, worst,
+                c.bound.max_abs, what.c_str());
   if (c.bound.rel_l2 >= 0)
     EXPECT_LT(rel, c.bound.rel_l2) << what << ": relative L2 error (bound: " << c.bound.why << "); worst element "
                                    << worst_at << " off by " << worst;
