@@ -1,0 +1,1359 @@
+// Every op of the op list (ops/op_list.h) on every backend against the CPU reference, from one
+// declarative list of cases (as ggml's test-backend-ops).
+//
+// A case names the op it exercises, makes its random CPU inputs (seeded by its name), runs one
+// call of the ops:: wrappers (which dispatch by the inputs' device), and bounds the error
+// against the CPU. For each case:
+//   BackendOps/Case.RunsOnCpu/<case>       the CPU runs it: shape, dtype, no NaN where none is
+//                                          expected (CI has no GPU; this still runs there)
+//   BackendOps/Case.MatchesCpuOnDevices/<case>  every other available backend (CUDA) runs it on
+//                                          its own copies of the inputs, views and layouts
+//                                          rebuilt there, in a context with the case's
+//                                          settings, into a NaN-poisoned memory pool, and
+//                                          must agree with the CPU within the case's bound.
+//                                          A dtype the backend's supports() refuses is skipped
+//                                          and reported.
+// Perf mode (VGEN_OPS_PERF=1): each case is also timed on each backend (median of several
+// runs after warm-up) and one line is printed per case and backend; nothing is asserted on
+// timings. Cases marked perf-only (Wan-sized shapes, too slow for the CPU reference) run only
+// then, only on device backends and without a comparison. VGEN_OPS_ERRORS=1 prints each
+// comparison's errors next to its bounds.
+//
+//   VGEN_OPS_PERF=1 build/tests/vgen_tests --gtest_filter='BackendOps*'
+//   VGEN_OPS_PERF=1 build/tests/vgen_tests --gtest_filter='BackendOps/Case.MatchesCpuOnDevices/*Wan*'
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/env.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "ops/backend.h"
+#include "ops/ops.h"
+#include "support/gpu.h"
+
+using namespace vgen;
+
+namespace {
+
+// ---- The case ---------------------------------------------------------------------------------
+
+using Args = std::vector<Tensor>;
+using Outputs = std::vector<Tensor>;
+
+// One input of a case. `base` is made on the CPU; a backend gets its own copy of it (a host
+// input stays in host memory) and then `view` of that copy, so that strided, permuted and
+// sliced inputs are the same views on every backend. `channels_last`: on a device backend the
+// input is laid out channels-last 3-D (same values; the CPU reference reads the plain layout).
+struct Input {
+  Tensor base;
+  std::function<Tensor(const Tensor&)> view;
+  bool channels_last = false;
+  bool host = false;
+
+  Tensor on(Device d) const {
+    if (!base.defined()) return {};
+    // A fresh copy everywhere: copies and fills write into their inputs.
+    Tensor t = d.is_cpu() || host ? base.clone() : base.to(d);
+    if (view) t = view(t);
+    if (channels_last && !d.is_cpu()) t = t.to_channels_last_3d();
+    return t;
+  }
+};
+
+// The error allowed against the CPU, and why it is what it is.
+struct Bound {
+  double rel_l2 = -1;   // ||got - want|| / ||want|| below this (< 0: not checked)
+  double max_abs = -1;  // max |got - want| at most this (< 0: not checked; 0: equal values)
+  std::string why;
+  bool bitwise = false;  // the same bytes (NaN payloads and the sign of zero included)
+};
+
+// Execution settings a case needs (the environment's otherwise).
+struct Settings {
+  std::string attention;  // "" | "auto" | "cudnn" | "reference"
+  int tf32 = -1;          // -1: the environment's; 0 / 1: TF32 off / on
+  bool any() const { return !attention.empty() || tf32 >= 0; }
+  ExecutionSettings make() const {
+    ExecutionSettings s = ExecutionSettings::from_environment();
+    if (!attention.empty()) s.attention_backend = attention;
+    if (tf32 >= 0) s.allow_tf32 = tf32 == 1;
+    return s;
+  }
+};
+
+// Seeded random CPU tensors: the same for a case on every run and machine.
+class Gen {
+ public:
+  explicit Gen(uint64_t seed) : seed_(seed) {}
+  // Standard normal values times `scale`, rounded to `dtype`.
+  Tensor normal(const Shape& shape, DType dtype = DType::F32, float scale = 1.0f) {
+    Tensor t = randn(shape, next());
+    if (scale != 1.0f) t = ops::scale(t, scale);
+    return t.to(dtype);
+  }
+  // Random bytes seen as `dtype`: every bit pattern, NaN payloads and infinities included.
+  Tensor bytes(const Shape& shape, DType dtype) {
+    const size_t n = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+    auto buf = std::make_shared<std::vector<uint8_t>>(std::max<size_t>(n, 1));
+    std::mt19937_64 gen(next());
+    for (auto& b : *buf) b = static_cast<uint8_t>(gen());
+    if (dtype == DType::BOOL)
+      for (auto& b : *buf) b &= 1;
+    return Tensor::from_blob(buf->data(), shape, dtype, Device::cpu(), buf).clone();
+  }
+  // Values of `dtype` that every dtype can be converted from and to comparably (F8 and BOOL:
+  // every bit pattern; integers: normal values times 40, non-negative for U8).
+  Tensor sample(const Shape& shape, DType dtype) {
+    if (dtype == DType::F8_E4M3 || dtype == DType::F8_E5M2 || dtype == DType::BOOL) return bytes(shape, dtype);
+    std::vector<float> v = normal(shape, DType::F32, 40.0f).to_vector();
+    if (dtype == DType::U8)
+      for (float& x : v) x = std::fabs(x);
+    return Tensor::from_vector(v, shape).to(dtype);
+  }
+
+ private:
+  uint64_t next() { return seed_ * 1000003ull + (++draws_); }
+  uint64_t seed_;
+  uint64_t draws_ = 0;
+};
+
+struct OpCase {
+  Op op;                    // the op of the list it exercises
+  std::string name;         // "binary add bf16[3,5,7] + bf16[7]"
+  DType dtype;              // the main input's dtype, as supports() takes it
+  std::function<std::vector<Input>(Gen&)> inputs;
+  std::function<Outputs(const Args&, Device)> run;  // calls ops:: on the args' device
+  Bound bound;
+  Shape shape;              // of the first output
+  DType out_dtype;          // of the first output
+  Settings settings;
+  double flops = 0;         // perf mode: work per call (0: GB/s of the bytes read and written)
+  bool perf_only = false;   // Wan-sized: timed on device backends in perf mode only
+  bool nan_ok = false;      // inputs hold NaN bit patterns, so may the outputs
+  std::vector<size_t> host_outputs = {};  // outputs in host memory by design (else on the device)
+  std::string test_name;    // the gtest name (made from `name`)
+};
+
+bool perf_mode() { return env_flag("VGEN_OPS_PERF", false); }
+
+// ---- Names ------------------------------------------------------------------------------------
+
+std::string dt(DType d) {
+  std::string s(dtype_name(d));
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string sh(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+const char* binary_name(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::Add: return "add";
+    case BinaryOp::Sub: return "sub";
+    case BinaryOp::Mul: return "mul";
+    case BinaryOp::Div: return "div";
+  }
+  return "?";
+}
+
+const char* unary_name(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::Scale: return "scale";
+    case UnaryOp::AddScalar: return "add_scalar";
+    case UnaryOp::Clamp: return "clamp";
+    case UnaryOp::Silu: return "silu";
+    case UnaryOp::GeluTanh: return "gelu_tanh";
+    case UnaryOp::Gelu: return "gelu";
+    case UnaryOp::Exp: return "exp";
+    case UnaryOp::Neg: return "neg";
+  }
+  return "?";
+}
+
+const char* act_name(Activation act) {
+  switch (act) {
+    case Activation::None: return "none";
+    case Activation::GeluTanh: return "gelu_tanh";
+    case Activation::Gelu: return "gelu";
+    case Activation::Silu: return "silu";
+  }
+  return "?";
+}
+
+const BinaryOp kBinaryOps[] = {BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div};
+const UnaryOp kUnaryOps[] = {UnaryOp::Scale, UnaryOp::AddScalar, UnaryOp::Clamp, UnaryOp::Silu,
+                             UnaryOp::GeluTanh, UnaryOp::Gelu,   UnaryOp::Exp,   UnaryOp::Neg};
+const Activation kActivations[] = {Activation::None, Activation::GeluTanh, Activation::Gelu, Activation::Silu};
+const DType kAllDtypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2,
+                            DType::F64, DType::I64, DType::I32,  DType::U8,      DType::BOOL};
+
+// ---- Bounds -----------------------------------------------------------------------------------
+
+Bound by_dtype(DType d) {
+  if (d == DType::F32) return {1e-5, -1, "float32 output: summation order only"};
+  return {1e-2, -1, "16-bit output: one rounding of each element (2^-8 relative), float32 inside"};
+}
+Bound exact(const std::string& why) { return {-1, 0, why}; }
+const Bound kMoves = exact("moves or converts values, same rounding rule everywhere: equal values");
+const Bound kSameBytes = {-1, 0, "moves bytes: the same bytes", true};
+
+// ---- Helpers for the cases --------------------------------------------------------------------
+
+Input in(Tensor t) { return {std::move(t), nullptr, false, false}; }
+Input in(Tensor t, std::function<Tensor(const Tensor&)> view) { return {std::move(t), std::move(view), false, false}; }
+Input cl(Tensor t) { return {std::move(t), nullptr, true, false}; }
+Input host(Tensor t, std::function<Tensor(const Tensor&)> view = nullptr) {
+  return {std::move(t), std::move(view), false, true};
+}
+Input none() { return {}; }
+
+Shape broadcast(const Shape& a, const Shape& b) {
+  const size_t rank = std::max(a.size(), b.size());
+  Shape out(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    const int64_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
+    const int64_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+Tensor binary_call(BinaryOp op, const Tensor& a, const Tensor& b) {
+  switch (op) {
+    case BinaryOp::Add: return ops::add(a, b);
+    case BinaryOp::Sub: return ops::sub(a, b);
+    case BinaryOp::Mul: return ops::mul(a, b);
+    case BinaryOp::Div: return ops::div(a, b);
+  }
+  return {};
+}
+
+// The unary ops with (alpha, beta) = (-0.75, 1.25) where they take them. Neg has no wrapper:
+// it goes to the backend directly, after the same supports() check.
+Tensor unary_call(UnaryOp op, const Tensor& x) {
+  switch (op) {
+    case UnaryOp::Scale: return ops::scale(x, -0.75f);
+    case UnaryOp::AddScalar: return ops::add_scalar(x, -0.75f);
+    case UnaryOp::Clamp: return ops::clamp(x, -0.75f, 1.25f);
+    case UnaryOp::Silu: return ops::silu(x);
+    case UnaryOp::GeluTanh: return ops::gelu_tanh(x);
+    case UnaryOp::Gelu: return ops::gelu(x);
+    case UnaryOp::Exp: return ops::exp(x);
+    case UnaryOp::Neg: {
+      Backend& b = backend_for(x.device());
+      VGEN_CHECK(b.supports(Op::unary, x.dtype()), "neg: unary not supported for {}", x.str());
+      return b.unary(UnaryOp::Neg, x, 0.0f, 0.0f);
+    }
+  }
+  return {};
+}
+
+Conv3dParams conv_params(std::array<int64_t, 3> stride, std::array<int64_t, 3> padding, int64_t before = -1) {
+  Conv3dParams p;
+  p.stride = stride;
+  p.padding = padding;
+  p.time_padding_before = before;
+  return p;
+}
+
+Shape conv_out(const Shape& x, const Shape& w, const Conv3dParams& p) {
+  Shape out{x[0], w[0], 0, 0, 0};
+  for (int i = 0; i < 3; ++i) {
+    const int64_t before = i == 0 && p.time_padding_before >= 0 ? p.time_padding_before : p.padding[i];
+    out[2 + i] = (x[2 + i] + before + p.padding[i] - w[2 + i]) / p.stride[i] + 1;
+  }
+  return out;
+}
+
+// [B, S, H, D] memory seen as [B, H, S, D], as the models pass q/k/v to attention.
+Tensor bshd_view(const Tensor& t) { return t.permute({0, 2, 1, 3}); }
+
+Tensor scalar_f64(double v) {
+  Tensor t = Tensor::empty({1}, DType::F64);
+  t.data<double>()[0] = v;
+  return t;
+}
+
+// ---- The cases --------------------------------------------------------------------------------
+
+class Cases {
+ public:
+  void add(OpCase c) {
+    std::string n;
+    for (char ch : c.name) {
+      if (std::isalnum(static_cast<unsigned char>(ch))) n += ch;
+      else if (!n.empty() && n.back() != '_') n += '_';
+    }
+    while (!n.empty() && n.back() == '_') n.pop_back();
+    std::string unique = n;
+    for (int i = 2; names_.count(unique); ++i) unique = n + "_" + std::to_string(i);
+    names_.insert(unique);
+    c.test_name = unique;
+    list_.push_back(std::move(c));
+  }
+  std::vector<OpCase>& list() { return list_; }
+
+ private:
+  std::vector<OpCase> list_;
+  std::set<std::string> names_;
+};
+
+void copy_cases(Cases& cs) {
+  // Every dtype into every non-F8 dtype (conversions to F8 are refused everywhere): contiguous;
+  // a permuted and sliced source into a slice of a larger destination; a strided host source
+  // uploaded then converted; a strided device source converted into host memory.
+  const DType targets[] = {DType::F32, DType::BF16, DType::F16, DType::F64,
+                           DType::I64, DType::I32,  DType::U8,  DType::BOOL};
+  for (DType sd : kAllDtypes) {
+    for (DType dd : targets) {
+      cs.add({Op::copy, fmt::format("copy {}[4,6,11] -> {}: contiguous, strided into a slice, upload, download", dt(sd), dt(dd)),
+              dd,
+              [sd](Gen& g) {
+                const Tensor src = g.sample({4, 6, 11}, sd);
+                return std::vector<Input>{in(src), host(src)};
+              },
+              [dd](const Args& t, Device d) {
+                const Tensor& src = t[0];
+                const Tensor& host_src = t[1];
+                Tensor into = Tensor::full({12, 5, 7}, 3.0f, dd, d);
+                into.narrow(0, 1, 11).narrow(1, 0, 4).narrow(2, 1, 5).copy_(src.permute({2, 0, 1}).narrow(2, 1, 5));
+                Tensor down = Tensor::empty({11, 6, 4}, dd);
+                down.copy_(src.permute({2, 1, 0}));
+                return Outputs{src.to(dd), into, host_src.permute({1, 0, 2}).to(d).to(dd), down};
+              },
+              kMoves, {4, 6, 11}, dd, {}, 0, false, /*nan_ok=*/true, /*host_outputs=*/{3}});
+    }
+  }
+  // Permuted copies (contiguous() of a view), exact.
+  struct Perm {
+    std::string what;
+    Shape shape;
+    std::vector<int64_t> order;
+  };
+  const std::vector<Perm> perms = {
+      {"[B,S,H,D] -> [B,H,S,D]", {2, 33, 12, 128}, {0, 2, 1, 3}},
+      {"unpatchify 8-D", {1, 3, 5, 7, 1, 2, 2, 16}, {0, 7, 1, 4, 2, 5, 3, 6}},
+      {"patchify 8-D", {1, 16, 3, 1, 5, 2, 7, 2}, {0, 2, 4, 6, 1, 3, 5, 7}},
+  };
+  for (DType d : {DType::BF16, DType::F32, DType::F16}) {
+    for (const Perm& p : perms) {
+      Shape out(p.order.size());
+      for (size_t i = 0; i < out.size(); ++i) out[i] = p.shape[p.order[i]];
+      cs.add({Op::copy, fmt::format("copy {}{} permuted {}", dt(d), sh(p.shape), p.what), d,
+              [d, p](Gen& g) { return std::vector<Input>{in(g.normal(p.shape, d))}; },
+              [p](const Args& t, Device) { return Outputs{t[0].permute(p.order).contiguous()}; }, kSameBytes, out, d});
+    }
+    cs.add({Op::copy, fmt::format("copy {}[5,7,9] narrowed at an odd offset and transposed", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({5, 7, 9}, d))}; },
+            [](const Args& t, Device) { return Outputs{t[0].narrow(2, 1, 7).transpose(0, 2).contiguous()}; }, kSameBytes,
+            {7, 7, 5}, d});
+    cs.add({Op::copy, fmt::format("copy {} cat [2,3,5] and [2,4,5] along 1", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 3, 5}, d)), in(g.normal({2, 4, 5}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::cat({t[0], t[1]}, 1)}; }, kSameBytes, {2, 7, 5}, d});
+    cs.add({Op::copy, fmt::format("copy {} pad [2,3,5] dim 2 by 1 and 2", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 3, 5}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::pad(t[0], 2, 1, 2)}; }, kSameBytes, {2, 3, 8}, d});
+  }
+  cs.add({Op::copy, "copy f32 10-D reversed (dims that do not merge)", DType::F32,
+          [](Gen& g) { return std::vector<Input>{in(g.normal({2, 2, 2, 2, 2, 2, 2, 2, 2, 3}))}; },
+          [](const Args& t, Device) { return Outputs{t[0].permute({9, 8, 7, 6, 5, 4, 3, 2, 1, 0}).contiguous()}; },
+          kSameBytes, {3, 2, 2, 2, 2, 2, 2, 2, 2, 2}, DType::F32});
+  cs.add({Op::copy, "copy bf16 empty [0,5] transposed", DType::BF16,
+          [](Gen& g) { return std::vector<Input>{in(g.normal({0, 5}, DType::BF16))}; },
+          [](const Args& t, Device) { return Outputs{t[0].transpose(0, 1).contiguous()}; }, kSameBytes, {5, 0},
+          DType::BF16});
+  for (DType d : {DType::F32, DType::BF16}) {
+    cs.add({Op::copy, fmt::format("copy {} cat channels-last [2,16,1..3,5,7] along T", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 3, 5, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::cat({t[0].narrow(2, 1, 2), t[0]}, 2)}; }, kMoves,
+            {2, 16, 5, 5, 7}, d});
+  }
+}
+
+void fill_cases(Cases& cs) {
+  // Contiguous fills of several lengths and one at an odd offset inside random bytes (the rest
+  // must stay as it was). F8 fills and strided fills (which the CPU refuses) are in
+  // cuda_backend_test.cpp.
+  for (DType d : kAllDtypes) {
+    if (d == DType::F8_E4M3 || d == DType::F8_E5M2) continue;
+    for (float value : {0.0f, 2.75f, -1.5f}) {
+      cs.add({Op::fill, fmt::format("fill {} {} n=1,7,64,1001 and [270] at offset 1", dt(d), value), d,
+              [d](Gen& g) { return std::vector<Input>{in(g.bytes({6, 9, 5}, d))}; },
+              [d, value](const Args& t, Device dev) {
+                Outputs out;
+                for (int64_t n : {1, 7, 64, 1001}) out.push_back(Tensor::full({n}, value, d, dev));
+                Tensor base = t[0];
+                backend_for(dev).fill(base.view({270}).narrow(0, 1, 263), value);
+                out.push_back(base);
+                return out;
+              },
+              kSameBytes, {1}, d, {}, 0, false, /*nan_ok=*/true});
+    }
+  }
+}
+
+void binary_cases(Cases& cs) {
+  struct S {
+    Shape a, b;
+    DType da, db;
+    bool permute_a;
+  };
+  const std::vector<S> shapes = {
+      {{2, 37, 1536}, {2, 37, 1536}, DType::BF16, DType::BF16, false},
+      {{2, 37, 1536}, {2, 1, 1536}, DType::BF16, DType::F32, false},
+      {{2, 37, 1536}, {1, 37, 1536}, DType::F32, DType::BF16, false},
+      {{1, 1, 6, 64}, {3, 1, 6, 64}, DType::F32, DType::F32, false},
+      {{5, 1, 7}, {3, 1}, DType::F32, DType::F32, false},
+      {{3, 5, 7}, {7}, DType::F16, DType::F32, false},
+      {{3, 5, 7}, {1}, DType::BF16, DType::F16, false},
+      {{4, 6, 10, 9}, {6, 1, 1}, DType::BF16, DType::BF16, true},
+      {{4, 6, 10, 8}, {4, 6, 10, 8}, DType::F32, DType::F32, true},
+      {{0, 5}, {5}, DType::F32, DType::F32, false},
+  };
+  for (const S& s : shapes) {
+    for (BinaryOp op : kBinaryOps) {
+      cs.add({Op::binary,
+              fmt::format("binary {} {}{} {} {}{}{}", binary_name(op), dt(s.da), sh(s.a), op == BinaryOp::Add ? "+" : "by",
+                          dt(s.db), sh(s.b), s.permute_a ? " a permuted" : ""),
+              s.da,
+              [s](Gen& g) {
+                Input a = s.permute_a ? in(g.normal({s.a[3], s.a[1], s.a[2], s.a[0]}, s.da),
+                                           [](const Tensor& t) { return t.permute({3, 1, 2, 0}); })
+                                      : in(g.normal(s.a, s.da));
+                return std::vector<Input>{a, in(g.normal(s.b, s.db, 2.0f))};
+              },
+              [op](const Args& t, Device) { return Outputs{binary_call(op, t[0], t[1])}; }, by_dtype(s.da),
+              broadcast(s.a, s.b), s.da});
+    }
+  }
+  cs.add({Op::binary, "binary mul bf16[3,1536] by f32[1536], both views at an odd offset (no vector path)", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({3, 1537}, DType::BF16), [](const Tensor& t) { return t.narrow(1, 1, 1536); }),
+                                      in(g.normal({1537}), [](const Tensor& t) { return t.narrow(0, 1, 1536); })};
+          },
+          [](const Args& t, Device) { return Outputs{ops::mul(t[0], t[1])}; }, by_dtype(DType::BF16), {3, 1536},
+          DType::BF16});
+  cs.add({Op::binary, "binary add i64[4,5] + f32[5] (integers read as float32)", DType::I64,
+          [](Gen& g) { return std::vector<Input>{in(g.sample({4, 5}, DType::I64)), in(g.normal({5}, DType::F32, 10.0f))}; },
+          [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; },
+          exact("small integers plus float32, rounded to integers: exact"), {4, 5}, DType::I64});
+  // Channels-last 3-D operands (the VAE's layout on a GPU).
+  for (DType d : {DType::F32, DType::BF16}) {
+    const Shape s{2, 16, 3, 5, 7};
+    cs.add({Op::binary, fmt::format("binary add {}{} channels-last + channels-last", dt(d), sh(s)), d,
+            [d, s](Gen& g) { return std::vector<Input>{cl(g.normal(s, d)), cl(g.normal(s, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; }, by_dtype(d), s, d});
+    cs.add({Op::binary, fmt::format("binary add {}{} plain + channels-last", dt(d), sh(s)), d,
+            [d, s](Gen& g) { return std::vector<Input>{in(g.normal(s, d)), cl(g.normal(s, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; }, by_dtype(d), s, d});
+    cs.add({Op::binary, fmt::format("binary add {}{} channels-last + [1,16,1,1,1] broadcast", dt(d), sh(s)), d,
+            [d, s](Gen& g) { return std::vector<Input>{cl(g.normal(s, d)), in(g.normal({1, 16, 1, 1, 1}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; }, by_dtype(d), s, d});
+  }
+}
+
+void unary_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    for (bool strided : {false, true}) {
+      for (UnaryOp op : kUnaryOps) {
+        cs.add({Op::unary,
+                fmt::format("unary {} {}{}", unary_name(op), dt(d), strided ? "[9,2,1001] transposed and narrowed" : "[3,1001]"),
+                d,
+                [d, strided](Gen& g) {
+                  if (!strided) return std::vector<Input>{in(g.normal({3, 1001}, d, 2.0f))};
+                  return std::vector<Input>{in(g.normal({9, 2, 1001}, d, 2.0f),
+                                               [](const Tensor& t) { return t.transpose(0, 2).narrow(1, 0, 1); })};
+                },
+                [op](const Args& t, Device) { return Outputs{unary_call(op, t[0])}; }, by_dtype(d),
+                strided ? Shape{1001, 1, 9} : Shape{3, 1001}, d});
+      }
+    }
+    cs.add({Op::unary, fmt::format("unary silu {} empty [0,7]", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({0, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::silu(t[0])}; }, by_dtype(d), {0, 7}, d});
+    if (d == DType::F16) continue;
+    cs.add({Op::unary, fmt::format("unary silu {}[2,16,3,5,7] channels-last", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 3, 5, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::silu(t[0])}; }, by_dtype(d), {2, 16, 3, 5, 7}, d});
+  }
+}
+
+void axpby_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    cs.add({Op::axpby, fmt::format("axpby 0.3 {}[7,5,33] - 1.7 {}[33,5,7] permuted", dt(d), dt(d)), d,
+            [d](Gen& g) {
+              return std::vector<Input>{in(g.normal({7, 5, 33}, d)),
+                                        in(g.normal({33, 5, 7}, d), [](const Tensor& t) { return t.permute({2, 1, 0}); })};
+            },
+            [](const Args& t, Device) { return Outputs{ops::axpby(0.3f, t[0], -1.7f, t[1])}; }, by_dtype(d),
+            {7, 5, 33}, d});
+    cs.add({Op::axpby, fmt::format("axpby 2 {}[16,1024] + 0.5 f32[16,1024] mixed dtypes", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({16, 1024}, d)), in(g.normal({16, 1024}))}; },
+            [](const Args& t, Device) { return Outputs{ops::axpby(2.0f, t[0], 0.5f, t[1])}; }, by_dtype(d),
+            {16, 1024}, d});
+    cs.add({Op::axpby, fmt::format("axpby 0.5 {}[2,16,3,5,7] - 2 x, both channels-last", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 3, 5, 7}, d)), cl(g.normal({2, 16, 3, 5, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::axpby(0.5f, t[0], -2.0f, t[1])}; }, by_dtype(d),
+            {2, 16, 3, 5, 7}, d});
+  }
+}
+
+// x (made by `make_x`, shape xs, dtype dx) @ w[N, K]^T (+ b), every activation.
+void linear_cases(Cases& cs, const std::string& what, DType dx, const Shape& xs,
+                  const std::function<Input(Gen&)>& make_x, int64_t N, DType dw, float wscale, bool bias,
+                  const Bound& bound, float bscale = 1.0f) {
+  const int64_t K = xs.back();
+  int64_t M = 1;
+  for (size_t i = 0; i + 1 < xs.size(); ++i) M *= xs[i];
+  Shape out = xs;
+  out.back() = N;
+  for (Activation act : kActivations) {
+    cs.add({Op::linear,
+            fmt::format("linear {}{} x {}[{},{}]{} {} {}", dt(dx), sh(xs), dt(dw), N, K, bias ? " + bias" : "",
+                        act_name(act), what),
+            dx,
+            [=](Gen& g) {
+              return std::vector<Input>{make_x(g), in(g.normal({N, K}, dw, wscale)),
+                                        bias ? in(g.normal({N}, dw, bscale)) : none()};
+            },
+            [act](const Args& t, Device) { return Outputs{ops::linear(t[0], t[1], t[2], act)}; }, bound, out, dx, {},
+            2.0 * M * N * K});
+  }
+}
+
+void linear_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    linear_cases(cs, "odd sizes", d, {3, 13, 71}, [d](Gen& g) { return in(g.normal({3, 13, 71}, d)); }, 45, d, 0.2f,
+                 true, by_dtype(d));
+    linear_cases(cs, "1x1", d, {1, 1, 8}, [d](Gen& g) { return in(g.normal({1, 1, 8}, d)); }, 1, d, 1.0f, true,
+                 by_dtype(d));
+    linear_cases(cs, "no bias", d, {5, 64}, [d](Gen& g) { return in(g.normal({5, 64}, d)); }, 24, d, 0.1f, false,
+                 by_dtype(d));
+  }
+  for (DType d : {DType::F32, DType::BF16}) {
+    linear_cases(cs, "large", d, {1000, 1536}, [d](Gen& g) { return in(g.normal({1000, 1536}, d)); }, 8960, d, 0.03f,
+                 true,
+                 d == DType::F32 ? Bound{2e-5, -1, "float32, K=1536: longer sums, summation order"} : by_dtype(d),
+                 0.1f);
+    linear_cases(cs, "row slice of a wider buffer", d, {2, 9, 40},
+                 [d](Gen& g) { return in(g.normal({2, 9, 100}, d), [](const Tensor& t) { return t.narrow(2, 17, 40); }); },
+                 33, d, 0.2f, true, by_dtype(d));
+    linear_cases(cs, "transposed input", d, {11, 40},
+                 [d](Gen& g) { return in(g.normal({40, 11}, d), [](const Tensor& t) { return t.transpose(0, 1); }); }, 33,
+                 d, 0.2f, true, by_dtype(d));
+    linear_cases(cs, "permuted 4-D input", d, {2, 3, 7, 40},
+                 [d](Gen& g) {
+                   return in(g.normal({2, 7, 3, 40}, d), [](const Tensor& t) { return t.permute({0, 2, 1, 3}); });
+                 },
+                 33, d, 0.2f, true, by_dtype(d));
+  }
+  linear_cases(cs, "mixed: bf16 input, f32 weight and bias (computed in f32, bf16 out)", DType::BF16, {6, 50},
+               [](Gen& g) { return in(g.normal({6, 50}, DType::BF16)); }, 21, DType::F32, 0.2f, true,
+               by_dtype(DType::BF16));
+  linear_cases(cs, "mixed: f32 input, bf16 weight and bias (f32 out)", DType::F32, {6, 50},
+               [](Gen& g) { return in(g.normal({6, 50})); }, 21, DType::BF16, 1.0f, true, by_dtype(DType::F32));
+}
+
+void matmul_cases(Cases& cs) {
+  struct M {
+    std::string what;
+    Shape as, bs;  // as made
+    std::function<Tensor(const Tensor&)> va, vb;
+    Shape out;
+    double flops;
+  };
+  const auto tr = [](const Tensor& t) { return t.transpose(-1, -2); };
+  const std::vector<M> mm = {
+      {"batched", {2, 3, 37, 29}, {2, 3, 29, 41}, nullptr, nullptr, {2, 3, 37, 41}, 2.0 * 6 * 37 * 29 * 41},
+      {"b 2-D broadcast", {2, 3, 37, 29}, {29, 41}, nullptr, nullptr, {2, 3, 37, 41}, 2.0 * 6 * 37 * 29 * 41},
+      {"3-D a, b 2-D broadcast", {2, 3, 37, 29}, {29, 41}, [](const Tensor& t) { return t.select(0, 1); }, nullptr,
+       {3, 37, 41}, 2.0 * 3 * 37 * 29 * 41},
+      {"b transposed", {2, 3, 37, 29}, {2, 3, 41, 29}, nullptr, tr, {2, 3, 37, 41}, 2.0 * 6 * 37 * 29 * 41},
+      {"a transposed", {2, 3, 29, 37}, {2, 3, 29, 41}, tr, nullptr, {2, 3, 37, 41}, 2.0 * 6 * 37 * 29 * 41},
+      {"a transposed, b 2-D broadcast", {2, 3, 29, 37}, {29, 41}, tr, nullptr, {2, 3, 37, 41}, 2.0 * 6 * 37 * 29 * 41},
+      {"heads of [B,S,H,D] buffers (q k^T)", {2, 50, 3, 16}, {2, 40, 3, 16}, bshd_view,
+       [](const Tensor& t) { return bshd_view(t).transpose(-1, -2); }, {2, 3, 50, 40}, 2.0 * 6 * 50 * 16 * 40},
+      {"heads of one batch of [B,S,H,D] buffers", {2, 50, 3, 16}, {2, 40, 3, 16},
+       [](const Tensor& t) { return bshd_view(t).select(0, 1); },
+       [](const Tensor& t) { return bshd_view(t).select(0, 1).transpose(-1, -2); }, {3, 50, 40},
+       2.0 * 3 * 50 * 16 * 40},
+      {"large", {4, 300, 256}, {4, 256, 500}, nullptr, nullptr, {4, 300, 500}, 2.0 * 4 * 300 * 256 * 500},
+  };
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const M& m : mm) {
+      cs.add({Op::matmul, fmt::format("matmul {} {} x {} {}", dt(d), sh(m.as), sh(m.bs), m.what), d,
+              [d, m](Gen& g) { return std::vector<Input>{in(g.normal(m.as, d), m.va), in(g.normal(m.bs, d), m.vb)}; },
+              [](const Args& t, Device) { return Outputs{ops::matmul(t[0], t[1])}; }, by_dtype(d), m.out, d, {},
+              m.flops});
+    }
+  }
+}
+
+void layer_norm_cases(Cases& cs) {
+  struct L {
+    Shape shape;
+    DType d, wd;
+    bool weight, bias;
+  };
+  const std::vector<L> ls = {
+      {{3, 7, 37}, DType::F32, DType::F32, true, true},     {{2, 5, 1536}, DType::BF16, DType::BF16, true, true},
+      {{2, 5, 1536}, DType::BF16, DType::F32, true, false}, {{4, 1536}, DType::F32, DType::BF16, false, true},
+      {{3, 20000}, DType::F32, DType::F32, true, true},     {{2, 3, 40001}, DType::BF16, DType::BF16, false, false},
+      {{5, 1}, DType::F32, DType::F32, true, true},         {{0, 8}, DType::F32, DType::F32, false, false},
+  };
+  for (const L& l : ls) {
+    const int64_t D = l.shape.back();
+    cs.add({Op::layer_norm,
+            fmt::format("layer_norm {}{} weight {} bias {}", dt(l.d), sh(l.shape), l.weight ? dt(l.wd) : "none",
+                        l.bias ? dt(l.wd) : "none"),
+            l.d,
+            [l, D](Gen& g) {
+              return std::vector<Input>{in(g.normal(l.shape, l.d, 3.0f)), l.weight ? in(g.normal({D}, l.wd)) : none(),
+                                        l.bias ? in(g.normal({D}, l.wd)) : none()};
+            },
+            [](const Args& t, Device) { return Outputs{ops::layer_norm(t[0], t[1], t[2], 1e-5f)}; }, by_dtype(l.d),
+            l.shape, l.d});
+  }
+  cs.add({Op::layer_norm, "layer_norm bf16[2,9,96] rows of a [2,9,192] buffer, weight, no bias", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({2, 9, 192}, DType::BF16), [](const Tensor& t) { return t.narrow(2, 96, 96); }),
+                                      in(g.normal({96}, DType::BF16)), none()};
+          },
+          [](const Args& t, Device) { return Outputs{ops::layer_norm(t[0], t[1], t[2], 1e-6f)}; },
+          by_dtype(DType::BF16), {2, 9, 96}, DType::BF16});
+}
+
+void rms_norm_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const Shape& shape : std::vector<Shape>{{2, 7, 37}, {3, 1536}, {2, 4096}, {2, 40001}, {3, 1}}) {
+      for (int wmode = 0; wmode < 3; ++wmode) {
+        if (wmode == 2 && d == DType::F32) continue;  // the same as mode 1
+        const DType wd = wmode == 1 ? d : DType::F32;
+        cs.add({Op::rms_norm, fmt::format("rms_norm {}{} weight {}", dt(d), sh(shape), wmode == 0 ? "none" : dt(wd)), d,
+                [=](Gen& g) {
+                  return std::vector<Input>{in(g.normal(shape, d, 2.0f)),
+                                            wmode == 0 ? none() : in(g.normal({shape.back()}, wd))};
+                },
+                [](const Args& t, Device) { return Outputs{ops::rms_norm(t[0], t[1], 1e-6f)}; }, by_dtype(d), shape,
+                d});
+      }
+    }
+    cs.add({Op::rms_norm, fmt::format("rms_norm {}[2,9,128] rows of a [2,9,256] buffer", dt(d)), d,
+            [d](Gen& g) {
+              return std::vector<Input>{in(g.normal({2, 9, 256}, d), [](const Tensor& t) { return t.narrow(2, 0, 128); }),
+                                        in(g.normal({128}, d))};
+            },
+            [](const Args& t, Device) { return Outputs{ops::rms_norm(t[0], t[1], 1e-6f)}; }, by_dtype(d), {2, 9, 128},
+            d});
+  }
+}
+
+void channel_rms_norm_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    // gamma [C, 1, 1, ...] as the VAE stores it; bias F32.
+    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8}, {1, 7, 9}, {2, 96, 2, 6, 16}, {3, 5}}) {
+      for (bool bias : {false, true}) {
+        const int64_t C = shape[1];
+        Shape gs(shape.size() - 1, 1);
+        gs[0] = C;
+        cs.add({Op::channel_rms_norm,
+                fmt::format("channel_rms_norm {}{} gamma {}{}", dt(d), sh(shape), sh(gs), bias ? " bias" : ""), d,
+                [=](Gen& g) {
+                  return std::vector<Input>{in(g.normal(shape, d)), in(g.normal(gs, d)),
+                                            bias ? in(g.normal({C})) : none()};
+                },
+                [](const Args& t, Device) { return Outputs{ops::channel_rms_norm(t[0], t[1], t[2])}; }, by_dtype(d),
+                shape, d});
+      }
+    }
+    // Channels-last 3-D inputs and the fused SiLU. C a multiple of the vector width or not
+    // (5, 12); rows held by groups of 2 to 32 lanes, a last warp only partly used (9 rows), and
+    // rows too long for registers (1040).
+    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8},
+                                                 {1, 5, 2, 3, 7},
+                                                 {1, 384, 2, 6, 10},
+                                                 {1, 96, 1, 4, 4},
+                                                 {1, 96, 1, 3, 3},
+                                                 {1, 192, 1, 5, 1},
+                                                 {1, 1040, 1, 2, 3}}) {
+      for (bool bias : {false, true}) {
+        for (Activation act : {Activation::None, Activation::Silu}) {
+          for (bool channels_last : {false, true}) {
+            const int64_t C = shape[1];
+            cs.add({Op::channel_rms_norm,
+                    fmt::format("channel_rms_norm {}{}{}{} then {}", dt(d), sh(shape), channels_last ? " channels-last" : "",
+                                bias ? " bias" : "", act_name(act)),
+                    d,
+                    [=](Gen& g) {
+                      const Tensor x = g.normal(shape, d);
+                      return std::vector<Input>{channels_last ? cl(x) : in(x), in(g.normal({C, 1, 1, 1}, d)),
+                                                bias ? in(g.normal({C})) : none()};
+                    },
+                    [act](const Args& t, Device) { return Outputs{ops::channel_rms_norm(t[0], t[1], t[2], act)}; },
+                    by_dtype(d), shape, d});
+          }
+        }
+      }
+    }
+  }
+  cs.add({Op::channel_rms_norm, "channel_rms_norm f32[2,5,4,6] permuted from [2,4,6,5]", DType::F32,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({2, 4, 6, 5}), [](const Tensor& t) { return t.permute({0, 3, 1, 2}); }),
+                                      in(g.normal({5})), none()};
+          },
+          [](const Args& t, Device) { return Outputs{ops::channel_rms_norm(t[0], t[1], t[2])}; },
+          by_dtype(DType::F32), {2, 5, 4, 6}, DType::F32});
+}
+
+void softmax_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    for (const Shape& shape : std::vector<Shape>{{5, 37}, {3, 1536}, {2, 20000}, {4, 4099}, {2, 3, 1}}) {
+      cs.add({Op::softmax, fmt::format("softmax {}{}", dt(d), sh(shape)), d,
+              [d, shape](Gen& g) { return std::vector<Input>{in(g.normal(shape, d, 4.0f))}; },
+              [](const Args& t, Device) { return Outputs{ops::softmax(t[0])}; }, by_dtype(d), shape, d});
+    }
+  }
+  cs.add({Op::softmax, "softmax bf16 empty [0,7]", DType::BF16,
+          [](Gen& g) { return std::vector<Input>{in(g.normal({0, 7}, DType::BF16))}; },
+          [](const Args& t, Device) { return Outputs{ops::softmax(t[0])}; }, by_dtype(DType::BF16), {0, 7},
+          DType::BF16});
+  cs.add({Op::softmax, "softmax f32[9,7] transposed", DType::F32,
+          [](Gen& g) { return std::vector<Input>{in(g.normal({7, 9}), [](const Tensor& t) { return t.transpose(0, 1); })}; },
+          [](const Args& t, Device) { return Outputs{ops::softmax(t[0])}; }, by_dtype(DType::F32), {9, 7}, DType::F32});
+}
+
+// bias: 0 none, 1 a key mask [B, 1, 1, Sk] (every 7th key -inf, the rest small offsets),
+// 2 [1, H, Sq, Sk]. q/k/v are [B, H, S, D] views of [B, S, H, D] buffers.
+void attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, int bias, DType d,
+                    const std::string& kernel, bool perf_only = false) {
+  const char* bias_name = bias == 0 ? "" : bias == 1 ? " bias[B,1,1,Sk] key mask" : " bias[1,H,Sq,Sk]";
+  const Bound bound = d == DType::F32 ? Bound{1e-5, -1, "float32 in and out: summation order only"}
+                                      : Bound{1.5e-2, -1, "16-bit out, probabilities rounded to 16 bits for P @ v"};
+  cs.add({Op::attention,
+          fmt::format("attention {} B{} H{} Sq{} Sk{} D{}{} kernel {}", dt(d), B, H, Sq, Sk, D, bias_name, kernel), d,
+          [=](Gen& g) {
+            std::vector<Input> v;
+            for (int64_t S : {Sq, Sk, Sk}) v.push_back(in(g.normal({B, S, H, D}, d), bshd_view));
+            if (bias == 1) {
+              std::vector<float> m = g.normal({B, 1, 1, Sk}, DType::F32, 0.5f).to_vector();
+              for (size_t i = 0; i < m.size(); i += 7) m[i] = -INFINITY;
+              v.push_back(in(Tensor::from_vector(m, {B, 1, 1, Sk}).to(d)));
+            } else if (bias == 2) {
+              v.push_back(in(g.normal({1, H, Sq, Sk}, d)));
+            } else {
+              v.push_back(none());
+            }
+            return v;
+          },
+          [D](const Args& t, Device) {
+            return Outputs{ops::attention(t[0], t[1], t[2], t[3], 1.0f / std::sqrt(static_cast<float>(D)))};
+          },
+          bound, {B, H, Sq, D}, d, Settings{kernel, -1}, 4.0 * B * H * Sq * Sk * D, perf_only});
+}
+
+void attention_cases(Cases& cs) {
+  // cuDNN SDPA, self and cross attention, and with bias layouts.
+  for (auto [B, H, Sq, Sk, D] : std::vector<std::array<int64_t, 5>>{
+           {2, 3, 1000, 1000, 128}, {1, 4, 999, 512, 128}, {2, 2, 1000, 512, 64}, {1, 2, 77, 333, 64}})
+    attention_case(cs, B, H, Sq, Sk, D, 0, DType::BF16, "cudnn");
+  attention_case(cs, 1, 2, 200, 300, 128, 0, DType::F16, "cudnn");
+  attention_case(cs, 2, 3, 1000, 512, 128, 1, DType::BF16, "cudnn");
+  attention_case(cs, 1, 3, 1000, 512, 128, 2, DType::BF16, "cudnn");
+  attention_case(cs, 2, 2, 300, 300, 64, 1, DType::BF16, "cudnn");
+  attention_case(cs, 1, 2, 300, 301, 64, 2, DType::BF16, "cudnn");
+  // The reference kernel; float32 takes it whatever the choice.
+  for (auto [B, H, Sq, Sk, D, bias] : std::vector<std::array<int64_t, 6>>{
+           {2, 3, 1000, 512, 128, 0}, {1, 2, 999, 1000, 64, 1}, {2, 3, 300, 512, 64, 2}, {1, 1, 50, 40, 384, 0}}) {
+    attention_case(cs, B, H, Sq, Sk, D, static_cast<int>(bias), DType::F32, "cudnn");
+    attention_case(cs, B, H, Sq, Sk, D, static_cast<int>(bias), DType::BF16, "reference");
+  }
+  // The math path for what cuDNN refuses: head dims above 256 (the Wan VAE's 384), not a
+  // multiple of 8 (20).
+  for (DType d : {DType::BF16, DType::F16}) {
+    for (auto [B, H, Sq, Sk, D, bias] : std::vector<std::array<int64_t, 6>>{
+             {1, 1, 780, 780, 384, 0}, {2, 1, 64, 77, 384, 1}, {1, 2, 100, 90, 20, 0}, {1, 2, 33, 65, 320, 2}})
+      attention_case(cs, B, H, Sq, Sk, D, static_cast<int>(bias), d, "cudnn");
+  }
+  // A tiny float32 case with the default ("auto") kernel.
+  attention_case(cs, 2, 3, 5, 7, 4, 1, DType::F32, "auto");
+  // Wan sizes (perf mode): 1.3B (12 heads) and 14B (40 heads) at 480x832x81, 14B at 720p.
+  attention_case(cs, 1, 12, 32760, 32760, 128, 0, DType::BF16, "auto", true);
+  attention_case(cs, 1, 40, 32760, 32760, 128, 0, DType::BF16, "auto", true);
+  attention_case(cs, 1, 40, 75600, 75600, 128, 0, DType::BF16, "auto", true);
+}
+
+void rope_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const auto& size : std::vector<std::array<int64_t, 3>>{{9, 3, 16}, {5, 3, 6}, {37, 12, 128}}) {
+      const int64_t S = size[0], H = size[1], D = size[2];
+      const Shape out{2, S, H, D};
+      const auto run = [](const Args& t, Device) { return Outputs{ops::rope(t[0], t[1], t[2])}; };
+      cs.add({Op::rope, fmt::format("rope {}[2,{},{},{}]", dt(d), S, H, D), d,
+              [=](Gen& g) {
+                return std::vector<Input>{in(g.normal({2, S, H, D}, d)), in(g.normal({S, D})), in(g.normal({S, D}))};
+              },
+              run, by_dtype(d), out, d});
+      cs.add({Op::rope, fmt::format("rope {}[2,{},{},{}] slice of a fused [B,S,3,H,D] projection", dt(d), S, H, D), d,
+              [=](Gen& g) {
+                return std::vector<Input>{in(g.normal({2, S, 3, H, D}, d), [](const Tensor& t) { return t.select(2, 1); }),
+                                          in(g.normal({S, D})), in(g.normal({S, D}))};
+              },
+              run, by_dtype(d), out, d});
+      cs.add({Op::rope, fmt::format("rope {}[2,{},{},{}] permuted from [B,H,S,D]", dt(d), S, H, D), d,
+              [=](Gen& g) {
+                return std::vector<Input>{in(g.normal({2, H, S, D}, d), bshd_view), in(g.normal({S, D})),
+                                          in(g.normal({S, D}))};
+              },
+              run, by_dtype(d), out, d});
+    }
+  }
+}
+
+void embedding_cases(Cases& cs) {
+  std::vector<int64_t> idv;
+  for (int i = 0; i < 21; ++i) idv.push_back((i * 17 + 3) % 50);
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (int64_t D : {37, 64, 4096}) {
+      for (bool host_ids : {false, true}) {
+        cs.add({Op::embedding, fmt::format("embedding {}[50,{}] ids [3,7]{}", dt(d), D, host_ids ? " in host memory" : ""), d,
+                [=](Gen& g) {
+                  const Tensor ids = Tensor::from_vector_i64(idv, {3, 7});
+                  return std::vector<Input>{host_ids ? host(ids) : in(ids), in(g.normal({50, D}, d))};
+                },
+                [](const Args& t, Device) { return Outputs{ops::embedding(t[0], t[1])}; },
+                exact("rows copied as they are"), {3, 7, D}, d});
+      }
+    }
+  }
+  cs.add({Op::embedding, "embedding f32[10,8] no ids", DType::F32,
+          [](Gen& g) { return std::vector<Input>{in(Tensor::from_vector_i64({}, {0})), in(g.normal({10, 8}))}; },
+          [](const Args& t, Device) { return Outputs{ops::embedding(t[0], t[1])}; }, exact("nothing to copy"), {0, 8},
+          DType::F32});
+}
+
+void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, DType d,
+                 const std::string& what, bool strided_x, bool channels_last, int tf32, bool perf_only = false) {
+  Bound bound = by_dtype(d);
+  if (d == DType::F32 && tf32 != 0) bound = {5e-3, -1, "TF32 tensor cores: inputs rounded to 10-bit mantissas"};
+  if (d == DType::F32 && tf32 == 0) bound.why = "float32 without TF32: summation order only";
+  const Shape out = conv_out(xs, ws, p);
+  const double flops = 2.0 * shape_numel(out) * ws[1] * ws[2] * ws[3] * ws[4];
+  cs.add({Op::conv3d,
+          fmt::format("conv3d {}{} * {}{}{}{} stride {} pad {} before {} {}{}", dt(d), sh(xs), sh(ws),
+                      bias ? " + bias" : "", strided_x ? " x frames [1,T+1) of a longer clip" : "",
+                      channels_last ? " channels-last" : "", sh({p.stride[0], p.stride[1], p.stride[2]}),
+                      sh({p.padding[0], p.padding[1], p.padding[2]}), p.time_padding_before, what,
+                      tf32 < 0 ? "" : tf32 ? " tf32 on" : " tf32 off"),
+          d,
+          [=](Gen& g) {
+            Shape big = xs;
+            if (strided_x) big[2] += 2;
+            Input x = strided_x ? in(g.normal(big, d), [T = xs[2]](const Tensor& t) { return t.narrow(2, 1, T); })
+                                : in(g.normal(big, d));
+            x.channels_last = channels_last;
+            return std::vector<Input>{x, in(g.normal(ws, d, perf_only ? 0.02f : 0.2f)), bias ? in(g.normal({ws[0]}, d)) : none()};
+          },
+          [p](const Args& t, Device) { return Outputs{ops::conv3d(t[0], t[1], t[2], p)}; }, bound, out, d,
+          Settings{"", tf32}, flops, perf_only});
+}
+
+void conv3d_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    conv3d_case(cs, {2, 5, 4, 9, 11}, {7, 5, 3, 3, 3}, true, conv_params({1, 1, 1}, {1, 1, 1}), d, "3x3x3 same", false,
+                false, 0);
+    conv3d_case(cs, {1, 16, 5, 12, 10}, {32, 16, 3, 3, 3}, true, conv_params({1, 2, 2}, {0, 1, 1}, 2), d,
+                "causal, spatial stride 2", false, false, 0);
+    conv3d_case(cs, {1, 16, 6, 12, 10}, {16, 16, 3, 1, 1}, true, conv_params({2, 1, 1}, {0, 0, 0}, 1), d,
+                "time downsample", false, false, 0);
+    conv3d_case(cs, {1, 3, 3, 17, 13}, {24, 3, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d, "RGB in, causal",
+                true, false, 0);
+    conv3d_case(cs, {2, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, false, conv_params({1, 1, 1}, {0, 1, 1}, 2), d, "3 out", false,
+                false, 0);
+    conv3d_case(cs, {1, 32, 3, 7, 9}, {48, 32, 1, 1, 1}, true, conv_params({1, 1, 1}, {0, 0, 0}), d, "1x1x1", true,
+                false, 0);
+    // Channels-last 3-D input (NDHWC convolution), including shapes cuDNN may refuse in NDHWC.
+    conv3d_case(cs, {2, 16, 4, 9, 11}, {24, 16, 3, 3, 3}, true, conv_params({1, 1, 1}, {1, 1, 1}), d, "3x3x3 same",
+                false, true, 0);
+    conv3d_case(cs, {1, 32, 5, 12, 10}, {32, 32, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d, "causal",
+                false, true, 0);
+    conv3d_case(cs, {1, 16, 3, 8, 8}, {8, 16, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}), d, "1x3x3", false,
+                true, 0);
+    conv3d_case(cs, {1, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d, "3 out", false,
+                true, 0);
+    conv3d_case(cs, {1, 16, 2, 6, 6}, {32, 16, 1, 1, 1}, true, conv_params({1, 1, 1}, {0, 0, 0}), d, "1x1x1", false,
+                true, 0);
+    conv3d_case(cs, {1, 3, 3, 9, 7}, {8, 3, 3, 3, 3}, false, conv_params({1, 1, 1}, {0, 1, 1}, 2), d, "3 in", false,
+                true, 0);
+  }
+  // The default for float32: TF32 tensor cores, as PyTorch runs diffusers' VAE.
+  conv3d_case(cs, {1, 32, 4, 12, 10}, {32, 32, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), DType::F32,
+              "causal", false, false, 1);
+  conv3d_case(cs, {2, 5, 4, 9, 11}, {7, 5, 3, 3, 3}, true, conv_params({1, 1, 1}, {1, 1, 1}), DType::F32, "3x3x3 same",
+              false, false, 1);
+  conv3d_case(cs, {2, 3, 4, 5, 6}, {4, 3, 3, 2, 3}, true, conv_params({1, 2, 1}, {1, 0, 1}), DType::F32,
+              "odd kernel and stride", false, false, 1);
+  // A Wan VAE decoder convolution (perf mode).
+  for (DType d : {DType::BF16, DType::F32})
+    conv3d_case(cs, {1, 384, 6, 60, 104}, {384, 384, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d,
+                "Wan VAE 384 channels", false, false, -1, true);
+}
+
+void upsample_cases(Cases& cs) {
+  const auto run = [](const Args& t, Device) { return Outputs{ops::upsample_nearest2x(t[0])}; };
+  const auto up = [](Shape s) {
+    s[s.size() - 1] *= 2;
+    s[s.size() - 2] *= 2;
+    return s;
+  };
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    for (const Shape& shape : std::vector<Shape>{{2, 3, 5, 7}, {1, 4, 6, 8}, {4, 4}, {1, 96, 2, 9, 16}}) {
+      cs.add({Op::upsample_nearest2x, fmt::format("upsample_nearest2x {}{}", dt(d), sh(shape)), d,
+              [d, shape](Gen& g) { return std::vector<Input>{in(g.normal(shape, d))}; }, run, kMoves, up(shape), d});
+    }
+  }
+  cs.add({Op::upsample_nearest2x, "upsample_nearest2x bf16[3,6,8] transposed", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({3, 8, 6}, DType::BF16), [](const Tensor& t) { return t.transpose(1, 2); })};
+          },
+          run, kMoves, {3, 12, 16}, DType::BF16});
+  // Channels-last 3-D: every word width (C * element size of 16, 8, 4, 2 and 1 bytes).
+  for (DType d : {DType::F32, DType::BF16, DType::U8}) {
+    for (const Shape& shape : std::vector<Shape>{{2, 96, 2, 5, 7}, {1, 3, 3, 4, 6}, {1, 2, 1, 3, 3}, {1, 1, 2, 3, 5}}) {
+      cs.add({Op::upsample_nearest2x, fmt::format("upsample_nearest2x {}{} channels-last", dt(d), sh(shape)), d,
+              [d, shape](Gen& g) { return std::vector<Input>{cl(d == DType::U8 ? g.sample(shape, d) : g.normal(shape, d))}; },
+              run, kMoves, up(shape), d});
+    }
+  }
+}
+
+void sum_abs_cases(Cases& cs) {
+  const Bound bound{1e-9, -1, "double accumulation on both: only the summation order differs"};
+  const auto run = [](const Args& t, Device) { return Outputs{scalar_f64(ops::sum_abs(t[0]))}; };
+  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
+    for (const Shape& shape : std::vector<Shape>{{1000003}, {3, 1001}, {1}, {64, 1536}}) {
+      cs.add({Op::sum_abs, fmt::format("sum_abs {}{}", dt(d), sh(shape)), d,
+              [d, shape](Gen& g) { return std::vector<Input>{in(g.normal(shape, d, 3.0f))}; }, run, bound, {1},
+              DType::F64, {}, 0, false, false, {0}});
+    }
+  }
+  cs.add({Op::sum_abs, "sum_abs bf16[15,33] transposed and narrowed", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({33, 17}, DType::BF16),
+                                         [](const Tensor& t) { return t.transpose(0, 1).narrow(0, 1, 15); })};
+          },
+          run, bound, {1}, DType::F64, {}, 0, false, false, {0}});
+  cs.add({Op::sum_abs, "sum_abs f32 empty [0,3]", DType::F32,
+          [](Gen& g) { return std::vector<Input>{in(g.normal({0, 3}))}; }, run, exact("an empty sum is 0"), {1},
+          DType::F64, {}, 0, false, false, {0}});
+}
+
+void modulated_layer_norm_cases(Cases& cs) {
+  const int64_t B = 2, S = 37;
+  for (DType d : {DType::BF16, DType::F32}) {
+    for (int64_t D : {1536, 5120, 1001}) {
+      // Per-batch rows out of a [B, 1, 6, D] modulation tensor (strided), per-token rows, one
+      // row for everything, contiguous per-batch rows.
+      const std::vector<std::string> kinds = {"[B,1,D] rows of a [B,1,6,D] tensor", "per token [B,S,D]", "[1,1,D]",
+                                              "[B,1,D]"};
+      for (size_t k = 0; k < kinds.size(); ++k) {
+        for (bool composition : {false, true}) {
+          cs.add({Op::modulated_layer_norm,
+                  fmt::format("modulated_layer_norm {}[{},{},{}] scale/shift {}{}", dt(d), B, S, D, kinds[k],
+                              composition ? " (the Backend's composition)" : ""),
+                  d,
+                  [=](Gen& g) {
+                    std::vector<Input> v{in(g.normal({B, S, D}, d, 3.0f))};
+                    if (k == 0) {
+                      const Tensor mod = g.normal({B, 1, 6, D}, DType::F32, 0.5f);
+                      v.push_back(in(mod, [](const Tensor& t) { return t.select(2, 1); }));
+                      v.push_back(in(mod, [](const Tensor& t) { return t.select(2, 0); }));
+                    } else {
+                      const Shape s = k == 1 ? Shape{B, S, D} : k == 2 ? Shape{1, 1, D} : Shape{B, 1, D};
+                      v.push_back(in(g.normal(s, DType::F32, 0.5f)));
+                      v.push_back(in(g.normal(s, DType::F32, 0.5f)));
+                    }
+                    return v;
+                  },
+                  [composition](const Args& t, Device dev) {
+                    if (composition) return Outputs{backend_for(dev).Backend::modulated_layer_norm(t[0], t[1], t[2], 1e-6f)};
+                    return Outputs{ops::modulated_layer_norm(t[0], t[1], t[2], 1e-6f)};
+                  },
+                  by_dtype(d), {B, S, D}, d});
+        }
+      }
+    }
+  }
+  cs.add({Op::modulated_layer_norm, "modulated_layer_norm bf16[2,5,1536] rows of a [2,5,3072] buffer", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{
+                in(g.normal({2, 5, 3072}, DType::BF16), [](const Tensor& t) { return t.narrow(2, 1536, 1536); }),
+                in(g.normal({2, 1, 1536}, DType::F32, 0.5f)), in(g.normal({2, 1, 1536}, DType::F32, 0.5f))};
+          },
+          [](const Args& t, Device) { return Outputs{ops::modulated_layer_norm(t[0], t[1], t[2], 1e-6f)}; },
+          by_dtype(DType::BF16), {2, 5, 1536}, DType::BF16});
+}
+
+void gated_residual_cases(Cases& cs) {
+  const int64_t B = 2, S = 37;
+  for (DType d : {DType::BF16, DType::F32}) {
+    for (int64_t D : {1536, 1001}) {
+      for (const Shape& gs : std::vector<Shape>{{B, 1, D}, {B, S, D}, {1, 1, D}, {1, S, D}}) {
+        cs.add({Op::gated_residual, fmt::format("gated_residual {}[{},{},{}] gate f32{}", dt(d), B, S, D, sh(gs)), d,
+                [=](Gen& g) {
+                  return std::vector<Input>{in(g.normal({B, S, D}, d)), in(g.normal({B, S, D}, d)), in(g.normal(gs))};
+                },
+                [](const Args& t, Device) { return Outputs{ops::gated_residual(t[0], t[1], t[2])}; }, by_dtype(d),
+                {B, S, D}, d});
+      }
+    }
+  }
+  cs.add({Op::gated_residual, "gated_residual bf16[2,9,64] y a slice of [2,9,128], gate a row of [2,1,6,64]",
+          DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({2, 9, 64}, DType::BF16)),
+                                      in(g.normal({2, 9, 128}, DType::BF16), [](const Tensor& t) { return t.narrow(2, 64, 64); }),
+                                      in(g.normal({2, 1, 6, 64}), [](const Tensor& t) { return t.select(2, 2); })};
+          },
+          [](const Args& t, Device) { return Outputs{ops::gated_residual(t[0], t[1], t[2])}; }, by_dtype(DType::BF16),
+          {2, 9, 64}, DType::BF16});
+}
+
+void rms_norm_rope_cases(Cases& cs) {
+  // A backend's fused op against the CPU's, which is the Backend's composition
+  // (rope(rms_norm(...))).
+  const int64_t B = 2;
+  for (DType d : {DType::BF16, DType::F32}) {
+    for (const auto& size : std::vector<std::array<int64_t, 3>>{{37, 12, 128}, {5, 3, 6}, {11, 40, 128}}) {
+      const int64_t S = size[0], H = size[1], D = size[2];
+      for (DType wd : d == DType::F32 ? std::vector<DType>{d} : std::vector<DType>{d, DType::F32}) {
+        for (int64_t part : {0, 1}) {
+          cs.add({Op::rms_norm_rope,
+                  fmt::format("rms_norm_rope {}[{},{},{},{}] part {} of a fused [B,S,3*H*D] projection, weight {}",
+                              dt(d), B, S, H, D, part, dt(wd)),
+                  d,
+                  [=](Gen& g) {
+                    return std::vector<Input>{
+                        in(g.normal({B, S, 3 * H * D}, d, 2.0f),
+                           [=](const Tensor& t) { return t.view({B, S, 3, H, D}).select(2, part); }),
+                        in(g.normal({H * D}, wd)), in(g.normal({S, D})), in(g.normal({S, D}))};
+                  },
+                  [](const Args& t, Device) { return Outputs{ops::rms_norm_rope(t[0], t[1], 1e-6f, t[2], t[3])}; },
+                  by_dtype(d), {B, S, H, D}, d});
+        }
+      }
+    }
+  }
+  cs.add({Op::rms_norm_rope, "rms_norm_rope bf16[2,7,4,16] permuted from [B,H,S,D]", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({2, 4, 7, 16}, DType::BF16), bshd_view),
+                                      in(g.normal({4 * 16}, DType::BF16)), in(g.normal({7, 16})), in(g.normal({7, 16}))};
+          },
+          [](const Args& t, Device) { return Outputs{ops::rms_norm_rope(t[0], t[1], 1e-6f, t[2], t[3])}; },
+          by_dtype(DType::BF16), {2, 7, 4, 16}, DType::BF16});
+}
+
+// The Wan transformer's linear layers at 480x832x81 (32760 tokens), perf mode only.
+void wan_linear_cases(Cases& cs) {
+  const int64_t T = 32760;
+  struct L {
+    DType d;
+    int64_t K, N;
+    bool bias;
+    Activation act;
+    std::string what;
+  };
+  const std::vector<L> ls = {
+      {DType::BF16, 1536, 1536, true, Activation::None, "1.3B q/k/v/o"},
+      {DType::BF16, 1536, 8960, true, Activation::None, "1.3B FFN up"},
+      {DType::BF16, 1536, 8960, true, Activation::GeluTanh, "1.3B FFN up"},
+      {DType::BF16, 1536, 8960, true, Activation::Gelu, "1.3B FFN up"},
+      {DType::BF16, 8960, 1536, true, Activation::None, "1.3B FFN down"},
+      {DType::F32, 1536, 1536, false, Activation::None, "1.3B q/k/v/o in f32"},
+  };
+  for (const L& l : ls) {
+    cs.add({Op::linear,
+            fmt::format("linear {}[{},{}] x [{},{}]{} {} Wan {}", dt(l.d), T, l.K, l.N, l.K, l.bias ? " + bias" : "",
+                        act_name(l.act), l.what),
+            l.d,
+            [=](Gen& g) {
+              return std::vector<Input>{in(g.normal({T, l.K}, l.d)), in(g.normal({l.N, l.K}, l.d, 0.03f)),
+                                        l.bias ? in(g.normal({l.N}, l.d)) : none()};
+            },
+            [act = l.act](const Args& t, Device) { return Outputs{ops::linear(t[0], t[1], t[2], act)}; },
+            by_dtype(l.d), {T, l.N}, l.d, {}, 2.0 * T * l.K * l.N, true});
+  }
+}
+
+const std::vector<OpCase>& all_cases() {
+  static const std::vector<OpCase> cases = [] {
+    Cases cs;
+    copy_cases(cs);
+    fill_cases(cs);
+    binary_cases(cs);
+    unary_cases(cs);
+    axpby_cases(cs);
+    linear_cases(cs);
+    wan_linear_cases(cs);
+    matmul_cases(cs);
+    layer_norm_cases(cs);
+    rms_norm_cases(cs);
+    channel_rms_norm_cases(cs);
+    softmax_cases(cs);
+    attention_cases(cs);
+    rope_cases(cs);
+    embedding_cases(cs);
+    conv3d_cases(cs);
+    upsample_cases(cs);
+    sum_abs_cases(cs);
+    modulated_layer_norm_cases(cs);
+    gated_residual_cases(cs);
+    rms_norm_rope_cases(cs);
+    return cs.list();
+  }();
+  return cases;
+}
+
+std::vector<const OpCase*> case_pointers() {
+  std::vector<const OpCase*> out;
+  for (const OpCase& c : all_cases()) out.push_back(&c);
+  return out;
+}
+
+// ---- The runner -------------------------------------------------------------------------------
+
+uint64_t seed_of(const std::string& name) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  return h % 1000000007ull;
+}
+
+// The backends besides the CPU that can run here.
+std::vector<Device> device_backends() {
+  std::vector<Device> out;
+  if (has_backend(DeviceType::CUDA)) out.push_back(Device::cuda(0));
+  return out;
+}
+
+Args make_args(const std::vector<Input>& inputs, Device d) {
+  Args args;
+  for (const Input& i : inputs) args.push_back(i.on(d));
+  return args;
+}
+
+bool has_nan(const Tensor& t) {
+  if (!is_floating(t.dtype()) || t.numel() == 0) return false;
+  const Tensor f = t.to(Device::cpu()).to(DType::F64).contiguous();
+  const double* p = f.data<double>();
+  for (int64_t i = 0; i < f.numel(); ++i)
+    if (std::isnan(p[i])) return true;
+  return false;
+}
+
+// got (any device) against want (CPU) within the case's bound.
+void compare(const Tensor& got, const Tensor& want, const OpCase& c, const std::string& what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  ASSERT_EQ(got.dtype(), want.dtype()) << what;
+  if (c.bound.bitwise) {
+    const Tensor g = got.to(Device::cpu()).contiguous(), w = want.contiguous();
+    const auto* p = static_cast<const uint8_t*>(g.raw_data());
+    const auto* q = static_cast<const uint8_t*>(w.raw_data());
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < g.nbytes(); ++i)
+      if (p[i] != q[i] && bad++ == 0) first = i;
+    EXPECT_EQ(bad, 0u) << what << ": " << bad << " bytes differ from the CPU's, the first at byte " << first
+                       << " (bound: " << c.bound.why << ")";
+    return;
+  }
+  const Tensor g = got.to(Device::cpu()).to(DType::F64).contiguous();
+  const Tensor w = want.to(DType::F64).contiguous();
+  const double* a = g.data<double>();
+  const double* b = w.data<double>();
+  double num = 0, den = 0, worst = 0;
+  int64_t nan_mismatch = 0, worst_at = -1;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) {
+      if (std::isnan(a[i]) != std::isnan(b[i]) && nan_mismatch++ < 5)
+        ADD_FAILURE() << what << ": element " << i << " is " << a[i] << ", the CPU's " << b[i];
+      continue;
+    }
+    if (a[i] == b[i]) {
+      if (std::isfinite(b[i])) den += b[i] * b[i];
+      continue;
+    }
+    const double diff = std::fabs(a[i] - b[i]);
+    num += diff * diff;
+    den += b[i] * b[i];
+    if (!(diff <= worst)) worst = diff, worst_at = i;
+  }
+  EXPECT_EQ(nan_mismatch, 0) << what << ": NaN where the CPU has a value (unwritten elements?) or the reverse";
+  const double rel = std::sqrt(num / std::max(den, 1e-30));
+  // The margins, to see how close each case runs to its bound.
+  if (env_flag("VGEN_OPS_ERRORS", false))
+    std::printf("[ error ] rel_l2 %9.3g (bound %g)  max_abs %9.3g (bound %g)  %s\n", rel, c.bound.rel_l2, worst,
+                c.bound.max_abs, what.c_str());
+  if (c.bound.rel_l2 >= 0)
+    EXPECT_LT(rel, c.bound.rel_l2) << what << ": relative L2 error (bound: " << c.bound.why << "); worst element "
+                                   << worst_at << " off by " << worst;
+  if (c.bound.max_abs >= 0)
+    EXPECT_LE(worst, c.bound.max_abs) << what << ": element " << worst_at << " is " << (worst_at >= 0 ? a[worst_at] : 0)
+                                      << ", the CPU's " << (worst_at >= 0 ? b[worst_at] : 0) << " (bound: "
+                                      << c.bound.why << ")";
+}
+
+double bytes_of(const Args& args, const Outputs& outs) {
+  double n = 0;
+  for (const Tensor& t : args) n += t.defined() ? static_cast<double>(t.nbytes()) : 0.0;
+  for (const Tensor& t : outs) n += static_cast<double>(t.nbytes());
+  return n;
+}
+
+// Times the case on `d` (median of several runs after warm-up) and prints one line.
+void time_case(const OpCase& c, const Args& args, Device d) {
+  using Clock = std::chrono::steady_clock;
+  Outputs outs = c.run(args, d);  // warm-up (plans, caches)
+  ops::synchronize(d);
+  const double bytes = bytes_of(args, outs);
+  outs.clear();
+  const auto once = [&] {
+    const auto t0 = Clock::now();
+    c.run(args, d);
+    ops::synchronize(d);
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  };
+  const double first = once();
+  // About half a second of runs, 3 to 25 of them.
+  const int iters = static_cast<int>(std::clamp(500.0 / std::max(first, 1e-3), 3.0, 25.0));
+  std::vector<double> ms;
+  for (int i = 0; i < iters; ++i) ms.push_back(once());
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2];
+  const std::string rate = c.flops > 0 ? fmt::format("{:9.3g} TFLOP/s", c.flops / med / 1e9)
+                                       : fmt::format("{:9.3g} GB/s   ", bytes / med / 1e6);
+  std::printf("[ perf ] %-6s %10.4f ms %s  %s\n", d.str().c_str(), med, rate.c_str(), c.name.c_str());
+  std::fflush(stdout);
+}
+
+// Fills freed device memory with NaN so that outputs allocated next start poisoned (an
+// element a kernel leaves unwritten then shows as NaN).
+void poison_pool(Device d, double nbytes) {
+  const int64_t n = static_cast<int64_t>(nbytes / 4);
+  for (int i = 0; i < 3; ++i) Tensor::full({n + 64 * i + 1}, NAN, DType::F32, d);
+}
+
+}  // namespace
+
+class Case : public ::testing::TestWithParam<const OpCase*> {};
+
+TEST_P(Case, RunsOnCpu) {
+  const OpCase& c = *GetParam();
+  if (c.perf_only) GTEST_SKIP() << "perf-only case (Wan-sized): run on device backends with VGEN_OPS_PERF=1";
+  Gen gen(seed_of(c.name));
+  const std::vector<Input> inputs = c.inputs(gen);
+  const Device cpu = Device::cpu();
+  const Args args = make_args(inputs, cpu);
+  const Outputs outs = c.run(args, cpu);
+  ASSERT_FALSE(outs.empty()) << c.name;
+  EXPECT_EQ(outs[0].shape(), c.shape) << c.name;
+  EXPECT_EQ(outs[0].dtype(), c.out_dtype) << c.name;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    EXPECT_TRUE(outs[i].device().is_cpu()) << c.name;
+    if (!c.nan_ok) EXPECT_FALSE(has_nan(outs[i])) << c.name << ": output " << i << " has NaN";
+  }
+  if (perf_mode()) time_case(c, args, cpu);
+}
+
+TEST_P(Case, MatchesCpuOnDevices) {
+  const OpCase& c = *GetParam();
+  if (c.perf_only && !perf_mode()) GTEST_SKIP() << "perf-only case (Wan-sized): set VGEN_OPS_PERF=1";
+  const std::vector<Device> devices = device_backends();
+  if (devices.empty()) GTEST_SKIP() << "no backend besides the CPU: " << backend_unavailable_reason(DeviceType::CUDA);
+  Gen gen(seed_of(c.name));
+  const std::vector<Input> inputs = c.inputs(gen);
+  Outputs want;
+  double want_bytes = 0;
+  if (!c.perf_only) {
+    want = c.run(make_args(inputs, Device::cpu()), Device::cpu());
+    for (const Tensor& t : want) want_bytes = std::max(want_bytes, static_cast<double>(t.nbytes()) * 2);
+  }
+  int ran = 0;
+  std::string refused;
+  for (const Device& d : devices) {
+    // Settings for this case: a context of its own, bound while its tensors live.
+    std::optional<vgen::testing::ScopedContext> context;
+    if (c.settings.any()) context.emplace(d, c.settings.make());
+    if (!backend_for(d).supports(c.op, c.dtype)) {
+      refused += fmt::format("{}: the {} backend's supports() refuses {} on {}; ", c.name, backend_for(d).name(),
+                             op_name(c.op), dtype_name(c.dtype));
+      std::printf("[ refused ] %s on %s: supports(%s, %s) is false\n", c.name.c_str(), d.str().c_str(), op_name(c.op),
+                  std::string(dtype_name(c.dtype)).c_str());
+      continue;
+    }
+    ++ran;
+    const Args args = make_args(inputs, d);
+    if (!c.perf_only) {
+      poison_pool(d, want_bytes);
+      Outputs got;
+      try {
+        got = c.run(args, d);
+        ops::synchronize(d);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << c.name << " on " << d.str() << ": " << e.what();
+        continue;
+      }
+      ASSERT_EQ(got.size(), want.size()) << c.name;
+      for (size_t i = 0; i < got.size(); ++i) {
+        const bool on_host = std::find(c.host_outputs.begin(), c.host_outputs.end(), i) != c.host_outputs.end();
+        EXPECT_EQ(got[i].device(), on_host ? Device::cpu() : d) << c.name << ": output " << i;
+        const std::string what = fmt::format("{} on {}{}", c.name, d.str(), got.size() > 1 ? fmt::format(" (output {})", i) : "");
+        compare(got[i], want[i], c, what);
+      }
+    }
+    if (perf_mode()) time_case(c, args, d);
+  }
+  if (ran == 0) GTEST_SKIP() << refused;
+}
+
+INSTANTIATE_TEST_SUITE_P(BackendOps, Case, ::testing::ValuesIn(case_pointers()),
+                         [](const ::testing::TestParamInfo<const OpCase*>& info) { return info.param->test_name; });
+
+// Adding an op to the list without a case here fails this test.
+TEST(BackendOps, EveryOpHasACase) {
+  std::map<Op, int> count;
+  for (const OpCase& c : all_cases())
+    if (!c.perf_only) ++count[c.op];
+  for (Op op : all_ops()) EXPECT_GT(count[op], 0) << "op '" << op_name(op) << "' of ops/op_list.h has no case here";
+  std::string summary;
+  for (Op op : all_ops()) summary += fmt::format(" {} {}", op_name(op), count[op]);
+  const size_t perf_only = std::count_if(all_cases().begin(), all_cases().end(), [](const OpCase& c) { return c.perf_only; });
+  std::printf("[ cases ] %zu, and %zu perf-only:%s\n", all_cases().size() - perf_only, perf_only, summary.c_str());
+}
+
+// Each case has a name of its own (the test names come from them) and an error bound.
+TEST(BackendOps, CasesAreWellFormed) {
+  std::set<std::string> names;
+  for (const OpCase& c : all_cases()) {
+    EXPECT_TRUE(names.insert(c.name).second) << "two cases named " << c.name;
+    EXPECT_TRUE(c.bound.rel_l2 >= 0 || c.bound.max_abs >= 0) << c.name << " has no error bound";
+    EXPECT_FALSE(c.bound.why.empty()) << c.name << ": say why the bound is what it is";
+    EXPECT_TRUE(c.inputs && c.run) << c.name;
+  }
+}

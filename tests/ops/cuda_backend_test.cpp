@@ -1,0 +1,437 @@
+// What is particular to the CUDA backend and is not one op's values against the CPU (those are
+// all in tests/ops/backend_ops_test.cpp): host round trips of every dtype, fills the CPU cannot
+// do, refusals, the layouts of outputs, which attention implementation runs and that the kernel
+// choice and TF32 belong to the execution context, the im2col convolution fallback, and
+// matmul_float32_out. Skipped when no CUDA device is usable.
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "ops/backend.h"
+#include "ops/ops.h"
+#include "support/gpu.h"
+#include "support/parity.h"
+#ifdef VGEN_WITH_CUDA
+#include "backends/cuda/attention.h"
+#include "backends/cuda/cuda_backend.h"
+#endif
+
+using namespace vgen;
+using vgen::testing::kGpu;
+using vgen::testing::rel_l2;
+using vgen::testing::ScopedContext;
+using vgen::testing::with_attention;
+using vgen::testing::with_tf32;
+
+namespace {
+
+const DType kAllDtypes[] = {DType::F32,  DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2,
+                            DType::F64,  DType::I64, DType::I32,  DType::U8,      DType::BOOL};
+
+uint64_t g_seed = 7000;
+
+// Standard normal values (times `scale`) in `dtype`, on the CPU; a fresh seed each call.
+Tensor rnd(const Shape& shape, DType dtype = DType::F32, float scale = 1.0f) {
+  Tensor t = randn(shape, ++g_seed);
+  if (scale != 1.0f) t = ops::scale(t, scale);
+  return t.to(dtype);
+}
+
+// Random bytes viewed as `dtype` (every bit pattern, NaNs included), on the CPU.
+Tensor random_bytes(const Shape& shape, DType dtype) {
+  const size_t n = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  auto buf = std::make_shared<std::vector<uint8_t>>(n);
+  std::mt19937_64 gen(++g_seed);
+  for (auto& b : *buf) b = static_cast<uint8_t>(gen());
+  if (dtype == DType::BOOL)
+    for (auto& b : *buf) b &= 1;
+  return Tensor::from_blob(buf->data(), shape, dtype, Device::cpu(), buf).clone();
+}
+
+Tensor gpu(const Tensor& t) { return t.defined() ? t.to(kGpu) : t; }
+Tensor host(const Tensor& t) { return t.to(Device::cpu()); }
+Tensor f32(const Tensor& t) { return t.defined() ? t.to(DType::F32) : t; }
+
+// The bytes of t (contiguous, on the CPU).
+std::vector<uint8_t> bytes(const Tensor& t) {
+  const Tensor c = host(t).contiguous();
+  const auto* p = static_cast<const uint8_t*>(c.raw_data());
+  return std::vector<uint8_t>(p, p + c.nbytes());
+}
+
+void expect_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
+  ASSERT_TRUE(got.device().is_cuda()) << what;
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  const double err = rel_l2(got, want);
+  EXPECT_FALSE(std::isnan(err)) << what << ": unwritten (NaN) elements";
+  EXPECT_LT(err, tol) << what << " (" << got.str() << ")";
+}
+
+// Fills freed device memory with NaN so that outputs allocated next start poisoned.
+void poison_pool(int64_t nbytes) {
+  for (int i = 0; i < 3; ++i) Tensor::full({nbytes / 4 + 64 * i + 1}, NAN, DType::F32, kGpu);
+}
+
+// A CPU tensor filled by the CPU backend (which refuses F8 targets: zero bytes there).
+Tensor cpu_filled(const Shape& shape, DType dt, float value) {
+  Tensor t = Tensor::empty(shape, dt);
+  if (dt == DType::F8_E4M3 || dt == DType::F8_E5M2) std::memset(t.raw_data(), 0, t.nbytes());
+  else cpu::cpu_backend().fill(t, value);
+  return t;
+}
+
+// [B, S, H, D] memory seen as [B, H, S, D], as the models pass q/k/v to attention.
+Tensor bshd_view(const Tensor& bshd) { return bshd.permute({0, 2, 1, 3}); }
+
+// Shows the backends' debug lines (which cuDNN graphs were rejected and why) while alive.
+struct DebugLog {
+  spdlog::level::level_enum saved = spdlog::get_level();
+  DebugLog() { spdlog::set_level(spdlog::level::debug); }
+  ~DebugLog() { spdlog::set_level(saved); }
+};
+
+}  // namespace
+
+// ---- Copies and fills ------------------------------------------------------------------------
+
+TEST(CudaBackend, HostRoundTripOfEveryDtypeIsBitExact) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : kAllDtypes) {
+    const std::string what(dtype_name(dt));
+    const Tensor src = random_bytes({3, 37, 5}, dt);
+    const Tensor dev = src.to(kGpu);
+    EXPECT_EQ(bytes(dev), bytes(src)) << what;
+    // Device -> device (same dtype, contiguous) and back.
+    EXPECT_EQ(bytes(dev.clone()), bytes(src)) << what << " clone";
+    // A strided host source and a strided device destination.
+    const Tensor view = src.permute({2, 0, 1}).narrow(1, 1, 2);
+    EXPECT_EQ(bytes(view.to(kGpu)), bytes(view)) << what << " strided upload";
+    Tensor dst_dev = random_bytes({5, 4, 40}, dt).to(kGpu);
+    Tensor dst_cpu = host(dst_dev);
+    dst_dev.narrow(1, 1, 2).narrow(2, 3, 37).copy_(view);
+    dst_cpu.narrow(1, 1, 2).narrow(2, 3, 37).copy_(view);
+    EXPECT_EQ(bytes(dst_dev), bytes(dst_cpu)) << what << " strided upload into a strided device view";
+    // A strided device source into a strided host destination.
+    Tensor out_cpu = random_bytes({37, 3, 7}, dt);
+    Tensor want = out_cpu.clone();
+    out_cpu.narrow(2, 2, 5).copy_(dev.permute({1, 0, 2}));
+    want.narrow(2, 2, 5).copy_(src.permute({1, 0, 2}));
+    EXPECT_EQ(bytes(out_cpu), bytes(want)) << what << " strided download into a strided host view";
+  }
+}
+
+// Conversions to F8 are refused, as on the CPU.
+TEST(CudaBackend, ConversionsToF8AreRefused) {
+  SKIP_WITHOUT_GPU();
+  for (DType sd : kAllDtypes) {
+    if (sd == DType::F8_E4M3) continue;
+    const Tensor src = random_bytes({4, 6, 11}, sd).to(kGpu);
+    EXPECT_THROW(src.to(DType::F8_E4M3), Error) << dtype_name(sd);
+  }
+}
+
+// Fills the CPU reference cannot run (it fills contiguous tensors only, and no F8): strided
+// views (the rest must stay untouched) and F8 zeros; F8 fills of other values are refused.
+TEST(CudaBackend, FillsOfStridedViewsAndF8) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : kAllDtypes) {
+    const bool f8 = dt == DType::F8_E4M3 || dt == DType::F8_E5M2;
+    for (float value : {0.0f, 2.75f, -1.5f}) {
+      if (f8 && value != 0.0f) {
+        EXPECT_THROW(Tensor::full({3}, value, dt, kGpu), Error);
+        continue;
+      }
+      const std::string what = fmt::format("{} {}", dtype_name(dt), value);
+      if (f8) {
+        for (int64_t n : {1, 7, 64, 1001})
+          EXPECT_EQ(bytes(Tensor::full({n}, value, dt, kGpu)), bytes(cpu_filled({n}, dt, value))) << what << " n=" << n;
+      }
+      const Tensor base = random_bytes({6, 9, 5}, dt);
+      Tensor g = base.to(kGpu);
+      Tensor c = base.clone();
+      backend_for(kGpu).fill(g.narrow(1, 2, 5).transpose(0, 2), value);
+      c.narrow(1, 2, 5).transpose(0, 2).copy_(cpu_filled({5, 5, 6}, dt, value));
+      EXPECT_EQ(bytes(g), bytes(c)) << what << " strided";
+      if (f8) {
+        Tensor g2 = base.to(kGpu);
+        Tensor c2 = base.clone();
+        backend_for(kGpu).fill(g2.view({270}).narrow(0, 1, 263), value);
+        c2.view({270}).narrow(0, 1, 263).copy_(cpu_filled({263}, dt, value));
+        EXPECT_EQ(bytes(g2), bytes(c2)) << what << " offset";
+      }
+    }
+  }
+}
+
+// ---- Refusals ----------------------------------------------------------------------------------
+
+// Ids out of the vocabulary are refused on the device as on the CPU.
+TEST(CudaBackend, EmbeddingChecksIds) {
+  SKIP_WITHOUT_GPU();
+  const Tensor table = gpu(rnd({10, 8}));
+  EXPECT_THROW(ops::embedding(Tensor::from_vector_i64({1, 10}, {2}).to(kGpu), table), Error);
+  EXPECT_THROW(ops::embedding(Tensor::from_vector_i64({-1}, {1}).to(kGpu), table), Error);
+}
+
+// ---- Layouts of outputs ------------------------------------------------------------------------
+
+// Ops on channels-last 3-D inputs (the VAE's layout on a GPU) give channels-last outputs; their
+// values are held to the CPU by the table (backend_ops_test.cpp, the "channels-last" cases).
+TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const std::string name(dtype_name(dt));
+    const Tensor ga = gpu(rnd({2, 16, 3, 5, 7}, dt)).to_channels_last_3d();
+    const Tensor gb = gpu(rnd({2, 16, 3, 5, 7}, dt)).to_channels_last_3d();
+    const Tensor plain = gpu(rnd({2, 16, 3, 5, 7}, dt));
+    EXPECT_TRUE(ops::silu(ga).is_channels_last_3d()) << name << " silu";
+    EXPECT_TRUE(ops::add(ga, gb).is_channels_last_3d()) << name << " add";
+    EXPECT_TRUE(ops::add(plain, gb).is_channels_last_3d()) << name << " add, NCDHW + channels-last";
+    EXPECT_TRUE(ops::axpby(0.5f, ga, -2.0f, gb).is_channels_last_3d()) << name << " axpby";
+    EXPECT_TRUE(ops::cat({ga.narrow(2, 1, 2), ga}, 2).is_channels_last_3d()) << name << " cat";
+    // Channel norms (with and without the fused SiLU) keep the layout they are given.
+    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8},
+                                                 {1, 5, 2, 3, 7},
+                                                 {1, 384, 2, 6, 10},
+                                                 {1, 96, 1, 4, 4},
+                                                 {1, 96, 1, 3, 3},
+                                                 {1, 192, 1, 5, 1},
+                                                 {1, 1040, 1, 2, 3}}) {
+      for (bool bias : {false, true}) {
+        for (Activation act : {Activation::None, Activation::Silu}) {
+          for (bool channels_last : {false, true}) {
+            const int64_t C = shape[1];
+            Tensor x = gpu(rnd(shape, dt));
+            if (channels_last) x = x.to_channels_last_3d();
+            const Tensor y =
+                ops::channel_rms_norm(x, gpu(rnd({C, 1, 1, 1}, dt)), bias ? gpu(rnd({C})) : Tensor(), act);
+            EXPECT_EQ(y.is_channels_last_3d(), channels_last) << name << " channel_rms_norm " << shape_str(shape);
+          }
+        }
+      }
+    }
+    // Convolutions: the output is laid out as the input (a 1-channel output is both).
+    struct Conv {
+      Shape x, w;
+      std::array<int64_t, 3> stride, padding;
+      int64_t before;
+    };
+    for (const Conv& c : std::vector<Conv>{{{2, 16, 4, 9, 11}, {24, 16, 3, 3, 3}, {1, 1, 1}, {1, 1, 1}, -1},
+                                           {{1, 32, 5, 12, 10}, {32, 32, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2},
+                                           {{1, 16, 3, 8, 8}, {8, 16, 1, 3, 3}, {1, 1, 1}, {0, 1, 1}, -1},
+                                           {{1, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2},
+                                           {{1, 16, 2, 6, 6}, {32, 16, 1, 1, 1}, {1, 1, 1}, {0, 0, 0}, -1},
+                                           {{1, 3, 3, 9, 7}, {8, 3, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2},
+                                           {{1, 16, 5, 12, 10}, {32, 16, 3, 3, 3}, {1, 2, 2}, {0, 1, 1}, 2},
+                                           {{2, 24, 3, 8, 8}, {3, 24, 3, 3, 3}, {1, 1, 1}, {0, 1, 1}, 2}}) {
+      Conv3dParams p;
+      p.stride = c.stride;
+      p.padding = c.padding;
+      p.time_padding_before = c.before;
+      const Tensor x = gpu(rnd(c.x, dt)), w = gpu(rnd(c.w, dt, 0.2f)), b = gpu(rnd({c.w[0]}, dt));
+      const std::string what = name + " conv3d " + shape_str(c.x) + " * " + shape_str(c.w);
+      EXPECT_TRUE(ops::conv3d(x.to_channels_last_3d(), w, b, p).is_channels_last_3d()) << what;
+      EXPECT_TRUE(ops::conv3d(x, w, b, p).is_contiguous()) << what << " NCDHW";
+    }
+  }
+  // Upsampling, several word widths (C * element size; the 1-channel case is both layouts).
+  // (U8 would cover 1-byte words, but the CUDA backend's supports() refuses it now.)
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (const Shape& shape : std::vector<Shape>{{2, 96, 2, 5, 7}, {1, 3, 3, 4, 6}, {1, 2, 1, 3, 3}}) {
+      const Tensor x = gpu(rnd(shape, DType::F32, 10.0f)).to(dt).to_channels_last_3d();
+      EXPECT_TRUE(ops::upsample_nearest2x(x).is_channels_last_3d()) << dtype_name(dt) << " " << shape_str(shape);
+    }
+  }
+}
+
+#ifdef VGEN_WITH_CUDA
+
+// Attention returns [B, H, Sq, D] as a view of [B, Sq, H, D] memory (what the output
+// projection reads); the fused RMSNorm + RoPE returns contiguous [B, S, H, D].
+TEST(CudaBackend, AttentionAndRmsNormRopeOutputLayouts) {
+  SKIP_WITHOUT_GPU();
+  // The cuDNN, math and reference paths, with and without a bias.
+  for (const std::string& kernel : {"cudnn", "reference"}) {
+    const ScopedContext context(kGpu, with_attention(kernel));
+    for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
+      for (int64_t D : {128, 64, 384, 20}) {
+        for (bool bias : {false, true}) {
+          const Tensor q = bshd_view(gpu(rnd({2, 77, 3, D}, dt))), k = bshd_view(gpu(rnd({2, 50, 3, D}, dt)));
+          const Tensor b = bias ? gpu(rnd({2, 1, 1, 50}, dt)) : Tensor();
+          const Tensor out = ops::attention(q, k, k, b, 0.1f);
+          EXPECT_TRUE(out.permute({0, 2, 1, 3}).is_contiguous())
+              << kernel << " " << dtype_name(dt) << " D" << D << (bias ? " bias" : "") << ": path "
+              << cuda::attention_path(q, k, k, b, 0.1f);
+        }
+      }
+    }
+  }
+  // Slices of a fused projection (both parts) and a permuted input.
+  for (DType dt : {DType::BF16, DType::F32}) {
+    const Tensor qkv = gpu(rnd({2, 37, 3 * 12 * 128}, dt));
+    for (int64_t part : {0, 1}) {
+      const Tensor x = qkv.view({2, 37, 3, 12, 128}).select(2, part);
+      const Tensor y =
+          ops::rms_norm_rope(x, gpu(rnd({12 * 128}, dt)), 1e-6f, gpu(rnd({37, 128})), gpu(rnd({37, 128})));
+      EXPECT_TRUE(y.is_contiguous()) << dtype_name(dt) << " part " << part;
+    }
+    const Tensor p = bshd_view(gpu(rnd({2, 4, 7, 16}, dt)));
+    EXPECT_TRUE(ops::rms_norm_rope(p, gpu(rnd({4 * 16}, dt)), 1e-6f, gpu(rnd({7, 16})), gpu(rnd({7, 16}))).is_contiguous())
+        << dtype_name(dt) << " permuted";
+  }
+}
+
+// ---- Attention: which implementation runs ------------------------------------------------------
+
+// Each execution context keeps its own kernel choice: two alive at once do not affect each
+// other, and an unknown name is refused when the context is made.
+TEST(CudaBackend, KernelChoiceBelongsToTheContext) {
+  SKIP_WITHOUT_GPU();
+  ExecutionContext reference(kGpu, with_attention("reference"));
+  ExecutionContext cudnn(kGpu, with_attention("cudnn"));
+  const Tensor q = bshd_view(Tensor::empty({1, 64, 2, 128}, DType::BF16, kGpu));
+  for (int round = 0; round < 2; ++round) {
+    {
+      const ContextScope scope(reference);
+      EXPECT_EQ(cuda::attention_backend(), "reference");
+      EXPECT_EQ(cuda::attention_path(q, q, q, {}), "reference");
+    }
+    {
+      const ContextScope scope(cudnn);
+      EXPECT_EQ(cuda::attention_backend(), "cudnn");
+      EXPECT_EQ(cuda::attention_path(q, q, q, {}), "cudnn");
+    }
+  }
+  EXPECT_THROW(ExecutionContext(kGpu, with_attention("flash9")), Error);
+}
+
+// 16-bit self and cross attention without a bias is cuDNN's (no fallback to the reference).
+TEST(CudaBackend, CudnnTakesSixteenBitAttention) {
+  SKIP_WITHOUT_GPU();
+  const ScopedContext context(kGpu, with_attention("cudnn"));
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (const auto& s : std::vector<std::array<int64_t, 5>>{
+             {2, 3, 1000, 1000, 128}, {1, 4, 999, 512, 128}, {2, 2, 1000, 512, 64}, {1, 2, 77, 333, 64}, {1, 2, 200, 300, 128}}) {
+      const Tensor q = bshd_view(Tensor::empty({s[0], s[2], s[1], s[4]}, dt, kGpu));
+      const Tensor k = bshd_view(Tensor::empty({s[0], s[3], s[1], s[4]}, dt, kGpu));
+      EXPECT_EQ(cuda::attention_path(q, k, k, {}), "cudnn")
+          << dtype_name(dt) << " B" << s[0] << " H" << s[1] << " Sq" << s[2] << " Sk" << s[3] << " D" << s[4];
+    }
+  }
+}
+
+// 16-bit attention cuDNN does not take (head dims above 256 as in the Wan VAE's mid block,
+// head dims not a multiple of 8) goes to the tensor-core math path by itself; float32 keeps
+// the exact reference.
+TEST(CudaBackend, MathPathForWhatCudnnRefuses) {
+  SKIP_WITHOUT_GPU();
+  const ScopedContext context(kGpu, with_attention("cudnn"));
+  for (DType dt : {DType::BF16, DType::F16}) {
+    for (const auto& s : std::vector<std::array<int64_t, 5>>{{1, 1, 780, 780, 384}, {1, 2, 100, 90, 20}}) {
+      const Tensor q = bshd_view(Tensor::empty({s[0], s[2], s[1], s[4]}, dt, kGpu));
+      const Tensor k = bshd_view(Tensor::empty({s[0], s[3], s[1], s[4]}, dt, kGpu));
+      EXPECT_EQ(cuda::attention_path(q, k, k, {}), "math") << dtype_name(dt) << " D" << s[4];
+    }
+  }
+  const Tensor q = Tensor::empty({1, 1, 64, 384}, DType::F32, kGpu);
+  EXPECT_EQ(cuda::attention_path(q, q, q, {}), "reference");
+}
+
+// ---- TF32 belongs to the context -------------------------------------------------------------
+
+// Two contexts alive at once, one with TF32 and one without, used in turns: the one without
+// stays exact float32 (1e-5 against the CPU), the one with TF32 within TF32 rounding (5e-3).
+TEST(CudaBackend, Tf32BelongsToTheContext) {
+  SKIP_WITHOUT_GPU();
+  const Tensor x = rnd({1, 32, 4, 12, 10}), w = rnd({32, 32, 3, 3, 3}, DType::F32, 0.2f), b = rnd({32});
+  Conv3dParams p;
+  p.padding = {0, 1, 1};
+  p.time_padding_before = 2;
+  const Tensor want = ops::conv3d(x, w, b, p);  // CPU
+  ExecutionContext exact(kGpu, with_tf32(false));
+  ExecutionContext fast(kGpu, with_tf32(true));
+  for (int round = 0; round < 2; ++round) {
+    {
+      const ContextScope scope(exact);
+      expect_close(ops::conv3d(gpu(x), gpu(w), gpu(b), p), want, 1e-5, fmt::format("tf32 off, round {}", round));
+    }
+    {
+      const ContextScope scope(fast);
+      expect_close(ops::conv3d(gpu(x), gpu(w), gpu(b), p), want, 5e-3, fmt::format("tf32 on, round {}", round));
+    }
+  }
+}
+
+// ---- The im2col convolution fallback ---------------------------------------------------------
+
+namespace {
+
+void check_im2col(const Shape& xs, const Shape& ws, bool with_bias, const Conv3dParams& p, DType dt,
+                  const std::string& what, bool strided_x = false) {
+  // strided_x: x is frames [1, T+1) of a longer clip (a non-contiguous view).
+  Shape big = xs;
+  if (strided_x) big[2] += 2;
+  const Tensor xb = rnd(big, dt), w = rnd(ws, dt, 0.2f), b = with_bias ? rnd({ws[0]}, dt) : Tensor();
+  const Tensor x = strided_x ? xb.narrow(2, 1, xs[2]) : xb;
+  const Tensor want = ops::conv3d(x, w, b, p);  // CPU
+  const Tensor gx = strided_x ? gpu(xb).narrow(2, 1, xs[2]) : gpu(xb);
+  poison_pool(want.numel() * 4);
+  const Tensor got = ops::conv3d(gx, gpu(w), gpu(b), p);
+  EXPECT_EQ(got.dtype(), dt) << what;
+  EXPECT_TRUE(got.is_contiguous()) << what;
+  // TF32 is off in the scope: true float32.
+  expect_close(got, want, dt == DType::F32 ? 1e-5 : 1e-2, std::string(dtype_name(dt)) + " " + what);
+}
+
+Conv3dParams params(std::array<int64_t, 3> stride, std::array<int64_t, 3> padding, int64_t before = -1) {
+  Conv3dParams p;
+  p.stride = stride;
+  p.padding = padding;
+  p.time_padding_before = before;
+  return p;
+}
+
+}  // namespace
+
+TEST(CudaBackend, Im2colFallbackMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const ScopedContext exact(kGpu, with_tf32(false));
+  const DebugLog debug;
+  ASSERT_EQ(setenv("VGEN_CONV_IM2COL", "1", 1), 0);
+  for (DType dt : {DType::F32, DType::BF16}) {
+    check_im2col({2, 5, 4, 9, 11}, {7, 5, 3, 3, 3}, true, params({1, 1, 1}, {1, 1, 1}), dt, "im2col 3x3x3 same");
+    check_im2col({1, 6, 5, 12, 10}, {8, 6, 3, 3, 3}, true, params({2, 2, 2}, {0, 1, 1}, 2), dt,
+                 "im2col causal, stride 2", true);
+    check_im2col({1, 4, 6, 7, 9}, {5, 4, 3, 1, 1}, false, params({2, 1, 1}, {1, 0, 0}, 0), dt,
+                 "im2col time stride 2, padding after only", true);
+    check_im2col({1, 4, 3, 7, 9}, {6, 4, 1, 2, 3}, true, params({1, 3, 2}, {0, 1, 2}), dt, "im2col odd kernel");
+  }
+  unsetenv("VGEN_CONV_IM2COL");
+}
+
+// ---- matmul_float32_out ------------------------------------------------------------------------
+
+// 16-bit operands with the float32 product kept: float32 rounding of exact products.
+TEST(CudaBackend, MatmulFloat32OutKeepsTheProduct) {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::BF16, DType::F16}) {
+    const Tensor a = rnd({3, 37, 129}, dt), b = rnd({3, 129, 61}, dt);
+    const Tensor want = ops::matmul(f32(a), f32(b));
+    const Tensor got = cuda::matmul_float32_out(gpu(a), gpu(b).transpose(-1, -2).contiguous().transpose(-1, -2));
+    EXPECT_EQ(got.dtype(), DType::F32);
+    expect_close(got, want, 1e-6, std::string(dtype_name(dt)) + " matmul_float32_out");
+  }
+}
+
+#endif  // VGEN_WITH_CUDA
