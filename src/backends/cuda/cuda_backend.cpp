@@ -161,8 +161,22 @@ CudaBackend::~CudaBackend() {
 }
 
 bool CudaBackend::supports(Op op, DType dtype) const {
-  if (op == Op::copy || op == Op::fill) return true;
-  return is_kernel_float(dtype);
+  switch (op) {
+    // Moves of raw elements (any dtype), and elementwise ops and reductions that read other
+    // dtypes as float32, as the CPU does.
+    case Op::copy:
+    case Op::fill:
+    case Op::embedding:
+    case Op::upsample_nearest2x:
+    case Op::binary:
+    case Op::unary:
+    case Op::axpby:
+    case Op::sum_abs:
+      return true;
+    // Matrix products, norms, attention, convolution: F32, BF16, F16 kernels only.
+    default:
+      return is_kernel_float(dtype);
+  }
 }
 
 void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }

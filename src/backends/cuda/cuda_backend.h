@@ -44,7 +44,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   std::string name() const override { return "cuda"; }
-  // Copies and fills take every dtype; the other ops F32, BF16 and F16.
+  // Copies, fills, embedding, upsampling and the elementwise ops take every dtype (reading
+  // non-float inputs as float32); the matrix, norm, attention and convolution ops F32, BF16, F16.
   bool supports(Op op, DType dtype) const override;
 
   // Each op makes this backend the active one on the calling thread, then runs CudaOps'.
