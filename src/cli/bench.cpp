@@ -80,7 +80,7 @@ int run_bench(const BenchArgs& a) {
     const double s = median_seconds([&] { (void)ops::attention(q, k, v, {}, scale); }, device, a.warmup, a.iters);
     const double flops = 4.0 * a.heads * double(a.seq) * double(a.seq) * a.head_dim;
     out.update({{"S", a.seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
-                {"backend", context->settings().attention_backend}});
+                {"backend", backend_for(device).attention_kernel()}});
   } else if (a.what == "transformer" || a.what == "vae") {
     ComponentBenchOptions co;
     co.pipeline = options;
@@ -102,7 +102,7 @@ int run_bench(const BenchArgs& a) {
                   {"conv_autotune", bench.context->settings().conv_autotune}});
     } else {
       const double s = median_seconds(bench.run, device, a.warmup, a.iters);
-      out.update({{"s", s}, {"peak_gib", peak_gib(device)}, {"attention", bench.context->settings().attention_backend}});
+      out.update({{"s", s}, {"peak_gib", peak_gib(device)}, {"attention", backend_for(device).attention_kernel()}});
     }
     out.update(bench.after());
   } else if (a.what == "pipeline") {

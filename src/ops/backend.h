@@ -95,6 +95,10 @@ class Backend : public DeviceRuntime {
   VGEN_OP_LIST(VGEN_OP_VIRTUAL)
 #undef VGEN_OP_VIRTUAL
 
+  // The attention kernel this backend runs for the context's choice ("auto" resolved), for
+  // reports: "cpu", "cudnn", "reference".
+  virtual std::string attention_kernel() const { return name(); }
+
   // Records the device work that `work` queues, without running it, for replay as one launch
   // (a CUDA graph). Throws when this backend cannot capture (the default), or when `work`
   // does what a recording cannot hold: a host synchronization or transfer, or memory

@@ -22,6 +22,7 @@ class ProfilingBackend final : public Backend {
   bool supports(Op op, DType dtype) const override { return inner_->supports(op, dtype); }
   void activate() override { inner_->activate(); }
   DeviceRuntime& underlying() override { return inner_->underlying(); }
+  std::string attention_kernel() const override { return inner_->attention_kernel(); }
 
   // Every op of the list, timed under its name; copies apart by direction (host transfers,
   // weight uploads while loading and results read back, are not device work).

@@ -45,8 +45,8 @@ namespace fe = cudnn_frontend;
 
 enum Choice : int { kCudnn = 0, kReference = 1 };
 
-// The active context's ExecutionSettings::attention_backend ("auto" is cuDNN).
-int choice() { return active().settings().attention_backend == "reference" ? kReference : kCudnn; }
+// The active context's choice (CudaBackend::attention_kernel: "auto" is cuDNN).
+int choice() { return active().attention_kernel() == "reference" ? kReference : kCudnn; }
 
 // ---- cuDNN SDPA -----------------------------------------------------------------------------
 

@@ -179,6 +179,10 @@ bool CudaBackend::supports(Op op, DType dtype) const {
   }
 }
 
+std::string CudaBackend::attention_kernel() const {
+  return settings_.attention_backend == "reference" ? "reference" : "cudnn";
+}
+
 void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }
 
 void check(cudaError_t err, const char* what) {

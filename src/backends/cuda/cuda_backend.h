@@ -59,6 +59,7 @@ class CudaBackend final : public Backend {
 
   void synchronize() override;
   void activate() override;
+  std::string attention_kernel() const override;
   // A CUDA graph of the work (stream capture on this backend's stream, this thread only).
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
 
