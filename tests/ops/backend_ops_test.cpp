@@ -547,8 +547,8 @@ void linear_cases(Cases& cs) {
     // One output element: a relative error of one element is not a fair measure when it lands
     // near zero, so 16-bit is held to an absolute bound instead. cuBLASLt's fused epilogue (like
     // PyTorch's linear followed by the activation) rounds the pre-activation s = x.w + b (std ~3
-    // here, |s| < 8) to 16 bits before the activation (slope at most 1.13): half an ulp of 2^-4
-    // (bf16 in [4, 8)) times 1.13, under 2e-2.
+    // here, |s| < 8) to 16 bits before the activation (slope at most 1.13): half an ulp (2^-5
+    // for bf16 in [4, 8)) times 1.13, under 2e-2.
     linear_cases(cs, "1x1", d, {1, 1, 8}, [d](Gen& g) { return in(g.normal({1, 1, 8}, d)); }, 1, d, 1.0f, true,
                  d == DType::F32 ? by_dtype(d)
                                  : Bound{-1, 2e-2, "one element; 16-bit rounding of the pre-activation (|s| < 8) "
