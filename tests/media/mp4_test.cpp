@@ -163,7 +163,7 @@ TEST(Mp4, FromVaeOutput) {
   const std::string dir = fresh_dir("mp4_vae");
   const Tensor video = vgen::testing::reference("wan21_t2v_tiny_ref/vae.safetensors").get("video");
   const Tensor frames = video_to_uint8_frames(video);
-  write_mp4(dir + "/wan.mp4", frames);
+  write_mp4(dir + "/wan.mp4", frames, {.fps = 16});
   const nlohmann::json stream = probe(dir + "/wan.mp4")["streams"][0];
   EXPECT_EQ(stream["nb_read_frames"], std::to_string(video.size(2)));
   EXPECT_EQ(stream["width"], video.size(4));
@@ -176,10 +176,10 @@ TEST(Mp4, SingleFrameAndStridedInput) {
   // Frames taken from a [H, W, F, 3] layout: a non-contiguous view.
   const Tensor frames = moving_gradient(3, 16, 24).permute({1, 2, 0, 3}).contiguous().permute({2, 0, 1, 3});
   ASSERT_FALSE(frames.is_contiguous());
-  write_mp4(dir + "/v.mp4", frames);
+  write_mp4(dir + "/v.mp4", frames, {.fps = 16});
   EXPECT_EQ(probe(dir + "/v.mp4")["streams"][0]["nb_read_frames"], "3");
-  EXPECT_EQ(read_file(dir + "/v.mp4"), encode_mp4(frames.contiguous()));
-  write_mp4(dir + "/one.mp4", frames.narrow(0, 1, 1));
+  EXPECT_EQ(read_file(dir + "/v.mp4"), encode_mp4(frames.contiguous(), {.fps = 16}));
+  write_mp4(dir + "/one.mp4", frames.narrow(0, 1, 1), {.fps = 16});
   EXPECT_EQ(probe(dir + "/one.mp4")["streams"][0]["nb_read_frames"], "1");
 }
 
@@ -226,11 +226,11 @@ TEST(Mp4, ExistingFileIsReplacedAtomically) {
   const std::string path = dir + "/clip.mp4";
   std::ofstream(path) << "old contents";
   // A failing write keeps the old file untouched.
-  EXPECT_THROW(write_mp4(path, moving_gradient(2, 32, 47), {}), Error);
+  EXPECT_THROW(write_mp4(path, moving_gradient(2, 32, 47), {.fps = 16}), Error);
   std::ifstream in(path);
   std::string old((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(old, "old contents");
-  write_mp4(path, moving_gradient(4, 32, 48));
+  write_mp4(path, moving_gradient(4, 32, 48), {.fps = 16});
   EXPECT_EQ(probe(path)["streams"][0]["nb_read_frames"], "4");
   EXPECT_EQ(listing(dir), std::vector<std::string>{"clip.mp4"});
 }
