@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
+#include "core/allocator.h"
 #include "media/image.h"
 #include "media/mp4.h"
 #include "media/temp_file.h"
@@ -12,31 +14,75 @@
 
 namespace vgen::serving {
 
+namespace {
+
+// The thumbnail is optional: WebP (FFmpeg's libraries) when it can be encoded, else PNG, else
+// none. Never fails the job; the content route serves whichever file exists.
+void write_thumbnail(const ServerState& state, const std::string& id, const Tensor& frame) {
+  for (const media::ImageFormat format : {media::ImageFormat::WEBP, media::ImageFormat::PNG}) {
+    const std::string path = state.media.thumbnail_path(id, format);
+    try {
+      media::write_file_atomic(path, media::encode_image(frame, format));
+      return;
+    } catch (const std::exception& e) {
+      spdlog::warn("{}: thumbnail {} not written: {}", id, path.substr(path.rfind('.') + 1), e.what());
+    }
+  }
+  spdlog::warn("{}: no thumbnail; the video itself is complete", id);
+}
+
+// Marks the job failed; set_failed keeps the failure in memory when the database cannot take it.
+void fail_job(ServerState& state, const std::string& id, const std::string& message,
+              std::chrono::steady_clock::time_point t0) {
+  state.store->set_failed(id, "generation_failed", message, unix_now());
+  state.media.remove_media(id);
+  state.metrics.count_generation("video", "failed", seconds_since(t0));
+  spdlog::error("{}: failed: {}", id, message);
+}
+
+}  // namespace
+
 GenerationOutput generate(ServerState& state, const ResolvedParams& params, const std::atomic<bool>& cancelled,
                           const std::function<void(const StepProgress&)>& on_step) {
-  return state.model.pipeline->generate(params, [&](const StepProgress& p) {
+  Allocator& memory = allocator_for(state.model.device);
+  memory.reset_peak();
+  GenerationOutput out = state.model.pipeline->generate(params, [&](const StepProgress& p) {
     state.metrics.observe_step(p.step_seconds);
     if (on_step) on_step(p);
     return !cancelled.load();
   });
+  state.metrics.observe_generation_memory(memory.peak_bytes());
+  return out;
 }
 
 void run_video_job(ServerState& state, const std::string& id, const VideoPlan& plan, const std::atomic<bool>& cancelled) {
-  if (!state.store->set_in_progress(id)) return;  // deleted while queued
   const auto t0 = std::chrono::steady_clock::now();
+  // Every path below ends in a final state (completed, failed, or deleted by its client):
+  // a store error is a failed job, never one left queued or in progress.
+  try {
+    if (!state.store->set_in_progress(id)) return;  // deleted while queued
+  } catch (const std::exception& e) {
+    fail_job(state, id, e.what(), t0);
+    return;
+  }
   spdlog::info("{}: started ({} {}x{}x{}, {} steps)", id, state.model.info.id, plan.resolved.width,
                plan.resolved.height, plan.resolved.num_frames, plan.resolved.num_inference_steps);
+  bool progress_warned = false;
   try {
     GenerationOutput out = generate(state, plan.resolved, cancelled, [&](const StepProgress& p) {
-      // 100 means "done", which includes encoding: denoising goes up to 99.
-      state.store->set_progress(id, std::min(99, p.total > 0 ? 100 * p.step / p.total : 0));
+      // 100 means "done", which includes encoding: denoising goes up to 99. Progress is
+      // advisory: a failed write of it does not stop the generation.
+      try {
+        state.store->set_progress(id, std::min(99, p.total > 0 ? 100 * p.step / p.total : 0));
+      } catch (const std::exception& e) {
+        if (!std::exchange(progress_warned, true)) spdlog::warn("{}: progress not stored: {}", id, e.what());
+      }
     });
     if (cancelled) throw Cancelled();
     media::VideoEncodeOptions encode;
     encode.fps = plan.fps;
     media::write_mp4(state.media.video_path(id), out.frames, encode);
-    media::write_file_atomic(state.media.thumbnail_path(id),
-                             media::encode_image(out.frames.select(0, 0), media::ImageFormat::WEBP));
+    write_thumbnail(state, id, out.frames.select(0, 0));
     if (!state.store->set_completed(id, unix_now())) {
       state.media.remove_media(id);  // deleted while it was being written
       return;
@@ -51,9 +97,7 @@ void run_video_job(ServerState& state, const std::string& id, const VideoPlan& p
       spdlog::info("{}: cancelled", id);
       return;
     }
-    state.store->set_failed(id, "generation_failed", e.what(), unix_now());
-    state.metrics.count_generation("video", "failed", seconds_since(t0));
-    spdlog::error("{}: failed: {}", id, e.what());
+    fail_job(state, id, e.what(), t0);
   }
 }
 

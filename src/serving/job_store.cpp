@@ -1,6 +1,7 @@
 #include "serving/job_store.h"
 
 #include <sqlite3.h>
+#include <spdlog/spdlog.h>
 
 #include "core/error.h"
 
@@ -12,7 +13,7 @@ class Statement {
  public:
   Statement(sqlite3* db, const std::string& path, const char* sql) : db_(db), path_(path) {
     if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK)
-      fail("{}: cannot prepare '{}': {}", path, sql, sqlite3_errmsg(db));
+      throw JobStoreError(fmt::format("job database: cannot prepare '{}': {}", sql, sqlite3_errmsg(db)));
   }
   ~Statement() { sqlite3_finalize(stmt_); }
   Statement(const Statement&) = delete;
@@ -36,7 +37,7 @@ class Statement {
     const int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    fail("{}: {}", path_, sqlite3_errmsg(db_));
+    throw JobStoreError(fmt::format("job database: {}", sqlite3_errmsg(db_)));
   }
   void run() {
     while (step()) {
@@ -56,7 +57,7 @@ class Statement {
 
  private:
   void check(int rc) {
-    if (rc != SQLITE_OK) fail("{}: {}", path_, sqlite3_errmsg(db_));
+    if (rc != SQLITE_OK) throw JobStoreError(fmt::format("job database: {}", sqlite3_errmsg(db_)));
   }
   sqlite3* db_;
   const std::string& path_;
@@ -129,6 +130,9 @@ JobStore::JobStore(const std::string& path) : path_(path) {
                 " WHERE status IN ('queued', 'in_progress')");
     s.run();
     interrupted_ = sqlite3_changes(db_);
+  } catch (const JobStoreError& e) {
+    sqlite3_close(db_);
+    fail("{}: {}", path, e.what());
   } catch (...) {
     sqlite3_close(db_);
     throw;
@@ -137,8 +141,37 @@ JobStore::JobStore(const std::string& path) : path_(path) {
 
 JobStore::~JobStore() { sqlite3_close(db_); }
 
+void JobStore::before_write(std::string_view operation) {
+  if (inject_ && inject_(operation)) throw JobStoreError("job database: database or disk is full (injected)");
+  for (auto it = unsaved_failures_.begin(); it != unsaved_failures_.end();) {
+    try {
+      write_failed(it->first, it->second);
+    } catch (const JobStoreError&) {
+      return;  // still failing; the write that follows will say so
+    }
+    spdlog::info("{}: its failure is now stored", it->first);
+    it = unsaved_failures_.erase(it);
+  }
+}
+
+void JobStore::write_failed(const std::string& id, const Failure& f) {
+  Statement s(db_, path_,
+              "UPDATE videos SET status = 'failed', error_code = ?, error_message = ?, completed_at = ? WHERE id = ?");
+  s.bind(1, f.code).bind(2, f.message).bind(3, f.completed_at).bind(4, id).run();
+}
+
+void JobStore::overlay(VideoJob& job) const {
+  const auto it = unsaved_failures_.find(job.id);
+  if (it == unsaved_failures_.end()) return;
+  job.status = "failed";
+  job.error_code = it->second.code;
+  job.error_message = it->second.message;
+  job.completed_at = it->second.completed_at;
+}
+
 void JobStore::insert(const VideoJob& j) {
   std::lock_guard lock(mutex_);
+  before_write("insert");
   Statement s(db_, path_,
               "INSERT INTO videos (id, created_at, completed_at, status, progress, model, prompt, seconds, size,"
               " params, error_code, error_message) VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
@@ -153,11 +186,14 @@ std::optional<VideoJob> JobStore::get(const std::string& id) const {
   Statement s(db_, path_, fmt::format("SELECT {} FROM videos WHERE id = ?", kColumns).c_str());
   s.bind(1, id);
   if (!s.step()) return std::nullopt;
-  return read_job(s);
+  VideoJob job = read_job(s);
+  overlay(job);
+  return job;
 }
 
 bool JobStore::set_in_progress(const std::string& id) {
   std::lock_guard lock(mutex_);
+  before_write("set_in_progress");
   Statement s(db_, path_, "UPDATE videos SET status = 'in_progress', progress = 0 WHERE id = ?");
   s.bind(1, id).run();
   return sqlite3_changes(db_) > 0;
@@ -165,6 +201,7 @@ bool JobStore::set_in_progress(const std::string& id) {
 
 bool JobStore::set_progress(const std::string& id, int progress) {
   std::lock_guard lock(mutex_);
+  before_write("set_progress");
   Statement s(db_, path_, "UPDATE videos SET progress = ? WHERE id = ?");
   s.bind(1, static_cast<int64_t>(progress)).bind(2, id).run();
   return sqlite3_changes(db_) > 0;
@@ -172,6 +209,7 @@ bool JobStore::set_progress(const std::string& id, int progress) {
 
 bool JobStore::set_completed(const std::string& id, int64_t completed_at) {
   std::lock_guard lock(mutex_);
+  before_write("set_completed");
   Statement s(db_, path_, "UPDATE videos SET status = 'completed', progress = 100, completed_at = ? WHERE id = ?");
   s.bind(1, completed_at).bind(2, id).run();
   return sqlite3_changes(db_) > 0;
@@ -180,17 +218,35 @@ bool JobStore::set_completed(const std::string& id, int64_t completed_at) {
 bool JobStore::set_failed(const std::string& id, const std::string& code, const std::string& message,
                           int64_t completed_at) {
   std::lock_guard lock(mutex_);
-  Statement s(db_, path_,
-              "UPDATE videos SET status = 'failed', error_code = ?, error_message = ?, completed_at = ? WHERE id = ?");
-  s.bind(1, code).bind(2, message).bind(3, completed_at).bind(4, id).run();
-  return sqlite3_changes(db_) > 0;
+  const Failure failure{code, message, completed_at};
+  try {
+    before_write("set_failed");
+    write_failed(id, failure);
+    return sqlite3_changes(db_) > 0;
+  } catch (const JobStoreError& e) {
+    spdlog::error("{}: cannot store its failure yet ({}); kept in memory until a write succeeds", id, e.what());
+    unsaved_failures_[id] = failure;
+    return true;
+  }
 }
 
 bool JobStore::remove(const std::string& id) {
   std::lock_guard lock(mutex_);
+  before_write("remove");
+  unsaved_failures_.erase(id);
   Statement s(db_, path_, "DELETE FROM videos WHERE id = ?");
   s.bind(1, id).run();
   return sqlite3_changes(db_) > 0;
+}
+
+size_t JobStore::unsaved_failures() const {
+  std::lock_guard lock(mutex_);
+  return unsaved_failures_.size();
+}
+
+void JobStore::inject_write_failures(std::function<bool(std::string_view)> fails) {
+  std::lock_guard lock(mutex_);
+  inject_ = std::move(fails);
 }
 
 std::optional<JobPage> JobStore::list(const std::optional<std::string>& after, int limit, bool descending) const {
@@ -210,7 +266,10 @@ std::optional<JobPage> JobStore::list(const std::optional<std::string>& after, i
   if (after_seq) s.bind(i++, *after_seq);
   s.bind(i, static_cast<int64_t>(limit) + 1);  // one more than asked tells whether there are more
   JobPage page;
-  while (s.step()) page.data.push_back(read_job(s));
+  while (s.step()) {
+    page.data.push_back(read_job(s));
+    overlay(page.data.back());
+  }
   if (page.data.size() > static_cast<size_t>(limit)) {
     page.data.pop_back();
     page.has_more = true;
@@ -223,6 +282,13 @@ std::map<std::string, int64_t> JobStore::count_by_status() const {
   Statement s(db_, path_, "SELECT status, COUNT(*) FROM videos GROUP BY status");
   std::map<std::string, int64_t> out;
   while (s.step()) out[s.text(0)] = s.int64(1);
+  for (const auto& [id, failure] : unsaved_failures_) {  // counted as stored: move to failed
+    Statement q(db_, path_, "SELECT status FROM videos WHERE id = ?");
+    q.bind(1, id);
+    if (!q.step()) continue;
+    --out[q.text(0)];
+    ++out["failed"];
+  }
   return out;
 }
 

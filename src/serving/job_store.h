@@ -9,7 +9,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <stdexcept>
+#include <string_view>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -20,6 +23,13 @@
 struct sqlite3;
 
 namespace vgen::serving {
+
+// A read or write of the job database that failed (disk full, I/O error). Its message names
+// neither the file nor its folder: routes may answer it to clients.
+class JobStoreError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 struct VideoJob {
   std::string id;
@@ -53,6 +63,9 @@ class JobStore {
   // How many jobs open() found unfinished and marked failed.
   int interrupted_jobs() const { return interrupted_; }
 
+  // Writes throw JobStoreError, except set_failed: a failure it cannot write (disk full) is
+  // kept in memory, shown by get() and list(), and written by the next write that succeeds,
+  // so that no job stays queued or in progress because the database was full for a while.
   void insert(const VideoJob& job);
   std::optional<VideoJob> get(const std::string& id) const;
   // Each returns false when the job no longer exists (deleted meanwhile).
@@ -68,12 +81,30 @@ class JobStore {
   std::map<std::string, int64_t> count_by_status() const;
   // Ids of every job, for matching media files against jobs at startup.
   std::vector<std::string> ids() const;
+  // Failures set_failed could not write yet.
+  size_t unsaved_failures() const;
+
+  // Tests: each write asks `fails(operation)` first ("insert", "set_in_progress",
+  // "set_progress", "set_completed", "set_failed", "remove") and throws JobStoreError when
+  // it answers true, as a full disk would. Empty: no injection.
+  void inject_write_failures(std::function<bool(std::string_view operation)> fails);
 
  private:
+  struct Failure {
+    std::string code, message;
+    int64_t completed_at = 0;
+  };
+  // Under mutex_: throws when an injected failure is due; then writes unsaved failures.
+  void before_write(std::string_view operation);
+  void write_failed(const std::string& id, const Failure& f);  // throws JobStoreError
+  void overlay(VideoJob& job) const;
+
   sqlite3* db_ = nullptr;
   std::string path_;
   int interrupted_ = 0;
   mutable std::mutex mutex_;
+  std::map<std::string, Failure> unsaved_failures_;
+  std::function<bool(std::string_view)> inject_;
 };
 
 }  // namespace vgen::serving

@@ -19,6 +19,7 @@ namespace vgen::serving {
 MediaDir::MediaDir(const std::string& dir)
     : root_(dir.empty() ? fs::path("vgen-media") : fs::path(dir)), videos_(root_ / "videos") {
   std::error_code ec;
+  remove_on_close_ = !fs::exists(root_, ec);
   fs::create_directories(videos_, ec);
   if (ec) fail("{}: cannot create the media directory: {}", videos_.string(), ec.message());
   const std::string lock_path = (root_ / "vgen.lock").string();
@@ -33,12 +34,31 @@ MediaDir::MediaDir(const std::string& dir)
 
 MediaDir::~MediaDir() {
   if (lock_fd_ >= 0) ::close(lock_fd_);
+  if (remove_on_close_) {
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+}
+
+std::string MediaDir::thumbnail_path(const std::string& id, media::ImageFormat format) const {
+  return (videos_ / (id + (format == media::ImageFormat::PNG ? ".thumbnail.png" : ".thumbnail.webp"))).string();
+}
+
+std::optional<std::pair<std::string, std::string>> MediaDir::find_thumbnail(const std::string& id) const {
+  std::error_code ec;
+  for (const auto& [format, type] : {std::pair{media::ImageFormat::WEBP, "image/webp"},
+                                     std::pair{media::ImageFormat::PNG, "image/png"}}) {
+    const std::string path = thumbnail_path(id, format);
+    if (fs::exists(path, ec)) return std::pair{path, std::string(type)};
+  }
+  return std::nullopt;
 }
 
 void MediaDir::remove_media(const std::string& id) const {
   std::error_code ec;
   fs::remove(video_path(id), ec);
-  fs::remove(thumbnail_path(id), ec);
+  fs::remove(thumbnail_path(id, media::ImageFormat::WEBP), ec);
+  fs::remove(thumbnail_path(id, media::ImageFormat::PNG), ec);
 }
 
 void MediaDir::sweep(const std::vector<std::string>& known_ids) const {

@@ -2,6 +2,11 @@
 // thumbnails, and the lock that keeps a second server out of it.
 #pragma once
 
+#include <optional>
+#include <utility>
+
+#include "media/image.h"
+
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -19,7 +24,13 @@ class MediaDir {
 
   std::string database_path() const { return (root_ / "vgen.db").string(); }
   std::string video_path(const std::string& id) const { return (videos_ / (id + ".mp4")).string(); }
-  std::string thumbnail_path(const std::string& id) const { return (videos_ / (id + ".thumbnail.webp")).string(); }
+  // The thumbnail in `format` (WebP normally; PNG where WebP cannot be encoded).
+  std::string thumbnail_path(const std::string& id, media::ImageFormat format) const;
+  // The thumbnail that exists and its content type; nullopt when there is none.
+  std::optional<std::pair<std::string, std::string>> find_thumbnail(const std::string& id) const;
+  // A media directory this server created is removed when the server fails to start
+  // (nothing left behind); keep() once it has started.
+  void keep() { remove_on_close_ = false; }
   // Removes a job's files (those that exist).
   void remove_media(const std::string& id) const;
   // Removes temporary files of an interrupted write, and files of jobs not in `known_ids`
@@ -29,6 +40,7 @@ class MediaDir {
  private:
   std::filesystem::path root_, videos_;
   int lock_fd_ = -1;  // holds the flock until closed
+  bool remove_on_close_ = false;
 };
 
 }  // namespace vgen::serving

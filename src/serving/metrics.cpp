@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -30,6 +31,12 @@ std::string escape_label(const std::string& v) {
   return out;
 }
 
+std::string normalized_method(const std::string& method) {
+  for (const char* m : {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+    if (method == m) return method;
+  return "other";
+}
+
 }  // namespace
 
 Metrics::Metrics()
@@ -38,7 +45,13 @@ Metrics::Metrics()
 
 void Metrics::count_request(const std::string& endpoint, const std::string& method, int status) {
   std::lock_guard lock(mutex_);
-  ++requests_[{endpoint, method, status}];
+  ++requests_[{endpoint, normalized_method(method), status}];
+}
+
+void Metrics::observe_generation_memory(size_t peak_bytes) {
+  std::lock_guard lock(mutex_);
+  last_generation_peak_bytes_ = peak_bytes;
+  max_generation_peak_bytes_ = std::max(max_generation_peak_bytes_, peak_bytes);
 }
 
 void Metrics::observe_step(double seconds) {
@@ -105,6 +118,21 @@ std::string Metrics::render(const Gauges& g) const {
   out += "# HELP vgen_resident_memory_bytes Resident memory of the server process.\n";
   out += "# TYPE vgen_resident_memory_bytes gauge\n";
   out += fmt::format("vgen_resident_memory_bytes {}\n", resident_bytes());
+  if (!g.device.empty()) {
+    const std::string d = escape_label(g.device);
+    out += "# HELP vgen_device_memory_allocated_bytes Tensor memory in use on the model's device (GPU or CPU).\n";
+    out += "# TYPE vgen_device_memory_allocated_bytes gauge\n";
+    out += fmt::format("vgen_device_memory_allocated_bytes{{device=\"{}\"}} {}\n", d, g.device_allocated_bytes);
+    out += "# HELP vgen_device_memory_peak_bytes High-water mark of that memory since the last generation began.\n";
+    out += "# TYPE vgen_device_memory_peak_bytes gauge\n";
+    out += fmt::format("vgen_device_memory_peak_bytes{{device=\"{}\"}} {}\n", d, g.device_peak_bytes);
+    out += "# HELP vgen_generation_peak_device_memory_bytes Device memory high-water mark of a generation.\n";
+    out += "# TYPE vgen_generation_peak_device_memory_bytes gauge\n";
+    out += fmt::format("vgen_generation_peak_device_memory_bytes{{device=\"{}\",generation=\"last\"}} {}\n", d,
+                       last_generation_peak_bytes_);
+    out += fmt::format("vgen_generation_peak_device_memory_bytes{{device=\"{}\",generation=\"max\"}} {}\n", d,
+                       max_generation_peak_bytes_);
+  }
   return out;
 }
 

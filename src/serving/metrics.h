@@ -16,8 +16,11 @@ class Metrics {
  public:
   Metrics();
 
-  // endpoint: the route pattern ("/v1/videos/{id}"), not the raw path, to bound the labels.
+  // endpoint: the route pattern ("/v1/videos/{id}"), not the raw path, and method: one of
+  // HTTP's (anything else counts as "other"), so that clients cannot add series.
   void count_request(const std::string& endpoint, const std::string& method, int status);
+  // The device memory high-water mark of one generation.
+  void observe_generation_memory(size_t peak_bytes);
   void observe_step(double seconds);
   // kind: "video", "video_sync", "image"; result: "completed", "failed", "cancelled".
   void count_generation(const std::string& kind, const std::string& result, double seconds);
@@ -29,6 +32,8 @@ class Metrics {
     bool job_running = false;
     bool model_ready = false;
     std::map<std::string, int64_t> jobs_by_status;
+    std::string device;  // the model's device ("cuda:0", "cpu"); empty: not loaded yet
+    size_t device_allocated_bytes = 0, device_peak_bytes = 0;
   };
   // Text exposition format 0.0.4.
   std::string render(const Gauges& gauges) const;
@@ -43,6 +48,7 @@ class Metrics {
   double step_ema_ = 0;
   std::map<std::pair<std::string, std::string>, uint64_t> generations_;
   std::map<std::string, double> generation_seconds_;
+  size_t last_generation_peak_bytes_ = 0, max_generation_peak_bytes_ = 0;
 };
 
 }  // namespace vgen::serving

@@ -18,7 +18,8 @@ std::string model_id_for(const ServeOptions& options) {
 }
 
 ServedModel load_served_model(const ServeOptions& options) {
-  PipelineOptions pipeline_options = default_pipeline_options(resolve_device(options.device));
+  const Device device = resolve_device(options.device);
+  PipelineOptions pipeline_options = default_pipeline_options(device);
   if (!options.dtype.empty()) pipeline_options.dtype = parse_compute_dtype(options.dtype);
   pipeline_options.offload_text_encoder = options.offload_text_encoder;
   // Without a file the defaults apply, among them autotuned convolutions: a server decodes
@@ -32,6 +33,7 @@ ServedModel load_served_model(const ServeOptions& options) {
   ServedModel m;
   m.pipeline = load_pipeline(options.model, pipeline_options);
   m.info.id = model_id_for(options);
+  m.device = device;
   return m;
 }
 

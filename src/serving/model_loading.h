@@ -17,6 +17,7 @@ struct ServeOptions;
 struct ServedModel {
   ModelInfo info;
   std::unique_ptr<DiffusionPipeline> pipeline;
+  Device device = Device::cpu();  // where its tensors live (the memory /metrics reports)
 };
 using ModelLoader = std::function<ServedModel()>;
 

@@ -5,6 +5,7 @@
 
 #include "serving/api_error.h"
 #include "serving/http_util.h"
+#include "serving/job_store.h"
 
 namespace vgen::serving {
 namespace {
@@ -75,8 +76,12 @@ void Router::dispatch(const httplib::Request& req, httplib::Response& res) const
     (*handler)(req, res, params);
   } catch (const ApiError& e) {
     send_error(res, e);
+  } catch (const JobStoreError& e) {
+    // Disk full or an I/O error: its message names no file (the log has the request).
+    spdlog::error("{} {}: {}", printable(req.method), printable(req.path), e.what());
+    send_json(res, 500, error_body(500, e.what(), std::nullopt, "storage_error"));
   } catch (const std::exception& e) {
-    spdlog::error("{} {}: {}", req.method, req.path, e.what());
+    spdlog::error("{} {}: {}", printable(req.method), printable(req.path), e.what());
     send_json(res, 500, error_body(500, fmt::format("internal error: {}", e.what()), std::nullopt, "internal_error"));
   } catch (...) {
     send_json(res, 500, error_body(500, "internal error", std::nullopt, "internal_error"));

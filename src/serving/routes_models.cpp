@@ -1,6 +1,7 @@
 // GET /health, GET /metrics, GET /v1/models, GET /v1/models/{model}.
 #include <fmt/format.h>
 
+#include "core/allocator.h"
 #include "serving/http_util.h"
 #include "serving/routes.h"
 
@@ -53,6 +54,12 @@ std::vector<Route> model_routes(ServerState& s) {
     g.job_running = s.queue.running();
     g.model_ready = s.ready;
     g.jobs_by_status = s.store->count_by_status();
+    if (s.ready) {
+      const Allocator& memory = allocator_for(s.model.device);
+      g.device = s.model.device.str();
+      g.device_allocated_bytes = memory.allocated_bytes();
+      g.device_peak_bytes = memory.peak_bytes();
+    }
     res.set_content(s.metrics.render(g), "text/plain; version=0.0.4; charset=utf-8");
   };
   const Handler list_models = [&s](const httplib::Request&, httplib::Response& res, const Params&) {

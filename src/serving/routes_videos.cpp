@@ -2,6 +2,7 @@
 // POST /v1/videos/generations that answers with the MP4 itself.
 #include <algorithm>
 #include <chrono>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -149,10 +150,20 @@ void get_video_content(ServerState& s, const httplib::Request& req, httplib::Res
                                     job->error_message.value_or("")),
                    std::nullopt, "video_failed");
   }
-  if (job->status != "completed")
+  if (job->status != "completed") {
+    // Not ready is not an error to retry at once: the client should poll the job instead.
+    res.set_header("x-should-retry", "false");
     throw ApiError(409, fmt::format("video {} is not ready (status {}, progress {}%)", id, job->status, job->progress),
                    std::nullopt, "video_not_ready");
-  const std::string path = variant == "video" ? s.media.video_path(id) : s.media.thumbnail_path(id);
+  }
+  std::string path = s.media.video_path(id), type = "video/mp4";
+  if (variant == "thumbnail") {
+    const auto thumbnail = s.media.find_thumbnail(id);
+    if (!thumbnail)
+      throw ApiError(404, fmt::format("video {} has no thumbnail (it could not be encoded)", id), "variant",
+                     "content_missing");
+    std::tie(path, type) = *thumbnail;
+  }
   std::vector<uint8_t> bytes;
   try {
     bytes = media::read_file(path);
@@ -161,7 +172,7 @@ void get_video_content(ServerState& s, const httplib::Request& req, httplib::Res
                    "content_missing");
   }
   res.status = 200;
-  res.set_content(std::string(bytes.begin(), bytes.end()), variant == "video" ? "video/mp4" : "image/webp");
+  res.set_content(std::string(bytes.begin(), bytes.end()), type);
 }
 
 void delete_video(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {

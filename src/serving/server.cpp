@@ -108,6 +108,7 @@ void Server::Impl::run() {
       state.model = loader();
       state.model_created = unix_now();
       state.queue.start();
+      state.media.keep();  // started: a media directory made for it stays
       state.ready = true;
       spdlog::info("model '{}' ({}, {}) ready in {:.1f} s", state.model.info.id, state.model.pipeline->class_name(),
                    state.model.pipeline->capabilities().task_list(), seconds_since(t0));
