@@ -1,9 +1,11 @@
 #include "serving/requests.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -21,6 +23,48 @@ constexpr int64_t kMaxSteps = 1000;
 constexpr double kMaxGuidance = 100.0;
 constexpr double kMaxFps = 240.0;
 constexpr double kMaxSeconds = 3600.0;
+// Text fields are stored with each job and echoed in every Video object; Wan's text encoder
+// reads at most 512 tokens, which English prose fills in about 2,500 characters.
+constexpr size_t kMaxPromptChars = 4000;
+// A JSON request has no files: its fields fit in far less than the multipart body limit.
+constexpr size_t kMaxJsonBytes = 1u << 20;
+// Deeper nesting is never a valid request; checked before parsing, which would allocate per level.
+constexpr int kMaxJsonDepth = 32;
+
+size_t utf8_chars(const std::string& s) {
+  size_t n = 0;
+  for (const char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+std::optional<std::string> bounded_text(const RequestFields& f, const std::string& name) {
+  std::optional<std::string> text = f.string(name);
+  if (text && utf8_chars(*text) > kMaxPromptChars)
+    bad_field(name, fmt::format("'{}' is {} characters long; at most {} are accepted", name, utf8_chars(*text),
+                                kMaxPromptChars));
+  return text;
+}
+
+// The deepest nesting of arrays and objects in `body` (strings skipped), stopping at `limit` + 1.
+int json_depth(const std::string& body, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < body.size(); ++i) {
+    const char c = body[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) return deepest;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
 
 std::string describe_json_type(const nlohmann::json& v) {
   if (v.is_string()) return "a string";
@@ -80,7 +124,7 @@ const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "
                                                "num_inference_steps", "guidance_scale", "seed"};
 
 std::string required_prompt(const RequestFields& f) {
-  std::optional<std::string> prompt = f.string("prompt");
+  std::optional<std::string> prompt = bounded_text(f, "prompt");
   if (!prompt) throw ApiError(400, "missing required parameter 'prompt'", "prompt", "missing_required_parameter");
   if (prompt->empty()) bad_field("prompt", "'prompt' must not be empty");
   return *prompt;
@@ -91,7 +135,7 @@ void parse_common(const RequestFields& f, GenerationParams& p, std::optional<uin
                   std::optional<std::string>& model) {
   p.prompt = required_prompt(f);
   model = f.string("model");
-  p.negative_prompt = f.string("negative_prompt");
+  p.negative_prompt = bounded_text(f, "negative_prompt");
   if (auto v = f.integer("num_inference_steps", 1, kMaxSteps)) p.num_inference_steps = static_cast<int>(*v);
   p.guidance_scale = f.number("guidance_scale", 0.0, kMaxGuidance);
   seed = f.unsigned_integer("seed");
@@ -114,7 +158,18 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
   try {
     return pipeline.resolve(p);
   } catch (const Error& e) {
-    throw ApiError(400, e.what(), std::nullopt, "invalid_value");
+    // The pipeline's message names its own parameter; the client's field for it is:
+    const std::string message = e.what();
+    std::optional<std::string> param;
+    for (const auto& [word, field] : {std::pair{"width", "size"}, std::pair{"height", "size"},
+                                      std::pair{"num_frames", "num_frames"}, std::pair{"frames", "num_frames"},
+                                      std::pair{"steps", "num_inference_steps"}, std::pair{"guidance", "guidance_scale"},
+                                      std::pair{"negative_prompt", "negative_prompt"}, std::pair{"prompt", "prompt"}})
+      if (message.find(word) != std::string::npos) {
+        param = field;
+        break;
+      }
+    throw ApiError(400, message, param, "invalid_value");
   }
 }
 
@@ -123,6 +178,12 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
 RequestFields RequestFields::from_json(const std::string& body) {
   RequestFields f;
   if (body.empty()) throw ApiError(400, "the request body is empty; send a JSON object", std::nullopt, "invalid_json");
+  if (body.size() > kMaxJsonBytes)
+    throw ApiError(413, fmt::format("the JSON body is {} bytes; at most {} are accepted", body.size(), kMaxJsonBytes),
+                   std::nullopt, "request_too_large");
+  if (json_depth(body, kMaxJsonDepth) > kMaxJsonDepth)
+    throw ApiError(400, fmt::format("the JSON body nests arrays or objects deeper than {} levels", kMaxJsonDepth),
+                   std::nullopt, "invalid_json");
   try {
     f.json_ = nlohmann::json::parse(body);
   } catch (const nlohmann::json::exception& e) {  // parse errors, and numbers out of range (1e400)

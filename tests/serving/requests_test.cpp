@@ -188,9 +188,10 @@ TEST(ServingRequests, VideoValidationErrorsNameTheField) {
 }
 
 TEST(ServingRequests, PipelineValidationIsA400WithItsMessage) {
-  std::string m = expect_api_error([] { plan_json(R"({"prompt": "x", "size": "50x32"})"); }, 400);
+  // The pipeline's errors name the client's field too (param was null).
+  std::string m = expect_api_error([] { plan_json(R"({"prompt": "x", "size": "50x32"})"); }, 400, "size");
   EXPECT_NE(m.find("multiples of 16"), std::string::npos) << m;
-  m = expect_api_error([] { plan_json(R"({"prompt": "x", "num_frames": 8})"); }, 400);
+  m = expect_api_error([] { plan_json(R"({"prompt": "x", "num_frames": 8})"); }, 400, "num_frames");
   EXPECT_NE(m.find("4k+1"), std::string::npos) << m;
 }
 
@@ -285,4 +286,34 @@ TEST(ServingVideoId, StrictValidation) {
                                 "video_0123456789abcd%2F", "image_0123456789abcdef", std::string("video_0123456789abcde\0", 22),
                                 "video_0123456789abcdéf"})
     EXPECT_FALSE(is_valid_video_id(bad)) << bad;
+}
+
+// Issue 20, items 1 and 9: hostile bodies are refused before the parser allocates per level,
+// and text fields that every Video object echoes are bounded.
+TEST(ServingRequests, DeepOrLargeJsonIsRefusedBeforeParsing) {
+  const std::string deep(10u << 20, '[');  // 10 MiB of '[' cost ~0.7 GB per request when parsed
+  std::string m = expect_api_error([&] { RequestFields::from_json(deep); }, 413);
+  EXPECT_NE(m.find("at most"), std::string::npos) << m;
+  const std::string deep_small = "{\"prompt\": " + std::string(100000, '[') + "}";
+  m = expect_api_error([&] { RequestFields::from_json(deep_small); }, 400);
+  EXPECT_NE(m.find("deeper than 32"), std::string::npos) << m;
+  // Brackets inside strings are text, not nesting.
+  EXPECT_NO_THROW(RequestFields::from_json("{\"prompt\": \"" + std::string(1000, '[') + "\\\"]\"}"));
+  std::string nested = "{\"a\": ";
+  for (int i = 0; i < 30; ++i) nested += "[";
+  for (int i = 0; i < 30; ++i) nested += "]";
+  EXPECT_NO_THROW(RequestFields::from_json(nested + "}"));
+}
+
+TEST(ServingRequests, PromptLengthIsBounded) {
+  const std::string ok(4000, 'a'), too_long(4001, 'a');
+  EXPECT_NO_THROW(plan_json("{\"prompt\": \"" + ok + "\"}"));
+  std::string m = expect_api_error([&] { plan_json("{\"prompt\": \"" + too_long + "\"}"); }, 400, "prompt");
+  EXPECT_NE(m.find("at most 4000"), std::string::npos) << m;
+  expect_api_error([&] { plan_json("{\"prompt\": \"x\", \"negative_prompt\": \"" + too_long + "\"}"); }, 400,
+                   "negative_prompt");
+  // Characters, not bytes: 4000 two-byte characters are accepted.
+  std::string accents;
+  for (int i = 0; i < 4000; ++i) accents += "\u00e9";
+  EXPECT_NO_THROW(plan_json("{\"prompt\": \"" + accents + "\"}"));
 }
