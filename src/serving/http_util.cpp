@@ -1,5 +1,7 @@
 #include "serving/http_util.h"
 
+#include <utility>
+
 #include <fmt/format.h>
 
 namespace vgen::serving {
@@ -66,10 +68,19 @@ void fill_default_error(httplib::Response& res) {
     case 413: message = "request body too large"; code = "request_too_large"; break;
     case 414: message = "request URI too long"; break;
     case 416: message = "requested range not satisfiable"; break;
+    case 501: message = "unknown HTTP method"; break;
     default: message = fmt::format("HTTP error {}", res.status);
   }
   send_json(res, res.status, error_body(res.status, message, std::nullopt, code));
 }
+
+namespace {
+thread_local std::string t_job_id;
+}  // namespace
+
+void note_job_id(const std::string& id) { t_job_id = id; }
+
+std::string take_job_id() { return std::exchange(t_job_id, {}); }
 
 RequestFields body_fields(const httplib::Request& req) {
   if (req.is_multipart_form_data()) {

@@ -31,6 +31,11 @@ void send_error(httplib::Response& res, const ApiError& e);
 // The error body for statuses httplib answers on its own (malformed request, body too large).
 void fill_default_error(httplib::Response& res);
 
+// The access log's note of the job a request made or named; read and cleared by the server's
+// logger after the response (both run on the connection's thread).
+void note_job_id(const std::string& id);
+std::string take_job_id();
+
 // The body as fields: multipart/form-data parts, else one JSON object.
 RequestFields body_fields(const httplib::Request& req);
 // 400 naming the first query parameter not in `accepted`.

@@ -40,9 +40,8 @@ bool match_route(const std::string& pattern, const std::string& path, Params& pa
   return true;
 }
 
-Router::Router(std::vector<Route> routes, std::function<bool(const httplib::Request&)> authorized,
-               std::function<bool()> ready)
-    : routes_(std::move(routes)), authorized_(std::move(authorized)), ready_(std::move(ready)) {}
+Router::Router(std::vector<Route> routes, AccessCheck access, std::function<bool()> ready)
+    : routes_(std::move(routes)), access_(std::move(access)), ready_(std::move(ready)) {}
 
 const Route* Router::find(const std::string& path, Params& params) const {
   for (const Route& r : routes_)
@@ -50,30 +49,48 @@ const Route* Router::find(const std::string& path, Params& params) const {
   return nullptr;
 }
 
+const Handler& Router::checked_handler(const httplib::Request& req, httplib::Response& res, Params& params) const {
+  const Route* route = find(req.path, params);
+  if (!route) throw ApiError(404, fmt::format("unknown path '{}'", printable(req.path)), std::nullopt, "not_found");
+  const std::string method = req.method == "HEAD" ? "GET" : req.method;
+  const Handler* handler = nullptr;
+  std::string allow;
+  for (const auto& [m, h] : route->methods) {
+    if (m == method) handler = &h;
+    allow += (allow.empty() ? "" : ", ") + m;
+  }
+  if (!handler) {
+    res.set_header("Allow", allow);
+    throw ApiError(405,
+                   fmt::format("method {} is not allowed on {} (allowed: {})", printable(req.method), route->pattern,
+                               allow),
+                   std::nullopt, "method_not_allowed");
+  }
+  if (std::optional<ApiError> refused = access_(req, *route)) {
+    if (refused->status == 401) res.set_header("WWW-Authenticate", "Bearer");
+    throw *refused;
+  }
+  if (!route->open && !ready_()) throw ApiError(503, "the model is still loading; retry shortly", std::nullopt, "model_loading");
+  return *handler;
+}
+
+bool Router::refuse_before_body(const httplib::Request& req, httplib::Response& res) const {
+  try {
+    Params params;
+    checked_handler(req, res, params);
+    return false;
+  } catch (const ApiError& e) {
+    if (e.status == 503) return false;  // may be ready once the body is in
+    send_error(res, e);
+    return true;
+  }
+}
+
 void Router::dispatch(const httplib::Request& req, httplib::Response& res) const {
   try {
     Params params;
-    const Route* route = find(req.path, params);
-    if (!route) throw ApiError(404, fmt::format("unknown path '{}'", printable(req.path)), std::nullopt, "not_found");
-    const std::string method = req.method == "HEAD" ? "GET" : req.method;
-    const Handler* handler = nullptr;
-    std::string allow;
-    for (const auto& [m, h] : route->methods) {
-      if (m == method) handler = &h;
-      allow += (allow.empty() ? "" : ", ") + m;
-    }
-    if (!handler) {
-      res.set_header("Allow", allow);
-      throw ApiError(405, fmt::format("method {} is not allowed on {} (allowed: {})", req.method, route->pattern, allow),
-                     std::nullopt, "method_not_allowed");
-    }
-    if (!route->open && !authorized_(req)) {
-      res.set_header("WWW-Authenticate", "Bearer");
-      throw ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'", std::nullopt,
-                     "invalid_api_key");
-    }
-    if (!route->open && !ready_()) throw ApiError(503, "the model is still loading; retry shortly", std::nullopt, "model_loading");
-    (*handler)(req, res, params);
+    const Handler& handler = checked_handler(req, res, params);
+    handler(req, res, params);
   } catch (const ApiError& e) {
     send_error(res, e);
   } catch (const JobStoreError& e) {

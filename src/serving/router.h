@@ -1,14 +1,17 @@
 // The route table: path patterns with {placeholders}, the methods each answers, and the
-// dispatch that turns a miss into 404/405, checks the API key (401) and model readiness
-// (503), and turns every exception into an OpenAI-shaped error.
+// dispatch that turns a miss into 404/405, asks the access check (403/401/415), checks model
+// readiness (503), and turns every exception into an OpenAI-shaped error.
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <httplib.h>
+
+#include "serving/api_error.h"
 
 namespace vgen::serving {
 
@@ -24,20 +27,28 @@ struct Route {
 // Matches `path` against a pattern; fills the placeholders.
 bool match_route(const std::string& pattern, const std::string& path, Params& params);
 
+// Whether a request may reach its route, from its headers alone: the error that refuses it.
+using AccessCheck = std::function<std::optional<ApiError>(const httplib::Request&, const Route&)>;
+
 class Router {
  public:
-  // `authorized` and `ready` are asked for every route that is not open.
-  Router(std::vector<Route> routes, std::function<bool(const httplib::Request&)> authorized,
-         std::function<bool()> ready);
+  // `access` is asked for every matched route; `ready` for every route that is not open.
+  Router(std::vector<Route> routes, AccessCheck access, std::function<bool()> ready);
 
   // The first route matching `path` (nullptr when none), with its placeholders.
   const Route* find(const std::string& path, Params& params) const;
+  // The checks dispatch() makes before the handler that need no body (404, 405, access).
+  // Answers the request and returns true when one refuses it.
+  bool refuse_before_body(const httplib::Request& req, httplib::Response& res) const;
   // Answers a request: the route's handler, or the error it or the checks throw.
   void dispatch(const httplib::Request& req, httplib::Response& res) const;
 
  private:
+  // The matched route's handler; throws the ApiError of the first check that refuses.
+  const Handler& checked_handler(const httplib::Request& req, httplib::Response& res, Params& params) const;
+
   std::vector<Route> routes_;
-  std::function<bool(const httplib::Request&)> authorized_;
+  AccessCheck access_;
   std::function<bool()> ready_;
 };
 

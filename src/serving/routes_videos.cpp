@@ -72,6 +72,7 @@ void create_video(ServerState& s, const httplib::Request& req, httplib::Response
                    std::nullopt, "queue_full");
   }
   spdlog::info("{}: queued", id);
+  note_job_id(id);
   send_json(res, 200, video_json(job));
 }
 
@@ -128,6 +129,7 @@ void list_videos(ServerState& s, const httplib::Request& req, httplib::Response&
 
 void get_video(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {
   reject_unknown_query(req, {});
+  note_job_id(p[0]);
   const std::optional<VideoJob> job = s.store->get(checked_video_id(p[0]));
   if (!job) throw ApiError(404, fmt::format("no video with id '{}'", p[0]), "video_id", "not_found");
   send_json(res, 200, video_json(*job));
@@ -137,6 +139,7 @@ void get_video(ServerState& s, const httplib::Request& req, httplib::Response& r
 
 void get_video_content(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {
   reject_unknown_query(req, {"variant"});
+  note_job_id(p[0]);
   const std::string id = checked_video_id(p[0]);
   const std::string variant = req.has_param("variant") ? req.get_param_value("variant") : "video";
   if (variant == "spritesheet") bad_field("variant", "variant 'spritesheet' is not supported (use video or thumbnail)");
@@ -177,6 +180,7 @@ void get_video_content(ServerState& s, const httplib::Request& req, httplib::Res
 
 void delete_video(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {
   reject_unknown_query(req, {});
+  note_job_id(p[0]);
   const std::string id = checked_video_id(p[0]);
   if (!s.store->get(id)) throw ApiError(404, fmt::format("no video with id '{}'", id), "video_id", "not_found");
   if (s.queue.cancel(id)) spdlog::info("{}: cancel requested", id);

@@ -2,6 +2,10 @@
 // routes until stop().
 #include "serving/server.h"
 
+#include <malloc.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
 #include <chrono>
 #include <thread>
 
@@ -9,6 +13,10 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include <set>
+
+#include <fmt/format.h>
+
 #include "serving/access.h"
 #include "serving/http_util.h"
 #include "serving/routes.h"
@@ -19,7 +27,53 @@ namespace {
 
 ServeOptions checked(ServeOptions o) {
   VGEN_CHECK(o.max_queue > 0, "max_queue must be at least 1");
+  VGEN_CHECK(o.max_connections > 0, "max_connections must be at least 1");
   return o;
+}
+
+// A refused request's body up to this size is read and dropped, so that the client reads the
+// answer rather than a reset connection; a larger one is not read at all.
+constexpr size_t kDrainBytes = 1u << 20;
+// The kernel's queue of connections not yet accepted (httplib's own is 5).
+constexpr int kListenBacklog = 1024;
+
+thread_local std::chrono::steady_clock::time_point t_request_start;
+
+bool is_chunked(const httplib::Request& req) {
+  return req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos;
+}
+
+// The declared Content-Length; 0 when absent, SIZE_MAX when not a number.
+size_t content_length(const httplib::Request& req) {
+  if (!req.has_header("Content-Length")) return 0;
+  const std::string v = req.get_header_value("Content-Length");
+  if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos) return SIZE_MAX;
+  return std::stoull(v);
+}
+
+void too_large(httplib::Response& res, size_t max_body_bytes) {
+  send_error(res, ApiError(413, fmt::format("the request body is over the limit of {} bytes", max_body_bytes),
+                           std::nullopt, "request_too_large"));
+}
+
+// Memory that request threads free goes back to the system: glibc keeps one arena per thread
+// (up to 8 per core) and returns little of it, so bursts of large bodies ratcheted RSS up.
+// Two arenas and a trim after each large body keep RSS near idle (measured in test_hardening.py).
+void bound_malloc_arenas() {
+  static const bool once = [] {
+    mallopt(M_ARENA_MAX, 2);
+    return true;
+  }();
+  (void)once;
+}
+
+// One descriptor per connection and a few per job: lift the soft limit to the hard one.
+void raise_open_files_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
 }
 
 std::vector<Route> all_routes(ServerState& state) {
@@ -48,12 +102,16 @@ struct Server::Impl {
   Router router;
   httplib::Server http;
   int port = 0;
+  int listen_fd = -1;
   std::atomic<bool> stopping{false};
   std::atomic<bool> listening{false};
   std::atomic<bool> listen_done{false};
 
   Impl(ServeOptions o, ModelLoader l);
   ~Impl();
+  std::optional<ApiError> check_access(const httplib::Request& req, const Route& route) const;
+  void read_body_and_dispatch(const httplib::Request& req, httplib::Response& res,
+                              const httplib::ContentReader& reader);
   void setup_http();
   void run();
   void stop();
@@ -62,14 +120,87 @@ struct Server::Impl {
 Server::Impl::Impl(ServeOptions o, ModelLoader l)
     : state(std::move(o)),
       loader(std::move(l)),
-      router(all_routes(state), [this](const httplib::Request& req) { return authorized(req, state.options.api_key); },
+      router(all_routes(state),
+             [this](const httplib::Request& req, const Route& route) { return check_access(req, route); },
              [this] { return state.ready.load(); }) {
+  bound_malloc_arenas();
+  raise_open_files_limit();
   setup_http();
   const ServeOptions& options = state.options;
   const bool bound = options.port == 0 ? (port = http.bind_to_any_port(options.host)) > 0
                                        : http.bind_to_port(options.host, options.port);
   if (options.port != 0) port = options.port;
   if (!bound) fail("cannot listen on {}:{} (address in use, or not an address of this host)", options.host, options.port);
+  // Listening again on a listening socket only changes its backlog (Linux).
+  if (listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) != 0)
+    spdlog::warn("cannot raise the listen backlog to {}", kListenBacklog);
+  if (state.options.api_key.empty() && !is_loopback_host(state.options.host))
+    spdlog::warn("listening on {} without an API key: anyone who can reach it can queue jobs (use --api-key)",
+                 state.options.host);
+}
+
+std::optional<ApiError> Server::Impl::check_access(const httplib::Request& req, const Route& route) const {
+  const AccessPolicy policy{state.options.api_key, state.options.host};
+  if (std::optional<ApiError> refused = check_host_and_origin(req, policy)) return refused;
+  if (!route.open && !authorized(req, state.options.api_key))
+    return ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'", std::nullopt,
+                    "invalid_api_key");
+  if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH") return check_content_type(req);
+  return std::nullopt;
+}
+
+// POST, PUT, PATCH and DELETE: the body is read here, within max_body_bytes whether it comes
+// with a Content-Length or chunked, and only once the headers have passed every check.
+void Server::Impl::read_body_and_dispatch(const httplib::Request& req, httplib::Response& res,
+                                          const httplib::ContentReader& reader) {
+  const bool has_body = is_chunked(req) || content_length(req) > 0;
+  if (router.refuse_before_body(req, res)) {
+    // Answered; read a small body to its end so that the client sees the answer.
+    size_t drained = 0;
+    if (has_body && !req.is_multipart_form_data())
+      reader([&](const char*, size_t n) { return (drained += n) <= kDrainBytes; });
+    return;
+  }
+  httplib::Request full = req;
+  if (has_body) {
+    const size_t limit = state.options.max_body_bytes;
+    size_t total = 0;
+    bool over = false;
+    const auto within = [&](size_t n) { return !(over = (total += n) > limit); };
+    bool read = false;
+    if (req.is_multipart_form_data()) {
+      if (is_chunked(req)) {
+        send_error(res, ApiError(411, "send multipart/form-data bodies with a Content-Length, not chunked",
+                                 std::nullopt, "length_required"));
+        return;
+      }
+      httplib::MultipartFormDataItems parts;
+      read = reader(
+          [&](const httplib::MultipartFormData& part) {
+            parts.push_back(part);
+            return within(part.name.size() + part.filename.size() + part.content_type.size());
+          },
+          [&](const char* data, size_t n) {
+            if (!within(n) || parts.empty()) return false;
+            parts.back().content.append(data, n);
+            return true;
+          });
+      for (httplib::MultipartFormData& part : parts) full.files.emplace(part.name, std::move(part));
+    } else {
+      read = reader([&](const char* data, size_t n) {
+        if (!within(n)) return false;
+        full.body.append(data, n);
+        return true;
+      });
+    }
+    if (over) return too_large(res, limit);
+    if (!read) {
+      send_error(res, ApiError(400, "the request body could not be read (malformed, or the client stopped sending)",
+                               std::nullopt, "invalid_body"));
+      return;
+    }
+  }
+  router.dispatch(full, res);
 }
 
 Server::Impl::~Impl() {
@@ -78,26 +209,82 @@ Server::Impl::~Impl() {
 }
 
 void Server::Impl::setup_http() {
-  // Sync requests hold a thread while they wait in the queue: enough threads that polls and
-  // health checks still get one when the queue is full.
-  const size_t threads = std::max<size_t>(32, state.options.max_queue + 32);
+  const ServeOptions& options = state.options;
+  // httplib serves a connection on one thread from start to end. Sync requests hold a thread
+  // while they wait in the queue: enough threads that polls and health checks still get one
+  // when the queue is full and slow clients hold some.
+  const size_t threads = std::max(options.max_connections, options.max_queue + 32);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  limit_requests(http, state.options.max_body_bytes);
+  // One request per connection: a connection whose refused body was not read must not be
+  // read on as if it held a next request, and idle keep-alive connections hold no thread.
+  http.set_keep_alive_max_count(1);
+  // Content-Length bodies are checked before routing; chunked ones as they are read.
+  http.set_payload_max_length(options.max_body_bytes);
+  // The default options add SO_REUSEPORT, with which a second server on the same port starts
+  // and takes half the connections. SO_REUSEADDR alone still allows a quick restart.
+  http.set_socket_options([this](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
+  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.body.empty()) fill_default_error(res);
+  });
+  // Runs once the headers are in, before any body is read.
+  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    t_request_start = std::chrono::steady_clock::now();
+    static const std::set<std::string> kMethods = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+    if (!kMethods.count(req.method)) {
+      send_error(res, ApiError(501, fmt::format("unknown HTTP method '{}'", printable(req.method)), std::nullopt,
+                               "method_not_implemented"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    const size_t length = content_length(req);
+    if (length > state.options.max_body_bytes) {
+      too_large(res, state.options.max_body_bytes);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    // A refused request with a large body is answered without reading it.
+    if ((length > kDrainBytes || is_chunked(req)) && router.refuse_before_body(req, res))
+      return httplib::Server::HandlerResponse::Handled;
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // "Expect: 100-continue": the refusal goes out before the client sends the body.
+  http.set_expect_100_continue_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (content_length(req) > state.options.max_body_bytes) {
+      too_large(res, state.options.max_body_bytes);
+      return res.status;
+    }
+    if (router.refuse_before_body(req, res)) return res.status;
+    return 100;
+  });
   const auto handler = [this](const httplib::Request& req, httplib::Response& res) { router.dispatch(req, res); };
+  const auto body_handler = [this](const httplib::Request& req, httplib::Response& res,
+                                   const httplib::ContentReader& reader) { read_body_and_dispatch(req, res, reader); };
   http.Get(".*", handler);
-  http.Post(".*", handler);
-  http.Put(".*", handler);
-  http.Patch(".*", handler);
-  http.Delete(".*", handler);
   http.Options(".*", handler);
+  http.Post(".*", body_handler);
+  http.Put(".*", body_handler);
+  http.Patch(".*", body_handler);
+  http.Delete(".*", body_handler);
   http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     send_json(res, 500, error_body(500, "internal server error", std::nullopt, "internal_error"));
   });
+  // The access log: one line per request. Metrics label by route pattern, never the raw path.
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     Params ignored;
     const Route* route = router.find(req.path, ignored);
     state.metrics.count_request(route ? route->pattern : "(unknown)", req.method, res.status);
-    spdlog::debug("{} {} -> {}", req.method, req.path, res.status);
+    const double ms = t_request_start.time_since_epoch().count() == 0
+                          ? 0.0
+                          : std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                                      t_request_start).count();
+    t_request_start = {};
+    const std::string job = take_job_id();
+    spdlog::info("{} {} {} {} {:.1f} ms{}{}", req.remote_addr, printable(req.method), printable(req.path), res.status,
+                 ms, job.empty() ? "" : " ", printable(job));
+    // A large body was freed: give its pages back now rather than at the arena's whim.
+    if (req.body.size() + res.body.size() > (1u << 20)) malloc_trim(0);
   });
 }
 

@@ -44,7 +44,8 @@ struct ServeOptions {
   bool offload_text_encoder = false;  // free the text encoder between generations
   std::string served_model_name;  // the model's id in the API; empty: the checkpoint folder's name
   size_t max_queue = 64;          // generations waiting (async and sync); more is a 429
-  size_t max_body_bytes = 32u << 20;  // larger request bodies are a 413
+  size_t max_body_bytes = 32u << 20;  // larger request bodies are a 413 (chunked ones too)
+  size_t max_connections = 256;       // connections served at once (one thread each); more wait
 };
 
 class Server {
