@@ -68,7 +68,8 @@ def main():
     s = ffprobe(path)
     t.check((s["codec_name"], s["nb_read_frames"]) == ("h264", "17"), f"and is a valid 17-frame H.264: {s}")
     status, _, thumb = request(server, "GET", f"/v1/videos/{done['id']}/content?variant=thumbnail")
-    t.check(status == 200 and thumb[:4] == b"RIFF", "its thumbnail too")
+    # WebP, or PNG on a build without FFmpeg's libraries
+    t.check(status == 200 and (thumb[:4] == b"RIFF" or thumb[:4] == b"\x89PNG"), "its thumbnail too")
 
     for what, job in (("running", running), ("queued", queued)):
         status, v = get(server, job["id"])

@@ -8,7 +8,7 @@ if(NOT Python3_Interpreter_FOUND)
   return()
 endif()
 
-foreach(script openai_sdk http_errors restart load)
+foreach(script openai_sdk http_errors restart load hardening)
   add_test(NAME serving_${script}
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/serving/test_${script}.py
                    $<TARGET_FILE:vgen> ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/wan21_t2v_tiny)
