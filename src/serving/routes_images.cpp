@@ -1,6 +1,10 @@
 // POST /v1/images/generations and /v1/images/edits: one-frame generations, answered
 // synchronously as base64 images.
 #include <chrono>
+#include <map>
+#include <mutex>
+
+#include <fmt/format.h>
 
 #include "media/image.h"
 #include "serving/http_util.h"
@@ -12,8 +16,27 @@ namespace {
 
 using nlohmann::json;
 
+// Whether this build encodes `format` (WebP needs FFmpeg's libraries), found once by trying.
+bool can_encode(media::ImageFormat format) {
+  static std::map<media::ImageFormat, bool> known;
+  static std::mutex mutex;
+  std::lock_guard lock(mutex);
+  if (auto it = known.find(format); it != known.end()) return it->second;
+  try {
+    media::encode_image(Tensor::zeros({16, 16, 3}, DType::U8), format);
+    return known[format] = true;
+  } catch (const std::exception&) {
+    return known[format] = false;
+  }
+}
+
 void images(ServerState& s, const httplib::Request& req, httplib::Response& res, bool edit) {
   const ImagePlan plan = plan_image(parse_image_request(body_fields(req), edit), s.model.info, *s.model.pipeline);
+  // Refused before generating, not failed after.
+  if (!can_encode(plan.output_format))
+    bad_field("output_format", fmt::format("output_format '{}' cannot be encoded by this build of vgen (WebP needs "
+                                           "FFmpeg's libraries); use png or jpeg",
+                                           media::image_format_name(plan.output_format)));
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> images;
   try {

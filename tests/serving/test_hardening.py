@@ -15,6 +15,7 @@ a stated bound of RSS before):
 """
 
 import json
+import multiprocessing
 import os
 import random
 import socket
@@ -238,7 +239,7 @@ def slow_and_mixed(server, t, seconds):
 
     def hostile_client():
         rng = random.Random(threading.get_ident())
-        while not stop.is_set():
+        while not stop.wait(0.01):
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                     body = b"[" * rng.choice([10, 100000])
@@ -259,37 +260,43 @@ def slow_and_mixed(server, t, seconds):
         except OSError as e:
             valid_errors.append(str(e))
 
-    health_worst = [0.0]
-    health_failures = []
+    # Its own process: the 200 client threads here share one interpreter lock, whose waits
+    # would count as the server's.
+    results = multiprocessing.get_context("fork").Queue()
+    stop_polling = multiprocessing.get_context("fork").Event()
 
     def health_poller():
-        while not stop.is_set():
+        worst, failures = 0.0, []
+        while not stop_polling.is_set():
             t0 = time.time()
             try:
                 status, _, _ = request(server, "GET", "/health", timeout=5)
             except OSError as e:
                 status = str(e)
             elapsed = time.time() - t0
-            health_worst[0] = max(health_worst[0], elapsed)
+            worst = max(worst, elapsed)
             if status != 200 or elapsed > 1.0:
-                health_failures.append((status, round(elapsed, 2)))
+                failures.append((status, round(elapsed, 2)))
             time.sleep(0.1)
+        results.put((worst, failures))
 
     threads = [threading.Thread(target=slow_client) for _ in range(150)]
     threads += [threading.Thread(target=hostile_client) for _ in range(30)]
     threads += [threading.Thread(target=valid_client, args=(i,)) for i in range(20)]
-    poller = threading.Thread(target=health_poller)
+    poller = multiprocessing.get_context("fork").Process(target=health_poller)
     poller.start()
     for th in threads:
         th.start()
     time.sleep(seconds)
+    stop_polling.set()
+    health_worst, health_failures = results.get(timeout=30)
+    poller.join()
     stop.set()
     for th in threads:
         th.join()
-    poller.join()
     for s in slow_socks:
         s.close()
-    t.check(not health_failures, f"/health answered within 1 s throughout (worst {health_worst[0]:.2f} s) "
+    t.check(not health_failures, f"/health answered within 1 s throughout (worst {health_worst:.2f} s) "
             f"{health_failures[:5]}")
     t.check(len(valid_ids) == 20, f"20 valid jobs accepted ({len(valid_ids)}; errors {valid_errors[:3]})")
     deadline = time.time() + 120
