@@ -8,12 +8,14 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "config/engine_config.h"
 #include "core/error.h"
+#include "pipelines/pipeline.h"
 #include "serving/server.h"
 
 namespace vgen::serving {
@@ -36,6 +38,12 @@ int run_server(const ServeOptions& options) {
     const EngineConfig config = load_engine_config(options.config_file);
     require_implemented(config, options.config_file);
   }
+  // What can be known without loading fails here, before a media directory is made or the
+  // port bound: an unusable device (--device cuda on a build or machine without one) or a
+  // folder that is not a checkpoint. The load itself runs after "listening" (/health is 503).
+  resolve_device(options.device);
+  if (!std::filesystem::is_regular_file(std::filesystem::path(options.model) / "model_index.json"))
+    fail("{}: not a diffusers checkpoint folder (no model_index.json)", options.model);
   Server server(options, [options] { return load_served_model(options); });
 
   if (::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) fail("cannot create a pipe: {}", std::strerror(errno));

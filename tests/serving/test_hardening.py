@@ -360,6 +360,13 @@ def no_key_defaults(binary, model, root, t):
                 f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
         t.check(not os.path.exists(os.path.join(root, "media_second")), "it leaves no media directory behind")
 
+        print("issue 11: a model that cannot load fails before 'listening' and leaves nothing behind:")
+        media = os.path.join(root, "media_bad_model")
+        r = subprocess.run([binary, "serve", "--model", os.path.join(root, "no_such_model"), "--port", "0",
+                            "--media-dir", media], capture_output=True, text=True, timeout=60)
+        t.check(r.returncode == 1 and "listening" not in r.stdout + r.stderr and not os.path.exists(media),
+                f"exit {r.returncode}, no 'listening', no media directory: {r.stderr.strip()[-120:]}")
+
     finally:
         t.check(server.stop() == 0, "clean stop")
     print("11. access log:")
