@@ -26,10 +26,6 @@ constexpr double kMaxSeconds = 3600.0;
 // Text fields are stored with each job and echoed in every Video object; Wan's text encoder
 // reads at most 512 tokens, which English prose fills in about 2,500 characters.
 constexpr size_t kMaxPromptChars = 4000;
-// A JSON request has no files: its fields (two prompts of at most 4000 characters, escaped
-// as up to 6 bytes each, and a few numbers) fit in far less than the multipart body limit.
-// The parser's tree takes ~16x the text, so this also bounds each request's parse.
-constexpr size_t kMaxJsonBytes = 256u << 10;
 // Deeper nesting is never a valid request; checked before parsing, which would allocate per level.
 constexpr int kMaxJsonDepth = 32;
 

@@ -21,6 +21,12 @@
 
 namespace vgen::serving {
 
+// A JSON request has no files: its fields (two prompts of at most 4000 characters, escaped
+// as up to 6 bytes each, and a few numbers) fit in far less than the multipart body limit.
+// The server refuses larger JSON bodies before reading them; the parser's tree takes ~16x
+// the text, so this also bounds each request's parse.
+constexpr size_t kMaxJsonBytes = 256u << 10;
+
 // One part of a multipart/form-data body.
 struct FormPart {
   std::string name;

@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -53,17 +54,14 @@ size_t content_length(const httplib::Request& req) {
   return std::stoull(v);
 }
 
+// The body limit of a request: files come only in multipart bodies; JSON ones are small.
+size_t body_limit(const httplib::Request& req, size_t max_body_bytes) {
+  return req.is_multipart_form_data() ? max_body_bytes : std::min(max_body_bytes, kMaxJsonBytes);
+}
+
 void too_large(httplib::Response& res, size_t max_body_bytes) {
   send_error(res, ApiError(413, fmt::format("the request body is over the limit of {} bytes", max_body_bytes),
                            std::nullopt, "request_too_large"));
-}
-
-// Request bodies are read into strings that grow by doubling: with a fixed mmap threshold
-// each large buffer is its own mapping, returned to the system when freed. (glibc raises
-// the threshold after each large free, after which such buffers stay in the arenas.)
-void fix_mmap_threshold() {
-  static const bool once = [] { return mallopt(M_MMAP_THRESHOLD, 256 << 10) == 1; }();
-  (void)once;
 }
 
 // One descriptor per connection and a few per job: lift the soft limit to the hard one.
@@ -125,7 +123,6 @@ Server::Impl::Impl(ServeOptions o, ModelLoader l)
              [this](const httplib::Request& req, const Route& route) { return check_access(req, route); },
              [this] { return state.ready.load(); }) {
   raise_open_files_limit();
-  fix_mmap_threshold();
   setup_http();
   const ServeOptions& options = state.options;
   const bool bound = options.port == 0 ? (port = http.bind_to_any_port(options.host)) > 0
@@ -164,7 +161,7 @@ void Server::Impl::read_body_and_dispatch(const httplib::Request& req, httplib::
   }
   httplib::Request full = req;
   if (has_body) {
-    const size_t limit = state.options.max_body_bytes;
+    const size_t limit = body_limit(req, state.options.max_body_bytes);
     size_t total = 0;
     bool over = false;
     const auto within = [&](size_t n) { return !(over = (total += n) > limit); };
@@ -242,8 +239,8 @@ void Server::Impl::setup_http() {
       return httplib::Server::HandlerResponse::Handled;
     }
     const size_t length = content_length(req);
-    if (length > state.options.max_body_bytes) {
-      too_large(res, state.options.max_body_bytes);
+    if (length > body_limit(req, state.options.max_body_bytes)) {
+      too_large(res, body_limit(req, state.options.max_body_bytes));
       return httplib::Server::HandlerResponse::Handled;
     }
     // A refused request with a large body is answered without reading it.
@@ -253,8 +250,8 @@ void Server::Impl::setup_http() {
   });
   // "Expect: 100-continue": the refusal goes out before the client sends the body.
   http.set_expect_100_continue_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (content_length(req) > state.options.max_body_bytes) {
-      too_large(res, state.options.max_body_bytes);
+    if (content_length(req) > body_limit(req, state.options.max_body_bytes)) {
+      too_large(res, body_limit(req, state.options.max_body_bytes));
       return res.status;
     }
     if (router.refuse_before_body(req, res)) return res.status;
@@ -285,17 +282,20 @@ void Server::Impl::setup_http() {
     const std::string job = take_job_id();
     spdlog::info("{} {} {} {} {:.1f} ms{}{}", req.remote_addr, printable(req.method), printable(req.path), res.status,
                  ms, job.empty() ? "" : " ", printable(job));
-    // The allocator policy, with fix_mmap_threshold(). A large body (and its parse) was freed:
-    // give the pages back, as glibc otherwise keeps them in the thread's arena. Measured, 3
-    // rounds of 40 concurrent 240 KB JSON bodies from 58 MiB idle: no policy 84-95 MiB after,
-    // this trim alone 71-78 MiB, with the fixed mmap threshold 63 MiB; after test_hardening's
-    // 10 MiB bodies the same rounds added 130-160 MiB without the fixed threshold, 1 MiB with
-    // it. Capping arenas (M_ARENA_MAX=2) made it worse (106-139 MiB), so it is not done. The
+    // The allocator policy. A large body (and its parse) was freed: give the pages back, as
+    // glibc otherwise keeps them in the thread's arena. Measured, 3 rounds of 40 concurrent
+    // 240 KB JSON bodies from 58 MiB idle: no policy 84-95 MiB after, this trim 71-78 MiB.
+    // Not done, also measured: capping arenas (M_ARENA_MAX=2) made it worse (106-139 MiB); a
+    // fixed mmap threshold (M_MMAP_THRESHOLD) kept RSS flat but made the CPU backend's
+    // generations about 2x slower (every tensor its own mapping). JSON bodies are refused
+    // over 256 KiB before they are read, so only multipart uploads make large buffers. The
     // 0.7 GB per request of issue 20 came from parsing deep nesting, now refused unparsed.
     // (The body was read into a copy of the request: req.body is empty, its length is declared.)
     // The trim runs on its own thread a moment later, once concurrent requests have freed theirs.
     const size_t body = is_chunked(req) ? kTrimAfterBytes + 1 : content_length(req);
-    if (body > kTrimAfterBytes || res.body.size() > kTrimAfterBytes) trim_wanted = true;
+    // Not after large responses (MP4s): a trim also returns the worker's freed tensors, and
+    // the next generation would fault them in again.
+    if (body > kTrimAfterBytes) trim_wanted = true;
   });
 }
 
