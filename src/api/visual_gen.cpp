@@ -1,8 +1,15 @@
 #include "api/visual_gen.h"
 
+#include <random>
+
+#include "io/checkpoint.h"
 #include "pipelines/registry.h"
+#include "text/tokenizer.h"
 
 namespace vgen {
+
+VisualGen::VisualGen(const std::string& model_path)
+    : VisualGen(model_path, default_pipeline_options(resolve_device("auto"))) {}
 
 VisualGen::VisualGen(const std::string& model_path, const PipelineOptions& options)
     : model_path_(model_path), pipeline_(load_pipeline(model_path, options)) {}
@@ -20,6 +27,22 @@ GenerationOutput VisualGen::generate(const GenerationParams& params, const StepC
 
 GenerationOutput VisualGen::generate(const ResolvedParams& params, const StepCallback& on_step) {
   return pipeline_->generate(params, on_step);
+}
+
+std::optional<int64_t> VisualGen::prompt_token_count(const std::string& prompt) const {
+  const DiffusersCheckpoint ckpt = DiffusersCheckpoint::open(model_path_);
+  if (!ckpt.has_component("tokenizer")) return std::nullopt;
+  const std::string& cls = ckpt.component("tokenizer").class_name;
+  if (cls.find("T5Tokenizer") == std::string::npos) return std::nullopt;  // T5TokenizerFast too
+  const T5Tokenizer tokenizer = T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer"));
+  return static_cast<int64_t>(tokenizer.encode(prompt).size());
+}
+
+uint64_t random_seed() {
+  // Below 2^53 so that the seed survives a round trip through JSON numbers (JavaScript
+  // clients, metadata readers) unchanged.
+  std::random_device rd;
+  return ((static_cast<uint64_t>(rd()) << 32) ^ rd()) & ((uint64_t{1} << 53) - 1);
 }
 
 }  // namespace vgen

@@ -1,12 +1,14 @@
 // The C++ API: build a VisualGen from a diffusers checkpoint folder, then generate.
 //
-//   vgen::VisualGen gen("Wan2.1-T2V-1.3B-Diffusers");
+//   vgen::VisualGen gen("Wan2.1-T2V-1.3B-Diffusers");   // a GPU when one is usable, else the CPU
 //   vgen::GenerationParams params;
 //   params.num_frames = 33;
 //   vgen::GenerationOutput out = gen.generate("a cat surfing", params);  // out.frames: uint8 [F, H, W, 3]
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "pipelines/pipeline.h"
@@ -15,7 +17,10 @@ namespace vgen {
 
 class VisualGen {
  public:
-  explicit VisualGen(const std::string& model_path, const PipelineOptions& options = {});
+  // Runs where `vgen generate` runs by default: the GPU when one is usable (bf16), else the
+  // CPU (float32): default_pipeline_options(resolve_device("auto")).
+  explicit VisualGen(const std::string& model_path);
+  VisualGen(const std::string& model_path, const PipelineOptions& options);
   ~VisualGen();
 
   // Resolves `params` once (the family's defaults, validation) and runs what it resolved to.
@@ -24,6 +29,11 @@ class VisualGen {
   // Runs parameters already resolved by pipeline().resolve() (e.g. to show them first).
   GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {});
 
+  // Tokens `prompt` takes in the checkpoint's tokenizer, its end-of-text token included, to
+  // compare with max_sequence_length (longer prompts are cut there, as in diffusers); nullopt
+  // when the checkpoint's tokenizer is not one vgen reads.
+  std::optional<int64_t> prompt_token_count(const std::string& prompt) const;
+
   DiffusionPipeline& pipeline() { return *pipeline_; }
   const std::string& model_path() const { return model_path_; }
 
@@ -31,5 +41,9 @@ class VisualGen {
   std::string model_path_;
   std::unique_ptr<DiffusionPipeline> pipeline_;
 };
+
+// A fresh seed (0 .. 2^53-1) from the operating system's entropy, for "a random seed" (`--seed -1`); show
+// it to the user so that the run can be repeated.
+uint64_t random_seed();
 
 }  // namespace vgen

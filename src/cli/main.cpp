@@ -1,6 +1,7 @@
 // vgen: command-line entry point (generate, info, serve).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,8 @@
 
 #include "api/visual_gen.h"
 #include "cli/bench.h"
+#include "cli/flags.h"
+#include "cli/output.h"
 #include "cli/progress.h"
 #include "core/allocator.h"
 #include "core/error.h"
@@ -42,7 +45,7 @@ struct GenerateArgs {
   bool quiet = false;
   GenerationParams params;
   std::optional<std::string> negative_prompt;
-  std::optional<int64_t> seed;
+  std::string seed_text = "0";  // parsed by cli::parse_seed: -1 draws a random seed
 };
 
 Tensor read_latents(const std::string& path) {
@@ -53,18 +56,14 @@ Tensor read_latents(const std::string& path) {
   fail("{}: expected a tensor named 'latents' (or exactly one tensor), found {}", path, names.size());
 }
 
-std::string lower_extension(const std::string& path) {
-  std::string ext = fs::path(path).extension().string();
-  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return ext;
-}
-
 int run_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
-  const std::string ext = lower_extension(a.output);
-  const bool video_out = ext == ".mp4";
-  if (!video_out && ext != ".png" && ext != ".jpg" && ext != ".jpeg" && ext != ".webp")
-    fail("--output {}: unsupported extension '{}' (use .mp4, .png, .jpg or .webp)", a.output, ext);
+  // Everything that can be checked without the model is checked before loading it.
+  const cli::OutputTarget target = cli::plan_output(a.output);
+  std::optional<uint64_t> seed = cli::parse_seed(a.seed_text);
+  const bool random = !seed.has_value();
+  if (random) seed = random_seed();
+  a.params.seed = *seed;
 
   PipelineOptions options = default_pipeline_options(resolve_device(a.device));
   if (!a.dtype.empty()) options.dtype = parse_compute_dtype(a.dtype);
@@ -78,38 +77,61 @@ int run_generate(GenerateArgs& a) {
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
-  if (a.seed) a.params.seed = static_cast<uint64_t>(*a.seed);
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
 
+  Progress progress(5, !a.quiet);
+  progress.begin(fmt::format("loading {} ({} {})", a.model, options.device.str(), dtype_name(options.dtype)));
   VisualGen gen(a.model, options);
-  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const ResolvedParams r = gen.pipeline().resolve(a.params);
-  if (!video_out && r.num_frames != 1)
+  if (target.kind == cli::OutputKind::Image && r.num_frames != 1)
     fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, r.num_frames);
-  if (!a.quiet)
-    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu\n",
+  const double load_s = progress.end();
+  if (!a.quiet) {
+    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu%s\n",
                  gen.pipeline().class_name().c_str(), options.device.str().c_str(),
-                 std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(r.width), static_cast<long long>(r.height),
-                 static_cast<long long>(r.num_frames), r.num_inference_steps, r.guidance_scale,
-                 static_cast<unsigned long long>(r.seed));
+                 std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(r.width),
+                 static_cast<long long>(r.height), static_cast<long long>(r.num_frames), r.num_inference_steps,
+                 r.guidance_scale, static_cast<unsigned long long>(r.seed), random ? " (random)" : "");
+  }
+  // The seed is part of the result: print it even with --quiet when it was drawn.
+  if (random && a.quiet) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(r.seed));
 
-  ProgressBar bar(r.num_inference_steps, !a.quiet);
+  progress.begin("encoding the prompt");
+  const auto warn_if_truncated = [&](const std::string& text, const char* which) {
+    const std::optional<int64_t> tokens = gen.prompt_token_count(text);
+    if (tokens && *tokens > r.max_sequence_length)
+      progress.note(fmt::format("warning: the {} is {} tokens long; only the first {} are used (--max-sequence-length)",
+                                which, *tokens, r.max_sequence_length));
+  };
+  warn_if_truncated(r.prompt, "prompt");
+  if (r.guidance_scale > 1.0) warn_if_truncated(r.negative_prompt, "negative prompt");
+
+  // The pipeline reports denoising steps only: the first step ends the encoding phase, the
+  // last one starts the decoding phase.
+  auto encode_start = std::chrono::steady_clock::now();
   GenerationOutput out = gen.generate(r, [&](const StepProgress& p) {
-    bar.update(p.step, p.step_seconds);
+    if (p.step == 1) {
+      const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - encode_start).count();
+      progress.end(std::max(0.0, since - p.step_seconds));
+      progress.begin("denoising", p.step_seconds);
+      progress.start_steps(p.total);
+    }
+    progress.step(p.step, p.step_seconds);
+    if (p.step == p.total) progress.begin("decoding (VAE)");
     return true;
   });
-  bar.finish();
+  progress.end();
 
-  const auto tw = std::chrono::steady_clock::now();
+  progress.begin(fmt::format("writing {}", a.output));
   const double fps = a.fps.value_or(out.fps);
-  if (video_out) {
+  if (target.kind == cli::OutputKind::Mp4) {
     media::VideoEncodeOptions enc;
     enc.fps = fps;
     media::write_mp4(a.output, out.frames, enc);
   } else {
     media::write_image(a.output, out.frames.select(0, 0));
   }
-  const double write_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - tw).count();
+  const double write_s = progress.end();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) {
     std::fprintf(stderr, "timing: load %.2fs", load_s);
@@ -160,10 +182,10 @@ int main(int argc, char** argv) {
   gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default: the model's; <= 1 disables CFG)");
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
   gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
-  gen->add_option("--seed", g.seed, "Random seed (default 0)")->check(CLI::NonNegativeNumber);
-  gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(CLI::PositiveNumber);
+  gen->add_option("--seed", g.seed_text, "Random seed, 0 to 2^64-1; -1 draws one and prints it (default 0)");
+  gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(cli::positive_number());
   gen->add_option("--scheduler", g.scheduler, "Override the checkpoint's scheduler (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)");
-  gen->add_option("--flow-shift", g.flow_shift, "Override the scheduler's flow shift")->check(CLI::PositiveNumber);
+  gen->add_option("--flow-shift", g.flow_shift, "Override the scheduler's flow shift")->check(cli::positive_number());
   gen->add_option("--latents", g.latents_file, "Initial noise from a safetensors file (tensor 'latents'), like diffusers' latents=")
       ->check(CLI::ExistingFile);
   gen->add_option("--device", g.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
@@ -185,7 +207,7 @@ int main(int argc, char** argv) {
   srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph, conv)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
-  srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(CLI::Range(0, 65535));
+  srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(cli::integer_in_range(0, 65535));
   srv->add_option("--api-key", serve.api_key, "Require 'Authorization: Bearer KEY' on /v1 routes");
   srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
   srv->add_option("--device", serve.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
@@ -218,9 +240,27 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   bench->add_option("--save-output", b.save_output, "transformer: write the output of one forward as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
-  srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(CLI::PositiveNumber);
+  srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(cli::positive_number());
 
-  CLI11_PARSE(app, argc, argv);
+  // A mistyped command gets a suggestion rather than CLI11's "A subcommand is required".
+  std::vector<std::string> commands;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) commands.push_back(sub->get_name());
+  if (argc > 1 && argv[1][0] != '-' && std::find(commands.begin(), commands.end(), argv[1]) == commands.end()) {
+    const std::string match = cli::closest_match(argv[1], commands);
+    std::fprintf(stderr, "error: unknown command '%s'%s (commands: generate, info, serve, bench; vgen --help)\n", argv[1],
+                 match.empty() ? "" : fmt::format("; did you mean '{}'?", match).c_str());
+    return 2;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // A mistyped flag also shows up as a missing required one: name the typo first.
+    if (argc > 1 && e.get_exit_code() != 0 && std::find(commands.begin(), commands.end(), argv[1]) != commands.end()) {
+      const std::string hint = cli::suggest_flag(*app.get_subcommand(argv[1]), std::vector<std::string>(argv + 2, argv + argc));
+      if (!hint.empty()) std::fprintf(stderr, "error: %s\n", hint.c_str());
+    }
+    return app.exit(e);
+  }
   try {
     if (gen->parsed()) return run_generate(g);
     if (info->parsed()) return run_info(info_model);

@@ -33,3 +33,24 @@ TEST(VisualGenApi, GenerateResolvesOnceAndRunsTheResolvedParameters) {
     EXPECT_NE(std::string(e.what()).find("num_frames"), std::string::npos) << e.what();
   }
 }
+
+// VisualGen(path) runs where `vgen generate` runs by default (the GPU when one is usable).
+TEST(VisualGenApi, PicksTheDeviceLikeTheCli) {
+  VisualGen gen(vgen::testing::fixture("wan21_t2v_tiny"));
+  const Device expected = resolve_device("auto");
+  std::string device;
+  for (const auto& [k, v] : gen.pipeline().describe())
+    if (k == "device") device = v;
+  EXPECT_EQ(device, expected.str());
+}
+
+TEST(VisualGenApi, CountsPromptTokensAndDrawsRandomSeeds) {
+  VisualGen gen(vgen::testing::fixture("wan21_t2v_tiny"), PipelineOptions{});
+  const std::optional<int64_t> short_count = gen.prompt_token_count("a fox");
+  ASSERT_TRUE(short_count.has_value());
+  EXPECT_GE(*short_count, 2);  // at least one piece and </s>
+  EXPECT_GT(*gen.prompt_token_count("a fox a fox a fox a fox"), *short_count);
+  const uint64_t a = random_seed(), b = random_seed();
+  EXPECT_NE(a, b);
+  EXPECT_LT(a, uint64_t{1} << 53);
+}

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "media/temp_file.h"
 #include "support/command.h"
 #include "support/parity.h"
 
@@ -206,4 +207,106 @@ TEST(Cli, UnknownFlagIsAUsageError) {
   const Result r = run("generate --model x --prompt y --bogus-flag 3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("bogus-flag"), std::string::npos) << r.out;
+}
+
+// Range errors say what is wrong in words and name the flag (CLI11's own message printed
+// DBL_MAX in full).
+TEST(Cli, FlagRangeErrorsNameTheFlagInWords) {
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") + kQuick;
+  for (const auto& [flag, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"--fps 0", "--fps: must be a positive number, got 0"},
+           {"--flow-shift 0", "--flow-shift: must be a positive number, got 0"},
+           {"--flow-shift=-1.5", "--flow-shift: must be a positive number, got -1.5"}}) {
+    const Result r = run(base + flag);
+    EXPECT_NE(r.code, 0) << flag;
+    EXPECT_NE(r.out.find(expected), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("179769"), std::string::npos) << r.out;
+  }
+  const Result port = run("serve --model x --port 70000");
+  EXPECT_NE(port.code, 0);
+  EXPECT_NE(port.out.find("--port: must be an integer from 0 to 65535, got 70000"), std::string::npos) << port.out;
+}
+
+// --seed -1 draws a seed and prints it; passing that seed back repeats the run exactly.
+TEST(Cli, SeedMinusOneDrawsAPrintedSeedThatRepeatsTheRun) {
+  const std::string a = ::testing::TempDir() + "/cli_seed_a.png", b = ::testing::TempDir() + "/cli_seed_b.png";
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --prompt 'a kite' --steps 2 --quiet --height 32 --width 48 --num-frames 1 ";
+  const Result r = run(base + "--seed -1 -o " + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const size_t at = r.out.find("random seed ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const std::string seed = r.out.substr(at + 12, r.out.find('\n', at) - at - 12);
+  ASSERT_FALSE(seed.empty());
+  const Result again = run(base + "--seed " + seed + " -o " + b);
+  ASSERT_EQ(again.code, 0) << again.out;
+  EXPECT_EQ(vgen::media::read_file(a), vgen::media::read_file(b)) << "seed " << seed;
+}
+
+// Seeds beyond 2^64-1 or below -1 are errors, not clamped.
+TEST(Cli, SeedsOutOfRangeAreErrors) {
+  for (const char* seed : {"18446744073709551616", "-2", "12abc", "1e3"}) {
+    const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + " --prompt x --seed " + seed);
+    EXPECT_NE(r.code, 0) << seed;
+    EXPECT_NE(last_line(r.out).find("--seed: must be an integer from 0 to 18446744073709551615"), std::string::npos)
+        << r.out;
+    EXPECT_NE(last_line(r.out).find(seed), std::string::npos) << r.out;
+  }
+  // The largest seed is accepted.
+  const Result max = run("generate --model " + fixture("wan21_t2v_tiny") +
+                         " --prompt x --steps 1 --quiet --seed 18446744073709551615 --height 32 --width 48 --num-frames 1 -o " +
+                         ::testing::TempDir() + "/cli_seed_max.png");
+  EXPECT_EQ(max.code, 0) << max.out;
+}
+
+TEST(Cli, SuggestsTheClosestCommandAndFlag) {
+  const Result cmd = run("generat --model x --prompt y");
+  EXPECT_NE(cmd.code, 0);
+  EXPECT_NE(cmd.out.find("unknown command 'generat'; did you mean 'generate'?"), std::string::npos) << cmd.out;
+  const Result flag = run("generate --model x --promt y");
+  EXPECT_NE(flag.code, 0);
+  EXPECT_NE(flag.out.find("unknown flag --promt: did you mean --prompt?"), std::string::npos) << flag.out;
+}
+
+// The output path is checked before the model is even opened, and the message names the
+// path the user gave (not a temporary file).
+TEST(Cli, ChecksTheOutputFolderBeforeAnyWork) {
+  const std::string out = ::testing::TempDir() + "/no_such_folder/x.mp4";
+  const Result r = run("generate --model /no/such/model --prompt x -o " + out);
+  EXPECT_NE(r.code, 0);
+  const std::string line = last_line(r.out);
+  EXPECT_NE(line.find("--output " + out + ": the folder"), std::string::npos) << r.out;
+  EXPECT_NE(line.find("does not exist"), std::string::npos) << r.out;
+  EXPECT_EQ(line.find(".tmp"), std::string::npos) << r.out;
+  const Result ext = run("generate --model /no/such/model --prompt x -o out.avi");
+  EXPECT_NE(last_line(ext.out).find("--output out.avi: unsupported extension '.avi'"), std::string::npos) << ext.out;
+}
+
+// Every phase says when it starts and how long it took; denoising steps carry an ETA.
+TEST(Cli, ReportsEveryPhaseWithAnEta) {
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") +
+                       " --prompt 'a fox' --steps 2 --seed 1 --height 32 --width 48 --num-frames 5 -o " +
+                       ::testing::TempDir() + "/cli_phases.mp4");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* line : {"[1/5] loading", "[2/5] encoding the prompt: done in", "[3/5] denoising: step 1/2",
+                           "s/step, eta ", "[3/5] denoising: step 2/2", "[4/5] decoding (VAE): done in",
+                           "[5/5] writing", "timing: load"})
+    EXPECT_NE(r.out.find(line), std::string::npos) << "no '" << line << "' in:\n" << r.out;
+}
+
+// A prompt longer than --max-sequence-length is cut as diffusers cuts it, with a warning
+// (even with --quiet).
+TEST(Cli, WarnsWhenThePromptIsTruncated) {
+  std::string prompt;
+  for (int i = 0; i < 40; ++i) prompt += "a red fox ";
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --steps 1 --seed 1 --quiet --guidance-scale 1 --height 32 --width 48 --num-frames 1 "
+                           "--max-sequence-length 16 -o " + ::testing::TempDir() + "/cli_trunc.png --prompt ";
+  const Result r = run(base + "'" + prompt + "'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: the prompt is "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("only the first 16 are used"), std::string::npos) << r.out;
+  const Result short_prompt = run(base + "'a fox'");
+  ASSERT_EQ(short_prompt.code, 0) << short_prompt.out;
+  EXPECT_EQ(short_prompt.out.find("warning"), std::string::npos) << short_prompt.out;
 }
