@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "api/model_path.h"
 #include "io/checkpoint.h"
 #include "pipelines/registry.h"
 #include "text/tokenizer.h"
@@ -12,7 +13,7 @@ VisualGen::VisualGen(const std::string& model_path)
     : VisualGen(model_path, default_pipeline_options(resolve_device("auto"))) {}
 
 VisualGen::VisualGen(const std::string& model_path, const PipelineOptions& options)
-    : model_path_(model_path), pipeline_(load_pipeline(model_path, options)) {}
+    : model_path_(resolve_model_path(model_path)), pipeline_(load_pipeline(model_path_, options)) {}
 
 VisualGen::~VisualGen() = default;
 

@@ -17,6 +17,8 @@ namespace vgen {
 
 class VisualGen {
  public:
+  // model_path: a diffusers checkpoint folder, or a Hugging Face repo id found in the Hugging
+  // Face cache (resolve_model_path in api/model_path.h).
   // Runs where `vgen generate` runs by default: the GPU when one is usable (bf16), else the
   // CPU (float32): default_pipeline_options(resolve_device("auto")).
   explicit VisualGen(const std::string& model_path);
@@ -35,7 +37,7 @@ class VisualGen {
   std::optional<int64_t> prompt_token_count(const std::string& prompt) const;
 
   DiffusionPipeline& pipeline() { return *pipeline_; }
-  const std::string& model_path() const { return model_path_; }
+  const std::string& model_path() const { return model_path_; }  // the folder, once resolved
 
  private:
   std::string model_path_;

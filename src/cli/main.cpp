@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "api/model_path.h"
 #include "api/visual_gen.h"
 #include "cli/bench.h"
 #include "cli/flags.h"
@@ -148,7 +149,7 @@ int run_generate(GenerateArgs& a) {
 std::string yes_no(bool b) { return b ? "yes" : "no"; }
 
 int run_info(const std::string& model) {
-  std::unique_ptr<DiffusionPipeline> pipeline = load_pipeline(model, PipelineOptions{});
+  std::unique_ptr<DiffusionPipeline> pipeline = load_pipeline(resolve_model_path(model), PipelineOptions{});
   const PipelineCapabilities& c = pipeline->capabilities();
   std::printf("%-14s %s\n", "task", c.task_list().c_str());
   for (const auto& [k, v] : pipeline->describe()) std::printf("%-14s %s\n", k.c_str(), v.c_str());
@@ -172,7 +173,7 @@ int main(int argc, char** argv) {
 
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "Generate one video or image");
-  gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json)")->required();
+  gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json), or a Hugging Face repo id in the HF cache")->required();
   gen->add_option("--prompt", g.params.prompt, "Text prompt")->required();
   gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's; \"\" for none)");
   gen->add_option("--height", g.params.height, "Height in pixels, a multiple of the model's spatial multiple (default: the model's; see vgen info)");
@@ -199,11 +200,11 @@ int main(int argc, char** argv) {
 
   std::string info_model;
   CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it");
-  info->add_option("model", info_model, "Checkpoint folder in the diffusers layout")->required();
+  info->add_option("model", info_model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
 
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
-  srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout")->required();
+  srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
   srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph, conv)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
@@ -264,8 +265,18 @@ int main(int argc, char** argv) {
   try {
     if (gen->parsed()) return run_generate(g);
     if (info->parsed()) return run_info(info_model);
-    if (srv->parsed()) return serving::run_server(serve);
-    if (bench->parsed()) return cli::run_bench(b);
+    if (srv->parsed()) {
+      // A repo id from the Hugging Face cache keeps its name in the API (not the snapshot's hash).
+      const std::string folder = resolve_model_path(serve.model);
+      if (folder != serve.model && serve.served_model_name.empty())
+        serve.served_model_name = serve.model.substr(0, serve.model.find('@'));
+      serve.model = folder;
+      return serving::run_server(serve);
+    }
+    if (bench->parsed()) {
+      if (!b.model.empty()) b.model = resolve_model_path(b.model);
+      return cli::run_bench(b);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

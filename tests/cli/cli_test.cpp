@@ -23,8 +23,9 @@ struct Result {
   std::string out;  // stdout + stderr
 };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(VGEN_BINARY) + " " + args + " 2>&1";
+// env: "NAME=value " assignments put before the command.
+Result run_with_env(const std::string& env, const std::string& args) {
+  const std::string cmd = env + std::string(VGEN_BINARY) + " " + args + " 2>&1";
   Result r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -35,6 +36,8 @@ Result run(const std::string& args) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+Result run(const std::string& args) { return run_with_env("", args); }
 
 std::string last_line(const std::string& s) {
   std::string t = s;
@@ -309,4 +312,27 @@ TEST(Cli, WarnsWhenThePromptIsTruncated) {
   const Result short_prompt = run(base + "'a fox'");
   ASSERT_EQ(short_prompt.code, 0) << short_prompt.out;
   EXPECT_EQ(short_prompt.out.find("warning"), std::string::npos) << short_prompt.out;
+}
+
+// `vgen info` and `vgen generate` take a Hugging Face repo id found in HF_HUB_CACHE.
+TEST(Cli, TakesAHuggingFaceRepoIdFromTheCache) {
+  const fs::path hub = fs::path(::testing::TempDir()) / "cli_hf_cache" / "hub";
+  fs::remove_all(hub.parent_path());
+  const fs::path repo = hub / "models--tiny-org--wan-tiny";
+  fs::create_directories(repo / "refs");
+  fs::create_directories(repo / "snapshots");
+  fs::copy(fixture("wan21_t2v_tiny"), repo / "snapshots" / "abc123", fs::copy_options::recursive);
+  std::ofstream(repo / "refs" / "main") << "abc123";
+  const std::string env = "HF_HUB_CACHE=" + vgen::testing::shell_quote(hub.string()) + " ";
+  const Result info = run_with_env(env, "info tiny-org/wan-tiny");
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("WanPipeline"), std::string::npos) << info.out;
+  const Result gen = run_with_env(env, "generate --model tiny-org/wan-tiny" + kQuick +
+                                           "--height 32 --width 48 --num-frames 1 -o " + ::testing::TempDir() +
+                                           "/cli_hf.png");
+  EXPECT_EQ(gen.code, 0) << gen.out;
+  const Result missing = run_with_env(env, "info Wan-AI/Wan2.1-T2V-1.3B-Diffusers");
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(last_line(missing.out).find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), std::string::npos)
+      << missing.out;
 }
