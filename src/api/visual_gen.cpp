@@ -2,6 +2,8 @@
 
 #include <random>
 
+#include <fmt/format.h>
+
 #include "api/model_path.h"
 #include "io/checkpoint.h"
 #include "pipelines/registry.h"
@@ -13,7 +15,7 @@ VisualGen::VisualGen(const std::string& model_path)
     : VisualGen(model_path, default_pipeline_options(resolve_device("auto"))) {}
 
 VisualGen::VisualGen(const std::string& model_path, const PipelineOptions& options)
-    : model_path_(resolve_model_path(model_path)), pipeline_(load_pipeline(model_path_, options)) {}
+    : model_(model_path), model_path_(resolve_model_path(model_path)), pipeline_(load_pipeline(model_path_, options)) {}
 
 VisualGen::~VisualGen() = default;
 
@@ -37,6 +39,30 @@ std::optional<int64_t> VisualGen::prompt_token_count(const std::string& prompt) 
   if (cls.find("T5Tokenizer") == std::string::npos) return std::nullopt;  // T5TokenizerFast too
   const T5Tokenizer tokenizer = T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer"));
   return static_cast<int64_t>(tokenizer.encode(prompt).size());
+}
+
+media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {
+  media::Metadata m = {
+      {"prompt", r.prompt},
+      {"negative_prompt", r.negative_prompt},
+      {"seed", std::to_string(r.seed)},
+      {"num_inference_steps", std::to_string(r.num_inference_steps)},
+      {"guidance_scale", fmt::format("{}", r.guidance_scale)},
+      {"guidance_rescale", fmt::format("{}", r.guidance_rescale)},
+      {"height", std::to_string(r.height)},
+      {"width", std::to_string(r.width)},
+      {"num_frames", std::to_string(r.num_frames)},
+      {"max_sequence_length", std::to_string(r.max_sequence_length)},
+      {"fps", fmt::format("{}", fps)},
+      {"model", model_},
+      {"pipeline", pipeline_->class_name()},
+  };
+  if (r.latents.defined()) m.emplace_back("latents", "given (not seeded noise)");
+  for (const auto& [key, value] : pipeline_->describe())
+    if (key == "scheduler" || key == "device") m.emplace_back(key, value);
+    else if (key == "compute dtype") m.emplace_back("dtype", value);
+  m.emplace_back("software", std::string("vgen ") + VGEN_VERSION);
+  return m;
 }
 
 uint64_t random_seed() {

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "media/metadata.h"
 #include "pipelines/pipeline.h"
 
 namespace vgen {
@@ -36,11 +37,18 @@ class VisualGen {
   // when the checkpoint's tokenizer is not one vgen reads.
   std::optional<int64_t> prompt_token_count(const std::string& prompt) const;
 
+  // What made an output, to store in it (PNG text chunks, MP4 tags; `vgen info FILE` reads
+  // them back): prompt, negative_prompt, seed, num_inference_steps, guidance_scale,
+  // guidance_rescale, height, width, num_frames, max_sequence_length, fps, model (as given to
+  // the constructor), pipeline, scheduler, device, dtype, software (vgen and its version).
+  media::Metadata metadata(const ResolvedParams& params, double fps) const;
+
   DiffusionPipeline& pipeline() { return *pipeline_; }
   const std::string& model_path() const { return model_path_; }  // the folder, once resolved
 
  private:
-  std::string model_path_;
+  std::string model_;       // as given
+  std::string model_path_;  // the folder
   std::unique_ptr<DiffusionPipeline> pipeline_;
 };
 

@@ -21,6 +21,7 @@
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "media/image.h"
+#include "media/metadata.h"
 #include "media/mp4.h"
 #include "pipelines/registry.h"
 #include "serving/server.h"
@@ -46,6 +47,9 @@ struct GenerateArgs {
   bool quiet = false;
   GenerationParams params;
   std::optional<std::string> negative_prompt;
+  int crf = 18;
+  std::string preset = "medium";
+  int quality = 90;
   std::string seed_text = "0";  // parsed by cli::parse_seed: -1 draws a random seed
 };
 
@@ -125,12 +129,23 @@ int run_generate(GenerateArgs& a) {
 
   progress.begin(fmt::format("writing {}", a.output));
   const double fps = a.fps.value_or(out.fps);
+  const media::Metadata metadata = gen.metadata(r, fps);
   if (target.kind == cli::OutputKind::Mp4) {
     media::VideoEncodeOptions enc;
     enc.fps = fps;
+    enc.crf = a.crf;
+    enc.preset = a.preset;
+    enc.metadata = metadata;
     media::write_mp4(a.output, out.frames, enc);
+  } else if (target.kind == cli::OutputKind::Image) {
+    media::write_image(a.output, out.frames.select(0, 0), a.quality, metadata);
   } else {
-    media::write_image(a.output, out.frames.select(0, 0));
+    cli::prepare_output(target);
+    for (int64_t i = 0; i < out.frames.size(0); ++i) {
+      media::Metadata frame_metadata = metadata;
+      frame_metadata.emplace_back("frame", std::to_string(i));
+      media::write_png(cli::frame_path(target, i), out.frames.select(0, i), frame_metadata);
+    }
   }
   const double write_s = progress.end();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -148,7 +163,18 @@ int run_generate(GenerateArgs& a) {
 
 std::string yes_no(bool b) { return b ? "yes" : "no"; }
 
+// `vgen info FILE`: the generation metadata vgen stored in a PNG or an MP4.
+int run_info_file(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const media::Metadata m = ext == ".png" ? media::read_png_metadata(path) : media::read_video_metadata(path);
+  if (m.empty()) std::fprintf(stderr, "%s: no metadata\n", path.c_str());
+  for (const auto& [k, v] : m) std::printf("%-20s %s\n", k.c_str(), v.c_str());
+  return 0;
+}
+
 int run_info(const std::string& model) {
+  if (fs::is_regular_file(model)) return run_info_file(model);
   std::unique_ptr<DiffusionPipeline> pipeline = load_pipeline(resolve_model_path(model), PipelineOptions{});
   const PipelineCapabilities& c = pipeline->capabilities();
   std::printf("%-14s %s\n", "task", c.task_list().c_str());
@@ -195,12 +221,18 @@ int main(int argc, char** argv) {
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
-  gen->add_option("-o,--output", g.output, "Output file: .mp4 (H.264), or .png/.jpg/.webp for a 1-frame image");
+  gen->add_option("-o,--output", g.output, "Output: .mp4 (H.264); .png/.jpg/.webp for a 1-frame image; a folder (DIR/) or a %04d.png pattern for lossless PNG frames");
+  gen->add_option("--crf", g.crf, "MP4 quality: libx264 constant rate factor, 0 (best) to 51 (default 18, visually lossless)")
+      ->check(cli::integer_in_range(0, 51));
+  gen->add_option("--preset", g.preset, "MP4 encoding speed: libx264 preset ultrafast .. veryslow (default medium)")
+      ->check(CLI::IsMember({"ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"}));
+  gen->add_option("--quality", g.quality, "JPEG/WebP quality, 1 to 100 (default 90; PNG is lossless)")
+      ->check(cli::integer_in_range(1, 100));
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
 
   std::string info_model;
-  CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it");
-  info->add_option("model", info_model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
+  CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it, or how a PNG/MP4 was made");
+  info->add_option("model", info_model, "Checkpoint folder in the diffusers layout, a Hugging Face repo id in the HF cache, or a PNG/MP4 that vgen wrote (shows how it was made)")->required();
 
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");

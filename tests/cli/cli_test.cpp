@@ -336,3 +336,54 @@ TEST(Cli, TakesAHuggingFaceRepoIdFromTheCache) {
   EXPECT_NE(last_line(missing.out).find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), std::string::npos)
       << missing.out;
 }
+
+// Lossless outputs: a folder or a %04d.png pattern gets one PNG per frame, each carrying the
+// generation metadata that `vgen info FILE` prints back.
+TEST(Cli, WritesAnnotatedPngFramesThatInfoReadsBack) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_frames";
+  fs::remove_all(dir);
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --prompt 'a fox, ünïcode' --steps 2 --seed 9 --quiet --height 32 --width 48 --num-frames 5 ";
+  const Result folder = run(base + "-o " + dir.string() + "/");
+  ASSERT_EQ(folder.code, 0) << folder.out;
+  for (const char* f : {"0000.png", "0001.png", "0002.png", "0003.png", "0004.png"})
+    EXPECT_TRUE(fs::exists(dir / f)) << f;
+  EXPECT_FALSE(fs::exists(dir / "0005.png"));
+  const Result pattern = run(base + "-o " + dir.string() + "/f_%03d.png");
+  ASSERT_EQ(pattern.code, 0) << pattern.out;
+  EXPECT_TRUE(fs::exists(dir / "f_004.png"));
+  // The frames are the MP4's source, losslessly: identical runs give identical files.
+  EXPECT_EQ(vgen::media::read_file((dir / "0004.png").string()), vgen::media::read_file((dir / "f_004.png").string()));
+
+  const Result info = run("info " + (dir / "0002.png").string());
+  ASSERT_EQ(info.code, 0) << info.out;
+  for (const std::string& line : std::vector<std::string>{"prompt               a fox, ünïcode", "seed                 9",
+                                 "num_inference_steps  2", "guidance_scale       5",
+                                 "model                " + fixture("wan21_t2v_tiny"), "software             vgen ",
+                                 "frame                2"})
+    EXPECT_NE(info.out.find(line), std::string::npos) << "no '" << line << "' in:\n" << info.out;
+
+  const Result bad = run(base + "-o " + dir.string() + "/f_%d_%d.png");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(last_line(bad.out).find("a frame pattern is a .png file name with one %d"), std::string::npos) << bad.out;
+}
+
+// --crf and --preset reach libx264 and the MP4 carries the metadata too.
+TEST(Cli, Mp4QualityFlagsAndMetadata) {
+  if (!vgen::testing::have_program("ffprobe")) GTEST_SKIP() << "ffprobe not installed";
+  const std::string best = ::testing::TempDir() + "/cli_crf0.mp4", worst = ::testing::TempDir() + "/cli_crf51.mp4";
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 48 --width 80 --num-frames 9 ";
+  const Result a = run(base + "--crf 0 --preset ultrafast -o " + best);
+  ASSERT_EQ(a.code, 0) << a.out;
+  const Result b = run(base + "--crf 51 -o " + worst);
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_GT(fs::file_size(best), 2 * fs::file_size(worst));
+  EXPECT_EQ(ffprobe(best)["nb_read_frames"], "9");
+  const Result info = run("info " + best);
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("prompt               a red fox in the snow"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("seed                 7"), std::string::npos) << info.out;
+  const Result range = run(base + "--crf 52 -o " + best);
+  EXPECT_NE(range.code, 0);
+  EXPECT_NE(range.out.find("--crf: must be an integer from 0 to 51, got 52"), std::string::npos) << range.out;
+}
