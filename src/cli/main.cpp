@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -50,6 +51,9 @@ struct GenerateArgs {
   int crf = 18;
   std::string preset = "medium";
   int quality = 90;
+  std::vector<std::string> prompts;
+  std::string prompts_file;
+  int num_videos_per_prompt = 1;
   std::string seed_text = "0";  // parsed by cli::parse_seed: -1 draws a random seed
 };
 
@@ -61,20 +65,60 @@ Tensor read_latents(const std::string& path) {
   fail("{}: expected a tensor named 'latents' (or exactly one tensor), found {}", path, names.size());
 }
 
+// The prompts of a run: every --prompt, then the lines of --prompts-file (blank lines skipped).
+std::vector<std::string> collect_prompts(const GenerateArgs& a) {
+  std::vector<std::string> prompts = a.prompts;
+  if (!a.prompts_file.empty()) {
+    std::ifstream in(a.prompts_file);
+    if (!in) fail("--prompts-file {}: cannot open it", a.prompts_file);
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.find_first_not_of(" \t") != std::string::npos) prompts.push_back(line);
+    }
+    if (prompts.size() == a.prompts.size()) fail("--prompts-file {}: no prompts in it (one per line)", a.prompts_file);
+  }
+  if (prompts.empty()) fail("no prompt: give --prompt TEXT (once or more) or --prompts-file FILE");
+  return prompts;
+}
+
+void write_output(const GenerateArgs& a, const cli::OutputTarget& target, const Tensor& frames, double fps,
+                  const media::Metadata& metadata) {
+  if (target.kind == cli::OutputKind::Mp4) {
+    media::VideoEncodeOptions enc;
+    enc.fps = fps;
+    enc.crf = a.crf;
+    enc.preset = a.preset;
+    enc.metadata = metadata;
+    media::write_mp4(target.path, frames, enc);
+  } else if (target.kind == cli::OutputKind::Image) {
+    media::write_image(target.path, frames.select(0, 0), a.quality, metadata);
+  } else {
+    cli::prepare_output(target);
+    for (int64_t i = 0; i < frames.size(0); ++i) {
+      media::Metadata frame_metadata = metadata;
+      frame_metadata.emplace_back("frame", std::to_string(i));
+      media::write_png(cli::frame_path(target, i), frames.select(0, i), frame_metadata);
+    }
+  }
+}
+
 int run_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   // Everything that can be checked without the model is checked before loading it.
+  const std::vector<std::string> prompts = collect_prompts(a);
+  const int per_prompt = a.num_videos_per_prompt;
+  const int total = static_cast<int>(prompts.size()) * per_prompt;
   const cli::OutputTarget target = cli::plan_output(a.output);
   std::optional<uint64_t> seed = cli::parse_seed(a.seed_text);
   const bool random = !seed.has_value();
   if (random) seed = random_seed();
-  a.params.seed = *seed;
 
   PipelineOptions options = default_pipeline_options(resolve_device(a.device));
   if (!a.dtype.empty()) options.dtype = parse_compute_dtype(a.dtype);
   options.vae_dtype = parse_compute_dtype(a.vae_dtype);
-  // One generation per process: the text encoder's memory goes to the transformer and VAE.
-  options.offload_text_encoder = true;
+  // One generation: the text encoder's memory goes to the transformer and VAE. Several keep
+  // it rather than reload it for each video.
+  options.offload_text_encoder = total == 1;
   // PipelineOptions starts from ExecutionSettings::from_environment(); the flags override it.
   if (a.attention_backend) options.execution.attention_backend = *a.attention_backend;
   options.execution.cuda_graphs = a.cuda_graphs;
@@ -84,80 +128,90 @@ int run_generate(GenerateArgs& a) {
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
 
-  Progress progress(5, !a.quiet);
+  Progress progress(1 + 4 * total, !a.quiet);
   progress.begin(fmt::format("loading {} ({} {})", a.model, options.device.str(), dtype_name(options.dtype)));
   VisualGen gen(a.model, options);
-  const ResolvedParams r = gen.pipeline().resolve(a.params);
-  if (target.kind == cli::OutputKind::Image && r.num_frames != 1)
-    fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, r.num_frames);
+  // Every request is resolved (and so validated) before the first one runs.
+  std::vector<ResolvedParams> requests;
+  for (int k = 0; k < total; ++k) {
+    GenerationParams p = a.params;
+    p.prompt = prompts[static_cast<size_t>(k / per_prompt)];
+    p.seed = *seed + static_cast<uint64_t>(k);  // video k: seed + k (mod 2^64)
+    requests.push_back(gen.pipeline().resolve(p));
+  }
+  const ResolvedParams& first = requests.front();
+  if (target.kind == cli::OutputKind::Image && first.num_frames != 1)
+    fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, first.num_frames);
   const double load_s = progress.end();
   if (!a.quiet) {
-    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu%s\n",
+    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu%s%s\n",
                  gen.pipeline().class_name().c_str(), options.device.str().c_str(),
-                 std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(r.width),
-                 static_cast<long long>(r.height), static_cast<long long>(r.num_frames), r.num_inference_steps,
-                 r.guidance_scale, static_cast<unsigned long long>(r.seed), random ? " (random)" : "");
+                 std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(first.width),
+                 static_cast<long long>(first.height), static_cast<long long>(first.num_frames),
+                 first.num_inference_steps, first.guidance_scale, static_cast<unsigned long long>(first.seed),
+                 random ? " (random)" : "",
+                 total > 1 ? fmt::format("; {} videos, seeds {} to {}", total, first.seed, requests.back().seed).c_str() : "");
   }
   // The seed is part of the result: print it even with --quiet when it was drawn.
-  if (random && a.quiet) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(r.seed));
+  if (random && a.quiet) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(first.seed));
 
-  progress.begin("encoding the prompt");
-  const auto warn_if_truncated = [&](const std::string& text, const char* which) {
-    const std::optional<int64_t> tokens = gen.prompt_token_count(text);
-    if (tokens && *tokens > r.max_sequence_length)
-      progress.note(fmt::format("warning: the {} is {} tokens long; only the first {} are used (--max-sequence-length)",
-                                which, *tokens, r.max_sequence_length));
+  std::vector<std::pair<std::string, double>> timings;
+  const auto add_timing = [&](const std::string& phase, double s) {
+    for (auto& [name, sum] : timings)
+      if (name == phase) {
+        sum += s;
+        return;
+      }
+    timings.emplace_back(phase, s);
   };
-  warn_if_truncated(r.prompt, "prompt");
-  if (r.guidance_scale > 1.0) warn_if_truncated(r.negative_prompt, "negative prompt");
+  std::vector<std::string> written;
+  for (int k = 0; k < total; ++k) {
+    const ResolvedParams& r = requests[static_cast<size_t>(k)];
+    const cli::OutputTarget out_target = cli::output_for_video(target, k, total);
+    const std::string of = total > 1 ? fmt::format(" (video {}/{})", k + 1, total) : "";
+    progress.begin("encoding the prompt" + of);
+    const auto warn_if_truncated = [&](const std::string& text, const char* which) {
+      const std::optional<int64_t> tokens = gen.prompt_token_count(text);
+      if (tokens && *tokens > r.max_sequence_length)
+        progress.note(fmt::format("warning: the {} is {} tokens long; only the first {} are used (--max-sequence-length)",
+                                  which, *tokens, r.max_sequence_length));
+    };
+    if (k % per_prompt == 0) warn_if_truncated(r.prompt, "prompt");
+    if (k == 0 && r.guidance_scale > 1.0) warn_if_truncated(r.negative_prompt, "negative prompt");
 
-  // The pipeline reports denoising steps only: the first step ends the encoding phase, the
-  // last one starts the decoding phase.
-  auto encode_start = std::chrono::steady_clock::now();
-  GenerationOutput out = gen.generate(r, [&](const StepProgress& p) {
-    if (p.step == 1) {
-      const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - encode_start).count();
-      progress.end(std::max(0.0, since - p.step_seconds));
-      progress.begin("denoising", p.step_seconds);
-      progress.start_steps(p.total);
-    }
-    progress.step(p.step, p.step_seconds);
-    if (p.step == p.total) progress.begin("decoding (VAE)");
-    return true;
-  });
-  progress.end();
+    // The pipeline reports denoising steps only: the first step ends the encoding phase, the
+    // last one starts the decoding phase.
+    auto encode_start = std::chrono::steady_clock::now();
+    GenerationOutput out = gen.generate(r, [&](const StepProgress& p) {
+      if (p.step == 1) {
+        const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - encode_start).count();
+        progress.end(std::max(0.0, since - p.step_seconds));
+        progress.begin("denoising" + of, p.step_seconds);
+        progress.start_steps(p.total);
+      }
+      progress.step(p.step, p.step_seconds);
+      if (p.step == p.total) progress.begin("decoding (VAE)" + of);
+      return true;
+    });
+    progress.end();
+    for (const auto& [phase, s] : out.timings) add_timing(phase, s);
 
-  progress.begin(fmt::format("writing {}", a.output));
-  const double fps = a.fps.value_or(out.fps);
-  const media::Metadata metadata = gen.metadata(r, fps);
-  if (target.kind == cli::OutputKind::Mp4) {
-    media::VideoEncodeOptions enc;
-    enc.fps = fps;
-    enc.crf = a.crf;
-    enc.preset = a.preset;
-    enc.metadata = metadata;
-    media::write_mp4(a.output, out.frames, enc);
-  } else if (target.kind == cli::OutputKind::Image) {
-    media::write_image(a.output, out.frames.select(0, 0), a.quality, metadata);
-  } else {
-    cli::prepare_output(target);
-    for (int64_t i = 0; i < out.frames.size(0); ++i) {
-      media::Metadata frame_metadata = metadata;
-      frame_metadata.emplace_back("frame", std::to_string(i));
-      media::write_png(cli::frame_path(target, i), out.frames.select(0, i), frame_metadata);
-    }
+    progress.begin(fmt::format("writing {}", out_target.path));
+    const double fps = a.fps.value_or(out.fps);
+    write_output(a, out_target, out.frames, fps, gen.metadata(r, fps));
+    add_timing("write", progress.end());
+    written.push_back(out_target.path);
   }
-  const double write_s = progress.end();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) {
     std::fprintf(stderr, "timing: load %.2fs", load_s);
-    for (const auto& [phase, s] : out.timings) std::fprintf(stderr, ", %s %.2fs", phase.c_str(), s);
-    std::fprintf(stderr, ", write %.2fs, total %.2fs", write_s, total_s);
+    for (const auto& [phase, s] : timings) std::fprintf(stderr, ", %s %.2fs", phase.c_str(), s);
+    std::fprintf(stderr, ", total %.2fs", total_s);
     if (options.device.is_cuda())
       std::fprintf(stderr, ", peak GPU memory %.2f GiB", allocator_for(options.device).peak_bytes() / double(1ull << 30));
     std::fprintf(stderr, "\n");
   }
-  std::printf("%s\n", a.output.c_str());
+  for (const std::string& path : written) std::printf("%s\n", path.c_str());
   return 0;
 }
 
@@ -200,7 +254,11 @@ int main(int argc, char** argv) {
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "Generate one video or image");
   gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json), or a Hugging Face repo id in the HF cache")->required();
-  gen->add_option("--prompt", g.params.prompt, "Text prompt")->required();
+  gen->add_option("--prompt", g.prompts, "Text prompt; repeat it for several videos")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  gen->add_option("--prompts-file", g.prompts_file, "A file of prompts, one per line (blank lines skipped), after any --prompt")
+      ->check(CLI::ExistingFile);
+  gen->add_option("--num-videos-per-prompt", g.num_videos_per_prompt, "Videos per prompt, with seeds seed, seed+1, ... (default 1)")
+      ->check(cli::integer_in_range(1, 1000));
   gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's; \"\" for none)");
   gen->add_option("--height", g.params.height, "Height in pixels, a multiple of the model's spatial multiple (default: the model's; see vgen info)");
   gen->add_option("--width", g.params.width, "Width in pixels, a multiple of the model's spatial multiple (default: the model's)");

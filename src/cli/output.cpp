@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <regex>
 
+#include <fmt/format.h>
 #include <fmt/printf.h>
 
 #include "core/error.h"
@@ -48,6 +49,7 @@ OutputTarget plan_output(const std::string& path) {
   VGEN_CHECK(!path.empty(), "--output: empty path");
   if (path.back() == '/' || fs::is_directory(path, ec)) {
     t.kind = OutputKind::FrameSequence;
+    t.folder = true;
     fs::path dir(path);
     if (path.back() == '/') dir = dir.parent_path();
     t.pattern = (dir / "%04d.png").string();
@@ -82,6 +84,25 @@ void prepare_output(const OutputTarget& target) {
   std::error_code ec;
   fs::create_directories(folder_of(target.pattern), ec);
   if (ec) fail("--output {}: cannot create the folder '{}': {}", target.path, folder_of(target.pattern), ec.message());
+}
+
+OutputTarget output_for_video(const OutputTarget& target, int index, int count) {
+  if (count == 1) return target;
+  OutputTarget t = target;
+  const std::string number = fmt::format("{:03d}", index);
+  if (target.kind != OutputKind::FrameSequence) {
+    const fs::path p(target.path);
+    t.path = (p.parent_path() / (p.stem().string() + "_" + number + p.extension().string())).string();
+  } else if (target.folder) {
+    const fs::path pattern(target.pattern);  // DIR/%04d.png
+    t.pattern = (pattern.parent_path() / number / pattern.filename()).string();
+    t.path = (pattern.parent_path() / number).string() + "/";
+  } else {
+    const fs::path pattern(target.pattern);
+    t.pattern = (pattern.parent_path() / (number + "_" + pattern.filename().string())).string();
+    t.path = t.pattern;
+  }
+  return t;
 }
 
 std::string frame_path(const OutputTarget& target, int64_t index) {

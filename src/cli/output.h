@@ -17,6 +17,7 @@ struct OutputTarget {
   OutputKind kind = OutputKind::Mp4;
   std::string path;     // as the user gave it
   std::string pattern;  // FrameSequence: one %d-style field for the frame index (from 0)
+  bool folder = false;  // FrameSequence given as a folder (DIR/%04d.png)
 };
 
 // From --output: ".mp4" -> MP4; ".png"/".jpg"/".jpeg"/".webp" -> an image; a folder (ending in
@@ -27,6 +28,9 @@ struct OutputTarget {
 OutputTarget plan_output(const std::string& path);
 // Creates a FrameSequence's folder when missing (after plan_output, once there is something to write).
 void prepare_output(const OutputTarget& target);
+// Where video `index` of `count` goes: the target itself when count is 1; else out.mp4 ->
+// out_000.mp4, frames/ -> frames/000/%04d.png, frames/f_%04d.png -> frames/000_f_%04d.png.
+OutputTarget output_for_video(const OutputTarget& target, int index, int count);
 // The file of frame `index` of a FrameSequence.
 std::string frame_path(const OutputTarget& target, int64_t index);
 

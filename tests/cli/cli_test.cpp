@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
@@ -386,4 +387,47 @@ TEST(Cli, Mp4QualityFlagsAndMetadata) {
   const Result range = run(base + "--crf 52 -o " + best);
   EXPECT_NE(range.code, 0);
   EXPECT_NE(range.out.find("--crf: must be an integer from 0 to 51, got 52"), std::string::npos) << range.out;
+}
+
+// Several prompts (--prompt repeated, --prompts-file) and --num-videos-per-prompt: video k gets
+// seed + k and out_<k>.<ext>, each the same as a run of its own with that prompt and seed.
+TEST(Cli, BatchesPromptsAndVideosPerPrompt) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_batch";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --steps 2 --quiet --height 32 --width 48 --num-frames 1 ";
+  const Result r = run(base + "--prompt 'a fox' --prompt 'a kite' --num-videos-per-prompt 2 --seed 5 -o " +
+                       (dir / "out.png").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"a fox", "5"}, {"a fox", "6"}, {"a kite", "7"}, {"a kite", "8"}};
+  for (size_t k = 0; k < expected.size(); ++k) {
+    const std::string file = (dir / fmt::format("out_{:03d}.png", k)).string();
+    ASSERT_TRUE(fs::exists(file)) << file << "\n" << r.out;
+    EXPECT_NE(r.out.find(file), std::string::npos) << "stdout lists " << file;
+    const Result info = run("info " + file);
+    EXPECT_NE(info.out.find("prompt               " + expected[k].first + "\n"), std::string::npos) << info.out;
+    EXPECT_NE(info.out.find("seed                 " + expected[k].second + "\n"), std::string::npos) << info.out;
+  }
+  EXPECT_FALSE(fs::exists(dir / "out_004.png"));
+  const Result single = run(base + "--prompt 'a kite' --seed 8 -o " + (dir / "single.png").string());
+  ASSERT_EQ(single.code, 0) << single.out;
+  EXPECT_EQ(vgen::media::read_file((dir / "single.png").string()), vgen::media::read_file((dir / "out_003.png").string()));
+
+  std::ofstream(dir / "prompts.txt") << "a red fox\n\n  \na blue kite\r\n";
+  const Result file = run(base + "--prompts-file " + (dir / "prompts.txt").string() + " -o " + (dir / "f.png").string());
+  ASSERT_EQ(file.code, 0) << file.out;
+  EXPECT_TRUE(fs::exists(dir / "f_000.png"));
+  EXPECT_TRUE(fs::exists(dir / "f_001.png"));
+  EXPECT_FALSE(fs::exists(dir / "f_002.png"));
+  EXPECT_NE(run("info " + (dir / "f_001.png").string()).out.find("prompt               a blue kite\n"), std::string::npos);
+
+  std::ofstream(dir / "empty.txt") << "\n\n";
+  const Result empty = run(base + "--prompts-file " + (dir / "empty.txt").string());
+  EXPECT_NE(empty.code, 0);
+  EXPECT_NE(last_line(empty.out).find("no prompts in it"), std::string::npos) << empty.out;
+  const Result none = run("generate --model " + fixture("wan21_t2v_tiny"));
+  EXPECT_NE(none.code, 0);
+  EXPECT_NE(last_line(none.out).find("no prompt: give --prompt"), std::string::npos) << none.out;
 }
