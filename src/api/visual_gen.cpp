@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "api/model_path.h"
+#include "core/error.h"
 #include "io/checkpoint.h"
 #include "pipelines/registry.h"
 #include "text/tokenizer.h"
@@ -30,6 +31,12 @@ GenerationOutput VisualGen::generate(const GenerationParams& params, const StepC
 
 GenerationOutput VisualGen::generate(const ResolvedParams& params, const StepCallback& on_step) {
   return pipeline_->generate(params, on_step);
+}
+
+std::vector<GenerationOutput> VisualGen::generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
+                                                        const StepCallback& on_step) {
+  VGEN_CHECK(max_batch >= 1, "max_batch must be at least 1, got {}", max_batch);
+  return pipeline_->generate_batch(requests, max_batch, on_step);
 }
 
 std::optional<int64_t> VisualGen::prompt_token_count(const std::string& prompt) const {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "media/metadata.h"
 #include "pipelines/pipeline.h"
@@ -31,6 +32,13 @@ class VisualGen {
   GenerationOutput generate(const GenerationParams& params, const StepCallback& on_step = {});
   // Runs parameters already resolved by pipeline().resolve() (e.g. to show them first).
   GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {});
+
+  // Several requests (resolved by pipeline().resolve()), outputs in order: those that differ
+  // only in prompt and seed go through the transformer max_batch at a time (activation memory
+  // grows with it; 1 runs them one by one). Each output equals its request run alone, within
+  // float rounding.
+  std::vector<GenerationOutput> generate_batch(const std::vector<ResolvedParams>& requests, int max_batch = 1,
+                                               const StepCallback& on_step = {});
 
   // Tokens `prompt` takes in the checkpoint's tokenizer, its end-of-text token included, to
   // compare with max_sequence_length (longer prompts are cut there, as in diffusers); nullopt

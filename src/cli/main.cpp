@@ -54,6 +54,7 @@ struct GenerateArgs {
   std::vector<std::string> prompts;
   std::string prompts_file;
   int num_videos_per_prompt = 1;
+  int batch_size = 1;
   std::string seed_text = "0";  // parsed by cli::parse_seed: -1 draws a random seed
 };
 
@@ -128,7 +129,9 @@ int run_generate(GenerateArgs& a) {
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
 
-  Progress progress(1 + 4 * total, !a.quiet);
+  const int batch_size = std::min(a.batch_size, total);
+  const int groups = (total + batch_size - 1) / batch_size;
+  Progress progress(1 + 4 * groups, !a.quiet);
   progress.begin(fmt::format("loading {} ({} {})", a.model, options.device.str(), dtype_name(options.dtype)));
   VisualGen gen(a.model, options);
   // Every request is resolved (and so validated) before the first one runs.
@@ -167,22 +170,27 @@ int run_generate(GenerateArgs& a) {
   std::vector<std::string> written;
   for (int k = 0; k < total; ++k) {
     const ResolvedParams& r = requests[static_cast<size_t>(k)];
-    const cli::OutputTarget out_target = cli::output_for_video(target, k, total);
-    const std::string of = total > 1 ? fmt::format(" (video {}/{})", k + 1, total) : "";
-    progress.begin("encoding the prompt" + of);
     const auto warn_if_truncated = [&](const std::string& text, const char* which) {
       const std::optional<int64_t> tokens = gen.prompt_token_count(text);
       if (tokens && *tokens > r.max_sequence_length)
         progress.note(fmt::format("warning: the {} is {} tokens long; only the first {} are used (--max-sequence-length)",
                                   which, *tokens, r.max_sequence_length));
     };
-    if (k % per_prompt == 0) warn_if_truncated(r.prompt, "prompt");
+    if (k % per_prompt == 0) warn_if_truncated(r.prompt, k == 0 ? "prompt" : fmt::format("prompt {}", k / per_prompt + 1).c_str());
     if (k == 0 && r.guidance_scale > 1.0) warn_if_truncated(r.negative_prompt, "negative prompt");
-
+  }
+  // --batch-size videos at a time through the transformer.
+  for (int k0 = 0; k0 < total; k0 += batch_size) {
+    const int k1 = std::min(total, k0 + batch_size);
+    const std::vector<ResolvedParams> group(requests.begin() + k0, requests.begin() + k1);
+    const std::string of = total == 1        ? ""
+                           : k1 - k0 == 1    ? fmt::format(" (video {}/{})", k0 + 1, total)
+                                             : fmt::format(" (videos {}-{}/{})", k0 + 1, k1, total);
+    progress.begin((k1 - k0 == 1 ? "encoding the prompt" : "encoding the prompts") + of);
     // The pipeline reports denoising steps only: the first step ends the encoding phase, the
     // last one starts the decoding phase.
     auto encode_start = std::chrono::steady_clock::now();
-    GenerationOutput out = gen.generate(r, [&](const StepProgress& p) {
+    std::vector<GenerationOutput> outs = gen.generate_batch(group, batch_size, [&](const StepProgress& p) {
       if (p.step == 1) {
         const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - encode_start).count();
         progress.end(std::max(0.0, since - p.step_seconds));
@@ -194,13 +202,17 @@ int run_generate(GenerateArgs& a) {
       return true;
     });
     progress.end();
-    for (const auto& [phase, s] : out.timings) add_timing(phase, s);
+    for (const auto& [phase, s] : outs.front().timings) add_timing(phase, s);
 
-    progress.begin(fmt::format("writing {}", out_target.path));
-    const double fps = a.fps.value_or(out.fps);
-    write_output(a, out_target, out.frames, fps, gen.metadata(r, fps));
+    progress.begin("writing" + of);
+    for (int k = k0; k < k1; ++k) {
+      const GenerationOutput& out = outs[static_cast<size_t>(k - k0)];
+      const cli::OutputTarget out_target = cli::output_for_video(target, k, total);
+      const double fps = a.fps.value_or(out.fps);
+      write_output(a, out_target, out.frames, fps, gen.metadata(requests[static_cast<size_t>(k)], fps));
+      written.push_back(out_target.path);
+    }
     add_timing("write", progress.end());
-    written.push_back(out_target.path);
   }
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) {
@@ -254,11 +266,13 @@ int main(int argc, char** argv) {
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "Generate one video or image");
   gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json), or a Hugging Face repo id in the HF cache")->required();
-  gen->add_option("--prompt", g.prompts, "Text prompt; repeat it for several videos")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  gen->add_option("--prompt", g.prompts, "Text prompt; repeat it for several videos")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   gen->add_option("--prompts-file", g.prompts_file, "A file of prompts, one per line (blank lines skipped), after any --prompt")
       ->check(CLI::ExistingFile);
   gen->add_option("--num-videos-per-prompt", g.num_videos_per_prompt, "Videos per prompt, with seeds seed, seed+1, ... (default 1)")
       ->check(cli::integer_in_range(1, 1000));
+  gen->add_option("--batch-size", g.batch_size, "Videos run through the transformer together (default 1; activation memory grows with it)")
+      ->check(cli::integer_in_range(1, 64));
   gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's; \"\" for none)");
   gen->add_option("--height", g.params.height, "Height in pixels, a multiple of the model's spatial multiple (default: the model's; see vgen info)");
   gen->add_option("--width", g.params.width, "Width in pixels, a multiple of the model's spatial multiple (default: the model's)");

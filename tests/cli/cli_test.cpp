@@ -415,6 +415,16 @@ TEST(Cli, BatchesPromptsAndVideosPerPrompt) {
   ASSERT_EQ(single.code, 0) << single.out;
   EXPECT_EQ(vgen::media::read_file((dir / "single.png").string()), vgen::media::read_file((dir / "out_003.png").string()));
 
+  // --batch-size 3: the same videos, the first three through the transformer together.
+  const Result batched = run(base + "--prompt 'a fox' --prompt 'a kite' --num-videos-per-prompt 2 --seed 5 --batch-size 3 -o " +
+                             (dir / "b.png").string());
+  ASSERT_EQ(batched.code, 0) << batched.out;
+  for (size_t k = 0; k < expected.size(); ++k) {
+    const Result info = run("info " + (dir / fmt::format("b_{:03d}.png", k)).string());
+    EXPECT_NE(info.out.find("prompt               " + expected[k].first + "\n"), std::string::npos) << info.out;
+    EXPECT_NE(info.out.find("seed                 " + expected[k].second + "\n"), std::string::npos) << info.out;
+  }
+
   std::ofstream(dir / "prompts.txt") << "a red fox\n\n  \na blue kite\r\n";
   const Result file = run(base + "--prompts-file " + (dir / "prompts.txt").string() + " -o " + (dir / "f.png").string());
   ASSERT_EQ(file.code, 0) << file.out;
@@ -427,6 +437,10 @@ TEST(Cli, BatchesPromptsAndVideosPerPrompt) {
   const Result empty = run(base + "--prompts-file " + (dir / "empty.txt").string());
   EXPECT_NE(empty.code, 0);
   EXPECT_NE(last_line(empty.out).find("no prompts in it"), std::string::npos) << empty.out;
+  // An unquoted prompt is a usage error, not two prompts.
+  const Result unquoted = run("generate --model " + fixture("wan21_t2v_tiny") + " --prompt a cat");
+  EXPECT_NE(unquoted.code, 0);
+  EXPECT_NE(unquoted.out.find("not expected: cat"), std::string::npos) << unquoted.out;
   const Result none = run("generate --model " + fixture("wan21_t2v_tiny"));
   EXPECT_NE(none.code, 0);
   EXPECT_NE(last_line(none.out).find("no prompt: give --prompt"), std::string::npos) << none.out;
