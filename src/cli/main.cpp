@@ -264,7 +264,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   GenerateArgs g;
-  CLI::App* gen = app.add_subcommand("generate", "Generate one video or image");
+  CLI::App* gen = app.add_subcommand("generate", "Generate videos or images (one per prompt and --num-videos-per-prompt)");
   gen->add_option("--model", g.model, "Checkpoint folder in the diffusers layout (with model_index.json), or a Hugging Face repo id in the HF cache")->required();
   gen->add_option("--prompt", g.prompts, "Text prompt; repeat it for several videos")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   gen->add_option("--prompts-file", g.prompts_file, "A file of prompts, one per line (blank lines skipped), after any --prompt")
