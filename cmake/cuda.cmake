@@ -62,7 +62,7 @@ if(VGEN_WITH_CUDA)
                  "cuDNN ${CUDNN_LIBRARY}, cuDNN frontend ${VGEN_CUDNN_FRONTEND_INCLUDE}")
 
   file(GLOB_RECURSE VGEN_CUDA_SOURCES CONFIGURE_DEPENDS
-       ${CMAKE_SOURCE_DIR}/src/backends/cuda/*.cu ${CMAKE_SOURCE_DIR}/src/backends/cuda/*.cpp)
+       ${PROJECT_SOURCE_DIR}/src/backends/cuda/*.cu ${PROJECT_SOURCE_DIR}/src/backends/cuda/*.cpp)
 endif()
 
 function(vgen_link_cuda target)

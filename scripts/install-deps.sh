@@ -12,7 +12,8 @@ PACKAGES=(
 )
 
 # The CUDA backend (built when nvcc is found) needs the header-only cuDNN frontend, from PyPI.
-if command -v nvcc > /dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+# VGEN_CUDA=OFF (scripts/demo.sh without a GPU): not needed.
+if [ "${VGEN_CUDA:-AUTO}" != OFF ] && { command -v nvcc > /dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; }; then
   if ! python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'include', 'cudnn_frontend.h')))" 2>/dev/null; then
     echo "installing: nvidia-cudnn-frontend (pip)"
     python3 -m pip install -q nvidia-cudnn-frontend

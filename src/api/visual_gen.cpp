@@ -1,11 +1,22 @@
 #include "api/visual_gen.h"
 
+#include <random>
+
+#include <fmt/format.h>
+
+#include "api/model_path.h"
+#include "core/error.h"
+#include "io/checkpoint.h"
 #include "pipelines/registry.h"
+#include "text/tokenizer.h"
 
 namespace vgen {
 
+VisualGen::VisualGen(const std::string& model_path)
+    : VisualGen(model_path, default_pipeline_options(resolve_device("auto"))) {}
+
 VisualGen::VisualGen(const std::string& model_path, const PipelineOptions& options)
-    : model_path_(model_path), pipeline_(load_pipeline(model_path, options)) {}
+    : model_(model_path), model_path_(resolve_model_path(model_path)), pipeline_(load_pipeline(model_path_, options)) {}
 
 VisualGen::~VisualGen() = default;
 
@@ -20,6 +31,52 @@ GenerationOutput VisualGen::generate(const GenerationParams& params, const StepC
 
 GenerationOutput VisualGen::generate(const ResolvedParams& params, const StepCallback& on_step) {
   return pipeline_->generate(params, on_step);
+}
+
+std::vector<GenerationOutput> VisualGen::generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
+                                                        const StepCallback& on_step) {
+  VGEN_CHECK(max_batch >= 1, "max_batch must be at least 1, got {}", max_batch);
+  return pipeline_->generate_batch(requests, max_batch, on_step);
+}
+
+std::optional<int64_t> VisualGen::prompt_token_count(const std::string& prompt) const {
+  const DiffusersCheckpoint ckpt = DiffusersCheckpoint::open(model_path_);
+  if (!ckpt.has_component("tokenizer")) return std::nullopt;
+  const std::string& cls = ckpt.component("tokenizer").class_name;
+  if (cls.find("T5Tokenizer") == std::string::npos) return std::nullopt;  // T5TokenizerFast too
+  const T5Tokenizer tokenizer = T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer"));
+  return static_cast<int64_t>(tokenizer.encode(prompt).size());
+}
+
+media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {
+  media::Metadata m = {
+      {"prompt", r.prompt},
+      {"negative_prompt", r.negative_prompt},
+      {"seed", std::to_string(r.seed)},
+      {"num_inference_steps", std::to_string(r.num_inference_steps)},
+      {"guidance_scale", fmt::format("{}", r.guidance_scale)},
+      {"guidance_rescale", fmt::format("{}", r.guidance_rescale)},
+      {"height", std::to_string(r.height)},
+      {"width", std::to_string(r.width)},
+      {"num_frames", std::to_string(r.num_frames)},
+      {"max_sequence_length", std::to_string(r.max_sequence_length)},
+      {"fps", fmt::format("{}", fps)},
+      {"model", model_},
+      {"pipeline", pipeline_->class_name()},
+  };
+  if (r.latents.defined()) m.emplace_back("latents", "given (not seeded noise)");
+  for (const auto& [key, value] : pipeline_->describe())
+    if (key == "scheduler" || key == "device") m.emplace_back(key, value);
+    else if (key == "compute dtype") m.emplace_back("dtype", value);
+  m.emplace_back("software", std::string("vgen ") + VGEN_VERSION);
+  return m;
+}
+
+uint64_t random_seed() {
+  // Below 2^53 so that the seed survives a round trip through JSON numbers (JavaScript
+  // clients, metadata readers) unchanged.
+  std::random_device rd;
+  return ((static_cast<uint64_t>(rd()) << 32) ^ rd()) & ((uint64_t{1} << 53) - 1);
 }
 
 }  // namespace vgen

@@ -126,7 +126,7 @@ std::string_view image_format_mime_type(ImageFormat format) {
   return "";
 }
 
-std::vector<uint8_t> encode_png(const Tensor& image) {
+std::vector<uint8_t> encode_png(const Tensor& image, const Metadata& metadata) {
   const Tensor rgb = checked_image(image, "encoding PNG");
   png_image png{};
   png.version = PNG_IMAGE_VERSION;
@@ -139,12 +139,12 @@ std::vector<uint8_t> encode_png(const Tensor& image) {
   VGEN_CHECK(png_image_write_to_memory(&png, bytes.data(), &size, 0, rgb.data<uint8_t>(), row_stride, nullptr),
              "encoding PNG: libpng: {}", png.message);
   bytes.resize(size);
-  return bytes;
+  return metadata.empty() ? bytes : add_png_text(bytes, metadata);
 }
 
-void write_png(const std::string& path, const Tensor& image) {
+void write_png(const std::string& path, const Tensor& image, const Metadata& metadata) {
   try {
-    write_file_atomic(path, encode_png(image));
+    write_file_atomic(path, encode_png(image, metadata));
   } catch (const Error& e) {
     fail("writing '{}': {}", path, e.what());
   }
@@ -158,10 +158,10 @@ std::vector<uint8_t> encode_image(const Tensor& image, ImageFormat format, int q
   return format == ImageFormat::JPEG ? encode_jpeg(rgb, quality, what) : encode_webp(rgb, quality, what);
 }
 
-void write_image(const std::string& path, const Tensor& image, int quality) {
+void write_image(const std::string& path, const Tensor& image, int quality, const Metadata& metadata) {
   const ImageFormat format = image_format_from_path(path);
   try {
-    write_file_atomic(path, encode_image(image, format, quality));
+    write_file_atomic(path, format == ImageFormat::PNG ? encode_png(image, metadata) : encode_image(image, format, quality));
   } catch (const Error& e) {
     fail("writing '{}': {}", path, e.what());
   }

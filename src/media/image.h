@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "media/metadata.h"
 
 namespace vgen::media {
 
@@ -20,13 +21,15 @@ std::string_view image_format_name(ImageFormat format);       // "png", "jpeg", 
 std::string_view image_format_mime_type(ImageFormat format);  // "image/png", ...
 
 // image: U8 [H, W, 3] RGB (e.g. one frame of video_to_uint8_frames), any strides.
-std::vector<uint8_t> encode_png(const Tensor& image);
-void write_png(const std::string& path, const Tensor& image);
+// metadata: one iTXt chunk per entry (read_png_metadata reads them back).
+std::vector<uint8_t> encode_png(const Tensor& image, const Metadata& metadata = {});
+void write_png(const std::string& path, const Tensor& image, const Metadata& metadata = {});
 
 // quality 1..100 (higher: better, larger); PNG is lossless and ignores it. JPEG: 4:4:4,
 // quality mapped linearly onto mjpeg's qscale 31..1. WebP: lossy, libwebp's own quality.
 std::vector<uint8_t> encode_image(const Tensor& image, ImageFormat format, int quality = 90);
 // Format from the extension; written to a temporary file beside `path`, then renamed.
-void write_image(const std::string& path, const Tensor& image, int quality = 90);
+// metadata goes into PNGs only (JPEG and WebP are written without it).
+void write_image(const std::string& path, const Tensor& image, int quality = 90, const Metadata& metadata = {});
 
 }  // namespace vgen::media

@@ -102,7 +102,8 @@ void encode_to_file(const std::string& file, const Tensor& input, const VideoEnc
   ret = avio_open(&fmt->pb, url.c_str(), AVIO_FLAG_WRITE);
   VGEN_CHECK(ret >= 0, "{}: cannot open '{}': {}", what, file, libav::error_string(ret));
   AVDictionary* muxer_options = nullptr;
-  av_dict_set(&muxer_options, "movflags", "+faststart", 0);
+  av_dict_set(&muxer_options, "movflags", "+faststart+use_metadata_tags", 0);
+  for (const auto& [key, value] : options.metadata) av_dict_set(&fmt->metadata, key.c_str(), value.c_str(), 0);
   ret = avformat_write_header(fmt.get(), &muxer_options);
   av_dict_free(&muxer_options);
   VGEN_CHECK(ret >= 0, "{}: cannot write the mp4 header: {}", what, libav::error_string(ret));
@@ -141,6 +142,12 @@ std::string quoted(const std::string& s) {
   return out + "'";
 }
 
+std::string metadata_args(const Metadata& metadata) {
+  std::string out;
+  for (const auto& [key, value] : metadata) out += "-metadata " + quoted(key + "=" + value) + " ";
+  return out;
+}
+
 // Expects check_frames to have passed.
 void encode_to_file(const std::string& file, const Tensor& input, const VideoEncodeOptions& options,
                     const std::string& what) {
@@ -150,8 +157,10 @@ void encode_to_file(const std::string& file, const Tensor& input, const VideoEnc
   const std::string command = fmt::format(
       "{} -hide_banner -loglevel error -y -f rawvideo -pix_fmt rgb24 -s {}x{} -framerate {:.10g} -i - "
       "-vf scale=out_color_matrix=bt709:out_range=tv -c:v libx264 -preset {} -crf {} -pix_fmt yuv420p "
-      "-color_range tv -colorspace bt709 -color_primaries bt709 -color_trc bt709 -movflags +faststart -f mp4 {}",
-      quoted(program), frames.size(2), frames.size(1), options.fps, options.preset, options.crf, quoted(file));
+      "-color_range tv -colorspace bt709 -color_primaries bt709 -color_trc bt709 -movflags +faststart+use_metadata_tags "
+      "{}-f mp4 {}",
+      quoted(program), frames.size(2), frames.size(1), options.fps, options.preset, options.crf, metadata_args(options.metadata),
+      quoted(file));
   FILE* pipe = popen(command.c_str(), "w");
   VGEN_CHECK(pipe != nullptr, "{}: this build has no FFmpeg libraries and '{}' could not be started", what, program);
   const size_t bytes = frames.nbytes();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "media/metadata.h"
 
 namespace vgen::media {
 
@@ -15,6 +16,9 @@ struct VideoEncodeOptions {
                                    // caller's; any positive rate (23.976, 30000/1001-style stay exact)
   int crf = 18;                    // libx264 constant rate factor: 0 (lossless) .. 51; 18 is visually lossless
   std::string preset = "medium";  // libx264 preset: ultrafast .. placebo
+  // Written as MP4 metadata tags (movflags use_metadata_tags: any key, read back by
+  // read_video_metadata, shown by ffprobe).
+  Metadata metadata;
 };
 
 // frames: U8 [F, H, W, 3] RGB (as video_to_uint8_frames gives); H and W even (yuv420p).

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
@@ -53,6 +54,9 @@ void write_file_atomic(const std::string& path, const std::vector<uint8_t>& byte
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
+  std::error_code ec;
+  // A folder opens as a stream whose size is -1.
+  VGEN_CHECK(!std::filesystem::is_directory(path, ec), "cannot read '{}': it is a folder", path);
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   VGEN_CHECK(in, "cannot open '{}': {}", path, std::strerror(errno));
   std::vector<uint8_t> bytes(static_cast<size_t>(in.tellg()));

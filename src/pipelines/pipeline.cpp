@@ -21,6 +21,13 @@ DiffusionPipeline::DiffusionPipeline(std::shared_ptr<ExecutionContext> context) 
   VGEN_CHECK(context_ != nullptr, "a pipeline needs an execution context");
 }
 
+std::vector<GenerationOutput> DiffusionPipeline::generate_batch(const std::vector<ResolvedParams>& requests, int,
+                                                                const StepCallback& on_step) {
+  std::vector<GenerationOutput> outputs;
+  for (const ResolvedParams& r : requests) outputs.push_back(generate(r, on_step));
+  return outputs;
+}
+
 PipelineOptions default_pipeline_options(Device device) {
   PipelineOptions o;
   o.device = device;

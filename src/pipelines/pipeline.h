@@ -131,6 +131,13 @@ class DiffusionPipeline {
   virtual ResolvedParams resolve(const GenerationParams& params) const = 0;
   // Runs a request resolved by this pipeline's resolve().
   virtual GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) = 0;
+  // Runs several requests resolved by resolve(), returning their outputs in order. A pipeline
+  // may run up to `max_batch` of them through its transformer at once when they differ only
+  // in prompt and seed (activation memory grows with the batch: max_batch is the caller's
+  // memory budget); each output then equals, within float rounding, its request run alone.
+  // on_step reports the steps of each batch. This default runs them one by one.
+  virtual std::vector<GenerationOutput> generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
+                                                       const StepCallback& on_step = {});
   // Human-readable description of what was loaded (components, sizes, dtypes).
   virtual std::vector<std::pair<std::string, std::string>> describe() const = 0;
 

@@ -6,9 +6,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
+#include "media/temp_file.h"
 #include "support/command.h"
 #include "support/parity.h"
 
@@ -22,8 +24,9 @@ struct Result {
   std::string out;  // stdout + stderr
 };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(VGEN_BINARY) + " " + args + " 2>&1";
+// env: "NAME=value " assignments put before the command.
+Result run_with_env(const std::string& env, const std::string& args) {
+  const std::string cmd = env + std::string(VGEN_BINARY) + " " + args + " 2>&1";
   Result r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -34,6 +37,8 @@ Result run(const std::string& args) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
+
+Result run(const std::string& args) { return run_with_env("", args); }
 
 std::string last_line(const std::string& s) {
   std::string t = s;
@@ -206,4 +211,237 @@ TEST(Cli, UnknownFlagIsAUsageError) {
   const Result r = run("generate --model x --prompt y --bogus-flag 3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("bogus-flag"), std::string::npos) << r.out;
+}
+
+// Range errors say what is wrong in words and name the flag (CLI11's own message printed
+// DBL_MAX in full).
+TEST(Cli, FlagRangeErrorsNameTheFlagInWords) {
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") + kQuick;
+  for (const auto& [flag, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"--fps 0", "--fps: must be a positive number, got 0"},
+           {"--flow-shift 0", "--flow-shift: must be a positive number, got 0"},
+           {"--flow-shift=-1.5", "--flow-shift: must be a positive number, got -1.5"}}) {
+    const Result r = run(base + flag);
+    EXPECT_NE(r.code, 0) << flag;
+    EXPECT_NE(r.out.find(expected), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("179769"), std::string::npos) << r.out;
+  }
+  const Result port = run("serve --model x --port 70000");
+  EXPECT_NE(port.code, 0);
+  EXPECT_NE(port.out.find("--port: must be an integer from 0 to 65535, got 70000"), std::string::npos) << port.out;
+}
+
+// --seed -1 draws a seed and prints it; passing that seed back repeats the run exactly.
+TEST(Cli, SeedMinusOneDrawsAPrintedSeedThatRepeatsTheRun) {
+  const std::string a = ::testing::TempDir() + "/cli_seed_a.png", b = ::testing::TempDir() + "/cli_seed_b.png";
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --prompt 'a kite' --steps 2 --quiet --height 32 --width 48 --num-frames 1 ";
+  const Result r = run(base + "--seed -1 -o " + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const size_t at = r.out.find("random seed ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const std::string seed = r.out.substr(at + 12, r.out.find('\n', at) - at - 12);
+  ASSERT_FALSE(seed.empty());
+  const Result again = run(base + "--seed " + seed + " -o " + b);
+  ASSERT_EQ(again.code, 0) << again.out;
+  EXPECT_EQ(vgen::media::read_file(a), vgen::media::read_file(b)) << "seed " << seed;
+}
+
+// Seeds beyond 2^64-1 or below -1 are errors, not clamped.
+TEST(Cli, SeedsOutOfRangeAreErrors) {
+  for (const char* seed : {"18446744073709551616", "-2", "12abc", "1e3"}) {
+    const Result r = run("generate --model " + fixture("wan21_t2v_tiny") + " --prompt x --seed " + seed);
+    EXPECT_NE(r.code, 0) << seed;
+    EXPECT_NE(last_line(r.out).find("--seed: must be an integer from 0 to 18446744073709551615"), std::string::npos)
+        << r.out;
+    EXPECT_NE(last_line(r.out).find(seed), std::string::npos) << r.out;
+  }
+  // The largest seed is accepted.
+  const Result max = run("generate --model " + fixture("wan21_t2v_tiny") +
+                         " --prompt x --steps 1 --quiet --seed 18446744073709551615 --height 32 --width 48 --num-frames 1 -o " +
+                         ::testing::TempDir() + "/cli_seed_max.png");
+  EXPECT_EQ(max.code, 0) << max.out;
+}
+
+TEST(Cli, SuggestsTheClosestCommandAndFlag) {
+  const Result cmd = run("generat --model x --prompt y");
+  EXPECT_NE(cmd.code, 0);
+  EXPECT_NE(cmd.out.find("unknown command 'generat'; did you mean 'generate'?"), std::string::npos) << cmd.out;
+  const Result flag = run("generate --model x --promt y");
+  EXPECT_NE(flag.code, 0);
+  EXPECT_NE(flag.out.find("unknown flag --promt: did you mean --prompt?"), std::string::npos) << flag.out;
+}
+
+// The output path is checked before the model is even opened, and the message names the
+// path the user gave (not a temporary file).
+TEST(Cli, ChecksTheOutputFolderBeforeAnyWork) {
+  const std::string out = ::testing::TempDir() + "/no_such_folder/x.mp4";
+  const Result r = run("generate --model /no/such/model --prompt x -o " + out);
+  EXPECT_NE(r.code, 0);
+  const std::string line = last_line(r.out);
+  EXPECT_NE(line.find("--output " + out + ": the folder"), std::string::npos) << r.out;
+  EXPECT_NE(line.find("does not exist"), std::string::npos) << r.out;
+  EXPECT_EQ(line.find(".tmp"), std::string::npos) << r.out;
+  const Result ext = run("generate --model /no/such/model --prompt x -o out.avi");
+  EXPECT_NE(last_line(ext.out).find("--output out.avi: unsupported extension '.avi'"), std::string::npos) << ext.out;
+}
+
+// Every phase says when it starts and how long it took; denoising steps carry an ETA.
+TEST(Cli, ReportsEveryPhaseWithAnEta) {
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") +
+                       " --prompt 'a fox' --steps 2 --seed 1 --height 32 --width 48 --num-frames 5 -o " +
+                       ::testing::TempDir() + "/cli_phases.mp4");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* line : {"[1/5] loading", "[2/5] encoding the prompt: done in", "[3/5] denoising: step 1/2",
+                           "s/step, eta ", "[3/5] denoising: step 2/2", "[4/5] decoding (VAE): done in",
+                           "[5/5] writing", "timing: load"})
+    EXPECT_NE(r.out.find(line), std::string::npos) << "no '" << line << "' in:\n" << r.out;
+}
+
+// A prompt longer than --max-sequence-length is cut as diffusers cuts it, with a warning
+// (even with --quiet).
+TEST(Cli, WarnsWhenThePromptIsTruncated) {
+  std::string prompt;
+  for (int i = 0; i < 40; ++i) prompt += "a red fox ";
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --steps 1 --seed 1 --quiet --guidance-scale 1 --height 32 --width 48 --num-frames 1 "
+                           "--max-sequence-length 16 -o " + ::testing::TempDir() + "/cli_trunc.png --prompt ";
+  const Result r = run(base + "'" + prompt + "'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: the prompt is "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("only the first 16 are used"), std::string::npos) << r.out;
+  const Result short_prompt = run(base + "'a fox'");
+  ASSERT_EQ(short_prompt.code, 0) << short_prompt.out;
+  EXPECT_EQ(short_prompt.out.find("warning"), std::string::npos) << short_prompt.out;
+}
+
+// `vgen info` and `vgen generate` take a Hugging Face repo id found in HF_HUB_CACHE.
+TEST(Cli, TakesAHuggingFaceRepoIdFromTheCache) {
+  const fs::path hub = fs::path(::testing::TempDir()) / "cli_hf_cache" / "hub";
+  fs::remove_all(hub.parent_path());
+  const fs::path repo = hub / "models--tiny-org--wan-tiny";
+  fs::create_directories(repo / "refs");
+  fs::create_directories(repo / "snapshots");
+  fs::copy(fixture("wan21_t2v_tiny"), repo / "snapshots" / "abc123", fs::copy_options::recursive);
+  std::ofstream(repo / "refs" / "main") << "abc123";
+  const std::string env = "HF_HUB_CACHE=" + vgen::testing::shell_quote(hub.string()) + " ";
+  const Result info = run_with_env(env, "info tiny-org/wan-tiny");
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("WanPipeline"), std::string::npos) << info.out;
+  const Result gen = run_with_env(env, "generate --model tiny-org/wan-tiny" + kQuick +
+                                           "--height 32 --width 48 --num-frames 1 -o " + ::testing::TempDir() +
+                                           "/cli_hf.png");
+  EXPECT_EQ(gen.code, 0) << gen.out;
+  const Result missing = run_with_env(env, "info Wan-AI/Wan2.1-T2V-1.3B-Diffusers");
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(last_line(missing.out).find("huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"), std::string::npos)
+      << missing.out;
+}
+
+// Lossless outputs: a folder or a %04d.png pattern gets one PNG per frame, each carrying the
+// generation metadata that `vgen info FILE` prints back.
+TEST(Cli, WritesAnnotatedPngFramesThatInfoReadsBack) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_frames";
+  fs::remove_all(dir);
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --prompt 'a fox, ünïcode' --steps 2 --seed 9 --quiet --height 32 --width 48 --num-frames 5 ";
+  const Result folder = run(base + "-o " + dir.string() + "/");
+  ASSERT_EQ(folder.code, 0) << folder.out;
+  for (const char* f : {"0000.png", "0001.png", "0002.png", "0003.png", "0004.png"})
+    EXPECT_TRUE(fs::exists(dir / f)) << f;
+  EXPECT_FALSE(fs::exists(dir / "0005.png"));
+  const Result pattern = run(base + "-o " + dir.string() + "/f_%03d.png");
+  ASSERT_EQ(pattern.code, 0) << pattern.out;
+  EXPECT_TRUE(fs::exists(dir / "f_004.png"));
+  // The frames are the MP4's source, losslessly: identical runs give identical files.
+  EXPECT_EQ(vgen::media::read_file((dir / "0004.png").string()), vgen::media::read_file((dir / "f_004.png").string()));
+
+  const Result info = run("info " + (dir / "0002.png").string());
+  ASSERT_EQ(info.code, 0) << info.out;
+  for (const std::string& line : std::vector<std::string>{"prompt               a fox, ünïcode", "seed                 9",
+                                 "num_inference_steps  2", "guidance_scale       5",
+                                 "model                " + fixture("wan21_t2v_tiny"), "software             vgen ",
+                                 "frame                2"})
+    EXPECT_NE(info.out.find(line), std::string::npos) << "no '" << line << "' in:\n" << info.out;
+
+  const Result bad = run(base + "-o " + dir.string() + "/f_%d_%d.png");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(last_line(bad.out).find("a frame pattern is a .png file name with one %d"), std::string::npos) << bad.out;
+}
+
+// --crf and --preset reach libx264 and the MP4 carries the metadata too.
+TEST(Cli, Mp4QualityFlagsAndMetadata) {
+  if (!vgen::testing::have_program("ffprobe")) GTEST_SKIP() << "ffprobe not installed";
+  const std::string best = ::testing::TempDir() + "/cli_crf0.mp4", worst = ::testing::TempDir() + "/cli_crf51.mp4";
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 48 --width 80 --num-frames 9 ";
+  const Result a = run(base + "--crf 0 --preset ultrafast -o " + best);
+  ASSERT_EQ(a.code, 0) << a.out;
+  const Result b = run(base + "--crf 51 -o " + worst);
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_GT(fs::file_size(best), 2 * fs::file_size(worst));
+  EXPECT_EQ(ffprobe(best)["nb_read_frames"], "9");
+  const Result info = run("info " + best);
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("prompt               a red fox in the snow"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("seed                 7"), std::string::npos) << info.out;
+  const Result range = run(base + "--crf 52 -o " + best);
+  EXPECT_NE(range.code, 0);
+  EXPECT_NE(range.out.find("--crf: must be an integer from 0 to 51, got 52"), std::string::npos) << range.out;
+}
+
+// Several prompts (--prompt repeated, --prompts-file) and --num-videos-per-prompt: video k gets
+// seed + k and out_<k>.<ext>, each the same as a run of its own with that prompt and seed.
+TEST(Cli, BatchesPromptsAndVideosPerPrompt) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_batch";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                           " --steps 2 --quiet --height 32 --width 48 --num-frames 1 ";
+  const Result r = run(base + "--prompt 'a fox' --prompt 'a kite' --num-videos-per-prompt 2 --seed 5 -o " +
+                       (dir / "out.png").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"a fox", "5"}, {"a fox", "6"}, {"a kite", "7"}, {"a kite", "8"}};
+  for (size_t k = 0; k < expected.size(); ++k) {
+    const std::string file = (dir / fmt::format("out_{:03d}.png", k)).string();
+    ASSERT_TRUE(fs::exists(file)) << file << "\n" << r.out;
+    EXPECT_NE(r.out.find(file), std::string::npos) << "stdout lists " << file;
+    const Result info = run("info " + file);
+    EXPECT_NE(info.out.find("prompt               " + expected[k].first + "\n"), std::string::npos) << info.out;
+    EXPECT_NE(info.out.find("seed                 " + expected[k].second + "\n"), std::string::npos) << info.out;
+  }
+  EXPECT_FALSE(fs::exists(dir / "out_004.png"));
+  const Result single = run(base + "--prompt 'a kite' --seed 8 -o " + (dir / "single.png").string());
+  ASSERT_EQ(single.code, 0) << single.out;
+  EXPECT_EQ(vgen::media::read_file((dir / "single.png").string()), vgen::media::read_file((dir / "out_003.png").string()));
+
+  // --batch-size 3: the same videos, the first three through the transformer together.
+  const Result batched = run(base + "--prompt 'a fox' --prompt 'a kite' --num-videos-per-prompt 2 --seed 5 --batch-size 3 -o " +
+                             (dir / "b.png").string());
+  ASSERT_EQ(batched.code, 0) << batched.out;
+  for (size_t k = 0; k < expected.size(); ++k) {
+    const Result info = run("info " + (dir / fmt::format("b_{:03d}.png", k)).string());
+    EXPECT_NE(info.out.find("prompt               " + expected[k].first + "\n"), std::string::npos) << info.out;
+    EXPECT_NE(info.out.find("seed                 " + expected[k].second + "\n"), std::string::npos) << info.out;
+  }
+
+  std::ofstream(dir / "prompts.txt") << "a red fox\n\n  \na blue kite\r\n";
+  const Result file = run(base + "--prompts-file " + (dir / "prompts.txt").string() + " -o " + (dir / "f.png").string());
+  ASSERT_EQ(file.code, 0) << file.out;
+  EXPECT_TRUE(fs::exists(dir / "f_000.png"));
+  EXPECT_TRUE(fs::exists(dir / "f_001.png"));
+  EXPECT_FALSE(fs::exists(dir / "f_002.png"));
+  EXPECT_NE(run("info " + (dir / "f_001.png").string()).out.find("prompt               a blue kite\n"), std::string::npos);
+
+  std::ofstream(dir / "empty.txt") << "\n\n";
+  const Result empty = run(base + "--prompts-file " + (dir / "empty.txt").string());
+  EXPECT_NE(empty.code, 0);
+  EXPECT_NE(last_line(empty.out).find("no prompts in it"), std::string::npos) << empty.out;
+  // An unquoted prompt is a usage error, not two prompts.
+  const Result unquoted = run("generate --model " + fixture("wan21_t2v_tiny") + " --prompt a cat");
+  EXPECT_NE(unquoted.code, 0);
+  EXPECT_NE(unquoted.out.find("not expected: cat"), std::string::npos) << unquoted.out;
+  const Result none = run("generate --model " + fixture("wan21_t2v_tiny"));
+  EXPECT_NE(none.code, 0);
+  EXPECT_NE(last_line(none.out).find("no prompt: give --prompt"), std::string::npos) << none.out;
 }

@@ -202,24 +202,63 @@ Tensor WanPipeline::decode_latents(const Tensor& latents) const {
 }
 
 GenerationOutput WanPipeline::generate(const ResolvedParams& r, const StepCallback& on_step) {
+  return std::move(run({&r}, on_step).front());
+}
+
+namespace {
+
+// Whether b can share a denoising loop with a: everything but prompt and seed alike.
+bool batch_compatible(const ResolvedParams& a, const ResolvedParams& b) {
+  return !a.latents.defined() && !b.latents.defined() && a.negative_prompt == b.negative_prompt &&
+         a.height == b.height && a.width == b.width && a.num_frames == b.num_frames &&
+         a.num_inference_steps == b.num_inference_steps && a.guidance_scale == b.guidance_scale &&
+         a.guidance_rescale == b.guidance_rescale && a.max_sequence_length == b.max_sequence_length;
+}
+
+}  // namespace
+
+std::vector<GenerationOutput> WanPipeline::generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
+                                                          const StepCallback& on_step) {
+  std::vector<GenerationOutput> outputs;
+  size_t i = 0;
+  while (i < requests.size()) {
+    std::vector<const ResolvedParams*> batch = {&requests[i]};
+    while (i + batch.size() < requests.size() && static_cast<int>(batch.size()) < max_batch &&
+           batch_compatible(requests[i], requests[i + batch.size()]))
+      batch.push_back(&requests[i + batch.size()]);
+    for (GenerationOutput& out : run(batch, on_step)) outputs.push_back(std::move(out));
+    i += batch.size();
+  }
+  return outputs;
+}
+
+std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedParams*>& batch,
+                                               const StepCallback& on_step) {
   ContextScope scope(*context_);
-  GenerationOutput out;
-  out.fps = capabilities_.default_fps;
+  const ResolvedParams& r = *batch.front();
+  const int64_t n = static_cast<int64_t>(batch.size());
+  std::vector<std::pair<std::string, double>> timings;
   const Device device = options_.device;
 
   auto start = std::chrono::steady_clock::now();
   if (!text_encoder_) {  // freed after the previous generation's prompts (offload_text_encoder)
     text_encoder_ = UMT5EncoderModel::from_pretrained(text_encoder_dir_, options_.dtype, options_.device);
     ops::synchronize(device);
-    out.timings.emplace_back("load_text_encoder", seconds_since(start));
+    timings.emplace_back("load_text_encoder", seconds_since(start));
     start = std::chrono::steady_clock::now();
   }
   const bool cfg = r.guidance_scale > 1.0;
-  const Tensor prompt_embeds = encode_prompt({r.prompt}, r.max_sequence_length);
-  const Tensor negative_embeds = cfg ? encode_prompt({r.negative_prompt}, r.max_sequence_length) : Tensor();
+  std::vector<std::string> prompts;
+  for (const ResolvedParams* p : batch) prompts.push_back(p->prompt);
+  const Tensor prompt_embeds = encode_prompt(prompts, r.max_sequence_length);
+  Tensor negative_embeds;
+  if (cfg) {
+    negative_embeds = encode_prompt({r.negative_prompt}, r.max_sequence_length);
+    if (n > 1) negative_embeds = ops::cat(std::vector<Tensor>(static_cast<size_t>(n), negative_embeds), 0);
+  }
   if (options_.offload_text_encoder) text_encoder_.reset();
   ops::synchronize(device);
-  out.timings.emplace_back("encode_prompt", seconds_since(start));
+  timings.emplace_back("encode_prompt", seconds_since(start));
 
   start = std::chrono::steady_clock::now();
   const Shape shape = latent_shape(r);
@@ -230,8 +269,13 @@ GenerationOutput WanPipeline::generate(const ResolvedParams& r, const StepCallba
       fail("latents have shape {}, but {}x{} with {} frames needs {}", shape_str(r.latents.shape()), r.width, r.height,
            r.num_frames, shape_str(shape));
     latents = r.latents.to(DType::F32).to(device);
-  } else {
+  } else if (n == 1) {
     latents = randn(shape, r.seed).to(device);
+  } else {
+    // Each video's noise from its own seed: the same as when it runs alone.
+    std::vector<Tensor> noise;
+    for (const ResolvedParams* p : batch) noise.push_back(randn(shape, p->seed).to(device));
+    latents = ops::cat(noise, 0);
   }
   scheduler_->set_timesteps(r.num_inference_steps);
   DenoiseConfig loop;
@@ -244,15 +288,24 @@ GenerationOutput WanPipeline::generate(const ResolvedParams& r, const StepCallba
     // The transformer runs in its compute dtype; the scheduler keeps float32 latents.
     return transformer_->forward(x.to(options_.dtype), timestep, context).to(DType::F32);
   };
-  out.denoised_latents = run_denoising_loop(*scheduler_, latents, loop, predict, on_step);
+  const Tensor denoised = run_denoising_loop(*scheduler_, latents, loop, predict, on_step);
   ops::synchronize(device);
-  out.timings.emplace_back("denoise", seconds_since(start));
+  timings.emplace_back("denoise", seconds_since(start));
 
   start = std::chrono::steady_clock::now();
-  out.video = decode_latents(out.denoised_latents);
-  out.frames = media::video_to_uint8_frames(out.video.to(Device::cpu()));
-  out.timings.emplace_back("decode", seconds_since(start));
-  return out;
+  std::vector<GenerationOutput> outputs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    GenerationOutput& out = outputs[static_cast<size_t>(i)];
+    out.fps = capabilities_.default_fps;
+    // One video at a time through the VAE: its memory does not grow with the batch.
+    out.denoised_latents = n == 1 ? denoised : denoised.narrow(0, i, 1).contiguous();
+    out.video = decode_latents(out.denoised_latents);
+    out.frames = media::video_to_uint8_frames(out.video.to(Device::cpu()));
+  }
+  timings.emplace_back("decode", seconds_since(start));
+  // The videos of a batch share its timings.
+  for (GenerationOutput& out : outputs) out.timings = timings;
+  return outputs;
 }
 
 }  // namespace vgen

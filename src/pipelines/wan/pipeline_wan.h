@@ -28,6 +28,11 @@ class WanPipeline final : public DiffusionPipeline {
   const PipelineCapabilities& capabilities() const override { return capabilities_; }
   ResolvedParams resolve(const GenerationParams& params) const override;
   GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) override;
+  // Requests that share everything but prompt and seed (and give no latents) run through the
+  // transformer max_batch at a time: prompts encoded together, each video's noise from its own
+  // seed, one transformer call per branch and step, the VAE decoding one video at a time.
+  std::vector<GenerationOutput> generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
+                                               const StepCallback& on_step = {}) override;
   std::vector<std::pair<std::string, std::string>> describe() const override;
 
   // The pieces, public for the parity tests.
@@ -42,6 +47,9 @@ class WanPipeline final : public DiffusionPipeline {
 
  private:
   explicit WanPipeline(std::shared_ptr<ExecutionContext> context) : DiffusionPipeline(std::move(context)) {}
+  // The videos of `batch` (one request, or several that batch_compatible accepts) in one
+  // denoising loop.
+  std::vector<GenerationOutput> run(const std::vector<const ResolvedParams*>& batch, const StepCallback& on_step);
 
   PipelineOptions options_;
   PipelineCapabilities capabilities_;
