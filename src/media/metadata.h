@@ -2,6 +2,7 @@
 // PNG iTXt chunks and MP4 metadata tags, written and read back.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
