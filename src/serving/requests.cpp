@@ -136,7 +136,8 @@ void parse_common(const RequestFields& f, GenerationParams& p, std::optional<uin
   p.negative_prompt = bounded_text(f, "negative_prompt");
   if (auto v = f.integer("num_inference_steps", 1, kMaxSteps)) p.num_inference_steps = static_cast<int>(*v);
   p.guidance_scale = f.number("guidance_scale", 0.0, kMaxGuidance);
-  seed = f.unsigned_integer("seed");
+  // -1, as the CLI's --seed -1, asks for a random seed like an absent one (returned in the response).
+  seed = f.is_integer("seed", -1) ? std::nullopt : f.unsigned_integer("seed");
   if (auto size = f.string("size")) {
     if (auto wh = parse_size(*size, "size")) {
       p.width = wh->first;
@@ -265,6 +266,15 @@ std::optional<int64_t> RequestFields::integer(const std::string& name, int64_t m
   }
   if (*v < min || *v > max) bad_field(name, fmt::format("'{}' must be in [{}, {}], got {}", name, min, max, *v));
   return *v;
+}
+
+bool RequestFields::is_integer(const std::string& name, int64_t value) const {
+  if (form_) {
+    const std::optional<std::string> text = form_text(name);
+    return text && *text == std::to_string(value);
+  }
+  auto it = json_.find(name);
+  return it != json_.end() && it->is_number_integer() && !it->is_number_unsigned() && it->get<int64_t>() == value;
 }
 
 std::optional<uint64_t> RequestFields::unsigned_integer(const std::string& name) const {

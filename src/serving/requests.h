@@ -6,7 +6,8 @@
 //
 // Video length: `num_frames` when given, else from `seconds` (see frames_for_seconds), else
 // the model's default. Frame rate: `fps` when given, else the model's (its capabilities).
-// Seed: `seed` when given, else a random one (returned in the Video object).
+// Seed: `seed` when given, else (absent, or -1 as with the CLI's --seed -1) a random one
+// (returned in the Video object).
 #pragma once
 
 #include <cstdint>
@@ -49,6 +50,8 @@ class RequestFields {
   std::optional<std::string> string(const std::string& name) const;
   std::optional<int64_t> integer(const std::string& name, int64_t min, int64_t max) const;
   std::optional<uint64_t> unsigned_integer(const std::string& name) const;
+  // Whether field `name` is the integer `value` (a JSON integer, or a form field's exact text).
+  bool is_integer(const std::string& name, int64_t value) const;
   // A finite number in [min, max]; `accept_text` also takes a JSON string holding a number
   // (the SDK sends `seconds` as "4").
   std::optional<double> number(const std::string& name, double min, double max, bool accept_text = false) const;

@@ -145,6 +145,11 @@ TEST(ServingRequests, RandomSeedWhenNoneIsGiven) {
   EXPECT_LT(a.resolved.seed, uint64_t{1} << 32);
   EXPECT_NE(a.resolved.seed, b.resolved.seed);  // 1 in 2^32 to fail
   EXPECT_EQ(plan_json(R"({"prompt": "x", "seed": 18446744073709551615})").resolved.seed, 18446744073709551615ull);
+  // -1 draws a seed, as the CLI's --seed -1 does (JSON and form bodies alike).
+  const VideoPlan minus_one = plan_json(R"({"prompt": "x", "seed": -1})");
+  const VideoPlan minus_one_again = plan_json(R"({"prompt": "x", "seed": -1})");
+  EXPECT_LT(minus_one.resolved.seed, uint64_t{1} << 32);
+  EXPECT_NE(minus_one.resolved.seed, minus_one_again.resolved.seed);  // 1 in 2^32 to fail
 }
 
 TEST(ServingRequests, VideoValidationErrorsNameTheField) {
@@ -172,7 +177,7 @@ TEST(ServingRequests, VideoValidationErrorsNameTheField) {
       {R"({"prompt": "x", "num_inference_steps": 99999999999999999999})", 400, "num_inference_steps"},
       {R"({"prompt": "x", "guidance_scale": "high"})", 400, "guidance_scale"},
       {R"({"prompt": "x", "guidance_scale": -1})", 400, "guidance_scale"},
-      {R"({"prompt": "x", "seed": -1})", 400, "seed"},
+      {R"({"prompt": "x", "seed": -2})", 400, "seed"},
       {R"({"prompt": "x", "seed": 1.5})", 400, "seed"},
       {R"({"prompt": "x", "fps": 0})", 400, "fps"},
       {R"({"prompt": "x", "num_frames": 0})", 400, "num_frames"},
@@ -224,6 +229,10 @@ TEST(ServingRequests, MultipartFieldsAreText) {
   EXPECT_DOUBLE_EQ(p.resolved.guidance_scale, 1.5);
   EXPECT_EQ(p.resolved.seed, 42u);
   EXPECT_EQ(p.size, "48x32");
+  // seed -1 in a form draws one too.
+  std::vector<FormPart> random_seed_parts = {field("prompt", "a cat"), field("seed", "-1")};
+  const VideoPlan r = plan_video(parse_video_request(RequestFields::from_form(random_seed_parts)), tiny_model(), pipeline);
+  EXPECT_LT(r.resolved.seed, uint64_t{1} << 32);
 
   const auto parse = [&](std::vector<FormPart> f) {
     plan_video(parse_video_request(RequestFields::from_form(std::move(f))), tiny_model(), pipeline);
