@@ -70,7 +70,7 @@ def bad_requests(server):
         ("frames off the 4k+1 grid", "POST", "/v1/videos", {"prompt": "x", "num_frames": 8}, json_h, 400, None, None),
         ("steps as a string", "POST", "/v1/videos", {"prompt": "x", "num_inference_steps": "2"}, json_h, 400,
          "num_inference_steps", None),
-        ("negative seed", "POST", "/v1/videos", {"prompt": "x", "seed": -1}, json_h, 400, "seed", None),
+        ("negative seed", "POST", "/v1/videos", {"prompt": "x", "seed": -2}, json_h, 400, "seed", None),
         ("other model", "POST", "/v1/videos", {"prompt": "x", "model": "sora-2"}, json_h, 400, "model", None),
         ("seconds and num_frames", "POST", "/v1/videos", {"prompt": "x", "seconds": 1, "num_frames": 5}, json_h, 400,
          "num_frames", None),
