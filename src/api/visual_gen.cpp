@@ -40,12 +40,7 @@ std::vector<GenerationOutput> VisualGen::generate_batch(const std::vector<Resolv
 }
 
 std::optional<int64_t> VisualGen::prompt_token_count(const std::string& prompt) const {
-  const DiffusersCheckpoint ckpt = DiffusersCheckpoint::open(model_path_);
-  if (!ckpt.has_component("tokenizer")) return std::nullopt;
-  const std::string& cls = ckpt.component("tokenizer").class_name;
-  if (cls.find("T5Tokenizer") == std::string::npos) return std::nullopt;  // T5TokenizerFast too
-  const T5Tokenizer tokenizer = T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer"));
-  return static_cast<int64_t>(tokenizer.encode(prompt).size());
+  return pipeline_->prompt_token_count(prompt);
 }
 
 media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {

@@ -141,6 +141,9 @@ class DiffusionPipeline {
                                                        const StepCallback& on_step = {});
   // Human-readable description of what was loaded (components, sizes, dtypes).
   virtual std::vector<std::pair<std::string, std::string>> describe() const = 0;
+  // Tokens the text encoder would see for `prompt` before cutting it to max_sequence_length
+  // (the family's own cleaning and special tokens included); nullopt when the family cannot tell.
+  virtual std::optional<int64_t> prompt_token_count(const std::string& prompt) const { return std::nullopt; }
 
   ExecutionContext& context() const { return *context_; }
 

@@ -153,9 +153,25 @@ void check_model(const std::optional<std::string>& requested, const ModelInfo& m
                    "model", "model_not_found");
 }
 
+// A prompt longer than the text encoder reads would be cut silently (as diffusers does): 400.
+void check_prompt_tokens(const DiffusionPipeline& pipeline, const ResolvedParams& r) {
+  const auto check = [&](const std::string& text, const char* field) {
+    const std::optional<int64_t> tokens = pipeline.prompt_token_count(text);
+    if (tokens && *tokens > r.max_sequence_length)
+      throw ApiError(400,
+                     fmt::format("'{}' is {} tokens long; the model reads at most {} (max_sequence_length): shorten it",
+                                 field, *tokens, r.max_sequence_length),
+                     std::string(field), "invalid_value");
+  };
+  check(r.prompt, "prompt");
+  if (r.guidance_scale > 1.0) check(r.negative_prompt, "negative_prompt");
+}
+
 ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const GenerationParams& p) {
   try {
-    return pipeline.resolve(p);
+    ResolvedParams r = pipeline.resolve(p);
+    check_prompt_tokens(pipeline, r);
+    return r;
   } catch (const Error& e) {
     // The pipeline's message names its own parameter; the client's field for it is:
     const std::string message = e.what();

@@ -40,6 +40,19 @@ class FakePipeline final : public DiffusionPipeline {
 
   std::string class_name() const override { return "FakePipeline"; }
   const PipelineCapabilities& capabilities() const override { return capabilities_; }
+  // One token per word plus </s> when count_tokens is on (off: the family cannot tell).
+  std::optional<int64_t> prompt_token_count(const std::string& prompt) const override {
+    if (!count_tokens) return std::nullopt;
+    int64_t words = 0;
+    bool in_word = false;
+    for (char ch : prompt) {
+      const bool space = ch == ' ';
+      if (!space && !in_word) ++words;
+      in_word = !space;
+    }
+    return words + 1;
+  }
+  bool count_tokens = false;
 
   ResolvedParams resolve(const GenerationParams& p) const override {
     const PipelineCapabilities& c = capabilities_;

@@ -218,6 +218,35 @@ TEST(ServingRequests, MalformedBodies) {
   EXPECT_EQ(plan_json(R"({"prompt": "x", "seed": null, "size": null, "seconds": 1})").resolved.num_frames, 17);
 }
 
+// A prompt longer than the model reads (max_sequence_length tokens) is a 400 naming the field,
+// not a silent cut; the negative prompt counts only where guidance uses it.
+TEST(ServingRequests, PromptsLongerThanTheModelReadsAre400) {
+  vgen::PipelineCapabilities caps = vgen::testing::fake_capabilities();
+  caps.default_max_sequence_length = 4;
+  FakePipeline pipeline(std::chrono::milliseconds(1), caps);
+  pipeline.count_tokens = true;
+  const auto plan = [&](const std::string& body) {
+    return plan_video(parse_video_request(RequestFields::from_json(body)), tiny_model(), pipeline);
+  };
+  EXPECT_EQ(plan(R"({"prompt": "a b c"})").resolved.prompt, "a b c");  // 3 words + </s>
+  try {
+    plan(R"({"prompt": "a b c d"})");
+    FAIL() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, std::optional<std::string>("prompt"));
+    EXPECT_NE(std::string(e.what()).find("5 tokens long"), std::string::npos) << e.what();
+  }
+  try {
+    plan(R"({"prompt": "a", "negative_prompt": "x y z w", "guidance_scale": 5.0})");
+    FAIL() << "no error";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param, std::optional<std::string>("negative_prompt"));
+  }
+  // Without guidance the negative prompt is not encoded: no limit applies to it.
+  EXPECT_NO_THROW(plan(R"({"prompt": "a", "negative_prompt": "x y z w", "guidance_scale": 1.0})"));
+}
+
 TEST(ServingRequests, MultipartFieldsAreText) {
   FakePipeline pipeline;
   const std::vector<FormPart> parts = {field("prompt", "a cat"),  field("seconds", "2"),  field("size", "48x32"),

@@ -120,6 +120,11 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
 
 std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const { return description_; }
 
+std::optional<int64_t> WanPipeline::prompt_token_count(const std::string& prompt) const {
+  // As encode_prompt sees it: cleaned, then tokenized with </s>.
+  return static_cast<int64_t>(tokenizer_->encode(wan_prompt_clean(prompt)).size());
+}
+
 ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   ContextScope scope(*context_);
   const auto& tcfg = transformer_->config();

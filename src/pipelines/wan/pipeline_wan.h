@@ -34,6 +34,7 @@ class WanPipeline final : public DiffusionPipeline {
   std::vector<GenerationOutput> generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
                                                const StepCallback& on_step = {}) override;
   std::vector<std::pair<std::string, std::string>> describe() const override;
+  std::optional<int64_t> prompt_token_count(const std::string& prompt) const override;
 
   // The pieces, public for the parity tests.
   // Prompt embeddings [N, L, text_dim], zero past each prompt's length (as diffusers).
