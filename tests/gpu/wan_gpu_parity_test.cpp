@@ -28,11 +28,6 @@ using vgen::testing::rel_l2;
 
 namespace {
 
-// float32 convolutions in true FP32 for a scope (the default allows TF32, as PyTorch does).
-struct ExactFloat32 {
-  ExactFloat32() : context(kGpu, vgen::testing::with_tf32(false)) {}
-  vgen::testing::ScopedContext context;
-};
 
 double rel(const Tensor& got, const Tensor& want) { return rel_l2(got.to(Device::cpu()).to(DType::F32), want); }
 
@@ -67,7 +62,8 @@ TEST(WanGpu, TransformerBf16AsCloseAsDiffusersBf16) {
 
 TEST(WanGpu, VaeDecodeMatchesDiffusers) {
   SKIP_WITHOUT_GPU();
-  const ExactFloat32 exact;
+  // float32 convolutions in true FP32 (the default allows TF32, as PyTorch does).
+  const vgen::testing::ScopedContext exact(kGpu, vgen::testing::with_tf32(false));
   for (const char* name : {"wan21_t2v_tiny", "wan21_t2v_tiny_b"}) {
     const auto vae = AutoencoderKLWan::from_pretrained(fixture(std::string(name) + "/vae"), DType::F32, kGpu);
     const WeightStore ref = reference(std::string(name) + "_ref/vae.safetensors");

@@ -44,6 +44,7 @@
 #include "core/random.h"
 #include "ops/backend.h"
 #include "ops/ops.h"
+#include "ops/channel_norm_shapes.h"
 #include "support/gpu.h"
 
 using namespace vgen;
@@ -692,16 +693,8 @@ void channel_rms_norm_cases(Cases& cs) {
                 shape, d});
       }
     }
-    // Channels-last 3-D inputs and the fused SiLU. C a multiple of the vector width or not
-    // (5, 12); rows held by groups of 2 to 32 lanes, a last warp only partly used (9 rows), and
-    // rows too long for registers (1040).
-    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8},
-                                                 {1, 5, 2, 3, 7},
-                                                 {1, 384, 2, 6, 10},
-                                                 {1, 96, 1, 4, 4},
-                                                 {1, 96, 1, 3, 3},
-                                                 {1, 192, 1, 5, 1},
-                                                 {1, 1040, 1, 2, 3}}) {
+    // Channels-last 3-D inputs and the fused SiLU (the shapes: channel_norm_shapes.h).
+    for (const Shape& shape : vgen::testing::kChannelNormShapes) {
       for (bool bias : {false, true}) {
         for (Activation act : {Activation::None, Activation::Silu}) {
           for (bool channels_last : {false, true}) {

@@ -20,6 +20,7 @@
 #include "core/random.h"
 #include "ops/backend.h"
 #include "ops/ops.h"
+#include "ops/channel_norm_shapes.h"
 #include "support/gpu.h"
 #include "support/parity.h"
 #ifdef VGEN_WITH_CUDA
@@ -201,13 +202,7 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
     EXPECT_TRUE(ops::axpby(0.5f, ga, -2.0f, gb).is_channels_last_3d()) << name << " axpby";
     EXPECT_TRUE(ops::cat({ga.narrow(2, 1, 2), ga}, 2).is_channels_last_3d()) << name << " cat";
     // Channel norms (with and without the fused SiLU) keep the layout they are given.
-    for (const Shape& shape : std::vector<Shape>{{2, 12, 3, 5, 8},
-                                                 {1, 5, 2, 3, 7},
-                                                 {1, 384, 2, 6, 10},
-                                                 {1, 96, 1, 4, 4},
-                                                 {1, 96, 1, 3, 3},
-                                                 {1, 192, 1, 5, 1},
-                                                 {1, 1040, 1, 2, 3}}) {
+    for (const Shape& shape : vgen::testing::kChannelNormShapes) {
       for (bool bias : {false, true}) {
         for (Activation act : {Activation::None, Activation::Silu}) {
           for (bool channels_last : {false, true}) {

@@ -274,13 +274,11 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
       fail("latents have shape {}, but {}x{} with {} frames needs {}", shape_str(r.latents.shape()), r.width, r.height,
            r.num_frames, shape_str(shape));
     latents = r.latents.to(DType::F32).to(device);
-  } else if (n == 1) {
-    latents = randn(shape, r.seed).to(device);
   } else {
     // Each video's noise from its own seed: the same as when it runs alone.
     std::vector<Tensor> noise;
-    for (const ResolvedParams* p : batch) noise.push_back(randn(shape, p->seed).to(device));
-    latents = ops::cat(noise, 0);
+    for (const ResolvedParams* p : batch) noise.push_back(randn(shape, p->seed));
+    latents = ops::cat(noise, 0).to(device);
   }
   scheduler_->set_timesteps(r.num_inference_steps);
   DenoiseConfig loop;
