@@ -6,9 +6,7 @@
 
 #include "api/model_path.h"
 #include "core/error.h"
-#include "io/checkpoint.h"
 #include "pipelines/registry.h"
-#include "text/tokenizer.h"
 
 namespace vgen {
 
