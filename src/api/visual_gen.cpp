@@ -57,7 +57,11 @@ media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {
       {"model", model_},
       {"pipeline", pipeline_->class_name()},
   };
+  if (pipeline_->capabilities().two_experts) m.emplace_back("guidance_scale_2", fmt::format("{}", r.guidance_scale_2));
   if (r.latents.defined()) m.emplace_back("latents", "given (not seeded noise)");
+  if (r.image.defined()) m.emplace_back("image", fmt::format("given ({}x{})", r.image.size(1), r.image.size(0)));
+  if (r.last_image.defined())
+    m.emplace_back("last_image", fmt::format("given ({}x{})", r.last_image.size(1), r.last_image.size(0)));
   for (const auto& [key, value] : pipeline_->describe())
     if (key == "scheduler" || key == "device") m.emplace_back(key, value);
     else if (key == "compute dtype") m.emplace_back("dtype", value);

@@ -12,6 +12,7 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "core/random.h"
+#include "media/image.h"
 #include "media/mp4.h"
 #include "ops/ops.h"
 #include "pipelines/registry.h"
@@ -54,6 +55,7 @@ PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   o.dtype = dtype;
   o.vae_dtype = parse_compute_dtype(a.vae_dtype);
   o.offload_text_encoder = a.offload_text_encoder;
+  o.offload_idle_expert = a.offload_idle_expert;
   if (a.attention_backend) o.execution.attention_backend = *a.attention_backend;
   o.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) o.execution.conv_autotune = true;
@@ -81,7 +83,7 @@ int run_bench(const BenchArgs& a) {
     const double flops = 4.0 * a.heads * double(a.seq) * double(a.seq) * a.head_dim;
     out.update({{"S", a.seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
                 {"backend", backend_for(device).attention_kernel()}});
-  } else if (a.what == "transformer" || a.what == "vae") {
+  } else if (a.what == "transformer" || a.what == "vae" || a.what == "image_encoder") {
     ComponentBenchOptions co;
     co.pipeline = options;
     co.height = a.height;
@@ -90,6 +92,8 @@ int run_bench(const BenchArgs& a) {
     co.text_len = a.text_len;
     co.inputs = a.inputs;
     co.save_output = a.save_output;
+    co.encode = a.encode;
+    co.vae_scale_factor_spatial = a.vae_scale_factor_spatial;
     const ComponentBench bench = load_component_bench(a.model, a.what, co);
     ContextScope scope(*bench.context);
     reset_peak(device);
@@ -117,6 +121,8 @@ int run_bench(const BenchArgs& a) {
     p.num_frames = a.num_frames;
     p.guidance_scale = caps.default_guidance_scale;
     p.num_inference_steps = std::max(a.warmup, 1);
+    if (!a.image.empty()) p.image = media::read_image(a.image);
+    if (caps.two_experts) p.guidance_scale_2 = caps.default_guidance_scale_2;
     (void)pipe->generate(pipe->resolve(p));  // warm-up, as diffusers' driver does
     ops::synchronize(device);
     reset_peak(device);
@@ -147,9 +153,9 @@ int run_bench(const BenchArgs& a) {
                 {"load_s", load_s}, {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s},
                 {"phases", phases}, {"peak_gib", peak_gib(device)}, {"vae_dtype", a.vae_dtype},
                 {"cuda_graphs", settings.cuda_graphs}, {"conv_autotune", settings.conv_autotune},
-                {"offload_text_encoder", a.offload_text_encoder}, {"text_encoder_reload_s", reload_s}});
+                {"offload_text_encoder", a.offload_text_encoder}, {"offload_idle_expert", a.offload_idle_expert}, {"text_encoder_reload_s", reload_s}});
   } else {
-    fail("bench: unknown benchmark '{}' (attention, transformer, vae, pipeline)", a.what);
+    fail("bench: unknown benchmark '{}' (attention, transformer, vae, image_encoder, pipeline)", a.what);
   }
   emit(out);
   return 0;

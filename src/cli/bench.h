@@ -9,7 +9,7 @@
 namespace vgen::cli {
 
 struct BenchArgs {
-  std::string what;    // attention | transformer | vae | pipeline
+  std::string what;    // attention | transformer | vae | image_encoder | pipeline
   std::string model;   // checkpoint folder (pipeline root, or the component's own folder)
   std::string device = "auto";
   std::string dtype;   // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
@@ -23,6 +23,7 @@ struct BenchArgs {
   int warmup = 2, iters = 5;
   bool cuda_graphs = true;            // transformer, pipeline: replay the step from a CUDA graph
   bool conv_autotune = false;         // vae, pipeline: autotuned GPU convolutions (vgen serve's default)
+  bool offload_idle_expert = false;   // pipeline: two-expert models keep the idle expert in host memory
   bool offload_text_encoder = false;  // pipeline: free the text encoder after encoding, as `vgen generate` does
   std::string output;  // pipeline: also write the MP4 (timed, as diffusers' export is)
   std::string prompt = "A cat plays piano in the night";
@@ -30,6 +31,9 @@ struct BenchArgs {
   // instead of random ones, and the output saved as raw little-endian float32 (parity runs).
   std::string inputs;
   std::string save_output;
+  bool encode = false;  // vae: time encode instead of decode
+  std::optional<int64_t> vae_scale_factor_spatial;  // transformer: pixels per latent position
+  std::string image;    // pipeline: the first frame (image-to-video models)
 };
 
 int run_bench(const BenchArgs& args);

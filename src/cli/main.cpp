@@ -36,12 +36,14 @@ struct GenerateArgs {
   std::string model;
   std::string output = "output.mp4";
   std::string latents_file;
+  std::string image_file, last_image_file;
   std::string device = "auto";
   std::string dtype;
   std::string vae_dtype = "fp32";
   std::optional<std::string> attention_backend;  // unset: the environment's (VGEN_ATTENTION_BACKEND) or auto
   bool cuda_graphs = true;
   bool conv_autotune = false;
+  bool offload_idle_expert = false;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
@@ -120,6 +122,7 @@ int run_generate(GenerateArgs& a) {
   // One generation: the text encoder's memory goes to the transformer and VAE. Several keep
   // it rather than reload it for each video.
   options.offload_text_encoder = total == 1;
+  options.offload_idle_expert = a.offload_idle_expert;
   // PipelineOptions starts from ExecutionSettings::from_environment(); the flags override it.
   if (a.attention_backend) options.execution.attention_backend = *a.attention_backend;
   options.execution.cuda_graphs = a.cuda_graphs;
@@ -128,6 +131,12 @@ int run_generate(GenerateArgs& a) {
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
+  // Images are decoded before the model loads: a file that does not decode fails at once.
+  if (!a.image_file.empty()) a.params.image = media::read_image(a.image_file);
+  if (!a.last_image_file.empty()) {
+    if (a.image_file.empty()) fail("--last-image needs --image (the first frame) too");
+    a.params.last_image = media::read_image(a.last_image_file);
+  }
 
   const int batch_size = std::min(a.batch_size, total);
   const int groups = (total + batch_size - 1) / batch_size;
@@ -245,14 +254,20 @@ int run_info(const std::string& model) {
   const PipelineCapabilities& c = pipeline->capabilities();
   std::printf("%-14s %s\n", "task", c.task_list().c_str());
   for (const auto& [k, v] : pipeline->describe()) std::printf("%-14s %s\n", k.c_str(), v.c_str());
-  const ResolvedParams d = pipeline->resolve(GenerationParams{});
-  std::printf("%-14s %lldx%lld (WxH), %lld frames, %d steps, guidance %.1f, %d prompt tokens, %g fps\n", "defaults",
-              static_cast<long long>(d.width), static_cast<long long>(d.height), static_cast<long long>(d.num_frames),
-              d.num_inference_steps, d.guidance_scale, d.max_sequence_length, c.default_fps);
+  const std::string guidance = c.two_experts ? fmt::format("guidance {:.1f} / {:.1f} (high / low noise)",
+                                                          c.default_guidance_scale, c.default_guidance_scale_2)
+                                              : fmt::format("guidance {:.1f}", c.default_guidance_scale);
+  std::printf("%-14s %lldx%lld (WxH%s), %lld frames, %d steps, %s, %d prompt tokens, %g fps\n", "defaults",
+              static_cast<long long>(c.default_width), static_cast<long long>(c.default_height),
+              c.image_input ? "; with an image: this area at its aspect ratio" : "",
+              static_cast<long long>(c.default_num_frames), c.default_num_inference_steps, guidance.c_str(),
+              c.default_max_sequence_length, c.default_fps);
   std::printf("%-14s height and width multiples of %lld, num_frames = %lldk+1\n", "sizes",
               static_cast<long long>(c.spatial_multiple), static_cast<long long>(c.temporal_multiple));
-  std::printf("%-14s image %s, last image %s, LoRA %s, two experts %s\n", "inputs", yes_no(c.image_input).c_str(),
-              yes_no(c.last_image_input).c_str(), yes_no(c.lora).c_str(), yes_no(c.two_experts).c_str());
+  auto input = [](bool accepted, bool required) { return std::string(required ? "required" : accepted ? "yes" : "no"); };
+  std::printf("%-14s prompt, image %s, last image %s, LoRA %s, two experts %s\n", "inputs",
+              input(c.image_input, c.image_required).c_str(), input(c.last_image_input, c.last_image_required).c_str(),
+              yes_no(c.lora).c_str(), yes_no(c.two_experts).c_str());
   return 0;
 }
 
@@ -279,6 +294,11 @@ int main(int argc, char** argv) {
   gen->add_option("--num-frames", g.params.num_frames, "Frames, on the model's frame grid (default: the model's; see vgen info)");
   gen->add_option("--steps,--num-inference-steps", g.params.num_inference_steps, "Denoising steps (default: the model's)");
   gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default: the model's; <= 1 disables CFG)");
+  gen->add_option("--guidance-scale-2", g.params.guidance_scale_2, "Guidance scale of the low-noise expert of a two-expert model (Wan2.2 A14B; default: --guidance-scale if given, else the model's)");
+  gen->add_option("--image", g.image_file, "First frame for image-to-video (PNG, JPEG or WebP); resized to --height x --width, which default to the model's area at the image's aspect ratio")
+      ->check(CLI::ExistingFile);
+  gen->add_option("--last-image", g.last_image_file, "Last frame for first-last-frame-to-video (same size as --image)")
+      ->check(CLI::ExistingFile);
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
   gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
   gen->add_option("--seed", g.seed_text, "Random seed, 0 to 2^64-1; -1 draws one and prints it (default 0)");
@@ -292,6 +312,7 @@ int main(int argc, char** argv) {
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32)");
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
+  gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (Wan2.2 A14B): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
   gen->add_option("-o,--output", g.output, "Output: .mp4 (H.264); .png/.jpg/.webp for a 1-frame image; a folder (DIR/) or a %04d.png pattern for lossless PNG frames");
   gen->add_option("--crf", g.crf, "MP4 quality: libx264 constant rate factor, 0 (best) to 51 (default 18, visually lossless)")
@@ -317,11 +338,12 @@ int main(int argc, char** argv) {
   srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
   srv->add_option("--device", serve.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   srv->add_option("--dtype", serve.dtype, "Compute dtype: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
+  srv->add_flag("--offload-idle-expert", serve.offload_idle_expert, "Two-expert models (Wan2.2 A14B): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both)");
   srv->add_flag("--offload-text-encoder", serve.offload_text_encoder, "Free the text encoder after each generation's prompts are encoded (reloaded for the next one: less memory, slower requests)");
 
   cli::BenchArgs b;
   CLI::App* bench = app.add_subcommand("bench", "Time vgen on random inputs, one JSON line per result (tools/bench drives it beside diffusers)");
-  bench->add_option("what", b.what, "attention, transformer, vae or pipeline")->required();
+  bench->add_option("what", b.what, "attention, transformer, vae, image_encoder or pipeline")->required();
   bench->add_option("--model", b.model, "Checkpoint folder (pipeline root or the component's folder); not needed for attention");
   bench->add_option("--device", b.device, "auto, cpu or cuda (default auto)");
   bench->add_option("--dtype", b.dtype, "Compute dtype (default: bf16 on a GPU)");
@@ -339,11 +361,15 @@ int main(int argc, char** argv) {
   bench->add_option("--iters", b.iters, "Timed runs; the median is reported (default 5)");
   bench->add_flag("!--no-cuda-graphs", b.cuda_graphs, "transformer, pipeline: run the step eagerly, without CUDA graphs");
   bench->add_flag("--conv-autotune", b.conv_autotune, "vae, pipeline: autotune the GPU convolutions (as vgen serve does)");
+  bench->add_flag("--offload-idle-expert", b.offload_idle_expert, "pipeline: two-expert models keep the idle expert in host memory");
   bench->add_flag("--offload-text-encoder", b.offload_text_encoder, "pipeline: free the text encoder once the prompts are encoded, as vgen generate does");
   bench->add_option("-o,--output", b.output, "pipeline: also write the MP4 (timed)");
-  bench->add_option("--inputs", b.inputs, "transformer: safetensors with hidden_states, timestep, encoder_hidden_states")
+  bench->add_option("--inputs", b.inputs, "transformer: safetensors with hidden_states, timestep, encoder_hidden_states; vae: with z (decode) or video (--encode)")
       ->check(CLI::ExistingFile);
-  bench->add_option("--save-output", b.save_output, "transformer: write the output of one forward as raw float32");
+  bench->add_flag("--encode", b.encode, "vae: time the encoder (a video of the pixel size) instead of the decoder");
+  bench->add_option("--vae-scale-factor-spatial", b.vae_scale_factor_spatial, "transformer: pixels per latent position (default: the vae folder beside it, else 8)");
+  bench->add_option("--image", b.image, "pipeline: first frame for an image-to-video model")->check(CLI::ExistingFile);
+  bench->add_option("--save-output", b.save_output, "transformer, vae: write the output of one forward/decode/encode as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
   srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(cli::positive_number());
 

@@ -147,6 +147,11 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   c.conv.autotune = conv.boolean("autotune", c.conv.autotune);
   conv.reject_unknown();
 
+  const ConfigReader offload = r.section("offload");
+  c.offload.text_encoder = offload.boolean("text_encoder", c.offload.text_encoder);
+  c.offload.idle_expert = offload.boolean("idle_expert", c.offload.idle_expert);
+  offload.reject_unknown();
+
   r.reject_unknown();
   return c;
 }

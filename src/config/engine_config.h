@@ -7,6 +7,7 @@
 //   attention:   {backend: auto}
 //   cuda_graph:  {enabled: true}
 //   conv:        {autotune: true}
+//   offload:     {text_encoder: false, idle_expert: false}
 //
 // Every section and key is optional (absent = the default below). Parsing is strict: an
 // unknown key at any level, a duplicate key, a value of the wrong type or out of range is
@@ -67,6 +68,13 @@ struct ConvConfig {
   bool autotune = true;
 };
 
+struct OffloadConfig {
+  bool text_encoder = false;  // free the text encoder between generations (reloaded for each)
+  // Two-expert models (Wan2.2 A14B): only the expert whose turn it is on the GPU, the other in
+  // host memory (for GPUs that cannot hold both).
+  bool idle_expert = false;
+};
+
 struct EngineConfig {
   LinearConfig linear;
   TeaCacheConfig teacache;
@@ -74,6 +82,7 @@ struct EngineConfig {
   AttentionConfig attention;
   CudaGraphConfig cuda_graph;
   ConvConfig conv;
+  OffloadConfig offload;
 };
 
 // `source` names the text in errors (the file path).

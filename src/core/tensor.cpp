@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <unordered_set>
 
 #include "core/allocator.h"
 #include "core/error.h"
@@ -51,10 +52,40 @@ Storage::~Storage() {
   if (owned_ && data_ != nullptr) allocator_for(device_).deallocate(data_, nbytes_);
 }
 
+void Storage::swap_contents(Storage& other) {
+  VGEN_CHECK(nbytes_ == other.nbytes_, "Storage::swap_contents: {} bytes vs {}", nbytes_, other.nbytes_);
+  std::swap(data_, other.data_);
+  std::swap(device_, other.device_);
+  std::swap(owned_, other.owned_);
+  std::swap(keep_alive_, other.keep_alive_);
+}
+
+namespace {
+thread_local StorageCapture* current_capture = nullptr;
+}
+
+StorageCapture::StorageCapture() : outer_(current_capture) { current_capture = this; }
+StorageCapture::~StorageCapture() { current_capture = outer_; }
+
+void StorageCapture::record(const std::shared_ptr<Storage>& storage) {
+  for (StorageCapture* c = current_capture; c != nullptr; c = c->outer_) c->storages_.push_back(storage);
+}
+
+std::vector<std::shared_ptr<Storage>> StorageCapture::live() const {
+  std::vector<std::shared_ptr<Storage>> out;
+  std::unordered_set<const Storage*> seen;
+  for (const std::weak_ptr<Storage>& w : storages_) {
+    std::shared_ptr<Storage> s = w.lock();
+    if (s && seen.insert(s.get()).second) out.push_back(std::move(s));
+  }
+  return out;
+}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) VGEN_CHECK(d >= 0, "negative dimension in shape {}", shape_str(shape));
   Tensor t;
   t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  if (current_capture) StorageCapture::record(t.storage_);
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
@@ -100,6 +131,7 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, Device dev
   Tensor t;
   t.storage_ = std::make_shared<Storage>(data, static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype),
                                          device, std::move(keep_alive));
+  if (current_capture) StorageCapture::record(t.storage_);
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;

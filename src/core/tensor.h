@@ -35,12 +35,35 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  // Exchanges the memory (and its device and owner) of two storages of the same size: every
+  // tensor viewing this storage then reads the other's bytes (moving weights between host and
+  // device in place, e.g. an idle expert's).
+  void swap_contents(Storage& other);
+
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
   bool owned_ = false;
   std::shared_ptr<void> keep_alive_;
+};
+
+// Records the storages that tensors made on this thread get while it is alive (nested
+// captures all record): what a model's loading allocated and kept is its set of weights.
+class StorageCapture {
+ public:
+  StorageCapture();
+  ~StorageCapture();
+  StorageCapture(const StorageCapture&) = delete;
+  StorageCapture& operator=(const StorageCapture&) = delete;
+  // The recorded storages still referenced by some tensor, each once.
+  std::vector<std::shared_ptr<Storage>> live() const;
+
+ private:
+  friend class Tensor;
+  static void record(const std::shared_ptr<Storage>& storage);
+  StorageCapture* outer_;
+  std::vector<std::weak_ptr<Storage>> storages_;
 };
 
 class Tensor {
@@ -71,6 +94,8 @@ class Tensor {
   int64_t numel() const { return shape_numel(shape_); }
   DType dtype() const { return dtype_; }
   Device device() const { return storage_ ? storage_->device() : Device::cpu(); }
+  // The memory this tensor views (shared with its views).
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
   size_t element_size() const { return dtype_size(dtype_); }
   size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(); }
   bool is_contiguous() const;

@@ -34,12 +34,17 @@ Attention::Attention(const Weights& weights, const std::string& prefix, const At
     norm_q_ = RMSNorm(weights, p + o.norm_q, inner, o.eps);
     norm_k_ = RMSNorm(weights, p + o.norm_k, inner, o.eps);
   }
+  if (o.added_kv_proj_dim) {
+    VGEN_CHECK(o.cross_attention_dim, "nn::Attention '{}': added_kv_proj_dim needs a cross-attention", prefix);
+    to_added_kv_ = Linear::fused(weights, {p + "add_k_proj", p + "add_v_proj"}, *o.added_kv_proj_dim, inner, true);
+    norm_added_k_ = RMSNorm(weights, p + "norm_added_k", inner, o.eps);
+  }
 }
 
 Tensor Attention::attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) const {
   const float scale =
       options_.scale.value_or(static_cast<float>(1.0 / std::sqrt(static_cast<double>(options_.dim_head))));
-  return to_out_.forward(scaled_dot_product_attention(q, k, v, bias, scale));
+  return scaled_dot_product_attention(q, k, v, bias, scale);
 }
 
 Tensor Attention::forward(const Tensor& x, const RotaryTables* rope, const Tensor& bias) const {
@@ -63,14 +68,18 @@ Tensor Attention::forward(const Tensor& x, const RotaryTables* rope, const Tenso
       k = ops::rope(k, rope->cos, rope->sin);
     }
   }
-  return attend(q, k, v, bias);
+  return to_out_.forward(attend(q, k, v, bias));
 }
 
-Tensor Attention::forward_cross(const Tensor& x, const Tensor& context) const {
+Tensor Attention::forward_cross(const Tensor& x, const Tensor& context) const { return forward_cross(x, context, {}); }
+
+Tensor Attention::forward_cross(const Tensor& x, const Tensor& context, const Tensor& image_context) const {
   VGEN_CHECK(to_kv_.defined(), "nn::Attention '{}' is a self-attention: call forward", prefix_);
   VGEN_CHECK(x.dim() == 3 && context.dim() == 3 && context.size(0) == x.size(0),
              "nn::Attention '{}': x {} and context {} must be [batch, tokens, features] of one batch", prefix_,
              x.str(), context.str());
+  VGEN_CHECK(!image_context.defined() || to_added_kv_.defined(),
+             "nn::Attention '{}' has no image projections (added_kv_proj_dim) for an image context", prefix_);
   const int64_t B = x.size(0), S = x.size(1), L = context.size(1), H = options_.heads, D = options_.dim_head;
   const int64_t inner = options_.inner_dim();
   Tensor q = to_q_.forward(x);
@@ -80,7 +89,21 @@ Tensor Attention::forward_cross(const Tensor& x, const Tensor& context) const {
     q = norm_q_.forward(q);
     k = norm_k_.forward(k);
   }
-  return attend(q.view({B, S, H, D}), k.reshape({B, L, H, D}), kv.narrow(2, inner, inner).reshape({B, L, H, D}), {});
+  q = q.view({B, S, H, D});
+  Tensor out = attend(q, k.reshape({B, L, H, D}), kv.narrow(2, inner, inner).reshape({B, L, H, D}), {});
+  if (image_context.defined()) {
+    VGEN_CHECK(image_context.dim() == 3 && image_context.size(0) == B,
+               "nn::Attention '{}': image context {} must be [{}, tokens, {}]", prefix_, image_context.str(), B,
+               *options_.added_kv_proj_dim);
+    // diffusers' WanAttnProcessor: the image keys get norm_added_k, the queries are the
+    // normed ones of the text attention; hidden_states + hidden_states_img.
+    const int64_t Li = image_context.size(1);
+    const Tensor kv_img = to_added_kv_.forward(image_context);
+    const Tensor k_img = norm_added_k_.forward(kv_img.narrow(2, 0, inner));
+    const Tensor out_img = attend(q, k_img.reshape({B, Li, H, D}), kv_img.narrow(2, inner, inner).reshape({B, Li, H, D}), {});
+    out = ops::add(out, out_img);
+  }
+  return to_out_.forward(out);
 }
 
 }  // namespace vgen::nn

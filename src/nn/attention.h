@@ -32,6 +32,10 @@ struct AttentionOptions {
   bool qk_norm = false;                        // RMSNorm of q and k across heads ("rms_norm_across_heads")
   float eps = 1e-6f;                           // of the qk-norm
   std::optional<float> scale;                  // default 1 / sqrt(dim_head)
+  // Wan2.1 image-to-video cross-attention: image tokens get their own key/value projections
+  // (add_k_proj, add_v_proj from this width) and key norm (norm_added_k), attended separately
+  // from the text with the same queries; the two results are summed before to_out.
+  std::optional<int64_t> added_kv_proj_dim;
   // Module names under the prefix: diffusers' by default (T5 names them q, k, v, o).
   std::string to_q = "to_q", to_k = "to_k", to_v = "to_v", to_out = "to_out.0";
   std::string norm_q = "norm_q", norm_k = "norm_k";
@@ -52,18 +56,23 @@ class Attention {
   // Cross-attention: queries from x [B, S, query_dim], keys and values from context
   // [B, L, cross_attention_dim].
   Tensor forward_cross(const Tensor& x, const Tensor& context) const;
+  // With added_kv_proj_dim: also attends to image_context [B, L_img, added_kv_proj_dim]
+  // (undefined: text only).
+  Tensor forward_cross(const Tensor& x, const Tensor& context, const Tensor& image_context) const;
 
   const AttentionOptions& options() const { return options_; }
 
  private:
+  // softmax(q k^T * scale + bias) v, heads merged: [B, Sq, inner], before to_out.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) const;
 
   AttentionOptions options_;
   std::string prefix_;
   Linear to_qkv_;  // self-attention
   Linear to_q_, to_kv_;  // cross-attention
+  Linear to_added_kv_;  // add_k_proj | add_v_proj
   Linear to_out_;
-  RMSNorm norm_q_, norm_k_;
+  RMSNorm norm_q_, norm_k_, norm_added_k_;
 };
 
 }  // namespace vgen::nn

@@ -37,6 +37,11 @@ GraphedCallable::GraphedCallable(std::string what, Fn fn, size_t max_graphs)
 
 GraphedCallable::~GraphedCallable() = default;
 
+void GraphedCallable::clear() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_.clear();
+}
+
 void GraphedCallable::set_enabled(bool enabled) {
   std::lock_guard<std::mutex> lock(mutex_);
   enabled_ = enabled;

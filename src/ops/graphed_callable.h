@@ -36,6 +36,9 @@ class GraphedCallable {
   Tensor operator()(const std::vector<Tensor>& inputs, const std::vector<int64_t>& params = {});
 
   void set_enabled(bool enabled);
+  // Drops every recording: the function's fixed state moved (e.g. weights uploaded anew), so
+  // the recorded addresses are stale.
+  void clear();
   bool enabled() const { return enabled_; }
   // How many graph launches and recordings were made (for tests and logs).
   int64_t replays() const { return replays_; }

@@ -48,14 +48,16 @@ Tensor run_denoising_loop(Scheduler& scheduler, Tensor latents, const DenoiseCon
   for (int i = 0; i < total; ++i) {
     const auto start = std::chrono::steady_clock::now();
     const double t = timesteps[i];
-    Tensor noise_pred = predict(latents, t, Branch::Conditional);
-    if (config.do_classifier_free_guidance) {
-      const Tensor noise_uncond = predict(latents, t, Branch::Unconditional);
-      noise_pred = apply_guidance(noise_pred, noise_uncond, config.guidance_scale, config.guidance_rescale);
+    const int expert = config.expert_at(t);
+    const double guidance = config.guidance_at(t);
+    Tensor noise_pred = predict(latents, t, Branch::Conditional, expert);
+    if (guidance > 1.0) {
+      const Tensor noise_uncond = predict(latents, t, Branch::Unconditional, expert);
+      noise_pred = apply_guidance(noise_pred, noise_uncond, guidance, config.guidance_rescale);
     }
     latents = scheduler.step(noise_pred, t, latents);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (on_step && !on_step({i + 1, total, t, seconds})) throw Cancelled();
+    if (on_step && !on_step({i + 1, total, t, seconds, expert})) throw Cancelled();
   }
   return latents;
 }

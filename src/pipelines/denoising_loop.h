@@ -1,9 +1,11 @@
 // The denoising loop shared by every pipeline: scheduler steps, classifier-free guidance
-// (with guidance_rescale), per-step progress and cancellation. A model plugs in a
-// function that predicts the noise (or flow) for one conditioning branch.
+// (with guidance_rescale), switching between two experts (Wan2.2 A14B), per-step progress
+// and cancellation. A model plugs in a function that predicts the noise (or flow) for one
+// conditioning branch with one expert.
 #pragma once
 
 #include <functional>
+#include <optional>
 
 #include "pipelines/pipeline.h"
 #include "schedulers/scheduler.h"
@@ -12,13 +14,22 @@ namespace vgen {
 
 enum class Branch { Conditional, Unconditional };
 
-// Predicts the model output for `latents` at `timestep` for one branch.
-using DenoiseFn = std::function<Tensor(const Tensor& latents, double timestep, Branch branch)>;
+// Predicts the model output for `latents` at `timestep` for one branch; `expert` is 0, or 1
+// for the low-noise expert of a two-expert model.
+using DenoiseFn = std::function<Tensor(const Tensor& latents, double timestep, Branch branch, int expert)>;
 
 struct DenoiseConfig {
   double guidance_scale = 1.0;
   double guidance_rescale = 0.0;
-  bool do_classifier_free_guidance = false;
+  // Two experts (diffusers' boundary_ratio * num_train_timesteps): timesteps >= this go to
+  // expert 0 with guidance_scale, the others to expert 1 with guidance_scale_2.
+  std::optional<double> boundary_timestep;
+  double guidance_scale_2 = 1.0;
+
+  // Which expert runs timestep t, and with which guidance scale; a scale above 1 means CFG
+  // (two transformer calls), as diffusers' do_classifier_free_guidance.
+  int expert_at(double t) const { return boundary_timestep && t < *boundary_timestep ? 1 : 0; }
+  double guidance_at(double t) const { return expert_at(t) == 1 ? guidance_scale_2 : guidance_scale; }
 };
 
 // Runs all scheduler timesteps from `latents`; returns the denoised latents.

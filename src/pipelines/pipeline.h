@@ -26,11 +26,19 @@ struct GenerationParams {
   std::optional<int64_t> num_frames;
   std::optional<int> num_inference_steps;
   std::optional<double> guidance_scale;
+  // The low-noise expert's guidance scale (two-expert models); defaults to guidance_scale.
+  std::optional<double> guidance_scale_2;
   double guidance_rescale = 0.0;
   std::optional<int> max_sequence_length;
   uint64_t seed = 0;
   // Initial noise, like diffusers' `latents=` argument; replaces the seeded noise.
   Tensor latents;
+  // Image-to-video: the first frame, and for first-last-frame models the last one, as decoded
+  // images (U8 [H, W, 3] RGB, e.g. media::read_image). Undefined: none. The pipeline resizes
+  // them to height x width as diffusers' video processor does. Without height and width, an
+  // image-to-video pipeline takes them from the image's aspect ratio (diffusers' examples).
+  Tensor image;
+  Tensor last_image;
 };
 
 // Progress per denoising step. Returning false cancels the generation.
@@ -39,6 +47,7 @@ struct StepProgress {
   int total = 0;
   double timestep = 0.0;
   double step_seconds = 0.0;
+  int expert = 0;  // two-expert models: 0 the high-noise one (transformer), 1 the low-noise one
 };
 using StepCallback = std::function<bool(const StepProgress&)>;
 
@@ -52,7 +61,7 @@ struct GenerationOutput {
   Tensor video;             // float [1, 3, F, H, W] in [-1, 1] as the VAE produced it
   Tensor denoised_latents;  // [1, C, T, h, w] before de-normalization
   double fps = 0.0;         // the family's default frame rate (capabilities().default_fps)
-  // Seconds per phase, in order: "encode_prompt", "denoise", "decode".
+  // Seconds per phase, in order: "encode_prompt", ("encode_image",) "denoise", "decode".
   std::vector<std::pair<std::string, double>> timings;
 };
 
@@ -65,11 +74,13 @@ struct ResolvedParams {
   int64_t height = 0, width = 0, num_frames = 0;
   int num_inference_steps = 0;
   double guidance_scale = 0.0;
+  double guidance_scale_2 = 0.0;  // the low-noise expert's (two-expert models), else guidance_scale
   double guidance_rescale = 0.0;
   int max_sequence_length = 0;
   uint64_t seed = 0;
   // Initial noise (diffusers' `latents=`), its shape checked by resolve; undefined: seeded noise.
   Tensor latents;
+  Tensor image, last_image;  // U8 [H, W, 3] RGB, checked by resolve; undefined: none
 };
 
 // What a pipeline can do and what it does when a request leaves a value unset. Front ends
@@ -78,7 +89,9 @@ struct PipelineCapabilities {
   std::vector<std::string> tasks;  // e.g. {"text-to-video"}
   // Inputs beyond the prompt that the pipeline accepts.
   bool image_input = false;       // a first frame (image-to-video)
+  bool image_required = false;    // image-to-video only: a request without an image is refused
   bool last_image_input = false;  // a last frame (first-last-frame-to-video)
+  bool last_image_required = false;
   bool lora = false;              // LoRA adapters
   bool two_experts = false;       // a high-noise and a low-noise transformer (Wan2.2 A14B)
   double default_fps = 0.0;       // frame rate of the family's videos
@@ -89,6 +102,7 @@ struct PipelineCapabilities {
   int64_t default_height = 0, default_width = 0, default_num_frames = 0;
   int default_num_inference_steps = 0;
   double default_guidance_scale = 0.0;
+  double default_guidance_scale_2 = 0.0;  // two-expert models
   int default_max_sequence_length = 0;
 
   // Whether `task` is among `tasks`.
@@ -104,6 +118,11 @@ struct PipelineOptions {
   // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
   // checkpoint for the next one): its memory goes to the transformer and the VAE.
   bool offload_text_encoder = false;
+  // Two-expert models on a GPU: both experts stay in host memory and only the one whose turn
+  // it is occupies the device (uploaded at the expert switch; the first expert of the next
+  // generation is prefetched on a copy stream while the VAE decodes). For GPUs that cannot hold
+  // both experts (a Wan2.2 A14B pair is 2 x 28 GB in bf16); costs one upload per switch.
+  bool offload_idle_expert = false;
   // How ops run (attention kernel, TF32, convolution autotuning, CUDA graphs): the registry
   // builds the pipeline's ExecutionContext from these.
   ExecutionSettings execution = ExecutionSettings::from_environment();

@@ -11,12 +11,13 @@ namespace fs = std::filesystem;
 namespace vgen {
 
 const std::vector<PipelineEntry>& pipeline_registry() {
+  const auto wan = [](const DiffusersCheckpoint& c, const PipelineOptions& o,
+                       std::shared_ptr<ExecutionContext> ctx) -> std::unique_ptr<DiffusionPipeline> {
+    return WanPipeline::from_pretrained(c, o, std::move(ctx));
+  };
   static const std::vector<PipelineEntry> entries = {
-      {"WanPipeline",
-       [](const DiffusersCheckpoint& c, const PipelineOptions& o,
-          std::shared_ptr<ExecutionContext> ctx) -> std::unique_ptr<DiffusionPipeline> {
-         return WanPipeline::from_pretrained(c, o, std::move(ctx));
-       }},
+      {"WanPipeline", wan},
+      {"WanImageToVideoPipeline", wan},
   };
   return entries;
 }
@@ -49,6 +50,7 @@ const std::vector<ComponentEntry>& component_registry() {
   static const std::vector<ComponentEntry> entries = {
       {"WanTransformer3DModel", "transformer", &wan_transformer_bench},
       {"AutoencoderKLWan", "vae", &wan_vae_bench},
+      {"CLIPVisionModel", "image_encoder", &clip_vision_bench},
   };
   return entries;
 }
@@ -58,8 +60,13 @@ ComponentBench load_component_bench(const std::string& model, const std::string&
   const fs::path sub = fs::path(model) / role;
   const std::string dir = fs::exists(sub / "config.json") ? sub.string() : model;
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  // diffusers writes `_class_name` into every model's config.json (transformers' configs have none).
-  const std::string class_name = json_get<std::string>(read_json_file(config_path), "_class_name", "", config_path);
+  // diffusers writes `_class_name` into every model's config.json; transformers writes
+  // `architectures` (e.g. ["CLIPVisionModel"]).
+  const Json config = read_json_file(config_path);
+  std::string class_name = json_get<std::string>(config, "_class_name", "", config_path);
+  if (class_name.empty() && config.contains("architectures") && config.at("architectures").is_array() &&
+      !config.at("architectures").empty() && config.at("architectures")[0].is_string())
+    class_name = config.at("architectures")[0].get<std::string>();
   std::string supported;
   for (const ComponentEntry& e : component_registry()) {
     if (e.role != role) continue;

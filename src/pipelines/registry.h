@@ -47,6 +47,11 @@ struct ComponentBenchOptions {
   // and the output of one forward written as raw little-endian float32.
   std::string inputs;
   std::string save_output;
+  // VAE: time encode (a video of the pixel size) instead of decode.
+  bool encode = false;
+  // Denoiser: pixels per latent position; unset: the scale_factor_spatial of a `vae` folder
+  // beside the component's, else the family's default (Wan2.1: 8).
+  std::optional<int64_t> vae_scale_factor_spatial;
 };
 
 struct ComponentBench {
@@ -58,7 +63,7 @@ struct ComponentBench {
 
 struct ComponentEntry {
   std::string class_name;  // "WanTransformer3DModel"
-  std::string role;        // "transformer" or "vae": what `vgen bench` calls it
+  std::string role;        // "transformer", "vae" or "image_encoder": what `vgen bench` calls it
   ComponentBench (*load)(const std::string& dir, const ComponentBenchOptions&, std::shared_ptr<ExecutionContext>);
 };
 

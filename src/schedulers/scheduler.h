@@ -28,6 +28,8 @@ class Scheduler {
   virtual const std::vector<double>& timesteps() const = 0;
   // One more than timesteps(): the last entry is the final sigma. float32 values.
   virtual const std::vector<double>& sigmas() const = 0;
+  // The config's num_train_timesteps (Wan2.2's expert boundary is a fraction of it).
+  virtual int64_t num_train_timesteps() const = 0;
 
   // One denoising step: model_output and sample have the same shape (any device). Must be
   // called once per entry of timesteps(), in order, with that entry as `timestep`.

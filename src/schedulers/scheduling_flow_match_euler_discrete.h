@@ -48,6 +48,7 @@ class FlowMatchEulerDiscreteScheduler final : public Scheduler {
   void set_timesteps(int num_inference_steps, std::optional<double> mu = std::nullopt) override;
   const std::vector<double>& timesteps() const override { return timesteps_; }
   const std::vector<double>& sigmas() const override { return sigmas_out_; }
+  int64_t num_train_timesteps() const override { return config_.num_train_timesteps; }
   Tensor step(const Tensor& model_output, double timestep, const Tensor& sample) override;
   void set_noise_seed(uint64_t seed) override { noise_seed_ = seed; }
 

@@ -21,7 +21,6 @@ ServedModel load_served_model(const ServeOptions& options) {
   const Device device = resolve_device(options.device);
   PipelineOptions pipeline_options = default_pipeline_options(device);
   if (!options.dtype.empty()) pipeline_options.dtype = parse_compute_dtype(options.dtype);
-  pipeline_options.offload_text_encoder = options.offload_text_encoder;
   // Without a file the defaults apply, among them autotuned convolutions: a server decodes
   // many videos, so their first-call cost is repaid.
   EngineConfig config;
@@ -30,6 +29,8 @@ ServedModel load_served_model(const ServeOptions& options) {
     require_implemented(config, options.config_file);
   }
   pipeline_options.execution = execution_settings(config, ExecutionSettings::from_environment());
+  pipeline_options.offload_text_encoder = options.offload_text_encoder || config.offload.text_encoder;
+  pipeline_options.offload_idle_expert = options.offload_idle_expert || config.offload.idle_expert;
   ServedModel m;
   m.pipeline = load_pipeline(options.model, pipeline_options);
   m.info.id = model_id_for(options);

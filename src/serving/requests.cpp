@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <tuple>
 #include <utility>
 
 #include <fmt/format.h>
@@ -114,9 +115,10 @@ std::optional<double> parse_number_text(const std::string& s) {
   return v;
 }
 
-const std::vector<std::string> kVideoFields = {"prompt",          "model",   "seconds",        "size",
-                                               "input_reference", "fps",     "num_frames",     "negative_prompt",
-                                               "num_inference_steps",        "guidance_scale", "seed"};
+const std::vector<std::string> kVideoFields = {"prompt",          "model",          "seconds",        "size",
+                                               "input_reference", "last_image",     "fps",            "num_frames",
+                                               "negative_prompt", "num_inference_steps", "guidance_scale",
+                                               "guidance_scale_2", "seed"};
 const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "response_format", "output_format",
                                                "output_compression", "quality", "user", "negative_prompt",
                                                "num_inference_steps", "guidance_scale", "seed"};
@@ -176,11 +178,14 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
     // The pipeline's message names its own parameter; the client's field for it is:
     const std::string message = e.what();
     std::optional<std::string> param;
+    if (message.starts_with("image")) param = "input_reference";
+    if (message.starts_with("last_image")) param = "last_image";
     for (const auto& [word, field] : {std::pair{"width", "size"}, std::pair{"height", "size"},
                                       std::pair{"num_frames", "num_frames"}, std::pair{"frames", "num_frames"},
-                                      std::pair{"steps", "num_inference_steps"}, std::pair{"guidance", "guidance_scale"},
+                                      std::pair{"steps", "num_inference_steps"},
+                                      std::pair{"guidance_scale_2", "guidance_scale_2"}, std::pair{"guidance", "guidance_scale"},
                                       std::pair{"negative_prompt", "negative_prompt"}, std::pair{"prompt", "prompt"}})
-      if (message.find(word) != std::string::npos) {
+      if (!param && message.find(word) != std::string::npos) {
         param = field;
         break;
       }
@@ -377,7 +382,20 @@ VideoRequest parse_video_request(const RequestFields& f) {
   r.params.num_frames = f.integer("num_frames", 1, kMaxFrames);
   if (r.seconds && r.params.num_frames)
     bad_field("num_frames", "give either 'seconds' or 'num_frames', not both");
+  r.params.guidance_scale_2 = f.number("guidance_scale_2", 0.0, kMaxGuidance);
+  // The images are file parts of a multipart body (a JSON body cannot carry one within its limit).
+  for (auto [name, bytes] : {std::pair{"input_reference", &r.input_reference}, std::pair{"last_image", &r.last_image}}) {
+    if (!f.has(name)) continue;
+    const std::vector<const FormPart*> files = f.files(name);
+    if (files.size() != 1)
+      bad_field(name, fmt::format("'{}' must be one image file part of a multipart/form-data body (PNG, JPEG or WebP)",
+                                  name));
+    if (files[0]->content.empty()) bad_field(name, fmt::format("'{}' is an empty file", name));
+    *bytes = files[0]->content;
+  }
   r.has_input_reference = f.has("input_reference");
+  if (f.has("last_image") && !r.has_input_reference)
+    bad_field("last_image", "'last_image' needs 'input_reference' (the first frame) too");
   return r;
 }
 
@@ -430,9 +448,26 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
     throw ApiError(400, fmt::format("image-to-video not supported by this model ('{}' is {})", model.id,
                                     caps.task_list()),
                    "input_reference", "unsupported_value");
+  if (!request.last_image.empty() && !caps.last_image_input)
+    throw ApiError(400, fmt::format("model '{}' ({}) takes no last frame", model.id, caps.task_list()), "last_image",
+                   "unsupported_value");
+  if (!request.has_input_reference && caps.image_required)
+    throw ApiError(400, fmt::format("model '{}' generates video from an image: send the first frame as the "
+                                    "'input_reference' file",
+                                    model.id),
+                   "input_reference", "missing_required_parameter");
   VideoPlan plan;
   plan.fps = request.fps.value_or(caps.default_fps);
   GenerationParams p = request.params;
+  for (auto [name, bytes, image] : {std::tuple{"input_reference", &request.input_reference, &p.image},
+                                    std::tuple{"last_image", &request.last_image, &p.last_image}}) {
+    if (bytes->empty()) continue;
+    try {
+      *image = media::decode_image(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size(), name);
+    } catch (const Error& e) {
+      bad_field(name, fmt::format("'{}' is not a readable image: {}", name, e.what()));
+    }
+  }
   p.seed = request.seed ? *request.seed : random_seed();
   if (request.seconds) {
     p.num_frames = frames_for_seconds(*request.seconds, plan.fps, caps.temporal_multiple);

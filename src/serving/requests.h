@@ -96,6 +96,10 @@ struct VideoRequest {
   std::optional<double> fps;
   std::optional<std::string> model;
   bool has_input_reference = false;
+  // Image-to-video: the uploaded first frame (`input_reference`, as the OpenAI SDK sends it) and
+  // last frame (`last_image`, vgen's), still encoded; plan_video decodes them for a model that
+  // takes them.
+  std::string input_reference, last_image;
 };
 
 // Fields of POST /v1/videos and /v1/videos/generations.

@@ -12,9 +12,12 @@ using nlohmann::json;
 
 // What the pipeline can do and its defaults (a vgen extension of OpenAI's model object).
 json capabilities_json(const PipelineCapabilities& c) {
-  return {{"tasks", c.tasks},
+  // "required", true or false per input: the image as `input_reference`, the last frame as `last_image`.
+  const auto input = [](bool accepted, bool required) -> json { return required ? json("required") : json(accepted); };
+  json j = {{"tasks", c.tasks},
           {"inputs",
-           {{"image", c.image_input}, {"last_image", c.last_image_input}, {"lora", c.lora},
+           {{"image", input(c.image_input, c.image_required)},
+            {"last_image", input(c.last_image_input, c.last_image_required)}, {"lora", c.lora},
             {"two_experts", c.two_experts}}},
           {"default_fps", c.default_fps},
           {"temporal_multiple", c.temporal_multiple},
@@ -25,6 +28,8 @@ json capabilities_json(const PipelineCapabilities& c) {
           {"default_num_inference_steps", c.default_num_inference_steps},
           {"default_guidance_scale", c.default_guidance_scale},
           {"default_max_sequence_length", c.default_max_sequence_length}};
+  if (c.two_experts) j["default_guidance_scale_2"] = c.default_guidance_scale_2;
+  return j;
 }
 
 json model_json(const ServerState& s) {

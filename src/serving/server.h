@@ -42,6 +42,7 @@ struct ServeOptions {
   std::string device = "auto";  // a GPU when one is usable, else the CPU
   std::string dtype;            // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
   bool offload_text_encoder = false;  // free the text encoder between generations
+  bool offload_idle_expert = false;   // two-expert models: the idle expert in host memory
   std::string served_model_name;  // the model's id in the API; empty: the checkpoint folder's name
   size_t max_queue = 64;          // generations waiting (async and sync); more is a 429
   size_t max_body_bytes = 32u << 20;  // larger request bodies are a 413 (chunked ones too)

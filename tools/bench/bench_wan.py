@@ -11,6 +11,10 @@ high-water mark for vgen (both count tensors only, not the CUDA context or libra
 parts: attn, wan13 (1.3B forward 480x832x81 + accuracy against a float32 reference), vae,
 e2e (1.3B text-to-MP4, 50 steps), wan14 (14B forward 720x1280x81), acc13 (the accuracy check
 alone: fails when vgen's bf16 error against float32 exceeds diffusers' bf16 run's; no timing).
+Image-to-video and Wan2.2: ti2v5b (TI2V-5B forward 704x1280x121 + accuracy), vae22 (Wan2.2
+VAE decode 704x1280x121 + accuracy), vae_encode (Wan2.1 VAE encode of one 720p frame), clip
+(CLIP ViT-H/14 image encode), i2v14 (A14B-shaped image-to-video, two experts, a few steps,
+480x832x81 end to end; --i2v-layers sets the layers per expert, 40 in the real model).
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -84,6 +88,14 @@ def compare(what, theirs, ours, **extra):
 
 
 def transformer_config(size, tiny):
+    if size == "5b":  # Wan2.2 TI2V-5B
+        if tiny:
+            return dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=48,
+                        out_channels=48, text_dim=64, freq_dim=32, ffn_dim=96, num_layers=2, cross_attn_norm=True,
+                        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+        return dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
+                    out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
     if tiny:
         return dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
                     text_dim=64, freq_dim=32, ffn_dim=96, num_layers=2, cross_attn_norm=True,
@@ -126,7 +138,9 @@ def part_attn(args):
 def part_transformer(args, size, timing=True):
     from diffusers import WanTransformer3DModel
     tiny = args.tiny
-    h, w, f = (64, 96, 9) if tiny else ((480, 832, 81) if size == "1.3b" else (720, 1280, 81))
+    shapes = {"1.3b": (480, 832, 81), "14b": (720, 1280, 81), "5b": (704, 1280, 121)}
+    h, w, f = (64, 96, 9) if tiny else shapes[size]
+    sp = 16 if size == "5b" else 8  # the Wan2.2 VAE compresses 16x in space
     text_len, dev = (16 if tiny else 512), args.device
     cfg = transformer_config(size, tiny)
     d = os.path.join(args.work, f"wan_{size}")
@@ -137,10 +151,13 @@ def part_transformer(args, size, timing=True):
     m.save_pretrained(d)
     lt = (f - 1) // 4 + 1
     g = torch.Generator(dev).manual_seed(1)
-    x = torch.randn(1, 16, lt, h // 8, w // 8, device=dev, generator=g).to(torch.bfloat16)
+    x = torch.randn(1, cfg["in_channels"], lt, h // sp, w // sp, device=dev, generator=g).to(torch.bfloat16)
     ctx = torch.randn(1, text_len, cfg["text_dim"], device=dev, generator=g).to(torch.bfloat16)
     t = torch.tensor([999.0], device=dev)
-    accuracy = size == "1.3b"
+    # TI2V (expand_timesteps): diffusers' pipeline passes one timestep per token; vgen's passes
+    # one per video when they are all equal (text-to-video), the same numbers.
+    t_theirs = t.expand(1, lt * (h // sp // 2) * (w // sp // 2)) if size == "5b" else t
+    accuracy = size in ("1.3b", "5b")
     if accuracy:
         from safetensors.torch import save_file
         inputs = os.path.join(args.work, "inputs.safetensors")
@@ -150,7 +167,7 @@ def part_transformer(args, size, timing=True):
         torch.backends.cudnn.allow_tf32 = False
         m32 = m.float().eval()
         with torch.no_grad():
-            ref = m32(x.float(), t, ctx.float(), return_dict=False)[0].float().cpu()
+            ref = m32(x.float(), t_theirs, ctx.float(), return_dict=False)[0].float().cpu()
         del m32
     del m
     free_gpu()
@@ -158,28 +175,28 @@ def part_transformer(args, size, timing=True):
     m = WanTransformer3DModel.from_pretrained(d, torch_dtype=torch.bfloat16).to(dev).eval()
     with torch.no_grad():
         if accuracy:
-            theirs_out = m(x, t, ctx, return_dict=False)[0].float().cpu()
+            theirs_out = m(x, t_theirs, ctx, return_dict=False)[0].float().cpu()
         free_gpu()
-        s = (median_time(lambda: m(x, t, ctx, return_dict=False), 1 if size == "14b" else 2, 2 if size == "14b" else 5)
+        big = size in ("14b", "5b")
+        s = (median_time(lambda: m(x, t_theirs, ctx, return_dict=False), 1 if big else 2, 2 if big else 5)
              if timing else 0.0)
     theirs = {"s": s, "peak_gib": peak_gib()}
     del m, x, ctx
     free_gpu()
-    iters = ["--iters", 2, "--warmup", 1] if size == "14b" else ["--iters", 5, "--warmup", 2]
+    iters = ["--iters", 2, "--warmup", 1] if size in ("14b", "5b") else ["--iters", 5, "--warmup", 2]
+    common = ["--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len", text_len,
+              "--vae-scale-factor-spatial", sp]
     extra = {}
     if timing:
-        ours = vgen(args, "transformer", "--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len",
-                    text_len, *iters)
+        ours = vgen(args, "transformer", *common, *iters)
         extra = {"tokens": ours["tokens"], "attention": ours["attention"],
                  "cuda_graph_replays": ours["cuda_graph_replays"]}
     if timing and size == "1.3b":  # what the CUDA graph of the step is worth
-        eager = vgen(args, "transformer", "--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len",
-                     text_len, "--no-cuda-graphs", *iters)
+        eager = vgen(args, "transformer", *common, "--no-cuda-graphs", *iters)
         extra.update(vgen_eager_s=eager["s"])
     if accuracy:
         out_path = os.path.join(args.work, "vgen_out.f32")
-        vgen(args, "transformer", "--model", d, "--inputs", inputs, "--save-output", out_path, "--iters", 1,
-             "--warmup", 0, "--height", h, "--width", w, "--num-frames", f, "--text-len", text_len)
+        vgen(args, "transformer", *common, "--inputs", inputs, "--save-output", out_path, "--iters", 1, "--warmup", 0)
         import numpy as np
         ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(ref.shape)
         extra.update(rel_l2_vs_f32_vgen=rel_l2(ours_out, ref), rel_l2_vs_f32_diffusers_bf16=rel_l2(theirs_out, ref),
@@ -187,15 +204,21 @@ def part_transformer(args, size, timing=True):
     if timing:
         compare(f"transformer_{size}_forward_{h}x{w}x{f}", theirs, ours, **extra)
     else:
-        # The accuracy check scripts/gpu-test.sh runs: vgen's bf16 error against the float32
-        # reference may not exceed diffusers' own bf16 run's (5% slack for the noise of random data).
         log(what=f"transformer_{size}_accuracy_{h}x{w}x{f}", **extra)
-        if extra["rel_l2_vs_f32_vgen"] > 1.05 * extra["rel_l2_vs_f32_diffusers_bf16"]:
-            raise SystemExit("FAILED: vgen's bf16 transformer is less accurate than diffusers' bf16 run")
-        print("accuracy: vgen rel L2 %.5f vs diffusers bf16 %.5f against float32: OK" % (
-            extra["rel_l2_vs_f32_vgen"], extra["rel_l2_vs_f32_diffusers_bf16"]))
+    if accuracy:
+        check_accuracy(f"transformer {size}", extra, strict=not timing)
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def check_accuracy(what, extra, strict):
+    """vgen's bf16 error against the float32 reference may not exceed diffusers' own bf16 run's
+    (5% slack for the noise of random data). strict: fail the run (scripts/gpu-test.sh's check)."""
+    ok = extra["rel_l2_vs_f32_vgen"] <= 1.05 * extra["rel_l2_vs_f32_diffusers_bf16"]
+    print("accuracy %s: vgen rel L2 %.5f vs diffusers bf16 %.5f against float32: %s" % (
+        what, extra["rel_l2_vs_f32_vgen"], extra["rel_l2_vs_f32_diffusers_bf16"], "OK" if ok else "WORSE"))
+    if strict and not ok:
+        raise SystemExit(f"FAILED: vgen's bf16 {what} is less accurate than diffusers' bf16 run")
 
 
 def part_vae(args):
@@ -226,16 +249,118 @@ def part_vae(args):
     compare(f"vae_decode_{h}x{w}x{f}_bf16_autotuned", theirs, tuned, vgen_first_s=tuned.get("first_s"))
 
 
-def part_e2e(args):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+def part_vae22(args):
+    """Wan2.2 VAE (TI2V-5B's) decode at 704x1280x121 in bf16, with the accuracy of both bf16 runs
+    against a float32 decode of the same (bf16-valued) weights and latents."""
+    from diffusers import AutoencoderKLWan
+    import numpy as np
+    from safetensors.torch import save_file
+    h, w, f = (64, 96, 9) if args.tiny else (704, 1280, 121)
+    dev = args.device
+    d = os.path.join(args.work, "vae22")
+    torch.manual_seed(0)
+    kw = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+              temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+              patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+              latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    if args.tiny:
+        kw.update(base_dim=16, decoder_base_dim=24, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    with torch.device(dev):
+        vae = AutoencoderKLWan(**kw)
+    vae = vae.to(torch.bfloat16).eval()
+    vae.save_pretrained(d)
+    lt = (f - 1) // 4 + 1
+    z = torch.randn(1, 48, lt, h // 16, w // 16, device=dev, generator=torch.Generator(dev).manual_seed(1))
+    z = z.to(torch.bfloat16)
+    inputs = os.path.join(args.work, "vae22_inputs.safetensors")
+    save_file({"z": z.float().cpu()}, inputs)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        ref = vae.float().decode(z.float(), return_dict=False)[0].cpu()
+        vae = vae.to(torch.bfloat16)
+        theirs_out = vae.decode(z, return_dict=False)[0].float().cpu()
+        free_gpu()
+        s = median_time(lambda: vae.decode(z, return_dict=False), 1, 2)
+    theirs = {"s": s, "peak_gib": peak_gib()}
+    del vae, z
+    free_gpu()
+    common = ["--model", d, "--height", h, "--width", w, "--num-frames", f, "--vae-dtype", "bf16"]
+    ours = vgen(args, "vae", *common, "--iters", 2, "--warmup", 1)
+    out_path = os.path.join(args.work, "vae22_out.f32")
+    vgen(args, "vae", *common, "--inputs", inputs, "--save-output", out_path, "--iters", 1, "--warmup", 0)
+    ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(ref.shape)
+    extra = dict(rel_l2_vs_f32_vgen=rel_l2(ours_out, ref), rel_l2_vs_f32_diffusers_bf16=rel_l2(theirs_out, ref),
+                 rel_l2_vgen_vs_diffusers_bf16=rel_l2(ours_out, theirs_out))
+    compare(f"vae22_decode_{h}x{w}x{f}_bf16", theirs, ours, vgen_first_s=ours.get("first_s"), **extra)
+    check_accuracy("Wan2.2 VAE decode", extra, strict=False)
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def part_vae_encode(args):
+    """Wan2.1 VAE encode of one 720p frame (what image-to-video encodes for TI2V; Wan2.1 I2V
+    encodes the image followed by num_frames - 1 zero frames), float32 as the Wan examples run it."""
+    from diffusers import AutoencoderKLWan
+    h, w = (64, 96) if args.tiny else (720, 1280)
+    dev = args.device
+    d = os.path.join(args.work, "vae21")
+    torch.manual_seed(0)
+    kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if args.tiny else {}
+    with torch.device(dev):
+        vae = AutoencoderKLWan(**kw)
+    vae = vae.to(torch.float32).eval()
+    vae.save_pretrained(d)
+    x = torch.rand(1, 3, 1, h, w, device=dev) * 2 - 1
+    free_gpu()
+    with torch.no_grad():
+        s = median_time(lambda: vae.encode(x).latent_dist.mode(), 2, 5)
+    theirs = {"s": s, "peak_gib": peak_gib()}
+    del vae, x
+    free_gpu()
+    ours = vgen(args, "vae", "--model", d, "--encode", "--height", h, "--width", w, "--num-frames", 1,
+                "--vae-dtype", "fp32", "--iters", 5, "--warmup", 2)
+    compare(f"vae21_encode_1x{h}x{w}_fp32", theirs, ours, vgen_first_s=ours.get("first_s"))
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def clip_config(tiny):
+    from transformers import CLIPVisionConfig
+    if tiny:
+        return CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                image_size=32, patch_size=8, hidden_act="gelu", projection_dim=32)
+    # ViT-H/14 as in Wan2.1-I2V's image_encoder/config.json
+    return CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                            image_size=224, patch_size=14, hidden_act="gelu", projection_dim=1024,
+                            layer_norm_eps=1e-5)
+
+
+def part_clip(args):
+    from transformers import CLIPVisionModel
+    dev = args.device
+    d = os.path.join(args.work, "clip")
+    torch.manual_seed(0)
+    cfg = clip_config(args.tiny)
+    m = CLIPVisionModel(cfg).to(torch.bfloat16)
+    m.save_pretrained(d)
+    m = CLIPVisionModel.from_pretrained(d, torch_dtype=torch.bfloat16).to(dev).eval()
+    px = torch.randn(1, 3, cfg.image_size, cfg.image_size, device=dev, dtype=torch.bfloat16)
+    free_gpu()
+    with torch.no_grad():
+        s = median_time(lambda: m(pixel_values=px, output_hidden_states=True).hidden_states[-2], 3, 20)
+    theirs = {"s": s, "peak_gib": peak_gib()}
+    del m, px
+    free_gpu()
+    ours = vgen(args, "image_encoder", "--model", d, "--iters", 20, "--warmup", 3)
+    compare(f"clip_vision_encode_{cfg.image_size}", theirs, ours)
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def tiny_tokenizer(tmp):
     import sentencepiece as spm
     from transformers import T5Tokenizer
-    tiny, dev = args.tiny, args.device
-    h, w, f, steps = (64, 96, 9, 3) if tiny else (480, 832, 81, args.steps)
-    d = os.path.join(args.work, "e2e")
-    tmp = tempfile.mkdtemp()
     corpus = os.path.join(tmp, "corpus.txt")
     words = ("a cat dog plays piano in the night on a motorcycle cool red fox snow light water city bright tones "
              "overexposed static blurred details subtitles style works paintings").split()
@@ -244,13 +369,99 @@ def part_e2e(args):
             fh.write(" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) + "\n")
     spm.SentencePieceTrainer.train(input=corpus, model_prefix=os.path.join(tmp, "spiece"), vocab_size=64,
                                    hard_vocab_limit=False, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
-    tok = T5Tokenizer(vocab_file=os.path.join(tmp, "spiece.model"))
-    torch.manual_seed(0)
+    return T5Tokenizer(vocab_file=os.path.join(tmp, "spiece.model"))
+
+
+def text_encoder(tiny, dev):
+    from transformers import UMT5Config, UMT5EncoderModel
     te_cfg = (dict(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4) if tiny else
               dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64))
     with torch.device(dev):
-        te = UMT5EncoderModel(UMT5Config(feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
-                                         relative_attention_max_distance=128, **te_cfg))
+        return UMT5EncoderModel(UMT5Config(feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                                           relative_attention_max_distance=128, **te_cfg))
+
+
+def test_image(path, h, w):
+    """A structured RGB picture (gradients and a disc), not noise, of h x w, saved as PNG."""
+    import numpy as np
+    from PIL import Image
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1),
+                    np.where((x - w / 2) ** 2 + (y - h / 2) ** 2 < (min(h, w) / 3) ** 2, 220, 40)], -1)
+    Image.fromarray(img.astype(np.uint8)).save(path)
+    return Image.open(path).convert("RGB")
+
+
+def part_i2v14(args):
+    """Wan2.2 I2V-A14B-shaped image-to-video end to end (two experts with boundary_ratio 0.9,
+    guidance 4.0 / 3.0, the image VAE-encoded with 80 zero frames), a few steps at 480x832x81:
+    diffusers' WanImageToVideoPipeline against `vgen bench pipeline --image`. Both experts at the
+    14B width (40 heads x 128, ffn 13824) with --i2v-layers layers each (40 in the real model)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    tiny, dev = args.tiny, args.device
+    h, w, f, steps = (64, 96, 9, 4) if tiny else (480, 832, 81, args.i2v_steps)
+    d = os.path.join(args.work, "i2v14")
+    tmp = tempfile.mkdtemp()
+    tok = tiny_tokenizer(tmp)
+    torch.manual_seed(0)
+    te = text_encoder(tiny, dev).to(torch.bfloat16)
+    cfg = transformer_config("14b", tiny)
+    cfg.update(in_channels=36, out_channels=16)
+    if tiny:
+        cfg["text_dim"] = 64
+    else:
+        cfg["num_layers"] = args.i2v_layers
+    experts = []
+    for _ in range(2):
+        with torch.device(dev):
+            experts.append(WanTransformer3DModel(**cfg).to(torch.bfloat16))
+    with torch.device(dev):
+        vae = AutoencoderKLWan(**(dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if tiny else {}))
+    vae = vae.to(torch.float32)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
+                                    num_train_timesteps=1000)
+    pipe = WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, transformer=experts[0], transformer_2=experts[1],
+                                   vae=vae, scheduler=sched, image_encoder=None, image_processor=None,
+                                   boundary_ratio=0.9)
+    pipe.save_pretrained(d)
+    image_path = os.path.join(args.work, "first_frame.png")
+    image = test_image(image_path, 360, 640)
+    kw = dict(image=image, prompt="A cat plays piano in the night", height=h, width=w, num_frames=f,
+              guidance_scale=4.0, guidance_scale_2=3.0, output_type="np")  # vgen's A14B defaults
+    pipe(num_inference_steps=2, **kw)  # warm-up
+    free_gpu()
+    sched.set_timesteps(steps)
+    used = sorted({"transformer" if t >= 900 else "transformer_2" for t in sched.timesteps.tolist()})
+    t0 = time.perf_counter()
+    pipe(num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(42), **kw)
+    sync()
+    theirs = {"s": time.perf_counter() - t0, "peak_gib": peak_gib()}
+    del pipe, te, experts, vae
+    free_gpu()
+    ours = vgen(args, "pipeline", "--model", d, "--image", image_path, "--height", h, "--width", w, "--num-frames", f,
+                "--steps", steps, "--warmup", 2)
+    name = f"e2e_i2v_a14b{'' if tiny else '_%dlayers' % args.i2v_layers}_{h}x{w}x{f}_{steps}steps"
+    compare(name, theirs, ours, experts_used=used, vgen_phases=ours["phases"], vgen_load_s=ours["load_s"])
+    # The idle expert in host memory: one upload at the switch (the next run's first expert is
+    # prefetched during the decode); its cost is this run's time over the resident one's.
+    off = vgen(args, "pipeline", "--model", d, "--image", image_path, "--height", h, "--width", w, "--num-frames", f,
+               "--steps", steps, "--warmup", 2, "--offload-idle-expert")
+    compare(name + "_offload_idle_expert", theirs, off, vgen_phases=off["phases"],
+            offload_cost_s=off["s"] - ours["s"])
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def part_e2e(args):
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    tiny, dev = args.tiny, args.device
+    h, w, f, steps = (64, 96, 9, 3) if tiny else (480, 832, 81, args.steps)
+    d = os.path.join(args.work, "e2e")
+    tmp = tempfile.mkdtemp()
+    tok = tiny_tokenizer(tmp)
+    torch.manual_seed(0)
+    te = text_encoder(tiny, dev)
+    with torch.device(dev):
         cfg = transformer_config("1.3b", tiny)
         if tiny:
             cfg["text_dim"] = 64
@@ -303,6 +514,8 @@ def main():
     ap.add_argument("--work", default=None, help="scratch folder for the checkpoints (default: a temp dir)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--i2v-steps", type=int, default=4, help="i2v14: denoising steps (both experts run)")
+    ap.add_argument("--i2v-layers", type=int, default=8, help="i2v14: layers per expert (40 in Wan2.2 A14B)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
@@ -313,7 +526,8 @@ def main():
             diffusers=__import__("diffusers").__version__)
     parts = {"attn": part_attn, "wan13": lambda a: part_transformer(a, "1.3b"), "vae": part_vae, "e2e": part_e2e,
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
-             "wan14": lambda a: part_transformer(a, "14b")}
+             "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
+             "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")

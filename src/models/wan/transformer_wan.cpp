@@ -27,6 +27,7 @@ nn::AttentionOptions attention_options(const WanTransformer3DModelConfig& c, boo
   if (cross) o.cross_attention_dim = c.inner_dim();
   o.qk_norm = true;
   o.eps = static_cast<float>(c.eps);
+  if (cross) o.added_kv_proj_dim = c.added_kv_proj_dim;
   return o;
 }
 
@@ -36,10 +37,10 @@ WanTransformer3DModelConfig WanTransformer3DModelConfig::from_json(const Json& j
   const ConfigReader r(j, path);
   const std::string class_name = r.string("_class_name", kClassName);
   if (class_name != kClassName) fail("{}: _class_name is '{}', expected '{}'", path, class_name, kClassName);
-  for (const char* key : {"image_dim", "added_kv_proj_dim", "pos_embed_seq_len"})
-    r.require_absent(key, "image-to-video transformers (CLIP image context) are not supported yet");
-
   WanTransformer3DModelConfig c;
+  c.image_dim = r.optional_integer("image_dim");
+  c.added_kv_proj_dim = r.optional_integer("added_kv_proj_dim");
+  c.pos_embed_seq_len = r.optional_integer("pos_embed_seq_len");
   const std::vector<int64_t> patch = r.integer_list("patch_size", {1, 2, 2});
   if (patch.size() != 3 || patch[0] <= 0 || patch[1] <= 0 || patch[2] <= 0)
     r.fail_value("patch_size", fmt::format("must be 3 positive integers (t, h, w), got {}", j.at("patch_size").dump()));
@@ -67,6 +68,21 @@ WanTransformer3DModelConfig WanTransformer3DModelConfig::from_json(const Json& j
   c.eps = r.number("eps", c.eps);
   if (!(c.eps > 0.0 && c.eps < 1.0)) r.fail_value("eps", fmt::format("must be in (0, 1), got {}", c.eps));
   c.rope_max_seq_len = r.integer("rope_max_seq_len", c.rope_max_seq_len, 1);
+  // The image context is projected by condition_embedder.image_embedder (image_dim) and read by
+  // the cross-attention's add_k/add_v projections (added_kv_proj_dim = inner_dim): one without
+  // the other has no meaning in diffusers' model either (it splits the context at 512 text tokens).
+  if (c.image_dim.has_value() != c.added_kv_proj_dim.has_value())
+    r.fail_value(c.image_dim ? "added_kv_proj_dim" : "image_dim",
+                 "image_dim and added_kv_proj_dim must be set together (Wan2.1 image-to-video) or both be null");
+  if (c.image_dim && *c.image_dim <= 0) r.fail_value("image_dim", fmt::format("must be positive, got {}", *c.image_dim));
+  if (c.added_kv_proj_dim && *c.added_kv_proj_dim != c.inner_dim())
+    r.fail_value("added_kv_proj_dim", fmt::format("must equal num_attention_heads * attention_head_dim = {}, got {}",
+                                                  c.inner_dim(), *c.added_kv_proj_dim));
+  if (c.pos_embed_seq_len && !c.image_dim)
+    r.fail_value("pos_embed_seq_len", "needs an image_dim (it embeds the positions of the image tokens)");
+  if (c.pos_embed_seq_len && (*c.pos_embed_seq_len <= 0 || *c.pos_embed_seq_len % 2 != 0))
+    r.fail_value("pos_embed_seq_len",
+                 fmt::format("must be a positive even number (first and last image tokens), got {}", *c.pos_embed_seq_len));
   return c;
 }
 
@@ -90,7 +106,7 @@ WanTransformer3DModel::WanTransformer3DModel(WanTransformer3DModelConfig config,
       rope_(config_.attention_head_dim, config_.rope_max_seq_len),
       norm_out_(static_cast<float>(config_.eps)) {
   // The graphed part of forward: inputs {hidden_states after the patch embedding, temb,
-  // timestep_proj, projected text, RoPE cos, RoPE sin}, params {batch, frames, height, width}.
+  // timestep_proj, projected text, RoPE cos, RoPE sin[, projected image tokens]}, params {batch, frames, height, width}.
   graphed_ = std::make_unique<GraphedCallable>(
       "WanTransformer3DModel", [this](const std::vector<Tensor>& in, const std::vector<int64_t>& p) {
         WanPatchedInput input;
@@ -105,6 +121,7 @@ WanTransformer3DModel::WanTransformer3DModel(WanTransformer3DModelConfig config,
         cond.temb = in[1];
         cond.timestep_proj = in[2];
         cond.encoder_hidden_states = in[3];
+        if (in.size() > 6) cond.encoder_hidden_states_image = in[6];
         return finish(run_blocks(input, cond), cond, input);
       });
   graphed_->set_enabled(false);
@@ -112,8 +129,28 @@ WanTransformer3DModel::WanTransformer3DModel(WanTransformer3DModelConfig config,
 
 void WanTransformer3DModel::enable_cuda_graphs(bool enable) { graphed_->set_enabled(enable); }
 
+void WanTransformer3DModel::upload() {
+  if (!offload_.defined() || offload_.resident()) return;
+  offload_.upload();
+  graphed_->clear();  // recorded against the previous device addresses
+}
+
+void WanTransformer3DModel::release() {
+  if (!offload_.defined() || !offload_.resident()) return;
+  graphed_->clear();  // its static buffers and recordings hold device memory and the old addresses
+  offload_.release();
+}
+
 std::unique_ptr<WanTransformer3DModel> WanTransformer3DModel::from_pretrained(const std::string& dir, DType dtype,
-                                                                              Device device) {
+                                                                              Device device, bool host_resident) {
+  if (host_resident && !device.is_cpu()) {
+    // Built in host memory; what the loading kept is the set of weights HostOffload moves.
+    StorageCapture capture;
+    std::unique_ptr<WanTransformer3DModel> model = from_pretrained(dir, dtype, Device::cpu());
+    model->offload_ = nn::HostOffload(capture.live(), device);
+    model->device_ = device;
+    return model;
+  }
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     fail("{}: compute dtype {} is not supported (F32, BF16 or F16)", dir, dtype_name(dtype));
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
@@ -135,6 +172,16 @@ std::unique_ptr<WanTransformer3DModel> WanTransformer3DModel::from_pretrained(co
   model->time_proj_ = nn::Linear(weights, "condition_embedder.time_proj", dim, 6 * dim);
   model->text_embedder_linear_1_ = nn::Linear(weights, "condition_embedder.text_embedder.linear_1", c.text_dim, dim);
   model->text_embedder_linear_2_ = nn::Linear(weights, "condition_embedder.text_embedder.linear_2", dim, dim);
+  if (c.image_dim) {
+    // FP32LayerNorm (eps 1e-5, with affine) kept in float32 like every norm1/norm2 in diffusers'
+    // _keep_in_fp32_modules; FeedForward(mult=1, "gelu"): linear, exact gelu, linear.
+    const std::string p = "condition_embedder.image_embedder.";
+    if (c.pos_embed_seq_len) model->image_pos_embed_ = weights.load(p + "pos_embed", {1, *c.pos_embed_seq_len, *c.image_dim});
+    model->image_norm1_ = nn::LayerNorm(weights_f32, p + "norm1", *c.image_dim, 1e-5f);
+    model->image_ff_proj_ = nn::Linear(weights, p + "ff.net.0.proj", *c.image_dim, *c.image_dim);
+    model->image_ff_out_ = nn::Linear(weights, p + "ff.net.2", *c.image_dim, dim);
+    model->image_norm2_ = nn::LayerNorm(weights_f32, p + "norm2", dim, 1e-5f);
+  }
   model->blocks_.reserve(static_cast<size_t>(c.num_layers));
   for (int64_t i = 0; i < c.num_layers; ++i) model->blocks_.emplace_back(weights, fmt::format("blocks.{}", i), c);
   model->scale_shift_table_ = weights_f32.load("scale_shift_table", {1, 2, dim});
@@ -157,6 +204,8 @@ WanRotaryPosEmbed::Tables WanTransformer3DModel::rotary_tables(int64_t frames, i
 }
 
 WanPatchedInput WanTransformer3DModel::embed_patches(const Tensor& hidden_states) const {
+  VGEN_CHECK(resident(), "{}: the weights of this host-resident model are not on {} (upload() first)", kClassName,
+             device_.str());
   const int64_t C = config_.in_channels;
   VGEN_CHECK(hidden_states.dim() == 5 && hidden_states.size(1) == C,
              "{}: hidden_states {} must be [batch, {} channels, frames, height, width]", kClassName,
@@ -187,7 +236,8 @@ WanPatchedInput WanTransformer3DModel::embed_patches(const Tensor& hidden_states
   return in;
 }
 
-WanConditioning WanTransformer3DModel::condition(const Tensor& timestep, const Tensor& encoder_hidden_states) const {
+WanConditioning WanTransformer3DModel::condition(const Tensor& timestep, const Tensor& encoder_hidden_states,
+                                                 const Tensor& encoder_hidden_states_image) const {
   const int64_t dim = config_.inner_dim();
   VGEN_CHECK(timestep.dim() == 1 || timestep.dim() == 2, "{}: timestep {} must be [batch] or [batch, tokens]",
              kClassName, timestep.str());
@@ -218,6 +268,33 @@ WanConditioning WanTransformer3DModel::condition(const Tensor& timestep, const T
     c.timestep_proj = timestep_proj.view({timestep.size(0), 6, dim});
   }
   c.encoder_hidden_states = context;
+
+  VGEN_CHECK(encoder_hidden_states_image.defined() == config_.image_dim.has_value(),
+             "{}: {}", kClassName,
+             config_.image_dim ? "this image-to-video transformer needs encoder_hidden_states_image (CLIP image tokens)"
+                               : "this transformer has no image_dim: it takes no encoder_hidden_states_image");
+  if (config_.image_dim) {
+    // WanImageEmbedding. FLF2V: the first and last image of each video side by side
+    // (view(-1, 2 * L, dim)) plus the learned position embedding.
+    Tensor image = encoder_hidden_states_image.to(device_).to(dtype_);
+    VGEN_CHECK(image.dim() == 3 && image.size(2) == *config_.image_dim,
+               "{}: encoder_hidden_states_image {} must be [batch, tokens, image_dim {}]", kClassName, image.str(),
+               *config_.image_dim);
+    if (config_.pos_embed_seq_len) {
+      const int64_t P = *config_.pos_embed_seq_len;
+      VGEN_CHECK(2 * image.size(1) == P && image.size(0) % 2 == 0,
+                 "{}: encoder_hidden_states_image {} must hold a first and a last image of {} tokens each "
+                 "(pos_embed_seq_len {})",
+                 kClassName, image.str(), P / 2, P);
+      image = ops::add(image.reshape({image.size(0) / 2, P, image.size(2)}), image_pos_embed_);
+    }
+    image = image_norm1_.forward(image);
+    image = image_ff_out_.forward(image_ff_proj_.forward(image, Activation::Gelu));
+    c.encoder_hidden_states_image = image_norm2_.forward(image);
+    VGEN_CHECK(c.encoder_hidden_states_image.size(0) == context.size(0),
+               "{}: {} image contexts for {} text contexts", kClassName, c.encoder_hidden_states_image.size(0),
+               context.size(0));
+  }
   return c;
 }
 
@@ -231,12 +308,14 @@ Tensor WanTransformer3DModel::run_blocks(const WanPatchedInput& input, const Wan
   VGEN_CHECK(context.size(0) == B, "{}: encoder_hidden_states batch {} differs from hidden_states batch {}",
              kClassName, context.size(0), B);
   Tensor h = input.hidden_states;
-  for (const Block& block : blocks_) h = block_forward(block, h, context, proj, input);
+  for (const Block& block : blocks_)
+    h = block_forward(block, h, context, cond.encoder_hidden_states_image, proj, input);
   return h;
 }
 
 Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hidden_states,
-                                            const Tensor& encoder_hidden_states, const Tensor& timestep_proj,
+                                            const Tensor& encoder_hidden_states,
+                                            const Tensor& encoder_hidden_states_image, const Tensor& timestep_proj,
                                             const WanPatchedInput& input) const {
   const int64_t dim = config_.inner_dim();
   // scale_shift_table + temb.float(), chunked into shift, scale, gate (self-attention) and
@@ -257,7 +336,7 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
   // 2. Cross-attention: norm2(h.float()).type_as(h) (identity without cross_attn_norm), plain residual.
   // layer_norm computes in float32 and rounds once to h's dtype: the same numbers, no casts.
   norm = block.norm2.forward(h);
-  h = ops::add(h, block.attn2.forward_cross(norm, encoder_hidden_states));
+  h = ops::add(h, block.attn2.forward_cross(norm, encoder_hidden_states, encoder_hidden_states_image));
 
   // 3. Feed-forward.
   norm = block.norm3.forward(h, c_scale_msa, c_shift_msa);
@@ -284,12 +363,15 @@ Tensor WanTransformer3DModel::finish(const Tensor& hidden_states, const WanCondi
 }
 
 Tensor WanTransformer3DModel::forward(const Tensor& hidden_states, const Tensor& timestep,
-                                      const Tensor& encoder_hidden_states) const {
+                                      const Tensor& encoder_hidden_states,
+                                      const Tensor& encoder_hidden_states_image) const {
   const WanPatchedInput input = embed_patches(hidden_states);
-  const WanConditioning cond = condition(timestep, encoder_hidden_states);
+  const WanConditioning cond = condition(timestep, encoder_hidden_states, encoder_hidden_states_image);
   if (!graphed_->enabled() || device_.is_cpu()) return finish(run_blocks(input, cond), cond, input);
-  return (*graphed_)({input.hidden_states, cond.temb, cond.timestep_proj, cond.encoder_hidden_states, input.freqs_cos,
-                      input.freqs_sin},
+  std::vector<Tensor> inputs = {input.hidden_states, cond.temb,       cond.timestep_proj, cond.encoder_hidden_states,
+                                input.freqs_cos,     input.freqs_sin};
+  if (cond.encoder_hidden_states_image.defined()) inputs.push_back(cond.encoder_hidden_states_image);
+  return (*graphed_)(inputs,
                      {input.batch_size, input.post_patch_num_frames, input.post_patch_height, input.post_patch_width});
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <array>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +20,7 @@
 #include "io/json.h"
 #include "models/wan/transformer_wan_embeddings.h"
 #include "nn/attention.h"
+#include "nn/host_offload.h"
 #include "nn/linear.h"
 #include "nn/norm.h"
 #include "ops/graphed_callable.h"
@@ -40,7 +42,13 @@ struct WanTransformer3DModelConfig {
   std::string qk_norm = "rms_norm_across_heads";
   double eps = 1e-6;
   int64_t rope_max_seq_len = 1024;
-  // image_dim, added_kv_proj_dim and pos_embed_seq_len must be null (image-to-video only).
+  // Wan2.1 image-to-video (CLIP image context): the CLIP width of the image embeddings, the
+  // width the cross-attention's image key/value projections read (inner_dim), and for FLF2V
+  // a learned position embedding over the first and last image's tokens. Null otherwise
+  // (Wan2.2 image-to-video conditions on the VAE latents only).
+  std::optional<int64_t> image_dim;
+  std::optional<int64_t> added_kv_proj_dim;
+  std::optional<int64_t> pos_embed_seq_len;
 
   int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
 
@@ -62,6 +70,8 @@ struct WanConditioning {
   Tensor temb;           // [B, inner_dim] ([B, seq, inner_dim] for per-token timesteps), compute dtype
   Tensor timestep_proj;  // [B, 6, inner_dim] ([B, seq, 6, inner_dim]), compute dtype
   Tensor encoder_hidden_states;  // [B, L, inner_dim]: the projected text, compute dtype
+  // [B, L_img, inner_dim]: the projected CLIP image tokens (image_embedder), undefined without.
+  Tensor encoder_hidden_states_image;
 };
 
 class WanTransformer3DModel {
@@ -69,7 +79,10 @@ class WanTransformer3DModel {
   // Reads dir/config.json and the weights in dir (one file or shards), each checked against
   // the shape the config implies and converted to `dtype` on `device`. A missing tensor, or a
   // checkpoint tensor the model does not use, is an error naming it and the folder.
-  static std::unique_ptr<WanTransformer3DModel> from_pretrained(const std::string& dir, DType dtype, Device device);
+  // host_resident: the weights load into host memory and visit `device` only between upload()
+  // and release() (an idle Wan2.2 expert on a GPU too small for both); forward needs them there.
+  static std::unique_ptr<WanTransformer3DModel> from_pretrained(const std::string& dir, DType dtype, Device device,
+                                                                bool host_resident = false);
 
   const WanTransformer3DModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
@@ -77,20 +90,31 @@ class WanTransformer3DModel {
 
   // hidden_states [B, in_channels, F, H, W]; timestep [B] (or [B, F'*H'*W'] per token, as
   // Wan2.2 TI2V) with values like 999.0; encoder_hidden_states [B, L, text_dim]
-  // -> [B, out_channels, F, H, W] in the compute dtype.
-  Tensor forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states) const;
+  // -> [B, out_channels, F, H, W] in the compute dtype. encoder_hidden_states_image
+  // [B', L_img, image_dim] (CLIP hidden states; with pos_embed_seq_len, B' = 2B: first and last
+  // image of each video): required exactly when the config has an image_dim.
+  Tensor forward(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
+                 const Tensor& encoder_hidden_states_image = {}) const;
 
   // Whether forward replays run_blocks + finish from a CUDA graph per input shape (on a GPU;
   // the embeddings before them run eagerly, as they read the timestep on the host). Off by
   // default; the pipelines turn it on. The numbers are the same either way.
   void enable_cuda_graphs(bool enable);
+
+  // A host_resident model's weights: to the device (the copies are issued in the calling
+  // context's order) and back (the device memory freed). Resident models ignore both.
+  void upload();
+  void release();
+  bool resident() const { return !offload_.defined() || offload_.resident(); }
+  size_t weight_bytes_offloaded() const { return offload_.nbytes(); }
   const GraphedCallable& graphed_step() const { return *graphed_; }
 
   // The stages of forward, separately, so a step cache (TeaCache) can look at `temb` and
   // skip run_blocks: forward = finish(run_blocks(embed_patches(x), c), c, x) with
   // c = condition(timestep, encoder_hidden_states).
   WanPatchedInput embed_patches(const Tensor& hidden_states) const;
-  WanConditioning condition(const Tensor& timestep, const Tensor& encoder_hidden_states) const;
+  WanConditioning condition(const Tensor& timestep, const Tensor& encoder_hidden_states,
+                            const Tensor& encoder_hidden_states_image = {}) const;
   Tensor run_blocks(const WanPatchedInput& input, const WanConditioning& cond) const;  // -> [B, S, inner_dim]
   // norm_out with the output modulation, proj_out, unpatchify -> [B, out_channels, F, H, W].
   Tensor finish(const Tensor& hidden_states, const WanConditioning& cond, const WanPatchedInput& input) const;
@@ -112,7 +136,8 @@ class WanTransformer3DModel {
   WanTransformer3DModel(WanTransformer3DModelConfig config, DType dtype, Device device);
 
   Tensor block_forward(const Block& block, const Tensor& hidden_states, const Tensor& encoder_hidden_states,
-                       const Tensor& timestep_proj, const WanPatchedInput& input) const;
+                       const Tensor& encoder_hidden_states_image, const Tensor& timestep_proj,
+                       const WanPatchedInput& input) const;
   WanRotaryPosEmbed::Tables rotary_tables(int64_t frames, int64_t height, int64_t width) const;
 
   WanTransformer3DModelConfig config_;
@@ -124,12 +149,17 @@ class WanTransformer3DModel {
   nn::Linear time_embedder_linear_1_, time_embedder_linear_2_;  // float32
   nn::Linear time_proj_;
   nn::Linear text_embedder_linear_1_, text_embedder_linear_2_;
+  // WanImageEmbedding (image-to-video): FP32LayerNorm, gelu FeedForward (mult 1), FP32LayerNorm.
+  Tensor image_pos_embed_;  // [1, pos_embed_seq_len, image_dim], FLF2V only
+  nn::LayerNorm image_norm1_, image_norm2_;
+  nn::Linear image_ff_proj_, image_ff_out_;
   std::vector<Block> blocks_;
   Tensor scale_shift_table_;  // [1, 2, dim] float32
   nn::ModulatedLayerNorm norm_out_;
   nn::Linear proj_out_;
 
   std::unique_ptr<GraphedCallable> graphed_;
+  nn::HostOffload offload_;  // defined for a host_resident model
 
   // The RoPE tables of the last grid (every step of a generation uses the same one).
   mutable std::mutex rope_mutex_;

@@ -1,34 +1,58 @@
 #include "pipelines/wan/component_bench_wan.h"
 
 #include <cstdio>
+#include <filesystem>
 
 #include "core/random.h"
+#include "io/json.h"
 #include "io/safetensors.h"
+#include "models/clip/clip_vision_model.h"
 #include "models/wan/autoencoder_kl_wan.h"
 #include "models/wan/transformer_wan.h"
 
 namespace vgen {
 namespace {
 
-// A component folder holds no VAE/pipeline config to take these from: Wan2.1's VAE compresses
-// 4x in time and 8x in space, and the 1.3B model's default size is 832x480 with 81 frames.
+// Defaults when a component folder holds no VAE/pipeline config to take them from: Wan2.1's
+// VAE compresses 4x in time and 8x in space, and the 1.3B model's default size is 832x480
+// with 81 frames.
 constexpr int64_t kTemporalCompression = 4, kSpatialCompression = 8;
 constexpr int64_t kDefaultHeight = 480, kDefaultWidth = 832, kDefaultNumFrames = 81;
 
 struct PixelSize {
   int64_t height, width, num_frames;
-  int64_t latent_frames() const { return (num_frames - 1) / kTemporalCompression + 1; }
+  int64_t temporal, spatial;  // the VAE's compression
+  int64_t latent_frames() const { return (num_frames - 1) / temporal + 1; }
+  int64_t latent_height() const { return height / spatial; }
+  int64_t latent_width() const { return width / spatial; }
 };
 
-PixelSize pixel_size(const ComponentBenchOptions& o) {
+PixelSize pixel_size(const ComponentBenchOptions& o, int64_t temporal, int64_t spatial) {
   const PixelSize s{o.height.value_or(kDefaultHeight), o.width.value_or(kDefaultWidth),
-                    o.num_frames.value_or(kDefaultNumFrames)};
-  if (s.height % kSpatialCompression != 0 || s.width % kSpatialCompression != 0 || s.height <= 0 || s.width <= 0)
-    fail("bench: height and width must be positive multiples of {} (got {}x{})", kSpatialCompression, s.width,
-         s.height);
-  if (s.num_frames < 1 || (s.num_frames - 1) % kTemporalCompression != 0)
-    fail("bench: num_frames must be of the form {}k+1 (got {})", kTemporalCompression, s.num_frames);
+                    o.num_frames.value_or(kDefaultNumFrames), temporal, spatial};
+  if (s.height % spatial != 0 || s.width % spatial != 0 || s.height <= 0 || s.width <= 0)
+    fail("bench: height and width must be positive multiples of {} (got {}x{})", spatial, s.width, s.height);
+  if (s.num_frames < 1 || (s.num_frames - 1) % temporal != 0)
+    fail("bench: num_frames must be of the form {}k+1 (got {})", temporal, s.num_frames);
   return s;
+}
+
+// The VAE's spatial compression for a denoiser in `dir`: the option, else a `vae` folder beside it.
+int64_t denoiser_spatial_compression(const std::string& dir, const ComponentBenchOptions& o) {
+  if (o.vae_scale_factor_spatial) return *o.vae_scale_factor_spatial;
+  const std::filesystem::path vae_config = std::filesystem::path(dir).parent_path() / "vae" / "config.json";
+  if (!std::filesystem::exists(vae_config)) return kSpatialCompression;
+  return AutoencoderKLWanConfig::from_json(read_json_file(vae_config.string()), vae_config.string()).scale_factor_spatial;
+}
+
+// Writes t as raw little-endian float32 (what the bench driver reads back with numpy).
+void save_raw_f32(const Tensor& t, const std::string& path) {
+  const Tensor y = t.to(Device::cpu()).to(DType::F32).contiguous();
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  VGEN_CHECK(f != nullptr, "bench: cannot write '{}'", path);
+  const size_t n = std::fwrite(y.raw_data(), 1, y.nbytes(), f);
+  std::fclose(f);
+  VGEN_CHECK(n == y.nbytes(), "bench: short write to '{}'", path);
 }
 
 // Random data (never zeros: they can run faster than real data).
@@ -41,34 +65,30 @@ Tensor random_on(const Shape& shape, DType dtype, Device device, uint64_t seed) 
 ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenchOptions& o,
                                      std::shared_ptr<ExecutionContext> context) {
   ContextScope scope(*context);
-  const PixelSize size = pixel_size(o);
+  const PixelSize size = pixel_size(o, kTemporalCompression, denoiser_spatial_compression(dir, o));
   const Device device = o.pipeline.device;
   const DType dtype = o.pipeline.dtype;
   std::shared_ptr<WanTransformer3DModel> model = WanTransformer3DModel::from_pretrained(dir, dtype, device);
   model->enable_cuda_graphs(context->settings().cuda_graphs && device.is_cuda());
   const auto& c = model->config();
   const int64_t lt = size.latent_frames();
-  const int64_t lh = size.height / kSpatialCompression, lw = size.width / kSpatialCompression;
+  const int64_t lh = size.latent_height(), lw = size.latent_width();
   Tensor x = random_on({1, c.in_channels, lt, lh, lw}, dtype, device, 4);
   Tensor t = Tensor::full({1}, 999.0f);
   Tensor ctx = random_on({1, o.text_len, c.text_dim}, dtype, device, 5);
+  // Image-to-video transformers also take CLIP's 257 image tokens (two images for FLF2V).
+  Tensor image;
+  if (c.image_dim) image = random_on({c.pos_embed_seq_len ? 2 : 1, 257, *c.image_dim}, dtype, device, 7);
   if (!o.inputs.empty()) {
     const WeightStore in = WeightStore::open_files({o.inputs});
     x = in.get("hidden_states").to(dtype).to(device);
     t = in.get("timestep").to(DType::F32);
     ctx = in.get("encoder_hidden_states").to(dtype).to(device);
   }
-  if (!o.save_output.empty()) {
-    const Tensor y = model->forward(x, t, ctx).to(Device::cpu()).to(DType::F32).contiguous();
-    std::FILE* f = std::fopen(o.save_output.c_str(), "wb");
-    VGEN_CHECK(f != nullptr, "bench: cannot write '{}'", o.save_output);
-    const size_t n = std::fwrite(y.raw_data(), 1, y.nbytes(), f);
-    std::fclose(f);
-    VGEN_CHECK(n == y.nbytes(), "bench: short write to '{}'", o.save_output);
-  }
+  if (!o.save_output.empty()) save_raw_f32(model->forward(x, t, ctx, image), o.save_output);
   const int64_t tokens = lt * (lh / c.patch_size[1]) * (lw / c.patch_size[2]);
   ComponentBench b;
-  b.run = [model, x, t, ctx] { (void)model->forward(x, t, ctx); };
+  b.run = [model, x, t, ctx, image] { (void)model->forward(x, t, ctx, image); };
   b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"tokens", tokens}};
   b.after = [model] { return nlohmann::json{{"cuda_graph_replays", model->graphed_step().replays()}}; };
   b.context = std::move(context);
@@ -78,16 +98,42 @@ ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenc
 ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions& o,
                              std::shared_ptr<ExecutionContext> context) {
   ContextScope scope(*context);
-  const PixelSize size = pixel_size(o);
   const Device device = o.pipeline.device;
   const DType dtype = o.pipeline.vae_dtype;
-  std::shared_ptr<AutoencoderKLWan> vae = AutoencoderKLWan::from_pretrained(dir, dtype, device);
-  const Tensor z = random_on({1, vae->config().z_dim, size.latent_frames(), size.height / kSpatialCompression,
-                              size.width / kSpatialCompression},
-                             dtype, device, 6);
+  std::shared_ptr<AutoencoderKLWan> vae = AutoencoderKLWan::from_pretrained(
+      dir, dtype, device, AutoencoderKLWan::Parts{.encoder = o.encode, .decoder = !o.encode});
+  const AutoencoderKLWanConfig& c = vae->config();
+  const PixelSize size = pixel_size(o, c.scale_factor_temporal, c.scale_factor_spatial);
   ComponentBench b;
-  b.run = [vae, z] { (void)vae->decode(z); };
-  b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}};
+  // The input: random, or "video" (encode) / "z" (decode) from --inputs.
+  const char* name = o.encode ? "video" : "z";
+  Tensor input = o.encode ? random_on({1, c.in_channels, size.num_frames, size.height, size.width}, dtype, device, 6)
+                          : random_on({1, c.z_dim, size.latent_frames(), size.latent_height(), size.latent_width()},
+                                      dtype, device, 6);
+  if (!o.inputs.empty()) input = WeightStore::open_files({o.inputs}).get(name).to(dtype).to(device);
+  if (!o.save_output.empty()) save_raw_f32(o.encode ? vae->encode(input) : vae->decode(input), o.save_output);
+  if (o.encode) {
+    b.run = [vae, input] { (void)vae->encode(input); };
+  } else {
+    b.run = [vae, input] { (void)vae->decode(input); };
+  }
+  b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"encode", o.encode}};
+  b.after = [] { return nlohmann::json::object(); };
+  b.context = std::move(context);
+  return b;
+}
+
+ComponentBench clip_vision_bench(const std::string& dir, const ComponentBenchOptions& o,
+                                 std::shared_ptr<ExecutionContext> context) {
+  ContextScope scope(*context);
+  const Device device = o.pipeline.device;
+  const DType dtype = o.pipeline.dtype;
+  std::shared_ptr<CLIPVisionModel> model = CLIPVisionModel::from_pretrained(dir, dtype, device);
+  const int64_t s = model->config().image_size;
+  const Tensor pixels = random_on({1, 3, s, s}, dtype, device, 8);
+  ComponentBench b;
+  b.run = [model, pixels] { (void)model->penultimate_hidden_states(pixels); };
+  b.facts = {{"image_size", s}};
   b.after = [] { return nlohmann::json::object(); };
   b.context = std::move(context);
   return b;

@@ -1,10 +1,12 @@
 #include "pipelines/wan/pipeline_wan.h"
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 
 #include "core/random.h"
 #include "media/frames.h"
+#include "media/image_processor.h"
 #include "ops/ops.h"
 #include "pipelines/denoising_loop.h"
 #include "text/prompt_clean.h"
@@ -50,71 +52,227 @@ std::string describe_weights(const DiffusersCheckpoint& ckpt, const std::string&
                      store.names().size());
 }
 
-// Wan2.1's facts: what diffusers' WanPipeline.__call__ defaults to and checks, the frame
-// rate of the Wan examples' export_to_video, and the sizes wan.md gives per model size.
-PipelineCapabilities wan_capabilities(const WanTransformer3DModelConfig& tcfg, const AutoencoderKLWanConfig& vcfg) {
+// What a Wan checkpoint is, from model_index.json and its transformer: the pipeline class,
+// whether the image is concatenated to the latents or replaces the first latent frame, the
+// expert boundary.
+struct WanVariant {
+  bool image_to_video_class = false;  // WanImageToVideoPipeline
+  bool expand_timesteps = false;      // Wan2.2 TI2V
+  bool concat_condition = false;      // in_channels = 2 z + 4: Wan2.1 I2V, Wan2.2 I2V-A14B
+  bool clip = false;                  // CLIP image tokens (Wan2.1 I2V, FLF2V)
+  bool first_last_frame = false;      // FLF2V: pos_embed over a first and a last image
+  std::optional<double> boundary_ratio;
+};
+
+// The facts of each Wan checkpoint: what diffusers' pipelines default to and check, the frame
+// rate of the Wan examples' export_to_video, the sizes wan.md gives per model.
+PipelineCapabilities wan_capabilities(const WanVariant& v, const WanTransformer3DModelConfig& tcfg,
+                                      const AutoencoderKLWanConfig& vcfg) {
   PipelineCapabilities c;
-  c.tasks = {"text-to-video"};
-  c.default_fps = 16.0;
+  if (v.image_to_video_class) {
+    c.tasks = {"image-to-video"};
+    c.image_input = c.image_required = true;
+    // diffusers' last_image: the concatenated condition's last frame (FLF2V needs it).
+    c.last_image_input = v.concat_condition;
+    c.last_image_required = v.first_last_frame;
+    if (c.last_image_input) c.tasks.push_back("first-last-frame-to-video");
+  } else {
+    c.tasks = {"text-to-video"};
+    if (v.expand_timesteps) {  // TI2V: the same checkpoint takes an optional first frame
+      c.tasks.push_back("image-to-video");
+      c.image_input = true;
+    }
+  }
+  c.two_experts = v.boundary_ratio.has_value();
+  c.default_fps = v.expand_timesteps ? 24.0 : 16.0;
   // Both factors come from the VAE config, as in diffusers.
   c.temporal_multiple = vcfg.scale_factor_temporal;
   c.spatial_multiple = vcfg.scale_factor_spatial * tcfg.patch_size[1];
-  // The 14B models (dim 5120) default to 720p, the 1.3B ones to 480p.
-  const bool large = tcfg.num_attention_heads * tcfg.attention_head_dim >= 5120;
-  c.default_height = large ? 720 : 480;
-  c.default_width = large ? 1280 : 832;
   c.default_num_frames = 81;
   c.default_num_inference_steps = 50;
   c.default_guidance_scale = 5.0;
   c.default_max_sequence_length = 512;
+  if (v.expand_timesteps) {  // Wan2.2 TI2V-5B
+    c.default_height = 704;
+    c.default_width = 1280;
+    c.default_num_frames = 121;
+  } else if (c.two_experts) {  // Wan2.2 A14B
+    c.default_height = 720;
+    c.default_width = 1280;
+    c.default_num_inference_steps = 40;
+    c.default_guidance_scale = 4.0;
+    c.default_guidance_scale_2 = 3.0;
+  } else if (v.image_to_video_class) {  // Wan2.1 I2V: diffusers' call defaults (480P)
+    c.default_height = 480;
+    c.default_width = 832;
+  } else {
+    // The 14B models (dim 5120) default to 720p, the 1.3B ones to 480p.
+    const bool large = tcfg.num_attention_heads * tcfg.attention_head_dim >= 5120;
+    c.default_height = large ? 720 : 480;
+    c.default_width = large ? 1280 : 832;
+  }
   return c;
+}
+
+// Reads boundary_ratio and expand_timesteps from model_index.json.
+WanVariant read_variant(const DiffusersCheckpoint& ckpt) {
+  const Json& index = ckpt.model_index();
+  const std::string path = ckpt.root() + "/model_index.json";
+  WanVariant v;
+  v.image_to_video_class = ckpt.class_name() == "WanImageToVideoPipeline";
+  if (index.contains("boundary_ratio") && !index.at("boundary_ratio").is_null()) {
+    if (!index.at("boundary_ratio").is_number()) fail("{}: boundary_ratio must be a number", path);
+    const double b = index.at("boundary_ratio").get<double>();
+    if (!(b > 0.0 && b < 1.0))
+      fail("{}: boundary_ratio {} is out of range: it must be in (0, 1) (0.875 for T2V-A14B, 0.9 for I2V-A14B)",
+           path, b);
+    v.boundary_ratio = b;
+  }
+  if (index.contains("expand_timesteps") && !index.at("expand_timesteps").is_null()) {
+    if (!index.at("expand_timesteps").is_boolean()) fail("{}: expand_timesteps must be true or false", path);
+    v.expand_timesteps = index.at("expand_timesteps").get<bool>();
+  }
+  if (v.boundary_ratio && !ckpt.has_component("transformer_2"))
+    fail("{}: boundary_ratio is set (two experts) but there is no 'transformer_2' component", path);
+  if (!v.boundary_ratio && ckpt.has_component("transformer_2"))
+    fail("{}: 'transformer_2' is present but boundary_ratio is not set: which expert runs when is unknown", path);
+  return v;
+}
+
+// The second expert must take the same inputs as the first.
+void check_same_interface(const std::string& root, const WanTransformer3DModelConfig& a,
+                          const WanTransformer3DModelConfig& b) {
+  if (a.in_channels != b.in_channels || a.out_channels != b.out_channels || a.patch_size != b.patch_size ||
+      a.text_dim != b.text_dim || a.image_dim != b.image_dim)
+    fail("{}: transformer_2 takes other inputs than transformer (in/out channels {}/{} vs {}/{}, text_dim {} vs {})",
+         root, a.in_channels, a.out_channels, b.in_channels, b.out_channels, a.text_dim, b.text_dim);
+}
+
+// The sizes of diffusers' image-to-video examples when the caller gives none: the family's
+// default area at the image's aspect ratio, rounded down to the spatial multiple.
+std::pair<int64_t, int64_t> size_from_image(const Tensor& image, const PipelineCapabilities& c) {
+  const double max_area = static_cast<double>(c.default_height * c.default_width);
+  const double aspect = static_cast<double>(image.size(0)) / static_cast<double>(image.size(1));
+  const int64_t m = c.spatial_multiple;
+  const int64_t h = static_cast<int64_t>(std::nearbyint(std::sqrt(max_area * aspect))) / m * m;
+  const int64_t w = static_cast<int64_t>(std::nearbyint(std::sqrt(max_area / aspect))) / m * m;
+  return {h, w};
+}
+
+void check_image(const Tensor& image, const char* name) {
+  if (image.dtype() != DType::U8 || image.dim() != 3 || image.size(2) != 3 || image.size(0) < 1 || image.size(1) < 1)
+    fail("{} must be a decoded RGB image (uint8 [height, width, 3]), got {}", name, image.str());
 }
 
 }  // namespace
 
 std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpoint& ckpt, const PipelineOptions& options,
                                                           std::shared_ptr<ExecutionContext> context) {
+  const WanVariant v = read_variant(ckpt);
   for (const char* required : {"tokenizer", "text_encoder", "transformer", "vae", "scheduler"}) {
     if (!ckpt.has_component(required))
-      fail("{}/model_index.json: WanPipeline needs a '{}' component", ckpt.root(), required);
+      fail("{}/model_index.json: {} needs a '{}' component", ckpt.root(), ckpt.class_name(), required);
   }
-  if (ckpt.has_component("transformer_2"))
-    fail("{}: two-expert Wan2.2 checkpoints (transformer_2) are not supported yet", ckpt.root());
   std::unique_ptr<WanPipeline> p(new WanPipeline(std::move(context)));
   ContextScope scope(*p->context_);
+  p->class_name_ = ckpt.class_name();
   p->options_ = options;
+  p->boundary_ratio_ = v.boundary_ratio;
+  p->expand_timesteps_ = v.expand_timesteps;
   p->tokenizer_ = std::make_unique<T5Tokenizer>(T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer")));
   p->text_encoder_dir_ = ckpt.component_dir("text_encoder");
   p->text_encoder_ = UMT5EncoderModel::from_pretrained(p->text_encoder_dir_, options.dtype, options.device);
-  p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype, options.device);
-  p->transformer_->enable_cuda_graphs(p->context_->settings().cuda_graphs && options.device.is_cuda());
-  // The VAE runs in float32 by default, as diffusers' Wan examples advise.
-  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
-  p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
-
+  const bool graphs = p->context_->settings().cuda_graphs && options.device.is_cuda();
+  // With offload_idle_expert both experts live in host memory; the first is uploaded now.
+  const bool offload = options.offload_idle_expert && v.boundary_ratio && options.device.is_cuda();
+  p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype,
+                                                           options.device, offload);
+  p->transformer_->enable_cuda_graphs(graphs);
+  p->transformer_->upload();
+  if (v.boundary_ratio) {
+    p->transformer_2_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer_2"), options.dtype,
+                                                               options.device, offload);
+    p->transformer_2_->enable_cuda_graphs(graphs);
+    check_same_interface(ckpt.root(), p->transformer_->config(), p->transformer_2_->config());
+  }
   const auto& tcfg = p->transformer_->config();
+  // The image enters through the VAE encoder in every image-to-video variant.
+  const bool image_input = v.image_to_video_class || v.expand_timesteps;
+  // The VAE runs in float32 by default, as diffusers' Wan examples advise.
+  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device,
+                                             AutoencoderKLWan::Parts{.encoder = image_input, .decoder = true});
+  p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
   const auto& vcfg = p->vae_->config();
   if (tcfg.text_dim != p->text_encoder_->config().d_model)
     fail("{}: transformer text_dim {} does not match the text encoder's d_model {}", ckpt.root(), tcfg.text_dim,
          p->text_encoder_->config().d_model);
-  if (tcfg.in_channels != vcfg.z_dim)
-    fail("{}: transformer in_channels {} does not match the VAE's z_dim {}", ckpt.root(), tcfg.in_channels, vcfg.z_dim);
-  p->capabilities_ = wan_capabilities(tcfg, vcfg);
+
+  const int64_t z = vcfg.z_dim;
+  if (v.image_to_video_class && !v.expand_timesteps) {
+    // [latents, mask (one channel per frame of a temporal block), image latents].
+    const int64_t expected = 2 * z + vcfg.scale_factor_temporal;
+    if (tcfg.in_channels != expected)
+      fail("{}: WanImageToVideoPipeline needs transformer in_channels = 2 * z_dim + {} = {} (the latents, the mask "
+           "and the image condition), got {}",
+           ckpt.root(), vcfg.scale_factor_temporal, expected, tcfg.in_channels);
+    p->concat_condition_ = true;
+  } else if (tcfg.in_channels != z) {
+    fail("{}: transformer in_channels {} does not match the VAE's z_dim {}", ckpt.root(), tcfg.in_channels, z);
+  }
+  if (tcfg.out_channels != z)
+    fail("{}: transformer out_channels {} does not match the VAE's z_dim {}", ckpt.root(), tcfg.out_channels, z);
+  WanVariant variant = v;
+  variant.concat_condition = p->concat_condition_;
+  if (tcfg.image_dim) {
+    // Wan2.1 I2V: CLIP's image tokens condition every cross-attention.
+    if (!v.image_to_video_class)
+      fail("{}: the transformer takes CLIP image tokens (image_dim) but the pipeline is {}", ckpt.root(),
+           ckpt.class_name());
+    for (const char* required : {"image_encoder", "image_processor"}) {
+      if (!ckpt.has_component(required))
+        fail("{}/model_index.json: the transformer has image_dim {} (CLIP image tokens) but there is no '{}' component",
+             ckpt.root(), *tcfg.image_dim, required);
+    }
+    p->image_encoder_ = CLIPVisionModel::from_pretrained(ckpt.component_dir("image_encoder"), options.dtype, options.device);
+    p->image_processor_ =
+        std::make_unique<CLIPImageProcessor>(CLIPImageProcessor::from_pretrained(ckpt.component_dir("image_processor")));
+    if (p->image_encoder_->config().hidden_size != *tcfg.image_dim)
+      fail("{}: the image encoder's hidden_size {} does not match the transformer's image_dim {}", ckpt.root(),
+           p->image_encoder_->config().hidden_size, *tcfg.image_dim);
+    variant.clip = true;
+    variant.first_last_frame = tcfg.pos_embed_seq_len.has_value();
+  }
+  p->capabilities_ = wan_capabilities(variant, tcfg, vcfg);
+
+  std::string pipeline = ckpt.class_name() + " (" + p->capabilities_.task_list();
+  if (v.boundary_ratio)
+    pipeline += fmt::format("; two experts, boundary_ratio {}{}", *v.boundary_ratio,
+                            offload ? ", the idle one in host memory" : "");
+  pipeline += ")";
+  auto transformer_row = [&](const std::string& name, const WanTransformer3DModelConfig& c) {
+    return fmt::format("{}: {} layers, {} heads x {}, ffn {}, in {} ch{}; {}", ckpt.component(name).class_name,
+                       c.num_layers, c.num_attention_heads, c.attention_head_dim, c.ffn_dim, c.in_channels,
+                       c.image_dim ? fmt::format(", CLIP image_dim {}", *c.image_dim) : "",
+                       describe_weights(ckpt, name));
+  };
   p->description_ = {
-      {"pipeline", "WanPipeline (text-to-video)"},
+      {"pipeline", pipeline},
       {"model", ckpt.root()},
       {"device", options.device.str()},
       {"compute dtype", fmt::format("{} (VAE {})", dtype_name(options.dtype), dtype_name(options.vae_dtype))},
       {"tokenizer", ckpt.component("tokenizer").class_name},
       {"text_encoder", fmt::format("{}: {}", ckpt.component("text_encoder").class_name, describe_weights(ckpt, "text_encoder"))},
-      {"transformer", fmt::format("{}: {} layers, {} heads x {}, ffn {}; {}", ckpt.component("transformer").class_name,
-                                  tcfg.num_layers, tcfg.num_attention_heads, tcfg.attention_head_dim, tcfg.ffn_dim,
-                                  describe_weights(ckpt, "transformer"))},
-      {"vae", fmt::format("{}: z_dim {}, compression {}x{}x{}; {}", ckpt.component("vae").class_name, vcfg.z_dim,
-                          vcfg.scale_factor_temporal, vcfg.scale_factor_spatial, vcfg.scale_factor_spatial,
-                          describe_weights(ckpt, "vae"))},
-      {"scheduler", p->scheduler_->name()},
+      {"transformer", transformer_row("transformer", tcfg)},
   };
+  if (p->transformer_2_) p->description_.emplace_back("transformer_2", transformer_row("transformer_2", p->transformer_2_->config()));
+  if (p->image_encoder_)
+    p->description_.emplace_back("image_encoder", fmt::format("{}: {}", ckpt.component("image_encoder").class_name,
+                                                              describe_weights(ckpt, "image_encoder")));
+  p->description_.emplace_back(
+      "vae", fmt::format("{}: z_dim {}, compression {}x{}x{}{}; {}", ckpt.component("vae").class_name, vcfg.z_dim,
+                         vcfg.scale_factor_temporal, vcfg.scale_factor_spatial, vcfg.scale_factor_spatial,
+                         image_input ? ", encoder and decoder" : ", decoder", describe_weights(ckpt, "vae")));
+  p->description_.emplace_back("scheduler", p->scheduler_->name());
   return p;
 }
 
@@ -132,11 +290,43 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   ResolvedParams r;
   r.prompt = params.prompt;
   r.negative_prompt = params.negative_prompt.value_or(kWanDefaultNegativePrompt);
-  r.height = params.height.value_or(c.default_height);
-  r.width = params.width.value_or(c.default_width);
+
+  // Images first: without height and width, an image sets them.
+  if (params.image.defined()) {
+    if (!c.image_input) fail("image: this model ({}) takes no image; it does {}", class_name_, c.task_list());
+    check_image(params.image, "image");
+    r.image = params.image;
+  } else if (c.image_required) {
+    fail("image: this model ({}) generates from an image: give the first frame", class_name_);
+  }
+  if (params.last_image.defined()) {
+    if (!c.last_image_input)
+      fail("last_image: this model ({}) takes no last frame; it does {}", class_name_, c.task_list());
+    if (!params.image.defined()) fail("last_image needs an image (the first frame) too");
+    check_image(params.last_image, "last_image");
+    if (params.last_image.size(0) != params.image.size(0) || params.last_image.size(1) != params.image.size(1))
+      fail("last_image is {}x{} but image is {}x{}: give the first and last frames in one size",
+           params.last_image.size(1), params.last_image.size(0), params.image.size(1), params.image.size(0));
+    r.last_image = params.last_image;
+  } else if (c.last_image_required && params.image.defined()) {
+    fail("last_image: this first-last-frame model ({}) needs the last frame too", class_name_);
+  }
+  if (r.image.defined() && (!params.height || !params.width)) {
+    const auto [h, w] = size_from_image(r.image, c);
+    r.height = params.height.value_or(h);
+    r.width = params.width.value_or(w);
+  } else {
+    r.height = params.height.value_or(c.default_height);
+    r.width = params.width.value_or(c.default_width);
+  }
   r.num_frames = params.num_frames.value_or(c.default_num_frames);
   r.num_inference_steps = params.num_inference_steps.value_or(c.default_num_inference_steps);
   r.guidance_scale = params.guidance_scale.value_or(c.default_guidance_scale);
+  if (params.guidance_scale_2 && !c.two_experts)
+    fail("guidance_scale_2 applies to two-expert models (Wan2.2 A14B) only; this one has one transformer");
+  // diffusers: guidance_scale_2 defaults to guidance_scale. The A14B defaults set both.
+  r.guidance_scale_2 = params.guidance_scale_2.value_or(
+      params.guidance_scale || !c.two_experts ? r.guidance_scale : c.default_guidance_scale_2);
   r.guidance_rescale = params.guidance_rescale;
   r.max_sequence_length = params.max_sequence_length.value_or(c.default_max_sequence_length);
   r.seed = params.seed;
@@ -149,10 +339,13 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   if (r.num_frames < 1 || (r.num_frames - 1) % temporal != 0)
     fail("num_frames must be of the form {}k+1 (1, {}, {}, ..., 81), got {}", temporal, temporal + 1, 2 * temporal + 1,
          r.num_frames);
+  if (r.last_image.defined() && r.num_frames < 2)
+    fail("num_frames must be at least 2 with a last_image (got {})", r.num_frames);
   if (r.num_inference_steps < 1 || r.num_inference_steps > 1000)
     fail("num_inference_steps must be between 1 and 1000, got {}", r.num_inference_steps);
-  if (!(r.guidance_scale >= 0.0 && r.guidance_scale <= 100.0))
-    fail("guidance_scale must be between 0 and 100, got {}", r.guidance_scale);
+  for (auto [name, value] : {std::pair{"guidance_scale", r.guidance_scale}, {"guidance_scale_2", r.guidance_scale_2}}) {
+    if (!(value >= 0.0 && value <= 100.0)) fail("{} must be between 0 and 100, got {}", name, value);
+  }
   if (!(r.guidance_rescale >= 0.0 && r.guidance_rescale <= 1.0))
     fail("guidance_rescale must be between 0 and 1, got {}", r.guidance_rescale);
   if (r.max_sequence_length < 1 || r.max_sequence_length > 4096)
@@ -176,7 +369,7 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
 
 Shape WanPipeline::latent_shape(const ResolvedParams& p) const {
   const auto& vcfg = vae_->config();
-  return {1, transformer_->config().in_channels, (p.num_frames - 1) / vcfg.scale_factor_temporal + 1,
+  return {1, vcfg.z_dim, (p.num_frames - 1) / vcfg.scale_factor_temporal + 1,
           p.height / vcfg.scale_factor_spatial, p.width / vcfg.scale_factor_spatial};
 }
 
@@ -206,6 +399,96 @@ Tensor WanPipeline::decode_latents(const Tensor& latents) const {
   return vae_->decode(x.to(vae_->dtype()));
 }
 
+void WanPipeline::make_resident(int expert) {
+  if (prefetch_.valid()) prefetch_.get();  // rethrows a failed upload
+  WanTransformer3DModel& want = expert == 1 ? *transformer_2_ : *transformer_;
+  if (want.resident()) return;
+  // The other one leaves first: the device holds one expert at a time.
+  (expert == 1 ? *transformer_ : *transformer_2_).release();
+  want.upload();
+}
+
+void WanPipeline::prefetch_expert(int expert) {
+  if (prefetch_.valid()) prefetch_.get();
+  WanTransformer3DModel& want = expert == 1 ? *transformer_2_ : *transformer_;
+  if (want.resident()) return;
+  // Release in this context's order (its stream has the last reads of those weights queued),
+  // then upload on a stream of its own so the copy overlaps what this context runs next.
+  (expert == 1 ? *transformer_ : *transformer_2_).release();
+  const ExecutionContext& ctx = *context_;
+  prefetch_ = std::async(std::launch::async, [&want, device = ctx.device(), settings = ctx.settings()] {
+    ExecutionContext transfer(device, settings);
+    ContextScope scope(transfer);
+    want.upload();
+    ops::synchronize(device);  // done before the context (and its stream) goes away
+  });
+}
+
+Tensor WanPipeline::normalize_latents(const Tensor& latents) const {
+  const auto& cfg = vae_->config();
+  const int64_t z = cfg.z_dim;
+  // prepare_latents: latents_std = 1.0 / std (float32), then (x - mean) * latents_std.
+  std::vector<float> inv_std(z), mean(cfg.latents_mean.begin(), cfg.latents_mean.end());
+  for (int64_t c = 0; c < z; ++c) inv_std[c] = 1.0f / static_cast<float>(cfg.latents_std[c]);
+  const Device device = latents.device();
+  const Tensor inv = Tensor::from_vector(inv_std, {1, z, 1, 1, 1}).to(device);
+  const Tensor m = Tensor::from_vector(mean, {1, z, 1, 1, 1}).to(device);
+  return ops::mul(ops::sub(latents.to(DType::F32), m), inv);
+}
+
+Tensor WanPipeline::encode_image(const std::vector<Tensor>& images) const {
+  ContextScope scope(*context_);
+  VGEN_CHECK(image_encoder_ != nullptr, "{}: this checkpoint has no image encoder", class_name_);
+  std::vector<Tensor> pixels;
+  for (const Tensor& image : images) pixels.push_back(image_processor_->preprocess(image));
+  const Tensor pixel_values = ops::cat(pixels, 0).to(options_.device).to(options_.dtype);
+  return image_encoder_->penultimate_hidden_states(pixel_values).to(DType::F32);
+}
+
+Tensor WanPipeline::preprocess_image(const Tensor& image, int64_t height, int64_t width) const {
+  // WanImageToVideoPipeline's VideoProcessor(vae_scale_factor=vae_scale_factor_spatial).
+  media::VaeImageProcessorConfig config;
+  config.vae_scale_factor = vae_->config().scale_factor_spatial;
+  return media::VaeImageProcessor(config).preprocess(image, height, width);
+}
+
+Tensor WanPipeline::prepare_condition(const ResolvedParams& r) const {
+  ContextScope scope(*context_);
+  VGEN_CHECK(r.image.defined(), "{}: prepare_condition needs an image", class_name_);
+  const Device device = options_.device;
+  const Tensor image = preprocess_image(r.image, r.height, r.width).to(device).unsqueeze(2);  // [1, 3, 1, H, W]
+  Tensor video;
+  if (expand_timesteps_) {
+    video = image;  // TI2V: the image alone is the first latent frame
+  } else {
+    // [image, zeros..., (last_image)] as one video of num_frames frames.
+    std::vector<Tensor> parts = {image};
+    const int64_t zeros = r.num_frames - 1 - (r.last_image.defined() ? 1 : 0);
+    if (zeros > 0) parts.push_back(Tensor::zeros({1, 3, zeros, r.height, r.width}, DType::F32, device));
+    if (r.last_image.defined())
+      parts.push_back(preprocess_image(r.last_image, r.height, r.width).to(device).unsqueeze(2));
+    video = ops::cat(parts, 2);
+  }
+  // retrieve_latents(sample_mode="argmax"): the mode of the latent distribution.
+  const Tensor latent = normalize_latents(vae_->encode(video.to(vae_->dtype())));
+  if (!concat_condition_) return latent;
+
+  // The mask: 1 on the given frames (the first, and the last for FLF2V), the first frame
+  // repeated scale_factor_temporal times, then folded into [1, 4, T, h, w] as diffusers does.
+  const Shape shape = latent_shape(r);
+  const int64_t T = shape[2], h = shape[3], w = shape[4], k = vae_->config().scale_factor_temporal;
+  std::vector<float> mask(static_cast<size_t>(k * T * h * w), 0.0f);
+  for (int64_t c = 0; c < k; ++c) {
+    for (int64_t t = 0; t < T; ++t) {
+      // Frame c + k t of [first frame x k, frames 1..F-1], i.e. source frame c + k t - (k - 1).
+      const int64_t frame = t == 0 ? 0 : c + k * t - (k - 1);
+      const bool known = frame == 0 || (r.last_image.defined() && frame == r.num_frames - 1);
+      if (known) std::fill_n(mask.begin() + ((c * T + t) * h * w), h * w, 1.0f);
+    }
+  }
+  return ops::cat({Tensor::from_vector(mask, {1, k, T, h, w}).to(device), latent}, 1);
+}
+
 GenerationOutput WanPipeline::generate(const ResolvedParams& r, const StepCallback& on_step) {
   return std::move(run({&r}, on_step).front());
 }
@@ -214,8 +497,8 @@ namespace {
 
 // Whether b can share a denoising loop with a: everything but prompt and seed alike.
 bool batch_compatible(const ResolvedParams& a, const ResolvedParams& b) {
-  return !a.latents.defined() && !b.latents.defined() && a.negative_prompt == b.negative_prompt &&
-         a.height == b.height && a.width == b.width && a.num_frames == b.num_frames &&
+  return !a.latents.defined() && !b.latents.defined() && !a.image.defined() && !b.image.defined() &&
+         a.negative_prompt == b.negative_prompt && a.guidance_scale_2 == b.guidance_scale_2 && a.height == b.height && a.width == b.width && a.num_frames == b.num_frames &&
          a.num_inference_steps == b.num_inference_steps && a.guidance_scale == b.guidance_scale &&
          a.guidance_rescale == b.guidance_rescale && a.max_sequence_length == b.max_sequence_length;
 }
@@ -252,7 +535,13 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
     timings.emplace_back("load_text_encoder", seconds_since(start));
     start = std::chrono::steady_clock::now();
   }
-  const bool cfg = r.guidance_scale > 1.0;
+  DenoiseConfig loop;
+  loop.guidance_scale = r.guidance_scale;
+  loop.guidance_scale_2 = r.guidance_scale_2;
+  loop.guidance_rescale = r.guidance_rescale;
+  if (boundary_ratio_) loop.boundary_timestep = *boundary_ratio_ * scheduler_->num_train_timesteps();
+  // The negative prompt is encoded when any phase runs CFG.
+  const bool cfg = loop.guidance_scale > 1.0 || (boundary_ratio_ && loop.guidance_scale_2 > 1.0);
   std::vector<std::string> prompts;
   for (const ResolvedParams* p : batch) prompts.push_back(p->prompt);
   const Tensor prompt_embeds = encode_prompt(prompts, r.max_sequence_length);
@@ -264,6 +553,22 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   if (options_.offload_text_encoder) text_encoder_.reset();
   ops::synchronize(device);
   timings.emplace_back("encode_prompt", seconds_since(start));
+
+  // The image (one request: batch_compatible keeps image requests alone): CLIP's tokens for
+  // Wan2.1 I2V, and the VAE-encoded condition.
+  Tensor image_embeds, condition;
+  if (r.image.defined()) {
+    start = std::chrono::steady_clock::now();
+    if (image_encoder_) {
+      // FLF2V: both images' tokens, [2, L, D], which the transformer pairs up per video.
+      image_embeds = encode_image(r.last_image.defined() ? std::vector<Tensor>{r.image, r.last_image}
+                                                         : std::vector<Tensor>{r.image})
+                         .to(options_.dtype);
+    }
+    condition = prepare_condition(r);
+    ops::synchronize(device);
+    timings.emplace_back("encode_image", seconds_since(start));
+  }
 
   start = std::chrono::steady_clock::now();
   const Shape shape = latent_shape(r);
@@ -281,19 +586,59 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
     latents = ops::cat(noise, 0).to(device);
   }
   scheduler_->set_timesteps(r.num_inference_steps);
-  DenoiseConfig loop;
-  loop.guidance_scale = r.guidance_scale;
-  loop.guidance_rescale = r.guidance_rescale;
-  loop.do_classifier_free_guidance = cfg;
-  const DenoiseFn predict = [&](const Tensor& x, double t, Branch branch) {
-    const Tensor timestep = Tensor::full({x.size(0)}, static_cast<float>(t), DType::F32, device);
+
+  // TI2V with an image: the first latent frame is the image's, (1 - mask) * condition +
+  // mask * latents in diffusers with a 0/1 mask, i.e. that frame replaced exactly.
+  const bool first_frame_condition = expand_timesteps_ && condition.defined();
+  auto with_first_frame = [&](const Tensor& x) {
+    Tensor y = x.clone();
+    y.narrow(2, 0, 1).copy_(condition.to(DType::F32));
+    return y;
+  };
+  const auto& tcfg = transformer_->config();
+  const int64_t tokens_per_frame = (shape[3] / tcfg.patch_size[1]) * (shape[4] / tcfg.patch_size[2]);
+  const int64_t tokens = (shape[2] / tcfg.patch_size[0]) * tokens_per_frame;
+  // offload_idle_expert: the expert whose turn it is comes to the device (timed apart).
+  double swap_seconds = 0.0;
+  const auto ensure_resident = [&](int expert) {
+    if (!transformer_2_) return;
+    if (prefetch_.valid()) prefetch_.get();  // a prefetch in flight: wait (and rethrow its failure)
+    if (transformer(expert).resident()) return;
+    const auto swap_start = std::chrono::steady_clock::now();
+    make_resident(expert);
+    ops::synchronize(device);
+    swap_seconds += seconds_since(swap_start);
+  };
+  const DenoiseFn predict = [&](const Tensor& x, double t, Branch branch, int expert) {
+    ensure_resident(expert);
+    const int64_t B = x.size(0);
+    Tensor input = x;
+    Tensor timestep;
+    if (first_frame_condition) {
+      input = with_first_frame(x);
+      // expand_timesteps: one timestep per token, 0 on the first frame's tokens.
+      std::vector<float> ts(static_cast<size_t>(B * tokens), static_cast<float>(t));
+      for (int64_t b = 0; b < B; ++b) std::fill_n(ts.begin() + b * tokens, tokens_per_frame, 0.0f);
+      timestep = Tensor::from_vector(ts, {B, tokens}).to(device);
+    } else {
+      // expand_timesteps without an image gives every token the same timestep: one per video.
+      timestep = Tensor::full({B}, static_cast<float>(t), DType::F32, device);
+    }
+    if (concat_condition_) {
+      const Tensor c = B == 1 ? condition : ops::cat(std::vector<Tensor>(static_cast<size_t>(B), condition), 0);
+      input = ops::cat({input, c}, 1);
+    }
     const Tensor& context = branch == Branch::Conditional ? prompt_embeds : negative_embeds;
     // The transformer runs in its compute dtype; the scheduler keeps float32 latents.
-    return transformer_->forward(x.to(options_.dtype), timestep, context).to(DType::F32);
+    return transformer(expert).forward(input.to(options_.dtype), timestep, context, image_embeds).to(DType::F32);
   };
-  const Tensor denoised = run_denoising_loop(*scheduler_, latents, loop, predict, on_step);
+  Tensor denoised = run_denoising_loop(*scheduler_, latents, loop, predict, on_step);
+  if (first_frame_condition) denoised = with_first_frame(denoised);
   ops::synchronize(device);
   timings.emplace_back("denoise", seconds_since(start));
+  if (swap_seconds > 0.0) timings.emplace_back("expert_swap (in denoise)", swap_seconds);
+  // The next generation starts with the first expert: its upload overlaps the decode.
+  if (transformer_2_ && !transformer_->resident()) prefetch_expert(0);
 
   start = std::chrono::steady_clock::now();
   std::vector<GenerationOutput> outputs(static_cast<size_t>(n));

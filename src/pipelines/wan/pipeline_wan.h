@@ -1,11 +1,22 @@
-// WanPipeline (text-to-video, Wan2.1): diffusers' pipeline_wan.py, read top to bottom:
-// encode the prompts, prepare latents, run the shared denoising loop, decode, to frames.
+// The Wan family's pipelines, diffusers' pipeline_wan.py (WanPipeline) and
+// pipeline_wan_i2v.py (WanImageToVideoPipeline), read top to bottom: encode the prompts (and
+// the image), prepare latents and the image condition, run the shared denoising loop, decode,
+// to frames. One class serves every Wan checkpoint, as its model_index.json describes it:
+//   - Wan2.1 text-to-video;
+//   - Wan2.1 image-to-video (CLIP image tokens + 36-channel VAE condition; FLF2V with a last image);
+//   - Wan2.2 A14B text- and image-to-video: two experts (transformer, transformer_2) split at
+//     boundary_ratio, each phase with its guidance scale;
+//   - Wan2.2 TI2V-5B (expand_timesteps): text-to-video, and image-to-video with the encoded
+//     image as the first latent frame and per-token timesteps (0 on that frame).
 // Every public entry point binds the pipeline's ExecutionContext for its duration.
 #pragma once
 
+#include <future>
 #include <memory>
 
 #include "io/checkpoint.h"
+#include "models/clip/clip_image_processor.h"
+#include "models/clip/clip_vision_model.h"
 #include "models/wan/autoencoder_kl_wan.h"
 #include "models/wan/transformer_wan.h"
 #include "pipelines/pipeline.h"
@@ -24,7 +35,8 @@ class WanPipeline final : public DiffusionPipeline {
                                                       const PipelineOptions& options,
                                                       std::shared_ptr<ExecutionContext> context);
 
-  std::string class_name() const override { return "WanPipeline"; }
+  // "WanPipeline" or "WanImageToVideoPipeline", as model_index.json names it.
+  std::string class_name() const override { return class_name_; }
   const PipelineCapabilities& capabilities() const override { return capabilities_; }
   ResolvedParams resolve(const GenerationParams& params) const override;
   GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) override;
@@ -43,8 +55,19 @@ class WanPipeline final : public DiffusionPipeline {
   Shape latent_shape(const ResolvedParams& p) const;
   // latents / (1 / latents_std) + latents_mean, then the VAE decode.
   Tensor decode_latents(const Tensor& latents) const;
+  // CLIP's penultimate hidden states of the images (each preprocessed by the checkpoint's
+  // image processor) -> [N, tokens, image_dim] float32: encode_image of diffusers.
+  Tensor encode_image(const std::vector<Tensor>& images) const;
+  // video_processor.preprocess: the image resized to height x width (Pillow's filter) in
+  // [-1, 1], [1, 3, height, width] float32.
+  Tensor preprocess_image(const Tensor& image, int64_t height, int64_t width) const;
+  // What prepare_latents returns besides the noise: the image condition for one video.
+  // Channel concatenation (Wan2.1 I2V, Wan2.2 A14B I2V): [1, 4 + z, T, h, w] = mask and the
+  // normalised VAE latents of [image, zeros..., (last_image)]. expand_timesteps (TI2V):
+  // [1, z, 1, h, w], the normalised latent of the image alone.
+  Tensor prepare_condition(const ResolvedParams& p) const;
   Scheduler& scheduler() { return *scheduler_; }
-  const WanTransformer3DModel& transformer() const { return *transformer_; }
+  const WanTransformer3DModel& transformer(int expert = 0) const { return expert == 1 ? *transformer_2_ : *transformer_; }
 
  private:
   explicit WanPipeline(std::shared_ptr<ExecutionContext> context) : DiffusionPipeline(std::move(context)) {}
@@ -52,14 +75,31 @@ class WanPipeline final : public DiffusionPipeline {
   // denoising loop.
   std::vector<GenerationOutput> run(const std::vector<const ResolvedParams*>& batch, const StepCallback& on_step);
 
+  // offload_idle_expert: makes `expert` the one on the device (waiting for a prefetch in flight),
+  // and starts uploading `expert` on a copy stream without waiting (prefetch).
+  void make_resident(int expert);
+  void prefetch_expert(int expert);
+
+  // (latents - latents_mean) * (1 / latents_std): the inverse of decode_latents' normalisation.
+  Tensor normalize_latents(const Tensor& latents) const;
+
+  std::string class_name_;
   PipelineOptions options_;
   PipelineCapabilities capabilities_;
+  // model_index.json: the expert boundary (Wan2.2 A14B) and per-token timesteps (TI2V).
+  std::optional<double> boundary_ratio_;
+  bool expand_timesteps_ = false;
+  // The image enters as channels concatenated to the latents (in_channels = 2 z + 4).
+  bool concat_condition_ = false;
   std::unique_ptr<T5Tokenizer> tokenizer_;
   std::string text_encoder_dir_;
   mutable std::unique_ptr<UMT5EncoderModel> text_encoder_;  // null while offloaded
-  std::unique_ptr<WanTransformer3DModel> transformer_;
+  std::unique_ptr<WanTransformer3DModel> transformer_, transformer_2_;
   std::unique_ptr<AutoencoderKLWan> vae_;
+  std::unique_ptr<CLIPVisionModel> image_encoder_;  // Wan2.1 image-to-video only
+  std::unique_ptr<CLIPImageProcessor> image_processor_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::future<void> prefetch_;  // an expert upload in flight (offload_idle_expert)
   std::vector<std::pair<std::string, std::string>> description_;
 };
 
