@@ -81,7 +81,7 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
   const PixelSize size = pixel_size(o);
   const Device device = o.pipeline.device;
   const DType dtype = o.pipeline.vae_dtype;
-  std::shared_ptr<AutoencoderKLWan> vae = AutoencoderKLWan::from_pretrained(dir, dtype, device);
+  std::shared_ptr<AutoencoderKLWan> vae = AutoencoderKLWan::from_pretrained(dir, dtype, device, {.encoder = false});
   const Tensor z = random_on({1, vae->config().z_dim, size.latent_frames(), size.height / kSpatialCompression,
                               size.width / kSpatialCompression},
                              dtype, device, 6);

@@ -88,8 +88,10 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   p->text_encoder_ = UMT5EncoderModel::from_pretrained(p->text_encoder_dir_, options.dtype, options.device);
   p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype, options.device);
   p->transformer_->enable_cuda_graphs(p->context_->settings().cuda_graphs && options.device.is_cuda());
-  // The VAE runs in float32 by default, as diffusers' Wan examples advise.
-  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
+  // The VAE runs in float32 by default, as diffusers' Wan examples advise. Text-to-video only
+  // decodes: the encoder's weights stay on disk.
+  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device,
+                                              {.encoder = false});
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
 
   const auto& tcfg = p->transformer_->config();
