@@ -36,10 +36,13 @@ Conv3d::Conv3d(const Weights& weights, const std::string& prefix, int64_t in, in
              weights.load(prefix + ".bias", {out}), params, channels_last) {}
 
 Conv3d Conv3d::per_frame_conv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
-                                std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last) {
+                                std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last,
+                                std::array<int64_t, 2> stride) {
   const Tensor w = weights.load(prefix + ".weight", {out, in, kernel[0], kernel[1]});
-  return Conv3d(w.view({out, in, 1, kernel[0], kernel[1]}), weights.load(prefix + ".bias", {out}),
-                padded({0, padding[0], padding[1]}), channels_last);
+  Conv3dParams params = padded({0, padding[0], padding[1]});
+  params.stride = {1, stride[0], stride[1]};
+  return Conv3d(w.view({out, in, 1, kernel[0], kernel[1]}), weights.load(prefix + ".bias", {out}), params,
+                channels_last);
 }
 
 Tensor Conv3d::forward(const Tensor& x, const Conv3dParams& params) const {

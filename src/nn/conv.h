@@ -20,7 +20,8 @@ class Conv3d {
          Conv3dParams params, bool channels_last);
   // torch.nn.Conv2d applied to every frame: PREFIX.weight [out, in, kh, kw] used as [out, in, 1, kh, kw].
   static Conv3d per_frame_conv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
-                                 std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last);
+                                 std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last,
+                                 std::array<int64_t, 2> stride = {1, 1});
 
   Tensor forward(const Tensor& x) const { return forward(x, params_); }
   // With other stride/padding than the layer's (a causal conv's time padding).

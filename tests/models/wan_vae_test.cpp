@@ -1,4 +1,5 @@
-// AutoencoderKLWan decode vs diffusers 0.42.1 on the tiny fixture VAEs.
+// AutoencoderKLWan encode and decode vs diffusers 0.42.1 on the tiny fixture VAEs (Wan2.1 and
+// Wan2.2), and its refusals.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -41,9 +42,9 @@ void expect_decode_matches(const std::string& name) {
   }
 }
 
-// Copies the tiny VAE folder to a temp dir with its config edited and/or one tensor dropped.
-std::string edited_vae(const std::string& tag, const Json& config_patch, const std::string& drop_tensor) {
-  const std::string src = fixture("wan21_t2v_tiny/vae");
+// Copies a tiny VAE folder to a temp dir with its config edited and/or one tensor dropped.
+std::string edited_vae(const std::string& tag, const Json& config_patch, const std::string& drop_tensor,
+                       const std::string& src = fixture("wan21_t2v_tiny/vae")) {
   const std::string dir = ::testing::TempDir() + "/wan_vae_" + tag;
   std::filesystem::create_directories(dir);
   Json config = read_json_file(src + "/config.json");
@@ -57,9 +58,35 @@ std::string edited_vae(const std::string& tag, const Json& config_patch, const s
   return dir;
 }
 
-std::string load_error(const std::string& dir) {
+constexpr AutoencoderKLWan::Parts kDecoderOnly{.encoder = false};
+
+// Tensors written by tools/fixtures/make_wan_vae_extra.py.
+const WeightStore& extra_ref() {
+  static const WeightStore ref = reference("wan_vae_tiny/ref.safetensors");
+  return ref;
+}
+
+// encode(video) against diffusers' encode(video).latent_dist.mode() for each case of `vae`.
+void expect_encode_matches(const std::string& vae_name, const std::string& dir, const std::vector<std::string>& cases) {
+  const auto vae = AutoencoderKLWan::from_pretrained(dir, DType::F32, Device::cpu());
+  for (const std::string& c : cases) {
+    const std::string key = vae_name + "." + c;
+    const Tensor video = extra_ref().get(key + ".video");
+    const Tensor expected = extra_ref().get(key + ".latent");
+    const auto start = std::chrono::steady_clock::now();
+    const Tensor latent = vae->encode(video);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_EQ(latent.shape(), expected.shape()) << key;
+    const double err = rel_l2(latent, expected);
+    std::cout << key << " encode " << shape_str(video.shape()) << " -> " << shape_str(latent.shape()) << ": rel L2 "
+              << err << ", max abs diff " << max_abs_diff(latent, expected) << ", " << ms << " ms\n";
+    EXPECT_LT(err, kTolerance) << key;
+  }
+}
+
+std::string load_error(const std::string& dir, AutoencoderKLWan::Parts parts = {}) {
   try {
-    AutoencoderKLWan::from_pretrained(dir, DType::F32, Device::cpu());
+    AutoencoderKLWan::from_pretrained(dir, DType::F32, Device::cpu(), parts);
   } catch (const Error& e) {
     return e.what();
   }
@@ -88,17 +115,44 @@ TEST(WanVae, DecodeMatchesDiffusersTinyB) { expect_decode_matches("wan21_t2v_tin
 TEST(WanVae, MissingDecoderTensorIsAnError) {
   const std::string name = "decoder.up_blocks.1.upsamplers.0.time_conv.weight";
   const std::string dir = edited_vae("missing", Json::object(), name);
-  const std::string msg = load_error(dir);
+  const std::string msg = load_error(dir, kDecoderOnly);
   EXPECT_NE(msg.find("missing tensor '" + name + "'"), std::string::npos) << msg;
   EXPECT_NE(msg.find(dir), std::string::npos) << msg;
-  // Encoder weights are not needed for decoding: their absence is fine.
+  // Encoder weights are not needed for decoding only: their absence is fine then, an error otherwise.
   const std::string no_encoder = edited_vae("no_quant_conv", Json::object(), "quant_conv.weight");
-  EXPECT_NO_THROW(AutoencoderKLWan::from_pretrained(no_encoder, DType::F32, Device::cpu()));
+  EXPECT_NO_THROW(AutoencoderKLWan::from_pretrained(no_encoder, DType::F32, Device::cpu(), kDecoderOnly));
+  const std::string msg2 = load_error(no_encoder);
+  EXPECT_NE(msg2.find("missing tensor 'quant_conv.weight'"), std::string::npos) << msg2;
+  // Likewise the decoder's for encoding only.
+  const std::string no_decoder = edited_vae("no_conv_out", Json::object(), "decoder.conv_out.weight");
+  EXPECT_NO_THROW(AutoencoderKLWan::from_pretrained(no_decoder, DType::F32, Device::cpu(), {.decoder = false}));
+  EXPECT_NE(load_error(no_decoder).find("missing tensor 'decoder.conv_out.weight'"), std::string::npos);
+}
+
+TEST(WanVae, MissingEncoderTensorIsAnError) {
+  const std::string name = "encoder.down_blocks.3.time_conv.weight";
+  const std::string dir = edited_vae("missing_enc", Json::object(), name);
+  const std::string msg = load_error(dir);
+  EXPECT_NE(msg.find("missing tensor '" + name + "'"), std::string::npos) << msg;
+}
+
+TEST(WanVae, PartsNotLoadedAreRefusedByName) {
+  const std::string dir = fixture("wan21_t2v_tiny/vae");
+  const auto decoder_only = AutoencoderKLWan::from_pretrained(dir, DType::F32, Device::cpu(), kDecoderOnly);
+  try {
+    decoder_only->encode(Tensor::zeros({1, 3, 1, 8, 8}));
+    ADD_FAILURE() << "encode without an encoder";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Parts::encoder"), std::string::npos) << e.what();
+  }
+  const auto encoder_only = AutoencoderKLWan::from_pretrained(dir, DType::F32, Device::cpu(), {.decoder = false});
+  EXPECT_THROW(encoder_only->decode(Tensor::zeros({1, 16, 1, 1, 1})), Error);
+  EXPECT_NE(load_error(dir, {.encoder = false, .decoder = false}).find("neither"), std::string::npos);
 }
 
 TEST(WanVae, DecoderWeightsThatDisagreeWithConfigAreErrors) {
   // num_res_blocks 0 leaves decoder.*.resnets.1.* unused: the config describes another decoder.
-  const std::string msg = load_error(edited_vae("res0", {{"num_res_blocks", 0}}, ""));
+  const std::string msg = load_error(edited_vae("res0", {{"num_res_blocks", 0}}, ""), kDecoderOnly);
   // The message counts and lists the leftovers (it used to name only the first).
   EXPECT_NE(msg.find("24 unexpected tensor(s)"), std::string::npos) << msg;
   EXPECT_NE(msg.find("'decoder.up_blocks.0.resnets.1."), std::string::npos) << msg;
@@ -109,17 +163,89 @@ TEST(WanVae, DecoderWeightsThatDisagreeWithConfigAreErrors) {
   EXPECT_NE(msg2.find("has shape"), std::string::npos) << msg2;
 }
 
-TEST(WanVae, UnsupportedWan22FeaturesAreNamed) {
-  const std::string residual = edited_vae("residual", {{"is_residual", true}}, "");
-  std::string msg = load_error(residual);
-  EXPECT_NE(msg.find("is_residual"), std::string::npos) << msg;
-  EXPECT_NE(msg.find(residual + "/config.json"), std::string::npos) << msg;
-  const std::string patch = edited_vae("patch", {{"patch_size", 2}}, "");
-  msg = load_error(patch);
-  EXPECT_NE(msg.find("patch_size"), std::string::npos) << msg;
-  EXPECT_NE(msg.find(patch + "/config.json"), std::string::npos) << msg;
-  msg = load_error(edited_vae("tdown", {{"temperal_downsample", {false, true}}}, ""));
-  EXPECT_NE(msg.find("temperal_downsample"), std::string::npos) << msg;
+TEST(WanVae, InvalidConfigsAreNamed) {
+  auto expect_error = [](const std::string& tag, const Json& patch, const std::string& field,
+                         AutoencoderKLWan::Parts parts = {}) {
+    const std::string dir = edited_vae(tag, patch, "");
+    const std::string msg = load_error(dir, parts);
+    EXPECT_NE(msg.find(field), std::string::npos) << tag << ": " << msg;
+    EXPECT_NE(msg.find(dir + "/config.json"), std::string::npos) << tag << ": " << msg;
+  };
+  // 3 channels cannot be patchified into 2x2 patches.
+  expect_error("patch", {{"patch_size", 2}}, "in_channels 3");
+  expect_error("patch0", {{"patch_size", 0}}, "patch_size 0");
+  // The pipelines size latents by the scale factors.
+  expect_error("sfs", {{"scale_factor_spatial", 16}}, "scale_factor_spatial 16");
+  expect_error("sft", {{"scale_factor_temporal", 8}}, "scale_factor_temporal 8");
+  expect_error("tdown", {{"temperal_downsample", {false, true}}}, "temperal_downsample");
+  // Wan2.2's shortcuts regroup channels: 3 channels x 2x2 positions do not average into 9.
+  expect_error("avgdown", {{"is_residual", true}, {"dim_mult", {3, 3, 3, 3}}}, "AvgDown3D");
+  // diffusers' Wan2.1 encoder cannot run attention in its down blocks (scale 1/2 = the second
+  // level); the decoder does not use attn_scales, so decoding only is fine.
+  expect_error("attn", {{"attn_scales", {0.5}}}, "attn_scales", {});
+  EXPECT_NO_THROW(AutoencoderKLWan::from_pretrained(edited_vae("attn", {{"attn_scales", {0.5}}}, ""), DType::F32,
+                                                    Device::cpu(), kDecoderOnly));
+  // A scale no level has adds no block in diffusers either.
+  EXPECT_NO_THROW(AutoencoderKLWan::from_pretrained(edited_vae("attn3", {{"attn_scales", {0.3}}}, ""), DType::F32,
+                                                    Device::cpu()));
+}
+
+TEST(WanVae, Wan22ConfigFromFixture) {
+  const auto vae = AutoencoderKLWan::from_pretrained(fixture("wan_vae_tiny/wan22"), DType::F32, Device::cpu());
+  const AutoencoderKLWanConfig& c = vae->config();
+  EXPECT_TRUE(c.is_residual);
+  EXPECT_EQ(c.patch(), 2);
+  EXPECT_EQ(c.decoder_dim(), 3);
+  EXPECT_EQ(c.spatial_compression(), 16);
+  EXPECT_EQ(c.frames_per_latent(), 4);
+  EXPECT_EQ(c.encoder_dims(), (std::vector<int64_t>{4, 4, 8, 16, 16}));
+  EXPECT_EQ(c.decoder_dims(), (std::vector<int64_t>{12, 12, 12, 6, 3}));
+  ASSERT_EQ(c.latents_mean.size(), 8u);
+}
+
+TEST(WanVae, EncodeMatchesDiffusersWan21) {
+  // First frame only, 1 + 4 + 4 frames of a non-square video, and a batch of 2.
+  expect_encode_matches("wan21", fixture("wan_vae_tiny/wan21"), {"f1", "f9", "b2f5"});
+}
+
+TEST(WanVae, EncodeMatchesDiffusersT2vTiny) {
+  expect_encode_matches("wan21_t2v_tiny", fixture("wan21_t2v_tiny/vae"), {"f9"});
+}
+
+TEST(WanVae, EncodeMatchesDiffusersWan22) {
+  expect_encode_matches("wan22", fixture("wan_vae_tiny/wan22"), {"f1", "f9", "b2f5"});
+}
+
+TEST(WanVae, DecodeMatchesDiffusersWan22) {
+  const auto vae = AutoencoderKLWan::from_pretrained(fixture("wan_vae_tiny/wan22"), DType::F32, Device::cpu(),
+                                                     kDecoderOnly);
+  for (const std::string c : {"t1", "t3"}) {
+    const Tensor z = extra_ref().get("wan22." + c + ".z");
+    const Tensor expected = extra_ref().get("wan22." + c + ".sample");
+    const Tensor video = vae->decode(z);
+    ASSERT_EQ(video.shape(), expected.shape()) << c;
+    const double err = rel_l2(video, expected);
+    std::cout << "wan22." << c << " decode " << shape_str(z.shape()) << " -> " << shape_str(video.shape())
+              << ": rel L2 " << err << ", max abs diff " << max_abs_diff(video, expected) << "\n";
+    EXPECT_LT(err, kTolerance) << c;
+  }
+}
+
+TEST(WanVae, EncodeRejectsBadInput) {
+  const auto vae = AutoencoderKLWan::from_pretrained(fixture("wan_vae_tiny/wan22"), DType::F32, Device::cpu());
+  EXPECT_NO_THROW(vae->encode(Tensor::zeros({1, 3, 5, 16, 32})));
+  for (const Shape& bad : {Shape{1, 3, 4, 16, 32},    // not 1 + 4k frames
+                           Shape{1, 3, 5, 8, 32},     // H not a multiple of 16
+                           Shape{1, 12, 5, 16, 32},   // patchified channels instead of 3
+                           Shape{3, 5, 16, 32}}) {
+    try {
+      vae->encode(Tensor::zeros(bad));
+      ADD_FAILURE() << "encode of " << shape_str(bad);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[B, 3, 1 + 4k, H, W] with H and W multiples of 16"), std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 TEST(WanVae, DecodeRejectsBadInput) {

@@ -1,7 +1,9 @@
 #include "models/wan/autoencoder_kl_wan_blocks.h"
 
 #include <cmath>
+#include <vector>
 
+#include "core/error.h"
 #include "nn/attention.h"
 #include "ops/ops.h"
 
@@ -12,8 +14,8 @@ WanResidualBlock::WanResidualBlock(const WanVaeLoad& load, const std::string& pr
       conv1_(load.causal_conv(prefix + ".conv1", in_dim, out_dim, {3, 3, 3}, {1, 1, 1})),
       norm2_(load.weights, prefix + ".norm2", out_dim),
       conv2_(load.causal_conv(prefix + ".conv2", out_dim, out_dim, {3, 3, 3}, {1, 1, 1})) {
-  if (in_dim != out_dim) conv_shortcut_.emplace(load.causal_conv(prefix + ".conv_shortcut", in_dim, out_dim, {1, 1, 1},
-                                                                 {0, 0, 0}));
+  if (in_dim != out_dim)
+    conv_shortcut_.emplace(load.causal_conv(prefix + ".conv_shortcut", in_dim, out_dim, {1, 1, 1}, {0, 0, 0}));
 }
 
 Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
@@ -46,13 +48,60 @@ Tensor WanAttentionBlock::forward(const Tensor& x) const {
   return ops::add(out.view({b, t, h, w, c}).permute({0, 4, 1, 2, 3}), x);
 }
 
-WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, bool upsample3d)
-    : resample_(nn::Conv3d::per_frame_conv2d(load.weights, prefix + ".resample.1", dim, dim / 2, {3, 3}, {1, 1},
-                                             load.channels_last)) {
-  if (upsample3d) time_conv_.emplace(load.causal_conv(prefix + ".time_conv", dim, 2 * dim, {3, 1, 1}, {1, 0, 0}));
+WanMidBlock::WanMidBlock(const WanVaeLoad& load, const std::string& prefix, int64_t dim)
+    : resnet0_(load, prefix + ".resnets.0", dim, dim),
+      attention_(load, prefix + ".attentions.0", dim),
+      resnet1_(load, prefix + ".resnets.1", dim, dim) {}
+
+Tensor WanMidBlock::forward(Tensor x, nn::FeatCache& cache) const {
+  x = resnet0_.forward(std::move(x), cache);
+  x = attention_.forward(x);
+  return resnet1_.forward(std::move(x), cache);
+}
+
+namespace {
+
+bool is_upsample(WanResampleMode mode) {
+  return mode == WanResampleMode::Upsample2d || mode == WanResampleMode::Upsample3d;
+}
+
+// nn.ZeroPad2d((0, 1, 0, 1)) per frame: one zero row below, one zero column to the right,
+// in x's memory layout.
+Tensor zero_pad_bottom_right(const Tensor& x) {
+  const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
+  const Tensor out = x.prefers_channels_last_3d()
+                         ? Tensor::zeros({b, t, h + 1, w + 1, c}, x.dtype(), x.device()).permute({0, 4, 1, 2, 3})
+                         : Tensor::zeros({b, c, t, h + 1, w + 1}, x.dtype(), x.device());
+  out.narrow(3, 0, h).narrow(4, 0, w).copy_(x);
+  return out;
+}
+
+}  // namespace
+
+WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, WanResampleMode mode,
+                         int64_t upsample_out_dim)
+    : mode_(mode),
+      resample_(is_upsample(mode) ? nn::Conv3d::per_frame_conv2d(load.weights, prefix + ".resample.1", dim,
+                                                                 upsample_out_dim, {3, 3}, {1, 1}, load.channels_last)
+                                  : nn::Conv3d::per_frame_conv2d(load.weights, prefix + ".resample.1", dim, dim, {3, 3},
+                                                                 {0, 0}, load.channels_last, {2, 2})) {
+  if (mode == WanResampleMode::Upsample3d)
+    time_conv_.emplace(load.causal_conv(prefix + ".time_conv", dim, 2 * dim, {3, 1, 1}, {1, 0, 0}));
+  if (mode == WanResampleMode::Downsample3d) {
+    // A WanCausalConv3d without padding is a plain strided conv; forward gives it the past frame.
+    Conv3dParams params;
+    params.stride = {2, 1, 1};
+    down_time_conv_.emplace(load.weights, prefix + ".time_conv", dim, dim, std::array<int64_t, 3>{3, 1, 1}, params,
+                            load.channels_last);
+    down_cache_slot_ = load.slots.count++;
+  }
 }
 
 Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+  return is_upsample(mode_) ? upsample(std::move(x), cache, first_chunk) : downsample(std::move(x), cache);
+}
+
+Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
   // diffusers marks the first call "Rep" and skips time_conv (so the first latent frame
   // gives one frame); its second call convolves without cache_x (zero past), storing
   // [zeros, x] when x has one frame. An empty slot is that same zero past, so the only
@@ -77,66 +126,90 @@ Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) co
   return resample_.forward(ops::upsample_nearest2x(x));
 }
 
-WanUpBlock::WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim,
-                       int64_t num_res_blocks, std::optional<bool> upsample3d) {
-  for (int64_t i = 0; i <= num_res_blocks; ++i)
-    resnets_.emplace_back(load, fmt::format("{}.resnets.{}", prefix, i), i == 0 ? in_dim : out_dim, out_dim);
-  if (upsample3d) upsampler_.emplace(load, prefix + ".upsamplers.0", out_dim, *upsample3d);
-}
-
-Tensor WanUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
-  for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
-  if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
+Tensor WanResample::downsample(Tensor x, nn::FeatCache& cache) const {
+  x = resample_.forward(zero_pad_bottom_right(x));
+  if (!down_time_conv_) return x;
+  // diffusers: the first chunk only fills the cache (its frames pass through); later chunks
+  // convolve [previous chunk's last frame, x] with stride 2 and keep x's last frame.
+  Tensor& past = cache[static_cast<size_t>(down_cache_slot_)];
+  Tensor last = x.narrow(2, x.size(2) - 1, 1).clone();
+  if (past.defined()) x = down_time_conv_->forward(ops::cat({past, x}, 2));
+  past = std::move(last);
   return x;
 }
 
-namespace {
-
-// Channel widths of WanDecoder3d: dim * [dim_mult[-1]] + reversed(dim_mult).
-std::vector<int64_t> decoder_dims(const AutoencoderKLWanConfig& cfg) {
-  std::vector<int64_t> dims{cfg.decoder_dim() * cfg.dim_mult.back()};
-  for (auto it = cfg.dim_mult.rbegin(); it != cfg.dim_mult.rend(); ++it) dims.push_back(cfg.decoder_dim() * *it);
-  return dims;
+AvgDown3D::AvgDown3D(const WanVaeLoad& load, int64_t in_channels, int64_t out_channels, int64_t factor_t,
+                     int64_t factor_s)
+    : factor_t_(factor_t), factor_s_(factor_s) {
+  const int64_t factor = factor_t * factor_s * factor_s;
+  VGEN_CHECK(in_channels * factor % out_channels == 0, "AvgDown3D: in_channels {} x factor {} not divisible by {}",
+             in_channels, factor, out_channels);
+  const int64_t group_size = in_channels * factor / out_channels;
+  // Input channel c at offset k within its factor_t x factor_s x factor_s block is channel
+  // c * factor + k after diffusers' permute, and lands in output channel (c * factor + k) / group_size.
+  std::vector<float> filter(static_cast<size_t>(out_channels * in_channels * factor), 0.0f);
+  for (int64_t c = 0; c < in_channels; ++c)
+    for (int64_t k = 0; k < factor; ++k)
+      filter[static_cast<size_t>(((c * factor + k) / group_size * in_channels + c) * factor + k)] =
+          1.0f / static_cast<float>(group_size);
+  Tensor f = Tensor::from_vector(filter, {out_channels, in_channels, factor_t, factor_s, factor_s})
+                 .to(load.weights.dtype())
+                 .to(load.weights.device());
+  filter_ = load.channels_last ? f.to_channels_last_3d() : f;
 }
 
-std::vector<WanUpBlock> make_up_blocks(const WanVaeLoad& load, const AutoencoderKLWanConfig& cfg,
-                                       const std::vector<int64_t>& dims) {
-  const size_t levels = cfg.dim_mult.size();
-  std::vector<WanUpBlock> blocks;
-  for (size_t i = 0; i < levels; ++i) {
-    // Each upsampler halves the channels, so blocks after the first take dims[i] / 2.
-    const int64_t in = i > 0 ? dims[i] / 2 : dims[i];
-    std::optional<bool> upsample3d;  // none on the last level; temperal_upsample is reversed
-    if (i != levels - 1) upsample3d = cfg.temperal_downsample[cfg.temperal_downsample.size() - 1 - i];
-    blocks.emplace_back(load, fmt::format("decoder.up_blocks.{}", i), in, dims[i + 1], cfg.num_res_blocks,
-                        upsample3d);
-  }
-  return blocks;
+Tensor AvgDown3D::forward(const Tensor& x) const {
+  Conv3dParams p;
+  p.stride = {factor_t_, factor_s_, factor_s_};
+  p.time_padding_before = (factor_t_ - x.size(2) % factor_t_) % factor_t_;
+  return ops::conv3d(x, filter_, Tensor(), p);
 }
 
-}  // namespace
+DupUp3D::DupUp3D(int64_t in_channels, int64_t out_channels, int64_t factor_t, int64_t factor_s)
+    : in_channels_(in_channels), out_channels_(out_channels), factor_t_(factor_t), factor_s_(factor_s) {
+  const int64_t factor = factor_t * factor_s * factor_s;
+  VGEN_CHECK(out_channels * factor % in_channels == 0, "DupUp3D: out_channels {} x factor {} not divisible by {}",
+             out_channels, factor, in_channels);
+  repeats_ = out_channels * factor / in_channels;
+}
 
-WanDecoder3d::WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig& config)
-    : WanDecoder3d(load, config, decoder_dims(config)) {}
+Tensor DupUp3D::forward(const Tensor& x, bool first_chunk) const {
+  const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
+  const int64_t ft = factor_t_, fs = factor_s_;
+  // repeat_interleave(repeats, dim=1): channel n of `rep` is channel n / repeats of x.
+  const Tensor rep = Tensor::empty({b, in_channels_, repeats_, t, h, w}, x.dtype(), x.device());
+  for (int64_t r = 0; r < repeats_; ++r) rep.select(2, r).copy_(x);
+  // Channels (out, ft, fs, fs) -> positions: y[b, o, (t, ft), (h, fs), (w, fs)].
+  Tensor y = Tensor::empty_like_format(x, {b, out_channels_, t * ft, h * fs, w * fs}, x.dtype());
+  Tensor y8 =
+      y.is_contiguous()
+          ? y.view({b, out_channels_, t, ft, h, fs, w, fs})
+          : y.permute({0, 2, 3, 4, 1}).view({b, t, ft, h, fs, w, fs, out_channels_}).permute({0, 7, 1, 2, 3, 4, 5, 6});
+  y8.copy_(rep.view({b, out_channels_, ft, fs, fs, t, h, w}).permute({0, 1, 5, 2, 6, 3, 7, 4}));
+  if (first_chunk) y = y.narrow(2, ft - 1, t * ft - (ft - 1));
+  return y;
+}
 
-WanDecoder3d::WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig& config,
-                           const std::vector<int64_t>& dims)
-    : conv_in_(load.causal_conv("decoder.conv_in", config.z_dim, dims[0], {3, 3, 3}, {1, 1, 1})),
-      mid_resnet0_(load, "decoder.mid_block.resnets.0", dims[0], dims[0]),
-      mid_attention_(load, "decoder.mid_block.attentions.0", dims[0]),
-      mid_resnet1_(load, "decoder.mid_block.resnets.1", dims[0], dims[0]),
-      up_blocks_(make_up_blocks(load, config, dims)),
-      norm_out_(load.weights, "decoder.norm_out", dims.back()),
-      conv_out_(load.causal_conv("decoder.conv_out", dims.back(), config.out_channels, {3, 3, 3}, {1, 1, 1})) {}
+Tensor patchify(const Tensor& x, int64_t patch_size) {
+  if (patch_size == 1) return x;
+  const int64_t b = x.size(0), c = x.size(1), f = x.size(2), h = x.size(3), w = x.size(4), p = patch_size;
+  VGEN_CHECK(h % p == 0 && w % p == 0, "patchify: {} is not divisible by patch_size {}", x.str(), p);
+  return x.contiguous()
+      .view({b, c, f, h / p, p, w / p, p})
+      .permute({0, 1, 6, 4, 2, 3, 5})
+      .contiguous()
+      .view({b, c * p * p, f, h / p, w / p});
+}
 
-Tensor WanDecoder3d::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
-  x = conv_in_.forward(x, &cache);
-  x = mid_resnet0_.forward(std::move(x), cache);
-  x = mid_attention_.forward(x);
-  x = mid_resnet1_.forward(std::move(x), cache);
-  for (const WanUpBlock& block : up_blocks_) x = block.forward(std::move(x), cache, first_chunk);
-  x = norm_out_.forward(x, Activation::Silu);
-  return conv_out_.forward(x, &cache);
+void unpatchify_into(const Tensor& video, int64_t frame, const Tensor& x, int64_t patch_size) {
+  const int64_t p = patch_size, b = x.size(0), c = x.size(1) / (p * p), t = x.size(2), h = x.size(3), w = x.size(4);
+  VGEN_CHECK(video.dim() == 5 && video.size(0) == b && video.size(1) == c && frame + t <= video.size(2) &&
+                 video.size(3) == h * p && video.size(4) == w * p,
+             "unpatchify: {} into frame {} of {}", x.str(), frame, video.str());
+  // diffusers: x.view(b, c, p, p, t, h, w).permute(0, 1, 4, 5, 3, 6, 2) is [b, c, t, h, p, w, p].
+  video.view({b, c, video.size(2), h, p, w, p})
+      .narrow(2, frame, t)
+      .copy_(x.contiguous().view({b, c, p, p, t, h, w}).permute({0, 1, 4, 5, 3, 6, 2}));
 }
 
 }  // namespace vgen

@@ -1,7 +1,8 @@
-// The blocks of AutoencoderKLWan's decoder, named as diffusers' autoencoder_kl_wan.py:
-// WanResidualBlock, WanAttentionBlock, WanResample (upsampling modes), WanUpBlock,
-// WanDecoder3d (Wan2.1: is_residual false). Built from nn modules; each chunk (one latent
-// frame) goes through with the causal convs' feature cache, as diffusers' _decode.
+// The blocks AutoencoderKLWan's encoder and decoder share, named as diffusers'
+// autoencoder_kl_wan.py: WanResidualBlock, WanAttentionBlock, WanResample (all four modes),
+// the Wan2.2 VAE's parameter-free shortcuts AvgDown3D / DupUp3D, and patchify / unpatchify.
+// Built from nn modules; each chunk of frames goes through with the causal convs' feature
+// cache, as diffusers' _encode / _decode.
 #pragma once
 
 #include <optional>
@@ -15,8 +16,9 @@
 
 namespace vgen {
 
-// How the decoder's modules are built: the checkpoint, and whether activations run
-// channels-last (filters are stored to match).
+// How the modules of the encoder or the decoder are built: the checkpoint, whether
+// activations run channels-last (filters are stored to match), and the cache slots of that
+// half (each half has its own feature cache).
 struct WanVaeLoad {
   const nn::Weights& weights;
   bool channels_last;
@@ -54,48 +56,76 @@ class WanAttentionBlock {
   nn::Linear to_qkv_, proj_;
 };
 
-// WanResample in "upsample2d" / "upsample3d" mode: (time_conv doubling the frames), then per
-// frame nearest 2x upsampling and a 3x3 conv to dim/2 channels.
+// WanMidBlock (num_layers 1): resnet, attention, resnet.
+class WanMidBlock {
+ public:
+  WanMidBlock(const WanVaeLoad& load, const std::string& prefix, int64_t dim);
+  Tensor forward(Tensor x, nn::FeatCache& cache) const;
+
+ private:
+  WanResidualBlock resnet0_;
+  WanAttentionBlock attention_;
+  WanResidualBlock resnet1_;
+};
+
+enum class WanResampleMode { Upsample2d, Upsample3d, Downsample2d, Downsample3d };
+
+// WanResample. Upsampling: (upsample3d: time_conv doubling the frames), then per frame
+// nearest 2x upsampling and a 3x3 conv to `upsample_out_dim` channels. Downsampling: per
+// frame ZeroPad2d((0, 1, 0, 1)) and a stride-2 3x3 conv, then (downsample3d) a stride-2
+// temporal conv over [last frame of the previous chunk, this chunk].
 class WanResample {
  public:
-  WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, bool upsample3d);
+  // upsample_out_dim: diffusers' default is dim / 2 (Wan2.1); the residual decoder keeps dim.
+  WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, WanResampleMode mode,
+              int64_t upsample_out_dim);
+  // first_chunk: the decoder's first latent frame (upsample3d skips time_conv for it).
   Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
 
  private:
-  nn::Conv3d resample_;  // resample.1, a Conv2d per frame
-  std::optional<nn::CausalConv3d> time_conv_;
+  Tensor upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  Tensor downsample(Tensor x, nn::FeatCache& cache) const;
+
+  WanResampleMode mode_;
+  nn::Conv3d resample_;                        // resample.1, a Conv2d per frame
+  std::optional<nn::CausalConv3d> time_conv_;  // upsample3d: (3, 1, 1), 2 * dim channels
+  std::optional<nn::Conv3d> down_time_conv_;   // downsample3d: (3, 1, 1), stride 2, no padding
+  int64_t down_cache_slot_ = -1;               // downsample3d: the previous chunk's last frame
 };
 
-// num_res_blocks + 1 residual blocks, then an optional upsampler.
-class WanUpBlock {
+// AvgDown3D: the Wan2.2 encoder's shortcut. Groups of factor_t x factor_s x factor_s
+// positions of every channel become channels (zero frames in front when the frame count is
+// not a multiple of factor_t), and each output channel is the mean of `group_size`
+// consecutive ones. That is a convolution with kernel = stride = (factor_t, factor_s,
+// factor_s) and a fixed filter of 1 / group_size entries, which is how it runs here: one op
+// on every backend, in the activations' layout, no intermediate copies.
+class AvgDown3D {
  public:
-  // upsample3d: nullopt for no upsampler, else its mode.
-  WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim,
-             int64_t num_res_blocks, std::optional<bool> upsample3d);
-  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  AvgDown3D(const WanVaeLoad& load, int64_t in_channels, int64_t out_channels, int64_t factor_t, int64_t factor_s);
+  Tensor forward(const Tensor& x) const;
 
  private:
-  std::vector<WanResidualBlock> resnets_;
-  std::optional<WanResample> upsampler_;
+  int64_t factor_t_, factor_s_;
+  Tensor filter_;  // [out, in, factor_t, factor_s, factor_s]
 };
 
-class WanDecoder3d {
+// DupUp3D: the Wan2.2 decoder's shortcut. repeat_interleave of the channels, then groups of
+// channels become factor_t x factor_s x factor_s positions; on the first chunk the first
+// factor_t - 1 frames are dropped (as the upsampler's time_conv is skipped for it).
+class DupUp3D {
  public:
-  // The modules under `decoder.`.
-  WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig& config);
-  // One chunk (one latent frame) through the decoder, updating the feature cache.
-  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  DupUp3D(int64_t in_channels, int64_t out_channels, int64_t factor_t, int64_t factor_s);
+  Tensor forward(const Tensor& x, bool first_chunk) const;
 
  private:
-  WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig& config, const std::vector<int64_t>& dims);
-
-  nn::CausalConv3d conv_in_;
-  WanResidualBlock mid_resnet0_;
-  WanAttentionBlock mid_attention_;
-  WanResidualBlock mid_resnet1_;
-  std::vector<WanUpBlock> up_blocks_;
-  nn::ChannelRMSNorm norm_out_;
-  nn::CausalConv3d conv_out_;
+  int64_t in_channels_, out_channels_, factor_t_, factor_s_, repeats_;
 };
+
+// diffusers' patchify: [B, C, F, H, W] -> [B, C * p * p, F, H / p, W / p], channel
+// c * p * p + (w offset) * p + (h offset). A contiguous copy; p = 1 gives x.
+Tensor patchify(const Tensor& x, int64_t patch_size);
+// diffusers' unpatchify of `x` [B, C * p * p, t, h, w], written into frames
+// [frame, frame + t) of `video` [B, C, F, h * p, w * p] (contiguous).
+void unpatchify_into(const Tensor& video, int64_t frame, const Tensor& x, int64_t patch_size);
 
 }  // namespace vgen

@@ -198,7 +198,8 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   const auto& tcfg = p->transformer_->config();
   // The image enters through the VAE encoder in every image-to-video variant.
   const bool image_input = v.image_to_video_class || v.expand_timesteps;
-  // The VAE runs in float32 by default, as diffusers' Wan examples advise.
+  // The VAE runs in float32 by default, as diffusers' Wan examples advise. Text-to-video only
+  // decodes: the encoder's weights stay on disk.
   p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device,
                                              AutoencoderKLWan::Parts{.encoder = image_input, .decoder = true});
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);

@@ -1,0 +1,87 @@
+#include "models/wan/autoencoder_kl_wan_decoder.h"
+
+#include "ops/ops.h"
+
+namespace vgen {
+
+WanUpBlock::WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim,
+                       int64_t num_res_blocks, std::optional<WanResampleMode> upsample_mode) {
+  for (int64_t i = 0; i <= num_res_blocks; ++i)
+    resnets_.emplace_back(load, fmt::format("{}.resnets.{}", prefix, i), i == 0 ? in_dim : out_dim, out_dim);
+  if (upsample_mode) upsampler_.emplace(load, prefix + ".upsamplers.0", out_dim, *upsample_mode, out_dim / 2);
+}
+
+Tensor WanUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+  for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
+  if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
+  return x;
+}
+
+WanResidualUpBlock::WanResidualUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim,
+                                       int64_t out_dim, int64_t num_res_blocks, bool temperal_upsample, bool up_flag) {
+  if (up_flag) avg_shortcut_.emplace(in_dim, out_dim, temperal_upsample ? 2 : 1, 2);
+  for (int64_t i = 0; i <= num_res_blocks; ++i)
+    resnets_.emplace_back(load, fmt::format("{}.resnets.{}", prefix, i), i == 0 ? in_dim : out_dim, out_dim);
+  if (up_flag)
+    upsampler_.emplace(load, prefix + ".upsampler", out_dim,
+                       temperal_upsample ? WanResampleMode::Upsample3d : WanResampleMode::Upsample2d, out_dim);
+}
+
+Tensor WanResidualUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+  // Ops never write their inputs, so holding x is diffusers' x.clone().
+  const Tensor input = x;
+  for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
+  if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
+  if (avg_shortcut_) x = ops::add(x, avg_shortcut_->forward(input, first_chunk));
+  return x;
+}
+
+namespace {
+
+std::vector<std::variant<WanUpBlock, WanResidualUpBlock>> make_up_blocks(const WanVaeLoad& load,
+                                                                         const AutoencoderKLWanConfig& cfg,
+                                                                         const std::vector<int64_t>& dims) {
+  const size_t levels = cfg.dim_mult.size();
+  std::vector<std::variant<WanUpBlock, WanResidualUpBlock>> blocks;
+  for (size_t i = 0; i < levels; ++i) {
+    const std::string prefix = fmt::format("decoder.up_blocks.{}", i);
+    const bool up_flag = i != levels - 1;
+    // temperal_upsample is temperal_downsample reversed.
+    const bool temporal = up_flag && cfg.temperal_downsample[cfg.temperal_downsample.size() - 1 - i];
+    if (cfg.is_residual) {
+      blocks.emplace_back(std::in_place_type<WanResidualUpBlock>, load, prefix, dims[i], dims[i + 1],
+                          cfg.num_res_blocks, temporal, up_flag);
+    } else {
+      // Wan2.1's upsamplers halve the channels, so blocks after the first take dims[i] / 2.
+      std::optional<WanResampleMode> mode;
+      if (up_flag) mode = temporal ? WanResampleMode::Upsample3d : WanResampleMode::Upsample2d;
+      blocks.emplace_back(std::in_place_type<WanUpBlock>, load, prefix, i > 0 ? dims[i] / 2 : dims[i], dims[i + 1],
+                          cfg.num_res_blocks, mode);
+    }
+  }
+  return blocks;
+}
+
+}  // namespace
+
+WanDecoder3d::WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig& config)
+    : WanDecoder3d(load, config, config.decoder_dims()) {}
+
+WanDecoder3d::WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig& config,
+                           const std::vector<int64_t>& dims)
+    : conv_in_(load.causal_conv("decoder.conv_in", config.z_dim, dims[0], {3, 3, 3}, {1, 1, 1})),
+      mid_block_(load, "decoder.mid_block", dims[0]),
+      up_blocks_(make_up_blocks(load, config, dims)),
+      norm_out_(load.weights, "decoder.norm_out", dims.back()),
+      conv_out_(load.causal_conv("decoder.conv_out", dims.back(), config.out_channels, {3, 3, 3}, {1, 1, 1})) {}
+
+Tensor WanDecoder3d::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+  x = conv_in_.forward(x, &cache);
+  x = mid_block_.forward(std::move(x), cache);
+  for (const auto& block : up_blocks_)
+    x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, block);
+  x = norm_out_.forward(x, Activation::Silu);
+  return conv_out_.forward(x, &cache);
+}
+
+}  // namespace vgen
