@@ -84,7 +84,11 @@ TEST(CLIPVisionModel, ErrorsNameTheFieldOrTensorAtFault) {
   expect_error([&] { CLIPVisionModel::from_pretrained(act.string()); }, "field 'hidden_act' is \"relu6\"");
   const fs::path layers = edited_copy("image_ref/clip_vision_tiny_gelu", "layers", "config.json",
                                       [](Json& j) { j["num_hidden_layers"] = 5; });
-  expect_error([&] { CLIPVisionModel::from_pretrained(layers.string()); }, "encoder.layers.3.");
+  expect_error([&] { CLIPVisionModel::from_pretrained(layers.string()); },
+               "missing tensor 'encoder.layers.4.layer_norm1.weight' (num_hidden_layers is 5");
+  const fs::path fewer = edited_copy("image_ref/clip_vision_tiny_gelu", "fewer", "config.json",
+                                     [](Json& j) { j["num_hidden_layers"] = 3; });
+  expect_error([&] { CLIPVisionModel::from_pretrained(fewer.string()); }, "'encoder.layers.3.");
   const fs::path wide = edited_copy("image_ref/clip_vision_tiny_gelu", "wide", "config.json",
                                     [](Json& j) { j["hidden_size"] = 48; });
   expect_error([&] { CLIPVisionModel::from_pretrained(wide.string()); }, "embeddings.class_embedding");
