@@ -53,6 +53,7 @@ struct Filter {
 
 Filter filter_of(Resampling r) {
   switch (r) {
+    case Resampling::Nearest: break;  // not a convolution (resize_nearest)
     case Resampling::Box: return {box_filter, 0.5};
     case Resampling::Bilinear: return {bilinear_filter, 1.0};
     case Resampling::Hamming: return {hamming_filter, 1.0};
@@ -157,29 +158,58 @@ Plane resample_vertical(const Plane& in, const Coefficients& c) {
   return out;
 }
 
+// PIL's NEAREST resize: ImagingScaleAffine with a = in / out per axis: output pixel i reads
+// input trunc(a/2 + i*a), the position accumulated by repeated addition as Pillow does; a
+// position outside the input (rounding could only make one so at the far edge) gives 0, its fill.
+Plane resize_nearest(const Plane& in, int xsize, int ysize) {
+  const double ax = static_cast<double>(static_cast<float>(in.width)) / xsize;
+  const double ay = static_cast<double>(static_cast<float>(in.height)) / ysize;
+  const auto coord = [](double v, int size) {
+    const int i = v < 0.0 ? -1 : static_cast<int>(v);
+    return i < size ? i : -1;
+  };
+  std::vector<int> xin(xsize);
+  double xo = ax * 0.5;
+  for (int x = 0; x < xsize; ++x, xo += ax) xin[x] = coord(xo, in.width);
+  Plane out{xsize, ysize, in.channels, {}};
+  out.pixels.assign(static_cast<size_t>(xsize) * ysize * in.channels, 0);
+  double yo = ay * 0.5;
+  for (int y = 0; y < ysize; ++y, yo += ay) {
+    const int yi = coord(yo, in.height);
+    if (yi < 0) continue;
+    for (int x = 0; x < xsize; ++x)
+      if (xin[x] >= 0) std::memcpy(out.row(y) + x * in.channels, in.row(yi) + xin[x] * in.channels, in.channels);
+  }
+  return out;
+}
+
 }  // namespace
 
 Resampling resampling_from_pil(int64_t code, const std::string& what) {
   switch (code) {
+    case 0: return Resampling::Nearest;
     case 1: return Resampling::Lanczos;
     case 2: return Resampling::Bilinear;
     case 3: return Resampling::Bicubic;
     case 4: return Resampling::Box;
     case 5: return Resampling::Hamming;
-    case 0: fail("{}: resample 0 (PIL NEAREST) is not supported (1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, 5 HAMMING)", what);
-    default: fail("{}: resample {} is not a PIL filter vgen has (1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, 5 HAMMING)", what, code);
+    default:
+      fail("{}: resample {} is not a PIL filter vgen has (0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, "
+           "5 HAMMING)", what, code);
   }
 }
 
 Resampling resampling_from_name(const std::string& name, const std::string& what) {
-  for (Resampling r : {Resampling::Lanczos, Resampling::Bilinear, Resampling::Bicubic, Resampling::Box,
+  for (Resampling r : {Resampling::Nearest, Resampling::Lanczos, Resampling::Bilinear, Resampling::Bicubic, Resampling::Box,
                        Resampling::Hamming})
     if (name == resampling_name(r)) return r;
-  fail("{}: resample \"{}\" is not supported (lanczos, bilinear, bicubic, box, hamming)", what, name);
+  fail("{}: resample \"{}\" is not supported (nearest, lanczos, bilinear, bicubic, box, hamming)", what,
+       name);
 }
 
 const char* resampling_name(Resampling filter) {
   switch (filter) {
+    case Resampling::Nearest: return "nearest";
     case Resampling::Lanczos: return "lanczos";
     case Resampling::Bilinear: return "bilinear";
     case Resampling::Bicubic: return "bicubic";
@@ -202,6 +232,13 @@ Tensor resize(const Tensor& image, int64_t width, int64_t height, Resampling fil
   const uint8_t* data = contiguous.data<uint8_t>();
   in.pixels.assign(data, data + contiguous.numel());
   const int xsize = static_cast<int>(width), ysize = static_cast<int>(height);
+  const auto to_tensor = [](const Plane& plane) {
+    Tensor t = Tensor::empty({plane.height, plane.width, plane.channels}, DType::U8);
+    std::memcpy(t.data<uint8_t>(), plane.pixels.data(), plane.pixels.size());
+    return t;
+  };
+  if (xsize == in.width && ysize == in.height) return to_tensor(in);  // PIL: a copy
+  if (filter == Resampling::Nearest) return to_tensor(resize_nearest(in, xsize, ysize));
   const Filter f = filter_of(filter);
 
   // ImagingResampleInner with the whole image as the box.
@@ -224,9 +261,7 @@ Tensor resize(const Tensor& image, int64_t width, int64_t height, Resampling fil
     out = resample_vertical(in, precompute_coeffs(in.height, ysize, f));
     if (need_horizontal) out = resample_horizontal(out, 0, out.height, precompute_coeffs(in.width, xsize, f));
   }
-  Tensor result = Tensor::empty({out.height, out.width, out.channels}, DType::U8);
-  std::memcpy(result.data<uint8_t>(), out.pixels.data(), out.pixels.size());
-  return result;
+  return to_tensor(out);
 }
 
 }  // namespace vgen::media

@@ -15,14 +15,15 @@
 
 namespace vgen::media {
 
-// PIL's Image.Resampling filters that resample by convolution (NEAREST, MKS2013 and MKS2021
-// are not implemented).
-enum class Resampling { Lanczos, Bilinear, Bicubic, Box, Hamming };
+// PIL's Image.Resampling filters: NEAREST (PIL's scale-only affine transform, not the
+// convolution) and those that resample by convolution (MKS2013 and MKS2021 are not implemented).
+enum class Resampling { Nearest, Lanczos, Bilinear, Bicubic, Box, Hamming };
 
-// PIL's integer codes (Image.Resampling: LANCZOS 1, BILINEAR 2, BICUBIC 3, BOX 4, HAMMING 5),
-// as image processors' `resample` fields store them; `what` names the field in errors.
+// PIL's integer codes (Image.Resampling: NEAREST 0, LANCZOS 1, BILINEAR 2, BICUBIC 3, BOX 4,
+// HAMMING 5), as image processors' `resample` fields store them; `what` names the field in errors.
 Resampling resampling_from_pil(int64_t code, const std::string& what);
-// diffusers' names (its PIL_INTERPOLATION keys: "lanczos", "bicubic", "bilinear", "box", "hamming").
+// diffusers' names (its PIL_INTERPOLATION keys: "nearest", "lanczos", "bicubic", "bilinear",
+// "box", "hamming").
 Resampling resampling_from_name(const std::string& name, const std::string& what);
 const char* resampling_name(Resampling filter);
 

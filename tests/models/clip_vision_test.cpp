@@ -182,8 +182,8 @@ TEST(CLIPImageProcessor, ConfigIsReadStrictly) {
   const auto load = [](const fs::path& dir) { CLIPImageProcessor::from_pretrained(dir.string()); };
   expect_error([&] { load(edited_copy(tiny, "unknown", "preprocessor_config.json", [](Json& j) { j["do_pad"] = true; })); },
                "do_pad");
-  expect_error([&] { load(edited_copy(tiny, "nearest", "preprocessor_config.json", [](Json& j) { j["resample"] = 0; })); },
-               "field 'resample': resample 0 (PIL NEAREST) is not supported");
+  expect_error([&] { load(edited_copy(tiny, "nearest", "preprocessor_config.json", [](Json& j) { j["resample"] = 6; })); },
+               "field 'resample': resample 6 is not a PIL filter");
   expect_error([&] {
     load(edited_copy(tiny, "mean", "preprocessor_config.json", [](Json& j) { j["image_mean"] = {0.5, 0.5}; }));
   }, "field 'image_mean' must have 3 values");
