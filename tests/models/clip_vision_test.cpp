@@ -60,6 +60,26 @@ TEST(CLIPVisionModel, PenultimateHiddenStatesMatchTransformers) {
   }
 }
 
+// bf16 weights and activations (torch_dtype=torch.bfloat16 in transformers). Rounding points
+// differ (vgen's CPU ops round once per op, quick_gelu takes three), so the bound is
+// bf16-sized: within 2e-2 of torch's bf16 run, and no further from the float32 reference than
+// 1.5x torch's own bf16 error.
+TEST(CLIPVisionModel, Bf16CloseToTransformersBf16) {
+  const WeightStore ref = vgen::testing::reference("image_ref/clip_vision.safetensors");
+  for (const std::string variant : kVariants) {
+    const auto model = CLIPVisionModel::from_pretrained(model_dir(variant), DType::BF16);
+    const Tensor out = model->penultimate_hidden_states(ref.get(variant + ".pixel_values"));
+    EXPECT_EQ(out.dtype(), DType::BF16);
+    const Tensor f32 = ref.get(variant + ".hidden_states_-2"), torch_bf16 = ref.get(variant + ".hidden_states_-2_bf16");
+    const double vs_torch = vgen::testing::rel_l2(out.to(DType::F32), torch_bf16);
+    const double ours = vgen::testing::rel_l2(out.to(DType::F32), f32), theirs = vgen::testing::rel_l2(torch_bf16, f32);
+    std::printf("[ CLIPVisionModel %s bf16 ] rel L2 vs torch bf16 %.3g; vs float32: vgen %.3g, torch %.3g\n",
+                variant.c_str(), vs_torch, ours, theirs);
+    EXPECT_LT(vs_torch, 2e-2) << variant;
+    EXPECT_LT(ours, 1.5 * theirs) << variant;
+  }
+}
+
 // The Wan repos' checkpoints name the modules under "vision_model." (transformers 4): the same
 // model loads from those names.
 TEST(CLIPVisionModel, LoadsVisionModelPrefixedCheckpoints) {
