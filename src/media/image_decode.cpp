@@ -2,7 +2,8 @@
 //
 // libpng and libjpeg report errors by longjmp: every C++ object that lives across a
 // setjmp below is declared before it, so that a jump skips no destructor, and each error
-// handler copies its message out before jumping.
+// handler copies its message out before jumping. Refusals of our own free the decoder and
+// throw directly (no C frame is unwound).
 #include <png.h>
 #include <webp/decode.h>
 
@@ -35,7 +36,7 @@ struct PngSource {
   const uint8_t* data;
   size_t size;
   size_t offset;
-  char message[256];
+  char message[256];  // libpng's error
 };
 
 void png_fail(png_structp png, png_const_charp message) {
@@ -62,13 +63,11 @@ Tensor decode_png(const uint8_t* data, size_t size, const std::string& name) {
     png_destroy_read_struct(&png, nullptr, nullptr);
     fail("'{}': libpng could not start (out of memory)", name);
   }
-  Tensor out;                      // U8 [H, W, 3]
-  std::vector<uint8_t> gray16;     // the rows of a 16-bit gray image
+  Tensor out;                   // U8 [H, W, 3]
+  std::vector<uint8_t> gray16;  // the rows of a 16-bit gray image
   std::vector<png_bytep> rows;
-  std::string refused;             // a reason of ours to stop, set before jumping out
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    if (!refused.empty()) fail("'{}': {}", name, refused);
     fail("'{}': not a readable PNG file: {}", name, source.message);
   }
   png_set_read_fn(png, &source, png_read_bytes);
@@ -76,9 +75,8 @@ Tensor decode_png(const uint8_t* data, size_t size, const std::string& name) {
   const png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
   const int bit_depth = png_get_bit_depth(png, info), color_type = png_get_color_type(png, info);
   if (static_cast<uint64_t>(width) * height > static_cast<uint64_t>(kMaxDecodedPixels)) {
-    refused = fmt::format("the PNG image is {}x{}, more than the {} pixels vgen decodes", width, height,
-                          kMaxDecodedPixels);
-    png_longjmp(png, 1);
+    png_destroy_read_struct(&png, &info, nullptr);
+    fail("'{}': the PNG image is {}x{}, more than the {} pixels vgen decodes", name, width, height, kMaxDecodedPixels);
   }
   // PIL opens 16-bit gray as mode I;16, which convert("RGB") clips to 255; every other
   // 16-bit mode it unpacks to its high byte, as png_set_strip_16 does.
@@ -94,8 +92,8 @@ Tensor decode_png(const uint8_t* data, size_t size, const std::string& name) {
   png_read_update_info(png, info);
   const size_t row_bytes = png_get_rowbytes(png, info);
   if (row_bytes != static_cast<size_t>(width) * (is_gray16 ? 2 : 3)) {
-    refused = fmt::format("unexpected PNG layout after conversion ({} bytes per row for width {})", row_bytes, width);
-    png_longjmp(png, 1);
+    png_destroy_read_struct(&png, &info, nullptr);
+    fail("'{}': unexpected PNG layout after conversion ({} bytes per row for width {})", name, row_bytes, width);
   }
   out = Tensor::empty({static_cast<int64_t>(height), static_cast<int64_t>(width), 3}, DType::U8);
   uint8_t* pixels = out.data<uint8_t>();
@@ -148,12 +146,10 @@ Tensor decode_jpeg(const uint8_t* data, size_t size, const std::string& name) {
   errors.pub.error_exit = jpeg_fail;
   errors.pub.emit_message = jpeg_message;
   errors.pub.output_message = jpeg_no_output;
-  Tensor out;                   // U8 [H, W, 3]
-  std::vector<uint8_t> cmyk;    // the rows of a CMYK image
-  std::string refused;
+  Tensor out;                 // U8 [H, W, 3]
+  std::vector<uint8_t> cmyk;  // the rows of a CMYK image
   if (setjmp(errors.jump)) {
     jpeg_destroy_decompress(&cinfo);
-    if (!refused.empty()) fail("'{}': {}", name, refused);
     fail("'{}': not a readable JPEG file: {}", name, errors.message);
   }
   jpeg_create_decompress(&cinfo);
@@ -161,17 +157,16 @@ Tensor decode_jpeg(const uint8_t* data, size_t size, const std::string& name) {
   jpeg_read_header(&cinfo, TRUE);
   const uint64_t width = cinfo.image_width, height = cinfo.image_height;
   if (width * height > static_cast<uint64_t>(kMaxDecodedPixels)) {
-    refused = fmt::format("the JPEG image is {}x{}, more than the {} pixels vgen decodes", width, height,
-                          kMaxDecodedPixels);
-    std::longjmp(errors.jump, 1);
+    jpeg_destroy_decompress(&cinfo);
+    fail("'{}': the JPEG image is {}x{}, more than the {} pixels vgen decodes", name, width, height, kMaxDecodedPixels);
   }
   // PIL's modes by component count: 1 L, 3 RGB, 4 CMYK (inverted: Adobe's convention, which
   // PIL always assumes). libjpeg's defaults are PIL's: ISLOW IDCT, fancy upsampling.
   const bool is_cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
   if (!is_cmyk && cinfo.jpeg_color_space != JCS_GRAYSCALE && cinfo.jpeg_color_space != JCS_YCbCr &&
       cinfo.jpeg_color_space != JCS_RGB) {
-    refused = fmt::format("JPEG with {} components in an unknown colour space is not supported", cinfo.num_components);
-    std::longjmp(errors.jump, 1);
+    jpeg_destroy_decompress(&cinfo);
+    fail("'{}': JPEG with {} components in an unknown colour space is not supported", name, cinfo.num_components);
   }
   cinfo.out_color_space = is_cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&cinfo);

@@ -104,9 +104,9 @@ Coefficients precompute_coeffs(int in_size, int out_size, const Filter& filter) 
     }
     for (int x = 0; x < xmax; ++x) {
       const double normalized = ww != 0.0 ? w[x] / ww : w[x];
-      c.k[static_cast<size_t>(xx) * c.ksize + x] =
-          normalized < 0 ? static_cast<int32_t>(-0.5 + normalized * (1 << kPrecisionBits))
-                         : static_cast<int32_t>(0.5 + normalized * (1 << kPrecisionBits));
+      c.k[static_cast<size_t>(xx) * c.ksize + x] = normalized < 0
+                                                       ? static_cast<int32_t>(-0.5 + normalized * (1 << kPrecisionBits))
+                                                       : static_cast<int32_t>(0.5 + normalized * (1 << kPrecisionBits));
     }
     c.xmin[xx] = xmin;
     c.count[xx] = xmax;
@@ -194,17 +194,18 @@ Resampling resampling_from_pil(int64_t code, const std::string& what) {
     case 4: return Resampling::Box;
     case 5: return Resampling::Hamming;
     default:
-      fail("{}: resample {} is not a PIL filter vgen has (0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, "
-           "5 HAMMING)", what, code);
+      fail(
+          "{}: resample {} is not a PIL filter vgen has (0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, "
+          "5 HAMMING)",
+          what, code);
   }
 }
 
 Resampling resampling_from_name(const std::string& name, const std::string& what) {
-  for (Resampling r : {Resampling::Nearest, Resampling::Lanczos, Resampling::Bilinear, Resampling::Bicubic, Resampling::Box,
-                       Resampling::Hamming})
+  for (Resampling r : {Resampling::Nearest, Resampling::Lanczos, Resampling::Bilinear, Resampling::Bicubic,
+                       Resampling::Box, Resampling::Hamming})
     if (name == resampling_name(r)) return r;
-  fail("{}: resample \"{}\" is not supported (nearest, lanczos, bilinear, bicubic, box, hamming)", what,
-       name);
+  fail("{}: resample \"{}\" is not supported (nearest, lanczos, bilinear, bicubic, box, hamming)", what, name);
 }
 
 const char* resampling_name(Resampling filter) {
@@ -220,10 +221,10 @@ const char* resampling_name(Resampling filter) {
 }
 
 Tensor resize(const Tensor& image, int64_t width, int64_t height, Resampling filter) {
-  VGEN_CHECK(image.defined() && image.dtype() == DType::U8 && image.dim() == 3 &&
-                 (image.size(2) == 3 || image.size(2) == 1),
-             "resize: the image must be U8 [H, W, 3] (RGB) or [H, W, 1] (L), got {}",
-             image.defined() ? image.str() : "an undefined tensor");
+  VGEN_CHECK(
+      image.defined() && image.dtype() == DType::U8 && image.dim() == 3 && (image.size(2) == 3 || image.size(2) == 1),
+      "resize: the image must be U8 [H, W, 3] (RGB) or [H, W, 1] (L), got {}",
+      image.defined() ? image.str() : "an undefined tensor");
   VGEN_CHECK(image.size(0) > 0 && image.size(1) > 0, "resize: empty image {}", image.str());
   VGEN_CHECK(width > 0 && height > 0 && width <= (1 << 20) && height <= (1 << 20),
              "resize: the size must be positive (and at most 2^20), got {}x{}", width, height);
@@ -245,7 +246,7 @@ Tensor resize(const Tensor& image, int64_t width, int64_t height, Resampling fil
   const bool need_horizontal = xsize != in.width, need_vertical = ysize != in.height;
   // Pillow runs the vertical pass first when the height shrinks more than twice the width.
   const bool horizontal_first = !((in.height - ysize) > 0 && (in.height - ysize) > (in.width - xsize) * 2);
-  Plane out = in;
+  Plane out;
   if (horizontal_first) {
     if (need_horizontal) {
       // Only the rows the vertical pass reads go through the horizontal one.

@@ -65,8 +65,8 @@ TEST(ImageDecode, FormatFromContentNotName) {
 
 TEST(ImageDecode, BrokenInputsAreErrorsNamingTheFile) {
   using vgen::testing::expect_error;
-  for (const char* name : {"rgb_37x23.png", "rgb420_64x48.jpg", "progressive_64x48.jpg", "lossy_64x48.webp",
-                           "lossless_37x23.webp"}) {
+  for (const char* name :
+       {"rgb_37x23.png", "rgb420_64x48.jpg", "progressive_64x48.jpg", "lossy_64x48.webp", "lossless_37x23.webp"}) {
     const std::vector<uint8_t> bytes = media::read_file(image_path(name));
     // Cut short at several points: in the header, in the middle, just before the end of the data.
     for (size_t keep : {size_t{10}, size_t{40}, bytes.size() / 2, bytes.size() - 40}) {

@@ -30,8 +30,14 @@ TEST(VaeImageProcessor, PreprocessMatchesDiffusersExactly) {
 
 TEST(VaeImageProcessor, Errors) {
   const media::VaeImageProcessor processor;
-  vgen::testing::expect_error([&] { processor.preprocess(Tensor::zeros({8, 8, 3}, DType::F32), 8, 8); },
-                              "must be U8 [H, W, 3]");
-  vgen::testing::expect_error([&] { processor.preprocess(Tensor::zeros({8, 8, 3}, DType::U8), 7, 8); },
-                              "below one vae_scale_factor (8) step");
+  vgen::testing::expect_error(
+      [&] {
+        processor.preprocess(Tensor::zeros({8, 8, 3}, DType::F32), 8, 8);
+      },
+      "must be U8 [H, W, 3]");
+  vgen::testing::expect_error(
+      [&] {
+        processor.preprocess(Tensor::zeros({8, 8, 3}, DType::U8), 7, 8);
+      },
+      "below one vae_scale_factor (8) step");
 }

@@ -49,8 +49,8 @@ TEST(Resample, BitExactAgainstPillow) {
     if (key.rfind("source_", 0) == 0) continue;
     const ResizeCase c = parse_case(key);
     const Tensor expected = ref.get(key);
-    const Tensor out = media::resize(ref.get(c.source), c.width, c.height,
-                                     media::resampling_from_name(c.filter, "test"));
+    const Tensor out =
+        media::resize(ref.get(c.source), c.width, c.height, media::resampling_from_name(c.filter, "test"));
     ASSERT_EQ(out.shape(), expected.shape()) << key;
     EXPECT_EQ(differing_bytes(out, expected), 0) << key;
     ++cases;
@@ -80,8 +80,13 @@ TEST(Resample, FilterNamesAndCodes) {
                               "cfg.json: field 'resample': resample 7 is not a PIL filter");
   vgen::testing::expect_error([] { media::resampling_from_name("mks2013", "x"); }, "\"mks2013\" is not supported");
   vgen::testing::expect_error(
-      [] { media::resize(Tensor::zeros({4, 4, 3}, DType::F32), 2, 2, media::Resampling::Lanczos); }, "must be U8");
+      [] {
+        media::resize(Tensor::zeros({4, 4, 3}, DType::F32), 2, 2, media::Resampling::Lanczos);
+      },
+      "must be U8");
   vgen::testing::expect_error(
-      [] { media::resize(Tensor::zeros({4, 4, 3}, DType::U8), 0, 2, media::Resampling::Lanczos); },
+      [] {
+        media::resize(Tensor::zeros({4, 4, 3}, DType::U8), 0, 2, media::Resampling::Lanczos);
+      },
       "must be positive");
 }

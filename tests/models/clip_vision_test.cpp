@@ -99,8 +99,8 @@ TEST(CLIPVisionModel, LoadsVisionModelPrefixedCheckpoints) {
 
 TEST(CLIPVisionModel, ErrorsNameTheFieldOrTensorAtFault) {
   using vgen::testing::expect_error;
-  const fs::path act = edited_copy("image_ref/clip_vision_tiny_gelu", "act", "config.json",
-                                   [](Json& j) { j["hidden_act"] = "relu6"; });
+  const fs::path act =
+      edited_copy("image_ref/clip_vision_tiny_gelu", "act", "config.json", [](Json& j) { j["hidden_act"] = "relu6"; });
   expect_error([&] { CLIPVisionModel::from_pretrained(act.string()); }, "field 'hidden_act' is \"relu6\"");
   const fs::path layers = edited_copy("image_ref/clip_vision_tiny_gelu", "layers", "config.json",
                                       [](Json& j) { j["num_hidden_layers"] = 5; });
@@ -109,15 +109,14 @@ TEST(CLIPVisionModel, ErrorsNameTheFieldOrTensorAtFault) {
   const fs::path fewer = edited_copy("image_ref/clip_vision_tiny_gelu", "fewer", "config.json",
                                      [](Json& j) { j["num_hidden_layers"] = 3; });
   expect_error([&] { CLIPVisionModel::from_pretrained(fewer.string()); }, "'encoder.layers.3.");
-  const fs::path wide = edited_copy("image_ref/clip_vision_tiny_gelu", "wide", "config.json",
-                                    [](Json& j) { j["hidden_size"] = 48; });
+  const fs::path wide =
+      edited_copy("image_ref/clip_vision_tiny_gelu", "wide", "config.json", [](Json& j) { j["hidden_size"] = 48; });
   expect_error([&] { CLIPVisionModel::from_pretrained(wide.string()); }, "embeddings.class_embedding");
-  const fs::path type = edited_copy("image_ref/clip_vision_tiny_gelu", "type", "config.json",
-                                    [](Json& j) { j["model_type"] = "clip"; });
+  const fs::path type =
+      edited_copy("image_ref/clip_vision_tiny_gelu", "type", "config.json", [](Json& j) { j["model_type"] = "clip"; });
   expect_error([&] { CLIPVisionModel::from_pretrained(type.string()); }, "field 'model_type' is \"clip\"");
   const auto model = CLIPVisionModel::from_pretrained(model_dir("gelu"));
-  expect_error([&] { model->penultimate_hidden_states(Tensor::zeros({1, 3, 24, 24})); },
-               "must be [batch, 3, 32, 32]");
+  expect_error([&] { model->penultimate_hidden_states(Tensor::zeros({1, 3, 24, 24})); }, "must be [batch, 3, 32, 32]");
 }
 
 // The GPU in float32 against the CPU, and bf16 close to float32 (skipped without a GPU).
@@ -173,7 +172,8 @@ TEST(CLIPImageProcessor, WanConfigMatchesTransformersExactly) {
   int64_t mismatches = 0;
   for (int64_t ch = 0; ch < 3; ++ch)
     for (int64_t i = 0; i < 224 * 224; ++i) {
-      const float rescaled = static_cast<float>(static_cast<double>(crop.data<uint8_t>()[i * 3 + ch]) * c.rescale_factor);
+      const float rescaled =
+          static_cast<float>(static_cast<double>(crop.data<uint8_t>()[i * 3 + ch]) * c.rescale_factor);
       const float expected = (rescaled - static_cast<float>(c.image_mean[ch])) / static_cast<float>(c.image_std[ch]);
       mismatches += values[ch * 224 * 224 + i] != expected;
     }
@@ -200,22 +200,33 @@ TEST(CLIPImageProcessor, ConfigIsReadStrictly) {
   using vgen::testing::expect_error;
   const std::string tiny = "image_ref/clip_processor_tiny";
   const auto load = [](const fs::path& dir) { CLIPImageProcessor::from_pretrained(dir.string()); };
-  expect_error([&] { load(edited_copy(tiny, "unknown", "preprocessor_config.json", [](Json& j) { j["do_pad"] = true; })); },
-               "do_pad");
-  expect_error([&] { load(edited_copy(tiny, "nearest", "preprocessor_config.json", [](Json& j) { j["resample"] = 6; })); },
-               "field 'resample': resample 6 is not a PIL filter");
-  expect_error([&] {
-    load(edited_copy(tiny, "mean", "preprocessor_config.json", [](Json& j) { j["image_mean"] = {0.5, 0.5}; }));
-  }, "field 'image_mean' must have 3 values");
-  expect_error([&] {
-    load(edited_copy(tiny, "type", "preprocessor_config.json", [](Json& j) { j["image_processor_type"] = "SiglipImageProcessor"; }));
-  }, "field 'image_processor_type' is \"SiglipImageProcessor\"");
-  expect_error([&] {
-    load(edited_copy(tiny, "size", "preprocessor_config.json",
-                     [](Json& j) { j["size"] = {{"shortest_edge", 32}, {"longest_edge", 64}}; }));
-  }, "longest_edge");
-  expect_error([&] { load(edited_copy(tiny, "flag", "preprocessor_config.json", [](Json& j) { j["do_resize"] = "yes"; })); },
-               "do_resize");
+  expect_error(
+      [&] { load(edited_copy(tiny, "unknown", "preprocessor_config.json", [](Json& j) { j["do_pad"] = true; })); },
+      "do_pad");
+  expect_error(
+      [&] { load(edited_copy(tiny, "nearest", "preprocessor_config.json", [](Json& j) { j["resample"] = 6; })); },
+      "field 'resample': resample 6 is not a PIL filter");
+  expect_error(
+      [&] {
+        load(edited_copy(tiny, "mean", "preprocessor_config.json", [](Json& j) { j["image_mean"] = {0.5, 0.5}; }));
+      },
+      "field 'image_mean' must have 3 values");
+  expect_error(
+      [&] {
+        load(edited_copy(tiny, "type", "preprocessor_config.json",
+                         [](Json& j) { j["image_processor_type"] = "SiglipImageProcessor"; }));
+      },
+      "field 'image_processor_type' is \"SiglipImageProcessor\"");
+  expect_error(
+      [&] {
+        load(edited_copy(tiny, "size", "preprocessor_config.json", [](Json& j) {
+          j["size"] = {{"shortest_edge", 32}, {"longest_edge", 64}};
+        }));
+      },
+      "longest_edge");
+  expect_error(
+      [&] { load(edited_copy(tiny, "flag", "preprocessor_config.json", [](Json& j) { j["do_resize"] = "yes"; })); },
+      "do_resize");
   // Old-style integer size and crop_size are what get_size_dict makes of them.
   const fs::path old = edited_copy(tiny, "old", "preprocessor_config.json", [](Json& j) {
     j["size"] = 32;

@@ -10,8 +10,8 @@
 namespace vgen {
 namespace {
 
-std::array<double, 3> three_numbers(const ConfigReader& r, const std::string& key, const std::array<double, 3>& fallback,
-                                    bool nonzero) {
+std::array<double, 3> three_numbers(const ConfigReader& r, const std::string& key,
+                                    const std::array<double, 3>& fallback, bool nonzero) {
   const std::vector<double> values = r.number_list(key, {fallback.begin(), fallback.end()});
   if (values.size() != 3) r.fail_value(key, fmt::format("must have 3 values (R, G, B), got {}", values.size()));
   for (double v : values)
@@ -29,7 +29,8 @@ CLIPImageProcessorConfig CLIPImageProcessorConfig::from_json(const Json& j, cons
     r.fail_value("image_processor_type", fmt::format("is \"{}\"; vgen reads CLIPImageProcessor configs", type));
   const std::string legacy_type = r.string("feature_extractor_type", "CLIPFeatureExtractor");
   if (legacy_type != "CLIPFeatureExtractor")
-    r.fail_value("feature_extractor_type", fmt::format("is \"{}\"; vgen reads CLIPImageProcessor configs", legacy_type));
+    r.fail_value("feature_extractor_type",
+                 fmt::format("is \"{}\"; vgen reads CLIPImageProcessor configs", legacy_type));
   r.string("processor_class", "");  // the processor bundling it (CLIPProcessor): no effect here
 
   c.do_resize = r.boolean("do_resize", c.do_resize);
@@ -86,8 +87,8 @@ Tensor CLIPImageProcessor::preprocess(const Tensor& image) const {
       // shortest_edge, the long one int(shortest_edge * long / short) (a Python float division).
       const int64_t h = rgb.size(0), w = rgb.size(1);
       const int64_t short_side = std::min(h, w), long_side = std::max(h, w);
-      const auto new_long = static_cast<int64_t>(static_cast<double>(c.shortest_edge * long_side) /
-                                                 static_cast<double>(short_side));
+      const auto new_long =
+          static_cast<int64_t>(static_cast<double>(c.shortest_edge * long_side) / static_cast<double>(short_side));
       if (w <= h) {
         height = new_long;
         width = c.shortest_edge;

@@ -31,15 +31,16 @@ CLIPVisionConfig CLIPVisionConfig::from_json(const Json& j, const std::string& p
   const std::string model_type = r.string("model_type", "clip_vision_model");
   if (model_type != "clip_vision_model")
     r.fail_value("model_type", fmt::format("is \"{}\", expected \"clip_vision_model\" (the image_encoder of a "
-                                           "diffusers pipeline is a CLIPVisionModel)", model_type));
+                                           "diffusers pipeline is a CLIPVisionModel)",
+                                           model_type));
   CLIPVisionConfig c;
   c.hidden_size = r.integer("hidden_size", c.hidden_size, 1);
   c.intermediate_size = r.integer("intermediate_size", c.intermediate_size, 1);
   c.num_hidden_layers = r.integer("num_hidden_layers", c.num_hidden_layers, 1);
   c.num_attention_heads = r.integer("num_attention_heads", c.num_attention_heads, 1);
   if (c.hidden_size % c.num_attention_heads != 0)
-    r.fail_value("num_attention_heads", fmt::format("({}) must divide hidden_size ({})", c.num_attention_heads,
-                                                    c.hidden_size));
+    r.fail_value("num_attention_heads",
+                 fmt::format("({}) must divide hidden_size ({})", c.num_attention_heads, c.hidden_size));
   c.num_channels = r.integer("num_channels", c.num_channels, 1);
   c.image_size = r.integer("image_size", c.image_size, 1);
   c.patch_size = r.integer("patch_size", c.patch_size, 1);
@@ -113,9 +114,9 @@ Tensor CLIPVisionModel::embeddings(const Tensor& pixel_values) const {
              "{}: pixel_values {} must be [batch, {}, {}, {}] (transformers refuses other sizes without "
              "interpolate_pos_encoding, which vgen does not implement)",
              kClassName, pixel_values.str(), c.num_channels, c.image_size, c.image_size);
-  VGEN_CHECK(pixel_values.dtype() == DType::F32 || pixel_values.dtype() == DType::BF16 ||
-                 pixel_values.dtype() == DType::F16,
-             "{}: pixel_values {} must be a float tensor", kClassName, pixel_values.str());
+  VGEN_CHECK(
+      pixel_values.dtype() == DType::F32 || pixel_values.dtype() == DType::BF16 || pixel_values.dtype() == DType::F16,
+      "{}: pixel_values {} must be a float tensor", kClassName, pixel_values.str());
   const int64_t B = pixel_values.size(0), C = c.num_channels, p = c.patch_size, G = c.image_size / p;
   // The Conv2d with kernel = stride = patch_size is a linear map of each patch: gather the
   // patches as rows of (channel, dy, dx) in token order (row, column), the weight's layout.

@@ -65,7 +65,7 @@ class CLIPVisionModel {
     nn::LayerNorm layer_norm1;
     nn::Attention self_attn;  // q_proj, k_proj, v_proj, out_proj, with biases
     nn::LayerNorm layer_norm2;
-    nn::Linear fc1, fc2;      // mlp.fc1, mlp.fc2
+    nn::Linear fc1, fc2;  // mlp.fc1, mlp.fc2
   };
 
   CLIPVisionModel(CLIPVisionConfig config, DType dtype, Device device);
