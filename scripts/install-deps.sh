@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
   nlohmann-json3-dev libyaml-cpp-dev libfmt-dev libspdlog-dev libcli11-dev
-  libsentencepiece-dev libopenblas-dev libpng-dev
+  libsentencepiece-dev libopenblas-dev libpng-dev libjpeg62-turbo-dev libwebp-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
   libgtest-dev libsqlite3-dev libcpp-httplib-dev
 )

@@ -1,4 +1,5 @@
-// Still images: PNG (libpng), JPEG and WebP (libavcodec's mjpeg and libwebp encoders).
+// Still images: PNG (libpng), JPEG and WebP (libavcodec's mjpeg and libwebp encoders), and
+// decoding of the three (libpng, libjpeg-turbo, libwebp) to the pixels PIL gives.
 #pragma once
 
 #include <cstdint>
@@ -31,5 +32,23 @@ std::vector<uint8_t> encode_image(const Tensor& image, ImageFormat format, int q
 // Format from the extension; written to a temporary file beside `path`, then renamed.
 // metadata goes into PNGs only (JPEG and WebP are written without it).
 void write_image(const std::string& path, const Tensor& image, int quality = 90, const Metadata& metadata = {});
+
+// Larger images are refused before their pixels are allocated (16384 x 16384).
+inline constexpr int64_t kMaxDecodedPixels = int64_t{1} << 28;
+
+// The pixels of a PNG, JPEG or WebP file (recognised by its first bytes, whatever `name`
+// says) as PIL's Image.open(f).convert("RGB") gives them -> U8 [H, W, 3]:
+//   PNG: palette and gray expanded, alpha dropped (not composited), 16-bit RGB/RGBA/LA
+//        samples cut to their high byte and 16-bit gray clipped to 255 (PIL's I;16 -> RGB), no
+//        gamma applied.
+//   JPEG: libjpeg-turbo, ISLOW IDCT, fancy upsampling (PIL's defaults); grayscale replicated;
+//        CMYK/YCCK read as PIL does (inverted, Adobe convention, then its cmyk2rgb); EXIF
+//        orientation is not applied (PIL's open/convert do not either).
+//   WebP: libwebp's default decode (fancy upsampling), alpha dropped; animations are refused.
+// A file that does not decode, is cut short, is of another format or holds more than
+// kMaxDecodedPixels pixels is an Error naming `name`.
+Tensor decode_image(const uint8_t* data, size_t size, const std::string& name);
+// decode_image of the file at `path`.
+Tensor read_image(const std::string& path);
 
 }  // namespace vgen::media
