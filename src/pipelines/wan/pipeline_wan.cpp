@@ -304,10 +304,8 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
     if (!c.last_image_input)
       fail("last_image: this model ({}) takes no last frame; it does {}", class_name_, c.task_list());
     if (!params.image.defined()) fail("last_image needs an image (the first frame) too");
+    // Another size than the first frame's is fine: both are resized to height x width.
     check_image(params.last_image, "last_image");
-    if (params.last_image.size(0) != params.image.size(0) || params.last_image.size(1) != params.image.size(1))
-      fail("last_image is {}x{} but image is {}x{}: give the first and last frames in one size",
-           params.last_image.size(1), params.last_image.size(0), params.image.size(1), params.image.size(0));
     r.last_image = params.last_image;
   } else if (c.last_image_required && params.image.defined()) {
     fail("last_image: this first-last-frame model ({}) needs the last frame too", class_name_);
