@@ -294,7 +294,7 @@ int main(int argc, char** argv) {
   gen->add_option("--num-frames", g.params.num_frames, "Frames, on the model's frame grid (default: the model's; see vgen info)");
   gen->add_option("--steps,--num-inference-steps", g.params.num_inference_steps, "Denoising steps (default: the model's)");
   gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default: the model's; <= 1 disables CFG)");
-  gen->add_option("--guidance-scale-2", g.params.guidance_scale_2, "Guidance scale of the low-noise expert of a two-expert model (Wan2.2 A14B; default: --guidance-scale if given, else the model's)");
+  gen->add_option("--guidance-scale-2", g.params.guidance_scale_2, "Guidance scale of the low-noise expert of a two-expert model (default: --guidance-scale if given, else the model's)");
   gen->add_option("--image", g.image_file, "First frame for image-to-video (PNG, JPEG or WebP); resized to --height x --width, which default to the model's area at the image's aspect ratio")
       ->check(CLI::ExistingFile);
   gen->add_option("--last-image", g.last_image_file, "Last frame for first-last-frame-to-video (same size as --image)")
@@ -312,7 +312,7 @@ int main(int argc, char** argv) {
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default fp32)");
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
-  gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (Wan2.2 A14B): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
+  gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
   gen->add_option("-o,--output", g.output, "Output: .mp4 (H.264); .png/.jpg/.webp for a 1-frame image; a folder (DIR/) or a %04d.png pattern for lossless PNG frames");
   gen->add_option("--crf", g.crf, "MP4 quality: libx264 constant rate factor, 0 (best) to 51 (default 18, visually lossless)")
@@ -338,7 +338,7 @@ int main(int argc, char** argv) {
   srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
   srv->add_option("--device", serve.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   srv->add_option("--dtype", serve.dtype, "Compute dtype: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
-  srv->add_flag("--offload-idle-expert", serve.offload_idle_expert, "Two-expert models (Wan2.2 A14B): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both)");
+  srv->add_flag("--offload-idle-expert", serve.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both)");
   srv->add_flag("--offload-text-encoder", serve.offload_text_encoder, "Free the text encoder after each generation's prompts are encoded (reloaded for the next one: less memory, slower requests)");
 
   cli::BenchArgs b;

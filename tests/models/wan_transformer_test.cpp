@@ -215,14 +215,21 @@ TEST(WanTransformer, MissingOrExtraTensorIsNamed) {
 }
 
 TEST(WanTransformer, UnsupportedConfigValuesAreNamed) {
+  // Image-to-video needs both the image embedder's width and the cross-attention's image projections.
   const std::string i2v = make_variant("i2v", [](Json& c) { c["image_dim"] = 1280; });
   std::string msg = load_error(i2v);
-  EXPECT_TRUE(contains(msg, i2v + "/config.json") && contains(msg, "'image_dim'") &&
-              contains(msg, "image-to-video transformers (CLIP image context) are not supported yet"))
+  EXPECT_TRUE(contains(msg, i2v + "/config.json") && contains(msg, "'added_kv_proj_dim'") &&
+              contains(msg, "must be set together"))
       << msg;
-
   msg = load_error(make_variant("added_kv", [](Json& c) { c["added_kv_proj_dim"] = 48; }));
-  EXPECT_TRUE(contains(msg, "'added_kv_proj_dim'") && contains(msg, "image-to-video")) << msg;
+  EXPECT_TRUE(contains(msg, "'image_dim'") && contains(msg, "must be set together")) << msg;
+  msg = load_error(make_variant("added_kv_width", [](Json& c) {
+    c["image_dim"] = 32;
+    c["added_kv_proj_dim"] = 40;
+  }));
+  EXPECT_TRUE(contains(msg, "'added_kv_proj_dim'") && contains(msg, "must equal num_attention_heads")) << msg;
+  msg = load_error(make_variant("pos_embed", [](Json& c) { c["pos_embed_seq_len"] = 514; }));
+  EXPECT_TRUE(contains(msg, "'pos_embed_seq_len'") && contains(msg, "needs an image_dim")) << msg;
 
   msg = load_error(make_variant("qk_norm", [](Json& c) { c["qk_norm"] = "layer_norm"; }));
   EXPECT_TRUE(contains(msg, "/config.json: field 'qk_norm' is \"layer_norm\"")) << msg;

@@ -15,21 +15,20 @@
 #include "pipelines/registry.h"
 #include "pipelines/wan/pipeline_wan.h"
 #include "support/parity.h"
+#include "support/wan_fixture_runs.h"
 
 using namespace vgen;
 using vgen::testing::fixture;
 using vgen::testing::max_abs_diff;
 using vgen::testing::reference;
 using vgen::testing::rel_l2;
+using vgen::testing::run_prefix;
+using vgen::testing::wan_fixture_spec;
+using vgen::testing::wan_run_params;
 
 namespace fs = std::filesystem;
 
 namespace {
-
-const std::vector<std::string> kCheckpoints = {"wan21_i2v_tiny", "wan21_flf2v_tiny", "wan22_t2v_tiny",
-                                               "wan22_i2v_tiny", "wan22_ti2v_tiny"};
-
-Json spec_of(const std::string& name) { return read_json_file(fixture(name + "_ref/pipeline.json")); }
 
 WanPipeline& wan(DiffusionPipeline& p) { return dynamic_cast<WanPipeline&>(p); }
 
@@ -39,26 +38,6 @@ double fraction_off(const Tensor& a, const Tensor& b, int levels) {
   size_t off = 0;
   for (size_t i = 0; i < x.size(); ++i) off += std::fabs(x[i] - y[i]) > levels;
   return static_cast<double>(off) / static_cast<double>(x.size());
-}
-
-// The GenerationParams of one run of pipeline.json; `ref` holds its latents.
-GenerationParams params_of(const std::string& name, const Json& run, const Json& spec, const WeightStore& ref) {
-  GenerationParams p;
-  p.prompt = run["prompt"].get<std::string>();
-  p.negative_prompt = run["negative_prompt"].get<std::string>();
-  p.height = run["height"].get<int64_t>();
-  p.width = run["width"].get<int64_t>();
-  p.num_frames = run["num_frames"].get<int64_t>();
-  p.num_inference_steps = run["num_inference_steps"].get<int>();
-  p.guidance_scale = run["guidance_scale"].get<double>();
-  if (run.contains("guidance_scale_2") && !run["guidance_scale_2"].is_null())
-    p.guidance_scale_2 = run["guidance_scale_2"].get<double>();
-  p.max_sequence_length = spec["max_sequence_length"].get<int>();
-  p.latents = ref.get(run["latents"].get<std::string>());
-  if (run.contains("image")) p.image = media::read_image(fixture(name + "_ref/" + run["image"].get<std::string>()));
-  if (run.contains("last_image"))
-    p.last_image = media::read_image(fixture(name + "_ref/" + run["last_image"].get<std::string>()));
-  return p;
 }
 
 class WanI2VParity : public ::testing::TestWithParam<std::string> {};
@@ -95,14 +74,14 @@ TEST_P(WanI2VParity, TransformerForward) {
 TEST_P(WanI2VParity, ImageCondition) {
   const std::string name = GetParam();
   if (!fs::exists(fixture(name + "_ref/condition.safetensors"))) GTEST_SKIP() << "text-to-video only";
-  const Json spec = spec_of(name);
+  const Json spec = wan_fixture_spec(name);
   const WeightStore ref = reference(name + "_ref/condition.safetensors");
   const WeightStore latents = reference(name + "_ref/pipeline.safetensors");
   auto pipe = load_pipeline(fixture(name), PipelineOptions{});
   // The run with an image (TI2V's is "i2v_").
   for (const auto& [key, run] : spec["runs"].items()) {
     if (!run.contains("image")) continue;
-    const ResolvedParams r = pipe->resolve(params_of(name, run, spec, latents));
+    const ResolvedParams r = pipe->resolve(wan_run_params(name, run, spec, latents));
     const Tensor pre = wan(*pipe).preprocess_image(r.image, r.height, r.width);
     EXPECT_EQ(max_abs_diff(pre, ref.get("image_preprocessed")), 0.0) << "video_processor.preprocess";
     const Tensor condition = wan(*pipe).prepare_condition(r);
@@ -129,15 +108,15 @@ TEST_P(WanI2VParity, ImageCondition) {
 // Every run of pipeline.json end to end: the experts used per step, the denoised latents, the frames.
 TEST_P(WanI2VParity, MatchesDiffusersEndToEnd) {
   const std::string name = GetParam();
-  const Json spec = spec_of(name);
+  const Json spec = wan_fixture_spec(name);
   const WeightStore ref = reference(name + "_ref/pipeline.safetensors");
   auto pipe = load_pipeline(fixture(name), PipelineOptions{});
   for (const auto& [key, run] : spec["runs"].items()) {
-    const std::string prefix = key == "(no prefix)" ? "" : key;
+    const std::string prefix = run_prefix(key);
     SCOPED_TRACE(name + " run '" + prefix + "'");
     std::vector<int> experts;
     const GenerationOutput out =
-        pipe->generate(pipe->resolve(params_of(name, run, spec, ref)), [&](const StepProgress& p) {
+        pipe->generate(pipe->resolve(wan_run_params(name, run, spec, ref)), [&](const StepProgress& p) {
           experts.push_back(p.expert);
           return true;
         });
@@ -161,7 +140,7 @@ TEST_P(WanI2VParity, MatchesDiffusersEndToEnd) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, WanI2VParity, ::testing::ValuesIn(kCheckpoints));
+INSTANTIATE_TEST_SUITE_P(Fixtures, WanI2VParity, ::testing::ValuesIn(vgen::testing::kWanI2VFixtures));
 
 TEST(WanI2V, CapabilitiesSayWhatEachCheckpointTakes) {
   struct Want {
