@@ -445,3 +445,46 @@ TEST(Cli, BatchesPromptsAndVideosPerPrompt) {
   EXPECT_NE(none.code, 0);
   EXPECT_NE(last_line(none.out).find("no prompt: give --prompt"), std::string::npos) << none.out;
 }
+
+// Image-to-video from the command line: the first frame from a file, PNG frames out (a build
+// without FFmpeg's libraries writes those too); an image to a text-only model and a file that
+// does not decode are refused naming what is wrong (the latter before the model loads).
+TEST(Cli, GeneratesFromAnImage) {
+  const std::string out = ::testing::TempDir() + "/cli_i2v_frames/";
+  fs::remove_all(out);
+  const std::string image = fixture("wan21_i2v_tiny_ref/image_a.png");
+  const Result r = run("generate --model " + fixture("wan21_i2v_tiny") + kQuick + "--image " + image +
+                       " --height 32 --width 48 --num-frames 5 -o " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(out + "0000.png") && fs::exists(out + "0004.png")) << r.out;
+  const Result info = run("info " + out + "0000.png");
+  EXPECT_NE(info.out.find("given (37x29)"), std::string::npos) << info.out;  // the image is in the metadata
+
+  const Result t2v = run("generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--image " + image +
+                         " --height 32 --width 48 --num-frames 5 -o " + out);
+  EXPECT_NE(t2v.code, 0);
+  EXPECT_NE(last_line(t2v.out).find("image: this model (WanPipeline) takes no image"), std::string::npos) << t2v.out;
+
+  const std::string bad = ::testing::TempDir() + "/cli_not_an_image.png";
+  std::ofstream(bad) << "not an image";
+  const Result garbage = run("generate --model " + fixture("wan21_i2v_tiny") + kQuick + "--image " + bad + " -o " + out);
+  EXPECT_NE(garbage.code, 0);
+  EXPECT_NE(last_line(garbage.out).find(bad), std::string::npos) << garbage.out;
+  EXPECT_EQ(garbage.out.find("loading"), std::string::npos) << "refused before loading:\n" << garbage.out;
+
+  const Result missing = run("generate --model " + fixture("wan21_i2v_tiny") + kQuick + "--height 32 --width 48 -o " + out);
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(last_line(missing.out).find("generates from an image: give the first frame"), std::string::npos)
+      << missing.out;
+}
+
+TEST(Cli, InfoSaysWhichInputsAModelTakes) {
+  const Result i2v = run("info " + fixture("wan21_flf2v_tiny"));
+  ASSERT_EQ(i2v.code, 0) << i2v.out;
+  EXPECT_NE(i2v.out.find("image-to-video, first-last-frame-to-video"), std::string::npos) << i2v.out;
+  EXPECT_NE(i2v.out.find("image required, last image required"), std::string::npos) << i2v.out;
+  const Result a14b = run("info " + fixture("wan22_t2v_tiny"));
+  ASSERT_EQ(a14b.code, 0) << a14b.out;
+  EXPECT_NE(a14b.out.find("guidance 4.0 / 3.0 (high / low noise)"), std::string::npos) << a14b.out;
+  EXPECT_NE(a14b.out.find("two experts yes"), std::string::npos) << a14b.out;
+}

@@ -150,7 +150,7 @@ TEST(WanI2V, CapabilitiesSayWhatEachCheckpointTakes) {
     double fps;
   };
   for (const Want& w : {Want{"wan21_t2v_tiny", "text-to-video", false, false, false, false, 16},
-                        Want{"wan21_i2v_tiny", "image-to-video, first-last-frame-to-video", true, true, true, false, 16},
+                        Want{"wan21_i2v_tiny", "image-to-video", true, true, false, false, 16},
                         Want{"wan21_flf2v_tiny", "image-to-video, first-last-frame-to-video", true, true, true, false, 16},
                         Want{"wan22_t2v_tiny", "text-to-video", false, false, false, true, 16},
                         Want{"wan22_i2v_tiny", "image-to-video, first-last-frame-to-video", true, true, true, true, 16},
@@ -199,11 +199,9 @@ TEST(WanI2V, RefusesBadImageRequestsNamingTheField) {
   EXPECT_NE(resolve_error(*i2v, q).find("image: this model"), std::string::npos) << "an I2V model needs an image";
   q.image = solid_image(29, 37);
   EXPECT_EQ(resolve_error(*i2v, q), "");
-  // As in diffusers, a last frame of another size is resized to height x width like the first.
-  q.last_image = solid_image(30, 52);
-  EXPECT_EQ(resolve_error(*i2v, q), "");
-  q.last_image = Tensor::full({29, 37, 4}, 1.0f, DType::U8);
-  EXPECT_NE(resolve_error(*i2v, q).find("last_image must be a decoded RGB image"), std::string::npos);
+  // diffusers' Wan2.1 I2V cannot take a last frame (the FLF2V checkpoints can).
+  q.last_image = solid_image(29, 37);
+  EXPECT_NE(resolve_error(*i2v, q).find("last_image: this model"), std::string::npos) << resolve_error(*i2v, q);
   q.last_image = Tensor();
   q.guidance_scale_2 = 3.0;
   EXPECT_NE(resolve_error(*i2v, q).find("guidance_scale_2 applies to two-expert models"), std::string::npos);
@@ -211,6 +209,11 @@ TEST(WanI2V, RefusesBadImageRequestsNamingTheField) {
   auto flf2v = load_pipeline(fixture("wan21_flf2v_tiny"), PipelineOptions{});
   q.guidance_scale_2.reset();
   EXPECT_NE(resolve_error(*flf2v, q).find("needs the last frame too"), std::string::npos);
+  // As in diffusers, a last frame of another size is resized to height x width like the first.
+  q.last_image = solid_image(30, 52);
+  EXPECT_EQ(resolve_error(*flf2v, q), "");
+  q.last_image = Tensor::full({29, 37, 4}, 1.0f, DType::U8);
+  EXPECT_NE(resolve_error(*flf2v, q).find("last_image must be a decoded RGB image"), std::string::npos);
 
   auto ti2v = load_pipeline(fixture("wan22_ti2v_tiny"), PipelineOptions{});
   GenerationParams r;

@@ -16,3 +16,10 @@ foreach(script openai_sdk http_errors restart load hardening)
   set_tests_properties(serving_${script} PROPERTIES
     SKIP_RETURN_CODE 77 TIMEOUT 600 RESOURCE_LOCK vgen_serving LABELS serving)
 endforeach()
+
+# Image-to-video on the tiny Wan2.1 I2V fixture (an image is required there).
+add_test(NAME serving_i2v
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/serving/test_i2v.py
+                 $<TARGET_FILE:vgen> ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/wan21_i2v_tiny)
+set_tests_properties(serving_i2v PROPERTIES
+  SKIP_RETURN_CODE 77 TIMEOUT 600 RESOURCE_LOCK vgen_serving LABELS serving)

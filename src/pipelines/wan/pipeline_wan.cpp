@@ -72,8 +72,10 @@ PipelineCapabilities wan_capabilities(const WanVariant& v, const WanTransformer3
   if (v.image_to_video_class) {
     c.tasks = {"image-to-video"};
     c.image_input = c.image_required = true;
-    // diffusers' last_image: the concatenated condition's last frame (FLF2V needs it).
-    c.last_image_input = v.concat_condition;
+    // diffusers' last_image: the concatenated condition's last frame. With CLIP tokens only a
+    // first-last-frame transformer (pos_embed over both images' tokens) takes it: diffusers'
+    // Wan2.1 I2V fails on the second image's tokens.
+    c.last_image_input = v.concat_condition && (!v.clip || v.first_last_frame);
     c.last_image_required = v.first_last_frame;
     if (c.last_image_input) c.tasks.push_back("first-last-frame-to-video");
   } else {
