@@ -195,10 +195,13 @@ int run_generate(GenerateArgs& a) {
     const std::string of = total == 1        ? ""
                            : k1 - k0 == 1    ? fmt::format(" (video {}/{})", k0 + 1, total)
                                              : fmt::format(" (videos {}-{}/{})", k0 + 1, k1, total);
-    progress.begin((k1 - k0 == 1 ? "encoding the prompt" : "encoding the prompts") + of);
+    progress.begin(std::string(k1 - k0 == 1 ? "encoding the prompt" : "encoding the prompts") +
+                   (requests[static_cast<size_t>(k0)].image.defined() ? " and the image" : "") + of);
     // The pipeline reports denoising steps only: the first step ends the encoding phase, the
     // last one starts the decoding phase.
     auto encode_start = std::chrono::steady_clock::now();
+    const bool two_experts = gen.pipeline().capabilities().two_experts;
+    int expert = 0;
     std::vector<GenerationOutput> outs = gen.generate_batch(group, batch_size, [&](const StepProgress& p) {
       if (p.step == 1) {
         const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - encode_start).count();
@@ -207,6 +210,10 @@ int run_generate(GenerateArgs& a) {
         progress.start_steps(p.total);
       }
       progress.step(p.step, p.step_seconds);
+      // Two experts: say where the low-noise one took over.
+      if (two_experts && !a.quiet && p.expert != expert)
+        progress.note(fmt::format("step {}: the low-noise expert (transformer_2) took over", p.step));
+      expert = p.expert;
       if (p.step == p.total) progress.begin("decoding (VAE)" + of);
       return true;
     });
