@@ -221,17 +221,23 @@ def check_accuracy(what, extra, strict):
         raise SystemExit(f"FAILED: vgen's bf16 {what} is less accurate than diffusers' bf16 run")
 
 
-def part_vae(args):
+def random_wan21_vae(args, name, dtype):
+    """A random-weight Wan2.1 VAE (real widths unless --tiny) in `dtype`, saved in work/name."""
     from diffusers import AutoencoderKLWan
-    h, w, f = (64, 96, 9) if args.tiny else (480, 832, 81)
-    dev = args.device
-    d = os.path.join(args.work, "vae")
+    d = os.path.join(args.work, name)
     torch.manual_seed(0)
     kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if args.tiny else {}
-    with torch.device(dev):
+    with torch.device(args.device):
         vae = AutoencoderKLWan(**kw)
-    vae = vae.to(torch.bfloat16).eval()
+    vae = vae.to(dtype).eval()
     vae.save_pretrained(d)
+    return vae, d
+
+
+def part_vae(args):
+    h, w, f = (64, 96, 9) if args.tiny else (480, 832, 81)
+    dev = args.device
+    vae, d = random_wan21_vae(args, "vae", torch.bfloat16)
     lt = (f - 1) // 4 + 1
     z = torch.randn(1, 16, lt, h // 8, w // 8, device=dev, dtype=torch.bfloat16)
     free_gpu()
@@ -301,16 +307,9 @@ def part_vae22(args):
 def part_vae_encode(args):
     """Wan2.1 VAE encode of one 720p frame (what image-to-video encodes for TI2V; Wan2.1 I2V
     encodes the image followed by num_frames - 1 zero frames), float32 as the Wan examples run it."""
-    from diffusers import AutoencoderKLWan
     h, w = (64, 96) if args.tiny else (720, 1280)
     dev = args.device
-    d = os.path.join(args.work, "vae21")
-    torch.manual_seed(0)
-    kw = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if args.tiny else {}
-    with torch.device(dev):
-        vae = AutoencoderKLWan(**kw)
-    vae = vae.to(torch.float32).eval()
-    vae.save_pretrained(d)
+    vae, d = random_wan21_vae(args, "vae21", torch.float32)
     x = torch.rand(1, 3, 1, h, w, device=dev) * 2 - 1
     free_gpu()
     with torch.no_grad():

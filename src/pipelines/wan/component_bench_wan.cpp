@@ -111,12 +111,9 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
                           : random_on({1, c.z_dim, size.latent_frames(), size.latent_height(), size.latent_width()},
                                       dtype, device, 6);
   if (!o.inputs.empty()) input = WeightStore::open_files({o.inputs}).get(name).to(dtype).to(device);
-  if (!o.save_output.empty()) save_raw_f32(o.encode ? vae->encode(input) : vae->decode(input), o.save_output);
-  if (o.encode) {
-    b.run = [vae, input] { (void)vae->encode(input); };
-  } else {
-    b.run = [vae, input] { (void)vae->decode(input); };
-  }
+  const auto run = [vae, input, encode = o.encode] { return encode ? vae->encode(input) : vae->decode(input); };
+  if (!o.save_output.empty()) save_raw_f32(run(), o.save_output);
+  b.run = [run] { (void)run(); };
   b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"encode", o.encode}};
   b.after = [] { return nlohmann::json::object(); };
   b.context = std::move(context);

@@ -386,36 +386,37 @@ Tensor WanPipeline::encode_prompt(const std::vector<std::string>& prompts, int m
   return zero_padded_positions(hidden, tokens.lengths).to(options_.dtype);
 }
 
-Tensor WanPipeline::decode_latents(const Tensor& latents) const {
-  ContextScope scope(*context_);
+std::pair<Tensor, Tensor> WanPipeline::latents_mean_and_inv_std(Device device) const {
   const auto& cfg = vae_->config();
   const int64_t z = cfg.z_dim;
+  // diffusers' latents_std is 1 / std in float32 (it divides by it to decode, multiplies to encode).
   std::vector<float> inv_std(z), mean(cfg.latents_mean.begin(), cfg.latents_mean.end());
-  // diffusers divides by 1/std (both float32) rather than multiplying by std: keep its rounding.
   for (int64_t c = 0; c < z; ++c) inv_std[c] = 1.0f / static_cast<float>(cfg.latents_std[c]);
-  const Device device = latents.device();
-  const Tensor inv = Tensor::from_vector(inv_std, {1, z, 1, 1, 1}).to(device);
-  const Tensor m = Tensor::from_vector(mean, {1, z, 1, 1, 1}).to(device);
-  const Tensor x = ops::add(ops::div(latents.to(DType::F32), inv), m);
+  return {Tensor::from_vector(mean, {1, z, 1, 1, 1}).to(device), Tensor::from_vector(inv_std, {1, z, 1, 1, 1}).to(device)};
+}
+
+Tensor WanPipeline::decode_latents(const Tensor& latents) const {
+  ContextScope scope(*context_);
+  const auto [mean, inv_std] = latents_mean_and_inv_std(latents.device());
+  // diffusers divides by 1/std rather than multiplying by std: keep its rounding.
+  const Tensor x = ops::add(ops::div(latents.to(DType::F32), inv_std), mean);
   return vae_->decode(x.to(vae_->dtype()));
 }
 
-void WanPipeline::make_resident(int expert) {
+WanTransformer3DModel& WanPipeline::make_room_for(int expert) {
   if (prefetch_.valid()) prefetch_.get();  // rethrows a failed upload
-  WanTransformer3DModel& want = expert == 1 ? *transformer_2_ : *transformer_;
-  if (want.resident()) return;
-  // The other one leaves first: the device holds one expert at a time.
-  (expert == 1 ? *transformer_ : *transformer_2_).release();
-  want.upload();
+  // The device holds one expert at a time: the other one leaves first (released in this
+  // context's order: its stream has the last reads of those weights queued).
+  if (!transformer(expert).resident()) (expert == 1 ? *transformer_ : *transformer_2_).release();
+  return expert == 1 ? *transformer_2_ : *transformer_;
 }
 
+void WanPipeline::make_resident(int expert) { make_room_for(expert).upload(); }
+
 void WanPipeline::prefetch_expert(int expert) {
-  if (prefetch_.valid()) prefetch_.get();
-  WanTransformer3DModel& want = expert == 1 ? *transformer_2_ : *transformer_;
+  WanTransformer3DModel& want = make_room_for(expert);
   if (want.resident()) return;
-  // Release in this context's order (its stream has the last reads of those weights queued),
-  // then upload on a stream of its own so the copy overlaps what this context runs next.
-  (expert == 1 ? *transformer_ : *transformer_2_).release();
+  // The upload runs on a stream of its own, so the copy overlaps what this context runs next.
   const ExecutionContext& ctx = *context_;
   prefetch_ = std::async(std::launch::async, [&want, device = ctx.device(), settings = ctx.settings()] {
     ExecutionContext transfer(device, settings);
@@ -426,15 +427,9 @@ void WanPipeline::prefetch_expert(int expert) {
 }
 
 Tensor WanPipeline::normalize_latents(const Tensor& latents) const {
-  const auto& cfg = vae_->config();
-  const int64_t z = cfg.z_dim;
-  // prepare_latents: latents_std = 1.0 / std (float32), then (x - mean) * latents_std.
-  std::vector<float> inv_std(z), mean(cfg.latents_mean.begin(), cfg.latents_mean.end());
-  for (int64_t c = 0; c < z; ++c) inv_std[c] = 1.0f / static_cast<float>(cfg.latents_std[c]);
-  const Device device = latents.device();
-  const Tensor inv = Tensor::from_vector(inv_std, {1, z, 1, 1, 1}).to(device);
-  const Tensor m = Tensor::from_vector(mean, {1, z, 1, 1, 1}).to(device);
-  return ops::mul(ops::sub(latents.to(DType::F32), m), inv);
+  // prepare_latents: (x - latents_mean) * latents_std, latents_std being 1 / std.
+  const auto [mean, inv_std] = latents_mean_and_inv_std(latents.device());
+  return ops::mul(ops::sub(latents.to(DType::F32), mean), inv_std);
 }
 
 Tensor WanPipeline::encode_image(const std::vector<Tensor>& images) const {

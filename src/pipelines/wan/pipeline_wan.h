@@ -79,6 +79,11 @@ class WanPipeline final : public DiffusionPipeline {
   // and starts uploading `expert` on a copy stream without waiting (prefetch).
   void make_resident(int expert);
   void prefetch_expert(int expert);
+  // Waits for a prefetch in flight, releases the other expert when `expert` is not on the
+  // device; returns `expert`'s model.
+  WanTransformer3DModel& make_room_for(int expert);
+  // The VAE config's latents_mean and 1 / latents_std as [1, z, 1, 1, 1] float32 on `device`.
+  std::pair<Tensor, Tensor> latents_mean_and_inv_std(Device device) const;
 
   // (latents - latents_mean) * (1 / latents_std): the inverse of decode_latents' normalisation.
   Tensor normalize_latents(const Tensor& latents) const;
