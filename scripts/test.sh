@@ -18,3 +18,12 @@ if [ "${VGEN_NO_PIP:-0}" != 1 ]; then
   python3 -c "import openai" || { echo "error: the OpenAI SDK is still not importable"; exit 1; }
 fi
 ctest --test-dir build --output-on-failure -j "$(nproc)"
+# The server without FFmpeg's libraries (MP4s through the ffmpeg program, PNG thumbnails): its
+# end-to-end tests again on such a build. In CI, or with VGEN_TEST_NO_LIBAV=1 (a second build).
+if [ "${CI:-}" = true ] || [ "${VGEN_TEST_NO_LIBAV:-0}" = 1 ]; then
+  cmake -S . -B build-nolibav -G Ninja -DCMAKE_BUILD_TYPE=Release -DVGEN_BUILD_TESTS=ON -DVGEN_CUDA=OFF \
+    -DVGEN_LIBAV=OFF > build-nolibav.configure.log 2>&1 || { cat build-nolibav.configure.log; exit 1; }
+  ninja -C build-nolibav -j "$(nproc)" vgen
+  echo "serving tests on a build without FFmpeg's libraries (the load test once is enough):"
+  ctest --test-dir build-nolibav --output-on-failure -L serving -E serving_load -j 1
+fi
