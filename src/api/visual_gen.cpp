@@ -3,6 +3,7 @@
 #include <random>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "api/model_path.h"
 #include "core/error.h"
@@ -58,6 +59,10 @@ media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {
       {"pipeline", pipeline_->class_name()},
   };
   if (pipeline_->capabilities().two_experts) m.emplace_back("guidance_scale_2", fmt::format("{}", r.guidance_scale_2));
+  // An explicit schedule replaces the scheduler's own: recorded as given (comma-separated).
+  if (r.timesteps) m.emplace_back("timesteps", fmt::format("{}", fmt::join(*r.timesteps, ",")));
+  if (r.sigmas) m.emplace_back("sigmas", fmt::format("{}", fmt::join(*r.sigmas, ",")));
+  if (r.boundary_step) m.emplace_back("boundary_step", std::to_string(*r.boundary_step));
   if (r.latents.defined()) m.emplace_back("latents", "given (not seeded noise)");
   if (r.image.defined()) m.emplace_back("image", fmt::format("given ({}x{})", r.image.size(1), r.image.size(0)));
   if (r.last_image.defined())

@@ -1,7 +1,9 @@
 #include "cli/flags.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -67,6 +69,26 @@ CLI::Validator integer_in_range(int64_t lo, int64_t hi) {
         return "";
       },
       fmt::format("INT in {}..{}", lo, hi));
+}
+
+std::vector<double> parse_number_list(const std::string& text, const std::string& flag) {
+  std::vector<double> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    char* end = nullptr;
+    const double v = item.empty() || std::isspace(static_cast<unsigned char>(item[0]))
+                         ? 0.0
+                         : std::strtod(item.c_str(), &end);
+    if (item.empty() || end != item.c_str() + item.size() || !std::isfinite(v))
+      fail("{}: expected comma-separated numbers (e.g. 1000,750,500,250), got '{}'", flag, text);
+    out.push_back(v);
+    if (out.size() > 1000) fail("{}: at most 1000 values, got more", flag);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
 }
 
 std::optional<uint64_t> parse_seed(const std::string& text, const std::string& flag) {

@@ -21,6 +21,11 @@ CLI::Validator integer_in_range(int64_t lo, int64_t hi);
 // else throws vgen::Error naming `flag` and the valid range.
 std::optional<uint64_t> parse_seed(const std::string& text, const std::string& flag = "--seed");
 
+// "--timesteps 1000,750,500,250": comma-separated finite numbers (no empty items, at most
+// 1000). Anything else throws vgen::Error naming `flag`. Ranges and order are checked by the
+// pipeline's resolve.
+std::vector<double> parse_number_list(const std::string& text, const std::string& flag);
+
 // The candidate closest to `word` by edit distance, when it is close enough to be a typo
 // (at most 2 edits, or a third of the word); "" otherwise.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);

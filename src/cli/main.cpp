@@ -47,6 +47,7 @@ struct GenerateArgs {
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
+  std::optional<std::string> timesteps_text, sigmas_text;  // parsed by cli::parse_number_list
   bool quiet = false;
   GenerationParams params;
   std::optional<std::string> negative_prompt;
@@ -130,6 +131,8 @@ int run_generate(GenerateArgs& a) {
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
+  if (a.timesteps_text) a.params.timesteps = cli::parse_number_list(*a.timesteps_text, "--timesteps");
+  if (a.sigmas_text) a.params.sigmas = cli::parse_number_list(*a.sigmas_text, "--sigmas");
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
   // Images are decoded before the model loads: a file that does not decode fails at once.
   if (!a.image_file.empty()) a.params.image = media::read_image(a.image_file);
@@ -300,6 +303,10 @@ int main(int argc, char** argv) {
   gen->add_option("--width", g.params.width, "Width in pixels, a multiple of the model's spatial multiple (default: the model's)");
   gen->add_option("--num-frames", g.params.num_frames, "Frames, on the model's frame grid (default: the model's; see vgen info)");
   gen->add_option("--steps,--num-inference-steps", g.params.num_inference_steps, "Denoising steps (default: the model's)");
+  gen->add_option("--timesteps", g.timesteps_text, "Explicit timesteps, comma-separated and decreasing, e.g. 1000,750,500,250 for step-distilled models (FlowMatchEulerDiscreteScheduler; the steps follow their count)");
+  gen->add_option("--sigmas", g.sigmas_text, "Explicit sigmas in (0, 1], comma-separated and decreasing; the scheduler's shift still applies to them, as in diffusers");
+  gen->add_option("--boundary-step", g.params.boundary_step, "Two-expert models: the step index at which the low-noise expert takes over (e.g. 2 of 4 distilled steps), instead of the model's boundary_ratio")
+      ->check(cli::integer_in_range(0, 1000));
   gen->add_option("--guidance-scale", g.params.guidance_scale, "Classifier-free guidance scale (default: the model's; <= 1 disables CFG)");
   gen->add_option("--guidance-scale-2", g.params.guidance_scale_2, "Guidance scale of the low-noise expert of a two-expert model (default: --guidance-scale if given, else the model's)");
   gen->add_option("--image", g.image_file, "First frame for image-to-video (PNG, JPEG or WebP); resized to --height x --width, which default to the model's area at the image's aspect ratio")

@@ -48,8 +48,8 @@ Tensor run_denoising_loop(Scheduler& scheduler, Tensor latents, const DenoiseCon
   for (int i = 0; i < total; ++i) {
     const auto start = std::chrono::steady_clock::now();
     const double t = timesteps[i];
-    const int expert = config.expert_at(t);
-    const double guidance = config.guidance_at(t);
+    const int expert = config.expert_at(i, t);
+    const double guidance = config.guidance_at(i, t);
     Tensor noise_pred = predict(latents, t, Branch::Conditional, expert);
     if (guidance > 1.0) {
       const Tensor noise_uncond = predict(latents, t, Branch::Unconditional, expert);

@@ -24,12 +24,20 @@ struct DenoiseConfig {
   // Two experts (diffusers' boundary_ratio * num_train_timesteps): timesteps >= this go to
   // expert 0 with guidance_scale, the others to expert 1 with guidance_scale_2.
   std::optional<double> boundary_timestep;
+  // The alternative for explicit (distilled) schedules: steps with index < boundary_step run
+  // expert 0, the others expert 1. Takes precedence over boundary_timestep.
+  std::optional<int> boundary_step;
   double guidance_scale_2 = 1.0;
 
-  // Which expert runs timestep t, and with which guidance scale; a scale above 1 means CFG
-  // (two transformer calls), as diffusers' do_classifier_free_guidance.
-  int expert_at(double t) const { return boundary_timestep && t < *boundary_timestep ? 1 : 0; }
-  double guidance_at(double t) const { return expert_at(t) == 1 ? guidance_scale_2 : guidance_scale; }
+  // Which expert runs step `step_index` (timestep t), and with which guidance scale; a scale
+  // above 1 means CFG (two transformer calls), as diffusers' do_classifier_free_guidance.
+  int expert_at(int step_index, double t) const {
+    if (boundary_step) return step_index < *boundary_step ? 0 : 1;
+    return boundary_timestep && t < *boundary_timestep ? 1 : 0;
+  }
+  double guidance_at(int step_index, double t) const {
+    return expert_at(step_index, t) == 1 ? guidance_scale_2 : guidance_scale;
+  }
 };
 
 // Runs all scheduler timesteps from `latents`; returns the denoised latents.

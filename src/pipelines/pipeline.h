@@ -25,6 +25,16 @@ struct GenerationParams {
   std::optional<int64_t> width;
   std::optional<int64_t> num_frames;
   std::optional<int> num_inference_steps;
+  // An explicit schedule, as diffusers' `timesteps=` / `sigmas=` (scheduler.set_timesteps):
+  // strictly decreasing, timesteps in (0, num_train_timesteps], sigmas in (0, 1]; the number of
+  // steps is then their length (num_inference_steps, when set, must equal it). Step-distilled
+  // models run e.g. timesteps {1000, 750, 500, 250} with guidance_scale 1.
+  std::optional<std::vector<double>> timesteps;
+  std::optional<std::vector<double>> sigmas;
+  // Two-expert models: the step index at which the low-noise expert takes over (steps with
+  // index < boundary_step run the high-noise one), instead of the checkpoint's boundary_ratio
+  // timestep; e.g. 2 for the 4-step distilled Wan2.2 A14B recipe. 0..number of steps.
+  std::optional<int> boundary_step;
   std::optional<double> guidance_scale;
   // The low-noise expert's guidance scale (two-expert models); defaults to guidance_scale.
   std::optional<double> guidance_scale_2;
@@ -73,6 +83,11 @@ struct ResolvedParams {
   std::string negative_prompt;
   int64_t height = 0, width = 0, num_frames = 0;
   int num_inference_steps = 0;
+  // Explicit schedule (checked by resolve against the scheduler); nullopt: the scheduler's own.
+  std::optional<std::vector<double>> timesteps;
+  std::optional<std::vector<double>> sigmas;
+  // Two-expert models: the expert switch by step index; nullopt: by boundary_ratio's timestep.
+  std::optional<int> boundary_step;
   double guidance_scale = 0.0;
   double guidance_scale_2 = 0.0;  // the low-noise expert's (two-expert models), else guidance_scale
   double guidance_rescale = 0.0;

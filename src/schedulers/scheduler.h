@@ -13,6 +13,18 @@
 
 namespace vgen {
 
+// What set_timesteps computes a schedule from, as the arguments of diffusers'
+// scheduler.set_timesteps(num_inference_steps, sigmas=, mu=, timesteps=). With `timesteps`
+// and/or `sigmas` given, num_inference_steps is their length (0 = take it from them; another
+// value must match, else an error as diffusers raises). Which lists a class accepts, and what
+// it does with them (shifting, final sigma), is the class's diffusers behaviour.
+struct ScheduleRequest {
+  int num_inference_steps = 0;
+  std::optional<std::vector<double>> timesteps;
+  std::optional<std::vector<double>> sigmas;
+  std::optional<double> mu;
+};
+
 class Scheduler {
  public:
   virtual ~Scheduler() = default;
@@ -21,7 +33,16 @@ class Scheduler {
 
   // Computes the schedule and resets the step state. `mu` is the dynamic-shift parameter,
   // required when the config sets use_dynamic_shifting (FLUX-style resolution-dependent shift).
-  virtual void set_timesteps(int num_inference_steps, std::optional<double> mu = std::nullopt) = 0;
+  void set_timesteps(int num_inference_steps, std::optional<double> mu = std::nullopt) {
+    set_timesteps(ScheduleRequest{num_inference_steps, std::nullopt, std::nullopt, mu});
+  }
+  // The same from explicit timesteps and/or sigmas (distilled few-step schedules). Lists the
+  // class does not take (diffusers' signature or its checks) throw vgen::Error naming the argument.
+  virtual void set_timesteps(const ScheduleRequest& request) = 0;
+  // Whether set_timesteps takes `timesteps` / `sigmas` lists with this config (front ends
+  // refuse the others before loading anything heavier); set_timesteps checks the rest.
+  virtual bool accepts_timesteps() const = 0;
+  virtual bool accepts_sigmas() const = 0;
   // What the pipeline passes to the transformer, as diffusers' values: UniPC's are int64
   // (with flow sigmas, sigma * num_train_timesteps truncated), FlowMatchEuler's are float32
   // sigma * num_train_timesteps. The transformer's time embedding takes them as float32.

@@ -67,31 +67,76 @@ double FlowMatchEulerDiscreteScheduler::calculate_shift(int64_t image_seq_len) c
   return static_cast<double>(image_seq_len) * m + b;
 }
 
-void FlowMatchEulerDiscreteScheduler::set_timesteps(int num_inference_steps, std::optional<double> mu) {
+void FlowMatchEulerDiscreteScheduler::set_timesteps(const ScheduleRequest& request) {
   const FlowMatchEulerDiscreteConfig& c = config_;
-  const int n = num_inference_steps;
   const int N = c.num_train_timesteps;
-  if (n < 1) fail("{}: num_inference_steps must be at least 1, got {}", kName, n);
-  if (c.use_dynamic_shifting && !mu) fail("{}: use_dynamic_shifting is set, so set_timesteps needs mu", kName);
-
-  std::vector<double> s = scheduling::np_linspace(sigma_max_ * N, sigma_min_ * N, n);
-  for (double& x : s) x /= N;
-  if (c.use_dynamic_shifting) {
-    s = scheduling::time_shift(c.time_shift_type, *mu, s);
-  } else {
-    for (double& x : s) x = c.shift * x / (1 + (c.shift - 1) * x);
+  const auto& given_t = request.timesteps;
+  const auto& given_s = request.sigmas;
+  if (c.use_dynamic_shifting && !request.mu) fail("{}: use_dynamic_shifting is set, so set_timesteps needs mu", kName);
+  if (given_t && given_t->empty()) fail("{}: timesteps must not be empty", kName);
+  if (given_s && given_s->empty()) fail("{}: sigmas must not be empty", kName);
+  if (given_t && given_s && given_t->size() != given_s->size())
+    fail("{}: sigmas ({} values) and timesteps ({} values) should have the same length", kName, given_s->size(),
+         given_t->size());
+  int n = request.num_inference_steps;
+  const int given_n = given_s ? static_cast<int>(given_s->size()) : given_t ? static_cast<int>(given_t->size()) : 0;
+  if (given_n > 0) {
+    // diffusers raises when num_inference_steps is passed and differs from the lists' length.
+    if (n != 0 && n != given_n)
+      fail("{}: sigmas and timesteps should have the same length as num_inference_steps ({} values, "
+           "num_inference_steps {})", kName, given_n, n);
+    n = given_n;
   }
-  if (c.shift_terminal && *c.shift_terminal != 0.0) s = scheduling::stretch_shift_to_terminal(s, *c.shift_terminal);
+  if (n < 1) fail("{}: num_inference_steps must be at least 1, got {}", kName, n);
+
+  std::vector<double> s;  // the sigmas before the final one, in the precision numpy computes them
+  std::vector<float> custom_timesteps;
+  if (given_n == 0) {
+    // Default schedule: numpy float64 from linspace of the training schedule's ends.
+    s = scheduling::np_linspace(sigma_max_ * N, sigma_min_ * N, n);
+    for (double& x : s) x /= N;
+    if (c.use_dynamic_shifting) {
+      s = scheduling::time_shift(c.time_shift_type, *request.mu, s);
+    } else {
+      for (double& x : s) x = c.shift * x / (1 + (c.shift - 1) * x);
+    }
+    if (c.shift_terminal && *c.shift_terminal != 0.0) s = scheduling::stretch_shift_to_terminal(s, *c.shift_terminal);
+  } else {
+    // Given lists: np.array(...).astype(np.float32), and from there numpy float32 arithmetic
+    // (Python scalars are cast to float32 first, NEP 50).
+    std::vector<float> f;
+    if (given_t) for (double t : *given_t) custom_timesteps.push_back(static_cast<float>(t));
+    if (given_s) {
+      for (double x : *given_s) f.push_back(static_cast<float>(x));
+    } else {
+      for (float t : custom_timesteps) f.push_back(t / static_cast<float>(N));
+    }
+    if (c.use_dynamic_shifting) {
+      const float m = static_cast<float>(c.time_shift_type == "exponential" ? std::exp(*request.mu) : *request.mu);
+      for (float& x : f) x = m / (m + (1.0f / x - 1.0f));
+    } else {
+      const float shift = static_cast<float>(c.shift), shift_m1 = static_cast<float>(c.shift - 1.0);
+      for (float& x : f) x = shift * x / (1.0f + shift_m1 * x);
+    }
+    if (c.shift_terminal && *c.shift_terminal != 0.0) {
+      const float scale_factor = (1.0f - f.back()) / static_cast<float>(1.0 - *c.shift_terminal);
+      for (float& x : f) x = 1.0f - ((1.0f - x) / scale_factor);
+    }
+    s.assign(f.begin(), f.end());
+  }
   if (c.use_karras_sigmas) s = scheduling::karras_sigmas(s.back(), s.front(), n);
   else if (c.use_exponential_sigmas) s = scheduling::exponential_sigmas(s.back(), s.front(), n);
 
   sigmas_.clear();
   timesteps_.clear();
-  for (double x : s) {
-    float sigma = static_cast<float>(x);
+  for (size_t i = 0; i < s.size(); ++i) {
+    float sigma = static_cast<float>(s[i]);
     if (c.invert_sigmas) sigma = 1.0f - sigma;
     sigmas_.push_back(sigma);
-    timesteps_.push_back(sigma * static_cast<float>(N));  // float32, as diffusers' torch product
+    // float32, as diffusers' torch product; given timesteps are kept, except that invert_sigmas
+    // recomputes them from the inverted sigmas in diffusers.
+    timesteps_.push_back(!custom_timesteps.empty() && !c.invert_sigmas ? custom_timesteps[i]
+                                                                        : sigma * static_cast<float>(N));
   }
   sigmas_.push_back(c.invert_sigmas ? 1.0f : 0.0f);
   sigmas_out_.assign(sigmas_.begin(), sigmas_.end());

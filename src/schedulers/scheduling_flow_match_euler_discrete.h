@@ -45,7 +45,15 @@ class FlowMatchEulerDiscreteScheduler final : public Scheduler {
                                            const std::string& config_path = "FlowMatchEulerDiscreteConfig");
 
   std::string name() const override { return "FlowMatchEulerDiscreteScheduler"; }
-  void set_timesteps(int num_inference_steps, std::optional<double> mu = std::nullopt) override;
+  using Scheduler::set_timesteps;
+  // diffusers' set_timesteps(num_inference_steps, sigmas=, mu=, timesteps=): given sigmas
+  // (float32) go through the shift (or mu's time shift), shift_terminal and karras/exponential
+  // like the computed ones; given timesteps are kept as float32 and, without sigmas, give the
+  // sigmas timesteps / num_train_timesteps before the shift (so with shift != 1 the two
+  // disagree, as diffusers warns). That arithmetic is numpy float32, the default schedule's float64.
+  void set_timesteps(const ScheduleRequest& request) override;
+  bool accepts_timesteps() const override { return true; }
+  bool accepts_sigmas() const override { return true; }
   const std::vector<double>& timesteps() const override { return timesteps_; }
   const std::vector<double>& sigmas() const override { return sigmas_out_; }
   int64_t num_train_timesteps() const override { return config_.num_train_timesteps; }

@@ -231,12 +231,26 @@ UniPCMultistepScheduler::UniPCMultistepScheduler(UniPCMultistepConfig config, co
   for (int i = 0; i < N; ++i) train_sigmas_[i] = std::sqrt((1.0f - alphas_cumprod_[i]) / alphas_cumprod_[i]);
 }
 
-void UniPCMultistepScheduler::set_timesteps(int num_inference_steps, std::optional<double> mu) {
+void UniPCMultistepScheduler::set_timesteps(const ScheduleRequest& request) {
   const UniPCMultistepConfig& c = config_;
-  const int n = num_inference_steps;
+  const std::optional<double>& mu = request.mu;
+  const std::optional<std::vector<double>>& given = request.sigmas;
+  int n = request.num_inference_steps;
   const int N = c.num_train_timesteps;
-  if (n < 1) fail("{}: num_inference_steps must be at least 1, got {}", kName, n);
   if (c.use_dynamic_shifting && !mu) fail("{}: use_dynamic_shifting is set, so set_timesteps needs mu", kName);
+  if (request.timesteps)
+    fail("{}: set_timesteps takes no timesteps (diffusers {} accepts sigmas only); pass sigmas, or use "
+         "FlowMatchEulerDiscreteScheduler", kName, "0.42.1");
+  if (given) {
+    if (!c.use_flow_sigmas)
+      fail("{}: passing sigmas is only supported when use_flow_sigmas = true (diffusers raises the same)", kName);
+    // diffusers builds exponential sigmas from the given ones and reads their timesteps off
+    // log(sigmas); not reproduced here.
+    if (c.use_exponential_sigmas) fail("{}: sigmas with use_exponential_sigmas = true are not supported", kName);
+    if (given->empty()) fail("{}: sigmas must not be empty", kName);
+    n = static_cast<int>(given->size());
+  }
+  if (n < 1) fail("{}: num_inference_steps must be at least 1, got {}", kName, n);
 
   // Integer timesteps of the spacing; the sigma schedules below replace them, except the default one.
   std::vector<double> ts;
@@ -259,8 +273,10 @@ void UniPCMultistepScheduler::set_timesteps(int num_inference_steps, std::option
   if (c.use_karras_sigmas || c.use_exponential_sigmas) {
     std::vector<float> log_sigmas(N);
     for (int i = 0; i < N; ++i) log_sigmas[i] = std::log(train_sigmas_[i]);
-    const double sigma_min = c.sigma_min.value_or(train_sigmas_.front());
-    const double sigma_max = c.sigma_max.value_or(train_sigmas_.back());
+    // diffusers flips the input sigmas and takes the ends: the training sigmas' (ascending),
+    // or the given ones' (descending, so their first is "sigma_min").
+    const double sigma_min = c.sigma_min.value_or(given ? given->front() : train_sigmas_.front());
+    const double sigma_max = c.sigma_max.value_or(given ? given->back() : train_sigmas_.back());
     ts.clear();
     if (c.use_karras_sigmas) {
       s = scheduling::karras_sigmas(sigma_min, sigma_max, n);
@@ -276,8 +292,12 @@ void UniPCMultistepScheduler::set_timesteps(int num_inference_steps, std::option
     }
     if (last_is_min) sigma_last = s.back();
   } else if (c.use_flow_sigmas) {
-    s = scheduling::np_linspace(1.0, 1.0 / N, n + 1);
-    s.pop_back();
+    if (given) {
+      s = *given;
+    } else {
+      s = scheduling::np_linspace(1.0, 1.0 / N, n + 1);
+      s.pop_back();
+    }
     if (c.use_dynamic_shifting) {
       s = scheduling::time_shift(c.time_shift_type, *mu, s);
     } else {

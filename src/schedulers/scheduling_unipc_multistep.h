@@ -56,7 +56,18 @@ class UniPCMultistepScheduler final : public Scheduler {
                                    const std::string& config_path = "UniPCMultistepConfig");
 
   std::string name() const override { return "UniPCMultistepScheduler"; }
-  void set_timesteps(int num_inference_steps, std::optional<double> mu = std::nullopt) override;
+  using Scheduler::set_timesteps;
+  // diffusers 0.42.1's set_timesteps(num_inference_steps, sigmas=, mu=): no `timesteps`
+  // argument (refused); `sigmas` only with use_flow_sigmas (refused otherwise, as diffusers),
+  // and then they replace the linspace: flow_shift (or mu's time shift) and shift_terminal are
+  // applied to them in float64, the first is nudged below 1 by 1e-6 when within 1e-6 of it,
+  // timesteps are sigma * num_train_timesteps truncated to int64 and the final sigma follows
+  // final_sigmas_type. num_inference_steps becomes len(sigmas) (a different value is ignored,
+  // as diffusers ignores it). diffusers multiplies flow_shift by the argument, so its Python
+  // list raises TypeError there; the reference passes np.array(sigmas) (float64), as here.
+  void set_timesteps(const ScheduleRequest& request) override;
+  bool accepts_timesteps() const override { return false; }
+  bool accepts_sigmas() const override { return config_.use_flow_sigmas && !config_.use_exponential_sigmas; }
   const std::vector<double>& timesteps() const override { return timesteps_; }
   const std::vector<double>& sigmas() const override { return sigmas_out_; }
   int64_t num_train_timesteps() const override { return config_.num_train_timesteps; }

@@ -118,7 +118,7 @@ std::optional<double> parse_number_text(const std::string& s) {
 const std::vector<std::string> kVideoFields = {"prompt",          "model",          "seconds",        "size",
                                                "input_reference", "last_image",     "fps",            "num_frames",
                                                "negative_prompt", "num_inference_steps", "guidance_scale",
-                                               "guidance_scale_2", "seed"};
+                                               "guidance_scale_2", "seed", "timesteps", "sigmas"};
 const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "response_format", "output_format",
                                                "output_compression", "quality", "user", "negative_prompt",
                                                "num_inference_steps", "guidance_scale", "seed"};
@@ -180,7 +180,8 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
     std::optional<std::string> param;
     if (message.starts_with("image")) param = "input_reference";
     if (message.starts_with("last_image")) param = "last_image";
-    for (const auto& [word, field] : {std::pair{"width", "size"}, std::pair{"height", "size"},
+    for (const auto& [word, field] : {std::pair{"timesteps", "timesteps"}, std::pair{"sigmas", "sigmas"},
+                                      std::pair{"width", "size"}, std::pair{"height", "size"},
                                       std::pair{"num_frames", "num_frames"}, std::pair{"frames", "num_frames"},
                                       std::pair{"steps", "num_inference_steps"},
                                       std::pair{"guidance_scale_2", "guidance_scale_2"}, std::pair{"guidance", "guidance_scale"},
@@ -339,6 +340,35 @@ std::optional<double> RequestFields::number(const std::string& name, double min,
   return v;
 }
 
+std::optional<std::vector<double>> RequestFields::number_list(const std::string& name, size_t max_count) const {
+  std::vector<double> out;
+  const std::string message = fmt::format("'{}' must be a list of 1 to {} numbers", name, max_count);
+  if (form_) {
+    const std::optional<std::string> text = form_text(name);
+    if (!text) return std::nullopt;
+    size_t start = 0;
+    while (true) {
+      const size_t comma = text->find(',', start);
+      const std::string item = text->substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const std::optional<double> v = parse_number_text(item);
+      if (!v) bad_field(name, fmt::format("{} (comma-separated in a form), got '{}'", message, *text));
+      out.push_back(*v);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  } else {
+    auto it = json_.find(name);
+    if (it == json_.end() || it->is_null()) return std::nullopt;
+    if (!it->is_array()) bad_field(name, fmt::format("{}, got {}", message, describe_json_type(*it)));
+    for (const nlohmann::json& v : *it) {
+      if (!v.is_number()) bad_field(name, fmt::format("{}, got an item that is {}", message, describe_json_type(v)));
+      out.push_back(v.get<double>());
+    }
+  }
+  if (out.empty() || out.size() > max_count) bad_field(name, fmt::format("{}, got {}", message, out.size()));
+  return out;
+}
+
 std::vector<const FormPart*> RequestFields::files(const std::string& name) const {
   std::vector<const FormPart*> out;
   for (const FormPart& part : parts_)
@@ -383,6 +413,9 @@ VideoRequest parse_video_request(const RequestFields& f) {
   if (r.seconds && r.params.num_frames)
     bad_field("num_frames", "give either 'seconds' or 'num_frames', not both");
   r.params.guidance_scale_2 = f.number("guidance_scale_2", 0.0, kMaxGuidance);
+  // An explicit schedule (step-distilled models): the steps follow its length.
+  r.params.timesteps = f.number_list("timesteps", kMaxSteps);
+  r.params.sigmas = f.number_list("sigmas", kMaxSteps);
   // The images are file parts of a multipart body (a JSON body cannot carry one within its limit).
   for (auto [name, bytes] : {std::pair{"input_reference", &r.input_reference}, std::pair{"last_image", &r.last_image}}) {
     if (!f.has(name)) continue;
@@ -434,11 +467,15 @@ ImageRequest parse_image_request(const RequestFields& f, bool edit) {
 }
 
 nlohmann::json VideoPlan::extras() const {
-  return {{"num_frames", resolved.num_frames},
-          {"fps", fps},
-          {"num_inference_steps", resolved.num_inference_steps},
-          {"guidance_scale", resolved.guidance_scale},
-          {"seed", resolved.seed}};
+  nlohmann::json j = {{"num_frames", resolved.num_frames},
+                      {"fps", fps},
+                      {"num_inference_steps", resolved.num_inference_steps},
+                      {"guidance_scale", resolved.guidance_scale},
+                      {"seed", resolved.seed}};
+  // An explicit schedule is part of what ran: shown as given.
+  if (resolved.timesteps) j["timesteps"] = *resolved.timesteps;
+  if (resolved.sigmas) j["sigmas"] = *resolved.sigmas;
+  return j;
 }
 
 VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {

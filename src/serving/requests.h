@@ -55,6 +55,9 @@ class RequestFields {
   // A finite number in [min, max]; `accept_text` also takes a JSON string holding a number
   // (the SDK sends `seconds` as "4").
   std::optional<double> number(const std::string& name, double min, double max, bool accept_text = false) const;
+  // A list of 1..max_count finite numbers: a JSON array of numbers, or in a form the text
+  // "a,b,c" (comma-separated, no empty items). Ranges and order are the pipeline's to check.
+  std::optional<std::vector<double>> number_list(const std::string& name, size_t max_count) const;
   // File parts named `name` (multipart only; a JSON body has none).
   std::vector<const FormPart*> files(const std::string& name) const;
 

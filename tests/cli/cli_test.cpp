@@ -488,3 +488,56 @@ TEST(Cli, InfoSaysWhichInputsAModelTakes) {
   EXPECT_NE(a14b.out.find("guidance 4.0 / 3.0 (high / low noise)"), std::string::npos) << a14b.out;
   EXPECT_NE(a14b.out.find("two experts yes"), std::string::npos) << a14b.out;
 }
+
+// The distilled recipe's flags: an explicit schedule sets the steps, is recorded in the
+// output's metadata, and bad lists fail naming the flag (parse) or the parameter (resolve).
+TEST(Cli, TakesExplicitTimestepsAndSigmas) {
+  const std::string model = fixture("wan21_t2v_tiny");
+  const std::string base = "generate --model " + model + " --prompt 'a fox' --seed 3 --quiet --height 32 --width 48 "
+                           "--num-frames 1 --guidance-scale 1 ";
+  const std::string png = ::testing::TempDir() + "/cli_timesteps.png";
+  fs::remove(png);
+  const Result ok = run(base + "--scheduler FlowMatchEulerDiscreteScheduler --flow-shift 5 "
+                               "--timesteps 1000,750,500,250 -o " + png);
+  ASSERT_EQ(ok.code, 0) << ok.out;
+  const Result info = run("info " + png);
+  ASSERT_EQ(info.code, 0) << info.out;
+  for (const std::string line : {"num_inference_steps  4", "timesteps            1000,750,500,250"})
+    EXPECT_NE(info.out.find(line), std::string::npos) << "no '" << line << "' in:\n" << info.out;
+
+  // The checkpoint's UniPC takes sigmas.
+  const Result sig = run(base + "--sigmas 1,0.75,0.5 -o " + png);
+  ASSERT_EQ(sig.code, 0) << sig.out;
+  const Result sig_info = run("info " + png);
+  EXPECT_NE(sig_info.out.find("sigmas               1,0.75,0.5"), std::string::npos) << sig_info.out;
+  EXPECT_NE(sig_info.out.find("num_inference_steps  3"), std::string::npos) << sig_info.out;
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--timesteps 1000,,250", "--timesteps: expected comma-separated numbers (e.g. 1000,750,500,250), got '1000,,250'"},
+      {"--sigmas 1,abc", "--sigmas: expected comma-separated numbers"},
+      {"--timesteps 1000,750", "timesteps: the UniPCMultistepScheduler scheduler takes no timesteps"},
+      {"--scheduler FlowMatchEulerDiscreteScheduler --timesteps 250,500", "timesteps must be strictly decreasing"},
+      {"--scheduler FlowMatchEulerDiscreteScheduler --timesteps 1000,500 --steps 4",
+       "num_inference_steps is 4, but the timesteps given have 2 values"},
+      {"--sigmas 1,0.5 --boundary-step 1", "boundary_step applies to two-expert models"},
+  };
+  for (const auto& [flags, message] : bad) {
+    const Result r = run(base + flags + " -o " + png);
+    EXPECT_NE(r.code, 0) << flags;
+    EXPECT_NE(last_line(r.out).find(message), std::string::npos) << flags << "\n" << r.out;
+  }
+  const Result range = run(base + "--boundary-step -1 -o " + png);  // CLI11 adds a --help line
+  EXPECT_NE(range.code, 0);
+  EXPECT_NE(range.out.find("--boundary-step: must be an integer from 0 to 1000, got -1"), std::string::npos) << range.out;
+}
+
+// Wan2.2 A14B's switch by step index: vgen generate says where the low-noise expert took over.
+TEST(Cli, BoundaryStepMovesTheExpertSwitch) {
+  const Result r = run_with_env("", "generate --model " + fixture("wan22_t2v_tiny") +
+                                        " --prompt 'a fox' --seed 3 --height 32 --width 48 --num-frames 1 "
+                                        "--guidance-scale 1 --scheduler FlowMatchEulerDiscreteScheduler --flow-shift 5 "
+                                        "--timesteps 1000,750,500,250 --boundary-step 2 -o " +
+                                        ::testing::TempDir() + "/cli_boundary.png");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("step 3: the low-noise expert (transformer_2) took over"), std::string::npos) << r.out;
+}

@@ -63,6 +63,10 @@ class FakePipeline final : public DiffusionPipeline {
     r.width = p.width.value_or(c.default_width);
     r.num_frames = p.num_frames.value_or(c.default_num_frames);
     r.num_inference_steps = p.num_inference_steps.value_or(c.default_num_inference_steps);
+    // An explicit schedule sets the steps, as WanPipeline::resolve does.
+    r.timesteps = p.timesteps;
+    r.sigmas = p.sigmas;
+    if (p.timesteps || p.sigmas) r.num_inference_steps = static_cast<int>((p.sigmas ? p.sigmas : p.timesteps)->size());
     r.guidance_scale = p.guidance_scale.value_or(c.default_guidance_scale);
     r.max_sequence_length = p.max_sequence_length.value_or(c.default_max_sequence_length);
     r.seed = p.seed;

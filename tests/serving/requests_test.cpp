@@ -355,3 +355,42 @@ TEST(ServingRequests, PromptLengthIsBounded) {
   for (int i = 0; i < 4000; ++i) accents += "\u00e9";
   EXPECT_NO_THROW(plan_json("{\"prompt\": \"" + accents + "\"}"));
 }
+
+// An explicit schedule: a JSON array of numbers, or comma-separated text in a form; the steps
+// follow its length. Anything else is a 400 naming the field.
+TEST(ServingRequests, TimestepsAndSigmas) {
+  FakePipeline pipeline;
+  const VideoPlan j = plan_json(R"({"prompt": "x", "timesteps": [1000, 750, 500, 250], "guidance_scale": 1})");
+  EXPECT_EQ(*j.resolved.timesteps, (std::vector<double>{1000, 750, 500, 250}));
+  EXPECT_FALSE(j.resolved.sigmas.has_value());
+  EXPECT_EQ(j.resolved.num_inference_steps, 4);
+  EXPECT_EQ(j.extras()["timesteps"], nlohmann::json::parse("[1000.0, 750.0, 500.0, 250.0]"));
+  const VideoPlan s = plan_json(R"({"prompt": "x", "sigmas": [1, 0.5]})");
+  EXPECT_EQ(*s.resolved.sigmas, (std::vector<double>{1.0, 0.5}));
+  EXPECT_EQ(s.resolved.num_inference_steps, 2);
+
+  const std::vector<FormPart> parts = {field("prompt", "a cat"), field("timesteps", "1000,750,500,250"),
+                                       field("sigmas", "1,0.9375,0.8333,0.625")};
+  const VideoPlan f = plan_video(parse_video_request(RequestFields::from_form(parts)), tiny_model(), pipeline);
+  EXPECT_EQ(*f.resolved.timesteps, (std::vector<double>{1000, 750, 500, 250}));
+  EXPECT_EQ(*f.resolved.sigmas, (std::vector<double>{1, 0.9375, 0.8333, 0.625}));
+
+  for (const char* body : {R"({"prompt": "x", "timesteps": "1000,750"})", R"({"prompt": "x", "timesteps": [1000, "a"]})",
+                           R"({"prompt": "x", "timesteps": []})", R"({"prompt": "x", "timesteps": 1000})",
+                           R"({"prompt": "x", "timesteps": [[1000]]})"}) {
+    SCOPED_TRACE(body);
+    expect_api_error([&] { plan_json(body); }, 400, "timesteps");
+  }
+  expect_api_error([&] { plan_json(R"({"prompt": "x", "sigmas": [true]})"); }, 400, "sigmas");
+  const auto parse = [&](std::vector<FormPart> p) {
+    plan_video(parse_video_request(RequestFields::from_form(std::move(p))), tiny_model(), pipeline);
+  };
+  for (const char* text : {"1000,,250", "", "1000;750", "1000, 750", "1000,", "nan"}) {
+    SCOPED_TRACE(text);
+    expect_api_error([&] { parse({field("prompt", "x"), field("timesteps", text)}); }, 400, "timesteps");
+  }
+  const std::string m = expect_api_error([&] { parse({field("prompt", "x"), field("sigmas", "1,x")}); }, 400, "sigmas");
+  EXPECT_NE(m.find("'sigmas' must be a list of 1 to 1000 numbers (comma-separated in a form), got '1,x'"),
+            std::string::npos)
+      << m;
+}

@@ -286,6 +286,58 @@ std::optional<int64_t> WanPipeline::prompt_token_count(const std::string& prompt
   return static_cast<int64_t>(tokenizer_->encode(wan_prompt_clean(prompt)).size());
 }
 
+namespace {
+
+// A given timesteps / sigmas list: 1..1000 values, strictly decreasing (a repeated or rising
+// value is not a denoising schedule; UniPC's solve would be singular), each in (0, max].
+void check_schedule_list(const char* name, const std::vector<double>& v, double max) {
+  if (v.empty() || v.size() > 1000) fail("{} must have between 1 and 1000 values, got {}", name, v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!(v[i] > 0.0 && v[i] <= max)) fail("{}[{}] must be in (0, {}], got {}", name, i, max, v[i]);
+    if (i > 0 && !(v[i] < v[i - 1]))
+      fail("{} must be strictly decreasing, but {}[{}] = {} follows {}", name, name, i, v[i], v[i - 1]);
+  }
+}
+
+}  // namespace
+
+void WanPipeline::resolve_schedule(const GenerationParams& params, ResolvedParams& r) const {
+  const PipelineCapabilities& c = capabilities_;
+  const double N = static_cast<double>(scheduler_->num_train_timesteps());
+  if (params.timesteps) {
+    if (!scheduler_->accepts_timesteps())
+      fail("timesteps: the {} scheduler takes no timesteps (diffusers' takes sigmas only); pass sigmas, or choose "
+           "the FlowMatchEulerDiscreteScheduler scheduler", scheduler_->name());
+    check_schedule_list("timesteps", *params.timesteps, N);
+  }
+  if (params.sigmas) {
+    if (!scheduler_->accepts_sigmas())
+      fail("sigmas: the {} scheduler, as this checkpoint configures it, takes no sigmas (UniPC: only with "
+           "use_flow_sigmas)", scheduler_->name());
+    check_schedule_list("sigmas", *params.sigmas, 1.0);
+  }
+  if (params.timesteps && params.sigmas && params.timesteps->size() != params.sigmas->size())
+    fail("timesteps ({} values) and sigmas ({} values) must have the same length", params.timesteps->size(),
+         params.sigmas->size());
+  if (params.timesteps || params.sigmas) {
+    const int n = static_cast<int>(params.sigmas ? params.sigmas->size() : params.timesteps->size());
+    if (params.num_inference_steps && *params.num_inference_steps != n)
+      fail("num_inference_steps is {}, but the {} given have {} values (leave it unset: it follows their length)",
+           *params.num_inference_steps, params.sigmas ? "sigmas" : "timesteps", n);
+    r.num_inference_steps = n;
+    r.timesteps = params.timesteps;
+    r.sigmas = params.sigmas;
+  }
+  if (params.boundary_step) {
+    if (!c.two_experts)
+      fail("boundary_step applies to two-expert models (Wan2.2 A14B) only; this one has one transformer");
+    if (*params.boundary_step < 0 || *params.boundary_step > r.num_inference_steps)
+      fail("boundary_step must be between 0 and num_inference_steps ({}), got {}", r.num_inference_steps,
+           *params.boundary_step);
+    r.boundary_step = params.boundary_step;
+  }
+}
+
 ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   ContextScope scope(*context_);
   const auto& tcfg = transformer_->config();
@@ -322,6 +374,7 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   }
   r.num_frames = params.num_frames.value_or(c.default_num_frames);
   r.num_inference_steps = params.num_inference_steps.value_or(c.default_num_inference_steps);
+  resolve_schedule(params, r);
   r.guidance_scale = params.guidance_scale.value_or(c.default_guidance_scale);
   if (params.guidance_scale_2 && !c.two_experts)
     fail("guidance_scale_2 applies to two-expert models (Wan2.2 A14B) only; this one has one transformer");
@@ -496,7 +549,8 @@ bool batch_compatible(const ResolvedParams& a, const ResolvedParams& b) {
   return !a.latents.defined() && !b.latents.defined() && !a.image.defined() && !b.image.defined() &&
          a.negative_prompt == b.negative_prompt && a.guidance_scale_2 == b.guidance_scale_2 && a.height == b.height && a.width == b.width && a.num_frames == b.num_frames &&
          a.num_inference_steps == b.num_inference_steps && a.guidance_scale == b.guidance_scale &&
-         a.guidance_rescale == b.guidance_rescale && a.max_sequence_length == b.max_sequence_length;
+         a.guidance_rescale == b.guidance_rescale && a.max_sequence_length == b.max_sequence_length &&
+         a.timesteps == b.timesteps && a.sigmas == b.sigmas && a.boundary_step == b.boundary_step;
 }
 
 }  // namespace
@@ -536,6 +590,9 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   loop.guidance_scale_2 = r.guidance_scale_2;
   loop.guidance_rescale = r.guidance_rescale;
   if (boundary_ratio_) loop.boundary_timestep = *boundary_ratio_ * scheduler_->num_train_timesteps();
+  // A hand-made ResolvedParams is checked here too: expert 1 needs a second transformer.
+  if (r.boundary_step && !boundary_ratio_) fail("boundary_step applies to two-expert models only");
+  loop.boundary_step = r.boundary_step;
   // The negative prompt is encoded when any phase runs CFG.
   const bool cfg = loop.guidance_scale > 1.0 || (boundary_ratio_ && loop.guidance_scale_2 > 1.0);
   std::vector<std::string> prompts;
@@ -581,7 +638,7 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
     for (const ResolvedParams* p : batch) noise.push_back(randn(shape, p->seed));
     latents = ops::cat(noise, 0).to(device);
   }
-  scheduler_->set_timesteps(r.num_inference_steps);
+  scheduler_->set_timesteps(ScheduleRequest{r.num_inference_steps, r.timesteps, r.sigmas, std::nullopt});
 
   // TI2V with an image: the first latent frame is the image's, (1 - mask) * condition +
   // mask * latents in diffusers with a 0/1 mask, i.e. that frame replaced exactly.

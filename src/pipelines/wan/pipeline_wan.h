@@ -39,6 +39,9 @@ class WanPipeline final : public DiffusionPipeline {
   std::string class_name() const override { return class_name_; }
   const PipelineCapabilities& capabilities() const override { return capabilities_; }
   ResolvedParams resolve(const GenerationParams& params) const override;
+  // The explicit schedule (timesteps, sigmas, boundary_step) of resolve: checked against the
+  // scheduler and the experts, num_inference_steps set from the lists' length.
+  void resolve_schedule(const GenerationParams& params, ResolvedParams& r) const;
   GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) override;
   // Requests that share everything but prompt and seed (and give no latents) run through the
   // transformer max_batch at a time: prompts encoded together, each video's noise from its own
