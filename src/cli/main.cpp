@@ -334,7 +334,7 @@ int main(int argc, char** argv) {
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
-  gen->add_option("--lora", g.lora, "LoRA adapter fused into the transformer at load, FILE or FILE:SCALE (diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE), default scale 1); repeatable, applied in order. Wan/ComfyUI, musubi-tuner/kohya and diffusers/PEFT keys");
+  gen->add_option("--lora", g.lora, "LoRA adapter fused into the transformer at load, FILE or FILE:SCALE (diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE), default scale 1); repeatable, applied in order. Original/ComfyUI (diffusion_model.), musubi-tuner/kohya (lora_unet_) and diffusers/PEFT keys");
   gen->add_option("--lora-2", g.lora_2, "LoRA adapter for the low-noise expert (transformer_2) of a two-expert model, FILE or FILE:SCALE; repeatable");
   gen->add_flag("--lora-ignore-unmatched", g.lora_ignore_unmatched, "Skip (with a warning) LoRA keys that match no module of the transformer instead of failing");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");

@@ -1,5 +1,6 @@
 #include "nn/lora.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -7,6 +8,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 
@@ -64,6 +66,7 @@ class Keys {
     return out;
   }
   const std::string& path() const { return file_.path(); }
+  const SafetensorsFile& file() const { return file_; }
 
  private:
   const SafetensorsFile& file_;
@@ -230,6 +233,46 @@ void convert_musubi(Keys& keys, LoraFile& out) {
   out.unmatched = keys.remaining();
 }
 
+// peft's get_pattern_key: the first pattern that matches the end of the module name.
+const Json* pattern_value(const Json& patterns, const std::string& module) {
+  if (!patterns.is_object()) return nullptr;
+  for (const auto& [pattern, value] : patterns.items())
+    if (std::regex_match(module, std::regex("(.*\\.)?(" + pattern + ")"))) return &value;
+  return nullptr;
+}
+
+// A file saved by diffusers' save_lora_weights carries its LoraConfig in the safetensors
+// metadata (`lora_adapter_metadata`, keys prefixed `transformer.`); diffusers then builds the
+// config from it instead of the shapes: scaling = lora_alpha / r per module (alpha_pattern,
+// rank_pattern; sqrt(r) with use_rslora).
+void apply_adapter_metadata(const SafetensorsFile& file, LoraFile& out) {
+  auto it = file.metadata().find("lora_adapter_metadata");
+  if (it == file.metadata().end()) return;
+  Json all;
+  try {
+    all = Json::parse(it->second);
+  } catch (const Json::parse_error& e) {
+    fail("{}: malformed lora_adapter_metadata ({})", file.path(), e.what());
+  }
+  Json config = Json::object();
+  for (const auto& [key, value] : all.items())
+    if (starts_with(key, "transformer.")) config[key.substr(12)] = value;
+  if (config.empty()) return;
+  if (!config.contains("r") || !config.contains("lora_alpha"))
+    fail("{}: lora_adapter_metadata has no transformer.r / transformer.lora_alpha", file.path());
+  const bool rslora = config.value("use_rslora", false);
+  if (config.value("use_dora", false)) fail("{}: DoRA adapters (use_dora) are not supported", file.path());
+  const Json rank_pattern = config.value("rank_pattern", Json::object());
+  const Json alpha_pattern = config.value("alpha_pattern", Json::object());
+  for (auto& [module, u] : out.modules) {
+    const Json* r = pattern_value(rank_pattern, module);
+    const Json* alpha = pattern_value(alpha_pattern, module);
+    const double rank = (r ? *r : config["r"]).get<double>();
+    const double lora_alpha = (alpha ? *alpha : config["lora_alpha"]).get<double>();
+    u.alpha_scale = rslora ? lora_alpha / std::sqrt(rank) : lora_alpha / rank;
+  }
+}
+
 // diffusers / PEFT keys: NAME.lora_A.weight, NAME.lora_B.weight, NAME.lora_B.bias.
 void convert_diffusers(Keys& keys, LoraFile& out) {
   std::set<std::string> modules;
@@ -288,6 +331,7 @@ LoraFile read_lora_file(const std::string& path) {
         if (!starts_with(n, "transformer.")) keys.drop(n);
     convert_diffusers(keys, out);
   }
+  apply_adapter_metadata(file, out);
   if (out.modules.empty() && out.unmatched.empty()) fail("{}: no LoRA weights for a Wan transformer in the file", path);
   return out;
 }
@@ -321,8 +365,8 @@ Tensor LoraSet::merge(const std::string& tensor_name, Tensor value) const {
   merged_.insert(tensor_name);
   const bool is_bias = ends_with(tensor_name, ".bias");
   for (const LoraUpdate* u : it->second) {
-    // peft: scaling = lora_alpha / r (1 here) times fuse_lora's lora_scale, a float32 multiplier.
-    const float scaling = static_cast<float>(u->scale);
+    // peft: scaling = lora_alpha / r times fuse_lora's lora_scale, a float32 multiplier.
+    const float scaling = static_cast<float>(u->alpha_scale * u->scale);
     if (is_bias) {
       if (u->bias.shape() != value.shape())
         fail("{}: LoRA bias '{}' has shape {}, but '{}' is {}", u->file, u->key, shape_str(u->bias.shape()),

@@ -6,7 +6,9 @@
 //
 // where A (lora_A / lora_down) and B (lora_B / lora_up) are the file's, with `.alpha` folded
 // into them the way diffusers' converters fold it (A * scale_down, B * scale_up, whose product
-// is alpha / rank): diffusers then loads every Wan LoRA with lora_alpha = rank (scaling 1).
+// is alpha / rank): diffusers then loads every Wan LoRA with lora_alpha = rank (scaling 1),
+// except a diffusers-saved file whose `lora_adapter_metadata` gives lora_alpha and r
+// (W' = W + scale * lora_alpha / r * (B @ A)).
 //
 // Key formats (diffusers' WanLoraLoaderMixin.lora_state_dict):
 //  - original Wan / ComfyUI (`diffusion_model.` prefix): _convert_non_diffusers_wan_lora_to_diffusers
@@ -43,7 +45,8 @@ struct LoraUpdate {
   Tensor down;      // lora_A [rank, in_features] (float32, alpha folded in), undefined for a bias-only update
   Tensor up;        // lora_B [out_features, rank]
   Tensor bias;      // lora_B.bias [out_features], or undefined
-  double scale = 1.0;
+  double alpha_scale = 1.0;  // peft's lora_alpha / r: 1 unless the file's lora_adapter_metadata says otherwise
+  double scale = 1.0;        // the adapter's lora_scale
 };
 
 // The modules' updates of one file, converted to diffusers' module names.

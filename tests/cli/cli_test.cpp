@@ -174,7 +174,7 @@ TEST(Cli, InfoShowsCapabilities) {
   EXPECT_NE(r.out.find("832x480 (WxH), 81 frames, 50 steps, guidance 5.0, 512 prompt tokens, 16 fps"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("height and width multiples of 16, num_frames = 4k+1"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("image no, last image no, LoRA no, two experts no"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("image no, last image no, LoRA yes, two experts no"), std::string::npos) << r.out;
 }
 
 // Defaults belong to the model (vgen info), not to the help text of a family-neutral front end.
