@@ -170,23 +170,19 @@ void convert_wan(Keys& keys, LoraFile& out) {
     take(keys, pair(b + "ffn.2", true), b + "ffn.net.2", out);
   }
   take(keys, pair("time_projection.1", false), "condition_embedder.time_proj", out);
-  // head.head.diff: diffusers takes it as lora_A with an identity lora_B (a full weight delta).
+  take(keys, pair("head.head", false), "proj_out", out);
+  // head.head.diff (LightX2V's distill LoRAs): diffusers makes it proj_out's lora_A with an
+  // identity lora_B, i.e. a full weight delta, replacing a head.head lora pair if there was one.
   if (auto diff = keys.pop("head.head.diff")) {
-    if (keys.has("head.head." + down + ".weight"))
-      fail("{}: LoRA has both 'head.head.diff' and 'head.head.{}.weight'", keys.path(), down);
     const Tensor d = diff->first;
     if (d.dim() != 2) fail("{}: LoRA tensor '{}' must be 2-D, has shape {}", keys.path(), diff->second, shape_str(d.shape()));
-    LoraUpdate u;
+    LoraUpdate& u = out.modules["proj_out"];
     u.file = keys.path();
     u.key = diff->second;
     u.down = to_f32(d);
     std::vector<float> eye(static_cast<size_t>(d.size(0) * d.size(0)), 0.f);
     for (int64_t r = 0; r < d.size(0); ++r) eye[static_cast<size_t>(r * d.size(0) + r)] = 1.f;
     u.up = Tensor::from_vector(eye, {d.size(0), d.size(0)});
-    if (auto bias = keys.pop("head.head.diff_b")) u.bias = to_f32(bias->first);
-    out.modules["proj_out"] = std::move(u);
-  } else {
-    take(keys, pair("head.head", false), "proj_out", out);
   }
   for (const auto& [theirs, ours] : std::vector<std::pair<std::string, std::string>>{
            {"text_embedding.0", "condition_embedder.text_embedder.linear_1"},

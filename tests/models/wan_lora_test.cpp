@@ -69,7 +69,7 @@ TEST_P(WanLoraForward, MatchesDiffusersFusedLora) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, WanLoraForward,
-                         ::testing::Values("t2v_wan", "t2v_musubi", "t2v_peft", "t2v_two", "t2v_peft_metadata", "i2v_wan", "i2v_musubi",
+                         ::testing::Values("t2v_wan", "t2v_musubi", "t2v_peft", "t2v_two", "t2v_peft_metadata", "t2v_wan_head_diff", "i2v_wan", "i2v_musubi",
                                            "wan22"));
 
 TEST(WanLora, PipelineMatchesDiffusersEndToEnd) {
