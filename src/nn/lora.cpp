@@ -66,7 +66,6 @@ class Keys {
     return out;
   }
   const std::string& path() const { return file_.path(); }
-  const SafetensorsFile& file() const { return file_; }
 
  private:
   const SafetensorsFile& file_;

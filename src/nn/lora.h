@@ -65,7 +65,6 @@ class LoraSet {
  public:
   LoraSet(const std::vector<LoraAdapterSpec>& adapters, bool ignore_unmatched);
 
-  bool empty() const { return updates_.empty(); }
   // Whether a tensor ("blocks.0.attn1.to_q.weight" / ".bias") has updates.
   bool touches(const std::string& tensor_name) const;
   // `value` (float32 on the host) with every adapter's update merged in, in order; a shape
