@@ -68,7 +68,7 @@ media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {
   if (r.last_image.defined())
     m.emplace_back("last_image", fmt::format("given ({}x{})", r.last_image.size(1), r.last_image.size(0)));
   for (const auto& [key, value] : pipeline_->describe())
-    if (key == "scheduler" || key == "device") m.emplace_back(key, value);
+    if (key == "scheduler" || key == "device" || key == "lora" || key == "lora_2") m.emplace_back(key, value);
     else if (key == "compute dtype") m.emplace_back("dtype", value);
   m.emplace_back("software", std::string("vgen ") + VGEN_VERSION);
   return m;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -24,6 +25,7 @@
 #include "media/image.h"
 #include "media/metadata.h"
 #include "media/mp4.h"
+#include "nn/lora.h"
 #include "pipelines/registry.h"
 #include "serving/server.h"
 
@@ -44,6 +46,8 @@ struct GenerateArgs {
   bool cuda_graphs = true;
   bool conv_autotune = false;
   bool offload_idle_expert = false;
+  std::vector<std::string> lora, lora_2;  // FILE or FILE:SCALE
+  bool lora_ignore_unmatched = false;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
@@ -133,6 +137,16 @@ int run_generate(GenerateArgs& a) {
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
   if (a.timesteps_text) a.params.timesteps = cli::parse_number_list(*a.timesteps_text, "--timesteps");
   if (a.sigmas_text) a.params.sigmas = cli::parse_number_list(*a.sigmas_text, "--sigmas");
+  // LoRA files are read and their keys converted before the model loads: a bad file fails at once.
+  for (const auto& [flag, texts, specs] : {std::tuple{"--lora", &a.lora, &options.lora},
+                                           std::tuple{"--lora-2", &a.lora_2, &options.lora_2}})
+    for (const std::string& text : *texts) {
+      nn::LoraAdapterSpec spec = nn::parse_lora_adapter_spec(text);
+      if (!fs::is_regular_file(spec.path)) fail("{} {}: no such file", flag, spec.path);
+      nn::LoraSet({spec}, a.lora_ignore_unmatched);
+      specs->push_back(std::move(spec));
+    }
+  options.lora_ignore_unmatched = a.lora_ignore_unmatched;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
   // Images are decoded before the model loads: a file that does not decode fails at once.
   if (!a.image_file.empty()) a.params.image = media::read_image(a.image_file);
@@ -327,6 +341,9 @@ int main(int argc, char** argv) {
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (fused SDPA) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
+  gen->add_option("--lora", g.lora, "LoRA adapter fused into the transformer at load, FILE or FILE:SCALE (diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE), default scale 1); repeatable, applied in order. Original/ComfyUI (diffusion_model.), musubi-tuner/kohya (lora_unet_) and diffusers/PEFT keys");
+  gen->add_option("--lora-2", g.lora_2, "LoRA adapter for the low-noise expert (transformer_2) of a two-expert model, FILE or FILE:SCALE; repeatable");
+  gen->add_flag("--lora-ignore-unmatched", g.lora_ignore_unmatched, "Skip (with a warning) LoRA keys that match no module of the transformer instead of failing");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
   gen->add_option("-o,--output", g.output, "Output: .mp4 (H.264); .png/.jpg/.webp for a 1-frame image; a folder (DIR/) or a %04d.png pattern for lossless PNG frames");
   gen->add_option("--crf", g.crf, "MP4 quality: libx264 constant rate factor, 0 (best) to 51 (default 18, visually lossless)")

@@ -2,9 +2,9 @@
 //
 // The one place a model's projection weights are loaded, converted to the compute dtype and
 // uploaded. Every constructor goes through one load path (a checkpoint module PREFIX ->
-// PREFIX.weight, PREFIX.bias), which is where a LoRA delta will be merged into the weight and
-// where a quantized format will take its scales; fusing (several projections of one input
-// as one GEMM) happens after that path, on the loaded weights.
+// PREFIX.weight, PREFIX.bias), where LoRA adapters are merged into the weight (nn::Weights::load,
+// nn/lora.h) and where a quantized format will take its scales; fusing (several projections of
+// one input as one GEMM) happens after that path, on the loaded (merged) weights.
 #pragma once
 
 #include <string>

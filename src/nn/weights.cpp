@@ -6,17 +6,26 @@
 
 namespace vgen::nn {
 
+Tensor Weights::load(const std::string& name, const Shape& shape) const {
+  if (!lora_ || !lora_->touches(name)) return store_->load(name, shape, dtype_, device_);
+  const Tensor merged = lora_->merge(name, store_->load(name, shape, DType::F32, Device::cpu()));
+  const Tensor out = merged.to(dtype_);
+  return out.device() == device_ ? out : out.to(device_);
+}
+
 void Weights::check_all_used(const std::string& model, const std::string& config_path,
                              const std::function<bool(const std::string&)>& expected) const {
   std::vector<std::string> unused;
   for (const std::string& name : store_->unused())
     if (!expected || !expected(name)) unused.push_back(name);
-  if (unused.empty()) return;
-  std::string list;
-  for (size_t i = 0; i < unused.size() && i < 8; ++i) list += (i ? ", '" : "'") + unused[i] + "'";
-  if (unused.size() > 8) list += fmt::format(" and {} more", unused.size() - 8);
-  fail("{}: {} unexpected tensor(s) in the checkpoint, not used by {} as configured by {}: {}", store_->source(),
-       unused.size(), model, config_path, list);
+  if (!unused.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unused.size() && i < 8; ++i) list += (i ? ", '" : "'") + unused[i] + "'";
+    if (unused.size() > 8) list += fmt::format(" and {} more", unused.size() - 8);
+    fail("{}: {} unexpected tensor(s) in the checkpoint, not used by {} as configured by {}: {}", store_->source(),
+         unused.size(), model, config_path, list);
+  }
+  if (lora_) lora_->check_all_merged(model);
 }
 
 }  // namespace vgen::nn

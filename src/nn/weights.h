@@ -4,31 +4,37 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "core/tensor.h"
 #include "io/safetensors.h"
+#include "nn/lora.h"
 
 namespace vgen::nn {
 
 class Weights {
  public:
   // `store` must outlive this object and the modules being built (not the built modules).
-  Weights(const WeightStore& store, DType dtype, Device device) : store_(&store), dtype_(dtype), device_(device) {}
+  // `lora`: adapters merged into the tensors they target as those load (nullptr: none).
+  Weights(const WeightStore& store, DType dtype, Device device, std::shared_ptr<const LoraSet> lora = nullptr)
+      : store_(&store), dtype_(dtype), device_(device), lora_(std::move(lora)) {}
 
   const WeightStore& store() const { return *store_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
   // The same checkpoint read in another dtype (the modules diffusers keeps in float32).
-  Weights as(DType dtype) const { return Weights(*store_, dtype, device_); }
+  Weights as(DType dtype) const { return Weights(*store_, dtype, device_, lora_); }
 
   // Tensor `name`, checked against `shape`, converted to dtype() on device(); a missing
-  // tensor or another shape is an error naming the tensor and the checkpoint.
-  Tensor load(const std::string& name, const Shape& shape) const { return store_->load(name, shape, dtype_, device_); }
+  // tensor or another shape is an error naming the tensor and the checkpoint. A tensor the
+  // LoRA adapters target is merged with them in float32 on the host first.
+  Tensor load(const std::string& name, const Shape& shape) const;
 
   // Fails when the checkpoint holds tensors that no module loaded, except those `expected`
   // accepts (e.g. an encoder the model does not run): the config describes another model than
   // the weights. The error names the folder, `model`, `config_path` and up to 8 tensors.
+  // Then fails when a LoRA update was merged into no tensor (LoraSet::check_all_merged).
   void check_all_used(const std::string& model, const std::string& config_path,
                       const std::function<bool(const std::string&)>& expected = {}) const;
 
@@ -36,6 +42,7 @@ class Weights {
   const WeightStore* store_;
   DType dtype_;
   Device device_;
+  std::shared_ptr<const LoraSet> lora_;
 };
 
 }  // namespace vgen::nn

@@ -14,6 +14,7 @@
 
 #include "core/execution_context.h"
 #include "core/tensor.h"
+#include "nn/lora.h"
 #include "schedulers/scheduler.h"
 
 namespace vgen {
@@ -142,6 +143,12 @@ struct PipelineOptions {
   // builds the pipeline's ExecutionContext from these.
   ExecutionSettings execution = ExecutionSettings::from_environment();
   SchedulerOverrides scheduler;
+  // LoRA adapters fused into `transformer` (lora) and, for two-expert models, into
+  // `transformer_2` (lora_2) while they load, in order, each with its scale (diffusers'
+  // load_lora_weights(..., load_into_transformer_2=...) + fuse_lora(lora_scale=scale)).
+  // lora_ignore_unmatched: LoRA keys that match no module are skipped with a warning, not an error.
+  std::vector<nn::LoraAdapterSpec> lora, lora_2;
+  bool lora_ignore_unmatched = false;
 };
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.

@@ -174,7 +174,7 @@ TEST(Cli, InfoShowsCapabilities) {
   EXPECT_NE(r.out.find("832x480 (WxH), 81 frames, 50 steps, guidance 5.0, 512 prompt tokens, 16 fps"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("height and width multiples of 16, num_frames = 4k+1"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("image no, last image no, LoRA no, two experts no"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("image no, last image no, LoRA yes, two experts no"), std::string::npos) << r.out;
 }
 
 // Defaults belong to the model (vgen info), not to the help text of a family-neutral front end.
@@ -540,4 +540,41 @@ TEST(Cli, BoundaryStepMovesTheExpertSwitch) {
                                         ::testing::TempDir() + "/cli_boundary.png");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("step 3: the low-noise expert (transformer_2) took over"), std::string::npos) << r.out;
+}
+
+// --lora FILE[:SCALE] fuses the adapter (a different video than without), is recorded in the
+// metadata, and a bad adapter fails before the model loads, naming the file.
+TEST(Cli, LoraAdaptersAreFusedAndRecorded) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_lora";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 32 --width 48 --num-frames 1 ";
+  const std::string lora = fixture("lora_ref/t2v_wan.safetensors");
+  const Result plain = run(base + "-o " + (dir / "plain.png").string());
+  ASSERT_EQ(plain.code, 0) << plain.out;
+  const Result with = run(base + "--lora " + lora + ":0.8 -o " + (dir / "lora.png").string());
+  ASSERT_EQ(with.code, 0) << with.out;
+  EXPECT_NE(vgen::media::read_file((dir / "plain.png").string()), vgen::media::read_file((dir / "lora.png").string()));
+  const Result info = run("info " + (dir / "lora.png").string());
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find(lora + " (scale 0.8)"), std::string::npos) << info.out;
+
+  const Result missing = run(base + "--lora " + (dir / "nope.safetensors").string());
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(last_line(missing.out).find("--lora " + (dir / "nope.safetensors").string() + ": no such file"),
+            std::string::npos) << missing.out;
+  const Result scale = run(base + "--lora " + lora + ":big");
+  EXPECT_NE(scale.code, 0);
+  EXPECT_NE(last_line(scale.out).find("must be a number"), std::string::npos) << scale.out;
+  // A Wan2.2 expert's adapter on a one-expert model.
+  const Result second = run(base + "--lora-2 " + fixture("lora_ref/wan22_low_wan.safetensors"));
+  EXPECT_NE(second.code, 0);
+  EXPECT_NE(last_line(second.out).find("need a two-expert model"), std::string::npos) << second.out;
+  // An I2V adapter (k_img / v_img) on the T2V model: its image projections match nothing.
+  const Result unmatched = run(base + "--lora " + fixture("lora_ref/i2v_musubi.safetensors"));
+  EXPECT_NE(unmatched.code, 0);
+  EXPECT_NE(last_line(unmatched.out).find("match no weight of WanTransformer3DModel"), std::string::npos) << unmatched.out;
+  const Result ignored = run(base + "--lora " + fixture("lora_ref/i2v_musubi.safetensors") +
+                             " --lora-ignore-unmatched -o " + (dir / "ignored.png").string());
+  EXPECT_EQ(ignored.code, 0) << ignored.out;
 }

@@ -16,10 +16,10 @@ TEST(PipelineCapabilities, TinyWanReportsWan21) {
   EXPECT_TRUE(c.supports("text-to-video"));
   EXPECT_FALSE(c.supports("image-to-video"));
   EXPECT_EQ(c.task_list(), "text-to-video");
-  // Text-to-video only today: no image, last image, LoRA or second expert.
+  // Text-to-video: no image, last image or second expert; LoRA adapters fuse at load.
   EXPECT_FALSE(c.image_input);
   EXPECT_FALSE(c.last_image_input);
-  EXPECT_FALSE(c.lora);
+  EXPECT_TRUE(c.lora);
   EXPECT_FALSE(c.two_experts);
   EXPECT_DOUBLE_EQ(c.default_fps, 16.0);
   EXPECT_EQ(c.temporal_multiple, 4);  // frames = 4k+1

@@ -81,8 +81,13 @@ class WanTransformer3DModel {
   // checkpoint tensor the model does not use, is an error naming it and the folder.
   // host_resident: the weights load into host memory and visit `device` only between upload()
   // and release() (an idle Wan2.2 expert on a GPU too small for both); forward needs them there.
+  // lora: adapters fused into the weights as they load (diffusers' load_lora_weights +
+  // fuse_lora(lora_scale)), in order; a LoRA key or module this model lacks is an error unless
+  // lora_ignore_unmatched (see nn/lora.h).
   static std::unique_ptr<WanTransformer3DModel> from_pretrained(const std::string& dir, DType dtype, Device device,
-                                                                bool host_resident = false);
+                                                                bool host_resident = false,
+                                                                const std::vector<nn::LoraAdapterSpec>& lora = {},
+                                                                bool lora_ignore_unmatched = false);
 
   const WanTransformer3DModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }

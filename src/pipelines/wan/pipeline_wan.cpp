@@ -86,6 +86,7 @@ PipelineCapabilities wan_capabilities(const WanVariant& v, const WanTransformer3
     }
   }
   c.two_experts = v.boundary_ratio.has_value();
+  c.lora = true;  // adapters fuse into the transformer(s) at load (PipelineOptions::lora, lora_2)
   c.default_fps = v.expand_timesteps ? 24.0 : 16.0;
   // Both factors come from the VAE config, as in diffusers.
   c.temporal_multiple = vcfg.scale_factor_temporal;
@@ -187,13 +188,18 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   const bool graphs = p->context_->settings().cuda_graphs && options.device.is_cuda();
   // With offload_idle_expert both experts live in host memory; the first is uploaded now.
   const bool offload = options.offload_idle_expert && v.boundary_ratio && options.device.is_cuda();
+  if (!options.lora_2.empty() && !v.boundary_ratio)
+    fail("{}: LoRA adapters for transformer_2 (lora_2: {}) need a two-expert model; {} has one transformer",
+         ckpt.root(), options.lora_2.front().path, ckpt.class_name());
   p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype,
-                                                           options.device, offload);
+                                                           options.device, offload, options.lora,
+                                                           options.lora_ignore_unmatched);
   p->transformer_->enable_cuda_graphs(graphs);
   p->transformer_->upload();
   if (v.boundary_ratio) {
     p->transformer_2_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer_2"), options.dtype,
-                                                               options.device, offload);
+                                                               options.device, offload, options.lora_2,
+                                                               options.lora_ignore_unmatched);
     p->transformer_2_->enable_cuda_graphs(graphs);
     check_same_interface(ckpt.root(), p->transformer_->config(), p->transformer_2_->config());
   }
@@ -268,6 +274,13 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
       {"transformer", transformer_row("transformer", tcfg)},
   };
   if (p->transformer_2_) p->description_.emplace_back("transformer_2", transformer_row("transformer_2", p->transformer_2_->config()));
+  auto lora_row = [](const std::vector<nn::LoraAdapterSpec>& adapters) {
+    std::string row;
+    for (const nn::LoraAdapterSpec& a : adapters) row += fmt::format("{}{} (scale {})", row.empty() ? "" : ", ", a.path, a.scale);
+    return row;
+  };
+  if (!options.lora.empty()) p->description_.emplace_back("lora", lora_row(options.lora));
+  if (!options.lora_2.empty()) p->description_.emplace_back("lora_2", lora_row(options.lora_2));
   if (p->image_encoder_)
     p->description_.emplace_back("image_encoder", fmt::format("{}: {}", ckpt.component("image_encoder").class_name,
                                                               describe_weights(ckpt, "image_encoder")));
