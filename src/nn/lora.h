@@ -33,6 +33,7 @@ namespace vgen::nn {
 struct LoraAdapterSpec {
   std::string path;
   double scale = 1.0;
+  bool operator==(const LoraAdapterSpec&) const = default;
 };
 
 // "FILE" or "FILE:SCALE" (the CLI's --lora); a SCALE that is not a number is an error.

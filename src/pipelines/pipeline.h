@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/execution_context.h"
 #include "core/tensor.h"
 #include "nn/lora.h"
@@ -149,6 +150,9 @@ struct PipelineOptions {
   // lora_ignore_unmatched: LoRA keys that match no module are skipped with a warning, not an error.
   std::vector<nn::LoraAdapterSpec> lora, lora_2;
   bool lora_ignore_unmatched = false;
+  // DiffusionPipeline::set_lora keeps this many merged variants of the transformer(s) in
+  // memory (the current one counted): switching back to one of them costs nothing.
+  int lora_cached_variants = 1;
 };
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.
@@ -180,6 +184,11 @@ class DiffusionPipeline {
   // on_step reports the steps of each batch. This default runs them one by one.
   virtual std::vector<GenerationOutput> generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
                                                        const StepCallback& on_step = {});
+  // Fuses these LoRA adapters instead of the current ones (the weights reload: exactly what a
+  // pipeline loaded with them gives); throws when the family takes no adapters.
+  virtual void set_lora(const std::vector<nn::LoraAdapterSpec>& lora, const std::vector<nn::LoraAdapterSpec>& lora_2) {
+    if (!lora.empty() || !lora_2.empty()) fail("{} takes no LoRA adapters", class_name());
+  }
   // Human-readable description of what was loaded (components, sizes, dtypes).
   virtual std::vector<std::pair<std::string, std::string>> describe() const = 0;
   // Tokens the text encoder would see for `prompt` before cutting it to max_sequence_length

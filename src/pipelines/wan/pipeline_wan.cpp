@@ -185,24 +185,13 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   p->tokenizer_ = std::make_unique<T5Tokenizer>(T5Tokenizer::from_pretrained(ckpt.component_dir("tokenizer")));
   p->text_encoder_dir_ = ckpt.component_dir("text_encoder");
   p->text_encoder_ = UMT5EncoderModel::from_pretrained(p->text_encoder_dir_, options.dtype, options.device);
-  const bool graphs = p->context_->settings().cuda_graphs && options.device.is_cuda();
-  // With offload_idle_expert both experts live in host memory; the first is uploaded now.
-  const bool offload = options.offload_idle_expert && v.boundary_ratio && options.device.is_cuda();
   if (!options.lora_2.empty() && !v.boundary_ratio)
     fail("{}: LoRA adapters for transformer_2 (lora_2: {}) need a two-expert model; {} has one transformer",
          ckpt.root(), options.lora_2.front().path, ckpt.class_name());
-  p->transformer_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype,
-                                                           options.device, offload, options.lora,
-                                                           options.lora_ignore_unmatched);
-  p->transformer_->enable_cuda_graphs(graphs);
-  p->transformer_->upload();
-  if (v.boundary_ratio) {
-    p->transformer_2_ = WanTransformer3DModel::from_pretrained(ckpt.component_dir("transformer_2"), options.dtype,
-                                                               options.device, offload, options.lora_2,
-                                                               options.lora_ignore_unmatched);
-    p->transformer_2_->enable_cuda_graphs(graphs);
-    check_same_interface(ckpt.root(), p->transformer_->config(), p->transformer_2_->config());
-  }
+  p->transformer_dirs_ = {ckpt.component_dir("transformer"),
+                          v.boundary_ratio ? ckpt.component_dir("transformer_2") : std::string()};
+  p->load_experts(options.lora, options.lora_2);
+  if (p->transformer_2_) check_same_interface(ckpt.root(), p->transformer_->config(), p->transformer_2_->config());
   const auto& tcfg = p->transformer_->config();
   // The image enters through the VAE encoder in every image-to-video variant.
   const bool image_input = v.image_to_video_class || v.expand_timesteps;
@@ -256,7 +245,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   std::string pipeline = ckpt.class_name() + " (" + p->capabilities_.task_list();
   if (v.boundary_ratio)
     pipeline += fmt::format("; two experts, boundary_ratio {}{}", *v.boundary_ratio,
-                            offload ? ", the idle one in host memory" : "");
+                            options.offload_idle_expert && options.device.is_cuda() ? ", the idle one in host memory" : "");
   pipeline += ")";
   auto transformer_row = [&](const std::string& name, const WanTransformer3DModelConfig& c) {
     return fmt::format("{}: {} layers, {} heads x {}, ffn {}, in {} ch{}; {}", ckpt.component(name).class_name,
@@ -274,13 +263,6 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
       {"transformer", transformer_row("transformer", tcfg)},
   };
   if (p->transformer_2_) p->description_.emplace_back("transformer_2", transformer_row("transformer_2", p->transformer_2_->config()));
-  auto lora_row = [](const std::vector<nn::LoraAdapterSpec>& adapters) {
-    std::string row;
-    for (const nn::LoraAdapterSpec& a : adapters) row += fmt::format("{}{} (scale {})", row.empty() ? "" : ", ", a.path, a.scale);
-    return row;
-  };
-  if (!options.lora.empty()) p->description_.emplace_back("lora", lora_row(options.lora));
-  if (!options.lora_2.empty()) p->description_.emplace_back("lora_2", lora_row(options.lora_2));
   if (p->image_encoder_)
     p->description_.emplace_back("image_encoder", fmt::format("{}: {}", ckpt.component("image_encoder").class_name,
                                                               describe_weights(ckpt, "image_encoder")));
@@ -292,7 +274,84 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   return p;
 }
 
-std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const { return description_; }
+std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const {
+  std::vector<std::pair<std::string, std::string>> d = description_;
+  auto lora_row = [](const std::vector<nn::LoraAdapterSpec>& adapters) {
+    std::string row;
+    for (const nn::LoraAdapterSpec& a : adapters) row += fmt::format("{}{} (scale {})", row.empty() ? "" : ", ", a.path, a.scale);
+    return row;
+  };
+  if (!lora_.empty()) d.emplace_back("lora", lora_row(lora_));
+  if (!lora_2_.empty()) d.emplace_back("lora_2", lora_row(lora_2_));
+  return d;
+}
+
+void WanPipeline::load_experts(const std::vector<nn::LoraAdapterSpec>& lora,
+                               const std::vector<nn::LoraAdapterSpec>& lora_2) {
+  const bool graphs = context_->settings().cuda_graphs && options_.device.is_cuda();
+  // With offload_idle_expert both experts live in host memory; the first is uploaded now.
+  const bool offload = options_.offload_idle_expert && !transformer_dirs_[1].empty() && options_.device.is_cuda();
+  transformer_ = WanTransformer3DModel::from_pretrained(transformer_dirs_[0], options_.dtype, options_.device, offload,
+                                                        lora, options_.lora_ignore_unmatched);
+  transformer_->enable_cuda_graphs(graphs);
+  transformer_->upload();
+  if (!transformer_dirs_[1].empty()) {
+    transformer_2_ = WanTransformer3DModel::from_pretrained(transformer_dirs_[1], options_.dtype, options_.device,
+                                                            offload, lora_2, options_.lora_ignore_unmatched);
+    transformer_2_->enable_cuda_graphs(graphs);
+  }
+  lora_ = lora;
+  lora_2_ = lora_2;
+}
+
+void WanPipeline::set_lora(const std::vector<nn::LoraAdapterSpec>& lora, const std::vector<nn::LoraAdapterSpec>& lora_2) {
+  ContextScope scope(*context_);
+  if (!lora_2.empty() && !transformer_2_)
+    fail("LoRA adapters for transformer_2 (lora_2: {}) need a two-expert model; this one has one transformer",
+         lora_2.front().path);
+  if (lora == lora_ && lora_2 == lora_2_) return;
+  if (prefetch_.valid()) prefetch_.get();
+  // Files are read and their keys matched before the current weights go.
+  for (const auto* specs : {&lora, &lora_2})
+    if (!specs->empty()) nn::LoraSet(*specs, options_.lora_ignore_unmatched);
+  // The merged variants most recently used stay loaded (lora_cached_variants, this one counted).
+  const std::vector<nn::LoraAdapterSpec> previous_lora = lora_, previous_lora_2 = lora_2_;
+  ExpertVariant current{lora_, lora_2_, std::move(transformer_), std::move(transformer_2_)};
+  for (auto it = cached_variants_.begin(); it != cached_variants_.end(); ++it) {
+    if (it->lora == lora && it->lora_2 == lora_2) {
+      transformer_ = std::move(it->transformer);
+      transformer_2_ = std::move(it->transformer_2);
+      lora_ = lora;
+      lora_2_ = lora_2;
+      cached_variants_.erase(it);
+      cached_variants_.insert(cached_variants_.begin(), std::move(current));
+      cached_variants_.resize(std::min<size_t>(cached_variants_.size(), std::max(options_.lora_cached_variants, 1) - 1));
+      return;
+    }
+  }
+  cached_variants_.insert(cached_variants_.begin(), std::move(current));
+  // The least recently used go before the new weights load: at most lora_cached_variants at a time.
+  cached_variants_.resize(std::min<size_t>(cached_variants_.size(), std::max(options_.lora_cached_variants, 1) - 1));
+  const bool previous_cached = !cached_variants_.empty();
+  try {
+    load_experts(lora, lora_2);
+  } catch (...) {
+    // A file that fails only while merging (shapes against the weights): back to what served.
+    transformer_.reset();
+    transformer_2_.reset();
+    if (previous_cached) {
+      ExpertVariant back = std::move(cached_variants_.front());
+      cached_variants_.erase(cached_variants_.begin());
+      transformer_ = std::move(back.transformer);
+      transformer_2_ = std::move(back.transformer_2);
+      lora_ = back.lora;
+      lora_2_ = back.lora_2;
+    } else {
+      load_experts(previous_lora, previous_lora_2);
+    }
+    throw;
+  }
+}
 
 std::optional<int64_t> WanPipeline::prompt_token_count(const std::string& prompt) const {
   // As encode_prompt sees it: cleaned, then tokenized with </s>.

@@ -11,6 +11,7 @@
 // Every public entry point binds the pipeline's ExecutionContext for its duration.
 #pragma once
 
+#include <array>
 #include <future>
 #include <memory>
 
@@ -49,6 +50,10 @@ class WanPipeline final : public DiffusionPipeline {
   std::vector<GenerationOutput> generate_batch(const std::vector<ResolvedParams>& requests, int max_batch,
                                                const StepCallback& on_step = {}) override;
   std::vector<std::pair<std::string, std::string>> describe() const override;
+  // Reloads the transformer(s) with these adapters fused (what a fresh pipeline with
+  // PipelineOptions::lora / lora_2 loads, exactly); keeps options.lora_cached_variants merged
+  // variants in memory (the current one counted) so switching back costs nothing.
+  void set_lora(const std::vector<nn::LoraAdapterSpec>& lora, const std::vector<nn::LoraAdapterSpec>& lora_2) override;
   std::optional<int64_t> prompt_token_count(const std::string& prompt) const override;
 
   // The pieces, public for the parity tests.
@@ -88,6 +93,9 @@ class WanPipeline final : public DiffusionPipeline {
   // The VAE config's latents_mean and 1 / latents_std as [1, z, 1, 1, 1] float32 on `device`.
   std::pair<Tensor, Tensor> latents_mean_and_inv_std(Device device) const;
 
+  // Loads transformer (and transformer_2) from transformer_dirs_ with these adapters fused.
+  void load_experts(const std::vector<nn::LoraAdapterSpec>& lora, const std::vector<nn::LoraAdapterSpec>& lora_2);
+
   // (latents - latents_mean) * (1 / latents_std): the inverse of decode_latents' normalisation.
   Tensor normalize_latents(const Tensor& latents) const;
 
@@ -108,6 +116,14 @@ class WanPipeline final : public DiffusionPipeline {
   std::unique_ptr<CLIPImageProcessor> image_processor_;
   std::unique_ptr<Scheduler> scheduler_;
   std::future<void> prefetch_;  // an expert upload in flight (offload_idle_expert)
+  // LoRA: the folders the experts reload from, the adapters fused now, other merged variants.
+  std::array<std::string, 2> transformer_dirs_;
+  std::vector<nn::LoraAdapterSpec> lora_, lora_2_;
+  struct ExpertVariant {
+    std::vector<nn::LoraAdapterSpec> lora, lora_2;
+    std::unique_ptr<WanTransformer3DModel> transformer, transformer_2;
+  };
+  std::vector<ExpertVariant> cached_variants_;  // most recently used first
   std::vector<std::pair<std::string, std::string>> description_;
 };
 
