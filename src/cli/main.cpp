@@ -369,6 +369,10 @@ int main(int argc, char** argv) {
   srv->add_option("--media-dir", serve.media_dir, "Job database and media files (default ./vgen-media)");
   srv->add_option("--device", serve.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   srv->add_option("--dtype", serve.dtype, "Compute dtype: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
+  srv->add_option("--lora-dir", serve.lora_dir, "A folder of LoRA adapters (*.safetensors) that requests may name in 'lora' / 'lora_2' (NAME[:SCALE],...; GET /v1/models lists them)")
+      ->check(CLI::ExistingDirectory);
+  srv->add_option("--lora-cached-variants", serve.lora_cached_variants, "Merged LoRA variants of the transformer kept in memory, the current one counted (default 1: a switch reloads the transformer)")
+      ->check(cli::integer_in_range(1, 16));
   srv->add_flag("--offload-idle-expert", serve.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both)");
   srv->add_flag("--offload-text-encoder", serve.offload_text_encoder, "Free the text encoder after each generation's prompts are encoded (reloaded for the next one: less memory, slower requests)");
 

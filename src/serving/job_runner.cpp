@@ -42,8 +42,9 @@ void fail_job(ServerState& state, const std::string& id, const std::string& mess
 
 }  // namespace
 
-GenerationOutput generate(ServerState& state, const ResolvedParams& params, const std::atomic<bool>& cancelled,
-                          const std::function<void(const StepProgress&)>& on_step) {
+GenerationOutput generate(ServerState& state, const ResolvedParams& params, const AdapterPlan& adapters,
+                          const std::atomic<bool>& cancelled, const std::function<void(const StepProgress&)>& on_step) {
+  state.model.pipeline->set_lora(adapters.lora, adapters.lora_2);
   Allocator& memory = allocator_for(state.model.device);
   memory.reset_peak();
   GenerationOutput out = state.model.pipeline->generate(params, [&](const StepProgress& p) {
@@ -69,7 +70,7 @@ void run_video_job(ServerState& state, const std::string& id, const VideoPlan& p
                plan.resolved.height, plan.resolved.num_frames, plan.resolved.num_inference_steps);
   bool progress_warned = false;
   try {
-    GenerationOutput out = generate(state, plan.resolved, cancelled, [&](const StepProgress& p) {
+    GenerationOutput out = generate(state, plan.resolved, plan.adapters, cancelled, [&](const StepProgress& p) {
       // 100 means "done", which includes encoding: denoising goes up to 99. Progress is
       // advisory: a failed write of it does not stop the generation.
       try {

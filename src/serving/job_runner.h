@@ -19,8 +19,10 @@ namespace vgen::serving {
 
 // Runs the model on `params` (resolved by plan_video/plan_image), counting step times in the
 // metrics; stops at the next step once `cancelled` is set (throws Cancelled).
-GenerationOutput generate(ServerState& state, const ResolvedParams& params, const std::atomic<bool>& cancelled,
-                          const std::function<void(const StepProgress&)>& on_step = {});
+// Runs one generation with `adapters` fused (switching the pipeline's LoRA adapters first when
+// they differ from the previous generation's).
+GenerationOutput generate(ServerState& state, const ResolvedParams& params, const AdapterPlan& adapters,
+                          const std::atomic<bool>& cancelled, const std::function<void(const StepProgress&)>& on_step = {});
 
 // The work of one queued video job: in progress, then completed with its files, or failed.
 void run_video_job(ServerState& state, const std::string& id, const VideoPlan& plan, const std::atomic<bool>& cancelled);

@@ -17,6 +17,18 @@ std::string model_id_for(const ServeOptions& options) {
   return p.filename().string();
 }
 
+std::map<std::string, std::string> list_lora_adapters(const std::string& dir) {
+  std::map<std::string, std::string> adapters;
+  if (dir.empty()) return adapters;
+  if (!fs::is_directory(dir)) fail("--lora-dir {}: not a folder", dir);
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".safetensors")
+      adapters[e.path().stem().string()] = fs::absolute(e.path()).string();
+  }
+  if (adapters.empty()) fail("--lora-dir {}: no .safetensors files in it", dir);
+  return adapters;
+}
+
 ServedModel load_served_model(const ServeOptions& options) {
   const Device device = resolve_device(options.device);
   PipelineOptions pipeline_options = default_pipeline_options(device);
@@ -31,7 +43,9 @@ ServedModel load_served_model(const ServeOptions& options) {
   pipeline_options.execution = execution_settings(config, ExecutionSettings::from_environment());
   pipeline_options.offload_text_encoder = options.offload_text_encoder || config.offload.text_encoder;
   pipeline_options.offload_idle_expert = options.offload_idle_expert || config.offload.idle_expert;
+  pipeline_options.lora_cached_variants = options.lora_cached_variants;
   ServedModel m;
+  m.info.adapters = list_lora_adapters(options.lora_dir);
   m.pipeline = load_pipeline(options.model, pipeline_options);
   m.info.id = model_id_for(options);
   m.device = device;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,10 @@ struct ServedModel {
   Device device = Device::cpu();  // where its tensors live (the memory /metrics reports)
 };
 using ModelLoader = std::function<ServedModel()>;
+
+// The LoRA files of `dir` by file stem (empty dir: none); an error for a folder that is missing
+// or holds none.
+std::map<std::string, std::string> list_lora_adapters(const std::string& dir);
 
 // The model's id in the API: options.served_model_name, else the checkpoint folder's name.
 std::string model_id_for(const ServeOptions& options);

@@ -118,10 +118,10 @@ std::optional<double> parse_number_text(const std::string& s) {
 const std::vector<std::string> kVideoFields = {"prompt",          "model",          "seconds",        "size",
                                                "input_reference", "last_image",     "fps",            "num_frames",
                                                "negative_prompt", "num_inference_steps", "guidance_scale",
-                                               "guidance_scale_2", "seed", "timesteps", "sigmas"};
+                                               "guidance_scale_2", "seed", "lora", "lora_2", "timesteps", "sigmas"};
 const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "response_format", "output_format",
                                                "output_compression", "quality", "user", "negative_prompt",
-                                               "num_inference_steps", "guidance_scale", "seed"};
+                                               "num_inference_steps", "guidance_scale", "seed", "lora", "lora_2"};
 
 std::string required_prompt(const RequestFields& f) {
   std::optional<std::string> prompt = bounded_text(f, "prompt");
@@ -146,6 +146,59 @@ void parse_common(const RequestFields& f, GenerationParams& p, std::optional<uin
       p.height = wh->second;
     }
   }
+}
+
+AdapterRequest parse_adapters(const RequestFields& f) {
+  AdapterRequest a;
+  a.lora = f.string("lora");
+  a.lora_2 = f.string("lora_2");
+  return a;
+}
+
+// "NAME[:SCALE],..." -> the adapters' files and scales; 400 naming `field` for an unknown name,
+// a bad scale, or a model that takes no adapters.
+std::vector<nn::LoraAdapterSpec> plan_adapters(const std::optional<std::string>& text, const char* field,
+                                               const ModelInfo& model, const PipelineCapabilities& caps) {
+  std::vector<nn::LoraAdapterSpec> out;
+  if (!text || text->empty()) return out;
+  if (!caps.lora) bad_field(field, fmt::format("'{}': model '{}' takes no LoRA adapters", field, model.id));
+  if (model.adapters.empty())
+    bad_field(field, fmt::format("'{}': this server has no LoRA adapters (vgen serve --lora-dir)", field));
+  if (text->size() > 4096) bad_field(field, fmt::format("'{}' is longer than 4096 characters", field));
+  size_t start = 0;
+  while (start <= text->size()) {
+    const size_t comma = std::min(text->find(',', start), text->size());
+    const std::string item = text->substr(start, comma - start);
+    const size_t colon = item.rfind(':');
+    const std::string name = item.substr(0, colon);
+    double scale = 1.0;
+    if (colon != std::string::npos) {
+      const std::optional<double> v = parse_number_text(item.substr(colon + 1));
+      if (!v || std::fabs(*v) > 100.0)
+        bad_field(field, fmt::format("'{}': scale of '{}' must be a number in [-100, 100]", field, name));
+      scale = *v;
+    }
+    const auto it = model.adapters.find(name);
+    if (it == model.adapters.end()) {
+      std::string names;
+      for (const auto& [n, path] : model.adapters) names += (names.empty() ? "" : ", ") + n;
+      bad_field(field, fmt::format("'{}': no adapter '{}' (served: {}; GET /v1/models lists them)", field, name, names));
+    }
+    out.push_back({it->second, scale});
+    if (out.size() > 8) bad_field(field, fmt::format("'{}': at most 8 adapters", field));
+    start = comma + 1;
+  }
+  return out;
+}
+
+AdapterPlan plan_adapters(const AdapterRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {
+  const PipelineCapabilities& caps = pipeline.capabilities();
+  AdapterPlan plan;
+  plan.lora = plan_adapters(request.lora, "lora", model, caps);
+  plan.lora_2 = plan_adapters(request.lora_2, "lora_2", model, caps);
+  if (!plan.lora_2.empty() && !caps.two_experts)
+    bad_field("lora_2", fmt::format("'lora_2': model '{}' has one transformer (lora_2 is for the second expert)", model.id));
+  return plan;
 }
 
 void check_model(const std::optional<std::string>& requested, const ModelInfo& model) {
@@ -426,6 +479,7 @@ VideoRequest parse_video_request(const RequestFields& f) {
     if (files[0]->content.empty()) bad_field(name, fmt::format("'{}' is an empty file", name));
     *bytes = files[0]->content;
   }
+  r.adapters = parse_adapters(f);
   r.has_input_reference = f.has("input_reference");
   if (f.has("last_image") && !r.has_input_reference)
     bad_field("last_image", "'last_image' needs 'input_reference' (the first frame) too");
@@ -439,6 +493,7 @@ ImageRequest parse_image_request(const RequestFields& f, bool edit) {
   ImageRequest r;
   r.edit = edit;
   parse_common(f, r.params, r.seed, r.model);
+  r.adapters = parse_adapters(f);
   r.n = static_cast<int>(f.integer("n", 1, 10).value_or(1));
   if (auto format = f.string("response_format")) {
     if (*format == "url")
@@ -513,6 +568,7 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
                                        plan.fps, *p.num_frames, kMaxFrames));
   }
   plan.resolved = resolve_or_400(pipeline, p);
+  plan.adapters = plan_adapters(request.adapters, model, pipeline);
   plan.seconds = format_seconds(request.seconds ? *request.seconds
                                                 : static_cast<double>(plan.resolved.num_frames) / plan.fps);
   plan.size = fmt::format("{}x{}", plan.resolved.width, plan.resolved.height);
@@ -530,6 +586,7 @@ ImagePlan plan_image(const ImageRequest& request, const ModelInfo& model, const 
   p.num_frames = 1;
   p.seed = request.seed ? *request.seed : random_seed();
   plan.resolved = resolve_or_400(pipeline, p);
+  plan.adapters = plan_adapters(request.adapters, model, pipeline);
   plan.n = request.n;
   plan.output_format = request.output_format;
   plan.quality = request.quality;

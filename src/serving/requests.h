@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -74,6 +75,19 @@ class RequestFields {
 // its tasks, frame rate and frame grid).
 struct ModelInfo {
   std::string id;  // what /v1/models lists and requests may name
+  // LoRA adapters a request may name (`lora`, `lora_2`): file stem -> path (vgen serve --lora-dir).
+  std::map<std::string, std::string> adapters;
+};
+
+// The LoRA adapters a request asks for, as text: "NAME[:SCALE][,NAME[:SCALE]...]" (the names of
+// ModelInfo::adapters). Empty: none (the base model).
+struct AdapterRequest {
+  std::optional<std::string> lora, lora_2;
+};
+
+// The adapters a plan runs with (paths and scales); the worker switches the pipeline to them.
+struct AdapterPlan {
+  std::vector<nn::LoraAdapterSpec> lora, lora_2;
 };
 
 // "WxH" (width first) or "auto" (nullopt: the model's default).
@@ -98,6 +112,7 @@ struct VideoRequest {
   std::optional<double> seconds;
   std::optional<double> fps;
   std::optional<std::string> model;
+  AdapterRequest adapters;
   bool has_input_reference = false;
   // Image-to-video: the uploaded first frame (`input_reference`, as the OpenAI SDK sends it) and
   // last frame (`last_image`, vgen's), still encoded; plan_video decodes them for a model that
@@ -116,6 +131,7 @@ struct ImageRequest {
   media::ImageFormat output_format = media::ImageFormat::PNG;
   int quality = 90;   // JPEG/WebP quality, from output_compression
   bool edit = false;  // /v1/images/edits
+  AdapterRequest adapters;
 };
 
 // Fields of POST /v1/images/generations (edit = false) and /v1/images/edits (edit = true).
@@ -125,6 +141,7 @@ ImageRequest parse_image_request(const RequestFields& fields, bool edit);
 // resolve(); the worker runs `resolved` as is.
 struct VideoPlan {
   ResolvedParams resolved;
+  AdapterPlan adapters;
   double fps = 0.0;  // the request's, else the model's
   std::string seconds;  // for the Video object
   std::string size;     // "WxH"
@@ -137,6 +154,7 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
 
 struct ImagePlan {
   ResolvedParams resolved;  // one frame; the seed of image i is resolved.seed + i
+  AdapterPlan adapters;
   int n = 1;
   media::ImageFormat output_format = media::ImageFormat::PNG;
   int quality = 90;

@@ -45,7 +45,7 @@ void images(ServerState& s, const httplib::Request& req, httplib::Response& res,
       for (int i = 0; i < plan.n; ++i) {
         ResolvedParams p = plan.resolved;
         p.seed = plan.resolved.seed + static_cast<uint64_t>(i);
-        const GenerationOutput g = generate(s, p, cancelled);
+        const GenerationOutput g = generate(s, p, plan.adapters, cancelled);
         out.push_back(base64(media::encode_image(g.frames.select(0, 0), plan.output_format, plan.quality)));
       }
       return out;

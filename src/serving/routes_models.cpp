@@ -33,11 +33,15 @@ json capabilities_json(const PipelineCapabilities& c) {
 }
 
 json model_json(const ServerState& s) {
+  // The LoRA adapters requests may name in `lora` / `lora_2` (vgen serve --lora-dir).
+  json adapters = json::array();
+  for (const auto& [name, path] : s.model.info.adapters) adapters.push_back(name);
   return {{"id", s.model.info.id},
           {"object", "model"},
           {"created", s.model_created},
           {"owned_by", "vgen"},
-          {"capabilities", capabilities_json(s.model.pipeline->capabilities())}};
+          {"capabilities", capabilities_json(s.model.pipeline->capabilities())},
+          {"lora_adapters", adapters}};
 }
 
 }  // namespace

@@ -82,7 +82,7 @@ void generate_video_sync(ServerState& s, const httplib::Request& req, httplib::R
   std::vector<uint8_t> mp4;
   try {
     mp4 = run_sync<std::vector<uint8_t>>(s, [&s, &plan](const std::atomic<bool>& cancelled) {
-      const GenerationOutput out = generate(s, plan.resolved, cancelled);
+      const GenerationOutput out = generate(s, plan.resolved, plan.adapters, cancelled);
       media::VideoEncodeOptions encode;
       encode.fps = plan.fps;
       return media::encode_mp4(out.frames, encode);

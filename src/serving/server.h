@@ -43,6 +43,9 @@ struct ServeOptions {
   std::string dtype;            // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
   bool offload_text_encoder = false;  // free the text encoder between generations
   bool offload_idle_expert = false;   // two-expert models: the idle expert in host memory
+  // LoRA adapters requests may name: the *.safetensors files of this folder, by file stem.
+  std::string lora_dir;
+  int lora_cached_variants = 1;  // merged variants of the transformer kept in memory (current counted)
   std::string served_model_name;  // the model's id in the API; empty: the checkpoint folder's name
   size_t max_queue = 64;          // generations waiting (async and sync); more is a 429
   size_t max_body_bytes = 32u << 20;  // larger request bodies are a 413 (chunked ones too)

@@ -5,6 +5,7 @@ naming the field. Outputs are checked with ffprobe."""
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -24,7 +25,13 @@ def main():
     ref = model.rstrip("/") + "_ref"
     first, last = os.path.join(ref, "image_a.png"), os.path.join(ref, "image_b.png")
     root = tempfile.mkdtemp(prefix="vgen_i2v_")
-    server = Server(binary, model, os.path.join(root, "media")).start()
+    # LoRA adapters requests may name (the tiny I2V fixture's, from tests/fixtures/lora_ref).
+    loras = os.path.join(root, "loras")
+    os.makedirs(loras)
+    lora_ref = os.path.join(os.path.dirname(model.rstrip("/")), "lora_ref")
+    for name in ("i2v_wan", "i2v_musubi"):
+        shutil.copy(os.path.join(lora_ref, name + ".safetensors"), loras)
+    server = Server(binary, model, os.path.join(root, "media"), extra_args=["--lora-dir", loras]).start()
     t = Checks()
     try:
         c = OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
@@ -74,6 +81,30 @@ def main():
                                     [("input_reference", "a.png", "image/png", a.read())])
         status, _, data = request(server, "POST", "/v1/videos/generations", body, {"Content-Type": ctype})
         t.check(status == 200 and data[4:8] == b"ftyp", f"synchronous image-to-video: {status} {data[:200]!r}")
+
+        # LoRA adapters by name, switched between requests: the same adapter gives the same video.
+        t.check(c.models.list().data[0].model_extra.get("lora_adapters") == ["i2v_musubi", "i2v_wan"],
+                "/v1/models lists the adapters")
+
+        def sync_video(lora=None):
+            fields = {"prompt": "a cat", "size": "48x32", "num_frames": "5", "num_inference_steps": "2", "seed": "4"}
+            if lora:
+                fields["lora"] = lora
+            with open(first, "rb") as a:
+                body, ctype = multipart(fields, [("input_reference", "a.png", "image/png", a.read())])
+            return request(server, "POST", "/v1/videos/generations", body, {"Content-Type": ctype})
+
+        s1, _, with_lora = sync_video("i2v_wan:0.8")
+        s2, _, without = sync_video()
+        s3, _, again = sync_video("i2v_wan:0.8")
+        s4, _, two = sync_video("i2v_musubi:0.6,i2v_wan:0.8")
+        t.check((s1, s2, s3, s4) == (200, 200, 200, 200), f"videos with and without adapters: {(s1, s2, s3, s4)}")
+        t.check(with_lora != without and with_lora == again and two not in (with_lora, without),
+                "an adapter changes the video; switching back gives the same bytes")
+        status, _, data = sync_video("no_such_adapter")
+        err = json.loads(data).get("error", {}) if data.startswith(b"{") else {}
+        t.check(status == 400 and err.get("param") == "lora" and "i2v_wan" in err.get("message", ""),
+                f"an unknown adapter: 400 param lora listing the served ones ({status} {err})")
 
         # A last image without a first one.
         with open(last, "rb") as b:
