@@ -394,3 +394,35 @@ TEST(ServingRequests, TimestepsAndSigmas) {
             std::string::npos)
       << m;
 }
+
+// `lora` / `lora_2`: NAME[:SCALE],... resolved against the server's adapters; every refusal a 400
+// naming the field.
+TEST(ServingRequests, LoraAdaptersByName) {
+  vgen::PipelineCapabilities caps = vgen::testing::fake_capabilities();
+  caps.lora = true;
+  FakePipeline pipeline(std::chrono::milliseconds(1), caps);
+  ModelInfo model = tiny_model();
+  model.adapters = {{"fast", "/loras/fast.safetensors"}, {"style", "/loras/style.safetensors"}};
+  auto plan = [&](const std::string& body, const vgen::DiffusionPipeline& p) {
+    return plan_video(parse_video_request(RequestFields::from_json(body)), model, p);
+  };
+  const VideoPlan v = plan(R"({"prompt": "x", "lora": "fast:0.5,style"})", pipeline);
+  ASSERT_EQ(v.adapters.lora.size(), 2u);
+  EXPECT_EQ(v.adapters.lora[0].path, "/loras/fast.safetensors");
+  EXPECT_EQ(v.adapters.lora[0].scale, 0.5);
+  EXPECT_EQ(v.adapters.lora[1].path, "/loras/style.safetensors");
+  EXPECT_EQ(v.adapters.lora[1].scale, 1.0);
+  EXPECT_TRUE(plan(R"({"prompt": "x"})", pipeline).adapters.lora.empty());
+
+  std::string m = expect_api_error([&] { plan(R"({"prompt": "x", "lora": "slow"})", pipeline); }, 400, "lora");
+  EXPECT_NE(m.find("served: fast, style"), std::string::npos) << m;
+  expect_api_error([&] { plan(R"({"prompt": "x", "lora": "fast:lots"})", pipeline); }, 400, "lora");
+  m = expect_api_error([&] { plan(R"({"prompt": "x", "lora_2": "fast"})", pipeline); }, 400, "lora_2");
+  EXPECT_NE(m.find("one transformer"), std::string::npos) << m;
+  FakePipeline no_lora;  // a family without adapters
+  m = expect_api_error([&] { plan(R"({"prompt": "x", "lora": "fast"})", no_lora); }, 400, "lora");
+  EXPECT_NE(m.find("takes no LoRA adapters"), std::string::npos) << m;
+  model.adapters.clear();
+  m = expect_api_error([&] { plan(R"({"prompt": "x", "lora": "fast"})", pipeline); }, 400, "lora");
+  EXPECT_NE(m.find("--lora-dir"), std::string::npos) << m;
+}
