@@ -2,10 +2,10 @@
 // decoder are in autoencoder_kl_wan_{encoder,decoder}.h, their blocks in
 // autoencoder_kl_wan_blocks.h, built from nn modules.
 //
-// On a GPU the encoder and decoder run channels-last (activations and filters laid out [N, D, H, W, C]
-// under their usual [N, C, D, H, W] shapes, as PyTorch's channels_last_3d): cuDNN's NDHWC
-// convolutions are faster, and the channel norm reads contiguous rows. VGEN_VAE_CHANNELS_LAST=0
-// keeps NCDHW (for comparison); the values are the same either way.
+// On a GPU the encoder and decoder run channels-last (activations and filters laid out
+// [N, D, H, W, C] under their usual [N, C, D, H, W] shapes, as PyTorch's channels_last_3d):
+// cuDNN's NDHWC convolutions are faster, and the channel norm reads contiguous rows.
+// VGEN_VAE_CHANNELS_LAST=0 keeps NCDHW (for comparison); the values are the same either way.
 #include "models/wan/autoencoder_kl_wan.h"
 
 #include <fmt/ranges.h>
@@ -28,8 +28,8 @@ namespace fs = std::filesystem;
 namespace vgen {
 namespace {
 
-const std::vector<float> kDefaultLatentsMean = {-0.7571f, -0.7089f, -0.9113f, 0.1075f,  -0.1745f, 0.9653f,
-                                                -0.1517f, 1.5508f,  0.4134f,  -0.0715f, 0.5517f,  -0.3632f,
+const std::vector<float> kDefaultLatentsMean = {-0.7571f, -0.7089f, -0.9113f, 0.1075f, -0.1745f, 0.9653f,
+                                                -0.1517f, 1.5508f,  0.4134f,  -0.0715f, 0.5517f, -0.3632f,
                                                 -0.1922f, -0.9497f, 0.2503f,  -0.2921f};
 const std::vector<float> kDefaultLatentsStd = {2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
                                                3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f};

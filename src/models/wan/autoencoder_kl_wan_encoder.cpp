@@ -1,5 +1,7 @@
 #include "models/wan/autoencoder_kl_wan_encoder.h"
 
+#include <type_traits>
+
 #include "ops/ops.h"
 
 namespace vgen {
