@@ -80,8 +80,8 @@ TEST(CLIPVisionModel, Bf16CloseToTransformersBf16) {
   }
 }
 
-// The Wan repos' checkpoints name the modules under "vision_model." (transformers 4): the same
-// model loads from those names.
+// The Wan repos' checkpoints name the modules under "vision_model." (transformers 4), older ones
+// with a position_ids buffer too: the same model loads from those names.
 TEST(CLIPVisionModel, LoadsVisionModelPrefixedCheckpoints) {
   const fs::path dir = fs::path(::testing::TempDir()) / "clip_prefixed";
   fs::remove_all(dir);
@@ -90,6 +90,10 @@ TEST(CLIPVisionModel, LoadsVisionModelPrefixedCheckpoints) {
   const WeightStore store = WeightStore::open_files({model_dir("gelu") + "/model.safetensors"});
   std::map<std::string, Tensor> renamed;
   for (const std::string& name : store.names()) renamed["vision_model." + name] = store.get(name);
+  // transformers before 4.31 also saved the position_ids buffer.
+  std::vector<int64_t> ids(17);
+  for (int64_t i = 0; i < 17; ++i) ids[i] = i;
+  renamed["vision_model.embeddings.position_ids"] = Tensor::from_vector_i64(ids, {1, 17});
   save_safetensors((dir / "model.safetensors").string(), renamed);
   const auto model = CLIPVisionModel::from_pretrained(dir.string());
   const WeightStore ref = vgen::testing::reference("image_ref/clip_vision.safetensors");

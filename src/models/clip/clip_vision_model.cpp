@@ -93,16 +93,17 @@ std::unique_ptr<CLIPVisionModel> CLIPVisionModel::from_pretrained(const std::str
   for (int64_t i = 0; i + 1 < c.num_hidden_layers; ++i)
     model->layers_.emplace_back(weights, fmt::format("{}encoder.layers.{}.", prefix, i), c);
 
-  // What hidden_states[-2] does not depend on: the last layer, post_layernorm, and the
-  // projection of a CLIPVisionModelWithProjection checkpoint. The last layer must still be
-  // there: a checkpoint with fewer layers than the config says is another model.
+  // What hidden_states[-2] does not depend on: the last layer, post_layernorm, the projection
+  // of a CLIPVisionModelWithProjection checkpoint, and the position_ids buffer that
+  // transformers before 4.31 saved. The last layer must still be there: a checkpoint with
+  // fewer layers than the config says is another model.
   const std::string last_layer = fmt::format("{}encoder.layers.{}.", prefix, c.num_hidden_layers - 1);
   if (!store.contains(last_layer + "layer_norm1.weight"))
     fail("{}: missing tensor '{}layer_norm1.weight' (num_hidden_layers is {} in {})", store.source(), last_layer,
          c.num_hidden_layers, config_path);
   weights.check_all_used(kClassName, config_path, [&](const std::string& name) {
     return name.rfind(last_layer, 0) == 0 || name.rfind(prefix + "post_layernorm.", 0) == 0 ||
-           name == "visual_projection.weight";
+           name == "visual_projection.weight" || name == prefix + "embeddings.position_ids";
   });
   return model;
 }
