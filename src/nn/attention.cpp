@@ -71,8 +71,6 @@ Tensor Attention::forward(const Tensor& x, const RotaryTables* rope, const Tenso
   return to_out_.forward(attend(q, k, v, bias));
 }
 
-Tensor Attention::forward_cross(const Tensor& x, const Tensor& context) const { return forward_cross(x, context, {}); }
-
 Tensor Attention::forward_cross(const Tensor& x, const Tensor& context, const Tensor& image_context) const {
   VGEN_CHECK(to_kv_.defined(), "nn::Attention '{}' is a self-attention: call forward", prefix_);
   VGEN_CHECK(x.dim() == 3 && context.dim() == 3 && context.size(0) == x.size(0),

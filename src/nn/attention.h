@@ -54,11 +54,9 @@ class Attention {
   // added to the scores. -> [B, S, query_dim] after to_out.
   Tensor forward(const Tensor& x, const RotaryTables* rope = nullptr, const Tensor& bias = {}) const;
   // Cross-attention: queries from x [B, S, query_dim], keys and values from context
-  // [B, L, cross_attention_dim].
-  Tensor forward_cross(const Tensor& x, const Tensor& context) const;
-  // With added_kv_proj_dim: also attends to image_context [B, L_img, added_kv_proj_dim]
-  // (undefined: text only).
-  Tensor forward_cross(const Tensor& x, const Tensor& context, const Tensor& image_context) const;
+  // [B, L, cross_attention_dim]. With added_kv_proj_dim, also from image_context
+  // [B, L_img, added_kv_proj_dim] (undefined: text only).
+  Tensor forward_cross(const Tensor& x, const Tensor& context, const Tensor& image_context = {}) const;
 
   const AttentionOptions& options() const { return options_; }
 

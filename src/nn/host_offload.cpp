@@ -10,12 +10,6 @@ HostOffload::HostOffload(std::vector<std::shared_ptr<Storage>> storages, Device 
     VGEN_CHECK(s->device().is_cpu(), "HostOffload: a weight is on {}, not in host memory", s->device().str());
 }
 
-size_t HostOffload::nbytes() const {
-  size_t n = 0;
-  for (const std::shared_ptr<Storage>& s : storages_) n += s->nbytes();
-  return n;
-}
-
 void HostOffload::upload() {
   if (resident_) return;
   host_.reserve(storages_.size());

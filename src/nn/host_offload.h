@@ -20,8 +20,6 @@ class HostOffload {
 
   bool defined() const { return !storages_.empty(); }
   bool resident() const { return resident_; }
-  Device device() const { return device_; }
-  size_t nbytes() const;
 
   // Copies the weights to the device, in the order of the calling thread's context (its
   // stream on a GPU); returns once the copies are issued.

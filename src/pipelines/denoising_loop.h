@@ -38,6 +38,10 @@ struct DenoiseConfig {
   double guidance_at(int step_index, double t) const {
     return expert_at(step_index, t) == 1 ? guidance_scale_2 : guidance_scale;
   }
+  // Whether any step may run CFG (the negative prompt is needed).
+  bool any_cfg() const {
+    return guidance_scale > 1.0 || ((boundary_timestep || boundary_step) && guidance_scale_2 > 1.0);
+  }
 };
 
 // Runs all scheduler timesteps from `latents`; returns the denoised latents.

@@ -157,7 +157,7 @@ AdapterRequest parse_adapters(const RequestFields& f) {
 
 // "NAME[:SCALE],..." -> the adapters' files and scales; 400 naming `field` for an unknown name,
 // a bad scale, or a model that takes no adapters.
-std::vector<nn::LoraAdapterSpec> plan_adapters(const std::optional<std::string>& text, const char* field,
+std::vector<nn::LoraAdapterSpec> adapter_list(const std::optional<std::string>& text, const char* field,
                                                const ModelInfo& model, const PipelineCapabilities& caps) {
   std::vector<nn::LoraAdapterSpec> out;
   if (!text || text->empty()) return out;
@@ -194,8 +194,8 @@ std::vector<nn::LoraAdapterSpec> plan_adapters(const std::optional<std::string>&
 AdapterPlan plan_adapters(const AdapterRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {
   const PipelineCapabilities& caps = pipeline.capabilities();
   AdapterPlan plan;
-  plan.lora = plan_adapters(request.lora, "lora", model, caps);
-  plan.lora_2 = plan_adapters(request.lora_2, "lora_2", model, caps);
+  plan.lora = adapter_list(request.lora, "lora", model, caps);
+  plan.lora_2 = adapter_list(request.lora_2, "lora_2", model, caps);
   if (!plan.lora_2.empty() && !caps.two_experts)
     bad_field("lora_2", fmt::format("'lora_2': model '{}' has one transformer (lora_2 is for the second expert)", model.id));
   return plan;

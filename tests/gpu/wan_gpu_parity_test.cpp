@@ -17,6 +17,7 @@
 #include "pipelines/registry.h"
 #include "support/gpu.h"
 #include "support/parity.h"
+#include "support/wan_fixture_runs.h"
 #include "text/umt5_encoder.h"
 
 using namespace vgen;
@@ -102,18 +103,8 @@ TEST(WanGpu, Umt5MatchesTransformers) {
 TEST(WanGpu, PipelineMatchesDiffusers) {
   SKIP_WITHOUT_GPU();
   const std::string name = "wan21_t2v_tiny";
-  const Json call = read_json_file(fixture(name + "_ref/pipeline.json"))["call"];
   const WeightStore ref = reference(name + "_ref/pipeline.safetensors");
-  GenerationParams p;
-  p.prompt = call["prompt"].get<std::string>();
-  p.negative_prompt = call["negative_prompt"].get<std::string>();
-  p.height = call["height"].get<int64_t>();
-  p.width = call["width"].get<int64_t>();
-  p.num_frames = call["num_frames"].get<int64_t>();
-  p.num_inference_steps = call["num_inference_steps"].get<int>();
-  p.max_sequence_length = call["max_sequence_length"].get<int>();
-  p.guidance_scale = 5.0;
-  p.latents = ref.get("latents");
+  const GenerationParams p = vgen::testing::wan_t2v_call_params(name);  // guidance 5
   const Tensor want = ref.get("denoised_latents");
 
   auto run = [&](Device device, DType dtype) {

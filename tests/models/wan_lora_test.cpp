@@ -84,16 +84,7 @@ TEST(WanLora, PipelineMatchesDiffusersEndToEnd) {
     auto pipe = load_pipeline(fixture(checkpoint), options);
     GenerationParams p;
     if (checkpoint == "wan21_t2v_tiny") {
-      const Json call = read_json_file(fixture("wan21_t2v_tiny_ref/pipeline.json"))["call"];
-      p.prompt = call["prompt"].get<std::string>();
-      p.negative_prompt = call["negative_prompt"].get<std::string>();
-      p.height = call["height"].get<int64_t>();
-      p.width = call["width"].get<int64_t>();
-      p.num_frames = call["num_frames"].get<int64_t>();
-      p.num_inference_steps = call["num_inference_steps"].get<int>();
-      p.max_sequence_length = call["max_sequence_length"].get<int>();
-      p.guidance_scale = call["guidance_scale"].get<double>();
-      p.latents = reference("wan21_t2v_tiny_ref/pipeline.safetensors").get("latents");
+      p = vgen::testing::wan_t2v_call_params(checkpoint);
     } else {
       const Json spec = vgen::testing::wan_fixture_spec(checkpoint);
       p = vgen::testing::wan_run_params(checkpoint, spec["runs"]["(no prefix)"], spec,

@@ -9,6 +9,7 @@
 #include "ops/ops.h"
 #include "pipelines/registry.h"
 #include "support/parity.h"
+#include "support/wan_fixture_runs.h"
 
 using namespace vgen;
 using vgen::testing::fixture;
@@ -20,17 +21,8 @@ namespace {
 
 class WanPipelineParity : public ::testing::TestWithParam<std::string> {};
 
-GenerationParams params_from(const Json& call, const Tensor& latents, double guidance_scale) {
-  GenerationParams p;
-  p.prompt = call["prompt"].get<std::string>();
-  p.negative_prompt = call["negative_prompt"].get<std::string>();
-  p.height = call["height"].get<int64_t>();
-  p.width = call["width"].get<int64_t>();
-  p.num_frames = call["num_frames"].get<int64_t>();
-  p.num_inference_steps = call["num_inference_steps"].get<int>();
-  p.max_sequence_length = call["max_sequence_length"].get<int>();
+GenerationParams with_guidance(GenerationParams p, double guidance_scale) {
   p.guidance_scale = guidance_scale;
-  p.latents = latents;
   return p;
 }
 
@@ -55,7 +47,7 @@ TEST_P(WanPipelineParity, MatchesDiffusersEndToEnd) {
     SCOPED_TRACE(cfg ? "with CFG" : "without CFG");
     const std::string suffix = cfg ? "" : "_nocfg";
     int steps_seen = 0;
-    const GenerationOutput out = pipe->generate(pipe->resolve(params_from(call, ref.get("latents"), cfg ? 5.0 : 1.0)),
+    const GenerationOutput out = pipe->generate(pipe->resolve(with_guidance(vgen::testing::wan_t2v_call_params(name), cfg ? 5.0 : 1.0)),
                                                 [&](const StepProgress& p) {
                                                   ++steps_seen;
                                                   return true;

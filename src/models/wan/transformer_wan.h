@@ -111,7 +111,6 @@ class WanTransformer3DModel {
   void upload();
   void release();
   bool resident() const { return !offload_.defined() || offload_.resident(); }
-  size_t weight_bytes_offloaded() const { return offload_.nbytes(); }
   const GraphedCallable& graphed_step() const { return *graphed_; }
 
   // The stages of forward, separately, so a step cache (TeaCache) can look at `temb` and

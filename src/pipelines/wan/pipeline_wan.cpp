@@ -314,38 +314,36 @@ void WanPipeline::set_lora(const std::vector<nn::LoraAdapterSpec>& lora, const s
   // Files are read and their keys matched before the current weights go.
   for (const auto* specs : {&lora, &lora_2})
     if (!specs->empty()) nn::LoraSet(*specs, options_.lora_ignore_unmatched);
-  // The merged variants most recently used stay loaded (lora_cached_variants, this one counted).
-  const std::vector<nn::LoraAdapterSpec> previous_lora = lora_, previous_lora_2 = lora_2_;
-  ExpertVariant current{lora_, lora_2_, std::move(transformer_), std::move(transformer_2_)};
-  for (auto it = cached_variants_.begin(); it != cached_variants_.end(); ++it) {
+  // The current variant joins the cache, most recently used first; the cache keeps
+  // lora_cached_variants - 1 of them beside the loaded one (the oldest go before a load).
+  const size_t capacity = static_cast<size_t>(std::max(options_.lora_cached_variants, 1) - 1);
+  cached_variants_.insert(cached_variants_.begin(),
+                          ExpertVariant{lora_, lora_2_, std::move(transformer_), std::move(transformer_2_)});
+  const auto take = [&](std::vector<ExpertVariant>::iterator it) {
+    transformer_ = std::move(it->transformer);
+    transformer_2_ = std::move(it->transformer_2);
+    lora_ = it->lora;
+    lora_2_ = it->lora_2;
+    cached_variants_.erase(it);
+  };
+  for (auto it = cached_variants_.begin() + 1; it != cached_variants_.end(); ++it) {
     if (it->lora == lora && it->lora_2 == lora_2) {
-      transformer_ = std::move(it->transformer);
-      transformer_2_ = std::move(it->transformer_2);
-      lora_ = lora;
-      lora_2_ = lora_2;
-      cached_variants_.erase(it);
-      cached_variants_.insert(cached_variants_.begin(), std::move(current));
-      cached_variants_.resize(std::min<size_t>(cached_variants_.size(), std::max(options_.lora_cached_variants, 1) - 1));
+      take(it);
+      if (cached_variants_.size() > capacity) cached_variants_.resize(capacity);
       return;
     }
   }
-  cached_variants_.insert(cached_variants_.begin(), std::move(current));
-  // The least recently used go before the new weights load: at most lora_cached_variants at a time.
-  cached_variants_.resize(std::min<size_t>(cached_variants_.size(), std::max(options_.lora_cached_variants, 1) - 1));
-  const bool previous_cached = !cached_variants_.empty();
+  const std::vector<nn::LoraAdapterSpec> previous_lora = lora_, previous_lora_2 = lora_2_;
+  if (cached_variants_.size() > capacity) cached_variants_.resize(capacity);
   try {
     load_experts(lora, lora_2);
   } catch (...) {
-    // A file that fails only while merging (shapes against the weights): back to what served.
+    // A file that fails only while merging (shapes against the weights): back to what served,
+    // from the cache when it is there, else reloaded.
     transformer_.reset();
     transformer_2_.reset();
-    if (previous_cached) {
-      ExpertVariant back = std::move(cached_variants_.front());
-      cached_variants_.erase(cached_variants_.begin());
-      transformer_ = std::move(back.transformer);
-      transformer_2_ = std::move(back.transformer_2);
-      lora_ = back.lora;
-      lora_2_ = back.lora_2;
+    if (!cached_variants_.empty()) {
+      take(cached_variants_.begin());
     } else {
       load_experts(previous_lora, previous_lora_2);
     }
@@ -665,8 +663,7 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   // A hand-made ResolvedParams is checked here too: expert 1 needs a second transformer.
   if (r.boundary_step && !boundary_ratio_) fail("boundary_step applies to two-expert models only");
   loop.boundary_step = r.boundary_step;
-  // The negative prompt is encoded when any phase runs CFG.
-  const bool cfg = loop.guidance_scale > 1.0 || (boundary_ratio_ && loop.guidance_scale_2 > 1.0);
+  const bool cfg = loop.any_cfg();  // the negative prompt is encoded when a step runs CFG
   std::vector<std::string> prompts;
   for (const ResolvedParams* p : batch) prompts.push_back(p->prompt);
   const Tensor prompt_embeds = encode_prompt(prompts, r.max_sequence_length);
