@@ -59,6 +59,7 @@ PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   if (a.attention_backend) o.execution.attention_backend = *a.attention_backend;
   o.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) o.execution.conv_autotune = true;
+  for (const std::string& spec : a.lora) o.lora.push_back(nn::parse_lora_adapter_spec(spec));
   return o;
 }
 
@@ -119,7 +120,7 @@ int run_bench(const BenchArgs& a) {
     p.height = a.height;
     p.width = a.width;
     p.num_frames = a.num_frames;
-    p.guidance_scale = caps.default_guidance_scale;
+    p.guidance_scale = a.guidance_scale.value_or(caps.default_guidance_scale);
     p.num_inference_steps = std::max(a.warmup, 1);
     if (!a.image.empty()) p.image = media::read_image(a.image);
     if (caps.two_experts) p.guidance_scale_2 = caps.default_guidance_scale_2;
@@ -153,6 +154,7 @@ int run_bench(const BenchArgs& a) {
                 {"load_s", load_s}, {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s},
                 {"phases", phases}, {"peak_gib", peak_gib(device)}, {"vae_dtype", a.vae_dtype},
                 {"cuda_graphs", settings.cuda_graphs}, {"conv_autotune", settings.conv_autotune},
+                {"guidance_scale", r.guidance_scale}, {"lora", a.lora},
                 {"offload_text_encoder", a.offload_text_encoder}, {"offload_idle_expert", a.offload_idle_expert}, {"text_encoder_reload_s", reload_s}});
   } else {
     fail("bench: unknown benchmark '{}' (attention, transformer, vae, image_encoder, pipeline)", a.what);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace vgen::cli {
 
@@ -34,6 +35,8 @@ struct BenchArgs {
   bool encode = false;  // vae: time encode instead of decode
   std::optional<int64_t> vae_scale_factor_spatial;  // transformer: pixels per latent position
   std::string image;    // pipeline: the first frame (image-to-video models)
+  std::optional<double> guidance_scale;  // pipeline; unset: the model's default (1 runs no negative pass)
+  std::vector<std::string> lora;         // pipeline: LoRA adapters "FILE[:SCALE]" fused while loading
 };
 
 int run_bench(const BenchArgs& args);

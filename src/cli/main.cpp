@@ -403,6 +403,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   bench->add_flag("--encode", b.encode, "vae: time the encoder (a video of the pixel size) instead of the decoder");
   bench->add_option("--vae-scale-factor-spatial", b.vae_scale_factor_spatial, "transformer: pixels per latent position (default: the vae folder beside it, else 8)");
+  bench->add_option("--guidance-scale", b.guidance_scale, "pipeline: guidance scale (default: the model's; 1 runs no negative pass)");
+  bench->add_option("--lora", b.lora, "pipeline: a LoRA adapter FILE[:SCALE] fused while loading (repeatable)");
   bench->add_option("--image", b.image, "pipeline: first frame for an image-to-video model")->check(CLI::ExistingFile);
   bench->add_option("--save-output", b.save_output, "transformer, vae: write the output of one forward/decode/encode as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");

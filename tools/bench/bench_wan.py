@@ -15,6 +15,8 @@ Image-to-video and Wan2.2: ti2v5b (TI2V-5B forward 704x1280x121 + accuracy), vae
 VAE decode 704x1280x121 + accuracy), vae_encode (Wan2.1 VAE encode of one 720p frame), clip
 (CLIP ViT-H/14 image encode), i2v14 (A14B-shaped image-to-video, two experts, a few steps,
 480x832x81 end to end; --i2v-layers sets the layers per expert, 40 in the real model).
+LoRA: lora14 (Wan2.1 T2V 14B shape, a random rank-64 LoRA fused at load, the 4-step no-CFG
+recipe end to end at 480x832x81; vgen's speedup over its own 50-step CFG run; LoRA load + merge).
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -506,6 +508,87 @@ def part_e2e(args):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def random_wan_lora(path, num_layers, dim, ffn, rank, dev):
+    """A LightX2V-like step-distillation LoRA in the original Wan / ComfyUI keys: every attention
+    projection and both FFN layers of every block, rank `rank`, alpha = rank (scaling 1), bf16."""
+    from safetensors.torch import save_file
+    g = torch.Generator(dev).manual_seed(7)
+    sd = {}
+    mods = [(f"{a}.{o}", dim, dim) for a in ("self_attn", "cross_attn") for o in "qkvo"]
+    mods += [("ffn.0", ffn, dim), ("ffn.2", dim, ffn)]
+    for i in range(num_layers):
+        for name, out_f, in_f in mods:
+            key = f"diffusion_model.blocks.{i}.{name}"
+            sd[f"{key}.lora_down.weight"] = (torch.randn(rank, in_f, generator=g, device=dev) / in_f ** 0.5).to(torch.bfloat16).cpu()
+            sd[f"{key}.lora_up.weight"] = (torch.randn(out_f, rank, generator=g, device=dev) * 0.02).to(torch.bfloat16).cpu()
+            sd[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(sd, path)
+
+
+def part_lora14(args):
+    """The 4-step distilled recipe at Wan2.1 T2V 14B shape, 480x832x81, with a random rank-64 LoRA
+    (LightX2V-style keys) fused at load: diffusers (load_lora_weights + fuse_lora, guidance 1, 4
+    steps of FlowMatchEuler shift 5) against `vgen bench pipeline --lora ... --guidance-scale 1
+    --steps 4`, end to end from the prompt to the frames. Then vgen's speedup over its own
+    50-step CFG run, computed from a measured CFG run's per-call time (2 steps x 2 calls), and the
+    LoRA load + merge time of both (vgen: its load time with the LoRA minus without)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    tiny, dev = args.tiny, args.device
+    h, w, f = (64, 96, 9) if tiny else (480, 832, 81)
+    d = os.path.join(args.work, "lora14")
+    tmp = tempfile.mkdtemp()
+    tok = tiny_tokenizer(tmp)
+    torch.manual_seed(0)
+    te = text_encoder(tiny, dev).to(torch.bfloat16)
+    cfg = transformer_config("14b", tiny)
+    if tiny:
+        cfg["text_dim"] = 64
+    with torch.device(dev):
+        tr = WanTransformer3DModel(**cfg).to(torch.bfloat16)
+        vae = AutoencoderKLWan(**(dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if tiny else {}))
+    vae = vae.to(torch.float32)
+    sched = FlowMatchEulerDiscreteScheduler(shift=5.0, num_train_timesteps=1000)
+    pipe = WanPipeline(tokenizer=tok, text_encoder=te, transformer=tr, vae=vae, scheduler=sched)
+    pipe.save_pretrained(d)
+    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    lora = os.path.join(args.work, "distill_lora_r64.safetensors")
+    random_wan_lora(lora, cfg["num_layers"], dim, cfg["ffn_dim"], 8 if tiny else 64, dev)
+    sync()
+    t0 = time.perf_counter()
+    pipe.load_lora_weights(lora)
+    pipe.fuse_lora(lora_scale=1.0)
+    sync()
+    theirs_lora_s = time.perf_counter() - t0
+    kw = dict(prompt="A cat plays piano in the night", height=h, width=w, num_frames=f, guidance_scale=1.0,
+              output_type="np")
+    pipe(num_inference_steps=2, **kw)  # warm-up
+    free_gpu()
+    t0 = time.perf_counter()
+    pipe(num_inference_steps=4, generator=torch.Generator(dev).manual_seed(42), **kw)
+    sync()
+    theirs = {"s": time.perf_counter() - t0, "peak_gib": peak_gib()}
+    del pipe, te, tr, vae
+    free_gpu()
+    common = ["--model", d, "--height", h, "--width", w, "--num-frames", f]
+    # vgen's CFG run first (its load, without the LoRA, reads the files diffusers read: both
+    # loads below then come from the page cache), then the recipe with the LoRA.
+    cfg_run = vgen(args, "pipeline", *common, "--steps", 2, "--guidance-scale", 5, "--warmup", 1)
+    ours = vgen(args, "pipeline", *common, "--steps", 4, "--guidance-scale", 1, "--lora", lora, "--warmup", 2)
+    compare(f"e2e_14b_lora_r64_4steps_nocfg_{h}x{w}x{f}", theirs, ours, vgen_phases=ours["phases"],
+            vgen_load_s=ours["load_s"], diffusers_lora_load_fuse_s=theirs_lora_s)
+    # vgen's own 50-step CFG run: the same phases outside the loop, and 50 steps at the CFG
+    # run's measured time per step (two transformer calls).
+    per_step = cfg_run["phases"]["denoise"] / 2
+    outside = ours["s"] - ours["phases"]["denoise"]
+    t50 = outside + 50 * per_step
+    log(what="lora14_recipe_speedup", vgen_4step_nocfg_s=ours["s"], vgen_cfg_step_s=per_step,
+        vgen_50step_cfg_estimated_s=t50, speedup=t50 / ours["s"],
+        vgen_lora_load_merge_s=ours["load_s"] - cfg_run["load_s"], vgen_load_with_lora_s=ours["load_s"],
+        vgen_load_without_lora_s=cfg_run["load_s"], diffusers_lora_load_fuse_s=theirs_lora_s)
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["attn", "wan13", "vae"])
@@ -526,7 +609,8 @@ def main():
     parts = {"attn": part_attn, "wan13": lambda a: part_transformer(a, "1.3b"), "vae": part_vae, "e2e": part_e2e,
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
-             "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14}
+             "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
+             "lora14": part_lora14}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
