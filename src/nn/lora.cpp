@@ -366,14 +366,14 @@ Tensor LoraSet::merge(const std::string& tensor_name, Tensor value) const {
       if (u->bias.shape() != value.shape())
         fail("{}: LoRA bias '{}' has shape {}, but '{}' is {}", u->file, u->key, shape_str(u->bias.shape()),
              tensor_name, shape_str(value.shape()));
-      value = ops::add(value, ops::scale(u->bias, scaling));
+      value = ops::add(value, ops::scale(u->bias.to(value.device()), scaling));
       continue;
     }
     if (value.dim() != 2 || u->up.size(0) != value.size(0) || u->down.size(1) != value.size(1))
       fail("{}: LoRA tensor '{}' (lora_A {}, lora_B {}) does not fit '{}' {}", u->file, u->key,
            shape_str(u->down.shape()), shape_str(u->up.shape()), tensor_name, shape_str(value.shape()));
     // get_delta_weight: (B @ A) * scaling, then weight.data += delta.
-    value = ops::add(value, ops::scale(ops::matmul(u->up, u->down), scaling));
+    value = ops::add(value, ops::scale(ops::matmul(u->up.to(value.device()), u->down.to(value.device())), scaling));
   }
   return value;
 }

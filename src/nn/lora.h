@@ -15,8 +15,9 @@
 //  - musubi-tuner / kohya (`lora_unet_` prefix): _convert_musubi_wan_lora_to_diffusers
 //  - diffusers / PEFT (`transformer.NAME.lora_A.weight`, `lora_B.weight`, `lora_B.bias`); a file
 //    with no `transformer.` key is read as bare module names (diffusers would load nothing).
-// The merge runs on the host in float32 before the weight is converted to the compute dtype,
-// so it happens before any later quantization and is the same for every device.
+// The merge runs in float32 on the weight's device (true FP32 products on a GPU, no TF32) before
+// the weight is converted to the compute dtype, so it happens before any later quantization;
+// CPU and GPU differ only in the summation order of the rank-r products.
 #pragma once
 
 #include <map>
@@ -68,7 +69,7 @@ class LoraSet {
 
   // Whether a tensor ("blocks.0.attn1.to_q.weight" / ".bias") has updates.
   bool touches(const std::string& tensor_name) const;
-  // `value` (float32 on the host) with every adapter's update merged in, in order; a shape
+  // `value` (float32, on any device) with every adapter's update merged in, in order; a shape
   // that does not match is an error naming the file and the LoRA tensor.
   Tensor merge(const std::string& tensor_name, Tensor value) const;
   // Fails, naming the files and up to 8 modules, when an update was never merged (the LoRA
