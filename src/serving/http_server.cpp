@@ -110,7 +110,8 @@ namespace {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, HttpServer::Impl* server) : stream_(std::move(socket)), server_(server) {
+  Session(tcp::socket socket, HttpServer::Impl* server)
+      : stream_(std::move(socket)), server_(server), timer_(stream_.get_executor()) {
     ++server_->open_connections;
     beast::error_code ec;
     const tcp::endpoint remote = stream_.socket().remote_endpoint(ec);
@@ -176,13 +177,25 @@ class Session : public std::enable_shared_from_this<Session> {
     read_body();
   }
 
+  // The body deadline is a timer of its own that cancels the read, rather than the stream's
+  // expiry, which would close the socket before the 408 is sent.
   void read_body() {
-    stream_.expires_after(options().body_timeout);
-    http::async_read(stream_, buffer_, *body_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) { self->on_body(ec); });
+    stream_.expires_never();
+    timer_.expires_after(options().body_timeout);
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec) return;  // cancelled: the body came in time
+      self->body_timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
+    http::async_read(stream_, buffer_, *body_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->timer_.cancel();
+      self->on_body(ec);
+    });
   }
 
   void on_body(beast::error_code ec) {
+    if (body_timed_out_) ec = beast::error::timeout;
     if (ec == http::error::body_limit)
       return refuse(413, fmt::format("the request body is over the limit of {} bytes", body_limit_),
                     "request_too_large");
@@ -291,7 +304,8 @@ class Session : public std::enable_shared_from_this<Session> {
   HttpRequest req_;
   HttpResponse res_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  bool has_body_ = false, drain_ = false, busy_ = false;
+  net::steady_timer timer_;
+  bool has_body_ = false, drain_ = false, busy_ = false, body_timed_out_ = false;
   size_t body_limit_ = 0, drained_ = 0, drain_limit_ = 0;
   std::array<char, 16384> scratch_{};
 };
