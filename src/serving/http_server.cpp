@@ -3,6 +3,8 @@
 
 #include <array>
 #include <atomic>
+#include <mutex>
+#include <unordered_set>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -100,6 +102,10 @@ struct HttpServer::Impl {
   net::steady_timer retry_timer{ioc};
   net::thread_pool pool;
   int port = 0;
+  // The open connections' sockets, closed by run() once the I/O threads have stopped, so that
+  // a client whose request was cut off by stop() sees its connection end rather than hang.
+  std::mutex sockets_mutex;
+  std::unordered_set<tcp::socket*> sockets;
 
   Impl(HttpServerOptions o, HttpHandlers h)
       : options(std::move(o)), handlers(std::move(h)), pool(std::max<size_t>(1, options.handler_threads)) {}
@@ -113,11 +119,19 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket socket, HttpServer::Impl* server)
       : stream_(std::move(socket)), server_(server), timer_(stream_.get_executor()) {
     ++server_->open_connections;
+    {
+      std::lock_guard<std::mutex> lock(server_->sockets_mutex);
+      server_->sockets.insert(&stream_.socket());
+    }
     beast::error_code ec;
     const tcp::endpoint remote = stream_.socket().remote_endpoint(ec);
     if (!ec) req_.remote_addr = remote.address().to_string();
   }
   ~Session() {
+    {
+      std::lock_guard<std::mutex> lock(server_->sockets_mutex);
+      server_->sockets.erase(&stream_.socket());
+    }
     if (busy_) --server_->busy;
     --server_->open_connections;
   }
@@ -367,6 +381,12 @@ void HttpServer::run() {
   for (size_t i = 1; i < s.options.io_threads; ++i) threads.emplace_back([&s] { s.ioc.run(); });
   s.ioc.run();
   for (std::thread& t : threads) t.join();
+  std::lock_guard<std::mutex> lock(s.sockets_mutex);
+  for (tcp::socket* socket : s.sockets) {
+    beast::error_code ignored;
+    socket->shutdown(tcp::socket::shutdown_both, ignored);
+    socket->close(ignored);
+  }
 }
 
 void HttpServer::stop() {
@@ -377,10 +397,15 @@ void HttpServer::stop() {
     impl->acceptor.close(ignored);
     impl->retry_timer.cancel();
   });
-  // Requests being answered finish (their handlers see the server stopping and answer fast).
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (s.busy > 0 && std::chrono::steady_clock::now() < deadline && !s.ioc.stopped())
+  // Requests being answered finish (their handlers see the server stopping and answer fast),
+  // and connections accepted but still sending their headers get a second to finish them.
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!s.ioc.stopped()) {
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    if (waited > std::chrono::seconds(10)) break;
+    if (s.busy == 0 && (s.open_connections == 0 || waited > std::chrono::seconds(1))) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   s.ioc.stop();
 }
 
