@@ -8,7 +8,8 @@ PACKAGES=(
   nlohmann-json3-dev libyaml-cpp-dev libfmt-dev libspdlog-dev libcli11-dev
   libsentencepiece-dev libopenblas-dev libpng-dev libjpeg62-turbo-dev libwebp-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
-  libgtest-dev libsqlite3-dev libcpp-httplib-dev
+  libgtest-dev libsqlite3-dev
+  libboost1.81-dev  # the server's HTTP layer: Boost.Beast and Asio (header-only)
 )
 
 # The CUDA backend (built when nvcc is found) needs the header-only cuDNN frontend, from PyPI.

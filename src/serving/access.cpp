@@ -36,7 +36,7 @@ std::string host_part(const std::string& authority) {
 
 }  // namespace
 
-bool authorized(const httplib::Request& req, const std::string& api_key) {
+bool authorized(const HttpRequest& req, const std::string& api_key) {
   if (api_key.empty()) return true;
   const std::string header = req.get_header_value("Authorization");
   constexpr std::string_view kBearer = "Bearer ";
@@ -52,7 +52,7 @@ bool is_loopback_host(const std::string& host) {
   return h.find_first_not_of("0123456789.") == std::string::npos;
 }
 
-std::optional<ApiError> check_host_and_origin(const httplib::Request& req, const AccessPolicy& policy) {
+std::optional<ApiError> check_host_and_origin(const HttpRequest& req, const AccessPolicy& policy) {
   if (!policy.api_key.empty()) return std::nullopt;
   const std::string host = req.get_header_value("Host");
   if (is_loopback_host(policy.bound_host) && !is_loopback_host(host_part(host)))
@@ -75,7 +75,7 @@ std::optional<ApiError> check_host_and_origin(const httplib::Request& req, const
   return std::nullopt;
 }
 
-std::optional<ApiError> check_content_type(const httplib::Request& req) {
+std::optional<ApiError> check_content_type(const HttpRequest& req) {
   const std::string type = lower(req.get_header_value("Content-Type"));
   const std::string media = type.substr(0, type.find(';'));
   const auto trimmed = [](std::string s) {

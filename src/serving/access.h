@@ -13,7 +13,7 @@
 #include <optional>
 #include <string>
 
-#include <httplib.h>
+#include "serving/http_message.h"
 
 #include "serving/api_error.h"
 
@@ -25,15 +25,15 @@ struct AccessPolicy {
 };
 
 // True when no key is configured, or the request carries "Authorization: Bearer <api_key>".
-bool authorized(const httplib::Request& req, const std::string& api_key);
+bool authorized(const HttpRequest& req, const std::string& api_key);
 
 // True for the loopback names and addresses (localhost, 127.0.0.0/8, ::1), bracketed or not.
 bool is_loopback_host(const std::string& host);
 
 // The 403 for a Host or Origin this policy refuses; nullopt when both are acceptable.
-std::optional<ApiError> check_host_and_origin(const httplib::Request& req, const AccessPolicy& policy);
+std::optional<ApiError> check_host_and_origin(const HttpRequest& req, const AccessPolicy& policy);
 
 // The 415 for a body that is neither JSON nor multipart/form-data; nullopt when it is one.
-std::optional<ApiError> check_content_type(const httplib::Request& req);
+std::optional<ApiError> check_content_type(const HttpRequest& req);
 
 }  // namespace vgen::serving

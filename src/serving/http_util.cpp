@@ -47,31 +47,16 @@ std::string printable(const std::string& s) {
   return s.size() > 200 ? out + "..." : out;
 }
 
-void send_json(httplib::Response& res, int status, const json& body) {
+void send_json(HttpResponse& res, int status, const json& body) {
   res.status = status;
   res.set_content(dump(body), "application/json");
 }
 
-void send_error(httplib::Response& res, const ApiError& e) {
+void send_error(HttpResponse& res, const ApiError& e) {
   send_json(res, e.status, error_body(e.status, e.what(), e.param, e.code));
   if (e.status == 429 || e.status == 503) res.set_header("retry-after", "1");
   // A failed generation is not transient: the SDK must not retry it.
   if (e.code == "generation_failed") res.set_header("x-should-retry", "false");
-}
-
-void fill_default_error(httplib::Response& res) {
-  std::string message;
-  std::optional<std::string> code;
-  switch (res.status) {
-    case 400: message = "malformed HTTP request"; break;
-    case 404: message = "unknown path"; code = "not_found"; break;
-    case 413: message = "request body too large"; code = "request_too_large"; break;
-    case 414: message = "request URI too long"; break;
-    case 416: message = "requested range not satisfiable"; break;
-    case 501: message = "unknown HTTP method"; break;
-    default: message = fmt::format("HTTP error {}", res.status);
-  }
-  send_json(res, res.status, error_body(res.status, message, std::nullopt, code));
 }
 
 namespace {
@@ -82,16 +67,14 @@ void note_job_id(const std::string& id) { t_job_id = id; }
 
 std::string take_job_id() { return std::exchange(t_job_id, {}); }
 
-RequestFields body_fields(const httplib::Request& req) {
+RequestFields body_fields(const HttpRequest& req) {
   if (req.is_multipart_form_data()) {
-    std::vector<FormPart> parts;
-    for (const auto& [name, f] : req.files) parts.push_back({f.name, f.filename, f.content_type, f.content});
-    return RequestFields::from_form(std::move(parts));
+    return RequestFields::from_form(req.parts);
   }
   return RequestFields::from_json(req.body);
 }
 
-void reject_unknown_query(const httplib::Request& req, const std::set<std::string>& accepted) {
+void reject_unknown_query(const HttpRequest& req, const std::set<std::string>& accepted) {
   for (const auto& [name, value] : req.params)
     if (!accepted.count(name)) bad_field(name, fmt::format("unknown query parameter '{}'", printable(name)));
 }

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include <httplib.h>
+#include "serving/http_message.h"
 #include <nlohmann/json.hpp>
 
 #include "serving/api_error.h"
@@ -25,20 +25,18 @@ std::string base64(const std::vector<uint8_t>& in);
 // A client's string quoted in an error message: control bytes become '?', long ones are cut.
 std::string printable(const std::string& s);
 
-void send_json(httplib::Response& res, int status, const nlohmann::json& body);
+void send_json(HttpResponse& res, int status, const nlohmann::json& body);
 // The error body, plus retry-after for 429/503 and x-should-retry: false for failed generations.
-void send_error(httplib::Response& res, const ApiError& e);
-// The error body for statuses httplib answers on its own (malformed request, body too large).
-void fill_default_error(httplib::Response& res);
+void send_error(HttpResponse& res, const ApiError& e);
 
 // The access log's note of the job a request made or named; read and cleared by the server's
-// logger after the response (both run on the connection's thread).
+// access log after the handler (both run on the request's handler thread).
 void note_job_id(const std::string& id);
 std::string take_job_id();
 
 // The body as fields: multipart/form-data parts, else one JSON object.
-RequestFields body_fields(const httplib::Request& req);
+RequestFields body_fields(const HttpRequest& req);
 // 400 naming the first query parameter not in `accepted`.
-void reject_unknown_query(const httplib::Request& req, const std::set<std::string>& accepted);
+void reject_unknown_query(const HttpRequest& req, const std::set<std::string>& accepted);
 
 }  // namespace vgen::serving

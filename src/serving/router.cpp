@@ -49,7 +49,7 @@ const Route* Router::find(const std::string& path, Params& params) const {
   return nullptr;
 }
 
-const Handler& Router::checked_handler(const httplib::Request& req, httplib::Response& res, Params& params) const {
+const Handler& Router::checked_handler(const HttpRequest& req, HttpResponse& res, Params& params) const {
   const Route* route = find(req.path, params);
   if (!route) throw ApiError(404, fmt::format("unknown path '{}'", printable(req.path)), std::nullopt, "not_found");
   const std::string method = req.method == "HEAD" ? "GET" : req.method;
@@ -74,7 +74,7 @@ const Handler& Router::checked_handler(const httplib::Request& req, httplib::Res
   return *handler;
 }
 
-bool Router::refuse_before_body(const httplib::Request& req, httplib::Response& res) const {
+bool Router::refuse_before_body(const HttpRequest& req, HttpResponse& res) const {
   try {
     Params params;
     checked_handler(req, res, params);
@@ -86,7 +86,7 @@ bool Router::refuse_before_body(const httplib::Request& req, httplib::Response& 
   }
 }
 
-void Router::dispatch(const httplib::Request& req, httplib::Response& res) const {
+void Router::dispatch(const HttpRequest& req, HttpResponse& res) const {
   try {
     Params params;
     const Handler& handler = checked_handler(req, res, params);

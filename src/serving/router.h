@@ -9,14 +9,14 @@
 #include <utility>
 #include <vector>
 
-#include <httplib.h>
+#include "serving/http_message.h"
 
 #include "serving/api_error.h"
 
 namespace vgen::serving {
 
 using Params = std::vector<std::string>;  // the {placeholder} path segments, in order
-using Handler = std::function<void(const httplib::Request&, httplib::Response&, const Params&)>;
+using Handler = std::function<void(const HttpRequest&, HttpResponse&, const Params&)>;
 
 struct Route {
   std::string pattern;  // "/v1/videos/{id}": the metrics label
@@ -28,7 +28,7 @@ struct Route {
 bool match_route(const std::string& pattern, const std::string& path, Params& params);
 
 // Whether a request may reach its route, from its headers alone: the error that refuses it.
-using AccessCheck = std::function<std::optional<ApiError>(const httplib::Request&, const Route&)>;
+using AccessCheck = std::function<std::optional<ApiError>(const HttpRequest&, const Route&)>;
 
 class Router {
  public:
@@ -39,13 +39,13 @@ class Router {
   const Route* find(const std::string& path, Params& params) const;
   // The checks dispatch() makes before the handler that need no body (404, 405, access).
   // Answers the request and returns true when one refuses it.
-  bool refuse_before_body(const httplib::Request& req, httplib::Response& res) const;
+  bool refuse_before_body(const HttpRequest& req, HttpResponse& res) const;
   // Answers a request: the route's handler, or the error it or the checks throw.
-  void dispatch(const httplib::Request& req, httplib::Response& res) const;
+  void dispatch(const HttpRequest& req, HttpResponse& res) const;
 
  private:
   // The matched route's handler; throws the ApiError of the first check that refuses.
-  const Handler& checked_handler(const httplib::Request& req, httplib::Response& res, Params& params) const;
+  const Handler& checked_handler(const HttpRequest& req, HttpResponse& res, Params& params) const;
 
   std::vector<Route> routes_;
   AccessCheck access_;

@@ -30,7 +30,7 @@ bool can_encode(media::ImageFormat format) {
   }
 }
 
-void images(ServerState& s, const httplib::Request& req, httplib::Response& res, bool edit) {
+void images(ServerState& s, const HttpRequest& req, HttpResponse& res, bool edit) {
   const ImagePlan plan = plan_image(parse_image_request(body_fields(req), edit), s.model.info, *s.model.pipeline);
   // Refused before generating, not failed after.
   if (!can_encode(plan.output_format))
@@ -70,10 +70,10 @@ std::vector<Route> image_routes(ServerState& s) {
   return {
       {"/v1/images/generations",
        false,
-       {{"POST", [&s](const httplib::Request& q, httplib::Response& r, const Params&) { images(s, q, r, false); }}}},
+       {{"POST", [&s](const HttpRequest& q, HttpResponse& r, const Params&) { images(s, q, r, false); }}}},
       {"/v1/images/edits",
        false,
-       {{"POST", [&s](const httplib::Request& q, httplib::Response& r, const Params&) { images(s, q, r, true); }}}},
+       {{"POST", [&s](const HttpRequest& q, HttpResponse& r, const Params&) { images(s, q, r, true); }}}},
   };
 }
 

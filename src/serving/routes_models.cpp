@@ -47,7 +47,7 @@ json model_json(const ServerState& s) {
 }  // namespace
 
 std::vector<Route> model_routes(ServerState& s) {
-  const Handler health = [&s](const httplib::Request&, httplib::Response& res, const Params&) {
+  const Handler health = [&s](const HttpRequest&, HttpResponse& res, const Params&) {
     if (!s.ready) {
       json body = error_body(503, "the model is still loading", std::nullopt, "model_loading");
       body["status"] = "loading";
@@ -57,7 +57,7 @@ std::vector<Route> model_routes(ServerState& s) {
     }
     send_json(res, 200, {{"status", "ok"}, {"model", s.model.info.id}});
   };
-  const Handler prometheus = [&s](const httplib::Request&, httplib::Response& res, const Params&) {
+  const Handler prometheus = [&s](const HttpRequest&, HttpResponse& res, const Params&) {
     Metrics::Gauges g;
     g.queue_depth = s.queue.queued();
     g.job_running = s.queue.running();
@@ -71,10 +71,10 @@ std::vector<Route> model_routes(ServerState& s) {
     }
     res.set_content(s.metrics.render(g), "text/plain; version=0.0.4; charset=utf-8");
   };
-  const Handler list_models = [&s](const httplib::Request&, httplib::Response& res, const Params&) {
+  const Handler list_models = [&s](const HttpRequest&, HttpResponse& res, const Params&) {
     send_json(res, 200, {{"object", "list"}, {"data", json::array({model_json(s)})}});
   };
-  const Handler get_model = [&s](const httplib::Request&, httplib::Response& res, const Params& p) {
+  const Handler get_model = [&s](const HttpRequest&, HttpResponse& res, const Params& p) {
     if (p[0] != s.model.info.id)
       throw ApiError(404, fmt::format("model '{}' is not served here (this server serves '{}')", p[0], s.model.info.id),
                      "model", "model_not_found");

@@ -54,7 +54,7 @@ int poll_after_ms(const ServerState& s) {
   return static_cast<int>(std::clamp(step_ms, 100.0, 2000.0));
 }
 
-void create_video(ServerState& s, const httplib::Request& req, httplib::Response& res) {
+void create_video(ServerState& s, const HttpRequest& req, HttpResponse& res) {
   const VideoPlan plan = plan_video(parse_video_request(body_fields(req)), s.model.info, *s.model.pipeline);
   VideoJob job;
   job.id = new_video_id();
@@ -76,7 +76,7 @@ void create_video(ServerState& s, const httplib::Request& req, httplib::Response
   send_json(res, 200, video_json(job));
 }
 
-void generate_video_sync(ServerState& s, const httplib::Request& req, httplib::Response& res) {
+void generate_video_sync(ServerState& s, const HttpRequest& req, HttpResponse& res) {
   const VideoPlan plan = plan_video(parse_video_request(body_fields(req)), s.model.info, *s.model.pipeline);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<uint8_t> mp4;
@@ -96,7 +96,7 @@ void generate_video_sync(ServerState& s, const httplib::Request& req, httplib::R
   res.set_content(std::string(mp4.begin(), mp4.end()), "video/mp4");
 }
 
-void list_videos(ServerState& s, const httplib::Request& req, httplib::Response& res) {
+void list_videos(ServerState& s, const HttpRequest& req, HttpResponse& res) {
   reject_unknown_query(req, {"after", "limit", "order"});
   std::optional<std::string> after;
   if (req.has_param("after")) after = checked_video_id(req.get_param_value("after"));
@@ -127,7 +127,7 @@ void list_videos(ServerState& s, const httplib::Request& req, httplib::Response&
   send_json(res, 200, body);
 }
 
-void get_video(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {
+void get_video(ServerState& s, const HttpRequest& req, HttpResponse& res, const Params& p) {
   reject_unknown_query(req, {});
   note_job_id(p[0]);
   const std::optional<VideoJob> job = s.store->get(checked_video_id(p[0]));
@@ -137,7 +137,7 @@ void get_video(ServerState& s, const httplib::Request& req, httplib::Response& r
     res.set_header("openai-poll-after-ms", std::to_string(poll_after_ms(s)));
 }
 
-void get_video_content(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {
+void get_video_content(ServerState& s, const HttpRequest& req, HttpResponse& res, const Params& p) {
   reject_unknown_query(req, {"variant"});
   note_job_id(p[0]);
   const std::string id = checked_video_id(p[0]);
@@ -178,7 +178,7 @@ void get_video_content(ServerState& s, const httplib::Request& req, httplib::Res
   res.set_content(std::string(bytes.begin(), bytes.end()), type);
 }
 
-void delete_video(ServerState& s, const httplib::Request& req, httplib::Response& res, const Params& p) {
+void delete_video(ServerState& s, const HttpRequest& req, HttpResponse& res, const Params& p) {
   reject_unknown_query(req, {});
   note_job_id(p[0]);
   const std::string id = checked_video_id(p[0]);
@@ -192,12 +192,12 @@ void delete_video(ServerState& s, const httplib::Request& req, httplib::Response
 }  // namespace
 
 std::vector<Route> video_routes(ServerState& s) {
-  using Fn = void (*)(ServerState&, const httplib::Request&, httplib::Response&, const Params&);
+  using Fn = void (*)(ServerState&, const HttpRequest&, HttpResponse&, const Params&);
   const auto bind = [&s](Fn f) -> Handler {
-    return [&s, f](const httplib::Request& q, httplib::Response& r, const Params& p) { f(s, q, r, p); };
+    return [&s, f](const HttpRequest& q, HttpResponse& r, const Params& p) { f(s, q, r, p); };
   };
-  const auto bind_no_params = [&s](void (*f)(ServerState&, const httplib::Request&, httplib::Response&)) -> Handler {
-    return [&s, f](const httplib::Request& q, httplib::Response& r, const Params&) { f(s, q, r); };
+  const auto bind_no_params = [&s](void (*f)(ServerState&, const HttpRequest&, HttpResponse&)) -> Handler {
+    return [&s, f](const HttpRequest& q, HttpResponse& r, const Params&) { f(s, q, r); };
   };
   return {
       {"/v1/videos", false, {{"GET", bind_no_params(&list_videos)}, {"POST", bind_no_params(&create_video)}}},

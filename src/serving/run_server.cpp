@@ -40,7 +40,8 @@ int run_server(const ServeOptions& options) {
   }
   // What can be known without loading fails here, before a media directory is made or the
   // port bound: an unusable device (--device cuda on a build or machine without one) or a
-  // folder that is not a checkpoint. The load itself runs after "listening" (/health is 503).
+  // folder that is not a checkpoint. The load itself runs while /health answers 503; "listening"
+  // is logged once it is done.
   resolve_device(options.device);
   if (!std::filesystem::is_regular_file(std::filesystem::path(options.model) / "model_index.json"))
     fail("{}: not a diffusers checkpoint folder (no model_index.json)", options.model);

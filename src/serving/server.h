@@ -16,11 +16,14 @@
 // from a bounded queue (429 when full). Video jobs live in a SQLite database in media_dir
 // and their files in media_dir/videos/, so completed jobs survive restarts.
 //
-// The pieces: router (matching, 404/405/401/503), access (API key, body limit), routes_models /
+// The pieces: http_server (the HTTP transport: Boost.Beast, deadlines, body limits), http_message
+// (request, response, multipart parsing), router (matching, 404/405/401/503), access (API key,
+// Host/Origin, content type), routes_models /
 // routes_images / routes_videos (the endpoints), job_runner (generations on the worker),
 // media_dir, model_loading, server.cpp (the HTTP server's lifetime), run_server.cpp (signals).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -49,7 +52,12 @@ struct ServeOptions {
   std::string served_model_name;  // the model's id in the API; empty: the checkpoint folder's name
   size_t max_queue = 64;          // generations waiting (async and sync); more is a 429
   size_t max_body_bytes = 32u << 20;  // larger request bodies are a 413 (chunked ones too)
-  size_t max_connections = 256;       // connections served at once (one thread each); more wait
+  size_t max_connections = 256;       // requests handled at once (a thread each); more wait for one
+  // A connection's request line and headers must arrive within header_timeout of its accept,
+  // its body within body_timeout; an answer must be taken within write_timeout.
+  std::chrono::milliseconds header_timeout{10000};
+  std::chrono::milliseconds body_timeout{120000};
+  std::chrono::milliseconds write_timeout{120000};
 };
 
 class Server {

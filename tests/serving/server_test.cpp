@@ -1,7 +1,11 @@
 // The HTTP server in-process with a fake pipeline: what the tiny model cannot show
 // (loading takes time, generations can fail, load failures), checked over real HTTP.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
-#include <httplib.h>
 
 #include <filesystem>
 #include <future>
@@ -11,6 +15,7 @@
 
 #include "core/error.h"
 #include "serving/fake_pipeline.h"
+#include "serving/http_test_client.h"
 #include "serving/server.h"
 
 using namespace vgen::serving;
@@ -56,20 +61,20 @@ class RunningServer {
     server_.stop();
     if (thread_.joinable()) thread_.join();
   }
-  httplib::Client& client() { return client_; }
+  vgen::testing::Client& client() { return client_; }
   int port() const { return server_.port(); }
   const std::string& run_error() const { return run_error_; }
 
  private:
   Server server_;
-  httplib::Client client_;
+  vgen::testing::Client client_;
   std::thread thread_;
   std::string run_error_;
 };
 
-json body_of(const httplib::Result& r) { return json::parse(r->body); }
+json body_of(const vgen::testing::Result& r) { return json::parse(r->body); }
 
-void wait_until_ready(httplib::Client& c) {
+void wait_until_ready(vgen::testing::Client& c) {
   for (int i = 0; i < 5000; ++i) {
     if (auto r = c.Get("/health"); r && r->status == 200) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -86,7 +91,7 @@ TEST(ServingServer, AnswersWhileTheModelLoads) {
     released.wait();
     return fake_model();
   });
-  httplib::Client& c = s.client();
+  vgen::testing::Client& c = s.client();
   auto r = c.Get("/health");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 503);
@@ -117,7 +122,7 @@ TEST(ServingServer, ModelLoadFailureEndsRun) {
 
 TEST(ServingServer, FailedGenerations) {
   RunningServer s(options_for("failures"), [] { return fake_model(); });
-  httplib::Client& c = s.client();
+  vgen::testing::Client& c = s.client();
   wait_until_ready(c);
 
   auto r = c.Post("/v1/videos", R"({"prompt": "fail", "num_inference_steps": 3})", "application/json");
@@ -158,17 +163,17 @@ TEST(ServingServer, FailedGenerations) {
 
 TEST(ServingServer, StopAnswersWaitingSyncRequests) {
   RunningServer s(options_for("stop_sync"), [] { return fake_model(std::chrono::milliseconds(50)); });
-  httplib::Client& c = s.client();
+  vgen::testing::Client& c = s.client();
   wait_until_ready(c);
   // A long sync job runs; a second one waits in the queue; stop() must answer both.
   auto first = std::async(std::launch::async, [&] {
-    httplib::Client c1("127.0.0.1", s.port());
+    vgen::testing::Client c1("127.0.0.1", s.port());
     c1.set_read_timeout(30);
     return c1.Post("/v1/videos/generations", R"({"prompt": "a", "num_inference_steps": 1000})", "application/json");
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   auto second = std::async(std::launch::async, [&] {
-    httplib::Client c2("127.0.0.1", s.port());
+    vgen::testing::Client c2("127.0.0.1", s.port());
     c2.set_read_timeout(30);
     return c2.Post("/v1/images/generations", R"({"prompt": "b"})", "application/json");
   });
@@ -177,7 +182,7 @@ TEST(ServingServer, StopAnswersWaitingSyncRequests) {
   s.stop();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
   for (auto* f : {&first, &second}) {
-    httplib::Result r = f->get();
+    vgen::testing::Result r = f->get();
     ASSERT_TRUE(r);
     EXPECT_EQ(r->status, 503);
     EXPECT_EQ(json::parse(r->body)["error"]["code"], "server_shutting_down");
@@ -193,7 +198,7 @@ TEST(ServingServer, ServedModelNameAndApiKey) {
     m.info.id = "wan-fake";
     return m;
   });
-  httplib::Client& c = s.client();
+  vgen::testing::Client& c = s.client();
   wait_until_ready(c);
   EXPECT_EQ(c.Get("/v1/models")->status, 401);
   c.set_bearer_token_auth("sk-test");
@@ -230,7 +235,7 @@ TEST(ServingServer, ModelsAndVideosFollowThePipelineCapabilities) {
     m.pipeline = std::make_unique<vgen::testing::FakePipeline>(std::chrono::milliseconds(1), caps);
     return m;
   });
-  httplib::Client& c = s.client();
+  vgen::testing::Client& c = s.client();
   wait_until_ready(c);
   const json model = body_of(c.Get("/v1/models"))["data"][0];
   EXPECT_EQ(model["id"], "fake_model");
@@ -246,4 +251,144 @@ TEST(ServingServer, ModelsAndVideosFollowThePipelineCapabilities) {
   EXPECT_EQ(body_of(r)["num_frames"], 25);
   EXPECT_EQ(body_of(r)["fps"], 24.0);
   EXPECT_EQ(body_of(r)["seconds"], "1");
+}
+
+namespace {
+
+int connect_to(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// What the server sends until it closes the connection (or `timeout` passes).
+std::string read_until_closed(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string in;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) in.append(buf, static_cast<size_t>(n));
+  return in;
+}
+
+}  // namespace
+
+// Issue 20: connections that send their headers slowly hold no handler thread, and are closed
+// at the header deadline; a body that stops coming gets its 408 at the body deadline.
+TEST(ServingServer, SlowClientsHitDeadlinesAndHoldNoThread) {
+  ServeOptions o = options_for("deadlines");
+  o.max_queue = 1;  // 33 handler threads
+  o.header_timeout = std::chrono::milliseconds(1500);
+  o.body_timeout = std::chrono::milliseconds(500);
+  RunningServer s(o, [] { return fake_model(); });
+  vgen::testing::Client& c = s.client();
+  wait_until_ready(c);
+  constexpr int kSlow = 200;  // more than the handler threads
+  std::vector<int> slow;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kSlow; ++i) {
+    const int fd = connect_to(s.port());
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::send(fd, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a", 48, MSG_NOSIGNAL), 48);
+    slow.push_back(fd);
+  }
+  // While they hang, requests are answered at once.
+  for (int i = 0; i < 20; ++i) {
+    const auto t = std::chrono::steady_clock::now();
+    auto r = c.Get("/health");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - t, std::chrono::milliseconds(500));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1400)) << "too slow to test the deadline";
+  // Each is closed at its header deadline, with nothing sent.
+  for (int fd : slow) {
+    EXPECT_EQ(read_until_closed(fd, std::chrono::milliseconds(5000)), "");
+    ::close(fd);
+  }
+  const auto closed_after = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(closed_after, std::chrono::milliseconds(1400));
+  EXPECT_LT(closed_after, std::chrono::milliseconds(4000));
+
+  // A body that stops: 408 once the body deadline passes.
+  const int fd = connect_to(s.port());
+  const std::string head =
+      "POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro";
+  ASSERT_EQ(::send(fd, head.data(), head.size(), MSG_NOSIGNAL), static_cast<ssize_t>(head.size()));
+  const auto t1 = std::chrono::steady_clock::now();
+  const std::string answer = read_until_closed(fd, std::chrono::milliseconds(5000));
+  ::close(fd);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 408", 0), 0u) << answer;
+  EXPECT_NE(answer.find("\"request_timeout\""), std::string::npos) << answer;
+  EXPECT_GE(std::chrono::steady_clock::now() - t1, std::chrono::milliseconds(400));
+}
+
+// Downloads answer a single byte range (players and resumable downloads ask for them).
+TEST(ServingServer, ContentByteRanges) {
+  RunningServer s(options_for("ranges"), [] { return fake_model(); });
+  vgen::testing::Client& c = s.client();
+  wait_until_ready(c);
+  auto r = c.Post("/v1/videos", R"({"prompt": "x", "num_frames": 1})", "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  const std::string id = body_of(r)["id"];
+  for (int i = 0; i < 5000 && body_of(c.Get("/v1/videos/" + id))["status"] != "completed"; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto full = c.Get("/v1/videos/" + id + "/content");
+  ASSERT_EQ(full->status, 200);
+  EXPECT_EQ(full->get_header_value("Content-Type"), "video/mp4");
+  const std::string mp4 = full->body;
+  ASSERT_GT(mp4.size(), 100u);
+  r = c.Get("/v1/videos/" + id + "/content", {{"Range", "bytes=10-109"}});
+  EXPECT_EQ(r->status, 206);
+  EXPECT_EQ(r->body, mp4.substr(10, 100));
+  EXPECT_EQ(r->get_header_value("Content-Range"), "bytes 10-109/" + std::to_string(mp4.size()));
+  EXPECT_EQ(r->get_header_value("Content-Length"), "100");
+  r = c.Get("/v1/videos/" + id + "/content", {{"Range", "bytes=-16"}});
+  EXPECT_EQ(r->body, mp4.substr(mp4.size() - 16));
+  r = c.Get("/v1/videos/" + id + "/content", {{"Range", "bytes=" + std::to_string(mp4.size()) + "-"}});
+  EXPECT_EQ(r->status, 416);
+  EXPECT_EQ(body_of(r)["error"]["code"], "range_not_satisfiable");
+  // HEAD: the headers of the GET, no body.
+  r = c.send("HEAD", "/v1/videos/" + id + "/content", "", "", {});
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->get_header_value("Content-Length"), std::to_string(mp4.size()));
+  EXPECT_EQ(r->body, "");
+}
+
+// Requests the HTTP layer refuses before any handler: each in OpenAI's error shape.
+TEST(ServingServer, MalformedRequestsAreRefused) {
+  RunningServer s(options_for("malformed"), [] { return fake_model(); });
+  vgen::testing::Client& c = s.client();
+  wait_until_ready(c);
+  auto r = c.raw("GARBAGE\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_EQ(body_of(r)["error"]["type"], "invalid_request_error");
+  r = c.raw("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 431);
+  EXPECT_EQ(body_of(r)["error"]["code"], "headers_too_large");
+  r = c.raw("BREW /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  EXPECT_EQ(r->status, 501);
+  // A chunked JSON body past the 256 KiB JSON limit: 413 (the limit holds without a length).
+  std::string chunked = "POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        "Transfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 5; ++i) chunked += "10000\r\n" + std::string(65536, ' ') + "\r\n";
+  r = c.raw(chunked + "0\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 413);
+  EXPECT_EQ(body_of(r)["error"]["code"], "request_too_large");
+  // A small chunked JSON body is read.
+  r = c.raw("POST /v1/videos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pro\r\n1b\r\nmpt\": \"x\", \"num_frames\": 1}\r\n0\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(body_of(r)["status"], "queued");
 }

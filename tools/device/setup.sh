@@ -4,7 +4,8 @@
 # and .whl/ (both ignored by git; see tools/device/README.md). Prints the exports to eval.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# Small -dev packages from Debian 12 (cpp-httplib, sqlite3 headers): plain files, safe in /.
+# -dev packages from Debian 12 (Boost's headers for the server's HTTP layer, sqlite3, libjpeg,
+# libwebp): plain files, safe in /.
 for f in .devdeps/debs/*.deb; do dpkg -x "$f" /; done
 ldconfig
 # A static ffmpeg (with libx264) for MP4s: this machine has no FFmpeg libraries.
