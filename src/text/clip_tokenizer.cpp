@@ -201,22 +201,22 @@ struct CLIPTokenizer::Impl {
     for (const unsigned char b : to_utf8(piece)) symbols.push_back(bytes.encode[b]);
     if (symbols.empty()) return;
     symbols.back() += kEndOfWord;
-    // Merge the lowest-ranked adjacent pair (the leftmost among equals) until none is left.
-    std::string key;
-    while (symbols.size() > 1) {
-      int64_t best = INT64_MAX;
-      size_t at = 0;
-      for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-        key.assign(symbols[i]).append(" ").append(symbols[i + 1]);
-        const auto it = merge_rank.find(key);
-        if (it != merge_rank.end() && it->second < best) {
-          best = it->second;
-          at = i;
-        }
-      }
-      if (best == INT64_MAX) break;
+    // Merge the lowest-ranked adjacent pair (the leftmost among equals) until none is left;
+    // rank[i] is that of (symbols[i], symbols[i + 1]), refreshed beside each merge.
+    const auto pair_rank = [&](size_t i) {
+      const auto it = merge_rank.find(symbols[i] + " " + symbols[i + 1]);
+      return it == merge_rank.end() ? INT64_MAX : it->second;
+    };
+    std::vector<int64_t> rank(symbols.size() - 1);
+    for (size_t i = 0; i < rank.size(); ++i) rank[i] = pair_rank(i);
+    while (!rank.empty()) {
+      const size_t at = static_cast<size_t>(std::min_element(rank.begin(), rank.end()) - rank.begin());
+      if (rank[at] == INT64_MAX) break;
       symbols[at] += symbols[at + 1];
       symbols.erase(symbols.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+      rank.erase(rank.begin() + static_cast<std::ptrdiff_t>(at));
+      if (at < rank.size()) rank[at] = pair_rank(at);
+      if (at > 0) rank[at - 1] = pair_rank(at - 1);
     }
     for (const std::string& s : symbols) {
       const auto it = vocab.find(s);

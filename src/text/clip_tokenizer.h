@@ -6,7 +6,10 @@
 // The pipeline, fixed by the class whatever tokenizer.json says (transformers 5 takes only the
 // vocabulary, the merges and the added tokens from the files):
 // 1. added tokens (<|startoftext|>, <|endoftext|>, and any other in tokenizer.json's
-//    added_tokens / tokenizer_config.json's added_tokens_decoder) are split out of the raw text;
+//    added_tokens / tokenizer_config.json's added_tokens_decoder) are split out of the text
+//    (leftmost, then longest; lstrip / rstrip honoured): those with normalized=false in the raw
+//    text, then those with normalized=true (openai's CLIP-L configs) in each normalized piece,
+//    so "<|ENDOFTEXT|>" becomes the token there and is BPE-encoded otherwise;
 // 2. normalizer: NFC, every run of Unicode whitespace -> " ", lowercase (per code point, as
 //    Rust's char::to_lowercase);
 // 3. pre-tokenizer: the pieces matching
@@ -16,7 +19,9 @@
 //    rank; a symbol outside the vocabulary becomes the unk token (one per symbol);
 // 5. post-processor: <|startoftext|> ids <|endoftext|> (RobertaProcessing); truncation keeps
 //    room for both, padding appends the pad token on the right.
-// The ftfy / BasicTokenizer cleanup of the old slow tokenizer is not part of this class.
+// The ftfy / BasicTokenizer cleanup of the old slow tokenizer is not part of this class, nor
+// is the single_word rule of added tokens. decode() does no clean_up_tokenization (transformers
+// 5 skips it for BPE models).
 // Unicode properties (letter/number categories, NFC, lowercase) come from generated tables
 // (text/unicode_tables.*), Unicode 14 as in Python's unicodedata that made them.
 #pragma once
@@ -64,7 +69,8 @@ class CLIPTokenizer {
   int64_t eos_token_id() const;
   int64_t pad_token_id() const;
   int64_t unk_token_id() const;
-  // tokenizer_config.json's model_max_length (77 for CLIP-L), or 77 when absent.
+  // tokenizer_config.json's model_max_length (77 for CLIP-L), or 77 when absent or unbounded
+  // (transformers writes 1e30 for "no limit").
   int64_t model_max_length() const;
   // Id of a vocabulary entry or added token, or -1.
   int64_t token_to_id(const std::string& token) const;

@@ -9,6 +9,10 @@
 //   computes (plus the padding mask) is shared by every later block.
 // * UMT5 (Wan's text encoder): every block owns its table and computes its own bias.
 //
+// FLUX.1's tokenizer_2 is the T5Tokenizer of text/tokenizer.h; load it from tokenizer.json
+// (TokenizerSource::TokenizerJson) when the folder has one, as transformers' T5TokenizerFast
+// does: the spiece.model path differs on text glued to a sentinel (see tokenizer.h).
+//
 // Weights live in the compute dtype chosen at load; with float16, `wo` stays float32 as
 // transformers keeps it (`_keep_in_fp32_modules`, applied to float16 only), which makes the
 // residual stream float32 from the first FFN on. Norm statistics and the attention bias are
