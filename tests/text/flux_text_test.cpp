@@ -224,6 +224,23 @@ TEST(CLIPTextModel, PoolingFollowsEosTokenId) {
   EXPECT_LT(e, kTolerance);
 }
 
+// The FLUX.1 repos' text_encoder was saved by transformers 4: keys under "text_model.", and
+// older checkpoints also hold the position_ids buffer.
+TEST(CLIPTextModel, LoadsTheTextModelPrefixedLayout) {
+  const fs::path dir = folder_copy("text_encoder", "clip_prefixed");
+  const WeightStore store = WeightStore::open_dir(fixture(kDir + "/text_encoder"));
+  std::map<std::string, Tensor> renamed;
+  for (const std::string& name : store.names()) renamed["text_model." + name] = store.get(name).contiguous();
+  std::vector<int64_t> positions(77);
+  for (int64_t i = 0; i < 77; ++i) positions[static_cast<size_t>(i)] = i;
+  renamed["text_model.embeddings.position_ids"] = Tensor::from_vector_i64(positions, {1, 77});
+  fs::remove(dir / "model.safetensors");
+  save_safetensors((dir / "model.safetensors").string(), renamed);
+  const auto model = CLIPTextModel::from_pretrained(dir.string());
+  const WeightStore ref = reference(kDir + "/reference/text_encoders.safetensors");
+  EXPECT_LT(rel_l2(model->forward(ref.get("clip_input_ids")).pooler_output, ref.get("clip_pooler_output")), kTolerance);
+}
+
 TEST(CLIPTextModel, BadInputNamesTheCulprit) {
   EXPECT_NE(error_of([] { CLIPTextModel::from_pretrained("/nonexistent/text_encoder"); }).find("folder not found"),
             std::string::npos);
