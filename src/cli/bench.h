@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace vgen::cli {
 
@@ -34,6 +35,14 @@ struct BenchArgs {
   bool encode = false;  // vae: time encode instead of decode
   std::optional<int64_t> vae_scale_factor_spatial;  // transformer: pixels per latent position
   std::string image;    // pipeline: the first frame (image-to-video models)
+  // pipeline: step caching (a JSON file holding a cache_config object, config/cache_config.h);
+  // the initial noise (safetensors `latents`); where to save the denoised latents and the
+  // uint8 frames (safetensors `denoised_latents`, `frames`) for accuracy against another run.
+  // Several --cache-config: one run each (after one load and warm-up), in order, reported in
+  // "runs"; "none" is a run without a cache; save_latents then gets ".N" before its extension.
+  std::vector<std::string> cache_config;
+  std::string latents;
+  std::string save_latents;
 };
 
 int run_bench(const BenchArgs& args);
