@@ -380,7 +380,7 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-backend", g.cache_backend, "Step caching: none | teacache | magcache | fbcache (First-Block-Cache); skips transformer calls, at some accuracy cost (README: Step caching)");
   gen->add_option("--cache-threshold", g.cache_threshold, "The cache's threshold in (0, 1]: teacache_thresh (default 0.2), MagCache's threshold (0.06) or First-Block-Cache's (0.05); higher skips more");
   gen->add_option("--cache-use-ret-steps", g.cache_use_ret_steps, "TeaCache: true (default): the first 5 steps computed, the retention-steps coefficients; false: the first and last step computed, the plain ones");
-  gen->add_option("--cache-coefficients", g.cache_coefficients, "TeaCache: the rescaling polynomial, highest power first, comma-separated (default: the model's published ones; required for models without, e.g. Wan2.2)");
+  gen->add_option("--cache-coefficients", g.cache_coefficients, "TeaCache: the rescaling polynomial, highest power first, comma-separated (default: the model's published ones; required for models without, e.g. two-expert ones)");
   gen->add_option("--cache-coefficients-2", g.cache_coefficients_2, "TeaCache on two-expert models: transformer_2's coefficients (required)");
   gen->add_option("--cache-mag-ratios", g.cache_mag_ratios, "MagCache: the model's magnitude ratios, one per step, comma-separated (required; interpolated to the steps)");
   gen->add_option("--cache-max-skip-steps", g.cache_max_skip_steps, "MagCache: at most this many skipped calls in a row (default 3)");
