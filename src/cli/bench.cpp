@@ -12,6 +12,9 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "core/random.h"
+#include "io/config_reader.h"
+#include "io/json.h"
+#include "io/safetensors.h"
 #include "media/image.h"
 #include "media/mp4.h"
 #include "ops/ops.h"
@@ -129,6 +132,36 @@ int run_bench(const BenchArgs& a) {
     reset_peak(device);
     p.num_inference_steps = a.steps;
     p.seed = 42;
+    if (!a.latents.empty()) p.latents = WeightStore::open_files({a.latents}).get("latents").to(DType::F32);
+    // Each --cache-config after the first: its own timed run, reported in "runs".
+    const auto cache_of = [&](const std::string& file) -> std::optional<CacheConfig> {
+      if (file == "none") return CacheConfig{};
+      const Json j = read_json_file(file);
+      return read_cache_config(ConfigReader(j, file, "cache_config"));
+    };
+    const auto latents_file = [&](size_t i) {
+      if (a.cache_config.size() <= 1) return a.save_latents;
+      const std::string::size_type dot = a.save_latents.rfind('.');
+      return dot == std::string::npos ? a.save_latents + "." + std::to_string(i)
+                                      : a.save_latents.substr(0, dot) + "." + std::to_string(i) + a.save_latents.substr(dot);
+    };
+    nlohmann::json runs = nlohmann::json::array();
+    for (size_t i = 1; i < a.cache_config.size(); ++i) {
+      GenerationParams q = p;
+      q.cache = cache_of(a.cache_config[i]);
+      const ResolvedParams rq = pipe->resolve(q);
+      const auto tq = Clock::now();
+      const GenerationOutput gq = pipe->generate(rq);
+      nlohmann::json run = {{"cache_config", a.cache_config[i]}, {"pipeline_s", seconds_since(tq)}};
+      if (gq.cache.enabled())
+        run["cache"] = {{"backend", gq.cache.backend}, {"computed", gq.cache.computed()},
+                        {"skipped", gq.cache.skipped()}, {"summary", gq.cache.summary()}};
+      if (!a.save_latents.empty())
+        save_safetensors(latents_file(i), {{"denoised_latents", gq.denoised_latents.to(Device::cpu()).to(DType::F32)},
+                                           {"frames", gq.frames.to(Device::cpu())}});
+      runs.push_back(run);
+    }
+    if (!a.cache_config.empty()) p.cache = cache_of(a.cache_config.front());
     const ResolvedParams r = pipe->resolve(p);
     const auto t = Clock::now();
     const GenerationOutput g = pipe->generate(r);
@@ -147,6 +180,13 @@ int run_bench(const BenchArgs& a) {
       media::write_mp4(a.output, g.frames, enc);
       write_s = seconds_since(tw);
     }
+    if (!runs.empty()) out["runs"] = runs;
+    if (!a.save_latents.empty())
+      save_safetensors(latents_file(0), {{"denoised_latents", g.denoised_latents.to(Device::cpu()).to(DType::F32)},
+                                        {"frames", g.frames.to(Device::cpu())}});
+    if (g.cache.enabled())
+      out["cache"] = {{"backend", g.cache.backend}, {"computed", g.cache.computed()}, {"skipped", g.cache.skipped()},
+                      {"summary", g.cache.summary()}};
     nlohmann::json phases;
     for (const auto& [name, s] : g.timings) phases[name] = s;
     const ExecutionSettings& settings = pipe->context().settings();

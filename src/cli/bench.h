@@ -37,6 +37,14 @@ struct BenchArgs {
   std::string image;    // pipeline: the first frame (image-to-video models)
   std::optional<double> guidance_scale;  // pipeline; unset: the model's default (1 runs no negative pass)
   std::vector<std::string> lora;         // pipeline: LoRA adapters "FILE[:SCALE]" fused while loading
+  // pipeline: step caching (a JSON file holding a cache_config object, config/cache_config.h);
+  // the initial noise (safetensors `latents`); where to save the denoised latents and the
+  // uint8 frames (safetensors `denoised_latents`, `frames`) for accuracy against another run.
+  // Several --cache-config: one run each (after one load and warm-up), in order, reported in
+  // "runs"; "none" is a run without a cache; save_latents then gets ".N" before its extension.
+  std::vector<std::string> cache_config;
+  std::string latents;
+  std::string save_latents;
 };
 
 int run_bench(const BenchArgs& args);

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <tuple>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +15,7 @@
 
 #include "api/model_path.h"
 #include "api/visual_gen.h"
+#include "config/cache_config.h"
 #include "cli/bench.h"
 #include "cli/flags.h"
 #include "cli/output.h"
@@ -63,7 +65,49 @@ struct GenerateArgs {
   int num_videos_per_prompt = 1;
   int batch_size = 1;
   std::string seed_text = "0";  // parsed by cli::parse_seed: -1 draws a random seed
+  // Step caching (--cache-*): config/cache_config.h.
+  std::optional<std::string> cache_backend;
+  std::optional<double> cache_threshold, cache_retention_ratio;
+  std::optional<bool> cache_use_ret_steps;
+  std::optional<int> cache_max_skip_steps, cache_max_continuous;
+  std::optional<std::string> cache_coefficients, cache_coefficients_2, cache_mag_ratios;
 };
+
+// The --cache-* flags as a CacheConfig (nullopt without --cache-backend); a problem names the flag.
+std::optional<CacheConfig> cache_from_flags(const GenerateArgs& a) {
+  const bool other = a.cache_threshold || a.cache_retention_ratio || a.cache_use_ret_steps || a.cache_max_skip_steps ||
+                     a.cache_max_continuous || a.cache_coefficients || a.cache_coefficients_2 || a.cache_mag_ratios;
+  if (!a.cache_backend) {
+    if (other) fail("the --cache-* options need --cache-backend ({})", cache_backend_choices());
+    return std::nullopt;
+  }
+  CacheConfig c;
+  const std::optional<CacheBackend> backend = parse_cache_backend(*a.cache_backend);
+  if (!backend) fail("--cache-backend: '{}' is not one of {}", *a.cache_backend, cache_backend_choices());
+  c.cache_backend = *backend;
+  if (a.cache_threshold) {
+    if (c.cache_backend == CacheBackend::TeaCache) c.teacache_thresh = *a.cache_threshold;
+    else c.threshold = *a.cache_threshold;
+  }
+  if (a.cache_use_ret_steps) c.use_ret_steps = *a.cache_use_ret_steps;
+  if (a.cache_retention_ratio) c.retention_ratio = *a.cache_retention_ratio;
+  if (a.cache_max_skip_steps) c.max_skip_steps = *a.cache_max_skip_steps;
+  if (a.cache_max_continuous) c.max_continuous_cached_steps = *a.cache_max_continuous;
+  if (a.cache_coefficients) c.coefficients = cli::parse_number_list(*a.cache_coefficients, "--cache-coefficients");
+  if (a.cache_coefficients_2) c.coefficients_2 = cli::parse_number_list(*a.cache_coefficients_2, "--cache-coefficients-2");
+  if (a.cache_mag_ratios) c.mag_ratios = cli::parse_number_list(*a.cache_mag_ratios, "--cache-mag-ratios");
+  if (const auto p = c.problem()) {
+    static const std::map<std::string, std::string> kFlags = {
+        {"teacache_thresh", "--cache-threshold"},       {"threshold", "--cache-threshold"},
+        {"use_ret_steps", "--cache-use-ret-steps"},     {"coefficients", "--cache-coefficients"},
+        {"coefficients_2", "--cache-coefficients-2"},   {"max_skip_steps", "--cache-max-skip-steps"},
+        {"retention_ratio", "--cache-retention-ratio"}, {"mag_ratios", "--cache-mag-ratios"},
+        {"max_continuous_cached_steps", "--cache-max-continuous"}};
+    const auto it = kFlags.find(p->first);
+    fail("{}: {} ({})", it == kFlags.end() ? p->first : it->second, p->second, p->first);
+  }
+  return c;
+}
 
 Tensor read_latents(const std::string& path) {
   const WeightStore store = WeightStore::open_files({path});
@@ -137,6 +181,7 @@ int run_generate(GenerateArgs& a) {
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
   if (a.timesteps_text) a.params.timesteps = cli::parse_number_list(*a.timesteps_text, "--timesteps");
   if (a.sigmas_text) a.params.sigmas = cli::parse_number_list(*a.sigmas_text, "--sigmas");
+  a.params.cache = cache_from_flags(a);
   // LoRA files are read and their keys converted before the model loads: a bad file fails at once.
   for (const auto& [flag, texts, specs] : {std::tuple{"--lora", &a.lora, &options.lora},
                                            std::tuple{"--lora-2", &a.lora_2, &options.lora_2}})
@@ -194,6 +239,7 @@ int run_generate(GenerateArgs& a) {
     timings.emplace_back(phase, s);
   };
   std::vector<std::string> written;
+  std::vector<std::string> cache_summaries;  // one per group that ran a step cache
   for (int k = 0; k < total; ++k) {
     const ResolvedParams& r = requests[static_cast<size_t>(k)];
     const auto warn_if_truncated = [&](const std::string& text, const char* which) {
@@ -236,6 +282,7 @@ int run_generate(GenerateArgs& a) {
     });
     progress.end();
     for (const auto& [phase, s] : outs.front().timings) add_timing(phase, s);
+    if (outs.front().cache.enabled()) cache_summaries.push_back(outs.front().cache.summary() + of);
 
     progress.begin("writing" + of);
     for (int k = k0; k < k1; ++k) {
@@ -255,6 +302,7 @@ int run_generate(GenerateArgs& a) {
     if (options.device.is_cuda())
       std::fprintf(stderr, ", peak GPU memory %.2f GiB", allocator_for(options.device).peak_bytes() / double(1ull << 30));
     std::fprintf(stderr, "\n");
+    for (const std::string& line : cache_summaries) std::fprintf(stderr, "cache: %s\n", line.c_str());
   }
   for (const std::string& path : written) std::printf("%s\n", path.c_str());
   return 0;
@@ -329,6 +377,15 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
   gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
+  gen->add_option("--cache-backend", g.cache_backend, "Step caching: none | teacache | magcache | fbcache (First-Block-Cache); skips transformer calls, at some accuracy cost (README: Step caching)");
+  gen->add_option("--cache-threshold", g.cache_threshold, "The cache's threshold in (0, 1]: teacache_thresh (default 0.2), MagCache's threshold (0.06) or First-Block-Cache's (0.05); higher skips more");
+  gen->add_option("--cache-use-ret-steps", g.cache_use_ret_steps, "TeaCache: true (default): the first 5 steps computed, the retention-steps coefficients; false: the first and last step computed, the plain ones");
+  gen->add_option("--cache-coefficients", g.cache_coefficients, "TeaCache: the rescaling polynomial, highest power first, comma-separated (default: the model's published ones; required for models without, e.g. two-expert ones)");
+  gen->add_option("--cache-coefficients-2", g.cache_coefficients_2, "TeaCache on two-expert models: transformer_2's coefficients (required)");
+  gen->add_option("--cache-mag-ratios", g.cache_mag_ratios, "MagCache: the model's magnitude ratios, one per step, comma-separated (required; interpolated to the steps)");
+  gen->add_option("--cache-max-skip-steps", g.cache_max_skip_steps, "MagCache: at most this many skipped calls in a row (default 3)");
+  gen->add_option("--cache-retention-ratio", g.cache_retention_ratio, "MagCache: the fraction of first steps never skipped (default 0.2)");
+  gen->add_option("--cache-max-continuous", g.cache_max_continuous, "Any cache: at most this many skipped calls in a row per branch (default 0: no limit beyond the method's own)");
   gen->add_option("--seed", g.seed_text, "Random seed, 0 to 2^64-1; -1 draws one and prints it (default 0)");
   gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(cli::positive_number());
   gen->add_option("--scheduler", g.scheduler, "Override the checkpoint's scheduler (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)");
@@ -361,7 +418,7 @@ int main(int argc, char** argv) {
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
   srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
-  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph, conv)")
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, cache_config, parallel, attention, cuda_graph, conv, offload)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(cli::integer_in_range(0, 65535));
@@ -406,6 +463,9 @@ int main(int argc, char** argv) {
   bench->add_option("--guidance-scale", b.guidance_scale, "pipeline: guidance scale (default: the model's; 1 runs no negative pass)");
   bench->add_option("--lora", b.lora, "pipeline: a LoRA adapter FILE[:SCALE] fused while loading (repeatable)");
   bench->add_option("--image", b.image, "pipeline: first frame for an image-to-video model")->check(CLI::ExistingFile);
+  bench->add_option("--cache-config", b.cache_config, "pipeline: step caching, a JSON file holding a cache_config object (README: Step caching), or none; repeat it for one timed run each (after one load), reported in \"runs\"");
+  bench->add_option("--latents", b.latents, "pipeline: initial noise, a safetensors file with a tensor 'latents'")->check(CLI::ExistingFile);
+  bench->add_option("--save-latents", b.save_latents, "pipeline: write the denoised latents and the uint8 frames (safetensors: denoised_latents, frames)");
   bench->add_option("--save-output", b.save_output, "transformer, vae: write the output of one forward/decode/encode as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
   srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(cli::positive_number());

@@ -118,17 +118,7 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
     if (c.linear.ignore[i].empty()) linear.fail_value(fmt::format("ignore[{}]", i), "empty pattern");
   linear.reject_unknown();
 
-  const ConfigReader teacache = r.section("teacache");
-  c.teacache.enabled = teacache.boolean("enabled", c.teacache.enabled);
-  c.teacache.threshold = teacache.number("threshold", c.teacache.threshold);
-  if (c.teacache.threshold <= 0) teacache.fail_value("threshold", fmt::format("must be > 0, got {}", c.teacache.threshold));
-  c.teacache.use_ret_steps = teacache.boolean("use_ret_steps", c.teacache.use_ret_steps);
-  if (auto steps = teacache.optional_integer("warmup_steps", 0, 1000)) c.teacache.warmup_steps = static_cast<int>(*steps);
-  if (teacache.has("coefficients")) {
-    c.teacache.coefficients = teacache.number_list("coefficients");
-    if (c.teacache.coefficients.empty()) teacache.fail_value("coefficients", "needs at least one coefficient");
-  }
-  teacache.reject_unknown();
+  c.cache_config = read_cache_config(r.section("cache_config"));
 
   const ConfigReader parallel = r.section("parallel");
   c.parallel.cfg_size = static_cast<int>(parallel.integer("cfg_size", c.parallel.cfg_size, 1, 2));
@@ -171,7 +161,6 @@ std::vector<std::string> unimplemented_features(const EngineConfig& c) {
   if (c.linear.quant_algo != QuantAlgo::None)
     out.push_back(fmt::format("linear.quant_algo: {} is not implemented yet (supported: none)",
                               quant_algo_name(c.linear.quant_algo)));
-  if (c.teacache.enabled) out.push_back("teacache.enabled: TeaCache is not implemented yet (supported: false)");
   if (c.parallel.cfg_size != 1)
     out.push_back(fmt::format("parallel.cfg_size: {} is not implemented yet (supported: 1)", c.parallel.cfg_size));
   if (c.parallel.ulysses_size != 1)

@@ -2,7 +2,7 @@
 // parallelism, attention backend, CUDA graphs), as opposed to what a request generates.
 //
 //   linear:      {quant_algo: none, dynamic: true, ignore: ["proj_out", "*.norm*"]}
-//   teacache:    {enabled: false, threshold: 0.2, use_ret_steps: true}
+//   cache_config: {cache_backend: teacache, teacache_thresh: 0.2, use_ret_steps: true}  (config/cache_config.h)
 //   parallel:    {cfg_size: 1, ulysses_size: 1}
 //   attention:   {backend: auto}
 //   cuda_graph:  {enabled: true}
@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "config/cache_config.h"
 #include "core/execution_context.h"
 
 namespace vgen {
@@ -32,18 +33,6 @@ struct LinearConfig {
   bool dynamic = true;
   // Module-name patterns (fnmatch-style, e.g. "blocks.0.*", "proj_out") left unquantized.
   std::vector<std::string> ignore;
-};
-
-struct TeaCacheConfig {
-  bool enabled = false;
-  // Skip the transformer while the accumulated rescaled relative L1 distance of the
-  // timestep-modulated input stays below this.
-  double threshold = 0.2;
-  // Wan's "retention steps" variant: measure the distance on the timestep embedding and
-  // always compute the first steps.
-  bool use_ret_steps = true;
-  std::optional<int> warmup_steps;   // steps always computed; unset: the model family's
-  std::vector<double> coefficients;  // rescaling polynomial, highest power first; empty: the family's
 };
 
 struct ParallelConfig {
@@ -77,7 +66,8 @@ struct OffloadConfig {
 
 struct EngineConfig {
   LinearConfig linear;
-  TeaCacheConfig teacache;
+  // Step caching (TeaCache, MagCache, First-Block-Cache) for requests that set none.
+  CacheConfig cache_config;
   ParallelConfig parallel;
   AttentionConfig attention;
   CudaGraphConfig cuda_graph;

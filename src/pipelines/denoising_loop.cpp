@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/ops.h"
+#include "pipelines/cache/step_cache.h"
 
 namespace vgen {
 namespace {
@@ -50,6 +51,7 @@ Tensor run_denoising_loop(Scheduler& scheduler, Tensor latents, const DenoiseCon
     const double t = timesteps[i];
     const int expert = config.expert_at(i, t);
     const double guidance = config.guidance_at(i, t);
+    if (config.cache) config.cache->begin_step(i);
     Tensor noise_pred = predict(latents, t, Branch::Conditional, expert);
     if (guidance > 1.0) {
       const Tensor noise_uncond = predict(latents, t, Branch::Unconditional, expert);

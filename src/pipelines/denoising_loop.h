@@ -14,6 +14,8 @@ namespace vgen {
 
 enum class Branch { Conditional, Unconditional };
 
+class StepCache;  // pipelines/cache/step_cache.h
+
 // Predicts the model output for `latents` at `timestep` for one branch; `expert` is 0, or 1
 // for the low-noise expert of a two-expert model.
 using DenoiseFn = std::function<Tensor(const Tensor& latents, double timestep, Branch branch, int expert)>;
@@ -28,6 +30,9 @@ struct DenoiseConfig {
   // expert 0, the others expert 1. Takes precedence over boundary_timestep.
   std::optional<int> boundary_step;
   double guidance_scale_2 = 1.0;
+  // Step caching (issue 15): told each step's index before its calls; the model function runs
+  // its block stack through it (StepCache::run), keyed by branch and expert. Null: none.
+  StepCache* cache = nullptr;
 
   // Which expert runs step `step_index` (timestep t), and with which guidance scale; a scale
   // above 1 means CFG (two transformer calls), as diffusers' do_classifier_free_guidance.

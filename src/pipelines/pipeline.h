@@ -12,10 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "config/cache_config.h"
 #include "core/error.h"
 #include "core/execution_context.h"
 #include "core/tensor.h"
 #include "nn/lora.h"
+#include "pipelines/cache/cache_stats.h"
 #include "schedulers/scheduler.h"
 
 namespace vgen {
@@ -51,6 +53,9 @@ struct GenerationParams {
   // image-to-video pipeline takes them from the image's aspect ratio (diffusers' examples).
   Tensor image;
   Tensor last_image;
+  // Step caching (TeaCache, MagCache, First-Block-Cache: config/cache_config.h); unset: the
+  // pipeline's (PipelineOptions::cache, e.g. the engine YAML's cache_config).
+  std::optional<CacheConfig> cache;
 };
 
 // Progress per denoising step. Returning false cancels the generation.
@@ -75,6 +80,8 @@ struct GenerationOutput {
   double fps = 0.0;         // the family's default frame rate (capabilities().default_fps)
   // Seconds per phase, in order: "encode_prompt", ("encode_image",) "denoise", "decode".
   std::vector<std::pair<std::string, double>> timings;
+  // Transformer calls computed and skipped by the step cache (empty backend: none ran).
+  CacheStats cache;
 };
 
 // The parameters after defaults and validation: what will actually run. Made once by
@@ -98,6 +105,8 @@ struct ResolvedParams {
   // Initial noise (diffusers' `latents=`), its shape checked by resolve; undefined: seeded noise.
   Tensor latents;
   Tensor image, last_image;  // U8 [H, W, 3] RGB, checked by resolve; undefined: none
+  // Step caching, checked by resolve, with the model's published TeaCache coefficients filled in.
+  CacheConfig cache;
 };
 
 // What a pipeline can do and what it does when a request leaves a value unset. Front ends
@@ -153,6 +162,8 @@ struct PipelineOptions {
   // DiffusionPipeline::set_lora keeps this many merged variants of the transformer(s) in
   // memory (the current one counted): switching back to one of them costs nothing.
   int lora_cached_variants = 1;
+  // Step caching for requests that set none (GenerationParams::cache).
+  CacheConfig cache;
 };
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.

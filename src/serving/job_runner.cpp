@@ -53,6 +53,7 @@ GenerationOutput generate(ServerState& state, const ResolvedParams& params, cons
     return !cancelled.load();
   });
   state.metrics.observe_generation_memory(memory.peak_bytes());
+  if (out.cache.enabled()) state.metrics.count_cache_calls(out.cache.backend, out.cache.computed(), out.cache.skipped());
   return out;
 }
 
@@ -84,6 +85,15 @@ void run_video_job(ServerState& state, const std::string& id, const VideoPlan& p
     encode.fps = plan.fps;
     media::write_mp4(state.media.video_path(id), out.frames, encode);
     write_thumbnail(state, id, out.frames.select(0, 0));
+    if (out.cache.enabled()) {
+      // The job record says what the step cache did.
+      nlohmann::json params = plan.extras();
+      params["cache"] = {{"backend", out.cache.backend},
+                         {"computed", out.cache.computed()},
+                         {"skipped", out.cache.skipped()},
+                         {"summary", out.cache.summary()}};
+      state.store->set_params(id, params);
+    }
     if (!state.store->set_completed(id, unix_now())) {
       state.media.remove_media(id);  // deleted while it was being written
       return;

@@ -215,6 +215,14 @@ bool JobStore::set_completed(const std::string& id, int64_t completed_at) {
   return sqlite3_changes(db_) > 0;
 }
 
+bool JobStore::set_params(const std::string& id, const nlohmann::json& params) {
+  std::lock_guard lock(mutex_);
+  before_write("set_params");
+  Statement s(db_, path_, "UPDATE videos SET params = ? WHERE id = ?");
+  s.bind(1, params.dump()).bind(2, id).run();
+  return sqlite3_changes(db_) > 0;
+}
+
 bool JobStore::set_failed(const std::string& id, const std::string& code, const std::string& message,
                           int64_t completed_at) {
   std::lock_guard lock(mutex_);

@@ -72,6 +72,8 @@ class JobStore {
   bool set_in_progress(const std::string& id);
   bool set_progress(const std::string& id, int progress);
   bool set_completed(const std::string& id, int64_t completed_at);
+  // Replaces the job's params (what ran: e.g. the step cache's computed / skipped calls).
+  bool set_params(const std::string& id, const nlohmann::json& params);
   bool set_failed(const std::string& id, const std::string& code, const std::string& message, int64_t completed_at);
   bool remove(const std::string& id);
 
@@ -85,7 +87,7 @@ class JobStore {
   size_t unsaved_failures() const;
 
   // Tests: each write asks `fails(operation)` first ("insert", "set_in_progress",
-  // "set_progress", "set_completed", "set_failed", "remove") and throws JobStoreError when
+  // "set_progress", "set_completed", "set_params", "set_failed", "remove") and throws JobStoreError when
   // it answers true, as a full disk would. Empty: no injection.
   void inject_write_failures(std::function<bool(std::string_view operation)> fails);
 

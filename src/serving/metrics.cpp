@@ -64,6 +64,12 @@ void Metrics::observe_step(double seconds) {
   ++step_count_;
 }
 
+void Metrics::count_cache_calls(const std::string& backend, int computed, int skipped) {
+  std::lock_guard lock(mutex_);
+  cache_calls_[{backend, "computed"}] += static_cast<uint64_t>(computed);
+  cache_calls_[{backend, "skipped"}] += static_cast<uint64_t>(skipped);
+}
+
 void Metrics::count_generation(const std::string& kind, const std::string& result, double seconds) {
   std::lock_guard lock(mutex_);
   ++generations_[{kind, result}];
@@ -95,6 +101,14 @@ std::string Metrics::render(const Gauges& g) const {
   for (const char* state : {"queued", "in_progress", "completed", "failed"}) {
     auto it = g.jobs_by_status.find(state);
     out += fmt::format("vgen_video_jobs{{state=\"{}\"}} {}\n", state, it == g.jobs_by_status.end() ? 0 : it->second);
+  }
+  if (!cache_calls_.empty()) {
+    out += "# HELP vgen_cache_transformer_calls_total Transformer calls of generations with a step cache, by cache "
+           "and whether the block stack ran (computed) or its cached residual was reused (skipped).\n";
+    out += "# TYPE vgen_cache_transformer_calls_total counter\n";
+    for (const auto& [key, n] : cache_calls_)
+      out += fmt::format("vgen_cache_transformer_calls_total{{cache=\"{}\",result=\"{}\"}} {}\n", key.first,
+                         key.second, n);
   }
   out += "# HELP vgen_generations_total Finished generations by kind and result.\n";
   out += "# TYPE vgen_generations_total counter\n";

@@ -22,6 +22,8 @@ class Metrics {
   // The device memory high-water mark of one generation.
   void observe_generation_memory(size_t peak_bytes);
   void observe_step(double seconds);
+  // Transformer calls of a generation that ran a step cache: computed and skipped.
+  void count_cache_calls(const std::string& backend, int computed, int skipped);
   // kind: "video", "video_sync", "image"; result: "completed", "failed", "cancelled".
   void count_generation(const std::string& kind, const std::string& result, double seconds);
   // Exponential moving average of the step time (0 before the first step).
@@ -48,6 +50,7 @@ class Metrics {
   double step_ema_ = 0;
   std::map<std::pair<std::string, std::string>, uint64_t> generations_;
   std::map<std::string, double> generation_seconds_;
+  std::map<std::pair<std::string, std::string>, uint64_t> cache_calls_;  // (backend, computed|skipped)
   size_t last_generation_peak_bytes_ = 0, max_generation_peak_bytes_ = 0;
 };
 

@@ -44,8 +44,10 @@ ServedModel load_served_model(const ServeOptions& options) {
   pipeline_options.offload_text_encoder = options.offload_text_encoder || config.offload.text_encoder;
   pipeline_options.offload_idle_expert = options.offload_idle_expert || config.offload.idle_expert;
   pipeline_options.lora_cached_variants = options.lora_cached_variants;
+  pipeline_options.cache = config.cache_config;  // requests may set their own (cache_config field)
   ServedModel m;
   m.info.adapters = list_lora_adapters(options.lora_dir);
+  m.info.cache = config.cache_config;
   m.pipeline = load_pipeline(options.model, pipeline_options);
   m.info.id = model_id_for(options);
   m.device = device;

@@ -118,7 +118,8 @@ std::optional<double> parse_number_text(const std::string& s) {
 const std::vector<std::string> kVideoFields = {"prompt",          "model",          "seconds",        "size",
                                                "input_reference", "last_image",     "fps",            "num_frames",
                                                "negative_prompt", "num_inference_steps", "guidance_scale",
-                                               "guidance_scale_2", "seed", "lora", "lora_2", "timesteps", "sigmas"};
+                                               "guidance_scale_2", "seed", "lora", "lora_2", "timesteps", "sigmas",
+                                               "cache_backend", "cache_threshold"};
 const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "response_format", "output_format",
                                                "output_compression", "quality", "user", "negative_prompt",
                                                "num_inference_steps", "guidance_scale", "seed", "lora", "lora_2"};
@@ -233,6 +234,11 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
     std::optional<std::string> param;
     if (message.starts_with("image")) param = "input_reference";
     if (message.starts_with("last_image")) param = "last_image";
+    if (message.starts_with("cache_config.")) {
+      param = message.starts_with("cache_config.teacache_thresh") || message.starts_with("cache_config.threshold")
+                  ? "cache_threshold"
+                  : "cache_backend";
+    }
     for (const auto& [word, field] : {std::pair{"timesteps", "timesteps"}, std::pair{"sigmas", "sigmas"},
                                       std::pair{"width", "size"}, std::pair{"height", "size"},
                                       std::pair{"num_frames", "num_frames"}, std::pair{"frames", "num_frames"},
@@ -469,6 +475,12 @@ VideoRequest parse_video_request(const RequestFields& f) {
   // An explicit schedule (step-distilled models): the steps follow its length.
   r.params.timesteps = f.number_list("timesteps", kMaxSteps);
   r.params.sigmas = f.number_list("sigmas", kMaxSteps);
+  // Step caching: the server's cache_config (vgen serve --config) unless these are given.
+  r.cache_backend = f.string("cache_backend");
+  if (r.cache_backend && !parse_cache_backend(*r.cache_backend))
+    bad_field("cache_backend", fmt::format("'cache_backend' must be one of {}, got '{}'", cache_backend_choices(), *r.cache_backend));
+  r.cache_threshold = f.number("cache_threshold", 0.0, 1.0);
+  if (r.cache_threshold && *r.cache_threshold <= 0.0) bad_field("cache_threshold", "'cache_threshold' must be in (0, 1]");
   // The images are file parts of a multipart body (a JSON body cannot carry one within its limit).
   for (auto [name, bytes] : {std::pair{"input_reference", &r.input_reference}, std::pair{"last_image", &r.last_image}}) {
     if (!f.has(name)) continue;
@@ -530,6 +542,10 @@ nlohmann::json VideoPlan::extras() const {
   // An explicit schedule is part of what ran: shown as given.
   if (resolved.timesteps) j["timesteps"] = *resolved.timesteps;
   if (resolved.sigmas) j["sigmas"] = *resolved.sigmas;
+  if (resolved.cache.enabled()) {
+    j["cache_backend"] = cache_backend_name(resolved.cache.cache_backend);
+    j["cache_threshold"] = resolved.cache.effective_threshold();
+  }
   return j;
 }
 
@@ -566,6 +582,23 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
     if (*p.num_frames > kMaxFrames)
       bad_field("seconds", fmt::format("{} s at {} fps is {} frames, more than the {} allowed", *request.seconds,
                                        plan.fps, *p.num_frames, kMaxFrames));
+  }
+  if (request.cache_backend || request.cache_threshold) {
+    // From the server's cache_config; another backend starts from that backend's defaults.
+    CacheConfig c = model.cache;
+    if (request.cache_backend) {
+      const CacheBackend b = *parse_cache_backend(*request.cache_backend);
+      if (b != c.cache_backend) {
+        c = CacheConfig{};
+        c.cache_backend = b;
+      }
+    }
+    if (request.cache_threshold) {
+      if (!c.enabled()) bad_field("cache_threshold", "'cache_threshold' needs a 'cache_backend' (this server runs none)");
+      if (c.cache_backend == CacheBackend::TeaCache) c.teacache_thresh = *request.cache_threshold;
+      else c.threshold = *request.cache_threshold;
+    }
+    p.cache = c;
   }
   plan.resolved = resolve_or_400(pipeline, p);
   plan.adapters = plan_adapters(request.adapters, model, pipeline);

@@ -77,6 +77,8 @@ struct ModelInfo {
   std::string id;  // what /v1/models lists and requests may name
   // LoRA adapters a request may name (`lora`, `lora_2`): file stem -> path (vgen serve --lora-dir).
   std::map<std::string, std::string> adapters;
+  // The server's step caching (engine YAML cache_config): what requests start from.
+  CacheConfig cache;
 };
 
 // The LoRA adapters a request asks for, as text: "NAME[:SCALE][,NAME[:SCALE]...]" (the names of
@@ -113,6 +115,9 @@ struct VideoRequest {
   std::optional<double> fps;
   std::optional<std::string> model;
   AdapterRequest adapters;
+  // Step caching: another backend than the server's, and / or its threshold.
+  std::optional<std::string> cache_backend;
+  std::optional<double> cache_threshold;
   bool has_input_reference = false;
   // Image-to-video: the uploaded first frame (`input_reference`, as the OpenAI SDK sends it) and
   // last frame (`last_image`, vgen's), still encoded; plan_video decodes them for a model that

@@ -30,15 +30,14 @@ void expect_contains(const std::string& text, const std::string& part) {
 }  // namespace
 
 TEST(EngineConfig, EmptyIsAllDefaults) {
-  for (const char* text : {"", "# nothing\n", "linear:\nteacache:\n"}) {
+  for (const char* text : {"", "# nothing\n", "linear:\ncache_config:\n"}) {
     const EngineConfig c = parse_engine_config(text, "engine.yaml");
     EXPECT_EQ(c.linear.quant_algo, QuantAlgo::None);
     EXPECT_TRUE(c.linear.dynamic);
     EXPECT_TRUE(c.linear.ignore.empty());
-    EXPECT_FALSE(c.teacache.enabled);
-    EXPECT_DOUBLE_EQ(c.teacache.threshold, 0.2);
-    EXPECT_TRUE(c.teacache.use_ret_steps);
-    EXPECT_FALSE(c.teacache.warmup_steps.has_value());
+    EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::None);
+    EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.2);
+    EXPECT_TRUE(c.cache_config.use_ret_steps);
     EXPECT_EQ(c.parallel.cfg_size, 1);
     EXPECT_EQ(c.parallel.ulysses_size, 1);
     EXPECT_EQ(c.attention.backend, AttentionBackend::Auto);
@@ -55,11 +54,11 @@ linear:
   quant_algo: fp8_blockwise
   dynamic: false
   ignore: ["proj_out", "blocks.0.*"]
-teacache:
-  enabled: true
-  threshold: 0.08
+cache_config:
+  cache_backend: teacache
+  teacache_thresh: 0.08
   use_ret_steps: false
-  warmup_steps: 3
+  max_continuous_cached_steps: 3
   coefficients: [1.0e2, -2, 3.5, 0, 1]
 parallel:
   cfg_size: 2
@@ -75,11 +74,11 @@ conv:
   EXPECT_EQ(c.linear.quant_algo, QuantAlgo::FP8Blockwise);
   EXPECT_FALSE(c.linear.dynamic);
   EXPECT_EQ(c.linear.ignore, (std::vector<std::string>{"proj_out", "blocks.0.*"}));
-  EXPECT_TRUE(c.teacache.enabled);
-  EXPECT_DOUBLE_EQ(c.teacache.threshold, 0.08);
-  EXPECT_FALSE(c.teacache.use_ret_steps);
-  EXPECT_EQ(c.teacache.warmup_steps, 3);
-  EXPECT_EQ(c.teacache.coefficients, (std::vector<double>{100, -2, 3.5, 0, 1}));
+  EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::TeaCache);
+  EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.08);
+  EXPECT_FALSE(c.cache_config.use_ret_steps);
+  EXPECT_EQ(c.cache_config.max_continuous_cached_steps, 3);
+  EXPECT_EQ(c.cache_config.coefficients, (std::vector<double>{100, -2, 3.5, 0, 1}));
   EXPECT_EQ(c.parallel.cfg_size, 2);
   EXPECT_EQ(c.parallel.ulysses_size, 4);
   EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
@@ -88,21 +87,21 @@ conv:
 
   // None of these features is built yet: each is named, none silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
-  ASSERT_EQ(missing.size(), 5u);
+  ASSERT_EQ(missing.size(), 4u);
   try {
     require_implemented(c, "engine.yaml");
     ADD_FAILURE() << "accepted unimplemented features";
   } catch (const Error& e) {
     const std::string m = e.what();
     expect_contains(m, "engine.yaml: ");
-    for (const char* key : {"linear.quant_algo: fp8_blockwise", "teacache.enabled", "parallel.cfg_size: 2",
+    for (const char* key : {"linear.quant_algo: fp8_blockwise", "parallel.cfg_size: 2",
                             "parallel.ulysses_size: 4", "attention.backend: flash"})
       expect_contains(m, key);
   }
 }
 
 TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
-  for (const char* text : {"linear: {quant_algo: fp8}", "linear: {quant_algo: nvfp4}", "teacache: {enabled: true}",
+  for (const char* text : {"linear: {quant_algo: fp8}", "linear: {quant_algo: nvfp4}",
                            "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: flash}"}) {
     EXPECT_EQ(unimplemented_features(parse_engine_config(text, "engine.yaml")).size(), 1u) << text;
   }
@@ -110,15 +109,15 @@ TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
   for (const char* text : {"attention: {backend: auto}", "attention: {backend: cudnn}", "attention: {backend: reference}",
                            "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}"})
     EXPECT_TRUE(unimplemented_features(parse_engine_config(text, "engine.yaml")).empty()) << text;
-  // Settings of a disabled feature are only validated.
-  EXPECT_TRUE(unimplemented_features(parse_engine_config("teacache: {threshold: 0.3}\nlinear: {dynamic: false}",
+  // Step caching runs (issue 15).
+  EXPECT_TRUE(unimplemented_features(parse_engine_config("cache_config: {cache_backend: teacache}\nlinear: {dynamic: false}",
                                                          "engine.yaml"))
                   .empty());
 }
 
 TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
-  std::string m = parse_error("teacache:\n  enabled: false\n  treshold: 0.1\n");
-  expect_contains(m, "engine.yaml:3:3: teacache.treshold: unknown key");
+  std::string m = parse_error("cache_config:\n  cache_backend: fbcache\n  treshold: 0.1\n");
+  expect_contains(m, "engine.yaml:3:3: cache_config.treshold: unknown key");
   expect_contains(m, "threshold");  // the known keys are listed
 
   m = parse_error("linear: {}\nquantization: {}\n");
@@ -138,14 +137,31 @@ TEST(EngineConfig, DuplicateKeys) {
 }
 
 TEST(EngineConfig, WrongTypesAndRanges) {
-  expect_contains(parse_error("teacache:\n  enabled: yes\n"), "engine.yaml:2:12: teacache.enabled: expected true or false, got 'yes'");
-  expect_contains(parse_error("teacache: {threshold: abc}"), "teacache.threshold: expected a number, got 'abc'");
-  expect_contains(parse_error("teacache: {threshold: 0}"), "teacache.threshold: must be > 0");
-  expect_contains(parse_error("teacache: {threshold: .nan}"), "teacache.threshold: expected a number");
-  expect_contains(parse_error("teacache: {warmup_steps: 1.5}"), "teacache.warmup_steps: expected an integer");
-  expect_contains(parse_error("teacache: {coefficients: 1.0}"), "teacache.coefficients: expected a list");
-  expect_contains(parse_error("teacache: {coefficients: []}"), "teacache.coefficients: needs at least one");
-  expect_contains(parse_error("teacache: {coefficients: [1, x]}"), "teacache.coefficients[1]: expected a number");
+  expect_contains(parse_error("cache_config:\n  use_ret_steps: yes\n"),
+                  "engine.yaml:2:18: cache_config.use_ret_steps: expected true or false, got 'yes'");
+  expect_contains(parse_error("cache_config: {teacache_thresh: abc}"), "cache_config.teacache_thresh: expected a number, got 'abc'");
+  expect_contains(parse_error("cache_config: {cache_backend: teacache, teacache_thresh: 0}"),
+                  "cache_config.teacache_thresh: must be in (0, 1], got 0");
+  expect_contains(parse_error("cache_config: {cache_backend: fbcache, threshold: 1.5}"),
+                  "cache_config.threshold: must be in (0, 1], got 1.5");
+  expect_contains(parse_error("cache_config: {teacache_thresh: .nan}"), "cache_config.teacache_thresh: expected a number");
+  expect_contains(parse_error("cache_config: {cache_backend: lru}"), "cache_config.cache_backend: 'lru' is not one of");
+  expect_contains(parse_error("cache_config: {max_skip_steps: 1.5}"), "cache_config.max_skip_steps: expected an integer");
+  expect_contains(parse_error("cache_config: {coefficients: 1.0}"), "cache_config.coefficients: expected a list");
+  expect_contains(parse_error("cache_config: {cache_backend: teacache, coefficients: [1, x]}"),
+                  "cache_config.coefficients[1]: expected a number");
+  expect_contains(parse_error("cache_config: {cache_backend: teacache, coefficients: [1]}"),
+                  "cache_config.coefficients: needs at least 2 values");
+  expect_contains(parse_error("cache_config: {cache_backend: magcache}"),
+                  "cache_config.mag_ratios: is required for cache_backend magcache");
+  expect_contains(parse_error("cache_config: {cache_backend: magcache, mag_ratios: [1, -1]}"),
+                  "cache_config.mag_ratios: must be positive");
+  expect_contains(parse_error("cache_config: {cache_backend: fbcache, coefficients: [1, 2]}"),
+                  "cache_config.coefficients: applies to cache_backend teacache only");
+  expect_contains(parse_error("cache_config: {cache_backend: teacache, threshold: 0.1}"),
+                  "cache_config.threshold: is MagCache's and First-Block-Cache's; TeaCache's is teacache_thresh");
+  expect_contains(parse_error("cache_config: {cache_backend: magcache, mag_ratios: [1, 1], retention_ratio: 2}"),
+                  "cache_config.retention_ratio: must be in [0, 1], got 2");
   expect_contains(parse_error("parallel: {cfg_size: 3}"), "parallel.cfg_size: 3 is out of range [1, 2]");
   expect_contains(parse_error("parallel: {ulysses_size: 0}"), "parallel.ulysses_size: 0 is out of range");
   expect_contains(parse_error("parallel: {ulysses_size: [2]}"), "parallel.ulysses_size: expected an integer");
@@ -155,7 +171,7 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("linear: {ignore: [{a: 1}]}"), "linear.ignore[0]: expected a string");
   expect_contains(parse_error("attention: {backend: sdpa}"), "attention.backend: 'sdpa' is not one of: auto, reference");
   expect_contains(parse_error("cuda_graph: true"), "cuda_graph: expected a mapping");
-  expect_contains(parse_error("- linear\n- teacache\n"), "top level: expected a mapping");
+  expect_contains(parse_error("- linear\n- cache_config\n"), "top level: expected a mapping");
 }
 
 TEST(EngineConfig, InvalidYamlNamesTheLine) {

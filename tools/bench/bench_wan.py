@@ -17,6 +17,9 @@ VAE decode 704x1280x121 + accuracy), vae_encode (Wan2.1 VAE encode of one 720p f
 480x832x81 end to end; --i2v-layers sets the layers per expert, 40 in the real model).
 LoRA: lora14 (Wan2.1 T2V 14B shape, a random rank-64 LoRA fused at load, the 4-step no-CFG
 recipe end to end at 480x832x81; vgen's speedup over its own 50-step CFG run; LoRA load + merge).
+Step caching: cache (1.3B-shaped text-to-video 480x832x81 with CFG, --cache-steps steps: each
+cache at two thresholds and a fixed skip schedule; calls skipped, time against diffusers
+uncached and with the same cache, final-latent relative L2 and frame PSNR against vgen uncached).
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -585,6 +588,118 @@ def part_lora14(args):
         vgen_50step_cfg_estimated_s=t50, speedup=t50 / ours["s"],
         vgen_lora_load_merge_s=ours["load_s"] - cfg_run["load_s"], vgen_load_with_lora_s=ours["load_s"],
         vgen_load_without_lora_s=cfg_run["load_s"], diffusers_lora_load_fuse_s=theirs_lora_s)
+def psnr(a, b):
+    """PSNR in dB of uint8 frames a against b."""
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * __import__("math").log10(255.0 ** 2 / mse)
+
+
+def part_cache(args):
+    """Step caching on the 1.3B text-to-video shapes (random weights), 480x832x81, CFG 5.0,
+    --cache-steps steps, the same initial noise for every run. vgen runs every configuration in
+    one process (`vgen bench pipeline` with one --cache-config per run, after one load and
+    warm-up); diffusers runs uncached and with its own MagCache / First-Block-Cache hooks (it
+    has no TeaCache). Accuracy is vgen cached against vgen uncached (final latents relative L2,
+    PSNR of the uint8 frames). Random weights do not reproduce real skip rates: the skip counts
+    of teacache / fbcache here say nothing about a real checkpoint's; the MagCache runs and the
+    fixed schedule (MagCache with all ratios 1: compute, skip max_skip_steps, compute, ...,
+    the same calls skipped in vgen and diffusers) make the speed figures comparable."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
+    from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
+    from safetensors.torch import load_file, save_file
+    tiny, dev = args.tiny, args.device
+    h, w, f, steps = (64, 96, 9, 6) if tiny else (480, 832, 81, args.cache_steps)
+    d = os.path.join(args.work, "cache13")
+    tmp = tempfile.mkdtemp()
+    tok = tiny_tokenizer(tmp)
+    torch.manual_seed(0)
+    te = text_encoder(tiny, dev)
+    with torch.device(dev):
+        cfg = transformer_config("1.3b", tiny)
+        if tiny:
+            cfg["text_dim"] = 64
+        tr = WanTransformer3DModel(**cfg)
+        vae = AutoencoderKLWan(**(dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if tiny else {}))
+    te, tr, vae = te.to(torch.bfloat16), tr.to(torch.bfloat16), vae.to(torch.float32)
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                    num_train_timesteps=1000)
+    pipe = WanPipeline(tokenizer=tok, text_encoder=te, transformer=tr, vae=vae, scheduler=sched)
+    pipe.save_pretrained(d)
+    latents = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(0))
+    latents_path = os.path.join(args.work, "cache_latents.safetensors")
+    save_file({"latents": latents}, latents_path)
+
+    # The published Wan2.1 1.3B TeaCache coefficients are vgen's default for this shape; the
+    # tiny smoke test has no published ones, so it passes the 1.3B table itself.
+    tea13 = [-5.21862437e4, 9.23041404e3, -5.28275948e2, 1.36987616e1, -4.99875664e-2]
+    mag = [float(x) for x in FLUX_MAG_RATIOS]  # Flux's table: diffusers ships no Wan one (the pattern is the point)
+    configs = [("uncached", {"cache_backend": "none"}, None)]
+    for t in args.cache_thresholds["teacache"]:
+        c = {"cache_backend": "teacache", "teacache_thresh": t}
+        if tiny:
+            c["coefficients"] = tea13
+        configs.append((f"teacache_{t}", c, None))
+    for t in args.cache_thresholds["magcache"]:
+        configs.append((f"magcache_{t}", {"cache_backend": "magcache", "threshold": t, "mag_ratios": mag},
+                        MagCacheConfig(threshold=t, num_inference_steps=steps, mag_ratios=mag)))
+    for t in args.cache_thresholds["fbcache"]:
+        configs.append((f"fbcache_{t}", {"cache_backend": "fbcache", "threshold": t}, FirstBlockCacheConfig(threshold=t)))
+    fixed = {"cache_backend": "magcache", "threshold": 0.5, "max_skip_steps": 2, "retention_ratio": 0.2,
+             "mag_ratios": [1.0, 1.0]}
+    configs.append(("fixed_schedule", fixed, MagCacheConfig(threshold=0.5, max_skip_steps=2, retention_ratio=0.2,
+                                                            num_inference_steps=steps, mag_ratios=[1.0] * steps)))
+
+    kw = dict(prompt="A cat plays piano in the night", height=h, width=w, num_frames=f, guidance_scale=5.0,
+              output_type="np")
+    pipe(num_inference_steps=2, **kw)  # warm-up
+    diffusers_s = {}
+    for name, _, hook in configs:
+        if name != "uncached" and hook is None:
+            continue
+        if hook is not None:
+            pipe.transformer.enable_cache(hook)
+        free_gpu()
+        t0 = time.perf_counter()
+        pipe(num_inference_steps=steps, latents=latents.to(dev), **kw)
+        sync()
+        diffusers_s[name] = time.perf_counter() - t0
+        if hook is not None:
+            pipe.transformer.disable_cache()
+    del pipe, te, tr, vae
+    free_gpu()
+
+    files = []
+    for i, (name, c, _) in enumerate(configs):
+        path = os.path.join(args.work, f"cache_{i}.json")
+        with open(path, "w") as fh:
+            json.dump(c, fh)
+        files.append(path)
+    out_prefix = os.path.join(args.work, "cache_out.safetensors")
+    cmd = ["pipeline", "--model", d, "--height", h, "--width", w, "--num-frames", f, "--steps", steps, "--warmup", 2,
+           "--latents", latents_path, "--save-latents", out_prefix]
+    for path in files:
+        cmd += ["--cache-config", path]
+    ours = vgen(args, *cmd)
+    runs = [{"pipeline_s": ours["pipeline_s"], "cache": ours.get("cache")}] + ours.get("runs", [])
+    ref = load_file(os.path.join(args.work, "cache_out.0.safetensors"))
+    calls = 2 * steps
+    for i, (name, c, hook) in enumerate(configs):
+        got = load_file(os.path.join(args.work, f"cache_out.{i}.safetensors"))
+        run = runs[i]
+        cache = run.get("cache") or {"skipped": 0, "computed": calls}
+        row = dict(what=f"cache_{name}_{h}x{w}x{f}_{steps}steps", vgen_s=run["pipeline_s"],
+                   skipped=f"{cache['skipped']}/{cache['skipped'] + cache['computed']}",
+                   vs_diffusers_uncached=run["pipeline_s"] / diffusers_s["uncached"],
+                   diffusers_uncached_s=diffusers_s["uncached"])
+        if name in diffusers_s and name != "uncached":
+            row.update(diffusers_cached_s=diffusers_s[name], vs_diffusers_same_cache=run["pipeline_s"] / diffusers_s[name])
+        if name != "uncached":
+            row.update(latent_rel_l2=rel_l2(got["denoised_latents"], ref["denoised_latents"]),
+                       frame_psnr_db=psnr(got["frames"], ref["frames"]))
+        if name.startswith(("teacache", "fbcache")):
+            row["note"] = "random weights: this skip rate says nothing about a real checkpoint's"
+        log(**row)
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -598,9 +713,15 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--i2v-steps", type=int, default=4, help="i2v14: denoising steps (both experts run)")
     ap.add_argument("--i2v-layers", type=int, default=8, help="i2v14: layers per expert (40 in Wan2.2 A14B)")
+    ap.add_argument("--cache-steps", type=int, default=20,
+                    help="cache: denoising steps (20 fits ~5 min of H200 time; the acceptance figure is 50)")
+    ap.add_argument("--cache-thresholds", default="teacache=0.05,0.1;magcache=0.06,0.12;fbcache=0.05,0.1",
+                    help="cache: two thresholds per cache, 'teacache=A,B;magcache=A,B;fbcache=A,B'")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
+    args.cache_thresholds = {k: [float(x) for x in v.split(",")]
+                             for k, v in (item.split("=") for item in args.cache_thresholds.split(";"))}
     args.work = args.work or tempfile.mkdtemp(prefix="vgen-bench-")
     os.makedirs(args.work, exist_ok=True)
     if torch.cuda.is_available():
@@ -610,7 +731,7 @@ def main():
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
              "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
-             "lora14": part_lora14}
+             "lora14": part_lora14, "cache": part_cache}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
@@ -621,6 +742,12 @@ def main():
         if "ratio" in r:
             print("%-44s %11.4fs %11.4fs %8.3f %10.2f %10.2f" % (r["what"], r["diffusers_s"], r["vgen_s"], r["ratio"],
                                                                 r["diffusers_peak_gib"] or 0, r["vgen_peak_gib"] or 0))
+        elif "skipped" in r:
+            print("%-44s vgen %8.3fs skipped %-7s vs diffusers uncached %.3f%s%s%s" % (
+                r["what"], r["vgen_s"], r["skipped"], r["vs_diffusers_uncached"],
+                ", vs diffusers same cache %.3f" % r["vs_diffusers_same_cache"] if "vs_diffusers_same_cache" in r else "",
+                ", latent rel L2 %.3g, PSNR %.2f dB" % (r["latent_rel_l2"], r["frame_psnr_db"]) if "latent_rel_l2" in r else "",
+                " (random weights: skip rate not representative)" if "note" in r else ""))
         elif r["what"] == "attention_tflops":
             print("attention S=%d H=%d D=%d TFLOP/s: torch %s, vgen %.1f (%s)" % (
                 r["S"], r["H"], r["D"], {k: round(v, 1) for k, v in r["torch"].items()}, r["vgen"], r["vgen_backend"]))

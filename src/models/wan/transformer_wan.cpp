@@ -303,6 +303,11 @@ WanConditioning WanTransformer3DModel::condition(const Tensor& timestep, const T
 }
 
 Tensor WanTransformer3DModel::run_blocks(const WanPatchedInput& input, const WanConditioning& cond) const {
+  return run_blocks(input, cond, input.hidden_states, 0, static_cast<int64_t>(blocks_.size()));
+}
+
+Tensor WanTransformer3DModel::run_blocks(const WanPatchedInput& input, const WanConditioning& cond, const Tensor& hidden,
+                                         int64_t begin, int64_t end) const {
   const int64_t B = input.batch_size, S = input.hidden_states.size(1);
   const Tensor& context = cond.encoder_hidden_states;
   // One modulation row per batch ([B, 1, 6, dim]) or per token ([B, S, 6, dim]).
@@ -311,10 +316,29 @@ Tensor WanTransformer3DModel::run_blocks(const WanPatchedInput& input, const Wan
              "{}: timestep_proj {} does not fit {} batches of {} tokens", kClassName, cond.timestep_proj.str(), B, S);
   VGEN_CHECK(context.size(0) == B, "{}: encoder_hidden_states batch {} differs from hidden_states batch {}",
              kClassName, context.size(0), B);
-  Tensor h = input.hidden_states;
-  for (const Block& block : blocks_)
-    h = block_forward(block, h, context, cond.encoder_hidden_states_image, proj, input);
+  const int64_t n = static_cast<int64_t>(blocks_.size());
+  VGEN_CHECK(0 <= begin && begin <= end && end <= n, "{}: blocks [{}, {}) of {}", kClassName, begin, end, n);
+  VGEN_CHECK(hidden.shape() == input.hidden_states.shape(), "{}: hidden {} differs from the stack input {}", kClassName,
+             hidden.str(), input.hidden_states.str());
+  Tensor h = hidden;
+  for (int64_t i = begin; i < end; ++i)
+    h = block_forward(blocks_[static_cast<size_t>(i)], h, context, cond.encoder_hidden_states_image, proj, input);
   return h;
+}
+
+Tensor WanTransformer3DModel::forward_with_stack(const Tensor& hidden_states, const Tensor& timestep,
+                                                 const Tensor& encoder_hidden_states,
+                                                 const Tensor& encoder_hidden_states_image,
+                                                 const BlockStackFn& stack) const {
+  const WanPatchedInput input = embed_patches(hidden_states);
+  const WanConditioning cond = condition(timestep, encoder_hidden_states, encoder_hidden_states_image);
+  // run_blocks' checks of the conditioning against the tokens (an empty range runs no block).
+  run_blocks(input, cond, input.hidden_states, 0, 0);
+  const BlockRange range = [&](const Tensor& h, int64_t begin, int64_t end) {
+    return run_blocks(input, cond, h, begin, end);
+  };
+  const Tensor out = stack(input.hidden_states, cond.temb, static_cast<int64_t>(blocks_.size()), range);
+  return finish(out, cond, input);
 }
 
 Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hidden_states,

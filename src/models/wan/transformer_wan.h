@@ -10,6 +10,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <optional>
 #include <memory>
 #include <mutex>
@@ -120,6 +121,19 @@ class WanTransformer3DModel {
   WanConditioning condition(const Tensor& timestep, const Tensor& encoder_hidden_states,
                             const Tensor& encoder_hidden_states_image = {}) const;
   Tensor run_blocks(const WanPatchedInput& input, const WanConditioning& cond) const;  // -> [B, S, inner_dim]
+  // Blocks [begin, end) on `hidden` [B, S, inner_dim] (a step cache runs block 0 alone, then the rest).
+  Tensor run_blocks(const WanPatchedInput& input, const WanConditioning& cond, const Tensor& hidden, int64_t begin,
+                    int64_t end) const;
+
+  // forward with the block stack handed to `stack` (a step cache, pipelines/cache/step_cache.h):
+  // it gets the stack's input [B, S, inner_dim], the timestep embedding temb (TeaCache's
+  // modulated input), the number of blocks and a function running blocks [begin, end), and
+  // returns the stack's output. Runs eagerly (no CUDA graph: the stack differs call to call).
+  using BlockRange = std::function<Tensor(const Tensor& hidden, int64_t begin, int64_t end)>;
+  using BlockStackFn =
+      std::function<Tensor(const Tensor& hidden, const Tensor& temb, int64_t num_blocks, const BlockRange& run)>;
+  Tensor forward_with_stack(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
+                            const Tensor& encoder_hidden_states_image, const BlockStackFn& stack) const;
   // norm_out with the output modulation, proj_out, unpatchify -> [B, out_channels, F, H, W].
   Tensor finish(const Tensor& hidden_states, const WanConditioning& cond, const WanPatchedInput& input) const;
 

@@ -8,6 +8,7 @@
 #include "media/frames.h"
 #include "media/image_processor.h"
 #include "ops/ops.h"
+#include "pipelines/cache/step_cache.h"
 #include "pipelines/denoising_loop.h"
 #include "text/prompt_clean.h"
 
@@ -165,6 +166,43 @@ std::pair<int64_t, int64_t> size_from_image(const Tensor& image, const PipelineC
 void check_image(const Tensor& image, const char* name) {
   if (image.dtype() != DType::U8 || image.dim() != 3 || image.size(2) != 3 || image.size(0) < 1 || image.size(1) < 1)
     fail("{} must be a decoded RGB image (uint8 [height, width, 3]), got {}", name, image.str());
+}
+
+// TeaCache's published rescaling coefficients for Wan2.1 (wan.md, TeaCache4Wan2.1), highest
+// power first: {use_ret_steps, plain}.
+struct TeaCacheTable {
+  const char* model;
+  std::vector<double> ret_steps, plain;
+};
+const TeaCacheTable kTeaCacheT2V13B = {
+    "Wan2.1 T2V 1.3B",
+    {-5.21862437e4, 9.23041404e3, -5.28275948e2, 1.36987616e1, -4.99875664e-2},
+    {2.39676752e3, -1.31110545e3, 2.01331979e2, -8.29855975, 1.37887774e-1}};
+const TeaCacheTable kTeaCacheT2V14B = {
+    "Wan2.1 T2V 14B",
+    {-3.03318725e5, 4.90537029e4, -2.65530556e3, 5.87365115e1, -3.15583525e-1},
+    {-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404}};
+const TeaCacheTable kTeaCacheI2V480 = {
+    "Wan2.1 I2V 480P",
+    {2.57151496e5, -3.54229917e4, 1.40286849e3, -1.35890334e1, 1.32517977e-1},
+    {-3.02331670e2, 2.23948934e2, -5.25463970e1, 5.87348440, -2.01973289e-1}};
+const TeaCacheTable kTeaCacheI2V720 = {
+    "Wan2.1 I2V 720P",
+    {8.10705460e3, 2.13393892e3, -3.72934672e2, 1.66203073e1, -4.17769401e-2},
+    {-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683}};
+
+// The published table for this transformer: the Wan2.1 T2V 1.3B / 14B and I2V 14B shapes (I2V:
+// 480P up to 480x832 pixels, else 720P, as the two checkpoints are the same architecture);
+// nullptr for every other model (Wan2.2, FLF2V, other sizes).
+const TeaCacheTable* published_teacache(const WanTransformer3DModelConfig& c, bool two_experts, bool expand_timesteps,
+                                        int64_t height, int64_t width) {
+  if (two_experts || expand_timesteps || c.pos_embed_seq_len || c.attention_head_dim != 128) return nullptr;
+  if (!c.image_dim && c.num_attention_heads == 12 && c.num_layers == 30 && c.ffn_dim == 8960) return &kTeaCacheT2V13B;
+  if (c.num_attention_heads == 40 && c.num_layers == 40 && c.ffn_dim == 13824) {
+    if (!c.image_dim) return &kTeaCacheT2V14B;
+    return height * width <= 480 * 832 ? &kTeaCacheI2V480 : &kTeaCacheI2V720;
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -488,6 +526,24 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
            r.height, r.num_frames, shape_str(shape));
     r.latents = params.latents;
   }
+  r.cache = params.cache.value_or(options_.cache);
+  if (const auto p = r.cache.problem()) fail("cache_config.{}: {}", p->first, p->second);
+  if (r.cache.cache_backend == CacheBackend::TeaCache) {
+    const TeaCacheTable* table = published_teacache(tcfg, c.two_experts, expand_timesteps_, r.height, r.width);
+    if (r.cache.coefficients.empty()) {
+      if (!table)
+        fail("cache_config.coefficients: TeaCache has no published coefficients for this model ({}, {} layers, {} "
+             "heads{}); give them (highest power first){}",
+             class_name_, tcfg.num_layers, tcfg.num_attention_heads, c.two_experts ? ", two experts" : "",
+             c.two_experts ? ", and coefficients_2 for transformer_2" : "");
+      r.cache.coefficients = r.cache.use_ret_steps ? table->ret_steps : table->plain;
+    }
+    if (c.two_experts && r.cache.coefficients_2.empty())
+      fail("cache_config.coefficients_2: TeaCache on a two-expert model needs the coefficients of transformer_2 (none "
+           "are published for Wan2.2)");
+    if (!c.two_experts && !r.cache.coefficients_2.empty())
+      fail("cache_config.coefficients_2: this model has one transformer (coefficients_2 is transformer_2's)");
+  }
   return r;
 }
 
@@ -620,7 +676,8 @@ bool batch_compatible(const ResolvedParams& a, const ResolvedParams& b) {
          a.negative_prompt == b.negative_prompt && a.guidance_scale_2 == b.guidance_scale_2 && a.height == b.height && a.width == b.width && a.num_frames == b.num_frames &&
          a.num_inference_steps == b.num_inference_steps && a.guidance_scale == b.guidance_scale &&
          a.guidance_rescale == b.guidance_rescale && a.max_sequence_length == b.max_sequence_length &&
-         a.timesteps == b.timesteps && a.sigmas == b.sigmas && a.boundary_step == b.boundary_step;
+         a.timesteps == b.timesteps && a.sigmas == b.sigmas && a.boundary_step == b.boundary_step &&
+         !a.cache.enabled() && !b.cache.enabled();  // a cache decides on the whole batch: cached requests run alone
 }
 
 }  // namespace
@@ -708,6 +765,11 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
     latents = ops::cat(noise, 0).to(device);
   }
   scheduler_->set_timesteps(ScheduleRequest{r.num_inference_steps, r.timesteps, r.sigmas, std::nullopt});
+  std::optional<StepCache> cache;
+  if (r.cache.enabled()) {
+    cache.emplace(r.cache, static_cast<int>(scheduler_->timesteps().size()));
+    loop.cache = &*cache;
+  }
 
   // TI2V with an image: the first latent frame is the image's, (1 - mask) * condition +
   // mask * latents in diffusers with a 0/1 mask, i.e. that frame replaced exactly.
@@ -752,6 +814,15 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
     }
     const Tensor& context = branch == Branch::Conditional ? prompt_embeds : negative_embeds;
     // The transformer runs in its compute dtype; the scheduler keeps float32 latents.
+    if (cache) {
+      const auto stack = [&](const Tensor& hidden, const Tensor& temb, int64_t num_blocks,
+                             const WanTransformer3DModel::BlockRange& blocks) {
+        return cache->run(branch, expert, hidden, temb, num_blocks, blocks);
+      };
+      return transformer(expert)
+          .forward_with_stack(input.to(options_.dtype), timestep, context, image_embeds, stack)
+          .to(DType::F32);
+    }
     return transformer(expert).forward(input.to(options_.dtype), timestep, context, image_embeds).to(DType::F32);
   };
   Tensor denoised = run_denoising_loop(*scheduler_, latents, loop, predict, on_step);
@@ -774,7 +845,10 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   }
   timings.emplace_back("decode", seconds_since(start));
   // The videos of a batch share its timings.
-  for (GenerationOutput& out : outputs) out.timings = timings;
+  for (GenerationOutput& out : outputs) {
+    out.timings = timings;
+    if (cache) out.cache = cache->stats();
+  }
   return outputs;
 }
 

@@ -1,0 +1,128 @@
+#include "config/cache_config.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "io/config_reader.h"
+
+namespace vgen {
+namespace {
+
+const std::vector<std::pair<std::string, CacheBackend>> kBackends = {
+    {"none", CacheBackend::None},
+    {"teacache", CacheBackend::TeaCache},
+    {"magcache", CacheBackend::MagCache},
+    {"fbcache", CacheBackend::FirstBlockCache},
+};
+
+bool all_finite(const std::vector<double>& v) {
+  for (double x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+}  // namespace
+
+double CacheConfig::effective_threshold() const {
+  switch (cache_backend) {
+    case CacheBackend::TeaCache: return teacache_thresh;
+    case CacheBackend::MagCache: return threshold.value_or(0.06);         // MagCacheConfig.threshold
+    case CacheBackend::FirstBlockCache: return threshold.value_or(0.05);  // FirstBlockCacheConfig.threshold
+    case CacheBackend::None: break;
+  }
+  return 0.0;
+}
+
+std::optional<std::pair<std::string, std::string>> CacheConfig::problem() const {
+  auto bad = [](const char* key, std::string what) {
+    return std::optional<std::pair<std::string, std::string>>(std::pair<std::string, std::string>(key, std::move(what)));
+  };
+  if (!(teacache_thresh > 0.0 && teacache_thresh <= 1.0))
+    return bad("teacache_thresh", fmt::format("must be in (0, 1], got {}", teacache_thresh));
+  if (threshold && !(*threshold > 0.0 && *threshold <= 1.0))
+    return bad("threshold", fmt::format("must be in (0, 1], got {}", *threshold));
+  if (max_skip_steps < 1 || max_skip_steps > 1000)
+    return bad("max_skip_steps", fmt::format("must be in [1, 1000], got {}", max_skip_steps));
+  if (!(retention_ratio >= 0.0 && retention_ratio <= 1.0))
+    return bad("retention_ratio", fmt::format("must be in [0, 1], got {}", retention_ratio));
+  if (num_inference_steps && (*num_inference_steps < 1 || *num_inference_steps > 10000))
+    return bad("num_inference_steps", fmt::format("must be in [1, 10000], got {}", *num_inference_steps));
+  if (max_continuous_cached_steps < 0 || max_continuous_cached_steps > 1000)
+    return bad("max_continuous_cached_steps", fmt::format("must be in [0, 1000], got {}", max_continuous_cached_steps));
+  if (!all_finite(coefficients)) return bad("coefficients", "must be finite numbers");
+  if (!all_finite(coefficients_2)) return bad("coefficients_2", "must be finite numbers");
+  if (!all_finite(mag_ratios)) return bad("mag_ratios", "must be finite numbers");
+  for (double r : mag_ratios)
+    if (r <= 0.0) return bad("mag_ratios", fmt::format("must be positive (magnitude ratios), got {}", r));
+  // Fields of another backend than the chosen one would be silently ignored: refuse them.
+  const bool tea = cache_backend == CacheBackend::TeaCache, mag = cache_backend == CacheBackend::MagCache;
+  if (!tea && (!coefficients.empty() || !coefficients_2.empty()))
+    return bad(coefficients.empty() ? "coefficients_2" : "coefficients", "applies to cache_backend teacache only");
+  if (!mag && !mag_ratios.empty()) return bad("mag_ratios", "applies to cache_backend magcache only");
+  if (!mag && num_inference_steps) return bad("num_inference_steps", "applies to cache_backend magcache only");
+  if (tea && threshold) return bad("threshold", "is MagCache's and First-Block-Cache's; TeaCache's is teacache_thresh");
+  if (mag && mag_ratios.empty())
+    return bad("mag_ratios",
+               "is required for cache_backend magcache: the magnitude ratios are model-dependent (diffusers' "
+               "MagCacheConfig has no default either); calibrate them on the model");
+  if (mag && mag_ratios.size() < 2 && num_inference_steps.value_or(2) > 1)
+    return bad("mag_ratios", "needs at least 2 values to interpolate");
+  if (tea && !coefficients.empty() && coefficients.size() < 2)
+    return bad("coefficients", "needs at least 2 values (a polynomial, highest power first)");
+  if (tea && !coefficients_2.empty() && coefficients_2.size() < 2)
+    return bad("coefficients_2", "needs at least 2 values (a polynomial, highest power first)");
+  return std::nullopt;
+}
+
+std::string cache_backend_name(CacheBackend backend) {
+  for (const auto& [name, value] : kBackends)
+    if (value == backend) return name;
+  return "?";
+}
+
+std::optional<CacheBackend> parse_cache_backend(const std::string& name) {
+  for (const auto& [n, value] : kBackends)
+    if (n == name) return value;
+  if (name == "first_block_cache") return CacheBackend::FirstBlockCache;
+  return std::nullopt;
+}
+
+const char* cache_backend_choices() { return "none | teacache | magcache | fbcache"; }
+
+CacheConfig read_cache_config(const ConfigReader& r) {
+  CacheConfig c;
+  c.cache_backend = r.choice("cache_backend", c.cache_backend, kBackends);
+  c.teacache_thresh = r.number("teacache_thresh", c.teacache_thresh);
+  c.use_ret_steps = r.boolean("use_ret_steps", c.use_ret_steps);
+  c.coefficients = r.number_list("coefficients");
+  c.coefficients_2 = r.number_list("coefficients_2");
+  c.threshold = r.optional_number("threshold");
+  c.max_skip_steps = r.int32("max_skip_steps", c.max_skip_steps);
+  c.retention_ratio = r.number("retention_ratio", c.retention_ratio);
+  if (auto n = r.optional_integer("num_inference_steps", 1, 10000)) c.num_inference_steps = static_cast<int>(*n);
+  c.mag_ratios = r.number_list("mag_ratios");
+  c.max_continuous_cached_steps = r.int32("max_continuous_cached_steps", c.max_continuous_cached_steps);
+  r.reject_unknown();
+  if (const auto p = c.problem()) r.fail_value(p->first, p->second);
+  return c;
+}
+
+std::string describe_cache_config(const CacheConfig& c) {
+  std::string s = cache_backend_name(c.cache_backend);
+  switch (c.cache_backend) {
+    case CacheBackend::None: return s;
+    case CacheBackend::TeaCache:
+      s += fmt::format(" (teacache_thresh {}, use_ret_steps {}", c.teacache_thresh, c.use_ret_steps);
+      break;
+    case CacheBackend::MagCache:
+      s += fmt::format(" (threshold {}, max_skip_steps {}, retention_ratio {}, {} mag_ratios", c.effective_threshold(),
+                       c.max_skip_steps, c.retention_ratio, c.mag_ratios.size());
+      break;
+    case CacheBackend::FirstBlockCache: s += fmt::format(" (threshold {}", c.effective_threshold()); break;
+  }
+  if (c.max_continuous_cached_steps > 0) s += fmt::format(", max_continuous_cached_steps {}", c.max_continuous_cached_steps);
+  return s + ")";
+}
+
+}  // namespace vgen
