@@ -9,6 +9,7 @@ PACKAGES=(
   libsentencepiece-dev libopenblas-dev libpng-dev libjpeg62-turbo-dev libwebp-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
   libgtest-dev libsqlite3-dev libcpp-httplib-dev
+  python3-dev
 )
 
 # The CUDA backend (built when nvcc is found) needs the header-only cuDNN frontend, from PyPI.
