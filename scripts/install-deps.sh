@@ -10,6 +10,7 @@ PACKAGES=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev ffmpeg
   libgtest-dev libsqlite3-dev
   libboost1.81-dev  # the server's HTTP layer: Boost.Beast and Asio (header-only)
+  python3-dev
 )
 
 # The CUDA backend (built when nvcc is found) needs the header-only cuDNN frontend, from PyPI.

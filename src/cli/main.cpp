@@ -16,6 +16,7 @@
 #include "api/model_path.h"
 #include "api/visual_gen.h"
 #include "config/cache_config.h"
+#include "cli/batching.h"
 #include "cli/bench.h"
 #include "cli/flags.h"
 #include "cli/output.h"
@@ -63,7 +64,7 @@ struct GenerateArgs {
   std::vector<std::string> prompts;
   std::string prompts_file;
   int num_videos_per_prompt = 1;
-  int batch_size = 1;
+  std::string batch_size_text = "1";  // 1..64, or auto (cli::auto_batch_size)
   std::string seed_text = "0";  // parsed by cli::parse_seed: -1 draws a random seed
   // Step caching (--cache-*): config/cache_config.h.
   std::optional<std::string> cache_backend;
@@ -115,6 +116,49 @@ Tensor read_latents(const std::string& path) {
   if (store.contains("latents")) return store.get("latents").to(DType::F32);
   if (names.size() == 1) return store.get(names[0]).to(DType::F32);
   fail("{}: expected a tensor named 'latents' (or exactly one tensor), found {}", path, names.size());
+}
+
+// --batch-size: 1..64 or auto (0).
+int parse_batch_size(const std::string& text) {
+  if (text == "auto") return 0;
+  size_t used = 0;
+  int value = 0;
+  try {
+    value = std::stoi(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || used == 0 || value < 1 || value > 64)
+    fail("--batch-size: must be 1 to 64 or auto, got {}", text);
+  return value;
+}
+
+CLI::Validator batch_size_flag() {
+  return CLI::Validator(
+      [](std::string& text) {
+        try {
+          parse_batch_size(text);
+          return std::string();
+        } catch (const Error&) {
+          return fmt::format("must be 1 to 64 or auto, got {}", text);
+        }
+      },
+      "1..64|auto");
+}
+
+// Bytes of the checkpoint's files (what loading reads, for its ETA); 0 when the model does not
+// resolve (loading then reports why).
+double checkpoint_bytes(const std::string& model) {
+  try {
+    double bytes = 0;
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(resolve_model_path(model), ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+      if (it->is_regular_file(ec)) bytes += static_cast<double>(it->file_size(ec));
+    return bytes;
+  } catch (const std::exception&) {
+    return 0;
+  }
 }
 
 // The prompts of a run: every --prompt, then the lines of --prompts-file (blank lines skipped).
@@ -200,11 +244,21 @@ int run_generate(GenerateArgs& a) {
     a.params.last_image = media::read_image(a.last_image_file);
   }
 
-  const int batch_size = std::min(a.batch_size, total);
-  const int groups = (total + batch_size - 1) / batch_size;
-  Progress progress(1 + 4 * groups, !a.quiet);
-  progress.begin(fmt::format("loading {} ({} {})", a.model, options.device.str(), dtype_name(options.dtype)));
+  // --batch-size auto: the first video alone, measuring its device memory; then as many at a
+  // time as the memory left holds.
+  const bool auto_batch = a.batch_size_text == "auto";
+  int batch_size = auto_batch ? 1 : std::min(parse_batch_size(a.batch_size_text), total);
+  const auto phases_for = [](int videos, int batch) { return 4 * ((videos + batch - 1) / batch); };
+  Progress progress(1 + phases_for(total, batch_size), !a.quiet);
+  // ETAs of the phases other than denoising: each phase's rate (seconds per byte loaded, prompt
+  // encoded, pixel decoded or written) as last measured, in this run or the previous one.
+  PhaseEstimator estimator;
+  const std::string device_key = options.device.str();
+  const double model_bytes = checkpoint_bytes(a.model);
+  progress.begin(fmt::format("loading {} ({} {})", a.model, options.device.str(), dtype_name(options.dtype)), 0.0,
+                 estimator.estimate("load|" + device_key, model_bytes));
   VisualGen gen(a.model, options);
+  const std::string model_key = device_key + "|" + gen.model_path();  // encode, decode: per model
   // Every request is resolved (and so validated) before the first one runs.
   std::vector<ResolvedParams> requests;
   for (int k = 0; k < total; ++k) {
@@ -217,6 +271,7 @@ int run_generate(GenerateArgs& a) {
   if (target.kind == cli::OutputKind::Image && first.num_frames != 1)
     fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, first.num_frames);
   const double load_s = progress.end();
+  estimator.record("load|" + device_key, model_bytes, load_s);
   if (!a.quiet) {
     std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu%s%s\n",
                  gen.pipeline().class_name().c_str(), options.device.str().c_str(),
@@ -252,14 +307,24 @@ int run_generate(GenerateArgs& a) {
     if (k == 0 && r.guidance_scale > 1.0) warn_if_truncated(r.negative_prompt, "negative prompt");
   }
   // --batch-size videos at a time through the transformer.
-  for (int k0 = 0; k0 < total; k0 += batch_size) {
-    const int k1 = std::min(total, k0 + batch_size);
+  size_t memory_before = 0;
+  if (auto_batch) {
+    allocator_for(options.device).reset_peak();
+    memory_before = allocator_for(options.device).allocated_bytes();
+  }
+  for (int k0 = 0, k1 = 0; k0 < total; k0 = k1) {
+    k1 = std::min(total, k0 + batch_size);
     const std::vector<ResolvedParams> group(requests.begin() + k0, requests.begin() + k1);
     const std::string of = total == 1        ? ""
                            : k1 - k0 == 1    ? fmt::format(" (video {}/{})", k0 + 1, total)
                                              : fmt::format(" (videos {}-{}/{})", k0 + 1, k1, total);
+    const bool with_image = requests[static_cast<size_t>(k0)].image.defined();
+    const std::string encode_key = (with_image ? "encode_image|" : "encode|") + model_key;
+    const double pixels = static_cast<double>(k1 - k0) * static_cast<double>(first.num_frames) *
+                          static_cast<double>(first.height * first.width);
     progress.begin(std::string(k1 - k0 == 1 ? "encoding the prompt" : "encoding the prompts") +
-                   (requests[static_cast<size_t>(k0)].image.defined() ? " and the image" : "") + of);
+                       (with_image ? " and the image" : "") + of,
+                   0.0, estimator.estimate(encode_key, k1 - k0));
     // The pipeline reports denoising steps only: the first step ends the encoding phase, the
     // last one starts the decoding phase.
     auto encode_start = std::chrono::steady_clock::now();
@@ -268,7 +333,7 @@ int run_generate(GenerateArgs& a) {
     std::vector<GenerationOutput> outs = gen.generate_batch(group, batch_size, [&](const StepProgress& p) {
       if (p.step == 1) {
         const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - encode_start).count();
-        progress.end(std::max(0.0, since - p.step_seconds));
+        estimator.record(encode_key, k1 - k0, progress.end(std::max(0.0, since - p.step_seconds)));
         progress.begin("denoising" + of, p.step_seconds);
         progress.start_steps(p.total);
       }
@@ -277,14 +342,15 @@ int run_generate(GenerateArgs& a) {
       if (two_experts && !a.quiet && p.expert != expert)
         progress.note(fmt::format("step {}: the low-noise expert (transformer_2) took over", p.step));
       expert = p.expert;
-      if (p.step == p.total) progress.begin("decoding (VAE)" + of);
+      if (p.step == p.total) progress.begin("decoding (VAE)" + of, 0.0, estimator.estimate("decode|" + model_key, pixels));
       return true;
     });
-    progress.end();
+    estimator.record("decode|" + model_key, pixels, progress.end());
     for (const auto& [phase, s] : outs.front().timings) add_timing(phase, s);
     if (outs.front().cache.enabled()) cache_summaries.push_back(outs.front().cache.summary() + of);
 
-    progress.begin("writing" + of);
+    const std::string write_key = "write|" + std::string(target.kind == cli::OutputKind::Mp4 ? "mp4" : target.kind == cli::OutputKind::Image ? "image" : "png");
+    progress.begin("writing" + of, 0.0, estimator.estimate(write_key, pixels));
     for (int k = k0; k < k1; ++k) {
       const GenerationOutput& out = outs[static_cast<size_t>(k - k0)];
       const cli::OutputTarget out_target = cli::output_for_video(target, k, total);
@@ -292,8 +358,22 @@ int run_generate(GenerateArgs& a) {
       write_output(a, out_target, out.frames, fps, gen.metadata(requests[static_cast<size_t>(k)], fps));
       written.push_back(out_target.path);
     }
-    add_timing("write", progress.end());
+    const double write_s = progress.end();
+    estimator.record(write_key, pixels, write_s);
+    add_timing("write", write_s);
+    if (auto_batch && k0 == 0 && k1 < total) {
+      const Allocator& memory = allocator_for(options.device);
+      const size_t per_video = memory.peak_bytes() > memory_before ? memory.peak_bytes() - memory_before : 0;
+      const std::optional<size_t> available = memory.available_bytes();
+      batch_size = cli::auto_batch_size(total - k1, available, per_video);
+      progress.set_total_phases(1 + 4 + phases_for(total - k1, batch_size));
+      if (!a.quiet)
+        progress.note(available ? fmt::format("--batch-size auto: {} at a time (one video took {:.2f} GiB; {:.2f} GiB free)",
+                                              batch_size, per_video / double(1ull << 30), *available / double(1ull << 30))
+                                : std::string("--batch-size auto: one at a time (the device's free memory is unknown)"));
+    }
   }
+  estimator.save();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) {
     std::fprintf(stderr, "timing: load %.2fs", load_s);
@@ -358,8 +438,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   gen->add_option("--num-videos-per-prompt", g.num_videos_per_prompt, "Videos per prompt, with seeds seed, seed+1, ... (default 1)")
       ->check(cli::integer_in_range(1, 1000));
-  gen->add_option("--batch-size", g.batch_size, "Videos run through the transformer together (default 1; activation memory grows with it)")
-      ->check(cli::integer_in_range(1, 64));
+  gen->add_option("--batch-size", g.batch_size_text, "Videos run through the transformer together, 1 to 64, or auto: as many as the free GPU memory holds, measured on the first video (default 1; activation memory grows with it)")
+      ->check(batch_size_flag());
   gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's; \"\" for none)");
   gen->add_option("--height", g.params.height, "Height in pixels, a multiple of the model's spatial multiple (default: the model's; see vgen info)");
   gen->add_option("--width", g.params.width, "Width in pixels, a multiple of the model's spatial multiple (default: the model's)");

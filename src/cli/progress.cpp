@@ -2,7 +2,12 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace vgen {
 namespace {
@@ -16,7 +21,63 @@ std::string duration(double s) {
 
 double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// The ETA of a phase expected to take `estimate` seconds in all, `elapsed` seconds in.
+std::string eta_text(double estimate, double elapsed) {
+  if (elapsed <= estimate) return fmt::format("eta {}", duration(estimate - elapsed));
+  return fmt::format("over the {} estimate", duration(estimate));
+}
+
 }  // namespace
+
+PhaseEstimator::PhaseEstimator(std::string file) : file_(std::move(file)) {
+  if (file_.empty()) return;
+  std::ifstream in(file_);
+  if (!in) return;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(in);
+    if (!j.is_object()) return;
+    for (const auto& [key, value] : j.items())
+      if (value.is_number() && value.get<double>() > 0) seconds_per_unit_[key] = value.get<double>();
+  } catch (const std::exception&) {
+    seconds_per_unit_.clear();  // a damaged file: start over
+  }
+}
+
+std::optional<double> PhaseEstimator::estimate(const std::string& key, double units) const {
+  const auto it = seconds_per_unit_.find(key);
+  if (it == seconds_per_unit_.end() || !(units > 0)) return std::nullopt;
+  return it->second * units;
+}
+
+void PhaseEstimator::record(const std::string& key, double units, double seconds) {
+  if (units > 0 && seconds > 0) seconds_per_unit_[key] = seconds / units;
+}
+
+void PhaseEstimator::save() const {
+  if (file_.empty() || seconds_per_unit_.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(file_).parent_path(), ec);
+  // Written beside and renamed, so that two runs never leave half a file.
+  const std::string tmp = fmt::format("{}.{}.tmp", file_, getpid());
+  {
+    std::ofstream out(tmp);
+    if (!out) return;
+    out << nlohmann::json(seconds_per_unit_).dump(1) << "\n";
+    if (!out) {
+      std::filesystem::remove(tmp, ec);
+      return;
+    }
+  }
+  std::filesystem::rename(tmp, file_, ec);
+  if (ec) std::filesystem::remove(tmp, ec);
+}
+
+std::string PhaseEstimator::default_file() {
+  if (const char* v = std::getenv("VGEN_PHASE_RATES")) return v;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/vgen/phase_rates.json";
+  if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/vgen/phase_rates.json";
+  return "";
+}
 
 Progress::Progress(int total_phases, bool enabled)
     : total_phases_(total_phases), enabled_(enabled), tty_(isatty(fileno(stderr)) != 0) {
@@ -33,12 +94,13 @@ Progress::~Progress() {
   if (enabled_ && tty_ && drawn_width_ > 0) std::fputc('\n', stderr);
 }
 
-void Progress::begin(const std::string& what, double started_seconds) {
+void Progress::begin(const std::string& what, double started_seconds, std::optional<double> estimate) {
   if (open_) end();
   std::lock_guard<std::mutex> lock(mutex_);
   ++phase_;
   open_ = true;
   what_ = what;
+  estimate_ = estimate;
   steps_total_ = 0;
   last_print_ = Clock::now();
   phase_start_ = last_print_ - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(started_seconds));
@@ -46,7 +108,8 @@ void Progress::begin(const std::string& what, double started_seconds) {
   if (tty_) {
     draw_locked(false);
   } else {
-    std::fprintf(stderr, "[%d/%d] %s...\n", phase_, total_phases_, what_.c_str());
+    std::fprintf(stderr, "[%d/%d] %s...%s\n", phase_, total_phases_, what_.c_str(),
+                 estimate_ ? fmt::format(" (about {})", duration(*estimate_)).c_str() : "");
     std::fflush(stderr);
   }
 }
@@ -92,6 +155,11 @@ void Progress::step(int step, double step_seconds) {
   }
 }
 
+void Progress::set_total_phases(int total_phases) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  total_phases_ = total_phases;
+}
+
 void Progress::note(const std::string& line) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (tty_ && drawn_width_ > 0) std::fprintf(stderr, "\r%*s\r", static_cast<int>(drawn_width_), "");
@@ -121,6 +189,7 @@ void Progress::draw_locked(bool final_line, double final_seconds) {
     }
   }
   line += final_line ? fmt::format("  done in {}", duration(final_seconds >= 0.0 ? final_seconds : elapsed)) : fmt::format("  {}", duration(elapsed));
+  if (!final_line && steps_total_ == 0 && estimate_) line += "  " + eta_text(*estimate_, elapsed);
   const size_t pad = drawn_width_ > line.size() ? drawn_width_ - line.size() : 0;
   std::fprintf(stderr, "\r%s%*s", line.c_str(), static_cast<int>(pad), "");
   if (final_line) {
@@ -141,8 +210,10 @@ void Progress::ticker() {
       draw_locked(false);
     } else if (seconds(Clock::now() - last_print_) >= 30.0) {
       last_print_ = Clock::now();
-      std::fprintf(stderr, "[%d/%d] %s: still running after %s\n", phase_, total_phases_, what_.c_str(),
-                   duration(seconds(last_print_ - phase_start_)).c_str());
+      const double elapsed = seconds(last_print_ - phase_start_);
+      std::fprintf(stderr, "[%d/%d] %s: still running after %s%s\n", phase_, total_phases_, what_.c_str(),
+                   duration(elapsed).c_str(),
+                   steps_total_ == 0 && estimate_ ? (", " + eta_text(*estimate_, elapsed)).c_str() : "");
       std::fflush(stderr);
     }
   }

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 
 #include "core/device.h"
 
@@ -18,6 +19,9 @@ class Allocator {
   virtual size_t allocated_bytes() const = 0;
   virtual size_t peak_bytes() const = 0;
   virtual void reset_peak() = 0;
+  // Bytes more that allocations could get now (the device's free memory plus what a caching
+  // allocator holds unused); nullopt where unknown (host memory). For sizing batches.
+  virtual std::optional<size_t> available_bytes() const { return std::nullopt; }
 };
 
 Allocator& allocator_for(Device device);

@@ -298,6 +298,29 @@ TEST(Cli, ReportsEveryPhaseWithAnEta) {
     EXPECT_NE(r.out.find(line), std::string::npos) << "no '" << line << "' in:\n" << r.out;
 }
 
+// The phases other than denoising get an ETA from the rates the previous run measured (kept in
+// the file VGEN_PHASE_RATES names): a second run estimates loading, encoding, decoding, writing.
+TEST(Cli, EstimatesEveryPhaseFromThePreviousRun) {
+  const std::string rates = ::testing::TempDir() + "/cli_phase_rates.json";
+  fs::remove(rates);
+  const std::string cmd = "generate --model " + fixture("wan21_t2v_tiny") +
+                          " --prompt 'a fox' --steps 1 --seed 1 --height 32 --width 48 --num-frames 1 -o " +
+                          ::testing::TempDir() + "/cli_eta.png";
+  const Result first = run_with_env("VGEN_PHASE_RATES=" + rates + " ", cmd);
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_EQ(first.out.find("(about "), std::string::npos) << "nothing measured yet:\n" << first.out;
+  ASSERT_TRUE(fs::exists(rates));
+  const Result second = run_with_env("VGEN_PHASE_RATES=" + rates + " ", cmd);
+  ASSERT_EQ(second.code, 0) << second.out;
+  for (const char* phase : {"[1/5] loading", "[2/5] encoding the prompt", "[4/5] decoding (VAE)", "[5/5] writing"}) {
+    const size_t at = second.out.find(std::string(phase));
+    ASSERT_NE(at, std::string::npos) << phase << " in:\n" << second.out;
+    const std::string line = second.out.substr(at, second.out.find('\n', at) - at);
+    EXPECT_NE(line.find("... (about "), std::string::npos) << line;
+  }
+  fs::remove(rates);
+}
+
 // A prompt longer than --max-sequence-length is cut as diffusers cuts it, with a warning
 // (even with --quiet).
 TEST(Cli, WarnsWhenThePromptIsTruncated) {

@@ -102,6 +102,21 @@ class CudaAllocator final : public Allocator {
   size_t allocated_bytes() const override { return allocated_.load(); }
   size_t peak_bytes() const override { return peak_.load(); }
   void reset_peak() override { peak_.store(allocated_.load()); }
+  std::optional<size_t> available_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return std::nullopt;
+    }
+    // The pool's reserved memory not handed out is available too (freed tensors stay cached).
+    unsigned long long reserved = 0;  // cuuint64_t
+    if (cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrReservedMemCurrent, &reserved) != cudaSuccess) {
+      (void)cudaGetLastError();
+      reserved = 0;
+    }
+    const size_t used = allocated_.load();
+    return free_bytes + (reserved > used ? static_cast<size_t>(reserved) - used : 0);
+  }
 
  private:
   cudaMemPool_t pool_;
