@@ -34,6 +34,10 @@ struct BenchArgs {
   bool encode = false;  // vae: time encode instead of decode
   std::optional<int64_t> vae_scale_factor_spatial;  // transformer: pixels per latent position
   std::string image;    // pipeline: the first frame (image-to-video models)
+  // transformer, pipeline: the linear layers quantized (--quant-algo FP8 | FP8_BLOCK_SCALES |
+  // NVFP4; --quant-static: the checkpoint is ModelOpt-exported); empty: none.
+  std::string quant_algo;
+  bool quant_static = false;
 };
 
 int run_bench(const BenchArgs& args);

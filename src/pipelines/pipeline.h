@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "config/engine_config.h"
 #include "core/error.h"
 #include "core/execution_context.h"
 #include "core/tensor.h"
@@ -153,6 +154,9 @@ struct PipelineOptions {
   // DiffusionPipeline::set_lora keeps this many merged variants of the transformer(s) in
   // memory (the current one counted): switching back to one of them costs nothing.
   int lora_cached_variants = 1;
+  // The transformer(s)' linear layers quantized (or read pre-quantized): the engine config's
+  // quant_config, --quant-algo / --linear-type (nn/quant.h, ops/quant.h).
+  QuantConfig quant;
 };
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.

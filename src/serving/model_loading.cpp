@@ -44,6 +44,7 @@ ServedModel load_served_model(const ServeOptions& options) {
   pipeline_options.offload_text_encoder = options.offload_text_encoder || config.offload.text_encoder;
   pipeline_options.offload_idle_expert = options.offload_idle_expert || config.offload.idle_expert;
   pipeline_options.lora_cached_variants = options.lora_cached_variants;
+  pipeline_options.quant = config.quant_config;
   ServedModel m;
   m.info.adapters = list_lora_adapters(options.lora_dir);
   m.pipeline = load_pipeline(options.model, pipeline_options);
