@@ -91,21 +91,22 @@ Linear Linear::load(const Weights& weights, const std::string& prefix, const Sha
   VGEN_CHECK(weight_shape.size() >= 2, "nn::Linear '{}': weight shape needs [out, in, ...], got {} dims", prefix,
              weight_shape.size());
   const int64_t out = weight_shape[0];
-  Tensor b = bias ? weights.load(prefix + ".bias", {out}) : Tensor();
+  // The weight first, then the bias (a mismatch error names the weight).
   if (quantizable && quantizes(weights, {prefix})) {
     const QuantFormat format = quant_format(weights.quant()->quant_algo);
     const int64_t in = shape_numel(weight_shape) / out;
-    Linear l(prefix, Tensor(), std::move(b));
+    Linear l(prefix, Tensor(), Tensor());
     if (weights.quant()->dynamic)
       l.qweight_ = quantize_weight(dynamic_source(weights, prefix + ".weight", weight_shape), format, prefix)
                        .to(weights.device());
     else
       l.qweight_ = read_static(weights, prefix, format, out, in);
+    if (bias) l.bias_ = weights.load(prefix + ".bias", {out});
     return l;
   }
   Tensor w = weights.load(prefix + ".weight", weight_shape);
   if (weight_shape.size() > 2) w = w.view({out, w.numel() / out});
-  return Linear(prefix, std::move(w), std::move(b));
+  return Linear(prefix, std::move(w), bias ? weights.load(prefix + ".bias", {out}) : Tensor());
 }
 
 Linear::Linear(const Weights& weights, const std::string& prefix, int64_t in_features, int64_t out_features, bool bias)
@@ -119,11 +120,11 @@ Linear Linear::fused(const Weights& weights, const std::vector<std::string>& pre
   const bool quantized = quantizes(weights, prefixes);
   std::vector<Tensor> ws, bs;
   for (const std::string& prefix : prefixes) {
-    if (bias) bs.push_back(weights.load(prefix + ".bias", {out_features}));
     if (quantized && weights.quant()->dynamic)
       ws.push_back(dynamic_source(weights, prefix + ".weight", {out_features, in_features}));
     else if (!quantized)
       ws.push_back(weights.load(prefix + ".weight", {out_features, in_features}));
+    if (bias) bs.push_back(weights.load(prefix + ".bias", {out_features}));
   }
   Tensor b = bias ? ops::cat(bs, 0) : Tensor();
   if (!quantized) return Linear(name, ops::cat(ws, 0), std::move(b));
