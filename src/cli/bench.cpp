@@ -63,6 +63,9 @@ PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   o.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) o.execution.conv_autotune = true;
   for (const std::string& spec : a.lora) o.lora.push_back(nn::parse_lora_adapter_spec(spec));
+  if (!a.quant_algo.empty()) o.quant.quant_algo = parse_quant_algo(a.quant_algo, "--quant-algo");
+  if (a.quant_static && !o.quant.enabled()) fail("--quant-static needs --quant-algo");
+  o.quant.dynamic = !a.quant_static;
   return o;
 }
 

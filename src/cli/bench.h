@@ -45,6 +45,10 @@ struct BenchArgs {
   std::vector<std::string> cache_config;
   std::string latents;
   std::string save_latents;
+  // transformer, pipeline: the linear layers quantized (--quant-algo FP8 | FP8_BLOCK_SCALES |
+  // NVFP4; --quant-static: the checkpoint is ModelOpt-exported); empty: none.
+  std::string quant_algo;
+  bool quant_static = false;
 };
 
 int run_bench(const BenchArgs& args);

@@ -21,6 +21,7 @@
 #include "cli/flags.h"
 #include "cli/output.h"
 #include "cli/progress.h"
+#include "config/engine_config.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
@@ -29,6 +30,7 @@
 #include "media/metadata.h"
 #include "media/mp4.h"
 #include "nn/lora.h"
+#include "nn/quant.h"
 #include "pipelines/registry.h"
 #include "serving/server.h"
 
@@ -51,6 +53,9 @@ struct GenerateArgs {
   bool offload_idle_expert = false;
   std::vector<std::string> lora, lora_2;  // FILE or FILE:SCALE
   bool lora_ignore_unmatched = false;
+  std::optional<std::string> quant_algo, linear_type;  // --quant-algo / --linear-type (one of them)
+  bool quant_static = false;
+  std::vector<std::string> quant_ignore;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
   std::optional<double> fps;
@@ -236,6 +241,13 @@ int run_generate(GenerateArgs& a) {
       specs->push_back(std::move(spec));
     }
   options.lora_ignore_unmatched = a.lora_ignore_unmatched;
+  if (a.quant_algo && a.linear_type) fail("--quant-algo and --linear-type name the same setting: give one of them");
+  if (a.quant_algo) options.quant.quant_algo = parse_quant_algo(*a.quant_algo, "--quant-algo");
+  if (a.linear_type) options.quant.quant_algo = parse_linear_type(*a.linear_type, "--linear-type");
+  if ((a.quant_static || !a.quant_ignore.empty()) && !options.quant.enabled())
+    fail("{} needs --quant-algo (or --linear-type) with a quantized format", a.quant_static ? "--quant-static" : "--quant-ignore");
+  options.quant.dynamic = !a.quant_static;
+  options.quant.ignore = a.quant_ignore;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
   // Images are decoded before the model loads: a file that does not decode fails at once.
   if (!a.image_file.empty()) a.params.image = media::read_image(a.image_file);
@@ -400,7 +412,44 @@ int run_info_file(const std::string& path) {
   return 0;
 }
 
-int run_info(const std::string& model) {
+// The transformer(s)' linear layers by weight format: what a static (ModelOpt-exported)
+// checkpoint stores, or, with a dynamic quant_config, what loading will make of them (the
+// float32 time embedder and the patch embedding, a convolution, stay as they are). Counted
+// per checkpoint module: a fused projection (to_q | to_k | to_v) counts as its parts.
+void print_linear_formats(const std::string& root, const QuantConfig& q) {
+  for (const char* component : {"transformer", "transformer_2"}) {
+    const fs::path dir = fs::path(root) / component;
+    if (!fs::is_directory(dir)) continue;
+    const WeightStore store = WeightStore::open_dir(dir.string());
+    std::map<std::string, int> counts;
+    for (const std::string& name : store.names()) {
+      if (!name.ends_with(".weight")) continue;
+      const std::string prefix = name.substr(0, name.size() - 7);
+      const TensorInfo& info = store.info(name);
+      std::string format;
+      if (info.dtype == DType::F8_E4M3 && store.contains(prefix + ".weight_scale")) {
+        format = store.info(prefix + ".weight_scale").shape.size() == 2 ? "fp8 128x128 blocks (static)"
+                                                                         : "fp8 per-tensor (static)";
+      } else if (info.dtype == DType::U8 && store.contains(prefix + ".weight_scale_2")) {
+        format = "nvfp4 (static)";
+      } else if (info.shape.size() == 2) {
+        const bool float32_module = prefix.starts_with("condition_embedder.time_embedder.");
+        if (q.enabled() && q.dynamic && !float32_module && !nn::quant_ignored(q, prefix))
+          format = std::string(quant_format_name(nn::quant_format(q.quant_algo))) + " (quantized while loading)";
+        else
+          format = std::string(dtype_name(info.dtype)) + (float32_module ? " (kept in float32)" : "");
+      } else {
+        continue;
+      }
+      ++counts[format];
+    }
+    std::string row;
+    for (const auto& [format, n] : counts) row += fmt::format("{}{} {}", row.empty() ? "" : ", ", n, format);
+    std::printf("%-14s %s: %s\n", "linear layers", component, row.c_str());
+  }
+}
+
+int run_info(const std::string& model, const QuantConfig& quant) {
   if (fs::is_regular_file(model)) return run_info_file(model);
   std::unique_ptr<DiffusionPipeline> pipeline = load_pipeline(resolve_model_path(model), PipelineOptions{});
   const PipelineCapabilities& c = pipeline->capabilities();
@@ -420,6 +469,7 @@ int run_info(const std::string& model) {
   std::printf("%-14s prompt, image %s, last image %s, LoRA %s, two experts %s\n", "inputs",
               input(c.image_input, c.image_required).c_str(), input(c.last_image_input, c.last_image_required).c_str(),
               yes_no(c.lora).c_str(), yes_no(c.two_experts).c_str());
+  print_linear_formats(resolve_model_path(model), quant);
   return 0;
 }
 
@@ -480,6 +530,10 @@ int main(int argc, char** argv) {
   gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
   gen->add_option("--lora", g.lora, "LoRA adapter fused into the transformer at load, FILE or FILE:SCALE (diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE), default scale 1); repeatable, applied in order. Original/ComfyUI (diffusion_model.), musubi-tuner/kohya (lora_unet_) and diffusers/PEFT keys");
   gen->add_option("--lora-2", g.lora_2, "LoRA adapter for the low-noise expert (transformer_2) of a two-expert model, FILE or FILE:SCALE; repeatable");
+  gen->add_option("--quant-algo", g.quant_algo, "Quantize the transformer's linear layers: FP8 (per-tensor e4m3), FP8_BLOCK_SCALES (128x128 weight blocks, 1x128 activation groups) or NVFP4 (4-bit weights, W4A16), ModelOpt's formats; none (default) keeps them in --dtype. See README, Quantization");
+  gen->add_option("--linear-type", g.linear_type, "The same as --quant-algo in TensorRT-LLM's spelling: default, trtllm-fp8-per-tensor, trtllm-fp8-blockwise, trtllm-nvfp4");
+  gen->add_flag("--quant-static", g.quant_static, "The checkpoint is ModelOpt-exported (pre-quantized weights with weight_scale / input_scale / weight_scale_2) instead of quantized while loading");
+  gen->add_option("--quant-ignore", g.quant_ignore, "Module-name pattern left unquantized (fnmatch, e.g. 'proj_out' or 'blocks.0.*'); repeatable")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   gen->add_flag("--lora-ignore-unmatched", g.lora_ignore_unmatched, "Skip (with a warning) LoRA keys that match no module of the transformer instead of failing");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
   gen->add_option("-o,--output", g.output, "Output: .mp4 (H.264); .png/.jpg/.webp for a 1-frame image; a folder (DIR/) or a %04d.png pattern for lossless PNG frames");
@@ -493,12 +547,16 @@ int main(int argc, char** argv) {
 
   std::string info_model;
   CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it, or how a PNG/MP4 was made");
+  std::optional<std::string> info_quant_algo;
+  QuantConfig info_quant;
+  info->add_option("--quant-algo", info_quant_algo, "Show what --quant-algo FP8 | FP8_BLOCK_SCALES | NVFP4 makes of each linear layer (counts per format)");
+  info->add_option("--quant-ignore", info_quant.ignore, "Module-name pattern left unquantized (as generate's)")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   info->add_option("model", info_model, "Checkpoint folder in the diffusers layout, a Hugging Face repo id in the HF cache, or a PNG/MP4 that vgen wrote (shows how it was made)")->required();
 
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
   srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
-  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, cache_config, parallel, attention, cuda_graph, conv, offload)")
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections quant_config, cache_config, parallel, attention, cuda_graph, conv, offload)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(cli::integer_in_range(0, 65535));
@@ -546,6 +604,8 @@ int main(int argc, char** argv) {
   bench->add_option("--cache-config", b.cache_config, "pipeline: step caching, a JSON file holding a cache_config object (README: Step caching), or none; repeat it for one timed run each (after one load), reported in \"runs\"");
   bench->add_option("--latents", b.latents, "pipeline: initial noise, a safetensors file with a tensor 'latents'")->check(CLI::ExistingFile);
   bench->add_option("--save-latents", b.save_latents, "pipeline: write the denoised latents and the uint8 frames (safetensors: denoised_latents, frames)");
+  bench->add_option("--quant-algo", b.quant_algo, "transformer, pipeline: quantize the linear layers: FP8, FP8_BLOCK_SCALES or NVFP4 (as generate's --quant-algo)");
+  bench->add_flag("--quant-static", b.quant_static, "transformer, pipeline: the checkpoint is ModelOpt-exported (pre-quantized)");
   bench->add_option("--save-output", b.save_output, "transformer, vae: write the output of one forward/decode/encode as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
   srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(cli::positive_number());
@@ -571,7 +631,10 @@ int main(int argc, char** argv) {
   }
   try {
     if (gen->parsed()) return run_generate(g);
-    if (info->parsed()) return run_info(info_model);
+    if (info->parsed()) {
+      if (info_quant_algo) info_quant.quant_algo = parse_quant_algo(*info_quant_algo, "--quant-algo");
+      return run_info(info_model, info_quant);
+    }
     if (srv->parsed()) {
       // A repo id from the Hugging Face cache keeps its name in the API (not the snapshot's hash).
       const std::string folder = resolve_model_path(serve.model);

@@ -72,8 +72,23 @@ Json yaml_to_json(const YAML::Node& node, const std::string& path, ConfigSource&
 }
 
 const std::vector<std::pair<std::string, QuantAlgo>> kQuantAlgos = {
-    {"none", QuantAlgo::None}, {"fp8", QuantAlgo::FP8}, {"fp8_blockwise", QuantAlgo::FP8Blockwise},
-    {"nvfp4", QuantAlgo::NVFP4}};
+    {"none", QuantAlgo::None}, {"FP8", QuantAlgo::FP8}, {"FP8_BLOCK_SCALES", QuantAlgo::FP8Blockwise},
+    {"NVFP4", QuantAlgo::NVFP4}};
+const std::vector<std::pair<std::string, QuantAlgo>> kLinearTypes = {
+    {"default", QuantAlgo::None},
+    {"trtllm-fp8-per-tensor", QuantAlgo::FP8},
+    {"trtllm-fp8-blockwise", QuantAlgo::FP8Blockwise},
+    {"trtllm-nvfp4", QuantAlgo::NVFP4}};
+
+QuantAlgo parse_choice(const std::vector<std::pair<std::string, QuantAlgo>>& choices, const std::string& text,
+                       const std::string& flag) {
+  std::string list;
+  for (const auto& [name, value] : choices) {
+    if (name == text) return value;
+    list += (list.empty() ? "" : ", ") + name;
+  }
+  fail("{}: '{}' is not one of: {}", flag, text, list);
+}
 const std::vector<std::pair<std::string, AttentionBackend>> kAttentionBackends = {
     {"auto", AttentionBackend::Auto},
     {"reference", AttentionBackend::Reference},
@@ -87,6 +102,9 @@ std::string quant_algo_name(QuantAlgo algo) {
     if (value == algo) return name;
   return "?";
 }
+
+QuantAlgo parse_quant_algo(const std::string& text, const std::string& flag) { return parse_choice(kQuantAlgos, text, flag); }
+QuantAlgo parse_linear_type(const std::string& text, const std::string& flag) { return parse_choice(kLinearTypes, text, flag); }
 
 std::string attention_backend_name(AttentionBackend backend) {
   for (const auto& [name, value] : kAttentionBackends)
@@ -110,13 +128,13 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   const ConfigReader r(doc, where);
   EngineConfig c;
 
-  const ConfigReader linear = r.section("linear");
-  c.linear.quant_algo = linear.choice("quant_algo", c.linear.quant_algo, kQuantAlgos);
-  c.linear.dynamic = linear.boolean("dynamic", c.linear.dynamic);
-  c.linear.ignore = linear.string_list("ignore");
-  for (size_t i = 0; i < c.linear.ignore.size(); ++i)
-    if (c.linear.ignore[i].empty()) linear.fail_value(fmt::format("ignore[{}]", i), "empty pattern");
-  linear.reject_unknown();
+  const ConfigReader quant = r.section("quant_config");
+  c.quant_config.quant_algo = quant.choice("quant_algo", c.quant_config.quant_algo, kQuantAlgos);
+  c.quant_config.dynamic = quant.boolean("dynamic", c.quant_config.dynamic);
+  c.quant_config.ignore = quant.string_list("ignore");
+  for (size_t i = 0; i < c.quant_config.ignore.size(); ++i)
+    if (c.quant_config.ignore[i].empty()) quant.fail_value(fmt::format("ignore[{}]", i), "empty pattern");
+  quant.reject_unknown();
 
   c.cache_config = read_cache_config(r.section("cache_config"));
 
@@ -158,9 +176,6 @@ EngineConfig load_engine_config(const std::string& path) {
 // The features land one by one; each lands with its line removed here.
 std::vector<std::string> unimplemented_features(const EngineConfig& c) {
   std::vector<std::string> out;
-  if (c.linear.quant_algo != QuantAlgo::None)
-    out.push_back(fmt::format("linear.quant_algo: {} is not implemented yet (supported: none)",
-                              quant_algo_name(c.linear.quant_algo)));
   if (c.parallel.cfg_size != 1)
     out.push_back(fmt::format("parallel.cfg_size: {} is not implemented yet (supported: 1)", c.parallel.cfg_size));
   if (c.parallel.ulysses_size != 1)

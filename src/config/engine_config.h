@@ -1,7 +1,7 @@
 // The engine's YAML configuration file: how the model runs (quantization, caching,
 // parallelism, attention backend, CUDA graphs), as opposed to what a request generates.
 //
-//   linear:      {quant_algo: none, dynamic: true, ignore: ["proj_out", "*.norm*"]}
+//   quant_config: {quant_algo: FP8, dynamic: true, ignore: ["proj_out", "blocks.0.*"]}
 //   cache_config: {cache_backend: teacache, teacache_thresh: 0.2, use_ret_steps: true}  (config/cache_config.h)
 //   parallel:    {cfg_size: 1, ulysses_size: 1}
 //   attention:   {backend: auto}
@@ -23,17 +23,27 @@
 
 namespace vgen {
 
-// ModelOpt's quantization algorithms for the transformer's linear layers.
+// ModelOpt's quantization algorithms for the transformer's linear layers (ops/quant.h has
+// the formats), spelled as ModelOpt and TensorRT-LLM's quant_config spell them.
 enum class QuantAlgo { None, FP8, FP8Blockwise, NVFP4 };
 
-struct LinearConfig {
-  QuantAlgo quant_algo = QuantAlgo::None;  // none | fp8 | fp8_blockwise | nvfp4
-  // true: quantize the BF16 checkpoint's weights while loading; false: the checkpoint holds
-  // pre-quantized weights and scales (ModelOpt's `quantization_config`).
+// TensorRT-LLM VisualGen's `quant_config` (and vgen's --quant-algo, --linear-type).
+struct QuantConfig {
+  QuantAlgo quant_algo = QuantAlgo::None;  // none | FP8 | FP8_BLOCK_SCALES | NVFP4
+  // true: quantize the checkpoint's bf16/fp32 weights while loading; false: the checkpoint
+  // holds ModelOpt-exported weights and scales (weight_scale, input_scale, weight_scale_2).
   bool dynamic = true;
-  // Module-name patterns (fnmatch-style, e.g. "blocks.0.*", "proj_out") left unquantized.
+  // Module-name patterns (fnmatch-style, e.g. "blocks.0.*", "proj_out") left unquantized;
+  // a fused projection is kept unquantized when any of its parts matches.
   std::vector<std::string> ignore;
+  bool enabled() const { return quant_algo != QuantAlgo::None; }
 };
+
+// --quant-algo's spelling ("FP8", "FP8_BLOCK_SCALES", "NVFP4", "none"), or TensorRT-LLM's
+// --linear-type spelling ("trtllm-fp8-per-tensor", "trtllm-fp8-blockwise", "trtllm-nvfp4",
+// "default"); an unknown name is an error naming `flag` and listing the choices.
+QuantAlgo parse_quant_algo(const std::string& text, const std::string& flag);
+QuantAlgo parse_linear_type(const std::string& text, const std::string& flag);
 
 struct ParallelConfig {
   int cfg_size = 1;      // 1, or 2: positive and negative CFG branch on different GPUs
@@ -65,7 +75,7 @@ struct OffloadConfig {
 };
 
 struct EngineConfig {
-  LinearConfig linear;
+  QuantConfig quant_config;
   // Step caching (TeaCache, MagCache, First-Block-Cache) for requests that set none.
   CacheConfig cache_config;
   ParallelConfig parallel;

@@ -30,6 +30,13 @@
 //   conv3d(x, w, b, p)    x [B, C, T, H, W], w [O, C, kt, kh, kw], b [O] (optional)
 //   upsample_nearest2x    nearest-neighbour 2x upsampling of the last two dims
 //   sum_abs               sum of |x| in double
+//   quantize_fp8(x, f, s) x [..., K] -> e4m3 [M, K] (M = rows of x) and float32 scales (ops/quant.h):
+//                         f Fp8PerTensor: one scale, s (a static input_scale [1]) or amax(|x|)/448;
+//                         f Fp8Block: one per row and 1x128 group, amax/448 (s must be undefined)
+//   quantized_linear(x, w, b, act)  linear with a quantized weight (ops/quant.h): FP8 formats
+//                         quantize x as quantize_fp8 does (the weight's input_scale, if any) and
+//                         compute (x_q * s_x) @ (w_q * s_w)^T + b in float32; NVFP4 keeps x as it
+//                         is (W4A16). The reference dequantizes both and runs a float32 GEMM.
 //   modulated_layer_norm  (layer_norm(x.float()) * (1 + scale) + shift).to(x.dtype): x [B, S, D];
 //                         scale/shift F32 broadcastable to [B, S, D] ([B, 1, D] or per token)
 //   gated_residual        (x.float() + y.float() * gate).to(x.dtype): x, y [B, S, D]; gate as scale
@@ -47,6 +54,7 @@
 #include "core/execution_context.h"
 #include "core/tensor.h"
 #include "ops/op_list.h"
+#include "ops/quant.h"
 
 namespace vgen {
 

@@ -38,6 +38,10 @@
     (x, weight, bias, p), Primitive)                                                                              \
   X(upsample_nearest2x, Tensor, (const Tensor& x), (x), Primitive)                                                \
   X(sum_abs, double, (const Tensor& x), (x), Primitive)                                                           \
+  X(quantize_fp8, QuantizedActivation, (const Tensor& x, QuantFormat format, const Tensor& input_scale),          \
+    (x, format, input_scale), Primitive)                                                                          \
+  X(quantized_linear, Tensor, (const Tensor& x, const QuantizedWeight& weight, const Tensor& bias, Activation act), \
+    (x, weight, bias, act), Primitive)                                                                            \
   X(modulated_layer_norm, Tensor, (const Tensor& x, const Tensor& scale, const Tensor& shift, float eps),         \
     (x, scale, shift, eps), Composite)                                                                            \
   X(gated_residual, Tensor, (const Tensor& x, const Tensor& y, const Tensor& gate), (x, y, gate), Composite)      \

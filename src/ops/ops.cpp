@@ -119,6 +119,28 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activat
   return on(x, Op::linear, "linear").linear(x, weight, bias, act);
 }
 
+QuantizedActivation quantize_fp8(const Tensor& x, QuantFormat format, const Tensor& input_scale) {
+  VGEN_CHECK(format != QuantFormat::Nvfp4, "quantize_fp8: {} is not an fp8 format", quant_format_name(format));
+  VGEN_CHECK(x.defined() && x.dim() >= 1, "quantize_fp8: needs an input [..., K]");
+  same_device(x, input_scale, "quantize_fp8");
+  VGEN_CHECK(!input_scale.defined() || (format == QuantFormat::Fp8PerTensor && input_scale.numel() == 1 &&
+                                        input_scale.dtype() == DType::F32),
+             "quantize_fp8: a static input scale is one float32 value for per-tensor fp8, got {} for {}",
+             input_scale.str(), quant_format_name(format));
+  return on(x, Op::quantize_fp8, "quantize_fp8").quantize_fp8(x, format, input_scale);
+}
+
+Tensor quantized_linear(const Tensor& x, const QuantizedWeight& weight, const Tensor& bias, Activation act) {
+  VGEN_CHECK(weight.defined(), "quantized_linear: undefined weight");
+  same_device(x, weight.data, "quantized_linear");
+  same_device(x, bias, "quantized_linear");
+  VGEN_CHECK(x.dim() >= 1 && x.size(-1) == weight.in_features, "quantized_linear: input {} does not match a {} weight [{}, {}]",
+             x.str(), quant_format_name(weight.format), weight.out_features, weight.in_features);
+  VGEN_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.out_features),
+             "quantized_linear: bias {} does not match {} output features", bias.str(), weight.out_features);
+  return on(x, Op::quantized_linear, "quantized_linear").quantized_linear(x, weight, bias, act);
+}
+
 Tensor matmul(const Tensor& a, const Tensor& b) {
   same_device(a, b, "matmul");
   VGEN_CHECK(a.dim() >= 2 && b.dim() >= 2 && a.size(-1) == b.size(-2), "matmul: {} x {}", a.str(), b.str());

@@ -25,6 +25,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {},
               Activation act = Activation::None);
 Tensor matmul(const Tensor& a, const Tensor& b);
 
+// Quantized linear layers (ops/quant.h): the FP8 activation quantization, and the GEMM with a
+// quantized weight (which quantizes x itself; quantize_fp8 is exposed for tests and tools).
+QuantizedActivation quantize_fp8(const Tensor& x, QuantFormat format, const Tensor& input_scale = {});
+Tensor quantized_linear(const Tensor& x, const QuantizedWeight& weight, const Tensor& bias = {},
+                        Activation act = Activation::None);
+
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
 // The Wan VAE's channel RMS norm, optionally fused with the SiLU that follows it

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config/cache_config.h"
+#include "config/engine_config.h"
 #include "core/error.h"
 #include "core/execution_context.h"
 #include "core/tensor.h"
@@ -164,6 +165,9 @@ struct PipelineOptions {
   int lora_cached_variants = 1;
   // Step caching for requests that set none (GenerationParams::cache).
   CacheConfig cache;
+  // The transformer(s)' linear layers quantized (or read pre-quantized): the engine config's
+  // quant_config, --quant-algo / --linear-type (nn/quant.h, ops/quant.h).
+  QuantConfig quant;
 };
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.

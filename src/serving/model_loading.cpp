@@ -45,6 +45,7 @@ ServedModel load_served_model(const ServeOptions& options) {
   pipeline_options.offload_idle_expert = options.offload_idle_expert || config.offload.idle_expert;
   pipeline_options.lora_cached_variants = options.lora_cached_variants;
   pipeline_options.cache = config.cache_config;  // requests may set their own (cache_config field)
+  pipeline_options.quant = config.quant_config;
   ServedModel m;
   m.info.adapters = list_lora_adapters(options.lora_dir);
   m.info.cache = config.cache_config;

@@ -601,3 +601,36 @@ TEST(Cli, LoraAdaptersAreFusedAndRecorded) {
                              " --lora-ignore-unmatched -o " + (dir / "ignored.png").string());
   EXPECT_EQ(ignored.code, 0) << ignored.out;
 }
+
+// Quantization flags: `vgen info` counts the transformer's linear layers per format, generate
+// runs quantized, and bad or conflicting flags are errors naming them.
+TEST(Cli, QuantizationFlags) {
+  Result r = run("info " + fixture("wan21_t2v_tiny") + " --quant-algo FP8 --quant-ignore proj_out");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("transformer: 1 F32, 2 F32 (kept in float32), 33 fp8 per-tensor (quantized while loading)"),
+            std::string::npos)
+      << r.out;
+  r = run("info " + fixture("wan21_t2v_tiny"));
+  EXPECT_NE(r.out.find("transformer: 34 F32, 2 F32 (kept in float32)"), std::string::npos) << r.out;
+
+  const std::string out = ::testing::TempDir() + "/cli_quant.png";
+  fs::remove(out);
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") + kQuick + "--height 32 --width 48 --num-frames 1 ";
+  for (const char* flags : {"--quant-algo NVFP4", "--linear-type trtllm-fp8-blockwise"}) {
+    r = run(base + flags + " -o " + out);
+    EXPECT_EQ(r.code, 0) << flags << r.out;
+    EXPECT_TRUE(fs::exists(out)) << flags;
+    fs::remove(out);
+  }
+  r = run(base + "--quant-algo int4 -o " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--quant-algo: 'int4' is not one of: none, FP8, FP8_BLOCK_SCALES, NVFP4"), std::string::npos) << r.out;
+  r = run(base + "--quant-algo FP8 --linear-type trtllm-nvfp4 -o " + out);
+  EXPECT_NE(r.out.find("--quant-algo and --linear-type name the same setting"), std::string::npos) << r.out;
+  r = run(base + "--quant-static -o " + out);
+  EXPECT_NE(r.out.find("--quant-static needs --quant-algo"), std::string::npos) << r.out;
+  // A bf16/fp32 checkpoint read as a static one: the tensor and the dtype it should have.
+  r = run(base + "--quant-algo FP8 --quant-static -o " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find(".weight: expected F8_E4M3"), std::string::npos) << r.out;
+}

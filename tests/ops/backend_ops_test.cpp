@@ -1103,6 +1103,95 @@ void wan_linear_cases(Cases& cs) {
   }
 }
 
+// Quantized linear layers (ops/quant.h): the activation quantization must give the CPU's bytes
+// (the same codec, an IEEE division by the same scale); the GEMM agrees within the output
+// dtype (FP8 products are exact in float32: only the summation order and the output rounding
+// differ; NVFP4's weight expanded to bf16 is one rounding per weight element).
+const char* quant_case_name(QuantFormat f) {
+  return f == QuantFormat::Fp8PerTensor ? "fp8" : f == QuantFormat::Fp8Block ? "fp8_block" : "nvfp4";
+}
+
+void quant_cases(Cases& cs) {
+  const Bound same = {-1, 0, "the same e4m3 codec and IEEE division on every backend: the same bytes", true};
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const Shape& xs : std::vector<Shape>{{37, 144}, {2, 5, 300}, {1, 16}}) {
+      int64_t M = 1;
+      for (size_t i = 0; i + 1 < xs.size(); ++i) M *= xs[i];
+      const int64_t K = xs.back();
+      for (int mode = 0; mode < 3; ++mode) {  // per-tensor dynamic, per-tensor static (clipping), 1x128 groups
+        const QuantFormat f = mode == 2 ? QuantFormat::Fp8Block : QuantFormat::Fp8PerTensor;
+        cs.add({Op::quantize_fp8,
+                fmt::format("quantize_fp8 {}{} {}", dt(d), sh(xs), mode == 0 ? "per-tensor" : mode == 1 ? "static scale" : "1x128 groups"),
+                d,
+                [=](Gen& g) {
+                  return std::vector<Input>{in(g.normal(xs, d, 3.0f)),
+                                            mode == 1 ? in(Tensor::full({1}, 0.004f)) : none()};
+                },
+                [f](const Args& t, Device) {
+                  const QuantizedActivation q = ops::quantize_fp8(t[0], f, t[1]);
+                  return Outputs{q.data, q.scale};
+                },
+                same, {M, K}, DType::F8_E4M3});
+      }
+    }
+  }
+  struct S {
+    int64_t M, N, K;
+    std::string what;
+  };
+  for (QuantFormat f : {QuantFormat::Fp8PerTensor, QuantFormat::Fp8Block, QuantFormat::Nvfp4}) {
+    for (DType d : {DType::F32, DType::BF16}) {
+      for (const S& s : std::vector<S>{{64, 144, 256, "cuBLASLt FP8 shapes"},
+                                       {7, 45, 80, "N not a multiple of 16: the fallback"},
+                                       {300, 272, 400, "partial 128-blocks"}}) {
+        for (Activation act : {Activation::None, Activation::GeluTanh, Activation::Silu}) {
+          for (bool static_scale : {false, true}) {
+            if (static_scale && (f != QuantFormat::Fp8PerTensor || act != Activation::None)) continue;
+            cs.add({Op::quantized_linear,
+                    fmt::format("quantized_linear {} {}[{},{}] x [{},{}] + bias {}{} {}", quant_case_name(f), dt(d),
+                                s.M, s.K, s.N, s.K, act_name(act), static_scale ? " static input scale" : "", s.what),
+                    d,
+                    [=](Gen& g) {
+                      return std::vector<Input>{in(g.normal({s.M, s.K}, d)), in(g.normal({s.N, s.K}, DType::F32, 0.05f)),
+                                                in(g.normal({s.N}, d, 0.1f))};
+                    },
+                    [f, act, static_scale](const Args& t, Device dev) {
+                      QuantizedWeight w = quantize_weight(t[1], f, "w").to(dev);
+                      if (static_scale) w.input_scale = Tensor::full({1}, 0.01f).to(dev);
+                      return Outputs{ops::quantized_linear(t[0], w, t[2], act)};
+                    },
+                    by_dtype(d), {s.M, s.N}, d, {}, 2.0 * s.M * s.N * s.K});
+          }
+        }
+      }
+    }
+    // Wan 1.3B / 14B shapes at 480x832x81 (32760 tokens), perf mode only.
+    for (const S& s : std::vector<S>{{32760, 1536, 1536, "Wan 1.3B q/k/v/o"}, {32760, 8960, 1536, "Wan 1.3B FFN up"},
+                                     {32760, 1536, 8960, "Wan 1.3B FFN down"}, {32760, 5120, 5120, "Wan 14B q/k/v/o"},
+                                     {32760, 13824, 5120, "Wan 14B FFN up"}}) {
+      cs.add({Op::quantized_linear,
+              fmt::format("quantized_linear {} bf16[{},{}] x [{},{}] + bias {}", quant_case_name(f), s.M, s.K, s.N, s.K,
+                          s.what),
+              DType::BF16,
+              [=](Gen& g) {
+                return std::vector<Input>{in(g.normal({s.M, s.K}, DType::BF16)),
+                                          in(g.normal({s.N, s.K}, DType::F32, 0.03f)),
+                                          in(g.normal({s.N}, DType::BF16, 0.1f))};
+              },
+              [f](const Args& t, Device dev) {
+                // Quantized once per weight (on the host: not what is timed); perf runs repeat the call.
+                static std::map<std::array<int64_t, 4>, QuantizedWeight> cache;
+                const std::array<int64_t, 4> key{reinterpret_cast<int64_t>(t[1].raw_data()), static_cast<int64_t>(f),
+                                                 t[1].size(0), t[1].size(1)};
+                auto it = cache.find(key);
+                if (it == cache.end()) it = cache.emplace(key, quantize_weight(t[1], f, "w").to(dev)).first;
+                return Outputs{ops::quantized_linear(t[0], it->second, t[2], Activation::None)};
+              },
+              by_dtype(DType::BF16), {s.M, s.N}, DType::BF16, {}, 2.0 * s.M * s.N * s.K, true});
+    }
+  }
+}
+
 const std::vector<OpCase>& all_cases() {
   static const std::vector<OpCase> cases = [] {
     Cases cs;
@@ -1127,6 +1216,7 @@ const std::vector<OpCase>& all_cases() {
     modulated_layer_norm_cases(cs);
     gated_residual_cases(cs);
     rms_norm_rope_cases(cs);
+    quant_cases(cs);
     return cs.list();
   }();
   return cases;

@@ -30,11 +30,11 @@ void expect_contains(const std::string& text, const std::string& part) {
 }  // namespace
 
 TEST(EngineConfig, EmptyIsAllDefaults) {
-  for (const char* text : {"", "# nothing\n", "linear:\ncache_config:\n"}) {
+  for (const char* text : {"", "# nothing\n", "quant_config:\ncache_config:\n"}) {
     const EngineConfig c = parse_engine_config(text, "engine.yaml");
-    EXPECT_EQ(c.linear.quant_algo, QuantAlgo::None);
-    EXPECT_TRUE(c.linear.dynamic);
-    EXPECT_TRUE(c.linear.ignore.empty());
+    EXPECT_EQ(c.quant_config.quant_algo, QuantAlgo::None);
+    EXPECT_TRUE(c.quant_config.dynamic);
+    EXPECT_TRUE(c.quant_config.ignore.empty());
     EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::None);
     EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.2);
     EXPECT_TRUE(c.cache_config.use_ret_steps);
@@ -50,8 +50,8 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
 
 TEST(EngineConfig, EverySection) {
   const EngineConfig c = parse_engine_config(R"(
-linear:
-  quant_algo: fp8_blockwise
+quant_config:
+  quant_algo: FP8_BLOCK_SCALES
   dynamic: false
   ignore: ["proj_out", "blocks.0.*"]
 cache_config:
@@ -71,9 +71,9 @@ conv:
   autotune: false
 )",
                                              "engine.yaml");
-  EXPECT_EQ(c.linear.quant_algo, QuantAlgo::FP8Blockwise);
-  EXPECT_FALSE(c.linear.dynamic);
-  EXPECT_EQ(c.linear.ignore, (std::vector<std::string>{"proj_out", "blocks.0.*"}));
+  EXPECT_EQ(c.quant_config.quant_algo, QuantAlgo::FP8Blockwise);
+  EXPECT_FALSE(c.quant_config.dynamic);
+  EXPECT_EQ(c.quant_config.ignore, (std::vector<std::string>{"proj_out", "blocks.0.*"}));
   EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::TeaCache);
   EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.08);
   EXPECT_FALSE(c.cache_config.use_ret_steps);
@@ -85,32 +85,34 @@ conv:
   EXPECT_FALSE(c.cuda_graph.enabled);
   EXPECT_FALSE(c.conv.autotune);
 
-  // None of these features is built yet: each is named, none silently ignored.
+  // These features are not built yet (quantization and caching are): each is named, none silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
-  ASSERT_EQ(missing.size(), 4u);
+  ASSERT_EQ(missing.size(), 3u);
   try {
     require_implemented(c, "engine.yaml");
     ADD_FAILURE() << "accepted unimplemented features";
   } catch (const Error& e) {
     const std::string m = e.what();
     expect_contains(m, "engine.yaml: ");
-    for (const char* key : {"linear.quant_algo: fp8_blockwise", "parallel.cfg_size: 2",
+    for (const char* key : {"parallel.cfg_size: 2",
                             "parallel.ulysses_size: 4", "attention.backend: flash"})
       expect_contains(m, key);
   }
 }
 
 TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
-  for (const char* text : {"linear: {quant_algo: fp8}", "linear: {quant_algo: nvfp4}",
+  for (const char* text : {
                            "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: flash}"}) {
     EXPECT_EQ(unimplemented_features(parse_engine_config(text, "engine.yaml")).size(), 1u) << text;
   }
   // What runs: the attention backends vgen has, CUDA graphs on or off.
   for (const char* text : {"attention: {backend: auto}", "attention: {backend: cudnn}", "attention: {backend: reference}",
-                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}"})
+                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}",
+                           "quant_config: {quant_algo: FP8}", "quant_config: {quant_algo: FP8_BLOCK_SCALES}",
+                           "quant_config: {quant_algo: NVFP4, dynamic: false, ignore: [proj_out]}"})
     EXPECT_TRUE(unimplemented_features(parse_engine_config(text, "engine.yaml")).empty()) << text;
-  // Step caching runs (issue 15).
-  EXPECT_TRUE(unimplemented_features(parse_engine_config("cache_config: {cache_backend: teacache}\nlinear: {dynamic: false}",
+  // Step caching and quantization run (issues 15, 14).
+  EXPECT_TRUE(unimplemented_features(parse_engine_config("cache_config: {cache_backend: teacache}\nquant_config: {dynamic: false}",
                                                          "engine.yaml"))
                   .empty());
 }
@@ -120,7 +122,7 @@ TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
   expect_contains(m, "engine.yaml:3:3: cache_config.treshold: unknown key");
   expect_contains(m, "threshold");  // the known keys are listed
 
-  m = parse_error("linear: {}\nquantization: {}\n");
+  m = parse_error("quant_config: {}\nquantization: {}\n");
   expect_contains(m, "engine.yaml:2:1: quantization: unknown key");
   expect_contains(m, "cuda_graph");
 
@@ -133,7 +135,7 @@ TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
 
 TEST(EngineConfig, DuplicateKeys) {
   expect_contains(parse_error("parallel:\n  cfg_size: 1\n  cfg_size: 2\n"), "parallel.cfg_size: duplicate key");
-  expect_contains(parse_error("linear: {}\nlinear: {}\n"), "linear: duplicate key");
+  expect_contains(parse_error("quant_config: {}\nquant_config: {}\n"), "quant_config: duplicate key");
 }
 
 TEST(EngineConfig, WrongTypesAndRanges) {
@@ -165,18 +167,22 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("parallel: {cfg_size: 3}"), "parallel.cfg_size: 3 is out of range [1, 2]");
   expect_contains(parse_error("parallel: {ulysses_size: 0}"), "parallel.ulysses_size: 0 is out of range");
   expect_contains(parse_error("parallel: {ulysses_size: [2]}"), "parallel.ulysses_size: expected an integer");
-  expect_contains(parse_error("linear: {quant_algo: int4}"),
-                  "linear.quant_algo: 'int4' is not one of: none, fp8, fp8_blockwise, nvfp4");
-  expect_contains(parse_error("linear: {ignore: proj_out}"), "linear.ignore: expected a list");
-  expect_contains(parse_error("linear: {ignore: [{a: 1}]}"), "linear.ignore[0]: expected a string");
+  expect_contains(parse_error("quant_config: {quant_algo: int4}"),
+                  "quant_config.quant_algo: 'int4' is not one of: none, FP8, FP8_BLOCK_SCALES, NVFP4");
+  expect_contains(parse_error("quant_config: {quant_algo: fp8}"), "quant_config.quant_algo: 'fp8' is not one of");
+  expect_contains(parse_error("quant_config: {ignore: proj_out}"), "quant_config.ignore: expected a list");
+  expect_contains(parse_error("quant_config: {ignore: [{a: 1}]}"), "quant_config.ignore[0]: expected a string");
+  expect_contains(parse_error("quant_config: {ignore: ['']}"), "quant_config.ignore[0]");
+  expect_contains(parse_error("quant_config: {dynamic: 1}"), "quant_config.dynamic: expected true or false");
+  expect_contains(parse_error("linear: {quant_algo: FP8}"), "linear: unknown key");
   expect_contains(parse_error("attention: {backend: sdpa}"), "attention.backend: 'sdpa' is not one of: auto, reference");
   expect_contains(parse_error("cuda_graph: true"), "cuda_graph: expected a mapping");
-  expect_contains(parse_error("- linear\n- cache_config\n"), "top level: expected a mapping");
+  expect_contains(parse_error("- quant_config\n- cache_config\n"), "top level: expected a mapping");
 }
 
 TEST(EngineConfig, InvalidYamlNamesTheLine) {
-  expect_contains(parse_error("linear:\n  quant_algo: [fp8\n"), "engine.yaml:");
-  expect_contains(parse_error("linear:\n  quant_algo: [fp8\n"), "invalid YAML");
+  expect_contains(parse_error("quant_config:\n  quant_algo: [FP8\n"), "engine.yaml:");
+  expect_contains(parse_error("quant_config:\n  quant_algo: [FP8\n"), "invalid YAML");
 }
 
 TEST(EngineConfig, LoadFromFile) {
@@ -219,4 +225,21 @@ TEST(EngineConfig, ExecutionSettingsFromTheSections) {
   EXPECT_EQ(d.attention_backend, "cudnn");
   EXPECT_TRUE(d.cuda_graphs);
   EXPECT_TRUE(d.conv_autotune);
+}
+
+TEST(EngineConfig, QuantFlagsSpellings) {
+  EXPECT_EQ(parse_quant_algo("FP8", "--quant-algo"), QuantAlgo::FP8);
+  EXPECT_EQ(parse_quant_algo("FP8_BLOCK_SCALES", "--quant-algo"), QuantAlgo::FP8Blockwise);
+  EXPECT_EQ(parse_quant_algo("NVFP4", "--quant-algo"), QuantAlgo::NVFP4);
+  EXPECT_EQ(parse_quant_algo("none", "--quant-algo"), QuantAlgo::None);
+  EXPECT_EQ(parse_linear_type("trtllm-fp8-per-tensor", "--linear-type"), QuantAlgo::FP8);
+  EXPECT_EQ(parse_linear_type("trtllm-fp8-blockwise", "--linear-type"), QuantAlgo::FP8Blockwise);
+  EXPECT_EQ(parse_linear_type("trtllm-nvfp4", "--linear-type"), QuantAlgo::NVFP4);
+  EXPECT_EQ(parse_linear_type("default", "--linear-type"), QuantAlgo::None);
+  try {
+    parse_linear_type("trtllm-int4", "--linear-type");
+    ADD_FAILURE() << "accepted trtllm-int4";
+  } catch (const Error& e) {
+    expect_contains(e.what(), "--linear-type: 'trtllm-int4' is not one of: default, trtllm-fp8-per-tensor");
+  }
 }

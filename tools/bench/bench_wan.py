@@ -20,6 +20,11 @@ recipe end to end at 480x832x81; vgen's speedup over its own 50-step CFG run; Lo
 Step caching: cache (1.3B-shaped text-to-video 480x832x81 with CFG, --cache-steps steps: each
 cache at two thresholds and a fixed skip schedule; calls skipped, time against diffusers
 uncached and with the same cache, final-latent relative L2 and frame PSNR against vgen uncached).
+quant: the quantized linear layers (FP8, FP8_BLOCK_SCALES, NVFP4, quantized while loading) on the
+1.3B (480x832x81, all 30 layers) and 14B (720x1280x81, --quant-layers14 layers of 40, default 4:
+the 14B width at its real token count, fewer layers so the whole part stays within a few
+minutes): forward time, peak memory and weights memory of each format against diffusers bf16 on
+the same random weights, and each one's error against the float32 forward beside diffusers bf16's.
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -214,6 +219,69 @@ def part_transformer(args, size, timing=True):
         check_accuracy(f"transformer {size}", extra, strict=not timing)
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def part_quant(args):
+    """vgen's quantized linear layers against diffusers bf16 (see the module docstring: quant)."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import save_file
+    import numpy as np
+    tiny, dev = args.tiny, args.device
+    for size in ("1.3b", "14b"):
+        h, w, f = (64, 96, 9) if tiny else {"1.3b": (480, 832, 81), "14b": (720, 1280, 81)}[size]
+        text_len = 16 if tiny else 512
+        cfg = transformer_config(size, tiny)
+        full_layers = cfg["num_layers"]
+        if size == "14b" and not tiny:
+            cfg["num_layers"] = args.quant_layers14
+        d = os.path.join(args.work, f"wan_quant_{size}")
+        torch.manual_seed(0)
+        with torch.device(dev):
+            m = WanTransformer3DModel(**cfg)
+        m = m.to(torch.bfloat16)
+        m.save_pretrained(d)
+        lt = (f - 1) // 4 + 1
+        g = torch.Generator(dev).manual_seed(1)
+        x = torch.randn(1, cfg["in_channels"], lt, h // 8, w // 8, device=dev, generator=g).to(torch.bfloat16)
+        ctx = torch.randn(1, text_len, cfg["text_dim"], device=dev, generator=g).to(torch.bfloat16)
+        t = torch.tensor([999.0], device=dev)
+        inputs = os.path.join(args.work, "quant_inputs.safetensors")
+        save_file({"hidden_states": x.float().cpu(), "timestep": t.cpu(), "encoder_hidden_states": ctx.float().cpu()},
+                  inputs)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        m32 = m.float().eval()
+        with torch.no_grad():
+            ref = m32(x.float(), t, ctx.float(), return_dict=False)[0].float().cpu()
+        del m32, m
+        free_gpu()
+        before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+        m = WanTransformer3DModel.from_pretrained(d, torch_dtype=torch.bfloat16).to(dev).eval()
+        weights_gib = ((torch.cuda.memory_allocated() - before) / 2**30 if torch.cuda.is_available()
+                       else sum(p.numel() * p.element_size() for p in m.parameters()) / 2**30)
+        with torch.no_grad():
+            theirs_out = m(x, t, ctx, return_dict=False)[0].float().cpu()
+            free_gpu()
+            s = median_time(lambda: m(x, t, ctx, return_dict=False), 1, 2 if size == "14b" else 3)
+        theirs = {"s": s, "peak_gib": peak_gib(), "weights_gib": weights_gib}
+        err_theirs = rel_l2(theirs_out, ref)
+        del m, x, ctx
+        free_gpu()
+        common = ["--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len", text_len,
+                  "--inputs", inputs]
+        iters = ["--iters", 2, "--warmup", 1] if size == "14b" else ["--iters", 3, "--warmup", 1]
+        for algo in (None, "FP8", "FP8_BLOCK_SCALES", "NVFP4"):
+            out_path = os.path.join(args.work, "vgen_quant_out.f32")
+            quant = ["--quant-algo", algo] if algo else []
+            ours = vgen(args, "transformer", *common, *quant, "--save-output", out_path, *iters)
+            ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(ref.shape)
+            compare(f"quant_{size}_{algo or 'bf16'}_{h}x{w}x{f}", theirs, ours,
+                    layers=f"{cfg['num_layers']} of {full_layers}", tokens=ours["tokens"],
+                    diffusers_weights_gib=weights_gib, vgen_weights_gib=ours["weights_gib"],
+                    weights_ratio=ours["weights_gib"] / weights_gib,
+                    rel_l2_vs_f32_vgen=rel_l2(ours_out, ref), rel_l2_vs_f32_diffusers_bf16=err_theirs)
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def check_accuracy(what, extra, strict):
@@ -717,6 +785,7 @@ def main():
                     help="cache: denoising steps (20 fits ~5 min of H200 time; the acceptance figure is 50)")
     ap.add_argument("--cache-thresholds", default="teacache=0.05,0.1;magcache=0.06,0.12;fbcache=0.05,0.1",
                     help="cache: two thresholds per cache, 'teacache=A,B;magcache=A,B;fbcache=A,B'")
+    ap.add_argument("--quant-layers14", type=int, default=4, help="quant: layers of the 14B model (40 in the real one)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
@@ -731,7 +800,7 @@ def main():
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
              "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
-             "lora14": part_lora14, "cache": part_cache}
+             "lora14": part_lora14, "cache": part_cache, "quant": part_quant}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
@@ -742,6 +811,10 @@ def main():
         if "ratio" in r:
             print("%-44s %11.4fs %11.4fs %8.3f %10.2f %10.2f" % (r["what"], r["diffusers_s"], r["vgen_s"], r["ratio"],
                                                                 r["diffusers_peak_gib"] or 0, r["vgen_peak_gib"] or 0))
+            if "weights_ratio" in r:
+                print("%-44s weights %.2f GiB vs diffusers bf16 %.2f GiB (%.3fx); rel L2 vs float32 %.5f (diffusers bf16 %.5f)" % (
+                    "", r["vgen_weights_gib"], r["diffusers_weights_gib"], r["weights_ratio"], r["rel_l2_vs_f32_vgen"],
+                    r["rel_l2_vs_f32_diffusers_bf16"]))
         elif "skipped" in r:
             print("%-44s vgen %8.3fs skipped %-7s vs diffusers uncached %.3f%s%s%s" % (
                 r["what"], r["vgen_s"], r["skipped"], r["vs_diffusers_uncached"],

@@ -144,12 +144,13 @@ void WanTransformer3DModel::release() {
 std::unique_ptr<WanTransformer3DModel> WanTransformer3DModel::from_pretrained(const std::string& dir, DType dtype,
                                                                               Device device, bool host_resident,
                                                                               const std::vector<nn::LoraAdapterSpec>& lora,
-                                                                              bool lora_ignore_unmatched) {
+                                                                              bool lora_ignore_unmatched,
+                                                                              const QuantConfig& quant) {
   if (host_resident && !device.is_cpu()) {
     // Built in host memory; what the loading kept is the set of weights HostOffload moves.
     StorageCapture capture;
     std::unique_ptr<WanTransformer3DModel> model =
-        from_pretrained(dir, dtype, Device::cpu(), false, lora, lora_ignore_unmatched);
+        from_pretrained(dir, dtype, Device::cpu(), false, lora, lora_ignore_unmatched, quant);
     model->offload_ = nn::HostOffload(capture.live(), device);
     model->device_ = device;
     return model;
@@ -166,7 +167,8 @@ std::unique_ptr<WanTransformer3DModel> WanTransformer3DModel::from_pretrained(co
 
   const WeightStore store = WeightStore::open_dir(dir);
   const nn::Weights weights(store, dtype, device,
-                            lora.empty() ? nullptr : std::make_shared<const nn::LoraSet>(lora, lora_ignore_unmatched));
+                            lora.empty() ? nullptr : std::make_shared<const nn::LoraSet>(lora, lora_ignore_unmatched),
+                            quant.enabled() ? std::make_shared<const QuantConfig>(quant) : nullptr);
   const nn::Weights weights_f32 = weights.as(DType::F32);  // diffusers' _keep_in_fp32_modules
 
   model->patch_embedding_ = nn::Linear::from_conv(weights, "patch_embedding", {dim, c.in_channels, pt, ph, pw});

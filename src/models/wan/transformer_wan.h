@@ -85,10 +85,13 @@ class WanTransformer3DModel {
   // lora: adapters fused into the weights as they load (diffusers' load_lora_weights +
   // fuse_lora(lora_scale)), in order; a LoRA key or module this model lacks is an error unless
   // lora_ignore_unmatched (see nn/lora.h).
+  // quant: the linear layers quantized (after the LoRA merge) or read pre-quantized (nn/quant.h);
+  // the modules diffusers keeps in float32 stay unquantized.
   static std::unique_ptr<WanTransformer3DModel> from_pretrained(const std::string& dir, DType dtype, Device device,
                                                                 bool host_resident = false,
                                                                 const std::vector<nn::LoraAdapterSpec>& lora = {},
-                                                                bool lora_ignore_unmatched = false);
+                                                                bool lora_ignore_unmatched = false,
+                                                                const QuantConfig& quant = {});
 
   const WanTransformer3DModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/allocator.h"
 #include "core/random.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -68,7 +69,11 @@ ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenc
   const PixelSize size = pixel_size(o, kTemporalCompression, denoiser_spatial_compression(dir, o));
   const Device device = o.pipeline.device;
   const DType dtype = o.pipeline.dtype;
-  std::shared_ptr<WanTransformer3DModel> model = WanTransformer3DModel::from_pretrained(dir, dtype, device);
+  // The memory the weights take: what the load added to the device's allocator.
+  const size_t before = allocator_for(device).allocated_bytes();
+  std::shared_ptr<WanTransformer3DModel> model =
+      WanTransformer3DModel::from_pretrained(dir, dtype, device, false, {}, false, o.pipeline.quant);
+  const double weights_gib = (allocator_for(device).allocated_bytes() - before) / double(1ull << 30);
   model->enable_cuda_graphs(context->settings().cuda_graphs && device.is_cuda());
   const auto& c = model->config();
   const int64_t lt = size.latent_frames();
@@ -89,7 +94,8 @@ ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenc
   const int64_t tokens = lt * (lh / c.patch_size[1]) * (lw / c.patch_size[2]);
   ComponentBench b;
   b.run = [model, x, t, ctx, image] { (void)model->forward(x, t, ctx, image); };
-  b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"tokens", tokens}};
+  b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"tokens", tokens},
+             {"weights_gib", weights_gib}, {"quant_algo", quant_algo_name(o.pipeline.quant.quant_algo)}};
   b.after = [model] { return nlohmann::json{{"cuda_graph_replays", model->graphed_step().replays()}}; };
   b.context = std::move(context);
   return b;

@@ -330,12 +330,13 @@ void WanPipeline::load_experts(const std::vector<nn::LoraAdapterSpec>& lora,
   // With offload_idle_expert both experts live in host memory; the first is uploaded now.
   const bool offload = options_.offload_idle_expert && !transformer_dirs_[1].empty() && options_.device.is_cuda();
   transformer_ = WanTransformer3DModel::from_pretrained(transformer_dirs_[0], options_.dtype, options_.device, offload,
-                                                        lora, options_.lora_ignore_unmatched);
+                                                        lora, options_.lora_ignore_unmatched, options_.quant);
   transformer_->enable_cuda_graphs(graphs);
   transformer_->upload();
   if (!transformer_dirs_[1].empty()) {
     transformer_2_ = WanTransformer3DModel::from_pretrained(transformer_dirs_[1], options_.dtype, options_.device,
-                                                            offload, lora_2, options_.lora_ignore_unmatched);
+                                                            offload, lora_2, options_.lora_ignore_unmatched,
+                                                            options_.quant);
     transformer_2_->enable_cuda_graphs(graphs);
   }
   lora_ = lora;
