@@ -39,8 +39,10 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_DOUBLE_EQ(c.teacache.threshold, 0.2);
     EXPECT_TRUE(c.teacache.use_ret_steps);
     EXPECT_FALSE(c.teacache.warmup_steps.has_value());
-    EXPECT_EQ(c.parallel.cfg_size, 1);
-    EXPECT_EQ(c.parallel.ulysses_size, 1);
+    EXPECT_EQ(c.parallel_config.cfg_size, 1);
+    EXPECT_EQ(c.parallel_config.ulysses_size, 1);
+    EXPECT_EQ(c.parallel_config.ring_size, 1);
+    EXPECT_FALSE(c.parallel_config.parallel_vae);
     EXPECT_EQ(c.attention.backend, AttentionBackend::Auto);
     EXPECT_TRUE(c.cuda_graph.enabled);
     EXPECT_TRUE(c.conv.autotune);
@@ -61,9 +63,11 @@ teacache:
   use_ret_steps: false
   warmup_steps: 3
   coefficients: [1.0e2, -2, 3.5, 0, 1]
-parallel:
+parallel_config:
   cfg_size: 2
   ulysses_size: 4
+  ring_size: 3
+  parallel_vae: true
 attention:
   backend: flash
 cuda_graph:
@@ -80,35 +84,40 @@ conv:
   EXPECT_FALSE(c.teacache.use_ret_steps);
   EXPECT_EQ(c.teacache.warmup_steps, 3);
   EXPECT_EQ(c.teacache.coefficients, (std::vector<double>{100, -2, 3.5, 0, 1}));
-  EXPECT_EQ(c.parallel.cfg_size, 2);
-  EXPECT_EQ(c.parallel.ulysses_size, 4);
+  EXPECT_EQ(c.parallel_config.cfg_size, 2);
+  EXPECT_EQ(c.parallel_config.ulysses_size, 4);
+  EXPECT_EQ(c.parallel_config.ring_size, 3);
+  EXPECT_TRUE(c.parallel_config.parallel_vae);
   EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
   EXPECT_FALSE(c.cuda_graph.enabled);
   EXPECT_FALSE(c.conv.autotune);
 
   // None of these features is built yet: each is named, none silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
-  ASSERT_EQ(missing.size(), 5u);
+  ASSERT_EQ(missing.size(), 4u);  // parallel_config: the ranks (in `vgen serve`)
   try {
     require_implemented(c, "engine.yaml");
     ADD_FAILURE() << "accepted unimplemented features";
   } catch (const Error& e) {
     const std::string m = e.what();
     expect_contains(m, "engine.yaml: ");
-    for (const char* key : {"linear.quant_algo: fp8_blockwise", "teacache.enabled", "parallel.cfg_size: 2",
-                            "parallel.ulysses_size: 4", "attention.backend: flash"})
+    for (const char* key : {"linear.quant_algo: fp8_blockwise", "teacache.enabled", "parallel_config: 24 ranks",
+                            "attention.backend: flash"})
       expect_contains(m, key);
   }
 }
 
 TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
   for (const char* text : {"linear: {quant_algo: fp8}", "linear: {quant_algo: nvfp4}", "teacache: {enabled: true}",
-                           "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: flash}"}) {
+                           "parallel_config: {cfg_size: 2}", "parallel_config: {ulysses_size: 2}",
+                           "parallel_config: {ring_size: 3}", "parallel_config: {cfg_size: 2, ring_size: 2}",
+                           "attention: {backend: flash}"}) {
     EXPECT_EQ(unimplemented_features(parse_engine_config(text, "engine.yaml")).size(), 1u) << text;
   }
   // What runs: the attention backends vgen has, CUDA graphs on or off.
   for (const char* text : {"attention: {backend: auto}", "attention: {backend: cudnn}", "attention: {backend: reference}",
-                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}"})
+                           "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}",
+                           "parallel_config: {parallel_vae: true}", "parallel_config: {cfg_size: 1, ring_size: 1}"})
     EXPECT_TRUE(unimplemented_features(parse_engine_config(text, "engine.yaml")).empty()) << text;
   // Settings of a disabled feature are only validated.
   EXPECT_TRUE(unimplemented_features(parse_engine_config("teacache: {threshold: 0.3}\nlinear: {dynamic: false}",
@@ -128,12 +137,14 @@ TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
   m = parse_error("conv: {autotune: yes please}\n");
   expect_contains(m, "conv.autotune");
 
-  m = parse_error("parallel:\n  cfg_size: 1\n  tp_size: 2\n");
-  expect_contains(m, "parallel.tp_size: unknown key");
+  m = parse_error("parallel_config:\n  cfg_size: 1\n  tp_size: 2\n");
+  expect_contains(m, "parallel_config.tp_size: unknown key");
+  // The placeholder section's old name is refused, not ignored.
+  expect_contains(parse_error("parallel: {cfg_size: 1}\n"), "parallel: unknown key");
 }
 
 TEST(EngineConfig, DuplicateKeys) {
-  expect_contains(parse_error("parallel:\n  cfg_size: 1\n  cfg_size: 2\n"), "parallel.cfg_size: duplicate key");
+  expect_contains(parse_error("parallel_config:\n  cfg_size: 1\n  cfg_size: 2\n"), "parallel_config.cfg_size: duplicate key");
   expect_contains(parse_error("linear: {}\nlinear: {}\n"), "linear: duplicate key");
 }
 
@@ -146,9 +157,13 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("teacache: {coefficients: 1.0}"), "teacache.coefficients: expected a list");
   expect_contains(parse_error("teacache: {coefficients: []}"), "teacache.coefficients: needs at least one");
   expect_contains(parse_error("teacache: {coefficients: [1, x]}"), "teacache.coefficients[1]: expected a number");
-  expect_contains(parse_error("parallel: {cfg_size: 3}"), "parallel.cfg_size: 3 is out of range [1, 2]");
-  expect_contains(parse_error("parallel: {ulysses_size: 0}"), "parallel.ulysses_size: 0 is out of range");
-  expect_contains(parse_error("parallel: {ulysses_size: [2]}"), "parallel.ulysses_size: expected an integer");
+  expect_contains(parse_error("parallel_config: {cfg_size: 3}"), "parallel_config.cfg_size: 3 is out of range [1, 2]");
+  expect_contains(parse_error("parallel_config: {ulysses_size: 0}"), "parallel_config.ulysses_size: 0 is out of range");
+  expect_contains(parse_error("parallel_config: {ulysses_size: [2]}"), "parallel_config.ulysses_size: expected an integer");
+  expect_contains(parse_error("parallel_config: {ring_size: 0}"), "parallel_config.ring_size: 0 is out of range");
+  expect_contains(parse_error("parallel_config: {parallel_vae: 2}"), "parallel_config.parallel_vae: expected true or false");
+  expect_contains(parse_error("parallel_config: {ulysses_size: 64, ring_size: 64}"),
+                  "parallel_config.ring_size: cfg_size x ulysses_size x ring_size = 4096 ranks");
   expect_contains(parse_error("linear: {quant_algo: int4}"),
                   "linear.quant_algo: 'int4' is not one of: none, fp8, fp8_blockwise, nvfp4");
   expect_contains(parse_error("linear: {ignore: proj_out}"), "linear.ignore: expected a list");
