@@ -1,6 +1,7 @@
 #include "core/communicator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -47,23 +48,41 @@ class SingleCommunicator final : public Communicator {
   std::shared_ptr<Communicator> split(int, int) override { return std::make_shared<SingleCommunicator>(); }
 };
 
+struct ThreadShared;
+
+// A failed rank's mark, shared by a group and every group split from it: a rank waiting in
+// any of them wakes up and fails.
+struct AbortState {
+  std::mutex mutex;
+  std::atomic<bool> aborted{false};
+  std::string reason;
+  std::vector<std::weak_ptr<ThreadShared>> groups;
+};
+
 // The state the threads of one group share: a generation barrier and one published buffer
 // per rank (valid between the two barriers of a collective).
 struct ThreadShared {
-  explicit ThreadShared(int n) : size(n), slots(n), shapes(n), dtypes(n), split_requests(n) {}
+  ThreadShared(int n, std::shared_ptr<AbortState> a)
+      : size(n), slots(n), shapes(n), dtypes(n), split_requests(n), abort(std::move(a)) {}
   const int size;
   std::mutex mutex;
   std::condition_variable cv;
   int arrived = 0;
   uint64_t generation = 0;
-  bool aborted = false;
-  std::string abort_reason;
   std::vector<const void*> slots;
   std::vector<Shape> shapes;
   std::vector<DType> dtypes;
   std::vector<std::pair<int, int>> split_requests;  // (color, key)
   std::map<int, std::shared_ptr<ThreadShared>> split_groups;  // by color, during a split
+  std::shared_ptr<AbortState> abort;
 };
+
+std::shared_ptr<ThreadShared> make_group(int n, std::shared_ptr<AbortState> abort) {
+  auto group = std::make_shared<ThreadShared>(n, abort);
+  std::lock_guard<std::mutex> lock(abort->mutex);
+  abort->groups.push_back(group);
+  return group;
+}
 
 class ThreadCommunicator final : public Communicator {
  public:
@@ -73,12 +92,23 @@ class ThreadCommunicator final : public Communicator {
   std::string kind() const override { return "threads"; }
 
   void abort(const std::string& why) {
-    std::lock_guard<std::mutex> lock(shared_->mutex);
-    if (!shared_->aborted) {
-      shared_->aborted = true;
-      shared_->abort_reason = fmt::format("rank {} failed: {}", rank_, why);
+    AbortState& a = *shared_->abort;
+    std::vector<std::shared_ptr<ThreadShared>> groups;
+    {
+      std::lock_guard<std::mutex> lock(a.mutex);
+      if (!a.aborted) {
+        a.reason = fmt::format("rank {} failed: {}", rank_, why);
+        a.aborted = true;
+      }
+      for (const auto& g : a.groups)
+        if (auto locked = g.lock()) groups.push_back(locked);
     }
-    shared_->cv.notify_all();
+    // Wake the waiters of every group (taking each group's mutex orders the wake-up after
+    // their check of the flag).
+    for (const auto& g : groups) {
+      std::lock_guard<std::mutex> lock(g->mutex);
+      g->cv.notify_all();
+    }
   }
 
   void barrier() override {
@@ -91,7 +121,7 @@ class ThreadCommunicator final : public Communicator {
       shared_->cv.notify_all();
       return;
     }
-    shared_->cv.wait(lock, [&] { return shared_->generation != generation || shared_->aborted; });
+    shared_->cv.wait(lock, [&] { return shared_->generation != generation || shared_->abort->aborted; });
     check_alive();
   }
 
@@ -155,7 +185,7 @@ class ThreadCommunicator final : public Communicator {
     while (members[new_rank].second != rank_) ++new_rank;
     if (new_rank == 0) {
       std::lock_guard<std::mutex> lock(shared_->mutex);
-      shared_->split_groups[color] = std::make_shared<ThreadShared>(static_cast<int>(members.size()));
+      shared_->split_groups[color] = make_group(static_cast<int>(members.size()), shared_->abort);
     }
     barrier();
     std::shared_ptr<ThreadShared> group;
@@ -173,7 +203,10 @@ class ThreadCommunicator final : public Communicator {
 
  private:
   void check_alive() const {
-    if (shared_->aborted) fail("{}", shared_->abort_reason);
+    if (shared_->abort->aborted) {
+      std::lock_guard<std::mutex> lock(shared_->abort->mutex);
+      fail("{}", shared_->abort->reason);
+    }
   }
 
   // Makes x contiguous on the CPU, publishes it and waits for every rank's.
@@ -209,7 +242,7 @@ std::shared_ptr<Communicator> make_single_communicator() { return std::make_shar
 
 std::vector<std::shared_ptr<Communicator>> ThreadGroup::create(int size) {
   VGEN_CHECK(size >= 1, "ThreadGroup: {} ranks", size);
-  auto shared = std::make_shared<ThreadShared>(size);
+  auto shared = make_group(size, std::make_shared<AbortState>());
   std::vector<std::shared_ptr<Communicator>> out;
   for (int r = 0; r < size; ++r) out.push_back(std::make_shared<ThreadCommunicator>(shared, r));
   return out;

@@ -94,6 +94,20 @@ TEST(ThreadsCommunicator, AFailingRankFailsTheOthersInsteadOfHanging) {
   EXPECT_EQ(failed_waiting.load(), 2);
 }
 
+TEST(ThreadsCommunicator, AFailureReachesRanksWaitingInASplitGroup) {
+  try {
+    ThreadGroup::run(4, [&](int rank, const std::shared_ptr<Communicator>& comm) {
+      const std::shared_ptr<Communicator> pair = comm->split(rank / 2, rank);
+      if (rank == 0) throw Error("rank zero broke");
+      pair->barrier();  // rank 1 waits for rank 0 here; ranks 2 and 3 pass
+      comm->barrier();
+    });
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "rank zero broke");
+  }
+}
+
 TEST(SingleCommunicator, CopiesAndRefusesOtherRanks) {
   const std::shared_ptr<Communicator> c = make_single_communicator();
   const Tensor x = tagged(0, 0);

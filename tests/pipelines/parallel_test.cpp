@@ -124,11 +124,11 @@ struct AttentionFixture {
 // Rows [shard * per, (shard + 1) * per) of x along dim, zero rows past its end.
 Tensor shard(const Tensor& x, int64_t dim, int64_t index, int64_t per) {
   const int64_t n = x.size(dim), start = index * per, have = std::clamp<int64_t>(n - start, 0, per);
+  if (have == per) return x.narrow(dim, start, per).contiguous();
   Shape pad_shape = x.shape();
   pad_shape[dim] = per - have;
   const Tensor pad = Tensor::zeros(pad_shape);
-  if (have == 0) return pad;
-  return have == per ? x.narrow(dim, start, per).contiguous() : ops::cat({x.narrow(dim, start, have), pad}, dim);
+  return have == 0 ? pad : ops::cat({x.narrow(dim, start, have), pad}, dim);
 }
 
 TEST(SequenceParallelAttention, UlyssesRingAndBothGiveTheUnshardedResult) {

@@ -519,7 +519,9 @@ def part_multigpu(args):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     tiny, dev = args.tiny, args.device
     gpus = torch.cuda.device_count() if dev == "cuda" else 4
-    steps = 2 if tiny else args.par_steps
+    # Seconds per step = (denoise time of 2 + k steps - that of 2 steps) / k: the first steps'
+    # one-time costs (the CUDA graph is recorded on the second call) cancel out.
+    steps = 1 if tiny else args.par_steps
     runs = {  # name -> (cfg, ulysses, ring)
         "14b": [("1gpu", 1, 1, 1), ("cfg2", 2, 1, 1), ("ulysses2", 1, 2, 1), ("cfg2_ulysses2", 2, 2, 1),
                 ("ulysses4", 1, 4, 1)],
@@ -555,19 +557,26 @@ def part_multigpu(args):
             n = c * u * r
             if n > gpus:
                 continue
-            gen = ["generate", "--model", d, "--prompt", "a cat", "--height", h, "--width", w, "--num-frames", f,
-                   "--steps", steps, "--guidance-scale", 5.0, "--cfg-size", c, "--ulysses-size", u, "--ring-size", r,
-                   "--device", dev, "-o", os.path.join(args.work, f"mg_{size}_{name}.mp4")]
-            cmd = [args.vgen] + (["launch", "-n", str(n), "--"] if dev == "cuda" and n > 1 else []) + list(map(str, gen))
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode != 0:
-                print(p.stdout, p.stderr[-4000:], file=sys.stderr)
+            phases = {}
+            for total in (2, 2 + steps):
+                gen = ["generate", "--model", d, "--prompt", "a cat", "--height", h, "--width", w, "--num-frames", f,
+                       "--steps", total, "--guidance-scale", 5.0, "--cfg-size", c, "--ulysses-size", u,
+                       "--ring-size", r, "--device", dev, "-o", os.path.join(args.work, f"mg_{size}_{name}.mp4")]
+                cmd = [args.vgen] + (["launch", "-n", str(n), "--"] if dev == "cuda" and n > 1 else []) + list(map(str, gen))
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode != 0:
+                    print(p.stdout, p.stderr[-4000:], file=sys.stderr)
+                    phases = None
+                    break
+                line = [l for l in p.stderr.splitlines() if l.startswith("timing:")][-1]
+                phases[total] = dict((k.strip(), float(v.rstrip("s").split()[0])) for k, v in
+                                     (x.strip().split(" ", 1) for x in line[len("timing:"):].split(","))
+                                     if k.strip() != "peak")
+            if phases is None:
                 log(what=f"multigpu_{size}_{name}", error=p.stderr.strip().splitlines()[-1:])
                 continue
-            line = [l for l in p.stderr.splitlines() if l.startswith("timing:")][-1]
-            phases = dict((k.strip(), float(v.rstrip("s").split()[0])) for k, v in
-                          (x.strip().split(" ", 1) for x in line[len("timing:"):].split(",")) if k.strip() != "peak")
-            per_step = phases["denoise"] / steps
+            per_step = (phases[2 + steps]["denoise"] - phases[2]["denoise"]) / steps
+            phases = phases[2 + steps]
             base = base or per_step
             log(what=f"multigpu_{size}_{h}x{w}x{f}_{name}", gpus=n, s_per_step=per_step, speedup=base / per_step,
                 decode_s=phases.get("decode"), layers=cfg["num_layers"])
@@ -585,7 +594,7 @@ def main():
     ap.add_argument("--i2v-steps", type=int, default=4, help="i2v14: denoising steps (both experts run)")
     ap.add_argument("--i2v-layers", type=int, default=8, help="i2v14: layers per expert (40 in Wan2.2 A14B)")
     ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
-    ap.add_argument("--par-steps", type=int, default=3, help="multigpu: denoising steps timed per run")
+    ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
