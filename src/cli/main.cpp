@@ -403,11 +403,11 @@ int main(int argc, char** argv) {
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
   gen->add_option("--cfg-size", g.parallel.cfg_size, "CFG parallel: 2 runs the positive and negative branch on different GPUs (default 1); GPUs = cfg x ulysses x ring size, one process each (vgen launch); with --device cpu the ranks are threads")
       ->check(cli::integer_in_range(1, 2));
-  gen->add_option("--ulysses-size", g.parallel.ulysses_size, "Ulysses sequence parallelism over this many GPUs (all-to-all over heads; must divide the attention heads: 12 for Wan 1.3B, 40 for 14B) (default 1)")
+  gen->add_option("--ulysses-size", g.parallel.ulysses_size, "Ulysses sequence parallelism over this many GPUs (all-to-all over heads; must divide the transformer's attention heads, num_attention_heads in its config.json) (default 1)")
       ->check(cli::integer_in_range(1, 1024));
   gen->add_option("--ring-size", g.parallel.ring_size, "Ring attention over this many GPUs (key/value blocks passed around; any size) (default 1)")
       ->check(cli::integer_in_range(1, 1024));
-  gen->add_flag("--parallel-vae", g.parallel_vae, "Split the VAE decode over all the ranks by latent rows (exact; each rank then holds the whole video)");
+  gen->add_flag("--parallel-vae", g.parallel_vae, "Split the VAE decode over all the ranks by latent rows (the whole decode's values up to float rounding; every rank gets the whole video)");
 
   std::string info_model;
   CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it, or how a PNG/MP4 was made");
@@ -416,7 +416,7 @@ int main(int argc, char** argv) {
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
   srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
-  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel, attention, cuda_graph, conv)")
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections linear, teacache, parallel_config, attention, cuda_graph, conv, offload)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(cli::integer_in_range(0, 65535));
