@@ -45,6 +45,13 @@ if(VGEN_WITH_CUDA)
     message(FATAL_ERROR "cuDNN 9 (cudnn.h, libcudnn) not found: install it or configure with -DVGEN_CUDA=OFF")
   endif()
 
+  # NCCL (the multi-GPU communicator) ships with the CUDA toolkit here.
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/include)
+  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+  if(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
+    message(FATAL_ERROR "NCCL (nccl.h, libnccl) not found: install it or configure with -DVGEN_CUDA=OFF")
+  endif()
+
   if(NOT VGEN_CUDNN_FRONTEND_INCLUDE)
     find_package(Python3 COMPONENTS Interpreter)
     if(Python3_Interpreter_FOUND)
@@ -72,8 +79,8 @@ function(vgen_link_cuda target)
   target_compile_definitions(${target} PUBLIC VGEN_WITH_CUDA=1)
   # fmt 9's consteval format strings do not compile under nvcc in C++20 mode.
   target_compile_definitions(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:FMT_USE_CONSTEXPR=1>)
-  target_include_directories(${target} SYSTEM PRIVATE ${CUDNN_INCLUDE_DIR} ${VGEN_CUDNN_FRONTEND_INCLUDE})
-  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas CUDA::nvrtc ${CUDNN_LIBRARY})
+  target_include_directories(${target} SYSTEM PRIVATE ${CUDNN_INCLUDE_DIR} ${VGEN_CUDNN_FRONTEND_INCLUDE} ${NCCL_INCLUDE_DIR})
+  target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas CUDA::nvrtc ${CUDNN_LIBRARY} ${NCCL_LIBRARY})
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:${VGEN_CUDA_GENCODE} --expt-relaxed-constexpr -lineinfo -Xcompiler=-fopenmp>)
   set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)

@@ -19,10 +19,12 @@
 #include "cli/batching.h"
 #include "cli/bench.h"
 #include "cli/flags.h"
+#include "cli/launch.h"
 #include "cli/output.h"
 #include "cli/progress.h"
 #include "config/engine_config.h"
 #include "core/allocator.h"
+#include "core/communicator.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -77,6 +79,9 @@ struct GenerateArgs {
   std::optional<bool> cache_use_ret_steps;
   std::optional<int> cache_max_skip_steps, cache_max_continuous;
   std::optional<std::string> cache_coefficients, cache_coefficients_2, cache_mag_ratios;
+  // Several GPUs (or CPU threads): cfg_size x ulysses_size x ring_size ranks.
+  ParallelSizes parallel;
+  bool parallel_vae = false;
 };
 
 // The --cache-* flags as a CacheConfig (nullopt without --cache-backend); a problem names the flag.
@@ -203,6 +208,10 @@ void write_output(const GenerateArgs& a, const cli::OutputTarget& target, const 
   }
 }
 
+int run_generate_rank(const GenerateArgs& a, const PipelineOptions& options, const std::vector<std::string>& prompts,
+                      const cli::OutputTarget& target, std::optional<uint64_t> seed, bool random,
+                      std::chrono::steady_clock::time_point t0, bool main_rank);
+
 int run_generate(GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   // Everything that can be checked without the model is checked before loading it.
@@ -256,12 +265,54 @@ int run_generate(GenerateArgs& a) {
     a.params.last_image = media::read_image(a.last_image_file);
   }
 
+  // One rank, or every rank of a parallel run (threads on the CPU, one process per GPU under
+  // `vgen launch`): each loads the pipeline and runs the same requests; rank 0 reports and writes.
+  options.parallel_vae = a.parallel_vae;
+  const int world = a.parallel.world_size();
+  const std::optional<ProcessGroupEnv> env = ProcessGroupEnv::from_environment();
+  if (world == 1 && (!env || env->world_size == 1)) return run_generate_rank(a, options, prompts, target, seed, random, t0, true);
+  if (options.device.is_cpu()) {
+    if (env && env->world_size > 1)
+      fail("--device cpu runs the {} ranks as threads of this one process: run it without `vgen launch` (WORLD_SIZE={})",
+           world, env->world_size);
+    int status = 0;
+    ThreadGroup::run(world, [&](int rank, const std::shared_ptr<Communicator>& comm) {
+      PipelineOptions o = options;
+      o.parallel = std::make_shared<ParallelLayout>(comm, a.parallel);
+      const int rc = run_generate_rank(a, o, prompts, target, seed, random, t0, rank == 0);
+      if (rank == 0) status = rc;
+    });
+    return status;
+  }
+  if (!env)
+    fail("--cfg-size {} x --ulysses-size {} x --ring-size {} = {} GPUs: start one process per GPU with "
+         "`vgen launch -n {} -- generate ...` (or torchrun-style RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)",
+         a.parallel.cfg_size, a.parallel.ulysses_size, a.parallel.ring_size, world, world);
+  if (env->world_size != world)
+    fail("--cfg-size {} x --ulysses-size {} x --ring-size {} = {} ranks, but {} processes were started (WORLD_SIZE)",
+         a.parallel.cfg_size, a.parallel.ulysses_size, a.parallel.ring_size, world, env->world_size);
+  if (!device_available(DeviceType::CUDA))
+    fail("{} GPU ranks: {}", world, device_unavailable_reason(DeviceType::CUDA));
+  options.device = Device::cuda(env->local_rank);
+  options.parallel =
+      std::make_shared<ParallelLayout>(make_device_communicator(DeviceType::CUDA, *env, env->local_rank), a.parallel);
+  return run_generate_rank(a, options, prompts, target, seed, random, t0, env->rank == 0);
+}
+
+int run_generate_rank(const GenerateArgs& a, const PipelineOptions& options, const std::vector<std::string>& prompts,
+                      const cli::OutputTarget& target, std::optional<uint64_t> seed, bool random,
+                      std::chrono::steady_clock::time_point t0, bool main_rank) {
+  const int per_prompt = a.num_videos_per_prompt;
+  const int total = static_cast<int>(prompts.size()) * per_prompt;
   // --batch-size auto: the first video alone, measuring its device memory; then as many at a
   // time as the memory left holds.
-  const bool auto_batch = a.batch_size_text == "auto";
-  int batch_size = auto_batch ? 1 : std::min(parse_batch_size(a.batch_size_text), total);
+  // The ranks of a parallel run must run the same groups, so there auto (each rank's own memory
+  // measure) stays at one video at a time.
+  const bool auto_requested = a.batch_size_text == "auto";
+  const bool auto_batch = auto_requested && !options.parallel;
+  int batch_size = auto_requested ? 1 : std::min(parse_batch_size(a.batch_size_text), total);
   const auto phases_for = [](int videos, int batch) { return 4 * ((videos + batch - 1) / batch); };
-  Progress progress(1 + phases_for(total, batch_size), !a.quiet);
+  Progress progress(1 + phases_for(total, batch_size), !a.quiet && main_rank);
   // ETAs of the phases other than denoising: each phase's rate (seconds per byte loaded, prompt
   // encoded, pixel decoded or written) as last measured, in this run or the previous one.
   PhaseEstimator estimator;
@@ -284,7 +335,7 @@ int run_generate(GenerateArgs& a) {
     fail("--output {}: an image output needs --num-frames 1 (got {})", a.output, first.num_frames);
   const double load_s = progress.end();
   estimator.record("load|" + device_key, model_bytes, load_s);
-  if (!a.quiet) {
+  if (!a.quiet && main_rank) {
     std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu%s%s\n",
                  gen.pipeline().class_name().c_str(), options.device.str().c_str(),
                  std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(first.width),
@@ -294,7 +345,7 @@ int run_generate(GenerateArgs& a) {
                  total > 1 ? fmt::format("; {} videos, seeds {} to {}", total, first.seed, requests.back().seed).c_str() : "");
   }
   // The seed is part of the result: print it even with --quiet when it was drawn.
-  if (random && a.quiet) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(first.seed));
+  if (random && a.quiet && main_rank) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(first.seed));
 
   std::vector<std::pair<std::string, double>> timings;
   const auto add_timing = [&](const std::string& phase, double s) {
@@ -307,7 +358,7 @@ int run_generate(GenerateArgs& a) {
   };
   std::vector<std::string> written;
   std::vector<std::string> cache_summaries;  // one per group that ran a step cache
-  for (int k = 0; k < total; ++k) {
+  for (int k = 0; k < total && main_rank; ++k) {
     const ResolvedParams& r = requests[static_cast<size_t>(k)];
     const auto warn_if_truncated = [&](const std::string& text, const char* which) {
       const std::optional<int64_t> tokens = gen.prompt_token_count(text);
@@ -351,7 +402,7 @@ int run_generate(GenerateArgs& a) {
       }
       progress.step(p.step, p.step_seconds);
       // Two experts: say where the low-noise one took over.
-      if (two_experts && !a.quiet && p.expert != expert)
+      if (two_experts && !a.quiet && main_rank && p.expert != expert)
         progress.note(fmt::format("step {}: the low-noise expert (transformer_2) took over", p.step));
       expert = p.expert;
       if (p.step == p.total) progress.begin("decoding (VAE)" + of, 0.0, estimator.estimate("decode|" + model_key, pixels));
@@ -363,7 +414,7 @@ int run_generate(GenerateArgs& a) {
 
     const std::string write_key = "write|" + std::string(target.kind == cli::OutputKind::Mp4 ? "mp4" : target.kind == cli::OutputKind::Image ? "image" : "png");
     progress.begin("writing" + of, 0.0, estimator.estimate(write_key, pixels));
-    for (int k = k0; k < k1; ++k) {
+    for (int k = k0; k < k1 && main_rank; ++k) {
       const GenerationOutput& out = outs[static_cast<size_t>(k - k0)];
       const cli::OutputTarget out_target = cli::output_for_video(target, k, total);
       const double fps = a.fps.value_or(out.fps);
@@ -379,15 +430,15 @@ int run_generate(GenerateArgs& a) {
       const std::optional<size_t> available = memory.available_bytes();
       batch_size = cli::auto_batch_size(total - k1, available, per_video);
       progress.set_total_phases(1 + 4 + phases_for(total - k1, batch_size));
-      if (!a.quiet)
+      if (!a.quiet && main_rank)
         progress.note(available ? fmt::format("--batch-size auto: {} at a time (one video took {:.2f} GiB; {:.2f} GiB free)",
                                               batch_size, per_video / double(1ull << 30), *available / double(1ull << 30))
                                 : std::string("--batch-size auto: one at a time (the device's free memory is unknown)"));
     }
   }
-  estimator.save();
+  if (main_rank) estimator.save();
   const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!a.quiet) {
+  if (!a.quiet && main_rank) {
     std::fprintf(stderr, "timing: load %.2fs", load_s);
     for (const auto& [phase, s] : timings) std::fprintf(stderr, ", %s %.2fs", phase.c_str(), s);
     std::fprintf(stderr, ", total %.2fs", total_s);
@@ -544,6 +595,13 @@ int main(int argc, char** argv) {
   gen->add_option("--quality", g.quality, "JPEG/WebP quality, 1 to 100 (default 90; PNG is lossless)")
       ->check(cli::integer_in_range(1, 100));
   gen->add_flag("-q,--quiet", g.quiet, "No progress bar or timing summary");
+  gen->add_option("--cfg-size", g.parallel.cfg_size, "CFG parallel: 2 runs the positive and negative branch on different GPUs (default 1); GPUs = cfg x ulysses x ring size, one process each (vgen launch); with --device cpu the ranks are threads")
+      ->check(cli::integer_in_range(1, 2));
+  gen->add_option("--ulysses-size", g.parallel.ulysses_size, "Ulysses sequence parallelism over this many GPUs (all-to-all over heads; must divide the transformer's attention heads, num_attention_heads in its config.json) (default 1)")
+      ->check(cli::integer_in_range(1, 1024));
+  gen->add_option("--ring-size", g.parallel.ring_size, "Ring attention over this many GPUs (key/value blocks passed around; any size) (default 1)")
+      ->check(cli::integer_in_range(1, 1024));
+  gen->add_flag("--parallel-vae", g.parallel_vae, "Split the VAE decode over all the ranks by latent rows (the whole decode's values up to float rounding; every rank gets the whole video)");
 
   std::string info_model;
   CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it, or how a PNG/MP4 was made");
@@ -556,7 +614,7 @@ int main(int argc, char** argv) {
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
   srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
-  srv->add_option("--config", serve.config_file, "Engine YAML config (sections quant_config, cache_config, parallel, attention, cuda_graph, conv, offload)")
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections quant_config, cache_config, parallel_config, attention, cuda_graph, conv, offload)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(cli::integer_in_range(0, 65535));
@@ -570,6 +628,9 @@ int main(int argc, char** argv) {
       ->check(cli::integer_in_range(1, 16));
   srv->add_flag("--offload-idle-expert", serve.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both)");
   srv->add_flag("--offload-text-encoder", serve.offload_text_encoder, "Free the text encoder after each generation's prompts are encoded (reloaded for the next one: less memory, slower requests)");
+
+  // Listed for --help; run_launch parses it (before CLI11, as everything after `--` is the command).
+  app.add_subcommand("launch", "Run one vgen process per GPU with torchrun's variables: vgen launch -n N -- generate ... (vgen launch --help)");
 
   cli::BenchArgs b;
   CLI::App* bench = app.add_subcommand("bench", "Time vgen on random inputs, one JSON line per result (tools/bench drives it beside diffusers)");
@@ -610,12 +671,21 @@ int main(int argc, char** argv) {
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
   srv->add_option("--max-queue", serve.max_queue, "Generations that may wait; more get 429 (default 64)")->check(cli::positive_number());
 
+  // `vgen launch` takes the command to run after `--`: parsed by itself (cli/launch.h).
+  if (argc > 1 && std::string(argv[1]) == "launch") {
+    try {
+      return cli::run_launch(argc - 2, argv + 2);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 2;
+    }
+  }
   // A mistyped command gets a suggestion rather than CLI11's "A subcommand is required".
   std::vector<std::string> commands;
   for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) commands.push_back(sub->get_name());
   if (argc > 1 && argv[1][0] != '-' && std::find(commands.begin(), commands.end(), argv[1]) == commands.end()) {
     const std::string match = cli::closest_match(argv[1], commands);
-    std::fprintf(stderr, "error: unknown command '%s'%s (commands: generate, info, serve, bench; vgen --help)\n", argv[1],
+    std::fprintf(stderr, "error: unknown command '%s'%s (commands: generate, info, serve, bench, launch; vgen --help)\n", argv[1],
                  match.empty() ? "" : fmt::format("; did you mean '{}'?", match).c_str());
     return 2;
   }

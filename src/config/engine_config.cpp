@@ -138,9 +138,15 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
 
   c.cache_config = read_cache_config(r.section("cache_config"));
 
-  const ConfigReader parallel = r.section("parallel");
-  c.parallel.cfg_size = static_cast<int>(parallel.integer("cfg_size", c.parallel.cfg_size, 1, 2));
-  c.parallel.ulysses_size = static_cast<int>(parallel.integer("ulysses_size", c.parallel.ulysses_size, 1, 1024));
+  const ConfigReader parallel = r.section("parallel_config");
+  ParallelConfig& pc = c.parallel_config;
+  pc.cfg_size = static_cast<int>(parallel.integer("cfg_size", pc.cfg_size, 1, 2));
+  pc.ulysses_size = static_cast<int>(parallel.integer("ulysses_size", pc.ulysses_size, 1, 1024));
+  pc.ring_size = static_cast<int>(parallel.integer("ring_size", pc.ring_size, 1, 1024));
+  pc.parallel_vae = parallel.boolean("parallel_vae", pc.parallel_vae);
+  if (pc.world_size() > 1024)
+    parallel.fail_value("ring_size", fmt::format("cfg_size x ulysses_size x ring_size = {} ranks (at most 1024)",
+                                                 pc.world_size()));
   parallel.reject_unknown();
 
   const ConfigReader attention = r.section("attention");
@@ -176,11 +182,12 @@ EngineConfig load_engine_config(const std::string& path) {
 // The features land one by one; each lands with its line removed here.
 std::vector<std::string> unimplemented_features(const EngineConfig& c) {
   std::vector<std::string> out;
-  if (c.parallel.cfg_size != 1)
-    out.push_back(fmt::format("parallel.cfg_size: {} is not implemented yet (supported: 1)", c.parallel.cfg_size));
-  if (c.parallel.ulysses_size != 1)
-    out.push_back(
-        fmt::format("parallel.ulysses_size: {} is not implemented yet (supported: 1)", c.parallel.ulysses_size));
+  // `vgen generate` runs several ranks (its --cfg-size, --ulysses-size, --ring-size flags);
+  // the server, the one reader of this file, runs one.
+  if (c.parallel_config.world_size() != 1)
+    out.push_back(fmt::format("parallel_config: {} ranks (cfg_size x ulysses_size x ring_size) are not implemented "
+                              "in `vgen serve` yet (supported: 1; `vgen generate` runs them)",
+                              c.parallel_config.world_size()));
   if (c.attention.backend == AttentionBackend::Flash)
     out.push_back("attention.backend: flash is not implemented yet (supported: auto, cudnn, reference)");
   return out;

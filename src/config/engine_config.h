@@ -3,7 +3,7 @@
 //
 //   quant_config: {quant_algo: FP8, dynamic: true, ignore: ["proj_out", "blocks.0.*"]}
 //   cache_config: {cache_backend: teacache, teacache_thresh: 0.2, use_ret_steps: true}  (config/cache_config.h)
-//   parallel:    {cfg_size: 1, ulysses_size: 1}
+//   parallel_config: {cfg_size: 1, ulysses_size: 1, ring_size: 1, parallel_vae: false}
 //   attention:   {backend: auto}
 //   cuda_graph:  {enabled: true}
 //   conv:        {autotune: true}
@@ -45,9 +45,13 @@ struct QuantConfig {
 QuantAlgo parse_quant_algo(const std::string& text, const std::string& flag);
 QuantAlgo parse_linear_type(const std::string& text, const std::string& flag);
 
+// GPUs (or CPU threads) = cfg_size x ulysses_size x ring_size.
 struct ParallelConfig {
   int cfg_size = 1;      // 1, or 2: positive and negative CFG branch on different GPUs
-  int ulysses_size = 1;  // sequence-parallel GPUs (all-to-all over heads)
+  int ulysses_size = 1;  // sequence-parallel GPUs (all-to-all over heads; must divide the heads)
+  int ring_size = 1;     // sequence-parallel GPUs (ring attention over key/value blocks)
+  bool parallel_vae = false;  // the VAE decode split over the ranks (by latent rows, with halos)
+  int world_size() const { return cfg_size * ulysses_size * ring_size; }
 };
 
 enum class AttentionBackend { Auto, Reference, Flash, CuDNN };
@@ -78,7 +82,7 @@ struct EngineConfig {
   QuantConfig quant_config;
   // Step caching (TeaCache, MagCache, First-Block-Cache) for requests that set none.
   CacheConfig cache_config;
-  ParallelConfig parallel;
+  ParallelConfig parallel_config;
   AttentionConfig attention;
   CudaGraphConfig cuda_graph;
   ConvConfig conv;

@@ -53,6 +53,13 @@ ExecutionContext::ExecutionContext(Device device, ExecutionSettings settings, in
     fail("device {}: {}", device_.str(), device_unavailable_reason(device_.type));
 }
 
+void ExecutionContext::set_parallel(std::shared_ptr<const ParallelLayout> layout) {
+  VGEN_CHECK(layout != nullptr, "execution context: no parallel layout");
+  parallel_ = std::move(layout);
+  rank_ = parallel_->rank();
+  world_size_ = parallel_->world_size();
+}
+
 ExecutionContext::~ExecutionContext() {
   // Let queued work finish before the streams and handles go.
   try {

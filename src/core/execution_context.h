@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/communicator.h"
 #include "core/device.h"
 
 namespace vgen {
@@ -89,6 +90,10 @@ class ExecutionContext {
   const ExecutionSettings& settings() const { return settings_; }
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
+  // How this rank's world is divided for CFG and sequence parallelism (one rank by default).
+  const ParallelLayout& parallel() const { return *parallel_; }
+  // Sets the layout (and with it rank and world size) once, before the context runs anything.
+  void set_parallel(std::shared_ptr<const ParallelLayout> layout);
 
   // The runtime that runs work on `device` in this context (made on first use); throws
   // naming the device and the reason when it cannot run here.
@@ -106,6 +111,7 @@ class ExecutionContext {
   Device device_;
   ExecutionSettings settings_;
   int rank_ = 0, world_size_ = 1;
+  std::shared_ptr<const ParallelLayout> parallel_ = ParallelLayout::single();
   std::mutex mutex_;
   std::shared_ptr<DeviceRuntime> cpu_;
   std::vector<std::shared_ptr<DeviceRuntime>> gpus_;  // by device index

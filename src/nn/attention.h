@@ -1,12 +1,15 @@
 // nn::Attention, diffusers' Attention (and transformers' T5 self-attention): the q/k/v/out
 // projections, an optional RMS qk-norm across heads, optional RoPE, and the one call of
 // ops::attention every model makes. The attention kernel is the execution context's choice
-// (its backend applies it); sequence parallelism will plug in here, around that call.
+// (its backend applies it). Sequence parallelism plugs in here, around that call: Ulysses
+// (an all-to-all from sequence shards to head shards and back) and ring attention (key/value
+// blocks passed around the ring, partial results merged by their log-sum-exp).
 #pragma once
 
 #include <optional>
 #include <string>
 
+#include "core/communicator.h"
 #include "nn/linear.h"
 #include "nn/norm.h"
 
@@ -22,6 +25,24 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 struct RotaryTables {
   Tensor cos, sin;
 };
+
+// A self-attention over a token sequence split across the ranks of layout.sequence(): this
+// rank holds tokens [sequence_rank * S, (sequence_rank + 1) * S) of a sequence of
+// total_tokens padded to sequence_size * S (the padding at the end is never attended to).
+// Ulysses needs the heads to divide ulysses_size. Ranks of one sequence group call together.
+struct SequenceParallel {
+  const ParallelLayout* layout = nullptr;
+  int64_t total_tokens = 0;
+  bool active() const { return layout != nullptr && layout->sizes().sequence_size() > 1; }
+};
+
+// Attention of local queries q [B, Sq, heads, D] to the keys/values of the whole sequence,
+// held as blocks k/v [B, Sk, heads, D] one per rank of `ring` (block j holds global tokens
+// [j * Sk, (j + 1) * Sk), of which those >= total_tokens are padding): each step attends to
+// the block at hand and passes it on, and the partial results merge exactly through their
+// log-sum-exp. -> [B, Sq, heads * D] (q's dtype; merged in float32).
+Tensor ring_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Communicator& ring,
+                      int64_t total_tokens);
 
 struct AttentionOptions {
   int64_t query_dim = 0;
@@ -51,8 +72,10 @@ class Attention {
   Attention(const Weights& weights, const std::string& prefix, const AttentionOptions& options);
 
   // Self-attention of x [B, S, query_dim]; `rope` rotates q and k after the norm; `bias` is
-  // added to the scores. -> [B, S, query_dim] after to_out.
-  Tensor forward(const Tensor& x, const RotaryTables* rope = nullptr, const Tensor& bias = {}) const;
+  // added to the scores. -> [B, S, query_dim] after to_out. With an active `sp`, x (and rope)
+  // are this rank's shard of the sequence and attention runs over the whole of it (no bias).
+  Tensor forward(const Tensor& x, const RotaryTables* rope = nullptr, const Tensor& bias = {},
+                 const SequenceParallel* sp = nullptr) const;
   // Cross-attention: queries from x [B, S, query_dim], keys and values from context
   // [B, L, cross_attention_dim]. With added_kv_proj_dim, also from image_context
   // [B, L_img, added_kv_proj_dim] (undefined: text only).
@@ -63,6 +86,9 @@ class Attention {
  private:
   // softmax(q k^T * scale + bias) v, heads merged: [B, Sq, inner], before to_out.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) const;
+  // The same over a sequence sharded as `sp` says.
+  Tensor attend_parallel(const Tensor& q, const Tensor& k, const Tensor& v, const SequenceParallel& sp) const;
+  float scale() const;
 
   AttentionOptions options_;
   std::string prefix_;

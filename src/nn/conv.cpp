@@ -45,7 +45,42 @@ Conv3d Conv3d::per_frame_conv2d(const Weights& weights, const std::string& prefi
                 channels_last);
 }
 
+namespace {
+thread_local Communicator* row_split = nullptr;
+}  // namespace
+
+RowSplit::RowSplit(Communicator& comm) : previous_(row_split) { row_split = &comm; }
+RowSplit::~RowSplit() { row_split = previous_; }
+Communicator* RowSplit::current() { return row_split; }
+
+Tensor with_neighbour_rows(const Tensor& x, int64_t rows, Communicator& comm) {
+  const int n = comm.size(), r = comm.rank();
+  const int64_t h = x.size(3);
+  VGEN_CHECK(rows <= h, "row-split conv: {} halo rows from shards of {} rows ({})", rows, h, x.str());
+  // Every rank sends its last rows down the ring and its first rows up; the edges' wrap-around
+  // rows are replaced by the zero padding the unsplit conv has there.
+  Tensor above = comm.send_recv(x.narrow(3, h - rows, rows), (r + 1) % n, (r + n - 1) % n);
+  Tensor below = comm.send_recv(x.narrow(3, 0, rows), (r + n - 1) % n, (r + 1) % n);
+  if (r == 0) above = Tensor::zeros(above.shape(), x.dtype(), x.device());
+  if (r == n - 1) below = Tensor::zeros(below.shape(), x.dtype(), x.device());
+  Tensor out = ops::cat({above, x, below}, 3);
+  return x.is_channels_last_3d() ? out.to_channels_last_3d() : out;
+}
+
+Tensor gather_rows(const Tensor& x, Communicator& comm) {
+  const Tensor all = comm.all_gather(x);  // [n, B, C, T, h, W]
+  Tensor out = all.permute({1, 2, 3, 0, 4, 5}).reshape({x.size(0), x.size(1), x.size(2), comm.size() * x.size(3), x.size(4)});
+  return x.is_channels_last_3d() ? out.to_channels_last_3d() : out;
+}
+
 Tensor Conv3d::forward(const Tensor& x, const Conv3dParams& params) const {
+  Communicator* split = RowSplit::current();
+  if (split && split->size() > 1 && params.padding[1] > 0) {
+    VGEN_CHECK(params.stride[1] == 1, "row-split conv: a height stride of {} is not split", params.stride[1]);
+    Conv3dParams p = params;
+    p.padding[1] = 0;
+    return ops::conv3d(with_neighbour_rows(x, params.padding[1], *split), weight_, bias_, p);
+  }
   return ops::conv3d(x, weight_, bias_, params);
 }
 

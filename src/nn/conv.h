@@ -6,10 +6,34 @@
 #include <string>
 #include <vector>
 
+#include "core/communicator.h"
 #include "nn/weights.h"
 #include "ops/backend.h"
 
 namespace vgen::nn {
+
+// Row-split convolutions (the parallel VAE decode): while a RowSplit lives on a thread, the
+// feature maps its Conv3d / CausalConv3d calls see are the rank's rows (dim 3) of the whole,
+// rank r of `comm` holding rows [r * h, (r + 1) * h) with h the same on every rank. A conv
+// with height padding p then takes p rows from each neighbour (zero rows at the top and bottom
+// edges) in place of its zero padding, so the rows it returns are exactly those of the unsplit
+// conv. Every rank of comm makes the same calls.
+class RowSplit {
+ public:
+  explicit RowSplit(Communicator& comm);
+  ~RowSplit();
+  RowSplit(const RowSplit&) = delete;
+  RowSplit& operator=(const RowSplit&) = delete;
+  // The communicator of the innermost live RowSplit of this thread, else nullptr.
+  static Communicator* current();
+
+ private:
+  Communicator* previous_;
+};
+// x [B, C, T, h, W] with `rows` rows of the neighbours above and below: [B, C, T, h + 2 rows, W].
+Tensor with_neighbour_rows(const Tensor& x, int64_t rows, Communicator& comm);
+// The whole of a row-split x: [B, C, T, size * h, W] on every rank.
+Tensor gather_rows(const Tensor& x, Communicator& comm);
 
 // torch.nn.Conv3d: PREFIX.weight [out, in, kt, kh, kw], PREFIX.bias [out].
 class Conv3d {

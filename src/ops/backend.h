@@ -43,6 +43,10 @@
 //   rms_norm_rope         rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x
 //                         [B, S, H, D] (rows may be strided, as a slice of a fused QKV
 //                         projection), weight [H * D]
+//   attention_lse(q,k,v,scale,lse)  attention without bias that also writes each query row's
+//                         log-sum-exp of the scaled scores into lse [B, H, Sq] (F32, contiguous;
+//                         -inf for no keys): partial results over key blocks merge exactly
+//                         (ring attention). out in q's dtype.
 #pragma once
 
 #include <array>

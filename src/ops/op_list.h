@@ -46,5 +46,7 @@
     (x, scale, shift, eps), Composite)                                                                            \
   X(gated_residual, Tensor, (const Tensor& x, const Tensor& y, const Tensor& gate), (x, y, gate), Composite)      \
   X(rms_norm_rope, Tensor, (const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,                  \
-                            const Tensor& sin), (x, weight, eps, cos, sin), Composite)
+                            const Tensor& sin), (x, weight, eps, cos, sin), Composite)                    \
+  X(attention_lse, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse),   \
+    (q, k, v, scale, lse), Primitive)
 // clang-format on

@@ -176,6 +176,18 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   return on(q, Op::attention, "attention").attention(q, k, v, bias, scale);
 }
 
+AttentionWithLse attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention_lse: q {}, k {}, v {} must be [B, H, S, D]",
+             q.str(), k.str(), v.str());
+  VGEN_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) &&
+                 k.shape() == v.shape() && q.device() == k.device() && k.device() == v.device(),
+             "attention_lse: q {}, k {}, v {} do not agree", q.str(), k.str(), v.str());
+  AttentionWithLse r;
+  r.lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, DType::F32, q.device());
+  r.out = on(q, Op::attention_lse, "attention_lse").attention_lse(q, k, v, scale, r.lse);
+  return r;
+}
+
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   VGEN_CHECK(x.dim() == 4 && cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) &&
                  sin.shape() == cos.shape() && x.size(3) % 2 == 0,

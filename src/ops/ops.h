@@ -39,6 +39,12 @@ Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias
 Tensor softmax(const Tensor& x);
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale);
+// Attention over one block of keys with each query row's log-sum-exp of the scaled scores:
+// out [B, H, Sq, D] (q's dtype), lse [B, H, Sq] float32 (-inf where there are no keys).
+struct AttentionWithLse {
+  Tensor out, lse;
+};
+AttentionWithLse attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale);
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/execution_context.h"
 #include "ops/ops.h"
 #include "pipelines/cache/step_cache.h"
 
@@ -52,8 +53,18 @@ Tensor run_denoising_loop(Scheduler& scheduler, Tensor latents, const DenoiseCon
     const int expert = config.expert_at(i, t);
     const double guidance = config.guidance_at(i, t);
     if (config.cache) config.cache->begin_step(i);
-    Tensor noise_pred = predict(latents, t, Branch::Conditional, expert);
-    if (guidance > 1.0) {
+    Tensor noise_pred;
+    const ParallelLayout& parallel = ExecutionContext::current().parallel();
+    if (guidance > 1.0 && parallel.sizes().cfg_size == 2) {
+      // CFG parallel: each half of the ranks predicts one branch; the pair is exchanged so
+      // every rank guides (and steps) identically.
+      const Branch mine = parallel.cfg_rank() == 0 ? Branch::Conditional : Branch::Unconditional;
+      const Tensor both = parallel.cfg().all_gather(predict(latents, t, mine, expert));  // [cond, uncond]
+      noise_pred = apply_guidance(both.select(0, 0), both.select(0, 1), guidance, config.guidance_rescale);
+    } else {
+      noise_pred = predict(latents, t, Branch::Conditional, expert);
+    }
+    if (guidance > 1.0 && parallel.sizes().cfg_size == 1) {
       const Tensor noise_uncond = predict(latents, t, Branch::Unconditional, expert);
       noise_pred = apply_guidance(noise_pred, noise_uncond, guidance, config.guidance_rescale);
     }

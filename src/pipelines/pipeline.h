@@ -168,6 +168,13 @@ struct PipelineOptions {
   // The transformer(s)' linear layers quantized (or read pre-quantized): the engine config's
   // quant_config, --quant-algo / --linear-type (nn/quant.h, ops/quant.h).
   QuantConfig quant;
+  // CFG / sequence parallelism: this rank's place among cfg_size x ulysses_size x ring_size
+  // ranks (a ThreadGroup or NCCL communicator split by ParallelLayout); null: one rank. Every
+  // rank loads the pipeline and calls generate() with the same request; all return the result.
+  std::shared_ptr<const ParallelLayout> parallel;
+  // With `parallel`: the VAE decode split over all its ranks by latent rows (exact; a latent
+  // height the ranks do not divide is decoded whole by every rank).
+  bool parallel_vae = false;
 };
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.

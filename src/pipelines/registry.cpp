@@ -23,7 +23,9 @@ const std::vector<PipelineEntry>& pipeline_registry() {
 }
 
 std::shared_ptr<ExecutionContext> make_pipeline_context(const PipelineOptions& options) {
-  return std::make_shared<ExecutionContext>(options.device, options.execution);
+  auto context = std::make_shared<ExecutionContext>(options.device, options.execution);
+  if (options.parallel) context->set_parallel(options.parallel);
+  return context;
 }
 
 const PipelineEntry& find_pipeline(const DiffusersCheckpoint& checkpoint) {

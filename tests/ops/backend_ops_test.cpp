@@ -770,7 +770,29 @@ void attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int
           bound, {B, H, Sq, D}, d, Settings{kernel, -1}, 4.0 * B * H * Sq * Sk * D, perf_only});
 }
 
+// attention_lse: the output and each row's log-sum-exp (float32) of one key block, as ring
+// attention calls it (no bias; [B, H, S, D] views of [B, S, H, D] buffers).
+void attention_lse_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D, DType d) {
+  const Bound bound = d == DType::F32 ? Bound{1e-5, -1, "float32 in and out: summation order only"}
+                                      : Bound{1.5e-2, -1, "16-bit out, probabilities rounded to 16 bits for P @ v"};
+  cs.add({Op::attention_lse, fmt::format("attention_lse {} B{} H{} Sq{} Sk{} D{}", dt(d), B, H, Sq, Sk, D), d,
+          [=](Gen& g) {
+            std::vector<Input> v;
+            for (int64_t S : {Sq, Sk, Sk}) v.push_back(in(g.normal({B, S, H, D}, d), bshd_view));
+            return v;
+          },
+          [D](const Args& t, Device) {
+            const ops::AttentionWithLse r = ops::attention_lse(t[0], t[1], t[2], 1.0f / std::sqrt(static_cast<float>(D)));
+            return Outputs{r.out, r.lse};
+          },
+          bound, {B, H, Sq, D}, d, Settings{}, 4.0 * B * H * Sq * Sk * D});
+}
+
 void attention_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    attention_lse_case(cs, 2, 3, 100, 70, 64, d);
+    attention_lse_case(cs, 1, 2, 33, 257, 128, d);
+  }
   // cuDNN SDPA, self and cross attention, and with bias layouts.
   for (auto [B, H, Sq, Sk, D] : std::vector<std::array<int64_t, 5>>{
            {2, 3, 1000, 1000, 128}, {1, 4, 999, 512, 128}, {2, 2, 1000, 512, 64}, {1, 2, 77, 333, 64}})

@@ -38,8 +38,10 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::None);
     EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.2);
     EXPECT_TRUE(c.cache_config.use_ret_steps);
-    EXPECT_EQ(c.parallel.cfg_size, 1);
-    EXPECT_EQ(c.parallel.ulysses_size, 1);
+    EXPECT_EQ(c.parallel_config.cfg_size, 1);
+    EXPECT_EQ(c.parallel_config.ulysses_size, 1);
+    EXPECT_EQ(c.parallel_config.ring_size, 1);
+    EXPECT_FALSE(c.parallel_config.parallel_vae);
     EXPECT_EQ(c.attention.backend, AttentionBackend::Auto);
     EXPECT_TRUE(c.cuda_graph.enabled);
     EXPECT_TRUE(c.conv.autotune);
@@ -60,9 +62,11 @@ cache_config:
   use_ret_steps: false
   max_continuous_cached_steps: 3
   coefficients: [1.0e2, -2, 3.5, 0, 1]
-parallel:
+parallel_config:
   cfg_size: 2
   ulysses_size: 4
+  ring_size: 3
+  parallel_vae: true
 attention:
   backend: flash
 cuda_graph:
@@ -79,37 +83,40 @@ conv:
   EXPECT_FALSE(c.cache_config.use_ret_steps);
   EXPECT_EQ(c.cache_config.max_continuous_cached_steps, 3);
   EXPECT_EQ(c.cache_config.coefficients, (std::vector<double>{100, -2, 3.5, 0, 1}));
-  EXPECT_EQ(c.parallel.cfg_size, 2);
-  EXPECT_EQ(c.parallel.ulysses_size, 4);
+  EXPECT_EQ(c.parallel_config.cfg_size, 2);
+  EXPECT_EQ(c.parallel_config.ulysses_size, 4);
+  EXPECT_EQ(c.parallel_config.ring_size, 3);
+  EXPECT_TRUE(c.parallel_config.parallel_vae);
   EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
   EXPECT_FALSE(c.cuda_graph.enabled);
   EXPECT_FALSE(c.conv.autotune);
 
   // These features are not built yet (quantization and caching are): each is named, none silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
-  ASSERT_EQ(missing.size(), 3u);
+  ASSERT_EQ(missing.size(), 2u);  // parallel_config: the ranks (in `vgen serve`); attention flash
   try {
     require_implemented(c, "engine.yaml");
     ADD_FAILURE() << "accepted unimplemented features";
   } catch (const Error& e) {
     const std::string m = e.what();
     expect_contains(m, "engine.yaml: ");
-    for (const char* key : {"parallel.cfg_size: 2",
-                            "parallel.ulysses_size: 4", "attention.backend: flash"})
+    for (const char* key : {"parallel_config: 24 ranks", "attention.backend: flash"})
       expect_contains(m, key);
   }
 }
 
 TEST(EngineConfig, EachUnimplementedValueIsRejectedAlone) {
-  for (const char* text : {
-                           "parallel: {cfg_size: 2}", "parallel: {ulysses_size: 2}", "attention: {backend: flash}"}) {
+  for (const char* text : {"parallel_config: {cfg_size: 2}", "parallel_config: {ulysses_size: 2}",
+                           "parallel_config: {ring_size: 3}", "parallel_config: {cfg_size: 2, ring_size: 2}",
+                           "attention: {backend: flash}"}) {
     EXPECT_EQ(unimplemented_features(parse_engine_config(text, "engine.yaml")).size(), 1u) << text;
   }
   // What runs: the attention backends vgen has, CUDA graphs on or off.
   for (const char* text : {"attention: {backend: auto}", "attention: {backend: cudnn}", "attention: {backend: reference}",
                            "cuda_graph: {enabled: true}", "cuda_graph: {enabled: false}", "conv: {autotune: false}",
                            "quant_config: {quant_algo: FP8}", "quant_config: {quant_algo: FP8_BLOCK_SCALES}",
-                           "quant_config: {quant_algo: NVFP4, dynamic: false, ignore: [proj_out]}"})
+                           "quant_config: {quant_algo: NVFP4, dynamic: false, ignore: [proj_out]}",
+                           "parallel_config: {parallel_vae: true}", "parallel_config: {cfg_size: 1, ring_size: 1}"})
     EXPECT_TRUE(unimplemented_features(parse_engine_config(text, "engine.yaml")).empty()) << text;
   // Step caching and quantization run (issues 15, 14).
   EXPECT_TRUE(unimplemented_features(parse_engine_config("cache_config: {cache_backend: teacache}\nquant_config: {dynamic: false}",
@@ -129,12 +136,14 @@ TEST(EngineConfig, UnknownKeysNameTheirPathAndLine) {
   m = parse_error("conv: {autotune: yes please}\n");
   expect_contains(m, "conv.autotune");
 
-  m = parse_error("parallel:\n  cfg_size: 1\n  tp_size: 2\n");
-  expect_contains(m, "parallel.tp_size: unknown key");
+  m = parse_error("parallel_config:\n  cfg_size: 1\n  tp_size: 2\n");
+  expect_contains(m, "parallel_config.tp_size: unknown key");
+  // The placeholder section's old name is refused, not ignored.
+  expect_contains(parse_error("parallel: {cfg_size: 1}\n"), "parallel: unknown key");
 }
 
 TEST(EngineConfig, DuplicateKeys) {
-  expect_contains(parse_error("parallel:\n  cfg_size: 1\n  cfg_size: 2\n"), "parallel.cfg_size: duplicate key");
+  expect_contains(parse_error("parallel_config:\n  cfg_size: 1\n  cfg_size: 2\n"), "parallel_config.cfg_size: duplicate key");
   expect_contains(parse_error("quant_config: {}\nquant_config: {}\n"), "quant_config: duplicate key");
 }
 
@@ -164,9 +173,6 @@ TEST(EngineConfig, WrongTypesAndRanges) {
                   "cache_config.threshold: is MagCache's and First-Block-Cache's; TeaCache's is teacache_thresh");
   expect_contains(parse_error("cache_config: {cache_backend: magcache, mag_ratios: [1, 1], retention_ratio: 2}"),
                   "cache_config.retention_ratio: must be in [0, 1], got 2");
-  expect_contains(parse_error("parallel: {cfg_size: 3}"), "parallel.cfg_size: 3 is out of range [1, 2]");
-  expect_contains(parse_error("parallel: {ulysses_size: 0}"), "parallel.ulysses_size: 0 is out of range");
-  expect_contains(parse_error("parallel: {ulysses_size: [2]}"), "parallel.ulysses_size: expected an integer");
   expect_contains(parse_error("quant_config: {quant_algo: int4}"),
                   "quant_config.quant_algo: 'int4' is not one of: none, FP8, FP8_BLOCK_SCALES, NVFP4");
   expect_contains(parse_error("quant_config: {quant_algo: fp8}"), "quant_config.quant_algo: 'fp8' is not one of");
@@ -174,6 +180,13 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("quant_config: {ignore: [{a: 1}]}"), "quant_config.ignore[0]: expected a string");
   expect_contains(parse_error("quant_config: {ignore: ['']}"), "quant_config.ignore[0]");
   expect_contains(parse_error("quant_config: {dynamic: 1}"), "quant_config.dynamic: expected true or false");
+  expect_contains(parse_error("parallel_config: {cfg_size: 3}"), "parallel_config.cfg_size: 3 is out of range [1, 2]");
+  expect_contains(parse_error("parallel_config: {ulysses_size: 0}"), "parallel_config.ulysses_size: 0 is out of range");
+  expect_contains(parse_error("parallel_config: {ulysses_size: [2]}"), "parallel_config.ulysses_size: expected an integer");
+  expect_contains(parse_error("parallel_config: {ring_size: 0}"), "parallel_config.ring_size: 0 is out of range");
+  expect_contains(parse_error("parallel_config: {parallel_vae: 2}"), "parallel_config.parallel_vae: expected true or false");
+  expect_contains(parse_error("parallel_config: {ulysses_size: 64, ring_size: 64}"),
+                  "parallel_config.ring_size: cfg_size x ulysses_size x ring_size = 4096 ranks");
   expect_contains(parse_error("linear: {quant_algo: FP8}"), "linear: unknown key");
   expect_contains(parse_error("attention: {backend: sdpa}"), "attention.backend: 'sdpa' is not one of: auto, reference");
   expect_contains(parse_error("cuda_graph: true"), "cuda_graph: expected a mapping");

@@ -166,8 +166,8 @@ def startup_errors(binary, model, root, t):
     t.check(code == 1 and "teacache.enabled" in line and "not implemented" in line, f"unimplemented feature: {line}")
     code, line = run(["--port", "0"], "attention:\n  backend: reference\n  blocks: 2\n")
     t.check(code == 1 and "engine.yaml:3:3: attention.blocks: unknown key" in line, f"unknown config key: {line}")
-    code, line = run(["--port", "0"], "parallel: {cfg_size: two}\n")
-    t.check(code == 1 and "parallel.cfg_size: expected an integer" in line, f"wrong config type: {line}")
+    code, line = run(["--port", "0"], "parallel_config: {cfg_size: two}\n")
+    t.check(code == 1 and "parallel_config.cfg_size: expected an integer" in line, f"wrong config type: {line}")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -25,6 +25,9 @@ quant: the quantized linear layers (FP8, FP8_BLOCK_SCALES, NVFP4, quantized whil
 the 14B width at its real token count, fewer layers so the whole part stays within a few
 minutes): forward time, peak memory and weights memory of each format against diffusers bf16 on
 the same random weights, and each one's error against the float32 forward beside diffusers bf16's.
+Several GPUs: multigpu (seconds per step on 1, 2 and 4 GPUs through `vgen launch`: 14B width
+at 720x1280x81 with CFG parallel / Ulysses, 1.3B width at 480x832x81 with Ulysses / ring; vgen
+only, the ratio is the speed-up over one GPU; --par-layers, --par-steps).
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -772,6 +775,81 @@ def part_cache(args):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def part_multigpu(args):
+    """Several GPUs (issue 19): seconds per denoising step of `vgen generate` on 1, 2 and 4
+    GPUs (as many as there are), one process per GPU through `vgen launch`, on random-weight
+    pipelines: the 14B width (40 heads) at 720x1280x81 with CFG parallel and Ulysses, and the
+    1.3B width (12 heads) at 480x832x81 with Ulysses, ring and both. --par-layers sets the
+    transformer layers (40 / 30 in the real models). vgen only: the ratio is the speed-up over
+    one GPU. With --device cpu the ranks are threads (vgen generate without launch)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    tiny, dev = args.tiny, args.device
+    gpus = torch.cuda.device_count() if dev == "cuda" else 4
+    # Seconds per step = (denoise time of 2 + k steps - that of 2 steps) / k: the first steps'
+    # one-time costs (the CUDA graph is recorded on the second call) cancel out.
+    steps = 1 if tiny else args.par_steps
+    runs = {  # name -> (cfg, ulysses, ring)
+        "14b": [("1gpu", 1, 1, 1), ("cfg2", 2, 1, 1), ("ulysses2", 1, 2, 1), ("cfg2_ulysses2", 2, 2, 1),
+                ("ulysses4", 1, 4, 1)],
+        "1.3b": [("1gpu", 1, 1, 1), ("ring2", 1, 1, 2), ("ulysses2", 1, 2, 1), ("ulysses2_ring2", 1, 2, 2),
+                 ("ring4", 1, 1, 4), ("ulysses4", 1, 4, 1)],
+    }
+    shapes = {"14b": (720, 1280, 81), "1.3b": (480, 832, 81)}
+    for size in ("14b", "1.3b"):
+        h, w, f = (64, 96, 9) if tiny else shapes[size]
+        d = os.path.join(args.work, f"multigpu_{size}")
+        tmp = tempfile.mkdtemp()
+        tok = tiny_tokenizer(tmp)
+        torch.manual_seed(0)
+        cfg = transformer_config(size, tiny)
+        if tiny:
+            cfg["num_attention_heads"] = 4  # Ulysses 2 and 4 divide it
+        else:
+            cfg["num_layers"] = args.par_layers
+        # A one-layer text encoder of the real width (the steps are what is timed).
+        te_cfg = dict(vocab_size=256, d_model=cfg["text_dim"], d_kv=64 if not tiny else 16, d_ff=256, num_layers=1,
+                      num_heads=cfg["text_dim"] // (64 if not tiny else 16))
+        from transformers import UMT5EncoderModel, UMT5Config
+        te = UMT5EncoderModel(UMT5Config(**te_cfg)).to(torch.bfloat16)
+        tr = WanTransformer3DModel(**cfg).to(torch.bfloat16)
+        vae = AutoencoderKLWan(**(dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if tiny else {}))
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
+                                        num_train_timesteps=1000)
+        WanPipeline(tokenizer=tok, text_encoder=te, transformer=tr, vae=vae, scheduler=sched).save_pretrained(d)
+        del te, tr, vae
+        gc.collect()
+        base = None
+        for name, c, u, r in runs[size]:
+            n = c * u * r
+            if n > gpus:
+                continue
+            phases = {}
+            for total in (2, 2 + steps):
+                gen = ["generate", "--model", d, "--prompt", "a cat", "--height", h, "--width", w, "--num-frames", f,
+                       "--steps", total, "--guidance-scale", 5.0, "--cfg-size", c, "--ulysses-size", u,
+                       "--ring-size", r, "--device", dev, "-o", os.path.join(args.work, f"mg_{size}_{name}.mp4")]
+                cmd = [args.vgen] + (["launch", "-n", str(n), "--"] if dev == "cuda" and n > 1 else []) + list(map(str, gen))
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode != 0:
+                    print(p.stdout, p.stderr[-4000:], file=sys.stderr)
+                    phases = None
+                    break
+                line = [l for l in p.stderr.splitlines() if l.startswith("timing:")][-1]
+                phases[total] = dict((k.strip(), float(v.rstrip("s").split()[0])) for k, v in
+                                     (x.strip().split(" ", 1) for x in line[len("timing:"):].split(","))
+                                     if k.strip() != "peak")
+            if phases is None:
+                log(what=f"multigpu_{size}_{name}", error=p.stderr.strip().splitlines()[-1:])
+                continue
+            per_step = (phases[2 + steps]["denoise"] - phases[2]["denoise"]) / steps
+            phases = phases[2 + steps]
+            base = base or per_step
+            log(what=f"multigpu_{size}_{h}x{w}x{f}_{name}", gpus=n, s_per_step=per_step, speedup=base / per_step,
+                decode_s=phases.get("decode"), layers=cfg["num_layers"])
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["attn", "wan13", "vae"])
@@ -786,6 +864,8 @@ def main():
     ap.add_argument("--cache-thresholds", default="teacache=0.05,0.1;magcache=0.06,0.12;fbcache=0.05,0.1",
                     help="cache: two thresholds per cache, 'teacache=A,B;magcache=A,B;fbcache=A,B'")
     ap.add_argument("--quant-layers14", type=int, default=4, help="quant: layers of the 14B model (40 in the real one)")
+    ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
+    ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
@@ -800,7 +880,7 @@ def main():
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
              "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
-             "lora14": part_lora14, "cache": part_cache, "quant": part_quant}
+             "lora14": part_lora14, "cache": part_cache, "quant": part_quant, "multigpu": part_multigpu}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
@@ -821,6 +901,8 @@ def main():
                 ", vs diffusers same cache %.3f" % r["vs_diffusers_same_cache"] if "vs_diffusers_same_cache" in r else "",
                 ", latent rel L2 %.3g, PSNR %.2f dB" % (r["latent_rel_l2"], r["frame_psnr_db"]) if "latent_rel_l2" in r else "",
                 " (random weights: skip rate not representative)" if "note" in r else ""))
+        elif "s_per_step" in r:
+            print("%-44s %d GPU(s) %9.4fs/step  speed-up %.2fx" % (r["what"], r["gpus"], r["s_per_step"], r["speedup"]))
         elif r["what"] == "attention_tflops":
             print("attention S=%d H=%d D=%d TFLOP/s: torch %s, vgen %.1f (%s)" % (
                 r["S"], r["H"], r["D"], {k: round(v, 1) for k, v in r["torch"].items()}, r["vgen"], r["vgen_backend"]))

@@ -8,7 +8,11 @@
 
 namespace vgen::cpu {
 
-Tensor CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+namespace {
+
+// softmax(q k^T * scale + bias) v in float32; with `lse`, each row's log-sum-exp of the
+// scaled, biased scores there ([B, H, Sq], -inf for a row without finite scores).
+Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale, float* lse) {
   const Tensor fq = as_f32(q), fk = as_f32(k), fv = as_f32(v);
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
   Tensor fb;
@@ -52,6 +56,7 @@ Tensor CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, 
             s[j] = mx == -INFINITY ? 0.0f : std::exp(s[j] - mx);
             sum += s[j];
           }
+          if (lse) lse[(b * H + h) * Sq + q0 + r] = mx == -INFINITY ? -INFINITY : mx + static_cast<float>(std::log(sum));
           const float inv = sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f;
           for (int64_t j = 0; j < Sk; ++j) s[j] *= inv;
         }
@@ -60,6 +65,22 @@ Tensor CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, 
     }
   }
   return to_dtype(out, q.dtype());
+}
+
+}  // namespace
+
+Tensor CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
+  return attend(q, k, v, bias, scale, nullptr);
+}
+
+Tensor CpuBackend::attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse) {
+  VGEN_CHECK(lse.dtype() == DType::F32 && lse.is_contiguous() &&
+                 lse.shape() == (Shape{q.size(0), q.size(1), q.size(2)}),
+             "attention_lse: lse {} must be contiguous F32 [B, H, Sq] for q {}", lse.str(), q.str());
+  float* l = lse.data<float>();
+  if (k.size(2) == 0)
+    for (int64_t i = 0; i < lse.numel(); ++i) l[i] = -INFINITY;
+  return attend(q, k, v, {}, scale, l);
 }
 
 Tensor CpuBackend::rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {

@@ -42,8 +42,11 @@ __device__ float block_reduce(float v, bool is_max, float* shared) {
 // Row r is head h0 + r / queries, query q0 + r % queries; bias element (h, q, j) is at
 // bias[h * bsh + q * bsq + j * bsk] (strides 0 where it broadcasts).
 template <typename TB>
+// With lse (a row's log-sum-exp of the scaled scores, for attention_lse), row r's goes to
+// lse[(h0 + r / queries) * lse_h + q0 + r % queries].
 __global__ void scale_bias_softmax_kernel(float* scores, int64_t queries, int64_t Sk, float scale, const TB* bias,
-                                          int64_t bsh, int64_t bsq, int64_t bsk, int64_t h0, int64_t q0) {
+                                          int64_t bsh, int64_t bsq, int64_t bsk, int64_t h0, int64_t q0,
+                                          float* lse = nullptr, int64_t lse_h = 0) {
   __shared__ float shared[kThreads / 32];
   const int64_t row = blockIdx.x;
   float* s = scores + row * Sk;
@@ -62,6 +65,8 @@ __global__ void scale_bias_softmax_kernel(float* scores, int64_t queries, int64_
     sum += e;
   }
   sum = block_reduce(sum, false, shared);
+  if (lse != nullptr && threadIdx.x == 0)
+    lse[(h0 + row / queries) * lse_h + q0 + row % queries] = mx == -INFINITY ? -INFINITY : mx + logf(sum);
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
   for (int64_t j = threadIdx.x; j < Sk; j += kThreads) s[j] *= inv;
 }
@@ -75,12 +80,14 @@ namespace {
 // out [B, H, Sq, D] (any strides, any float dtype) = attention(q, k, v, bias, scale); bias
 // (optional) is 4-D, floating and broadcastable to [B, H, Sq, Sk] (the caller checks).
 // math: the 16-bit variant (q, k, v of one 16-bit dtype).
+// lse: undefined, or [B, H, Sq] contiguous F32 for each row's log-sum-exp (no bias then).
 void attention_by_gemms(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale,
-                        const Tensor& out, bool math) {
+                        const Tensor& out, bool math, const Tensor& lse = {}) {
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
   if (out.numel() == 0) return;
   if (Sk == 0) {  // no keys: an empty weighted sum
     Tensor(out).copy_(Tensor::zeros(out.shape(), out.dtype(), out.device()));
+    if (lse.defined()) Tensor(lse).copy_(Tensor::full(lse.shape(), -INFINITY, DType::F32, lse.device()));
     return;
   }
   int64_t bsb = 0, bsh = 0, bsq = 0, bsk = 0;  // bias strides, 0 where it broadcasts
@@ -114,8 +121,9 @@ void attention_by_gemms(const Tensor& q, const Tensor& k, const Tensor& v, const
                 <<<rows, kThreads, 0, stream()>>>(scores.data<float>(), qc, Sk, scale, bp, bsh, bsq, bsk, h0, q0);
           });
         } else {
-          scale_bias_softmax_kernel<float>
-              <<<rows, kThreads, 0, stream()>>>(scores.data<float>(), qc, Sk, scale, nullptr, 0, 0, 0, h0, q0);
+          float* lp = lse.defined() ? lse.data<float>() + b * H * Sq : nullptr;
+          scale_bias_softmax_kernel<float><<<rows, kThreads, 0, stream()>>>(scores.data<float>(), qc, Sk, scale,
+                                                                            nullptr, 0, 0, 0, h0, q0, lp, Sq);
         }
         check_launch("attention (reference softmax)", scores, bias);
         if (math) scores = scores.to(dt);
@@ -138,6 +146,21 @@ void attention_math(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
                  v.dtype() == q.dtype(),
              "attention (math): q {}, k {}, v {} must share a 16-bit dtype", q.str(), k.str(), v.str());
   attention_by_gemms(q, k, v, bias, scale, out, true);
+}
+
+Tensor CudaOps::attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse) {
+  for (const Tensor* t : {&q, &k, &v, &lse}) require_cuda("attention_lse", *t);
+  for (const Tensor* t : {&q, &k, &v}) require_float("attention_lse", *t);
+  VGEN_CHECK(lse.dtype() == DType::F32 && lse.is_contiguous() &&
+                 lse.shape() == (Shape{q.size(0), q.size(1), q.size(2)}),
+             "attention_lse: lse {} must be contiguous F32 [B, H, Sq] for q {}", lse.str(), q.str());
+  Tensor out = Tensor::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.dtype(), q.device());
+  // The GEMM path with float32 scores (tensor cores for 16-bit inputs): what ring attention's
+  // merge needs; cuDNN's SDPA statistics would be the faster source.
+  const bool math = (q.dtype() == DType::BF16 || q.dtype() == DType::F16) && k.dtype() == q.dtype() &&
+                    v.dtype() == q.dtype();
+  attention_by_gemms(q, k, v, {}, scale, out, math, lse);
+  return out;
 }
 
 }  // namespace vgen::cuda

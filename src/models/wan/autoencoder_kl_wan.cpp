@@ -260,12 +260,18 @@ Tensor AutoencoderKLWan::encode(const Tensor& video) const {
   return latent;
 }
 
-Tensor AutoencoderKLWan::decode(const Tensor& z) const {
+Tensor AutoencoderKLWan::decode(const Tensor& z, Communicator* split) const {
   if (!decoder_) fail("AutoencoderKLWan ({}): decode needs the decoder, which was not loaded (Parts::decoder)", dir_);
   if (z.dim() != 5 || z.size(1) != config_.z_dim || z.size(2) < 1)
     fail("AutoencoderKLWan ({}): decode expects z [B, {}, T >= 1, h, w], got {}", dir_, config_.z_dim, z.str());
   if (z.device() != device_)
     fail("AutoencoderKLWan ({}): z is on {}, the model on {}", dir_, z.device().str(), device_.str());
+  if (split && split->size() > 1 && z.size(3) % split->size() == 0) {
+    // Parallel decode: this rank's rows of the latent (post_quant_conv is per position).
+    const int64_t h = z.size(3) / split->size();
+    const nn::RowSplit rows(*split);
+    return nn::gather_rows(decode(z.narrow(3, split->rank() * h, h), nullptr), *split);
+  }
   const int64_t num_frame = z.size(2);
   const int64_t p = config_.patch(), s = config_.spatial_compression();
   Tensor x = decoder_->post_quant_conv.forward(z.to(dtype_), nullptr);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/communicator.h"
 #include "core/tensor.h"
 #include "io/json.h"
 
@@ -79,7 +80,11 @@ class AutoencoderKLWan {
   // z [B, z_dim, T, h, w], already de-normalized (latents * std + mean) -> video
   // [B, out_channels / patch_size^2, 1 + 4(T-1), s h, s w] clamped to [-1, 1], in the model's
   // dtype. Needs the decoder loaded.
-  Tensor decode(const Tensor& z) const;
+  // With `split` (more than one rank): a parallel decode, each rank decoding its share of the
+  // latent rows (the 3x3 convs exchange boundary rows, the mid-block attention gathers the
+  // frame: nn::RowSplit) and the shares gathered: the same video on every rank, exactly the
+  // unsplit one. Needs the latent height divisible by the ranks; else every rank decodes it all.
+  Tensor decode(const Tensor& z, Communicator* split = nullptr) const;
 
  private:
   struct Encoder;  // quant_conv + WanEncoder3d, defined in the .cpp

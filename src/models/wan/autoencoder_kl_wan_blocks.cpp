@@ -34,6 +34,14 @@ WanAttentionBlock::WanAttentionBlock(const WanVaeLoad& load, const std::string& 
       proj_(nn::Linear::from_conv(load.weights, prefix + ".proj", {dim, dim, 1, 1})) {}
 
 Tensor WanAttentionBlock::forward(const Tensor& x) const {
+  // Row-split decode: the attention spans the frame, so it runs on the gathered rows and
+  // each rank keeps its own.
+  if (Communicator* split = nn::RowSplit::current(); split && split->size() > 1) {
+    static const std::shared_ptr<Communicator> one = make_single_communicator();
+    const nn::RowSplit off(*one);  // the gathered frame is whole
+    const int64_t h = x.size(3);
+    return forward(nn::gather_rows(x, *split)).narrow(3, split->rank() * h, h);
+  }
   const int64_t b = x.size(0), c = x.size(1), t = x.size(2), h = x.size(3), w = x.size(4);
   // The norm is per position over channels, so it can run before the per-frame reshape.
   // Tokens [b*t, h*w, c]; the 1x1 convs are linears over c.

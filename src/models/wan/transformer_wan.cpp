@@ -1,8 +1,10 @@
 #include "models/wan/transformer_wan.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/execution_context.h"
 #include "io/config_reader.h"
 #include "io/safetensors.h"
 #include "nn/weights.h"
@@ -15,6 +17,17 @@ constexpr const char* kClassName = "WanTransformer3DModel";
 
 // Returns x as float32 (itself when it already is): diffusers' `.float()`.
 Tensor f32(const Tensor& x) { return x.to(DType::F32); }
+
+// Sequence parallelism: this rank's `shard` of `per` rows along `dim`, the tail past the end
+// of x read as zeros (the padding that makes the ranks' shards equal).
+Tensor shard_rows(const Tensor& x, int64_t dim, int64_t shard, int64_t per) {
+  const int64_t n = x.size(dim), start = shard * per, have = std::clamp<int64_t>(n - start, 0, per);
+  if (have == per) return x.narrow(dim, start, per);
+  Shape pad_shape = x.shape();
+  pad_shape[dim] = per - have;
+  const Tensor pad = Tensor::zeros(pad_shape, x.dtype(), x.device());
+  return have == 0 ? pad : ops::cat({x.narrow(dim, start, have), pad}, dim);
+}
 
 // WanAttention of a block: attn1 over the video tokens (RoPE applied by forward's caller),
 // attn2 from the video tokens to the projected text (width inner_dim); both with the RMS
@@ -322,6 +335,27 @@ Tensor WanTransformer3DModel::run_blocks(const WanPatchedInput& input, const Wan
   VGEN_CHECK(0 <= begin && begin <= end && end <= n, "{}: blocks [{}, {}) of {}", kClassName, begin, end, n);
   VGEN_CHECK(hidden.shape() == input.hidden_states.shape(), "{}: hidden {} differs from the stack input {}", kClassName,
              hidden.str(), input.hidden_states.str());
+  // Sequence parallelism (the context's ulysses x ring ranks): each rank runs the blocks on
+  // its shard of the tokens (with its rows of the RoPE tables and per-token modulation); the
+  // self-attentions see the whole sequence, the rest is per token; gathered at the end of the
+  // range (a step cache runs the stack in two ranges).
+  const ParallelLayout& layout = ExecutionContext::current().parallel();
+  const int P = layout.sizes().sequence_size();
+  if (P > 1 && begin < end) {
+    const int64_t per = (S + P - 1) / P, me = layout.sequence_rank();
+    WanPatchedInput local = input;
+    local.hidden_states = shard_rows(hidden, 1, me, per);
+    local.freqs_cos = shard_rows(input.freqs_cos, 0, me, per);
+    local.freqs_sin = shard_rows(input.freqs_sin, 0, me, per);
+    local.sequence_parallel = {&layout, S};
+    const Tensor local_proj = proj.size(1) == S ? shard_rows(proj, 1, me, per) : proj;
+    Tensor h = local.hidden_states;
+    for (int64_t i = begin; i < end; ++i)
+      h = block_forward(blocks_[static_cast<size_t>(i)], h, context, cond.encoder_hidden_states_image, local_proj, local);
+    // [P, B, per, dim] -> [B, P * per, dim] without the padding.
+    const Tensor all = layout.sequence().all_gather(h);
+    return all.permute({1, 0, 2, 3}).reshape({B, P * per, h.size(2)}).narrow(1, 0, S).contiguous();
+  }
   Tensor h = hidden;
   for (int64_t i = begin; i < end; ++i)
     h = block_forward(blocks_[static_cast<size_t>(i)], h, context, cond.encoder_hidden_states_image, proj, input);
@@ -361,7 +395,7 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
   // and the rotation are one fused op per q and k, reading them out of the fused projection.
   const nn::RotaryTables rope{input.freqs_cos, input.freqs_sin};
   Tensor norm = block.norm1.forward(hidden_states, scale_msa, shift_msa);
-  Tensor h = ops::gated_residual(hidden_states, block.attn1.forward(norm, &rope), gate_msa);
+  Tensor h = ops::gated_residual(hidden_states, block.attn1.forward(norm, &rope, {}, &input.sequence_parallel), gate_msa);
 
   // 2. Cross-attention: norm2(h.float()).type_as(h) (identity without cross_attn_norm), plain residual.
   // layer_norm computes in float32 and rounds once to h's dtype: the same numbers, no casts.
@@ -397,7 +431,9 @@ Tensor WanTransformer3DModel::forward(const Tensor& hidden_states, const Tensor&
                                       const Tensor& encoder_hidden_states_image) const {
   const WanPatchedInput input = embed_patches(hidden_states);
   const WanConditioning cond = condition(timestep, encoder_hidden_states, encoder_hidden_states_image);
-  if (!graphed_->enabled() || device_.is_cpu()) return finish(run_blocks(input, cond), cond, input);
+  // (Collectives of sequence parallelism are not replayed from a graph.)
+  if (!graphed_->enabled() || device_.is_cpu() || ExecutionContext::current().parallel().sizes().sequence_size() > 1)
+    return finish(run_blocks(input, cond), cond, input);
   std::vector<Tensor> inputs = {input.hidden_states, cond.temb,       cond.timestep_proj, cond.encoder_hidden_states,
                                 input.freqs_cos,     input.freqs_sin};
   if (cond.encoder_hidden_states_image.defined()) inputs.push_back(cond.encoder_hidden_states_image);

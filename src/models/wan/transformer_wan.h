@@ -64,6 +64,8 @@ struct WanPatchedInput {
   int64_t batch_size = 0;
   int64_t post_patch_num_frames = 0, post_patch_height = 0, post_patch_width = 0;
   Tensor freqs_cos, freqs_sin;  // [S, attention_head_dim] float32 RoPE tables on the model's device
+  // Set by run_blocks on a rank's shard of the tokens (sequence parallelism), else inactive.
+  nn::SequenceParallel sequence_parallel;
 };
 
 // The condition embedder's outputs (WanTimeTextImageEmbedding), shaped as diffusers has them.

@@ -231,6 +231,10 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   p->load_experts(options.lora, options.lora_2);
   if (p->transformer_2_) check_same_interface(ckpt.root(), p->transformer_->config(), p->transformer_2_->config());
   const auto& tcfg = p->transformer_->config();
+  if (const int ulysses = p->context_->parallel().sizes().ulysses_size; tcfg.num_attention_heads % ulysses != 0)
+    fail("{}: ulysses_size {} does not divide the transformer's {} attention heads (use a divisor of {}, and "
+         "ring_size for the rest of the GPUs)",
+         ckpt.root(), ulysses, tcfg.num_attention_heads, tcfg.num_attention_heads);
   // The image enters through the VAE encoder in every image-to-video variant.
   const bool image_input = v.image_to_video_class || v.expand_timesteps;
   // The VAE runs in float32 by default, as diffusers' Wan examples advise. Text-to-video only
@@ -580,7 +584,7 @@ Tensor WanPipeline::decode_latents(const Tensor& latents) const {
   const auto [mean, inv_std] = latents_mean_and_inv_std(latents.device());
   // diffusers divides by 1/std rather than multiplying by std: keep its rounding.
   const Tensor x = ops::add(ops::div(latents.to(DType::F32), inv_std), mean);
-  return vae_->decode(x.to(vae_->dtype()));
+  return vae_->decode(x.to(vae_->dtype()), options_.parallel_vae ? &context_->parallel().world() : nullptr);
 }
 
 WanTransformer3DModel& WanPipeline::make_room_for(int expert) {
