@@ -22,11 +22,19 @@ Linear::Linear(const Weights& weights, const std::string& prefix, int64_t in_fea
 
 Linear Linear::fused(const Weights& weights, const std::vector<std::string>& prefixes, int64_t in_features,
                      int64_t out_features, bool bias) {
+  return fused(weights, prefixes, in_features, std::vector<int64_t>(prefixes.size(), out_features), bias);
+}
+
+Linear Linear::fused(const Weights& weights, const std::vector<std::string>& prefixes, int64_t in_features,
+                     const std::vector<int64_t>& out_features, bool bias) {
   VGEN_CHECK(!prefixes.empty(), "nn::Linear::fused: no projections to fuse");
+  VGEN_CHECK(out_features.size() == prefixes.size(), "nn::Linear::fused: {} widths for {} projections",
+             out_features.size(), prefixes.size());
   std::vector<Tensor> ws, bs;
   std::string name;
-  for (const std::string& prefix : prefixes) {
-    Linear part = load(weights, prefix, {out_features, in_features}, bias);
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    const std::string& prefix = prefixes[i];
+    Linear part = load(weights, prefix, {out_features[i], in_features}, bias);
     ws.push_back(part.weight_);
     bs.push_back(part.bias_);
     name += (name.empty() ? "" : "+") + prefix;
