@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "io/json.h"
+#include "pipelines/flux/component_bench_flux.h"
 #include "pipelines/wan/component_bench_wan.h"
 #include "pipelines/wan/pipeline_wan.h"
 
@@ -51,6 +52,8 @@ const std::vector<ComponentEntry>& component_registry() {
       {"WanTransformer3DModel", "transformer", &wan_transformer_bench},
       {"AutoencoderKLWan", "vae", &wan_vae_bench},
       {"CLIPVisionModel", "image_encoder", &clip_vision_bench},
+      {"FluxTransformer2DModel", "transformer", &flux_transformer_bench},
+      {"AutoencoderKL", "vae", &autoencoder_kl_bench},
   };
   return entries;
 }
