@@ -328,7 +328,7 @@ int main(int argc, char** argv) {
   gen->add_option("--last-image", g.last_image_file, "Last frame for first-last-frame-to-video (same size as --image)")
       ->check(CLI::ExistingFile);
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
-  gen->add_option("--true-cfg-scale", g.params.true_cfg_scale, "FLUX: real classifier-free guidance with --negative-prompt when above 1 (diffusers' true_cfg_scale; default 1: off); --guidance-scale is then the distilled guidance the model embeds");
+  gen->add_option("--true-cfg-scale", g.params.true_cfg_scale, "Guidance-distilled models: real classifier-free guidance with --negative-prompt when above 1 (diffusers' true_cfg_scale; default 1: off); --guidance-scale stays the distilled guidance the model embeds");
   gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
   gen->add_option("--seed", g.seed_text, "Random seed, 0 to 2^64-1; -1 draws one and prints it (default 0)");
   gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(cli::positive_number());
