@@ -59,6 +59,7 @@ media::Metadata VisualGen::metadata(const ResolvedParams& r, double fps) const {
       {"pipeline", pipeline_->class_name()},
   };
   if (pipeline_->capabilities().two_experts) m.emplace_back("guidance_scale_2", fmt::format("{}", r.guidance_scale_2));
+  if (r.true_cfg_scale != 1.0) m.emplace_back("true_cfg_scale", fmt::format("{}", r.true_cfg_scale));
   // An explicit schedule replaces the scheduler's own: recorded as given (comma-separated).
   if (r.timesteps) m.emplace_back("timesteps", fmt::format("{}", fmt::join(*r.timesteps, ",")));
   if (r.sigmas) m.emplace_back("sigmas", fmt::format("{}", fmt::join(*r.sigmas, ",")));

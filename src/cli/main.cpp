@@ -557,6 +557,7 @@ int main(int argc, char** argv) {
   gen->add_option("--last-image", g.last_image_file, "Last frame for first-last-frame-to-video (same size as --image)")
       ->check(CLI::ExistingFile);
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
+  gen->add_option("--true-cfg-scale", g.params.true_cfg_scale, "Guidance-distilled models: real classifier-free guidance with --negative-prompt when above 1 (diffusers' true_cfg_scale; default 1: off); --guidance-scale stays the distilled guidance the model embeds");
   gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
   gen->add_option("--cache-backend", g.cache_backend, "Step caching: none | teacache | magcache | fbcache (First-Block-Cache); skips transformer calls, at some accuracy cost (README: Step caching)");
   gen->add_option("--cache-threshold", g.cache_threshold, "The cache's threshold in (0, 1]: teacache_thresh (default 0.2), MagCache's threshold (0.06) or First-Block-Cache's (0.05); higher skips more");

@@ -114,17 +114,25 @@ Linear::Linear(const Weights& weights, const std::string& prefix, int64_t in_fea
 
 Linear Linear::fused(const Weights& weights, const std::vector<std::string>& prefixes, int64_t in_features,
                      int64_t out_features, bool bias) {
+  return fused(weights, prefixes, in_features, std::vector<int64_t>(prefixes.size(), out_features), bias);
+}
+
+Linear Linear::fused(const Weights& weights, const std::vector<std::string>& prefixes, int64_t in_features,
+                     const std::vector<int64_t>& out_features, bool bias) {
   VGEN_CHECK(!prefixes.empty(), "nn::Linear::fused: no projections to fuse");
+  VGEN_CHECK(out_features.size() == prefixes.size(), "nn::Linear::fused: {} widths for {} projections",
+             out_features.size(), prefixes.size());
   std::string name;
   for (const std::string& prefix : prefixes) name += (name.empty() ? "" : "+") + prefix;
   const bool quantized = quantizes(weights, prefixes);
   std::vector<Tensor> ws, bs;
-  for (const std::string& prefix : prefixes) {
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    const std::string& prefix = prefixes[i];
     if (quantized && weights.quant()->dynamic)
-      ws.push_back(dynamic_source(weights, prefix + ".weight", {out_features, in_features}));
+      ws.push_back(dynamic_source(weights, prefix + ".weight", {out_features[i], in_features}));
     else if (!quantized)
-      ws.push_back(weights.load(prefix + ".weight", {out_features, in_features}));
-    if (bias) bs.push_back(weights.load(prefix + ".bias", {out_features}));
+      ws.push_back(weights.load(prefix + ".weight", {out_features[i], in_features}));
+    if (bias) bs.push_back(weights.load(prefix + ".bias", {out_features[i]}));
   }
   Tensor b = bias ? ops::cat(bs, 0) : Tensor();
   if (!quantized) return Linear(name, ops::cat(ws, 0), std::move(b));
@@ -137,12 +145,13 @@ Linear Linear::fused(const Weights& weights, const std::vector<std::string>& pre
     return l;
   }
   std::vector<QuantizedWeight> parts;
-  for (const std::string& prefix : prefixes)
-    parts.push_back(read_static(weights, prefix, format, out_features, in_features).to(Device::cpu()));
+  for (size_t i = 0; i < prefixes.size(); ++i)
+    parts.push_back(read_static(weights, prefixes[i], format, out_features[i], in_features).to(Device::cpu()));
   QuantizedWeight q;
   if (can_concat(parts)) {
     q = parts.front();
-    q.out_features = out_features * static_cast<int64_t>(parts.size());
+    q.out_features = 0;
+    for (const int64_t width : out_features) q.out_features += width;
     std::vector<Tensor> data, scales;
     for (const QuantizedWeight& p : parts) {
       data.push_back(p.data);

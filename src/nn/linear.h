@@ -31,6 +31,9 @@ class Linear {
   // to_v -> to_qkv). One GEMM instead of several, the same numbers.
   static Linear fused(const Weights& weights, const std::vector<std::string>& prefixes, int64_t in_features,
                       int64_t out_features, bool bias = true);
+  // The same with a width per projection (FLUX's single-stream to_q | to_k | to_v | proj_mlp).
+  static Linear fused(const Weights& weights, const std::vector<std::string>& prefixes, int64_t in_features,
+                      const std::vector<int64_t>& out_features, bool bias = true);
 
   // A convolution whose kernel covers its whole input window, applied as a linear map: a 1x1
   // convolution, or a patch embedding with kernel = stride. PREFIX.weight has the checkpoint's

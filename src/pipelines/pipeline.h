@@ -44,6 +44,9 @@ struct GenerationParams {
   // The low-noise expert's guidance scale (two-expert models); defaults to guidance_scale.
   std::optional<double> guidance_scale_2;
   double guidance_rescale = 0.0;
+  // FLUX: real classifier-free guidance with the negative prompt when above 1 (diffusers'
+  // true_cfg_scale); guidance_scale is then the distilled guidance the transformer embeds.
+  std::optional<double> true_cfg_scale;
   std::optional<int> max_sequence_length;
   uint64_t seed = 0;
   // Initial noise, like diffusers' `latents=` argument; replaces the seeded noise.
@@ -101,6 +104,7 @@ struct ResolvedParams {
   double guidance_scale = 0.0;
   double guidance_scale_2 = 0.0;  // the low-noise expert's (two-expert models), else guidance_scale
   double guidance_rescale = 0.0;
+  double true_cfg_scale = 1.0;  // FLUX's true CFG (see GenerationParams)
   int max_sequence_length = 0;
   uint64_t seed = 0;
   // Initial noise (diffusers' `latents=`), its shape checked by resolve; undefined: seeded noise.

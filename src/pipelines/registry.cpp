@@ -3,6 +3,8 @@
 #include <filesystem>
 
 #include "io/json.h"
+#include "pipelines/flux/component_bench_flux.h"
+#include "pipelines/flux/pipeline_flux.h"
 #include "pipelines/wan/component_bench_wan.h"
 #include "pipelines/wan/pipeline_wan.h"
 
@@ -15,9 +17,15 @@ const std::vector<PipelineEntry>& pipeline_registry() {
                        std::shared_ptr<ExecutionContext> ctx) -> std::unique_ptr<DiffusionPipeline> {
     return WanPipeline::from_pretrained(c, o, std::move(ctx));
   };
+  const auto flux = [](const DiffusersCheckpoint& c, const PipelineOptions& o,
+                        std::shared_ptr<ExecutionContext> ctx) -> std::unique_ptr<DiffusionPipeline> {
+    return FluxPipeline::from_pretrained(c, o, std::move(ctx));
+  };
   static const std::vector<PipelineEntry> entries = {
       {"WanPipeline", wan},
       {"WanImageToVideoPipeline", wan},
+      {"FluxPipeline", flux},
+      {"FluxKontextPipeline", flux},
   };
   return entries;
 }
@@ -53,6 +61,8 @@ const std::vector<ComponentEntry>& component_registry() {
       {"WanTransformer3DModel", "transformer", &wan_transformer_bench},
       {"AutoencoderKLWan", "vae", &wan_vae_bench},
       {"CLIPVisionModel", "image_encoder", &clip_vision_bench},
+      {"FluxTransformer2DModel", "transformer", &flux_transformer_bench},
+      {"AutoencoderKL", "vae", &autoencoder_kl_bench},
   };
   return entries;
 }

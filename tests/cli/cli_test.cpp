@@ -202,7 +202,7 @@ TEST(Cli, BenchFindsComponentsThroughTheRegistry) {
   const Result wrong = run("bench transformer --model " + tiny + "/vae" + size);
   EXPECT_NE(wrong.code, 0);
   EXPECT_NE(last_line(wrong.out).find("no transformer benchmark for class 'AutoencoderKLWan' (supported: "
-                                      "WanTransformer3DModel)"),
+                                      "WanTransformer3DModel, FluxTransformer2DModel)"),
             std::string::npos)
       << wrong.out;
 }

@@ -28,6 +28,8 @@ the same random weights, and each one's error against the float32 forward beside
 Several GPUs: multigpu (seconds per step on 1, 2 and 4 GPUs through `vgen launch`: 14B width
 at 720x1280x81 with CFG parallel / Ulysses, 1.3B width at 480x832x81 with Ulysses / ring; vgen
 only, the ratio is the speed-up over one GPU; --par-layers, --par-steps).
+FLUX.1: flux (FLUX.1-dev-shaped transformer forward at 1024x1024 and the FLUX VAE decode, bf16;
+--flux-layers D,S shrinks the transformer).
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -850,6 +852,85 @@ def part_multigpu(args):
             shutil.rmtree(d, ignore_errors=True)
 
 
+def part_flux(args):
+    """FLUX.1-dev shapes (19 double + 38 single blocks, 24 heads x 128, guidance embedding; the
+    16-channel x8 AutoencoderKL) with random bf16 weights at 1024x1024 (4096 image tokens, 512
+    text tokens): one transformer forward and one VAE decode, diffusers vs vgen, plus the rel L2
+    between their bf16 transformer outputs. --flux-layers D,S shrinks the transformer."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from safetensors.torch import save_file
+    import numpy as np
+    dev, tiny = args.device, args.tiny
+    h = w = 64 if tiny else 1024
+    text_len = 16 if tiny else 512
+    double, single = (2, 2) if tiny else map(int, args.flux_layers.split(","))
+    cfg = (dict(num_layers=double, num_single_layers=single, attention_head_dim=16, num_attention_heads=2,
+                joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True)
+           if tiny else dict(num_layers=double, num_single_layers=single, guidance_embeds=True))
+    d = os.path.join(args.work, "flux_transformer")
+    torch.manual_seed(0)
+    with torch.device(dev):
+        m = FluxTransformer2DModel(**cfg)
+    m = m.to(torch.bfloat16).eval()
+    m.save_pretrained(d)
+    c = m.config
+    S = (h // 16) * (w // 16)
+    g = torch.Generator(dev).manual_seed(1)
+    x = torch.randn(1, S, c.in_channels, device=dev, generator=g).to(torch.bfloat16)
+    ctx = torch.randn(1, text_len, c.joint_attention_dim, device=dev, generator=g).to(torch.bfloat16)
+    pooled = torch.randn(1, c.pooled_projection_dim, device=dev, generator=g).to(torch.bfloat16)
+    t = torch.tensor([1.0], device=dev)
+    guidance = torch.tensor([3.5], device=dev)
+    from diffusers import FluxPipeline
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, h // 16, w // 16, dev, torch.bfloat16)
+    txt_ids = torch.zeros(text_len, 3, device=dev, dtype=torch.bfloat16)
+    inputs = os.path.join(args.work, "flux_inputs.safetensors")
+    save_file({"hidden_states": x.float().cpu(), "encoder_hidden_states": ctx.float().cpu(),
+               "pooled_projections": pooled.float().cpu(), "timestep": t.cpu(), "guidance": guidance.cpu()}, inputs)
+    run = lambda: m(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t,
+                    img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+    free_gpu()
+    with torch.no_grad():
+        theirs_out = run().float().cpu()
+        s = median_time(run, 2, 5)
+    theirs = {"s": s, "peak_gib": peak_gib()}
+    del m, x, ctx, pooled
+    free_gpu()
+    common = ["--model", d, "--height", h, "--width", w, "--text-len", text_len]
+    ours = vgen(args, "transformer", *common, "--iters", 5, "--warmup", 2)
+    out_path = os.path.join(args.work, "flux_out.f32")
+    vgen(args, "transformer", *common, "--inputs", inputs, "--save-output", out_path, "--iters", 1, "--warmup", 0)
+    ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(theirs_out.shape)
+    compare(f"flux_dev_transformer_{double}+{single}_forward_{h}x{w}", theirs, ours,
+            rel_l2_vgen_vs_diffusers_bf16=rel_l2(ours_out, theirs_out))
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+    # The VAE: FLUX.1's AutoencoderKL config, decode of 16 x 128 x 128 latents in bf16.
+    vd = os.path.join(args.work, "flux_vae")
+    vcfg = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[16, 16, 32, 32] if tiny else
+                [128, 256, 512, 512], layers_per_block=2, latent_channels=16, norm_num_groups=8 if tiny else 32,
+                scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        vae = AutoencoderKL(**vcfg)
+    vae = vae.to(torch.bfloat16).eval()
+    vae.save_pretrained(vd)
+    z = torch.randn(1, 16, h // 8, w // 8, device=dev, dtype=torch.bfloat16)
+    free_gpu()
+    with torch.no_grad():
+        s = median_time(lambda: vae.decode(z, return_dict=False), 1, 3)
+    theirs = {"s": s, "peak_gib": peak_gib()}
+    del vae, z
+    free_gpu()
+    ours = vgen(args, "vae", "--model", vd, "--height", h, "--width", w, "--vae-dtype", "bf16", "--iters", 3,
+                "--warmup", 1)
+    compare(f"flux_vae_decode_{h}x{w}_bf16", theirs, ours)
+    if not args.keep:
+        shutil.rmtree(vd, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["attn", "wan13", "vae"])
@@ -866,6 +947,7 @@ def main():
     ap.add_argument("--quant-layers14", type=int, default=4, help="quant: layers of the 14B model (40 in the real one)")
     ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
     ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")
+    ap.add_argument("--flux-layers", default="19,38", help="flux: double,single blocks (FLUX.1-dev: 19,38)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
@@ -880,7 +962,8 @@ def main():
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
              "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
-             "lora14": part_lora14, "cache": part_cache, "quant": part_quant, "multigpu": part_multigpu}
+             "lora14": part_lora14, "cache": part_cache, "quant": part_quant, "multigpu": part_multigpu,
+             "flux": part_flux}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
