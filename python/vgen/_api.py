@@ -19,7 +19,7 @@ Cancelled = _vgen.Cancelled
 # takes each as a dict, e.g. attention={"backend": "cudnn"}; the C++ parser checks the keys and
 # values, so a section or key added to the YAML config works here unchanged (any keyword that is
 # not a field of VisualGenArgs is passed on as a section).
-ENGINE_SECTIONS_DOC = "linear, teacache, parallel, attention, cuda_graph, conv, offload"
+ENGINE_SECTIONS_DOC = "quant_config, cache_config, parallel_config, attention, cuda_graph, conv, offload"
 
 
 def _lora_list(name: str, value: Any) -> List[Tuple[str, float]]:
@@ -63,7 +63,7 @@ class VisualGenArgs:
         model): "FILE", "FILE:SCALE", (FILE, SCALE) or a list of those.
       lora_ignore_unmatched, lora_cached_variants: as `vgen generate` / `vgen serve`.
       scheduler, flow_shift: override the checkpoint's scheduler (as `--scheduler`, `--flow-shift`).
-      linear, teacache, parallel, attention, cuda_graph, conv, offload: the engine YAML's
+      quant_config, cache_config, parallel_config, attention, cuda_graph, conv, offload: the engine YAML's
         sections as dicts (same keys, defaults and validation as `vgen serve --config`), e.g.
         attention={"backend": "cudnn"}, cuda_graph={"enabled": False},
         offload={"text_encoder": True}. Any other keyword is passed on as a section, so the

@@ -198,8 +198,12 @@ def test_engine_args_are_validated_as_the_yaml_config(tmp_path):
         vgen.VisualGenArgs(device="cpu", bogus_section={"x": 1})._options()
     with pytest.raises(vgen.Error, match="VisualGenArgs:.*cuda_graph.enabld"):
         vgen.VisualGenArgs(device="cpu", cuda_graph={"enabld": False})._options()
-    with pytest.raises(vgen.Error, match="parallel.cfg_size"):
-        vgen.VisualGenArgs(device="cpu", parallel={"cfg_size": 3})._options()
+    with pytest.raises(vgen.Error, match="parallel_config.cfg_size"):
+        vgen.VisualGenArgs(device="cpu", parallel_config={"cfg_size": 3})._options()
+    with pytest.raises(vgen.Error, match="quant_config.quant_algo"):
+        vgen.VisualGenArgs(device="cpu", quant_config={"quant_algo": "int4"})._options()
+    with pytest.raises(vgen.Error, match="cache_config.mag_ratios"):
+        vgen.VisualGenArgs(device="cpu", cache_config={"cache_backend": "magcache"})._options()
     with pytest.raises(vgen.Error, match="unknown dtype|dtype"):
         vgen.VisualGenArgs(device="cpu", dtype="fp12")._options()
     with pytest.raises(vgen.Error, match="lora .*nope.safetensors: no such file"):
