@@ -214,6 +214,15 @@ Bound by_dtype(DType d) {
   return {1e-2, -1, "16-bit output: one rounding of each element (2^-8 relative), float32 inside"};
 }
 Bound exact(const std::string& why) { return {-1, 0, why}; }
+// quantized_linear: the same quantized operands on every backend; Hopper's FP8 tensor cores add
+// their products in a narrower accumulator than float32 (about 14 mantissa bits between
+// cuBLASLt's promotions to float32, measured 1.3e-4 relative L2 on an H200), so a float32 output
+// gets 1e-3 there, not the summation-order bound. NVFP4 (W4A16) runs the ordinary GEMM.
+Bound fp8_bound(QuantFormat f, DType d) {
+  if (d == DType::F32 && f != QuantFormat::Nvfp4)
+    return {1e-3, -1, "float32 output of FP8 tensor cores: their accumulator's precision"};
+  return by_dtype(d);
+}
 const Bound kMoves = exact("moves or converts values, same rounding rule everywhere: equal values");
 const Bound kSameBytes = {-1, 0, "moves bytes: the same bytes", true};
 
@@ -1182,7 +1191,7 @@ void quant_cases(Cases& cs) {
                       if (static_scale) w.input_scale = Tensor::full({1}, 0.01f).to(dev);
                       return Outputs{ops::quantized_linear(t[0], w, t[2], act)};
                     },
-                    by_dtype(d), {s.M, s.N}, d, {}, 2.0 * s.M * s.N * s.K});
+                    fp8_bound(f, d), {s.M, s.N}, d, {}, 2.0 * s.M * s.N * s.K});
           }
         }
       }

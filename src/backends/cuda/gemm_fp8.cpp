@@ -213,7 +213,17 @@ Tensor CudaOps::quantized_linear(const Tensor& x_in, const QuantizedWeight& w, c
     p.K = K;
     p.a = w.data.raw_data();
     p.b = q.data.raw_data();
-    p.a_scale = w.weight_scale.raw_data();
+    // cuBLASLt reads the BLK128x128 scales column-major with the leading dimension (the K
+    // blocks) rounded up to 4 (the H200 run read past a [2, 2] layout: NaNs from the second N
+    // block on): a padded copy when K/128 is not a multiple of 4 (Wan 1.3B's FFN down, K 8960).
+    Tensor weight_scale = w.weight_scale;
+    if (blocks) {
+      const int64_t nb_n = (N + quant::kBlock - 1) / quant::kBlock, nb_k = (K + quant::kBlock - 1) / quant::kBlock;
+      const int64_t ld = (nb_k + 3) / 4 * 4;
+      if (ld != nb_k)
+        weight_scale = ops::cat({w.weight_scale.view({nb_n, nb_k}), Tensor::zeros({nb_n, ld - nb_k}, DType::F32, x.device())}, 1);
+    }
+    p.a_scale = weight_scale.raw_data();
     p.b_scale = q.scale.raw_data();
     p.bias = b.defined() ? b.raw_data() : nullptr;
     p.epilogue = b.defined() ? (fused_gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
