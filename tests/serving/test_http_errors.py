@@ -162,8 +162,8 @@ def startup_errors(binary, model, root, t):
                            + args, capture_output=True, text=True, timeout=60)
         return r.returncode, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
 
-    code, line = run(["--port", "0"], "teacache:\n  enabled: true\n")
-    t.check(code == 1 and "teacache.enabled" in line and "not implemented" in line, f"unimplemented feature: {line}")
+    code, line = run(["--port", "0"], "parallel_config:\n  cfg_size: 2\n")
+    t.check(code == 1 and "parallel_config: 2 ranks" in line and "not implemented" in line, f"unimplemented feature: {line}")
     code, line = run(["--port", "0"], "attention:\n  backend: reference\n  blocks: 2\n")
     t.check(code == 1 and "engine.yaml:3:3: attention.blocks: unknown key" in line, f"unknown config key: {line}")
     code, line = run(["--port", "0"], "parallel_config: {cfg_size: two}\n")
