@@ -530,6 +530,15 @@ ImageRequest parse_image_request(const RequestFields& f, bool edit) {
   f.string("user");
   if (edit && f.files("image").empty() && f.files("image[]").empty() && !f.has("image"))
     throw ApiError(400, "missing required parameter 'image' (a file part)", "image", "missing_required_parameter");
+  if (edit) {
+    if (f.has("mask")) bad_field("mask", "'mask' is not supported: the edit follows the prompt over the whole image");
+    std::vector<const FormPart*> files = f.files("image");
+    for (const FormPart* part : f.files("image[]")) files.push_back(part);
+    if (files.size() != 1)
+      bad_field("image", "'image' must be one image file part of a multipart/form-data body (PNG, JPEG or WebP)");
+    if (files[0]->content.empty()) bad_field("image", "'image' is an empty file");
+    r.image = files[0]->content;
+  }
   return r;
 }
 
@@ -610,12 +619,20 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
 
 ImagePlan plan_image(const ImageRequest& request, const ModelInfo& model, const DiffusionPipeline& pipeline) {
   check_model(request.model, model);
-  if (request.edit)
+  if (request.edit && !pipeline.capabilities().supports("image-to-image"))
     throw ApiError(400, fmt::format("model '{}' ({}) cannot edit images; use /v1/images/generations", model.id,
                                     pipeline.capabilities().task_list()),
                    "image", "unsupported_value");
   ImagePlan plan;
   GenerationParams p = request.params;
+  // An edit (FLUX.1 Kontext): the input image is the pipeline's image input.
+  if (request.edit) {
+    try {
+      p.image = media::decode_image(reinterpret_cast<const uint8_t*>(request.image.data()), request.image.size(), "image");
+    } catch (const Error& e) {
+      bad_field("image", fmt::format("'image' is not a readable image: {}", e.what()));
+    }
+  }
   p.num_frames = 1;
   p.seed = request.seed ? *request.seed : random_seed();
   plan.resolved = resolve_or_400(pipeline, p);

@@ -136,6 +136,7 @@ struct ImageRequest {
   media::ImageFormat output_format = media::ImageFormat::PNG;
   int quality = 90;   // JPEG/WebP quality, from output_compression
   bool edit = false;  // /v1/images/edits
+  std::string image;  // edits: the encoded input image (one file part 'image' or 'image[]')
   AdapterRequest adapters;
 };
 

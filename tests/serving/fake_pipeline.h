@@ -70,6 +70,7 @@ class FakePipeline final : public DiffusionPipeline {
     r.guidance_scale = p.guidance_scale.value_or(c.default_guidance_scale);
     r.max_sequence_length = p.max_sequence_length.value_or(c.default_max_sequence_length);
     r.seed = p.seed;
+    r.image = p.image;
     VGEN_CHECK(r.height % c.spatial_multiple == 0 && r.width % c.spatial_multiple == 0,
                "height and width must be multiples of {}, got {}x{}", c.spatial_multiple, r.width, r.height);
     VGEN_CHECK(r.num_frames % c.temporal_multiple == 1 % c.temporal_multiple,

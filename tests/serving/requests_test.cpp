@@ -4,6 +4,7 @@
 
 #include <functional>
 
+#include "media/image.h"
 #include "serving/api_error.h"
 #include "serving/requests.h"
 #include "serving/video_id.h"
@@ -307,6 +308,35 @@ TEST(ServingRequests, EditsNeedAnImageAndAnEditingModel) {
   const std::string m =
       expect_api_error([&] { edit({field("prompt", "x"), {"image[]", "a.png", "image/png", "png"}}); }, 400, "image");
   EXPECT_NE(m.find("cannot edit images"), std::string::npos) << m;
+}
+
+// An image-to-image model (FLUX.1 Kontext) takes edits: the one 'image' part becomes the
+// pipeline's input image; a mask, two images or an unreadable one are refused naming the field.
+TEST(ServingRequests, EditsOfAnImageToImageModelTakeTheImage) {
+  vgen::PipelineCapabilities c = vgen::testing::fake_capabilities();
+  c.tasks = {"text-to-image", "image-to-image"};
+  c.image_input = true;
+  FakePipeline kontext(std::chrono::milliseconds(1), c);
+  const auto edit = [&](std::vector<FormPart> parts) {
+    return plan_image(parse_image_request(RequestFields::from_form(std::move(parts)), true), tiny_model(), kontext);
+  };
+  using vgen::DType, vgen::Shape, vgen::Tensor;
+  namespace media = vgen::media;
+  Tensor rgb = Tensor::zeros({6, 10, 3}, DType::U8);
+  rgb.data<uint8_t>()[5] = 200;
+  const std::vector<uint8_t> png = media::encode_image(rgb, media::ImageFormat::PNG);
+  const FormPart image{"image", "a.png", "image/png", std::string(png.begin(), png.end())};
+  const ImagePlan plan = edit({field("prompt", "make it night"), image});
+  ASSERT_TRUE(plan.resolved.image.defined());
+  EXPECT_EQ(plan.resolved.image.shape(), (Shape{6, 10, 3}));
+  EXPECT_EQ(plan.resolved.image.data<uint8_t>()[5], 200);
+  EXPECT_EQ(plan.resolved.num_frames, 1);
+  FormPart image2 = image;
+  image2.name = "image[]";
+  expect_api_error([&] { edit({field("prompt", "x"), image, image2}); }, 400, "image");
+  expect_api_error([&] { edit({field("prompt", "x"), image, {"mask", "m.png", "image/png", image.content}}); }, 400,
+                   "mask");
+  expect_api_error([&] { edit({field("prompt", "x"), {"image", "a.png", "image/png", "not an image"}}); }, 400, "image");
 }
 
 TEST(ServingVideoId, NewIdsAreValidAndDistinct) {
