@@ -51,7 +51,7 @@ QuantizedActivation CpuBackend::quantize_fp8(const Tensor& x, QuantFormat format
 }
 
 Tensor CpuBackend::quantized_linear(const Tensor& x, const QuantizedWeight& weight, const Tensor& bias, Activation act) {
-  const int64_t K = weight.in_features, N = weight.out_features;
+  const int64_t K = weight.in_features;
   const int64_t M = K == 0 ? 0 : x.numel() / K;
   Tensor xf;
   if (weight.format == QuantFormat::Nvfp4) {
@@ -68,21 +68,8 @@ Tensor CpuBackend::quantized_linear(const Tensor& x, const QuantizedWeight& weig
       for (int64_t c = 0; c < K; ++c)
         o[r * K + c] = quant::e4m3_to_float(d[r * K + c]) * (G == 0 ? sc[0] : sc[r * G + c / quant::kBlock]);
   }
-  const Tensor wf = dequantize_weight(weight);
-  Shape shape = x.shape();
-  shape.back() = N;
-  Tensor out = Tensor::empty(shape);
-  float* o = out.data<float>();
-  if (bias.defined()) {
-    const Tensor fb = as_f32(bias);
-    const float* b = fb.data<float>();
-#pragma omp parallel for
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) o[m * N + n] = b[n];
-  }
-  sgemm(M, N, K, xf.data<float>(), wf.data<float>(), true, o, bias.defined());
-  apply_activation(o, out.numel(), act);
-  return to_dtype(out, x.dtype());
+  // The float GEMM of the dequantized operands is the ordinary linear (float32 in and out).
+  return to_dtype(linear(xf.view(x.shape()), dequantize_weight(weight), bias, act), x.dtype());
 }
 
 }  // namespace vgen::cpu
