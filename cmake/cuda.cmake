@@ -1,7 +1,8 @@
 # The CUDA backend (src/backends/cuda): built when VGEN_CUDA is ON, or AUTO and nvcc is found.
 # Needs the CUDA toolkit (cudart, cuBLASLt), cuDNN 9 and the header-only cuDNN frontend
 # (PyPI: nvidia-cudnn-frontend; found through python3, or VGEN_CUDNN_FRONTEND_INCLUDE), whose
-# runtime-compiled engines need NVRTC.
+# runtime-compiled engines need NVRTC, and the CUTLASS/CuTe headers (PyPI: nvidia-cutlass, or
+# VGEN_CUTLASS_INCLUDE).
 #
 # Sets VGEN_CUDA_SOURCES and defines vgen_link_cuda(target). Without CUDA both are empty and
 # the binaries run on the CPU only.
@@ -65,8 +66,23 @@ if(VGEN_WITH_CUDA)
     message(FATAL_ERROR "cudnn_frontend.h not found: `python3 -m pip install nvidia-cudnn-frontend`, pass "
                         "-DVGEN_CUDNN_FRONTEND_INCLUDE=<dir>, or configure with -DVGEN_CUDA=OFF")
   endif()
+  # CUTLASS/CuTe headers (BSD-3) for vgen's own Hopper kernels (flash attention): from PyPI's
+  # nvidia-cutlass wheel (cutlass_library/source/include), or VGEN_CUTLASS_INCLUDE.
+  if(NOT VGEN_CUTLASS_INCLUDE)
+    find_package(Python3 COMPONENTS Interpreter)
+    if(Python3_Interpreter_FOUND)
+      execute_process(
+        COMMAND ${Python3_EXECUTABLE} -c "import importlib.util, os; s = importlib.util.find_spec('cutlass_library'); print(os.path.join(s.submodule_search_locations[0], 'source', 'include') if s else '')"
+        OUTPUT_VARIABLE _cutlass_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+    endif()
+    find_path(VGEN_CUTLASS_INCLUDE cute/tensor.hpp HINTS ${_cutlass_dir})
+  endif()
+  if(NOT VGEN_CUTLASS_INCLUDE)
+    message(FATAL_ERROR "CUTLASS headers (cute/tensor.hpp) not found: `python3 -m pip install --no-deps nvidia-cutlass==4.2.0.0`, "
+                        "pass -DVGEN_CUTLASS_INCLUDE=<dir>, or configure with -DVGEN_CUDA=OFF")
+  endif()
   message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, targets ${VGEN_CUDA_ARCHS}, "
-                 "cuDNN ${CUDNN_LIBRARY}, cuDNN frontend ${VGEN_CUDNN_FRONTEND_INCLUDE}")
+                 "cuDNN ${CUDNN_LIBRARY}, cuDNN frontend ${VGEN_CUDNN_FRONTEND_INCLUDE}, CUTLASS ${VGEN_CUTLASS_INCLUDE}")
 
   file(GLOB_RECURSE VGEN_CUDA_SOURCES CONFIGURE_DEPENDS
        ${PROJECT_SOURCE_DIR}/src/backends/cuda/*.cu ${PROJECT_SOURCE_DIR}/src/backends/cuda/*.cpp)
@@ -79,7 +95,8 @@ function(vgen_link_cuda target)
   target_compile_definitions(${target} PUBLIC VGEN_WITH_CUDA=1)
   # fmt 9's consteval format strings do not compile under nvcc in C++20 mode.
   target_compile_definitions(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:FMT_USE_CONSTEXPR=1>)
-  target_include_directories(${target} SYSTEM PRIVATE ${CUDNN_INCLUDE_DIR} ${VGEN_CUDNN_FRONTEND_INCLUDE} ${NCCL_INCLUDE_DIR})
+  target_include_directories(${target} SYSTEM PRIVATE ${CUDNN_INCLUDE_DIR} ${VGEN_CUDNN_FRONTEND_INCLUDE} ${NCCL_INCLUDE_DIR}
+                             ${VGEN_CUTLASS_INCLUDE})
   target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas CUDA::nvrtc ${CUDNN_LIBRARY} ${NCCL_LIBRARY})
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:${VGEN_CUDA_GENCODE} --expt-relaxed-constexpr -lineinfo -Xcompiler=-fopenmp>)

@@ -20,6 +20,12 @@ if [ "${VGEN_CUDA:-AUTO}" != OFF ] && { command -v nvcc > /dev/null 2>&1 || [ -x
     echo "installing: nvidia-cudnn-frontend (pip)"
     python3 -m pip install -q nvidia-cudnn-frontend
   fi
+  # CUTLASS/CuTe headers for vgen's Hopper kernels: the headers only (--no-deps: the wheel's
+  # Python tools need cuda-python, scipy... which the build does not use).
+  if ! python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('cutlass_library') is None)" 2>/dev/null; then
+    echo "installing: nvidia-cutlass headers (pip)"
+    python3 -m pip install -q --no-deps nvidia-cutlass==4.2.0.0
+  fi
 fi
 
 missing=()

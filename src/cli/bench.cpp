@@ -81,14 +81,15 @@ int run_bench(const BenchArgs& a) {
     const std::shared_ptr<ExecutionContext> context = make_pipeline_context(options);
     ContextScope scope(*context);
     // The transformer's layout: [B, S, H, D] buffers seen as [B, H, S, D].
-    const Shape bshd{1, a.seq, a.heads, a.head_dim};
+    const int64_t kv_seq = a.kv_seq > 0 ? a.kv_seq : a.seq;
+    const Shape bshd{1, a.seq, a.heads, a.head_dim}, kv_bshd{1, kv_seq, a.heads, a.head_dim};
     const Tensor q = random_on(bshd, dtype, device, 1).permute({0, 2, 1, 3});
-    const Tensor k = random_on(bshd, dtype, device, 2).permute({0, 2, 1, 3});
-    const Tensor v = random_on(bshd, dtype, device, 3).permute({0, 2, 1, 3});
+    const Tensor k = random_on(kv_bshd, dtype, device, 2).permute({0, 2, 1, 3});
+    const Tensor v = random_on(kv_bshd, dtype, device, 3).permute({0, 2, 1, 3});
     const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
     const double s = median_seconds([&] { (void)ops::attention(q, k, v, {}, scale); }, device, a.warmup, a.iters);
-    const double flops = 4.0 * a.heads * double(a.seq) * double(a.seq) * a.head_dim;
-    out.update({{"S", a.seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
+    const double flops = 4.0 * a.heads * double(a.seq) * double(kv_seq) * a.head_dim;
+    out.update({{"S", a.seq}, {"S_kv", kv_seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
                 {"backend", backend_for(device).attention_kernel()}});
   } else if (a.what == "transformer" || a.what == "vae" || a.what == "image_encoder") {
     ComponentBenchOptions co;

@@ -19,6 +19,7 @@ struct BenchArgs {
   // Pixel size; unset: the model's defaults (its capabilities, or its family's for a component).
   std::optional<int64_t> height, width, num_frames;
   int64_t heads = 12, head_dim = 128, seq = 32760;  // attention
+  int64_t kv_seq = 0;                                // attention: key/value length (0: seq)
   int64_t text_len = 512;                         // transformer context tokens
   std::optional<int> steps;                       // pipeline; unset: the model's default
   int warmup = 2, iters = 5;

@@ -188,8 +188,6 @@ std::vector<std::string> unimplemented_features(const EngineConfig& c) {
     out.push_back(fmt::format("parallel_config: {} ranks (cfg_size x ulysses_size x ring_size) are not implemented "
                               "in `vgen serve` yet (supported: 1; `vgen generate` runs them)",
                               c.parallel_config.world_size()));
-  if (c.attention.backend == AttentionBackend::Flash)
-    out.push_back("attention.backend: flash is not implemented yet (supported: auto, cudnn, reference)");
   return out;
 }
 

@@ -57,7 +57,7 @@ struct ParallelConfig {
 enum class AttentionBackend { Auto, Reference, Flash, CuDNN };
 
 struct AttentionConfig {
-  // auto (the fastest on the device: cuDNN's fused SDPA on a GPU) | reference | flash | cudnn
+  // auto (the fastest exact kernel on the device) | reference | flash (vgen's Hopper kernel) | cudnn
   AttentionBackend backend = AttentionBackend::Auto;
 };
 

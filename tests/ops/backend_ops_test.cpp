@@ -86,7 +86,7 @@ struct Bound {
 
 // Execution settings a case needs (the environment's otherwise).
 struct Settings {
-  std::string attention;  // "" | "auto" | "cudnn" | "reference"
+  std::string attention;  // "" | "auto" | "cudnn" | "flash" | "reference"
   int tf32 = -1;          // -1: the environment's; 0 / 1: TF32 off / on
   bool any() const { return !attention.empty() || tf32 >= 0; }
   ExecutionSettings make() const {
@@ -807,6 +807,16 @@ void attention_cases(Cases& cs) {
            {2, 3, 1000, 1000, 128}, {1, 4, 999, 512, 128}, {2, 2, 1000, 512, 64}, {1, 2, 77, 333, 64}})
     attention_case(cs, B, H, Sq, Sk, D, 0, DType::BF16, "cudnn");
   attention_case(cs, 1, 2, 200, 300, 128, 0, DType::F16, "cudnn");
+  // vgen's Hopper kernel (sm_90; elsewhere these run cuDNN): odd lengths, short and long key
+  // sets (512 text tokens, + 257 image tokens for I2V), several heads and batches, D 64 and 128.
+  for (auto [B, H, Sq, Sk, D] : std::vector<std::array<int64_t, 5>>{{2, 3, 1000, 1000, 128},
+                                                                   {1, 4, 999, 512, 128},
+                                                                   {1, 2, 1500, 769, 128},
+                                                                   {2, 2, 1000, 512, 64},
+                                                                   {1, 2, 77, 333, 64},
+                                                                   {3, 1, 5, 7, 128},
+                                                                   {1, 2, 129, 1, 64}})
+    attention_case(cs, B, H, Sq, Sk, D, 0, DType::BF16, "flash");
   attention_case(cs, 2, 3, 1000, 512, 128, 1, DType::BF16, "cudnn");
   attention_case(cs, 1, 3, 1000, 512, 128, 2, DType::BF16, "cudnn");
   attention_case(cs, 2, 2, 300, 300, 64, 1, DType::BF16, "cudnn");
@@ -830,6 +840,11 @@ void attention_cases(Cases& cs) {
   attention_case(cs, 1, 12, 32760, 32760, 128, 0, DType::BF16, "auto", true);
   attention_case(cs, 1, 40, 32760, 32760, 128, 0, DType::BF16, "auto", true);
   attention_case(cs, 1, 40, 75600, 75600, 128, 0, DType::BF16, "auto", true);
+  for (const char* kernel : {"cudnn", "flash"}) {
+    attention_case(cs, 1, 12, 32760, 32760, 128, 0, DType::BF16, kernel, true);
+    attention_case(cs, 1, 40, 75600, 75600, 128, 0, DType::BF16, kernel, true);
+    attention_case(cs, 1, 12, 32760, 512, 128, 0, DType::BF16, kernel, true);
+  }
 }
 
 void rope_cases(Cases& cs) {

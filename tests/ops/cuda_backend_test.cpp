@@ -25,6 +25,7 @@
 #include "support/parity.h"
 #ifdef VGEN_WITH_CUDA
 #include "backends/cuda/attention.h"
+#include "backends/cuda/flash_attention_sm90.h"
 #include "backends/cuda/cuda_backend.h"
 #endif
 
@@ -257,7 +258,7 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
 TEST(CudaBackend, AttentionAndRmsNormRopeOutputLayouts) {
   SKIP_WITHOUT_GPU();
   // The cuDNN, math and reference paths, with and without a bias.
-  for (const std::string& kernel : {"cudnn", "reference"}) {
+  for (const std::string& kernel : {"cudnn", "flash", "reference"}) {
     const ScopedContext context(kGpu, with_attention(kernel));
     for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
       for (int64_t D : {128, 64, 384, 20}) {
@@ -309,6 +310,57 @@ TEST(CudaBackend, KernelChoiceBelongsToTheContext) {
     }
   }
   EXPECT_THROW(ExecutionContext(kGpu, with_attention("flash9")), Error);
+}
+
+// vgen's Hopper kernel ("flash", sm_90 only): it takes BF16 without bias at head dims 64 and
+// 128 and leaves the rest to cuDNN; on the same inputs its error against float32 (the CPU on
+// the same BF16 values) is no worse than cuDNN's.
+TEST(CudaBackend, FlashKernelIsAsExactAsCudnn) {
+  SKIP_WITHOUT_GPU();
+  const ScopedContext context(kGpu, with_attention("flash"));
+  {
+    const Tensor q = bshd_view(Tensor::empty({1, 64, 2, 128}, DType::BF16, kGpu));
+    const std::string why = cuda::flash_attention_sm90_rejects(q, q, q, {});
+    if (!why.empty()) GTEST_SKIP() << "the flash kernel does not run here: " << why;
+    EXPECT_EQ(cuda::attention_backend(), "flash");
+    EXPECT_EQ(cuda::attention_path(q, q, q, {}), "flash");
+    // What it leaves to cuDNN: a bias, F16, head dim 96.
+    EXPECT_EQ(cuda::attention_path(q, q, q, gpu(rnd({1, 1, 1, 64}, DType::BF16))), "cudnn");
+    const Tensor h = bshd_view(Tensor::empty({1, 64, 2, 128}, DType::F16, kGpu));
+    EXPECT_EQ(cuda::attention_path(h, h, h, {}), "cudnn");
+    const Tensor d96 = bshd_view(Tensor::empty({1, 64, 2, 96}, DType::BF16, kGpu));
+    EXPECT_EQ(cuda::attention_path(d96, d96, d96, {}), "cudnn");
+  }
+  ExecutionContext cudnn(kGpu, with_attention("cudnn"));
+  for (const auto& s : std::vector<std::array<int64_t, 6>>{{1, 2, 1000, 1000, 128, 1},
+                                                           {2, 3, 777, 512, 128, 1},
+                                                           {1, 4, 333, 769, 128, 3},
+                                                           {2, 2, 1000, 512, 64, 1},
+                                                           {1, 2, 77, 333, 64, 2},
+                                                           {1, 1, 5, 7, 128, 1},
+                                                           {2, 1, 129, 1, 64, 1},
+                                                           {1, 3, 4096, 4096, 128, 1}}) {
+    const int64_t B = s[0], H = s[1], Sq = s[2], Sk = s[3], D = s[4];
+    const float mag = static_cast<float>(s[5]);  // input scale: 3 gives peaked softmax rows
+    const Tensor q = rnd({B, Sq, H, D}, DType::BF16, mag), k = rnd({B, Sk, H, D}, DType::BF16, mag),
+                 v = rnd({B, Sk, H, D}, DType::BF16);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const Tensor want = ops::attention(bshd_view(q.to(DType::F32)), bshd_view(k.to(DType::F32)),
+                                       bshd_view(v.to(DType::F32)), {}, scale);
+    auto run = [&] {
+      return ops::attention(bshd_view(gpu(q)), bshd_view(gpu(k)), bshd_view(gpu(v)), {}, scale).to(Device::cpu()).to(DType::F32);
+    };
+    const std::string name = fmt::format("B{} H{} Sq{} Sk{} D{} x{}", B, H, Sq, Sk, D, s[5]);
+    EXPECT_EQ(cuda::attention_path(bshd_view(gpu(q)), bshd_view(gpu(k)), bshd_view(gpu(v)), {}, scale), "flash") << name;
+    const double flash_err = rel_l2(run(), want);
+    double cudnn_err = 0;
+    {
+      const ContextScope scope(cudnn);
+      cudnn_err = rel_l2(run(), want);
+    }
+    std::printf("flash attention %s: rel L2 vs float32 %.3e (cuDNN %.3e)\n", name.c_str(), flash_err, cudnn_err);
+    EXPECT_LE(flash_err, cudnn_err * 1.02 + 1e-6) << name;
+  }
 }
 
 // 16-bit self and cross attention without a bias is cuDNN's (no fallback to the reference).

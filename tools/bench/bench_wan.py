@@ -127,27 +127,37 @@ def rel_l2(a, b):
 
 
 def part_attn(args):
+    """TFLOP/s of torch's cuDNN and flash SDPA and of each vgen kernel, on the Wan shapes:
+    self-attention of the 1.3B (S 32760, 12 heads) and the 14B at 720p (S 75600, 40 heads),
+    cross-attention to 512 text tokens and to 512 + 257 (I2V)."""
     import torch.nn.functional as F
-    S, H, D = (512, 2, 64) if args.tiny else (32760, 12, 128)
+    shapes = ([(512, 512, 2, 64)] if args.tiny else
+              [(32760, 32760, 12, 128), (75600, 75600, 40, 128), (32760, 512, 12, 128), (32760, 769, 40, 128)])
     dev = args.device
-    q, k, v = (torch.randn(1, H, S, D, device=dev, dtype=torch.bfloat16) for _ in range(3))
-    flops = 4 * H * S * S * D
-    theirs = {}
-    if dev == "cuda":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
-            with sdpa_kernel(be):
-                s = median_time(lambda: F.scaled_dot_product_attention(q, k, v), 3, 20)
-            theirs[name] = flops / s / 1e12
-    else:
-        s = median_time(lambda: F.scaled_dot_product_attention(q, k, v), 1, 3)
-        theirs["math"] = flops / s / 1e12
-    del q, k, v
-    free_gpu()
-    ours = vgen(args, "attention", "--seq", S, "--heads", H, "--head-dim", D, "--iters", 20, "--warmup", 3)
-    best = max(theirs.values())
-    log(what="attention_tflops", S=S, H=H, D=D, torch=theirs, vgen=ours["tflops"], vgen_backend=ours["backend"],
-        ratio_vs_best_torch=ours["tflops"] / best)
+    for S, Skv, H, D in shapes:
+        q = torch.randn(1, H, S, D, device=dev, dtype=torch.bfloat16)
+        k, v = (torch.randn(1, H, Skv, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+        flops = 4 * H * S * Skv * D
+        theirs = {}
+        if dev == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+                with sdpa_kernel(be):
+                    s = median_time(lambda: F.scaled_dot_product_attention(q, k, v), 3, 20)
+                theirs[name] = flops / s / 1e12
+        else:
+            s = median_time(lambda: F.scaled_dot_product_attention(q, k, v), 1, 3)
+            theirs["math"] = flops / s / 1e12
+        del q, k, v
+        free_gpu()
+        ours = {}
+        for kernel in (["cudnn", "flash"] if dev == "cuda" else ["auto"]):
+            r = vgen(args, "attention", "--seq", S, "--kv-seq", Skv, "--heads", H, "--head-dim", D, "--iters", 20,
+                     "--warmup", 3, "--attention-backend", kernel)
+            ours[f"{kernel}->{r['backend']}"] = r["tflops"]
+        best = max(theirs.values())
+        log(what="attention_tflops", S=S, S_kv=Skv, H=H, D=D, torch=theirs, vgen=ours,
+            ratio_vs_best_torch={k: v / best for k, v in ours.items()})
 
 
 def part_transformer(args, size, timing=True):

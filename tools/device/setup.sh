@@ -20,4 +20,6 @@ else
 fi
 # diffusers for the references and the benchmark.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-echo "export PYTHONPATH=/tmp/site VGEN_CMAKE_ARGS=-DVGEN_CUDNN_FRONTEND_INCLUDE=$PWD/.devdeps/cudnn_frontend/include"
+# CUTLASS/CuTe headers (nvidia-cutlass's include/, packed: the carry is small).
+mkdir -p .devdeps/cutlass && tar xJf .devdeps/cutlass_include.tar.xz -C .devdeps/cutlass
+echo "export PYTHONPATH=/tmp/site VGEN_CMAKE_ARGS='-DVGEN_CUDNN_FRONTEND_INCLUDE=$PWD/.devdeps/cudnn_frontend/include -DVGEN_CUTLASS_INCLUDE=$PWD/.devdeps/cutlass/include'"

@@ -27,6 +27,7 @@
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/cudnn_common.h"
+#include "backends/cuda/flash_attention_sm90.h"
 #include "core/random.h"
 #include "ops/ops.h"
 
@@ -43,10 +44,21 @@ namespace fe = cudnn_frontend;
 
 // ---- kernel choice --------------------------------------------------------------------------
 
-enum Choice : int { kCudnn = 0, kReference = 1 };
+enum Choice : int { kCudnn = 0, kReference = 1, kFlash = 2 };
 
-// The active context's choice (CudaBackend::attention_kernel: "auto" is cuDNN).
-int choice() { return active().attention_kernel() == "reference" ? kReference : kCudnn; }
+// The active context's choice (CudaBackend::attention_kernel resolves "auto").
+int choice() {
+  const std::string k = active().attention_kernel();
+  return k == "reference" ? kReference : k == "flash" ? kFlash : kCudnn;
+}
+
+// vgen's Hopper kernel, when chosen and it takes these inputs; otherwise cuDNN's turn.
+bool flash_takes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {
+  if (choice() != kFlash) return false;
+  const std::string why = flash_attention_sm90_rejects(q, k, v, bias);
+  if (!why.empty()) spdlog::debug("attention: the flash kernel does not take q {}, k {}, v {}: {}", q.str(), k.str(), v.str(), why);
+  return why.empty();
+}
 
 // ---- cuDNN SDPA -----------------------------------------------------------------------------
 
@@ -225,7 +237,7 @@ bool math_applies(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 }  // namespace
 
-std::string attention_backend() { return choice() == kReference ? "reference" : "cudnn"; }
+std::string attention_backend() { return choice() == kReference ? "reference" : choice() == kFlash ? "flash" : "cudnn"; }
 
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
   VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention_path: q {}, k {}, v {} must be [B, H, S, D]",
@@ -234,7 +246,8 @@ std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, co
   check_bias(q, k, bias);
   if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
   const bool empty = q.numel() == 0 || v.size(3) == 0;
-  if (empty || choice() != kCudnn) return "reference";
+  if (empty || choice() == kReference) return "reference";
+  if (flash_takes(q, k, v, bias)) return "flash";
   if (find_cudnn(q, k, v, bias, scale)) return "cudnn";
   return math_applies(q, k, v) ? "math" : "reference";
 }
@@ -247,8 +260,14 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   // [B, Sq, H, D] memory seen as [B, H, Sq, D].
   const Tensor out = Tensor::empty({B, Sq, H, D}, q.dtype(), q.device()).permute({0, 2, 1, 3});
   if (out.numel() == 0) return out;
-  if (choice() == kCudnn && run_cudnn(q, k, v, bias, scale, out)) return out;
-  if (choice() == kCudnn && math_applies(q, k, v)) attention_math(q, k, v, bias, scale, out);
+  if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(D));
+  if (flash_takes(q, k, v, bias)) {
+    flash_attention_sm90(q, k, v, scale, out);
+    return out;
+  }
+  const bool library = choice() != kReference;
+  if (library && run_cudnn(q, k, v, bias, scale, out)) return out;
+  if (library && math_applies(q, k, v)) attention_math(q, k, v, bias, scale, out);
   else attention_reference(q, k, v, bias, scale, out);
   return out;
 }

@@ -195,7 +195,8 @@ bool CudaBackend::supports(Op op, DType dtype) const {
 }
 
 std::string CudaBackend::attention_kernel() const {
-  return settings_.attention_backend == "reference" ? "reference" : "cudnn";
+  const std::string& b = settings_.attention_backend;
+  return b == "reference" || b == "flash" ? b : "cudnn";
 }
 
 void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }

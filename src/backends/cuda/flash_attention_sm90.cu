@@ -1,0 +1,102 @@
+// Host side of vgen's Hopper flash-attention kernel: input checks, TMA descriptors, launch.
+#include "backends/cuda/flash_attention_sm90.h"
+
+#include <cmath>
+
+#include "backends/cuda/cuda_common.h"
+#include "backends/cuda/flash_attention_sm90.cuh"
+
+namespace vgen::cuda {
+namespace {
+
+namespace fa90 = ::vgen_fa90;
+using cute::Int;
+using cute::_1;
+
+// Whether this binary carries sm_90a code for the kernel (it is compiled for every target in
+// VGEN_CUDA_ARCHS, but its body exists only for sm_90a).
+bool built_for_sm90a() {
+  static const bool built = [] {
+    cudaFuncAttributes attr{};
+    if (cudaFuncGetAttributes(&attr, fa90::forward_kernel<fa90::Traits<128, 128, 2>>) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return attr.binaryVersion == 90;
+  }();
+  return built;
+}
+
+template <class T>
+typename T::GTensor global_view(const Tensor& t) {
+  // [B, H, S, D] -> (S, D, H, B) as TMA addresses it.
+  return cute::make_tensor(cute::make_gmem_ptr(static_cast<typename T::Element const*>(t.raw_data())),
+                     cute::make_shape(static_cast<int32_t>(t.size(2)), Int<T::kHeadDim>{}, static_cast<int32_t>(t.size(1)),
+                                static_cast<int32_t>(t.size(0))),
+                     cute::make_stride(t.strides()[2], _1{}, t.strides()[1], t.strides()[0]));
+}
+
+template <class T>
+void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out) {
+  fa90::Params<T> p{
+      cute::make_tma_copy(cute::SM90_TMA_LOAD{}, global_view<T>(q), typename T::SmemLayoutQ{},
+                    cute::Shape<Int<T::kBlockM>, Int<T::kHeadDim>>{}, _1{}),
+      cute::make_tma_copy(cute::SM90_TMA_LOAD{}, global_view<T>(k), cute::take<0, 2>(typename T::SmemLayoutK{}),
+                    cute::Shape<Int<T::kBlockN>, Int<T::kHeadDim>>{}, _1{}),
+      cute::make_tma_copy(cute::SM90_TMA_LOAD{}, global_view<T>(v), cute::take<0, 2>(typename T::SmemLayoutV{}),
+                    cute::Shape<Int<T::kBlockN>, Int<T::kHeadDim>>{}, _1{}),
+      static_cast<cutlass::bfloat16_t*>(out.raw_data()),
+      out.strides()[2],
+      out.strides()[1],
+      out.strides()[0],
+      static_cast<int32_t>(q.size(2)),
+      static_cast<int32_t>(k.size(2)),
+      static_cast<int32_t>(q.size(1)),
+      static_cast<int32_t>(q.size(0)),
+      scale * 1.4426950408889634f,
+  };
+  auto* kernel = fa90::forward_kernel<T>;
+  static const cudaError_t attr_err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
+  check(attr_err, "flash attention: allow the kernel's shared memory");
+  const dim3 grid(static_cast<unsigned>((q.size(2) + T::kBlockM - 1) / T::kBlockM), static_cast<unsigned>(q.size(1)),
+                  static_cast<unsigned>(q.size(0)));
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream()>>>(p);
+  check_launch("flash attention", q, k);
+}
+
+bool aligned16(const Tensor& t) { return pointer_alignment(t.raw_data(), 16) == 16; }
+
+}  // namespace
+
+std::string flash_attention_sm90_rejects(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {
+  const cudaDeviceProp& prop = device_properties();
+  if (prop.major != 9 || prop.minor != 0) return fmt::format("needs an sm_90 GPU (this is sm_{}{})", prop.major, prop.minor);
+  if (!built_for_sm90a()) return "this build has no sm_90a code (VGEN_CUDA_ARCHS without 90a)";
+  if (bias.defined()) return "takes no bias";
+  for (const Tensor* t : {&q, &k, &v}) {
+    if (t->dim() != 4) return "needs [B, H, S, D] inputs";
+    if (t->dtype() != DType::BF16) return "takes BF16 inputs only";
+    if (t->strides()[3] != 1) return "needs unit stride along the head dim";
+    for (int d = 0; d < 3; ++d)
+      if (t->strides()[d] % 8 != 0 && t->size(d) > 1) return "needs strides that are multiples of 8 elements (TMA)";
+    if (!aligned16(*t)) return "needs 16-byte aligned buffers (TMA)";
+    if (t->size(0) != q.size(0) || t->size(1) != q.size(1)) return "needs equal batch and head counts";
+    if (t->size(2) > INT32_MAX || t->size(1) > 65535 || t->size(0) > 65535) return "sizes out of range";
+  }
+  const int64_t D = q.size(3);
+  if (D != 64 && D != 128) return fmt::format("takes head dim 64 or 128 (not {})", D);
+  if (k.size(3) != D || v.size(3) != D) return "needs equal head dims for q, k and v";
+  if (k.size(2) != v.size(2) || k.size(2) == 0) return "needs equal, non-zero key and value lengths";
+  return "";
+}
+
+void flash_attention_sm90(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out) {
+  VGEN_CHECK(out.dtype() == DType::BF16 && out.strides()[3] == 1 && out.shape() == q.shape(),
+             "flash attention: out {} must be BF16 [B, H, Sq, D] with unit stride along D", out.str());
+  if (q.numel() == 0) return;
+  if (q.size(3) == 128) launch<fa90::Traits<128, 128, 2>>(q, k, v, scale, out);
+  else launch<fa90::Traits<64, 128, 2>>(q, k, v, scale, out);
+}
+
+}  // namespace vgen::cuda

@@ -1,0 +1,353 @@
+// Flash-attention forward for Hopper (sm_90a), bf16 in and out, float32 softmax and accumulators.
+//
+// One CTA computes a 128-row tile of queries of one (batch, head) against all keys:
+//   - warpgroup 0 is the producer: one thread issues TMA loads of the Q tile (once) and of the
+//     K and V tiles into a ring of kStages shared-memory stages, each guarded by a "full"
+//     mbarrier (transaction bytes) and an "empty" one (the 8 consumer warps release it);
+//     the producer gives its registers back (setmaxnreg.dec) to the consumers.
+//   - warpgroups 1 and 2 are consumers, 64 query rows each: S = Q K^T with wgmma from shared
+//     memory, online softmax in registers with exp2 and the scale folded into one FFMA,
+//     P rounded to bf16 and kept in registers as the A operand of O += P V (wgmma RS, V
+//     read transposed from shared memory). Within a warpgroup the GEMMs of consecutive
+//     blocks overlap the softmax: S(j+1) = Q K(j+1)^T and O += P(j) V(j) are issued before
+//     the softmax of block j+1 runs, so the tensor cores work while the softmax does.
+//   - the two consumer warpgroups take turns at the tensor cores (named barriers), so that
+//     one's softmax runs while the other's GEMMs do ("ping-pong").
+// Keys past the end are masked to -inf in the last block; query rows past the end are read as
+// zeros by TMA and not written.
+//
+// The math matches FlashAttention's: P is rounded to bf16 before P V, as cuDNN and
+// FlashAttention-3 do; the row sums are accumulated from the unrounded float32 P.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_types.h>
+
+// Outside namespace vgen, whose Shape and Tensor would hide CuTe's.
+namespace vgen_fa90 {
+
+using namespace cute;
+
+template <int kHeadDim_, int kBlockN_, int kStages_>
+struct Traits {
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+  static constexpr int kConsumerWarps = 8;
+  using Element = cutlass::bfloat16_t;
+
+  using SmemLayoutAtom = GMMA::Layout_K_SW128_Atom<Element>;
+  using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutK =
+      decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutV = SmemLayoutK;
+  // V seen as the B operand of O = P V: (head dim, keys, stage), head dim contiguous.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutV{},
+      make_ordered_layout(make_shape(Int<kHeadDim>{}, Int<kBlockN>{}, Int<kStages>{}), Step<_2, _1, _3>{})));
+
+  using TiledMmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>()));
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>, GMMA::Major::K,
+                           GMMA::Major::MN>()));
+
+  // Global tensors as TMA sees them: (seq, head dim, heads, batch), head dim contiguous.
+  using GShape = Shape<int32_t, Int<kHeadDim>, int32_t, int32_t>;
+  using GStride = Stride<int64_t, _1, int64_t, int64_t>;
+  using GTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GShape{}, GStride{}));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensor{}, SmemLayoutQ{},
+                                      Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensor{}, take<0, 2>(SmemLayoutK{}),
+                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
+    uint64_t bar_q;
+    uint64_t full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages];
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack
+  static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kKVBytes = kBlockN * kHeadDim * sizeof(Element);
+};
+
+template <class T>
+struct Params {
+  typename T::TmaQ tma_q;
+  typename T::TmaKV tma_k;
+  typename T::TmaKV tma_v;
+  cutlass::bfloat16_t* o;
+  int64_t o_stride_s, o_stride_h, o_stride_b;  // elements; head dim contiguous
+  int32_t seq_q, seq_kv, heads, batch;
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The accumulator layout of an m64nN wgmma, ((2, 2, N/8), 1, 1), seen as the A operand of an
+// m64nXk16 wgmma over K = N: ((2, 2, 2), 1, N/16).
+template <class AccLayout>
+__device__ __forceinline__ auto acc_as_a_operand(AccLayout acc) {
+  static_assert(decltype(size<1>(acc))::value == 1 && decltype(size<2>(acc))::value == 1);
+  auto split = logical_divide(layout<0, 2>(acc), Layout<_2>{});  // (2, N/16)
+  return make_layout(make_layout(layout<0, 0>(acc), layout<0, 1>(acc), layout<0>(split)), layout<1>(acc),
+                     layout<1>(split));
+}
+
+// Named barriers 1 and 2 order the consumer warpgroups' turns at the tensor cores (0 is
+// __syncthreads).
+__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id)); }
+__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id)); }
+
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant__ const Params<T> p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Element = typename T::Element;
+  constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim, kStages = T::kStages;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+
+  extern __shared__ char smem_raw[];
+  auto& ss = *reinterpret_cast<typename T::SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                                           ~uintptr_t(1023));
+  const int warp_group = threadIdx.x / 128;
+  const int wg_thread = threadIdx.x % 128;
+  const int lane = threadIdx.x % 32;
+  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  const int n_blocks = (p.seq_kv + kBlockN - 1) / kBlockN;
+
+  if (threadIdx.x == 0) {
+    Barrier::init(&ss.bar_q, 1);
+    for (int s = 0; s < kStages; ++s) {
+      Barrier::init(&ss.full_k[s], 1);
+      Barrier::init(&ss.full_v[s], 1);
+      Barrier::init(&ss.empty_k[s], T::kConsumerWarps);
+      Barrier::init(&ss.empty_v[s], T::kConsumerWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename T::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename T::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename T::SmemLayoutV{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename T::SmemLayoutVt{});
+
+  if (warp_group == 0) {
+    // ---- producer ----
+    cutlass::arch::warpgroup_reg_dealloc<24>();
+    if (wg_thread == 0) {
+      cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+      auto gshape = make_shape(p.seq_q, Int<kHeadDim>{}, p.heads, p.batch);
+      auto kvshape = make_shape(p.seq_kv, Int<kHeadDim>{}, p.heads, p.batch);
+      Tensor mQ = p.tma_q.get_tma_tensor(gshape);
+      Tensor mK = p.tma_k.get_tma_tensor(kvshape);
+      Tensor mV = p.tma_v.get_tma_tensor(kvshape);
+      Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));
+      Tensor gK = local_tile(mK(_, _, head, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));
+      Tensor gV = local_tile(mV(_, _, head, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));
+      auto cq = p.tma_q.get_slice(Int<0>{});
+      auto ck = p.tma_k.get_slice(Int<0>{});
+      auto cv = p.tma_v.get_slice(Int<0>{});
+      Tensor tQg = cq.partition_S(gQ);
+      Tensor tQs = cq.partition_D(sQ);
+      Tensor tKg = ck.partition_S(gK);
+      Tensor tKs = ck.partition_D(sK);
+      Tensor tVg = cv.partition_S(gV);
+      Tensor tVs = cv.partition_D(sV);
+
+      TxBarrier::arrive_and_expect_tx(&ss.bar_q, T::kQBytes);
+      copy(p.tma_q.with(ss.bar_q), tQg, tQs);
+      for (int n = 0; n < n_blocks; ++n) {
+        const int s = n % kStages, use = n / kStages;
+        if (use > 0) Barrier::wait(&ss.empty_k[s], (use - 1) & 1);
+        TxBarrier::arrive_and_expect_tx(&ss.full_k[s], T::kKVBytes);
+        copy(p.tma_k.with(ss.full_k[s]), tKg(_, _, _, n), tKs(_, _, _, s));
+        if (use > 0) Barrier::wait(&ss.empty_v[s], (use - 1) & 1);
+        TxBarrier::arrive_and_expect_tx(&ss.full_v[s], T::kKVBytes);
+        copy(p.tma_v.with(ss.full_v[s]), tVg(_, _, _, n), tVs(_, _, _, s));
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  cutlass::arch::warpgroup_reg_alloc<240>();
+  const int wg = warp_group - 1;  // 0 or 1: query rows [64 wg, 64 wg + 64) of the tile
+  typename T::TiledMmaQK mma_qk;
+  typename T::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(wg_thread);
+  auto thr_pv = mma_pv.get_thread_slice(wg_thread);
+  Tensor sQw = local_tile(sQ, Shape<_64, Int<kHeadDim>>{}, make_coord(wg, 0));
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQw);  // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<_64, Int<kHeadDim>>{});
+  using FragS = decltype(partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{}));
+  Tensor tOrPbuf = make_tensor<Element>(typename FragS::layout_type{});
+  Tensor tOrP = make_tensor(tOrPbuf.data(), acc_as_a_operand(tOrPbuf.layout()));
+  clear(tOrO);
+
+  const int quad_col = 2 * (lane % 4);
+  const float sl2 = p.scale_log2;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+
+  auto release = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) Barrier::arrive(bar);
+  };
+  auto gemm_qk = [&](auto& acc, int stage) {
+    warpgroup_fence_operand(acc);
+    warpgroup_arrive();
+    mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tSrQ); ++k) {
+      cute::gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), acc);
+      mma_qk.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+  };
+  auto gemm_pv = [&](int stage) {
+    warpgroup_fence_operand(tOrP);
+    warpgroup_fence_operand(tOrO);
+    warpgroup_arrive();
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tOrP); ++k) cute::gemm(mma_pv, tOrP(_, _, k), tOrV(_, _, k, stage), tOrO);
+    warpgroup_commit_batch();
+  };
+  // Value i of an accumulator fragment is row (i / 2) % 2 (0: lane / 4, 1: lane / 4 + 8 of
+  // the warp's 16 rows) and column 8 (i / 4) + 2 (lane % 4) + i % 2.
+  auto mask_tail = [&](auto& acc, int n) {
+    const int limit = p.seq_kv - n * kBlockN - quad_col;
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i)
+      if (8 * (i / 4) + (i % 2) >= limit) acc(i) = -INFINITY;
+  };
+  // Online softmax of one block: updates the running max, turns scores into exp2 weights in
+  // place, adds them to the (per-thread partial) row sums; returns the old-to-new rescale.
+  auto softmax = [&](auto& acc, float (&corr)[2]) {
+    float mx[2] = {row_max[0], row_max[1]};
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) mx[(i / 2) % 2] = fmaxf(mx[(i / 2) % 2], acc(i));
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+      corr[r] = row_max[r] == -INFINITY ? 0.f : exp2_approx((row_max[r] - mx[r]) * sl2);
+      row_max[r] = mx[r];
+      row_sum[r] *= corr[r];
+    }
+    const float ms[2] = {mx[0] * sl2, mx[1] * sl2};
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) {
+      const int r = (i / 2) % 2;
+      acc(i) = exp2_approx(fmaf(acc(i), sl2, -ms[r]));
+      row_sum[r] += acc(i);
+    }
+  };
+  auto to_p = [&](auto const& acc) {
+    auto* dst = reinterpret_cast<__nv_bfloat162*>(raw_pointer_cast(tOrPbuf.data()));
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc) / 2; ++i) dst[i] = __floats2bfloat162_rn(acc(2 * i), acc(2 * i + 1));
+  };
+  auto rescale_o = [&](const float (&corr)[2]) {
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i / 2) % 2];
+  };
+
+  // Ping-pong: warpgroup 1 starts; each warpgroup waits for its turn before issuing its GEMMs
+  // and hands the turn over once they are issued.
+  const int my_bar = 1 + wg, other_bar = 2 - wg;
+  if (wg == 1) named_arrive(other_bar);
+
+  Barrier::wait(&ss.bar_q, 0);
+  {
+    FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
+    Barrier::wait(&ss.full_k[0], 0);
+    named_sync(my_bar);
+    gemm_qk(tSrS, 0);
+    named_arrive(other_bar);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tSrS);
+    release(&ss.empty_k[0]);
+    if (n_blocks == 1) mask_tail(tSrS, 0);
+    float corr[2];
+    softmax(tSrS, corr);
+    to_p(tSrS);
+  }
+  for (int n = 1; n < n_blocks; ++n) {
+    const int s = n % kStages, sp = (n - 1) % kStages;
+    FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
+    Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
+    Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
+    named_sync(my_bar);
+    gemm_qk(tSrS, s);
+    gemm_pv(sp);
+    named_arrive(other_bar);
+    warpgroup_wait<1>();
+    warpgroup_fence_operand(tSrS);
+    release(&ss.empty_k[s]);
+    if (n == n_blocks - 1) mask_tail(tSrS, n);
+    float corr[2];
+    softmax(tSrS, corr);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    release(&ss.empty_v[sp]);
+    rescale_o(corr);
+    to_p(tSrS);
+  }
+  {
+    const int s = (n_blocks - 1) % kStages;
+    Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
+    named_sync(my_bar);
+    gemm_pv(s);
+    if (wg == 0) named_arrive(other_bar);  // warpgroup 1's last turn is the last one
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    release(&ss.empty_v[s]);
+  }
+  // Turns alternate 0, 1, 0, 1, ...: each warpgroup syncs n_blocks + 1 times on its barrier,
+  // matched by warpgroup 1's opening arrive plus n_blocks arrives of 1 for barrier 1, and by
+  // n_blocks + 1 arrives of 0 for barrier 2, so no arrive is left pending at exit.
+
+  // ---- epilogue: O / l, bf16, straight to global memory ----
+  float inv[2];
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+  }
+  const int warp_in_wg = wg_thread / 32;
+  const int row0 = m_block * kBlockM + wg * 64 + warp_in_wg * 16 + lane / 4;
+  Element* out = p.o + int64_t(batch) * p.o_stride_b + int64_t(head) * p.o_stride_h;
+  CUTE_UNROLL
+  for (int i = 0; i < size(tOrO); i += 2) {
+    const int r = (i / 2) % 2;
+    const int row = row0 + 8 * r;
+    if (row < p.seq_q) {
+      const int col = 8 * (i / 4) + quad_col;
+      *reinterpret_cast<__nv_bfloat162*>(out + int64_t(row) * p.o_stride_s + col) =
+          __floats2bfloat162_rn(tOrO(i) * inv[r], tOrO(i + 1) * inv[r]);
+    }
+  }
+#endif
+}
+
+}  // namespace vgen_fa90
