@@ -19,6 +19,9 @@
 #include "media/mp4.h"
 #include "ops/ops.h"
 #include "pipelines/registry.h"
+#ifdef VGEN_WITH_CUDA
+#include "backends/cuda/attention.h"
+#endif
 
 namespace vgen::cli {
 namespace {
@@ -89,8 +92,12 @@ int run_bench(const BenchArgs& a) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(a.head_dim));
     const double s = median_seconds([&] { (void)ops::attention(q, k, v, {}, scale); }, device, a.warmup, a.iters);
     const double flops = 4.0 * a.heads * double(a.seq) * double(kv_seq) * a.head_dim;
+    std::string kernel = backend_for(device).attention_kernel();  // the kernel these inputs ran
+#ifdef VGEN_WITH_CUDA
+    if (device.is_cuda()) kernel = cuda::attention_path(q, k, v, {}, scale);
+#endif
     out.update({{"S", a.seq}, {"S_kv", kv_seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
-                {"backend", backend_for(device).attention_kernel()}});
+                {"backend", kernel}});
   } else if (a.what == "transformer" || a.what == "vae" || a.what == "image_encoder") {
     ComponentBenchOptions co;
     co.pipeline = options;

@@ -330,6 +330,14 @@ TEST(CudaBackend, FlashKernelIsAsExactAsCudnn) {
     EXPECT_EQ(cuda::attention_path(h, h, h, {}), "cudnn");
     const Tensor d96 = bshd_view(Tensor::empty({1, 64, 2, 96}, DType::BF16, kGpu));
     EXPECT_EQ(cuda::attention_path(d96, d96, d96, {}), "cudnn");
+    // "auto": the kernel for long key sets at head dim 128, cuDNN for short ones.
+    const ScopedContext automatic(kGpu, with_attention("auto"));
+    const Tensor sq = bshd_view(Tensor::empty({1, 256, 2, 128}, DType::BF16, kGpu));
+    const Tensor long_k = bshd_view(Tensor::empty({1, 4096, 2, 128}, DType::BF16, kGpu));
+    const Tensor short_k = bshd_view(Tensor::empty({1, 512, 2, 128}, DType::BF16, kGpu));
+    EXPECT_EQ(cuda::attention_backend(), "auto");
+    EXPECT_EQ(cuda::attention_path(sq, long_k, long_k, {}), "flash");
+    EXPECT_EQ(cuda::attention_path(sq, short_k, short_k, {}), "cudnn");
   }
   ExecutionContext cudnn(kGpu, with_attention("cudnn"));
   for (const auto& s : std::vector<std::array<int64_t, 6>>{{1, 2, 1000, 1000, 128, 1},

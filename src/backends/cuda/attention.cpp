@@ -44,19 +44,30 @@ namespace fe = cudnn_frontend;
 
 // ---- kernel choice --------------------------------------------------------------------------
 
-enum Choice : int { kCudnn = 0, kReference = 1, kFlash = 2 };
+enum Choice : int { kCudnn = 0, kReference = 1, kFlash = 2, kAuto = 3 };
 
-// The active context's choice (CudaBackend::attention_kernel resolves "auto").
+// The active context's choice (CudaBackend::attention_kernel).
 int choice() {
   const std::string k = active().attention_kernel();
-  return k == "reference" ? kReference : k == "flash" ? kFlash : kCudnn;
+  return k == "reference" ? kReference : k == "flash" ? kFlash : k == "auto" ? kAuto : kCudnn;
 }
 
-// vgen's Hopper kernel, when chosen and it takes these inputs; otherwise cuDNN's turn.
+// "auto" takes vgen's Hopper kernel where it is the faster of the two, as measured on an H200
+// (tools/bench/bench_wan.py attn): head dim 128 and at least this many keys (self-attention
+// over video tokens: 645-652 TFLOP/s against cuDNN's 568-574 at 32760 and 75600 tokens; at
+// 4096 keys both ~640). With fewer keys, as in cross-attention to 512 text tokens, the
+// kernel's per-tile start and end are not hidden and cuDNN is faster (496 vs 431 at 769 keys).
+constexpr int64_t kFlashAutoMinKeys = 4096;
+
+// vgen's Hopper kernel, when chosen (or "auto" and faster) and it takes these inputs;
+// otherwise cuDNN's turn.
 bool flash_takes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {
-  if (choice() != kFlash) return false;
+  const int c = choice();
+  if (c != kFlash && c != kAuto) return false;
+  if (c == kAuto && (k.size(2) < kFlashAutoMinKeys || q.size(3) != 128)) return false;
   const std::string why = flash_attention_sm90_rejects(q, k, v, bias);
-  if (!why.empty()) spdlog::debug("attention: the flash kernel does not take q {}, k {}, v {}: {}", q.str(), k.str(), v.str(), why);
+  if (!why.empty() && c == kFlash)
+    spdlog::debug("attention: the flash kernel does not take q {}, k {}, v {}: {}", q.str(), k.str(), v.str(), why);
   return why.empty();
 }
 
@@ -237,7 +248,10 @@ bool math_applies(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 }  // namespace
 
-std::string attention_backend() { return choice() == kReference ? "reference" : choice() == kFlash ? "flash" : "cudnn"; }
+std::string attention_backend() {
+  const int c = choice();
+  return c == kReference ? "reference" : c == kFlash ? "flash" : c == kAuto ? "auto" : "cudnn";
+}
 
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
   VGEN_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention_path: q {}, k {}, v {} must be [B, H, S, D]",

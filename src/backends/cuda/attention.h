@@ -1,6 +1,9 @@
 // Attention on CUDA: which implementation CudaOps::attention uses, and a benchmark.
 //
-// "cudnn" (the default): cuDNN's fused SDPA (flash attention) through the cuDNN frontend, for
+// "flash": vgen's own kernel for Hopper (flash_attention_sm90.h), BF16 without bias, head dim
+// 64 or 128; what it does not take goes to cuDNN. "auto" (the default) takes it where it is
+// faster than cuDNN, and cuDNN elsewhere.
+// "cudnn": cuDNN's fused SDPA (flash attention) through the cuDNN frontend, for
 // BF16/F16 q/k/v with head dim a multiple of 8 up to 256, float32 softmax. 16-bit cases it
 // does not take (head dims above 256 as in the Wan VAE, misaligned or unsupported strides or
 // biases) go to "math": tensor-core matrix products with float32 scores and softmax, the
@@ -19,11 +22,14 @@
 
 namespace vgen::cuda {
 
-// The implementation the active execution context chooses ("cudnn" or "reference"), from
-// its ExecutionSettings::attention_backend ("auto" is cuDNN).
+// The implementation the active execution context chooses ("auto", "cudnn", "flash" or
+// "reference"), from its ExecutionSettings::attention_backend. "auto" takes vgen's Hopper
+// kernel (flash_attention_sm90.h) where it is faster than cuDNN (sm_90, head dim 128, 4096 keys
+// or more: self-attention over video tokens) and cuDNN elsewhere.
 std::string attention_backend();
 
-// Which implementation CudaOps::attention takes for these inputs ("cudnn", "math" or "reference"),
+// Which implementation CudaOps::attention takes for these inputs ("flash", "cudnn", "math" or
+// "reference"),
 // building and caching the cuDNN graph as a call would. scale < 0 means 1 / sqrt(D).
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale = -1.0f);
 

@@ -196,7 +196,7 @@ bool CudaBackend::supports(Op op, DType dtype) const {
 
 std::string CudaBackend::attention_kernel() const {
   const std::string& b = settings_.attention_backend;
-  return b == "reference" || b == "flash" ? b : "cudnn";
+  return b == "reference" || b == "flash" || b == "auto" ? b : "cudnn";
 }
 
 void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }

@@ -96,14 +96,15 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-// The accumulator layout of an m64nN wgmma, ((2, 2, N/8), 1, 1), seen as the A operand of an
-// m64nXk16 wgmma over K = N: ((2, 2, 2), 1, N/16).
+// The accumulator layout of m64nN wgmma atoms tiling 64 x kBlockN, ((2, 2, N/8), 1, atoms),
+// seen as the A operand of an m64nXk16 wgmma over K = kBlockN: ((2, 2, 2), 1, (N/16, atoms)),
+// whose last mode, indexed by k, walks the 16-column chunks in order.
 template <class AccLayout>
 __device__ __forceinline__ auto acc_as_a_operand(AccLayout acc) {
-  static_assert(decltype(size<1>(acc))::value == 1 && decltype(size<2>(acc))::value == 1);
+  static_assert(decltype(size<1>(acc))::value == 1);
   auto split = logical_divide(layout<0, 2>(acc), Layout<_2>{});  // (2, N/16)
   return make_layout(make_layout(layout<0, 0>(acc), layout<0, 1>(acc), layout<0>(split)), layout<1>(acc),
-                     layout<1>(split));
+                     make_layout(layout<1>(split), layout<2>(acc)));
 }
 
 // Named barriers 1 and 2 order the consumer warpgroups' turns at the tensor cores (0 is
