@@ -997,8 +997,9 @@ def main():
         elif "s_per_step" in r:
             print("%-44s %d GPU(s) %9.4fs/step  speed-up %.2fx" % (r["what"], r["gpus"], r["s_per_step"], r["speedup"]))
         elif r["what"] == "attention_tflops":
-            print("attention S=%d H=%d D=%d TFLOP/s: torch %s, vgen %.1f (%s)" % (
-                r["S"], r["H"], r["D"], {k: round(v, 1) for k, v in r["torch"].items()}, r["vgen"], r["vgen_backend"]))
+            print("attention S=%d S_kv=%d H=%d D=%d TFLOP/s: torch %s, vgen %s" % (
+                r["S"], r["S_kv"], r["H"], r["D"], {k: round(v, 1) for k, v in r["torch"].items()},
+                {k: round(v, 1) for k, v in r["vgen"].items()}))
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench.json"), "w") as fh:
             json.dump(RESULTS, fh, indent=1)
