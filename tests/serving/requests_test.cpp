@@ -294,9 +294,11 @@ TEST(ServingRequests, ImagePlan) {
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "output_format": "jpg"})"); }, 400, "output_format");
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "quality": "ultra"})"); }, 400, "quality");
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "seconds": 4})"); }, 422, "seconds");
+  EXPECT_TRUE(plan_image_json(R"({"prompt": "x", "response_format": "url"})").url);
+  EXPECT_FALSE(plan_image_json(R"({"prompt": "x", "response_format": "b64_json"})").url);
   const std::string m =
-      expect_api_error([] { plan_image_json(R"({"prompt": "x", "response_format": "url"})"); }, 400, "response_format");
-  EXPECT_NE(m.find("not supported"), std::string::npos) << m;
+      expect_api_error([] { plan_image_json(R"({"prompt": "x", "response_format": "uri"})"); }, 400, "response_format");
+  EXPECT_NE(m.find("'b64_json' or 'url'"), std::string::npos) << m;
 }
 
 TEST(ServingRequests, EditsNeedAnImageAndAnEditingModel) {
