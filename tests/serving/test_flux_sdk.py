@@ -93,7 +93,9 @@ def main():
 
     # FLUX.1-dev: text-to-image only.
     media = os.path.join(root, "media-dev")
-    server = Server(binary, os.path.join(fixtures, g["model"]), media, api_key="k").start()
+    # On the CPU (float32) everywhere, a GPU machine included: the references are float32's.
+    cpu = ["--device", "cpu"]
+    server = Server(binary, os.path.join(fixtures, g["model"]), media, api_key="k", extra_args=cpu).start()
     try:
         c = OpenAI(base_url=server.base_url + "/v1", api_key="k", max_retries=0)
         models = c.models.list()
@@ -169,7 +171,8 @@ def main():
         t.check(code == 0, f"SIGTERM stops the FLUX.1-dev server cleanly (exit {code})")
 
     # FLUX.1 Kontext: text-to-image and image-to-image; images.edit as the SDK sends it.
-    server = Server(binary, os.path.join(fixtures, e["model"]), os.path.join(root, "media-kontext")).start()
+    server = Server(binary, os.path.join(fixtures, e["model"]), os.path.join(root, "media-kontext"),
+                    extra_args=cpu).start()
     try:
         c = OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
         tasks = tasks_of(c)
