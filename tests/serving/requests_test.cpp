@@ -324,13 +324,13 @@ TEST(ServingRequests, EditsOfAnImageToImageModelTakeTheImage) {
   };
   using vgen::DType, vgen::Shape, vgen::Tensor;
   namespace media = vgen::media;
-  Tensor rgb = Tensor::zeros({6, 10, 3}, DType::U8);
+  Tensor rgb = Tensor::zeros({16, 20, 3}, DType::U8);
   rgb.data<uint8_t>()[5] = 200;
   const std::vector<uint8_t> png = media::encode_image(rgb, media::ImageFormat::PNG);
   const FormPart image{"image", "a.png", "image/png", std::string(png.begin(), png.end())};
   const ImagePlan plan = edit({field("prompt", "make it night"), image});
   ASSERT_TRUE(plan.resolved.image.defined());
-  EXPECT_EQ(plan.resolved.image.shape(), (Shape{6, 10, 3}));
+  EXPECT_EQ(plan.resolved.image.shape(), (Shape{16, 20, 3}));
   EXPECT_EQ(plan.resolved.image.data<uint8_t>()[5], 200);
   EXPECT_EQ(plan.resolved.num_frames, 1);
   FormPart image2 = image;
@@ -339,6 +339,12 @@ TEST(ServingRequests, EditsOfAnImageToImageModelTakeTheImage) {
   expect_api_error([&] { edit({field("prompt", "x"), image, {"mask", "m.png", "image/png", image.content}}); }, 400,
                    "mask");
   expect_api_error([&] { edit({field("prompt", "x"), {"image", "a.png", "image/png", "not an image"}}); }, 400, "image");
+  // Under the pipeline's spatial multiple (16) on a side: nothing would be left to edit.
+  const std::vector<uint8_t> small = media::encode_image(Tensor::zeros({15, 40, 3}, DType::U8), media::ImageFormat::PNG);
+  const std::string m = expect_api_error(
+      [&] { edit({field("prompt", "x"), {"image", "s.png", "image/png", std::string(small.begin(), small.end())}}); },
+      400, "image");
+  EXPECT_NE(m.find("40x15"), std::string::npos) << m;
 }
 
 TEST(ServingVideoId, NewIdsAreValidAndDistinct) {
