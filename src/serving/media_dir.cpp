@@ -11,13 +11,15 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "media/temp_file.h"
+#include "serving/video_id.h"
 
 namespace fs = std::filesystem;
 
 namespace vgen::serving {
 
 MediaDir::MediaDir(const std::string& dir)
-    : root_(dir.empty() ? fs::path("vgen-media") : fs::path(dir)), videos_(root_ / "videos") {
+    : root_(dir.empty() ? fs::path("vgen-media") : fs::path(dir)), videos_(root_ / "videos"), images_(root_ / "images") {
   std::error_code ec;
   remove_on_close_ = !fs::exists(root_, ec);
   fs::create_directories(videos_, ec);
@@ -52,6 +54,36 @@ std::optional<std::pair<std::string, std::string>> MediaDir::find_thumbnail(cons
     if (fs::exists(path, ec)) return std::pair{path, std::string(type)};
   }
   return std::nullopt;
+}
+
+std::string MediaDir::save_image(const std::vector<uint8_t>& bytes, media::ImageFormat format) const {
+  std::error_code ec;
+  fs::create_directories(images_, ec);
+  if (ec) fail("{}: cannot create the images folder: {}", images_.string(), ec.message());
+  // new_video_id's 32 random letters and digits, under the image prefix.
+  const std::string name = "img_" + new_video_id().substr(6) + "." + std::string(media::image_format_name(format));
+  media::write_file_atomic((images_ / name).string(), bytes);
+  return name;
+}
+
+std::optional<std::string> MediaDir::image_path(const std::string& name) const {
+  const size_t dot = name.find('.');
+  if (dot == std::string::npos || !name.starts_with("img_")) return std::nullopt;
+  const std::string ext = name.substr(dot + 1);
+  if (ext != "png" && ext != "jpeg" && ext != "webp") return std::nullopt;
+  // The part before the dot has the shape of a video id with another prefix.
+  if (!is_valid_video_id("video_" + name.substr(4, dot - 4))) return std::nullopt;
+  return (images_ / name).string();
+}
+
+void MediaDir::expire_images(std::chrono::seconds max_age) const {
+  std::error_code ec;
+  const auto now = fs::file_time_type::clock::now();
+  for (const fs::directory_entry& e : fs::directory_iterator(images_, ec)) {
+    std::error_code ec2;
+    const auto written = e.last_write_time(ec2);
+    if (!ec2 && now - written > max_age) fs::remove(e.path(), ec2);
+  }
 }
 
 void MediaDir::remove_media(const std::string& id) const {

@@ -1,7 +1,10 @@
 // The server's media directory: its job database, its videos/ folder of MP4s and
-// thumbnails, and the lock that keeps a second server out of it.
+// thumbnails, its images/ folder of the images answered as URLs (response_format "url"), and
+// the lock that keeps a second server out of it.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <optional>
 #include <utility>
 
@@ -31,6 +34,14 @@ class MediaDir {
   // A media directory this server created is removed when the server fails to start
   // (nothing left behind); keep() once it has started.
   void keep() { remove_on_close_ = false; }
+  // Images answered with response_format "url": images/NAME, NAME = "img_" + 32 random letters
+  // and digits + ".png" | ".jpeg" | ".webp". save_image writes one (atomically) and returns its
+  // NAME; image_path is the file of a NAME a client sent, nullopt when it is not a valid NAME
+  // (no path trick can name another file). expire_images removes those older than `max_age`.
+  std::string save_image(const std::vector<uint8_t>& bytes, media::ImageFormat format) const;
+  std::optional<std::string> image_path(const std::string& name) const;
+  void expire_images(std::chrono::seconds max_age) const;
+
   // Removes a job's files (those that exist).
   void remove_media(const std::string& id) const;
   // Removes temporary files of an interrupted write, and files of jobs not in `known_ids`
@@ -38,7 +49,7 @@ class MediaDir {
   void sweep(const std::vector<std::string>& known_ids) const;
 
  private:
-  std::filesystem::path root_, videos_;
+  std::filesystem::path root_, videos_, images_;
   int lock_fd_ = -1;  // holds the flock until closed
   bool remove_on_close_ = false;
 };

@@ -223,7 +223,10 @@ void check_prompt_tokens(const DiffusionPipeline& pipeline, const ResolvedParams
   if (r.guidance_scale > 1.0) check(r.negative_prompt, "negative_prompt");
 }
 
-ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const GenerationParams& p) {
+// `image_field`: the request's field of the pipeline's `image` (input_reference for videos,
+// image for edits).
+ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const GenerationParams& p,
+                              const char* image_field = "input_reference") {
   try {
     ResolvedParams r = pipeline.resolve(p);
     check_prompt_tokens(pipeline, r);
@@ -232,7 +235,7 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
     // The pipeline's message names its own parameter; the client's field for it is:
     const std::string message = e.what();
     std::optional<std::string> param;
-    if (message.starts_with("image")) param = "input_reference";
+    if (message.starts_with("image")) param = image_field;
     if (message.starts_with("last_image")) param = "last_image";
     if (message.starts_with("cache_config.")) {
       param = message.starts_with("cache_config.teacache_thresh") || message.starts_with("cache_config.threshold")
@@ -508,10 +511,9 @@ ImageRequest parse_image_request(const RequestFields& f, bool edit) {
   r.adapters = parse_adapters(f);
   r.n = static_cast<int>(f.integer("n", 1, 10).value_or(1));
   if (auto format = f.string("response_format")) {
-    if (*format == "url")
-      bad_field("response_format", "response_format 'url' is not supported by this server; use 'b64_json'");
-    if (*format != "b64_json")
-      bad_field("response_format", fmt::format("'response_format' must be 'b64_json', got '{}'", *format));
+    if (*format != "b64_json" && *format != "url")
+      bad_field("response_format", fmt::format("'response_format' must be 'b64_json' or 'url', got '{}'", *format));
+    r.url = *format == "url";
   }
   if (auto format = f.string("output_format")) {
     if (*format != "png" && *format != "jpeg" && *format != "webp")
@@ -632,14 +634,21 @@ ImagePlan plan_image(const ImageRequest& request, const ModelInfo& model, const 
     } catch (const Error& e) {
       bad_field("image", fmt::format("'image' is not a readable image: {}", e.what()));
     }
+    // The pipeline crops each side down to its multiple (diffusers' get_default_height_width):
+    // a smaller image would leave nothing to edit. Refused here rather than failing the job.
+    const int64_t m = pipeline.capabilities().spatial_multiple;
+    if (p.image.size(0) < m || p.image.size(1) < m)
+      bad_field("image", fmt::format("'image' is {}x{}; an image to edit needs at least {} pixels on each side",
+                                     p.image.size(1), p.image.size(0), m));
   }
   p.num_frames = 1;
   p.seed = request.seed ? *request.seed : random_seed();
-  plan.resolved = resolve_or_400(pipeline, p);
+  plan.resolved = resolve_or_400(pipeline, p, request.edit ? "image" : "input_reference");
   plan.adapters = plan_adapters(request.adapters, model, pipeline);
   plan.n = request.n;
   plan.output_format = request.output_format;
   plan.quality = request.quality;
+  plan.url = request.url;
   plan.size = fmt::format("{}x{}", plan.resolved.width, plan.resolved.height);
   return plan;
 }

@@ -135,6 +135,7 @@ struct ImageRequest {
   std::optional<std::string> model;
   media::ImageFormat output_format = media::ImageFormat::PNG;
   int quality = 90;   // JPEG/WebP quality, from output_compression
+  bool url = false;   // response_format "url": the images are saved in the media directory
   bool edit = false;  // /v1/images/edits
   std::string image;  // edits: the encoded input image (one file part 'image' or 'image[]')
   AdapterRequest adapters;
@@ -164,6 +165,7 @@ struct ImagePlan {
   int n = 1;
   media::ImageFormat output_format = media::ImageFormat::PNG;
   int quality = 90;
+  bool url = false;
   std::string size;
 };
 

@@ -294,9 +294,11 @@ TEST(ServingRequests, ImagePlan) {
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "output_format": "jpg"})"); }, 400, "output_format");
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "quality": "ultra"})"); }, 400, "quality");
   expect_api_error([] { plan_image_json(R"({"prompt": "x", "seconds": 4})"); }, 422, "seconds");
+  EXPECT_TRUE(plan_image_json(R"({"prompt": "x", "response_format": "url"})").url);
+  EXPECT_FALSE(plan_image_json(R"({"prompt": "x", "response_format": "b64_json"})").url);
   const std::string m =
-      expect_api_error([] { plan_image_json(R"({"prompt": "x", "response_format": "url"})"); }, 400, "response_format");
-  EXPECT_NE(m.find("not supported"), std::string::npos) << m;
+      expect_api_error([] { plan_image_json(R"({"prompt": "x", "response_format": "uri"})"); }, 400, "response_format");
+  EXPECT_NE(m.find("'b64_json' or 'url'"), std::string::npos) << m;
 }
 
 TEST(ServingRequests, EditsNeedAnImageAndAnEditingModel) {
@@ -322,13 +324,13 @@ TEST(ServingRequests, EditsOfAnImageToImageModelTakeTheImage) {
   };
   using vgen::DType, vgen::Shape, vgen::Tensor;
   namespace media = vgen::media;
-  Tensor rgb = Tensor::zeros({6, 10, 3}, DType::U8);
+  Tensor rgb = Tensor::zeros({16, 20, 3}, DType::U8);
   rgb.data<uint8_t>()[5] = 200;
   const std::vector<uint8_t> png = media::encode_image(rgb, media::ImageFormat::PNG);
   const FormPart image{"image", "a.png", "image/png", std::string(png.begin(), png.end())};
   const ImagePlan plan = edit({field("prompt", "make it night"), image});
   ASSERT_TRUE(plan.resolved.image.defined());
-  EXPECT_EQ(plan.resolved.image.shape(), (Shape{6, 10, 3}));
+  EXPECT_EQ(plan.resolved.image.shape(), (Shape{16, 20, 3}));
   EXPECT_EQ(plan.resolved.image.data<uint8_t>()[5], 200);
   EXPECT_EQ(plan.resolved.num_frames, 1);
   FormPart image2 = image;
@@ -337,6 +339,12 @@ TEST(ServingRequests, EditsOfAnImageToImageModelTakeTheImage) {
   expect_api_error([&] { edit({field("prompt", "x"), image, {"mask", "m.png", "image/png", image.content}}); }, 400,
                    "mask");
   expect_api_error([&] { edit({field("prompt", "x"), {"image", "a.png", "image/png", "not an image"}}); }, 400, "image");
+  // Under the pipeline's spatial multiple (16) on a side: nothing would be left to edit.
+  const std::vector<uint8_t> small = media::encode_image(Tensor::zeros({15, 40, 3}, DType::U8), media::ImageFormat::PNG);
+  const std::string m = expect_api_error(
+      [&] { edit({field("prompt", "x"), {"image", "s.png", "image/png", std::string(small.begin(), small.end())}}); },
+      400, "image");
+  EXPECT_NE(m.find("40x15"), std::string::npos) << m;
 }
 
 TEST(ServingVideoId, NewIdsAreValidAndDistinct) {

@@ -23,3 +23,11 @@ add_test(NAME serving_i2v
                  $<TARGET_FILE:vgen> ${CMAKE_CURRENT_SOURCE_DIR}/fixtures/wan21_i2v_tiny)
 set_tests_properties(serving_i2v PROPERTIES
   SKIP_RETURN_CODE 77 TIMEOUT 600 RESOURCE_LOCK vgen_serving LABELS serving)
+
+# FLUX.1 through the OpenAI SDK: images.generate on flux_dev_tiny, images.edit on
+# flux_kontext_tiny (pixels against diffusers' references in fixtures/flux_serving_ref).
+add_test(NAME serving_flux_sdk
+         COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/serving/test_flux_sdk.py
+                 $<TARGET_FILE:vgen> ${CMAKE_CURRENT_SOURCE_DIR}/fixtures)
+set_tests_properties(serving_flux_sdk PROPERTIES
+  SKIP_RETURN_CODE 77 TIMEOUT 600 RESOURCE_LOCK vgen_serving LABELS serving)
