@@ -1,6 +1,7 @@
 // Host side of vgen's Hopper flash-attention kernel: input checks, TMA descriptors, launch.
 #include "backends/cuda/flash_attention_sm90.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "backends/cuda/cuda_common.h"
@@ -13,12 +14,18 @@ namespace fa90 = ::vgen_fa90;
 using cute::Int;
 using cute::_1;
 
+// Key blocks of 192 at head dim 128, measured on an H200 at S=32760 H=12 and S=75600 H=40:
+// 645 / 652 TFLOP/s, against 626 / 615 with 128, 558 / 560 with 160 and 485 / 483 with 176
+// (160 and 176 split into narrower wgmma instructions).
+using kTraits128 = fa90::Traits<128, 192, 2>;
+using kTraits64 = fa90::Traits<64, 128, 2>;
+
 // Whether this binary carries sm_90a code for the kernel (it is compiled for every target in
 // VGEN_CUDA_ARCHS, but its body exists only for sm_90a).
 bool built_for_sm90a() {
   static const bool built = [] {
     cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, fa90::forward_kernel<fa90::Traits<128, 128, 2>>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&attr, fa90::forward_kernel<kTraits128>) != cudaSuccess) {
       (void)cudaGetLastError();
       return false;
     }
@@ -29,11 +36,19 @@ bool built_for_sm90a() {
 
 template <class T>
 typename T::GTensor global_view(const Tensor& t) {
-  // [B, H, S, D] -> (S, D, H, B) as TMA addresses it.
+  // [B, H, S, D] -> (S, D, H, B) as TMA addresses it. A dimension of size 1 is never stepped
+  // along, but TMA wants every stride a multiple of 16 bytes: give it the extent of the
+  // dimensions inside it.
+  int64_t extent = T::kHeadDim;
+  int64_t stride[3];
+  for (int d : {2, 1, 0}) {
+    stride[d] = t.size(d) > 1 ? t.strides()[d] : (extent + 7) / 8 * 8;
+    extent = std::max(extent, t.size(d) * stride[d]);
+  }
   return cute::make_tensor(cute::make_gmem_ptr(static_cast<typename T::Element const*>(t.raw_data())),
-                     cute::make_shape(static_cast<int32_t>(t.size(2)), Int<T::kHeadDim>{}, static_cast<int32_t>(t.size(1)),
-                                static_cast<int32_t>(t.size(0))),
-                     cute::make_stride(t.strides()[2], _1{}, t.strides()[1], t.strides()[0]));
+                           cute::make_shape(static_cast<int32_t>(t.size(2)), Int<T::kHeadDim>{},
+                                            static_cast<int32_t>(t.size(1)), static_cast<int32_t>(t.size(0))),
+                           cute::make_stride(stride[2], _1{}, stride[1], stride[0]));
 }
 
 template <class T>
@@ -95,11 +110,8 @@ void flash_attention_sm90(const Tensor& q, const Tensor& k, const Tensor& v, flo
   VGEN_CHECK(out.dtype() == DType::BF16 && out.strides()[3] == 1 && out.shape() == q.shape(),
              "flash attention: out {} must be BF16 [B, H, Sq, D] with unit stride along D", out.str());
   if (q.numel() == 0) return;
-  // Key blocks of 192 at head dim 128, measured on an H200 at S=32760 H=12 and S=75600 H=40:
-  // 645 / 652 TFLOP/s, against 626 / 615 with 128, 558 / 560 with 160 and 485 / 483 with 176
-  // (160 and 176 split into narrower wgmma instructions).
-  if (q.size(3) == 128) launch<fa90::Traits<128, 192, 2>>(q, k, v, scale, out);
-  else launch<fa90::Traits<64, 128, 2>>(q, k, v, scale, out);
+  if (q.size(3) == 128) launch<kTraits128>(q, k, v, scale, out);
+  else launch<kTraits64>(q, k, v, scale, out);
 }
 
 }  // namespace vgen::cuda
