@@ -143,11 +143,7 @@ PipelineOptions make_options(const std::string& device, const std::optional<std:
   PipelineOptions o = default_pipeline_options(resolve_device(device));
   if (dtype) o.dtype = parse_compute_dtype(*dtype);
   o.vae_dtype = parse_compute_dtype(vae_dtype);
-  o.execution = execution_settings(config, ExecutionSettings::from_environment());
-  o.offload_text_encoder = config.offload.text_encoder;
-  o.offload_idle_expert = config.offload.idle_expert;
-  o.cache = config.cache_config;  // generate(params) may set its own
-  o.quant = config.quant_config;
+  apply_engine_config(config, o);  // as `vgen serve --config` applies it
   if (lora_cached_variants < 1 || lora_cached_variants > 16)
     fail("lora_cached_variants: must be 1 to 16, got {}", lora_cached_variants);
   o.lora_cached_variants = lora_cached_variants;

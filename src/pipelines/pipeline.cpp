@@ -28,6 +28,14 @@ std::vector<GenerationOutput> DiffusionPipeline::generate_batch(const std::vecto
   return outputs;
 }
 
+void apply_engine_config(const EngineConfig& config, PipelineOptions& options) {
+  options.execution = execution_settings(config, ExecutionSettings::from_environment());
+  options.offload_text_encoder = config.offload.text_encoder;
+  options.offload_idle_expert = config.offload.idle_expert;
+  options.cache = config.cache_config;  // a request may set its own
+  options.quant = config.quant_config;
+}
+
 PipelineOptions default_pipeline_options(Device device) {
   PipelineOptions o;
   o.device = device;

@@ -183,6 +183,11 @@ struct PipelineOptions {
 
 // The usual options for a device: bf16 compute on a GPU, float32 on the CPU.
 PipelineOptions default_pipeline_options(Device device);
+// The engine config's sections applied to `options`: the execution settings (attention,
+// cuda_graph, conv over the environment's), offload, cache_config and quant_config. The one
+// place an EngineConfig becomes PipelineOptions (`vgen serve --config`, Python's
+// VisualGenArgs); parallel_config is the launcher's.
+void apply_engine_config(const EngineConfig& config, PipelineOptions& options);
 // "auto" (a GPU when one is usable, else the CPU), "cpu", "cuda", "cuda:N"; an unusable GPU is
 // an error saying why.
 Device resolve_device(const std::string& text);

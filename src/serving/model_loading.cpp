@@ -40,12 +40,11 @@ ServedModel load_served_model(const ServeOptions& options) {
     config = load_engine_config(options.config_file);
     require_implemented(config, options.config_file);
   }
-  pipeline_options.execution = execution_settings(config, ExecutionSettings::from_environment());
-  pipeline_options.offload_text_encoder = options.offload_text_encoder || config.offload.text_encoder;
-  pipeline_options.offload_idle_expert = options.offload_idle_expert || config.offload.idle_expert;
+  apply_engine_config(config, pipeline_options);
+  // The command line's switches add to the file's.
+  pipeline_options.offload_text_encoder = pipeline_options.offload_text_encoder || options.offload_text_encoder;
+  pipeline_options.offload_idle_expert = pipeline_options.offload_idle_expert || options.offload_idle_expert;
   pipeline_options.lora_cached_variants = options.lora_cached_variants;
-  pipeline_options.cache = config.cache_config;  // requests may set their own (cache_config field)
-  pipeline_options.quant = config.quant_config;
   ServedModel m;
   m.info.adapters = list_lora_adapters(options.lora_dir);
   m.info.cache = config.cache_config;

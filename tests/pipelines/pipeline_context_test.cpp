@@ -90,3 +90,27 @@ TEST(PipelineContext, AttentionBackendsInterleavedOnGpu) {
   cudnn.execution.attention_backend = "cudnn";
   expect_interleaving_changes_nothing(reference, cudnn);
 }
+
+// The engine config's sections reach the pipeline options through one function (the server
+// and Python both use it): every section that has an effect is applied.
+TEST(PipelineContext, EngineConfigAppliesEverySection) {
+  const EngineConfig c = parse_engine_config(R"(
+quant_config: {quant_algo: FP8_BLOCK_SCALES, ignore: [proj_out]}
+cache_config: {cache_backend: fbcache, threshold: 0.07}
+attention: {backend: reference}
+cuda_graph: {enabled: false}
+conv: {autotune: false}
+offload: {text_encoder: true, idle_expert: true}
+)",
+                                             "engine.yaml");
+  PipelineOptions o = default_pipeline_options(Device::cpu());
+  apply_engine_config(c, o);
+  EXPECT_EQ(o.quant.quant_algo, QuantAlgo::FP8Blockwise);
+  EXPECT_EQ(o.quant.ignore, std::vector<std::string>{"proj_out"});
+  EXPECT_EQ(o.cache.cache_backend, CacheBackend::FirstBlockCache);
+  EXPECT_EQ(o.execution.attention_backend, "reference");
+  EXPECT_FALSE(o.execution.cuda_graphs);
+  EXPECT_FALSE(o.execution.conv_autotune);
+  EXPECT_TRUE(o.offload_text_encoder);
+  EXPECT_TRUE(o.offload_idle_expert);
+}
