@@ -192,6 +192,33 @@ TEST(ServingServer, StopAnswersWaitingSyncRequests) {
   }
 }
 
+// While stop() waits for the running generation's step to end, the server still accepts
+// connections: a new generation request (sync or async) gets 503 server_shutting_down, not a
+// 429 "queue full" that a client would retry; the running one gets its 503 too.
+TEST(ServingServer, GenerationRequestsDuringStopAre503) {
+  RunningServer s(options_for("stop_new_requests"), [] { return fake_model(std::chrono::milliseconds(2000)); });
+  vgen::testing::Client& c = s.client();
+  wait_until_ready(c);
+  auto running = std::async(std::launch::async, [&] {
+    vgen::testing::Client c1("127.0.0.1", s.port());
+    c1.set_read_timeout(30);
+    return c1.Post("/v1/images/generations", R"({"prompt": "a", "num_inference_steps": 100})", "application/json");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // its first step is under way
+  auto stopped = std::async(std::launch::async, [&] { s.stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the queue is shutting down
+  for (const char* path : {"/v1/videos", "/v1/images/generations"}) {
+    vgen::testing::Result r = c.Post(path, R"({"prompt": "b"})", "application/json");
+    ASSERT_TRUE(r) << path << " got no answer";
+    EXPECT_EQ(r->status, 503) << path << ": " << r->body;
+    EXPECT_EQ(json::parse(r->body)["error"]["code"], "server_shutting_down") << path;
+  }
+  stopped.get();
+  vgen::testing::Result r = running.get();
+  ASSERT_TRUE(r) << "the running request got no answer";
+  EXPECT_EQ(r->status, 503);
+}
+
 TEST(ServingServer, ServedModelNameAndApiKey) {
   ServeOptions o = options_for("named");
   o.served_model_name = "wan-fake";
