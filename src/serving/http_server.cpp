@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -98,6 +99,11 @@ struct HttpServer::Impl {
   std::atomic<size_t> busy{0};  // connections past their headers whose answer is not sent yet
   std::atomic<bool> stopped{false};
   net::io_context ioc;
+  // Keeps ioc.run() going until stop() ends it. Without it the I/O threads return as soon as
+  // nothing is pending on the io_context, which is the case after stop() closes the acceptor
+  // while the only requests left are in their handlers (on the pool, nothing of them pending
+  // here): their answers, dispatched a moment later, were then never written (issue 20).
+  net::executor_work_guard<net::io_context::executor_type> work = net::make_work_guard(ioc);
   tcp::acceptor acceptor{ioc};
   net::steady_timer retry_timer{ioc};
   net::thread_pool pool;
@@ -399,6 +405,10 @@ void HttpServer::stop() {
   });
   // Requests being answered finish (their handlers see the server stopping and answer fast),
   // and connections accepted but still sending their headers get a second to finish them.
+  // The io_context runs until here (the work guard): `busy` counts a request from its headers
+  // until its answer is written, including while its handler runs on the pool, so a handler
+  // that answers during this wait has its answer written and handed to the kernel (a lingering
+  // close follows) before ioc.stop() and run()'s closing of the sockets that are left.
   const auto t0 = std::chrono::steady_clock::now();
   while (!s.ioc.stopped()) {
     const auto waited = std::chrono::steady_clock::now() - t0;
@@ -406,6 +416,7 @@ void HttpServer::stop() {
     if (s.busy == 0 && (s.open_connections == 0 || waited > std::chrono::seconds(1))) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  s.work.reset();
   s.ioc.stop();
 }
 

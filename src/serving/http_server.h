@@ -64,8 +64,9 @@ class HttpServer {
   int port() const;
   // Serves until stop(); returns at once when stop() came first.
   void run();
-  // Thread-safe: stops accepting, lets requests being answered finish (up to 10 s) and
-  // connections still sending headers finish them (1 s), ends run(), which closes the rest.
+  // Thread-safe: stops accepting, lets requests being answered finish (up to 10 s: a handler
+  // still running gets its answer written) and connections still sending headers finish
+  // them (1 s), ends run(), which closes the rest.
   void stop();
 
   struct Impl;  // shared with the connections of http_server.cpp

@@ -50,6 +50,11 @@ bool JobQueue::running() const {
   return running_;
 }
 
+bool JobQueue::stopping() const {
+  std::lock_guard lock(mutex_);
+  return stopping_;
+}
+
 void JobQueue::shutdown() {
   std::deque<Item> dropped;
   {

@@ -35,6 +35,8 @@ class JobQueue {
   bool cancel(const std::string& key);
   size_t queued() const;
   bool running() const;
+  // True once shutdown() has begun: submit() refuses everything from then on.
+  bool stopping() const;
   // Flags the running item, drops the queued ones, joins the worker.
   void shutdown();
 

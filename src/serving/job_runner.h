@@ -27,8 +27,20 @@ GenerationOutput generate(ServerState& state, const ResolvedParams& params, cons
 // The work of one queued video job: in progress, then completed with its files, or failed.
 void run_video_job(ServerState& state, const std::string& id, const VideoPlan& plan, const std::atomic<bool>& cancelled);
 
+// Why the queue refused a job: 503 when the server is stopping (its queue takes no more),
+// else 429 (full).
+[[noreturn]] inline void throw_not_queued(const ServerState& state) {
+  if (state.queue.stopping())
+    throw ApiError(503, "the server is shutting down", std::nullopt, "server_shutting_down");
+  throw ApiError(429, fmt::format("the generation queue is full ({} waiting); retry later", state.options.max_queue),
+                 std::nullopt, "queue_full");
+}
+
 // Runs `work` on the worker and waits for its result (sync endpoints): 429 when the queue is
 // full, 503 when the server stops first, 500 naming the error when the work fails.
+// At stop, Server::stop() shuts the queue down first, which returns once the running work
+// has ended (a generation stops at its next step): the result, or the broken promise of
+// queued work, is set by then, and the HTTP layer waits for the answers being written.
 template <typename T>
 T run_sync(ServerState& state, const std::function<T(const std::atomic<bool>&)>& work) {
   auto promise = std::make_shared<std::promise<T>>();
@@ -41,9 +53,7 @@ T run_sync(ServerState& state, const std::function<T(const std::atomic<bool>&)>&
       promise->set_exception(std::current_exception());
     }
   });
-  if (!queued)
-    throw ApiError(429, fmt::format("the generation queue is full ({} waiting); retry later", state.options.max_queue),
-                   std::nullopt, "queue_full");
+  if (!queued) throw_not_queued(state);
   try {
     return result.get();
   } catch (const Cancelled&) {

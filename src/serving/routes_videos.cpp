@@ -68,8 +68,7 @@ void create_video(ServerState& s, const HttpRequest& req, HttpResponse& res) {
   const std::string id = job.id;
   if (!s.queue.submit(id, [&s, id, plan](const std::atomic<bool>& cancelled) { run_video_job(s, id, plan, cancelled); })) {
     s.store->remove(id);
-    throw ApiError(429, fmt::format("the generation queue is full ({} waiting); retry later", s.options.max_queue),
-                   std::nullopt, "queue_full");
+    throw_not_queued(s);
   }
   spdlog::info("{}: queued", id);
   note_job_id(id);

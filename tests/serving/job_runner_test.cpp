@@ -127,3 +127,30 @@ TEST(ServingJobRunner, ThumbnailIsOptional) {
   ASSERT_TRUE(thumbnail);
   EXPECT_TRUE(thumbnail->second == "image/webp" || thumbnail->second == "image/png") << thumbnail->second;
 }
+
+// A sync request the queue refuses: 429 while the queue is merely full, 503 once the server is
+// stopping (its queue shut down), rather than a "queue full" the client would retry.
+TEST(ServingJobRunner, RefusedSyncWorkSays429WhenFullAnd503WhenStopping) {
+  ServeOptions o = options_for("refused_sync");
+  o.max_queue = 1;
+  ServerState state(o);
+  ASSERT_TRUE(state.queue.submit("", [](const std::atomic<bool>&) {}));  // not started: it stays queued
+  const auto sync = [&state] {
+    return run_sync<int>(state, [](const std::atomic<bool>&) { return 1; });
+  };
+  try {
+    sync();
+    FAIL() << "a full queue took more work";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 429);
+    EXPECT_EQ(e.code.value_or(""), "queue_full");
+  }
+  state.queue.shutdown();
+  try {
+    sync();
+    FAIL() << "a stopped queue took work";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 503);
+    EXPECT_EQ(e.code.value_or(""), "server_shutting_down");
+  }
+}
