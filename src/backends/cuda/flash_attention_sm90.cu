@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/flash_attention_sm90.cuh"
@@ -51,6 +54,19 @@ typename T::GTensor global_view(const Tensor& t) {
                            cute::make_stride(stride[2], _1{}, stride[1], stride[0]));
 }
 
+// cudaFuncSetAttribute holds for the current device only: once per kernel and device.
+void allow_shared_memory(const void* kernel, int bytes, const char* what) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
+  int device = 0;
+  check(cudaGetDevice(&device), "get the current device");
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.count({kernel, device})) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        fmt::format("{}: allow the kernel's shared memory", what).c_str());
+  done.insert({kernel, device});
+}
+
 template <class T>
 void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out) {
   fa90::Params<T> p{
@@ -71,9 +87,7 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, cons
       scale * 1.4426950408889634f,
   };
   auto* kernel = fa90::forward_kernel<T>;
-  static const cudaError_t attr_err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
-  check(attr_err, "flash attention: allow the kernel's shared memory");
+  allow_shared_memory(reinterpret_cast<const void*>(kernel), T::kSmemBytes, "flash attention");
   const dim3 grid(static_cast<unsigned>((q.size(2) + T::kBlockM - 1) / T::kBlockM), static_cast<unsigned>(q.size(1)),
                   static_cast<unsigned>(q.size(0)));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream()>>>(p);
