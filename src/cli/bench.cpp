@@ -186,9 +186,14 @@ int run_bench(const BenchArgs& a) {
     double write_s = 0.0;
     if (!a.output.empty()) {
       const auto tw = Clock::now();
-      media::VideoEncodeOptions enc;
-      enc.fps = g.fps;
-      media::write_mp4(a.output, g.frames, enc);
+      const bool still = a.output.size() > 4 && a.output.substr(a.output.size() - 4) != ".mp4";
+      if (still) {  // an image model's PNG / JPEG / WebP (the first frame)
+        media::write_image(a.output, g.frames.select(0, 0));
+      } else {
+        media::VideoEncodeOptions enc;
+        enc.fps = g.fps;
+        media::write_mp4(a.output, g.frames, enc);
+      }
       write_s = seconds_since(tw);
     }
     if (!runs.empty()) out["runs"] = runs;

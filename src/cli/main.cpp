@@ -656,7 +656,7 @@ int main(int argc, char** argv) {
   bench->add_flag("--conv-autotune", b.conv_autotune, "vae, pipeline: autotune the GPU convolutions (as vgen serve does)");
   bench->add_flag("--offload-idle-expert", b.offload_idle_expert, "pipeline: two-expert models keep the idle expert in host memory");
   bench->add_flag("--offload-text-encoder", b.offload_text_encoder, "pipeline: free the text encoder once the prompts are encoded, as vgen generate does");
-  bench->add_option("-o,--output", b.output, "pipeline: also write the MP4 (timed)");
+  bench->add_option("-o,--output", b.output, "pipeline: also write the output (timed): an MP4, or for image models a .png, .jpg or .webp");
   bench->add_option("--inputs", b.inputs, "transformer: safetensors with hidden_states, timestep, encoder_hidden_states; vae: with z (decode) or video (--encode)")
       ->check(CLI::ExistingFile);
   bench->add_flag("--encode", b.encode, "vae: time the encoder (a video of the pixel size) instead of the decoder");

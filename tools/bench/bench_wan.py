@@ -28,8 +28,9 @@ the same random weights, and each one's error against the float32 forward beside
 Several GPUs: multigpu (seconds per step on 1, 2 and 4 GPUs through `vgen launch`: 14B width
 at 720x1280x81 with CFG parallel / Ulysses, 1.3B width at 480x832x81 with Ulysses / ring; vgen
 only, the ratio is the speed-up over one GPU; --par-layers, --par-steps).
-FLUX.1: flux (FLUX.1-dev-shaped transformer forward at 1024x1024 and the FLUX VAE decode, bf16;
---flux-layers D,S shrinks the transformer).
+FLUX.1: flux (FLUX.1-dev-shaped transformer forward at 1024x1024 with the accuracy of each
+against a float32 reference, and the FLUX VAE decode, bf16), flux_e2e (the 28-step text-to-PNG
+run end to end with CLIP-L and T5-XXL-shaped encoders); --flux-layers D,S shrinks the transformer.
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -904,6 +905,14 @@ def part_flux(args):
         theirs_out = run().float().cpu()
         s = median_time(run, 2, 5)
     theirs = {"s": s, "peak_gib": peak_gib()}
+    # float32 reference: the same (bf16-valued) weights and inputs in float32, no TF32.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    m = m.float()
+    with torch.no_grad():
+        ref = m(hidden_states=x.float(), encoder_hidden_states=ctx.float(), pooled_projections=pooled.float(),
+                timestep=t, img_ids=img_ids.float(), txt_ids=txt_ids.float(), guidance=guidance,
+                return_dict=False)[0].float().cpu()
     del m, x, ctx, pooled
     free_gpu()
     common = ["--model", d, "--height", h, "--width", w, "--text-len", text_len]
@@ -912,7 +921,8 @@ def part_flux(args):
     vgen(args, "transformer", *common, "--inputs", inputs, "--save-output", out_path, "--iters", 1, "--warmup", 0)
     ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(theirs_out.shape)
     compare(f"flux_dev_transformer_{double}+{single}_forward_{h}x{w}", theirs, ours,
-            rel_l2_vgen_vs_diffusers_bf16=rel_l2(ours_out, theirs_out))
+            rel_l2_vgen_vs_diffusers_bf16=rel_l2(ours_out, theirs_out), rel_l2_vs_f32_vgen=rel_l2(ours_out, ref),
+            rel_l2_vs_f32_diffusers_bf16=rel_l2(theirs_out, ref))
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -939,6 +949,68 @@ def part_flux(args):
     compare(f"flux_vae_decode_{h}x{w}_bf16", theirs, ours)
     if not args.keep:
         shutil.rmtree(vd, ignore_errors=True)
+
+
+def part_flux_e2e(args):
+    """The 28-step FLUX.1-dev text-to-PNG run end to end at 1024x1024, guidance 3.5, on random
+    weights of the real shapes: CLIP-L and T5 v1.1 XXL text encoders (the tiny fixture's
+    tokenizers: their vocabularies only size the embeddings), the 19 + 38 block transformer
+    (--flux-layers), FLUX.1's AutoencoderKL; diffusers' FluxPipeline (bf16, PNG written by PIL)
+    against `vgen bench pipeline -o out.png`, each after a warm-up run."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel,
+                              T5TokenizerFast)
+    dev, tiny = args.device, args.tiny
+    h = w = 64 if tiny else 1024
+    steps = 3 if tiny else 28
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "flux_dev_tiny")
+    tok = CLIPTokenizer.from_pretrained(os.path.join(fixtures, "tokenizer"))
+    tok2 = T5TokenizerFast.from_pretrained(os.path.join(fixtures, "tokenizer_2"))
+    double, single = (2, 2) if tiny else map(int, args.flux_layers.split(","))
+    torch.manual_seed(0)
+    with torch.device(dev):
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32 if tiny else 768,
+                                            intermediate_size=37 if tiny else 3072, num_hidden_layers=2 if tiny else 12,
+                                            num_attention_heads=4 if tiny else 12, max_position_embeddings=77,
+                                            projection_dim=32 if tiny else 768, hidden_act="quick_gelu"))
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=32 if tiny else 4096, d_kv=8 if tiny else 64,
+                                     d_ff=37 if tiny else 10240, num_layers=2 if tiny else 24,
+                                     num_heads=4 if tiny else 64, feed_forward_proj="gated-gelu",
+                                     relative_attention_num_buckets=32, relative_attention_max_distance=128))
+        tr = FluxTransformer2DModel(**(dict(num_layers=double, num_single_layers=single, attention_head_dim=16,
+                                            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                            axes_dims_rope=(4, 6, 6), guidance_embeds=True) if tiny else
+                                       dict(num_layers=double, num_single_layers=single, guidance_embeds=True)))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4,
+                            block_out_channels=[16, 16, 32, 32] if tiny else [128, 256, 512, 512], layers_per_block=2,
+                            latent_channels=16, norm_num_groups=8 if tiny else 32, scaling_factor=0.3611,
+                            shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                            base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                            max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=sched, vae=vae.to(torch.bfloat16), text_encoder=clip.to(torch.bfloat16),
+                        tokenizer=tok, text_encoder_2=t5.to(torch.bfloat16), tokenizer_2=tok2,
+                        transformer=tr.to(torch.bfloat16))
+    d = os.path.join(args.work, "flux_e2e")
+    pipe.save_pretrained(d)
+    kw = dict(prompt="A red fox in the snow, city lights", height=h, width=w, guidance_scale=3.5,
+              max_sequence_length=512)
+    pipe(num_inference_steps=2, **kw)  # warm-up
+    free_gpu()
+    t0 = time.perf_counter()
+    image = pipe(num_inference_steps=steps, generator=torch.Generator(dev).manual_seed(42), **kw).images[0]
+    image.save(os.path.join(args.work, "diffusers.png"))
+    sync()
+    theirs = {"s": time.perf_counter() - t0, "peak_gib": peak_gib()}
+    del pipe, clip, t5, tr, vae
+    free_gpu()
+    ours = vgen(args, "pipeline", "--model", d, "--height", h, "--width", w, "--steps", steps, "--warmup", 2,
+                "-o", os.path.join(args.work, "vgen.png"))
+    compare(f"flux_dev_e2e_{h}x{w}_{steps}steps_png", theirs, ours, vgen_phases=ours["phases"],
+            vgen_write_s=ours["write_s"], vgen_load_s=ours["load_s"])
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def main():
@@ -973,7 +1045,7 @@ def main():
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
              "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
              "lora14": part_lora14, "cache": part_cache, "quant": part_quant, "multigpu": part_multigpu,
-             "flux": part_flux}
+             "flux": part_flux, "flux_e2e": part_flux_e2e}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
