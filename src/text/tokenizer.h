@@ -54,8 +54,8 @@ namespace text {
 // text (checked as UTF-8, "tokenizer input B" in errors) is split into ids by `encode_text`,
 // cut to the room max_length leaves beside the special tokens, framed as [bos] ids eos (bos
 // when given) and right-padded with pad_id; the mask is 1 on the framed ids. `on_truncated` is
-// called with the text's index and the ids that were cut off. The caller checks that
-// max_length holds the special tokens.
+// called with the text's index and the ids that were cut off. Each tokenizer refuses, in its
+// own words, a max_length without room for its special tokens before calling this.
 using EncodeText = std::function<std::vector<int64_t>(const std::string& text)>;
 using OnTruncated = std::function<void(size_t index, const std::vector<int64_t>& removed_ids)>;
 TokenizerOutput pad_and_truncate(const std::vector<std::string>& texts, int64_t max_length,
