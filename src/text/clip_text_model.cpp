@@ -14,18 +14,6 @@ namespace {
 
 constexpr const char* kClassName = "CLIPTextModel";
 
-nn::AttentionOptions clip_attention_options(const CLIPTextConfig& c) {
-  nn::AttentionOptions o;
-  o.query_dim = c.hidden_size;
-  o.heads = c.num_attention_heads;
-  o.dim_head = c.hidden_size / c.num_attention_heads;  // scale: head_dim ** -0.5, the default
-  o.to_q = "q_proj";
-  o.to_k = "k_proj";
-  o.to_v = "v_proj";
-  o.to_out = "out_proj";
-  return o;
-}
-
 }  // namespace
 
 CLIPTextConfig CLIPTextConfig::from_json(const Json& j, const std::string& path) {
@@ -40,32 +28,12 @@ CLIPTextConfig CLIPTextConfig::from_json(const Json& j, const std::string& path)
   const ConfigReader& r = top;
   CLIPTextConfig c;
   c.vocab_size = r.integer("vocab_size", c.vocab_size, 1);
-  c.hidden_size = r.integer("hidden_size", c.hidden_size, 1);
-  c.intermediate_size = r.integer("intermediate_size", c.intermediate_size, 1);
+  c.read_encoder_fields(r);
   c.num_hidden_layers = r.integer("num_hidden_layers", c.num_hidden_layers, 0);
-  c.num_attention_heads = r.integer("num_attention_heads", c.num_attention_heads, 1);
-  if (c.hidden_size % c.num_attention_heads != 0)
-    r.fail_value("num_attention_heads",
-                 fmt::format("({}) must divide hidden_size ({})", c.num_attention_heads, c.hidden_size));
   c.max_position_embeddings = r.integer("max_position_embeddings", c.max_position_embeddings, 1);
-  c.hidden_act = r.string("hidden_act", c.hidden_act);
-  if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu" && c.hidden_act != "gelu_new" &&
-      c.hidden_act != "gelu_pytorch_tanh")
-    r.fail_value("hidden_act",
-                 fmt::format("is \"{}\"; supported: quick_gelu, gelu, gelu_new, gelu_pytorch_tanh", c.hidden_act));
-  c.layer_norm_eps = r.number("layer_norm_eps", c.layer_norm_eps);
-  if (!(c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0))
-    r.fail_value("layer_norm_eps", fmt::format("must be in (0, 1), got {}", c.layer_norm_eps));
   c.eos_token_id = r.integer("eos_token_id", c.eos_token_id, 0);
   return c;
 }
-
-CLIPTextModel::Layer::Layer(const nn::Weights& weights, const std::string& p, const CLIPTextConfig& c)
-    : layer_norm1(weights, p + "layer_norm1", c.hidden_size, static_cast<float>(c.layer_norm_eps)),
-      self_attn(weights, p + "self_attn", clip_attention_options(c)),
-      layer_norm2(weights, p + "layer_norm2", c.hidden_size, static_cast<float>(c.layer_norm_eps)),
-      fc1(weights, p + "mlp.fc1", c.hidden_size, c.intermediate_size),
-      fc2(weights, p + "mlp.fc2", c.intermediate_size, c.hidden_size) {}
 
 CLIPTextModel::CLIPTextModel(CLIPTextConfig config, DType dtype, Device device)
     : config_(std::move(config)), dtype_(dtype), device_(device) {}
@@ -89,26 +57,13 @@ std::unique_ptr<CLIPTextModel> CLIPTextModel::from_pretrained(const std::string&
       store.load(prefix + "embeddings.token_embedding.weight", {c.vocab_size, c.hidden_size}, dtype, Device::cpu());
   model->position_embedding_ =
       weights.load(prefix + "embeddings.position_embedding.weight", {c.max_position_embeddings, c.hidden_size});
-  model->layers_.reserve(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    model->layers_.emplace_back(weights, fmt::format("{}encoder.layers.{}.", prefix, i), c);
+  model->encoder_ = CLIPEncoder(weights, prefix + "encoder.", c, c.num_hidden_layers);
   model->final_layer_norm_ =
       nn::LayerNorm(weights, prefix + "final_layer_norm", c.hidden_size, static_cast<float>(c.layer_norm_eps));
   // The position_ids buffer that transformers before 4.31 saved is not a weight.
   weights.check_all_used(kClassName, config_path,
                          [&](const std::string& name) { return name == prefix + "embeddings.position_ids"; });
   return model;
-}
-
-Tensor CLIPTextModel::mlp(const Layer& layer, const Tensor& x) const {
-  const std::string& act = config_.hidden_act;
-  if (act == "quick_gelu") {
-    // x * sigmoid(1.702 x), written as silu(1.702 x) / 1.702 with the ops there are (in
-    // float32 within an ulp or two of transformers' QuickGELUActivation).
-    constexpr float k = 1.702f;
-    return layer.fc2.forward(ops::scale(ops::silu(ops::scale(layer.fc1.forward(x), k)), 1.0f / k));
-  }
-  return layer.fc2.forward(layer.fc1.forward(x, act == "gelu" ? Activation::Gelu : Activation::GeluTanh));
 }
 
 CLIPTextModelOutput CLIPTextModel::forward(const Tensor& input_ids, const Tensor& attention_mask) const {
@@ -139,12 +94,8 @@ CLIPTextModelOutput CLIPTextModel::forward(const Tensor& input_ids, const Tensor
   const Tensor ids_host = input_ids.to(Device::cpu()).contiguous();
   Tensor h = ops::embedding(ids_host, token_embedding_).to(device_);
   h = ops::add(h, position_embedding_.narrow(0, 0, L).unsqueeze(0));
-  for (const Layer& layer : layers_) {
-    h = ops::add(h, layer.self_attn.forward(layer.layer_norm1.forward(h), nullptr, mask_bias));
-    h = ops::add(h, mlp(layer, layer.layer_norm2.forward(h)));
-  }
   CLIPTextModelOutput out;
-  out.last_hidden_state = final_layer_norm_.forward(h);
+  out.last_hidden_state = final_layer_norm_.forward(encoder_.forward(h, mask_bias));
 
   // The end-of-text position of each row: the first largest id for the legacy eos_token_id 2,
   // else the first eos_token_id (position 0 when the row has none, as torch's argmax of zeros).

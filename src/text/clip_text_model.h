@@ -1,7 +1,6 @@
 // transformers' CLIPTextModel (models/clip/modeling_clip.py): FLUX.1's text_encoder (CLIP-L).
-// Token + learned position embeddings, num_hidden_layers pre-norm blocks [LayerNorm ->
-// causal self-attention (q/k/v/out_proj with biases, 1/sqrt(d) scaling) -> residual,
-// LayerNorm -> fc1 -> hidden_act (quick_gelu) -> fc2 -> residual], final LayerNorm.
+// Token + learned position embeddings, the CLIPEncoder's num_hidden_layers pre-norm blocks
+// (models/clip/clip_encoder.h, shared with CLIPVisionModel) with a causal mask, final LayerNorm.
 // pooler_output is the final hidden state at each row's end-of-text token, chosen as
 // transformers does for the config: with eos_token_id == 2 (the legacy CLIP configs, FLUX's
 // included) the position of the largest input id, else the first position holding
@@ -15,23 +14,20 @@
 
 #include "core/tensor.h"
 #include "io/json.h"
-#include "nn/attention.h"
-#include "nn/linear.h"
+#include "models/clip/clip_encoder.h"
 #include "nn/norm.h"
 
 namespace vgen {
 
 // text_encoder/config.json fields (a CLIPTextConfig, or a CLIPConfig's text_config); defaults
-// are transformers' CLIPTextConfig.
-struct CLIPTextConfig {
+// are transformers' CLIPTextConfig (the encoder's: hidden_size 512, intermediate_size 2048,
+// 8 heads, quick_gelu, eps 1e-5).
+struct CLIPTextConfig : CLIPEncoderConfig {
+  CLIPTextConfig() : CLIPEncoderConfig{512, 2048, 8, "quick_gelu", 1e-5} {}
+
   int64_t vocab_size = 49408;
-  int64_t hidden_size = 512;
-  int64_t intermediate_size = 2048;
   int64_t num_hidden_layers = 12;
-  int64_t num_attention_heads = 8;
   int64_t max_position_embeddings = 77;
-  std::string hidden_act = "quick_gelu";  // quick_gelu, gelu, gelu_new / gelu_pytorch_tanh
-  double layer_norm_eps = 1e-5;
   int64_t eos_token_id = 49407;
 
   // Reads and checks a config.json (`path` names it in errors).
@@ -61,25 +57,14 @@ class CLIPTextModel {
   Device device() const { return device_; }
 
  private:
-  // CLIPEncoderLayer, named as the keys under text_model.encoder.layers.N.
-  struct Layer {
-    Layer(const nn::Weights& weights, const std::string& prefix, const CLIPTextConfig& config);
-
-    nn::LayerNorm layer_norm1;
-    nn::Attention self_attn;  // self_attn.{q,k,v,out}_proj
-    nn::LayerNorm layer_norm2;
-    nn::Linear fc1, fc2;      // mlp.fc1, mlp.fc2
-  };
-
   CLIPTextModel(CLIPTextConfig config, DType dtype, Device device);
-  Tensor mlp(const Layer& layer, const Tensor& x) const;
 
   CLIPTextConfig config_;
   DType dtype_;
   Device device_;
   Tensor token_embedding_;     // [vocab_size, hidden_size], host memory
   Tensor position_embedding_;  // [max_position_embeddings, hidden_size], on device
-  std::vector<Layer> layers_;
+  CLIPEncoder encoder_;        // text_model.encoder.layers.N
   nn::LayerNorm final_layer_norm_;
 };
 

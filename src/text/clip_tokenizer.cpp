@@ -496,31 +496,12 @@ std::string CLIPTokenizer::decode(const std::vector<int64_t>& ids, bool skip_spe
 TokenizerOutput CLIPTokenizer::operator()(const std::vector<std::string>& texts, int64_t max_length,
                                           const TruncationCallback& on_truncated) const {
   if (max_length < 2) fail("CLIPTokenizer: max_length must be at least 2 (room for bos and eos), got {}", max_length);
-  const auto batch = static_cast<int64_t>(texts.size());
-  TokenizerOutput out;
-  out.input_ids = Tensor::empty({batch, max_length}, DType::I64);
-  out.attention_mask = Tensor::empty({batch, max_length}, DType::I64);
-  int64_t* ids = out.input_ids.data<int64_t>();
-  int64_t* mask = out.attention_mask.data<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    text::check_utf8(texts[static_cast<size_t>(b)], fmt::format("tokenizer input {}", b));
-    std::vector<int64_t> tokens = impl_->encode_text(texts[static_cast<size_t>(b)]);
-    if (static_cast<int64_t>(tokens.size()) > max_length - 2) {
-      if (on_truncated)
-        on_truncated(static_cast<size_t>(b), decode(std::vector<int64_t>(tokens.begin() + (max_length - 2), tokens.end())));
-      tokens.resize(static_cast<size_t>(max_length - 2));
-    }
-    int64_t* row = ids + b * max_length;
-    row[0] = impl_->bos_id;
-    std::copy(tokens.begin(), tokens.end(), row + 1);
-    const auto n = static_cast<int64_t>(tokens.size()) + 2;
-    row[n - 1] = impl_->eos_id;
-    std::fill(row + n, row + max_length, impl_->pad_id);
-    std::fill(mask + b * max_length, mask + b * max_length + n, int64_t{1});
-    std::fill(mask + b * max_length + n, mask + (b + 1) * max_length, int64_t{0});
-    out.lengths.push_back(n);
-  }
-  return out;
+  text::OnTruncated removed;
+  if (on_truncated)
+    removed = [&](size_t index, const std::vector<int64_t>& ids) { on_truncated(index, decode(ids)); };
+  return text::pad_and_truncate(
+      texts, max_length, [&](const std::string& t) { return impl_->encode_text(t); }, impl_->bos_id, impl_->eos_id,
+      impl_->pad_id, removed);
 }
 
 int64_t CLIPTokenizer::vocab_size() const {

@@ -463,25 +463,9 @@ std::vector<int64_t> T5Tokenizer::encode(const std::string& text) const {
 
 TokenizerOutput T5Tokenizer::operator()(const std::vector<std::string>& texts, int64_t max_length) const {
   if (max_length < 1) fail("tokenizer: max_length must be at least 1 (room for </s>), got {}", max_length);
-  const auto batch = static_cast<int64_t>(texts.size());
-  TokenizerOutput out;
-  out.input_ids = Tensor::empty({batch, max_length}, DType::I64);
-  out.attention_mask = Tensor::empty({batch, max_length}, DType::I64);
-  int64_t* ids = out.input_ids.data<int64_t>();
-  int64_t* mask = out.attention_mask.data<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    text::check_utf8(texts[b], fmt::format("tokenizer input {}", b));
-    std::vector<int64_t> tokens = impl_->encode_text(texts[b]);
-    if (static_cast<int64_t>(tokens.size()) > max_length - 1) tokens.resize(max_length - 1);
-    tokens.push_back(impl_->eos_id);
-    const auto n = static_cast<int64_t>(tokens.size());
-    std::fill(ids + b * max_length, ids + (b + 1) * max_length, impl_->pad_id);
-    std::copy(tokens.begin(), tokens.end(), ids + b * max_length);
-    std::fill(mask + b * max_length, mask + b * max_length + n, int64_t{1});
-    std::fill(mask + b * max_length + n, mask + (b + 1) * max_length, int64_t{0});
-    out.lengths.push_back(n);
-  }
-  return out;
+  return text::pad_and_truncate(
+      texts, max_length, [&](const std::string& t) { return impl_->encode_text(t); }, std::nullopt, impl_->eos_id,
+      impl_->pad_id);
 }
 
 int64_t T5Tokenizer::vocab_size() const { return impl_->vocab_size(); }
@@ -491,4 +475,39 @@ int64_t T5Tokenizer::unk_token_id() const { return impl_->unk_id; }
 int64_t T5Tokenizer::token_to_id(const std::string& token) const { return impl_->model_token_to_id(token); }
 TokenizerSource T5Tokenizer::source() const { return impl_->source; }
 
+namespace text {
+
+TokenizerOutput pad_and_truncate(const std::vector<std::string>& texts, int64_t max_length,
+                                 const EncodeText& encode_text, std::optional<int64_t> bos_id, int64_t eos_id,
+                                 int64_t pad_id, const OnTruncated& on_truncated) {
+  const int64_t room = max_length - (bos_id ? 2 : 1);
+  VGEN_CHECK(room >= 0, "tokenizer: max_length {} leaves no room for the special tokens", max_length);
+  const auto batch = static_cast<int64_t>(texts.size());
+  TokenizerOutput out;
+  out.input_ids = Tensor::empty({batch, max_length}, DType::I64);
+  out.attention_mask = Tensor::empty({batch, max_length}, DType::I64);
+  int64_t* ids = out.input_ids.data<int64_t>();
+  int64_t* mask = out.attention_mask.data<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const std::string& input = texts[static_cast<size_t>(b)];
+    check_utf8(input, fmt::format("tokenizer input {}", b));
+    std::vector<int64_t> tokens = encode_text(input);
+    if (static_cast<int64_t>(tokens.size()) > room) {
+      if (on_truncated) on_truncated(static_cast<size_t>(b), std::vector<int64_t>(tokens.begin() + room, tokens.end()));
+      tokens.resize(static_cast<size_t>(room));
+    }
+    if (bos_id) tokens.insert(tokens.begin(), *bos_id);
+    tokens.push_back(eos_id);
+    const auto n = static_cast<int64_t>(tokens.size());
+    int64_t* row = ids + b * max_length;
+    std::copy(tokens.begin(), tokens.end(), row);
+    std::fill(row + n, row + max_length, pad_id);
+    std::fill(mask + b * max_length, mask + b * max_length + n, int64_t{1});
+    std::fill(mask + b * max_length + n, mask + (b + 1) * max_length, int64_t{0});
+    out.lengths.push_back(n);
+  }
+  return out;
+}
+
+}  // namespace text
 }  // namespace vgen

@@ -32,7 +32,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +47,22 @@ struct TokenizerOutput {
   Tensor attention_mask;         // I64 [B, max_length], 1 on real tokens (including </s>)
   std::vector<int64_t> lengths;  // real tokens per text (diffusers' seq_lens)
 };
+
+namespace text {
+
+// The padding="max_length", truncation=True loop that T5Tokenizer and CLIPTokenizer share: each
+// text (checked as UTF-8, "tokenizer input B" in errors) is split into ids by `encode_text`,
+// cut to the room max_length leaves beside the special tokens, framed as [bos] ids eos (bos
+// when given) and right-padded with pad_id; the mask is 1 on the framed ids. `on_truncated` is
+// called with the text's index and the ids that were cut off. Each tokenizer refuses, in its
+// own words, a max_length without room for its special tokens before calling this.
+using EncodeText = std::function<std::vector<int64_t>(const std::string& text)>;
+using OnTruncated = std::function<void(size_t index, const std::vector<int64_t>& removed_ids)>;
+TokenizerOutput pad_and_truncate(const std::vector<std::string>& texts, int64_t max_length,
+                                 const EncodeText& encode_text, std::optional<int64_t> bos_id, int64_t eos_id,
+                                 int64_t pad_id, const OnTruncated& on_truncated = {});
+
+}  // namespace text
 
 enum class TokenizerSource {
   Auto,           // spiece.model when present, else tokenizer.json

@@ -12,18 +12,6 @@ namespace {
 
 constexpr const char* kClassName = "CLIPVisionModel";
 
-nn::AttentionOptions clip_attention_options(const CLIPVisionConfig& c) {
-  nn::AttentionOptions o;
-  o.query_dim = c.hidden_size;
-  o.heads = c.num_attention_heads;
-  o.dim_head = c.hidden_size / c.num_attention_heads;  // scale: head_dim ** -0.5, the default
-  o.to_q = "q_proj";
-  o.to_k = "k_proj";
-  o.to_v = "v_proj";
-  o.to_out = "out_proj";
-  return o;
-}
-
 }  // namespace
 
 CLIPVisionConfig CLIPVisionConfig::from_json(const Json& j, const std::string& path) {
@@ -34,35 +22,15 @@ CLIPVisionConfig CLIPVisionConfig::from_json(const Json& j, const std::string& p
                                            "diffusers pipeline is a CLIPVisionModel)",
                                            model_type));
   CLIPVisionConfig c;
-  c.hidden_size = r.integer("hidden_size", c.hidden_size, 1);
-  c.intermediate_size = r.integer("intermediate_size", c.intermediate_size, 1);
+  c.read_encoder_fields(r);
   c.num_hidden_layers = r.integer("num_hidden_layers", c.num_hidden_layers, 1);
-  c.num_attention_heads = r.integer("num_attention_heads", c.num_attention_heads, 1);
-  if (c.hidden_size % c.num_attention_heads != 0)
-    r.fail_value("num_attention_heads",
-                 fmt::format("({}) must divide hidden_size ({})", c.num_attention_heads, c.hidden_size));
   c.num_channels = r.integer("num_channels", c.num_channels, 1);
   c.image_size = r.integer("image_size", c.image_size, 1);
   c.patch_size = r.integer("patch_size", c.patch_size, 1);
   if (c.patch_size > c.image_size)
     r.fail_value("patch_size", fmt::format("({}) is larger than image_size ({})", c.patch_size, c.image_size));
-  c.hidden_act = r.string("hidden_act", c.hidden_act);
-  if (c.hidden_act != "quick_gelu" && c.hidden_act != "gelu" && c.hidden_act != "gelu_new" &&
-      c.hidden_act != "gelu_pytorch_tanh" && c.hidden_act != "silu")
-    r.fail_value("hidden_act", fmt::format("is \"{}\"; supported: quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, silu",
-                                           c.hidden_act));
-  c.layer_norm_eps = r.number("layer_norm_eps", c.layer_norm_eps);
-  if (!(c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0))
-    r.fail_value("layer_norm_eps", fmt::format("must be in (0, 1), got {}", c.layer_norm_eps));
   return c;
 }
-
-CLIPVisionModel::Layer::Layer(const nn::Weights& weights, const std::string& p, const CLIPVisionConfig& c)
-    : layer_norm1(weights, p + "layer_norm1", c.hidden_size, static_cast<float>(c.layer_norm_eps)),
-      self_attn(weights, p + "self_attn", clip_attention_options(c)),
-      layer_norm2(weights, p + "layer_norm2", c.hidden_size, static_cast<float>(c.layer_norm_eps)),
-      fc1(weights, p + "mlp.fc1", c.hidden_size, c.intermediate_size),
-      fc2(weights, p + "mlp.fc2", c.intermediate_size, c.hidden_size) {}
 
 CLIPVisionModel::CLIPVisionModel(CLIPVisionConfig config, DType dtype, Device device)
     : config_(std::move(config)), dtype_(dtype), device_(device) {}
@@ -89,9 +57,7 @@ std::unique_ptr<CLIPVisionModel> CLIPVisionModel::from_pretrained(const std::str
       weights.load(prefix + "embeddings.position_embedding.weight", {c.num_positions(), c.hidden_size});
   model->pre_layrnorm_ =
       nn::LayerNorm(weights, prefix + "pre_layrnorm", c.hidden_size, static_cast<float>(c.layer_norm_eps));
-  model->layers_.reserve(static_cast<size_t>(c.num_hidden_layers - 1));
-  for (int64_t i = 0; i + 1 < c.num_hidden_layers; ++i)
-    model->layers_.emplace_back(weights, fmt::format("{}encoder.layers.{}.", prefix, i), c);
+  model->encoder_ = CLIPEncoder(weights, prefix + "encoder.", c, c.num_hidden_layers - 1);
 
   // What hidden_states[-2] does not depend on: the last layer, post_layernorm, the projection
   // of a CLIPVisionModelWithProjection checkpoint, and the position_ids buffer that
@@ -131,26 +97,8 @@ Tensor CLIPVisionModel::embeddings(const Tensor& pixel_values) const {
   return ops::add(embeddings, position_embedding_.unsqueeze(0));
 }
 
-Tensor CLIPVisionModel::mlp(const Layer& layer, const Tensor& x) const {
-  const std::string& act = config_.hidden_act;
-  if (act == "quick_gelu") {
-    // x * sigmoid(1.702 x), written as silu(1.702 x) / 1.702 with the ops there are (in
-    // float32 within an ulp or two of transformers' QuickGELUActivation).
-    constexpr float k = 1.702f;
-    const Tensor h = layer.fc1.forward(x);
-    return layer.fc2.forward(ops::scale(ops::silu(ops::scale(h, k)), 1.0f / k));
-  }
-  const Activation fused = act == "gelu" ? Activation::Gelu : act == "silu" ? Activation::Silu : Activation::GeluTanh;
-  return layer.fc2.forward(layer.fc1.forward(x, fused));
-}
-
 Tensor CLIPVisionModel::penultimate_hidden_states(const Tensor& pixel_values) const {
-  Tensor h = pre_layrnorm_.forward(embeddings(pixel_values));
-  for (const Layer& layer : layers_) {
-    h = ops::add(h, layer.self_attn.forward(layer.layer_norm1.forward(h)));
-    h = ops::add(h, mlp(layer, layer.layer_norm2.forward(h)));
-  }
-  return h;
+  return encoder_.forward(pre_layrnorm_.forward(embeddings(pixel_values)));
 }
 
 }  // namespace vgen

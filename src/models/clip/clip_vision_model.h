@@ -1,7 +1,7 @@
 // transformers' CLIPVisionModel (models/clip/modeling_clip.py), the image encoder of the
 // Wan2.1 image-to-video pipelines: CLIPVisionEmbeddings (class token, patch convolution,
-// position embeddings), pre_layrnorm, then encoder layers of [layer_norm1 -> self-attention
-// -> residual, layer_norm2 -> fc1 -> hidden_act -> fc2 -> residual].
+// position embeddings), pre_layrnorm, then the CLIPEncoder's layers (models/clip/clip_encoder.h,
+// shared with CLIPTextModel), without a mask.
 //
 // WanImageToVideoPipeline.encode_image takes `hidden_states[-2]` of
 // `image_encoder(**image, output_hidden_states=True)`: the output of all layers but the
@@ -15,23 +15,21 @@
 
 #include "core/tensor.h"
 #include "io/json.h"
-#include "nn/attention.h"
+#include "models/clip/clip_encoder.h"
 #include "nn/linear.h"
 #include "nn/norm.h"
 
 namespace vgen {
 
-// Fields named as in image_encoder/config.json; defaults are transformers' CLIPVisionConfig.
-struct CLIPVisionConfig {
-  int64_t hidden_size = 768;
-  int64_t intermediate_size = 3072;
+// Fields named as in image_encoder/config.json; defaults are transformers' CLIPVisionConfig
+// (the encoder's: hidden_size 768, intermediate_size 3072, 12 heads, quick_gelu, eps 1e-5).
+struct CLIPVisionConfig : CLIPEncoderConfig {
+  CLIPVisionConfig() : CLIPEncoderConfig{768, 3072, 12, "quick_gelu", 1e-5} {}
+
   int64_t num_hidden_layers = 12;
-  int64_t num_attention_heads = 12;
   int64_t num_channels = 3;
   int64_t image_size = 224;
   int64_t patch_size = 32;
-  std::string hidden_act = "quick_gelu";  // quick_gelu, gelu, gelu_new / gelu_pytorch_tanh, silu
-  double layer_norm_eps = 1e-5;
 
   int64_t num_patches() const { return (image_size / patch_size) * (image_size / patch_size); }
   int64_t num_positions() const { return num_patches() + 1; }
@@ -58,19 +56,8 @@ class CLIPVisionModel {
   Device device() const { return device_; }
 
  private:
-  // CLIPEncoderLayer, its modules named as the checkpoint's keys under encoder.layers.N.
-  struct Layer {
-    Layer(const nn::Weights& weights, const std::string& prefix, const CLIPVisionConfig& config);
-
-    nn::LayerNorm layer_norm1;
-    nn::Attention self_attn;  // q_proj, k_proj, v_proj, out_proj, with biases
-    nn::LayerNorm layer_norm2;
-    nn::Linear fc1, fc2;  // mlp.fc1, mlp.fc2
-  };
-
   CLIPVisionModel(CLIPVisionConfig config, DType dtype, Device device);
   Tensor embeddings(const Tensor& pixel_values) const;
-  Tensor mlp(const Layer& layer, const Tensor& x) const;
 
   CLIPVisionConfig config_;
   DType dtype_;
@@ -79,7 +66,7 @@ class CLIPVisionModel {
   nn::Linear patch_embedding_;  // the Conv2d (kernel = stride = patch_size, no bias) as a linear map
   Tensor position_embedding_;   // [num_positions, hidden_size]
   nn::LayerNorm pre_layrnorm_;  // (sic: transformers' name)
-  std::vector<Layer> layers_;   // the first num_hidden_layers - 1
+  CLIPEncoder encoder_;         // the first num_hidden_layers - 1 layers
 };
 
 }  // namespace vgen
