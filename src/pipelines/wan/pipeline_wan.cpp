@@ -4,6 +4,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include <spdlog/spdlog.h>
+
 #include "core/random.h"
 #include "media/frames.h"
 #include "media/image_processor.h"
@@ -777,6 +779,10 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   if (r.cache.enabled()) {
     cache.emplace(r.cache, static_cast<int>(scheduler_->timesteps().size()),
                   WanTransformer3DModel::module_names(transformer_->config()));
+    if (cache->works_on_output() && !cache->taylorseer_hooks().predicts_output())
+      spdlog::warn("cache_config: taylorseer's identifiers match no module of WanTransformer3DModel (as in "
+                   "diffusers, whose default '^blocks.*attn' does not match blocks.N.attn1 / attn2 in full): every "
+                   "call is computed; use_lite_mode: true predicts the output");
     loop.cache = &*cache;
   }
 
