@@ -18,8 +18,9 @@ VAE decode 704x1280x121 + accuracy), vae_encode (Wan2.1 VAE encode of one 720p f
 LoRA: lora14 (Wan2.1 T2V 14B shape, a random rank-64 LoRA fused at load, the 4-step no-CFG
 recipe end to end at 480x832x81; vgen's speedup over its own 50-step CFG run; LoRA load + merge).
 Step caching: cache (1.3B-shaped text-to-video 480x832x81 with CFG, --cache-steps steps: each
-cache at two thresholds (TaylorSeer: two cache_intervals) and a fixed skip schedule; calls skipped, time against diffusers
-uncached and with the same cache, final-latent relative L2 and frame PSNR against vgen uncached).
+cache at two thresholds (TaylorSeer: two cache_intervals) and a fixed skip schedule; calls
+skipped, time against diffusers uncached and with the same cache, final-latent relative L2 and
+frame PSNR against vgen uncached).
 quant: the quantized linear layers (FP8, FP8_BLOCK_SCALES, NVFP4, quantized while loading) on the
 1.3B (480x832x81, all 30 layers) and 14B (720x1280x81, --quant-layers14 layers of 40, default 4:
 the 14B width at its real token count, fewer layers so the whole part stays within a few

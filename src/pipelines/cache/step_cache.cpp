@@ -185,7 +185,8 @@ void StepCache::taylor_update(State& s, const Tensor& features) const {
   if (s.last_update_call >= 0) {
     const int delta = call - s.last_update_call;
     VGEN_CHECK(delta > 0, "TaylorSeer: update at call {} after one at call {}", call, s.last_update_call);
-    const Tensor divisor = Tensor::full({1}, static_cast<float>(delta), features.dtype(), features.device());
+    // torch divides by the Python int in float (opmath): a float32 divisor, exact for any delta.
+    const Tensor divisor = Tensor::full({1}, static_cast<float>(delta), DType::F32, features.device());
     for (int j = 0; j < config_.max_order; ++j) {
       if (static_cast<size_t>(j) >= s.taylor_factors.size()) break;
       const Tensor& previous = s.taylor_factors[static_cast<size_t>(j)];
