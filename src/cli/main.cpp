@@ -602,7 +602,7 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-disable-after", g.cache_disable_after, "TaylorSeer: disable_cache_after_step, calls from N on computed (default: none)");
   gen->add_option("--cache-max-order", g.cache_max_order, "TaylorSeer: max_order, the Taylor expansion's highest order (default 1)");
   gen->add_option("--cache-factors-dtype", g.cache_factors_dtype, "TaylorSeer: taylor_factors_dtype, bfloat16 (default) | float16 | float32");
-  gen->add_option("--cache-lite-mode", g.cache_lite_mode, "TaylorSeer: use_lite_mode true|false (default false, diffusers' default, which on Wan hooks nothing: every call computed); true predicts the output (proj_out) and skips the whole forward");
+  gen->add_option("--cache-lite-mode", g.cache_lite_mode, "TaylorSeer: use_lite_mode true|false (default false: diffusers' default identifiers, which may match no module of the model, then every call is computed; README: Step caching); true predicts the output (proj_out) and skips the whole forward");
   gen->add_option("--cache-max-continuous", g.cache_max_continuous, "Any cache: at most this many skipped calls in a row per branch (default 0: no limit beyond the method's own)");
   gen->add_option("--seed", g.seed_text, "Random seed, 0 to 2^64-1; -1 draws one and prints it (default 0)");
   gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(cli::positive_number());
