@@ -711,15 +711,15 @@ def part_cache(args):
     tea13 = [-5.21862437e4, 9.23041404e3, -5.28275948e2, 1.36987616e1, -4.99875664e-2]
     mag = [float(x) for x in FLUX_MAG_RATIOS]  # Flux's table: diffusers ships no Wan one (the pattern is the point)
     configs = [("uncached", {"cache_backend": "none"}, None)]
-    for t in args.cache_thresholds["teacache"]:
+    for t in args.cache_thresholds.get("teacache", []):
         c = {"cache_backend": "teacache", "teacache_thresh": t}
         if tiny:
             c["coefficients"] = tea13
         configs.append((f"teacache_{t}", c, None))
-    for t in args.cache_thresholds["magcache"]:
+    for t in args.cache_thresholds.get("magcache", []):
         configs.append((f"magcache_{t}", {"cache_backend": "magcache", "threshold": t, "mag_ratios": mag},
                         MagCacheConfig(threshold=t, num_inference_steps=steps, mag_ratios=mag)))
-    for t in args.cache_thresholds["fbcache"]:
+    for t in args.cache_thresholds.get("fbcache", []):
         configs.append((f"fbcache_{t}", {"cache_backend": "fbcache", "threshold": t}, FirstBlockCacheConfig(threshold=t)))
     for t in args.cache_thresholds.get("taylorseer", []):
         n = int(t)
@@ -952,7 +952,8 @@ def main():
     ap.add_argument("--cache-thresholds",
                     default="teacache=0.05,0.1;magcache=0.06,0.12;fbcache=0.05,0.1;taylorseer=3,5",
                     help="cache: two thresholds per cache, 'teacache=A,B;magcache=A,B;fbcache=A,B;taylorseer=N,M' "
-                         "(TaylorSeer's are cache_intervals)")
+                         "(TaylorSeer's are cache_intervals; a cache left out is not run, the uncached run and "
+                         "the fixed schedule always are)")
     ap.add_argument("--quant-layers14", type=int, default=4, help="quant: layers of the 14B model (40 in the real one)")
     ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
     ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")
