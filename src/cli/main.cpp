@@ -79,6 +79,10 @@ struct GenerateArgs {
   std::optional<bool> cache_use_ret_steps;
   std::optional<int> cache_max_skip_steps, cache_max_continuous;
   std::optional<std::string> cache_coefficients, cache_coefficients_2, cache_mag_ratios;
+  // TaylorSeer's fields.
+  std::optional<int> cache_interval, cache_disable_before, cache_disable_after, cache_max_order;
+  std::optional<std::string> cache_factors_dtype;
+  std::optional<bool> cache_lite_mode;
   // Several GPUs (or CPU threads): cfg_size x ulysses_size x ring_size ranks.
   ParallelSizes parallel;
   bool parallel_vae = false;
@@ -87,7 +91,9 @@ struct GenerateArgs {
 // The --cache-* flags as a CacheConfig (nullopt without --cache-backend); a problem names the flag.
 std::optional<CacheConfig> cache_from_flags(const GenerateArgs& a) {
   const bool other = a.cache_threshold || a.cache_retention_ratio || a.cache_use_ret_steps || a.cache_max_skip_steps ||
-                     a.cache_max_continuous || a.cache_coefficients || a.cache_coefficients_2 || a.cache_mag_ratios;
+                     a.cache_max_continuous || a.cache_coefficients || a.cache_coefficients_2 || a.cache_mag_ratios ||
+                     a.cache_interval || a.cache_disable_before || a.cache_disable_after || a.cache_max_order ||
+                     a.cache_factors_dtype || a.cache_lite_mode;
   if (!a.cache_backend) {
     if (other) fail("the --cache-* options need --cache-backend ({})", cache_backend_choices());
     return std::nullopt;
@@ -107,13 +113,37 @@ std::optional<CacheConfig> cache_from_flags(const GenerateArgs& a) {
   if (a.cache_coefficients) c.coefficients = cli::parse_number_list(*a.cache_coefficients, "--cache-coefficients");
   if (a.cache_coefficients_2) c.coefficients_2 = cli::parse_number_list(*a.cache_coefficients_2, "--cache-coefficients-2");
   if (a.cache_mag_ratios) c.mag_ratios = cli::parse_number_list(*a.cache_mag_ratios, "--cache-mag-ratios");
+  if (a.cache_interval) c.cache_interval = *a.cache_interval;
+  if (a.cache_disable_before) c.disable_cache_before_step = *a.cache_disable_before;
+  if (a.cache_disable_after) c.disable_cache_after_step = *a.cache_disable_after;
+  if (a.cache_max_order) c.max_order = *a.cache_max_order;
+  if (a.cache_factors_dtype) {
+    const std::optional<DType> dtype = parse_taylor_factors_dtype(*a.cache_factors_dtype);
+    if (!dtype) fail("--cache-factors-dtype: '{}' is not one of bfloat16, float16, float32", *a.cache_factors_dtype);
+    c.taylor_factors_dtype = *dtype;
+  }
+  if (a.cache_lite_mode) c.use_lite_mode = *a.cache_lite_mode;
+  // TaylorSeer's fields with another backend would be ignored: refuse them.
+  if (c.cache_backend != CacheBackend::TaylorSeer) {
+    for (const auto& [given, flag] : {std::pair{a.cache_interval.has_value(), "--cache-interval"},
+                                      std::pair{a.cache_disable_before.has_value(), "--cache-disable-before"},
+                                      std::pair{a.cache_max_order.has_value(), "--cache-max-order"},
+                                      std::pair{a.cache_factors_dtype.has_value(), "--cache-factors-dtype"}})
+      if (given) fail("{}: applies to --cache-backend taylorseer only", flag);
+  }
   if (const auto p = c.problem()) {
     static const std::map<std::string, std::string> kFlags = {
         {"teacache_thresh", "--cache-threshold"},       {"threshold", "--cache-threshold"},
         {"use_ret_steps", "--cache-use-ret-steps"},     {"coefficients", "--cache-coefficients"},
         {"coefficients_2", "--cache-coefficients-2"},   {"max_skip_steps", "--cache-max-skip-steps"},
         {"retention_ratio", "--cache-retention-ratio"}, {"mag_ratios", "--cache-mag-ratios"},
-        {"max_continuous_cached_steps", "--cache-max-continuous"}};
+        {"max_continuous_cached_steps", "--cache-max-continuous"},
+        {"cache_interval", "--cache-interval"},
+        {"disable_cache_before_step", "--cache-disable-before"},
+        {"disable_cache_after_step", "--cache-disable-after"},
+        {"max_order", "--cache-max-order"},
+        {"taylor_factors_dtype", "--cache-factors-dtype"},
+        {"use_lite_mode", "--cache-lite-mode"}};
     const auto it = kFlags.find(p->first);
     fail("{}: {} ({})", it == kFlags.end() ? p->first : it->second, p->second, p->first);
   }
@@ -559,7 +589,7 @@ int main(int argc, char** argv) {
   gen->add_option("--guidance-rescale", g.params.guidance_rescale, "Guidance rescale factor in [0, 1] (default 0)");
   gen->add_option("--true-cfg-scale", g.params.true_cfg_scale, "Guidance-distilled models: real classifier-free guidance with --negative-prompt when above 1 (diffusers' true_cfg_scale; default 1: off); --guidance-scale stays the distilled guidance the model embeds");
   gen->add_option("--max-sequence-length", g.params.max_sequence_length, "Prompt tokens (default: the model's)");
-  gen->add_option("--cache-backend", g.cache_backend, "Step caching: none | teacache | magcache | fbcache (First-Block-Cache); skips transformer calls, at some accuracy cost (README: Step caching)");
+  gen->add_option("--cache-backend", g.cache_backend, "Step caching: none | teacache | magcache | fbcache (First-Block-Cache) | taylorseer; skips transformer calls, at some accuracy cost (README: Step caching)");
   gen->add_option("--cache-threshold", g.cache_threshold, "The cache's threshold in (0, 1]: teacache_thresh (default 0.2), MagCache's threshold (0.06) or First-Block-Cache's (0.05); higher skips more");
   gen->add_option("--cache-use-ret-steps", g.cache_use_ret_steps, "TeaCache: true (default): the first 5 steps computed, the retention-steps coefficients; false: the first and last step computed, the plain ones");
   gen->add_option("--cache-coefficients", g.cache_coefficients, "TeaCache: the rescaling polynomial, highest power first, comma-separated (default: the model's published ones; required for models without, e.g. two-expert ones)");
@@ -567,6 +597,12 @@ int main(int argc, char** argv) {
   gen->add_option("--cache-mag-ratios", g.cache_mag_ratios, "MagCache: the model's magnitude ratios, one per step, comma-separated (required; interpolated to the steps)");
   gen->add_option("--cache-max-skip-steps", g.cache_max_skip_steps, "MagCache: at most this many skipped calls in a row (default 3)");
   gen->add_option("--cache-retention-ratio", g.cache_retention_ratio, "MagCache: the fraction of first steps never skipped (default 0.2)");
+  gen->add_option("--cache-interval", g.cache_interval, "TaylorSeer: cache_interval, compute every N-th call after the warm-up, predict the others (default 5)");
+  gen->add_option("--cache-disable-before", g.cache_disable_before, "TaylorSeer: disable_cache_before_step, the first N calls of each branch computed (default 3)");
+  gen->add_option("--cache-disable-after", g.cache_disable_after, "TaylorSeer: disable_cache_after_step, calls from N on computed (default: none)");
+  gen->add_option("--cache-max-order", g.cache_max_order, "TaylorSeer: max_order, the Taylor expansion's highest order (default 1)");
+  gen->add_option("--cache-factors-dtype", g.cache_factors_dtype, "TaylorSeer: taylor_factors_dtype, bfloat16 (default) | float16 | float32");
+  gen->add_option("--cache-lite-mode", g.cache_lite_mode, "TaylorSeer: use_lite_mode true|false (default false: diffusers' default identifiers, which may match no module of the model, then every call is computed; README: Step caching); true predicts the output (proj_out) and skips the whole forward");
   gen->add_option("--cache-max-continuous", g.cache_max_continuous, "Any cache: at most this many skipped calls in a row per branch (default 0: no limit beyond the method's own)");
   gen->add_option("--seed", g.seed_text, "Random seed, 0 to 2^64-1; -1 draws one and prints it (default 0)");
   gen->add_option("--fps", g.fps, "Frames per second of the MP4 (default: the model's)")->check(cli::positive_number());

@@ -119,7 +119,7 @@ const std::vector<std::string> kVideoFields = {"prompt",          "model",      
                                                "input_reference", "last_image",     "fps",            "num_frames",
                                                "negative_prompt", "num_inference_steps", "guidance_scale",
                                                "guidance_scale_2", "seed", "lora", "lora_2", "timesteps", "sigmas",
-                                               "cache_backend", "cache_threshold"};
+                                               "cache_backend", "cache_threshold", "cache_interval"};
 const std::vector<std::string> kImageFields = {"prompt", "model", "n", "size", "response_format", "output_format",
                                                "output_compression", "quality", "user", "negative_prompt",
                                                "num_inference_steps", "guidance_scale", "seed", "lora", "lora_2"};
@@ -240,7 +240,8 @@ ResolvedParams resolve_or_400(const DiffusionPipeline& pipeline, const Generatio
     if (message.starts_with("cache_config.")) {
       param = message.starts_with("cache_config.teacache_thresh") || message.starts_with("cache_config.threshold")
                   ? "cache_threshold"
-                  : "cache_backend";
+              : message.starts_with("cache_config.cache_interval") ? "cache_interval"
+                                                                    : "cache_backend";
     }
     for (const auto& [word, field] : {std::pair{"timesteps", "timesteps"}, std::pair{"sigmas", "sigmas"},
                                       std::pair{"width", "size"}, std::pair{"height", "size"},
@@ -484,6 +485,7 @@ VideoRequest parse_video_request(const RequestFields& f) {
     bad_field("cache_backend", fmt::format("'cache_backend' must be one of {}, got '{}'", cache_backend_choices(), *r.cache_backend));
   r.cache_threshold = f.number("cache_threshold", 0.0, 1.0);
   if (r.cache_threshold && *r.cache_threshold <= 0.0) bad_field("cache_threshold", "'cache_threshold' must be in (0, 1]");
+  if (const auto interval = f.integer("cache_interval", 1, 1000)) r.cache_interval = static_cast<int>(*interval);
   // The images are file parts of a multipart body (a JSON body cannot carry one within its limit).
   for (auto [name, bytes] : {std::pair{"input_reference", &r.input_reference}, std::pair{"last_image", &r.last_image}}) {
     if (!f.has(name)) continue;
@@ -555,7 +557,10 @@ nlohmann::json VideoPlan::extras() const {
   if (resolved.sigmas) j["sigmas"] = *resolved.sigmas;
   if (resolved.cache.enabled()) {
     j["cache_backend"] = cache_backend_name(resolved.cache.cache_backend);
-    j["cache_threshold"] = resolved.cache.effective_threshold();
+    if (resolved.cache.cache_backend == CacheBackend::TaylorSeer)
+      j["cache_interval"] = resolved.cache.cache_interval;  // TaylorSeer has no threshold: a fixed schedule
+    else
+      j["cache_threshold"] = resolved.cache.effective_threshold();
   }
   return j;
 }
@@ -594,7 +599,7 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
       bad_field("seconds", fmt::format("{} s at {} fps is {} frames, more than the {} allowed", *request.seconds,
                                        plan.fps, *p.num_frames, kMaxFrames));
   }
-  if (request.cache_backend || request.cache_threshold) {
+  if (request.cache_backend || request.cache_threshold || request.cache_interval) {
     // From the server's cache_config; another backend starts from that backend's defaults.
     CacheConfig c = model.cache;
     if (request.cache_backend) {
@@ -608,6 +613,11 @@ VideoPlan plan_video(const VideoRequest& request, const ModelInfo& model, const 
       if (!c.enabled()) bad_field("cache_threshold", "'cache_threshold' needs a 'cache_backend' (this server runs none)");
       if (c.cache_backend == CacheBackend::TeaCache) c.teacache_thresh = *request.cache_threshold;
       else c.threshold = *request.cache_threshold;
+    }
+    if (request.cache_interval) {
+      if (c.cache_backend != CacheBackend::TaylorSeer)
+        bad_field("cache_interval", "'cache_interval' applies to cache_backend 'taylorseer' only");
+      c.cache_interval = *request.cache_interval;
     }
     p.cache = c;
   }

@@ -118,6 +118,7 @@ struct VideoRequest {
   // Step caching: another backend than the server's, and / or its threshold.
   std::optional<std::string> cache_backend;
   std::optional<double> cache_threshold;
+  std::optional<int> cache_interval;  // TaylorSeer's
   bool has_input_reference = false;
   // Image-to-video: the uploaded first frame (`input_reference`, as the OpenAI SDK sends it) and
   // last frame (`last_image`, vgen's), still encoded; plan_video decodes them for a model that

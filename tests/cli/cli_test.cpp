@@ -634,3 +634,26 @@ TEST(Cli, QuantizationFlags) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find(".weight: expected F8_E4M3"), std::string::npos) << r.out;
 }
+
+// TaylorSeer through the --cache-* flags: its skipped calls in the summary line, its flags
+// refused with another backend, its field problems named by flag.
+TEST(Cli, TaylorSeerCacheFlags) {
+  const std::string base = "generate --model " + fixture("wan21_t2v_tiny") +
+                            " --prompt 'a fox' --steps 5 --seed 1 --height 32 --width 48 --num-frames 1 -o " +
+                           (fs::path(::testing::TempDir()) / "cli_taylorseer.png").string() + " ";
+  // 5 steps: calls 0, 1 computed, then every 3rd from call 3: 0, 1, 3 computed per branch.
+  Result r = run(base + "--cache-backend taylorseer --cache-lite-mode true --cache-interval 3 --cache-disable-before 2");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("cache: taylorseer: skipped 4/10 transformer calls (cond 2/5, uncond 2/5)"), std::string::npos)
+      << r.out;
+  for (const auto& [flags, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"--cache-backend fbcache --cache-interval 3", "--cache-interval: applies to --cache-backend taylorseer only"},
+           {"--cache-backend taylorseer --cache-threshold 0.1", "--cache-threshold: does not apply to cache_backend taylorseer"},
+           {"--cache-backend taylorseer --cache-factors-dtype fp8", "--cache-factors-dtype: 'fp8' is not one of"},
+           {"--cache-backend taylorseer --cache-max-order 9", "--cache-max-order: must be in [0, 8], got 9"},
+           {"--cache-backend taylorseer --cache-disable-before 0", "--cache-disable-before: must be at least 1"}}) {
+    r = run(base + flags);
+    EXPECT_NE(r.code, 0) << flags;
+    EXPECT_NE(r.out.find(expected), std::string::npos) << r.out;
+  }
+}

@@ -42,7 +42,9 @@ TEST(WanCacheGpu, DecisionsMatchTheReferencesInFloat32) {
     for (const CacheDecision& d : out.cache.decisions) decisions.push_back({d.step, d.branch, d.expert, d.computed ? 1 : 0});
     if (p.cache->enabled()) EXPECT_EQ(decisions, c.at("decisions").get<std::vector<std::vector<int>>>());
     const double err = rel_l2(out.denoised_latents.to(Device::cpu()).to(DType::F32), ref.get(key));
-    EXPECT_LT(err, 1e-4);
+    // 1e-4, or the case's bound for a run that float noise moves further (TaylorSeer with
+    // bfloat16 factors: tests/pipelines/wan_cache_test.cpp).
+    EXPECT_LT(err, c.value("rel_l2_bound", 1e-4));
     std::printf("[%s] cuda float32: %s; latents rel L2 %.2e\n", key.c_str(),
                 out.cache.enabled() ? out.cache.summary().c_str() : "no cache", err);
   }

@@ -191,6 +191,61 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("- quant_config\n- cache_config\n"), "top level: expected a mapping");
 }
 
+// TaylorSeer's fields (diffusers' TaylorSeerCacheConfig names and defaults), read and refused.
+TEST(EngineConfig, TaylorSeerCacheConfig) {
+  const EngineConfig d = parse_engine_config("cache_config: {cache_backend: taylorseer}", "engine.yaml");
+  EXPECT_EQ(d.cache_config.cache_backend, CacheBackend::TaylorSeer);
+  EXPECT_EQ(d.cache_config.cache_interval, 5);
+  EXPECT_EQ(d.cache_config.disable_cache_before_step, 3);
+  EXPECT_FALSE(d.cache_config.disable_cache_after_step.has_value());
+  EXPECT_EQ(d.cache_config.max_order, 1);
+  EXPECT_EQ(d.cache_config.taylor_factors_dtype, DType::BF16);
+  EXPECT_FALSE(d.cache_config.use_lite_mode);
+  const EngineConfig c = parse_engine_config(R"(cache_config:
+  cache_backend: taylorseer
+  cache_interval: 4
+  disable_cache_before_step: 2
+  disable_cache_after_step: 40
+  max_order: 2
+  taylor_factors_dtype: float32
+  use_lite_mode: false
+  cache_identifiers: ['^proj_out$']
+  skip_predict_identifiers: ['blocks\.\d+']
+)",
+                                             "engine.yaml");
+  EXPECT_EQ(c.cache_config.cache_interval, 4);
+  EXPECT_EQ(c.cache_config.disable_cache_before_step, 2);
+  EXPECT_EQ(c.cache_config.disable_cache_after_step, 40);
+  EXPECT_EQ(c.cache_config.max_order, 2);
+  EXPECT_EQ(c.cache_config.taylor_factors_dtype, DType::F32);
+  EXPECT_EQ(c.cache_config.cache_identifiers, (std::vector<std::string>{"^proj_out$"}));
+  EXPECT_EQ(c.cache_config.skip_predict_identifiers, (std::vector<std::string>{"blocks\\.\\d+"}));
+  EXPECT_NE(describe_cache_config(c.cache_config).find("taylorseer (cache_interval 4, disable_cache_before_step 2, "
+                                                       "disable_cache_after_step 40, max_order 2, taylor_factors_dtype "
+                                                       "float32"),
+            std::string::npos)
+      << describe_cache_config(c.cache_config);
+
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, cache_interval: 0}"),
+                  "cache_config.cache_interval: must be in [1, 1000], got 0");
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, taylor_factors_dtype: fp8}"),
+                  "cache_config.taylor_factors_dtype: 'fp8' is not one of: bfloat16, float16, float32");
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, disable_cache_before_step: 0}"),
+                  "cache_config.disable_cache_before_step: must be at least 1 with cache_interval above 1");
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, max_order: 9}"),
+                  "cache_config.max_order: must be in [0, 8], got 9");
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, threshold: 0.1}"),
+                  "cache_config.threshold: does not apply to cache_backend taylorseer");
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, cache_identifiers: ['(']}"),
+                  "cache_config.cache_identifiers: '(' is not a valid regular expression");
+  expect_contains(parse_error("cache_config: {cache_backend: fbcache, use_lite_mode: true}"),
+                  "cache_config.use_lite_mode: applies to cache_backend taylorseer only");
+  expect_contains(parse_error("cache_config: {cache_backend: magcache, mag_ratios: [1, 1], disable_cache_after_step: 3}"),
+                  "cache_config.disable_cache_after_step: applies to cache_backend taylorseer only");
+  expect_contains(parse_error("cache_config: {cache_backend: taylorseer, cache_intervall: 3}"),
+                  "cache_config.cache_intervall: unknown key");
+}
+
 TEST(EngineConfig, InvalidYamlNamesTheLine) {
   expect_contains(parse_error("quant_config:\n  quant_algo: [FP8\n"), "engine.yaml:");
   expect_contains(parse_error("quant_config:\n  quant_algo: [FP8\n"), "invalid YAML");

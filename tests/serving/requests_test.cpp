@@ -464,3 +464,17 @@ TEST(ServingRequests, LoraAdaptersByName) {
   m = expect_api_error([&] { plan(R"({"prompt": "x", "lora": "fast"})", pipeline); }, 400, "lora");
   EXPECT_NE(m.find("--lora-dir"), std::string::npos) << m;
 }
+
+// Step caching per request: TaylorSeer's cache_interval (its only knob there; it has no threshold).
+TEST(ServingRequests, CacheIntervalIsTaylorSeers) {
+  const VideoRequest r = parse_video_request(
+      RequestFields::from_json(R"({"prompt": "x", "cache_backend": "taylorseer", "cache_interval": 4})"));
+  EXPECT_EQ(r.cache_backend, "taylorseer");
+  EXPECT_EQ(r.cache_interval, 4);
+  expect_api_error([] { parse_video_request(RequestFields::from_json(R"({"prompt": "x", "cache_interval": 0})")); },
+                   400, "cache_interval");
+  const std::string m = expect_api_error(
+      [] { plan_json(R"({"prompt": "x", "cache_backend": "fbcache", "cache_interval": 3})"); }, 400, "cache_interval");
+  EXPECT_NE(m.find("'cache_interval' applies to cache_backend 'taylorseer' only"), std::string::npos) << m;
+  expect_api_error([] { plan_json(R"({"prompt": "x", "cache_interval": 3})"); }, 400, "cache_interval");
+}

@@ -18,8 +18,9 @@ VAE decode 704x1280x121 + accuracy), vae_encode (Wan2.1 VAE encode of one 720p f
 LoRA: lora14 (Wan2.1 T2V 14B shape, a random rank-64 LoRA fused at load, the 4-step no-CFG
 recipe end to end at 480x832x81; vgen's speedup over its own 50-step CFG run; LoRA load + merge).
 Step caching: cache (1.3B-shaped text-to-video 480x832x81 with CFG, --cache-steps steps: each
-cache at two thresholds and a fixed skip schedule; calls skipped, time against diffusers
-uncached and with the same cache, final-latent relative L2 and frame PSNR against vgen uncached).
+cache at two thresholds (TaylorSeer: two cache_intervals) and a fixed skip schedule; calls
+skipped, time against diffusers uncached and with the same cache, final-latent relative L2 and
+frame PSNR against vgen uncached).
 quant: the quantized linear layers (FP8, FP8_BLOCK_SCALES, NVFP4, quantized while loading) on the
 1.3B (480x832x81, all 30 layers) and 14B (720x1280x81, --quant-layers14 layers of 40, default 4:
 the 14B width at its real token count, fewer layers so the whole part stays within a few
@@ -682,14 +683,16 @@ def part_cache(args):
     """Step caching on the 1.3B text-to-video shapes (random weights), 480x832x81, CFG 5.0,
     --cache-steps steps, the same initial noise for every run. vgen runs every configuration in
     one process (`vgen bench pipeline` with one --cache-config per run, after one load and
-    warm-up); diffusers runs uncached and with its own MagCache / First-Block-Cache hooks (it
-    has no TeaCache). Accuracy is vgen cached against vgen uncached (final latents relative L2,
+    warm-up); diffusers runs uncached and with its own MagCache / First-Block-Cache / TaylorSeer
+    hooks (it has no TeaCache). TaylorSeer runs use_lite_mode (proj_out predicted: the only
+    setting that skips work on Wan, diffusers' default identifiers hook no Wan module) at two
+    cache_intervals: a fixed schedule, the same calls predicted in vgen and diffusers. Accuracy is vgen cached against vgen uncached (final latents relative L2,
     PSNR of the uint8 frames). Random weights do not reproduce real skip rates: the skip counts
     of teacache / fbcache here say nothing about a real checkpoint's; the MagCache runs and the
     fixed schedule (MagCache with all ratios 1: compute, skip max_skip_steps, compute, ...,
     the same calls skipped in vgen and diffusers) make the speed figures comparable."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
+    from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
     from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
     from safetensors.torch import load_file, save_file
     tiny, dev = args.tiny, args.device
@@ -719,16 +722,20 @@ def part_cache(args):
     tea13 = [-5.21862437e4, 9.23041404e3, -5.28275948e2, 1.36987616e1, -4.99875664e-2]
     mag = [float(x) for x in FLUX_MAG_RATIOS]  # Flux's table: diffusers ships no Wan one (the pattern is the point)
     configs = [("uncached", {"cache_backend": "none"}, None)]
-    for t in args.cache_thresholds["teacache"]:
+    for t in args.cache_thresholds.get("teacache", []):
         c = {"cache_backend": "teacache", "teacache_thresh": t}
         if tiny:
             c["coefficients"] = tea13
         configs.append((f"teacache_{t}", c, None))
-    for t in args.cache_thresholds["magcache"]:
+    for t in args.cache_thresholds.get("magcache", []):
         configs.append((f"magcache_{t}", {"cache_backend": "magcache", "threshold": t, "mag_ratios": mag},
                         MagCacheConfig(threshold=t, num_inference_steps=steps, mag_ratios=mag)))
-    for t in args.cache_thresholds["fbcache"]:
+    for t in args.cache_thresholds.get("fbcache", []):
         configs.append((f"fbcache_{t}", {"cache_backend": "fbcache", "threshold": t}, FirstBlockCacheConfig(threshold=t)))
+    for t in args.cache_thresholds.get("taylorseer", []):
+        n = int(t)
+        configs.append((f"taylorseer_{n}", {"cache_backend": "taylorseer", "use_lite_mode": True, "cache_interval": n},
+                        TaylorSeerCacheConfig(use_lite_mode=True, cache_interval=n)))
     fixed = {"cache_backend": "magcache", "threshold": 0.5, "max_skip_steps": 2, "retention_ratio": 0.2,
              "mag_ratios": [1.0, 1.0]}
     configs.append(("fixed_schedule", fixed, MagCacheConfig(threshold=0.5, max_skip_steps=2, retention_ratio=0.2,
@@ -1024,8 +1031,11 @@ def main():
     ap.add_argument("--i2v-layers", type=int, default=8, help="i2v14: layers per expert (40 in Wan2.2 A14B)")
     ap.add_argument("--cache-steps", type=int, default=20,
                     help="cache: denoising steps (20 fits ~5 min of H200 time; the acceptance figure is 50)")
-    ap.add_argument("--cache-thresholds", default="teacache=0.05,0.1;magcache=0.06,0.12;fbcache=0.05,0.1",
-                    help="cache: two thresholds per cache, 'teacache=A,B;magcache=A,B;fbcache=A,B'")
+    ap.add_argument("--cache-thresholds",
+                    default="teacache=0.05,0.1;magcache=0.06,0.12;fbcache=0.05,0.1;taylorseer=3,5",
+                    help="cache: two thresholds per cache, 'teacache=A,B;magcache=A,B;fbcache=A,B;taylorseer=N,M' "
+                         "(TaylorSeer's are cache_intervals; a cache left out is not run, the uncached run and "
+                         "the fixed schedule always are)")
     ap.add_argument("--quant-layers14", type=int, default=4, help="quant: layers of the 14B model (40 in the real one)")
     ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
     ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")

@@ -362,6 +362,46 @@ Tensor WanTransformer3DModel::run_blocks(const WanPatchedInput& input, const Wan
   return h;
 }
 
+std::vector<std::string> WanTransformer3DModel::module_names(const WanTransformer3DModelConfig& config) {
+  std::vector<std::string> names = {"",
+                                    "rope",
+                                    "patch_embedding",
+                                    "condition_embedder",
+                                    "condition_embedder.timesteps_proj",
+                                    "condition_embedder.time_embedder",
+                                    "condition_embedder.time_embedder.linear_1",
+                                    "condition_embedder.time_embedder.act",
+                                    "condition_embedder.time_embedder.linear_2",
+                                    "condition_embedder.act_fn",
+                                    "condition_embedder.time_proj",
+                                    "condition_embedder.text_embedder",
+                                    "condition_embedder.text_embedder.linear_1",
+                                    "condition_embedder.text_embedder.act_1",
+                                    "condition_embedder.text_embedder.linear_2"};
+  if (config.image_dim)
+    for (const char* n : {"", ".norm1", ".ff", ".ff.net", ".ff.net.0", ".ff.net.0.proj", ".ff.net.1", ".ff.net.2",
+                          ".norm2"})
+      names.push_back(std::string("condition_embedder.image_embedder") + n);
+  names.push_back("blocks");
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string b = "blocks." + std::to_string(i);
+    names.push_back(b);
+    names.push_back(b + ".norm1");
+    for (const char* attn : {".attn1", ".attn2"}) {
+      for (const char* n : {"", ".to_q", ".to_k", ".to_v", ".to_out", ".to_out.0", ".to_out.1", ".norm_q", ".norm_k"})
+        names.push_back(b + attn + n);
+    }
+    if (config.added_kv_proj_dim)
+      for (const char* n : {".attn2.add_k_proj", ".attn2.add_v_proj", ".attn2.norm_added_k"}) names.push_back(b + n);
+    for (const char* n : {".norm2", ".ffn", ".ffn.net", ".ffn.net.0", ".ffn.net.0.proj", ".ffn.net.1", ".ffn.net.2",
+                          ".norm3"})
+      names.push_back(b + n);
+  }
+  names.push_back("norm_out");
+  names.push_back("proj_out");
+  return names;
+}
+
 Tensor WanTransformer3DModel::forward_with_stack(const Tensor& hidden_states, const Tensor& timestep,
                                                  const Tensor& encoder_hidden_states,
                                                  const Tensor& encoder_hidden_states_image,

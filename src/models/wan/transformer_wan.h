@@ -96,6 +96,9 @@ class WanTransformer3DModel {
                                                                 const QuantConfig& quant = {});
 
   const WanTransformer3DModelConfig& config() const { return config_; }
+  // diffusers' named_modules() of this config, in its order, the root "" first (TaylorSeer's
+  // hooks match their identifiers against these names: pipelines/cache/step_cache.h).
+  static std::vector<std::string> module_names(const WanTransformer3DModelConfig& config);
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
 

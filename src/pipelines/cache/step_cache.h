@@ -16,12 +16,22 @@
 // - First-Block-Cache: diffusers' hooks/first_block_cache.py: block 0 always runs; when the
 //   relative mean absolute change of its residual against the last computed call's is at most
 //   threshold, the other blocks are skipped (their cached residual added).
+// - TaylorSeer: diffusers' hooks/taylorseer_cache.py: per call of a state (its own counter c),
+//   compute when c < disable_cache_before_step, (c - disable_cache_before_step - 1) mod
+//   cache_interval == 0 or c >= disable_cache_after_step; otherwise predict the hooked module's
+//   output as sum_k factor_k * d^k / k!, d the calls since the last computed one, the factors
+//   the divided differences of the computed outputs (order <= max_order, stored in
+//   taylor_factors_dtype). For Wan the hooks diffusers places (resolve_taylorseer_hooks) leave
+//   one useful case: proj_out predicted (use_lite_mode), whose prediction is the call's output;
+//   its elementwise arithmetic commutes with unpatchify, so vgen predicts the transformer's
+//   output itself (run_output) and skips the whole forward: the same numbers.
 // - Any method: max_continuous_cached_steps bounds the skips in a row.
 // A state never skips before it has a residual.
 #pragma once
 
 #include <functional>
 #include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -32,6 +42,20 @@
 
 namespace vgen {
 
+// What diffusers' apply_taylorseer_cache hooks in a model whose modules (torch's
+// named_modules(), the root "" included) are `module_names`: `cached` are predicted (Taylor),
+// `skipped` return zeros on predicted calls.
+struct TaylorSeerHooks {
+  std::vector<std::string> cached, skipped;
+  // vgen runs: nothing hooked (every call computed, as diffusers), or proj_out predicted, with
+  // any skipped modules only inside the block stack or norm_out (whose outputs then only feed
+  // proj_out, so they do not change the call's output).
+  bool predicts_output() const { return !cached.empty(); }
+};
+// diffusers' pattern resolution (re.fullmatch; use_lite_mode overrides the identifiers), then
+// the check that vgen runs the result; fails naming the cache_config field otherwise.
+TaylorSeerHooks resolve_taylorseer_hooks(const CacheConfig& config, const std::vector<std::string>& module_names);
+
 class StepCache {
  public:
   // Runs blocks [begin, end) of the stack on `hidden` and returns their output.
@@ -39,7 +63,8 @@ class StepCache {
 
   // `config` with its TeaCache coefficients resolved (the pipeline fills the model's published
   // ones); num_inference_steps: the generation's steps (MagCache's default, TeaCache's last step).
-  StepCache(CacheConfig config, int num_inference_steps);
+  // module_names: the model's diffusers module names (TaylorSeer's hooks), else unused.
+  StepCache(CacheConfig config, int num_inference_steps, const std::vector<std::string>& module_names = {});
 
   const CacheConfig& config() const { return config_; }
 
@@ -50,6 +75,14 @@ class StepCache {
   // timestep embedding, `num_blocks` the stack's length. Returns the stack's output.
   Tensor run(Branch branch, int expert, const Tensor& hidden, const Tensor& modulated, int64_t num_blocks,
              const BlockRunner& blocks);
+
+  // TaylorSeer: one transformer call's whole output (in the model's dtype), computed by
+  // `forward` or predicted. The model's forward runs unchanged (its CUDA graph included).
+  using OutputFn = std::function<Tensor()>;
+  Tensor run_output(Branch branch, int expert, const OutputFn& forward);
+  // Whether the backend works on whole calls (run_output) rather than on the block stack (run).
+  bool works_on_output() const { return config_.cache_backend == CacheBackend::TaylorSeer; }
+  const TaylorSeerHooks& taylorseer_hooks() const { return taylorseer_hooks_; }
 
   const CacheStats& stats() const { return stats_; }
 
@@ -67,7 +100,18 @@ class StepCache {
     int accumulated_steps = 0;
     // First-Block-Cache
     Tensor head_residual;
+    // TaylorSeer: the factors of order 0.. (taylor_factors_dtype), the call they were computed
+    // at, and the output dtype.
+    std::vector<Tensor> taylor_factors;
+    int last_update_call = -1;
+    DType output_dtype = DType::F32;
   };
+
+  // The state of (branch, expert) and its stats entry.
+  std::pair<State*, size_t> state_for(int branch, int expert);
+  void record(State& s, size_t entry, int branch, int expert, bool computed);
+  void taylor_update(State& s, const Tensor& features) const;
+  Tensor taylor_predict(const State& s) const;
 
   Tensor run_teacache(State& s, int expert, const Tensor& hidden, const Tensor& modulated, int64_t n,
                       const BlockRunner& blocks, bool& computed);
@@ -81,6 +125,7 @@ class StepCache {
   int num_inference_steps_;
   int step_ = 0;
   std::vector<float> mag_ratios_;  // interpolated to MagCache's num_inference_steps
+  TaylorSeerHooks taylorseer_hooks_;
   std::map<std::pair<int, int>, State> states_;
   CacheStats stats_;
 };

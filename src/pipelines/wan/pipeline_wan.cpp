@@ -4,6 +4,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include <spdlog/spdlog.h>
+
 #include "core/random.h"
 #include "media/frames.h"
 #include "media/image_processor.h"
@@ -549,6 +551,9 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
     if (!c.two_experts && !r.cache.coefficients_2.empty())
       fail("cache_config.coefficients_2: this model has one transformer (coefficients_2 is transformer_2's)");
   }
+  // TaylorSeer: the hooks diffusers would place must be ones vgen runs (an error names the field).
+  if (r.cache.cache_backend == CacheBackend::TaylorSeer)
+    resolve_taylorseer_hooks(r.cache, WanTransformer3DModel::module_names(tcfg));
   return r;
 }
 
@@ -772,7 +777,12 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   scheduler_->set_timesteps(ScheduleRequest{r.num_inference_steps, r.timesteps, r.sigmas, std::nullopt});
   std::optional<StepCache> cache;
   if (r.cache.enabled()) {
-    cache.emplace(r.cache, static_cast<int>(scheduler_->timesteps().size()));
+    cache.emplace(r.cache, static_cast<int>(scheduler_->timesteps().size()),
+                  WanTransformer3DModel::module_names(transformer_->config()));
+    if (cache->works_on_output() && !cache->taylorseer_hooks().predicts_output())
+      spdlog::warn("cache_config: taylorseer's identifiers match no module of WanTransformer3DModel (as in "
+                   "diffusers, whose default '^blocks.*attn' does not match blocks.N.attn1 / attn2 in full): every "
+                   "call is computed; use_lite_mode: true predicts the output");
     loop.cache = &*cache;
   }
 
@@ -819,6 +829,13 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
     }
     const Tensor& context = branch == Branch::Conditional ? prompt_embeds : negative_embeds;
     // The transformer runs in its compute dtype; the scheduler keeps float32 latents.
+    if (cache && cache->works_on_output()) {
+      // TaylorSeer: the whole call computed (the usual forward) or its output predicted.
+      const auto forward = [&] {
+        return transformer(expert).forward(input.to(options_.dtype), timestep, context, image_embeds);
+      };
+      return cache->run_output(branch, expert, forward).to(DType::F32);
+    }
     if (cache) {
       const auto stack = [&](const Tensor& hidden, const Tensor& temb, int64_t num_blocks,
                              const WanTransformer3DModel::BlockRange& blocks) {
