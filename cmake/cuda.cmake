@@ -10,6 +10,22 @@
 set(VGEN_CUDA_SOURCES "")
 set(VGEN_WITH_CUDA OFF)
 
+# Sets VAR (a cache path) to the folder holding `header`: VAR as given, else where the python3
+# snippet `where` prints; fails naming `install` (how to get it) and -DVAR.
+function(vgen_find_pip_headers var header where install)
+  if(NOT ${var})
+    find_package(Python3 COMPONENTS Interpreter)
+    if(Python3_Interpreter_FOUND)
+      execute_process(COMMAND ${Python3_EXECUTABLE} -c "${where}" OUTPUT_VARIABLE _dir
+                      OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+    endif()
+    find_path(${var} ${header} HINTS ${_dir})
+  endif()
+  if(NOT ${var})
+    message(FATAL_ERROR "${header} not found: ${install}, pass -D${var}=<dir>, or configure with -DVGEN_CUDA=OFF")
+  endif()
+endfunction()
+
 if(NOT VGEN_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
@@ -53,34 +69,15 @@ if(VGEN_WITH_CUDA)
     message(FATAL_ERROR "NCCL (nccl.h, libnccl) not found: install it or configure with -DVGEN_CUDA=OFF")
   endif()
 
-  if(NOT VGEN_CUDNN_FRONTEND_INCLUDE)
-    find_package(Python3 COMPONENTS Interpreter)
-    if(Python3_Interpreter_FOUND)
-      execute_process(
-        COMMAND ${Python3_EXECUTABLE} -c "import sysconfig, os; print(os.path.join(sysconfig.get_paths()['purelib'], 'include'))"
-        OUTPUT_VARIABLE _fe_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-    endif()
-    find_path(VGEN_CUDNN_FRONTEND_INCLUDE cudnn_frontend.h HINTS ${_fe_dir})
-  endif()
-  if(NOT VGEN_CUDNN_FRONTEND_INCLUDE)
-    message(FATAL_ERROR "cudnn_frontend.h not found: `python3 -m pip install nvidia-cudnn-frontend`, pass "
-                        "-DVGEN_CUDNN_FRONTEND_INCLUDE=<dir>, or configure with -DVGEN_CUDA=OFF")
-  endif()
-  # CUTLASS/CuTe headers (BSD-3) for vgen's own Hopper kernels (flash attention): from PyPI's
-  # nvidia-cutlass wheel (cutlass_library/source/include), or VGEN_CUTLASS_INCLUDE.
-  if(NOT VGEN_CUTLASS_INCLUDE)
-    find_package(Python3 COMPONENTS Interpreter)
-    if(Python3_Interpreter_FOUND)
-      execute_process(
-        COMMAND ${Python3_EXECUTABLE} -c "import importlib.util, os; s = importlib.util.find_spec('cutlass_library'); print(os.path.join(s.submodule_search_locations[0], 'source', 'include') if s else '')"
-        OUTPUT_VARIABLE _cutlass_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-    endif()
-    find_path(VGEN_CUTLASS_INCLUDE cute/tensor.hpp HINTS ${_cutlass_dir})
-  endif()
-  if(NOT VGEN_CUTLASS_INCLUDE)
-    message(FATAL_ERROR "CUTLASS headers (cute/tensor.hpp) not found: `python3 -m pip install --no-deps nvidia-cutlass==4.2.0.0`, "
-                        "pass -DVGEN_CUTLASS_INCLUDE=<dir>, or configure with -DVGEN_CUDA=OFF")
-  endif()
+  # Header-only packages from PyPI, found through python3 unless given: the cuDNN frontend
+  # (nvidia-cudnn-frontend, <purelib>/include) and the CUTLASS/CuTe headers (BSD-3) for vgen's
+  # own Hopper kernels (nvidia-cutlass, cutlass_library/source/include).
+  vgen_find_pip_headers(VGEN_CUDNN_FRONTEND_INCLUDE cudnn_frontend.h
+    "import sysconfig, os; print(os.path.join(sysconfig.get_paths()['purelib'], 'include'))"
+    "`python3 -m pip install nvidia-cudnn-frontend`")
+  vgen_find_pip_headers(VGEN_CUTLASS_INCLUDE cute/tensor.hpp
+    "import importlib.util, os; s = importlib.util.find_spec('cutlass_library'); print(os.path.join(s.submodule_search_locations[0], 'source', 'include') if s else '')"
+    "`python3 -m pip install --no-deps nvidia-cutlass==4.2.0.0`")
   message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, targets ${VGEN_CUDA_ARCHS}, "
                  "cuDNN ${CUDNN_LIBRARY}, cuDNN frontend ${VGEN_CUDNN_FRONTEND_INCLUDE}, CUTLASS ${VGEN_CUTLASS_INCLUDE}")
 
