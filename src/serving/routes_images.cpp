@@ -20,7 +20,7 @@ namespace {
 
 using nlohmann::json;
 
-// Whether this build encodes `format` (WebP needs FFmpeg's libraries), found once by trying.
+// Whether this build encodes `format` (JPEG and WebP need FFmpeg's libraries), found once by trying.
 bool can_encode(media::ImageFormat format) {
   static std::map<media::ImageFormat, bool> known;
   static std::mutex mutex;
@@ -52,9 +52,10 @@ void images(ServerState& s, const HttpRequest& req, HttpResponse& res, bool edit
   const ImagePlan plan = plan_image(parse_image_request(body_fields(req), edit), s.model.info, *s.model.pipeline);
   // Refused before generating, not failed after.
   if (!can_encode(plan.output_format))
-    bad_field("output_format", fmt::format("output_format '{}' cannot be encoded by this build of vgen (WebP needs "
-                                           "FFmpeg's libraries); use png or jpeg",
-                                           media::image_format_name(plan.output_format)));
+    bad_field("output_format", fmt::format("output_format '{}' cannot be encoded by this build of vgen (JPEG and WebP "
+                                           "need FFmpeg's libraries); use png{}",
+                                           media::image_format_name(plan.output_format),
+                                           can_encode(media::ImageFormat::JPEG) ? " or jpeg" : ""));
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::vector<uint8_t>> images;
   try {
