@@ -107,8 +107,9 @@ class Backend : public DeviceRuntime {
   VGEN_OP_LIST(VGEN_OP_VIRTUAL)
 #undef VGEN_OP_VIRTUAL
 
-  // The attention kernel this backend runs for the context's choice ("auto" resolved), for
-  // reports: "cpu", "cudnn", "reference".
+  // The attention kernel this backend runs for the context's choice, for reports: "cpu"; on
+  // CUDA the context's setting ("auto", "cudnn", "flash", "reference"; cuda::attention_path
+  // says which kernel given inputs take).
   virtual std::string attention_kernel() const { return name(); }
 
   // Records the device work that `work` queues, without running it, for replay as one launch

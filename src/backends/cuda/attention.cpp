@@ -274,7 +274,6 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   // [B, Sq, H, D] memory seen as [B, H, Sq, D].
   const Tensor out = Tensor::empty({B, Sq, H, D}, q.dtype(), q.device()).permute({0, 2, 1, 3});
   if (out.numel() == 0) return out;
-  if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(D));
   if (flash_takes(q, k, v, bias)) {
     flash_attention_sm90(q, k, v, scale, out);
     return out;

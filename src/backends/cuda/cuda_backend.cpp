@@ -195,8 +195,7 @@ bool CudaBackend::supports(Op op, DType dtype) const {
 }
 
 std::string CudaBackend::attention_kernel() const {
-  const std::string& b = settings_.attention_backend;
-  return b == "reference" || b == "flash" || b == "auto" ? b : "cudnn";
+  return settings_.attention_backend;  // one of ExecutionSettings' names, checked when the context was made
 }
 
 void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }
