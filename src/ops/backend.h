@@ -42,7 +42,8 @@
 //   gated_residual        (x.float() + y.float() * gate).to(x.dtype): x, y [B, S, D]; gate as scale
 //   rms_norm_rope         rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x
 //                         [B, S, H, D] (rows may be strided, as a slice of a fused QKV
-//                         projection), weight [H * D]
+//                         projection), weight [H * D] (Wan: across heads) or [D] (FLUX: each
+//                         head normalized on its own)
 //   attention_lse(q,k,v,scale,lse)  attention without bias that also writes each query row's
 //                         log-sum-exp of the scaled scores into lse [B, H, Sq] (F32, contiguous;
 //                         -inf for no keys): partial results over key blocks merge exactly

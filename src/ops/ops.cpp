@@ -68,6 +68,8 @@ Tensor Backend::gated_residual(const Tensor& x, const Tensor& y, const Tensor& g
 
 Tensor Backend::rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
   const Shape shape = x.shape();
+  // weight [D]: each head normalized on its own (FLUX's norm_q / norm_k).
+  if (weight.numel() != shape[2] * shape[3]) return ops::rope(ops::rms_norm(x, weight, eps), cos, sin);
   const Tensor flat = x.reshape({shape[0], shape[1], shape[2] * shape[3]});
   return ops::rope(ops::rms_norm(flat, weight, eps).view(shape), cos, sin);
 }
@@ -281,7 +283,8 @@ Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
 
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
   same_device(x, weight, "rms_norm_rope");
-  VGEN_CHECK(x.dim() == 4 && weight.dim() == 1 && weight.size(0) == x.size(2) * x.size(3) && cos.dim() == 2 &&
+  VGEN_CHECK(x.dim() == 4 && weight.dim() == 1 &&
+                 (weight.size(0) == x.size(2) * x.size(3) || weight.size(0) == x.size(3)) && cos.dim() == 2 &&
                  cos.size(0) == x.size(1) && cos.size(1) == x.size(3) && sin.shape() == cos.shape() &&
                  x.size(3) % 2 == 0,
              "rms_norm_rope: x {} weight {} cos {} sin {}", x.str(), weight.str(), cos.str(), sin.str());

@@ -59,6 +59,7 @@ Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after);
 // Fused ops (see Backend): modulated LayerNorm, gated residual add, RMSNorm + RoPE.
 Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps);
 Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
+// weight [H * D] normalizes each token's heads together, [D] each head on its own.
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin);
 
 // Waits until the device has finished all queued work.

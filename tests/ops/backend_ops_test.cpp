@@ -1091,16 +1091,18 @@ void rms_norm_rope_cases(Cases& cs) {
     for (const auto& size : std::vector<std::array<int64_t, 3>>{{37, 12, 128}, {5, 3, 6}, {11, 40, 128}}) {
       const int64_t S = size[0], H = size[1], D = size[2];
       for (DType wd : d == DType::F32 ? std::vector<DType>{d} : std::vector<DType>{d, DType::F32}) {
-        for (int64_t part : {0, 1}) {
+        // part 0 / 1: across heads (weight [H * D], Wan); part 2: each head alone (weight [D], FLUX).
+        for (int64_t part : {0, 1, 2}) {
+          const int64_t wn = part == 2 ? D : H * D;
           cs.add({Op::rms_norm_rope,
-                  fmt::format("rms_norm_rope {}[{},{},{},{}] part {} of a fused [B,S,3*H*D] projection, weight {}",
-                              dt(d), B, S, H, D, part, dt(wd)),
+                  fmt::format("rms_norm_rope {}[{},{},{},{}] part {} of a fused [B,S,3*H*D] projection, weight {}[{}]",
+                              dt(d), B, S, H, D, part, dt(wd), wn),
                   d,
                   [=](Gen& g) {
                     return std::vector<Input>{
                         in(g.normal({B, S, 3 * H * D}, d, 2.0f),
                            [=](const Tensor& t) { return t.view({B, S, 3, H, D}).select(2, part); }),
-                        in(g.normal({H * D}, wd)), in(g.normal({S, D})), in(g.normal({S, D}))};
+                        in(g.normal({wn}, wd)), in(g.normal({S, D})), in(g.normal({S, D}))};
                   },
                   [](const Args& t, Device) { return Outputs{ops::rms_norm_rope(t[0], t[1], 1e-6f, t[2], t[3])}; },
                   by_dtype(d), {B, S, H, D}, d});

@@ -194,6 +194,7 @@ struct RmsRopeArgs {
   const float* cos;  // [S, head_dim] contiguous
   const float* sin;
   int head_dim;
+  int groups;  // rows per token: 1, or H when each head of D elements is normalized on its own
 };
 
 // kNorm: x * rsqrt(mean(x^2) + eps) * weight, rounded to T. kRope: then rotate interleaved
@@ -203,14 +204,14 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_rope_kernel(RmsRopeArgs a)
   static_assert(!kRope || VEC % 2 == 0, "rope needs whole pairs per vector");
   __shared__ float smem[32];
   extern __shared__ float4 rope_smem[];  // kRope: (cos[2i], sin[2i + 1]) of this token
-  const int64_t row = blockIdx.x;
+  const int64_t row = blockIdx.x, token = row / a.groups;
   T* out = static_cast<T*>(a.out) + row * a.D;
   const int nv = a.D / VEC;
   RowCache<T, VEC, kNorm ? CACHE : 0> cache;
-  cache.row = static_cast<const T*>(a.x) + a.rows.offset(row);
+  cache.row = static_cast<const T*>(a.x) + a.rows.offset(token) + (row % a.groups) * a.D;
   float2* pairs = reinterpret_cast<float2*>(rope_smem);
   if constexpr (kRope) {
-    const int64_t t = (row % a.rows.S) * a.head_dim;
+    const int64_t t = (token % a.rows.S) * a.head_dim;
     for (int i = threadIdx.x; i < a.head_dim / 2; i += blockDim.x)
       pairs[i] = make_float2(a.cos[t + 2 * i], a.sin[t + 2 * i + 1]);
     if constexpr (!kNorm) __syncthreads();  // else the reduction's barriers order it
@@ -529,9 +530,11 @@ Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight,
 }
 
 // RMS norm (norm) and/or RoPE (cos defined) of the rows of x: one row per token of D
-// elements (H * head_dim for RoPE), x's rows given by `rows`, the output contiguous.
+// elements (H * head_dim for RoPE), x's rows given by `rows`, the output contiguous. With
+// `groups` > 1 a token's D elements are `groups` rows of D / groups, each normalized alone.
 Tensor rms_rope_rows(const char* op, const Tensor& x, Rows rows, int64_t D, const Tensor& weight, float eps,
-                     const Tensor& cos, const Tensor& sin, bool norm) {
+                     const Tensor& cos, const Tensor& sin, bool norm, int64_t groups = 1) {
+  D /= groups;
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   const int64_t nrows = D == 0 ? 0 : x.numel() / D;
   if (nrows == 0) return out;
@@ -544,13 +547,15 @@ Tensor rms_rope_rows(const char* op, const Tensor& x, Rows rows, int64_t D, cons
   const RmsRopeArgs args{x.raw_data(), rows, static_cast<int>(D), out.raw_data(),
                          w.defined() ? w.raw_data() : nullptr, eps,
                          rope ? static_cast<const float*>(c.raw_data()) : nullptr,
-                         rope ? static_cast<const float*>(s.raw_data()) : nullptr, static_cast<int>(hd)};
+                         rope ? static_cast<const float*>(s.raw_data()) : nullptr, static_cast<int>(hd),
+                         static_cast<int>(groups)};
   const int64_t es = static_cast<int64_t>(x.element_size()), ws = static_cast<int64_t>(dtype_size(wd));
   const int vmax = static_cast<int>(16 / es), vmin = rope ? 2 : 1;
   const int vec = pick_vec(vmax, vmin, hd, {{args.x, es}, {args.weight, ws}}, {rows.batch_stride, rows.row_stride});
   if (vec == 0) {  // a misaligned view (RoPE needs whole pairs): read an aligned copy
     const Tensor xc = x.clone();
-    return rms_rope_rows(op, xc, {rows.S, rows.S * D, D}, D, weight, eps, cos, sin, norm);
+    const int64_t token = D * groups;
+    return rms_rope_rows(op, xc, {rows.S, rows.S * token, token}, token, weight, eps, cos, sin, norm, groups);
   }
   const int64_t nv = D / vec;
   const unsigned grid = static_cast<unsigned>(nrows);
@@ -634,13 +639,16 @@ Tensor CudaOps::rms_norm_rope(const Tensor& x_in, const Tensor& weight, float ep
                                   const Tensor& sin) {
   require_cuda("rms_norm_rope", x_in);
   require_float("rms_norm_rope", x_in);
-  VGEN_CHECK(x_in.dim() == 4 && weight.dim() == 1 && weight.size(0) == x_in.size(2) * x_in.size(3) &&
-                 cos.dim() == 2 && cos.size(0) == x_in.size(1) && cos.size(1) == x_in.size(3) &&
-                 sin.shape() == cos.shape() && x_in.size(3) % 2 == 0,
+  const int64_t H = x_in.size(2), D = x_in.size(3);
+  VGEN_CHECK(x_in.dim() == 4 && weight.dim() == 1 && (weight.size(0) == H * D || weight.size(0) == D) &&
+                 cos.dim() == 2 && cos.size(0) == x_in.size(1) && cos.size(1) == D && sin.shape() == cos.shape() &&
+                 D % 2 == 0,
              "rms_norm_rope: x {} weight {} cos {} sin {}", x_in.str(), weight.str(), cos.str(), sin.str());
   Tensor x = x_in;
   const Rows rows = token_rows(&x);
-  return rms_rope_rows("rms_norm_rope", x, rows, x.size(2) * x.size(3), weight, eps, cos, sin, true);
+  // weight [D] with several heads: each head is a row of its own.
+  const int64_t groups = weight.size(0) == H * D ? 1 : H;
+  return rms_rope_rows("rms_norm_rope", x, rows, H * D, weight, eps, cos, sin, true, groups);
 }
 
 Tensor CudaOps::softmax(const Tensor& x_in) {

@@ -95,7 +95,8 @@ class FluxTransformer2DModel {
   };
   struct SingleBlock {
     nn::Linear norm_linear;  // norm.linear: dim -> 3 dim
-    nn::Linear qkv_mlp;      // attn.to_q | attn.to_k | attn.to_v | proj_mlp
+    nn::Linear qkv;          // attn.to_q | attn.to_k | attn.to_v
+    nn::Linear proj_mlp;     // dim -> mlp_hidden_dim, GELU (tanh) fused into the GEMM
     nn::RMSNorm norm_q, norm_k;
     nn::Linear proj_out;     // [dim + mlp_hidden_dim] -> dim
   };
@@ -109,10 +110,10 @@ class FluxTransformer2DModel {
                     const nn::RotaryTables& rope) const;
   Tensor single_block(const SingleBlock& b, const Tensor& x, const Tensor& silu_temb,
                       const nn::RotaryTables& rope) const;
-  // q/k/v [B, T, heads, D] from a fused projection's first 3 * inner columns, with the
-  // per-head RMS norms applied to q and k.
-  void split_qkv(const Tensor& proj, const nn::RMSNorm& norm_q, const nn::RMSNorm& norm_k, Tensor& q, Tensor& k,
-                 Tensor& v) const;
+  // q/k/v [B, T, heads, D] from a fused QKV projection, with the per-head RMS norms and the
+  // rotary embedding (rows `first`.. of the tables) applied to q and k in one op each.
+  void split_qkv(const Tensor& proj, const nn::RMSNorm& norm_q, const nn::RMSNorm& norm_k,
+                 const nn::RotaryTables& rope, int64_t first, Tensor& q, Tensor& k, Tensor& v) const;
 
   FluxTransformer2DModelConfig config_;
   DType dtype_;
