@@ -244,7 +244,9 @@ def part_quant(args):
     from safetensors.torch import save_file
     import numpy as np
     tiny, dev = args.tiny, args.device
-    for size in ("1.3b", "14b"):
+    for size in args.quant_sizes.split(","):
+        if size not in ("1.3b", "14b"):
+            raise SystemExit(f"--quant-sizes: unknown size {size!r} (1.3b, 14b)")
         h, w, f = (64, 96, 9) if tiny else {"1.3b": (480, 832, 81), "14b": (720, 1280, 81)}[size]
         text_len = 16 if tiny else 512
         cfg = transformer_config(size, tiny)
@@ -287,7 +289,7 @@ def part_quant(args):
         common = ["--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len", text_len,
                   "--inputs", inputs]
         iters = ["--iters", 2, "--warmup", 1] if size == "14b" else ["--iters", 3, "--warmup", 1]
-        for algo in (None, "FP8", "FP8_BLOCK_SCALES", "NVFP4"):
+        for algo in [None] + [a for a in args.quant_algos.split(",") if a]:
             out_path = os.path.join(args.work, "vgen_quant_out.f32")
             quant = ["--quant-algo", algo] if algo else []
             ours = vgen(args, "transformer", *common, *quant, "--save-output", out_path, *iters)
@@ -1037,6 +1039,9 @@ def main():
                          "(TaylorSeer's are cache_intervals; a cache left out is not run, the uncached run and "
                          "the fixed schedule always are)")
     ap.add_argument("--quant-layers14", type=int, default=4, help="quant: layers of the 14B model (40 in the real one)")
+    ap.add_argument("--quant-sizes", default="1.3b,14b", help="quant: the model sizes to run")
+    ap.add_argument("--quant-algos", default="FP8,FP8_BLOCK_SCALES,NVFP4",
+                    help="quant: the formats to run beside vgen bf16 (empty: bf16 only)")
     ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
     ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")
     ap.add_argument("--flux-layers", default="19,38", help="flux: double,single blocks (FLUX.1-dev: 19,38)")
