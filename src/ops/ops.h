@@ -36,6 +36,10 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
 // The Wan VAE's channel RMS norm, optionally fused with the SiLU that follows it
 // (act None or Silu; the same values as silu(channel_rms_norm(...))).
 Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act = Activation::None);
+// torch.nn.GroupNorm over x [N, C, *spatial] (weight, bias [C], either may be undefined),
+// optionally followed by SiLU (act None or Silu; the same values as silu(group_norm(...))).
+Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
+                  Activation act = Activation::None);
 Tensor softmax(const Tensor& x);
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale);

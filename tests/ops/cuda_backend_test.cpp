@@ -217,6 +217,20 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
         }
       }
     }
+    // Group norms likewise (FLUX VAE-like and odd channel counts, one frame or several).
+    for (const auto& [shape, groups] : std::vector<std::pair<Shape, int64_t>>{
+             {{1, 128, 1, 9, 16}, 32}, {{2, 96, 1, 33, 47}, 32}, {{2, 6, 1, 7, 13}, 3}, {{1, 40, 2, 5, 6}, 8}}) {
+      for (Activation act : {Activation::None, Activation::Silu}) {
+        for (bool channels_last : {false, true}) {
+          const int64_t C = shape[1];
+          Tensor x = gpu(rnd(shape, dt));
+          if (channels_last) x = x.to_channels_last_3d();
+          const Tensor y = ops::group_norm(x, gpu(rnd({C}, dt)), gpu(rnd({C}, dt)), groups, 1e-6f, act);
+          EXPECT_EQ(y.is_channels_last_3d(), channels_last) << name << " group_norm " << shape_str(shape);
+          EXPECT_EQ(y.is_contiguous(), !channels_last) << name << " group_norm " << shape_str(shape);
+        }
+      }
+    }
     // Convolutions: the output is laid out as the input (a 1-channel output is both).
     struct Conv {
       Shape x, w;
