@@ -57,7 +57,7 @@ Tensor upsample_nearest2x(const Tensor& x);
 
 // Shape ops built from copies (the same on every backend).
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);
-// Zero padding of dimension `dim`: `before` and `after` elements.
+// Zero padding of dimension `dim`: `before` and `after` elements, in x's memory format.
 Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after);
 
 // Fused ops (see Backend): modulated LayerNorm, gated residual add, RMSNorm + RoPE.
