@@ -71,23 +71,25 @@ __device__ __forceinline__ Moments<F> block_merge(Moments<F> m) {
   return m;
 }
 
-// One thread's running sums of x - shift and (x - shift)^2, the shift its first value.
+// One thread's sums of x - shift and (x - shift)^2 over n values, the shift its first value.
 struct ShiftedSums {
   float shift = 0.0f, s1 = 0.0f, s2 = 0.0f;
-  int n = 0;
   __device__ __forceinline__ void add(float v) {
-    if (n == 0) shift = v;
     const float d = __fsub_rn(v, shift);
     s1 = __fadd_rn(s1, d);
     s2 = __fmaf_rn(d, d, s2);
-    ++n;
   }
-  __device__ __forceinline__ Moments<float> moments() const {
+  __device__ __forceinline__ Moments<float> moments(int64_t n) const {
     if (n == 0) return {0.0f, 0.0f, 0.0f};
     const float fn = static_cast<float>(n), d = s1 / fn;
     return {fn, shift + d, fmaxf(s2 - s1 * d, 0.0f)};
   }
 };
+
+// How many of first, first + step, ... lie below end.
+__device__ __forceinline__ int64_t steps(int64_t first, int64_t end, int64_t step) {
+  return first < end ? (end - first + step - 1) / step : 0;
+}
 
 // ---- Pass 1: partial moments ---------------------------------------------------------------
 
@@ -99,14 +101,17 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = blockIdx.x, k = blockIdx.y;
   const T* base = x + row * L;
   const int64_t end = (k + 1) * chunk < L ? (k + 1) * chunk : L;
+  const int64_t first = k * chunk + int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
   ShiftedSums acc;
-  for (int64_t e = k * chunk + int64_t(threadIdx.x) * VEC; e < end; e += int64_t(blockDim.x) * VEC) {
+  if (first < end) acc.shift = to_float<T>(base[first]);
+#pragma unroll 4
+  for (int64_t e = first; e < end; e += step) {
     float v[VEC];
     load_vec<VEC>(base + e, v);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) acc.add(v[j]);
   }
-  const Moments<float> m = block_merge(acc.moments());
+  const Moments<float> m = block_merge(acc.moments(steps(first, end, step) * VEC));
   if (threadIdx.x == 0) part[row * gridDim.y + k] = m;
 }
 
@@ -126,10 +131,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t nv = C / VEC;
   for (int64_t cv0 = 0; cv0 < nv; cv0 += bx) {  // uniform over the block: it synchronizes inside
     const int64_t cv = cv0 + tx;
+    const int64_t count = cv < nv ? steps(p0 + ty, p1, by) : 0;
     ShiftedSums acc[VEC];
-    if (cv < nv) {
+    if (count > 0) {
+      float v[VEC];
+      load_vec<VEC>(base + (p0 + ty) * C + cv * VEC, v);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[j].shift = v[j];
+#pragma unroll 4
       for (int64_t p = p0 + ty; p < p1; p += by) {
-        float v[VEC];
         load_vec<VEC>(base + p * C + cv * VEC, v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) acc[j].add(v[j]);
@@ -137,11 +147,11 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const Moments<float> m = acc[j].moments();
+      const Moments<float> m = acc[j].moments(count);
       s_mean[threadIdx.x * VEC + j] = m.mean;
       s_m2[threadIdx.x * VEC + j] = m.m2;
     }
-    s_n[threadIdx.x] = static_cast<float>(acc[0].n);
+    s_n[threadIdx.x] = static_cast<float>(count);
     __syncthreads();
     // Column col = tx * VEC + j (channel cv0 * VEC + col) over the by rows of threads.
     for (int col = threadIdx.x; col < bx * VEC; col += blockDim.x) {
@@ -202,6 +212,7 @@ __global__ void __launch_bounds__(kThreads)
   const T* src = x + r * S;
   T* dst = out + r * S;
   const int64_t end = (k + 1) * chunk < S ? (k + 1) * chunk : S;
+#pragma unroll 4
   for (int64_t e = k * chunk + int64_t(threadIdx.x) * VEC; e < end; e += int64_t(blockDim.x) * VEC) {
     float v[VEC];
     load_vec<VEC>(src + e, v);
@@ -211,7 +222,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Channels-last: the threads of group_stats_channels_last_kernel, each writing what it read.
+// Channels-last: the thread layout of group_stats_channels_last_kernel (warps read and write
+// whole rows of channels); block (k, n) writes positions [k * positions, ...) of sample n.
 template <typename T, typename Tw, int VEC, bool kSilu>
 __global__ void __launch_bounds__(kThreads)
     group_apply_channels_last_kernel(const T* __restrict__ x, T* __restrict__ out, const float2* __restrict__ stats,
@@ -234,6 +246,7 @@ __global__ void __launch_bounds__(kThreads)
       w[j] = weight ? to_float<Tw>(weight[c]) : 1.0f;
       b[j] = bias ? to_float<Tw>(bias[c]) : 0.0f;
     }
+#pragma unroll 4
     for (int64_t p = p0 + ty; p < p1; p += by) {
       float v[VEC];
       load_vec<VEC>(src + p * C + cv * VEC, v);
@@ -303,6 +316,10 @@ Tensor CudaOps::group_norm(const Tensor& x_in, const Tensor& weight, const Tenso
   Tensor stats = Tensor::empty({N * G * 2}, DType::F32, x.device());
   auto* part_p = static_cast<Moments<float>*>(part.raw_data());
   auto* stats_p = static_cast<float2*>(stats.raw_data());
+  // Channels-last apply: 4x the stats' blocks (it holds more registers: fewer blocks fit an SM,
+  // and finer blocks leave a shorter tail).
+  const int64_t apply_positions =
+      channels_last ? round_up(std::max<int64_t>(ceil_div(S, ceil_div(4 * want_blocks, N)), by), by) : 0;
   // NCHW apply: blocks of at least 4 vectors a thread along a channel's S values.
   const int64_t apply_chunk =
       channels_last ? 0 : round_up(std::max<int64_t>(ceil_div(S, 65535), int64_t(kThreads) * vec * 4), vec);
@@ -322,8 +339,9 @@ Tensor CudaOps::group_norm(const Tensor& x_in, const Tensor& weight, const Tenso
         const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(N));
         group_stats_channels_last_kernel<T, V><<<grid, kThreads, 0, stream()>>>(in, part_p, S, C, positions, bx);
         group_finalize_kernel<<<static_cast<unsigned>(N * G), kThreads, 0, stream()>>>(part_p, stats_p, per_group, eps);
+        const dim3 apply_grid(static_cast<unsigned>(ceil_div(S, apply_positions)), static_cast<unsigned>(N));
         group_apply_channels_last_kernel<T, Tw, V, kSilu>
-            <<<grid, kThreads, 0, stream()>>>(in, o, stats_p, wp, bp, S, C, Cg, positions, bx);
+            <<<apply_grid, kThreads, 0, stream()>>>(in, o, stats_p, wp, bp, S, C, Cg, apply_positions, bx);
       } else {
         group_stats_rows_kernel<T, V>
             <<<dim3(static_cast<unsigned>(N * G), static_cast<unsigned>(chunks)), kThreads, 0, stream()>>>(
