@@ -396,6 +396,11 @@ void copy_cases(Cases& cs) {
             [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 3, 5, 7}, d))}; },
             [](const Args& t, Device) { return Outputs{ops::cat({t[0].narrow(2, 1, 2), t[0]}, 2)}; }, kMoves,
             {2, 16, 5, 5, 7}, d});
+    // Downsample2D's F.pad (0, 1, 0, 1) of a channels-last feature map (the FLUX VAE encoder).
+    cs.add({Op::copy, fmt::format("copy {} pad channels-last [2,16,1,5,7] bottom and right", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 1, 5, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::pad(ops::pad(t[0], 4, 0, 1), 3, 0, 1)}; }, kMoves,
+            {2, 16, 1, 6, 8}, d});
   }
 }
 

@@ -328,6 +328,11 @@ TEST(CpuReference, ShapesCopiesAndSmallOps) {
   EXPECT_EQ(padded.shape(), (Shape{2, 6, 4}));
   EXPECT_EQ(padded.narrow(1, 2, 3).contiguous().to_vector(), x.to_vector());
   EXPECT_EQ(padded.narrow(1, 0, 2).contiguous().to_vector(), std::vector<float>(16, 0.0f));
+  // A channels-last 3-D input is padded in its own layout, to the same values.
+  const Tensor frames = rnd({2, 3, 1, 4, 5}, 19);
+  const Tensor padded_cl = ops::pad(frames.to_channels_last_3d(), 3, 1, 2);
+  EXPECT_TRUE(padded_cl.is_channels_last_3d());
+  EXPECT_EQ(padded_cl.contiguous().to_vector(), ops::pad(frames, 3, 1, 2).to_vector());
   const Tensor ids = Tensor::from_vector_i64({2, 0, 1}, {3});
   const Tensor table = rnd({3, 5}, 18);
   EXPECT_EQ(ops::embedding(ids, table).select(0, 0).contiguous().to_vector(), table.select(0, 2).contiguous().to_vector());

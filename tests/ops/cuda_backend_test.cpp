@@ -202,6 +202,8 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
     EXPECT_TRUE(ops::add(plain, gb).is_channels_last_3d()) << name << " add, NCDHW + channels-last";
     EXPECT_TRUE(ops::axpby(0.5f, ga, -2.0f, gb).is_channels_last_3d()) << name << " axpby";
     EXPECT_TRUE(ops::cat({ga.narrow(2, 1, 2), ga}, 2).is_channels_last_3d()) << name << " cat";
+    EXPECT_TRUE(ops::pad(ops::pad(ga, 4, 0, 1), 3, 0, 1).is_channels_last_3d()) << name << " pad";
+    EXPECT_TRUE(ops::pad(plain, 4, 0, 1).is_contiguous()) << name << " pad, NCDHW";
     // Channel norms (with and without the fused SiLU) keep the layout they are given.
     for (const Shape& shape : vgen::testing::kChannelNormShapes) {
       for (bool bias : {false, true}) {
