@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -24,6 +25,11 @@ Tensor next_cache(const Tensor& x, const Tensor& past) {
 }
 
 }  // namespace
+
+bool vae_channels_last(Device device) {
+  static const bool allowed = env_flag("VGEN_VAE_CHANNELS_LAST", true);
+  return allowed && device.is_cuda();
+}
 
 Conv3d::Conv3d(Tensor weight, Tensor bias, Conv3dParams params, bool channels_last)
     : weight_(channels_last ? weight.to_channels_last_3d() : std::move(weight)),

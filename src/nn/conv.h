@@ -35,6 +35,12 @@ Tensor with_neighbour_rows(const Tensor& x, int64_t rows, Communicator& comm);
 // The whole of a row-split x: [B, C, T, size * h, W] on every rank.
 Tensor gather_rows(const Tensor& x, Communicator& comm);
 
+// Whether the VAEs run their convolutions channels-last (activations and filters laid out
+// [N, D, H, W, C], PyTorch's channels_last_3d) on `device`: on a GPU, where cuDNN's NDHWC
+// convolutions are faster and the norms read contiguous rows of channels, unless
+// VGEN_VAE_CHANNELS_LAST=0 (kept NCDHW, for comparison; the values are the same either way).
+bool vae_channels_last(Device device);
+
 // torch.nn.Conv3d: PREFIX.weight [out, in, kt, kh, kw], PREFIX.bias [out].
 class Conv3d {
  public:

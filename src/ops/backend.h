@@ -21,6 +21,11 @@
 //   channel_rms_norm      the Wan VAE's norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) *
 //                         sqrt(C) * gamma[C] + bias[C], then act (None or Silu) on the result as
 //                         rounded to x's dtype. CUDA keeps a channels-last 3-D input's layout.
+//   group_norm(x, w, b, groups, eps, act)  torch.nn.GroupNorm: x [N, C, *spatial], float32 mean and
+//                         biased variance over each group's C / groups channels x all positions,
+//                         (x - mean) * rsqrt(var + eps) * w[C] + b[C] (either optional), rounded
+//                         once to x's dtype; then act (None or Silu) on that rounded result. CUDA
+//                         keeps a channels-last 3-D input's layout.
 //   softmax               over the last dim
 //   attention(q,k,v,bias,scale)  softmax(q k^T * scale + bias) v; q [B, H, Sq, D], k/v
 //                         [B, H, Sk, D]; bias optional, additive, broadcastable to [B, H, Sq, Sk].

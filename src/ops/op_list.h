@@ -29,6 +29,8 @@
   X(rms_norm, Tensor, (const Tensor& x, const Tensor& weight, float eps), (x, weight, eps), Primitive)            \
   X(channel_rms_norm, Tensor, (const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act),         \
     (x, gamma, bias, act), Primitive)                                                                             \
+  X(group_norm, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,     \
+                         Activation act), (x, weight, bias, groups, eps, act), Primitive)                         \
   X(softmax, Tensor, (const Tensor& x), (x), Primitive)                                                           \
   X(attention, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale),      \
     (q, k, v, bias, scale), Primitive)                                                                            \

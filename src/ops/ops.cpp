@@ -167,6 +167,22 @@ Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias
   return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act);
 }
 
+Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
+                  Activation act) {
+  same_device(x, weight, "group_norm");
+  same_device(x, bias, "group_norm");
+  VGEN_CHECK(x.defined() && x.dim() >= 2, "group_norm: input {} must be [N, C, *spatial]", x.str());
+  VGEN_CHECK(groups > 0 && x.size(1) % groups == 0, "group_norm: {} channels of input {} do not split into {} groups",
+             x.size(1), x.str(), groups);
+  VGEN_CHECK(!weight.defined() || (weight.dim() == 1 && weight.size(0) == x.size(1)),
+             "group_norm: weight {} must be [{}] for input {}", weight.str(), x.size(1), x.str());
+  VGEN_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == x.size(1)),
+             "group_norm: bias {} must be [{}] for input {}", bias.str(), x.size(1), x.str());
+  VGEN_CHECK(eps >= 0.0f, "group_norm: eps {} is negative", eps);
+  VGEN_CHECK(act == Activation::None || act == Activation::Silu, "group_norm: only SiLU (or nothing) may follow");
+  return on(x, Op::group_norm, "group_norm").group_norm(x, weight, bias, groups, eps, act);
+}
+
 Tensor softmax(const Tensor& x) { return on(x, Op::softmax, "softmax").softmax(x); }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
@@ -256,7 +272,11 @@ Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after) {
   dim = wrap_dim(dim, x.dim());
   Shape shape = x.shape();
   shape[dim] += before + after;
-  Tensor out = Tensor::zeros(shape, x.dtype(), x.device());
+  // In x's memory format (a channels-last 3-D feature map stays so): zeros laid out [N, D, H, W, C].
+  const Tensor out = x.prefers_channels_last_3d()
+                         ? Tensor::zeros({shape[0], shape[2], shape[3], shape[4], shape[1]}, x.dtype(), x.device())
+                               .permute({0, 4, 1, 2, 3})
+                         : Tensor::zeros(shape, x.dtype(), x.device());
   out.narrow(dim, before, x.size(dim)).copy_(x);
   return out;
 }

@@ -36,6 +36,10 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
 // The Wan VAE's channel RMS norm, optionally fused with the SiLU that follows it
 // (act None or Silu; the same values as silu(channel_rms_norm(...))).
 Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act = Activation::None);
+// torch.nn.GroupNorm over x [N, C, *spatial] (weight, bias [C], either may be undefined),
+// optionally followed by SiLU (act None or Silu; the same values as silu(group_norm(...))).
+Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
+                  Activation act = Activation::None);
 Tensor softmax(const Tensor& x);
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale);
@@ -53,7 +57,7 @@ Tensor upsample_nearest2x(const Tensor& x);
 
 // Shape ops built from copies (the same on every backend).
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);
-// Zero padding of dimension `dim`: `before` and `after` elements.
+// Zero padding of dimension `dim`: `before` and `after` elements, in x's memory format.
 Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after);
 
 // Fused ops (see Backend): modulated LayerNorm, gated residual add, RMSNorm + RoPE.

@@ -396,6 +396,11 @@ void copy_cases(Cases& cs) {
             [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 3, 5, 7}, d))}; },
             [](const Args& t, Device) { return Outputs{ops::cat({t[0].narrow(2, 1, 2), t[0]}, 2)}; }, kMoves,
             {2, 16, 5, 5, 7}, d});
+    // Downsample2D's F.pad (0, 1, 0, 1) of a channels-last feature map (the FLUX VAE encoder).
+    cs.add({Op::copy, fmt::format("copy {} pad channels-last [2,16,1,5,7] bottom and right", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 1, 5, 7}, d))}; },
+            [](const Args& t, Device) { return Outputs{ops::pad(ops::pad(t[0], 4, 0, 1), 3, 0, 1)}; }, kMoves,
+            {2, 16, 1, 6, 8}, d});
   }
 }
 
@@ -731,6 +736,87 @@ void channel_rms_norm_cases(Cases& cs) {
           },
           [](const Args& t, Device) { return Outputs{ops::channel_rms_norm(t[0], t[1], t[2])}; },
           by_dtype(DType::F32), {2, 5, 4, 6}, DType::F32});
+}
+
+// torch.nn.GroupNorm (+ SiLU): odd channel counts and groups (C 6 in 3 groups, 96 in 32), one
+// position, odd spatial sizes, 4-D and 5-D inputs, channels-last 3-D inputs (on a device), a
+// group of ~1M values with a large mean, and (perf mode only) the FLUX VAE decoder's sizes.
+void group_norm_cases(Cases& cs) {
+  struct G {
+    Shape shape;
+    int64_t groups;
+  };
+  const std::vector<G> shapes = {{{2, 6, 7, 13}, 3},      {{2, 6, 1, 7, 13}, 3},  {{2, 96, 1, 33, 47}, 32},
+                                 {{3, 64, 1, 1, 1}, 32},   {{1, 128, 1, 9, 16}, 32}, {{1, 40, 2, 5, 6}, 8}};
+  const auto call = [](int64_t groups, Activation act) {
+    return [groups, act](const Args& t, Device) { return Outputs{ops::group_norm(t[0], t[1], t[2], groups, 1e-6f, act)}; };
+  };
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const G& s : shapes) {
+      for (bool affine : {false, true}) {
+        for (Activation act : {Activation::None, Activation::Silu}) {
+          for (bool channels_last : {false, true}) {
+            if (channels_last && s.shape.size() != 5) continue;
+            const int64_t C = s.shape[1];
+            cs.add({Op::group_norm,
+                    fmt::format("group_norm {}{} groups {}{}{} then {}", dt(d), sh(s.shape), s.groups,
+                                channels_last ? " channels-last" : "", affine ? " weight bias" : "", act_name(act)),
+                    d,
+                    [=](Gen& g) {
+                      const Tensor x = g.normal(s.shape, d, 2.0f);
+                      return std::vector<Input>{channels_last ? cl(x) : in(x), affine ? in(g.normal({C}, d)) : none(),
+                                                affine ? in(g.normal({C}, d)) : none()};
+                    },
+                    call(s.groups, act), by_dtype(d), s.shape, d});
+          }
+        }
+      }
+    }
+  }
+  // Weight only, in float32 for a bf16 input (the kernels then read parameters as float32).
+  cs.add({Op::group_norm, "group_norm bf16[2,32,1,6,10] groups 4 channels-last f32 weight, no bias", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{cl(g.normal({2, 32, 1, 6, 10}, DType::BF16)), in(g.normal({32})), none()};
+          },
+          call(4, Activation::None), by_dtype(DType::BF16), {2, 32, 1, 6, 10}, DType::BF16});
+  // A strided input (a channel slice) is read as a contiguous copy.
+  cs.add({Op::group_norm, "group_norm f32[2,8,5,6] channels 4.. of a [2,16,5,6] buffer", DType::F32,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({2, 16, 5, 6}), [](const Tensor& t) { return t.narrow(1, 4, 8); }),
+                                      in(g.normal({8})), in(g.normal({8}))};
+          },
+          call(2, Activation::Silu), by_dtype(DType::F32), {2, 8, 5, 6}, DType::F32});
+  // ~1M values a group (16 channels x 256 x 256) around a mean of 3: the float32 statistics
+  // must keep the variance (the shifted sums).
+  for (bool channels_last : {false, true}) {
+    const Shape shape{1, 32, 1, 256, 256};
+    cs.add({Op::group_norm,
+            fmt::format("group_norm bf16{} groups 2{} large groups, mean 3, then silu", sh(shape),
+                        channels_last ? " channels-last" : ""),
+            DType::BF16,
+            [=](Gen& g) {
+              const Tensor x = ops::add_scalar(g.normal(shape, DType::F32, 2.0f), 3.0f).to(DType::BF16);
+              return std::vector<Input>{channels_last ? cl(x) : in(x), in(g.normal({32}, DType::BF16)),
+                                        in(g.normal({32}, DType::BF16))};
+            },
+            call(2, Activation::Silu), by_dtype(DType::BF16), shape, DType::BF16});
+  }
+  // The FLUX VAE decoder's group norms (32 groups, bf16): timed only.
+  for (const Shape& shape : std::vector<Shape>{{1, 128, 1, 1024, 1024}, {1, 256, 1, 512, 512}, {1, 512, 1, 256, 256},
+                                               {1, 512, 1, 128, 128}}) {
+    for (bool channels_last : {false, true}) {
+      cs.add({Op::group_norm,
+              fmt::format("group_norm bf16{} groups 32{} weight bias then silu (FLUX VAE)", sh(shape),
+                          channels_last ? " channels-last" : ""),
+              DType::BF16,
+              [=](Gen& g) {
+                const Tensor x = g.normal(shape, DType::BF16);
+                return std::vector<Input>{channels_last ? cl(x) : in(x), in(g.normal({shape[1]}, DType::BF16)),
+                                          in(g.normal({shape[1]}, DType::BF16))};
+              },
+              call(32, Activation::Silu), by_dtype(DType::BF16), shape, DType::BF16, {}, 0, true});
+    }
+  }
 }
 
 void softmax_cases(Cases& cs) {
@@ -1254,6 +1340,7 @@ const std::vector<OpCase>& all_cases() {
     layer_norm_cases(cs);
     rms_norm_cases(cs);
     channel_rms_norm_cases(cs);
+    group_norm_cases(cs);
     softmax_cases(cs);
     attention_cases(cs);
     rope_cases(cs);

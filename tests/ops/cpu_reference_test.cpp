@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "ops/ops.h"
+#include "support/errors.h"
 #include "support/parity.h"
 
 using namespace vgen;
@@ -161,6 +162,78 @@ TEST(CpuReference, ChannelRmsNormWithBiasAndSiluMatchesFormula) {
   }
 }
 
+// torch.nn.GroupNorm against the formula in double: per (sample, group) the mean and biased
+// variance over the group's channels x positions, y = (x - mean) / sqrt(var + eps) * w + b
+// rounded to x's dtype, then silu of that rounded y rounded again. Inputs with a large mean
+// (the statistics must not lose the variance to it), with and without weight and bias, 2-D to
+// 5-D inputs.
+TEST(CpuReference, GroupNormMatchesFormula) {
+  struct Case {
+    Shape shape;
+    int64_t groups;
+    bool weight, bias;
+    float offset;
+  };
+  const float eps = 1e-6f;
+  for (const Case& k : std::vector<Case>{{{2, 6, 7, 13}, 3, true, true, 0.0f},
+                                         {{1, 96, 1, 3, 5}, 32, true, false, 20.0f},
+                                         {{3, 4}, 2, false, true, -5.0f},
+                                         {{2, 8, 1, 1, 1}, 8, false, false, 0.0f},
+                                         {{1, 6, 2, 3, 4}, 1, true, true, 100.0f}}) {
+    const int64_t N = k.shape[0], C = k.shape[1], S = shape_numel(k.shape) / (N * C), Cg = C / k.groups;
+    const Tensor x = ops::add_scalar(rnd(k.shape, 31), k.offset);
+    const Tensor w = k.weight ? rnd({C}, 32) : Tensor(), b = k.bias ? rnd({C}, 33) : Tensor();
+    for (DType dt : {DType::F32, DType::BF16}) {
+      const auto round = [dt](double y) {
+        return dt == DType::F32 ? static_cast<double>(static_cast<float>(y))
+                                : static_cast<double>(bf16_to_float(float_to_bf16(static_cast<float>(y))));
+      };
+      const Tensor xd = x.to(dt), wd = k.weight ? w.to(dt) : Tensor(), bd = k.bias ? b.to(dt) : Tensor();
+      const std::vector<float> xv = xd.to_vector();
+      const std::vector<float> wv = k.weight ? wd.to_vector() : std::vector<float>(C, 1.0f);
+      const std::vector<float> bv = k.bias ? bd.to_vector() : std::vector<float>(C, 0.0f);
+      const std::vector<float> plain = ops::group_norm(xd, wd, bd, k.groups, eps).to_vector();
+      const std::vector<float> fused = ops::group_norm(xd, wd, bd, k.groups, eps, Activation::Silu).to_vector();
+      const std::string what = fmt::format("{} {} groups {}", dtype_name(dt), shape_str(k.shape), k.groups);
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t g = 0; g < k.groups; ++g) {
+          const int64_t first = (n * C + g * Cg) * S, count = Cg * S;
+          double mean = 0, var = 0;
+          for (int64_t i = 0; i < count; ++i) mean += xv[first + i];
+          mean /= static_cast<double>(count);
+          for (int64_t i = 0; i < count; ++i) var += (xv[first + i] - mean) * (xv[first + i] - mean);
+          var /= static_cast<double>(count);
+          for (int64_t i = 0; i < count; ++i) {
+            const int64_t c = g * Cg + i / S, at = first + i;
+            const double y = round((xv[at] - mean) / std::sqrt(var + eps) * wv[c] + bv[c]);
+            // The SiLU acts on the norm as rounded to x's dtype (checked just below).
+            const double want = round(plain[at] / (1.0 + std::exp(-static_cast<double>(plain[at]))));
+            // float32: float arithmetic against double (|y| up to a few); bf16: at most one
+            // rounding step apart, 2^-7 relative.
+            const double tol_y = dt == DType::F32 ? 2e-5 : std::ldexp(std::fabs(y), -7) + 1e-6;
+            const double tol = dt == DType::F32 ? 1e-6 : std::ldexp(std::fabs(want), -7) + 1e-6;
+            EXPECT_NEAR(plain[at], y, tol_y) << what << " element " << at;
+            EXPECT_NEAR(fused[at], want, tol) << what << " element " << at;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The group norm's refusals name what is wrong.
+TEST(CpuReference, GroupNormRefusesBadGroupsAndShapes) {
+  using vgen::testing::expect_error;
+  const Tensor x = rnd({2, 6, 4, 4}, 34), w = rnd({6}, 35);
+  expect_error([&] { ops::group_norm(x, w, w, 4, 1e-6f); }, "6 channels of input");
+  expect_error([&] { ops::group_norm(x, w, w, 4, 1e-6f); }, "do not split into 4 groups");
+  expect_error([&] { ops::group_norm(x, w, w, 0, 1e-6f); }, "do not split into 0 groups");
+  expect_error([&] { ops::group_norm(x, rnd({5}, 36), {}, 3, 1e-6f); }, "weight F32[5] cpu must be [6]");
+  expect_error([&] { ops::group_norm(x, {}, rnd({2, 3}, 37), 3, 1e-6f); }, "bias F32[2, 3] cpu must be [6]");
+  expect_error([&] { ops::group_norm(rnd({6}, 38), {}, {}, 3, 1e-6f); }, "must be [N, C, *spatial]");
+  expect_error([&] { ops::group_norm(x, w, w, 3, 1e-6f, Activation::GeluTanh); }, "only SiLU");
+}
+
 // Causal padding (time_padding_before) is the same as padding the input explicitly.
 TEST(CpuReference, Conv3dTimePaddingBeforeMatchesExplicitPad) {
   const Tensor x = rnd({2, 3, 5, 6, 7}, 24), w = rnd({4, 3, 3, 3, 3}, 25), b = rnd({4}, 26);
@@ -255,6 +328,11 @@ TEST(CpuReference, ShapesCopiesAndSmallOps) {
   EXPECT_EQ(padded.shape(), (Shape{2, 6, 4}));
   EXPECT_EQ(padded.narrow(1, 2, 3).contiguous().to_vector(), x.to_vector());
   EXPECT_EQ(padded.narrow(1, 0, 2).contiguous().to_vector(), std::vector<float>(16, 0.0f));
+  // A channels-last 3-D input is padded in its own layout, to the same values.
+  const Tensor frames = rnd({2, 3, 1, 4, 5}, 19);
+  const Tensor padded_cl = ops::pad(frames.to_channels_last_3d(), 3, 1, 2);
+  EXPECT_TRUE(padded_cl.is_channels_last_3d());
+  EXPECT_EQ(padded_cl.contiguous().to_vector(), ops::pad(frames, 3, 1, 2).to_vector());
   const Tensor ids = Tensor::from_vector_i64({2, 0, 1}, {3});
   const Tensor table = rnd({3, 5}, 18);
   EXPECT_EQ(ops::embedding(ids, table).select(0, 0).contiguous().to_vector(), table.select(0, 2).contiguous().to_vector());

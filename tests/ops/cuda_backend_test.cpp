@@ -202,6 +202,8 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
     EXPECT_TRUE(ops::add(plain, gb).is_channels_last_3d()) << name << " add, NCDHW + channels-last";
     EXPECT_TRUE(ops::axpby(0.5f, ga, -2.0f, gb).is_channels_last_3d()) << name << " axpby";
     EXPECT_TRUE(ops::cat({ga.narrow(2, 1, 2), ga}, 2).is_channels_last_3d()) << name << " cat";
+    EXPECT_TRUE(ops::pad(ops::pad(ga, 4, 0, 1), 3, 0, 1).is_channels_last_3d()) << name << " pad";
+    EXPECT_TRUE(ops::pad(plain, 4, 0, 1).is_contiguous()) << name << " pad, NCDHW";
     // Channel norms (with and without the fused SiLU) keep the layout they are given.
     for (const Shape& shape : vgen::testing::kChannelNormShapes) {
       for (bool bias : {false, true}) {
@@ -214,6 +216,20 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
                 ops::channel_rms_norm(x, gpu(rnd({C, 1, 1, 1}, dt)), bias ? gpu(rnd({C})) : Tensor(), act);
             EXPECT_EQ(y.is_channels_last_3d(), channels_last) << name << " channel_rms_norm " << shape_str(shape);
           }
+        }
+      }
+    }
+    // Group norms likewise (FLUX VAE-like and odd channel counts, one frame or several).
+    for (const auto& [shape, groups] : std::vector<std::pair<Shape, int64_t>>{
+             {{1, 128, 1, 9, 16}, 32}, {{2, 96, 1, 33, 47}, 32}, {{2, 6, 1, 7, 13}, 3}, {{1, 40, 2, 5, 6}, 8}}) {
+      for (Activation act : {Activation::None, Activation::Silu}) {
+        for (bool channels_last : {false, true}) {
+          const int64_t C = shape[1];
+          Tensor x = gpu(rnd(shape, dt));
+          if (channels_last) x = x.to_channels_last_3d();
+          const Tensor y = ops::group_norm(x, gpu(rnd({C}, dt)), gpu(rnd({C}, dt)), groups, 1e-6f, act);
+          EXPECT_EQ(y.is_channels_last_3d(), channels_last) << name << " group_norm " << shape_str(shape);
+          EXPECT_EQ(y.is_contiguous(), !channels_last) << name << " group_norm " << shape_str(shape);
         }
       }
     }

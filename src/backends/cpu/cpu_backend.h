@@ -21,6 +21,8 @@ class CpuBackend final : public Backend {
   Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) override;
   Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) override;
   Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) override;
+  Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
+                    Activation act) override;
   Tensor softmax(const Tensor& x) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) override;
   Tensor attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse) override;

@@ -1,4 +1,5 @@
 // Normalizations and softmax; statistics accumulated in double for a tight reference.
+#include <algorithm>
 #include <cmath>
 
 #include "backends/cpu/cpu_backend.h"
@@ -78,6 +79,40 @@ Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const 
         if (bb) v += bb[c];
         dst[c * inner] = v;
       }
+    }
+  }
+  const Tensor y = to_dtype(out, x.dtype());
+  return act == Activation::Silu ? unary(UnaryOp::Silu, y, 0.0f, 0.0f) : y;
+}
+
+Tensor CpuBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
+                              Activation act) {
+  const Tensor fx = as_f32(x);
+  const Tensor fw = weight.defined() ? as_f32(weight) : Tensor();
+  const Tensor fb = bias.defined() ? as_f32(bias) : Tensor();
+  const int64_t N = x.size(0), C = x.size(1), S = N * C == 0 ? 0 : x.numel() / (N * C), Cg = C / groups;
+  const int64_t L = Cg * S;  // a group's values: Cg channels of S positions, contiguous
+  Tensor out = Tensor::empty(x.shape());
+  const float* p = fx.data<float>();
+  float* q = out.data<float>();
+  const float* w = fw.defined() ? fw.data<float>() : nullptr;
+  const float* b = fb.defined() ? fb.data<float>() : nullptr;
+#pragma omp parallel for
+  for (int64_t r = 0; r < N * groups; ++r) {
+    const float* row = p + r * L;
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < L; ++i) mean += row[i];
+    mean /= static_cast<double>(std::max<int64_t>(L, 1));
+    for (int64_t i = 0; i < L; ++i) var += (row[i] - mean) * (row[i] - mean);
+    var /= static_cast<double>(std::max<int64_t>(L, 1));
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var + eps));
+    const float m = static_cast<float>(mean);
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t c = (r % groups) * Cg + i / S;
+      float v = (row[i] - m) * rstd;
+      if (w) v *= w[c];
+      if (b) v += b[c];
+      q[r * L + i] = v;
     }
   }
   const Tensor y = to_dtype(out, x.dtype());

@@ -11,8 +11,9 @@
 // Floating ops take F32, BF16 or F16 tensors and accumulate in float32. The files beside this
 // one implement the ops as CudaOps (below): copy.cu (copies, casts, fill, host transfers),
 // elementwise.cu, norm.cu (norms, softmax, fused norm+modulation, RMSNorm+RoPE, gated
-// residual), gemm.cpp (cuBLASLt), attention.cpp (cuDNN SDPA and a plain reference), conv.cpp
-// (cuDNN convolution), misc.cu (embedding, upsampling, reductions).
+// residual), group_norm.cu (GroupNorm, optionally + SiLU), gemm.cpp (cuBLASLt), attention.cpp
+// (cuDNN SDPA and a plain reference), conv.cpp (cuDNN convolution), misc.cu (embedding,
+// upsampling, reductions).
 #pragma once
 
 #include <memory>

@@ -7,6 +7,7 @@
 #include "io/config_reader.h"
 #include "io/safetensors.h"
 #include "nn/attention.h"
+#include "nn/conv.h"
 #include "nn/weights.h"
 #include "ops/ops.h"
 
@@ -55,13 +56,12 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const Json& j, const std::str
   return c;
 }
 
+AutoencoderKL::AutoencoderKL(AutoencoderKLConfig config, DType dtype, Device device)
+    : config_(std::move(config)), dtype_(dtype), device_(device), channels_last_(nn::vae_channels_last(device)) {}
+
 Tensor AutoencoderKL::GroupNorm::forward(const Tensor& x, bool silu) const {
-  // torch.nn.GroupNorm: mean and variance over each group's channels and pixels, then affine.
-  const Shape shape = x.shape();
-  const Tensor rows = x.contiguous().view({shape[0], groups, -1});
-  Tensor y = ops::layer_norm(rows, {}, {}, eps).view(shape);
-  y = ops::add(ops::mul(y, weight), bias);
-  return silu ? ops::silu(y) : y;
+  // torch.nn.GroupNorm (and the nonlinearity after it), in x's layout.
+  return ops::group_norm(x, weight, bias, groups, eps, silu ? Activation::Silu : Activation::None);
 }
 
 Tensor AutoencoderKL::Resnet::forward(const Tensor& x) const {
@@ -78,12 +78,18 @@ Tensor AutoencoderKL::MidBlock::forward(const Tensor& x) const {
     // Attention(heads=1, dim_head=C, norm_num_groups, residual_connection): over the H*W tokens.
     const int64_t B = h.size(0), C = h.size(1), HW = h.numel() / (B * C);
     const Tensor norm = group_norm.forward(h, false);
-    const Tensor tokens = norm.view({B, C, HW}).permute({0, 2, 1}).contiguous();  // [B, HW, C]
+    // [B, HW, C] tokens: the memory of a channels-last [B, C, 1, H, W] already is that.
+    const bool channels_last = norm.is_channels_last_3d();
+    const Tensor tokens = channels_last ? norm.permute({0, 2, 3, 4, 1}).reshape({B, HW, C})
+                                        : norm.reshape({B, C, HW}).permute({0, 2, 1}).contiguous();
     const Tensor qkv = to_qkv.forward(tokens).view({B, HW, 3, 1, C});
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(C)));
     const Tensor attn = nn::scaled_dot_product_attention(qkv.select(2, 0), qkv.select(2, 1), qkv.select(2, 2), {},
                                                          scale);
-    const Tensor out = to_out.forward(attn).permute({0, 2, 1}).contiguous().view(h.shape());
+    const Tensor proj = to_out.forward(attn);  // [B, HW, C], back in h's layout:
+    const Tensor out = channels_last
+                           ? proj.view({B, h.size(2), h.size(3), h.size(4), C}).permute({0, 4, 1, 2, 3})
+                           : proj.permute({0, 2, 1}).contiguous().view(h.shape());
     h = ops::add(out, h);
   }
   return resnet1.forward(h);
@@ -93,15 +99,15 @@ std::unique_ptr<nn::Conv3d> AutoencoderKL::conv(const nn::Weights& w, const std:
                                                 int64_t out, int64_t kernel, int64_t stride) const {
   // Downsample2D pads (0, 1, 0, 1) itself and convolves without padding; the others pad k / 2.
   const int64_t pad = stride == 1 ? kernel / 2 : 0;
-  return std::make_unique<nn::Conv3d>(
-      nn::Conv3d::per_frame_conv2d(w, prefix, in, out, {kernel, kernel}, {pad, pad}, false, {stride, stride}));
+  return std::make_unique<nn::Conv3d>(nn::Conv3d::per_frame_conv2d(w, prefix, in, out, {kernel, kernel}, {pad, pad},
+                                                                    channels_last_, {stride, stride}));
 }
 
 AutoencoderKL::GroupNorm AutoencoderKL::group_norm(const nn::Weights& w, const std::string& prefix,
                                                    int64_t channels) const {
   GroupNorm g;
-  g.weight = w.load(prefix + ".weight", {channels}).view({1, channels, 1, 1, 1});
-  g.bias = w.load(prefix + ".bias", {channels}).view({1, channels, 1, 1, 1});
+  g.weight = w.load(prefix + ".weight", {channels});
+  g.bias = w.load(prefix + ".bias", {channels});
   g.groups = config_.norm_num_groups;
   g.eps = kEps;
   return g;
@@ -189,7 +195,7 @@ AutoencoderKL::LatentDist AutoencoderKL::encode(const Tensor& image) const {
              "{}: image {} must be [batch, {} channels, height, width] with height and width multiples of {}",
              kClassName, image.str(), config_.in_channels, f);
   Tensor x = image.to(device_).to(dtype_).unsqueeze(2);  // [B, C, 1, H, W]
-  x = enc_conv_in_->forward(x);
+  x = enc_conv_in_->forward(in_conv_layout(x));
   for (const Stage& s : down_blocks_) {
     for (const Resnet& r : s.resnets) x = r.forward(x);
     if (s.resample) x = s.resample->forward(ops::pad(ops::pad(x, 4, 0, 1), 3, 0, 1));  // Downsample2D's F.pad
@@ -197,7 +203,7 @@ AutoencoderKL::LatentDist AutoencoderKL::encode(const Tensor& image) const {
   x = enc_mid_.forward(x);
   x = enc_conv_out_->forward(enc_norm_out_.forward(x, true));
   if (quant_conv_) x = quant_conv_->forward(x);
-  x = x.squeeze(2);
+  x = x.squeeze(2);  // the halves below are NCHW copies
   const int64_t L = config_.latent_channels;
   return {x.narrow(1, 0, L).contiguous(), ops::clamp(x.narrow(1, L, L).contiguous(), -30.0f, 20.0f)};
 }
@@ -206,7 +212,7 @@ Tensor AutoencoderKL::decode(const Tensor& z) const {
   VGEN_CHECK(z.dim() == 4 && z.size(1) == config_.latent_channels,
              "{}: latents {} must be [batch, {} channels, height, width]", kClassName, z.str(),
              config_.latent_channels);
-  Tensor x = z.to(device_).to(dtype_).unsqueeze(2);
+  Tensor x = in_conv_layout(z.to(device_).to(dtype_).unsqueeze(2));
   if (post_quant_conv_) x = post_quant_conv_->forward(x);
   x = dec_conv_in_->forward(x);
   x = dec_mid_.forward(x);
@@ -215,7 +221,11 @@ Tensor AutoencoderKL::decode(const Tensor& z) const {
     if (s.resample) x = s.resample->forward(ops::upsample_nearest2x(x));
   }
   x = dec_conv_out_->forward(dec_norm_out_.forward(x, true));
-  return x.squeeze(2);
+  return x.squeeze(2).contiguous();  // NCHW whatever the layout inside
+}
+
+Tensor AutoencoderKL::in_conv_layout(const Tensor& x) const {
+  return channels_last_ ? x.to_channels_last_3d() : x;
 }
 
 }  // namespace vgen

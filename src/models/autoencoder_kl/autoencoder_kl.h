@@ -4,8 +4,11 @@
 // a mid block with one single-head spatial self-attention, GroupNorm + SiLU + conv_out.
 //
 // Images are [B, C, H, W]; internally each conv runs as a one-frame 3-D convolution, so every
-// backend's conv3d serves. GroupNorm is the affine-free layer_norm over each group's
-// (channels x pixels) row, then the per-channel weight and bias: float32 statistics, as torch's.
+// backend's conv3d serves. GroupNorm (+ the SiLU after it) is one fused op with float32
+// statistics, as torch's. On a GPU (nn::vae_channels_last) the encoder and decoder run
+// channels-last: filters and feature maps laid out [B, 1, H, W, C], which is also the [B, HW, C]
+// token layout the mid-block attention reads and writes without a transpose. Inputs and
+// outputs are plain NCHW either way, and the values are the same.
 #pragma once
 
 #include <memory>
@@ -61,7 +64,7 @@ class AutoencoderKL {
 
  private:
   struct GroupNorm {
-    Tensor weight, bias;  // [1, C, 1, 1, 1]
+    Tensor weight, bias;  // [C]
     int64_t groups = 0;
     float eps = 1e-6f;
     Tensor forward(const Tensor& x, bool silu) const;
@@ -83,18 +86,20 @@ class AutoencoderKL {
     std::unique_ptr<nn::Conv3d> resample;  // downsamplers.0.conv / upsamplers.0.conv
   };
 
-  AutoencoderKL(AutoencoderKLConfig config, DType dtype, Device device)
-      : config_(std::move(config)), dtype_(dtype), device_(device) {}
+  AutoencoderKL(AutoencoderKLConfig config, DType dtype, Device device);
 
   GroupNorm group_norm(const nn::Weights& w, const std::string& prefix, int64_t channels) const;
   Resnet resnet(const nn::Weights& w, const std::string& prefix, int64_t in, int64_t out) const;
   MidBlock mid_block(const nn::Weights& w, const std::string& prefix, int64_t channels) const;
   std::unique_ptr<nn::Conv3d> conv(const nn::Weights& w, const std::string& prefix, int64_t in, int64_t out,
                                    int64_t kernel, int64_t stride = 1) const;
+  // x [B, C, 1, H, W] in the layout the convolutions run in.
+  Tensor in_conv_layout(const Tensor& x) const;
 
   AutoencoderKLConfig config_;
   DType dtype_;
   Device device_;
+  bool channels_last_;  // feature maps and filters laid out channels-last (see the top)
 
   // Encoder.
   std::unique_ptr<nn::Conv3d> enc_conv_in_, enc_conv_out_, quant_conv_;

@@ -5,7 +5,7 @@
 // On a GPU the encoder and decoder run channels-last (activations and filters laid out
 // [N, D, H, W, C] under their usual [N, C, D, H, W] shapes, as PyTorch's channels_last_3d):
 // cuDNN's NDHWC convolutions are faster, and the channel norm reads contiguous rows.
-// VGEN_VAE_CHANNELS_LAST=0 keeps NCDHW (for comparison); the values are the same either way.
+// VGEN_VAE_CHANNELS_LAST=0 keeps NCDHW (nn::vae_channels_last); the values are the same either way.
 #include "models/wan/autoencoder_kl_wan.h"
 
 #include <fmt/ranges.h>
@@ -14,12 +14,12 @@
 #include <optional>
 #include <tuple>
 
-#include "core/env.h"
 #include "core/error.h"
 #include "io/config_reader.h"
 #include "io/safetensors.h"
 #include "models/wan/autoencoder_kl_wan_decoder.h"
 #include "models/wan/autoencoder_kl_wan_encoder.h"
+#include "nn/conv.h"
 #include "nn/weights.h"
 #include "ops/ops.h"
 
@@ -33,11 +33,6 @@ const std::vector<float> kDefaultLatentsMean = {-0.7571f, -0.7089f, -0.9113f, 0.
                                                 -0.1922f, -0.9497f, 0.2503f,  -0.2921f};
 const std::vector<float> kDefaultLatentsStd = {2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
                                                3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f};
-
-bool channels_last_on(Device device) {
-  static const bool allowed = env_flag("VGEN_VAE_CHANNELS_LAST", true);
-  return allowed && device.is_cuda();
-}
 
 }  // namespace
 
@@ -155,7 +150,7 @@ bool encoder_has_attention(const AutoencoderKLWanConfig& c) {
 
 // Chunks enter the convolutions in the layout they run in (see the top of this file).
 Tensor in_conv_layout(const Tensor& x, Device device) {
-  return channels_last_on(device) ? x.to_channels_last_3d() : x.contiguous();
+  return nn::vae_channels_last(device) ? x.to_channels_last_3d() : x.contiguous();
 }
 
 }  // namespace
@@ -203,11 +198,11 @@ std::unique_ptr<AutoencoderKLWan> AutoencoderKLWan::from_pretrained(const std::s
   const nn::Weights weights(store, dtype, device);
   if (parts.encoder) {
     nn::FeatCacheSlots slots;
-    vae->encoder_ = std::make_unique<Encoder>(WanVaeLoad{weights, channels_last_on(device), slots}, vae->config_);
+    vae->encoder_ = std::make_unique<Encoder>(WanVaeLoad{weights, nn::vae_channels_last(device), slots}, vae->config_);
   }
   if (parts.decoder) {
     nn::FeatCacheSlots slots;
-    vae->decoder_ = std::make_unique<Decoder>(WanVaeLoad{weights, channels_last_on(device), slots}, vae->config_);
+    vae->decoder_ = std::make_unique<Decoder>(WanVaeLoad{weights, nn::vae_channels_last(device), slots}, vae->config_);
   }
   // The tensors of a part not loaded are legitimately left; any other leftover means the
   // config describes another model than the weights.
@@ -285,7 +280,7 @@ Tensor AutoencoderKLWan::decode(const Tensor& z, Communicator* split) const {
   int64_t frame = 0;
   for (int64_t i = 0; i < num_frame; ++i) {
     Tensor chunk = x.narrow(2, i, 1);
-    if (channels_last_on(device_)) chunk = chunk.to_channels_last_3d();
+    if (nn::vae_channels_last(device_)) chunk = chunk.to_channels_last_3d();
     const Tensor out = ops::clamp(decoder_->decoder.forward(chunk, cache, i == 0), -1.0f, 1.0f);
     VGEN_CHECK(
         frame + out.size(2) <= video.size(2) && out.size(3) * p == video.size(3) && out.size(4) * p == video.size(4),
