@@ -188,8 +188,9 @@ TEST(ParallelVae, RowSplitDecodeEqualsTheWholeDecode) {
       ThreadGroup::run(P, [&](int rank, const std::shared_ptr<Communicator>& comm) { got[rank] = vae->decode(z, comm.get()); });
       for (int r = 0; r < P; ++r) {
         ASSERT_EQ(got[r].shape(), want.shape()) << name;
-        // Summation order only (a conv over fewer rows): float32 rounding.
-        EXPECT_LT(max_abs_diff(got[r], want), 1e-5) << name << " on " << P << " ranks, rank " << r;
+        // Summation order only (a conv over fewer rows, which OpenBLAS blocks differently, and
+        // its blocking depends on the CPU it finds): float32 rounding, ~1e-5 on outputs near 1.
+        EXPECT_LT(max_abs_diff(got[r], want), 5e-5) << name << " on " << P << " ranks, rank " << r;
       }
     }
     // A latent height the ranks do not divide (12 rows over 5): every rank decodes it whole.
