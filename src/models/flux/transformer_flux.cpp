@@ -195,29 +195,39 @@ void FluxTransformer2DModel::double_block(const DoubleBlock& b, Tensor& hidden, 
   // AdaLayerNormZero: linear(silu(temb)) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
   const Tensor emb = b.image.norm1_linear.forward(silu_temb);
   const Tensor c_emb = b.text.norm1_linear.forward(silu_temb);
-  const Tensor norm_x = ops::modulated_layer_norm(hidden, chunk(emb, 1, dim), chunk(emb, 0, dim), kNormEps);
-  const Tensor norm_c = ops::modulated_layer_norm(context, chunk(c_emb, 1, dim), chunk(c_emb, 0, dim), kNormEps);
+  // Joint attention: [text | image] tokens, RoPE over both, split back after. Each
+  // intermediate is dropped as soon as it is used: the block's peak memory is the model's.
+  Tensor context_attn, hidden_attn;
+  {
+    Tensor Q, K, V;
+    {
+      Tensor q, k, v, cq, ck, cv;
+      split_qkv(b.image.qkv.forward(ops::modulated_layer_norm(hidden, chunk(emb, 1, dim), chunk(emb, 0, dim), kNormEps)),
+                b.image.norm_q, b.image.norm_k, rope, L, q, k, v);
+      split_qkv(
+          b.text.qkv.forward(ops::modulated_layer_norm(context, chunk(c_emb, 1, dim), chunk(c_emb, 0, dim), kNormEps)),
+          b.text.norm_q, b.text.norm_k, rope, 0, cq, ck, cv);
+      Q = ops::cat({cq, q}, 1);
+      K = ops::cat({ck, k}, 1);
+      V = ops::cat({cv, v}, 1);
+    }
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.attention_head_dim)));
+    Tensor attn = nn::scaled_dot_product_attention(Q, K, V, {}, scale);  // [B, L + S, dim]
+    Q = K = V = Tensor();
+    context_attn = b.text.out.forward(attn.narrow(1, 0, L).contiguous());
+    hidden_attn = b.image.out.forward(attn.narrow(1, L, S).contiguous());
+  }
 
-  // Joint attention: [text | image] tokens, RoPE over both, split back after.
-  Tensor q, k, v, cq, ck, cv;
-  split_qkv(b.image.qkv.forward(norm_x), b.image.norm_q, b.image.norm_k, rope, L, q, k, v);
-  split_qkv(b.text.qkv.forward(norm_c), b.text.norm_q, b.text.norm_k, rope, 0, cq, ck, cv);
-  const Tensor Q = ops::cat({cq, q}, 1);
-  const Tensor K = ops::cat({ck, k}, 1);
-  const Tensor V = ops::cat({cv, v}, 1);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.attention_head_dim)));
-  const Tensor attn = nn::scaled_dot_product_attention(Q, K, V, {}, scale);  // [B, L + S, dim]
-  const Tensor context_attn = b.text.out.forward(attn.narrow(1, 0, L).contiguous());
-  const Tensor hidden_attn = b.image.out.forward(attn.narrow(1, L, S).contiguous());
-
-  auto finish_stream = [&](const Stream& s, const Tensor& x, const Tensor& e, const Tensor& attn_out) {
+  auto finish_stream = [&](const Stream& s, Tensor& x, const Tensor& e, Tensor& attn_out) {
     const Tensor h = ops::gated_residual(x, attn_out, chunk(e, 2, dim));
-    const Tensor norm = ops::modulated_layer_norm(h, chunk(e, 4, dim), chunk(e, 3, dim), kNormEps);
-    const Tensor ff = s.ff_out.forward(s.ff_proj.forward(norm, Activation::GeluTanh));
-    return ops::gated_residual(h, ff, chunk(e, 5, dim));
+    x = attn_out = Tensor();
+    const Tensor ff =
+        s.ff_out.forward(s.ff_proj.forward(ops::modulated_layer_norm(h, chunk(e, 4, dim), chunk(e, 3, dim), kNormEps),
+                                           Activation::GeluTanh));
+    x = ops::gated_residual(h, ff, chunk(e, 5, dim));
   };
-  hidden = finish_stream(b.image, hidden, emb, hidden_attn);
-  context = finish_stream(b.text, context, c_emb, context_attn);
+  finish_stream(b.image, hidden, emb, hidden_attn);
+  finish_stream(b.text, context, c_emb, context_attn);
 }
 
 Tensor FluxTransformer2DModel::single_block(const SingleBlock& b, const Tensor& x, const Tensor& silu_temb,
@@ -225,14 +235,17 @@ Tensor FluxTransformer2DModel::single_block(const SingleBlock& b, const Tensor& 
   const int64_t dim = config_.inner_dim();
   // AdaLayerNormZeroSingle: shift, scale, gate.
   const Tensor emb = b.norm_linear.forward(silu_temb);
-  const Tensor norm = ops::modulated_layer_norm(x, chunk(emb, 1, dim), chunk(emb, 0, dim), kNormEps);
+  Tensor norm = ops::modulated_layer_norm(x, chunk(emb, 1, dim), chunk(emb, 0, dim), kNormEps);
   Tensor q, k, v;
   split_qkv(b.qkv.forward(norm), b.norm_q, b.norm_k, rope, 0, q, k, v);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.attention_head_dim)));
-  const Tensor attn = nn::scaled_dot_product_attention(q, k, v, {}, scale);
+  Tensor attn = nn::scaled_dot_product_attention(q, k, v, {}, scale);
   q = k = v = Tensor();  // the QKV projection's memory is free before the MLP's is taken
-  const Tensor mlp_out = b.proj_mlp.forward(norm, Activation::GeluTanh);
-  const Tensor out = b.proj_out.forward(ops::cat({attn, mlp_out}, 2));
+  Tensor mlp_out = b.proj_mlp.forward(norm, Activation::GeluTanh);
+  norm = Tensor();
+  Tensor both = ops::cat({attn, mlp_out}, 2);
+  attn = mlp_out = Tensor();
+  const Tensor out = b.proj_out.forward(both);
   return ops::gated_residual(x, out, chunk(emb, 2, dim));
 }
 
