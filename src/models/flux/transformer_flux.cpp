@@ -249,6 +249,17 @@ Tensor FluxTransformer2DModel::single_block(const SingleBlock& b, const Tensor& 
   return ops::gated_residual(x, out, chunk(emb, 2, dim));
 }
 
+nn::RotaryTables FluxTransformer2DModel::rope_for(const Tensor& txt_ids, const Tensor& img_ids) const {
+  const Tensor ids = ops::cat({txt_ids.to(Device::cpu()).to(DType::F32), img_ids.to(Device::cpu()).to(DType::F32)}, 0);
+  std::vector<float> values = ids.to_vector();
+  const std::lock_guard<std::mutex> lock(rope_mutex_);
+  if (!rope_tables_.cos.defined() || values != rope_ids_) {
+    rope_tables_ = flux_pos_embed(ids, config_.axes_dims_rope, device_);
+    rope_ids_ = std::move(values);
+  }
+  return rope_tables_;
+}
+
 Tensor FluxTransformer2DModel::forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states,
                                        const Tensor& pooled_projections, const Tensor& timestep,
                                        const Tensor& img_ids, const Tensor& txt_ids, const Tensor& guidance,
@@ -284,9 +295,7 @@ Tensor FluxTransformer2DModel::forward(const Tensor& hidden_states, const Tensor
   Tensor hidden = x_embedder_.forward(hidden_states.to(device_).to(dtype_));
   const Tensor temb = time_text_embed(timestep, guidance, pooled_projections.to(device_).to(dtype_));
   Tensor context = context_embedder_.forward(encoder_hidden_states.to(device_).to(dtype_));
-  const nn::RotaryTables rope = flux_pos_embed(ops::cat({txt_ids.to(Device::cpu()).to(DType::F32),
-                                                         img_ids.to(Device::cpu()).to(DType::F32)}, 0),
-                                               c.axes_dims_rope, device_);
+  const nn::RotaryTables rope = rope_for(txt_ids, img_ids);
   if (trace) {
     trace->x = hidden;
     trace->context = context;
