@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "models/flux/transformer_flux.h"
+#include "ops/ops.h"
 #include "support/parity.h"
 
 using namespace vgen;
@@ -114,4 +115,28 @@ TEST(FluxTransformer, BadConfigAndInputsNameTheCulprit) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("img_ids"), std::string::npos) << e.what();
   }
+}
+
+// The model keeps the rotary tables of the last ids it saw (a pipeline's steps share them):
+// other ids (another resolution, Kontext's reference tokens) must give what a fresh model
+// gives, and going back to the first ids what the first call gave.
+TEST(FluxTransformer, RotaryTablesFollowTheIds) {
+  const std::string dir = fixture("flux_dev_tiny/transformer");
+  const WeightStore ref = reference("flux_dev_tiny_ref/transformer.safetensors");
+  const Tensor img_a = ref.get("img_ids");
+  const Tensor img_b = ops::add_scalar(img_a, 1.0f);  // every axis moved by one
+  auto run = [&](const FluxTransformer2DModel& m, const Tensor& img_ids, FluxTransformerTrace* trace = nullptr) {
+    return m.forward(ref.get("hidden_states"), ref.get("encoder_hidden_states"), ref.get("pooled_projections"),
+                     ref.get("timestep"), img_ids, ref.get("txt_ids"), ref.get("guidance"), trace);
+  };
+  const auto model = FluxTransformer2DModel::from_pretrained(dir, DType::F32, Device::cpu());
+  FluxTransformerTrace ta, tb;
+  const Tensor a = run(*model, img_a, &ta);
+  const Tensor b = run(*model, img_b, &tb);
+  const Tensor a_again = run(*model, img_a);
+  const auto fresh = FluxTransformer2DModel::from_pretrained(dir, DType::F32, Device::cpu());
+  EXPECT_GT(max_abs_diff(ta.rope_cos, tb.rope_cos), 0.0);
+  EXPECT_EQ(max_abs_diff(b, run(*fresh, img_b)), 0.0);
+  EXPECT_EQ(max_abs_diff(a_again, a), 0.0);
+  expect_close("sample after other ids", a_again, ref.get("sample"));
 }
