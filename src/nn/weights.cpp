@@ -13,7 +13,8 @@ Tensor Weights::load(const std::string& name, const Shape& shape) const {
   // travels in its stored dtype and widens there (exact): widening 14B bf16 weights to float32
   // on the host and uploading twice the bytes cost 11 s at 14B on an H200 machine.
   const DType stored = store_->contains(name) ? store_->info(name).dtype : dtype_;
-  const Tensor w = store_->load(name, shape, is_floating(stored) ? stored : dtype_, device_);
+  const bool moves_as_stored = stored == DType::BF16 || stored == DType::F16 || stored == DType::F32;
+  const Tensor w = store_->load(name, shape, moves_as_stored ? stored : DType::F32, device_);
   return lora_->merge(name, w.to(DType::F32)).to(dtype_);
 }
 

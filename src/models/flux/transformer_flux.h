@@ -115,7 +115,7 @@ class FluxTransformer2DModel {
   // rotary embedding (rows `first`.. of the tables) applied to q and k in one op each.
   void split_qkv(const Tensor& proj, const nn::RMSNorm& norm_q, const nn::RMSNorm& norm_k,
                  const nn::RotaryTables& rope, int64_t first, Tensor& q, Tensor& k, Tensor& v) const;
-  // The rotary tables of [txt_ids | img_ids]: computed on the host in float64 (~10 ms at
+  // The rotary tables of [txt_ids | img_ids]: computed on the host in float64 (5-6 ms at
   // 1024x1024, time the GPU would wait for at the start of every forward), so the last ones
   // are kept and reused while the ids stay the same, as they do over a pipeline's steps.
   nn::RotaryTables rope_for(const Tensor& txt_ids, const Tensor& img_ids) const;
