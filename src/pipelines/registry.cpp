@@ -1,7 +1,10 @@
 #include "pipelines/registry.h"
 
+#include <cstdio>
 #include <filesystem>
 
+#include "core/error.h"
+#include "core/random.h"
 #include "io/json.h"
 #include "pipelines/flux/component_bench_flux.h"
 #include "pipelines/flux/pipeline_flux.h"
@@ -54,6 +57,19 @@ std::unique_ptr<DiffusionPipeline> load_pipeline(const DiffusersCheckpoint& chec
 
 std::unique_ptr<DiffusionPipeline> load_pipeline(const std::string& model_dir, const PipelineOptions& options) {
   return load_pipeline(DiffusersCheckpoint::open(model_dir), options);
+}
+
+void bench_save_raw_f32(const Tensor& t, const std::string& path) {
+  const Tensor y = t.to(Device::cpu()).to(DType::F32).contiguous();
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  VGEN_CHECK(f != nullptr, "bench: cannot write '{}'", path);
+  const size_t n = std::fwrite(y.raw_data(), 1, y.nbytes(), f);
+  std::fclose(f);
+  VGEN_CHECK(n == y.nbytes(), "bench: short write to '{}'", path);
+}
+
+Tensor bench_random(const Shape& shape, DType dtype, Device device, uint64_t seed) {
+  return randn(shape, seed).to(dtype).to(device);
 }
 
 const std::vector<ComponentEntry>& component_registry() {

@@ -61,6 +61,11 @@ struct ComponentBench {
   std::shared_ptr<ExecutionContext> context;  // bind it around run()
 };
 
+// For the families' component benches: t written as raw little-endian float32 (what the bench
+// driver reads back with numpy), and random data (never zeros: they can run faster than real data).
+void bench_save_raw_f32(const Tensor& t, const std::string& path);
+Tensor bench_random(const Shape& shape, DType dtype, Device device, uint64_t seed);
+
 struct ComponentEntry {
   std::string class_name;  // "WanTransformer3DModel"
   std::string role;        // "transformer", "vae" or "image_encoder": what `vgen bench` calls it

@@ -1,6 +1,5 @@
 #include "pipelines/flux/component_bench_flux.h"
 
-#include <cstdio>
 #include <filesystem>
 
 #include "core/random.h"
@@ -32,19 +31,6 @@ std::pair<int64_t, int64_t> image_size(const ComponentBenchOptions& o, int64_t m
   return {h, w};
 }
 
-void save_raw_f32(const Tensor& t, const std::string& path) {
-  const Tensor y = t.to(Device::cpu()).to(DType::F32).contiguous();
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  VGEN_CHECK(f != nullptr, "bench: cannot write '{}'", path);
-  const size_t n = std::fwrite(y.raw_data(), 1, y.nbytes(), f);
-  std::fclose(f);
-  VGEN_CHECK(n == y.nbytes(), "bench: short write to '{}'", path);
-}
-
-Tensor random_on(const Shape& shape, DType dtype, Device device, uint64_t seed) {
-  return randn(shape, seed).to(dtype).to(device);
-}
-
 }  // namespace
 
 ComponentBench flux_transformer_bench(const std::string& dir, const ComponentBenchOptions& o,
@@ -57,9 +43,9 @@ ComponentBench flux_transformer_bench(const std::string& dir, const ComponentBen
   std::shared_ptr<FluxTransformer2DModel> model = FluxTransformer2DModel::from_pretrained(dir, dtype, device);
   const auto& c = model->config();
   const int64_t lh = h / f / 2, lw = w / f / 2, S = lh * lw;
-  Tensor x = random_on({1, S, c.in_channels}, dtype, device, 4);
-  Tensor ctx = random_on({1, o.text_len, c.joint_attention_dim}, dtype, device, 5);
-  Tensor pooled = random_on({1, c.pooled_projection_dim}, dtype, device, 6);
+  Tensor x = bench_random({1, S, c.in_channels}, dtype, device, 4);
+  Tensor ctx = bench_random({1, o.text_len, c.joint_attention_dim}, dtype, device, 5);
+  Tensor pooled = bench_random({1, c.pooled_projection_dim}, dtype, device, 6);
   Tensor t = Tensor::full({1}, 1.0f);
   Tensor guidance = c.guidance_embeds ? Tensor::full({1}, 3.5f) : Tensor();
   if (!o.inputs.empty()) {
@@ -75,7 +61,7 @@ ComponentBench flux_transformer_bench(const std::string& dir, const ComponentBen
   const auto run = [model, x, ctx, pooled, t, guidance, img_ids, txt_ids] {
     return model->forward(x, ctx, pooled, t, img_ids, txt_ids, guidance);
   };
-  if (!o.save_output.empty()) save_raw_f32(run(), o.save_output);
+  if (!o.save_output.empty()) bench_save_raw_f32(run(), o.save_output);
   ComponentBench b;
   b.run = [run] { (void)run(); };
   b.facts = {{"h", h}, {"w", w}, {"tokens", S}, {"text_tokens", ctx.size(1)}};
@@ -94,11 +80,11 @@ ComponentBench autoencoder_kl_bench(const std::string& dir, const ComponentBench
   const int64_t f = c.scale_factor();
   const auto [h, w] = image_size(o, f);
   const char* name = o.encode ? "image" : "z";
-  Tensor input = o.encode ? random_on({1, c.in_channels, h, w}, dtype, device, 6)
-                          : random_on({1, c.latent_channels, h / f, w / f}, dtype, device, 6);
+  Tensor input = o.encode ? bench_random({1, c.in_channels, h, w}, dtype, device, 6)
+                          : bench_random({1, c.latent_channels, h / f, w / f}, dtype, device, 6);
   if (!o.inputs.empty()) input = WeightStore::open_files({o.inputs}).get(name).to(dtype).to(device);
   const auto run = [vae, input, encode = o.encode] { return encode ? vae->encode(input).mean : vae->decode(input); };
-  if (!o.save_output.empty()) save_raw_f32(run(), o.save_output);
+  if (!o.save_output.empty()) bench_save_raw_f32(run(), o.save_output);
   ComponentBench b;
   b.run = [run] { (void)run(); };
   b.facts = {{"h", h}, {"w", w}, {"frames", 1}, {"encode", o.encode}};

@@ -1,6 +1,5 @@
 #include "pipelines/wan/component_bench_wan.h"
 
-#include <cstdio>
 #include <filesystem>
 
 #include "core/allocator.h"
@@ -46,21 +45,6 @@ int64_t denoiser_spatial_compression(const std::string& dir, const ComponentBenc
   return AutoencoderKLWanConfig::from_json(read_json_file(vae_config.string()), vae_config.string()).scale_factor_spatial;
 }
 
-// Writes t as raw little-endian float32 (what the bench driver reads back with numpy).
-void save_raw_f32(const Tensor& t, const std::string& path) {
-  const Tensor y = t.to(Device::cpu()).to(DType::F32).contiguous();
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  VGEN_CHECK(f != nullptr, "bench: cannot write '{}'", path);
-  const size_t n = std::fwrite(y.raw_data(), 1, y.nbytes(), f);
-  std::fclose(f);
-  VGEN_CHECK(n == y.nbytes(), "bench: short write to '{}'", path);
-}
-
-// Random data (never zeros: they can run faster than real data).
-Tensor random_on(const Shape& shape, DType dtype, Device device, uint64_t seed) {
-  return randn(shape, seed).to(dtype).to(device);
-}
-
 }  // namespace
 
 ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenchOptions& o,
@@ -78,19 +62,19 @@ ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenc
   const auto& c = model->config();
   const int64_t lt = size.latent_frames();
   const int64_t lh = size.latent_height(), lw = size.latent_width();
-  Tensor x = random_on({1, c.in_channels, lt, lh, lw}, dtype, device, 4);
+  Tensor x = bench_random({1, c.in_channels, lt, lh, lw}, dtype, device, 4);
   Tensor t = Tensor::full({1}, 999.0f);
-  Tensor ctx = random_on({1, o.text_len, c.text_dim}, dtype, device, 5);
+  Tensor ctx = bench_random({1, o.text_len, c.text_dim}, dtype, device, 5);
   // Image-to-video transformers also take CLIP's 257 image tokens (two images for FLF2V).
   Tensor image;
-  if (c.image_dim) image = random_on({c.pos_embed_seq_len ? 2 : 1, 257, *c.image_dim}, dtype, device, 7);
+  if (c.image_dim) image = bench_random({c.pos_embed_seq_len ? 2 : 1, 257, *c.image_dim}, dtype, device, 7);
   if (!o.inputs.empty()) {
     const WeightStore in = WeightStore::open_files({o.inputs});
     x = in.get("hidden_states").to(dtype).to(device);
     t = in.get("timestep").to(DType::F32);
     ctx = in.get("encoder_hidden_states").to(dtype).to(device);
   }
-  if (!o.save_output.empty()) save_raw_f32(model->forward(x, t, ctx, image), o.save_output);
+  if (!o.save_output.empty()) bench_save_raw_f32(model->forward(x, t, ctx, image), o.save_output);
   const int64_t tokens = lt * (lh / c.patch_size[1]) * (lw / c.patch_size[2]);
   ComponentBench b;
   b.run = [model, x, t, ctx, image] { (void)model->forward(x, t, ctx, image); };
@@ -113,12 +97,12 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
   ComponentBench b;
   // The input: random, or "video" (encode) / "z" (decode) from --inputs.
   const char* name = o.encode ? "video" : "z";
-  Tensor input = o.encode ? random_on({1, c.in_channels, size.num_frames, size.height, size.width}, dtype, device, 6)
-                          : random_on({1, c.z_dim, size.latent_frames(), size.latent_height(), size.latent_width()},
+  Tensor input = o.encode ? bench_random({1, c.in_channels, size.num_frames, size.height, size.width}, dtype, device, 6)
+                          : bench_random({1, c.z_dim, size.latent_frames(), size.latent_height(), size.latent_width()},
                                       dtype, device, 6);
   if (!o.inputs.empty()) input = WeightStore::open_files({o.inputs}).get(name).to(dtype).to(device);
   const auto run = [vae, input, encode = o.encode] { return encode ? vae->encode(input) : vae->decode(input); };
-  if (!o.save_output.empty()) save_raw_f32(run(), o.save_output);
+  if (!o.save_output.empty()) bench_save_raw_f32(run(), o.save_output);
   b.run = [run] { (void)run(); };
   b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"encode", o.encode}};
   b.after = [] { return nlohmann::json::object(); };
@@ -133,7 +117,7 @@ ComponentBench clip_vision_bench(const std::string& dir, const ComponentBenchOpt
   const DType dtype = o.pipeline.dtype;
   std::shared_ptr<CLIPVisionModel> model = CLIPVisionModel::from_pretrained(dir, dtype, device);
   const int64_t s = model->config().image_size;
-  const Tensor pixels = random_on({1, 3, s, s}, dtype, device, 8);
+  const Tensor pixels = bench_random({1, 3, s, s}, dtype, device, 8);
   ComponentBench b;
   b.run = [model, pixels] { (void)model->penultimate_hidden_states(pixels); };
   b.facts = {{"image_size", s}};
