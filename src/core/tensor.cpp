@@ -104,6 +104,12 @@ Tensor Tensor::empty_like_format(const Tensor& like, const Shape& shape, DType d
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0f, dtype, device); }
 
+Tensor Tensor::zeros_like_format(const Tensor& like, const Shape& shape, DType dtype) {
+  if (shape.size() != 5 || !like.prefers_channels_last_3d()) return zeros(shape, dtype, like.device());
+  // Zeroed in its dense [N, D, H, W, C] order, then viewed as [N, C, D, H, W] (empty_channels_last_3d).
+  return zeros({shape[0], shape[2], shape[3], shape[4], shape[1]}, dtype, like.device()).permute({0, 4, 1, 2, 3});
+}
+
 Tensor Tensor::full(const Shape& shape, float value, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
   ExecutionContext::current().runtime(device).fill(t, value);

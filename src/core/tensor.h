@@ -77,6 +77,8 @@ class Tensor {
   // else contiguous (PyTorch's preserve_format, for the one non-default format we use).
   static Tensor empty_like_format(const Tensor& like, const Shape& shape, DType dtype);
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
+  // zeros(shape) in `like`'s memory format (as empty_like_format).
+  static Tensor zeros_like_format(const Tensor& like, const Shape& shape, DType dtype);
   static Tensor full(const Shape& shape, float value, DType dtype = DType::F32,
                      Device device = Device::cpu());
   // Copies float data into a new CPU F32 tensor.

@@ -272,11 +272,8 @@ Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after) {
   dim = wrap_dim(dim, x.dim());
   Shape shape = x.shape();
   shape[dim] += before + after;
-  // In x's memory format (a channels-last 3-D feature map stays so): zeros laid out [N, D, H, W, C].
-  const Tensor out = x.prefers_channels_last_3d()
-                         ? Tensor::zeros({shape[0], shape[2], shape[3], shape[4], shape[1]}, x.dtype(), x.device())
-                               .permute({0, 4, 1, 2, 3})
-                         : Tensor::zeros(shape, x.dtype(), x.device());
+  // In x's memory format: a channels-last 3-D feature map stays so.
+  const Tensor out = Tensor::zeros_like_format(x, shape, x.dtype());
   out.narrow(dim, before, x.size(dim)).copy_(x);
   return out;
 }
