@@ -1174,7 +1174,7 @@ void rms_norm_rope_cases(Cases& cs) {
   // (rope(rms_norm(...))).
   const int64_t B = 2;
   for (DType d : {DType::BF16, DType::F32}) {
-    for (const auto& size : std::vector<std::array<int64_t, 3>>{{37, 12, 128}, {5, 3, 6}, {11, 40, 128}}) {
+    for (const auto& size : std::vector<std::array<int64_t, 3>>{{37, 12, 128}, {5, 3, 6}, {11, 40, 128}, {9, 5, 16}, {13, 3, 64}}) {
       const int64_t S = size[0], H = size[1], D = size[2];
       for (DType wd : d == DType::F32 ? std::vector<DType>{d} : std::vector<DType>{d, DType::F32}) {
         // part 0 / 1: across heads (weight [H * D], Wan); part 2: each head alone (weight [D], FLUX).

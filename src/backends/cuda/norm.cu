@@ -245,6 +245,52 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_rope_kernel(RmsRopeArgs a)
   });
 }
 
+// The per-head case (weight [D], several heads a token): a row is one head of D = G * VEC
+// elements, so a block gives each row G lanes (one vector each) rather than a block of its own,
+// whose reduction would leave half of a warp idle at D = 128 in 16-bit types. The sum of squares
+// is reduced in the same order as rms_rope_kernel's (lanes past D contribute exact zeros
+// there), so the two kernels agree bit for bit.
+constexpr int kHeadThreads = 256;
+
+template <typename T, typename Tw, int VEC, int G>
+__global__ void __launch_bounds__(kHeadThreads) rms_rope_heads_kernel(RmsRopeArgs a, int64_t nrows) {
+  static_assert(VEC % 2 == 0 && G <= 32 && (G & (G - 1)) == 0, "whole pairs, a power-of-two lane group");
+  const int sub = threadIdx.x % G;
+  const int64_t row = int64_t(blockIdx.x) * (kHeadThreads / G) + threadIdx.x / G;
+  const bool active = row < nrows;
+  const int64_t r = active ? row : 0;  // idle lanes still take part in the shuffles
+  const int64_t token = r / a.groups;
+  const int e = sub * VEC;
+  float v[VEC];
+  load_vec<VEC>(static_cast<const T*>(a.x) + a.rows.offset(token) + (r % a.groups) * a.D + e, v);
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) ss += v[j] * v[j];
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (!active) return;
+  const float rstd = 1.0f / sqrtf(ss / a.D + a.eps);
+  float wv[VEC];
+  if (a.weight) {
+    load_vec<VEC>(static_cast<const Tw*>(a.weight) + e, wv);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) wv[j] = 1.0f;
+  }
+  const float* cs = a.cos + (token % a.rows.S) * a.head_dim + e;
+  const float* sn = a.sin + (token % a.rows.S) * a.head_dim + e;
+  float o[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; j += 2) {
+    const float n0 = round_to<T>(__fmul_rn(wv[j], __fmul_rn(v[j], rstd)));
+    const float n1 = round_to<T>(__fmul_rn(wv[j + 1], __fmul_rn(v[j + 1], rstd)));
+    const float c = cs[j], s = sn[j + 1];
+    o[j] = __fsub_rn(__fmul_rn(n0, c), __fmul_rn(n1, s));
+    o[j + 1] = __fadd_rn(__fmul_rn(n0, s), __fmul_rn(n1, c));
+  }
+  store_vec<VEC>(static_cast<T*>(a.out) + row * a.D + e, o);
+}
+
 // ---- Softmax ----------------------------------------------------------------------------------
 
 template <typename T, int VEC, int CACHE>
@@ -499,6 +545,28 @@ Tensor rms_rope_rows(const char* op, const Tensor& x, Rows rows, int64_t D, cons
   const int64_t nv = D / vec;
   const unsigned grid = static_cast<unsigned>(nrows);
   VGEN_CHECK(!rope || hd <= 8192, "{}: head dim {} is too large", op, hd);
+  if (norm && rope && groups > 1 && hd == D && vec == static_cast<int>(16 / es) && nv >= 2 && nv <= 32 &&
+      (nv & (nv - 1)) == 0) {
+    dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
+      using T = decltype(tx);
+      using Tw = decltype(tw);
+      constexpr int V = 16 / sizeof(T);
+      auto launch = [&](auto g) {
+        constexpr int G = decltype(g)::value;
+        const unsigned blocks = static_cast<unsigned>((nrows + kHeadThreads / G - 1) / (kHeadThreads / G));
+        rms_rope_heads_kernel<T, Tw, V, G><<<blocks, kHeadThreads, 0, stream()>>>(args, nrows);
+      };
+      switch (nv) {
+        case 2: launch(Int<2>{}); break;
+        case 4: launch(Int<4>{}); break;
+        case 8: launch(Int<8>{}); break;
+        case 16: launch(Int<16>{}); break;
+        default: launch(Int<32>{}); break;
+      }
+    });
+    check_launch(op, x, cos);
+    return out;
+  }
   const size_t pair_bytes = rope ? static_cast<size_t>(hd / 2) * sizeof(float2) : 0;
   dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
     using T = decltype(tx);

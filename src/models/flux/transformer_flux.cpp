@@ -91,6 +91,20 @@ nn::RotaryTables flux_pos_embed(const Tensor& ids, const std::vector<int64_t>& a
   return {cos.to(device), sin.to(device)};
 }
 
+FluxTransformer2DModel::FluxTransformer2DModel(FluxTransformer2DModelConfig config, DType dtype, Device device)
+    : config_(std::move(config)), dtype_(dtype), device_(device) {
+  // Inputs {hidden (after x_embedder), context (after context_embedder), silu(temb), RoPE cos, sin}.
+  graphed_ = std::make_unique<GraphedCallable>(
+      kClassName, [this](const std::vector<Tensor>& in, const std::vector<int64_t>&) {
+        return blocks(in[0], in[1], in[2], nn::RotaryTables{in[3], in[4]}, nullptr);
+      });
+  graphed_->set_enabled(false);
+}
+
+FluxTransformer2DModel::~FluxTransformer2DModel() = default;
+
+void FluxTransformer2DModel::enable_cuda_graphs(bool enable) { graphed_->set_enabled(enable); }
+
 std::unique_ptr<FluxTransformer2DModel> FluxTransformer2DModel::from_pretrained(const std::string& dir, DType dtype,
                                                                                 Device device) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
@@ -296,6 +310,7 @@ Tensor FluxTransformer2DModel::forward(const Tensor& hidden_states, const Tensor
   const Tensor temb = time_text_embed(timestep, guidance, pooled_projections.to(device_).to(dtype_));
   Tensor context = context_embedder_.forward(encoder_hidden_states.to(device_).to(dtype_));
   const nn::RotaryTables rope = rope_for(txt_ids, img_ids);
+  const Tensor silu_temb = ops::silu(temb);
   if (trace) {
     trace->x = hidden;
     trace->context = context;
@@ -303,7 +318,16 @@ Tensor FluxTransformer2DModel::forward(const Tensor& hidden_states, const Tensor
     trace->rope_cos = rope.cos;
     trace->rope_sin = rope.sin;
   }
-  const Tensor silu_temb = ops::silu(temb);
+  // hidden and context are handed over, not kept: the first block frees them.
+  if (trace || !graphed_->enabled() || device_.is_cpu())
+    return blocks(std::move(hidden), std::move(context), silu_temb, rope, trace);
+  return (*graphed_)({std::move(hidden), std::move(context), silu_temb, rope.cos, rope.sin});
+}
+
+Tensor FluxTransformer2DModel::blocks(Tensor hidden, Tensor context, const Tensor& silu_temb,
+                                      const nn::RotaryTables& rope, FluxTransformerTrace* trace) const {
+  const FluxTransformer2DModelConfig& c = config_;
+  const int64_t S = hidden.size(1), L = context.size(1);
   for (const DoubleBlock& b : double_blocks_) double_block(b, hidden, context, silu_temb, rope);
   if (trace) {
     trace->double_out_hidden = hidden;
@@ -312,8 +336,10 @@ Tensor FluxTransformer2DModel::forward(const Tensor& hidden_states, const Tensor
   // The single-stream blocks run over [text | image]; diffusers splits and re-concatenates the
   // two around each block, which changes nothing.
   Tensor x = ops::cat({context, hidden}, 1);
+  context = hidden = Tensor();
   for (const SingleBlock& b : single_blocks_) x = single_block(b, x, silu_temb, rope);
   hidden = x.narrow(1, L, S).contiguous();
+  x = Tensor();
   if (trace) trace->single_out = hidden;
 
   // AdaLayerNormContinuous: linear(silu(temb)) -> scale, shift (in that order).

@@ -22,6 +22,7 @@
 #include "nn/attention.h"
 #include "nn/linear.h"
 #include "nn/norm.h"
+#include "ops/graphed_callable.h"
 
 namespace vgen {
 
@@ -68,6 +69,7 @@ class FluxTransformer2DModel {
   // checkpoint tensor the model does not use, is an error naming it and the folder.
   static std::unique_ptr<FluxTransformer2DModel> from_pretrained(const std::string& dir, DType dtype, Device device);
 
+  ~FluxTransformer2DModel();
   const FluxTransformer2DModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
@@ -80,6 +82,11 @@ class FluxTransformer2DModel {
   Tensor forward(const Tensor& hidden_states, const Tensor& encoder_hidden_states, const Tensor& pooled_projections,
                  const Tensor& timestep, const Tensor& img_ids, const Tensor& txt_ids, const Tensor& guidance = {},
                  FluxTransformerTrace* trace = nullptr) const;
+
+  // Replays the blocks (everything after the embeddings) from a CUDA graph per input shape,
+  // as WanTransformer3DModel does; off until enabled, and never on the CPU or with a trace.
+  void enable_cuda_graphs(bool enable);
+  const GraphedCallable& graphed_step() const { return *graphed_; }
 
  private:
   // AdaLayerNormZero's projection + FeedForward(gelu-tanh) + the stream's attention weights:
@@ -102,11 +109,14 @@ class FluxTransformer2DModel {
     nn::Linear proj_out;     // [dim + mlp_hidden_dim] -> dim
   };
 
-  FluxTransformer2DModel(FluxTransformer2DModelConfig config, DType dtype, Device device)
-      : config_(std::move(config)), dtype_(dtype), device_(device) {}
+  FluxTransformer2DModel(FluxTransformer2DModelConfig config, DType dtype, Device device);
 
   // time_text_embed: CombinedTimestep(Guidance)TextProjEmbeddings -> [B, dim].
   Tensor time_text_embed(const Tensor& timestep, const Tensor& guidance, const Tensor& pooled) const;
+  // The double- and single-stream blocks and the output norm + projection, from the embedded
+  // image tokens, text tokens, silu(temb) and the rotary tables: the graphed part of forward.
+  Tensor blocks(Tensor hidden, Tensor context, const Tensor& silu_temb, const nn::RotaryTables& rope,
+                FluxTransformerTrace* trace) const;
   void double_block(const DoubleBlock& b, Tensor& hidden, Tensor& context, const Tensor& silu_temb,
                     const nn::RotaryTables& rope) const;
   Tensor single_block(const SingleBlock& b, const Tensor& x, const Tensor& silu_temb,
@@ -132,6 +142,8 @@ class FluxTransformer2DModel {
   std::vector<SingleBlock> single_blocks_;
   nn::Linear norm_out_linear_;  // dim -> 2 dim (scale, shift)
   nn::Linear proj_out_;
+
+  std::unique_ptr<GraphedCallable> graphed_;
 
   mutable std::mutex rope_mutex_;
   mutable std::vector<float> rope_ids_;  // the ids rope_tables_ were made from

@@ -41,6 +41,7 @@ ComponentBench flux_transformer_bench(const std::string& dir, const ComponentBen
   const Device device = o.pipeline.device;
   const DType dtype = o.pipeline.dtype;
   std::shared_ptr<FluxTransformer2DModel> model = FluxTransformer2DModel::from_pretrained(dir, dtype, device);
+  model->enable_cuda_graphs(context->settings().cuda_graphs && device.is_cuda());
   const auto& c = model->config();
   const int64_t lh = h / f / 2, lw = w / f / 2, S = lh * lw;
   Tensor x = bench_random({1, S, c.in_channels}, dtype, device, 4);
@@ -65,7 +66,7 @@ ComponentBench flux_transformer_bench(const std::string& dir, const ComponentBen
   ComponentBench b;
   b.run = [run] { (void)run(); };
   b.facts = {{"h", h}, {"w", w}, {"tokens", S}, {"text_tokens", ctx.size(1)}};
-  b.after = [] { return nlohmann::json{{"cuda_graph_replays", 0}}; };
+  b.after = [model] { return nlohmann::json{{"cuda_graph_replays", model->graphed_step().replays()}}; };
   b.context = std::move(context);
   return b;
 }

@@ -53,6 +53,7 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
       T5EncoderModel::from_pretrained(ckpt.component_dir("text_encoder_2"), options.dtype, options.device);
   p->transformer_ = FluxTransformer2DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype,
                                                             options.device);
+  p->transformer_->enable_cuda_graphs(p->context_->settings().cuda_graphs && options.device.is_cuda());
   p->vae_ = AutoencoderKL::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
   p->scheduler_config_ = ckpt.component_config("scheduler");
   p->scheduler_ = make_scheduler(p->scheduler_config_, ckpt.component_config_path("scheduler"), options.scheduler);
