@@ -174,8 +174,17 @@ int run_bench(const BenchArgs& a) {
     }
     if (!a.cache_config.empty()) p.cache = cache_of(a.cache_config.front());
     const ResolvedParams r = pipe->resolve(p);
+    // Where the peak memory is reached: the peak so far after the first denoising step (the
+    // prompt encoding and one step) and after the last (the whole denoising loop); the run's
+    // peak is reported below.
+    nlohmann::json peak_by_phase;
+    const StepCallback track_peak = [&](const StepProgress& s) {
+      // The allocator counts when work is queued, so no synchronization is needed.
+      if (s.step == 1 || s.step == s.total) peak_by_phase[s.step == 1 ? "first_step" : "denoise"] = peak_gib(device);
+      return true;
+    };
     const auto t = Clock::now();
-    const GenerationOutput g = pipe->generate(r);
+    const GenerationOutput g = pipe->generate(r, track_peak);
     double pipeline_s = seconds_since(t);
     // With offload_text_encoder the warm-up freed the encoder and this run reloaded it; a
     // one-shot `vgen generate` loads it once with the rest, so that reload is reported apart.
@@ -208,7 +217,7 @@ int run_bench(const BenchArgs& a) {
     const ExecutionSettings& settings = pipe->context().settings();
     out.update({{"h", r.height}, {"w", r.width}, {"frames", r.num_frames}, {"steps", r.num_inference_steps},
                 {"load_s", load_s}, {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s},
-                {"phases", phases}, {"peak_gib", peak_gib(device)}, {"vae_dtype", a.vae_dtype},
+                {"phases", phases}, {"peak_gib", peak_gib(device)}, {"peak_gib_by_phase", peak_by_phase}, {"vae_dtype", a.vae_dtype},
                 {"cuda_graphs", settings.cuda_graphs}, {"conv_autotune", settings.conv_autotune},
                 {"guidance_scale", r.guidance_scale}, {"lora", a.lora},
                 {"offload_text_encoder", a.offload_text_encoder}, {"offload_idle_expert", a.offload_idle_expert}, {"text_encoder_reload_s", reload_s}});

@@ -304,9 +304,9 @@ GenerationOutput FluxPipeline::generate(const ResolvedParams& r, const StepCallb
                                          config_number(sc, "base_shift", 0.5), config_number(sc, "max_shift", 1.15));
   scheduler_->set_timesteps(ScheduleRequest{r.num_inference_steps, std::nullopt, sigmas, mu});
 
-  const Tensor guidance = tcfg.guidance_embeds
-                              ? Tensor::full({1}, static_cast<float>(r.guidance_scale), DType::F32, device)
-                              : Tensor();
+  // The timestep and guidance stay on the host: the transformer reads them there to build
+  // their embeddings, and a device copy would make every step wait for the previous one.
+  const Tensor guidance = tcfg.guidance_embeds ? Tensor::full({1}, static_cast<float>(r.guidance_scale)) : Tensor();
   DenoiseConfig loop;
   loop.guidance_scale = true_cfg ? r.true_cfg_scale : 1.0;
   loop.guidance_scale_2 = loop.guidance_scale;
@@ -315,7 +315,7 @@ GenerationOutput FluxPipeline::generate(const ResolvedParams& r, const StepCallb
     // `timestep = t.expand(B).to(latents.dtype)`, then `timestep / 1000` in that dtype.
     const DType dt = options_.dtype;
     const float ts = round_to(round_to(static_cast<float>(t), dt) / 1000.0f, dt);
-    const Tensor timestep = Tensor::full({1}, ts, DType::F32, device);
+    const Tensor timestep = Tensor::full({1}, ts);
     Tensor input = x.to(options_.dtype);
     if (image_latents.defined()) input = ops::cat({input, image_latents.to(options_.dtype)}, 1);
     const PromptEmbeds& e = branch == Branch::Conditional ? pos : neg;
