@@ -1248,18 +1248,23 @@ const char* quant_case_name(QuantFormat f) {
 void quant_cases(Cases& cs) {
   const Bound same = {-1, 0, "the same e4m3 codec and IEEE division on every backend: the same bytes", true};
   for (DType d : {DType::F32, DType::BF16}) {
-    for (const Shape& xs : std::vector<Shape>{{37, 144}, {2, 5, 300}, {1, 16}}) {
+    // {3, 7, 5}: a tail past the 16-byte vectors; `offset`: x starts 11 elements into its
+    // storage (a contiguous view no vector load may touch).
+    for (const Shape& xs : std::vector<Shape>{{37, 144}, {2, 5, 300}, {1, 16}, {3, 7, 5}, {5, 11}}) {
       int64_t M = 1;
       for (size_t i = 0; i + 1 < xs.size(); ++i) M *= xs[i];
       const int64_t K = xs.back();
+      const bool offset = xs == Shape{5, 11};
       for (int mode = 0; mode < 3; ++mode) {  // per-tensor dynamic, per-tensor static (clipping), 1x128 groups
         const QuantFormat f = mode == 2 ? QuantFormat::Fp8Block : QuantFormat::Fp8PerTensor;
         cs.add({Op::quantize_fp8,
-                fmt::format("quantize_fp8 {}{} {}", dt(d), sh(xs), mode == 0 ? "per-tensor" : mode == 1 ? "static scale" : "1x128 groups"),
+                fmt::format("quantize_fp8 {}{}{} {}", dt(d), sh(xs), offset ? " at an unaligned offset" : "",
+                            mode == 0 ? "per-tensor" : mode == 1 ? "static scale" : "1x128 groups"),
                 d,
                 [=](Gen& g) {
-                  return std::vector<Input>{in(g.normal(xs, d, 3.0f)),
-                                            mode == 1 ? in(Tensor::full({1}, 0.004f)) : none()};
+                  const Input x = offset ? in(g.normal({6, 11}, d, 3.0f), [](const Tensor& t) { return t.narrow(0, 1, 5); })
+                                         : in(g.normal(xs, d, 3.0f));
+                  return std::vector<Input>{x, mode == 1 ? in(Tensor::full({1}, 0.004f)) : none()};
                 },
                 [f](const Args& t, Device) {
                   const QuantizedActivation q = ops::quantize_fp8(t[0], f, t[1]);
