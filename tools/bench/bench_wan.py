@@ -207,15 +207,29 @@ def part_transformer(args, size, timing=True):
         big = size in ("14b", "5b")
         s = (median_time(lambda: m(x, t_theirs, ctx, return_dict=False), 1 if big else 2, 2 if big else 5)
              if timing else 0.0)
-    theirs = {"s": s, "peak_gib": peak_gib()}
+        theirs = {"s": s, "peak_gib": peak_gib()}
+        compiled = {}
+        if timing and args.compile:
+            # The peer as it is deployed: torch.compile'd (default mode), the compile timed apart.
+            mc = torch.compile(m)
+            t0 = time.perf_counter()
+            mc(x, t_theirs, ctx, return_dict=False)
+            sync()
+            compile_s = time.perf_counter() - t0
+            compiled = {"diffusers_compiled_s": median_time(lambda: mc(x, t_theirs, ctx, return_dict=False),
+                                                            1 if big else 2, 2 if big else 5),
+                        "diffusers_compile_s": compile_s}
+            del mc
     del m, x, ctx
     free_gpu()
     iters = ["--iters", 2, "--warmup", 1] if size in ("14b", "5b") else ["--iters", 5, "--warmup", 2]
     common = ["--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len", text_len,
               "--vae-scale-factor-spatial", sp]
-    extra = {}
+    extra = dict(compiled)
     if timing:
         ours = vgen(args, "transformer", *common, *iters)
+        if compiled:
+            extra["ratio_vs_compiled"] = ours["s"] / compiled["diffusers_compiled_s"]
         extra = {"tokens": ours["tokens"], "attention": ours["attention"],
                  "cuda_graph_replays": ours["cuda_graph_replays"]}
     if timing and size == "1.3b":  # what the CUDA graph of the step is worth
@@ -1045,6 +1059,8 @@ def main():
     ap.add_argument("--par-layers", type=int, default=8, help="multigpu: transformer layers (40 in 14B, 30 in 1.3B)")
     ap.add_argument("--par-steps", type=int, default=3, help="multigpu: steps timed after 2 untimed ones")
     ap.add_argument("--flux-layers", default="19,38", help="flux: double,single blocks (FLUX.1-dev: 19,38)")
+    ap.add_argument("--compile", action="store_true",
+                    help="wan13/wan14/ti2v5b: also time diffusers under torch.compile (the deployed peer)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
