@@ -132,7 +132,7 @@ class PyVisualGen {
 };
 
 PipelineOptions make_options(const std::string& device, const std::optional<std::string>& dtype,
-                             const std::string& vae_dtype, const std::string& engine_json,
+                             const std::optional<std::string>& vae_dtype, const std::string& engine_json,
                              const std::vector<std::pair<std::string, double>>& lora,
                              const std::vector<std::pair<std::string, double>>& lora_2, bool lora_ignore_unmatched,
                              int lora_cached_variants, const std::optional<std::string>& scheduler,
@@ -142,7 +142,7 @@ PipelineOptions make_options(const std::string& device, const std::optional<std:
   require_implemented(config, "VisualGenArgs");
   PipelineOptions o = default_pipeline_options(resolve_device(device));
   if (dtype) o.dtype = parse_compute_dtype(*dtype);
-  o.vae_dtype = parse_compute_dtype(vae_dtype);
+  if (vae_dtype) o.vae_dtype = parse_compute_dtype(*vae_dtype);
   apply_engine_config(config, o);  // as `vgen serve --config` applies it
   if (lora_cached_variants < 1 || lora_cached_variants > 16)
     fail("lora_cached_variants: must be 1 to 16, got {}", lora_cached_variants);
@@ -176,7 +176,10 @@ NB_MODULE(_vgen, m) {
   nb::class_<PipelineOptions>(m, "PipelineOptions")
       .def_prop_ro("device", [](const PipelineOptions& o) { return o.device.str(); })
       .def_prop_ro("dtype", [](const PipelineOptions& o) { return std::string(dtype_name(o.dtype)); })
-      .def_prop_ro("vae_dtype", [](const PipelineOptions& o) { return std::string(dtype_name(o.vae_dtype)); })
+      .def_prop_ro("vae_dtype", [](const PipelineOptions& o) -> std::optional<std::string> {
+        if (!o.vae_dtype) return std::nullopt;  // the model family's default
+        return std::string(dtype_name(*o.vae_dtype));
+      })
       .def_prop_ro("attention_backend", [](const PipelineOptions& o) { return o.execution.attention_backend; })
       .def_prop_ro("cuda_graphs", [](const PipelineOptions& o) { return o.execution.cuda_graphs; })
       .def_prop_ro("conv_autotune", [](const PipelineOptions& o) { return o.execution.conv_autotune; })

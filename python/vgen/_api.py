@@ -58,7 +58,8 @@ class VisualGenArgs:
     Keywords:
       device: "auto" (a GPU when one is usable, else the CPU), "cpu", "cuda", "cuda:N".
       dtype: compute dtype of the transformer and text encoder, "bf16" | "fp16" | "fp32"
-        (None: bf16 on a GPU, fp32 on the CPU). vae_dtype: the VAE's (default "fp32").
+        (None: bf16 on a GPU, fp32 on the CPU). vae_dtype: the VAE's (None: the model family's default,
+        fp32 for Wan and the compute dtype for FLUX, as diffusers' examples run them).
       lora, lora_2: LoRA adapters fused at load (transformer, and transformer_2 of a two-expert
         model): "FILE", "FILE:SCALE", (FILE, SCALE) or a list of those.
       lora_ignore_unmatched, lora_cached_variants: as `vgen generate` / `vgen serve`.
@@ -80,7 +81,7 @@ class VisualGenArgs:
         "offload_idle_expert": ("offload", "idle_expert"),
     }
 
-    def __init__(self, device: str = "auto", dtype: Optional[str] = None, vae_dtype: str = "fp32",
+    def __init__(self, device: str = "auto", dtype: Optional[str] = None, vae_dtype: Optional[str] = None,
                  lora: Any = None, lora_2: Any = None, lora_ignore_unmatched: bool = False,
                  lora_cached_variants: int = 1, scheduler: Optional[str] = None,
                  flow_shift: Optional[float] = None, **engine: Any):

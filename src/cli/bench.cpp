@@ -59,7 +59,7 @@ void emit(nlohmann::json j) { std::printf("%s\n", j.dump().c_str()); std::fflush
 PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   PipelineOptions o = default_pipeline_options(device);
   o.dtype = dtype;
-  o.vae_dtype = parse_compute_dtype(a.vae_dtype);
+  if (!a.vae_dtype.empty()) o.vae_dtype = parse_compute_dtype(a.vae_dtype);
   o.offload_text_encoder = a.offload_text_encoder;
   o.offload_idle_expert = a.offload_idle_expert;
   if (a.attention_backend) o.execution.attention_backend = *a.attention_backend;
@@ -117,7 +117,7 @@ int run_bench(const BenchArgs& a) {
       // The first decode alone too: it builds (and with --conv-autotune times) the cuDNN plans.
       const double first_s = median_seconds(bench.run, device, 0, 1);
       const double s = median_seconds(bench.run, device, std::max(a.warmup - 1, 0), a.iters);
-      out.update({{"s", s}, {"first_s", first_s}, {"peak_gib", peak_gib(device)}, {"dtype", dtype_name(options.vae_dtype)},
+      out.update({{"s", s}, {"first_s", first_s}, {"peak_gib", peak_gib(device)},
                   {"conv_autotune", bench.context->settings().conv_autotune}});
     } else {
       const double s = median_seconds(bench.run, device, a.warmup, a.iters);
@@ -217,7 +217,7 @@ int run_bench(const BenchArgs& a) {
     const ExecutionSettings& settings = pipe->context().settings();
     out.update({{"h", r.height}, {"w", r.width}, {"frames", r.num_frames}, {"steps", r.num_inference_steps},
                 {"load_s", load_s}, {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s},
-                {"phases", phases}, {"peak_gib", peak_gib(device)}, {"peak_gib_by_phase", peak_by_phase}, {"vae_dtype", a.vae_dtype},
+                {"phases", phases}, {"peak_gib", peak_gib(device)}, {"peak_gib_by_phase", peak_by_phase}, {"vae_dtype", a.vae_dtype.empty() ? "family default" : a.vae_dtype},
                 {"cuda_graphs", settings.cuda_graphs}, {"conv_autotune", settings.conv_autotune},
                 {"guidance_scale", r.guidance_scale}, {"lora", a.lora},
                 {"offload_text_encoder", a.offload_text_encoder}, {"offload_idle_expert", a.offload_idle_expert}, {"text_encoder_reload_s", reload_s}});

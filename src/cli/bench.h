@@ -14,7 +14,7 @@ struct BenchArgs {
   std::string model;   // checkpoint folder (pipeline root, or the component's own folder)
   std::string device = "auto";
   std::string dtype;   // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
-  std::string vae_dtype = "fp32";
+  std::string vae_dtype;  // empty: the model family's default
   std::optional<std::string> attention_backend;  // unset: VGEN_ATTENTION_BACKEND, else auto
   // Pixel size; unset: the model's defaults (its capabilities, or its family's for a component).
   std::optional<int64_t> height, width, num_frames;

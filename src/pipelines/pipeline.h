@@ -145,7 +145,11 @@ struct PipelineCapabilities {
 struct PipelineOptions {
   Device device = Device::cpu();
   DType dtype = DType::F32;      // compute dtype of the transformer and text encoder
-  DType vae_dtype = DType::F32;  // the VAE's (float32 by default, as diffusers' video examples run it)
+  // The VAE's; unset, each family's as diffusers' examples run it: float32 for Wan (its video
+  // examples load AutoencoderKLWan in float32), the compute dtype for FLUX (the whole pipeline
+  // in bf16). vae_dtype_or(family default) reads it.
+  std::optional<DType> vae_dtype;
+  DType vae_dtype_or(DType family_default) const { return vae_dtype.value_or(family_default); }
   // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
   // checkpoint for the next one): its memory goes to the transformer and the VAE.
   bool offload_text_encoder = false;

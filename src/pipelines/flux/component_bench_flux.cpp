@@ -75,7 +75,7 @@ ComponentBench autoencoder_kl_bench(const std::string& dir, const ComponentBench
                                     std::shared_ptr<ExecutionContext> context) {
   ContextScope scope(*context);
   const Device device = o.pipeline.device;
-  const DType dtype = o.pipeline.vae_dtype;
+  const DType dtype = o.pipeline.vae_dtype_or(o.pipeline.dtype);
   std::shared_ptr<AutoencoderKL> vae = AutoencoderKL::from_pretrained(dir, dtype, device);
   const AutoencoderKLConfig& c = vae->config();
   const int64_t f = c.scale_factor();
@@ -88,7 +88,7 @@ ComponentBench autoencoder_kl_bench(const std::string& dir, const ComponentBench
   if (!o.save_output.empty()) bench_save_raw_f32(run(), o.save_output);
   ComponentBench b;
   b.run = [run] { (void)run(); };
-  b.facts = {{"h", h}, {"w", w}, {"frames", 1}, {"encode", o.encode}};
+  b.facts = {{"h", h}, {"w", w}, {"frames", 1}, {"encode", o.encode}, {"dtype", dtype_name(dtype)}};
   b.after = [] { return nlohmann::json::object(); };
   b.context = std::move(context);
   return b;

@@ -54,7 +54,8 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
   p->transformer_ = FluxTransformer2DModel::from_pretrained(ckpt.component_dir("transformer"), options.dtype,
                                                             options.device);
   p->transformer_->enable_cuda_graphs(p->context_->settings().cuda_graphs && options.device.is_cuda());
-  p->vae_ = AutoencoderKL::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device);
+  p->vae_ = AutoencoderKL::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype_or(options.dtype),
+                                        options.device);
   p->scheduler_config_ = ckpt.component_config("scheduler");
   p->scheduler_ = make_scheduler(p->scheduler_config_, ckpt.component_config_path("scheduler"), options.scheduler);
 
@@ -96,7 +97,7 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
                                schnell ? "; no guidance embedding (schnell)" : "; guidance-distilled (dev)")},
       {"model", ckpt.root()},
       {"device", options.device.str()},
-      {"compute dtype", fmt::format("{} (VAE {})", dtype_name(options.dtype), dtype_name(options.vae_dtype))},
+      {"compute dtype", fmt::format("{} (VAE {})", dtype_name(options.dtype), dtype_name(options.vae_dtype_or(options.dtype)))},
       {"text_encoder", fmt::format("{}: {} layers, width {}", ckpt.component("text_encoder").class_name,
                                    p->text_encoder_->config().num_hidden_layers,
                                    p->text_encoder_->config().hidden_size)},

@@ -89,7 +89,7 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
                              std::shared_ptr<ExecutionContext> context) {
   ContextScope scope(*context);
   const Device device = o.pipeline.device;
-  const DType dtype = o.pipeline.vae_dtype;
+  const DType dtype = o.pipeline.vae_dtype_or(DType::F32);
   std::shared_ptr<AutoencoderKLWan> vae = AutoencoderKLWan::from_pretrained(
       dir, dtype, device, AutoencoderKLWan::Parts{.encoder = o.encode, .decoder = !o.encode});
   const AutoencoderKLWanConfig& c = vae->config();
@@ -104,7 +104,8 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
   const auto run = [vae, input, encode = o.encode] { return encode ? vae->encode(input) : vae->decode(input); };
   if (!o.save_output.empty()) bench_save_raw_f32(run(), o.save_output);
   b.run = [run] { (void)run(); };
-  b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"encode", o.encode}};
+  b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"encode", o.encode},
+             {"dtype", dtype_name(dtype)}};
   b.after = [] { return nlohmann::json::object(); };
   b.context = std::move(context);
   return b;

@@ -241,7 +241,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   const bool image_input = v.image_to_video_class || v.expand_timesteps;
   // The VAE runs in float32 by default, as diffusers' Wan examples advise. Text-to-video only
   // decodes: the encoder's weights stay on disk.
-  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype, options.device,
+  p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype_or(DType::F32), options.device,
                                              AutoencoderKLWan::Parts{.encoder = image_input, .decoder = true});
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
   const auto& vcfg = p->vae_->config();
@@ -301,7 +301,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
       {"pipeline", pipeline},
       {"model", ckpt.root()},
       {"device", options.device.str()},
-      {"compute dtype", fmt::format("{} (VAE {})", dtype_name(options.dtype), dtype_name(options.vae_dtype))},
+      {"compute dtype", fmt::format("{} (VAE {})", dtype_name(options.dtype), dtype_name(options.vae_dtype_or(DType::F32)))},
       {"tokenizer", ckpt.component("tokenizer").class_name},
       {"text_encoder", fmt::format("{}: {}", ckpt.component("text_encoder").class_name, describe_weights(ckpt, "text_encoder"))},
       {"transformer", transformer_row("transformer", tcfg)},
