@@ -275,6 +275,7 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
 // CPU's values within the backend-ops bounds. Algorithms may differ in the last bits (split-K,
 // tile order), never beyond these: float32 1e-5 (2e-5 for K = 1024, longer sums), 16-bit 1e-2
 // (one rounding of the output); the FP8 GEMMs 1e-2 for a bf16 output, fast accumulation too.
+// All but the first shape are above kBlasAutotuneMinFlops (2^27), so that they are timed.
 TEST(CudaBackend, GemmAutotuneBelongsToTheContext) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -289,7 +290,7 @@ TEST(CudaBackend, GemmAutotuneBelongsToTheContext) {
       {DType::F32, {3, 13, 71}, 45, true, Activation::None, 1e-5},
       {DType::F32, {257, 1024}, 320, true, Activation::Silu, 2e-5},
       {DType::BF16, {2, 300, 1024}, 640, true, Activation::GeluTanh, 1e-2},
-      {DType::F16, {96, 512}, 384, false, Activation::None, 1e-2},
+      {DType::F16, {384, 512}, 512, false, Activation::None, 1e-2},
   };
   std::vector<std::array<Tensor, 4>> inputs;  // x, w, b, the CPU's result
   for (const Case& c : cases) {
@@ -297,7 +298,7 @@ TEST(CudaBackend, GemmAutotuneBelongsToTheContext) {
     inputs.push_back({x, w, b, ops::linear(x, w, b, c.act)});
   }
   // FP8 per-tensor and blockwise, bf16 in and out, with and without fast accumulation.
-  const Tensor qx = rnd({200, 512}, DType::BF16), qw = rnd({384, 512}, DType::F32, 0.05f), qb = rnd({384}, DType::BF16, 0.1f);
+  const Tensor qx = rnd({512, 512}, DType::BF16), qw = rnd({384, 512}, DType::F32, 0.05f), qb = rnd({384}, DType::BF16, 0.1f);
   std::vector<QuantizedWeight> qweights;
   std::vector<Tensor> qwant;
   for (QuantFormat f : {QuantFormat::Fp8PerTensor, QuantFormat::Fp8Block})

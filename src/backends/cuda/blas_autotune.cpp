@@ -81,7 +81,7 @@ int choose_algorithm(const BlasCall& call, const cublasLtMatmulHeuristicResult_t
     if (!usable(results[i], call.workspace_bytes)) continue;
     const float ms = time_algorithm(call, results[i].algo, ev, s);
     if (i == first) first_ms = ms;
-    if (ms >= 0.0f && ms < best_ms) {
+    if (ms >= 0.0f && ms < best_ms * (1.0f - kBlasAutotuneTie)) {
       best = i;
       best_ms = ms;
     }

@@ -13,17 +13,31 @@
 #include <cublasLt.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace vgen::cuda {
 
 // The heuristic results a plan asks for and times when autotuning.
 constexpr int kBlasAutotuneCandidates = 8;
+// Products of fewer floating-point operations (2 x batch x M x N x K) are not timed: launch
+// overhead dominates them, timing them costs more than it could save, and their choice would
+// vary with timing noise from process to process (the tiny test models stay on the heuristic's
+// first choice, reproducible across runs). Real shapes (a 512-token text projection, any
+// transformer layer at video token counts) are far above it.
+constexpr double kBlasAutotuneMinFlops = double(int64_t{1} << 27);
+// Candidates within this fraction of the fastest so far count as ties (timing noise); the
+// earlier in the heuristic's order is kept.
+constexpr float kBlasAutotuneTie = 0.02f;
 
 // Whether a plan made now is autotuned: the active context's gemm_autotune, and the active
 // stream not capturing a CUDA graph (a capture records launches without running them: nothing
 // could be timed, and synchronizing would break the capture).
 bool gemm_autotune_now();
+// Whether a product of that size is worth timing (kBlasAutotuneMinFlops).
+inline bool gemm_worth_autotuning(int64_t batch, int64_t M, int64_t N, int64_t K) {
+  return 2.0 * double(batch) * double(M) * double(N) * double(K) >= kBlasAutotuneMinFlops;
+}
 
 // One cublasLtMatmul call but its algorithm: D = alpha op(A) op(B) (+ epilogue) with beta 0 and
 // C = D. The descriptor holds everything else (scales, bias pointer) for these operands.
@@ -46,7 +60,7 @@ struct BlasCall {
 // that guards the descriptor): each usable candidate runs once untimed and 3 times between two
 // events on the active stream, writing call.d (the real call overwrites it: beta is 0);
 // candidates cuBLASLt fails to run are skipped (their error cleared), and the fastest is kept
-// (ties: the earlier). `what` names the problem in the debug log.
+// (ties, within kBlasAutotuneTie: the earlier). `what` names the problem in the debug log.
 int choose_algorithm(const BlasCall& call, const cublasLtMatmulHeuristicResult_t* results, int count, bool time,
                      const std::string& what);
 

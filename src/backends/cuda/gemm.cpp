@@ -248,7 +248,7 @@ Plan make_plan(State& st, const Problem& p, const std::string& what) {
   check_blas(
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)),
       "set alignment", what);
-  const bool tune = gemm_autotune_now();
+  const bool tune = gemm_autotune_now() && gemm_worth_autotuning(p.batch, p.M, p.N, p.K);
   std::array<cublasLtMatmulHeuristicResult_t, kBlasAutotuneCandidates> results{};
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(st.handle, plan.desc, plan.la, plan.lb, plan.ld, plan.ld,

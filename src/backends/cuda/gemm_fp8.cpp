@@ -156,7 +156,7 @@ Fp8Plan make_plan(Fp8State& st, const Fp8Problem& p, bool fast_accum) {
   const uint64_t ws = kWorkspaceBytes;
   check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
              "set workspace size", what);
-  const bool tune = gemm_autotune_now();
+  const bool tune = gemm_autotune_now() && gemm_worth_autotuning(1, p.M, p.N, p.K);
   std::array<cublasLtMatmulHeuristicResult_t, kBlasAutotuneCandidates> results{};
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
