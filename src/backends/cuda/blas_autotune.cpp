@@ -86,7 +86,10 @@ int choose_algorithm(const BlasCall& call, const cublasLtMatmulHeuristicResult_t
       best_ms = ms;
     }
   }
-  if (best < 0) return first;  // none ran: the real call reports the heuristic's first choice's error
+  if (best < 0) {  // offered but not runnable: as if the heuristic had found none (the caller falls back)
+    spdlog::warn("cublasLt autotune: {}: none of the heuristic's {} algorithms ran", what, count);
+    return -1;
+  }
   spdlog::debug("cublasLt autotune: {}: candidate {} of {} at {:.4f} ms (the heuristic's first: {:.4f} ms)", what,
                 best, count, best_ms, first_ms);
   return best;

@@ -55,7 +55,8 @@ struct BlasCall {
 };
 
 // The index in results[0, count) (cublasLtMatmulAlgoGetHeuristic's, best first) of the algorithm
-// to keep, -1 when none is usable (state not success, or more workspace than the call has).
+// to keep, -1 when none is usable (state not success, or more workspace than the call has) or,
+// when timing, none of them runs (the caller then falls back as when the heuristic finds none).
 // Without `time`: the first usable one. With it (only outside graph capture, under the lock
 // that guards the descriptor): each usable candidate runs once untimed and 3 times between two
 // events on the active stream, writing call.d (the real call overwrites it: beta is 0);
