@@ -183,6 +183,7 @@ NB_MODULE(_vgen, m) {
       .def_prop_ro("attention_backend", [](const PipelineOptions& o) { return o.execution.attention_backend; })
       .def_prop_ro("cuda_graphs", [](const PipelineOptions& o) { return o.execution.cuda_graphs; })
       .def_prop_ro("conv_autotune", [](const PipelineOptions& o) { return o.execution.conv_autotune; })
+      .def_prop_ro("gemm_autotune", [](const PipelineOptions& o) { return o.execution.gemm_autotune; })
       .def_prop_ro("offload_text_encoder", [](const PipelineOptions& o) { return o.offload_text_encoder; })
       .def_prop_ro("offload_idle_expert", [](const PipelineOptions& o) { return o.offload_idle_expert; });
 

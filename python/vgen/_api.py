@@ -64,19 +64,20 @@ class VisualGenArgs:
         model): "FILE", "FILE:SCALE", (FILE, SCALE) or a list of those.
       lora_ignore_unmatched, lora_cached_variants: as `vgen generate` / `vgen serve`.
       scheduler, flow_shift: override the checkpoint's scheduler (as `--scheduler`, `--flow-shift`).
-      quant_config, cache_config, parallel_config, attention, cuda_graph, conv, offload: the engine YAML's
+      quant_config, cache_config, parallel_config, attention, cuda_graph, conv, gemm, offload: the engine YAML's
         sections as dicts (same keys, defaults and validation as `vgen serve --config`), e.g.
         attention={"backend": "cudnn"}, cuda_graph={"enabled": False},
         offload={"text_encoder": True}. Any other keyword is passed on as a section, so the
         YAML parser accepts or rejects it (naming it).
     Shortcuts: attention_backend="cudnn", cuda_graphs=False, conv_autotune=True,
-      offload_text_encoder=True, offload_idle_expert=True set the same keys.
+      gemm_autotune=False, offload_text_encoder=True, offload_idle_expert=True set the same keys.
     """
 
     _SHORTCUTS = {
         "attention_backend": ("attention", "backend"),
         "cuda_graphs": ("cuda_graph", "enabled"),
         "conv_autotune": ("conv", "autotune"),
+        "gemm_autotune": ("gemm", "autotune"),
         "offload_text_encoder": ("offload", "text_encoder"),
         "offload_idle_expert": ("offload", "idle_expert"),
     }

@@ -65,10 +65,14 @@ PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   if (a.attention_backend) o.execution.attention_backend = *a.attention_backend;
   o.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) o.execution.conv_autotune = true;
+  if (!a.gemm_autotune) o.execution.gemm_autotune = false;
   for (const std::string& spec : a.lora) o.lora.push_back(nn::parse_lora_adapter_spec(spec));
   if (!a.quant_algo.empty()) o.quant.quant_algo = parse_quant_algo(a.quant_algo, "--quant-algo");
   if (a.quant_static && !o.quant.enabled()) fail("--quant-static needs --quant-algo");
+  if (a.quant_fast_accum && !quant_fast_accum_applies(o.quant.quant_algo))
+    fail("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES");
   o.quant.dynamic = !a.quant_static;
+  o.quant.fast_accum = a.quant_fast_accum;
   return o;
 }
 
@@ -121,7 +125,8 @@ int run_bench(const BenchArgs& a) {
                   {"conv_autotune", bench.context->settings().conv_autotune}});
     } else {
       const double s = median_seconds(bench.run, device, a.warmup, a.iters);
-      out.update({{"s", s}, {"peak_gib", peak_gib(device)}, {"attention", backend_for(device).attention_kernel()}});
+      out.update({{"s", s}, {"peak_gib", peak_gib(device)}, {"attention", backend_for(device).attention_kernel()},
+                  {"gemm_autotune", bench.context->settings().gemm_autotune}});
     }
     out.update(bench.after());
   } else if (a.what == "pipeline") {
@@ -219,6 +224,7 @@ int run_bench(const BenchArgs& a) {
                 {"load_s", load_s}, {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s},
                 {"phases", phases}, {"peak_gib", peak_gib(device)}, {"peak_gib_by_phase", peak_by_phase}, {"vae_dtype", a.vae_dtype.empty() ? "family default" : a.vae_dtype},
                 {"cuda_graphs", settings.cuda_graphs}, {"conv_autotune", settings.conv_autotune},
+                {"gemm_autotune", settings.gemm_autotune}, {"quant_fast_accum", options.quant.fast_accum},
                 {"guidance_scale", r.guidance_scale}, {"lora", a.lora},
                 {"offload_text_encoder", a.offload_text_encoder}, {"offload_idle_expert", a.offload_idle_expert}, {"text_encoder_reload_s", reload_s}});
   } else {

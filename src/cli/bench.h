@@ -25,6 +25,7 @@ struct BenchArgs {
   int warmup = 2, iters = 5;
   bool cuda_graphs = true;            // transformer, pipeline: replay the step from a CUDA graph
   bool conv_autotune = false;         // vae, pipeline: autotuned GPU convolutions (vgen serve's default)
+  bool gemm_autotune = true;          // cuBLASLt's algorithms timed per GEMM shape (false: the heuristic's first)
   bool offload_idle_expert = false;   // pipeline: two-expert models keep the idle expert in host memory
   bool offload_text_encoder = false;  // pipeline: free the text encoder after encoding, as `vgen generate` does
   std::string output;  // pipeline: also write the MP4 (timed, as diffusers' export is)
@@ -50,6 +51,7 @@ struct BenchArgs {
   // NVFP4; --quant-static: the checkpoint is ModelOpt-exported); empty: none.
   std::string quant_algo;
   bool quant_static = false;
+  bool quant_fast_accum = false;  // FP8: cuBLASLt's fast accumulation (quant_config.fast_accum)
 };
 
 int run_bench(const BenchArgs& args);

@@ -52,11 +52,13 @@ struct GenerateArgs {
   std::optional<std::string> attention_backend;  // unset: the environment's (VGEN_ATTENTION_BACKEND) or auto
   bool cuda_graphs = true;
   bool conv_autotune = false;
+  bool gemm_autotune = true;
   bool offload_idle_expert = false;
   std::vector<std::string> lora, lora_2;  // FILE or FILE:SCALE
   bool lora_ignore_unmatched = false;
   std::optional<std::string> quant_algo, linear_type;  // --quant-algo / --linear-type (one of them)
   bool quant_static = false;
+  bool quant_fast_accum = false;
   std::vector<std::string> quant_ignore;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
@@ -264,6 +266,7 @@ int run_generate(GenerateArgs& a) {
   if (a.attention_backend) options.execution.attention_backend = *a.attention_backend;
   options.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) options.execution.conv_autotune = true;
+  if (!a.gemm_autotune) options.execution.gemm_autotune = false;
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
@@ -285,8 +288,12 @@ int run_generate(GenerateArgs& a) {
   if (a.linear_type) options.quant.quant_algo = parse_linear_type(*a.linear_type, "--linear-type");
   if ((a.quant_static || !a.quant_ignore.empty()) && !options.quant.enabled())
     fail("{} needs --quant-algo (or --linear-type) with a quantized format", a.quant_static ? "--quant-static" : "--quant-ignore");
+  if (a.quant_fast_accum && !quant_fast_accum_applies(options.quant.quant_algo))
+    fail("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES (or their --linear-type), not {}",
+         quant_algo_name(options.quant.quant_algo));
   options.quant.dynamic = !a.quant_static;
   options.quant.ignore = a.quant_ignore;
+  options.quant.fast_accum = a.quant_fast_accum;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
   // Images are decoded before the model loads: a file that does not decode fails at once.
   if (!a.image_file.empty()) a.params.image = media::read_image(a.image_file);
@@ -496,8 +503,10 @@ int run_info_file(const std::string& path) {
 // The transformer(s)' linear layers by weight format: what a static (ModelOpt-exported)
 // checkpoint stores, or, with a dynamic quant_config, what loading will make of them (the
 // float32 time embedder and the patch embedding, a convolution, stay as they are). Counted
-// per checkpoint module: a fused projection (to_q | to_k | to_v) counts as its parts.
+// per checkpoint module: a fused projection (to_q | to_k | to_v) counts as its parts. FP8
+// formats say ", fast accumulation" under quant_config.fast_accum.
 void print_linear_formats(const std::string& root, const QuantConfig& q) {
+  const std::string fast_accum = q.fast_accum ? ", fast accumulation" : "";
   for (const char* component : {"transformer", "transformer_2"}) {
     const fs::path dir = fs::path(root) / component;
     if (!fs::is_directory(dir)) continue;
@@ -509,14 +518,15 @@ void print_linear_formats(const std::string& root, const QuantConfig& q) {
       const TensorInfo& info = store.info(name);
       std::string format;
       if (info.dtype == DType::F8_E4M3 && store.contains(prefix + ".weight_scale")) {
-        format = store.info(prefix + ".weight_scale").shape.size() == 2 ? "fp8 128x128 blocks (static)"
-                                                                         : "fp8 per-tensor (static)";
+        format = std::string(store.info(prefix + ".weight_scale").shape.size() == 2 ? "fp8 128x128 blocks"
+                                                                                    : "fp8 per-tensor") +
+                 fast_accum + " (static)";
       } else if (info.dtype == DType::U8 && store.contains(prefix + ".weight_scale_2")) {
         format = "nvfp4 (static)";
       } else if (info.shape.size() == 2) {
         const bool float32_module = prefix.starts_with("condition_embedder.time_embedder.");
         if (q.enabled() && q.dynamic && !float32_module && !nn::quant_ignored(q, prefix))
-          format = std::string(quant_format_name(nn::quant_format(q.quant_algo))) + " (quantized while loading)";
+          format = std::string(quant_format_name(nn::quant_format(q.quant_algo))) + fast_accum + " (quantized while loading)";
         else
           format = std::string(dtype_name(info.dtype)) + (float32_module ? " (kept in float32)" : "");
       } else {
@@ -621,9 +631,11 @@ int main(int argc, char** argv) {
   gen->add_option("--quant-algo", g.quant_algo, "Quantize the transformer's linear layers: FP8 (per-tensor e4m3), FP8_BLOCK_SCALES (128x128 weight blocks, 1x128 activation groups) or NVFP4 (4-bit weights, W4A16), ModelOpt's formats; none (default) keeps them in --dtype. See README, Quantization");
   gen->add_option("--linear-type", g.linear_type, "The same as --quant-algo in TensorRT-LLM's spelling: default, trtllm-fp8-per-tensor, trtllm-fp8-blockwise, trtllm-nvfp4");
   gen->add_flag("--quant-static", g.quant_static, "The checkpoint is ModelOpt-exported (pre-quantized weights with weight_scale / input_scale / weight_scale_2) instead of quantized while loading");
+  gen->add_flag("--quant-fast-accum", g.quant_fast_accum, "FP8 formats on a GPU: cuBLASLt's fast accumulation (no periodic promotion of the partial sums to float32, as torch._scaled_mm's use_fast_accum): faster, slightly less accurate; no effect on the CPU");
   gen->add_option("--quant-ignore", g.quant_ignore, "Module-name pattern left unquantized (fnmatch, e.g. 'proj_out' or 'blocks.0.*'); repeatable")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   gen->add_flag("--lora-ignore-unmatched", g.lora_ignore_unmatched, "Skip (with a warning) LoRA keys that match no module of the transformer instead of failing");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
+  gen->add_flag("!--no-gemm-autotune", g.gemm_autotune, "Take cuBLASLt's first heuristic algorithm for each GEMM shape instead of timing its leading 8 on the first call and keeping the fastest (default: VGEN_GEMM_AUTOTUNE, else on)");
   gen->add_option("-o,--output", g.output, "Output: .mp4 (H.264); .png/.jpg/.webp for a 1-frame image; a folder (DIR/) or a %04d.png pattern for lossless PNG frames");
   gen->add_option("--crf", g.crf, "MP4 quality: libx264 constant rate factor, 0 (best) to 51 (default 18, visually lossless)")
       ->check(cli::integer_in_range(0, 51));
@@ -645,13 +657,14 @@ int main(int argc, char** argv) {
   std::optional<std::string> info_quant_algo;
   QuantConfig info_quant;
   info->add_option("--quant-algo", info_quant_algo, "Show what --quant-algo FP8 | FP8_BLOCK_SCALES | NVFP4 makes of each linear layer (counts per format)");
+  info->add_flag("--quant-fast-accum", info_quant.fast_accum, "With an FP8 --quant-algo: show the layers with fast accumulation (as generate's)");
   info->add_option("--quant-ignore", info_quant.ignore, "Module-name pattern left unquantized (as generate's)")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   info->add_option("model", info_model, "Checkpoint folder in the diffusers layout, a Hugging Face repo id in the HF cache, or a PNG/MP4 that vgen wrote (shows how it was made)")->required();
 
   serving::ServeOptions serve;
   CLI::App* srv = app.add_subcommand("serve", "Serve the OpenAI-compatible HTTP API (images, videos, models)");
   srv->add_option("--model", serve.model, "Checkpoint folder in the diffusers layout, or a Hugging Face repo id in the HF cache")->required();
-  srv->add_option("--config", serve.config_file, "Engine YAML config (sections quant_config, cache_config, parallel_config, attention, cuda_graph, conv, offload)")
+  srv->add_option("--config", serve.config_file, "Engine YAML config (sections quant_config, cache_config, parallel_config, attention, cuda_graph, conv, gemm, offload)")
       ->check(CLI::ExistingFile);
   srv->add_option("--host", serve.host, "Address to bind (default 127.0.0.1)");
   srv->add_option("--port", serve.port, "Port (default 8000; 0 picks a free one)")->check(cli::integer_in_range(0, 65535));
@@ -690,6 +703,7 @@ int main(int argc, char** argv) {
   bench->add_option("--iters", b.iters, "Timed runs; the median is reported (default 5)");
   bench->add_flag("!--no-cuda-graphs", b.cuda_graphs, "transformer, pipeline: run the step eagerly, without CUDA graphs");
   bench->add_flag("--conv-autotune", b.conv_autotune, "vae, pipeline: autotune the GPU convolutions (as vgen serve does)");
+  bench->add_flag("!--no-gemm-autotune", b.gemm_autotune, "Take cuBLASLt's first heuristic algorithm for each GEMM shape instead of timing the leading 8 (default: VGEN_GEMM_AUTOTUNE, else on)");
   bench->add_flag("--offload-idle-expert", b.offload_idle_expert, "pipeline: two-expert models keep the idle expert in host memory");
   bench->add_flag("--offload-text-encoder", b.offload_text_encoder, "pipeline: free the text encoder once the prompts are encoded, as vgen generate does");
   bench->add_option("-o,--output", b.output, "pipeline: also write the output (timed): an MP4, or for image models a .png, .jpg or .webp");
@@ -704,6 +718,7 @@ int main(int argc, char** argv) {
   bench->add_option("--latents", b.latents, "pipeline: initial noise, a safetensors file with a tensor 'latents'")->check(CLI::ExistingFile);
   bench->add_option("--save-latents", b.save_latents, "pipeline: write the denoised latents and the uint8 frames (safetensors: denoised_latents, frames)");
   bench->add_option("--quant-algo", b.quant_algo, "transformer, pipeline: quantize the linear layers: FP8, FP8_BLOCK_SCALES or NVFP4 (as generate's --quant-algo)");
+  bench->add_flag("--quant-fast-accum", b.quant_fast_accum, "transformer, pipeline: FP8 GEMMs with cuBLASLt's fast accumulation (as generate's)");
   bench->add_flag("--quant-static", b.quant_static, "transformer, pipeline: the checkpoint is ModelOpt-exported (pre-quantized)");
   bench->add_option("--save-output", b.save_output, "transformer, vae: write the output of one forward/decode/encode as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
@@ -741,6 +756,8 @@ int main(int argc, char** argv) {
     if (gen->parsed()) return run_generate(g);
     if (info->parsed()) {
       if (info_quant_algo) info_quant.quant_algo = parse_quant_algo(*info_quant_algo, "--quant-algo");
+      if (info_quant.fast_accum && !quant_fast_accum_applies(info_quant.quant_algo))
+        fail("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES");
       return run_info(info_model, info_quant);
     }
     if (srv->parsed()) {

@@ -103,6 +103,8 @@ std::string quant_algo_name(QuantAlgo algo) {
   return "?";
 }
 
+bool quant_fast_accum_applies(QuantAlgo algo) { return algo == QuantAlgo::FP8 || algo == QuantAlgo::FP8Blockwise; }
+
 QuantAlgo parse_quant_algo(const std::string& text, const std::string& flag) { return parse_choice(kQuantAlgos, text, flag); }
 QuantAlgo parse_linear_type(const std::string& text, const std::string& flag) { return parse_choice(kLinearTypes, text, flag); }
 
@@ -134,6 +136,11 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   c.quant_config.ignore = quant.string_list("ignore");
   for (size_t i = 0; i < c.quant_config.ignore.size(); ++i)
     if (c.quant_config.ignore[i].empty()) quant.fail_value(fmt::format("ignore[{}]", i), "empty pattern");
+  c.quant_config.fast_accum = quant.boolean("fast_accum", c.quant_config.fast_accum);
+  if (c.quant_config.fast_accum && !quant_fast_accum_applies(c.quant_config.quant_algo))
+    quant.fail_value("fast_accum", fmt::format("true applies to the FP8 GEMMs only (quant_algo FP8 or "
+                                               "FP8_BLOCK_SCALES, not {})",
+                                               quant_algo_name(c.quant_config.quant_algo)));
   quant.reject_unknown();
 
   c.cache_config = read_cache_config(r.section("cache_config"));
@@ -160,6 +167,10 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   const ConfigReader conv = r.section("conv");
   c.conv.autotune = conv.boolean("autotune", c.conv.autotune);
   conv.reject_unknown();
+
+  const ConfigReader gemm = r.section("gemm");
+  c.gemm.autotune = gemm.boolean("autotune", c.gemm.autotune);
+  gemm.reject_unknown();
 
   const ConfigReader offload = r.section("offload");
   c.offload.text_encoder = offload.boolean("text_encoder", c.offload.text_encoder);
@@ -206,6 +217,9 @@ ExecutionSettings execution_settings(const EngineConfig& config, ExecutionSettin
     base.attention_backend = attention_backend_name(config.attention.backend);
   base.cuda_graphs = config.cuda_graph.enabled;
   base.conv_autotune = config.conv.autotune;
+  // Either switch turns GEMM autotuning off: the section's default (true) keeps the
+  // environment's VGEN_GEMM_AUTOTUNE=0.
+  base.gemm_autotune = base.gemm_autotune && config.gemm.autotune;
   return base;
 }
 

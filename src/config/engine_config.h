@@ -1,12 +1,13 @@
 // The engine's YAML configuration file: how the model runs (quantization, caching,
 // parallelism, attention backend, CUDA graphs), as opposed to what a request generates.
 //
-//   quant_config: {quant_algo: FP8, dynamic: true, ignore: ["proj_out", "blocks.0.*"]}
+//   quant_config: {quant_algo: FP8, dynamic: true, ignore: ["proj_out", "blocks.0.*"], fast_accum: false}
 //   cache_config: {cache_backend: teacache, teacache_thresh: 0.2, use_ret_steps: true}  (config/cache_config.h)
 //   parallel_config: {cfg_size: 1, ulysses_size: 1, ring_size: 1, parallel_vae: false}
 //   attention:   {backend: auto}
 //   cuda_graph:  {enabled: true}
 //   conv:        {autotune: true}
+//   gemm:        {autotune: true}
 //   offload:     {text_encoder: false, idle_expert: false}
 //
 // Every section and key is optional (absent = the default below). Parsing is strict: an
@@ -36,6 +37,10 @@ struct QuantConfig {
   // Module-name patterns (fnmatch-style, e.g. "blocks.0.*", "proj_out") left unquantized;
   // a fused projection is kept unquantized when any of its parts matches.
   std::vector<std::string> ignore;
+  // FP8 GEMMs on the GPU accumulate without cuBLASLt's periodic promotion of partial sums to
+  // float32 (CUBLASLT_MATMUL_DESC_FAST_ACCUM, torch._scaled_mm's use_fast_accum): faster,
+  // slightly less accurate. Nothing changes on the CPU (its reference accumulates in float32).
+  bool fast_accum = false;
   bool enabled() const { return quant_algo != QuantAlgo::None; }
 };
 
@@ -44,6 +49,9 @@ struct QuantConfig {
 // "default"); an unknown name is an error naming `flag` and listing the choices.
 QuantAlgo parse_quant_algo(const std::string& text, const std::string& flag);
 QuantAlgo parse_linear_type(const std::string& text, const std::string& flag);
+// Whether quant_config.fast_accum means anything for `algo` (the FP8 formats; NVFP4 runs the
+// bf16 GEMM).
+bool quant_fast_accum_applies(QuantAlgo algo);
 
 // GPUs (or CPU threads) = cfg_size x ulysses_size x ring_size.
 struct ParallelConfig {
@@ -71,6 +79,12 @@ struct ConvConfig {
   bool autotune = true;
 };
 
+struct GemmConfig {
+  // Time cuBLASLt's leading algorithms for each GEMM shape on its first call and keep the
+  // fastest (a one-time cost per shape, outside CUDA graph capture).
+  bool autotune = true;
+};
+
 struct OffloadConfig {
   bool text_encoder = false;  // free the text encoder between generations (reloaded for each)
   // Two-expert models (Wan2.2 A14B): only the expert whose turn it is on the GPU, the other in
@@ -86,6 +100,7 @@ struct EngineConfig {
   AttentionConfig attention;
   CudaGraphConfig cuda_graph;
   ConvConfig conv;
+  GemmConfig gemm;
   OffloadConfig offload;
 };
 
@@ -105,7 +120,7 @@ std::string quant_algo_name(QuantAlgo algo);
 std::string attention_backend_name(AttentionBackend backend);
 
 // How the configured engine runs ops: `base` (a front end passes
-// ExecutionSettings::from_environment()) with the attention, cuda_graph and conv sections
+// ExecutionSettings::from_environment()) with the attention, cuda_graph, conv and gemm sections
 // applied (attention `auto` keeps base's choice). The one place an EngineConfig becomes
 // ExecutionSettings.
 ExecutionSettings execution_settings(const EngineConfig& config,

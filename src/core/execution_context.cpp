@@ -29,6 +29,7 @@ ExecutionSettings ExecutionSettings::from_environment() {
   if (const char* a = std::getenv("VGEN_ATTENTION_BACKEND"); a != nullptr && *a != '\0') s.attention_backend = a;
   s.allow_tf32 = env_flag("VGEN_ALLOW_TF32", true);
   s.conv_autotune = env_flag("VGEN_CONV_AUTOTUNE", false);
+  s.gemm_autotune = env_flag("VGEN_GEMM_AUTOTUNE", true);
   s.profile_ops = env_flag("VGEN_PROFILE_OPS", false);
   return s;
 }

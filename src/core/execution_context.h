@@ -1,6 +1,6 @@
 // ExecutionContext: everything that decides how ops run, in one object instead of process
-// globals. A context holds its settings (attention kernel, TF32, convolution autotuning,
-// CUDA graphs), one runtime per device it touches (for the GPU: its own stream, cuBLASLt and
+// globals. A context holds its settings (attention kernel, TF32, convolution and GEMM
+// autotuning, CUDA graphs), one runtime per device it touches (for the GPU: its own stream, cuBLASLt and
 // cuDNN handles and plan caches), and the place of this process among several (rank, world
 // size; a communicator comes with sequence/CFG parallelism).
 //
@@ -35,13 +35,16 @@ struct ExecutionSettings {
   // Time cuDNN's leading engines per convolution shape and keep the fastest
   // (torch.backends.cudnn.benchmark).
   bool conv_autotune = false;
+  // Time cuBLASLt's leading heuristic algorithms per GEMM shape on its first call and keep the
+  // fastest (bf16/f16/f32 and FP8 GEMMs); off: the heuristic's first choice.
+  bool gemm_autotune = true;
   // Replay the transformer step from a CUDA graph per input shape.
   bool cuda_graphs = true;
   // Time every GPU op (synchronizing around each) and print a table when the context ends.
   bool profile_ops = false;
 
   // The defaults with the environment's overrides (VGEN_ATTENTION_BACKEND, VGEN_ALLOW_TF32,
-  // VGEN_CONV_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
+  // VGEN_CONV_AUTOTUNE, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
   // front ends start from before applying their flags.
   static ExecutionSettings from_environment();
 };

@@ -101,6 +101,7 @@ Linear Linear::load(const Weights& weights, const std::string& prefix, const Sha
                        .to(weights.device());
     else
       l.qweight_ = read_static(weights, prefix, format, out, in);
+    l.qweight_.fast_accum = weights.quant()->fast_accum;
     if (bias) l.bias_ = weights.load(prefix + ".bias", {out});
     return l;
   }
@@ -142,6 +143,7 @@ Linear Linear::fused(const Weights& weights, const std::vector<std::string>& pre
   if (weights.quant()->dynamic) {
     // One weight: the concatenation quantized as a whole (one scale for the fused GEMM).
     l.qweight_ = quantize_weight(ops::cat(ws, 0), format, name).to(weights.device());
+    l.qweight_.fast_accum = weights.quant()->fast_accum;
     return l;
   }
   std::vector<QuantizedWeight> parts;
@@ -171,6 +173,7 @@ Linear Linear::fused(const Weights& weights, const std::vector<std::string>& pre
     }
   }
   l.qweight_ = q.to(weights.device());
+  l.qweight_.fast_accum = weights.quant()->fast_accum;
   return l;
 }
 
@@ -189,7 +192,8 @@ int64_t Linear::out_features() const {
 }
 
 std::string Linear::format() const {
-  if (qweight_.defined()) return quant_format_name(qweight_.format);
+  if (qweight_.defined())
+    return std::string(quant_format_name(qweight_.format)) + (qweight_.fast_accum ? ", fast accumulation" : "");
   return weight_.defined() ? std::string(dtype_name(weight_.dtype())) : "undefined";
 }
 

@@ -55,7 +55,8 @@ class Linear {
   const Tensor& bias() const { return bias_; }      // [out_features], or undefined
   bool quantized() const { return qweight_.defined(); }
   const QuantizedWeight& quantized_weight() const { return qweight_; }
-  // The weight's format for reports: the dtype ("BF16") or the quantized format ("fp8 per-tensor").
+  // The weight's format for reports: the dtype ("BF16") or the quantized format ("fp8 per-tensor",
+  // with ", fast accumulation" under quant_config.fast_accum).
   std::string format() const;
   // Bytes of the weight (data and scales; the bias not counted).
   int64_t weight_bytes() const;

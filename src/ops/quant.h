@@ -51,6 +51,8 @@ struct QuantizedWeight {
   Tensor weight_scale;    // F32 [1] | F32 [ceil(N/128), ceil(K/128)] | F8_E4M3 [N, K/16]
   Tensor weight_scale_2;  // NVFP4: F32 [1]
   Tensor input_scale;     // F32 [1]: a static checkpoint's activation scale (FP8: used); else undefined
+  // FP8 on the GPU: cuBLASLt's fast accumulation (quant_config.fast_accum); no effect elsewhere.
+  bool fast_accum = false;
   bool defined() const { return data.defined(); }
   QuantizedWeight to(Device device) const;
   // Bytes of data and scales.

@@ -610,6 +610,9 @@ TEST(Cli, QuantizationFlags) {
   EXPECT_NE(r.out.find("transformer: 1 F32, 2 F32 (kept in float32), 33 fp8 per-tensor (quantized while loading)"),
             std::string::npos)
       << r.out;
+  r = run("info " + fixture("wan21_t2v_tiny") + " --quant-algo FP8 --quant-fast-accum --quant-ignore proj_out");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("33 fp8 per-tensor, fast accumulation (quantized while loading)"), std::string::npos) << r.out;
   r = run("info " + fixture("wan21_t2v_tiny"));
   EXPECT_NE(r.out.find("transformer: 34 F32, 2 F32 (kept in float32)"), std::string::npos) << r.out;
 
@@ -629,10 +632,41 @@ TEST(Cli, QuantizationFlags) {
   EXPECT_NE(r.out.find("--quant-algo and --linear-type name the same setting"), std::string::npos) << r.out;
   r = run(base + "--quant-static -o " + out);
   EXPECT_NE(r.out.find("--quant-static needs --quant-algo"), std::string::npos) << r.out;
+  for (const char* flags : {"--quant-fast-accum", "--quant-algo NVFP4 --quant-fast-accum"}) {
+    r = run(base + flags + " -o " + out);
+    EXPECT_NE(r.code, 0) << flags;
+    EXPECT_NE(r.out.find("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES"), std::string::npos) << r.out;
+  }
   // A bf16/fp32 checkpoint read as a static one: the tensor and the dtype it should have.
   r = run(base + "--quant-algo FP8 --quant-static -o " + out);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find(".weight: expected F8_E4M3"), std::string::npos) << r.out;
+}
+
+// --quant-fast-accum and --no-gemm-autotune reach the pipeline's options (the bench JSON reports
+// them); on the CPU neither changes a value: the same image with and without (on a GPU both may
+// change the last bits, so the generations run on the CPU).
+TEST(Cli, FastAccumulationAndGemmAutotuneFlags) {
+  const std::string tiny = fixture("wan21_t2v_tiny");
+  const std::string size = " --device cpu --height 32 --width 48 --num-frames 5 --text-len 8 --warmup 0 --iters 1";
+  Result r = run("bench transformer --model " + tiny + size + " --quant-algo FP8 --quant-fast-accum --no-gemm-autotune");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"quant_fast_accum\":true"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"gemm_autotune\":false"), std::string::npos) << r.out;
+  r = run("bench transformer --model " + tiny + size + " --quant-algo FP8");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"quant_fast_accum\":false"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"gemm_autotune\":true"), std::string::npos) << r.out;
+
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_fast_accum";
+  fs::create_directories(dir);
+  const std::string base =
+      "generate --model " + tiny + kQuick + "--device cpu --height 32 --width 48 --num-frames 1 --quant-algo FP8 ";
+  r = run(base + "-o " + (dir / "plain.png").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run(base + "--quant-fast-accum --no-gemm-autotune -o " + (dir / "fast.png").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(vgen::media::read_file((dir / "plain.png").string()), vgen::media::read_file((dir / "fast.png").string()));
 }
 
 // TaylorSeer through the --cache-* flags: its skipped calls in the summary line, its flags

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 
+#include "core/random.h"
 #include "io/json.h"
 #include "models/wan/transformer_wan.h"
 #include "nn/linear.h"
@@ -290,4 +291,26 @@ TEST(QuantLinear, IgnorePatternsAndFusedProjections) {
   qc->ignore = {"*.to_k"};
   EXPECT_FALSE(nn::Linear::fused(weights, {"blocks.0.attn1.to_q", "blocks.0.attn1.to_k", "blocks.0.attn1.to_v"}, 48, 48)
                    .quantized());
+}
+
+// quant_config.fast_accum reaches every quantized weight (one layer, a fused projection) for the
+// GPU's FP8 GEMM, and the layer's format says so; on the CPU the products stay the same.
+TEST(QuantLinear, FastAccumulationReachesTheWeights) {
+  const WeightStore store = WeightStore::open_dir(fixture("wan21_t2v_tiny/transformer"));
+  auto qc = std::make_shared<QuantConfig>();
+  qc->quant_algo = QuantAlgo::FP8;
+  const nn::Weights plain(store, DType::F32, Device::cpu(), nullptr, qc);
+  const nn::Linear slow(plain, "blocks.0.ffn.net.2", 64, 48);
+  EXPECT_FALSE(slow.quantized_weight().fast_accum);
+  auto fast_qc = std::make_shared<QuantConfig>(*qc);
+  fast_qc->fast_accum = true;
+  const nn::Weights fast(store, DType::F32, Device::cpu(), nullptr, fast_qc);
+  const nn::Linear layer(fast, "blocks.0.ffn.net.2", 64, 48);
+  EXPECT_TRUE(layer.quantized_weight().fast_accum);
+  EXPECT_EQ(layer.format(), "fp8 per-tensor, fast accumulation");
+  const nn::Linear qkv = nn::Linear::fused(fast, {"blocks.0.attn1.to_q", "blocks.0.attn1.to_k", "blocks.0.attn1.to_v"}, 48, 48);
+  ASSERT_TRUE(qkv.quantized());
+  EXPECT_TRUE(qkv.quantized_weight().fast_accum);
+  const Tensor x = randn({5, 64}, 11);
+  EXPECT_TRUE(same_bytes(layer.forward(x), slow.forward(x)));  // the CPU reference has no fast accumulation
 }

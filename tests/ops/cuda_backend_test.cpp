@@ -1,8 +1,8 @@
 // What is particular to the CUDA backend and is not one op's values against the CPU (those are
 // all in tests/ops/backend_ops_test.cpp): host round trips of every dtype, fills the CPU cannot
 // do, refusals, the layouts of outputs, which attention implementation runs and that the kernel
-// choice and TF32 belong to the execution context, the im2col convolution fallback, and
-// matmul_float32_out. Skipped when no CUDA device is usable.
+// choice, TF32 and GEMM autotuning belong to the execution context, the im2col convolution
+// fallback, and matmul_float32_out. Skipped when no CUDA device is usable.
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
@@ -34,6 +34,7 @@ using vgen::testing::kGpu;
 using vgen::testing::rel_l2;
 using vgen::testing::ScopedContext;
 using vgen::testing::with_attention;
+using vgen::testing::with_gemm_autotune;
 using vgen::testing::with_tf32;
 
 namespace {
@@ -263,6 +264,67 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
     for (const Shape& shape : std::vector<Shape>{{2, 96, 2, 5, 7}, {1, 3, 3, 4, 6}, {1, 2, 1, 3, 3}}) {
       const Tensor x = gpu(rnd(shape, DType::F32, 10.0f)).to(dt).to_channels_last_3d();
       EXPECT_TRUE(ops::upsample_nearest2x(x).is_channels_last_3d()) << dtype_name(dt) << " " << shape_str(shape);
+    }
+  }
+}
+
+// ---- GEMM autotuning belongs to the context ----------------------------------------------------
+
+// Two contexts alive at once, one timing cuBLASLt's candidates per shape and one taking the
+// heuristic's first, used in turns (the second round reuses the cached plans): both hold the
+// CPU's values within the backend-ops bounds. Algorithms may differ in the last bits (split-K,
+// tile order), never beyond these: float32 1e-5 (2e-5 for K = 1024, longer sums), 16-bit 1e-2
+// (one rounding of the output); the FP8 GEMMs 1e-2 for a bf16 output, fast accumulation too.
+// All but the first shape are above kBlasAutotuneMinFlops (2^27), so that they are timed.
+TEST(CudaBackend, GemmAutotuneBelongsToTheContext) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    DType d;
+    Shape xs;
+    int64_t N;
+    bool bias;
+    Activation act;
+    double tol;
+  };
+  const std::vector<Case> cases = {
+      {DType::F32, {3, 13, 71}, 45, true, Activation::None, 1e-5},
+      {DType::F32, {257, 1024}, 320, true, Activation::Silu, 2e-5},
+      {DType::BF16, {2, 300, 1024}, 640, true, Activation::GeluTanh, 1e-2},
+      {DType::F16, {384, 512}, 512, false, Activation::None, 1e-2},
+  };
+  std::vector<std::array<Tensor, 4>> inputs;  // x, w, b, the CPU's result
+  for (const Case& c : cases) {
+    const Tensor x = rnd(c.xs, c.d), w = rnd({c.N, c.xs.back()}, c.d, 0.05f), b = c.bias ? rnd({c.N}, c.d, 0.1f) : Tensor();
+    inputs.push_back({x, w, b, ops::linear(x, w, b, c.act)});
+  }
+  // FP8 per-tensor and blockwise, bf16 in and out, with and without fast accumulation.
+  const Tensor qx = rnd({512, 512}, DType::BF16), qw = rnd({384, 512}, DType::F32, 0.05f), qb = rnd({384}, DType::BF16, 0.1f);
+  std::vector<QuantizedWeight> qweights;
+  std::vector<Tensor> qwant;
+  for (QuantFormat f : {QuantFormat::Fp8PerTensor, QuantFormat::Fp8Block})
+    for (bool fast : {false, true}) {
+      QuantizedWeight w = quantize_weight(qw, f, "w");
+      w.fast_accum = fast;  // the CPU has no fast accumulation: the same reference
+      qwant.push_back(ops::quantized_linear(qx, w, qb, Activation::None));
+      qweights.push_back(w.to(kGpu));
+    }
+
+  ExecutionContext tuned(kGpu, with_gemm_autotune(true));
+  ExecutionContext untuned(kGpu, with_gemm_autotune(false));
+  for (int round = 0; round < 2; ++round) {
+    for (ExecutionContext* context : {&tuned, &untuned}) {
+      const ContextScope scope(*context);
+      const std::string which = fmt::format("autotune {}, round {}", context->settings().gemm_autotune, round);
+      for (size_t i = 0; i < cases.size(); ++i) {
+        const Case& c = cases[i];
+        const auto& [x, w, b, want] = inputs[i];
+        expect_close(ops::linear(gpu(x), gpu(w), gpu(b), c.act), want, c.tol,
+                     fmt::format("linear {} {} x [{}, {}], {}", dtype_name(c.d), shape_str(c.xs), c.N, c.xs.back(), which));
+      }
+      for (size_t i = 0; i < qweights.size(); ++i)
+        expect_close(ops::quantized_linear(gpu(qx), qweights[i], gpu(qb), Activation::None), qwant[i], 1e-2,
+                     fmt::format("quantized_linear {}{}, {}", quant_format_name(qweights[i].format),
+                                 qweights[i].fast_accum ? " fast accumulation" : "", which));
     }
   }
 }

@@ -212,12 +212,15 @@ def test_engine_args_are_validated_as_the_yaml_config(tmp_path):
                            offload={"text_encoder": True})._options()
     assert (o.device, o.dtype, o.cuda_graphs, o.attention_backend, o.offload_text_encoder) == (
         "cpu", "F32", False, "reference", True)
+    assert not vgen.VisualGenArgs(device="cpu", gemm_autotune=False)._options().gemm_autotune
+    with pytest.raises(vgen.Error, match="quant_config.fast_accum"):
+        vgen.VisualGenArgs(device="cpu", quant_config={"quant_algo": "NVFP4", "fast_accum": True})._options()
     # Same config through a YAML file as vgen serve reads it.
     yaml_file = tmp_path / "engine.yaml"
-    yaml_file.write_text("cuda_graph:\n  enabled: false\nconv: {autotune: false}\n")
+    yaml_file.write_text("cuda_graph:\n  enabled: false\nconv: {autotune: false}\ngemm: {autotune: false}\n")
     pytest.importorskip("yaml")
     o = vgen.VisualGenArgs.from_yaml(yaml_file, device="cpu")._options()
-    assert (o.cuda_graphs, o.conv_autotune) == (False, False)
+    assert (o.cuda_graphs, o.conv_autotune, o.gemm_autotune) == (False, False, False)
 
 
 def test_image_to_video_from_a_pil_image(tmp_path):

@@ -35,6 +35,7 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_EQ(c.quant_config.quant_algo, QuantAlgo::None);
     EXPECT_TRUE(c.quant_config.dynamic);
     EXPECT_TRUE(c.quant_config.ignore.empty());
+    EXPECT_FALSE(c.quant_config.fast_accum);
     EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::None);
     EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.2);
     EXPECT_TRUE(c.cache_config.use_ret_steps);
@@ -45,6 +46,7 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_EQ(c.attention.backend, AttentionBackend::Auto);
     EXPECT_TRUE(c.cuda_graph.enabled);
     EXPECT_TRUE(c.conv.autotune);
+    EXPECT_TRUE(c.gemm.autotune);
     EXPECT_TRUE(unimplemented_features(c).empty());
     EXPECT_NO_THROW(require_implemented(c, "engine.yaml"));
   }
@@ -56,6 +58,7 @@ quant_config:
   quant_algo: FP8_BLOCK_SCALES
   dynamic: false
   ignore: ["proj_out", "blocks.0.*"]
+  fast_accum: true
 cache_config:
   cache_backend: teacache
   teacache_thresh: 0.08
@@ -73,11 +76,14 @@ cuda_graph:
   enabled: false
 conv:
   autotune: false
+gemm:
+  autotune: false
 )",
                                              "engine.yaml");
   EXPECT_EQ(c.quant_config.quant_algo, QuantAlgo::FP8Blockwise);
   EXPECT_FALSE(c.quant_config.dynamic);
   EXPECT_EQ(c.quant_config.ignore, (std::vector<std::string>{"proj_out", "blocks.0.*"}));
+  EXPECT_TRUE(c.quant_config.fast_accum);
   EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::TeaCache);
   EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.08);
   EXPECT_FALSE(c.cache_config.use_ret_steps);
@@ -90,6 +96,7 @@ conv:
   EXPECT_EQ(c.attention.backend, AttentionBackend::Flash);
   EXPECT_FALSE(c.cuda_graph.enabled);
   EXPECT_FALSE(c.conv.autotune);
+  EXPECT_FALSE(c.gemm.autotune);
 
   // What `vgen serve` does not run yet: named, not silently ignored.
   const std::vector<std::string> missing = unimplemented_features(c);
@@ -178,6 +185,21 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("quant_config: {ignore: [{a: 1}]}"), "quant_config.ignore[0]: expected a string");
   expect_contains(parse_error("quant_config: {ignore: ['']}"), "quant_config.ignore[0]");
   expect_contains(parse_error("quant_config: {dynamic: 1}"), "quant_config.dynamic: expected true or false");
+  expect_contains(parse_error("quant_config: {quant_algo: FP8, fast_accum: 1}"),
+                  "quant_config.fast_accum: expected true or false, got '1'");
+  expect_contains(parse_error("quant_config: {quant_algo: FP8, fast_accum: [true]}"),
+                  "quant_config.fast_accum: expected true or false");
+  // Fast accumulation is the FP8 GEMMs': with no quantization or NVFP4 (W4A16) it is an error.
+  expect_contains(parse_error("quant_config: {fast_accum: true}"),
+                  "quant_config.fast_accum: true applies to the FP8 GEMMs only (quant_algo FP8 or FP8_BLOCK_SCALES, not none)");
+  expect_contains(parse_error("quant_config: {quant_algo: NVFP4, fast_accum: true}"), "not NVFP4");
+  EXPECT_NO_THROW(parse_engine_config("quant_config: {fast_accum: false}", "engine.yaml"));
+  EXPECT_TRUE(parse_engine_config("quant_config: {quant_algo: FP8_BLOCK_SCALES, fast_accum: true}", "engine.yaml")
+                  .quant_config.fast_accum);
+  expect_contains(parse_error("gemm: {autotune: 0}"), "gemm.autotune: expected true or false, got '0'");
+  expect_contains(parse_error("gemm: {autotune: on, tune: true}"), "gemm.");
+  expect_contains(parse_error("gemm: {tune: true}"), "gemm.tune: unknown key");
+  expect_contains(parse_error("gemm: false"), "gemm: expected a mapping");
   expect_contains(parse_error("parallel_config: {cfg_size: 3}"), "parallel_config.cfg_size: 3 is out of range [1, 2]");
   expect_contains(parse_error("parallel_config: {ulysses_size: 0}"), "parallel_config.ulysses_size: 0 is out of range");
   expect_contains(parse_error("parallel_config: {ulysses_size: [2]}"), "parallel_config.ulysses_size: expected an integer");
@@ -268,17 +290,19 @@ TEST(EngineConfig, LoadFromFile) {
   }
 }
 
-// The attention, cuda_graph and conv sections become the pipeline's ExecutionSettings, over
-// the base the front end passes; settings the file has no say in stay as the base has them.
+// The attention, cuda_graph, conv and gemm sections become the pipeline's ExecutionSettings,
+// over the base the front end passes; settings the file has no say in stay as the base has them.
 TEST(EngineConfig, ExecutionSettingsFromTheSections) {
   ExecutionSettings base;
   base.attention_backend = "cudnn";
   base.allow_tf32 = false;
   base.profile_ops = true;
   const ExecutionSettings s = execution_settings(
-      parse_engine_config("attention: {backend: reference}\ncuda_graph: {enabled: false}\nconv: {autotune: false}\n",
+      parse_engine_config("attention: {backend: reference}\ncuda_graph: {enabled: false}\nconv: {autotune: false}\n"
+                          "gemm: {autotune: false}\n",
                           "engine.yaml"),
       base);
+  EXPECT_FALSE(s.gemm_autotune);
   EXPECT_EQ(s.attention_backend, "reference");
   EXPECT_FALSE(s.cuda_graphs);
   EXPECT_FALSE(s.conv_autotune);
@@ -291,6 +315,12 @@ TEST(EngineConfig, ExecutionSettingsFromTheSections) {
   EXPECT_EQ(d.attention_backend, "cudnn");
   EXPECT_TRUE(d.cuda_graphs);
   EXPECT_TRUE(d.conv_autotune);
+  EXPECT_TRUE(d.gemm_autotune);
+  // GEMM autotuning is off when either says so: the section's default keeps the base's (the
+  // environment's VGEN_GEMM_AUTOTUNE=0) off.
+  base.gemm_autotune = false;
+  EXPECT_FALSE(execution_settings(parse_engine_config("", "engine.yaml"), base).gemm_autotune);
+  EXPECT_FALSE(execution_settings(parse_engine_config("gemm: {autotune: true}", "engine.yaml"), base).gemm_autotune);
 }
 
 TEST(EngineConfig, QuantFlagsSpellings) {

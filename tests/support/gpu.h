@@ -24,6 +24,11 @@ inline ExecutionSettings with_tf32(bool allow) {
   s.allow_tf32 = allow;
   return s;
 }
+inline ExecutionSettings with_gemm_autotune(bool on) {
+  ExecutionSettings s = ExecutionSettings::from_environment();
+  s.gemm_autotune = on;
+  return s;
+}
 
 // A fresh execution context bound to this thread until the object goes: ops in the scope run
 // with its settings (make the tensors inside the scope too, on its stream).

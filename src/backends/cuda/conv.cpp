@@ -90,11 +90,6 @@ std::unordered_map<int64_t, void*> variant_pack(const Conv& c, bool fuse_bias) {
   return pack;
 }
 
-bool stream_capturing() {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  return cudaStreamIsCapturing(stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
-}
-
 // Builds the first kConvAutotunePlans candidates of g and times them on c's buffers (y is
 // overwritten), leaving the fastest as g's plan; false (g unchanged) when that fails.
 bool autotune(cudnnHandle_t handle, fe::graph::Graph& g, const Conv& c, bool fuse_bias) {

@@ -17,6 +17,12 @@ namespace vgen::cuda {
 CudaBackend& active();
 // The active backend's stream: every kernel, copy and library call is queued on it.
 inline cudaStream_t stream() { return active().stream(); }
+// Whether the active stream is capturing a CUDA graph: launches are recorded, not run, so
+// nothing may be timed or waited for (the autotuners leave their choice for an eager call).
+inline bool stream_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone;
+}
 // Properties of the active backend's device (read once per device).
 const cudaDeviceProp& device_properties();
 

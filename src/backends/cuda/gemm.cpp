@@ -12,6 +12,10 @@
 // operand's dtype, as on the CPU. The bias is a fused epilogue (BIAS), and so is gelu-tanh for
 // BF16/F16 (GELU_BIAS is the tanh approximation); erf-GELU, SiLU and float32 gelu-tanh run
 // after the product.
+//
+// Algorithms: cuBLASLt's heuristic first choice, or with ExecutionSettings::gemm_autotune the
+// fastest of its leading candidates, timed on the shape's first (eager) call (blas_autotune.h;
+// algorithms may differ in the last bits).
 #include <cublasLt.h>
 
 #include <array>
@@ -20,6 +24,7 @@
 #include <mutex>
 #include <optional>
 
+#include "backends/cuda/blas_autotune.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
 #include "ops/ops.h"
@@ -143,7 +148,7 @@ struct Problem {
 struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
-  cublasLtMatmulAlgo_t algo{};
+  cublasLtMatmulAlgo_t algo{};  // the heuristic's first, or the fastest of its candidates (autotuning)
   bool ok = false;  // false: the heuristic found no algorithm (cached too)
 };
 
@@ -197,6 +202,7 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int64_t co
   return l;
 }
 
+// The plan of p, its algorithm chosen on p's own operands (timed with autotuning: D is written).
 Plan make_plan(State& st, const Problem& p, const std::string& what) {
   Plan plan;
   const cudaDataType_t type = blas_type(p.dtype);
@@ -242,15 +248,22 @@ Plan make_plan(State& st, const Problem& p, const std::string& what) {
   check_blas(
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)),
       "set alignment", what);
-  cublasLtMatmulHeuristicResult_t result{};
+  const bool tune = gemm_autotune_now() && gemm_worth_autotuning(p.batch, p.M, p.N, p.K);
+  std::array<cublasLtMatmulHeuristicResult_t, kBlasAutotuneCandidates> results{};
   int found = 0;
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(st.handle, plan.desc, plan.la, plan.lb, plan.ld, plan.ld,
-                                                               pref, 1, &result, &found);
+                                                               pref, tune ? kBlasAutotuneCandidates : 1, results.data(),
+                                                               &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
-    plan.algo = result.algo;
-    plan.ok = true;
-  } else if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED) {
+  if (status == CUBLAS_STATUS_SUCCESS) {
+    const BlasCall call{st.handle, plan.desc, p.a.ptr, plan.la, p.b.ptr, plan.lb,
+                        p.d,       plan.ld,   st.workspace.raw_data(), kWorkspaceBytes};
+    const int chosen = choose_algorithm(call, results.data(), found, tune, what);
+    if (chosen >= 0) {
+      plan.algo = results[chosen].algo;
+      plan.ok = true;
+    }
+  } else if (status != CUBLAS_STATUS_NOT_SUPPORTED) {
     check_blas(status, "algorithm heuristic", what);
   }
   return plan;

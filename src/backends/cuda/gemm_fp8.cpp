@@ -14,6 +14,17 @@
 // algorithm for the problem) take the fallback, the quantized activation and weight expanded
 // to x's dtype and the ordinary linear (the same values up to the rounding of the expansion).
 //
+// Algorithms: the heuristic's first, or with ExecutionSettings::gemm_autotune the fastest of its
+// leading candidates timed on the shape's first call (blas_autotune.h), as in gemm.cpp.
+//
+// Fast accumulation (QuantizedWeight::fast_accum, from quant_config.fast_accum): Hopper's FP8
+// tensor cores accumulate in reduced precision, and cuBLASLt by default promotes the partial
+// sums to float32 at intervals along K; CUBLASLT_MATMUL_DESC_FAST_ACCUM skips the promotion
+// (torch._scaled_mm's use_fast_accum): faster, slightly less accurate. It is asked for in both
+// FP8 formats. The blockwise scale modes rescale every 128-wide K group in float32 anyway, and
+// may reject the flag: a blockwise plan that finds no algorithm with it is made again without
+// it (logged once per shape), rather than losing the FP8 GEMM to the fallback.
+//
 // NVFP4 (W4A16): no tensor cores before Blackwell multiply e2m1, so the weight is expanded to
 // x's dtype (e2m1 * e4m3 block scale * global scale, one rounding) by one kernel into a
 // temporary and multiplied by the bf16 GEMM. For Wan's shapes (tens of thousands of tokens)
@@ -25,6 +36,9 @@
 #include <map>
 #include <mutex>
 
+#include <spdlog/spdlog.h>
+
+#include "backends/cuda/blas_autotune.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/quant.cuh"
@@ -56,8 +70,16 @@ struct Fp8Plan {
   bool ok = false;
 };
 
-// (format, out dtype, M, N, K, epilogue, alignments of x_q, w_q, D, bias)
-using Fp8Key = std::array<int64_t, 10>;
+void destroy(Fp8Plan& plan) {
+  if (plan.la) cublasLtMatrixLayoutDestroy(plan.la);
+  if (plan.lb) cublasLtMatrixLayoutDestroy(plan.lb);
+  if (plan.ld) cublasLtMatrixLayoutDestroy(plan.ld);
+  if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
+  plan = Fp8Plan{};
+}
+
+// (format, out dtype, M, N, K, epilogue, alignments of x_q, w_q, D, bias, fast accumulation asked for)
+using Fp8Key = std::array<int64_t, 11>;
 
 struct Fp8State {
   explicit Fp8State(CudaBackend& backend)
@@ -65,12 +87,7 @@ struct Fp8State {
     check_blas(cublasLtCreate(&handle), "create handle", "");
   }
   ~Fp8State() {
-    for (auto& [key, plan] : plans) {
-      if (plan.la) cublasLtMatrixLayoutDestroy(plan.la);
-      if (plan.lb) cublasLtMatrixLayoutDestroy(plan.lb);
-      if (plan.ld) cublasLtMatrixLayoutDestroy(plan.ld);
-      if (plan.desc) cublasLtMatmulDescDestroy(plan.desc);
-    }
+    for (auto& [key, plan] : plans) destroy(plan);
     if (handle) cublasLtDestroy(handle);
   }
   Fp8State(const Fp8State&) = delete;
@@ -89,11 +106,13 @@ struct Fp8Problem {
   const void *a = nullptr, *b = nullptr, *a_scale = nullptr, *b_scale = nullptr, *bias = nullptr;
   void* d = nullptr;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  bool fast_accum = false;  // CUBLASLT_MATMUL_DESC_FAST_ACCUM
 };
 
 std::string problem_str(const Fp8Problem& p) {
-  return fmt::format("{} e4m3 x e4m3 -> {}, M {} N {} K {}, epilogue {}", quant_format_name(p.format),
-                     dtype_name(p.out), p.M, p.N, p.K, static_cast<int>(p.epilogue));
+  return fmt::format("{} e4m3 x e4m3 -> {}, M {} N {} K {}, epilogue {}{}", quant_format_name(p.format),
+                     dtype_name(p.out), p.M, p.N, p.K, static_cast<int>(p.epilogue),
+                     p.fast_accum ? ", fast accumulation" : "");
 }
 
 void set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const void* value, size_t size,
@@ -101,7 +120,9 @@ void set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const v
   check_blas(cublasLtMatmulDescSetAttribute(desc, attr, value, size), what, detail);
 }
 
-Fp8Plan make_plan(Fp8State& st, const Fp8Problem& p) {
+// The plan of p with fast accumulation set as `fast_accum` says, its algorithm chosen on p's own
+// operands (timed with autotuning: D is written).
+Fp8Plan make_plan(Fp8State& st, const Fp8Problem& p, bool fast_accum) {
   const std::string what = problem_str(p);
   Fp8Plan plan;
   check_blas(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "create matmul descriptor", what);
@@ -109,6 +130,10 @@ Fp8Plan make_plan(Fp8State& st, const Fp8Problem& p) {
   set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa), "set transA", what);
   set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb), "set transB", what);
   set(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &p.epilogue, sizeof(p.epilogue), "set epilogue", what);
+  if (fast_accum) {
+    const int8_t on = 1;
+    set(plan.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &on, sizeof(on), "set fast accumulation", what);
+  }
   if (p.bias != nullptr) {
     const int32_t bias_type = out_type(p.out);
     set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type), "set bias type", what);
@@ -131,23 +156,52 @@ Fp8Plan make_plan(Fp8State& st, const Fp8Problem& p) {
   const uint64_t ws = kWorkspaceBytes;
   check_blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
              "set workspace size", what);
-  cublasLtMatmulHeuristicResult_t result{};
+  const bool tune = gemm_autotune_now() && gemm_worth_autotuning(1, p.M, p.N, p.K);
+  std::array<cublasLtMatmulHeuristicResult_t, kBlasAutotuneCandidates> results{};
   int found = 0;
-  const cublasStatus_t status =
-      cublasLtMatmulAlgoGetHeuristic(st.handle, plan.desc, plan.la, plan.lb, plan.ld, plan.ld, pref, 1, &result, &found);
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      st.handle, plan.desc, plan.la, plan.lb, plan.ld, plan.ld, pref, tune ? kBlasAutotuneCandidates : 1, results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
   // No algorithm (or a scale mode this cuBLASLt or GPU lacks): the caller falls back.
-  plan.ok = status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-  if (plan.ok) plan.algo = result.algo;
+  if (status == CUBLAS_STATUS_SUCCESS) {
+    const BlasCall call{st.handle, plan.desc, p.a, plan.la, p.b, plan.lb, p.d, plan.ld, st.workspace.raw_data(),
+                        kWorkspaceBytes};
+    const int chosen = choose_algorithm(call, results.data(), found, tune, what);
+    if (chosen >= 0) {
+      plan.algo = results[chosen].algo;
+      plan.ok = true;
+    }
+  }
+  return plan;
+}
+
+Fp8Plan make_plan(Fp8State& st, const Fp8Problem& p) {
+  Fp8Plan plan = make_plan(st, p, p.fast_accum);
+  if (!plan.ok && p.fast_accum && p.format == QuantFormat::Fp8Block) {
+    destroy(plan);
+    plan = make_plan(st, p, false);
+    if (plan.ok)
+      spdlog::info("cublasLt fp8: {}: no algorithm with fast accumulation for 128x128 block scales; accumulating "
+                   "with promotion instead",
+                   problem_str(p));
+  }
   return plan;
 }
 
 // Runs p; false when cuBLASLt has no FP8 algorithm for it.
 bool run_fp8(const Fp8Problem& p) {
   Fp8State& st = active().state<Fp8State>();
-  const Fp8Key key{static_cast<int64_t>(p.format), static_cast<int64_t>(p.out), p.M, p.N, p.K,
-                   static_cast<int64_t>(p.epilogue), pointer_alignment(p.b, 256), pointer_alignment(p.a, 256),
-                   pointer_alignment(p.d, 256), p.bias ? pointer_alignment(p.bias, 256) : -1};
+  const Fp8Key key{static_cast<int64_t>(p.format),
+                   static_cast<int64_t>(p.out),
+                   p.M,
+                   p.N,
+                   p.K,
+                   static_cast<int64_t>(p.epilogue),
+                   pointer_alignment(p.b, 256),
+                   pointer_alignment(p.a, 256),
+                   pointer_alignment(p.d, 256),
+                   p.bias ? pointer_alignment(p.bias, 256) : -1,
+                   p.fast_accum};
   std::lock_guard<std::mutex> lock(st.mutex);
   auto it = st.plans.find(key);
   if (it == st.plans.end()) it = st.plans.emplace(key, make_plan(st, p)).first;
@@ -207,6 +261,7 @@ Tensor CudaOps::quantized_linear(const Tensor& x_in, const QuantizedWeight& w, c
     const bool fused_gelu = half && act == Activation::GeluTanh;
     Fp8Problem p;
     p.format = w.format;
+    p.fast_accum = w.fast_accum;
     p.out = x.dtype();
     p.M = M;
     p.N = N;
