@@ -21,10 +21,10 @@ WanResidualBlock::WanResidualBlock(const WanVaeLoad& load, const std::string& pr
 
 Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   const Tensor h = conv_shortcut_ ? conv_shortcut_->forward(x, nullptr) : x;
-  x = norm1_.forward(x, Activation::Silu);
-  x = conv1_.forward(x, &cache);
-  x = norm2_.forward(x, Activation::Silu);  // dropout: identity at inference
-  x = conv2_.forward(x, &cache);
+  // Each norm writes its result straight into its conv's input, behind the cached frames.
+  x = conv1_.forward(x, [&](const Tensor& out) { norm1_.forward(x, Activation::Silu, out); }, &cache);
+  // dropout: identity at inference
+  x = conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache);
   return ops::add(x, h);
 }
 
