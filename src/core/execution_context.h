@@ -40,7 +40,7 @@ struct ExecutionSettings {
   bool gemm_autotune = true;
   // Replay the transformer step from a CUDA graph per input shape.
   bool cuda_graphs = true;
-  // Time every GPU op (synchronizing around each) and print a table when the context ends.
+  // Time every op (on a GPU synchronizing around each) and print a table when the context ends.
   bool profile_ops = false;
 
   // The defaults with the environment's overrides (VGEN_ATTENTION_BACKEND, VGEN_ALLOW_TF32,

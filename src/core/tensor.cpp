@@ -281,6 +281,33 @@ Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
   return reshape(s);
 }
 
+Tensor Tensor::unflatten(int64_t d, const Shape& sizes) const {
+  d = wrap_dim(d, dim());
+  VGEN_CHECK(!sizes.empty() && shape_numel(sizes) == shape_[d], "unflatten({}, {}) of {}", d, shape_str(sizes), str());
+  Tensor t = *this;
+  t.shape_.erase(t.shape_.begin() + d);
+  t.strides_.erase(t.strides_.begin() + d);
+  int64_t stride = strides_[d];
+  for (size_t i = sizes.size(); i-- > 0;) {
+    t.shape_.insert(t.shape_.begin() + d, sizes[i]);
+    t.strides_.insert(t.strides_.begin() + d, stride);
+    stride *= sizes[i];
+  }
+  return t;
+}
+
+Tensor Tensor::expand(const Shape& shape) const {
+  VGEN_CHECK(shape.size() == shape_.size(), "expand of {} to {}: the ranks differ", str(), shape_str(shape));
+  Tensor t = *this;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == shape_[d]) continue;
+    VGEN_CHECK(shape_[d] == 1 && shape[d] >= 0, "expand of {} to {}: dimension {} is not 1", str(), shape_str(shape), d);
+    t.shape_[d] = shape[d];
+    t.strides_[d] = 0;
+  }
+  return t;
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   Tensor t = empty(shape_, dtype_, device());

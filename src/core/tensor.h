@@ -124,6 +124,12 @@ class Tensor {
   Tensor unsqueeze(int64_t dim) const;
   Tensor squeeze(int64_t dim) const;
   Tensor flatten(int64_t start_dim, int64_t end_dim) const;
+  // Dimension `dim` split into `sizes` (whose product is its size), as torch's unflatten: a view
+  // whatever the strides.
+  Tensor unflatten(int64_t dim, const Shape& sizes) const;
+  // Size-1 dimensions repeated to `shape` (same rank) without copying: stride 0, as torch's
+  // expand. Its elements alias each other, so it is for reading (a copy's source), not writing.
+  Tensor expand(const Shape& shape) const;
 
   // Copies.
   Tensor contiguous() const;

@@ -15,15 +15,6 @@ Conv3dParams padded(std::array<int64_t, 3> padding) {
   return p;
 }
 
-// The last kCausalCacheFrames frames of the stream [past, x], as diffusers' callers store
-// them; a copy, so that the cache does not keep the whole of x alive.
-Tensor next_cache(const Tensor& x, const Tensor& past) {
-  const int64_t t = x.size(2);
-  if (t >= kCausalCacheFrames || !past.defined())
-    return x.narrow(2, std::max<int64_t>(0, t - kCausalCacheFrames), std::min(t, kCausalCacheFrames)).clone();
-  return ops::cat({past.narrow(2, past.size(2) - 1, 1), x}, 2);
-}
-
 }  // namespace
 
 bool vae_channels_last(Device device) {
@@ -101,21 +92,34 @@ CausalConv3d::CausalConv3d(const Weights& weights, const std::string& prefix, in
 }
 
 Tensor CausalConv3d::forward(const Tensor& x, FeatCache* cache) const {
-  if (causal_pad_ == 0) return conv_.forward(x);
-  Tensor past;
+  const Tensor past = causal_pad_ > 0 && cache ? (*cache)[slot_] : Tensor();
+  if (!past.defined()) return convolve(x, 0, cache);
+  return convolve(ops::cat({past, x}, 2), past.size(2), cache);
+}
+
+Tensor CausalConv3d::forward(const Tensor& like, const std::function<void(const Tensor& x)>& write,
+                             FeatCache* cache) const {
+  const Tensor past = causal_pad_ > 0 && cache ? (*cache)[slot_] : Tensor();
+  const int64_t past_frames = past.defined() ? past.size(2) : 0;
+  Shape shape = like.shape();
+  shape[2] += past_frames;
+  Tensor input = Tensor::empty_like_format(like, shape, like.dtype());
+  if (past_frames > 0) input.narrow(2, 0, past_frames).copy_(past);
+  write(input.narrow(2, past_frames, like.size(2)));
+  return convolve(input, past_frames, cache);
+}
+
+Tensor CausalConv3d::convolve(const Tensor& input, int64_t past_frames, FeatCache* cache) const {
+  if (causal_pad_ == 0) return conv_.forward(input);
   if (cache) {
-    past = (*cache)[slot_];
-    (*cache)[slot_] = next_cache(x, past);
+    // The last kCausalCacheFrames frames of the stream, as diffusers' callers store them; a
+    // copy, so that the cache does not keep the whole input alive.
+    const int64_t n = std::min(input.size(2), kCausalCacheFrames);
+    (*cache)[slot_] = input.narrow(2, input.size(2) - n, n).clone();
   }
   // The zero frames in front are the convolution's own (asymmetric) padding: no pad copy.
   Conv3dParams p = conv_.params();
-  Tensor input = x;
-  if (past.defined()) {
-    p.time_padding_before = causal_pad_ - past.size(2);
-    input = ops::cat({std::move(past), x}, 2);
-  } else {
-    p.time_padding_before = causal_pad_;
-  }
+  p.time_padding_before = causal_pad_ - past_frames;
   return conv_.forward(input, p);
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -91,8 +92,16 @@ class CausalConv3d {
   // kCausalCacheFrames frames of [past, x]; without it the past is zeros (diffusers' call
   // without cache_x).
   Tensor forward(const Tensor& x, FeatCache* cache) const;
+  // The same for the x that `write` stores into the tensor it is given: x's shape, in the
+  // memory format of `like` (a tensor of x's shape, e.g. the input of the norm that makes x).
+  // That tensor is the conv's input behind the cached frames, so x is not copied to join them
+  // (the copy of a whole chunk that concatenating them takes).
+  Tensor forward(const Tensor& like, const std::function<void(const Tensor& x)>& write, FeatCache* cache) const;
 
  private:
+  // Convolves `input`, whose first `past_frames` frames are the cached ones, and updates the cache.
+  Tensor convolve(const Tensor& input, int64_t past_frames, FeatCache* cache) const;
+
   Conv3d conv_;
   int64_t causal_pad_;
   int64_t slot_ = -1;

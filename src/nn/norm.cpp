@@ -31,8 +31,8 @@ Tensor RMSNorm::forward_rope(const Tensor& x, const Tensor& cos, const Tensor& s
 ChannelRMSNorm::ChannelRMSNorm(const Weights& weights, const std::string& prefix, int64_t dim, bool images)
     : gamma_(weights.load(prefix + ".gamma", images ? Shape{dim, 1, 1} : Shape{dim, 1, 1, 1})) {}
 
-Tensor ChannelRMSNorm::forward(const Tensor& x, Activation act) const {
-  return ops::channel_rms_norm(x, gamma_, {}, act);
+Tensor ChannelRMSNorm::forward(const Tensor& x, Activation act, const Tensor& out) const {
+  return ops::channel_rms_norm(x, gamma_, {}, act, out);
 }
 
 }  // namespace vgen::nn

@@ -63,8 +63,9 @@ class ChannelRMSNorm {
  public:
   // PREFIX.gamma [dim, 1, 1, 1] for video ([dim, 1, 1] when `images`).
   ChannelRMSNorm(const Weights& weights, const std::string& prefix, int64_t dim, bool images = false);
-  // act None or Silu; keeps a channels-last input's layout on the GPU.
-  Tensor forward(const Tensor& x, Activation act = Activation::None) const;
+  // act None or Silu; keeps a channels-last input's layout on the GPU. With `out` (x's shape,
+  // e.g. frames of a larger buffer) the result is written there and out returned.
+  Tensor forward(const Tensor& x, Activation act = Activation::None, const Tensor& out = {}) const;
 
  private:
   Tensor gamma_;

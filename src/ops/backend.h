@@ -21,6 +21,8 @@
 //   channel_rms_norm      the Wan VAE's norm over dim 1 of [B, C, ...]: x / max(||x||_2, 1e-12) *
 //                         sqrt(C) * gamma[C] + bias[C], then act (None or Silu) on the result as
 //                         rounded to x's dtype. CUDA keeps a channels-last 3-D input's layout.
+//                         out (optional): the result is written there and out returned (x's shape
+//                         and dtype, any strides: e.g. frames of a larger buffer)
 //   group_norm(x, w, b, groups, eps, act)  torch.nn.GroupNorm: x [N, C, *spatial], float32 mean and
 //                         biased variance over each group's C / groups channels x all positions,
 //                         (x - mean) * rsqrt(var + eps) * w[C] + b[C] (either optional), rounded

@@ -27,8 +27,8 @@
   X(layer_norm, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, float eps),                   \
     (x, weight, bias, eps), Primitive)                                                                            \
   X(rms_norm, Tensor, (const Tensor& x, const Tensor& weight, float eps), (x, weight, eps), Primitive)            \
-  X(channel_rms_norm, Tensor, (const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act),         \
-    (x, gamma, bias, act), Primitive)                                                                             \
+  X(channel_rms_norm, Tensor, (const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,         \
+                               const Tensor& out), (x, gamma, bias, act, out), Primitive)                         \
   X(group_norm, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,     \
                          Activation act), (x, weight, bias, groups, eps, act), Primitive)                         \
   X(softmax, Tensor, (const Tensor& x), (x), Primitive)                                                           \

@@ -160,11 +160,16 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   return on(x, Op::rms_norm, "rms_norm").rms_norm(x, weight, eps);
 }
 
-Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) {
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act, const Tensor& out) {
   VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "channel_rms_norm: gamma {} for input {}", gamma.str(), x.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "channel_rms_norm: bias {} for input {}", bias.str(), x.str());
   VGEN_CHECK(act == Activation::None || act == Activation::Silu, "channel_rms_norm: only SiLU (or nothing) may follow");
-  return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act);
+  if (out.defined()) {
+    same_device(x, out, "channel_rms_norm");
+    VGEN_CHECK(out.shape() == x.shape() && out.dtype() == x.dtype(), "channel_rms_norm: output {} for input {}",
+               out.str(), x.str());
+  }
+  return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act, out);
 }
 
 Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,

@@ -34,8 +34,11 @@ Tensor quantized_linear(const Tensor& x, const QuantizedWeight& weight, const Te
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
 // The Wan VAE's channel RMS norm, optionally fused with the SiLU that follows it
-// (act None or Silu; the same values as silu(channel_rms_norm(...))).
-Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act = Activation::None);
+// (act None or Silu; the same values as silu(channel_rms_norm(...))). With `out` (x's shape and
+// dtype, on x's device, any strides) the result is written there, and out returned: a causal
+// conv's input buffer takes the chunk behind its cached frames that way, without a copy.
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act = Activation::None,
+                        const Tensor& out = {});
 // torch.nn.GroupNorm over x [N, C, *spatial] (weight, bias [C], either may be undefined),
 // optionally followed by SiLU (act None or Silu; the same values as silu(group_norm(...))).
 Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,

@@ -100,7 +100,9 @@ class ProfilingBackend final : public Backend {
   }
   static const char* label(Op op, const CopyEnds& e) {
     if (op != Op::copy || e.dst == nullptr || e.src == nullptr) return op_name(op);
-    return e.src->device().is_cpu() ? "copy host->device" : e.dst->device().is_cpu() ? "copy device->host" : "copy";
+    const bool from_host = e.src->device().is_cpu(), to_host = e.dst->device().is_cpu();
+    if (from_host == to_host) return "copy";  // within the device (all of the CPU backend's)
+    return from_host ? "copy host->device" : "copy device->host";
   }
 
   std::shared_ptr<Backend> owned_;

@@ -22,6 +22,30 @@ TEST(Tensor, ViewsShareMemoryAndCopiesConvert) {
   EXPECT_EQ(t.view({3, -1}).shape(), (Shape{3, 2}));
 }
 
+TEST(Tensor, UnflattenAndExpandAreViews) {
+  // unflatten splits a dim whatever the strides: here the columns of a transposed [3, 4].
+  const Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {3, 4}).transpose(0, 1);  // [4, 3]
+  const Tensor u = t.unflatten(0, {2, 2});
+  EXPECT_EQ(u.shape(), (Shape{2, 2, 3}));
+  EXPECT_EQ(u.strides(), (Shape{2, 1, 4}));
+  EXPECT_EQ(u.raw_data(), t.raw_data());
+  EXPECT_EQ(u.contiguous().to_vector(), t.contiguous().to_vector());
+  EXPECT_EQ(t.unflatten(-1, {3, 1}).shape(), (Shape{4, 3, 1}));
+  EXPECT_THROW(t.unflatten(0, {3, 2}), Error);
+  // expand repeats size-1 dims with stride 0 (as torch's expand).
+  const Tensor col = Tensor::from_vector({1, 2}, {2, 1});
+  const Tensor e = col.expand({2, 3});
+  EXPECT_EQ(e.strides()[1], 0);
+  EXPECT_EQ(e.raw_data(), col.raw_data());
+  EXPECT_FALSE(e.is_contiguous());
+  EXPECT_EQ(e.contiguous().to_vector(), (std::vector<float>{1, 1, 1, 2, 2, 2}));
+  Tensor dst = Tensor::zeros({3, 2});
+  dst.copy_(e.transpose(0, 1));  // a copy reads a stride-0 source like any other
+  EXPECT_EQ(dst.to_vector(), (std::vector<float>{1, 2, 1, 2, 1, 2}));
+  EXPECT_THROW(col.expand({4, 3}), Error);
+  EXPECT_THROW(col.expand({2, 1, 3}), Error);
+}
+
 TEST(Tensor, ChannelsLast3dLayoutIsKeptByClonesAndCat) {
   const Tensor x = randn({2, 3, 4, 5, 6}, 21);
   const Tensor cl = x.to_channels_last_3d();

@@ -8,8 +8,10 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/random.h"
 #include "io/json.h"
 #include "models/wan/autoencoder_kl_wan.h"
+#include "models/wan/autoencoder_kl_wan_blocks.h"
 #include "support/parity.h"
 
 using namespace vgen;
@@ -228,6 +230,44 @@ TEST(WanVae, DecodeMatchesDiffusersWan22) {
     std::cout << "wan22." << c << " decode " << shape_str(z.shape()) << " -> " << shape_str(video.shape())
               << ": rel L2 " << err << ", max abs diff " << max_abs_diff(video, expected) << "\n";
     EXPECT_LT(err, kTolerance) << c;
+  }
+}
+
+// DupUp3D against its definition in diffusers (repeat_interleave of the channels, then groups
+// of factor_t x factor_s x factor_s channels become positions), element by element: one
+// stride-0 copy when repeats is a whole number of groups or the size of the innermost offsets,
+// a materialized repeat otherwise; channels-last inputs give the same values and keep the layout.
+TEST(WanVae, DupUp3DIsRepeatInterleaveThenRegroup) {
+  struct C {
+    int64_t in, out, ft, fs;
+  };
+  // repeats = out * ft * fs * fs / in: 8 (= a group, Wan2.2's first blocks), 2 (its third), 16, 1, 4, 3 (uneven).
+  for (const C c : {C{4, 4, 2, 2}, C{4, 2, 1, 2}, C{2, 4, 2, 2}, C{8, 2, 1, 2}, C{4, 2, 2, 2}, C{4, 3, 1, 2}}) {
+    const int64_t b = 2, t = 3, h = 2, w = 3, factor = c.ft * c.fs * c.fs, repeats = c.out * factor / c.in;
+    const Tensor x = randn({b, c.in, t, h, w}, 7);
+    const std::vector<float> xv = x.to_vector();
+    std::vector<float> expected;
+    for (int64_t n = 0; n < b; ++n)
+      for (int64_t o = 0; o < c.out; ++o)
+        for (int64_t tt = 0; tt < t * c.ft; ++tt)
+          for (int64_t hh = 0; hh < h * c.fs; ++hh)
+            for (int64_t ww = 0; ww < w * c.fs; ++ww) {
+              const int64_t k = ((tt % c.ft) * c.fs + hh % c.fs) * c.fs + ww % c.fs;
+              const int64_t i = (o * factor + k) / repeats;
+              expected.push_back(xv[static_cast<size_t>(((((n * c.in + i) * t + tt / c.ft) * h + hh / c.fs) * w) + ww / c.fs)]);
+            }
+    const DupUp3D up(c.in, c.out, c.ft, c.fs);
+    const std::string what = fmt::format("in {} out {} factor_t {} factor_s {}", c.in, c.out, c.ft, c.fs);
+    for (bool channels_last : {false, true}) {
+      const Tensor y = up.forward(channels_last ? x.to_channels_last_3d() : x, /*first_chunk=*/false);
+      EXPECT_EQ(y.shape(), (Shape{b, c.out, t * c.ft, h * c.fs, w * c.fs})) << what;
+      EXPECT_EQ(y.is_channels_last_3d(), channels_last) << what;
+      EXPECT_EQ(y.to_vector(), expected) << what << (channels_last ? " channels-last" : "");
+    }
+    // The first chunk drops the first factor_t - 1 frames.
+    const Tensor first = up.forward(x, /*first_chunk=*/true);
+    const Tensor full = up.forward(x, /*first_chunk=*/false);
+    EXPECT_EQ(first.to_vector(), full.narrow(2, c.ft - 1, t * c.ft - (c.ft - 1)).to_vector()) << what;
   }
 }
 

@@ -736,6 +736,32 @@ void channel_rms_norm_cases(Cases& cs) {
           },
           [](const Args& t, Device) { return Outputs{ops::channel_rms_norm(t[0], t[1], t[2])}; },
           by_dtype(DType::F32), {2, 5, 4, 6}, DType::F32});
+  // Into frames [2, 2 + T) of a larger buffer (a causal conv's input behind its cached frames),
+  // whose first frames must stay as they were; channels-last on a device (written in place,
+  // one sample at a time for a batch of 2) or not (through a copy).
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const Shape& shape : std::vector<Shape>{{1, 16, 3, 4, 6}, {2, 12, 2, 3, 5}}) {
+      for (bool channels_last : {false, true}) {
+        Shape buffer = shape;
+        buffer[2] += 2;
+        cs.add({Op::channel_rms_norm,
+                fmt::format("channel_rms_norm {}{}{} then silu into frames of {}", dt(d), sh(shape),
+                            channels_last ? " channels-last" : "", sh(buffer)),
+                d,
+                [=](Gen& g) {
+                  const Tensor x = g.normal(shape, d), buf = g.normal(buffer, d);
+                  return std::vector<Input>{channels_last ? cl(x) : in(x), in(g.normal({shape[1], 1, 1, 1}, d)),
+                                            none(), channels_last ? cl(buf) : in(buf)};
+                },
+                [=](const Args& t, Device) {
+                  const Tensor out = t[3].narrow(2, 2, shape[2]);
+                  EXPECT_EQ(ops::channel_rms_norm(t[0], t[1], t[2], Activation::Silu, out).raw_data(), out.raw_data());
+                  return Outputs{t[3]};
+                },
+                by_dtype(d), buffer, d});
+      }
+    }
+  }
 }
 
 // torch.nn.GroupNorm (+ SiLU): odd channel counts and groups (C 6 in 3 groups, 96 in 32), one

@@ -1,6 +1,8 @@
 // The CPU backend's one instance and its registration as the CPU runtime of every context.
 #include "backends/cpu/cpu_backend.h"
 
+#include "ops/profiling_backend.h"
+
 namespace vgen::cpu {
 
 Backend& cpu_backend() {
@@ -10,7 +12,8 @@ Backend& cpu_backend() {
 
 namespace {
 
-std::shared_ptr<DeviceRuntime> create(int, const ExecutionSettings&, std::string*) {
+std::shared_ptr<DeviceRuntime> create(int, const ExecutionSettings& settings, std::string*) {
+  if (settings.profile_ops) return make_profiling_backend(std::shared_ptr<Backend>(&cpu_backend(), [](Backend*) {}));
   return std::shared_ptr<DeviceRuntime>(&cpu_backend(), [](DeviceRuntime*) {});
 }
 

@@ -20,7 +20,8 @@ class CpuBackend final : public Backend {
   Tensor matmul(const Tensor& a, const Tensor& b) override;
   Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) override;
   Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) override;
-  Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) override;
+  Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,
+                          const Tensor& out) override;
   Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
                     Activation act) override;
   Tensor softmax(const Tensor& x) override;

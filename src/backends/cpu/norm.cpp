@@ -56,7 +56,8 @@ Tensor CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   return to_dtype(out, x.dtype());
 }
 
-Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act) {
+Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,
+                                    const Tensor& dst) {
   const Tensor fx = as_f32(x), fg = as_f32(gamma);
   const Tensor fb = bias.defined() ? as_f32(bias) : Tensor();
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
@@ -82,7 +83,10 @@ Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const 
     }
   }
   const Tensor y = to_dtype(out, x.dtype());
-  return act == Activation::Silu ? unary(UnaryOp::Silu, y, 0.0f, 0.0f) : y;
+  const Tensor result = act == Activation::Silu ? unary(UnaryOp::Silu, y, 0.0f, 0.0f) : y;
+  if (!dst.defined()) return result;
+  copy(dst, result);  // the reference keeps to contiguous results; the device backends write in place
+  return dst;
 }
 
 Tensor CpuBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,

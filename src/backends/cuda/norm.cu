@@ -684,8 +684,10 @@ Tensor CudaOps::softmax(const Tensor& x_in) {
   return out;
 }
 
-Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act) {
+Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act,
+                                 const Tensor& dst) {
   require_cuda("channel_rms_norm", x_in);
+  if (dst.defined()) require_cuda("channel_rms_norm", dst);
   require_float("channel_rms_norm", x_in);
   VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
              "channel_rms_norm: x {} gamma {} bias {}", x_in.str(), gamma.str(), bias.str());
@@ -693,10 +695,18 @@ Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const 
              "channel_rms_norm: only no activation or SiLU can follow the norm");
   // Channels-last 3-D input: rows of C contiguous channels, output in the same layout.
   const bool rows = x_in.is_channels_last_3d();
+  // `dst` is written in place when each batch sample of it is laid out as the result's rows (the
+  // frames of a causal conv's input buffer behind its cached ones), else through a copy.
+  if (dst.defined() && !(rows && dst.numel() > 0 && dst.narrow(0, 0, 1).is_channels_last_3d())) {
+    Tensor(dst).copy_(channel_rms_norm(x_in, gamma, bias, act, Tensor()));
+    return dst;
+  }
   const Tensor x = rows ? x_in : contiguous(x_in);
-  Tensor out = Tensor::empty_like_format(x, x.shape(), x.dtype());
+  Tensor out = dst.defined() ? dst : Tensor::empty_like_format(x, x.shape(), x.dtype());
   if (x.numel() == 0) return out;
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
+  // Sample b's rows start at b * out_batch in out (in x, at b * inner * C).
+  const int64_t out_batch = B > 1 ? out.strides()[0] : inner * C;
   const DType wd = param_dtype(x.dtype(), gamma, bias);
   const Tensor g = param(gamma, wd), b = param(bias, wd);
   const float scale = std::sqrt(static_cast<float>(C));
@@ -723,12 +733,15 @@ Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const 
       // Channels-last rows: the smallest group of lanes that holds a row in registers
       // (kCache vectors a lane), else whole warps reading the row twice.
       constexpr int kCache = 4;
-      const int64_t nv = C / V, nrows = B * inner;
+      // One launch over all rows when out's samples follow each other as x's do, else one a sample.
+      const bool packed = out_batch == inner * C;
+      const int64_t nv = C / V, nrows = packed ? B * inner : inner;
       auto launch = [&](auto g, auto cache) {
         constexpr int Gs = decltype(g)::value;
         const unsigned blocks = blocks_for((nrows + 32 / Gs - 1) / (32 / Gs) * 32, kThreads);
-        channel_rms_rows_kernel<T, Tw, V, Gs, decltype(cache)::value, S>
-            <<<blocks, kThreads, 0, stream()>>>(in, o, gp, bp, nv, nrows, scale);
+        for (int64_t s = 0; s < (packed ? 1 : B); ++s)
+          channel_rms_rows_kernel<T, Tw, V, Gs, decltype(cache)::value, S>
+              <<<blocks, kThreads, 0, stream()>>>(in + s * inner * C, o + s * out_batch, gp, bp, nv, nrows, scale);
       };
       if constexpr (V != kVec) launch(Int<32>{}, Int<0>{});
       else if (nv > 32 * kCache) launch(Int<32>{}, Int<0>{});

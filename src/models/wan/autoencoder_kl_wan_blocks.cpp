@@ -1,5 +1,6 @@
 #include "models/wan/autoencoder_kl_wan_blocks.h"
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -20,10 +21,10 @@ WanResidualBlock::WanResidualBlock(const WanVaeLoad& load, const std::string& pr
 
 Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   const Tensor h = conv_shortcut_ ? conv_shortcut_->forward(x, nullptr) : x;
-  x = norm1_.forward(x, Activation::Silu);
-  x = conv1_.forward(x, &cache);
-  x = norm2_.forward(x, Activation::Silu);  // dropout: identity at inference
-  x = conv2_.forward(x, &cache);
+  // Each norm writes its result straight into its conv's input, behind the cached frames.
+  x = conv1_.forward(x, [&](const Tensor& out) { norm1_.forward(x, Activation::Silu, out); }, &cache);
+  // dropout: identity at inference
+  x = conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache);
   return ops::add(x, h);
 }
 
@@ -183,17 +184,30 @@ DupUp3D::DupUp3D(int64_t in_channels, int64_t out_channels, int64_t factor_t, in
 
 Tensor DupUp3D::forward(const Tensor& x, bool first_chunk) const {
   const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
-  const int64_t ft = factor_t_, fs = factor_s_;
-  // repeat_interleave(repeats, dim=1): channel n of `rep` is channel n / repeats of x.
-  const Tensor rep = Tensor::empty({b, in_channels_, repeats_, t, h, w}, x.dtype(), x.device());
-  for (int64_t r = 0; r < repeats_; ++r) rep.select(2, r).copy_(x);
-  // Channels (out, ft, fs, fs) -> positions: y[b, o, (t, ft), (h, fs), (w, fs)].
+  const int64_t ft = factor_t_, fs = factor_s_, factor = ft * fs * fs;
+  // diffusers: channel n of repeat_interleave(x, repeats) is x's n / repeats; then channel
+  // o * factor + (a * fs + p) * fs + q goes to position (frame t * ft + a, row h * fs + p,
+  // column w * fs + q) of output channel o. That is one copy into y seen as
+  // [b, o, t, a, h, p, w, q], from x with the repeated indices as stride-0 dims:
+  //  - repeats a multiple m of factor: output channels (i, j < m) all come from x's i;
+  //  - else, when repeats is the size of the innermost (a, p, q) offsets (1, fs, fs * fs or
+  //    factor), those offsets repeat one channel and the outer ones index x's channels.
+  const int64_t m = repeats_ % factor == 0 ? repeats_ / factor : 1;
+  std::array<int64_t, 3> from_x{ft, fs, fs};  // the extents of (a, p, q) that index x (1: repeated)
+  int64_t rest = repeats_ / m;
+  for (int d = 2; d >= 0 && rest > 1 && rest % from_x[static_cast<size_t>(d)] == 0; --d) {
+    rest /= from_x[static_cast<size_t>(d)];
+    from_x[static_cast<size_t>(d)] = 1;
+  }
+  // [b, o / m, j, a, p, q, t, h, w]; an uneven regrouping (no Wan config has one) repeats x
+  // into a contiguous tensor first.
+  const Tensor src =
+      rest == 1 ? x.unflatten(1, {out_channels_ / m, 1, from_x[0], from_x[1], from_x[2]})
+                : x.unsqueeze(2).expand({b, in_channels_, repeats_, t, h, w}).contiguous().view(
+                      {b, out_channels_, 1, ft, fs, fs, t, h, w});
   Tensor y = Tensor::empty_like_format(x, {b, out_channels_, t * ft, h * fs, w * fs}, x.dtype());
-  Tensor y8 =
-      y.is_contiguous()
-          ? y.view({b, out_channels_, t, ft, h, fs, w, fs})
-          : y.permute({0, 2, 3, 4, 1}).view({b, t, ft, h, fs, w, fs, out_channels_}).permute({0, 7, 1, 2, 3, 4, 5, 6});
-  y8.copy_(rep.view({b, out_channels_, ft, fs, fs, t, h, w}).permute({0, 1, 5, 2, 6, 3, 7, 4}));
+  Tensor dst = y.unflatten(4, {w, fs}).unflatten(3, {h, fs}).unflatten(2, {t, ft}).unflatten(1, {out_channels_ / m, m});
+  dst.copy_(src.permute({0, 1, 2, 6, 3, 7, 4, 8, 5}).expand(dst.shape()));
   if (first_chunk) y = y.narrow(2, ft - 1, t * ft - (ft - 1));
   return y;
 }

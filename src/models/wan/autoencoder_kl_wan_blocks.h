@@ -111,7 +111,8 @@ class AvgDown3D {
 
 // DupUp3D: the Wan2.2 decoder's shortcut. repeat_interleave of the channels, then groups of
 // channels become factor_t x factor_s x factor_s positions; on the first chunk the first
-// factor_t - 1 frames are dropped (as the upsampler's time_conv is skipped for it).
+// factor_t - 1 frames are dropped (as the upsampler's time_conv is skipped for it). Written with
+// one copy from a stride-0 view of x, in x's layout: the repeated channels are never stored.
 class DupUp3D {
  public:
   DupUp3D(int64_t in_channels, int64_t out_channels, int64_t factor_t, int64_t factor_s);

@@ -80,8 +80,7 @@ Tensor WanDecoder3d::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) c
   x = mid_block_.forward(std::move(x), cache);
   for (const auto& block : up_blocks_)
     x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, block);
-  x = norm_out_.forward(x, Activation::Silu);
-  return conv_out_.forward(x, &cache);
+  return conv_out_.forward(x, [&](const Tensor& out) { norm_out_.forward(x, Activation::Silu, out); }, &cache);
 }
 
 }  // namespace vgen

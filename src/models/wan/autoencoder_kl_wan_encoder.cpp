@@ -71,8 +71,7 @@ Tensor WanEncoder3d::forward(Tensor x, nn::FeatCache& cache) const {
         block);
   }
   x = mid_block_.forward(std::move(x), cache);
-  x = norm_out_.forward(x, Activation::Silu);
-  return conv_out_.forward(x, &cache);
+  return conv_out_.forward(x, [&](const Tensor& out) { norm_out_.forward(x, Activation::Silu, out); }, &cache);
 }
 
 }  // namespace vgen
