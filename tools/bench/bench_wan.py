@@ -231,8 +231,8 @@ def part_transformer(args, size, timing=True):
         ours = vgen(args, "transformer", *common, *iters)
         if compiled:
             extra["ratio_vs_compiled"] = ours["s"] / compiled["diffusers_compiled_s"]
-        extra = {"tokens": ours["tokens"], "attention": ours["attention"],
-                 "cuda_graph_replays": ours["cuda_graph_replays"]}
+        extra.update(tokens=ours["tokens"], attention=ours["attention"],
+                     cuda_graph_replays=ours["cuda_graph_replays"])
     if timing and size == "1.3b":  # what the CUDA graph of the step is worth
         eager = vgen(args, "transformer", *common, "--no-cuda-graphs", *iters)
         extra.update(vgen_eager_s=eager["s"])
