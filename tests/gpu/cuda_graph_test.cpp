@@ -16,6 +16,7 @@
 using namespace vgen;
 using vgen::testing::fixture;
 using vgen::testing::kGpu;
+using vgen::testing::perturbed_on_gpu;
 using vgen::testing::max_abs_diff;
 using vgen::testing::reference;
 
@@ -146,10 +147,9 @@ TEST(CudaGraph, WanTransformerReplayIsBitwiseEager) {
       for (bool graphs : {true, false}) {
         model->enable_cuda_graphs(graphs);
         for (int i = 0; i < 4; ++i) {
-          const Tensor x = ops::add(x0, ops::scale(randn(x0.shape(), 10 + i), 0.1f)).to(kGpu);
-          const Tensor ctx = ops::add(ctx0, ops::scale(randn(ctx0.shape(), 20 + i), 0.1f)).to(kGpu);
           const Tensor t = Tensor::full({x0.size(0)}, timesteps[i]);
-          (graphs ? graphed : eager).push_back(host_f32(model->forward(x, t, ctx)));
+          (graphs ? graphed : eager)
+              .push_back(host_f32(model->forward(perturbed_on_gpu(x0, 10 + i), t, perturbed_on_gpu(ctx0, 20 + i))));
         }
         if (graphs) {
           EXPECT_EQ(model->graphed_step().captures(), 1) << name;
@@ -177,10 +177,10 @@ TEST(CudaGraph, FluxTransformerReplayIsBitwiseEager) {
     for (bool graphs : {true, false}) {
       model->enable_cuda_graphs(graphs);
       for (int i = 0; i < 4; ++i) {
-        const Tensor x = ops::add(x0, ops::scale(randn(x0.shape(), 10 + i), 0.1f)).to(kGpu);
-        const Tensor ctx = ops::add(ctx0, ops::scale(randn(ctx0.shape(), 20 + i), 0.1f)).to(kGpu);
         const Tensor t = Tensor::full({x0.size(0)}, sigmas[i]), g = Tensor::full({x0.size(0)}, 1.5f + i);
-        (graphs ? graphed : eager).push_back(host_f32(model->forward(x, ctx, pooled, t, img_ids, txt_ids, g)));
+        (graphs ? graphed : eager)
+            .push_back(host_f32(model->forward(perturbed_on_gpu(x0, 10 + i), perturbed_on_gpu(ctx0, 20 + i), pooled, t,
+                                               img_ids, txt_ids, g)));
       }
       // Half the image tokens (other ids): a second recording, beside the first.
       const int64_t half = x0.size(1) / 2;

@@ -16,6 +16,7 @@
 using namespace vgen;
 using vgen::testing::fixture;
 using vgen::testing::kGpu;
+using vgen::testing::perturbed_on_gpu;
 using vgen::testing::max_abs_diff;
 using vgen::testing::reference;
 using vgen::testing::rel_l2;
@@ -84,9 +85,9 @@ TEST(QuantGpu, WanTransformerGraphReplayIsBitwiseEager) {
     for (bool graphs : {true, false}) {
       model->enable_cuda_graphs(graphs);
       for (int i = 0; i < 4; ++i) {
-        const Tensor x = ops::add(x0, ops::scale(randn(x0.shape(), 10 + i), 0.1f)).to(kGpu);
-        const Tensor ctx = ops::add(ctx0, ops::scale(randn(ctx0.shape(), 20 + i), 0.1f)).to(kGpu);
-        (graphs ? graphed : eager).push_back(host_f32(model->forward(x, Tensor::full({x0.size(0)}, timesteps[i]), ctx)));
+        (graphs ? graphed : eager)
+            .push_back(host_f32(model->forward(perturbed_on_gpu(x0, 10 + i), Tensor::full({x0.size(0)}, timesteps[i]),
+                                               perturbed_on_gpu(ctx0, 20 + i))));
       }
       if (graphs) {
         EXPECT_EQ(model->graphed_step().captures(), 1) << quant_algo_name(algo);

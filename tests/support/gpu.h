@@ -7,7 +7,9 @@
 #include <string>
 
 #include "core/execution_context.h"
+#include "core/random.h"
 #include "ops/backend.h"
+#include "ops/ops.h"
 
 namespace vgen::testing {
 
@@ -28,6 +30,12 @@ inline ExecutionSettings with_gemm_autotune(bool on) {
   ExecutionSettings s = ExecutionSettings::from_environment();
   s.gemm_autotune = on;
   return s;
+}
+
+// t plus 0.1 of seeded noise, on the GPU: the other inputs of a model's later calls (graph
+// replays against eager runs).
+inline Tensor perturbed_on_gpu(const Tensor& t, uint64_t seed) {
+  return ops::add(t, ops::scale(randn(t.shape(), seed), 0.1f)).to(kGpu);
 }
 
 // A fresh execution context bound to this thread until the object goes: ops in the scope run
