@@ -69,10 +69,12 @@ PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   for (const std::string& spec : a.lora) o.lora.push_back(nn::parse_lora_adapter_spec(spec));
   if (!a.quant_algo.empty()) o.quant.quant_algo = parse_quant_algo(a.quant_algo, "--quant-algo");
   if (a.quant_static && !o.quant.enabled()) fail("--quant-static needs --quant-algo");
-  if (a.quant_fast_accum && !quant_fast_accum_applies(o.quant.quant_algo))
-    fail("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES");
+  if ((a.quant_fast_accum || a.quant_no_fast_accum) && !quant_fast_accum_applies(o.quant.quant_algo))
+    fail("--{}quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES", a.quant_no_fast_accum ? "no-" : "");
   o.quant.dynamic = !a.quant_static;
-  o.quant.fast_accum = a.quant_fast_accum;
+  if (a.quant_fast_accum && a.quant_no_fast_accum) fail("--quant-fast-accum and --no-quant-fast-accum: give one of them");
+  if (a.quant_fast_accum) o.quant.fast_accum = true;
+  if (a.quant_no_fast_accum) o.quant.fast_accum = false;
   return o;
 }
 
@@ -224,7 +226,7 @@ int run_bench(const BenchArgs& a) {
                 {"load_s", load_s}, {"pipeline_s", pipeline_s}, {"write_s", write_s}, {"s", pipeline_s + write_s},
                 {"phases", phases}, {"peak_gib", peak_gib(device)}, {"peak_gib_by_phase", peak_by_phase}, {"vae_dtype", a.vae_dtype.empty() ? "family default" : a.vae_dtype},
                 {"cuda_graphs", settings.cuda_graphs}, {"conv_autotune", settings.conv_autotune},
-                {"gemm_autotune", settings.gemm_autotune}, {"quant_fast_accum", options.quant.fast_accum},
+                {"gemm_autotune", settings.gemm_autotune}, {"quant_fast_accum", options.quant.fast_accum_on()},
                 {"guidance_scale", r.guidance_scale}, {"lora", a.lora},
                 {"offload_text_encoder", a.offload_text_encoder}, {"offload_idle_expert", a.offload_idle_expert}, {"text_encoder_reload_s", reload_s}});
   } else {

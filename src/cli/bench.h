@@ -51,7 +51,7 @@ struct BenchArgs {
   // NVFP4; --quant-static: the checkpoint is ModelOpt-exported); empty: none.
   std::string quant_algo;
   bool quant_static = false;
-  bool quant_fast_accum = false;  // FP8: cuBLASLt's fast accumulation (quant_config.fast_accum)
+  bool quant_fast_accum = false, quant_no_fast_accum = false;  // FP8: cuBLASLt's fast accumulation (quant_config.fast_accum)
 };
 
 int run_bench(const BenchArgs& args);

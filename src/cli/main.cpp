@@ -58,7 +58,7 @@ struct GenerateArgs {
   bool lora_ignore_unmatched = false;
   std::optional<std::string> quant_algo, linear_type;  // --quant-algo / --linear-type (one of them)
   bool quant_static = false;
-  bool quant_fast_accum = false;
+  bool quant_fast_accum = false, quant_no_fast_accum = false;
   std::vector<std::string> quant_ignore;
   std::optional<std::string> scheduler;
   std::optional<double> flow_shift;
@@ -288,12 +288,14 @@ int run_generate(GenerateArgs& a) {
   if (a.linear_type) options.quant.quant_algo = parse_linear_type(*a.linear_type, "--linear-type");
   if ((a.quant_static || !a.quant_ignore.empty()) && !options.quant.enabled())
     fail("{} needs --quant-algo (or --linear-type) with a quantized format", a.quant_static ? "--quant-static" : "--quant-ignore");
-  if (a.quant_fast_accum && !quant_fast_accum_applies(options.quant.quant_algo))
-    fail("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES (or their --linear-type), not {}",
-         quant_algo_name(options.quant.quant_algo));
+  if ((a.quant_fast_accum || a.quant_no_fast_accum) && !quant_fast_accum_applies(options.quant.quant_algo))
+    fail("--{}quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES (or their --linear-type), not {}",
+         a.quant_no_fast_accum ? "no-" : "", quant_algo_name(options.quant.quant_algo));
   options.quant.dynamic = !a.quant_static;
   options.quant.ignore = a.quant_ignore;
-  options.quant.fast_accum = a.quant_fast_accum;
+  if (a.quant_fast_accum && a.quant_no_fast_accum) fail("--quant-fast-accum and --no-quant-fast-accum: give one of them");
+  if (a.quant_fast_accum) options.quant.fast_accum = true;
+  if (a.quant_no_fast_accum) options.quant.fast_accum = false;
   if (!a.latents_file.empty()) a.params.latents = read_latents(a.latents_file);
   // Images are decoded before the model loads: a file that does not decode fails at once.
   if (!a.image_file.empty()) a.params.image = media::read_image(a.image_file);
@@ -504,9 +506,9 @@ int run_info_file(const std::string& path) {
 // checkpoint stores, or, with a dynamic quant_config, what loading will make of them (the
 // float32 time embedder and the patch embedding, a convolution, stay as they are). Counted
 // per checkpoint module: a fused projection (to_q | to_k | to_v) counts as its parts. FP8
-// formats say ", fast accumulation" under quant_config.fast_accum.
+// formats say ", fast accumulation" when their GEMMs accumulate fast (the default).
 void print_linear_formats(const std::string& root, const QuantConfig& q) {
-  const std::string fast_accum = q.fast_accum ? ", fast accumulation" : "";
+  const std::string fast_accum = q.fast_accum_on() ? ", fast accumulation" : "";
   for (const char* component : {"transformer", "transformer_2"}) {
     const fs::path dir = fs::path(root) / component;
     if (!fs::is_directory(dir)) continue;
@@ -631,7 +633,8 @@ int main(int argc, char** argv) {
   gen->add_option("--quant-algo", g.quant_algo, "Quantize the transformer's linear layers: FP8 (per-tensor e4m3), FP8_BLOCK_SCALES (128x128 weight blocks, 1x128 activation groups) or NVFP4 (4-bit weights, W4A16), ModelOpt's formats; none (default) keeps them in --dtype. See README, Quantization");
   gen->add_option("--linear-type", g.linear_type, "The same as --quant-algo in TensorRT-LLM's spelling: default, trtllm-fp8-per-tensor, trtllm-fp8-blockwise, trtllm-nvfp4");
   gen->add_flag("--quant-static", g.quant_static, "The checkpoint is ModelOpt-exported (pre-quantized weights with weight_scale / input_scale / weight_scale_2) instead of quantized while loading");
-  gen->add_flag("--quant-fast-accum", g.quant_fast_accum, "FP8 formats on a GPU: cuBLASLt's fast accumulation (no periodic promotion of the partial sums to float32, as torch._scaled_mm's use_fast_accum): faster, slightly less accurate; no effect on the CPU");
+  gen->add_flag("--quant-fast-accum", g.quant_fast_accum, "FP8 formats on a GPU: cuBLASLt's fast accumulation (no periodic promotion of the partial sums to float32, as torch._scaled_mm's use_fast_accum and TensorRT-LLM's FP8 GEMMs): faster, slightly less accurate; the default; no effect on the CPU");
+  gen->add_flag("--no-quant-fast-accum", g.quant_no_fast_accum, "FP8 formats on a GPU: accumulate with cuBLASLt's periodic float32 promotion instead (slower, slightly more accurate)");
   gen->add_option("--quant-ignore", g.quant_ignore, "Module-name pattern left unquantized (fnmatch, e.g. 'proj_out' or 'blocks.0.*'); repeatable")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   gen->add_flag("--lora-ignore-unmatched", g.lora_ignore_unmatched, "Skip (with a warning) LoRA keys that match no module of the transformer instead of failing");
   gen->add_flag("--conv-autotune", g.conv_autotune, "Time cuDNN's engines for each VAE convolution and keep the fastest (repaid from the second decode on; the first costs more)");
@@ -656,8 +659,10 @@ int main(int argc, char** argv) {
   CLI::App* info = app.add_subcommand("info", "Show what a checkpoint holds and how vgen will run it, or how a PNG/MP4 was made");
   std::optional<std::string> info_quant_algo;
   QuantConfig info_quant;
+  bool info_fast_accum = false, info_no_fast_accum = false;
   info->add_option("--quant-algo", info_quant_algo, "Show what --quant-algo FP8 | FP8_BLOCK_SCALES | NVFP4 makes of each linear layer (counts per format)");
-  info->add_flag("--quant-fast-accum", info_quant.fast_accum, "With an FP8 --quant-algo: show the layers with fast accumulation (as generate's)");
+  info->add_flag("--quant-fast-accum", info_fast_accum, "With an FP8 --quant-algo: fast accumulation (the default; as generate's)");
+  info->add_flag("--no-quant-fast-accum", info_no_fast_accum, "With an FP8 --quant-algo: FP8 GEMMs without fast accumulation (as generate's)");
   info->add_option("--quant-ignore", info_quant.ignore, "Module-name pattern left unquantized (as generate's)")->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   info->add_option("model", info_model, "Checkpoint folder in the diffusers layout, a Hugging Face repo id in the HF cache, or a PNG/MP4 that vgen wrote (shows how it was made)")->required();
 
@@ -718,7 +723,8 @@ int main(int argc, char** argv) {
   bench->add_option("--latents", b.latents, "pipeline: initial noise, a safetensors file with a tensor 'latents'")->check(CLI::ExistingFile);
   bench->add_option("--save-latents", b.save_latents, "pipeline: write the denoised latents and the uint8 frames (safetensors: denoised_latents, frames)");
   bench->add_option("--quant-algo", b.quant_algo, "transformer, pipeline: quantize the linear layers: FP8, FP8_BLOCK_SCALES or NVFP4 (as generate's --quant-algo)");
-  bench->add_flag("--quant-fast-accum", b.quant_fast_accum, "transformer, pipeline: FP8 GEMMs with cuBLASLt's fast accumulation (as generate's)");
+  bench->add_flag("--quant-fast-accum", b.quant_fast_accum, "transformer, pipeline: FP8 GEMMs with cuBLASLt's fast accumulation (the default; as generate's)");
+  bench->add_flag("--no-quant-fast-accum", b.quant_no_fast_accum, "transformer, pipeline: FP8 GEMMs without fast accumulation (as generate's)");
   bench->add_flag("--quant-static", b.quant_static, "transformer, pipeline: the checkpoint is ModelOpt-exported (pre-quantized)");
   bench->add_option("--save-output", b.save_output, "transformer, vae: write the output of one forward/decode/encode as raw float32");
   srv->add_option("--served-model-name", serve.served_model_name, "Model id in the API (default: the folder name)");
@@ -756,8 +762,10 @@ int main(int argc, char** argv) {
     if (gen->parsed()) return run_generate(g);
     if (info->parsed()) {
       if (info_quant_algo) info_quant.quant_algo = parse_quant_algo(*info_quant_algo, "--quant-algo");
-      if (info_quant.fast_accum && !quant_fast_accum_applies(info_quant.quant_algo))
-        fail("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES");
+      if ((info_fast_accum || info_no_fast_accum) && !quant_fast_accum_applies(info_quant.quant_algo))
+        fail("--{}quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES", info_no_fast_accum ? "no-" : "");
+      if (info_fast_accum && info_no_fast_accum) fail("--quant-fast-accum and --no-quant-fast-accum: give one of them");
+      if (info_fast_accum || info_no_fast_accum) info_quant.fast_accum = info_fast_accum;
       return run_info(info_model, info_quant);
     }
     if (srv->parsed()) {

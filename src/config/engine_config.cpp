@@ -105,6 +105,8 @@ std::string quant_algo_name(QuantAlgo algo) {
 
 bool quant_fast_accum_applies(QuantAlgo algo) { return algo == QuantAlgo::FP8 || algo == QuantAlgo::FP8Blockwise; }
 
+bool QuantConfig::fast_accum_on() const { return quant_fast_accum_applies(quant_algo) && fast_accum.value_or(true); }
+
 QuantAlgo parse_quant_algo(const std::string& text, const std::string& flag) { return parse_choice(kQuantAlgos, text, flag); }
 QuantAlgo parse_linear_type(const std::string& text, const std::string& flag) { return parse_choice(kLinearTypes, text, flag); }
 
@@ -136,8 +138,8 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   c.quant_config.ignore = quant.string_list("ignore");
   for (size_t i = 0; i < c.quant_config.ignore.size(); ++i)
     if (c.quant_config.ignore[i].empty()) quant.fail_value(fmt::format("ignore[{}]", i), "empty pattern");
-  c.quant_config.fast_accum = quant.boolean("fast_accum", c.quant_config.fast_accum);
-  if (c.quant_config.fast_accum && !quant_fast_accum_applies(c.quant_config.quant_algo))
+  if (quant.has("fast_accum")) c.quant_config.fast_accum = quant.boolean("fast_accum", true);
+  if (c.quant_config.fast_accum.value_or(false) && !quant_fast_accum_applies(c.quant_config.quant_algo))
     quant.fail_value("fast_accum", fmt::format("true applies to the FP8 GEMMs only (quant_algo FP8 or "
                                                "FP8_BLOCK_SCALES, not {})",
                                                quant_algo_name(c.quant_config.quant_algo)));

@@ -101,7 +101,7 @@ Linear Linear::load(const Weights& weights, const std::string& prefix, const Sha
                        .to(weights.device());
     else
       l.qweight_ = read_static(weights, prefix, format, out, in);
-    l.qweight_.fast_accum = weights.quant()->fast_accum;
+    l.qweight_.fast_accum = weights.quant()->fast_accum_on();
     if (bias) l.bias_ = weights.load(prefix + ".bias", {out});
     return l;
   }
@@ -143,7 +143,7 @@ Linear Linear::fused(const Weights& weights, const std::vector<std::string>& pre
   if (weights.quant()->dynamic) {
     // One weight: the concatenation quantized as a whole (one scale for the fused GEMM).
     l.qweight_ = quantize_weight(ops::cat(ws, 0), format, name).to(weights.device());
-    l.qweight_.fast_accum = weights.quant()->fast_accum;
+    l.qweight_.fast_accum = weights.quant()->fast_accum_on();
     return l;
   }
   std::vector<QuantizedWeight> parts;
@@ -173,7 +173,7 @@ Linear Linear::fused(const Weights& weights, const std::vector<std::string>& pre
     }
   }
   l.qweight_ = q.to(weights.device());
-  l.qweight_.fast_accum = weights.quant()->fast_accum;
+  l.qweight_.fast_accum = weights.quant()->fast_accum_on();
   return l;
 }
 

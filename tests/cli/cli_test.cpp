@@ -605,14 +605,16 @@ TEST(Cli, LoraAdaptersAreFusedAndRecorded) {
 // Quantization flags: `vgen info` counts the transformer's linear layers per format, generate
 // runs quantized, and bad or conflicting flags are errors naming them.
 TEST(Cli, QuantizationFlags) {
-  Result r = run("info " + fixture("wan21_t2v_tiny") + " --quant-algo FP8 --quant-ignore proj_out");
+  Result r = run("info " + fixture("wan21_t2v_tiny") + " --quant-algo FP8 --no-quant-fast-accum --quant-ignore proj_out");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("transformer: 1 F32, 2 F32 (kept in float32), 33 fp8 per-tensor (quantized while loading)"),
             std::string::npos)
       << r.out;
-  r = run("info " + fixture("wan21_t2v_tiny") + " --quant-algo FP8 --quant-fast-accum --quant-ignore proj_out");
-  ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("33 fp8 per-tensor, fast accumulation (quantized while loading)"), std::string::npos) << r.out;
+  for (const char* fast : {"", " --quant-fast-accum"}) {  // fast accumulation is the FP8 default
+    r = run("info " + fixture("wan21_t2v_tiny") + " --quant-algo FP8" + fast + " --quant-ignore proj_out");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("33 fp8 per-tensor, fast accumulation (quantized while loading)"), std::string::npos) << r.out;
+  }
   r = run("info " + fixture("wan21_t2v_tiny"));
   EXPECT_NE(r.out.find("transformer: 34 F32, 2 F32 (kept in float32)"), std::string::npos) << r.out;
 
@@ -632,11 +634,13 @@ TEST(Cli, QuantizationFlags) {
   EXPECT_NE(r.out.find("--quant-algo and --linear-type name the same setting"), std::string::npos) << r.out;
   r = run(base + "--quant-static -o " + out);
   EXPECT_NE(r.out.find("--quant-static needs --quant-algo"), std::string::npos) << r.out;
-  for (const char* flags : {"--quant-fast-accum", "--quant-algo NVFP4 --quant-fast-accum"}) {
+  for (const char* flags : {"--quant-fast-accum", "--quant-algo NVFP4 --quant-fast-accum", "--no-quant-fast-accum"}) {
     r = run(base + flags + " -o " + out);
     EXPECT_NE(r.code, 0) << flags;
-    EXPECT_NE(r.out.find("--quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("quant-fast-accum needs --quant-algo FP8 or FP8_BLOCK_SCALES"), std::string::npos) << r.out;
   }
+  r = run(base + "--quant-algo FP8 --quant-fast-accum --no-quant-fast-accum -o " + out);
+  EXPECT_NE(r.out.find("--quant-fast-accum and --no-quant-fast-accum: give one of them"), std::string::npos) << r.out;
   // A bf16/fp32 checkpoint read as a static one: the tensor and the dtype it should have.
   r = run(base + "--quant-algo FP8 --quant-static -o " + out);
   EXPECT_NE(r.code, 0);
@@ -653,7 +657,10 @@ TEST(Cli, FastAccumulationAndGemmAutotuneFlags) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("\"quant_fast_accum\":true"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"gemm_autotune\":false"), std::string::npos) << r.out;
-  r = run("bench transformer --model " + tiny + size + " --quant-algo FP8");
+  r = run("bench transformer --model " + tiny + size + " --quant-algo FP8 --no-quant-fast-accum");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"quant_fast_accum\":false"), std::string::npos) << r.out;
+  r = run("bench transformer --model " + tiny + size + " --quant-algo NVFP4");  // the default applies to FP8 only
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("\"quant_fast_accum\":false"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"gemm_autotune\":true"), std::string::npos) << r.out;
@@ -662,7 +669,7 @@ TEST(Cli, FastAccumulationAndGemmAutotuneFlags) {
   fs::create_directories(dir);
   const std::string base =
       "generate --model " + tiny + kQuick + "--device cpu --height 32 --width 48 --num-frames 1 --quant-algo FP8 ";
-  r = run(base + "-o " + (dir / "plain.png").string());
+  r = run(base + "--no-quant-fast-accum -o " + (dir / "plain.png").string());
   ASSERT_EQ(r.code, 0) << r.out;
   r = run(base + "--quant-fast-accum --no-gemm-autotune -o " + (dir / "fast.png").string());
   ASSERT_EQ(r.code, 0) << r.out;

@@ -279,7 +279,7 @@ TEST(QuantLinear, IgnorePatternsAndFusedProjections) {
   qc->ignore = {"blocks.1.*", "proj_out"};
   const nn::Weights weights(store, DType::F32, Device::cpu(), nullptr, qc);
   EXPECT_TRUE(nn::Linear(weights, "blocks.0.ffn.net.2", 64, 48).quantized());
-  EXPECT_EQ(nn::Linear(weights, "blocks.0.ffn.net.2", 64, 48).format(), "fp8 per-tensor");
+  EXPECT_EQ(nn::Linear(weights, "blocks.0.ffn.net.2", 64, 48).format(), "fp8 per-tensor, fast accumulation");  // the default
   EXPECT_FALSE(nn::Linear(weights, "blocks.1.ffn.net.2", 64, 48).quantized());
   EXPECT_FALSE(nn::Linear(weights, "proj_out", 48, 64).quantized());
   EXPECT_FALSE(nn::Linear(weights.as(DType::F32), "blocks.0.ffn.net.2", 64, 48).quantized());  // float32-kept modules
@@ -299,11 +299,14 @@ TEST(QuantLinear, FastAccumulationReachesTheWeights) {
   const WeightStore store = WeightStore::open_dir(fixture("wan21_t2v_tiny/transformer"));
   auto qc = std::make_shared<QuantConfig>();
   qc->quant_algo = QuantAlgo::FP8;
+  EXPECT_TRUE(qc->fast_accum_on());  // the default for the FP8 formats
+  qc->fast_accum = false;
   const nn::Weights plain(store, DType::F32, Device::cpu(), nullptr, qc);
   const nn::Linear slow(plain, "blocks.0.ffn.net.2", 64, 48);
   EXPECT_FALSE(slow.quantized_weight().fast_accum);
+  EXPECT_EQ(slow.format(), "fp8 per-tensor");
   auto fast_qc = std::make_shared<QuantConfig>(*qc);
-  fast_qc->fast_accum = true;
+  fast_qc->fast_accum = std::nullopt;
   const nn::Weights fast(store, DType::F32, Device::cpu(), nullptr, fast_qc);
   const nn::Linear layer(fast, "blocks.0.ffn.net.2", 64, 48);
   EXPECT_TRUE(layer.quantized_weight().fast_accum);

@@ -35,7 +35,7 @@ TEST(EngineConfig, EmptyIsAllDefaults) {
     EXPECT_EQ(c.quant_config.quant_algo, QuantAlgo::None);
     EXPECT_TRUE(c.quant_config.dynamic);
     EXPECT_TRUE(c.quant_config.ignore.empty());
-    EXPECT_FALSE(c.quant_config.fast_accum);
+    EXPECT_FALSE(c.quant_config.fast_accum.has_value());  // unset: on for the FP8 formats
     EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::None);
     EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.2);
     EXPECT_TRUE(c.cache_config.use_ret_steps);
@@ -83,7 +83,7 @@ gemm:
   EXPECT_EQ(c.quant_config.quant_algo, QuantAlgo::FP8Blockwise);
   EXPECT_FALSE(c.quant_config.dynamic);
   EXPECT_EQ(c.quant_config.ignore, (std::vector<std::string>{"proj_out", "blocks.0.*"}));
-  EXPECT_TRUE(c.quant_config.fast_accum);
+  EXPECT_EQ(c.quant_config.fast_accum, std::optional<bool>(true));
   EXPECT_EQ(c.cache_config.cache_backend, CacheBackend::TeaCache);
   EXPECT_DOUBLE_EQ(c.cache_config.teacache_thresh, 0.08);
   EXPECT_FALSE(c.cache_config.use_ret_steps);

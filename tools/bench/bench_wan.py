@@ -26,7 +26,8 @@ quant: the quantized linear layers (FP8, FP8_BLOCK_SCALES, NVFP4, quantized whil
 the 14B width at its real token count, fewer layers so the whole part stays within a few
 minutes): forward time, peak memory and weights memory of each format against diffusers bf16 on
 the same random weights, and each one's error against the float32 forward beside diffusers bf16's;
-the FP8 formats once more with --quant-fast-accum (rows *_fast_accum).
+the FP8 formats once more with --no-quant-fast-accum (rows *_no_fast_accum; fast accumulation is
+their default).
 Several GPUs: multigpu (seconds per step on 1, 2 and 4 GPUs through `vgen launch`: 14B width
 at 720x1280x81 with CFG parallel / Ulysses, 1.3B width at 480x832x81 with Ulysses / ring; vgen
 only, the ratio is the speed-up over one GPU; --par-layers, --par-steps).
@@ -304,7 +305,7 @@ def part_quant(args):
         common = ["--model", d, "--height", h, "--width", w, "--num-frames", f, "--text-len", text_len,
                   "--inputs", inputs]
         iters = ["--iters", 2, "--warmup", 1] if size == "14b" else ["--iters", 3, "--warmup", 1]
-        # Each FP8 format once more with --quant-fast-accum (vgen only: the same diffusers bf16
+        # Each FP8 format once more with --no-quant-fast-accum (vgen only: the same diffusers bf16
         # figures, ratio and error columns as the other rows).
         runs = []
         for algo in [None] + [a for a in args.quant_algos.split(",") if a]:
@@ -313,10 +314,10 @@ def part_quant(args):
                 runs.append((algo, True))
         for algo, fast in runs:
             out_path = os.path.join(args.work, "vgen_quant_out.f32")
-            quant = (["--quant-algo", algo] if algo else []) + (["--quant-fast-accum"] if fast else [])
+            quant = (["--quant-algo", algo] if algo else []) + (["--no-quant-fast-accum"] if fast else [])
             ours = vgen(args, "transformer", *common, *quant, "--save-output", out_path, *iters)
             ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(ref.shape)
-            name = (algo or "bf16") + ("_fast_accum" if fast else "")
+            name = (algo or "bf16") + ("_no_fast_accum" if fast else "")
             compare(f"quant_{size}_{name}_{h}x{w}x{f}", theirs, ours,
                     layers=f"{cfg['num_layers']} of {full_layers}", tokens=ours["tokens"],
                     diffusers_weights_gib=weights_gib, vgen_weights_gib=ours["weights_gib"],

@@ -80,7 +80,7 @@ ComponentBench wan_transformer_bench(const std::string& dir, const ComponentBenc
   b.run = [model, x, t, ctx, image] { (void)model->forward(x, t, ctx, image); };
   b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"tokens", tokens},
              {"weights_gib", weights_gib}, {"quant_algo", quant_algo_name(o.pipeline.quant.quant_algo)},
-             {"quant_fast_accum", o.pipeline.quant.fast_accum}};
+             {"quant_fast_accum", o.pipeline.quant.fast_accum_on()}};
   b.after = [model] { return nlohmann::json{{"cuda_graph_replays", model->graphed_step().replays()}}; };
   b.context = std::move(context);
   return b;
