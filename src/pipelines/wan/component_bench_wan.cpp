@@ -98,7 +98,9 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
   ComponentBench b;
   // The input: random, or "video" (encode) / "z" (decode) from --inputs.
   const char* name = o.encode ? "video" : "z";
-  Tensor input = o.encode ? bench_random({1, c.in_channels, size.num_frames, size.height, size.width}, dtype, device, 6)
+  // A video has in_channels / patch_size^2 channels (the Wan2.2 VAE patchifies 3 into 12).
+  const int64_t video_channels = c.in_channels / (c.patch() * c.patch());
+  Tensor input = o.encode ? bench_random({1, video_channels, size.num_frames, size.height, size.width}, dtype, device, 6)
                           : bench_random({1, c.z_dim, size.latent_frames(), size.latent_height(), size.latent_width()},
                                       dtype, device, 6);
   if (!o.inputs.empty()) input = WeightStore::open_files({o.inputs}).get(name).to(dtype).to(device);
