@@ -102,8 +102,16 @@ int run_bench(const BenchArgs& a) {
 #ifdef VGEN_WITH_CUDA
     if (device.is_cuda()) kernel = cuda::attention_path(q, k, v, {}, scale);
 #endif
+    // The error against float32 attention over the first query rows (the reference's scores
+    // fit in memory), with the kernel that ran above.
+    const int64_t rows = std::min<int64_t>(a.seq, 256);
+    const Tensor qs = q.narrow(2, 0, rows);
+    const Tensor got = ops::attention(qs, k, v, {}, scale).to(DType::F32);
+    const Tensor want = ops::attention(qs.to(DType::F32), k.to(DType::F32), v.to(DType::F32), {}, scale);
+    const double num = ops::sum_abs(ops::mul(ops::sub(got, want), ops::sub(got, want)));
+    const double den = ops::sum_abs(ops::mul(want, want));
     out.update({{"S", a.seq}, {"S_kv", kv_seq}, {"H", a.heads}, {"D", a.head_dim}, {"s", s}, {"tflops", flops / s / 1e12},
-                {"backend", kernel}});
+                {"backend", kernel}, {"rel_l2_vs_f32", den > 0 ? std::sqrt(num / den) : 0.0}, {"error_rows", rows}});
   } else if (a.what == "transformer" || a.what == "vae" || a.what == "image_encoder") {
     ComponentBenchOptions co;
     co.pipeline = options;

@@ -625,7 +625,7 @@ int main(int argc, char** argv) {
   gen->add_option("--device", g.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   gen->add_option("--dtype", g.dtype, "Compute dtype of the transformer and text encoder: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default: the model family's, as diffusers' examples run it; `vgen info` shows it)");
-  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (cuDNN's fused SDPA), flash (vgen's Hopper kernel, sm_90) or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
+  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (cuDNN's fused SDPA), flash (vgen's Hopper kernel, sm_90), reference, or sage (quantized INT8/FP8 kernel, sm_90: faster, lossy, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
   gen->add_option("--lora", g.lora, "LoRA adapter fused into the transformer at load, FILE or FILE:SCALE (diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE), default scale 1); repeatable, applied in order. Original/ComfyUI (diffusion_model.), musubi-tuner/kohya (lora_unet_) and diffusers/PEFT keys");
@@ -694,7 +694,7 @@ int main(int argc, char** argv) {
   bench->add_option("--device", b.device, "auto, cpu or cuda (default auto)");
   bench->add_option("--dtype", b.dtype, "Compute dtype (default: bf16 on a GPU)");
   bench->add_option("--vae-dtype", b.vae_dtype, "VAE dtype for vae/pipeline (default: the model family's, as diffusers' examples run it)");
-  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn, flash or reference (default: VGEN_ATTENTION_BACKEND, else auto)");
+  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn, flash, reference or sage (quantized, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)");
   bench->add_option("--height", b.height, "Height in pixels (default: the model's)");
   bench->add_option("--width", b.width, "Width in pixels (default: the model's)");
   bench->add_option("--num-frames", b.num_frames, "Frames (default: the model's)");

@@ -93,7 +93,8 @@ const std::vector<std::pair<std::string, AttentionBackend>> kAttentionBackends =
     {"auto", AttentionBackend::Auto},
     {"reference", AttentionBackend::Reference},
     {"flash", AttentionBackend::Flash},
-    {"cudnn", AttentionBackend::CuDNN}};
+    {"cudnn", AttentionBackend::CuDNN},
+    {"sage", AttentionBackend::Sage}};
 
 }  // namespace
 

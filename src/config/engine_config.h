@@ -66,10 +66,11 @@ struct ParallelConfig {
   int world_size() const { return cfg_size * ulysses_size * ring_size; }
 };
 
-enum class AttentionBackend { Auto, Reference, Flash, CuDNN };
+enum class AttentionBackend { Auto, Reference, Flash, CuDNN, Sage };
 
 struct AttentionConfig {
-  // auto (the fastest exact kernel on the device) | reference | flash (vgen's Hopper kernel) | cudnn
+  // auto (the fastest exact kernel on the device) | reference | flash (vgen's Hopper kernel) | cudnn |
+  // sage (quantized: int8 Q K^T, fp8 P V on Hopper; opt-in, lossy; exact kernels where it cannot run)
   AttentionBackend backend = AttentionBackend::Auto;
 };
 

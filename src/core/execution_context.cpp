@@ -14,12 +14,12 @@ size_t slot(DeviceType type) { return type == DeviceType::CPU ? 0 : 1; }
 
 thread_local ExecutionContext* t_bound = nullptr;
 
-const char* const kAttentionBackends[] = {"auto", "cudnn", "flash", "reference"};
+const char* const kAttentionBackends[] = {"auto", "cudnn", "flash", "reference", "sage"};
 
 void validate(const ExecutionSettings& s) {
   for (const char* name : kAttentionBackends)
     if (s.attention_backend == name) return;
-  fail("unknown attention backend '{}': expected auto, cudnn, flash or reference", s.attention_backend);
+  fail("unknown attention backend '{}': expected auto, cudnn, flash, reference or sage", s.attention_backend);
 }
 
 }  // namespace

@@ -28,7 +28,9 @@ class Tensor;
 
 // How ops run. Fixed once a context is built (make a second context to run differently).
 struct ExecutionSettings {
-  // GPU attention kernel: "auto" (the fastest available), "cudnn", or "reference".
+  // GPU attention kernel: "auto" (the fastest exact one available), "cudnn", "flash" (vgen's Hopper
+  // kernel), "reference", or "sage" (the quantized kernel: opt-in, lossy; on sm_90 only, exact
+  // kernels elsewhere and for inputs it does not take).
   std::string attention_backend = "auto";
   // Float32 convolutions on the GPU may use TF32 tensor cores (PyTorch's default).
   bool allow_tf32 = true;

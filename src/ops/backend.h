@@ -55,6 +55,10 @@
 //                         log-sum-exp of the scaled scores into lse [B, H, Sq] (F32, contiguous;
 //                         -inf for no keys): partial results over key blocks merge exactly
 //                         (ring attention). out in q's dtype.
+//   sage_attention(q,k,v,scale)  quantized attention (ops/sage_attention.h: int8 q, k after
+//                         subtracting k's mean, e4m3 P and v, float32 accumulation per key block):
+//                         bf16 q [B, H, Sq, 128], k/v [B, H, Sk, 128], no bias; out bf16. The
+//                         CPU runs the same steps; CUDA on sm_90a (supports() says no elsewhere).
 #pragma once
 
 #include <array>

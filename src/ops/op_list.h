@@ -50,5 +50,7 @@
   X(rms_norm_rope, Tensor, (const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,                  \
                             const Tensor& sin), (x, weight, eps, cos, sin), Composite)                    \
   X(attention_lse, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse),   \
-    (q, k, v, scale, lse), Primitive)
+    (q, k, v, scale, lse), Primitive)                                                                             \
+  X(sage_attention, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, float scale), (q, k, v, scale),    \
+    Primitive)
 // clang-format on

@@ -1,6 +1,9 @@
 #include "ops/ops.h"
 
+#include <cmath>
+
 #include "core/error.h"
+#include "ops/sage_attention.h"
 
 namespace vgen {
 
@@ -209,6 +212,15 @@ AttentionWithLse attention_lse(const Tensor& q, const Tensor& k, const Tensor& v
   r.lse = Tensor::empty({q.size(0), q.size(1), q.size(2)}, DType::F32, q.device());
   r.out = on(q, Op::attention_lse, "attention_lse").attention_lse(q, k, v, scale, r.lse);
   return r;
+}
+
+Tensor sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  const std::string why = sage::rejects(q, k, v, {});
+  VGEN_CHECK(why.empty(), "sage_attention: q {}, k {}, v {}: {}", q.str(), k.str(), v.str(), why);
+  VGEN_CHECK(q.device() == k.device() && k.device() == v.device(), "sage_attention: q {}, k {}, v {} are on different devices",
+             q.str(), k.str(), v.str());
+  if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  return on(q, Op::sage_attention, "sage_attention").sage_attention(q, k, v, scale);
 }
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {

@@ -52,6 +52,10 @@ struct AttentionWithLse {
   Tensor out, lse;
 };
 AttentionWithLse attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale);
+// Quantized attention (SageAttention2's recipe, ops/sage_attention.h): bf16 q [B, H, Sq, 128],
+// k/v [B, H, Sk, 128]; scale < 0 means 1 / sqrt(head dim). Its error against exact attention is
+// the quantization's: the "sage" attention backend runs it inside ops::attention when asked.
+Tensor sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale = -1.0f);
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 

@@ -909,7 +909,50 @@ void attention_lse_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
           bound, {B, H, Sq, D}, d, Settings{}, 4.0 * B * H * Sq * Sk * D});
 }
 
+// sage_attention: the quantized kernel against the CPU's run of the same steps
+// (ops/sage_attention.h); [B, H, S, D] views of [B, S, H, D] buffers, D 128.
+void sage_attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, bool perf_only = false) {
+  constexpr int64_t D = 128;
+  const Bound bound{3e-3, -1, "the same int8 / e4m3 codes; float32 sums in another order, bf16 out"};
+  cs.add({Op::sage_attention, fmt::format("sage_attention bf16 B{} H{} Sq{} Sk{} D{}", B, H, Sq, Sk, D), DType::BF16,
+          [=](Gen& g) {
+            std::vector<Input> v;
+            for (int64_t S : {Sq, Sk, Sk}) v.push_back(in(g.normal({B, S, H, D}, DType::BF16), bshd_view));
+            return v;
+          },
+          [](const Args& t, Device) { return Outputs{ops::sage_attention(t[0], t[1], t[2], 1.0f / std::sqrt(128.0f))}; },
+          bound, {B, H, Sq, D}, DType::BF16, Settings{}, 4.0 * B * H * Sq * Sk * D, perf_only});
+}
+
+// ops::attention with the "sage" backend: the quantized kernel on sm_90 for what it takes (an
+// exact kernel elsewhere), against the CPU's exact attention: the bound is the quantization's
+// on random (flat-softmax) inputs, loose enough for it and tight enough for a wrong layout.
+void sage_backend_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D) {
+  cs.add({Op::attention, fmt::format("attention bf16 B{} H{} Sq{} Sk{} D{} kernel sage", B, H, Sq, Sk, D), DType::BF16,
+          [=](Gen& g) {
+            std::vector<Input> v;
+            for (int64_t S : {Sq, Sk, Sk}) v.push_back(in(g.normal({B, S, H, D}, DType::BF16), bshd_view));
+            v.push_back(none());
+            return v;
+          },
+          [D](const Args& t, Device) {
+            return Outputs{ops::attention(t[0], t[1], t[2], t[3], 1.0f / std::sqrt(static_cast<float>(D)))};
+          },
+          Bound{8e-2, -1, "int8 q / k and e4m3 P / v against exact attention (random inputs)"}, {B, H, Sq, D},
+          DType::BF16, Settings{"sage", -1}, 4.0 * B * H * Sq * Sk * D});
+}
+
 void attention_cases(Cases& cs) {
+  // The quantized kernel: odd lengths (a key block, a query group cut short), short and long
+  // key sets, several heads and batches, a single key.
+  for (auto [B, H, Sq, Sk] : std::vector<std::array<int64_t, 4>>{
+           {2, 3, 1000, 1000}, {1, 4, 999, 512}, {1, 2, 1500, 769}, {3, 1, 5, 7}, {1, 2, 129, 1}, {1, 1, 300, 4100}})
+    sage_attention_case(cs, B, H, Sq, Sk);
+  sage_backend_case(cs, 2, 3, 1000, 1000, 128);
+  sage_backend_case(cs, 1, 2, 300, 301, 64);  // head dim 64: an exact kernel runs
+  sage_attention_case(cs, 1, 12, 32760, 32760, true);
+  sage_attention_case(cs, 1, 40, 75600, 75600, true);
+  sage_attention_case(cs, 1, 12, 32760, 512, true);
   for (DType d : {DType::F32, DType::BF16}) {
     attention_lse_case(cs, 2, 3, 100, 70, 64, d);
     attention_lse_case(cs, 1, 2, 33, 257, 128, d);

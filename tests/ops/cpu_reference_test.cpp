@@ -343,3 +343,108 @@ TEST(CpuReference, ShapesCopiesAndSmallOps) {
   EXPECT_EQ(ops::clamp(Tensor::from_vector({-2, 0.5f, 2}, {3}), -1, 1).to_vector(), (std::vector<float>{-1, 0.5f, 1}));
   EXPECT_THROW(ops::add(rnd({2, 3}, 1), rnd({4}, 2)), Error);
 }
+
+// ops::sage_attention (ops/sage_attention.h) by naive loops: the quantization steps written out
+// again, sums in double, the block-wise online softmax as the recipe states it.
+TEST(CpuReference, SageAttentionMatchesNaiveLoops) {
+  const int64_t B = 1, H = 2, Sq = 37, Sk = 300, D = 128;
+  const Tensor q = rnd({B, H, Sq, D}, 31).to(DType::BF16), k = ops::scale(rnd({B, H, Sk, D}, 32), 2.0f).to(DType::BF16),
+               v = rnd({B, H, Sk, D}, 33).to(DType::BF16);
+  const float scale = 0.0883883f;
+  const std::vector<float> got = ops::sage_attention(q, k, v, scale).to(DType::F32).to_vector();
+  const std::vector<float> qv = q.to(DType::F32).to_vector(), kv = k.to(DType::F32).to_vector(),
+                           vv = v.to(DType::F32).to_vector();
+  auto e4m3 = [](double x) {  // round to nearest e4m3 value (3 mantissa bits), saturating at 448
+    if (x == 0) return 0.0;
+    const double a = std::min(std::fabs(x), 448.0);
+    const int e = std::max(static_cast<int>(std::floor(std::log2(a))), -6);
+    const double step = std::ldexp(1.0, e - 3);
+    return std::copysign(std::nearbyint(a / step) * step, x);
+  };
+  double num = 0, den = 0;
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const float* qp = qv.data() + bh * Sq * D;
+    const float* kp = kv.data() + bh * Sk * D;
+    const float* vp = vv.data() + bh * Sk * D;
+    std::vector<double> mean(D, 0.0), vmax(D, 0.0);
+    for (int64_t j = 0; j < Sk; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        mean[d] += kp[j * D + d] / static_cast<double>(Sk);
+        vmax[d] = std::max(vmax[d], std::fabs(static_cast<double>(vp[j * D + d])));
+      }
+    // int8 codes and scales: q per 16 rows, k - mean per 128 keys.
+    auto codes = [&](const float* x, const std::vector<double>* m, int64_t rows, int64_t group, std::vector<double>& c,
+                     std::vector<double>& s) {
+      c.assign(rows * D, 0.0);
+      s.assign((rows + group - 1) / group, 1.0);
+      for (int64_t g = 0; g * group < rows; ++g) {
+        const int64_t r1 = std::min(rows, g * group + group);
+        double amax = 0;
+        for (int64_t i = g * group * D; i < r1 * D; ++i) amax = std::max(amax, std::fabs(x[i] - (m ? (*m)[i % D] : 0.0)));
+        if (amax == 0) continue;
+        s[g] = amax / 127;
+        for (int64_t i = g * group * D; i < r1 * D; ++i) c[i] = std::nearbyint((x[i] - (m ? (*m)[i % D] : 0.0)) / s[g]);
+      }
+    };
+    std::vector<double> qc, qs, kc, ks;
+    codes(qp, nullptr, Sq, 16, qc, qs);
+    codes(kp, &mean, Sk, 128, kc, ks);
+    for (int64_t i = 0; i < Sq; ++i) {
+      double m = -INFINITY, l = 0;
+      std::vector<double> o(D, 0.0);
+      for (int64_t j0 = 0; j0 < Sk; j0 += 128) {
+        const int64_t j1 = std::min(Sk, j0 + 128);
+        const double c = qs[i / 16] * scale * M_LOG2E * ks[j0 / 128];
+        std::vector<double> s(j1 - j0);
+        double mx = -INFINITY;
+        for (int64_t j = j0; j < j1; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += qc[i * D + d] * kc[j * D + d];
+          mx = std::max(mx, s[j - j0] = dot * c);
+        }
+        const double m_new = std::max(m, mx), corr = m == -INFINITY ? 0.0 : std::exp2(m - m_new);
+        l *= corr;
+        for (double& x : o) x *= corr;
+        m = m_new;
+        for (int64_t j = j0; j < j1; ++j) {
+          const double w = std::exp2(s[j - j0] - m) * 448;
+          l += w;
+          for (int64_t d = 0; d < D; ++d)
+            o[d] += e4m3(w) * (vmax[d] > 0 ? e4m3(vp[j * D + d] * 448 / vmax[d]) * vmax[d] / 448 : 0.0);
+        }
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        const double want = o[d] / l, e = got[(bh * Sq + i) * D + d] - want;
+        num += e * e;
+        den += want * want;
+      }
+    }
+  }
+  EXPECT_LT(std::sqrt(num / den), 3e-3);  // bf16 output; e4m3 roundings may flip at a tie
+}
+
+// Its error against exact attention is the quantization's (not zero, not large), and K's
+// smoothing takes a large offset shared by every key out before the int8 rounding: softmax does
+// not see it, and neither does the quantized result.
+TEST(CpuReference, SageAttentionErrorIsTheQuantizationsAndSmoothingRemovesKeyOffsets) {
+  const int64_t B = 1, H = 2, Sq = 64, Sk = 500, D = 128;
+  const Tensor q = rnd({B, H, Sq, D}, 41).to(DType::BF16), k = rnd({B, H, Sk, D}, 42).to(DType::BF16),
+               v = rnd({B, H, Sk, D}, 43).to(DType::BF16);
+  const float scale = 1.0f / std::sqrt(128.0f);
+  const Tensor exact = ops::attention(q, k, v, {}, scale), quant = ops::sage_attention(q, k, v, scale);
+  const double err = rel_l2(quant.to(DType::F32), exact.to(DType::F32));
+  EXPECT_GT(err, 1e-3);
+  EXPECT_LT(err, 8e-2);
+  const Tensor shifted = ops::add(k.to(DType::F32), ops::scale(rnd({1, 1, 1, D}, 44), 30.0f)).to(DType::BF16);
+  const Tensor exact_shifted = ops::attention(q, shifted, v, {}, scale);
+  const double shift_err = rel_l2(ops::sage_attention(q, shifted, v, scale).to(DType::F32), exact_shifted.to(DType::F32));
+  EXPECT_LT(shift_err, 1.5 * err);
+}
+
+TEST(CpuReference, SageAttentionNamesWhatItDoesNotTake) {
+  const Tensor q = rnd({1, 2, 8, 128}, 51).to(DType::BF16), k = rnd({1, 2, 9, 128}, 52).to(DType::BF16);
+  vgen::testing::expect_error([&] { ops::sage_attention(q.to(DType::F32), k, k); }, "BF16");
+  const Tensor q64 = rnd({1, 2, 8, 64}, 53).to(DType::BF16);
+  vgen::testing::expect_error([&] { ops::sage_attention(q64, q64, q64); }, "head dim 128");
+  vgen::testing::expect_error([&] { ops::sage_attention(q, k, k.narrow(2, 0, 5)); }, "key and value lengths");
+}

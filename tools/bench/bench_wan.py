@@ -34,6 +34,11 @@ only, the ratio is the speed-up over one GPU; --par-layers, --par-steps).
 FLUX.1: flux (FLUX.1-dev-shaped transformer forward at 1024x1024 with the accuracy of each
 against a float32 reference, and the FLUX VAE decode, bf16), flux_e2e (the 28-step text-to-PNG
 run end to end with CLIP-L and T5-XXL-shaped encoders); --flux-layers D,S shrinks the transformer.
+Quantized attention (--attention-backend sage): attn times it and reports each kernel's error
+against float32 on the first 256 query rows; --sage adds a sage run to wan13 / wan14 / ti2v5b
+(time; for the 1.3B and 5B also the forward's error against float32 beside the exact run's);
+sage_e2e (the 1.3B pipeline, --steps steps, the same noise, exact vs sage: time, final-latent
+relative L2, PSNR of the decoded frames).
 Default: attn wan13 vae.
 --tiny shrinks every shape (a smoke test of this script, CPU or GPU).
 """
@@ -154,14 +159,18 @@ def part_attn(args):
             theirs["math"] = flops / s / 1e12
         del q, k, v
         free_gpu()
-        ours = {}
-        for kernel in (["cudnn", "flash"] if dev == "cuda" else ["auto"]):
+        ours, errors = {}, {}
+        for kernel in (["cudnn", "flash", "sage"] if dev == "cuda" else ["auto"]):
             r = vgen(args, "attention", "--seq", S, "--kv-seq", Skv, "--heads", H, "--head-dim", D, "--iters", 20,
                      "--warmup", 3, "--attention-backend", kernel)
             ours[f"{kernel}->{r['backend']}"] = r["tflops"]
+            errors[f"{kernel}->{r['backend']}"] = r["rel_l2_vs_f32"]
         best = max(theirs.values())
+        cudnn = next((v for k, v in ours.items() if k.startswith("cudnn")), None)
         log(what="attention_tflops", S=S, S_kv=Skv, H=H, D=D, torch=theirs, vgen=ours,
-            ratio_vs_best_torch={k: v / best for k, v in ours.items()})
+            ratio_vs_best_torch={k: v / best for k, v in ours.items()},
+            ratio_vs_vgen_cudnn={k: v / cudnn for k, v in ours.items()} if cudnn else {},
+            rel_l2_vs_f32_first_256_rows=errors)
 
 
 def part_transformer(args, size, timing=True):
@@ -234,6 +243,11 @@ def part_transformer(args, size, timing=True):
             extra["ratio_vs_compiled"] = ours["s"] / compiled["diffusers_compiled_s"]
         extra.update(tokens=ours["tokens"], attention=ours["attention"],
                      cuda_graph_replays=ours["cuda_graph_replays"])
+    if timing and args.sage:  # the quantized attention kernel (opt-in), same weights and inputs
+        q = vgen(args, "transformer", *common, *iters, "--attention-backend", "sage")
+        extra.update(sage_s=q["s"], sage_ratio=q["s"] / theirs["s"], sage_peak_gib=q["peak_gib"])
+        if compiled:
+            extra["sage_ratio_vs_compiled"] = q["s"] / compiled["diffusers_compiled_s"]
     if timing and size == "1.3b":  # what the CUDA graph of the step is worth
         eager = vgen(args, "transformer", *common, "--no-cuda-graphs", *iters)
         extra.update(vgen_eager_s=eager["s"])
@@ -244,6 +258,12 @@ def part_transformer(args, size, timing=True):
         ours_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(ref.shape)
         extra.update(rel_l2_vs_f32_vgen=rel_l2(ours_out, ref), rel_l2_vs_f32_diffusers_bf16=rel_l2(theirs_out, ref),
                      rel_l2_vgen_vs_diffusers_bf16=rel_l2(ours_out, theirs_out))
+        if args.sage:
+            vgen(args, "transformer", *common, "--inputs", inputs, "--save-output", out_path, "--iters", 1, "--warmup", 0,
+                 "--attention-backend", "sage")
+            sage_out = torch.from_numpy(np.fromfile(out_path, dtype=np.float32)).reshape(ref.shape)
+            extra.update(rel_l2_vs_f32_vgen_sage=rel_l2(sage_out, ref),
+                         sage_error_vs_bf16_error=rel_l2(sage_out, ref) / rel_l2(ours_out, ref))
     if timing:
         compare(f"transformer_{size}_forward_{h}x{w}x{f}", theirs, ours, **extra)
     else:
@@ -567,13 +587,13 @@ def part_i2v14(args):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def part_e2e(args):
+def wan13_pipeline(args, name):
+    """The 1.3B text-to-video pipeline with random weights (bf16 transformer and text encoder,
+    float32 VAE; tiny widths with --tiny), saved in work/name; returns (diffusers pipeline, dir)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     tiny, dev = args.tiny, args.device
-    h, w, f, steps = (64, 96, 9, 3) if tiny else (480, 832, 81, args.steps)
-    d = os.path.join(args.work, "e2e")
-    tmp = tempfile.mkdtemp()
-    tok = tiny_tokenizer(tmp)
+    d = os.path.join(args.work, name)
+    tok = tiny_tokenizer(tempfile.mkdtemp())
     torch.manual_seed(0)
     te = text_encoder(tiny, dev)
     with torch.device(dev):
@@ -587,6 +607,42 @@ def part_e2e(args):
                                     num_train_timesteps=1000)
     pipe = WanPipeline(tokenizer=tok, text_encoder=te, transformer=tr, vae=vae, scheduler=sched)
     pipe.save_pretrained(d)
+    return pipe, d
+
+
+def part_sage_e2e(args):
+    """The quantized attention kernel over a whole run: the 1.3B pipeline (random weights) at
+    480x832x81, --steps steps, CFG 5, the same initial noise, vgen with the exact kernels
+    (auto) and with --attention-backend sage: time of each, final latents relative L2 and the
+    PSNR of the decoded uint8 frames of the sage run against the exact one."""
+    from safetensors.torch import load_file, save_file
+    tiny = args.tiny
+    h, w, f, steps = (64, 96, 9, 3) if tiny else (480, 832, 81, args.steps)
+    pipe, d = wan13_pipeline(args, "sage_e2e")
+    del pipe
+    free_gpu()
+    latents = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(0))
+    latents_path = os.path.join(args.work, "sage_latents.safetensors")
+    save_file({"latents": latents}, latents_path)
+    runs = {}
+    for kernel in ("auto", "sage"):
+        out = os.path.join(args.work, f"sage_e2e_{kernel}.safetensors")
+        r = vgen(args, "pipeline", "--model", d, "--height", h, "--width", w, "--num-frames", f, "--steps", steps,
+                 "--warmup", 2, "--latents", latents_path, "--save-latents", out, "--attention-backend", kernel)
+        runs[kernel] = (r, load_file(out))
+    exact, quant = runs["auto"][1], runs["sage"][1]
+    log(what=f"sage_e2e_1.3b_{h}x{w}x{f}_{steps}steps", exact_s=runs["auto"][0]["pipeline_s"],
+        sage_s=runs["sage"][0]["pipeline_s"], sage_vs_exact=runs["sage"][0]["pipeline_s"] / runs["auto"][0]["pipeline_s"],
+        latent_rel_l2=rel_l2(quant["denoised_latents"], exact["denoised_latents"]),
+        frame_psnr_db=psnr(quant["frames"], exact["frames"]))
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def part_e2e(args):
+    tiny, dev = args.tiny, args.device
+    h, w, f, steps = (64, 96, 9, 3) if tiny else (480, 832, 81, args.steps)
+    pipe, d = wan13_pipeline(args, "e2e")
     kw = dict(prompt="A cat plays piano in the night", height=h, width=w, num_frames=f, guidance_scale=5.0,
               output_type="np")
     pipe(num_inference_steps=2, **kw)  # warm-up
@@ -608,7 +664,7 @@ def part_e2e(args):
         print("opencv missing: diffusers' MP4 export is not timed", file=sys.stderr)
     t_write = time.perf_counter() - t1
     theirs = {"s": t_pipe + t_write, "peak_gib": peak}
-    del pipe, te, tr, vae
+    del pipe
     free_gpu()
     # As `vgen generate` runs (the text encoder freed once the prompts are encoded), then with
     # the text encoder kept resident, as `vgen serve` does by default.
@@ -717,28 +773,12 @@ def part_cache(args):
     of teacache / fbcache here say nothing about a real checkpoint's; the MagCache runs and the
     fixed schedule (MagCache with all ratios 1: compute, skip max_skip_steps, compute, ...,
     the same calls skipped in vgen and diffusers) make the speed figures comparable."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
     from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
     from safetensors.torch import load_file, save_file
     tiny, dev = args.tiny, args.device
     h, w, f, steps = (64, 96, 9, 6) if tiny else (480, 832, 81, args.cache_steps)
-    d = os.path.join(args.work, "cache13")
-    tmp = tempfile.mkdtemp()
-    tok = tiny_tokenizer(tmp)
-    torch.manual_seed(0)
-    te = text_encoder(tiny, dev)
-    with torch.device(dev):
-        cfg = transformer_config("1.3b", tiny)
-        if tiny:
-            cfg["text_dim"] = 64
-        tr = WanTransformer3DModel(**cfg)
-        vae = AutoencoderKLWan(**(dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1) if tiny else {}))
-    te, tr, vae = te.to(torch.bfloat16), tr.to(torch.bfloat16), vae.to(torch.float32)
-    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-                                    num_train_timesteps=1000)
-    pipe = WanPipeline(tokenizer=tok, text_encoder=te, transformer=tr, vae=vae, scheduler=sched)
-    pipe.save_pretrained(d)
+    pipe, d = wan13_pipeline(args, "cache13")
     latents = torch.randn(1, 16, (f - 1) // 4 + 1, h // 8, w // 8, generator=torch.Generator().manual_seed(0))
     latents_path = os.path.join(args.work, "cache_latents.safetensors")
     save_file({"latents": latents}, latents_path)
@@ -783,7 +823,7 @@ def part_cache(args):
         diffusers_s[name] = time.perf_counter() - t0
         if hook is not None:
             pipe.transformer.disable_cache()
-    del pipe, te, tr, vae
+    del pipe
     free_gpu()
 
     files = []
@@ -1071,6 +1111,8 @@ def main():
     ap.add_argument("--flux-layers", default="19,38", help="flux: double,single blocks (FLUX.1-dev: 19,38)")
     ap.add_argument("--compile", action="store_true",
                     help="wan13/wan14/ti2v5b: also time diffusers under torch.compile (the deployed peer)")
+    ap.add_argument("--sage", action="store_true",
+                    help="wan13/wan14/acc13/ti2v5b: also run vgen with the quantized attention kernel (time, error)")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the saved checkpoints")
     args = ap.parse_args()
@@ -1086,7 +1128,7 @@ def main():
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
              "vae22": part_vae22, "vae_encode": part_vae_encode, "clip": part_clip, "i2v14": part_i2v14,
              "lora14": part_lora14, "cache": part_cache, "quant": part_quant, "multigpu": part_multigpu,
-             "flux": part_flux, "flux_e2e": part_flux_e2e}
+             "flux": part_flux, "flux_e2e": part_flux_e2e, "sage_e2e": part_sage_e2e}
     for p in args.parts:
         if p not in parts:
             raise SystemExit(f"unknown part {p!r}: choose from {', '.join(parts)}")
@@ -1113,6 +1155,11 @@ def main():
             print("attention S=%d S_kv=%d H=%d D=%d TFLOP/s: torch %s, vgen %s" % (
                 r["S"], r["S_kv"], r["H"], r["D"], {k: round(v, 1) for k, v in r["torch"].items()},
                 {k: round(v, 1) for k, v in r["vgen"].items()}))
+            print("%-44s rel L2 vs float32 (first 256 rows): %s" % (
+                "", {k: float("%.3g" % v) for k, v in r["rel_l2_vs_f32_first_256_rows"].items()}))
+        elif r["what"].startswith("sage_e2e"):
+            print("%-44s vgen exact %.3fs, sage %.3fs (%.3fx); latent rel L2 %.4g, frame PSNR %.2f dB" % (
+                r["what"], r["exact_s"], r["sage_s"], r["sage_vs_exact"], r["latent_rel_l2"], r["frame_psnr_db"]))
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench.json"), "w") as fh:
             json.dump(RESULTS, fh, indent=1)

@@ -1,10 +1,15 @@
-// Reference attention (scores materialized per block of queries), RoPE and embedding lookup.
+// Reference attention (scores materialized per block of queries), the quantized attention's
+// steps (ops/sage_attention.h), RoPE and embedding lookup.
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "backends/cpu/cpu_backend.h"
 #include "core/error.h"
+#include "ops/quant.h"
+#include "ops/sage_attention.h"
 
 namespace vgen::cpu {
 
@@ -81,6 +86,88 @@ Tensor CpuBackend::attention_lse(const Tensor& q, const Tensor& k, const Tensor&
   if (k.size(2) == 0)
     for (int64_t i = 0; i < lse.numel(); ++i) l[i] = -INFINITY;
   return attend(q, k, v, {}, scale, l);
+}
+
+// ops/sage_attention.h's steps in order, with the kernel's float32 operations (its sums over
+// the statistics' 256-key chunks included), so that the two differ by summation order only.
+Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  const Tensor fq = as_f32(q), fk = as_f32(k), fv = as_f32(v);
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2);
+  constexpr int64_t D = sage::kHeadDim, G = sage::kQGroup, N = sage::kKBlock, kStatRows = 256;
+  const float sl2 = scale * 1.4426950408889634f;
+  constexpr float kLog2_448 = 8.807354922057604f;
+  Tensor out = Tensor::empty({B, H, Sq, D});
+  // int8 codes of rows [r0, r1) of x (minus mean), with their scale.
+  auto quantize = [](const float* x, const float* mean, int64_t r0, int64_t r1, int32_t* codes) {
+    float amax = 0.0f;
+    for (int64_t i = r0 * D; i < r1 * D; ++i) amax = std::fmax(amax, std::fabs(x[i] - (mean ? mean[i % D] : 0.0f)));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int64_t i = r0 * D; i < r1 * D; ++i) {
+      const float c = std::nearbyint((x[i] - (mean ? mean[i % D] : 0.0f)) * inv);
+      codes[i] = static_cast<int32_t>(std::clamp(c, -127.0f, 127.0f));
+    }
+    return amax > 0.0f ? amax / 127.0f : 1.0f;
+  };
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const float* qp = fq.data<float>() + bh * Sq * D;
+    const float* kp = fk.data<float>() + bh * Sk * D;
+    const float* vp = fv.data<float>() + bh * Sk * D;
+    float* op = out.data<float>() + bh * Sq * D;
+    std::vector<float> mean(D), v_scale(D), v_inv(D), v_code(static_cast<size_t>(Sk * D));
+    for (int64_t d = 0; d < D; ++d) {
+      float sum = 0.0f, amax = 0.0f;
+      for (int64_t s0 = 0; s0 < Sk; s0 += kStatRows) {
+        float part = 0.0f;
+        for (int64_t s = s0; s < std::min(Sk, s0 + kStatRows); ++s) {
+          part += kp[s * D + d];
+          amax = std::fmax(amax, std::fabs(vp[s * D + d]));
+        }
+        sum += part;
+      }
+      mean[d] = sum / static_cast<float>(Sk);
+      v_scale[d] = amax > 0.0f ? amax / 448.0f : 1.0f;
+      v_inv[d] = amax > 0.0f ? 448.0f / amax : 0.0f;
+    }
+    for (int64_t i = 0; i < Sk * D; ++i) v_code[i] = quant::e4m3_to_float(quant::float_to_e4m3(vp[i] * v_inv[i % D]));
+    std::vector<int32_t> q_code(static_cast<size_t>(Sq * D)), k_code(static_cast<size_t>(Sk * D));
+    std::vector<float> q_scale((Sq + G - 1) / G), k_scale((Sk + N - 1) / N);
+    for (int64_t g = 0; g < static_cast<int64_t>(q_scale.size()); ++g)
+      q_scale[g] = quantize(qp, nullptr, g * G, std::min(Sq, g * G + G), q_code.data());
+    for (int64_t n = 0; n < static_cast<int64_t>(k_scale.size()); ++n)
+      k_scale[n] = quantize(kp, mean.data(), n * N, std::min(Sk, n * N + N), k_code.data());
+#pragma omp parallel for
+    for (int64_t i = 0; i < Sq; ++i) {
+      const float qs = q_scale[i / G] * sl2;
+      float m = -INFINITY, l = 0.0f;
+      std::vector<float> o(D, 0.0f), t(D), s(N);
+      for (int64_t n = 0; n * N < Sk; ++n) {
+        const int64_t j0 = n * N, j1 = std::min(Sk, j0 + N);
+        const float c = std::fmax(qs * k_scale[n], FLT_MIN);
+        float mx = -INFINITY;
+        for (int64_t j = j0; j < j1; ++j) {
+          int32_t dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += q_code[i * D + d] * k_code[j * D + d];
+          s[j - j0] = static_cast<float>(dot);
+          mx = std::fmax(mx, s[j - j0]);
+        }
+        const float m_new = std::fmax(m, mx * c);
+        const float corr = m == -INFINITY ? 0.0f : std::exp2(m - m_new);
+        m = m_new;
+        l *= corr;
+        std::fill(t.begin(), t.end(), 0.0f);
+        for (int64_t j = j0; j < j1; ++j) {
+          const float w = std::exp2(std::fma(s[j - j0], c, -(m_new - kLog2_448)));
+          l += w;
+          const float pw = quant::e4m3_to_float(quant::float_to_e4m3(w));
+          for (int64_t d = 0; d < D; ++d) t[d] += pw * v_code[j * D + d];
+        }
+        for (int64_t d = 0; d < D; ++d) o[d] = std::fma(o[d], corr, t[d]);
+      }
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      for (int64_t d = 0; d < D; ++d) op[i * D + d] = o[d] * v_scale[d] * inv;
+    }
+  }
+  return to_dtype(out, DType::BF16);
 }
 
 Tensor CpuBackend::rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {

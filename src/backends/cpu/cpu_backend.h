@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
   Tensor softmax(const Tensor& x) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) override;
   Tensor attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse) override;
+  Tensor sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) override;
   Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) override;
   Tensor embedding(const Tensor& ids, const Tensor& table) override;
   Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) override;

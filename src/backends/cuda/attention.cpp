@@ -28,6 +28,7 @@
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/cudnn_common.h"
 #include "backends/cuda/flash_attention_sm90.h"
+#include "backends/cuda/sage_attention_sm90.h"
 #include "core/random.h"
 #include "ops/ops.h"
 
@@ -44,12 +45,12 @@ namespace fe = cudnn_frontend;
 
 // ---- kernel choice --------------------------------------------------------------------------
 
-enum Choice : int { kCudnn = 0, kReference = 1, kFlash = 2, kAuto = 3 };
+enum Choice : int { kCudnn = 0, kReference = 1, kFlash = 2, kAuto = 3, kSage = 4 };
 
 // The active context's choice (CudaBackend::attention_kernel).
 int choice() {
   const std::string k = active().attention_kernel();
-  return k == "reference" ? kReference : k == "flash" ? kFlash : k == "auto" ? kAuto : kCudnn;
+  return k == "reference" ? kReference : k == "flash" ? kFlash : k == "auto" ? kAuto : k == "sage" ? kSage : kCudnn;
 }
 
 // "auto" takes vgen's Hopper kernel where it is the faster of the two, as measured on an H200
@@ -59,10 +60,22 @@ int choice() {
 // kernel's per-tile start and end are not hidden and cuDNN is faster (496 vs 431 at 769 keys).
 constexpr int64_t kFlashAutoMinKeys = 4096;
 
-// vgen's Hopper kernel, when chosen (or "auto" and faster) and it takes these inputs;
+// The quantized kernel, when chosen ("sage") and it takes these inputs; otherwise the exact
+// kernels as "auto" picks them.
+bool sage_takes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {
+  if (choice() != kSage) return false;
+  const std::string why = sage_attention_sm90_rejects(q, k, v, bias);
+  if (!why.empty())
+    spdlog::debug("attention: the sage kernel does not take q {}, k {}, v {}: {}; an exact kernel runs", q.str(),
+                  k.str(), v.str(), why);
+  return why.empty();
+}
+
+// vgen's Hopper kernel, when chosen (or "auto" or "sage" and faster) and it takes these inputs;
 // otherwise cuDNN's turn.
 bool flash_takes(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {
-  const int c = choice();
+  int c = choice();
+  if (c == kSage) c = kAuto;
   if (c != kFlash && c != kAuto) return false;
   if (c == kAuto && (k.size(2) < kFlashAutoMinKeys || q.size(3) != 128)) return false;
   const std::string why = flash_attention_sm90_rejects(q, k, v, bias);
@@ -250,7 +263,7 @@ bool math_applies(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 std::string attention_backend() {
   const int c = choice();
-  return c == kReference ? "reference" : c == kFlash ? "flash" : c == kAuto ? "auto" : "cudnn";
+  return c == kReference ? "reference" : c == kFlash ? "flash" : c == kAuto ? "auto" : c == kSage ? "sage" : "cudnn";
 }
 
 std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias, float scale) {
@@ -261,6 +274,7 @@ std::string attention_path(const Tensor& q, const Tensor& k, const Tensor& v, co
   if (scale < 0) scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
   const bool empty = q.numel() == 0 || v.size(3) == 0;
   if (empty || choice() == kReference) return "reference";
+  if (sage_takes(q, k, v, bias)) return "sage";
   if (flash_takes(q, k, v, bias)) return "flash";
   if (find_cudnn(q, k, v, bias, scale)) return "cudnn";
   return math_applies(q, k, v) ? "math" : "reference";
@@ -274,6 +288,10 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   // [B, Sq, H, D] memory seen as [B, H, Sq, D].
   const Tensor out = Tensor::empty({B, Sq, H, D}, q.dtype(), q.device()).permute({0, 2, 1, 3});
   if (out.numel() == 0) return out;
+  if (sage_takes(q, k, v, bias)) {
+    sage_attention_sm90(q, k, v, scale < 0 ? 1.0f / std::sqrt(static_cast<float>(D)) : scale, out);
+    return out;
+  }
   if (flash_takes(q, k, v, bias)) {
     flash_attention_sm90(q, k, v, scale, out);
     return out;
@@ -282,6 +300,17 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, con
   if (library && run_cudnn(q, k, v, bias, scale, out)) return out;
   if (library && math_applies(q, k, v)) attention_math(q, k, v, bias, scale, out);
   else attention_reference(q, k, v, bias, scale, out);
+  return out;
+}
+
+Tensor CudaOps::sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  for (const Tensor* t : {&q, &k, &v}) require_cuda("sage_attention", *t);
+  const std::string why = sage_attention_sm90_rejects(q, k, v, {});
+  VGEN_CHECK(why.empty(), "sage_attention: the quantized kernel does not take q {}, k {}, v {}: {}", q.str(), k.str(),
+             v.str(), why);
+  const Tensor out =
+      Tensor::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, DType::BF16, q.device()).permute({0, 2, 1, 3});
+  sage_attention_sm90(q, k, v, scale, out);
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "backends/cuda/cuda_common.h"
+#include "backends/cuda/sage_attention_sm90.h"
 #include "core/allocator.h"
 #include "ops/profiling_backend.h"
 
@@ -188,6 +189,9 @@ bool CudaBackend::supports(Op op, DType dtype) const {
     case Op::axpby:
     case Op::sum_abs:
       return true;
+    // The quantized attention: BF16 on an sm_90 device with sm_90a code.
+    case Op::sage_attention:
+      return dtype == DType::BF16 && sage_attention_sm90_unavailable(device_index_).empty();
     // Matrix products, norms, attention, convolution: F32, BF16, F16 kernels only.
     default:
       return is_kernel_float(dtype);

@@ -1,0 +1,394 @@
+// Quantized (SageAttention2-style) attention forward for Hopper (sm_90a): INT8 Q K^T with
+// per-block scales after K's token mean is subtracted, FP8 (e4m3) P V with per-channel V scales,
+// float32 softmax, and float32 accumulation in two levels. The algorithm, step by step, is
+// ops/sage_attention.h's; the CPU backend runs the same steps as the reference.
+//
+// The inputs come quantized by the pre-pass kernels of sage_attention_sm90.cu:
+//   q8  int8 [B, H, Sq, D], one scale per 16 query rows (kQGroup: one warp's rows here);
+//   k8  int8 [B, H, Sk, D] of k - mean_s(k), one scale per 128 keys (kKBlock: one key block);
+//   vt  e4m3 [B, H, D, Sk_pad] (V transposed, keys padded with zeros to a multiple of 128 and
+//       permuted within each 16 so that P's accumulator registers are the A operand of the FP8
+//       wgmma as they stand: see vt_position), one scale per channel (b, h, d).
+//
+// The kernel is vgen's bf16 flash kernel (flash_attention_sm90.cuh) with other element types:
+//   - warpgroup 0 produces: TMA loads of the Q tile and a ring of kStages K / V^T stages;
+//   - warpgroups 1 and 2 consume 64 query rows each and take turns at the tensor cores
+//     (ping-pong); within a warpgroup S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before
+//     the softmax of block j+1.
+//   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
+//     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 and a float
+//     subtraction (|s| < 2^21 for 128-long int8 dot products).
+//   - P = 2^(s - m + log2 448), i.e. the softmax weights times 448, rounded to e4m3 (saturating)
+//     for P V; the row sums add the unrounded float32 weights.
+//   - Two levels: each block's P V goes into a fresh float32 accumulator T, added to O in
+//     registers (O = O * rescale + T): the tensor cores' FP8 accumulation never spans more than
+//     one block of 128 keys.
+//   - Epilogue: O * scale_v[d] / l, bf16.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_types.h>
+
+#include "ops/sage_attention.h"
+
+// Outside namespace vgen, whose Shape and Tensor would hide CuTe's.
+namespace vgen_sage90 {
+
+using namespace cute;
+
+constexpr int kQGroup = vgen::sage::kQGroup;
+constexpr int kKBlock = vgen::sage::kKBlock;
+
+template <int kStages_>
+struct Traits {
+  static constexpr int kHeadDim = vgen::sage::kHeadDim;
+  static constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
+  static constexpr int kBlockN = kKBlock;
+  static constexpr int kStages = kStages_;
+  static constexpr int kThreads = 384;
+  static constexpr int kConsumerWarps = 8;
+  using EQK = int8_t;
+  using EV = cutlass::float_e4m3_t;
+
+  using SmemLayoutQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<EQK>{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutK =
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<EQK>{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  // V^T tiles (head dim, keys, stage), keys contiguous: the K-major B operand of O = P V.
+  using SmemLayoutVt =
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<EV>{}, Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}));
+
+  using TiledMmaQK =
+      decltype(make_tiled_mma(GMMA::ss_op_selector<EQK, EQK, int32_t, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>()));
+  using TiledMmaPV =
+      decltype(make_tiled_mma(GMMA::rs_op_selector<EV, EV, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>>()));
+
+  // Q and K as TMA sees them: (seq, head dim, heads, batch), head dim contiguous.
+  using GShapeQK = Shape<int32_t, Int<kHeadDim>, int32_t, int32_t>;
+  using GStrideQK = Stride<int64_t, _1, int64_t, int64_t>;
+  using GTensorQK = decltype(make_tensor(make_gmem_ptr(static_cast<EQK const*>(nullptr)), GShapeQK{}, GStrideQK{}));
+  // V^T: (head dim, padded keys, heads, batch), keys contiguous.
+  using GShapeV = Shape<Int<kHeadDim>, int32_t, int32_t, int32_t>;
+  using GStrideV = Stride<int64_t, _1, int64_t, int64_t>;
+  using GTensorV = decltype(make_tensor(make_gmem_ptr(static_cast<EV const*>(nullptr)), GShapeV{}, GStrideV{}));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorQK{}, SmemLayoutQ{},
+                                      Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorQK{}, take<0, 2>(SmemLayoutK{}),
+                                      Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorV{}, take<0, 2>(SmemLayoutVt{}),
+                                      Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
+
+  struct SharedStorage {
+    cute::array_aligned<EQK, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<EQK, cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<EV, cosize_v<SmemLayoutVt>, 1024> v;
+    uint64_t bar_q;
+    uint64_t full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages];
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
+  static constexpr uint32_t kQBytes = kBlockM * kHeadDim;
+  static constexpr uint32_t kKVBytes = kBlockN * kHeadDim;
+};
+
+template <class T>
+struct Params {
+  typename T::TmaQ tma_q;
+  typename T::TmaK tma_k;
+  typename T::TmaV tma_v;
+  const float* q_scale;  // [B * H, ceil(Sq / kQGroup)]
+  const float* k_scale;  // [B * H, ceil(Sk / kKBlock)]
+  const float* v_scale;  // [B * H, D]
+  cutlass::bfloat16_t* o;
+  int64_t o_stride_s, o_stride_h, o_stride_b;  // elements; head dim contiguous
+  int32_t seq_q, seq_kv, heads, batch;
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d) {
+  const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+  const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
+  return lo | (hi << 16);
+}
+
+__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id)); }
+__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id)); }
+
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant__ const Params<T> p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using EV = typename T::EV;
+  constexpr int kBlockM = T::kBlockM, kBlockN = T::kBlockN, kHeadDim = T::kHeadDim, kStages = T::kStages;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+
+  extern __shared__ char smem_raw[];
+  auto& ss = *reinterpret_cast<typename T::SharedStorage*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                                           ~uintptr_t(1023));
+  const int warp_group = threadIdx.x / 128;
+  const int wg_thread = threadIdx.x % 128;
+  const int lane = threadIdx.x % 32;
+  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  const int n_blocks = (p.seq_kv + kBlockN - 1) / kBlockN;
+  const int64_t bh = int64_t(batch) * p.heads + head;
+
+  if (threadIdx.x == 0) {
+    Barrier::init(&ss.bar_q, 1);
+    for (int s = 0; s < kStages; ++s) {
+      Barrier::init(&ss.full_k[s], 1);
+      Barrier::init(&ss.full_v[s], 1);
+      Barrier::init(&ss.empty_k[s], T::kConsumerWarps);
+      Barrier::init(&ss.empty_v[s], T::kConsumerWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename T::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename T::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename T::SmemLayoutVt{});
+
+  if (warp_group == 0) {
+    // ---- producer ----
+    cutlass::arch::warpgroup_reg_dealloc<24>();
+    if (wg_thread == 0) {
+      cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+      const int32_t kv_pad = n_blocks * kBlockN;
+      Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seq_q, Int<kHeadDim>{}, p.heads, p.batch));
+      Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seq_kv, Int<kHeadDim>{}, p.heads, p.batch));
+      Tensor mV = p.tma_v.get_tma_tensor(make_shape(Int<kHeadDim>{}, kv_pad, p.heads, p.batch));
+      Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));
+      Tensor gK = local_tile(mK(_, _, head, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));
+      Tensor gV = local_tile(mV(_, _, head, batch), Shape<Int<kHeadDim>, Int<kBlockN>>{}, make_coord(0, _));
+      auto cq = p.tma_q.get_slice(Int<0>{});
+      auto ck = p.tma_k.get_slice(Int<0>{});
+      auto cv = p.tma_v.get_slice(Int<0>{});
+      Tensor tQg = cq.partition_S(gQ);
+      Tensor tQs = cq.partition_D(sQ);
+      Tensor tKg = ck.partition_S(gK);
+      Tensor tKs = ck.partition_D(sK);
+      Tensor tVg = cv.partition_S(gV);
+      Tensor tVs = cv.partition_D(sVt);
+
+      TxBarrier::arrive_and_expect_tx(&ss.bar_q, T::kQBytes);
+      copy(p.tma_q.with(ss.bar_q), tQg, tQs);
+      for (int n = 0; n < n_blocks; ++n) {
+        const int s = n % kStages, use = n / kStages;
+        if (use > 0) Barrier::wait(&ss.empty_k[s], (use - 1) & 1);
+        TxBarrier::arrive_and_expect_tx(&ss.full_k[s], T::kKVBytes);
+        copy(p.tma_k.with(ss.full_k[s]), tKg(_, _, _, n), tKs(_, _, _, s));
+        if (use > 0) Barrier::wait(&ss.empty_v[s], (use - 1) & 1);
+        TxBarrier::arrive_and_expect_tx(&ss.full_v[s], T::kKVBytes);
+        copy(p.tma_v.with(ss.full_v[s]), tVg(_, _, _, n), tVs(_, _, _, s));
+      }
+    }
+    return;
+  }
+
+  // ---- consumers ----
+  cutlass::arch::warpgroup_reg_alloc<240>();
+  const int wg = warp_group - 1;
+  typename T::TiledMmaQK mma_qk;
+  typename T::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(wg_thread);
+  auto thr_pv = mma_pv.get_thread_slice(wg_thread);
+  Tensor sQw = local_tile(sQ, Shape<_64, Int<kHeadDim>>{}, make_coord(wg, 0));
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQw);   // (MMA, MMA_M, MMA_K)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<_64, Int<kHeadDim>>{});
+  Tensor tOrT = partition_fragment_C(mma_pv, Shape<_64, Int<kHeadDim>>{});  // one block's P V
+  using FragS = decltype(partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{}));
+  // P as the A operand of the FP8 wgmma: 16 e4m3 values (4 registers) per 32 keys.
+  constexpr int kKSteps = kBlockN / 32;
+  Tensor tOrP = make_tensor<EV>(Shape<_16, _1, Int<kKSteps>>{});
+  uint32_t* p_regs = reinterpret_cast<uint32_t*>(raw_pointer_cast(tOrP.data()));
+  clear(tOrO);
+
+  const int warp_in_wg = wg_thread / 32;
+  const int quad_col = 2 * (lane % 4);
+  const int q_group = (m_block * kBlockM + wg * 64 + warp_in_wg * 16) / kQGroup;
+  const int q_groups = (p.seq_q + kQGroup - 1) / kQGroup;
+  const float* k_scale = p.k_scale + bh * n_blocks;
+  // Rows past the end (their group past the end too) read a scale of 1: their scores are zeros.
+  const float qs = (q_group < q_groups ? p.q_scale[bh * q_groups + q_group] : 1.f) * p.scale_log2;
+  constexpr float kLog2_448 = 8.807354922057604f;
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23: int32 s + its bits is the float kMagic + s
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+  float corr_prev[2] = {0.f, 0.f};
+
+  auto release = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) Barrier::arrive(bar);
+  };
+  auto gemm_qk = [&](auto& acc, int stage) {
+    warpgroup_fence_operand(acc);
+    warpgroup_arrive();
+    mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tSrQ); ++k) {
+      cute::gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), acc);
+      mma_qk.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+  };
+  auto gemm_pv = [&](int stage) {
+    warpgroup_fence_operand(tOrP);
+    warpgroup_fence_operand(tOrT);
+    warpgroup_arrive();
+    mma_pv.accumulate_ = GMMA::ScaleOut::Zero;
+    CUTE_UNROLL
+    for (int k = 0; k < kKSteps; ++k) {
+      cute::gemm(mma_pv, tOrP(_, _, k), tOrV(_, _, k, stage), tOrT);
+      mma_pv.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+  };
+  // Value i of an accumulator fragment is row (i / 2) % 2 (0: lane / 4, 1: lane / 4 + 8 of the
+  // warp's 16 rows) and column 8 (i / 4) + 2 (lane % 4) + i % 2.
+  //
+  // The online softmax of block n, in place: the int32 scores become the float32 weights
+  // 2^(s c - m + log2 448) (as bits), the running max and row sums move on, `corr` is the
+  // old-to-new rescale.
+  auto softmax = [&](auto& acc, int n, float k_scale_n, float (&corr)[2]) {
+    const float c = fmaxf(qs * k_scale_n, 1.17549435e-38f);
+    float s[size(FragS{})];
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) s[i] = __int_as_float(acc(i) + 0x4B400000) - kMagic;
+    if (n == n_blocks - 1) {
+      const int limit = p.seq_kv - n * kBlockN - quad_col;
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc); ++i)
+        if (8 * (i / 4) + (i % 2) >= limit) s[i] = -INFINITY;
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) mx[(i / 2) % 2] = fmaxf(mx[(i / 2) % 2], s[i]);
+    float off[2];
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+      const float m = fmaxf(row_max[r], mx[r] * c);
+      corr[r] = row_max[r] == -INFINITY ? 0.f : exp2_approx(row_max[r] - m);
+      row_max[r] = m;
+      row_sum[r] *= corr[r];
+      off[r] = m - kLog2_448;
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) {
+      const int r = (i / 2) % 2;
+      const float w = exp2_approx(fmaf(s[i], c, -off[r]));
+      row_sum[r] += w;
+      acc(i) = __float_as_int(w);
+    }
+  };
+  // The weights to e4m3, in the A operand's register order (the keys of V^T are permuted to
+  // match: vt_position).
+  auto to_p = [&](auto const& acc) {
+    auto w = [&](int i) { return __int_as_float(acc(i)); };
+    CUTE_UNROLL
+    for (int kk = 0; kk < kKSteps; ++kk)
+      CUTE_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const int base = 16 * kk + 8 * (j / 2) + 2 * (j % 2);
+        p_regs[4 * kk + j] = e4m3x4(w(base), w(base + 1), w(base + 4), w(base + 5));
+      }
+  };
+  auto fold_block = [&]() {
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) = fmaf(tOrO(i), corr_prev[(i / 2) % 2], tOrT(i));
+  };
+
+  const int my_bar = 1 + wg, other_bar = 2 - wg;
+  if (wg == 1) named_arrive(other_bar);
+
+  Barrier::wait(&ss.bar_q, 0);
+  {
+    FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
+    const float k_scale_n = __ldg(k_scale);
+    Barrier::wait(&ss.full_k[0], 0);
+    named_sync(my_bar);
+    gemm_qk(tSrS, 0);
+    named_arrive(other_bar);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tSrS);
+    release(&ss.empty_k[0]);
+    softmax(tSrS, 0, k_scale_n, corr_prev);
+    to_p(tSrS);
+  }
+  for (int n = 1; n < n_blocks; ++n) {
+    const int s = n % kStages, sp = (n - 1) % kStages;
+    FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
+    const float k_scale_n = __ldg(k_scale + n);  // loaded while the GEMMs run
+    Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
+    Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
+    named_sync(my_bar);
+    gemm_qk(tSrS, s);
+    gemm_pv(sp);
+    named_arrive(other_bar);
+    warpgroup_wait<1>();
+    warpgroup_fence_operand(tSrS);
+    release(&ss.empty_k[s]);
+    float corr[2];
+    softmax(tSrS, n, k_scale_n, corr);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrT);
+    release(&ss.empty_v[sp]);
+    fold_block();  // O = O * corr(n - 1) + P(n - 1) V(n - 1)
+    corr_prev[0] = corr[0];
+    corr_prev[1] = corr[1];
+    to_p(tSrS);
+  }
+  {
+    const int s = (n_blocks - 1) % kStages;
+    Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
+    named_sync(my_bar);
+    gemm_pv(s);
+    if (wg == 0) named_arrive(other_bar);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrT);
+    release(&ss.empty_v[s]);
+    fold_block();
+  }
+
+  // ---- epilogue: O * scale_v / l, bf16, straight to global memory ----
+  float inv[2];
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffff, l, 1);
+    l += __shfl_xor_sync(0xffffffff, l, 2);
+    inv[r] = l > 0.f ? 1.f / l : 0.f;
+  }
+  const float* v_scale = p.v_scale + bh * kHeadDim;
+  const int row0 = m_block * kBlockM + wg * 64 + warp_in_wg * 16 + lane / 4;
+  cutlass::bfloat16_t* out = p.o + int64_t(batch) * p.o_stride_b + int64_t(head) * p.o_stride_h;
+  CUTE_UNROLL
+  for (int i = 0; i < size(tOrO); i += 4) {
+    const int col = 8 * (i / 4) + quad_col;
+    const float2 sv = *reinterpret_cast<const float2*>(v_scale + col);
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + 8 * r;
+      if (row < p.seq_q)
+        *reinterpret_cast<__nv_bfloat162*>(out + int64_t(row) * p.o_stride_s + col) =
+            __floats2bfloat162_rn(tOrO(i + 2 * r) * sv.x * inv[r], tOrO(i + 2 * r + 1) * sv.y * inv[r]);
+    }
+  }
+#endif
+}
+
+}  // namespace vgen_sage90

@@ -1,0 +1,40 @@
+// Quantized attention (SageAttention2's recipe), the op ops::sage_attention: what it computes,
+// step by step, so that the CPU reference (backends/cpu/attention.cpp) and the Hopper kernel
+// (backends/cuda/sage_attention_sm90.cuh) are the same algorithm.
+//
+// For q [B, H, Sq, D], k and v [B, H, Sk, D] (bf16, D = 128) and a softmax scale, per (b, h):
+//   1. K is smoothed: k' = k - mean over the keys of k (per channel; softmax does not change,
+//      a row's scores all move by q . mean).
+//   2. q is quantized to int8 per group of kQGroup query rows, k' per block of kKBlock keys:
+//      amax = max |x| over the group (0: scale 1, all codes 0), scale = amax / 127,
+//      code = round-to-nearest-even(x * (127 / amax)) clamped to [-127, 127].
+//   3. v is quantized to e4m3 per channel: amax over the keys, scale = amax / 448,
+//      code = e4m3(v * (448 / amax)) (saturating; amax 0: scale 1, codes 0).
+//   4. Key block n (kKBlock keys) of query row i: s_j = the exact int32 dot product of the
+//      codes; c = max(q_scale * softmax_scale * log2(e) * k_scale(n), FLT_MIN) (in that order, in
+//      float32); m' = max(m, c * max_j s_j); rescale = 2^(m - m') (0 while m = -inf);
+//      w_j = 2^(s_j c - (m' - log2 448)) (448 times the softmax weight); l = l * rescale + sum w_j;
+//      O = O * rescale + sum_j e4m3(w_j) v_code_j  (each block's sum a float32 of its own).
+//   5. out = O * v_scale / l, rounded to bf16.
+// Keys past Sk are not keys (masked); rows past Sq are not written.
+#pragma once
+
+#include <string>
+
+#include "core/tensor.h"
+
+namespace vgen::sage {
+
+constexpr int kHeadDim = 128;
+constexpr int kQGroup = 16;   // query rows per int8 scale
+constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulation block
+
+// Why ops::sage_attention cannot take these inputs ("" when it can), whatever the device:
+// q [B, H, Sq, D], k/v [B, H, Sk, D], BF16, D 128, Sk > 0, no bias.
+std::string rejects(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias);
+
+// Where key j of a block of 16 sits in the kernel's transposed V (the FP8 wgmma's A operand
+// holds a thread's accumulator columns {2t, 2t+1, 8+2t, 9+2t} as positions 4t..4t+3).
+constexpr int vt_position(int j) { return 4 * ((j % 8) / 2) + 2 * (j / 8) + j % 2; }
+
+}  // namespace vgen::sage
