@@ -11,10 +11,12 @@
 //   3. v is quantized to e4m3 per channel: amax over the keys, scale = amax / 448,
 //      code = e4m3(v * (448 / amax)) (saturating; amax 0: scale 1, codes 0).
 //   4. Key block n (kKBlock keys) of query row i: s_j = the exact int32 dot product of the
-//      codes; c = max(q_scale * softmax_scale * log2(e) * k_scale(n), FLT_MIN) (in that order, in
-//      float32); m' = max(m, c * max_j s_j); rescale = 2^(m - m') (0 while m = -inf);
-//      w_j = 2^(s_j c - (m' - log2 448)) (448 times the softmax weight); l = l * rescale + sum w_j;
-//      O = O * rescale + sum_j e4m3(w_j) v_code_j  (each block's sum a float32 of its own).
+//      codes, f_j = 1.5 * 2^23 + s_j (exact in float32); c = max(q_scale * softmax_scale *
+//      log2(e) * k_scale(n), FLT_MIN) (in that order, in float32); m' = max(m, c * (max_j f_j -
+//      1.5 * 2^23)); rescale = 2^(m - m') (0 while m = -inf); K = fma(1.5 * 2^23, c, m' - log2 448);
+//      w_j = e4m3(2^(fma(f_j, c, -K))) (448 times the softmax weight, rounded);
+//      O = O * rescale + sum_j w_j v_code_j and l = l * rescale + sum_j w_j (each block's sums a
+//      float32 of their own: on the GPU one P V product whose V has a row of ones).
 //   5. out = O * v_scale / l, rounded to bf16.
 // Keys past Sk are not keys (masked); rows past Sq are not written.
 #pragma once

@@ -925,7 +925,7 @@ void sage_attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk
 }
 
 // ops::attention with the "sage" backend: the quantized kernel on sm_90 for what it takes (an
-// exact kernel elsewhere), against the CPU's exact attention: the bound is the quantization's
+// exact kernel elsewhere and for fewer than 4096 keys), against the CPU's exact attention: the bound is the quantization's
 // on random (flat-softmax) inputs, loose enough for it and tight enough for a wrong layout.
 void sage_backend_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D) {
   cs.add({Op::attention, fmt::format("attention bf16 B{} H{} Sq{} Sk{} D{} kernel sage", B, H, Sq, Sk, D), DType::BF16,
@@ -948,8 +948,9 @@ void attention_cases(Cases& cs) {
   for (auto [B, H, Sq, Sk] : std::vector<std::array<int64_t, 4>>{
            {2, 3, 1000, 1000}, {1, 4, 999, 512}, {1, 2, 1500, 769}, {3, 1, 5, 7}, {1, 2, 129, 1}, {1, 1, 300, 4100}})
     sage_attention_case(cs, B, H, Sq, Sk);
-  sage_backend_case(cs, 2, 3, 1000, 1000, 128);
-  sage_backend_case(cs, 1, 2, 300, 301, 64);  // head dim 64: an exact kernel runs
+  sage_backend_case(cs, 2, 3, 300, 4100, 128);  // the quantized kernel (4096 keys or more)
+  sage_backend_case(cs, 1, 2, 1000, 1000, 128);  // fewer keys: an exact kernel
+  sage_backend_case(cs, 1, 2, 300, 4200, 64);    // head dim 64: an exact kernel
   sage_attention_case(cs, 1, 12, 32760, 32760, true);
   sage_attention_case(cs, 1, 40, 75600, 75600, true);
   sage_attention_case(cs, 1, 12, 32760, 512, true);

@@ -407,10 +407,10 @@ TEST(CpuReference, SageAttentionMatchesNaiveLoops) {
         for (double& x : o) x *= corr;
         m = m_new;
         for (int64_t j = j0; j < j1; ++j) {
-          const double w = std::exp2(s[j - j0] - m) * 448;
+          const double w = e4m3(std::exp2(s[j - j0] - m) * 448);  // rounded weights, their sum is l
           l += w;
           for (int64_t d = 0; d < D; ++d)
-            o[d] += e4m3(w) * (vmax[d] > 0 ? e4m3(vp[j * D + d] * 448 / vmax[d]) * vmax[d] / 448 : 0.0);
+            o[d] += w * (vmax[d] > 0 ? e4m3(vp[j * D + d] * 448 / vmax[d]) * vmax[d] / 448 : 0.0);
         }
       }
       for (int64_t d = 0; d < D; ++d) {

@@ -26,6 +26,7 @@
 #ifdef VGEN_WITH_CUDA
 #include "backends/cuda/attention.h"
 #include "backends/cuda/flash_attention_sm90.h"
+#include "backends/cuda/sage_attention_sm90.h"
 #include "backends/cuda/cuda_backend.h"
 #endif
 
@@ -446,6 +447,46 @@ TEST(CudaBackend, FlashKernelIsAsExactAsCudnn) {
     }
     std::printf("flash attention %s: rel L2 vs float32 %.3e (cuDNN %.3e)\n", name.c_str(), flash_err, cudnn_err);
     EXPECT_LE(flash_err, cudnn_err * 1.02 + 1e-6) << name;
+  }
+}
+
+// The quantized kernel ("sage", sm_90 only, opt-in): where it runs and where the exact kernels
+// do, and its error against float32 beside the flash kernel's on the same inputs (random
+// inputs: flat softmax rows, the quantization's worst case; x3: peaked rows).
+TEST(CudaBackend, SageKernelRunsWhereAskedAndReportsItsError) {
+  SKIP_WITHOUT_GPU();
+  ScopedContext context(kGpu, with_attention("sage"));
+  const Tensor sq = bshd_view(Tensor::empty({1, 256, 2, 128}, DType::BF16, kGpu));
+  const Tensor long_k = bshd_view(Tensor::empty({1, 4096, 2, 128}, DType::BF16, kGpu));
+  const std::string why = cuda::sage_attention_sm90_rejects(sq, long_k, long_k, {});
+  if (!why.empty()) GTEST_SKIP() << "the sage kernel does not run here: " << why;
+  EXPECT_EQ(cuda::attention_backend(), "sage");
+  EXPECT_EQ(cuda::attention_path(sq, long_k, long_k, {}), "sage");
+  // What it leaves to the exact kernels ("auto"'s choice): short key sets, a bias, head dim 64.
+  const Tensor short_k = bshd_view(Tensor::empty({1, 512, 2, 128}, DType::BF16, kGpu));
+  EXPECT_EQ(cuda::attention_path(sq, short_k, short_k, {}), "cudnn");
+  EXPECT_EQ(cuda::attention_path(sq, long_k, long_k, gpu(rnd({1, 1, 1, 4096}, DType::BF16))), "cudnn");
+  const Tensor d64 = bshd_view(Tensor::empty({1, 4096, 2, 64}, DType::BF16, kGpu));
+  EXPECT_EQ(cuda::attention_path(d64, d64, d64, {}), "cudnn");
+  const ScopedContext flash(kGpu, with_attention("flash"));
+  for (float mag : {1.0f, 3.0f}) {
+    const int64_t B = 1, H = 3, Sq = 1000, Sk = 5000, D = 128;
+    const Tensor q = rnd({B, Sq, H, D}, DType::BF16, mag), k = rnd({B, Sk, H, D}, DType::BF16, mag),
+                 v = rnd({B, Sk, H, D}, DType::BF16);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const Tensor want = ops::attention(bshd_view(q.to(DType::F32)), bshd_view(k.to(DType::F32)),
+                                       bshd_view(v.to(DType::F32)), {}, scale);
+    const Tensor exact = ops::attention(bshd_view(gpu(q)), bshd_view(gpu(k)), bshd_view(gpu(v)), {}, scale);
+    Tensor quant;
+    {
+      const ContextScope sage(context.context());
+      quant = ops::attention(bshd_view(gpu(q)), bshd_view(gpu(k)), bshd_view(gpu(v)), {}, scale);
+    }
+    const double e_exact = rel_l2(exact.to(Device::cpu()).to(DType::F32), want);
+    const double e_quant = rel_l2(quant.to(Device::cpu()).to(DType::F32), want);
+    std::printf("[ sage    ] inputs x%.0f: rel L2 against float32: sage %.5f, flash (bf16) %.5f\n", mag, e_quant, e_exact);
+    EXPECT_LT(e_quant, 0.08);
+    EXPECT_GT(e_quant, e_exact);
   }
 }
 

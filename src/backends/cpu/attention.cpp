@@ -95,7 +95,7 @@ Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2);
   constexpr int64_t D = sage::kHeadDim, G = sage::kQGroup, N = sage::kKBlock, kStatRows = 256;
   const float sl2 = scale * 1.4426950408889634f;
-  constexpr float kLog2_448 = 8.807354922057604f;
+  constexpr float kLog2_448 = 8.807354922057604f, kMagic = 12582912.0f;
   Tensor out = Tensor::empty({B, H, Sq, D});
   // int8 codes of rows [r0, r1) of x (minus mean), with their scale.
   auto quantize = [](const float* x, const float* mean, int64_t r0, int64_t r1, int32_t* codes) {
@@ -139,7 +139,7 @@ Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor
     for (int64_t i = 0; i < Sq; ++i) {
       const float qs = q_scale[i / G] * sl2;
       float m = -INFINITY, l = 0.0f;
-      std::vector<float> o(D, 0.0f), t(D), s(N);
+      std::vector<float> o(D, 0.0f), t(D), f(N);
       for (int64_t n = 0; n * N < Sk; ++n) {
         const int64_t j0 = n * N, j1 = std::min(Sk, j0 + N);
         const float c = std::fmax(qs * k_scale[n], FLT_MIN);
@@ -147,21 +147,22 @@ Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor
         for (int64_t j = j0; j < j1; ++j) {
           int32_t dot = 0;
           for (int64_t d = 0; d < D; ++d) dot += q_code[i * D + d] * k_code[j * D + d];
-          s[j - j0] = static_cast<float>(dot);
-          mx = std::fmax(mx, s[j - j0]);
+          f[j - j0] = kMagic + static_cast<float>(dot);  // exact: |dot| < 2^21
+          mx = std::fmax(mx, f[j - j0]);
         }
-        const float m_new = std::fmax(m, mx * c);
+        const float m_new = std::fmax(m, (mx - kMagic) * c);
         const float corr = m == -INFINITY ? 0.0f : std::exp2(m - m_new);
         m = m_new;
-        l *= corr;
+        const float off = std::fma(kMagic, c, m_new - kLog2_448);
         std::fill(t.begin(), t.end(), 0.0f);
+        float block_sum = 0.0f;
         for (int64_t j = j0; j < j1; ++j) {
-          const float w = std::exp2(std::fma(s[j - j0], c, -(m_new - kLog2_448)));
-          l += w;
-          const float pw = quant::e4m3_to_float(quant::float_to_e4m3(w));
+          const float pw = quant::e4m3_to_float(quant::float_to_e4m3(std::exp2(std::fma(f[j - j0], c, -off))));
+          block_sum += pw;
           for (int64_t d = 0; d < D; ++d) t[d] += pw * v_code[j * D + d];
         }
         for (int64_t d = 0; d < D; ++d) o[d] = std::fma(o[d], corr, t[d]);
+        l = std::fma(l, corr, block_sum);
       }
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
       for (int64_t d = 0; d < D; ++d) op[i * D + d] = o[d] * v_scale[d] * inv;

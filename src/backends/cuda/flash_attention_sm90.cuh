@@ -291,7 +291,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     softmax(tSrS, corr);
     to_p(tSrS);
   }
-  for (int n = 1; n < n_blocks; ++n) {
+  // One block after the first; `last` (a compile-time bool) masks the keys past the end: the
+  // loop body exists twice, so that the other blocks carry no masking work.
+  auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
     Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
@@ -303,7 +305,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     warpgroup_wait<1>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[s]);
-    if (n == n_blocks - 1) mask_tail(tSrS, n);
+    if constexpr (decltype(last)::value) mask_tail(tSrS, n);
     float corr[2];
     softmax(tSrS, corr);
     warpgroup_wait<0>();
@@ -311,7 +313,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     release(&ss.empty_v[sp]);
     rescale_o(corr);
     to_p(tSrS);
-  }
+  };
+  for (int n = 1; n < n_blocks - 1; ++n) block(n, cute::false_type{});
+  if (n_blocks > 1) block(n_blocks - 1, cute::true_type{});
   {
     const int s = (n_blocks - 1) % kStages;
     Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);

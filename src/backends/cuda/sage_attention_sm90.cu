@@ -115,7 +115,8 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(View4 x, const float
 }
 
 // e4m3 codes of v * v_inv, transposed and permuted: vt[bh][d][128 t + 16 g + vt_position(j)] is
-// key 128 t + 16 g + j (zero past the end). One block of 256 threads per 128 keys.
+// key 128 t + 16 g + j (zero past the end); row D is ones (P V's column D is then P's row sum),
+// rows D + 1 .. kVRows - 1 zeros. One block of 256 threads per 128 keys.
 __global__ void __launch_bounds__(256) quantize_v_kernel(View4 v, const float* v_inv, uint8_t* vt, int64_t kv_pad) {
   constexpr int kPitch = 128 + 16;
   __shared__ __align__(16) uint8_t tile[D * kPitch];
@@ -139,11 +140,12 @@ __global__ void __launch_bounds__(256) quantize_v_kernel(View4 v, const float* v
     }
   }
   __syncthreads();
-  for (int it = 0; it < 4; ++it) {
-    const int idx = threadIdx.x + 256 * it;
+  constexpr int kRows = Traits::kVRows;
+  for (int idx = threadIdx.x; idx < kRows * 8; idx += 256) {
     const int d = idx / 8, chunk = idx % 8;
-    *reinterpret_cast<uint4*>(vt + (int64_t(bh) * D + d) * kv_pad + key0 + 16 * chunk) =
-        *reinterpret_cast<const uint4*>(tile + d * kPitch + 16 * chunk);
+    const uint32_t fill = d == D ? 0x38383838u : 0u;  // e4m3 1.0
+    *reinterpret_cast<uint4*>(vt + (int64_t(bh) * kRows + d) * kv_pad + key0 + 16 * chunk) =
+        d < D ? *reinterpret_cast<const uint4*>(tile + d * kPitch + 16 * chunk) : make_uint4(fill, fill, fill, fill);
   }
 }
 
@@ -226,7 +228,7 @@ void sage_attention_sm90(const Tensor& q_in, const Tensor& k_in, const Tensor& v
   const Tensor stats = Tensor::empty({3, BH, D}, DType::F32, dev);  // k mean, v scale, v inverse scale
   const Tensor q8 = Tensor::empty({BH, Sq, D}, DType::U8, dev);
   const Tensor k8 = Tensor::empty({BH, Sk, D}, DType::U8, dev);
-  const Tensor vt = Tensor::empty({BH, D, kv_pad}, DType::U8, dev);
+  const Tensor vt = Tensor::empty({BH, Traits::kVRows, kv_pad}, DType::U8, dev);
   const Tensor q_scale = Tensor::empty({BH, q_groups}, DType::F32, dev);
   const Tensor k_scale = Tensor::empty({BH, n_blocks}, DType::F32, dev);
   float* k_mean = static_cast<float*>(stats.raw_data());
@@ -260,15 +262,15 @@ void sage_attention_sm90(const Tensor& q_in, const Tensor& k_in, const Tensor& v
   };
   const auto gv = cute::make_tensor(
       cute::make_gmem_ptr(static_cast<const cutlass::float_e4m3_t*>(vt.raw_data())),
-      cute::make_shape(Int<D>{}, static_cast<int32_t>(kv_pad), static_cast<int32_t>(H), static_cast<int32_t>(B)),
-      cute::make_stride(kv_pad, _1{}, D * kv_pad, H * D * kv_pad));
+      cute::make_shape(Int<T::kVRows>{}, static_cast<int32_t>(kv_pad), static_cast<int32_t>(H), static_cast<int32_t>(B)),
+      cute::make_stride(kv_pad, _1{}, T::kVRows * kv_pad, H * T::kVRows * kv_pad));
   s90::Params<T> p{
       cute::make_tma_copy(cute::SM90_TMA_LOAD{}, qk_view(q8, Sq), typename T::SmemLayoutQ{},
                           cute::Shape<Int<T::kBlockM>, Int<D>>{}, _1{}),
       cute::make_tma_copy(cute::SM90_TMA_LOAD{}, qk_view(k8, Sk), cute::take<0, 2>(typename T::SmemLayoutK{}),
                           cute::Shape<Int<T::kBlockN>, Int<D>>{}, _1{}),
       cute::make_tma_copy(cute::SM90_TMA_LOAD{}, gv, cute::take<0, 2>(typename T::SmemLayoutVt{}),
-                          cute::Shape<Int<D>, Int<T::kBlockN>>{}, _1{}),
+                          cute::Shape<Int<T::kVRows>, Int<T::kBlockN>>{}, _1{}),
       static_cast<const float*>(q_scale.raw_data()),
       static_cast<const float*>(k_scale.raw_data()),
       v_scale,

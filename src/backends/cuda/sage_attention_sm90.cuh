@@ -6,7 +6,8 @@
 // The inputs come quantized by the pre-pass kernels of sage_attention_sm90.cu:
 //   q8  int8 [B, H, Sq, D], one scale per 16 query rows (kQGroup: one warp's rows here);
 //   k8  int8 [B, H, Sk, D] of k - mean_s(k), one scale per 128 keys (kKBlock: one key block);
-//   vt  e4m3 [B, H, D, Sk_pad] (V transposed, keys padded with zeros to a multiple of 128 and
+//   vt  e4m3 [B, H, D + 8, Sk_pad] (V transposed, a row of ones, 7 of zeros; keys padded with
+//       zeros to a multiple of 128 and
 //       permuted within each 16 so that P's accumulator registers are the A operand of the FP8
 //       wgmma as they stand: see vt_position), one scale per channel (b, h, d).
 //
@@ -16,10 +17,12 @@
 //     (ping-pong); within a warpgroup S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before
 //     the softmax of block j+1.
 //   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
-//     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 and a float
-//     subtraction (|s| < 2^21 for 128-long int8 dot products).
+//     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
+//     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA.
 //   - P = 2^(s - m + log2 448), i.e. the softmax weights times 448, rounded to e4m3 (saturating)
-//     for P V; the row sums add the unrounded float32 weights.
+//     for P V. V^T carries a row of ones after the head dim: column 128 of P V is the row sum of
+//     the rounded weights, so numerator and denominator see the same weights and the softmax
+//     needs no additions of its own.
 //   - Two levels: each block's P V goes into a fresh float32 accumulator T, added to O in
 //     registers (O = O * rescale + T): the tensor cores' FP8 accumulation never spans more than
 //     one block of 128 keys.
@@ -29,6 +32,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+// The m64n136k32 FP8 wgmma (V's 128 columns + the row-sum column) is one of CuTe's "extended"
+// shapes.
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
@@ -47,6 +53,9 @@ constexpr int kKBlock = vgen::sage::kKBlock;
 template <int kStages_>
 struct Traits {
   static constexpr int kHeadDim = vgen::sage::kHeadDim;
+  // V^T rows: the head dim, then a row of ones (P's row sums come out of P V as column 128),
+  // then zeros to a multiple of 8 (the FP8 wgmma's N step).
+  static constexpr int kVRows = kHeadDim + 8;
   static constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
   static constexpr int kBlockN = kKBlock;
   static constexpr int kStages = kStages_;
@@ -60,19 +69,19 @@ struct Traits {
       decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<EQK>{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
   // V^T tiles (head dim, keys, stage), keys contiguous: the K-major B operand of O = P V.
   using SmemLayoutVt =
-      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<EV>{}, Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}));
+      decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<EV>{}, Shape<Int<kVRows>, Int<kBlockN>, Int<kStages>>{}));
 
   using TiledMmaQK =
       decltype(make_tiled_mma(GMMA::ss_op_selector<EQK, EQK, int32_t, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>()));
   using TiledMmaPV =
-      decltype(make_tiled_mma(GMMA::rs_op_selector<EV, EV, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>>()));
+      decltype(make_tiled_mma(GMMA::rs_op_selector<EV, EV, float, Shape<_64, Int<kVRows>, Int<kBlockN>>>()));
 
   // Q and K as TMA sees them: (seq, head dim, heads, batch), head dim contiguous.
   using GShapeQK = Shape<int32_t, Int<kHeadDim>, int32_t, int32_t>;
   using GStrideQK = Stride<int64_t, _1, int64_t, int64_t>;
   using GTensorQK = decltype(make_tensor(make_gmem_ptr(static_cast<EQK const*>(nullptr)), GShapeQK{}, GStrideQK{}));
-  // V^T: (head dim, padded keys, heads, batch), keys contiguous.
-  using GShapeV = Shape<Int<kHeadDim>, int32_t, int32_t, int32_t>;
+  // V^T: (head dim + 8, padded keys, heads, batch), keys contiguous.
+  using GShapeV = Shape<Int<kVRows>, int32_t, int32_t, int32_t>;
   using GStrideV = Stride<int64_t, _1, int64_t, int64_t>;
   using GTensorV = decltype(make_tensor(make_gmem_ptr(static_cast<EV const*>(nullptr)), GShapeV{}, GStrideV{}));
   using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorQK{}, SmemLayoutQ{},
@@ -80,7 +89,7 @@ struct Traits {
   using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorQK{}, take<0, 2>(SmemLayoutK{}),
                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GTensorV{}, take<0, 2>(SmemLayoutVt{}),
-                                      Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
+                                      Shape<Int<kVRows>, Int<kBlockN>>{}, _1{}));
 
   struct SharedStorage {
     cute::array_aligned<EQK, cosize_v<SmemLayoutQ>, 1024> q;
@@ -91,7 +100,8 @@ struct Traits {
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim;
-  static constexpr uint32_t kKVBytes = kBlockN * kHeadDim;
+  static constexpr uint32_t kKBytes = kBlockN * kHeadDim;
+  static constexpr uint32_t kVBytes = kBlockN * kVRows;
 };
 
 template <class T>
@@ -167,10 +177,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       const int32_t kv_pad = n_blocks * kBlockN;
       Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seq_q, Int<kHeadDim>{}, p.heads, p.batch));
       Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seq_kv, Int<kHeadDim>{}, p.heads, p.batch));
-      Tensor mV = p.tma_v.get_tma_tensor(make_shape(Int<kHeadDim>{}, kv_pad, p.heads, p.batch));
+      Tensor mV = p.tma_v.get_tma_tensor(make_shape(Int<T::kVRows>{}, kv_pad, p.heads, p.batch));
       Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, 0));
       Tensor gK = local_tile(mK(_, _, head, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, 0));
-      Tensor gV = local_tile(mV(_, _, head, batch), Shape<Int<kHeadDim>, Int<kBlockN>>{}, make_coord(0, _));
+      Tensor gV = local_tile(mV(_, _, head, batch), Shape<Int<T::kVRows>, Int<kBlockN>>{}, make_coord(0, _));
       auto cq = p.tma_q.get_slice(Int<0>{});
       auto ck = p.tma_k.get_slice(Int<0>{});
       auto cv = p.tma_v.get_slice(Int<0>{});
@@ -186,10 +196,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       for (int n = 0; n < n_blocks; ++n) {
         const int s = n % kStages, use = n / kStages;
         if (use > 0) Barrier::wait(&ss.empty_k[s], (use - 1) & 1);
-        TxBarrier::arrive_and_expect_tx(&ss.full_k[s], T::kKVBytes);
+        TxBarrier::arrive_and_expect_tx(&ss.full_k[s], T::kKBytes);
         copy(p.tma_k.with(ss.full_k[s]), tKg(_, _, _, n), tKs(_, _, _, s));
         if (use > 0) Barrier::wait(&ss.empty_v[s], (use - 1) & 1);
-        TxBarrier::arrive_and_expect_tx(&ss.full_v[s], T::kKVBytes);
+        TxBarrier::arrive_and_expect_tx(&ss.full_v[s], T::kVBytes);
         copy(p.tma_v.with(ss.full_v[s]), tVg(_, _, _, n), tVs(_, _, _, s));
       }
     }
@@ -207,8 +217,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   Tensor tSrQ = thr_qk.partition_fragment_A(sQw);   // (MMA, MMA_M, MMA_K)
   Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrO = partition_fragment_C(mma_pv, Shape<_64, Int<kHeadDim>>{});
-  Tensor tOrT = partition_fragment_C(mma_pv, Shape<_64, Int<kHeadDim>>{});  // one block's P V
+  // O and one block's P V, 136 columns: the head dim, then the row sums (column 128).
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<_64, Int<T::kVRows>>{});
+  Tensor tOrT = partition_fragment_C(mma_pv, Shape<_64, Int<T::kVRows>>{});
   using FragS = decltype(partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{}));
   // P as the A operand of the FP8 wgmma: 16 e4m3 values (4 registers) per 32 keys.
   constexpr int kKSteps = kBlockN / 32;
@@ -226,7 +237,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   constexpr float kLog2_448 = 8.807354922057604f;
   constexpr float kMagic = 12582912.f;  // 1.5 * 2^23: int32 s + its bits is the float kMagic + s
   float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
   float corr_prev[2] = {0.f, 0.f};
 
   auto release = [&](uint64_t* bar) {
@@ -259,41 +269,47 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // Value i of an accumulator fragment is row (i / 2) % 2 (0: lane / 4, 1: lane / 4 + 8 of the
   // warp's 16 rows) and column 8 (i / 4) + 2 (lane % 4) + i % 2.
   //
-  // The online softmax of block n, in place: the int32 scores become the float32 weights
-  // 2^(s c - m + log2 448) (as bits), the running max and row sums move on, `corr` is the
-  // old-to-new rescale.
-  auto softmax = [&](auto& acc, int n, float k_scale_n, float (&corr)[2]) {
+  // The online softmax of block n, in place: the int32 scores s become the float32 weights
+  // 2^(s c - m + log2 448) (as bits), the running max moves on, `corr` is the old-to-new
+  // rescale. f = kMagic + s is the int32 read as float after an integer add; kMagic c is folded
+  // into the per-row offset K, whose rounding (a third of c) is far below the int8 scores'.
+  // `last` (compile-time) masks the keys past the end.
+  auto softmax = [&](auto& acc, int n, float k_scale_n, float (&corr)[2], auto last) {
     const float c = fmaxf(qs * k_scale_n, 1.17549435e-38f);
-    float s[size(FragS{})];
+    float f[size(FragS{})];
     CUTE_UNROLL
-    for (int i = 0; i < size(acc); ++i) s[i] = __int_as_float(acc(i) + 0x4B400000) - kMagic;
-    if (n == n_blocks - 1) {
+    for (int i = 0; i < size(acc); ++i) f[i] = __int_as_float(acc(i) + 0x4B400000);
+    if constexpr (decltype(last)::value) {
       const int limit = p.seq_kv - n * kBlockN - quad_col;
       CUTE_UNROLL
       for (int i = 0; i < size(acc); ++i)
-        if (8 * (i / 4) + (i % 2) >= limit) s[i] = -INFINITY;
+        if (8 * (i / 4) + (i % 2) >= limit) f[i] = -INFINITY;
     }
-    float mx[2] = {-INFINITY, -INFINITY};
+    // Row maxima as a tree (a chain would be 32 dependent FMNMX).
+    float mx[2];
     CUTE_UNROLL
-    for (int i = 0; i < size(acc); ++i) mx[(i / 2) % 2] = fmaxf(mx[(i / 2) % 2], s[i]);
+    for (int r = 0; r < 2; ++r) {
+      float t[16];
+      CUTE_UNROLL
+      for (int j = 0; j < 16; ++j) t[j] = fmaxf(f[4 * j + 2 * r], f[4 * j + 2 * r + 1]);
+      CUTE_UNROLL
+      for (int j = 0; j < 8; ++j) t[j] = fmaxf(t[j], t[j + 8]);
+      CUTE_UNROLL
+      for (int j = 0; j < 4; ++j) t[j] = fmaxf(t[j], t[j + 4]);
+      mx[r] = fmaxf(fmaxf(t[0], t[2]), fmaxf(t[1], t[3]));
+    }
     float off[2];
     CUTE_UNROLL
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-      const float m = fmaxf(row_max[r], mx[r] * c);
+      const float m = fmaxf(row_max[r], (mx[r] - kMagic) * c);
       corr[r] = row_max[r] == -INFINITY ? 0.f : exp2_approx(row_max[r] - m);
       row_max[r] = m;
-      row_sum[r] *= corr[r];
-      off[r] = m - kLog2_448;
+      off[r] = fmaf(kMagic, c, m - kLog2_448);
     }
     CUTE_UNROLL
-    for (int i = 0; i < size(acc); ++i) {
-      const int r = (i / 2) % 2;
-      const float w = exp2_approx(fmaf(s[i], c, -off[r]));
-      row_sum[r] += w;
-      acc(i) = __float_as_int(w);
-    }
+    for (int i = 0; i < size(acc); ++i) acc(i) = __float_as_int(exp2_approx(fmaf(f[i], c, -off[(i / 2) % 2])));
   };
   // The weights to e4m3, in the A operand's register order (the keys of V^T are permuted to
   // match: vt_position).
@@ -326,10 +342,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[0]);
-    softmax(tSrS, 0, k_scale_n, corr_prev);
+    if (n_blocks == 1) softmax(tSrS, 0, k_scale_n, corr_prev, cute::true_type{});
+    else softmax(tSrS, 0, k_scale_n, corr_prev, cute::false_type{});
     to_p(tSrS);
   }
-  for (int n = 1; n < n_blocks; ++n) {
+  // The blocks after the first; the last one (masked) is a copy of its own, so that the others
+  // carry no masking work.
+  auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
     const float k_scale_n = __ldg(k_scale + n);  // loaded while the GEMMs run
@@ -343,7 +362,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[s]);
     float corr[2];
-    softmax(tSrS, n, k_scale_n, corr);
+    softmax(tSrS, n, k_scale_n, corr, last);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrT);
     release(&ss.empty_v[sp]);
@@ -351,7 +370,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     corr_prev[0] = corr[0];
     corr_prev[1] = corr[1];
     to_p(tSrS);
-  }
+  };
+  for (int n = 1; n < n_blocks - 1; ++n) block(n, cute::false_type{});
+  if (n_blocks > 1) block(n_blocks - 1, cute::true_type{});
   {
     const int s = (n_blocks - 1) % kStages;
     Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
@@ -365,19 +386,18 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   }
 
   // ---- epilogue: O * scale_v / l, bf16, straight to global memory ----
+  // l is column 128 of O: values 64 (row lane / 4) and 66 (row + 8) of the quad's first thread.
   float inv[2];
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffff, l, 1);
-    l += __shfl_xor_sync(0xffffffff, l, 2);
+    const float l = __shfl_sync(0xffffffff, tOrO(64 + 2 * r), lane & ~3);
     inv[r] = l > 0.f ? 1.f / l : 0.f;
   }
   const float* v_scale = p.v_scale + bh * kHeadDim;
   const int row0 = m_block * kBlockM + wg * 64 + warp_in_wg * 16 + lane / 4;
   cutlass::bfloat16_t* out = p.o + int64_t(batch) * p.o_stride_b + int64_t(head) * p.o_stride_h;
   CUTE_UNROLL
-  for (int i = 0; i < size(tOrO); i += 4) {
+  for (int i = 0; i < 4 * (kHeadDim / 8); i += 4) {
     const int col = 8 * (i / 4) + quad_col;
     const float2 sv = *reinterpret_cast<const float2*>(v_scale + col);
     CUTE_UNROLL
