@@ -14,13 +14,17 @@
 //      codes, f_j = 1.5 * 2^23 + s_j (exact in float32); c = max(q_scale * softmax_scale *
 //      log2(e) * k_scale(n), FLT_MIN) (in that order, in float32); m' = max(m, c * (max_j f_j -
 //      1.5 * 2^23)); rescale = 2^(m - m') (0 while m = -inf); K = fma(1.5 * 2^23, c, m' - log2 448);
-//      w_j = e4m3(2^(fma(f_j, c, -K))) (448 times the softmax weight, rounded);
+//      w_j = e4m3(2^(fma(f_j, c, -K))) (448 times the softmax weight, rounded; 2^x is the
+//      hardware's approximation, or exp2_poly for the keys kPolyKeys picks);
 //      O = O * rescale + sum_j w_j v_code_j and l = l * rescale + sum_j w_j (each block's sums a
 //      float32 of their own: on the GPU one P V product whose V has a row of ones).
 //   5. out = O * v_scale / l, rounded to bf16.
 // Keys past Sk are not keys (masked); rows past Sq are not written.
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "core/tensor.h"
@@ -30,6 +34,33 @@ namespace vgen::sage {
 constexpr int kHeadDim = 128;
 constexpr int kQGroup = 16;   // query rows per int8 scale
 constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulation block
+
+// Whether key j's weight is computed by exp2_poly (the last 8 of every 32 keys) instead of the
+// MUFU's approximation: the kernel spreads the softmax over two pipes.
+constexpr bool kPolyKeys(int64_t j) { return j % 32 >= 24; }
+
+#if defined(__CUDACC__)
+#define VGEN_SAGE_HD __host__ __device__ __forceinline__
+#else
+#define VGEN_SAGE_HD inline
+#endif
+
+// 2^x by a degree-3 polynomial on FMAs (max relative error 8e-5, far below e4m3's 2^-4 step):
+// x is clamped to >= -125, rounded to an integer j by adding 1.5 * 2^23 (the integer is then in
+// the low bits of the sum), 2^(x - j) is the polynomial, and j goes into the exponent bits.
+VGEN_SAGE_HD float exp2_poly(float x) {
+  x = x > -125.0f ? x : -125.0f;  // also NaN -> -125
+  const float t = x + 12582912.0f;
+  const float f = x - (t - 12582912.0f);
+  const float p = fmaf(fmaf(fmaf(0.05508876592f, f, 0.24260465801f), f, 0.69327628613f), f, 0.99992889166f);
+  uint32_t pb, tb;
+  std::memcpy(&pb, &p, 4);
+  std::memcpy(&tb, &t, 4);
+  pb += tb << 23;
+  float r;
+  std::memcpy(&r, &pb, 4);
+  return r;
+}
 
 // Why ops::sage_attention cannot take these inputs ("" when it can), whatever the device:
 // q [B, H, Sq, D], k/v [B, H, Sk, D], BF16, D 128, Sk > 0, no bias.

@@ -157,7 +157,8 @@ Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor
         std::fill(t.begin(), t.end(), 0.0f);
         float block_sum = 0.0f;
         for (int64_t j = j0; j < j1; ++j) {
-          const float pw = quant::e4m3_to_float(quant::float_to_e4m3(std::exp2(std::fma(f[j - j0], c, -off))));
+          const float x = std::fma(f[j - j0], c, -off);
+          const float pw = quant::e4m3_to_float(quant::float_to_e4m3(sage::kPolyKeys(j) ? sage::exp2_poly(x) : std::exp2(x)));
           block_sum += pw;
           for (int64_t d = 0; d < D; ++d) t[d] += pw * v_code[j * D + d];
         }

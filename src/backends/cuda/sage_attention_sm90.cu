@@ -17,7 +17,7 @@ namespace {
 namespace s90 = ::vgen_sage90;
 using cute::Int;
 using cute::_1;
-using Traits = s90::Traits<3>;
+using Traits = s90::Traits<4>;
 constexpr int D = sage::kHeadDim;
 constexpr int kStatRows = 256;  // keys per partial sum of the statistics pass
 

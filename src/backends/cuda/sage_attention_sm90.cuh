@@ -124,6 +124,10 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
+// 2^x on the FMA pipe (ops/sage_attention.h: sage::exp2_poly), for a quarter of the weights:
+// the MUFU unit is the softmax's narrowest pipe.
+__device__ __forceinline__ float exp2_poly(float x) { return vgen::sage::exp2_poly(x); }
+
 __device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d) {
   const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
   const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
@@ -309,7 +313,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       off[r] = fmaf(kMagic, c, m - kLog2_448);
     }
     CUTE_UNROLL
-    for (int i = 0; i < size(acc); ++i) acc(i) = __float_as_int(exp2_approx(fmaf(f[i], c, -off[(i / 2) % 2])));
+    for (int i = 0; i < size(acc); ++i) {
+      const float x = fmaf(f[i], c, -off[(i / 2) % 2]);
+      // Columns 24..31 of every 32 (sage::kPolyKeys) on the FMA pipe, the rest on the MUFU.
+      acc(i) = __float_as_int((i / 4) % 4 == 3 ? exp2_poly(x) : exp2_approx(x));
+    }
   };
   // The weights to e4m3, in the A operand's register order (the keys of V^T are permuted to
   // match: vt_position).
@@ -331,10 +339,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   const int my_bar = 1 + wg, other_bar = 2 - wg;
   if (wg == 1) named_arrive(other_bar);
 
+  float k_scale_next = 0.f;
   Barrier::wait(&ss.bar_q, 0);
   {
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
     const float k_scale_n = __ldg(k_scale);
+    k_scale_next = n_blocks > 1 ? __ldg(k_scale + 1) : 0.f;
     Barrier::wait(&ss.full_k[0], 0);
     named_sync(my_bar);
     gemm_qk(tSrS, 0);
@@ -351,7 +361,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
-    const float k_scale_n = __ldg(k_scale + n);  // loaded while the GEMMs run
+    // Block n's key scale was loaded a block ahead; n + 1's is loaded now.
+    const float k_scale_n = k_scale_next;
+    k_scale_next = n + 1 < n_blocks ? __ldg(k_scale + n + 1) : 0.f;
     Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
     Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
     named_sync(my_bar);
