@@ -1,0 +1,251 @@
+// Host side and instantiations of vgen's Hopper implicit-GEMM 3-D convolution (conv3d_sm90.h).
+//
+// The kernels are CUTLASS 3's: the sm90 conv CollectiveBuilder (TMA im2col loads of the NDHWC
+// activations, TMA loads of the KTRSC filter, wgmma with float32 accumulation) under
+// ConvUniversal, and the sm90 TMA epilogue with a per-output-channel bias (LinCombPerColBias;
+// a null bias reads as zeros) storing bf16 NDHWC. CUTLASS 4.2 offers conv only with the
+// non-persistent warp-specialized schedule (one producer and one consumer warp group), so the
+// tiles are at most 128x128 or 64x256 (the accumulators of one warp group).
+//
+// GEMM view of the convolution: M = N * Do * Ho * Wo output positions, N = K output channels,
+// K = C * T * R * S (the filter taps times the input channels, C innermost).
+//
+// The kernel body is compiled for sm_90a only (the __global__ wrapper below); other targets of
+// VGEN_CUDA_ARCHS get an empty body, and conv3d_sm90_rejects() refuses to run there.
+#include "backends/cuda/conv3d_sm90.h"
+
+#include <cute/tensor.hpp>
+#include <cutlass/kernel_hardware_info.hpp>
+#include <cutlass/conv/collective/collective_builder.hpp>
+#include <cutlass/conv/convnd_problem_shape.hpp>
+#include <cutlass/conv/dispatch_policy.hpp>
+#include <cutlass/conv/kernel/conv_universal.hpp>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/operations.hpp>
+#include <cutlass/util/packed_stride.hpp>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include "backends/cuda/cuda_common.h"
+
+namespace vgen::cuda {
+namespace {
+
+using cute::Int;
+using cute::Shape;
+using Bf16 = cutlass::bfloat16_t;
+using LayoutNDHWC = cutlass::layout::TensorNDHWC;
+constexpr int kAlign = 8;  // elements in 16 bytes: TMA's alignment of every stride but the innermost
+
+// One CUTLASS fprop kernel for a CTA tile (M output positions, N output channels, K reduction)
+// and a cluster shape.
+template <int kM, int kN, int kK, int kClusterM>
+struct ConvSm90 {
+  using TileShape = Shape<Int<kM>, Int<kN>, Shape<Int<kK>>>;
+  using ClusterShape = Shape<Int<kClusterM>, cute::_1, cute::_1>;
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBias<Bf16, float, Bf16, Bf16, float>;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutNDHWC, kAlign, Bf16, LayoutNDHWC,
+      kAlign, cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop, Bf16, LayoutNDHWC,
+      kAlign, Bf16, LayoutNDHWC, kAlign, float, TileShape, ClusterShape,
+      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, Mainloop::NumSpatialDimensions>;
+  using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue, void>;
+  static constexpr int kClusterSize = kClusterM;
+};
+
+// CUTLASS's device_kernel, with the body compiled for sm_90a only.
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
+    conv3d_sm90_kernel(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ char smem[];
+  Kernel op;
+  op(params, smem);
+#endif
+}
+
+// The variants, in the order of conv3d_sm90_variant_name.
+using Conv128x128 = ConvSm90<128, 128, 64, 1>;
+
+constexpr const char* kVariantNames[] = {"128x128x64"};
+constexpr int kVariants = 1;
+
+// Whether this binary carries sm_90a code for the kernels.
+bool built_for_sm90a() {
+  static const bool built = [] {
+    cudaFuncAttributes attr{};
+    if (cudaFuncGetAttributes(&attr, conv3d_sm90_kernel<Conv128x128::Kernel>) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return attr.binaryVersion == 90;
+  }();
+  return built;
+}
+
+// cudaFuncSetAttribute holds for the current device only: once per kernel and device.
+void allow_shared_memory(const void* kernel, int bytes) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
+  int device = 0;
+  check(cudaGetDevice(&device), "conv3d sm90: get the current device");
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.count({kernel, device})) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "conv3d sm90: allow the kernel's shared memory");
+  done.insert({kernel, device});
+}
+
+// A channels-last 3-D tensor's strides in CUTLASS's order [n, d, h, w, c] (logical dims 0, 2,
+// 3, 4, 1). A dimension of size 1 is never stepped along, but TMA wants every stride a multiple
+// of 16 bytes: it gets the extent of the dimensions inside it.
+cute::array<int64_t, 5> ndhwc_strides(const Tensor& t) {
+  constexpr int kDims[5] = {0, 2, 3, 4, 1};
+  cute::array<int64_t, 5> s{};
+  int64_t extent = 1;
+  for (int i = 4; i >= 0; --i) {
+    const int d = kDims[i];
+    s[i] = t.size(d) > 1 ? t.strides()[d] : extent;
+    extent = std::max(extent, t.size(d) * s[i]);
+  }
+  return s;
+}
+
+cute::array<int32_t, 5> ndhwc_shape(const Tensor& t) {
+  return {static_cast<int32_t>(t.size(0)), static_cast<int32_t>(t.size(2)), static_cast<int32_t>(t.size(3)),
+          static_cast<int32_t>(t.size(4)), static_cast<int32_t>(t.size(1))};
+}
+
+template <class V>
+typename V::Kernel::Arguments arguments(const Conv3dSm90Problem& p) {
+  using Kernel = typename V::Kernel;
+  using ProblemShape = typename V::ProblemShape;
+  auto pad = [](const std::array<int64_t, 3>& a) {
+    return cute::array<int32_t, 3>{static_cast<int32_t>(a[0]), static_cast<int32_t>(a[1]), static_cast<int32_t>(a[2])};
+  };
+  const ProblemShape problem(cutlass::conv::Mode::kCrossCorrelation, ndhwc_shape(p.x), ndhwc_strides(p.x),
+                             ndhwc_shape(p.w), ndhwc_strides(p.w), pad(p.pad_before), pad(p.pad_after), pad(p.stride),
+                             {1, 1, 1}, 1);
+  typename Kernel::Arguments args{};
+  args.mode = cutlass::gemm::GemmUniversalMode::kGemm;
+  args.problem_shape = problem;
+  args.mainloop.ptr_A = static_cast<const Bf16*>(p.x.raw_data());
+  args.mainloop.ptr_B = static_cast<const Bf16*>(p.w.raw_data());
+  args.epilogue.thread.alpha = 1.0f;
+  args.epilogue.thread.beta = 0.0f;
+  args.epilogue.thread.bias_ptr = p.bias.defined() ? static_cast<const Bf16*>(p.bias.raw_data()) : nullptr;
+  args.epilogue.ptr_C = nullptr;
+  args.epilogue.ptr_D = static_cast<Bf16*>(p.y.raw_data());
+  // The output's strides as the epilogue reads them: ((w, h, d, n), k, 0), from the problem's
+  // packed NDHWC strides of y (y is dense; conv3d_sm90_rejects checks it).
+  using StrideD = typename Kernel::StrideD;
+  StrideD dD{};
+  cute::for_each(cute::make_seq<cute::rank<0>(StrideD{})>{}, [&](auto i) {
+    cute::get<0, i>(dD) = problem.stride_C[ProblemShape::RankT - 2 - i];
+  });
+  args.epilogue.dC = dD;
+  args.epilogue.dD = dD;
+  args.hw_info.device_id = 0;
+  args.hw_info.sm_count = device_properties().multiProcessorCount;
+  return args;
+}
+
+template <class V>
+bool takes(const Conv3dSm90Problem& p) {
+  return V::Kernel::can_implement(arguments<V>(p));
+}
+
+template <class V>
+void launch(const Conv3dSm90Problem& p) {
+  using Kernel = typename V::Kernel;
+  const auto args = arguments<V>(p);
+  const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
+  auto* kernel = conv3d_sm90_kernel<Kernel>;
+  constexpr int kSmem = Kernel::SharedStorageSize;
+  allow_shared_memory(reinterpret_cast<const void*>(kernel), kSmem);
+  cudaLaunchConfig_t config{};
+  config.gridDim = Kernel::get_grid_shape(params);
+  config.blockDim = Kernel::get_block_shape();
+  config.dynamicSmemBytes = kSmem;
+  config.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = V::kClusterSize;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  check(cudaLaunchKernelEx(&config, kernel, params), "conv3d sm90: launch");
+  check_launch("conv3d sm90", p.x, p.w);
+}
+
+bool aligned16(const Tensor& t) { return pointer_alignment(t.raw_data(), 16) == 16; }
+
+}  // namespace
+
+const char* conv3d_sm90_variant_name(int variant) {
+  return variant >= 0 && variant < kVariants ? kVariantNames[variant] : "?";
+}
+
+std::string conv3d_sm90_rejects(const Conv3dSm90Problem& p) {
+  const cudaDeviceProp& prop = device_properties();
+  if (prop.major != 9 || prop.minor != 0) return fmt::format("needs an sm_90 GPU (this is sm_{}{})", prop.major, prop.minor);
+  if (!built_for_sm90a()) return "this build has no sm_90a code (VGEN_CUDA_ARCHS without 90a)";
+  for (const Tensor* t : {&p.x, &p.w, &p.y}) {
+    if (t->dim() != 5) return "needs 5-D tensors";
+    if (t->dtype() != DType::BF16) return "takes BF16 tensors only";
+    if (!t->is_channels_last_3d()) return "needs channels-last 3-D tensors";
+    if (!aligned16(*t)) return "needs 16-byte aligned buffers (TMA)";
+    for (int64_t n : t->shape())
+      if (n > INT32_MAX) return "sizes out of range";
+    for (int64_t s : ndhwc_strides(*t))
+      if (s % kAlign != 0 && s != 1) return "needs strides that are multiples of 8 elements (TMA)";
+    if (t->strides()[1] != 1) return "needs unit stride along the channels";
+  }
+  if (p.bias.defined() && (p.bias.dtype() != DType::BF16 || !p.bias.is_contiguous() || !aligned16(p.bias) ||
+                           p.bias.numel() != p.w.size(0)))
+    return "needs a contiguous, 16-byte aligned BF16 bias of K values";
+  const int64_t C = p.x.size(1), K = p.w.size(0);
+  if (p.w.size(1) != C) return "input and filter channels differ";
+  if (C % 64 != 0) return fmt::format("needs input channels a multiple of 64 (not {})", C);
+  if (K % kAlign != 0) return fmt::format("needs output channels a multiple of 8 (not {})", K);
+  if (p.stride != std::array<int64_t, 3>{1, 1, 1}) return "takes stride 1 only";
+  // y dense NDHWC with the shape the padding gives.
+  for (int i = 0; i < 3; ++i)
+    if (p.y.size(2 + i) != p.x.size(2 + i) + p.pad_before[i] + p.pad_after[i] - p.w.size(2 + i) + 1)
+      return "output extent disagrees with the padding";
+  if (p.y.size(0) != p.x.size(0) || p.y.size(1) != K) return "output shape disagrees with the inputs";
+  const vgen::Shape& ys = p.y.strides();
+  const int64_t Wo = p.y.size(4), Ho = p.y.size(3), Do = p.y.size(2);
+  if ((Wo > 1 && ys[4] != K) || (Ho > 1 && ys[3] != K * Wo) || (Do > 1 && ys[2] != K * Wo * Ho) ||
+      (p.y.size(0) > 1 && ys[0] != K * Wo * Ho * Do))
+    return "needs a dense channels-last output";
+  if (p.y.size(0) * Do * Ho * Wo > INT32_MAX) return "too many output positions";
+  if (conv3d_sm90_variants(p).empty()) return "no tile variant can implement it (TMA im2col limits)";
+  return "";
+}
+
+std::vector<int> conv3d_sm90_variants(const Conv3dSm90Problem& p) {
+  std::vector<int> v;
+  if (takes<Conv128x128>(p)) v.push_back(0);
+  return v;
+}
+
+void conv3d_sm90(const Conv3dSm90Problem& p, int variant) {
+  if (p.y.numel() == 0) return;
+  switch (variant) {
+    case 0: return launch<Conv128x128>(p);
+    default: fail("conv3d sm90: no variant {}", variant);
+  }
+}
+
+}  // namespace vgen::cuda
