@@ -23,8 +23,9 @@ const char* const kAttentionBackends[] = {"auto", "cudnn", "flash", "reference"}
 const char* const kConvKernels[] = {"auto", "cudnn", "cutlass"};
 
 void validate(const ExecutionSettings& s) {
-  if (std::find(std::begin(kConvKernels), std::end(kConvKernels), s.conv_kernel) == std::end(kConvKernels))
-    fail("unknown convolution kernel choice '{}': expected auto, cudnn or cutlass", s.conv_kernel);
+  if (std::find(std::begin(kConvKernels), std::end(kConvKernels), s.conv_kernel) == std::end(kConvKernels) &&
+      s.conv_kernel.rfind("cutlass:", 0) != 0)
+    fail("unknown convolution kernel choice '{}': expected auto, cudnn, cutlass or cutlass:<variant>", s.conv_kernel);
   for (const char* name : kAttentionBackends)
     if (s.attention_backend == name) return;
   fail("unknown attention backend '{}': expected auto, cudnn, flash or reference", s.attention_backend);

@@ -38,7 +38,8 @@ struct ExecutionSettings {
   // Which kernels run bf16 channels-last 3-D convolutions on the GPU: "auto" (on an H100/H200,
   // vgen's CUTLASS kernel where it takes the case and is faster than cuDNN, timed on each
   // shape's first call; elsewhere cuDNN), "cudnn", or "cutlass" (wherever it takes the case, for
-  // tests). VGEN_CONV_CUTLASS=0 gives "cudnn", =force "cutlass".
+  // tests; "cutlass:<variant>" one tile variant, conv3d_sm90.h). VGEN_CONV_CUTLASS=0 gives
+  // "cudnn", =force "cutlass".
   std::string conv_kernel = "auto";
   // Time cuBLASLt's leading heuristic algorithms per GEMM shape on its first call and keep the
   // fastest (bf16/f16/f32 and FP8 GEMMs); off: the heuristic's first choice.

@@ -1075,9 +1075,12 @@ void conv3d_cases(Cases& cs) {
   // vgen's CUTLASS kernel (conv3d_sm90.h) forced where it takes the case (bf16 channels-last,
   // input channels a multiple of 64: on an H100/H200; other GPUs run cuDNN): the Wan2.2 VAE
   // decoder's kinds at small sizes, odd H and W, output channels that leave a partial tile.
+  // Each tile variant runs every case.
   auto cutlass_case = [&](const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, const std::string& what,
                           bool strided_x = false) {
-    conv3d_case(cs, xs, ws, bias, p, DType::BF16, what, strided_x, true, -1, false, "cutlass");
+    for (const char* variant : {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2"})
+      conv3d_case(cs, xs, ws, bias, p, DType::BF16, what, strided_x, true, -1, false,
+                  fmt::format("cutlass:{}", variant));
   };
   cutlass_case({1, 64, 1, 9, 11}, {64, 64, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), "first chunk, causal");
   cutlass_case({1, 64, 3, 9, 11}, {64, 64, 3, 3, 3}, false, conv_params({1, 1, 1}, {0, 1, 1}, 1), "one past frame");

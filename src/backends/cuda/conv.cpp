@@ -26,7 +26,8 @@
 // kept for the shape in the context's ConvKernelChoices (logged at debug level). A call during
 // CUDA graph capture runs cuDNN and leaves the choice to a later eager call.
 // ExecutionSettings::conv_kernel (VGEN_CONV_CUTLASS=0 / force) turns the race off / always runs
-// CUTLASS where it takes the case (what the op table test uses to check it).
+// CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
+// uses to check each).
 //
 // Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias). When
 // cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
@@ -282,8 +283,10 @@ bool run_cutlass_if_chosen(const Conv& c, const std::function<bool()>& cudnn) {
     const std::vector<int> variants = why.empty() ? conv3d_sm90_variants(p) : std::vector<int>{};
     if (variants.empty()) {
       spdlog::debug("conv3d: CUTLASS does not take {}: {}", conv_str(c), why);
-    } else if (mode == "cutlass") {
-      chosen = variants.front();
+    } else if (mode.rfind("cutlass", 0) == 0) {
+      chosen = variants.front();  // "cutlass", or "cutlass:<variant>" where that variant takes it
+      for (int v : variants)
+        if (mode == fmt::format("cutlass:{}", conv3d_sm90_variant_name(v))) chosen = v;
     } else if (stream_capturing()) {
       return false;  // nothing can be timed while capturing: cuDNN now, the race on an eager call
     } else {

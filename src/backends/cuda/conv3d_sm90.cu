@@ -5,7 +5,8 @@
 // ConvUniversal, and the sm90 TMA epilogue with a per-output-channel bias (LinCombPerColBias;
 // a null bias reads as zeros) storing bf16 NDHWC. CUTLASS 4.2 offers conv only with the
 // non-persistent warp-specialized schedule (one producer and one consumer warp group), so the
-// tiles are at most 128x128 or 64x256 (the accumulators of one warp group).
+// tiles are at most 128x128 or 64x256 (the accumulators of one warp group): four variants,
+// timed against each other and cuDNN by conv.cpp.
 //
 // GEMM view of the convolution: M = N * Do * Ho * Wo output positions, N = K output channels,
 // K = C * T * R * S (the filter taps times the input channels, C innermost).
@@ -73,11 +74,15 @@ __global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksP
 #endif
 }
 
-// The variants, in the order of conv3d_sm90_variant_name.
+// The variants, in the order of kVariantNames. A cluster of 2 along M multicasts each filter
+// tile to both CTAs (they share the output channels), halving the filter's loads from L2.
 using Conv128x128 = ConvSm90<128, 128, 64, 1>;
+using Conv128x128c2 = ConvSm90<128, 128, 64, 2>;
+using Conv64x256 = ConvSm90<64, 256, 64, 1>;
+using Conv64x256c2 = ConvSm90<64, 256, 64, 2>;
 
-constexpr const char* kVariantNames[] = {"128x128x64"};
-constexpr int kVariants = 1;
+constexpr const char* kVariantNames[] = {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2"};
+constexpr int kVariants = 4;
 
 // Whether this binary carries sm_90a code for the kernels.
 bool built_for_sm90a() {
@@ -237,6 +242,9 @@ std::string conv3d_sm90_rejects(const Conv3dSm90Problem& p) {
 std::vector<int> conv3d_sm90_variants(const Conv3dSm90Problem& p) {
   std::vector<int> v;
   if (takes<Conv128x128>(p)) v.push_back(0);
+  if (takes<Conv128x128c2>(p)) v.push_back(1);
+  if (takes<Conv64x256>(p)) v.push_back(2);
+  if (takes<Conv64x256c2>(p)) v.push_back(3);
   return v;
 }
 
@@ -244,6 +252,9 @@ void conv3d_sm90(const Conv3dSm90Problem& p, int variant) {
   if (p.y.numel() == 0) return;
   switch (variant) {
     case 0: return launch<Conv128x128>(p);
+    case 1: return launch<Conv128x128c2>(p);
+    case 2: return launch<Conv64x256>(p);
+    case 3: return launch<Conv64x256c2>(p);
     default: fail("conv3d sm90: no variant {}", variant);
   }
 }

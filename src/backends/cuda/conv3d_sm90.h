@@ -30,7 +30,8 @@ std::string conv3d_sm90_rejects(const Conv3dSm90Problem& p);
 // The tile variants that take p, the preferred one first (empty when rejected).
 std::vector<int> conv3d_sm90_variants(const Conv3dSm90Problem& p);
 
-// A variant's name for logs ("128x128x64", ...).
+// A variant's name ("128x128x64", "64x256x64c2": CTA tile M x N x K, c2 a cluster of 2 CTAs
+// along M), as logs and ExecutionSettings::conv_kernel ("cutlass:<name>") give it.
 const char* conv3d_sm90_variant_name(int variant);
 
 // y = conv(x, w) + bias with `variant` (one of conv3d_sm90_variants(p)), on the active stream.
