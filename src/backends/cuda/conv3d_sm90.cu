@@ -5,7 +5,7 @@
 // ConvUniversal, and the sm90 TMA epilogue with a per-output-channel bias (LinCombPerColBias;
 // a null bias reads as zeros) storing bf16 NDHWC. CUTLASS 4.2 offers conv only with the
 // non-persistent warp-specialized schedule (one producer and one consumer warp group), so the
-// tiles are at most 128x128 or 64x256 (the accumulators of one warp group): four variants,
+// tiles are at most 128x128 or 64x256 (the accumulators of one warp group): a few variants,
 // timed against each other and cuDNN by conv.cpp.
 //
 // GEMM view of the convolution: M = N * Do * Ho * Wo output positions, N = K output channels,
@@ -42,9 +42,11 @@ using Bf16 = cutlass::bfloat16_t;
 using LayoutNDHWC = cutlass::layout::TensorNDHWC;
 constexpr int kAlign = 8;  // elements in 16 bytes: TMA's alignment of every stride but the innermost
 
-// One CUTLASS fprop kernel for a CTA tile (M output positions, N output channels, K reduction)
-// and a cluster shape.
-template <int kM, int kN, int kK, int kClusterM>
+// One CUTLASS fprop kernel for a CTA tile (M output positions, N output channels, K reduction),
+// a cluster shape, a pipeline depth (0: as many stages as shared memory holds) and the CTAs
+// that are to share an SM (2: registers capped at 128 a thread, so that one CTA's epilogue
+// overlaps the other's main loop, as the persistent schedules CUTLASS lacks for conv would).
+template <int kM, int kN, int kK, int kClusterM, int kStages = 0, int kMinBlocks = 1>
 struct ConvSm90 {
   using TileShape = Shape<Int<kM>, Int<kN>, Shape<Int<kK>>>;
   using ClusterShape = Shape<Int<kClusterM>, cute::_1, cute::_1>;
@@ -56,20 +58,24 @@ struct ConvSm90 {
   using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop, Bf16, LayoutNDHWC,
       kAlign, Bf16, LayoutNDHWC, kAlign, float, TileShape, ClusterShape,
-      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cute::conditional_t<
+          kStages == 0,
+          cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+          cutlass::conv::collective::StageCount<kStages>>,
       cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
   using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, Mainloop::NumSpatialDimensions>;
   using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue, void>;
   static constexpr int kClusterSize = kClusterM;
+  static constexpr int kBlocksPerSm = kMinBlocks;
 };
 
 // CUTLASS's device_kernel, with the body compiled for sm_90a only.
-template <class Kernel>
-__global__ void __launch_bounds__(Kernel::MaxThreadsPerBlock, Kernel::MinBlocksPerMultiprocessor)
-    conv3d_sm90_kernel(CUTLASS_GRID_CONSTANT typename Kernel::Params const params) {
+template <class V>
+__global__ void __launch_bounds__(V::Kernel::MaxThreadsPerBlock, V::kBlocksPerSm)
+    conv3d_sm90_kernel(CUTLASS_GRID_CONSTANT typename V::Kernel::Params const params) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ char smem[];
-  Kernel op;
+  typename V::Kernel op;
   op(params, smem);
 #endif
 }
@@ -80,15 +86,16 @@ using Conv128x128 = ConvSm90<128, 128, 64, 1>;
 using Conv128x128c2 = ConvSm90<128, 128, 64, 2>;
 using Conv64x256 = ConvSm90<64, 256, 64, 1>;
 using Conv64x256c2 = ConvSm90<64, 256, 64, 2>;
+using Conv64x128x2 = ConvSm90<64, 128, 64, 1, 4, 2>;  // 4 stages of 24 KB: two CTAs an SM
 
-constexpr const char* kVariantNames[] = {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2"};
-constexpr int kVariants = 4;
+constexpr const char* kVariantNames[] = {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2", "64x128x64x2"};
+constexpr int kVariants = 5;
 
 // Whether this binary carries sm_90a code for the kernels.
 bool built_for_sm90a() {
   static const bool built = [] {
     cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, conv3d_sm90_kernel<Conv128x128::Kernel>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&attr, conv3d_sm90_kernel<Conv128x128>) != cudaSuccess) {
       (void)cudaGetLastError();
       return false;
     }
@@ -174,7 +181,7 @@ void launch(const Conv3dSm90Problem& p) {
   using Kernel = typename V::Kernel;
   const auto args = arguments<V>(p);
   const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
-  auto* kernel = conv3d_sm90_kernel<Kernel>;
+  auto* kernel = conv3d_sm90_kernel<V>;
   constexpr int kSmem = Kernel::SharedStorageSize;
   allow_shared_memory(reinterpret_cast<const void*>(kernel), kSmem);
   cudaLaunchConfig_t config{};
@@ -245,6 +252,7 @@ std::vector<int> conv3d_sm90_variants(const Conv3dSm90Problem& p) {
   if (takes<Conv128x128c2>(p)) v.push_back(1);
   if (takes<Conv64x256>(p)) v.push_back(2);
   if (takes<Conv64x256c2>(p)) v.push_back(3);
+  if (takes<Conv64x128x2>(p)) v.push_back(4);
   return v;
 }
 
@@ -255,6 +263,7 @@ void conv3d_sm90(const Conv3dSm90Problem& p, int variant) {
     case 1: return launch<Conv128x128c2>(p);
     case 2: return launch<Conv64x256>(p);
     case 3: return launch<Conv64x256c2>(p);
+    case 4: return launch<Conv64x128x2>(p);
     default: fail("conv3d sm90: no variant {}", variant);
   }
 }
