@@ -1078,7 +1078,7 @@ void conv3d_cases(Cases& cs) {
   // Each tile variant runs every case.
   auto cutlass_case = [&](const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, const std::string& what,
                           bool strided_x = false) {
-    for (const char* variant : {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2", "64x128x64x2"})
+    for (const char* variant : {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2", "64x128x64x2", "128x256x64coop"})
       conv3d_case(cs, xs, ws, bias, p, DType::BF16, what, strided_x, true, -1, false,
                   fmt::format("cutlass:{}", variant));
   };

@@ -69,6 +69,176 @@ struct ConvSm90 {
   static constexpr int kBlocksPerSm = kMinBlocks;
 };
 
+// CUTLASS's non-persistent warp-specialized conv kernel (GemmUniversal in
+// cutlass/gemm/kernel/sm90_gemm_tma_warpspecialized.hpp, BSD-3-Clause, NVIDIA) with two consumer
+// warp groups instead of one, as CUTLASS's cooperative GEMM schedule has: each computes half
+// of the CTA tile's rows (a 2x1 warp-group TiledMma), so a CTA holds a 128x256 tile, twice the
+// accumulators one warp group can, and the load warp group gives its registers to them
+// (setmaxnreg 40 / 232). CUTLASS 4.2 refuses the cooperative schedule for conv in its dispatch
+// policy only; its conv main loop and TMA pipeline take any number of consumer warp groups.
+// Only operator() differs from the base: everything else (params, TMA descriptors, grid) is the
+// base's, whose MaxThreadsPerBlock already counts the TiledMma's 256 threads.
+template <class Base>
+struct CooperativeConvKernel : Base {
+  using typename Base::CollectiveEpilogue;
+  using typename Base::CollectiveMainloop;
+  using typename Base::ClusterShape;
+  using typename Base::Params;
+  using typename Base::SharedStorage;
+  using typename Base::TiledMma;
+  using typename Base::TileShape;
+  static constexpr uint32_t kMmaThreads = cute::size(TiledMma{});
+  static_assert(kMmaThreads == 2 * cutlass::NumThreadsPerWarpGroup, "two consumer warp groups");
+  static constexpr uint32_t kLoadRegisters = 40;
+  static constexpr uint32_t kMmaRegisters = 232;
+
+  CUTLASS_DEVICE
+  void operator()(Params const& params, char* smem_buf) {
+    using namespace cute;
+    using cutlass::NumThreadsPerWarp;
+    using cutlass::NumThreadsPerWarpGroup;
+    using cutlass::NumWarpsPerWarpGroup;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    enum class WarpGroupRole { Producer = 0, Consumer0 = 1, Consumer1 = 2 };
+    SharedStorage& shared_storage = *reinterpret_cast<SharedStorage*>(smem_buf);
+    const int thread_idx = int(threadIdx.x);
+    const int lane_idx = cutlass::canonical_lane_idx();
+    const int warp_idx = cutlass::canonical_warp_idx_sync();
+    const int warp_idx_in_warp_group = warp_idx % NumWarpsPerWarpGroup;
+    const int warp_group_thread_idx = thread_idx % NumThreadsPerWarpGroup;
+    const int mma_thread_idx = thread_idx % kMmaThreads;  // 0..255 over the two consumer warp groups
+    const auto warp_group_role = WarpGroupRole(cutlass::canonical_warp_group_idx());
+    const bool producer = warp_group_role == WarpGroupRole::Producer;
+    const bool load_warp = producer && warp_idx_in_warp_group == 0;
+    const int lane_predicate = cute::elect_one_sync();
+    const uint32_t block_rank_in_cluster = cute::block_rank_in_cluster();
+
+    if (warp_idx == 0 && lane_predicate) {
+      CollectiveMainloop::prefetch_tma_descriptors(params.mainloop);
+      CollectiveEpilogue::prefetch_tma_descriptors(params.epilogue);
+    }
+
+    using MainloopPipeline = typename CollectiveMainloop::MainloopPipeline;
+    typename MainloopPipeline::Params mainloop_pipeline_params;
+    if (load_warp) mainloop_pipeline_params.role = MainloopPipeline::ThreadCategory::Producer;
+    if (!producer) mainloop_pipeline_params.role = MainloopPipeline::ThreadCategory::Consumer;
+    mainloop_pipeline_params.is_leader = warp_group_thread_idx == 0;
+    mainloop_pipeline_params.num_consumers = kMmaThreads;
+    mainloop_pipeline_params.transaction_bytes = params.mainloop.tma_transaction_bytes;
+    MainloopPipeline mainloop_pipeline(shared_storage.pipelines.mainloop, mainloop_pipeline_params, ClusterShape{});
+
+    using EpiLoadPipeline = typename CollectiveEpilogue::LoadPipeline;
+    typename EpiLoadPipeline::Params epi_load_pipeline_params;
+    if (load_warp) epi_load_pipeline_params.role = EpiLoadPipeline::ThreadCategory::Producer;
+    if (!producer) epi_load_pipeline_params.role = EpiLoadPipeline::ThreadCategory::Consumer;
+    epi_load_pipeline_params.dst_blockid = cute::block_rank_in_cluster();
+    epi_load_pipeline_params.producer_arv_count = NumThreadsPerWarp;
+    epi_load_pipeline_params.consumer_arv_count = kMmaThreads;
+    if constexpr (CollectiveEpilogue::RequiresTransactionBytes) {
+      epi_load_pipeline_params.transaction_bytes = params.epilogue.tma_transaction_bytes;
+    }
+    EpiLoadPipeline epi_load_pipeline(shared_storage.pipelines.epi_load, epi_load_pipeline_params);
+
+    using EpiStorePipeline = typename CollectiveEpilogue::StorePipeline;
+    typename EpiStorePipeline::Params epi_store_pipeline_params;
+    epi_store_pipeline_params.always_wait = true;
+    EpiStorePipeline epi_store_pipeline(epi_store_pipeline_params);
+
+    typename CollectiveMainloop::PipelineState mainloop_pipe_consumer_state;
+    typename CollectiveEpilogue::LoadPipelineState epi_load_pipe_consumer_state;
+    auto mainloop_pipe_producer_state = cutlass::make_producer_start_state<MainloopPipeline>();
+    auto epi_load_pipe_producer_state = cutlass::make_producer_start_state<EpiLoadPipeline>();
+    auto epi_store_pipe_producer_state = cutlass::make_producer_start_state<EpiStorePipeline>();
+
+    // Barrier inits visible to the cluster (or the CTA) before any arrive.
+    if constexpr (size(ClusterShape{}) > 1) {
+      cute::cluster_arrive_relaxed();
+    } else {
+      __syncthreads();
+    }
+
+    auto blk_shape = TileShape{};
+    TiledMma tiled_mma;
+    auto problem_shape_MNKL = append<4>(params.problem_shape, Int<1>{});
+    CollectiveMainloop collective_mainloop;
+    CollectiveEpilogue collective_epilogue(params.epilogue, shared_storage.tensors.epilogue);
+    auto load_inputs = collective_mainloop.load_init(problem_shape_MNKL, params.mainloop);
+    auto gA_mkl = get<0>(load_inputs);
+    auto gB_nkl = get<1>(load_inputs);
+    auto m_coord = idx2crd(int(blockIdx.x), shape<2>(gA_mkl));
+    auto n_coord = idx2crd(int(blockIdx.y), shape<2>(gB_nkl));
+    auto blk_coord = make_coord(m_coord, n_coord, _, Int<0>{});
+    auto k_tile_iter = cute::make_coord_iterator(shape<3>(gA_mkl));
+    auto k_tile_count = size<3>(gA_mkl);
+
+    if constexpr (size(ClusterShape{}) > 1) cute::cluster_wait();
+
+    if (producer) {
+      cutlass::arch::warpgroup_reg_dealloc<kLoadRegisters>();
+      if (load_warp) {
+        cutlass::arch::wait_on_dependent_grids();
+        collective_mainloop.load(params.mainloop, mainloop_pipeline, mainloop_pipe_producer_state, load_inputs,
+                                 blk_coord, k_tile_iter, k_tile_count, lane_idx, block_rank_in_cluster,
+                                 shared_storage.tensors.mainloop);
+        mainloop_pipe_producer_state.advance(k_tile_count);
+        collective_mainloop.load_tail(mainloop_pipeline, mainloop_pipe_producer_state);
+        if (collective_epilogue.is_producer_load_needed()) {
+          __syncwarp();
+          epi_load_pipe_producer_state =
+              collective_epilogue.load(epi_load_pipeline, epi_load_pipe_producer_state, problem_shape_MNKL, blk_shape,
+                                       blk_coord, tiled_mma, lane_idx, shared_storage.tensors.epilogue);
+          collective_epilogue.load_tail(epi_load_pipeline, epi_load_pipe_producer_state);
+        }
+      }
+    } else {
+      cutlass::arch::warpgroup_reg_alloc<kMmaRegisters>();
+      auto accumulators = partition_fragment_C(tiled_mma, take<0, 2>(blk_shape));
+      collective_mainloop.mma(mainloop_pipeline, mainloop_pipe_consumer_state, accumulators, k_tile_count,
+                              mma_thread_idx, shared_storage.tensors.mainloop, params.mainloop);
+      collective_mainloop.mma_tail(mainloop_pipeline, mainloop_pipe_consumer_state, k_tile_count);
+      cutlass::arch::launch_dependent_grids();
+      auto [epi_load_pipe_consumer_state_next, epi_store_pipe_producer_state_next] = collective_epilogue.store(
+          epi_load_pipeline, epi_load_pipe_consumer_state, epi_store_pipeline, epi_store_pipe_producer_state,
+          problem_shape_MNKL, blk_shape, blk_coord, accumulators, tiled_mma, mma_thread_idx,
+          shared_storage.tensors.epilogue);
+      collective_epilogue.store_tail(epi_load_pipeline, epi_load_pipe_consumer_state_next, epi_store_pipeline,
+                                     epi_store_pipe_producer_state_next);
+    }
+#endif
+  }
+};
+
+// A variant with CooperativeConvKernel: CUTLASS's conv main loop rebuilt around a 2x1
+// warp-group TiledMma (the builder's types otherwise), the epilogue of the cooperative schedule.
+template <int kM, int kN, int kK>
+struct CooperativeConvSm90 {
+  using TileShape = Shape<Int<kM>, Int<kN>, Shape<Int<kK>>>;
+  using ClusterShape = Shape<cute::_1, cute::_1, cute::_1>;
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBias<Bf16, float, Bf16, Bf16, float>;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutNDHWC, kAlign, Bf16, LayoutNDHWC,
+      kAlign, cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+  using Basic = typename cutlass::conv::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop, Bf16, LayoutNDHWC,
+      kAlign, Bf16, LayoutNDHWC, kAlign, float, TileShape, ClusterShape,
+      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Bf16, Bf16, float, TileShape, cute::GMMA::Major::K, cute::GMMA::Major::K>(),
+      cute::Layout<Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using Mainloop = cutlass::conv::collective::CollectiveConv<
+      typename Basic::DispatchPolicy, TileShape, Bf16, Bf16, TiledMma,
+      cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Basic::GmemTiledCopyA,
+                                                                    typename Basic::SmemLayoutA>,
+      cutlass::conv::collective::detail::Sm90ImplicitGemmTileTraits<typename Basic::GmemTiledCopyB,
+                                                                    typename Basic::SmemLayoutB>>;
+  using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, Mainloop::NumSpatialDimensions>;
+  using Kernel = CooperativeConvKernel<cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue, void>>;
+  static constexpr int kClusterSize = 1;
+  static constexpr int kBlocksPerSm = 1;
+};
+
 // CUTLASS's device_kernel, with the body compiled for sm_90a only.
 template <class V>
 __global__ void __launch_bounds__(V::Kernel::MaxThreadsPerBlock, V::kBlocksPerSm)
@@ -87,9 +257,11 @@ using Conv128x128c2 = ConvSm90<128, 128, 64, 2>;
 using Conv64x256 = ConvSm90<64, 256, 64, 1>;
 using Conv64x256c2 = ConvSm90<64, 256, 64, 2>;
 using Conv64x128x2 = ConvSm90<64, 128, 64, 1, 4, 2>;  // 4 stages of 24 KB: two CTAs an SM
+using Conv128x256coop = CooperativeConvSm90<128, 256, 64>;
 
-constexpr const char* kVariantNames[] = {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2", "64x128x64x2"};
-constexpr int kVariants = 5;
+constexpr const char* kVariantNames[] = {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2", "64x128x64x2",
+                                         "128x256x64coop"};
+constexpr int kVariants = 6;
 
 // Whether this binary carries sm_90a code for the kernels.
 bool built_for_sm90a() {
@@ -253,6 +425,7 @@ std::vector<int> conv3d_sm90_variants(const Conv3dSm90Problem& p) {
   if (takes<Conv64x256>(p)) v.push_back(2);
   if (takes<Conv64x256c2>(p)) v.push_back(3);
   if (takes<Conv64x128x2>(p)) v.push_back(4);
+  if (takes<Conv128x256coop>(p)) v.push_back(5);
   return v;
 }
 
@@ -264,6 +437,7 @@ void conv3d_sm90(const Conv3dSm90Problem& p, int variant) {
     case 2: return launch<Conv64x256>(p);
     case 3: return launch<Conv64x256c2>(p);
     case 4: return launch<Conv64x128x2>(p);
+    case 5: return launch<Conv128x256coop>(p);
     default: fail("conv3d sm90: no variant {}", variant);
   }
 }
