@@ -23,7 +23,8 @@
 // output channels of 8, 16-byte aligned buffers) race cuDNN on each shape's first eager call:
 // every CUTLASS tile variant and the cuDNN plan the code would use run on the call's own
 // buffers (one untimed and kTimedLaunches timed launches each, CUDA events), and the fastest is
-// kept for the shape in the context's ConvKernelChoices (logged at debug level). A call during
+// kept for the shape in the context's ConvKernelChoices (logged at debug level); a variant whose
+// output disagrees with cuDNN's on a sample (first and last rows) is warned about and skipped. A call during
 // CUDA graph capture runs cuDNN and leaves the choice to a later eager call.
 // ExecutionSettings::conv_kernel (VGEN_CONV_CUTLASS=0 / force) turns the race off / always runs
 // CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
@@ -42,6 +43,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <map>
@@ -260,9 +262,32 @@ float time_launches(const std::function<bool()>& launch) {
   return ms / kTimedLaunches;
 }
 
+// A sample of y on the host: the first output frame's first rows and the last frame's last
+// rows (where the padding is), every column and channel; a few MB at the Wan sizes.
+std::vector<float> output_sample(const Tensor& y) {
+  const int64_t rows = std::min<int64_t>(y.size(3), 4);
+  std::vector<float> v = y.narrow(2, 0, 1).narrow(3, 0, rows).to_vector();
+  const std::vector<float> last = y.narrow(2, y.size(2) - 1, 1).narrow(3, y.size(3) - rows, rows).to_vector();
+  v.insert(v.end(), last.begin(), last.end());
+  return v;
+}
+
+// Why `got` disagrees with cuDNN's `want` beyond bf16 rounding and summation order ("" when it
+// agrees): a kernel variant that fails this never runs the case.
+std::string disagreement(const std::vector<float>& want, const std::vector<float>& got) {
+  float scale = 0.0f, worst = 0.0f;
+  for (float w : want) scale = std::max(scale, std::fabs(w));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float d = std::fabs(got[i] - want[i]);
+    if (!(d <= worst)) worst = d;  // NaN included
+  }
+  if (worst <= 2e-2f * scale + 1e-6f) return "";
+  return fmt::format("largest difference {} against cuDNN's values of magnitude up to {}", worst, scale);
+}
+
 // Runs c (bias included) through vgen's CUTLASS kernel when that is the choice for its case
-// (made now on the case's first eager call, racing `cudnn`, which runs the cuDNN path once and
-// says whether it could); false when cuDNN is to run it.
+// (made now on the case's first eager call, racing `cudnn`, which runs the cuDNN path once into
+// c.y, bias included, and says whether it could); false when cuDNN is to run it.
 bool run_cutlass_if_chosen(const Conv& c, const std::function<bool()>& cudnn) {
   const std::string& mode = active().settings().conv_kernel;
   if (mode == "cudnn" || c.x.dtype() != DType::BF16 || !c.channels_last) return false;
@@ -292,12 +317,20 @@ bool run_cutlass_if_chosen(const Conv& c, const std::function<bool()>& cudnn) {
     } else {
       float best = time_launches(cudnn);
       std::string times = fmt::format("cuDNN {:.3f} ms", best);
+      // cuDNN's values (when it ran) vet each variant: a wrong one is never chosen.
+      const std::vector<float> want = std::isfinite(best) ? output_sample(c.y) : std::vector<float>{};
       for (int v : variants) {
         const float ms = time_launches([&] {
           conv3d_sm90(p, v);
           return true;
         });
         times += fmt::format(", CUTLASS {} {:.3f} ms", conv3d_sm90_variant_name(v), ms);
+        const std::string bad = want.empty() ? std::string() : disagreement(want, output_sample(c.y));
+        if (!bad.empty()) {
+          spdlog::warn("conv3d: CUTLASS {} disagrees with cuDNN on {}: {}; not used", conv3d_sm90_variant_name(v),
+                       conv_str(c), bad);
+          continue;
+        }
         if (ms < best) {
           best = ms;
           chosen = v;
@@ -412,7 +445,13 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (conv.bias.defined() && run_cudnn(conv, true)) return bias_done = true;
     return run_cudnn(conv, false);
   };
-  if (!force_im2col && run_cutlass_if_chosen(c, [&] { return run(c); })) done = bias_done = true;
+  // The cuDNN path once, bias included, for the race with CUTLASS.
+  auto run_with_bias = [&] {
+    if (!run(c)) return false;
+    if (c.bias.defined() && !bias_done) c.y.copy_(ops::add(c.y, c.bias.view({1, O, 1, 1, 1})));
+    return true;
+  };
+  if (!force_im2col && run_cutlass_if_chosen(c, run_with_bias)) done = bias_done = true;
   if (!force_im2col && !done) {
     done = run(c);
     if (!done && !c.x.is_contiguous()) {  // retry in plain NCDHW
