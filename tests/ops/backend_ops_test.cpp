@@ -1037,6 +1037,10 @@ void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const C
           Settings{"", tf32, kernel}, flops, perf_only});
 }
 
+// The tile variants of vgen's CUTLASS convolution (backends/cuda/conv3d_sm90.h).
+constexpr const char* kCutlassVariants[] = {"128x128x64",  "128x128x64c2", "64x256x64",
+                                            "64x256x64c2", "64x128x64x2",  "128x256x64coop"};
+
 void conv3d_cases(Cases& cs) {
   for (DType d : {DType::F32, DType::BF16}) {
     conv3d_case(cs, {2, 5, 4, 9, 11}, {7, 5, 3, 3, 3}, true, conv_params({1, 1, 1}, {1, 1, 1}), d, "3x3x3 same", false,
@@ -1078,7 +1082,7 @@ void conv3d_cases(Cases& cs) {
   // Each tile variant runs every case.
   auto cutlass_case = [&](const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, const std::string& what,
                           bool strided_x = false) {
-    for (const char* variant : {"128x128x64", "128x128x64c2", "64x256x64", "64x256x64c2", "64x128x64x2", "128x256x64coop"})
+    for (const char* variant : kCutlassVariants)
       conv3d_case(cs, xs, ws, bias, p, DType::BF16, what, strided_x, true, -1, false,
                   fmt::format("cutlass:{}", variant));
   };
@@ -1097,8 +1101,10 @@ void conv3d_cases(Cases& cs) {
     conv3d_case(cs, {1, 384, 6, 60, 104}, {384, 384, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d,
                 "Wan VAE 384 channels", false, false, -1, true);
   // The Wan2.2 VAE decoder's heaviest convolutions at 704x1280 (perf mode, channels-last as the
-  // decoder runs): cuDNN against vgen's CUTLASS kernel.
-  for (const char* kernel : {"cudnn", "cutlass"}) {
+  // decoder runs): cuDNN, the race's choice ("auto"), and each CUTLASS variant alone.
+  std::vector<std::string> kernels{"cudnn", "auto"};
+  for (const char* variant : kCutlassVariants) kernels.push_back(fmt::format("cutlass:{}", variant));
+  for (const std::string& kernel : kernels) {
     conv3d_case(cs, {1, 512, 6, 176, 320}, {512, 512, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
                 DType::BF16, "Wan2.2 VAE 512 channels", false, true, -1, true, kernel);
     conv3d_case(cs, {1, 256, 6, 352, 640}, {256, 256, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
