@@ -24,8 +24,8 @@
 // every CUTLASS tile variant and the cuDNN plan the code would use run on the call's own
 // buffers (one untimed and kTimedLaunches timed launches each, CUDA events), and the fastest is
 // kept for the shape in the context's ConvKernelChoices (logged at debug level); a variant whose
-// output disagrees with cuDNN's on a sample (first and last rows) is warned about and skipped. A call during
-// CUDA graph capture runs cuDNN and leaves the choice to a later eager call.
+// output disagrees with cuDNN's on a sample (first and last rows) is warned about and skipped.
+// A call during CUDA graph capture runs cuDNN and leaves the choice to a later eager call.
 // ExecutionSettings::conv_kernel (VGEN_CONV_CUTLASS=0 / force) turns the race off / always runs
 // CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
 // uses to check each).
@@ -51,8 +51,8 @@
 #include <mutex>
 #include <vector>
 
-#include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/conv3d_sm90.h"
+#include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/cudnn_common.h"
 #include "core/env.h"
@@ -279,7 +279,8 @@ std::string disagreement(const std::vector<float>& want, const std::vector<float
   for (float w : want) scale = std::max(scale, std::fabs(w));
   for (size_t i = 0; i < want.size(); ++i) {
     const float d = std::fabs(got[i] - want[i]);
-    if (!(d <= worst)) worst = d;  // NaN included
+    if (std::isnan(d)) return fmt::format("NaN where cuDNN gives {}", want[i]);
+    worst = std::max(worst, d);
   }
   if (worst <= 2e-2f * scale + 1e-6f) return "";
   return fmt::format("largest difference {} against cuDNN's values of magnitude up to {}", worst, scale);
