@@ -78,6 +78,16 @@ if(VGEN_WITH_CUDA)
   vgen_find_pip_headers(VGEN_CUTLASS_INCLUDE cute/tensor.hpp
     "import importlib.util, os; s = importlib.util.find_spec('cutlass_library'); print(os.path.join(s.submodule_search_locations[0], 'source', 'include') if s else '')"
     "`python3 -m pip install --no-deps nvidia-cutlass==4.2.0.0`")
+  # CUTLASS's sm90 convolution collective includes cutlass/util/packed_stride.hpp, which the
+  # wheel keeps under tools/util/include (a packed copy may carry it inside include/ instead).
+  if(NOT EXISTS "${VGEN_CUTLASS_INCLUDE}/cutlass/util/packed_stride.hpp")
+    find_path(VGEN_CUTLASS_UTIL_INCLUDE cutlass/util/packed_stride.hpp
+              HINTS "${VGEN_CUTLASS_INCLUDE}/../tools/util/include" NO_DEFAULT_PATH)
+    if(NOT VGEN_CUTLASS_UTIL_INCLUDE)
+      message(FATAL_ERROR "cutlass/util/packed_stride.hpp not found beside ${VGEN_CUTLASS_INCLUDE} (nvidia-cutlass's "
+                          "tools/util/include): pass -DVGEN_CUTLASS_UTIL_INCLUDE=<dir>")
+    endif()
+  endif()
   message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, targets ${VGEN_CUDA_ARCHS}, "
                  "cuDNN ${CUDNN_LIBRARY}, cuDNN frontend ${VGEN_CUDNN_FRONTEND_INCLUDE}, CUTLASS ${VGEN_CUTLASS_INCLUDE}")
 
@@ -93,7 +103,7 @@ function(vgen_link_cuda target)
   # fmt 9's consteval format strings do not compile under nvcc in C++20 mode.
   target_compile_definitions(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:FMT_USE_CONSTEXPR=1>)
   target_include_directories(${target} SYSTEM PRIVATE ${CUDNN_INCLUDE_DIR} ${VGEN_CUDNN_FRONTEND_INCLUDE} ${NCCL_INCLUDE_DIR}
-                             ${VGEN_CUTLASS_INCLUDE})
+                             ${VGEN_CUTLASS_INCLUDE} ${VGEN_CUTLASS_UTIL_INCLUDE})
   target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas CUDA::nvrtc ${CUDNN_LIBRARY} ${NCCL_LIBRARY})
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:${VGEN_CUDA_GENCODE} --expt-relaxed-constexpr -lineinfo -Xcompiler=-fopenmp>)

@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <spdlog/cfg/env.h>
 
 #include "api/model_path.h"
 #include "api/visual_gen.h"
@@ -569,6 +570,7 @@ int run_info(const std::string& model, const QuantConfig& quant) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  spdlog::cfg::load_env_levels();  // SPDLOG_LEVEL=debug: the engine's choices (e.g. each conv shape's kernel)
   CLI::App app{"vgen: diffusion-transformer video and image generation (diffusers checkpoints)"};
   app.set_version_flag("--version", std::string("vgen ") + VGEN_VERSION);
   app.require_subcommand(1);

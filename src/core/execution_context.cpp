@@ -1,5 +1,9 @@
 #include "core/execution_context.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <iterator>
+
 #include "core/env.h"
 #include "core/error.h"
 
@@ -16,7 +20,12 @@ thread_local ExecutionContext* t_bound = nullptr;
 
 const char* const kAttentionBackends[] = {"auto", "cudnn", "flash", "reference", "sage"};
 
+const char* const kConvKernels[] = {"auto", "cudnn", "cutlass"};
+
 void validate(const ExecutionSettings& s) {
+  if (std::find(std::begin(kConvKernels), std::end(kConvKernels), s.conv_kernel) == std::end(kConvKernels) &&
+      s.conv_kernel.rfind("cutlass:", 0) != 0)
+    fail("unknown convolution kernel choice '{}': expected auto, cudnn, cutlass or cutlass:<variant>", s.conv_kernel);
   for (const char* name : kAttentionBackends)
     if (s.attention_backend == name) return;
   fail("unknown attention backend '{}': expected auto, cudnn, flash, reference or sage", s.attention_backend);
@@ -29,6 +38,11 @@ ExecutionSettings ExecutionSettings::from_environment() {
   if (const char* a = std::getenv("VGEN_ATTENTION_BACKEND"); a != nullptr && *a != '\0') s.attention_backend = a;
   s.allow_tf32 = env_flag("VGEN_ALLOW_TF32", true);
   s.conv_autotune = env_flag("VGEN_CONV_AUTOTUNE", false);
+  if (const char* c = std::getenv("VGEN_CONV_CUTLASS"); c != nullptr && *c != '\0') {
+    const std::string v = c;
+    if (v == "force") s.conv_kernel = "cutlass";
+    else s.conv_kernel = env_flag("VGEN_CONV_CUTLASS", true) ? "auto" : "cudnn";
+  }
   s.gemm_autotune = env_flag("VGEN_GEMM_AUTOTUNE", true);
   s.profile_ops = env_flag("VGEN_PROFILE_OPS", false);
   return s;

@@ -37,6 +37,12 @@ struct ExecutionSettings {
   // Time cuDNN's leading engines per convolution shape and keep the fastest
   // (torch.backends.cudnn.benchmark).
   bool conv_autotune = false;
+  // Which kernels run bf16 channels-last 3-D convolutions on the GPU: "auto" (on an H100/H200,
+  // vgen's CUTLASS kernel where it takes the case and is faster than cuDNN, timed on each
+  // shape's first call; elsewhere cuDNN), "cudnn", or "cutlass" (wherever it takes the case, for
+  // tests; "cutlass:<variant>" one tile variant, conv3d_sm90.h). VGEN_CONV_CUTLASS=0 gives
+  // "cudnn", =force "cutlass".
+  std::string conv_kernel = "auto";
   // Time cuBLASLt's leading heuristic algorithms per GEMM shape on its first call and keep the
   // fastest (bf16/f16/f32 and FP8 GEMMs); off: the heuristic's first choice.
   bool gemm_autotune = true;
@@ -46,7 +52,7 @@ struct ExecutionSettings {
   bool profile_ops = false;
 
   // The defaults with the environment's overrides (VGEN_ATTENTION_BACKEND, VGEN_ALLOW_TF32,
-  // VGEN_CONV_AUTOTUNE, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
+  // VGEN_CONV_AUTOTUNE, VGEN_CONV_CUTLASS, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
   // front ends start from before applying their flags.
   static ExecutionSettings from_environment();
 };

@@ -88,11 +88,13 @@ struct Bound {
 struct Settings {
   std::string attention;  // "" | "auto" | "cudnn" | "flash" | "reference"
   int tf32 = -1;          // -1: the environment's; 0 / 1: TF32 off / on
-  bool any() const { return !attention.empty() || tf32 >= 0; }
+  std::string conv;       // "" | "auto" | "cudnn" | "cutlass" (ExecutionSettings::conv_kernel)
+  bool any() const { return !attention.empty() || tf32 >= 0 || !conv.empty(); }
   ExecutionSettings make() const {
     ExecutionSettings s = ExecutionSettings::from_environment();
     if (!attention.empty()) s.attention_backend = attention;
     if (tf32 >= 0) s.allow_tf32 = tf32 == 1;
+    if (!conv.empty()) s.conv_kernel = conv;
     return s;
   }
 };
@@ -1053,18 +1055,19 @@ void embedding_cases(Cases& cs) {
 }
 
 void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, DType d,
-                 const std::string& what, bool strided_x, bool channels_last, int tf32, bool perf_only = false) {
+                 const std::string& what, bool strided_x, bool channels_last, int tf32, bool perf_only = false,
+                 const std::string& kernel = "") {
   Bound bound = by_dtype(d);
   if (d == DType::F32 && tf32 != 0) bound = {5e-3, -1, "TF32 tensor cores: inputs rounded to 10-bit mantissas"};
   if (d == DType::F32 && tf32 == 0) bound.why = "float32 without TF32: summation order only";
   const Shape out = conv_out(xs, ws, p);
   const double flops = 2.0 * shape_numel(out) * ws[1] * ws[2] * ws[3] * ws[4];
   cs.add({Op::conv3d,
-          fmt::format("conv3d {}{} * {}{}{}{} stride {} pad {} before {} {}{}", dt(d), sh(xs), sh(ws),
+          fmt::format("conv3d {}{} * {}{}{}{} stride {} pad {} before {} {}{}{}", dt(d), sh(xs), sh(ws),
                       bias ? " + bias" : "", strided_x ? " x frames [1,T+1) of a longer clip" : "",
                       channels_last ? " channels-last" : "", sh({p.stride[0], p.stride[1], p.stride[2]}),
                       sh({p.padding[0], p.padding[1], p.padding[2]}), p.time_padding_before, what,
-                      tf32 < 0 ? "" : tf32 ? " tf32 on" : " tf32 off"),
+                      tf32 < 0 ? "" : tf32 ? " tf32 on" : " tf32 off", kernel.empty() ? "" : " kernel " + kernel),
           d,
           [=](Gen& g) {
             Shape big = xs;
@@ -1075,8 +1078,12 @@ void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const C
             return std::vector<Input>{x, in(g.normal(ws, d, perf_only ? 0.02f : 0.2f)), bias ? in(g.normal({ws[0]}, d)) : none()};
           },
           [p](const Args& t, Device) { return Outputs{ops::conv3d(t[0], t[1], t[2], p)}; }, bound, out, d,
-          Settings{"", tf32}, flops, perf_only});
+          Settings{"", tf32, kernel}, flops, perf_only});
 }
+
+// The tile variants of vgen's CUTLASS convolution (backends/cuda/conv3d_sm90.h).
+constexpr const char* kCutlassVariants[] = {"128x128x64",  "128x128x64c2", "64x256x64",
+                                            "64x256x64c2", "64x128x64x2",  "128x256x64coop"};
 
 void conv3d_cases(Cases& cs) {
   for (DType d : {DType::F32, DType::BF16}) {
@@ -1113,10 +1120,44 @@ void conv3d_cases(Cases& cs) {
               false, false, 1);
   conv3d_case(cs, {2, 3, 4, 5, 6}, {4, 3, 3, 2, 3}, true, conv_params({1, 2, 1}, {1, 0, 1}), DType::F32,
               "odd kernel and stride", false, false, 1);
+  // vgen's CUTLASS kernel (conv3d_sm90.h) forced where it takes the case (bf16 channels-last,
+  // input channels a multiple of 64: on an H100/H200; other GPUs run cuDNN): the Wan2.2 VAE
+  // decoder's kinds at small sizes, odd H and W, output channels that leave a partial tile.
+  // Each tile variant runs every case.
+  auto cutlass_case = [&](const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, const std::string& what,
+                          bool strided_x = false) {
+    for (const char* variant : kCutlassVariants)
+      conv3d_case(cs, xs, ws, bias, p, DType::BF16, what, strided_x, true, -1, false,
+                  fmt::format("cutlass:{}", variant));
+  };
+  cutlass_case({1, 64, 1, 9, 11}, {64, 64, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), "first chunk, causal");
+  cutlass_case({1, 64, 3, 9, 11}, {64, 64, 3, 3, 3}, false, conv_params({1, 1, 1}, {0, 1, 1}, 1), "one past frame");
+  cutlass_case({1, 128, 6, 7, 13}, {96, 128, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0), "two past frames");
+  cutlass_case({2, 64, 3, 5, 6}, {72, 64, 3, 3, 3}, true, conv_params({1, 1, 1}, {1, 1, 1}), "3x3x3 same, batch 2");
+  cutlass_case({1, 64, 5, 20, 27}, {136, 64, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), "several tiles",
+               true);
+  cutlass_case({1, 64, 4, 6, 10}, {128, 64, 3, 1, 1}, true, conv_params({1, 1, 1}, {0, 0, 0}, 2), "3x1x1 time conv");
+  cutlass_case({1, 128, 2, 5, 7}, {64, 128, 1, 1, 1}, false, conv_params({1, 1, 1}, {0, 0, 0}), "1x1x1 shortcut");
+  cutlass_case({1, 64, 2, 10, 12}, {64, 64, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}), "1x3x3 upsampler");
+  cutlass_case({1, 256, 3, 8, 10}, {256, 256, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0), "256 channels");
   // A Wan VAE decoder convolution (perf mode).
   for (DType d : {DType::BF16, DType::F32})
     conv3d_case(cs, {1, 384, 6, 60, 104}, {384, 384, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d,
                 "Wan VAE 384 channels", false, false, -1, true);
+  // The Wan2.2 VAE decoder's heaviest convolutions at 704x1280 (perf mode, channels-last as the
+  // decoder runs): cuDNN, the race's choice ("auto"), and each CUTLASS variant alone.
+  std::vector<std::string> kernels{"cudnn", "auto"};
+  for (const char* variant : kCutlassVariants) kernels.push_back(fmt::format("cutlass:{}", variant));
+  for (const std::string& kernel : kernels) {
+    conv3d_case(cs, {1, 512, 6, 176, 320}, {512, 512, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
+                DType::BF16, "Wan2.2 VAE 512 channels", false, true, -1, true, kernel);
+    conv3d_case(cs, {1, 256, 6, 352, 640}, {256, 256, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
+                DType::BF16, "Wan2.2 VAE 256 channels", false, true, -1, true, kernel);
+    conv3d_case(cs, {1, 1024, 4, 88, 160}, {1024, 1024, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
+                DType::BF16, "Wan2.2 VAE 1024 channels", false, true, -1, true, kernel);
+    conv3d_case(cs, {1, 512, 4, 352, 640}, {512, 512, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}),
+                DType::BF16, "Wan2.2 VAE upsampler 512 channels", false, true, -1, true, kernel);
+  }
 }
 
 void upsample_cases(Cases& cs) {

@@ -18,23 +18,40 @@
 // heuristics' first kConvAutotunePlans candidates on its own buffers and keeps the fastest:
 // worth it where a process decodes many videos (a server), not for one.
 //
+// On an H100/H200 (a build with sm_90a code), bf16 channels-last convolutions of stride 1 that
+// vgen's CUTLASS implicit-GEMM kernel takes (conv3d_sm90.h: input channels a multiple of 64,
+// output channels of 8, 16-byte aligned buffers) race cuDNN on each shape's first eager call:
+// every CUTLASS tile variant and the cuDNN plan the code would use run on the call's own
+// buffers (one untimed and kTimedLaunches timed launches each, CUDA events), and the fastest is
+// kept for the shape in the context's ConvKernelChoices (logged at debug level); a variant whose
+// output disagrees with cuDNN's on a sample (first and last rows) is warned about and skipped.
+// A call during CUDA graph capture runs cuDNN and leaves the choice to a later eager call.
+// ExecutionSettings::conv_kernel (VGEN_CONV_CUTLASS=0 / force) turns the race off / always runs
+// CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
+// uses to check each).
+//
 // Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias). When
 // cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
 // tried, then a contiguous copy of x, and last an im2col (strided copies) + cuBLASLt GEMM path.
 // The environment variable VGEN_CONV_IM2COL=1 forces that last path (for tests and debugging).
 #include "backends/cuda/conv.h"
 
+#include <cuda_runtime.h>
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
 
+#include "backends/cuda/conv3d_sm90.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
 #include "backends/cuda/cudnn_common.h"
@@ -174,17 +191,25 @@ std::string conv_str(const Conv& c) {
 
 // Runs the convolution into c.y through cuDNN (the bias fused when fuse_bias); false when
 // cuDNN has no engine for it.
-bool run_cudnn(const Conv& c, bool fuse_bias) {
-  ConvState& st = conv_state();
-  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), fuse_bias, conv_allow_tf32(), c.channels_last,
-                           conv_autotune()};
+// The numbers that identify c's case (with the bias when `bias`): dtype, layout, shapes,
+// strides, alignments, stride and padding.
+std::vector<int64_t> case_key(const Conv& c, bool bias) {
+  std::vector<int64_t> key{static_cast<int64_t>(c.x.dtype()), bias, c.channels_last};
   for (const Tensor* t : {&c.x, &c.w, &c.y}) {
     key.insert(key.end(), t->shape().begin(), t->shape().end());
     key.insert(key.end(), t->strides().begin(), t->strides().end());
     key.push_back(cudnn_alignment(t->raw_data()));
   }
-  key.push_back(fuse_bias ? cudnn_alignment(c.bias.raw_data()) : 0);
+  key.push_back(bias ? cudnn_alignment(c.bias.raw_data()) : 0);
   for (const auto* a : {&c.stride, &c.pad_before, &c.pad_after}) key.insert(key.end(), a->begin(), a->end());
+  return key;
+}
+
+bool run_cudnn(const Conv& c, bool fuse_bias) {
+  ConvState& st = conv_state();
+  std::vector<int64_t> key = case_key(c, fuse_bias);
+  key.push_back(conv_allow_tf32());
+  key.push_back(conv_autotune());
 
   std::lock_guard<std::mutex> lock(st.cudnn.mutex);
   auto it = st.plans.find(key);
@@ -200,6 +225,128 @@ bool run_cudnn(const Conv& c, bool fuse_bias) {
   auto pack = variant_pack(c, fuse_bias);
   const fe::error_t err = execute(st.cudnn, plan, pack, c.x.device());
   if (err.is_bad()) fail("conv3d: cuDNN failed on {}: {}", conv_str(c), err.err_msg);
+  return true;
+}
+
+constexpr int kTimedLaunches = 3;  // per candidate of the CUTLASS / cuDNN race
+
+// Per case (case_key), the kernel CudaOps::conv3d runs: a CUTLASS variant (conv3d_sm90.h), or
+// kCudnn. Each execution context has its own.
+struct ConvKernelChoices {
+  static constexpr int kCudnn = -1;
+  explicit ConvKernelChoices(CudaBackend&) {}
+  std::mutex mutex;
+  std::map<std::vector<int64_t>, int> chosen;
+};
+
+// Milliseconds per launch of `launch` (one untimed launch first), or infinity when it declines
+// (returns false).
+float time_launches(const std::function<bool()>& launch) {
+  if (!launch()) return std::numeric_limits<float>::infinity();
+  const cudaStream_t s = stream();
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check(cudaEventCreate(&start), "conv3d: create a timing event");
+  if (cudaEventCreate(&stop) != cudaSuccess) {
+    cudaEventDestroy(start);
+    check(cudaGetLastError(), "conv3d: create a timing event");
+  }
+  float ms = 0.0f;
+  cudaError_t err = cudaEventRecord(start, s);
+  for (int i = 0; err == cudaSuccess && i < kTimedLaunches; ++i) launch();
+  if (err == cudaSuccess) err = cudaEventRecord(stop, s);
+  if (err == cudaSuccess) err = cudaEventSynchronize(stop);
+  if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  check(err, "conv3d: time a candidate kernel");
+  return ms / kTimedLaunches;
+}
+
+// A sample of y on the host: the first output frame's first rows and the last frame's last
+// rows (where the padding is), every column and channel; a few MB at the Wan sizes.
+std::vector<float> output_sample(const Tensor& y) {
+  const int64_t rows = std::min<int64_t>(y.size(3), 4);
+  std::vector<float> v = y.narrow(2, 0, 1).narrow(3, 0, rows).to_vector();
+  const std::vector<float> last = y.narrow(2, y.size(2) - 1, 1).narrow(3, y.size(3) - rows, rows).to_vector();
+  v.insert(v.end(), last.begin(), last.end());
+  return v;
+}
+
+// Why `got` disagrees with cuDNN's `want` beyond bf16 rounding and summation order ("" when it
+// agrees): a kernel variant that fails this never runs the case.
+std::string disagreement(const std::vector<float>& want, const std::vector<float>& got) {
+  float scale = 0.0f, worst = 0.0f;
+  for (float w : want) scale = std::max(scale, std::fabs(w));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float d = std::fabs(got[i] - want[i]);
+    if (std::isnan(d)) return fmt::format("NaN where cuDNN gives {}", want[i]);
+    worst = std::max(worst, d);
+  }
+  if (worst <= 2e-2f * scale + 1e-6f) return "";
+  return fmt::format("largest difference {} against cuDNN's values of magnitude up to {}", worst, scale);
+}
+
+// Runs c (bias included) through vgen's CUTLASS kernel when that is the choice for its case
+// (made now on the case's first eager call, racing `cudnn`, which runs the cuDNN path once into
+// c.y, bias included, and says whether it could); false when cuDNN is to run it.
+bool run_cutlass_if_chosen(const Conv& c, const std::function<bool()>& cudnn) {
+  const std::string& mode = active().settings().conv_kernel;
+  if (mode == "cudnn" || c.x.dtype() != DType::BF16 || !c.channels_last) return false;
+  const Conv3dSm90Problem p{c.x, c.w, c.bias, c.y, c.pad_before, c.pad_after, c.stride};
+  ConvKernelChoices& st = active().state<ConvKernelChoices>();
+  const std::vector<int64_t> key = case_key(c, c.bias.defined());
+  int chosen = ConvKernelChoices::kCudnn;
+  bool known = false;
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (auto it = st.chosen.find(key); it != st.chosen.end()) {
+      chosen = it->second;
+      known = true;
+    }
+  }
+  if (!known) {
+    const std::string why = conv3d_sm90_rejects(p);
+    const std::vector<int> variants = why.empty() ? conv3d_sm90_variants(p) : std::vector<int>{};
+    if (variants.empty()) {
+      spdlog::debug("conv3d: CUTLASS does not take {}: {}", conv_str(c), why);
+    } else if (mode.rfind("cutlass", 0) == 0) {
+      chosen = variants.front();  // "cutlass", or "cutlass:<variant>" where that variant takes it
+      for (int v : variants)
+        if (mode == fmt::format("cutlass:{}", conv3d_sm90_variant_name(v))) chosen = v;
+    } else if (stream_capturing()) {
+      return false;  // nothing can be timed while capturing: cuDNN now, the race on an eager call
+    } else {
+      float best = time_launches(cudnn);
+      std::string times = fmt::format("cuDNN {:.3f} ms", best);
+      // cuDNN's values (when it ran) vet each variant: a wrong one is never chosen.
+      const std::vector<float> want = std::isfinite(best) ? output_sample(c.y) : std::vector<float>{};
+      for (int v : variants) {
+        const float ms = time_launches([&] {
+          conv3d_sm90(p, v);
+          return true;
+        });
+        times += fmt::format(", CUTLASS {} {:.3f} ms", conv3d_sm90_variant_name(v), ms);
+        const std::string bad = want.empty() ? std::string() : disagreement(want, output_sample(c.y));
+        if (!bad.empty()) {
+          spdlog::warn("conv3d: CUTLASS {} disagrees with cuDNN on {}: {}; not used", conv3d_sm90_variant_name(v),
+                       conv_str(c), bad);
+          continue;
+        }
+        if (ms < best) {
+          best = ms;
+          chosen = v;
+        }
+      }
+      spdlog::debug("conv3d: {} for {}{} ({})",
+                    chosen == ConvKernelChoices::kCudnn ? std::string("cuDNN")
+                                                        : fmt::format("CUTLASS {}", conv3d_sm90_variant_name(chosen)),
+                    conv_str(c), c.bias.defined() ? " + bias" : "", times);
+    }
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.chosen.emplace(key, chosen);
+  }
+  if (chosen == ConvKernelChoices::kCudnn) return false;
+  conv3d_sm90(p, chosen);
   return true;
 }
 
@@ -299,7 +446,14 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (conv.bias.defined() && run_cudnn(conv, true)) return bias_done = true;
     return run_cudnn(conv, false);
   };
-  if (!force_im2col) {
+  // The cuDNN path once, bias included, for the race with CUTLASS.
+  auto run_with_bias = [&] {
+    if (!run(c)) return false;
+    if (c.bias.defined() && !bias_done) c.y.copy_(ops::add(c.y, c.bias.view({1, O, 1, 1, 1})));
+    return true;
+  };
+  if (!force_im2col && run_cutlass_if_chosen(c, run_with_bias)) done = bias_done = true;
+  if (!force_im2col && !done) {
     done = run(c);
     if (!done && !c.x.is_contiguous()) {  // retry in plain NCDHW
       Conv plain = c;
