@@ -41,7 +41,7 @@ ExecutionSettings ExecutionSettings::from_environment() {
   if (const char* c = std::getenv("VGEN_CONV_CUTLASS"); c != nullptr && *c != '\0') {
     const std::string v = c;
     if (v == "force") s.conv_kernel = "cutlass";
-    else s.conv_kernel = env_flag("VGEN_CONV_CUTLASS", true) ? "auto" : "cudnn";
+    else s.conv_kernel = env_flag("VGEN_CONV_CUTLASS", false) ? "auto" : "cudnn";
   }
   s.gemm_autotune = env_flag("VGEN_GEMM_AUTOTUNE", true);
   s.profile_ops = env_flag("VGEN_PROFILE_OPS", false);

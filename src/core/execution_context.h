@@ -37,12 +37,14 @@ struct ExecutionSettings {
   // Time cuDNN's leading engines per convolution shape and keep the fastest
   // (torch.backends.cudnn.benchmark).
   bool conv_autotune = false;
-  // Which kernels run bf16 channels-last 3-D convolutions on the GPU: "auto" (on an H100/H200,
-  // vgen's CUTLASS kernel where it takes the case and is faster than cuDNN, timed on each
-  // shape's first call; elsewhere cuDNN), "cudnn", or "cutlass" (wherever it takes the case, for
-  // tests; "cutlass:<variant>" one tile variant, conv3d_sm90.h). VGEN_CONV_CUTLASS=0 gives
-  // "cudnn", =force "cutlass".
-  std::string conv_kernel = "auto";
+  // Which kernels run bf16 channels-last 3-D convolutions on the GPU: "cudnn" (the default: on an
+  // H200 cuDNN's engines reach ~700-730 TFLOP/s on the Wan2.2 decoder's convolutions and vgen's
+  // CUTLASS variants beat them on one shape in four, by 6%), "auto" (on an H100/H200, vgen's
+  // CUTLASS kernel where it takes the case and is faster than cuDNN, timed on each shape's first
+  // call; elsewhere cuDNN), or "cutlass" (wherever it takes the case, for tests;
+  // "cutlass:<variant>" one tile variant, conv3d_sm90.h). VGEN_CONV_CUTLASS=1 gives "auto",
+  // =force "cutlass", =0 "cudnn".
+  std::string conv_kernel = "cudnn";
   // Time cuBLASLt's leading heuristic algorithms per GEMM shape on its first call and keep the
   // fastest (bf16/f16/f32 and FP8 GEMMs); off: the heuristic's first choice.
   bool gemm_autotune = true;

@@ -7,6 +7,7 @@
 
 #include "config/engine_config.h"
 #include "core/error.h"
+#include "core/execution_context.h"
 
 using namespace vgen;
 
@@ -287,6 +288,23 @@ TEST(EngineConfig, LoadFromFile) {
     ADD_FAILURE() << "loaded a missing file";
   } catch (const Error& e) {
     expect_contains(e.what(), path.string() + ": cannot open");
+  }
+}
+
+// The quantized attention kernel is one more choice of the same key, and a context takes it
+// (on a CPU context it changes nothing: the CPU's attention is exact).
+TEST(EngineConfig, SageAttentionBackend) {
+  const EngineConfig c = parse_engine_config("attention: {backend: sage}\n", "engine.yaml");
+  EXPECT_EQ(c.attention.backend, AttentionBackend::Sage);
+  EXPECT_EQ(attention_backend_name(c.attention.backend), "sage");
+  const ExecutionSettings s = execution_settings(c, ExecutionSettings{});
+  EXPECT_EQ(s.attention_backend, "sage");
+  EXPECT_NO_THROW(ExecutionContext(Device::cpu(), s));
+  try {
+    parse_engine_config("attention: {backend: sage2}\n", "engine.yaml");
+    ADD_FAILURE() << "took an unknown attention backend";
+  } catch (const Error& e) {
+    expect_contains(e.what(), "sage");
   }
 }
 

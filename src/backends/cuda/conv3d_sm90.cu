@@ -33,8 +33,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <mutex>
-#include <set>
 #include <utility>
 
 #include "backends/cuda/cuda_common.h"
@@ -270,30 +268,7 @@ constexpr const char* kVariantNames[] = {"128x128x64", "128x128x64c2", "64x256x6
 constexpr int kVariants = 6;
 
 // Whether this binary carries sm_90a code for the kernels.
-bool built_for_sm90a() {
-  static const bool built = [] {
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, conv3d_sm90_kernel<Conv128x128>) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return attr.binaryVersion == 90;
-  }();
-  return built;
-}
-
-// cudaFuncSetAttribute holds for the current device only: once per kernel and device.
-void allow_shared_memory(const void* kernel, int bytes) {
-  static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;
-  int device = 0;
-  check(cudaGetDevice(&device), "conv3d sm90: get the current device");
-  std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({kernel, device})) return;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        "conv3d sm90: allow the kernel's shared memory");
-  done.insert({kernel, device});
-}
+bool built_for_sm90a() { return has_sm90a_code(reinterpret_cast<const void*>(conv3d_sm90_kernel<Conv128x128>)); }
 
 // A channels-last 3-D tensor's strides in CUTLASS's order [n, d, h, w, c] (logical dims 0, 2,
 // 3, 4, 1). A dimension of size 1 is never stepped along, but TMA wants every stride a multiple
@@ -361,7 +336,7 @@ void launch(const Conv3dSm90Problem& p) {
   const typename Kernel::Params params = Kernel::to_underlying_arguments(args, nullptr);
   auto* kernel = conv3d_sm90_kernel<V>;
   constexpr int kSmem = Kernel::SharedStorageSize;
-  allow_shared_memory(reinterpret_cast<const void*>(kernel), kSmem);
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), kSmem, "conv3d sm90");
   cudaLaunchConfig_t config{};
   config.gridDim = Kernel::get_grid_shape(params);
   config.blockDim = Kernel::get_block_shape();

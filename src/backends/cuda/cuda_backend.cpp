@@ -4,8 +4,11 @@
 #include "backends/cuda/cuda_backend.h"
 
 #include <atomic>
+#include <map>
 #include <mutex>
+#include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -203,6 +206,32 @@ std::string CudaBackend::attention_kernel() const {
 }
 
 void CudaBackend::activate() { check(cudaSetDevice(device_index_), "select the device"); }
+
+bool has_sm90a_code(const void* kernel) {
+  static std::mutex mutex;
+  static std::map<const void*, bool> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(kernel);
+  if (it != known.end()) return it->second;
+  cudaFuncAttributes attr{};
+  bool has = false;
+  if (cudaFuncGetAttributes(&attr, kernel) == cudaSuccess) has = attr.binaryVersion == 90;
+  else (void)cudaGetLastError();
+  known.emplace(kernel, has);
+  return has;
+}
+
+void allow_dynamic_shared_memory(const void* kernel, int bytes, const char* what) {
+  static std::mutex mutex;
+  static std::set<std::tuple<const void*, int, int>> done;
+  int device = 0;
+  check(cudaGetDevice(&device), "get the current device");
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.count({kernel, bytes, device})) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        fmt::format("{}: allow the kernel's shared memory", what).c_str());
+  done.insert({kernel, bytes, device});
+}
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {

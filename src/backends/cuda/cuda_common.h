@@ -31,6 +31,13 @@ void check(cudaError_t err, const char* what);
 // After a kernel launch: throws naming the op and its inputs when the launch failed.
 void check_launch(const char* op, const Tensor& a, const Tensor& b = {});
 
+// Whether this binary has sm_90a code for `kernel` (vgen's Hopper kernels are compiled for every
+// VGEN_CUDA_ARCHS target, but their bodies exist only for sm_90a). Read once per kernel.
+bool has_sm90a_code(const void* kernel);
+// Lets `kernel` use `bytes` of dynamic shared memory on the current device (cudaFuncSetAttribute
+// holds per device: once per kernel and device); `what` names the kernel in errors.
+void allow_dynamic_shared_memory(const void* kernel, int bytes, const char* what);
+
 // 1-D launch geometry for n elements.
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;

@@ -3,8 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
-#include <set>
 #include <utility>
 
 #include "backends/cuda/cuda_common.h"
@@ -23,19 +21,7 @@ using cute::_1;
 using kTraits128 = fa90::Traits<128, 192, 2>;
 using kTraits64 = fa90::Traits<64, 128, 2>;
 
-// Whether this binary carries sm_90a code for the kernel (it is compiled for every target in
-// VGEN_CUDA_ARCHS, but its body exists only for sm_90a).
-bool built_for_sm90a() {
-  static const bool built = [] {
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, fa90::forward_kernel<kTraits128>) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return attr.binaryVersion == 90;
-  }();
-  return built;
-}
+bool built_for_sm90a() { return has_sm90a_code(reinterpret_cast<const void*>(fa90::forward_kernel<kTraits128>)); }
 
 template <class T>
 typename T::GTensor global_view(const Tensor& t) {
@@ -52,19 +38,6 @@ typename T::GTensor global_view(const Tensor& t) {
                            cute::make_shape(static_cast<int32_t>(t.size(2)), Int<T::kHeadDim>{},
                                             static_cast<int32_t>(t.size(1)), static_cast<int32_t>(t.size(0))),
                            cute::make_stride(stride[2], _1{}, stride[1], stride[0]));
-}
-
-// cudaFuncSetAttribute holds for the current device only: once per kernel and device.
-void allow_shared_memory(const void* kernel, int bytes, const char* what) {
-  static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;
-  int device = 0;
-  check(cudaGetDevice(&device), "get the current device");
-  std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({kernel, device})) return;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        fmt::format("{}: allow the kernel's shared memory", what).c_str());
-  done.insert({kernel, device});
 }
 
 template <class T>
@@ -87,7 +60,7 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, cons
       scale * 1.4426950408889634f,
   };
   auto* kernel = fa90::forward_kernel<T>;
-  allow_shared_memory(reinterpret_cast<const void*>(kernel), T::kSmemBytes, "flash attention");
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), T::kSmemBytes, "flash attention");
   const dim3 grid(static_cast<unsigned>((q.size(2) + T::kBlockM - 1) / T::kBlockM), static_cast<unsigned>(q.size(1)),
                   static_cast<unsigned>(q.size(0)));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream()>>>(p);

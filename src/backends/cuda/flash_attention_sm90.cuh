@@ -27,10 +27,15 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/numeric_types.h>
 
+#include "backends/cuda/sm90_device.cuh"
+
 // Outside namespace vgen, whose Shape and Tensor would hide CuTe's.
 namespace vgen_fa90 {
 
 using namespace cute;
+using vgen_sm90::exp2_approx;
+using vgen_sm90::named_arrive;
+using vgen_sm90::named_sync;
 
 template <int kHeadDim_, int kBlockN_, int kStages_>
 struct Traits {
@@ -90,12 +95,6 @@ struct Params {
   float scale_log2;  // softmax scale * log2(e)
 };
 
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // The accumulator layout of m64nN wgmma atoms tiling 64 x kBlockN, ((2, 2, N/8), 1, atoms),
 // seen as the A operand of an m64nXk16 wgmma over K = kBlockN: ((2, 2, 2), 1, (N/16, atoms)),
 // whose last mode, indexed by k, walks the 16-column chunks in order.
@@ -106,11 +105,6 @@ __device__ __forceinline__ auto acc_as_a_operand(AccLayout acc) {
   return make_layout(make_layout(layout<0, 0>(acc), layout<0, 1>(acc), layout<0>(split)), layout<1>(acc),
                      make_layout(layout<1>(split), layout<2>(acc)));
 }
-
-// Named barriers 1 and 2 order the consumer warpgroups' turns at the tensor cores (0 is
-// __syncthreads).
-__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id)); }
-__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id)); }
 
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant__ const Params<T> p) {

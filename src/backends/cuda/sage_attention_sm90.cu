@@ -4,8 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
-#include <set>
 #include <utility>
 
 #include "backends/cuda/cuda_common.h"
@@ -151,17 +149,7 @@ __global__ void __launch_bounds__(256) quantize_v_kernel(View4 v, const float* v
 
 // ---- host ---------------------------------------------------------------------------------
 
-bool built_for_sm90a() {
-  static const bool built = [] {
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, s90::forward_kernel<Traits>) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return attr.binaryVersion == 90;
-  }();
-  return built;
-}
+bool built_for_sm90a() { return has_sm90a_code(reinterpret_cast<const void*>(s90::forward_kernel<Traits>)); }
 
 // A view the pre-pass can read with 16-byte loads (a contiguous copy otherwise).
 View4 view_of(Tensor& t) {
@@ -174,18 +162,6 @@ View4 view_of(Tensor& t) {
   if (!fits()) t = contiguous(t);
   return {static_cast<const __nv_bfloat16*>(t.raw_data()), t.strides()[0], t.strides()[1], t.strides()[2],
           static_cast<int32_t>(t.size(1)), static_cast<int32_t>(t.size(2))};
-}
-
-void allow_shared_memory(const void* kernel, int bytes) {
-  static std::mutex mutex;
-  static std::set<std::pair<const void*, int>> done;
-  int device = 0;
-  check(cudaGetDevice(&device), "get the current device");
-  std::lock_guard<std::mutex> lock(mutex);
-  if (done.count({kernel, device})) return;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        "sage attention: allow the kernel's shared memory");
-  done.insert({kernel, device});
 }
 
 }  // namespace
@@ -285,7 +261,7 @@ void sage_attention_sm90(const Tensor& q_in, const Tensor& k_in, const Tensor& v
       scale * 1.4426950408889634f,
   };
   auto* kernel = s90::forward_kernel<T>;
-  allow_shared_memory(reinterpret_cast<const void*>(kernel), T::kSmemBytes);
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), T::kSmemBytes, "sage attention");
   const dim3 grid(static_cast<unsigned>((Sq + T::kBlockM - 1) / T::kBlockM), static_cast<unsigned>(H),
                   static_cast<unsigned>(B));
   kernel<<<grid, T::kThreads, T::kSmemBytes, st>>>(p);

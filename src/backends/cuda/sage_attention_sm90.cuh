@@ -40,12 +40,17 @@
 #include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/numeric_types.h>
 
+#include "backends/cuda/sm90_device.cuh"
+
 #include "ops/sage_attention.h"
 
 // Outside namespace vgen, whose Shape and Tensor would hide CuTe's.
 namespace vgen_sage90 {
 
 using namespace cute;
+using vgen_sm90::exp2_approx;
+using vgen_sm90::named_arrive;
+using vgen_sm90::named_sync;
 
 constexpr int kQGroup = vgen::sage::kQGroup;
 constexpr int kKBlock = vgen::sage::kKBlock;
@@ -118,12 +123,6 @@ struct Params {
   float scale_log2;  // softmax scale * log2(e)
 };
 
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 // 2^x on the FMA pipe (ops/sage_attention.h: sage::exp2_poly), for a quarter of the weights:
 // the MUFU unit is the softmax's narrowest pipe.
 __device__ __forceinline__ float exp2_poly(float x) { return vgen::sage::exp2_poly(x); }
@@ -133,9 +132,6 @@ __device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d) {
   const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
   return lo | (hi << 16);
 }
-
-__device__ __forceinline__ void named_sync(int id) { asm volatile("bar.sync %0, 256;" ::"r"(id)); }
-__device__ __forceinline__ void named_arrive(int id) { asm volatile("bar.arrive %0, 256;" ::"r"(id)); }
 
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant__ const Params<T> p) {
