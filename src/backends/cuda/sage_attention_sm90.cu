@@ -183,7 +183,8 @@ std::string sage_attention_sm90_rejects(const Tensor& q, const Tensor& k, const 
   if (!why.empty()) return why;
   why = sage_attention_sm90_unavailable(active().device_index());
   if (!why.empty()) return why;
-  if (q.size(2) > INT32_MAX / 2 || k.size(2) > INT32_MAX / 2 || q.size(1) > 65535 || q.size(0) > 65535)
+  // The pre-pass grids put batch x heads in y (at most 65535).
+  if (q.size(2) > INT32_MAX / 2 || k.size(2) > INT32_MAX / 2 || q.size(0) * q.size(1) > 65535)
     return "sizes out of range";
   return "";
 }
