@@ -24,10 +24,10 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <string>
 
 #include "core/tensor.h"
+#include "ops/quant.h"
 
 namespace vgen::sage {
 
@@ -39,27 +39,15 @@ constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulati
 // MUFU's approximation: the kernel spreads the softmax over two pipes.
 constexpr bool kPolyKeys(int64_t j) { return j % 32 >= 24; }
 
-#if defined(__CUDACC__)
-#define VGEN_SAGE_HD __host__ __device__ __forceinline__
-#else
-#define VGEN_SAGE_HD inline
-#endif
-
 // 2^x by a degree-3 polynomial on FMAs (max relative error 8e-5, far below e4m3's 2^-4 step):
 // x is clamped to >= -125, rounded to an integer j by adding 1.5 * 2^23 (the integer is then in
 // the low bits of the sum), 2^(x - j) is the polynomial, and j goes into the exponent bits.
-VGEN_SAGE_HD float exp2_poly(float x) {
+VGEN_QUANT_HD float exp2_poly(float x) {
   x = x > -125.0f ? x : -125.0f;  // also NaN -> -125
   const float t = x + 12582912.0f;
   const float f = x - (t - 12582912.0f);
   const float p = fmaf(fmaf(fmaf(0.05508876592f, f, 0.24260465801f), f, 0.69327628613f), f, 0.99992889166f);
-  uint32_t pb, tb;
-  std::memcpy(&pb, &p, 4);
-  std::memcpy(&tb, &t, 4);
-  pb += tb << 23;
-  float r;
-  std::memcpy(&r, &pb, 4);
-  return r;
+  return quant::bits_float(quant::float_bits(p) + (quant::float_bits(t) << 23));
 }
 
 // Why ops::sage_attention cannot take these inputs ("" when it can), whatever the device:

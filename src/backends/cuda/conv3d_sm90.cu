@@ -46,6 +46,27 @@ using Bf16 = cutlass::bfloat16_t;
 using LayoutNDHWC = cutlass::layout::TensorNDHWC;
 constexpr int kAlign = 8;  // elements in 16 bytes: TMA's alignment of every stride but the innermost
 
+// Every variant's epilogue: the float32 accumulator plus the bias (per output channel, none reads
+// as zero), bf16 NDHWC out, under the given epilogue schedule.
+template <class TileShape, class ClusterShape, class Schedule>
+using BiasEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutNDHWC, kAlign, Bf16, LayoutNDHWC, kAlign,
+    Schedule, cutlass::epilogue::fusion::LinCombPerColBias<Bf16, float, Bf16, Bf16, float>>::CollectiveOp;
+
+// As many main-loop stages as shared memory holds beside the epilogue's.
+template <class Epilogue>
+using AutoStages =
+    cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>;
+
+// CUTLASS's sm90 implicit-GEMM fprop main loop: bf16 NDHWC activations and KTRSC filter, float32
+// accumulation, `Stages` stages.
+template <class TileShape, class ClusterShape, class Stages>
+using FpropMainloop = typename cutlass::conv::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop, Bf16, LayoutNDHWC, kAlign,
+    Bf16, LayoutNDHWC, kAlign, float, TileShape, ClusterShape, Stages,
+    cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+
 // One CUTLASS fprop kernel for a CTA tile (M output positions, N output channels, K reduction),
 // a cluster shape, a pipeline depth (0: as many stages as shared memory holds) and the CTAs
 // that are to share an SM (2: registers capped at 128 a thread, so that one CTA's epilogue
@@ -54,19 +75,10 @@ template <int kM, int kN, int kK, int kClusterM, int kStages = 0, int kMinBlocks
 struct ConvSm90 {
   using TileShape = Shape<Int<kM>, Int<kN>, Shape<Int<kK>>>;
   using ClusterShape = Shape<Int<kClusterM>, cute::_1, cute::_1>;
-  using Fusion = cutlass::epilogue::fusion::LinCombPerColBias<Bf16, float, Bf16, Bf16, float>;
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutNDHWC, kAlign, Bf16, LayoutNDHWC,
-      kAlign, cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
-  using Mainloop = typename cutlass::conv::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop, Bf16, LayoutNDHWC,
-      kAlign, Bf16, LayoutNDHWC, kAlign, float, TileShape, ClusterShape,
-      cute::conditional_t<
-          kStages == 0,
-          cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-          cutlass::conv::collective::StageCount<kStages>>,
-      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using Epilogue = BiasEpilogue<TileShape, ClusterShape, cutlass::epilogue::TmaWarpSpecialized>;
+  using Mainloop = FpropMainloop<TileShape, ClusterShape,
+                                 cute::conditional_t<kStages == 0, AutoStages<Epilogue>,
+                                                     cutlass::conv::collective::StageCount<kStages>>>;
   using ProblemShape = cutlass::conv::ConvProblemShape<cutlass::conv::Operator::kFprop, Mainloop::NumSpatialDimensions>;
   using Kernel = cutlass::conv::kernel::ConvUniversal<ProblemShape, Mainloop, Epilogue, void>;
   static constexpr int kClusterSize = kClusterM;
@@ -218,16 +230,8 @@ template <int kM, int kN, int kK>
 struct CooperativeConvSm90 {
   using TileShape = Shape<Int<kM>, Int<kN>, Shape<Int<kK>>>;
   using ClusterShape = Shape<cute::_1, cute::_1, cute::_1>;
-  using Fusion = cutlass::epilogue::fusion::LinCombPerColBias<Bf16, float, Bf16, Bf16, float>;
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutNDHWC, kAlign, Bf16, LayoutNDHWC,
-      kAlign, cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
-  using Basic = typename cutlass::conv::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cutlass::conv::Operator::kFprop, Bf16, LayoutNDHWC,
-      kAlign, Bf16, LayoutNDHWC, kAlign, float, TileShape, ClusterShape,
-      cutlass::conv::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::conv::KernelImplicitTmaWarpSpecializedSm90>::CollectiveOp;
+  using Epilogue = BiasEpilogue<TileShape, ClusterShape, cutlass::epilogue::TmaWarpSpecializedCooperative>;
+  using Basic = FpropMainloop<TileShape, ClusterShape, AutoStages<Epilogue>>;
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::GMMA::ss_op_selector<Bf16, Bf16, float, TileShape, cute::GMMA::Major::K, cute::GMMA::Major::K>(),
       cute::Layout<Shape<cute::_2, cute::_1, cute::_1>>{}));
