@@ -13,9 +13,9 @@
 //
 // The kernel is vgen's bf16 flash kernel (flash_attention_sm90.cuh) with other element types:
 //   - warpgroup 0 produces: TMA loads of the Q tile and a ring of kStages K / V^T stages;
-//   - warpgroups 1 and 2 consume 64 query rows each and take turns at the tensor cores
-//     (ping-pong); within a warpgroup S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before
-//     the softmax of block j+1.
+//   - warpgroups 1 and 2 consume 64 query rows each; unlike the bf16 kernel they do not take
+//     turns at the tensor cores (Traits::kPingPong says why); within a warpgroup
+//     S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before the softmax of block j+1.
 //   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
 //     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
 //     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA.
@@ -55,8 +55,13 @@ using vgen_sm90::named_sync;
 constexpr int kQGroup = vgen::sage::kQGroup;
 constexpr int kKBlock = vgen::sage::kKBlock;
 
-template <int kStages_>
+// kPingPong: the two consumer warpgroups take turns at the tensor cores (named barriers), as the
+// bf16 kernel does. Off: measured on an H200 (S=32760 H=12 / S=75600 H=40) 795 / 829 TFLOP/s
+// without the turns against 784 / 815 with them: here the softmax, not the GEMMs, is the long
+// phase, and the turns leave one warp per scheduler to run it.
+template <int kStages_, bool kPingPong_ = false>
 struct Traits {
+  static constexpr bool kPingPong = kPingPong_;
   static constexpr int kHeadDim = vgen::sage::kHeadDim;
   // V^T rows: the head dim, then a row of ones (P's row sums come out of P V as column 128),
   // then zeros to a multiple of 8 (the FP8 wgmma's N step).
@@ -333,7 +338,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   };
 
   const int my_bar = 1 + wg, other_bar = 2 - wg;
-  if (wg == 1) named_arrive(other_bar);
+  if (T::kPingPong && wg == 1) named_arrive(other_bar);
 
   float k_scale_next = 0.f;
   Barrier::wait(&ss.bar_q, 0);
@@ -342,9 +347,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     const float k_scale_n = __ldg(k_scale);
     k_scale_next = n_blocks > 1 ? __ldg(k_scale + 1) : 0.f;
     Barrier::wait(&ss.full_k[0], 0);
-    named_sync(my_bar);
+    if constexpr (T::kPingPong) named_sync(my_bar);
     gemm_qk(tSrS, 0);
-    named_arrive(other_bar);
+    if constexpr (T::kPingPong) named_arrive(other_bar);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[0]);
@@ -362,10 +367,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     k_scale_next = n + 1 < n_blocks ? __ldg(k_scale + n + 1) : 0.f;
     Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
     Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
-    named_sync(my_bar);
+    if constexpr (T::kPingPong) named_sync(my_bar);
     gemm_qk(tSrS, s);
     gemm_pv(sp);
-    named_arrive(other_bar);
+    if constexpr (T::kPingPong) named_arrive(other_bar);
     warpgroup_wait<1>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[s]);
@@ -384,9 +389,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   {
     const int s = (n_blocks - 1) % kStages;
     Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
-    named_sync(my_bar);
+    if constexpr (T::kPingPong) named_sync(my_bar);
     gemm_pv(s);
-    if (wg == 0) named_arrive(other_bar);
+    if (T::kPingPong && wg == 0) named_arrive(other_bar);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrT);
     release(&ss.empty_v[s]);
