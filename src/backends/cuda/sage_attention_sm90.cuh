@@ -14,7 +14,7 @@
 // The kernel is vgen's bf16 flash kernel (flash_attention_sm90.cuh) with other element types:
 //   - warpgroup 0 produces: TMA loads of the Q tile and a ring of kStages K / V^T stages;
 //   - warpgroups 1 and 2 consume 64 query rows each; unlike the bf16 kernel they do not take
-//     turns at the tensor cores (Traits::kPingPong says why); within a warpgroup
+//     turns at the tensor cores (Traits says why); within a warpgroup
 //     S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before the softmax of block j+1.
 //   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
 //     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
@@ -49,19 +49,16 @@ namespace vgen_sage90 {
 
 using namespace cute;
 using vgen_sm90::exp2_approx;
-using vgen_sm90::named_arrive;
-using vgen_sm90::named_sync;
 
 constexpr int kQGroup = vgen::sage::kQGroup;
 constexpr int kKBlock = vgen::sage::kKBlock;
 
-// kPingPong: the two consumer warpgroups take turns at the tensor cores (named barriers), as the
-// bf16 kernel does. Off: measured on an H200 (S=32760 H=12 / S=75600 H=40) 795 / 829 TFLOP/s
-// without the turns against 784 / 815 with them: here the softmax, not the GEMMs, is the long
-// phase, and the turns leave one warp per scheduler to run it.
-template <int kStages_, bool kPingPong_ = false>
+// The consumer warpgroups do not take turns at the tensor cores as the bf16 kernel's do:
+// measured on an H200 (S=32760 H=12 / S=75600 H=40) 795 / 829 TFLOP/s without turns against
+// 784 / 815 with them: here the softmax, not the GEMMs, is the long phase, and the turns leave
+// one warp per scheduler to run it.
+template <int kStages_>
 struct Traits {
-  static constexpr bool kPingPong = kPingPong_;
   static constexpr int kHeadDim = vgen::sage::kHeadDim;
   // V^T rows: the head dim, then a row of ones (P's row sums come out of P V as column 128),
   // then zeros to a multiple of 8 (the FP8 wgmma's N step).
@@ -337,9 +334,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) = fmaf(tOrO(i), corr_prev[(i / 2) % 2], tOrT(i));
   };
 
-  const int my_bar = 1 + wg, other_bar = 2 - wg;
-  if (T::kPingPong && wg == 1) named_arrive(other_bar);
-
   float k_scale_next = 0.f;
   Barrier::wait(&ss.bar_q, 0);
   {
@@ -347,9 +341,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     const float k_scale_n = __ldg(k_scale);
     k_scale_next = n_blocks > 1 ? __ldg(k_scale + 1) : 0.f;
     Barrier::wait(&ss.full_k[0], 0);
-    if constexpr (T::kPingPong) named_sync(my_bar);
     gemm_qk(tSrS, 0);
-    if constexpr (T::kPingPong) named_arrive(other_bar);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[0]);
@@ -358,7 +350,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     to_p(tSrS);
   }
   // The blocks after the first; the last one (masked) is a copy of its own, so that the others
-  // carry no masking work.
+  // carry no masking work. S(n) = Q K(n)^T is issued as soon as P(n - 1) is out of S's
+  // registers, before the fold of block n - 2's T into O, which then runs under it; P(n - 1)
+  // V(n - 1) follows into the freed T and runs under the softmax of block n. At the top of
+  // block n: P(n - 1) in p_regs, T = P(n - 2) V(n - 2) done (n >= 2), corr_prev = block
+  // n - 2's rescale, corr_last = block n - 1's.
+  float corr_last[2] = {corr_prev[0], corr_prev[1]};
   auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
@@ -366,32 +363,30 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     const float k_scale_n = k_scale_next;
     k_scale_next = n + 1 < n_blocks ? __ldg(k_scale + n + 1) : 0.f;
     Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
-    Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
-    if constexpr (T::kPingPong) named_sync(my_bar);
     gemm_qk(tSrS, s);
+    if (n >= 2) fold_block();  // O = O * corr(n - 2) + P(n - 2) V(n - 2), under S(n)
+    corr_prev[0] = corr_last[0];
+    corr_prev[1] = corr_last[1];
+    Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
     gemm_pv(sp);
-    if constexpr (T::kPingPong) named_arrive(other_bar);
     warpgroup_wait<1>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[s]);
-    float corr[2];
-    softmax(tSrS, n, k_scale_n, corr, last);
+    softmax(tSrS, n, k_scale_n, corr_last, last);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrT);
     release(&ss.empty_v[sp]);
-    fold_block();  // O = O * corr(n - 1) + P(n - 1) V(n - 1)
-    corr_prev[0] = corr[0];
-    corr_prev[1] = corr[1];
     to_p(tSrS);
   };
   for (int n = 1; n < n_blocks - 1; ++n) block(n, cute::false_type{});
   if (n_blocks > 1) block(n_blocks - 1, cute::true_type{});
   {
     const int s = (n_blocks - 1) % kStages;
+    if (n_blocks >= 2) fold_block();
+    corr_prev[0] = corr_last[0];
+    corr_prev[1] = corr_last[1];
     Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
-    if constexpr (T::kPingPong) named_sync(my_bar);
     gemm_pv(s);
-    if (T::kPingPong && wg == 0) named_arrive(other_bar);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrT);
     release(&ss.empty_v[s]);
