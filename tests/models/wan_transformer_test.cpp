@@ -120,6 +120,25 @@ TEST(WanTransformer, MatchesDiffusersTiny) { check_against_reference("wan21_t2v_
 
 TEST(WanTransformer, MatchesDiffusersShardedBf16Checkpoint) { check_against_reference("wan21_t2v_tiny_b"); }
 
+// Head dim 128 (2 heads, one layer, 4096 tokens: the shape vgen's own attention kernels take;
+// tests/gpu/wan_attention_kernels_gpu_test.cpp runs each on this fixture): the float32 forward
+// against diffusers', RoPE's 44 / 42 / 42 split of the head included.
+TEST(WanTransformer, MatchesDiffusersHeadDim128) {
+  const auto model =
+      WanTransformer3DModel::from_pretrained(fixture("wan21_hd128_tiny/transformer"), DType::F32, Device::cpu());
+  const WeightStore ref = reference("wan21_hd128_tiny_ref/transformer.safetensors");
+  const Tensor out = model->forward(ref.get("hidden_states").to(DType::F32), ref.get("timestep"),
+                                    ref.get("encoder_hidden_states"));
+  expect_close("head dim 128 sample", out, ref.get("sample"));
+  // bf16 compute: no further from the float32 sample than diffusers' bf16 run (25% slack).
+  const auto bf16 =
+      WanTransformer3DModel::from_pretrained(fixture("wan21_hd128_tiny/transformer"), DType::BF16, Device::cpu());
+  const Tensor out_bf16 = bf16->forward(ref.get("hidden_states"), ref.get("timestep"), ref.get("encoder_hidden_states"));
+  const double ours = rel_l2(out_bf16, ref.get("sample")), theirs = rel_l2(ref.get("sample_bf16"), ref.get("sample"));
+  std::cout << "  head dim 128 bf16 vs float32 sample: vgen " << ours << ", diffusers " << theirs << "\n";
+  EXPECT_LT(ours, 1.25 * theirs);
+}
+
 // The 2-D timestep path (one timestep per token, as Wan2.2 TI2V): first-frame tokens at t=0.
 TEST(WanTransformer, PerTokenTimestepMatchesDiffusers) {
   const auto model =
