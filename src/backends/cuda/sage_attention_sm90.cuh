@@ -352,7 +352,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // The blocks after the first; the last one (masked) is a copy of its own, so that the others
   // carry no masking work. S(n) = Q K(n)^T is issued as soon as P(n - 1) is out of S's
   // registers, before the fold of block n - 2's T into O, which then runs under it; P(n - 1)
-  // V(n - 1) follows into the freed T and runs under the softmax of block n. At the top of
+  // V(n - 1) follows into the freed T. (ptxas places the wait for that P V before the softmax
+  // of block n, so it overlaps the other warpgroup's softmax, not this one's; a wait that
+  // ptxas cannot hoist, a branch on a softmax result, measured no faster.) At the top of
   // block n: P(n - 1) in p_regs, T = P(n - 2) V(n - 2) done (n >= 2), corr_prev = block
   // n - 2's rescale, corr_last = block n - 1's.
   float corr_last[2] = {corr_prev[0], corr_prev[1]};
