@@ -30,14 +30,9 @@ Tensor values(const Shape& shape, int seed) {
   return Tensor::from_vector(v, shape);
 }
 
-// A checkpoint file holding `tensors`, opened as a WeightStore. The file is named after the test
-// too: ctest runs each test in a process of its own, in parallel, and two tests writing one path
-// raced (the loser's rename found its temporary file gone).
+// A checkpoint file holding `tensors`, opened as a WeightStore.
 WeightStore store_of(const std::string& tag, const std::map<std::string, Tensor>& tensors) {
-  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-  const std::string path = ::testing::TempDir() + "/vgen_nn_" + (test ? std::string(test->test_suite_name()) + "_" +
-                                                                           test->name() + "_" : std::string()) +
-                           tag + ".safetensors";
+  const std::string path = vgen::testing::test_temp_path("nn_" + tag + ".safetensors");
   save_safetensors(path, tensors);
   return WeightStore::open_files({path});
 }

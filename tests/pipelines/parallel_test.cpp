@@ -101,9 +101,7 @@ struct AttentionFixture {
     }
     t["attn.norm_q.weight"] = values({dim}, ++seed);
     t["attn.norm_k.weight"] = values({dim}, ++seed);
-    // Named after the test: ctest runs tests as parallel processes, and two writing one path race.
-    const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    const std::string path = ::testing::TempDir() + "/vgen_parallel_attention_" + (test ? test->name() : "") + ".safetensors";
+    const std::string path = vgen::testing::test_temp_path("parallel_attention.safetensors");
     save_safetensors(path, t);
     store = WeightStore::open_files({path});
     options.query_dim = dim;

@@ -16,6 +16,15 @@ inline std::string fixture(const std::string& relative) { return std::string(VGE
 // Reference tensors saved by tools/fixtures/make_wan_fixtures.py.
 inline WeightStore reference(const std::string& relative) { return WeightStore::open_files({fixture(relative)}); }
 
+// A path in the test temp dir named after the running test (suite, test, then `stem`): ctest
+// runs each test as a process of its own, in parallel, and two tests writing one path race (one
+// rename finds its temporary file gone).
+inline std::string test_temp_path(const std::string& stem) {
+  const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string name = test ? std::string(test->test_suite_name()) + "_" + test->name() + "_" : "";
+  return ::testing::TempDir() + "/vgen_" + name + stem;
+}
+
 // ||a - b|| / ||b||, in double.
 inline double rel_l2(const Tensor& a, const Tensor& b) {
   EXPECT_EQ(a.shape(), b.shape()) << a.str() << " vs " << b.str();
