@@ -947,8 +947,14 @@ void sage_backend_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, 
 void attention_cases(Cases& cs) {
   // The quantized kernel: odd lengths (a key block, a query group cut short), short and long
   // key sets, several heads and batches, a single key.
-  for (auto [B, H, Sq, Sk] : std::vector<std::array<int64_t, 4>>{
-           {2, 3, 1000, 1000}, {1, 4, 999, 512}, {1, 2, 1500, 769}, {3, 1, 5, 7}, {1, 2, 129, 1}, {1, 1, 300, 4100}})
+  // 12 x 12 query tiles: more than one wave of CTAs on 132 or 114 SMs.
+  for (auto [B, H, Sq, Sk] : std::vector<std::array<int64_t, 4>>{{2, 3, 1000, 1000},
+                                                                {1, 4, 999, 512},
+                                                                {1, 2, 1500, 769},
+                                                                {3, 1, 5, 7},
+                                                                {1, 2, 129, 1},
+                                                                {1, 1, 300, 4100},
+                                                                {1, 12, 1500, 2100}})
     sage_attention_case(cs, B, H, Sq, Sk);
   sage_backend_case(cs, 2, 3, 300, 4100, 128);  // the quantized kernel (4096 keys or more)
   sage_backend_case(cs, 1, 2, 1000, 1000, 128);  // fewer keys: an exact kernel
@@ -966,8 +972,11 @@ void attention_cases(Cases& cs) {
     attention_case(cs, B, H, Sq, Sk, D, 0, DType::BF16, "cudnn");
   attention_case(cs, 1, 2, 200, 300, 128, 0, DType::F16, "cudnn");
   // vgen's Hopper kernel (sm_90; elsewhere these run cuDNN): odd lengths, short and long key
-  // sets (512 text tokens, + 257 image tokens for I2V), several heads and batches, D 64 and 128.
+  // sets (512 text tokens, + 257 image tokens for I2V), several heads and batches, D 64 and 128,
+  // 144 query tiles (more than one wave of CTAs).
   for (auto [B, H, Sq, Sk, D] : std::vector<std::array<int64_t, 5>>{{2, 3, 1000, 1000, 128},
+                                                                   {1, 12, 1500, 1000, 128},
+                                                                   {1, 12, 1500, 1000, 64},
                                                                    {1, 4, 999, 512, 128},
                                                                    {1, 2, 1500, 769, 128},
                                                                    {2, 2, 1000, 512, 64},
@@ -1348,6 +1357,54 @@ void wan_linear_cases(Cases& cs) {
   }
 }
 
+// The memory-bound ops of a Wan block at 480x832x81 (32760 tokens, 1.3B width) and at the 14B
+// width (16384 tokens of 5120), perf mode only: GB/s of what each reads and writes.
+void wan_block_elementwise_cases(Cases& cs) {
+  for (const auto& [T, D] : std::vector<std::pair<int64_t, int64_t>>{{32760, 1536}, {16384, 5120}}) {
+    const std::string at = fmt::format("bf16[1,{},{}] Wan", T, D);
+    const Bound b = by_dtype(DType::BF16);
+    // Rows of a [1, 1, 6, D] modulation tensor, as the blocks chunk it.
+    auto mod_row = [D](Gen& g, int64_t i) {
+      return in(g.normal({1, 1, 6, D}, DType::F32, 0.5f), [i](const Tensor& t) { return t.select(2, i); });
+    };
+    cs.add({Op::modulated_layer_norm, "modulated_layer_norm " + at + " scale/shift rows of [1,1,6,D]", DType::BF16,
+            [=](Gen& g) {
+              return std::vector<Input>{in(g.normal({1, T, D}, DType::BF16, 3.0f)), mod_row(g, 1), mod_row(g, 0)};
+            },
+            [](const Args& t, Device) { return Outputs{ops::modulated_layer_norm(t[0], t[1], t[2], 1e-6f)}; }, b,
+            {1, T, D}, DType::BF16, {}, 0, true});
+    cs.add({Op::layer_norm, "layer_norm " + at + " weight f32 bias f32", DType::BF16,
+            [=](Gen& g) {
+              return std::vector<Input>{in(g.normal({1, T, D}, DType::BF16, 3.0f)), in(g.normal({D})), in(g.normal({D}))};
+            },
+            [](const Args& t, Device) { return Outputs{ops::layer_norm(t[0], t[1], t[2], 1e-6f)}; }, b, {1, T, D},
+            DType::BF16, {}, 0, true});
+    cs.add({Op::gated_residual, "gated_residual " + at + " gate a row of [1,1,6,D]", DType::BF16,
+            [=](Gen& g) {
+              return std::vector<Input>{in(g.normal({1, T, D}, DType::BF16)), in(g.normal({1, T, D}, DType::BF16)),
+                                        mod_row(g, 2)};
+            },
+            [](const Args& t, Device) { return Outputs{ops::gated_residual(t[0], t[1], t[2])}; }, b, {1, T, D},
+            DType::BF16, {}, 0, true});
+    cs.add({Op::binary, "binary add " + at + " + the same", DType::BF16,
+            [=](Gen& g) {
+              return std::vector<Input>{in(g.normal({1, T, D}, DType::BF16)), in(g.normal({1, T, D}, DType::BF16))};
+            },
+            [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; }, b, {1, T, D}, DType::BF16, {}, 0,
+            true});
+    const int64_t hd = 128, H = D / hd;
+    cs.add({Op::rms_norm_rope, "rms_norm_rope " + at + " part 0 of a fused [1,T,3*D] projection", DType::BF16,
+            [=](Gen& g) {
+              return std::vector<Input>{
+                  in(g.normal({1, T, 3 * D}, DType::BF16, 2.0f),
+                     [=](const Tensor& t) { return t.view({1, T, 3, H, hd}).select(2, 0); }),
+                  in(g.normal({D}, DType::BF16)), in(g.normal({T, hd})), in(g.normal({T, hd}))};
+            },
+            [](const Args& t, Device) { return Outputs{ops::rms_norm_rope(t[0], t[1], 1e-6f, t[2], t[3])}; }, b,
+            {1, T, H, hd}, DType::BF16, {}, 0, true});
+  }
+}
+
 // Quantized linear layers (ops/quant.h): the activation quantization must give the CPU's bytes
 // (the same codec, an IEEE division by the same scale); the GEMM agrees within the output
 // dtype (FP8 products are exact in float32: only the summation order and the output rounding
@@ -1467,6 +1524,7 @@ const std::vector<OpCase>& all_cases() {
     modulated_layer_norm_cases(cs);
     gated_residual_cases(cs);
     rms_norm_rope_cases(cs);
+    wan_block_elementwise_cases(cs);
     quant_cases(cs);
     return cs.list();
   }();
