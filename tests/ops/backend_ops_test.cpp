@@ -638,8 +638,11 @@ void layer_norm_cases(Cases& cs) {
     DType d, wd;
     bool weight, bias;
   };
+  // Widths of whole 16-byte vectors up to 24 a lane run one warp per row on CUDA (plain, with a
+  // weight, a bias, or both), the others a block per row.
   const std::vector<L> ls = {
       {{3, 7, 37}, DType::F32, DType::F32, true, true},     {{2, 5, 1536}, DType::BF16, DType::BF16, true, true},
+      {{2, 5, 1536}, DType::BF16, DType::BF16, false, false}, {{3, 5120}, DType::BF16, DType::F32, false, true},
       {{2, 5, 1536}, DType::BF16, DType::F32, true, false}, {{4, 1536}, DType::F32, DType::BF16, false, true},
       {{3, 20000}, DType::F32, DType::F32, true, true},     {{2, 3, 40001}, DType::BF16, DType::BF16, false, false},
       {{5, 1}, DType::F32, DType::F32, true, true},         {{0, 8}, DType::F32, DType::F32, false, false},
@@ -1254,6 +1257,15 @@ void modulated_layer_norm_cases(Cases& cs) {
       }
     }
   }
+  // Per-batch rows of more batches than CUDA stages in 48 KB of shared memory (read per row there).
+  cs.add({Op::modulated_layer_norm, "modulated_layer_norm bf16[5,3,1536] scale/shift [5,1,1536]", DType::BF16,
+          [](Gen& g) {
+            return std::vector<Input>{in(g.normal({5, 3, 1536}, DType::BF16, 3.0f)),
+                                      in(g.normal({5, 1, 1536}, DType::F32, 0.5f)),
+                                      in(g.normal({5, 1, 1536}, DType::F32, 0.5f))};
+          },
+          [](const Args& t, Device) { return Outputs{ops::modulated_layer_norm(t[0], t[1], t[2], 1e-6f)}; },
+          by_dtype(DType::BF16), {5, 3, 1536}, DType::BF16});
   cs.add({Op::modulated_layer_norm, "modulated_layer_norm bf16[2,5,1536] rows of a [2,5,3072] buffer", DType::BF16,
           [](Gen& g) {
             return std::vector<Input>{
