@@ -8,7 +8,6 @@
 // this GPU or build (flash and sage need sm_90a code) skips its case, saying why.
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <string>
 
 #include "models/wan/transformer_wan.h"
@@ -23,7 +22,7 @@ using namespace vgen;
 using vgen::testing::fixture;
 using vgen::testing::kGpu;
 using vgen::testing::reference;
-using vgen::testing::rel_l2;
+using vgen::testing::expect_as_close_as_diffusers_bf16;
 using vgen::testing::ScopedContext;
 using vgen::testing::with_attention;
 
@@ -57,11 +56,8 @@ TEST_P(WanAttentionKernel, Bf16ForwardAsCloseAsDiffusersBf16) {
   const Tensor out = model->forward(ref.get("hidden_states").to(kGpu), ref.get("timestep"),
                                     ref.get("encoder_hidden_states").to(DType::BF16).to(kGpu));
   EXPECT_EQ(out.dtype(), DType::BF16);
-  const Tensor got = out.to(Device::cpu()).to(DType::F32);
-  const double ours = rel_l2(got, ref.get("sample"));
-  const double theirs = rel_l2(ref.get("sample_bf16").to(DType::F32), ref.get("sample"));
-  std::printf("[ %s (%s) ] bf16 forward vs float32: vgen %.4g, diffusers bf16 %.4g\n", c.setting, c.path, ours, theirs);
-  EXPECT_LT(ours, c.slack * theirs) << c.setting;
+  expect_as_close_as_diffusers_bf16(std::string(c.setting) + " (" + c.path + ") forward", out, ref.get("sample"),
+                                    ref.get("sample_bf16"), c.slack);
 #endif
 }
 

@@ -25,6 +25,7 @@ using vgen::testing::fixture;
 using vgen::testing::kGpu;
 using vgen::testing::max_abs_diff;
 using vgen::testing::reference;
+using vgen::testing::expect_as_close_as_diffusers_bf16;
 using vgen::testing::rel_l2;
 
 namespace {
@@ -56,9 +57,7 @@ TEST(WanGpu, TransformerBf16AsCloseAsDiffusersBf16) {
   const Tensor out =
       model->forward(ref.get("hidden_states").to(kGpu), ref.get("timestep"), ref.get("encoder_hidden_states").to(kGpu));
   EXPECT_EQ(out.dtype(), DType::BF16);
-  const double ours = rel(out, ref.get("sample")), theirs = rel_l2(extra.get("sample_bf16"), ref.get("sample"));
-  std::printf("[ transformer bf16 on cuda ] vs float32: vgen %.3g, diffusers bf16 %.3g\n", ours, theirs);
-  EXPECT_LT(ours, 1.25 * theirs);
+  expect_as_close_as_diffusers_bf16("transformer bf16 on cuda", out, ref.get("sample"), extra.get("sample_bf16"));
 }
 
 TEST(WanGpu, VaeDecodeMatchesDiffusers) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -21,7 +22,9 @@ inline WeightStore reference(const std::string& relative) { return WeightStore::
 // rename finds its temporary file gone).
 inline std::string test_temp_path(const std::string& stem) {
   const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-  const std::string name = test ? std::string(test->test_suite_name()) + "_" + test->name() + "_" : "";
+  std::string name = test ? std::string(test->test_suite_name()) + "_" + test->name() + "_" : "";
+  for (char& c : name)
+    if (c == '/') c = '_';  // parameterized tests: "Prefix/Suite", "Test/0"
   return ::testing::TempDir() + "/vgen_" + name + stem;
 }
 
@@ -35,6 +38,17 @@ inline double rel_l2(const Tensor& a, const Tensor& b) {
     den += static_cast<double>(y[i]) * y[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// A bf16 forward held to diffusers' own bf16 run: no further from the float32 `sample` than
+// diffusers' `sample_bf16` is, times `slack` (25% by default: on models this small, which side's
+// roundings land better is partly luck). `out` may live on any device. Prints both errors.
+inline void expect_as_close_as_diffusers_bf16(const std::string& what, const Tensor& out, const Tensor& sample,
+                                              const Tensor& sample_bf16, double slack = 1.25) {
+  const double ours = rel_l2(out.to(Device::cpu()).to(DType::F32), sample);
+  const double theirs = rel_l2(sample_bf16.to(DType::F32), sample);
+  std::printf("[ %s ] bf16 vs float32: vgen %.4g, diffusers bf16 %.4g\n", what.c_str(), ours, theirs);
+  EXPECT_LT(ours, slack * theirs) << what;
 }
 
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
