@@ -103,6 +103,32 @@ struct LayerNormArgs {
   float eps;
 };
 
+// The last step of a layer norm on VEC normalized values at element e of the row, in place:
+// times the weight p0 then plus the bias p1 (kAffine; either may be null), or times 1 + scale
+// p0 then plus shift p1 (kModulated).
+template <int MODE, int VEC, typename P0, typename P1>
+__device__ __forceinline__ void layer_norm_finish(float (&v)[VEC], const P0* p0, const P1* p1, int64_t e) {
+  if constexpr (MODE == kAffine) {
+    float p[VEC];
+    if (p0) {
+      load_vec<VEC>(p0 + e, p);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(v[j], p[j]);
+    }
+    if (p1) {
+      load_vec<VEC>(p1 + e, p);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(v[j], p[j]);
+    }
+  } else if constexpr (MODE == kModulated) {
+    float sc[VEC], sh[VEC];
+    load_vec<VEC>(p0 + e, sc);
+    load_vec<VEC>(p1 + e, sh);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(__fmul_rn(v[j], __fadd_rn(sc[j], 1.0f)), sh[j]);
+  }
+}
+
 template <typename T, typename Tw, int MODE, int VEC, int CACHE>
 __global__ void __launch_bounds__(kMaxRowThreads) layer_norm_kernel(LayerNormArgs a) {
   __shared__ float smem[32];
@@ -140,25 +166,8 @@ __global__ void __launch_bounds__(kMaxRowThreads) layer_norm_kernel(LayerNormArg
     const int64_t e = int64_t(vi) * VEC;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(__fsub_rn(v[j], mean), rstd);
-    if constexpr (MODE == kAffine) {
-      float p[VEC];
-      if (w) {
-        load_vec<VEC>(w + e, p);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(v[j], p[j]);
-      }
-      if (b) {
-        load_vec<VEC>(b + e, p);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(v[j], p[j]);
-      }
-    } else if constexpr (MODE == kModulated) {
-      float sc[VEC], sh[VEC];
-      load_vec<VEC>(scale + e, sc);
-      load_vec<VEC>(shift + e, sh);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(__fmul_rn(v[j], __fadd_rn(sc[j], 1.0f)), sh[j]);
-    }
+    if constexpr (MODE == kAffine) layer_norm_finish<MODE>(v, w, b, e);
+    else layer_norm_finish<MODE>(v, scale, shift, e);
     store_vec<VEC>(out + e, v);
   });
 }
@@ -184,6 +193,37 @@ __device__ __forceinline__ void launder(Vec<T, VEC>& v) {
   for (int i = 0; i < int(sizeof(v) / 4); ++i) asm volatile("" : "+r"(w[i]));
 }
 
+// A row held by one warp: lane l keeps vectors l, l + 32, ... (up to MAXV of them) as loaded.
+template <typename T, int VEC, int MAXV>
+struct WarpRow {
+  Vec<T, VEC> v[MAXV];
+  int nv, lane;
+
+  __device__ __forceinline__ WarpRow(const T* x, int nv_, int lane_) : nv(nv_), lane(lane_) {
+#pragma unroll
+    for (int k = 0; k < MAXV; ++k)
+      if (has(k)) v[k] = *reinterpret_cast<const Vec<T, VEC>*>(x + int64_t(lane + 32 * k) * VEC);
+  }
+  __device__ __forceinline__ bool has(int k) const { return lane + 32 * k < nv; }
+  __device__ __forceinline__ float at(int k, int j) const { return to_float<T>(v[k].v[j]); }
+  // The sum over the row of f(value), the same on every lane; the next pass converts again.
+  template <typename F>
+  __device__ __forceinline__ float sum(F&& f) {
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < MAXV; ++k) {
+      if (!has(k)) continue;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) s += f(at(k, j));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+#pragma unroll
+    for (int k = 0; k < MAXV; ++k) launder(v[k]);
+    return s;
+  }
+};
+
 template <typename T, typename Tw, int MODE, int VEC, int MAXV>
 __global__ void __launch_bounds__(32 * kWarpRows, 2) layer_norm_warp_kernel(LayerNormArgs a, int64_t nrows,
                                                                           int staged_batches) {
@@ -207,40 +247,9 @@ __global__ void __launch_bounds__(32 * kWarpRows, 2) layer_norm_warp_kernel(Laye
     __syncthreads();
   }
   for (int64_t row = int64_t(blockIdx.x) * kWarpRows + warp; row < nrows; row += int64_t(gridDim.x) * kWarpRows) {
-    const T* x = static_cast<const T*>(a.x) + a.rows.offset(row);
-    Vec<T, VEC> cache[MAXV];
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) {
-      const int vi = lane + 32 * k;
-      if (vi < nv) cache[k] = *reinterpret_cast<const Vec<T, VEC>*>(x + int64_t(vi) * VEC);
-    }
-    float sum = 0.0f;
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) {
-      if (lane + 32 * k >= nv) continue;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) sum += to_float<T>(cache[k].v[j]);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    const float mean = sum / D;
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) launder(cache[k]);
-    float sq = 0.0f;
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) {
-      if (lane + 32 * k >= nv) continue;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        const float v = to_float<T>(cache[k].v[j]);
-        sq += (v - mean) * (v - mean);
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
-    const float rstd = 1.0f / sqrtf(sq / D + a.eps);
-#pragma unroll
-    for (int k = 0; k < MAXV; ++k) launder(cache[k]);
+    WarpRow<T, VEC, MAXV> x(static_cast<const T*>(a.x) + a.rows.offset(row), nv, lane);
+    const float mean = x.sum([](float v) { return v; }) / D;
+    const float rstd = 1.0f / sqrtf(x.sum([mean](float v) { return (v - mean) * (v - mean); }) / D + a.eps);
 
     // This row's parameters: staged (batch row / S of the modulation), or per token in global memory.
     const float* p0 = nullptr;
@@ -256,31 +265,13 @@ __global__ void __launch_bounds__(32 * kWarpRows, 2) layer_norm_warp_kernel(Laye
     T* out = static_cast<T*>(a.out) + row * D;
 #pragma unroll
     for (int k = 0; k < MAXV; ++k) {
-      const int vi = lane + 32 * k;
-      if (vi >= nv) continue;
-      const int e = vi * VEC;
+      if (!x.has(k)) continue;
+      const int e = (lane + 32 * k) * VEC;
       float v[VEC];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(__fsub_rn(to_float<T>(cache[k].v[j]), mean), rstd);
-      if constexpr (MODE == kAffine) {
-        float pv[VEC];
-        if (a.weight) {
-          load_vec<VEC>(p0 + e, pv);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(v[j], pv[j]);
-        }
-        if (a.bias) {
-          load_vec<VEC>(p1 + e, pv);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(v[j], pv[j]);
-        }
-      } else if constexpr (MODE == kModulated) {
-        float sc[VEC], sh[VEC];
-        load_vec<VEC>(p0 + e, sc);
-        load_vec<VEC>(p1 + e, sh);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] = __fadd_rn(__fmul_rn(v[j], __fadd_rn(sc[j], 1.0f)), sh[j]);
-      }
+      for (int j = 0; j < VEC; ++j) v[j] = __fmul_rn(__fsub_rn(x.at(k, j), mean), rstd);
+      if constexpr (MODE == kAffine) layer_norm_finish<MODE>(v, a.weight ? p0 : nullptr, a.bias ? p1 : nullptr, e);
+      else layer_norm_finish<MODE>(v, p0, p1, e);
       store_vec<VEC>(out + e, v);
     }
   }
@@ -412,6 +403,57 @@ __global__ void __launch_bounds__(kHeadThreads) rms_rope_heads_kernel(RmsRopeArg
     o[j + 1] = __fadd_rn(__fmul_rn(n0, s), __fmul_rn(n1, c));
   }
   store_vec<VEC>(static_cast<T*>(a.out) + row * a.D + e, o);
+}
+
+// RMS norm over rows of up to 32 MAXV vectors (a token's heads together: Wan's q and k norm
+// across heads), then optionally RoPE: one warp per row as layer_norm_warp_kernel, the weight
+// staged once per block in shared memory as float32, the token's cos / sin read from global
+// memory. Same arithmetic and roundings as rms_rope_kernel.
+template <typename T, typename Tw, bool kRope, int VEC, int MAXV>
+__global__ void __launch_bounds__(32 * kWarpRows, 2) rms_rope_warp_kernel(RmsRopeArgs a, int64_t nrows) {
+  static_assert(!kRope || VEC % 4 == 0, "rope reads cos / sin four floats at a time");
+  extern __shared__ __align__(16) float wsm[];  // [D] the weight (ones without one)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int D = a.D, nv = D / VEC;
+  for (int i = threadIdx.x; i < D; i += blockDim.x)
+    wsm[i] = a.weight ? to_float<Tw>(static_cast<const Tw*>(a.weight)[i]) : 1.0f;
+  __syncthreads();
+  for (int64_t row = int64_t(blockIdx.x) * kWarpRows + warp; row < nrows; row += int64_t(gridDim.x) * kWarpRows) {
+    WarpRow<T, VEC, MAXV> x(static_cast<const T*>(a.x) + a.rows.offset(row), nv, lane);
+    const float rstd = 1.0f / sqrtf(x.sum([](float v) { return v * v; }) / D + a.eps);
+    const int64_t t = (row % a.rows.S) * a.head_dim;  // this token's row of the RoPE tables
+    T* out = static_cast<T*>(a.out) + row * D;
+#pragma unroll
+    for (int k = 0; k < MAXV; ++k) {
+      if (!x.has(k)) continue;
+      const int e = (lane + 32 * k) * VEC;
+      float v[VEC], wv[VEC];
+      load_vec<VEC>(wsm + e, wv);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        v[j] = __fmul_rn(wv[j], __fmul_rn(x.at(k, j), rstd));
+        if constexpr (kRope) v[j] = round_to<T>(v[j]);  // the normalized tensor is stored in T
+      }
+      if constexpr (kRope) {
+        const int hp = e % a.head_dim;
+        float c[VEC], sn[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; j += 4) {
+          load_vec<4>(a.cos + t + hp + j, *reinterpret_cast<float(*)[4]>(c + j));
+          load_vec<4>(a.sin + t + hp + j, *reinterpret_cast<float(*)[4]>(sn + j));
+        }
+        float o[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; j += 2) {
+          o[j] = __fsub_rn(__fmul_rn(v[j], c[j]), __fmul_rn(v[j + 1], sn[j + 1]));
+          o[j + 1] = __fadd_rn(__fmul_rn(v[j], sn[j + 1]), __fmul_rn(v[j + 1], c[j]));
+        }
+        store_vec<VEC>(out + e, o);
+      } else {
+        store_vec<VEC>(out + e, v);
+      }
+    }
+  }
 }
 
 // ---- Softmax ----------------------------------------------------------------------------------
@@ -590,6 +632,19 @@ void launch_rows(int64_t nv, int vec, F&& launch) {
   else launch(Int<VMIN>{}, Int<0>{}, threads);
 }
 
+// Calls launch(Int<MAXV>, grid, threads) for the warp-per-row kernels (kWarpRows rows a block,
+// at most 8 blocks an SM in a grid-stride loop) over rows of up to 24 vectors a lane.
+template <typename F>
+void launch_warp_rows(int64_t nrows, int64_t nv, F&& launch) {
+  const int64_t per_lane = (nv + 31) / 32, blocks = (nrows + kWarpRows - 1) / kWarpRows;
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(blocks, device_properties().multiProcessorCount * 8LL));
+  constexpr int threads = 32 * kWarpRows;
+  if (per_lane <= 2) launch(Int<2>{}, grid, threads);
+  else if (per_lane <= 6) launch(Int<6>{}, grid, threads);
+  else if (per_lane <= 12) launch(Int<12>{}, grid, threads);
+  else launch(Int<24>{}, grid, threads);
+}
+
 // Layer norm over the last dim, optional affine and modulation (x [B, S, D] then).
 Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                        const Tensor& scale, const Tensor& shift, float eps) {
@@ -632,22 +687,19 @@ Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight,
   if (static_cast<int64_t>(staged) * 2 * D * 4 > 48 * 1024) staged = 0;
   if (vec == vmax && per_lane <= 24 && (mode != kAffine || staged == 1)) {
     const size_t smem = static_cast<size_t>(staged) * 2 * D * sizeof(float);
-    const int64_t blocks = (nrows + kWarpRows - 1) / kWarpRows;
-    const unsigned wgrid = static_cast<unsigned>(std::min<int64_t>(blocks, int64_t(device_properties().multiProcessorCount) * 8));
     dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
       using T = decltype(tx);
       using Tw = decltype(tw);
       constexpr int V = 16 / sizeof(T);
-      auto go = [&](auto maxv) {
+      launch_warp_rows(nrows, nv, [&](auto maxv, unsigned grid, int threads) {
         constexpr int M = decltype(maxv)::value;
-        if (mode == kAffine) layer_norm_warp_kernel<T, Tw, kAffine, V, M><<<wgrid, 32 * kWarpRows, smem, stream()>>>(args, nrows, staged);
-        else if (mode == kModulated) layer_norm_warp_kernel<T, T, kModulated, V, M><<<wgrid, 32 * kWarpRows, smem, stream()>>>(args, nrows, staged);
-        else layer_norm_warp_kernel<T, T, kPlain, V, M><<<wgrid, 32 * kWarpRows, smem, stream()>>>(args, nrows, 0);
-      };
-      if (per_lane <= 2) go(Int<2>{});
-      else if (per_lane <= 6) go(Int<6>{});
-      else if (per_lane <= 12) go(Int<12>{});
-      else go(Int<24>{});
+        if (mode == kAffine)
+          layer_norm_warp_kernel<T, Tw, kAffine, V, M><<<grid, threads, smem, stream()>>>(args, nrows, staged);
+        else if (mode == kModulated)
+          layer_norm_warp_kernel<T, T, kModulated, V, M><<<grid, threads, smem, stream()>>>(args, nrows, staged);
+        else
+          layer_norm_warp_kernel<T, T, kPlain, V, M><<<grid, threads, smem, stream()>>>(args, nrows, 0);
+      });
     });
     check_launch(op, x_in, scale);
     return out;
@@ -715,6 +767,25 @@ Tensor rms_rope_rows(const char* op, const Tensor& x, Rows rows, int64_t D, cons
         case 16: launch(Int<16>{}); break;
         default: launch(Int<32>{}); break;
       }
+    });
+    check_launch(op, x, cos);
+    return out;
+  }
+  // Whole-token rows (groups 1) of up to 24 full-width vectors a lane, normalized: one warp per
+  // row (rms_rope_warp_kernel); RoPE there needs head dims of whole 4-float vectors.
+  const int64_t per_lane = (nv + 31) / 32;
+  if (norm && groups == 1 && vec == vmax && per_lane <= 24 && (!rope || hd % vmax == 0) &&
+      D * sizeof(float) <= 48 * 1024) {
+    const size_t smem = static_cast<size_t>(D) * sizeof(float);
+    dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
+      using T = decltype(tx);
+      using Tw = decltype(tw);
+      constexpr int V = 16 / sizeof(T);
+      launch_warp_rows(nrows, nv, [&](auto maxv, unsigned grid, int threads) {
+        constexpr int M = decltype(maxv)::value;
+        if (rope) rms_rope_warp_kernel<T, Tw, true, V, M><<<grid, threads, smem, stream()>>>(args, nrows);
+        else rms_rope_warp_kernel<T, Tw, false, V, M><<<grid, threads, smem, stream()>>>(args, nrows);
+      });
     });
     check_launch(op, x, cos);
     return out;
