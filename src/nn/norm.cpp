@@ -11,8 +11,21 @@ Tensor LayerNorm::forward(const Tensor& x) const {
   return weight_.defined() ? ops::layer_norm(x, weight_, bias_, eps_) : x;
 }
 
+ResidualNorm LayerNorm::forward_residual(const Tensor& x, const Tensor& y, const Tensor& gate) const {
+  if (!weight_.defined()) {
+    const Tensor r = gate.defined() ? ops::gated_residual(x, y, gate) : ops::add(x, y);
+    return {r, r};
+  }
+  return ops::residual_layer_norm(x, y, gate, {weight_, bias_, {}, {}, eps_});
+}
+
 Tensor ModulatedLayerNorm::forward(const Tensor& x, const Tensor& scale, const Tensor& shift) const {
   return ops::modulated_layer_norm(x, scale, shift, eps_);
+}
+
+ResidualNorm ModulatedLayerNorm::forward_residual(const Tensor& x, const Tensor& y, const Tensor& gate,
+                                                 const Tensor& scale, const Tensor& shift) const {
+  return ops::residual_layer_norm(x, y, gate, {{}, {}, scale, shift, eps_});
 }
 
 RMSNorm::RMSNorm(const Weights& weights, const std::string& prefix, int64_t dim, float eps)

@@ -19,6 +19,9 @@ class LayerNorm {
 
   bool defined() const { return weight_.defined(); }
   Tensor forward(const Tensor& x) const;
+  // The residual x + y, or x + y * gate (gate [B, 1 or S, dim] float32; see ops::gated_residual),
+  // and forward() of it, in one op: {residual, normed}. As nn.Identity, normed is the residual.
+  ResidualNorm forward_residual(const Tensor& x, const Tensor& y, const Tensor& gate = {}) const;
 
  private:
   Tensor weight_, bias_;
@@ -32,6 +35,9 @@ class ModulatedLayerNorm {
   explicit ModulatedLayerNorm(float eps = 1e-6f) : eps_(eps) {}
   // scale, shift [B, 1 or S, dim] float32.
   Tensor forward(const Tensor& x, const Tensor& scale, const Tensor& shift) const;
+  // The residual x + y, or x + y * gate, and forward() of it, in one op: {residual, normed}.
+  ResidualNorm forward_residual(const Tensor& x, const Tensor& y, const Tensor& gate, const Tensor& scale,
+                                const Tensor& shift) const;
 
  private:
   float eps_;

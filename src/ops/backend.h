@@ -47,6 +47,12 @@
 //   modulated_layer_norm  (layer_norm(x.float()) * (1 + scale) + shift).to(x.dtype): x [B, S, D];
 //                         scale/shift F32 broadcastable to [B, S, D] ([B, 1, D] or per token)
 //   gated_residual        (x.float() + y.float() * gate).to(x.dtype): x, y [B, S, D]; gate as scale
+//   residual_layer_norm(x, y, gate, n)  a residual and the norm that reads it, in one pass:
+//                         residual = gated_residual(x, y, gate) (gate defined) or add(x, y), x and
+//                         y [B, S, D] of one dtype; normed = modulated_layer_norm(residual, n.scale,
+//                         n.shift, n.eps) (n.scale defined) or layer_norm(residual, n.weight,
+//                         n.bias, n.eps), of the residual as rounded to x's dtype: the same
+//                         numbers as the ops in turn, without reading the residual back
 //   rms_norm_rope         rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x
 //                         [B, S, H, D] (rows may be strided, as a slice of a fused QKV
 //                         projection), weight [H * D] (Wan: across heads) or [D] (FLUX: each
@@ -84,6 +90,19 @@ struct Conv3dParams {
   // when >= 0: zero frames before T instead of padding[0] (padding[0] stays the frames after),
   // for causal convolutions without a pad copy
   int64_t time_padding_before = -1;
+};
+
+// The norm after a residual (residual_layer_norm): layer_norm with an optional weight and bias,
+// or, when scale is defined, modulated_layer_norm (scale and shift F32, as that op takes them;
+// no weight or bias then).
+struct LayerNormParams {
+  Tensor weight, bias;
+  Tensor scale, shift;
+  float eps = 1e-6f;
+};
+// residual_layer_norm's results: the residual stream in x's dtype, and its norm.
+struct ResidualNorm {
+  Tensor residual, normed;
 };
 
 enum class Op {

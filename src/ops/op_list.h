@@ -47,6 +47,8 @@
   X(modulated_layer_norm, Tensor, (const Tensor& x, const Tensor& scale, const Tensor& shift, float eps),         \
     (x, scale, shift, eps), Composite)                                                                            \
   X(gated_residual, Tensor, (const Tensor& x, const Tensor& y, const Tensor& gate), (x, y, gate), Composite)      \
+  X(residual_layer_norm, ResidualNorm, (const Tensor& x, const Tensor& y, const Tensor& gate,                     \
+                                        const LayerNormParams& norm), (x, y, gate, norm), Composite)             \
   X(rms_norm_rope, Tensor, (const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,                  \
                             const Tensor& sin), (x, weight, eps, cos, sin), Composite)                    \
   X(attention_lse, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse),   \

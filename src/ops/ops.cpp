@@ -69,6 +69,13 @@ Tensor Backend::gated_residual(const Tensor& x, const Tensor& y, const Tensor& g
   return ops::add(x.to(DType::F32), ops::mul(y.to(DType::F32), gate)).to(x.dtype());
 }
 
+ResidualNorm Backend::residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor& gate,
+                                          const LayerNormParams& n) {
+  const Tensor r = gate.defined() ? ops::gated_residual(x, y, gate) : ops::add(x, y);
+  if (n.scale.defined()) return {r, ops::modulated_layer_norm(r, n.scale, n.shift, n.eps)};
+  return {r, ops::layer_norm(r, n.weight, n.bias, n.eps)};
+}
+
 Tensor Backend::rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
   const Shape shape = x.shape();
   // weight [D]: each head normalized on its own (FLUX's norm_q / norm_k).
@@ -313,6 +320,32 @@ Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate) {
                  (gate.size(0) == x.size(0) || gate.size(0) == 1) && (gate.size(1) == x.size(1) || gate.size(1) == 1),
              "gated_residual: x {} y {} gate {}", x.str(), y.str(), gate.str());
   return on(x, Op::gated_residual, "gated_residual").gated_residual(x, y, gate);
+}
+
+ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor& gate, const LayerNormParams& n) {
+  const char* op = "residual_layer_norm";
+  for (const Tensor* t : {&y, &gate, &n.weight, &n.bias, &n.scale, &n.shift})
+    if (t->defined()) same_device(x, *t, op);
+  VGEN_CHECK(x.dim() == 3 && y.shape() == x.shape() && y.dtype() == x.dtype(), "{}: x {} and y {} differ", op, x.str(),
+             y.str());
+  const int64_t D = x.size(2);
+  // A [B or 1, S or 1, D] float32 row tensor: the gate, a scale or a shift.
+  auto rows_of_x = [&](const Tensor& t) {
+    return t.dim() == 3 && t.dtype() == DType::F32 && t.size(2) == D && (t.size(0) == x.size(0) || t.size(0) == 1) &&
+           (t.size(1) == x.size(1) || t.size(1) == 1);
+  };
+  VGEN_CHECK(!gate.defined() || rows_of_x(gate), "{}: gate {} for x {}", op, gate.str(), x.str());
+  if (n.scale.defined()) {
+    VGEN_CHECK(rows_of_x(n.scale) && n.shift.shape() == n.scale.shape() && n.shift.dtype() == DType::F32 &&
+                   !n.weight.defined() && !n.bias.defined(),
+               "{}: modulation scale {} shift {} (no weight or bias with them) for x {}", op, n.scale.str(),
+               n.shift.str(), x.str());
+  } else {
+    VGEN_CHECK(!n.shift.defined(), "{}: a shift {} without a scale", op, n.shift.str());
+    VGEN_CHECK(!n.weight.defined() || n.weight.numel() == D, "{}: weight {} for x {}", op, n.weight.str(), x.str());
+    VGEN_CHECK(!n.bias.defined() || n.bias.numel() == D, "{}: bias {} for x {}", op, n.bias.str(), x.str());
+  }
+  return on(x, Op::residual_layer_norm, op).residual_layer_norm(x, y, gate, n);
 }
 
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {

@@ -67,9 +67,12 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);
 // Zero padding of dimension `dim`: `before` and `after` elements, in x's memory format.
 Tensor pad(const Tensor& x, int64_t dim, int64_t before, int64_t after);
 
-// Fused ops (see Backend): modulated LayerNorm, gated residual add, RMSNorm + RoPE.
+// Fused ops (see Backend): modulated LayerNorm, gated residual add, a residual with the norm
+// after it, RMSNorm + RoPE.
 Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& shift, float eps);
 Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
+// x + y (gate undefined) or gated_residual(x, y, gate), and that residual's layer norm.
+ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor& gate, const LayerNormParams& norm);
 // weight [H * D] normalizes each token's heads together, [D] each head on its own.
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin);
 

@@ -1301,6 +1301,86 @@ void gated_residual_cases(Cases& cs) {
           {2, 9, 64}, DType::BF16});
 }
 
+// residual_layer_norm: each gate and norm kind against the CPU's composition, and on a device
+// the fused result against that device's own composition, which it must equal byte for byte
+// (the same roundings in the same order; only the residual is not read back).
+void expect_same_bytes(const Tensor& a, const Tensor& b, const std::string& what) {
+  const Tensor x = a.to(Device::cpu()).contiguous(), y = b.to(Device::cpu()).contiguous();
+  ASSERT_EQ(x.shape(), y.shape()) << what;
+  ASSERT_EQ(x.dtype(), y.dtype()) << what;
+  const auto* p = static_cast<const uint8_t*>(x.raw_data());
+  const auto* q = static_cast<const uint8_t*>(y.raw_data());
+  size_t bad = 0;
+  for (size_t i = 0; i < x.nbytes(); ++i) bad += p[i] != q[i];
+  EXPECT_EQ(bad, 0u) << what << ": bytes differ from the device's composition of the two ops";
+}
+
+Outputs run_residual_layer_norm(const Args& t, Device dev, bool composition, bool check, const std::string& name) {
+  const LayerNormParams n{t[3], t[4], t[5], t[6], 1e-6f};
+  Backend& be = backend_for(dev);
+  const ResidualNorm r =
+      composition ? be.Backend::residual_layer_norm(t[0], t[1], t[2], n) : ops::residual_layer_norm(t[0], t[1], t[2], n);
+  if (check && !composition && !dev.is_cpu()) {
+    const ResidualNorm c = be.Backend::residual_layer_norm(t[0], t[1], t[2], n);
+    expect_same_bytes(r.residual, c.residual, name + " residual");
+    expect_same_bytes(r.normed, c.normed, name + " normed");
+  }
+  return {r.residual, r.normed};
+}
+
+void residual_layer_norm_cases(Cases& cs) {
+  const int64_t B = 2, S = 37;
+  // Gates: none (a plain add), a [B,1,D] row of a [B,1,6,D] modulation tensor, per token, one row.
+  const std::vector<std::string> gates = {"no gate", "gate a row of [B,1,6,D]", "gate per token", "gate [1,1,D]"};
+  const std::vector<std::string> norms = {"plain", "weight f32 bias f32", "scale/shift rows of [B,1,6,D]"};
+  auto inputs = [](DType d, int64_t b, int64_t s, int64_t D, size_t gate, size_t norm, bool y_strided) {
+    return [=](Gen& g) {
+      std::vector<Input> v{in(g.normal({b, s, D}, d, 2.0f))};
+      if (y_strided) v.push_back(in(g.normal({b, s, 2 * D}, d), [D](const Tensor& t) { return t.narrow(2, D, D); }));
+      else v.push_back(in(g.normal({b, s, D}, d)));
+      const Tensor mod = g.normal({b, 1, 6, D}, DType::F32, 0.5f);
+      if (gate == 0) v.push_back(none());
+      else if (gate == 1) v.push_back(in(mod, [](const Tensor& t) { return t.select(2, 2); }));
+      else v.push_back(in(g.normal(gate == 2 ? Shape{b, s, D} : Shape{1, 1, D}, DType::F32, 0.5f)));
+      if (norm == 1) v.insert(v.end(), {in(g.normal({D})), in(g.normal({D}))});
+      else v.insert(v.end(), {none(), none()});
+      if (norm == 2) {
+        v.push_back(in(mod, [](const Tensor& t) { return t.select(2, 1); }));
+        v.push_back(in(mod, [](const Tensor& t) { return t.select(2, 0); }));
+      } else {
+        v.insert(v.end(), {none(), none()});
+      }
+      return v;
+    };
+  };
+  auto add = [&](DType d, int64_t b, int64_t s, int64_t D, size_t gate, size_t norm, bool composition,
+                 bool y_strided, bool perf_only) {
+    const std::string name = fmt::format("residual_layer_norm {}[{},{},{}]{} {} then {}{}", dt(d), b, s, D,
+                                         y_strided ? " y a slice of [B,S,2D]," : "", gates[gate], norms[norm],
+                                         composition ? " (the Backend's composition)" : perf_only ? " Wan" : "");
+    cs.add({Op::residual_layer_norm, name, d, inputs(d, b, s, D, gate, norm, y_strided),
+            [=](const Args& t, Device dev) { return run_residual_layer_norm(t, dev, composition, !perf_only, name); },
+            by_dtype(d),
+            {b, s, D}, d, {}, 0, perf_only});
+  };
+  for (DType d : {DType::BF16, DType::F32})
+    for (int64_t D : {1536, 1001})
+      for (size_t gate = 0; gate < gates.size(); ++gate)
+        for (size_t norm = 0; norm < norms.size(); ++norm) add(d, B, S, D, gate, norm, false, false, false);
+  for (size_t norm = 0; norm < norms.size(); ++norm) add(DType::BF16, B, S, 1536, 1, norm, true, false, false);
+  add(DType::F16, B, S, 5120, 1, 1, false, false, false);
+  // Modulation rows of more batches than CUDA stages in 48 KB of shared memory; y not contiguous
+  // (CUDA composes the ops then).
+  add(DType::BF16, 5, 3, 1536, 1, 2, false, false, false);
+  add(DType::BF16, B, 9, 1536, 1, 1, false, true, false);
+  // The Wan block's two (perf mode): the gated self-attention residual then norm2 (affine), the
+  // cross-attention residual then norm3 (modulated), at the 1.3B and 14B widths.
+  for (const auto& [T, D] : std::vector<std::pair<int64_t, int64_t>>{{32760, 1536}, {16384, 5120}}) {
+    add(DType::BF16, 1, T, D, 1, 1, false, false, true);
+    add(DType::BF16, 1, T, D, 0, 2, false, false, true);
+  }
+}
+
 void rms_norm_rope_cases(Cases& cs) {
   // A backend's fused op against the CPU's, which is the Backend's composition
   // (rope(rms_norm(...))).
@@ -1535,6 +1615,7 @@ const std::vector<OpCase>& all_cases() {
     sum_abs_cases(cs);
     modulated_layer_norm_cases(cs);
     gated_residual_cases(cs);
+    residual_layer_norm_cases(cs);
     rms_norm_rope_cases(cs);
     wan_block_elementwise_cases(cs);
     quant_cases(cs);

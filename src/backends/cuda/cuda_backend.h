@@ -10,10 +10,10 @@
 //
 // Floating ops take F32, BF16 or F16 tensors and accumulate in float32. The files beside this
 // one implement the ops as CudaOps (below): copy.cu (copies, casts, fill, host transfers),
-// elementwise.cu, norm.cu (norms, softmax, fused norm+modulation, RMSNorm+RoPE, gated
-// residual), group_norm.cu (GroupNorm, optionally + SiLU), gemm.cpp (cuBLASLt), attention.cpp
-// (cuDNN SDPA and a plain reference), conv.cpp (cuDNN convolution), misc.cu (embedding,
-// upsampling, reductions).
+// elementwise.cu (with the gated residual), norm.cu (norms, softmax, fused norm+modulation,
+// residual+norm, RMSNorm+RoPE), group_norm.cu (GroupNorm, optionally + SiLU), gemm.cpp
+// (cuBLASLt), attention.cpp (cuDNN SDPA and a plain reference), conv.cpp (cuDNN convolution),
+// misc.cu (embedding, upsampling, reductions).
 #pragma once
 
 #include <memory>

@@ -1,7 +1,9 @@
 // Row normalizations on the GPU: layer norm (plain and modulated), RMS norm (plain and fused
 // with RoPE), RoPE alone, softmax, and the Wan VAE channel norm.
 //
-// Row ops run one block per row. A row is read once from global memory into registers
+// Rows of up to 24 16-byte vectors a lane (the transformers' widths) run one warp per row
+// (layer_norm_warp_kernel, rms_rope_warp_kernel; residual_layer_norm adds the residual there
+// on the way in). Other row ops run one block per row. A row is read once into registers
 // (up to kCached vectors per thread, each VEC elements of one 16-byte load) and reduced in
 // float32 with warp shuffles; longer rows fall back to a loop that re-reads the row (from
 // L1/L2). Results are rounded as the CPU reference (and the default compositions of the
@@ -101,6 +103,12 @@ struct LayerNormArgs {
   const float* shift;
   Rows mod;
   float eps;
+  // residual_layer_norm (layer_norm_warp_kernel's kResidual): the row normalized is x + y, or
+  // x + y * gate, rounded to x's dtype and written to `residual` as the norm reads it.
+  const void* y = nullptr;  // contiguous [rows, D], x's dtype
+  const float* gate = nullptr;  // optional F32 rows given by `gate_rows`
+  Rows gate_rows;
+  void* residual = nullptr;  // contiguous [rows, D]
 };
 
 // The last step of a layer norm on VEC normalized values at element e of the row, in place:
@@ -205,6 +213,24 @@ struct WarpRow {
       if (has(k)) v[k] = *reinterpret_cast<const Vec<T, VEC>*>(x + int64_t(lane + 32 * k) * VEC);
   }
   __device__ __forceinline__ bool has(int k) const { return lane + 32 * k < nv; }
+  // Replaces the row by x + y, or x + y * g, in float32 rounded to T (as gated_residual and
+  // add round), and stores that to h.
+  __device__ __forceinline__ void add_residual(const T* y, const float* g, T* h) {
+#pragma unroll
+    for (int k = 0; k < MAXV; ++k) {
+      if (!has(k)) continue;
+      const int64_t e = int64_t(lane + 32 * k) * VEC;
+      const Vec<T, VEC> yv = *reinterpret_cast<const Vec<T, VEC>*>(y + e);
+      float gv[VEC];
+      if (g) load_vec<VEC>(g + e, gv);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float xf = to_float<T>(v[k].v[j]), yf = to_float<T>(yv.v[j]);
+        v[k].v[j] = from_float<T>(g ? __fadd_rn(xf, __fmul_rn(yf, gv[j])) : __fadd_rn(xf, yf));
+      }
+      *reinterpret_cast<Vec<T, VEC>*>(h + e) = v[k];
+    }
+  }
   __device__ __forceinline__ float at(int k, int j) const { return to_float<T>(v[k].v[j]); }
   // The sum over the row of f(value), the same on every lane; the next pass converts again.
   template <typename F>
@@ -224,7 +250,7 @@ struct WarpRow {
   }
 };
 
-template <typename T, typename Tw, int MODE, int VEC, int MAXV>
+template <typename T, typename Tw, int MODE, int VEC, int MAXV, bool kResidual>
 __global__ void __launch_bounds__(32 * kWarpRows, 2) layer_norm_warp_kernel(LayerNormArgs a, int64_t nrows,
                                                                           int staged_batches) {
   extern __shared__ __align__(32) float staged[];  // [staged_batches][2][D]: weight and bias, or scale and shift
@@ -248,6 +274,9 @@ __global__ void __launch_bounds__(32 * kWarpRows, 2) layer_norm_warp_kernel(Laye
   }
   for (int64_t row = int64_t(blockIdx.x) * kWarpRows + warp; row < nrows; row += int64_t(gridDim.x) * kWarpRows) {
     WarpRow<T, VEC, MAXV> x(static_cast<const T*>(a.x) + a.rows.offset(row), nv, lane);
+    if constexpr (kResidual)
+      x.add_residual(static_cast<const T*>(a.y) + row * D, a.gate ? a.gate + a.gate_rows.offset(row) : nullptr,
+                     static_cast<T*>(a.residual) + row * D);
     const float mean = x.sum([](float v) { return v; }) / D;
     const float rstd = 1.0f / sqrtf(x.sum([mean](float v) { return (v - mean) * (v - mean); }) / D + a.eps);
 
@@ -645,13 +674,30 @@ void launch_warp_rows(int64_t nrows, int64_t nv, F&& launch) {
   else launch(Int<24>{}, grid, threads);
 }
 
-// Layer norm over the last dim, optional affine and modulation (x [B, S, D] then).
+// The widest rows residual_layer_norm fuses, in vectors a lane (3072 bf16 elements). Wider rows
+// run the two ops: measured on an H200 at [16384, 5120] bf16 the fused kernel took 0.29 ms
+// (ptxas spills its 24-vector rows), the two ops 0.26-0.28 ms; at [32760, 1536]
+// it takes 0.134-0.139 ms against 0.155-0.165 ms for the two.
+constexpr int kResidualMaxV = 12;
+
+// residual_layer_norm's residual: x + y (* gate) is normalized, and written to `out`.
+struct ResidualIn {
+  const Tensor& y;
+  const Tensor& gate;
+  Tensor* out;
+};
+
+// Layer norm over the last dim, optional affine and modulation (x [B, S, D] then). With `res`
+// (x [B, S, D]) the norm of the residual x + y (* gate), which goes to *res->out, in one pass
+// of layer_norm_warp_kernel; where that kernel does not apply, nothing runs and the result is
+// undefined (the caller composes the ops).
 Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
-                       const Tensor& scale, const Tensor& shift, float eps) {
+                       const Tensor& scale, const Tensor& shift, float eps, const ResidualIn* res = nullptr) {
   require_cuda(op, x_in);
   require_float(op, x_in);
   const int64_t D = x_in.size(-1);
   Tensor out = Tensor::empty(x_in.shape(), x_in.dtype(), x_in.device());
+  if (res) *res->out = Tensor::empty(x_in.shape(), x_in.dtype(), x_in.device());
   const int64_t nrows = D == 0 ? 0 : x_in.numel() / D;
   if (nrows == 0) return out;
   VGEN_CHECK(nrows < (int64_t(1) << 31) && D < (int64_t(1) << 31), "{}: {} is too large", op, x_in.str());
@@ -665,16 +711,28 @@ Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight,
   Rows mod;
   if (scale.defined())
     mod = {x.size(1), scale.size(0) == 1 ? 0 : scale.strides()[0], scale.size(1) == 1 ? 0 : scale.strides()[1]};
-  const LayerNormArgs args{x.raw_data(), rows, static_cast<int>(D), out.raw_data(),
-                           w.defined() ? w.raw_data() : nullptr, b.defined() ? b.raw_data() : nullptr,
-                           scale.defined() ? static_cast<const float*>(scale.raw_data()) : nullptr,
-                           shift.defined() ? static_cast<const float*>(shift.raw_data()) : nullptr, mod, eps};
+  LayerNormArgs args{x.raw_data(), rows, static_cast<int>(D), out.raw_data(),
+                     w.defined() ? w.raw_data() : nullptr, b.defined() ? b.raw_data() : nullptr,
+                     scale.defined() ? static_cast<const float*>(scale.raw_data()) : nullptr,
+                     shift.defined() ? static_cast<const float*>(shift.raw_data()) : nullptr, mod, eps};
+  if (res) {
+    // y contiguous and the gate's rows with a contiguous last dim, or no fused kernel.
+    if (!res->y.is_contiguous() || (res->gate.defined() && res->gate.strides()[2] != 1)) return {};
+    args.y = res->y.raw_data();
+    args.residual = res->out->raw_data();
+    if (res->gate.defined()) {
+      const Tensor& g = res->gate;
+      args.gate = static_cast<const float*>(g.raw_data());
+      args.gate_rows = {x.size(1), g.size(0) == 1 ? 0 : g.strides()[0], g.size(1) == 1 ? 0 : g.strides()[1]};
+    }
+  }
   const int64_t es = static_cast<int64_t>(x.element_size()), ws = static_cast<int64_t>(dtype_size(wd));
   const int vmax = static_cast<int>(16 / es);
   const int vec = pick_vec(vmax, 1, D,
                            {{args.x, es}, {args.out, es}, {args.weight, ws}, {args.bias, ws}, {args.scale, 4},
-                            {args.shift, 4}},
-                           {rows.batch_stride, rows.row_stride, mod.batch_stride, mod.row_stride});
+                            {args.shift, 4}, {args.y, es}, {args.residual, es}, {args.gate, 4}},
+                           {rows.batch_stride, rows.row_stride, mod.batch_stride, mod.row_stride,
+                            args.gate_rows.batch_stride, args.gate_rows.row_stride});
   const int64_t nv = D / vec;
   const unsigned grid = static_cast<unsigned>(nrows);
   const int mode = scale.defined() ? kModulated : (w.defined() || b.defined()) ? kAffine : kPlain;
@@ -685,7 +743,7 @@ Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight,
   if (mode == kAffine) staged = 1;
   if (mode == kModulated && mod.row_stride == 0) staged = mod.batch_stride == 0 ? 1 : static_cast<int>(x.size(0));
   if (static_cast<int64_t>(staged) * 2 * D * 4 > 48 * 1024) staged = 0;
-  if (vec == vmax && per_lane <= 24 && (mode != kAffine || staged == 1)) {
+  if (vec == vmax && per_lane <= (res ? kResidualMaxV : 24) && (mode != kAffine || staged == 1)) {
     const size_t smem = static_cast<size_t>(staged) * 2 * D * sizeof(float);
     dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
       using T = decltype(tx);
@@ -693,17 +751,25 @@ Tensor layer_norm_rows(const char* op, const Tensor& x_in, const Tensor& weight,
       constexpr int V = 16 / sizeof(T);
       launch_warp_rows(nrows, nv, [&](auto maxv, unsigned grid, int threads) {
         constexpr int M = decltype(maxv)::value;
-        if (mode == kAffine)
-          layer_norm_warp_kernel<T, Tw, kAffine, V, M><<<grid, threads, smem, stream()>>>(args, nrows, staged);
-        else if (mode == kModulated)
-          layer_norm_warp_kernel<T, T, kModulated, V, M><<<grid, threads, smem, stream()>>>(args, nrows, staged);
-        else
-          layer_norm_warp_kernel<T, T, kPlain, V, M><<<grid, threads, smem, stream()>>>(args, nrows, 0);
+        auto go = [&](auto residual) {
+          constexpr bool R = decltype(residual)::value;
+          if constexpr (!R || M <= kResidualMaxV) {  // (wider residual rows are not fused: not compiled)
+            if (mode == kAffine)
+              layer_norm_warp_kernel<T, Tw, kAffine, V, M, R><<<grid, threads, smem, stream()>>>(args, nrows, staged);
+            else if (mode == kModulated)
+              layer_norm_warp_kernel<T, T, kModulated, V, M, R><<<grid, threads, smem, stream()>>>(args, nrows, staged);
+            else
+              layer_norm_warp_kernel<T, T, kPlain, V, M, R><<<grid, threads, smem, stream()>>>(args, nrows, 0);
+          }
+        };
+        if (res) go(std::true_type{});
+        else go(std::false_type{});
       });
     });
     check_launch(op, x_in, scale);
     return out;
   }
+  if (res) return {};
   dispatch_param(x.dtype(), wd, op, [&](auto tx, auto tw) {
     using T = decltype(tx);
     using Tw = decltype(tw);
@@ -841,6 +907,25 @@ Tensor CudaOps::modulated_layer_norm(const Tensor& x, const Tensor& scale, const
   const bool same = scale.strides()[2] == 1 && shift.strides() == scale.strides();
   return layer_norm_rows("modulated_layer_norm", x, {}, {}, same ? scale : scale.clone(), same ? shift : shift.clone(),
                          eps);
+}
+
+ResidualNorm CudaOps::residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor& gate,
+                                          const LayerNormParams& n) {
+  const char* op = "residual_layer_norm";
+  for (const Tensor* t : {&y, &gate, &n.weight, &n.bias, &n.scale, &n.shift}) require_cuda(op, *t);
+  VGEN_CHECK(x.dim() == 3 && y.shape() == x.shape() && y.dtype() == x.dtype(), "{}: x {} and y {} differ", op,
+             x.str(), y.str());
+  // The modulation as modulated_layer_norm reads it (one set of strides, contiguous last dim).
+  const bool mod_ok = !n.scale.defined() || (n.scale.dtype() == DType::F32 && n.shift.dtype() == DType::F32 &&
+                                              n.scale.strides()[2] == 1 && n.shift.strides() == n.scale.strides());
+  const bool gate_ok = !gate.defined() || gate.dtype() == DType::F32;
+  if (mod_ok && gate_ok && is_kernel_float(x.dtype())) {
+    ResidualNorm r;
+    const ResidualIn res{y, gate, &r.residual};
+    r.normed = layer_norm_rows(op, x, n.weight, n.bias, n.scale, n.shift, n.eps, &res);
+    if (r.normed.defined()) return r;
+  }
+  return active().Backend::residual_layer_norm(x, y, gate, n);  // the ops in turn
 }
 
 Tensor CudaOps::rms_norm(const Tensor& x, const Tensor& weight, float eps) {

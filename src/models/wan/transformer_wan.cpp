@@ -433,19 +433,25 @@ Tensor WanTransformer3DModel::block_forward(const Block& block, const Tensor& hi
   // (LayerNorm(x.float()) * (1 + scale) + shift).type_as(x), and the gated residual
   // (x.float() + y.float() * gate).type_as(x): one fused op each. The RMS qk-norm across heads
   // and the rotation are one fused op per q and k, reading them out of the fused projection.
+  // Each residual is fused with the norm that reads it next (ops::residual_layer_norm: the same
+  // numbers as the two ops, without reading the residual stream back). Tensors are released
+  // as soon as they are read for the last time: the peak is the FFN's with h and its norm.
   const nn::RotaryTables rope{input.freqs_cos, input.freqs_sin};
-  Tensor norm = block.norm1.forward(hidden_states, scale_msa, shift_msa);
-  Tensor h = ops::gated_residual(hidden_states, block.attn1.forward(norm, &rope, {}, &input.sequence_parallel), gate_msa);
+  Tensor y = block.attn1.forward(block.norm1.forward(hidden_states, scale_msa, shift_msa), &rope, {},
+                                 &input.sequence_parallel);
 
   // 2. Cross-attention: norm2(h.float()).type_as(h) (identity without cross_attn_norm), plain residual.
   // layer_norm computes in float32 and rounds once to h's dtype: the same numbers, no casts.
-  norm = block.norm2.forward(h);
-  h = ops::add(h, block.attn2.forward_cross(norm, encoder_hidden_states, encoder_hidden_states_image));
+  ResidualNorm r = block.norm2.forward_residual(hidden_states, y, gate_msa);
+  y = Tensor();
+  y = block.attn2.forward_cross(r.normed, encoder_hidden_states, encoder_hidden_states_image);
 
   // 3. Feed-forward.
-  norm = block.norm3.forward(h, c_scale_msa, c_shift_msa);
-  const Tensor ff = block.ffn_out.forward(block.ffn_proj.forward(norm, Activation::GeluTanh));
-  return ops::gated_residual(h, ff, c_gate_msa);
+  r = block.norm3.forward_residual(r.residual, y, {}, c_scale_msa, c_shift_msa);
+  y = Tensor();
+  const Tensor ff = block.ffn_out.forward(block.ffn_proj.forward(r.normed, Activation::GeluTanh));
+  r.normed = Tensor();
+  return ops::gated_residual(r.residual, ff, c_gate_msa);
 }
 
 Tensor WanTransformer3DModel::finish(const Tensor& hidden_states, const WanConditioning& cond,
