@@ -731,6 +731,15 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
   if (r.boundary_step && !boundary_ratio_) fail("boundary_step applies to two-expert models only");
   loop.boundary_step = r.boundary_step;
   const bool cfg = loop.any_cfg();  // the negative prompt is encoded when a step runs CFG
+  // diffusers' WanAttnProcessor takes the image tokens to be all but the last 512 of the context
+  // (transformer_wan.py: `encoder_hidden_states.shape[1] - 512`), so with a CLIP image encoder
+  // it is right at 512 text tokens only; vgen splits at the image tokens, as the original Wan
+  // code does, whatever the text length.
+  if (image_encoder_ && r.max_sequence_length != 512)
+    spdlog::warn("max_sequence_length {}: diffusers' WanTransformer3DModel assumes 512 text tokens when it separates "
+                 "the image tokens from the text, so for this model diffusers' frames differ from vgen's except at "
+                 "512 (vgen splits at the image tokens, as the original Wan code does)",
+                 r.max_sequence_length);
   std::vector<std::string> prompts;
   for (const ResolvedParams* p : batch) prompts.push_back(p->prompt);
   const Tensor prompt_embeds = encode_prompt(prompts, r.max_sequence_length);
