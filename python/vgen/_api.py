@@ -150,7 +150,7 @@ class VisualGenParams:
     num_inference_steps: Optional[int] = None
     guidance_scale: Optional[float] = None
     guidance_scale_2: Optional[float] = None  # two-expert models: the low-noise expert's
-    negative_prompt: Optional[str] = None     # "" disables it
+    negative_prompt: Optional[str] = None     # None: the model's default; "" is the empty prompt
     seed: Optional[int] = 0                   # 0 .. 2**64-1; None or -1 draws one (output.seed)
     guidance_rescale: float = 0.0
     max_sequence_length: Optional[int] = None

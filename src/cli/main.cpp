@@ -585,7 +585,7 @@ int main(int argc, char** argv) {
       ->check(cli::integer_in_range(1, 1000));
   gen->add_option("--batch-size", g.batch_size_text, "Videos run through the transformer together, 1 to 64, or auto: as many as the free GPU memory holds, measured on the first video (default 1; activation memory grows with it)")
       ->check(batch_size_flag());
-  gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's; \"\" for none)");
+  gen->add_option("--negative-prompt", g.negative_prompt, "Negative prompt (default: the model's, none for FLUX; \"\" is the empty prompt, as in diffusers)");
   gen->add_option("--height", g.params.height, "Height in pixels, a multiple of the model's spatial multiple (default: the model's; see vgen info)");
   gen->add_option("--width", g.params.width, "Width in pixels, a multiple of the model's spatial multiple (default: the model's)");
   gen->add_option("--num-frames", g.params.num_frames, "Frames, on the model's frame grid (default: the model's; see vgen info)");

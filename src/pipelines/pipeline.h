@@ -25,7 +25,9 @@ namespace vgen {
 
 struct GenerationParams {
   std::string prompt;
-  std::optional<std::string> negative_prompt;  // family default when unset; "" disables it
+  // Unset: the family's default (Wan's long one; none for FLUX). "" is the empty prompt, as in
+  // diffusers: Wan guides against it, FLUX's true CFG runs against it.
+  std::optional<std::string> negative_prompt;
   std::optional<int64_t> height;
   std::optional<int64_t> width;
   std::optional<int64_t> num_frames;
@@ -94,6 +96,9 @@ struct GenerationOutput {
 struct ResolvedParams {
   std::string prompt;
   std::string negative_prompt;
+  // Whether the request gave a negative prompt (an empty one included): FLUX runs true CFG
+  // against "" then, as diffusers does for `negative_prompt=""` (a non-empty one counts as given).
+  bool negative_prompt_given = false;
   int64_t height = 0, width = 0, num_frames = 0;
   int num_inference_steps = 0;
   // Explicit schedule (checked by resolve against the scheduler); nullopt: the scheduler's own.

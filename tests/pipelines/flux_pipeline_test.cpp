@@ -86,6 +86,33 @@ TEST(FluxPipeline, TrueCfgMatchesDiffusers) {
   expect_matches(*pipe, ref, "dev_cfg", p);
 }
 
+// diffusers runs true CFG whenever a negative prompt is given (`negative_prompt is not None`):
+// against the empty prompt too. Without one it does not, whatever true_cfg_scale says.
+TEST(FluxPipeline, TrueCfgWithAnEmptyNegativePromptMatchesDiffusers) {
+  const auto pipe = load("flux_dev_tiny");
+  const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
+  GenerationParams p;
+  p.prompt = "a red fox jumps over the lazy dog";
+  p.negative_prompt = "";
+  p.true_cfg_scale = 2.0;
+  p.height = 48;
+  p.width = 32;
+  p.num_inference_steps = 2;
+  p.guidance_scale = 3.5;
+  expect_matches(*pipe, ref, "dev_cfg_empty", p);
+  // No negative prompt: no true CFG, the plain run's result (diffusers' 2 steps at guidance 3.5).
+  p.negative_prompt.reset();
+  const GenerationOutput plain = pipe->generate(pipe->resolve([&] {
+    GenerationParams q = p;
+    q.true_cfg_scale.reset();
+    q.latents = ref.get("latents");
+    return q;
+  }()));
+  p.latents = ref.get("latents");
+  const GenerationOutput unguided = pipe->generate(pipe->resolve(p));
+  EXPECT_EQ(unguided.frames.to_vector(), plain.frames.to_vector());
+}
+
 TEST(FluxPipeline, SchnellMatchesDiffusers) {
   const auto pipe = load("flux_schnell_tiny");
   const PipelineCapabilities& c = pipe->capabilities();

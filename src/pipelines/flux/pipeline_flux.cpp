@@ -4,6 +4,8 @@
 #include <cmath>
 #include <iostream>
 
+#include <spdlog/spdlog.h>
+
 #include "core/random.h"
 #include "io/config_reader.h"
 #include "media/frames.h"
@@ -123,8 +125,10 @@ ResolvedParams FluxPipeline::resolve(const GenerationParams& params) const {
   const PipelineCapabilities& c = capabilities_;
   ResolvedParams r;
   r.prompt = params.prompt;
-  // No negative prompt unless given: FLUX runs true CFG only with true_cfg_scale > 1 and one.
+  // No negative prompt unless given: FLUX runs true CFG only with true_cfg_scale > 1 and one
+  // (diffusers: `negative_prompt is not None`, so "" counts).
   r.negative_prompt = params.negative_prompt.value_or("");
+  r.negative_prompt_given = params.negative_prompt.has_value();
   if (params.image.defined()) {
     if (!c.image_input) fail("image: this model ({}) takes no image; it does {}", class_name_, c.task_list());
     VGEN_CHECK(params.image.dim() == 3 && params.image.size(2) == 3 && params.image.dtype() == DType::U8,
@@ -259,7 +263,10 @@ GenerationOutput FluxPipeline::generate(const ResolvedParams& r, const StepCallb
   out.fps = capabilities_.default_fps;
 
   auto start = std::chrono::steady_clock::now();
-  const bool true_cfg = r.true_cfg_scale > 1.0 && !r.negative_prompt.empty();
+  const bool true_cfg = r.true_cfg_scale > 1.0 && (r.negative_prompt_given || !r.negative_prompt.empty());
+  if (r.true_cfg_scale > 1.0 && !true_cfg)
+    spdlog::warn("true_cfg_scale {} without a negative prompt: true CFG does not run (as in diffusers); give one, "
+                 "\"\" included, to run it", r.true_cfg_scale);
   const PromptEmbeds pos = encode_prompt({r.prompt}, r.max_sequence_length);
   PromptEmbeds neg;
   if (true_cfg) neg = encode_prompt({r.negative_prompt}, r.max_sequence_length);

@@ -460,6 +460,7 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
   ResolvedParams r;
   r.prompt = params.prompt;
   r.negative_prompt = params.negative_prompt.value_or(kWanDefaultNegativePrompt);
+  r.negative_prompt_given = params.negative_prompt.has_value();
 
   // Images first: without height and width, an image sets them.
   if (params.image.defined()) {
