@@ -279,6 +279,7 @@ int run_generate(GenerateArgs& a) {
                                            std::tuple{"--lora-2", &a.lora_2, &options.lora_2}})
     for (const std::string& text : *texts) {
       nn::LoraAdapterSpec spec = nn::parse_lora_adapter_spec(text);
+      if (fs::is_directory(spec.path)) fail("{} {}: a directory, not a LoRA file", flag, spec.path);
       if (!fs::is_regular_file(spec.path)) fail("{} {}: no such file", flag, spec.path);
       nn::LoraSet({spec}, a.lora_ignore_unmatched);
       specs->push_back(std::move(spec));

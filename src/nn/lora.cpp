@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <regex>
@@ -124,6 +125,7 @@ void take(Keys& keys, const PairKeys& k, const std::string& module, LoraFile& ou
     if (bias->first.dim() != 1) fail("{}: LoRA bias '{}' must be 1-D, has shape {}", keys.path(), bias->second,
                                      shape_str(bias->first.shape()));
     if (u.key.empty()) u.key = bias->second;
+    u.bias_key = bias->second;
     u.bias = to_f32(bias->first);
   }
   out.modules[module] = std::move(u);
@@ -295,8 +297,12 @@ LoraAdapterSpec parse_lora_adapter_spec(const std::string& text) {
   const std::string tail = text.substr(colon + 1);
   char* end = nullptr;
   const double scale = std::strtod(tail.c_str(), &end);
-  if (tail.empty() || *end != '\0')
-    fail("'{}': the LoRA scale after ':' must be a number (FILE or FILE:SCALE), got '{}'", text, tail);
+  const bool number = !tail.empty() && *end == '\0';
+  if (!number && std::filesystem::is_regular_file(text)) return spec;  // "my:lora.safetensors"
+  // (strtod also reads "nan", "inf" and overflows to inf: a non-finite scale makes NaN weights.)
+  if (!number || !std::isfinite(scale) || std::fabs(scale) > kMaxLoraScale)
+    fail("'{}': the LoRA scale after ':' must be a number in [-{}, {}] (FILE or FILE:SCALE), got '{}'", text,
+         kMaxLoraScale, kMaxLoraScale, tail);
   spec.path = text.substr(0, colon);
   spec.scale = scale;
   return spec;
@@ -364,7 +370,8 @@ Tensor LoraSet::merge(const std::string& tensor_name, Tensor value) const {
     const float scaling = static_cast<float>(u->alpha_scale * u->scale);
     if (is_bias) {
       if (u->bias.shape() != value.shape())
-        fail("{}: LoRA bias '{}' has shape {}, but '{}' is {}", u->file, u->key, shape_str(u->bias.shape()),
+        fail("{}: LoRA bias '{}' has shape {}, but '{}' is {}", u->file, u->bias_key.empty() ? u->key : u->bias_key,
+             shape_str(u->bias.shape()),
              tensor_name, shape_str(value.shape()));
       value = ops::add(value, ops::scale(u->bias.to(value.device()), scaling));
       continue;

@@ -37,7 +37,12 @@ struct LoraAdapterSpec {
   bool operator==(const LoraAdapterSpec&) const = default;
 };
 
-// "FILE" or "FILE:SCALE" (the CLI's --lora); a SCALE that is not a number is an error.
+// The largest |lora_scale| accepted (CLI and server alike).
+constexpr double kMaxLoraScale = 100.0;
+
+// "FILE" or "FILE:SCALE" (the CLI's --lora); a SCALE that is not a finite number in
+// [-kMaxLoraScale, kMaxLoraScale] is an error. A path that itself holds ':' (an existing file)
+// is taken whole when what follows its last ':' is not a number.
 LoraAdapterSpec parse_lora_adapter_spec(const std::string& text);
 
 // What one adapter changes in one module (diffusers' module name, e.g. "blocks.0.attn1.to_q").
@@ -47,6 +52,7 @@ struct LoraUpdate {
   Tensor down;      // lora_A [rank, in_features] (float32, alpha folded in), undefined for a bias-only update
   Tensor up;        // lora_B [out_features, rank]
   Tensor bias;      // lora_B.bias [out_features], or undefined
+  std::string bias_key;  // the file's key of the bias, for errors
   double alpha_scale = 1.0;  // peft's lora_alpha / r: 1 unless the file's lora_adapter_metadata says otherwise
   double scale = 1.0;        // the adapter's lora_scale
 };

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "nn/lora.h"
 #include "serving/api_error.h"
 
 namespace vgen::serving {
@@ -175,8 +176,9 @@ std::vector<nn::LoraAdapterSpec> adapter_list(const std::optional<std::string>& 
     double scale = 1.0;
     if (colon != std::string::npos) {
       const std::optional<double> v = parse_number_text(item.substr(colon + 1));
-      if (!v || std::fabs(*v) > 100.0)
-        bad_field(field, fmt::format("'{}': scale of '{}' must be a number in [-100, 100]", field, name));
+      if (!v || std::fabs(*v) > nn::kMaxLoraScale)
+        bad_field(field, fmt::format("'{}': scale of '{}' must be a number in [-{}, {}]", field, name,
+                                     nn::kMaxLoraScale, nn::kMaxLoraScale));
       scale = *v;
     }
     const auto it = model.adapters.find(name);

@@ -113,6 +113,18 @@ TEST(WanLora, ParsesFileAndScale) {
   EXPECT_EQ(s.scale, 0.75);
   EXPECT_EQ(nn::parse_lora_adapter_spec("b:-1").scale, -1.0);
   expect_error([] { nn::parse_lora_adapter_spec("a.safetensors:big"); }, "must be a number");
+  // strtod reads these; a non-finite or huge scale would fuse NaN / inf into every weight.
+  for (const char* bad : {"a.safetensors:nan", "a.safetensors:inf", "a.safetensors:-inf", "a.safetensors:1e400",
+                          "a.safetensors:100.5"})
+    expect_error([bad] { nn::parse_lora_adapter_spec(bad); }, "must be a number in [-100, 100]");
+  EXPECT_EQ(nn::parse_lora_adapter_spec("a.safetensors:-100").scale, -100.0);
+  // A file whose name holds ':' is taken whole when what follows is not a number.
+  const std::string colon = vgen::testing::test_temp_path("my:lora.safetensors");
+  std::FILE* f = std::fopen(colon.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  EXPECT_EQ(nn::parse_lora_adapter_spec(colon).path, colon);
+  EXPECT_EQ(nn::parse_lora_adapter_spec(colon + ":0.5").path, colon);
 }
 
 TEST(WanLora, DropsWhatDiffusersDrops) {
