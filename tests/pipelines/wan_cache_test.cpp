@@ -91,11 +91,13 @@ TEST(WanCache, CasesAreAllTested) {
   for (const auto& [key, c] : cache_cases().at("cases").items()) keys.push_back(key);
   EXPECT_EQ(keys, (std::vector<std::string>{"t2v_fbcache", "t2v_magcache", "t2v_taylorseer", "t2v_taylorseer_bf16",
                                             "t2v_taylorseer_default", "t2v_teacache", "t2v_teacache_plain",
-                                            "t2v_uncached", "wan22_taylorseer", "wan22_teacache", "wan22_uncached"}));
+                                            "t2v_teacache_signed", "t2v_uncached", "wan22_taylorseer", "wan22_teacache", "wan22_uncached"}));
 }
 TEST(WanCache, Wan21Uncached) { check_case("t2v_uncached"); }
 TEST(WanCache, Wan21TeaCacheRetSteps) { check_case("t2v_teacache"); }
 TEST(WanCache, Wan21TeaCachePlain) { check_case("t2v_teacache_plain"); }
+// Rescaled distances below 0 are added as they are (np.poly1d in TeaCache4Wan2.1), not as |.|.
+TEST(WanCache, Wan21TeaCacheSignedDistances) { check_case("t2v_teacache_signed"); }
 TEST(WanCache, Wan21MagCacheAsDiffusers) { check_case("t2v_magcache"); }
 TEST(WanCache, Wan21FirstBlockCacheAsDiffusers) { check_case("t2v_fbcache"); }
 TEST(WanCache, Wan22Uncached) { check_case("wan22_uncached"); }
@@ -199,7 +201,7 @@ TEST(StepCache, FirstBlockCacheRulesOnAFakeStack) {
   // the output is block 0's output plus the cached tail residual (2 blocks): 1 + 1 + 2.
   for (int step = 0; step < 6; ++step) {
     cache.begin_step(step);
-    const Tensor out = cache.run(Branch::Conditional, 0, h, h, 3, blocks);
+    const Tensor out = cache.run(Branch::Conditional, 0, h, {h, h}, 3, blocks);
     EXPECT_FLOAT_EQ(out.to_vector()[0], 4.0f);
   }
   EXPECT_EQ(blocks_run, 3 + 5);
@@ -211,7 +213,7 @@ TEST(StepCache, FirstBlockCacheRulesOnAFakeStack) {
   std::vector<bool> computed;
   for (int step = 0; step < 6; ++step) {
     limited.begin_step(step);
-    limited.run(Branch::Unconditional, 0, h, h, 3, blocks);
+    limited.run(Branch::Unconditional, 0, h, {h, h}, 3, blocks);
     computed.push_back(limited.stats().decisions.back().computed);
   }
   EXPECT_EQ(computed, (std::vector<bool>{true, false, false, true, false, false}));

@@ -413,7 +413,8 @@ Tensor WanTransformer3DModel::forward_with_stack(const Tensor& hidden_states, co
   const BlockRange range = [&](const Tensor& h, int64_t begin, int64_t end) {
     return run_blocks(input, cond, h, begin, end);
   };
-  const Tensor out = stack(input.hidden_states, cond.temb, static_cast<int64_t>(blocks_.size()), range);
+  const Tensor out =
+      stack(input.hidden_states, cond.temb, cond.timestep_proj, static_cast<int64_t>(blocks_.size()), range);
   return finish(out, cond, input);
 }
 

@@ -134,12 +134,13 @@ class WanTransformer3DModel {
                     int64_t end) const;
 
   // forward with the block stack handed to `stack` (a step cache, pipelines/cache/step_cache.h):
-  // it gets the stack's input [B, S, inner_dim], the timestep embedding temb (TeaCache's
-  // modulated input), the number of blocks and a function running blocks [begin, end), and
-  // returns the stack's output. Runs eagerly (no CUDA graph: the stack differs call to call).
+  // it gets the stack's input [B, S, inner_dim], the timestep embedding temb and its projection
+  // timestep_proj (TeaCache's modulated inputs), the number of blocks and a function running
+  // blocks [begin, end), and returns the stack's output. Runs eagerly (no CUDA graph: the stack
+  // differs call to call).
   using BlockRange = std::function<Tensor(const Tensor& hidden, int64_t begin, int64_t end)>;
-  using BlockStackFn =
-      std::function<Tensor(const Tensor& hidden, const Tensor& temb, int64_t num_blocks, const BlockRange& run)>;
+  using BlockStackFn = std::function<Tensor(const Tensor& hidden, const Tensor& temb, const Tensor& timestep_proj,
+                                            int64_t num_blocks, const BlockRange& run)>;
   Tensor forward_with_stack(const Tensor& hidden_states, const Tensor& timestep, const Tensor& encoder_hidden_states,
                             const Tensor& encoder_hidden_states_image, const BlockStackFn& stack) const;
   // norm_out with the output modulation, proj_out, unpatchify -> [B, out_channels, F, H, W].

@@ -130,8 +130,8 @@ void StepCache::record(State& s, size_t entry, int branch, int expert, bool comp
   stats_.decisions.push_back({step_, branch, expert, computed});
 }
 
-Tensor StepCache::run(Branch branch, int expert, const Tensor& hidden, const Tensor& modulated, int64_t num_blocks,
-                      const BlockRunner& blocks) {
+Tensor StepCache::run(Branch branch, int expert, const Tensor& hidden, const TimestepEmbeddings& embeddings,
+                      int64_t num_blocks, const BlockRunner& blocks) {
   VGEN_CHECK(!works_on_output(), "StepCache::run: {} works on whole calls (run_output)", stats_.backend);
   const int b = branch == Branch::Conditional ? 0 : 1;
   auto [state, entry] = state_for(b, expert);
@@ -139,7 +139,11 @@ Tensor StepCache::run(Branch branch, int expert, const Tensor& hidden, const Ten
   bool computed = true;
   Tensor out;
   switch (config_.cache_backend) {
-    case CacheBackend::TeaCache: out = run_teacache(s, expert, hidden, modulated, num_blocks, blocks, computed); break;
+    case CacheBackend::TeaCache: {
+      const Tensor& modulated = config_.use_ret_steps ? embeddings.timestep_proj : embeddings.temb;
+      out = run_teacache(s, expert, hidden, modulated, num_blocks, blocks, computed);
+      break;
+    }
     case CacheBackend::MagCache: out = run_magcache(s, hidden, num_blocks, blocks, computed); break;
     case CacheBackend::FirstBlockCache: out = run_fbcache(s, hidden, num_blocks, blocks, computed); break;
     case CacheBackend::TaylorSeer:
@@ -228,7 +232,7 @@ Tensor StepCache::run_teacache(State& s, int expert, const Tensor& hidden, const
   if (forced) {
     s.accumulated = 0.0;
   } else {
-    s.accumulated += std::abs(polyval(coefficients, relative_l1(modulated, s.previous_modulated)));
+    s.accumulated += polyval(coefficients, relative_l1(modulated, s.previous_modulated));
     if (s.accumulated < config_.teacache_thresh) {
       computed = false;
     } else {

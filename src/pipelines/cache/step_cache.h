@@ -6,10 +6,14 @@
 // the block stack's output.
 //
 // Methods (CacheConfig, config/cache_config.h):
-// - TeaCache (the published Wan rule, wan.md): rel = mean|e - e_prev| / mean|e_prev| of the
-//   timestep embedding e; acc += |poly(rel)|; skip while acc < teacache_thresh, reusing
-//   output - input of the last computed call; computing resets acc. Forced: the first 5 calls
-//   of a state with use_ret_steps, else its first call and the generation's last step.
+// - TeaCache (TeaCache4Wan2.1's rule, as TensorRT-LLM VisualGen runs it): rel = mean|e - e_prev|
+//   / mean|e_prev| of the modulated input e: the timestep projection timestep_proj (TeaCache's
+//   e0, [B, 6, dim]) with use_ret_steps, else the timestep embedding temb; acc += poly(rel)
+//   (signed, as np.poly1d: the published polynomials dip below 0 at some rel); skip while acc
+//   < teacache_thresh, reusing output - input of the last computed call; computing resets acc.
+//   Forced: the first 5 calls of a state with use_ret_steps, else its first call and the
+//   generation's last step. (The published coefficient sets were fitted on those inputs: the
+//   use_ret_steps ones on e0, the others on temb.)
 // - MagCache: diffusers' hooks/mag_cache.py: per call of a state (its own step counter),
 //   accumulate the magnitude ratio mag_ratios[step]; skip while the accumulated error is within
 //   threshold and at most max_skip_steps in a row, never in the retention steps.
@@ -71,10 +75,15 @@ class StepCache {
   // The loop calls this before each step's transformer calls.
   void begin_step(int step_index) { step_ = step_index; }
 
-  // One transformer call's block stack: `hidden` is its input [B, S, D], `modulated` the
-  // timestep embedding, `num_blocks` the stack's length. Returns the stack's output.
-  Tensor run(Branch branch, int expert, const Tensor& hidden, const Tensor& modulated, int64_t num_blocks,
-             const BlockRunner& blocks);
+  // The call's timestep conditioning, TeaCache's modulated inputs: temb [B, dim] and its
+  // projection timestep_proj [B, 6, dim] (per token: [B, S, ...]).
+  struct TimestepEmbeddings {
+    Tensor temb, timestep_proj;
+  };
+  // One transformer call's block stack: `hidden` is its input [B, S, D], `num_blocks` the
+  // stack's length. Returns the stack's output.
+  Tensor run(Branch branch, int expert, const Tensor& hidden, const TimestepEmbeddings& embeddings,
+             int64_t num_blocks, const BlockRunner& blocks);
 
   // TaylorSeer: one transformer call's whole output (in the model's dtype), computed by
   // `forward` or predicted. The model's forward runs unchanged (its CUDA graph included).

@@ -847,9 +847,9 @@ std::vector<GenerationOutput> WanPipeline::run(const std::vector<const ResolvedP
       return cache->run_output(branch, expert, forward).to(DType::F32);
     }
     if (cache) {
-      const auto stack = [&](const Tensor& hidden, const Tensor& temb, int64_t num_blocks,
+      const auto stack = [&](const Tensor& hidden, const Tensor& temb, const Tensor& timestep_proj, int64_t num_blocks,
                              const WanTransformer3DModel::BlockRange& blocks) {
-        return cache->run(branch, expert, hidden, temb, num_blocks, blocks);
+        return cache->run(branch, expert, hidden, {temb, timestep_proj}, num_blocks, blocks);
       };
       return transformer(expert)
           .forward_with_stack(input.to(options_.dtype), timestep, context, image_embeds, stack)
