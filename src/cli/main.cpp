@@ -126,14 +126,24 @@ std::optional<CacheConfig> cache_from_flags(const GenerateArgs& a) {
     c.taylor_factors_dtype = *dtype;
   }
   if (a.cache_lite_mode) c.use_lite_mode = *a.cache_lite_mode;
-  // TaylorSeer's fields with another backend would be ignored: refuse them.
-  if (c.cache_backend != CacheBackend::TaylorSeer) {
-    for (const auto& [given, flag] : {std::pair{a.cache_interval.has_value(), "--cache-interval"},
-                                      std::pair{a.cache_disable_before.has_value(), "--cache-disable-before"},
-                                      std::pair{a.cache_max_order.has_value(), "--cache-max-order"},
-                                      std::pair{a.cache_factors_dtype.has_value(), "--cache-factors-dtype"}})
-      if (given) fail("{}: applies to --cache-backend taylorseer only", flag);
+  // A field of another backend would be ignored: refuse it (cache_fields_of_one_backend).
+  const std::map<std::string, bool> given = {
+      {"use_ret_steps", a.cache_use_ret_steps.has_value()},   {"max_skip_steps", a.cache_max_skip_steps.has_value()},
+      {"retention_ratio", a.cache_retention_ratio.has_value()}, {"cache_interval", a.cache_interval.has_value()},
+      {"disable_cache_before_step", a.cache_disable_before.has_value()},
+      {"max_order", a.cache_max_order.has_value()},           {"taylor_factors_dtype", a.cache_factors_dtype.has_value()}};
+  static const std::map<std::string, std::string> kFieldFlags = {
+      {"use_ret_steps", "--cache-use-ret-steps"},        {"max_skip_steps", "--cache-max-skip-steps"},
+      {"retention_ratio", "--cache-retention-ratio"},    {"cache_interval", "--cache-interval"},
+      {"disable_cache_before_step", "--cache-disable-before"}, {"max_order", "--cache-max-order"},
+      {"taylor_factors_dtype", "--cache-factors-dtype"}};
+  for (const auto& [field, backend] : cache_fields_of_one_backend()) {
+    const auto it = given.find(field);
+    if (it != given.end() && it->second && c.cache_backend != backend)
+      fail("{}: applies to --cache-backend {} only", kFieldFlags.at(field), cache_backend_name(backend));
   }
+  if (c.cache_backend == CacheBackend::None && other)
+    fail("the --cache-* options have no effect with --cache-backend none");
   if (const auto p = c.problem()) {
     static const std::map<std::string, std::string> kFlags = {
         {"teacache_thresh", "--cache-threshold"},       {"threshold", "--cache-threshold"},

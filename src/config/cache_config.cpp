@@ -149,6 +149,17 @@ std::string taylor_factors_dtype_name(DType dtype) {
   return std::string(dtype_name(dtype));
 }
 
+// Fields with a default that only one backend reads: problem() cannot tell them from the default
+// once read, so their presence is checked where they are read (YAML/JSON keys, CLI flags).
+const std::vector<std::pair<std::string, CacheBackend>>& cache_fields_of_one_backend() {
+  static const std::vector<std::pair<std::string, CacheBackend>> fields = {
+      {"teacache_thresh", CacheBackend::TeaCache},        {"use_ret_steps", CacheBackend::TeaCache},
+      {"max_skip_steps", CacheBackend::MagCache},         {"retention_ratio", CacheBackend::MagCache},
+      {"cache_interval", CacheBackend::TaylorSeer},       {"disable_cache_before_step", CacheBackend::TaylorSeer},
+      {"max_order", CacheBackend::TaylorSeer},            {"taylor_factors_dtype", CacheBackend::TaylorSeer}};
+  return fields;
+}
+
 CacheConfig read_cache_config(const ConfigReader& r) {
   CacheConfig c;
   c.cache_backend = r.choice("cache_backend", c.cache_backend, kBackends);
@@ -172,6 +183,10 @@ CacheConfig read_cache_config(const ConfigReader& r) {
   c.skip_predict_identifiers = r.string_list("skip_predict_identifiers");
   c.max_continuous_cached_steps = r.int32("max_continuous_cached_steps", c.max_continuous_cached_steps);
   r.reject_unknown();
+  for (const auto& [key, backend] : cache_fields_of_one_backend())
+    if (r.present(key) && c.cache_backend != backend)
+      r.fail_value(key, fmt::format("applies to cache_backend {} only (cache_backend is {})", cache_backend_name(backend),
+                                    cache_backend_name(c.cache_backend)));
   if (const auto p = c.problem()) r.fail_value(p->first, p->second);
   return c;
 }

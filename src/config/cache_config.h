@@ -79,6 +79,10 @@ struct CacheConfig {
 };
 
 std::string cache_backend_name(CacheBackend backend);
+// The fields with a default that one backend alone reads (teacache_thresh, use_ret_steps:
+// teacache; max_skip_steps, retention_ratio: magcache; cache_interval, disable_cache_before_step,
+// max_order, taylor_factors_dtype: taylorseer): given with another backend they are errors.
+const std::vector<std::pair<std::string, CacheBackend>>& cache_fields_of_one_backend();
 // "none", "teacache", "magcache", "fbcache" (also "first_block_cache"), "taylorseer"; nullopt otherwise.
 std::optional<CacheBackend> parse_cache_backend(const std::string& name);
 // "none | teacache | magcache | fbcache | taylorseer", for messages and --help.

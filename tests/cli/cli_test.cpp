@@ -689,6 +689,13 @@ TEST(Cli, TaylorSeerCacheFlags) {
       << r.out;
   for (const auto& [flags, expected] : std::vector<std::pair<std::string, std::string>>{
            {"--cache-backend fbcache --cache-interval 3", "--cache-interval: applies to --cache-backend taylorseer only"},
+           {"--cache-backend fbcache --cache-use-ret-steps false",
+            "--cache-use-ret-steps: applies to --cache-backend teacache only"},
+           {"--cache-backend teacache --cache-retention-ratio 0.3",
+            "--cache-retention-ratio: applies to --cache-backend magcache only"},
+           {"--cache-backend fbcache --cache-max-skip-steps 2",
+            "--cache-max-skip-steps: applies to --cache-backend magcache only"},
+           {"--cache-backend none --cache-threshold 0.3", "have no effect with --cache-backend none"},
            {"--cache-backend taylorseer --cache-threshold 0.1", "--cache-threshold: does not apply to cache_backend taylorseer"},
            {"--cache-backend taylorseer --cache-factors-dtype fp8", "--cache-factors-dtype: 'fp8' is not one of"},
            {"--cache-backend taylorseer --cache-max-order 9", "--cache-max-order: must be in [0, 8], got 9"},

@@ -265,6 +265,15 @@ TEST(EngineConfig, TaylorSeerCacheConfig) {
                   "cache_config.use_lite_mode: applies to cache_backend taylorseer only");
   expect_contains(parse_error("cache_config: {cache_backend: magcache, mag_ratios: [1, 1], disable_cache_after_step: 3}"),
                   "cache_config.disable_cache_after_step: applies to cache_backend taylorseer only");
+  // Fields that have a default and one backend reads: given with another, they would be ignored.
+  expect_contains(parse_error("cache_config: {cache_backend: fbcache, teacache_thresh: 0.9}"),
+                  "cache_config.teacache_thresh: applies to cache_backend teacache only (cache_backend is fbcache)");
+  expect_contains(parse_error("cache_config: {cache_backend: teacache, retention_ratio: 0.3}"),
+                  "cache_config.retention_ratio: applies to cache_backend magcache only");
+  expect_contains(parse_error("cache_config: {cache_backend: none, use_ret_steps: false}"),
+                  "cache_config.use_ret_steps: applies to cache_backend teacache only");
+  expect_contains(parse_error("cache_config: {cache_backend: magcache, mag_ratios: [1, 1], max_order: 2}"),
+                  "cache_config.max_order: applies to cache_backend taylorseer only");
   expect_contains(parse_error("cache_config: {cache_backend: taylorseer, cache_intervall: 3}"),
                   "cache_config.cache_intervall: unknown key");
 }
