@@ -72,18 +72,27 @@ TEST(FluxPipeline, DevMatchesDiffusers) {
   expect_matches(*pipe, ref, "dev", p);
 }
 
-TEST(FluxPipeline, TrueCfgMatchesDiffusers) {
-  const auto pipe = load("flux_dev_tiny");
-  const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
+namespace {
+
+// The dev_cfg calls of the fixture: 2 steps, guidance 3.5, true_cfg_scale 2 with `negative`.
+GenerationParams true_cfg_call(const std::string& negative) {
   GenerationParams p;
   p.prompt = "a red fox jumps over the lazy dog";
-  p.negative_prompt = "blurry, low quality";
+  p.negative_prompt = negative;
   p.true_cfg_scale = 2.0;
   p.height = 48;
   p.width = 32;
   p.num_inference_steps = 2;
   p.guidance_scale = 3.5;
-  expect_matches(*pipe, ref, "dev_cfg", p);
+  return p;
+}
+
+}  // namespace
+
+TEST(FluxPipeline, TrueCfgMatchesDiffusers) {
+  const auto pipe = load("flux_dev_tiny");
+  const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
+  expect_matches(*pipe, ref, "dev_cfg", true_cfg_call("blurry, low quality"));
 }
 
 // diffusers runs true CFG whenever a negative prompt is given (`negative_prompt is not None`):
@@ -91,14 +100,7 @@ TEST(FluxPipeline, TrueCfgMatchesDiffusers) {
 TEST(FluxPipeline, TrueCfgWithAnEmptyNegativePromptMatchesDiffusers) {
   const auto pipe = load("flux_dev_tiny");
   const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
-  GenerationParams p;
-  p.prompt = "a red fox jumps over the lazy dog";
-  p.negative_prompt = "";
-  p.true_cfg_scale = 2.0;
-  p.height = 48;
-  p.width = 32;
-  p.num_inference_steps = 2;
-  p.guidance_scale = 3.5;
+  GenerationParams p = true_cfg_call("");
   expect_matches(*pipe, ref, "dev_cfg_empty", p);
   // No negative prompt: no true CFG, the plain run's result (diffusers' 2 steps at guidance 3.5).
   p.negative_prompt.reset();
