@@ -126,37 +126,34 @@ std::optional<CacheConfig> cache_from_flags(const GenerateArgs& a) {
     c.taylor_factors_dtype = *dtype;
   }
   if (a.cache_lite_mode) c.use_lite_mode = *a.cache_lite_mode;
-  // A field of another backend would be ignored: refuse it (cache_fields_of_one_backend).
+  // The flag of each CacheConfig field, for errors.
+  static const std::map<std::string, std::string> kFlags = {
+      {"teacache_thresh", "--cache-threshold"},       {"threshold", "--cache-threshold"},
+      {"use_ret_steps", "--cache-use-ret-steps"},     {"coefficients", "--cache-coefficients"},
+      {"coefficients_2", "--cache-coefficients-2"},   {"max_skip_steps", "--cache-max-skip-steps"},
+      {"retention_ratio", "--cache-retention-ratio"}, {"mag_ratios", "--cache-mag-ratios"},
+      {"max_continuous_cached_steps", "--cache-max-continuous"},
+      {"cache_interval", "--cache-interval"},
+      {"disable_cache_before_step", "--cache-disable-before"},
+      {"disable_cache_after_step", "--cache-disable-after"},
+      {"max_order", "--cache-max-order"},
+      {"taylor_factors_dtype", "--cache-factors-dtype"},
+      {"use_lite_mode", "--cache-lite-mode"}};
+  // A field of another backend would be ignored: refuse it (cache_fields_of_one_backend; the
+  // threshold flag sets whichever threshold the chosen backend reads).
   const std::map<std::string, bool> given = {
       {"use_ret_steps", a.cache_use_ret_steps.has_value()},   {"max_skip_steps", a.cache_max_skip_steps.has_value()},
       {"retention_ratio", a.cache_retention_ratio.has_value()}, {"cache_interval", a.cache_interval.has_value()},
       {"disable_cache_before_step", a.cache_disable_before.has_value()},
       {"max_order", a.cache_max_order.has_value()},           {"taylor_factors_dtype", a.cache_factors_dtype.has_value()}};
-  static const std::map<std::string, std::string> kFieldFlags = {
-      {"use_ret_steps", "--cache-use-ret-steps"},        {"max_skip_steps", "--cache-max-skip-steps"},
-      {"retention_ratio", "--cache-retention-ratio"},    {"cache_interval", "--cache-interval"},
-      {"disable_cache_before_step", "--cache-disable-before"}, {"max_order", "--cache-max-order"},
-      {"taylor_factors_dtype", "--cache-factors-dtype"}};
   for (const auto& [field, backend] : cache_fields_of_one_backend()) {
     const auto it = given.find(field);
     if (it != given.end() && it->second && c.cache_backend != backend)
-      fail("{}: applies to --cache-backend {} only", kFieldFlags.at(field), cache_backend_name(backend));
+      fail("{}: applies to --cache-backend {} only", kFlags.at(field), cache_backend_name(backend));
   }
   if (c.cache_backend == CacheBackend::None && other)
     fail("the --cache-* options have no effect with --cache-backend none");
   if (const auto p = c.problem()) {
-    static const std::map<std::string, std::string> kFlags = {
-        {"teacache_thresh", "--cache-threshold"},       {"threshold", "--cache-threshold"},
-        {"use_ret_steps", "--cache-use-ret-steps"},     {"coefficients", "--cache-coefficients"},
-        {"coefficients_2", "--cache-coefficients-2"},   {"max_skip_steps", "--cache-max-skip-steps"},
-        {"retention_ratio", "--cache-retention-ratio"}, {"mag_ratios", "--cache-mag-ratios"},
-        {"max_continuous_cached_steps", "--cache-max-continuous"},
-        {"cache_interval", "--cache-interval"},
-        {"disable_cache_before_step", "--cache-disable-before"},
-        {"disable_cache_after_step", "--cache-disable-after"},
-        {"max_order", "--cache-max-order"},
-        {"taylor_factors_dtype", "--cache-factors-dtype"},
-        {"use_lite_mode", "--cache-lite-mode"}};
     const auto it = kFlags.find(p->first);
     fail("{}: {} ({})", it == kFlags.end() ? p->first : it->second, p->second, p->first);
   }
