@@ -142,7 +142,9 @@ TEST(FluxPipeline, BadRequestsNameTheParameter) {
     }
     return std::string();
   };
-  EXPECT_NE(error([](GenerationParams& p) { p.height = 40; }).find("height"), std::string::npos);
+  EXPECT_NE(error([](GenerationParams& p) { p.height = 10; }).find("height must be at least 16 (got 10)"),
+            std::string::npos);
+  EXPECT_NE(error([](GenerationParams& p) { p.width = 0; }).find("width must be positive"), std::string::npos);
   EXPECT_NE(error([](GenerationParams& p) { p.num_frames = 5; }).find("num_frames"), std::string::npos);
   EXPECT_NE(error([](GenerationParams& p) { p.max_sequence_length = 600; }).find("max_sequence_length"),
             std::string::npos);
@@ -218,4 +220,27 @@ TEST(FluxPipeline, KontextMatchesDiffusers) {
     }
   std::cout << "  kontext image (every 8th pixel): max uint8 difference " << worst << "\n";
   EXPECT_LE(worst, 1);
+}
+
+// FluxPipeline rounds a size off the 16-pixel grid down to it, with a warning (diffusers'
+// check_inputs warns "Dimensions will be resized accordingly"; prepare_latents takes
+// 2 * (height // 16) latent rows), so the image comes out at the rounded size.
+TEST(FluxPipeline, SizesOffTheGridAreRoundedDownAsDiffusersDoes) {
+  const auto pipe = load("flux_dev_tiny");
+  GenerationParams p;
+  p.prompt = "x";
+  p.height = 47;
+  p.width = 33;
+  ::testing::internal::CaptureStderr();
+  const ResolvedParams r = pipe->resolve(p);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(r.height, 32);
+  EXPECT_EQ(r.width, 32);
+  EXPECT_NE(err.find("33x47 runs as 32x32"), std::string::npos) << err;
+  p.height = 48;
+  p.width = 32;
+  ::testing::internal::CaptureStderr();
+  const ResolvedParams same = pipe->resolve(p);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(same.height, 48);
 }

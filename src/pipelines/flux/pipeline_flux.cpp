@@ -138,16 +138,30 @@ ResolvedParams FluxPipeline::resolve(const GenerationParams& params) const {
   if (params.last_image.defined()) fail("last_image: {} takes no last image", class_name_);
   r.height = params.height.value_or(c.default_height);
   r.width = params.width.value_or(c.default_width);
-  if (r.height <= 0 || r.height % c.spatial_multiple != 0)
-    fail("height must be a positive multiple of {} (got {})", c.spatial_multiple, r.height);
-  if (r.width <= 0 || r.width % c.spatial_multiple != 0)
-    fail("width must be a positive multiple of {} (got {})", c.spatial_multiple, r.width);
+  const int64_t m = c.spatial_multiple;
+  if (r.height <= 0) fail("height must be positive (got {})", r.height);
+  if (r.width <= 0) fail("width must be positive (got {})", r.width);
+  if (!kontext_ && (r.height % m != 0 || r.width % m != 0)) {
+    // FluxPipeline warns and rounds each side down to the multiple (prepare_latents:
+    // 2 * (height // (vae_scale_factor * 2))); the image comes out at the rounded size.
+    const int64_t h = r.height / m * m, w = r.width / m * m;
+    if (h == 0) fail("height must be at least {} (got {})", m, r.height);
+    if (w == 0) fail("width must be at least {} (got {})", m, r.width);
+    std::cerr << fmt::format("warning: height and width must be multiples of {}: {}x{} runs as {}x{} (as diffusers "
+                             "resizes them)\n",
+                             m, r.width, r.height, w, h);
+    r.height = h;
+    r.width = w;
+  }
   if (kontext_) {
     // FluxKontextPipeline: the requested size scaled to max_area (1024^2) at its aspect ratio,
     // each side rounded down to the multiple (diffusers warns that it adjusted them).
     const double max_area = 1024.0 * 1024.0, aspect = static_cast<double>(r.width) / static_cast<double>(r.height);
-    const int64_t w = std::llround(std::sqrt(max_area * aspect)) / c.spatial_multiple * c.spatial_multiple;
-    const int64_t h = std::llround(std::sqrt(max_area / aspect)) / c.spatial_multiple * c.spatial_multiple;
+    const int64_t w = std::llround(std::sqrt(max_area * aspect)) / m * m;
+    const int64_t h = std::llround(std::sqrt(max_area / aspect)) / m * m;
+    if (w == 0 || h == 0)
+      fail("height and width: {}x{} is too far from square (FluxKontextPipeline's max_area makes it {}x{})", r.width,
+           r.height, w, h);
     if (w != r.width || h != r.height)
       std::cerr << fmt::format("warning: {}x{} adjusted to {}x{} (FluxKontextPipeline's max_area 1024x1024)\n",
                                r.width, r.height, w, h);
