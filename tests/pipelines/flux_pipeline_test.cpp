@@ -146,6 +146,12 @@ TEST(FluxPipeline, BadRequestsNameTheParameter) {
             std::string::npos);
   EXPECT_NE(error([](GenerationParams& p) { p.width = 0; }).find("width must be positive"), std::string::npos);
   EXPECT_NE(error([](GenerationParams& p) { p.num_frames = 5; }).find("num_frames"), std::string::npos);
+  EXPECT_NE(error([](GenerationParams& p) {
+              CacheConfig c;
+              c.cache_backend = CacheBackend::FirstBlockCache;
+              p.cache = c;
+            }).find("cache_config.cache_backend: FluxPipeline runs no step cache"),
+            std::string::npos);
   EXPECT_NE(error([](GenerationParams& p) { p.max_sequence_length = 600; }).find("max_sequence_length"),
             std::string::npos);
   EXPECT_NE(error([](GenerationParams& p) { p.latents = Tensor::zeros({1, 16, 6, 4}); }).find("latents"),
@@ -225,6 +231,19 @@ TEST(FluxPipeline, KontextMatchesDiffusers) {
 // FluxPipeline rounds a size off the 16-pixel grid down to it, with a warning (diffusers'
 // check_inputs warns "Dimensions will be resized accordingly"; prepare_latents takes
 // 2 * (height // 16) latent rows), so the image comes out at the rounded size.
+TEST(FluxPipeline, AnEngineCacheConfigFailsTheLoad) {
+  PipelineOptions options = default_pipeline_options(Device::cpu());
+  options.cache.cache_backend = CacheBackend::TeaCache;
+  try {
+    load_pipeline(fixture("flux_dev_tiny"), options);
+    ADD_FAILURE() << "loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cache_config.cache_backend: FluxPipeline runs no step cache"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(FluxPipeline, SizesOffTheGridAreRoundedDownAsDiffusersDoes) {
   const auto pipe = load("flux_dev_tiny");
   GenerationParams p;

@@ -173,6 +173,18 @@ TEST(WanCache, ResolveNamesTheCacheField) {
   EXPECT_EQ(with_default->resolve(p).cache.cache_backend, CacheBackend::FirstBlockCache);
   p.cache = CacheConfig{};  // a request's own setting wins: none
   EXPECT_FALSE(with_default->resolve(p).cache.enabled());
+
+  // An engine cache_config that no request could run fails the load (a server does not start),
+  // naming the field; with coefficients given it loads.
+  options.cache = CacheConfig{};
+  options.cache.cache_backend = CacheBackend::TeaCache;
+  m = error_of([&] { load_pipeline(fixture("wan21_t2v_tiny"), options); });
+  EXPECT_NE(m.find("cache_config.coefficients: TeaCache has no published coefficients"), std::string::npos) << m;
+  m = error_of([&] { load_pipeline(fixture("wan22_t2v_tiny"), options); });
+  EXPECT_NE(m.find("cache_config.coefficients"), std::string::npos) << m;
+  options.cache.coefficients = {1.0, 0.0};
+  p.cache.reset();
+  EXPECT_EQ(load_pipeline(fixture("wan21_t2v_tiny"), options)->resolve(p).cache.cache_backend, CacheBackend::TeaCache);
 }
 
 // diffusers' nearest_interp: round(i * (n - 1) / (length - 1)) with ties to even.

@@ -33,6 +33,17 @@ double config_number(const Json& config, const char* key, double fallback) {
 
 }  // namespace
 
+namespace {
+
+// Step caching runs in the Wan pipelines only: a cache_config for FLUX is an error, not ignored.
+void check_no_cache(const CacheConfig& cache, const std::string& class_name) {
+  if (cache.enabled())
+    fail("cache_config.cache_backend: {} runs no step cache in vgen (got {}; step caching is for the Wan pipelines)",
+         class_name, cache_backend_name(cache.cache_backend));
+}
+
+}  // namespace
+
 std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheckpoint& ckpt,
                                                             const PipelineOptions& options,
                                                             std::shared_ptr<ExecutionContext> context) {
@@ -112,6 +123,7 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
                           vcfg.scale_factor())},
       {"scheduler", p->scheduler_->name()},
   };
+  check_no_cache(options.cache, p->class_name_);
   return p;
 }
 
@@ -200,6 +212,7 @@ ResolvedParams FluxPipeline::resolve(const GenerationParams& params) const {
   if (r.max_sequence_length < 1 || r.max_sequence_length > 512)
     fail("max_sequence_length must be between 1 and 512 (diffusers' FluxPipeline limit), got {}",
          r.max_sequence_length);
+  check_no_cache(params.cache.value_or(options_.cache), class_name_);
   r.seed = params.seed;
   if (params.latents.defined()) {
     const Shape u = latent_shape(r);

@@ -315,7 +315,36 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
                          vcfg.scale_factor_temporal, vcfg.scale_factor_spatial, vcfg.scale_factor_spatial,
                          image_input ? ", encoder and decoder" : ", decoder", describe_weights(ckpt, "vae")));
   p->description_.emplace_back("scheduler", p->scheduler_->name());
+  // The engine's cache_config is checked against this model now (at its default size), so that a
+  // server does not start only to refuse every request.
+  CacheConfig cache = options.cache;
+  p->check_cache(cache, p->capabilities_.default_height, p->capabilities_.default_width);
   return p;
+}
+
+void WanPipeline::check_cache(CacheConfig& cache, int64_t height, int64_t width) const {
+  const auto& tcfg = transformer_->config();
+  const PipelineCapabilities& c = capabilities_;
+  if (const auto p = cache.problem()) fail("cache_config.{}: {}", p->first, p->second);
+  if (cache.cache_backend == CacheBackend::TeaCache) {
+    const TeaCacheTable* table = published_teacache(tcfg, c.two_experts, expand_timesteps_, height, width);
+    if (cache.coefficients.empty()) {
+      if (!table)
+        fail("cache_config.coefficients: TeaCache has no published coefficients for this model ({}, {} layers, {} "
+             "heads{}); give them (highest power first){}",
+             class_name_, tcfg.num_layers, tcfg.num_attention_heads, c.two_experts ? ", two experts" : "",
+             c.two_experts ? ", and coefficients_2 for transformer_2" : "");
+      cache.coefficients = cache.use_ret_steps ? table->ret_steps : table->plain;
+    }
+    if (c.two_experts && cache.coefficients_2.empty())
+      fail("cache_config.coefficients_2: TeaCache on a two-expert model needs the coefficients of transformer_2 (none "
+           "are published for Wan2.2)");
+    if (!c.two_experts && !cache.coefficients_2.empty())
+      fail("cache_config.coefficients_2: this model has one transformer (coefficients_2 is transformer_2's)");
+  }
+  // TaylorSeer: the hooks diffusers would place must be ones vgen runs (an error names the field).
+  if (cache.cache_backend == CacheBackend::TaylorSeer)
+    resolve_taylorseer_hooks(cache, WanTransformer3DModel::module_names(tcfg));
 }
 
 std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const {
@@ -535,26 +564,7 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
     r.latents = params.latents;
   }
   r.cache = params.cache.value_or(options_.cache);
-  if (const auto p = r.cache.problem()) fail("cache_config.{}: {}", p->first, p->second);
-  if (r.cache.cache_backend == CacheBackend::TeaCache) {
-    const TeaCacheTable* table = published_teacache(tcfg, c.two_experts, expand_timesteps_, r.height, r.width);
-    if (r.cache.coefficients.empty()) {
-      if (!table)
-        fail("cache_config.coefficients: TeaCache has no published coefficients for this model ({}, {} layers, {} "
-             "heads{}); give them (highest power first){}",
-             class_name_, tcfg.num_layers, tcfg.num_attention_heads, c.two_experts ? ", two experts" : "",
-             c.two_experts ? ", and coefficients_2 for transformer_2" : "");
-      r.cache.coefficients = r.cache.use_ret_steps ? table->ret_steps : table->plain;
-    }
-    if (c.two_experts && r.cache.coefficients_2.empty())
-      fail("cache_config.coefficients_2: TeaCache on a two-expert model needs the coefficients of transformer_2 (none "
-           "are published for Wan2.2)");
-    if (!c.two_experts && !r.cache.coefficients_2.empty())
-      fail("cache_config.coefficients_2: this model has one transformer (coefficients_2 is transformer_2's)");
-  }
-  // TaylorSeer: the hooks diffusers would place must be ones vgen runs (an error names the field).
-  if (r.cache.cache_backend == CacheBackend::TaylorSeer)
-    resolve_taylorseer_hooks(r.cache, WanTransformer3DModel::module_names(tcfg));
+  check_cache(r.cache, r.height, r.width);
   return r;
 }
 
