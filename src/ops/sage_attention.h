@@ -35,9 +35,16 @@ constexpr int kHeadDim = 128;
 constexpr int kQGroup = 16;   // query rows per int8 scale
 constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulation block
 
-// Whether key j's weight is computed by exp2_poly (the last 8 of every 32 keys) instead of the
-// MUFU's approximation: the kernel spreads the softmax over two pipes.
-constexpr bool kPolyKeys(int64_t j) { return j % 32 >= 24; }
+// The kernel can compute the weights of the last 8 keys of every 8 * kPolyPeriod with exp2_poly
+// on the FMA pipe instead of the MUFU's approximation, spreading the softmax over two pipes (0:
+// none). Tuned on an H200 (S=32760 H=12, TFLOP/s): none 923, 1/16 914, 1/8 885, 1/4 806 (with
+// the integer row max; 801 with 1/4 and FMNMX, the earlier setting): each polynomial costs the
+// issue slots of ~8 instructions, and issue, not the MUFU, bounds the softmax.
+constexpr int kPolyPeriod = 0;
+constexpr bool kPolyKeys(int64_t j) {
+  constexpr int kSpan = 8 * (kPolyPeriod > 0 ? kPolyPeriod : 1);
+  return kPolyPeriod > 0 && j % kSpan >= kSpan - 8;
+}
 
 // 2^x by a degree-3 polynomial on FMAs (max relative error 8e-5, far below e4m3's 2^-4 step):
 // x is clamped to >= -125, rounded to an integer j by adding 1.5 * 2^23 (the integer is then in

@@ -956,6 +956,8 @@ void attention_cases(Cases& cs) {
                                                                 {1, 2, 1500, 769},
                                                                 {3, 1, 5, 7},
                                                                 {1, 2, 129, 1},
+                                                                {1, 2, 200, 250},  // two key blocks
+                                                                {2, 1, 70, 300},   // three
                                                                 {1, 1, 300, 4100},
                                                                 {1, 12, 1500, 2100}})
     sage_attention_case(cs, B, H, Sq, Sk);

@@ -75,21 +75,24 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(View4 x, const float
   float m[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   if (mean != nullptr)
     for (int j = 0; j < 8; ++j) m[j] = mean[bh * D + d0 + j];
-  float vals[8][8];
-  float amax = 0.f;
+  // The rows stay bf16 in registers between the two passes (32 registers, not 64): more blocks
+  // fit on an SM, and more loads are in flight.
+  uint4 raw[8];
+  CUTE_UNROLL
   for (int i = 0; i < 8; ++i) {
     const int s = row_base + 2 * i + lane / 16;
-    if (s < x.S) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(x.p + b * x.sb + h * x.sh + int64_t(s) * x.ss + d0);
-      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&raw);
-      for (int j = 0; j < 8; ++j) {
-        vals[i][j] = __bfloat162float(e[j]) - m[j];
-        amax = fmaxf(amax, fabsf(vals[i][j]));
-      }
-    } else {
-      for (int j = 0; j < 8; ++j) vals[i][j] = 0.f;
-    }
+    raw[i] = s < x.S ? *reinterpret_cast<const uint4*>(x.p + b * x.sb + h * x.sh + int64_t(s) * x.ss + d0)
+                     : make_uint4(0u, 0u, 0u, 0u);
   }
+  auto value = [&](int i, int j) {
+    return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(&raw[i])[j]) - m[j];
+  };
+  float amax = 0.f;
+  CUTE_UNROLL
+  for (int i = 0; i < 8; ++i)
+    if (row_base + 2 * i + lane / 16 < x.S)
+      CUTE_UNROLL
+      for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(value(i, j)));
   for (int o = 16; o > 0; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffff, amax, o));
   if (lane == 0) warp_amax[warp] = amax;
   __syncthreads();
@@ -105,7 +108,7 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(View4 x, const float
     if (s >= x.S) continue;
     uint32_t packed[2] = {0u, 0u};
     for (int j = 0; j < 8; ++j) {
-      const int c = max(-127, min(127, __float2int_rn(vals[i][j] * inv)));
+      const int c = max(-127, min(127, __float2int_rn(value(i, j) * inv)));
       packed[j / 4] |= (uint32_t(c) & 0xffu) << (8 * (j % 4));
     }
     *reinterpret_cast<uint2*>(out + (int64_t(bh) * x.S + s) * D + d0) = make_uint2(packed[0], packed[1]);
@@ -116,8 +119,10 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(View4 x, const float
 // key 128 t + 16 g + j (zero past the end); row D is ones (P V's column D is then P's row sum),
 // rows D + 1 .. kVRows - 1 zeros. One block of 256 threads per 128 keys.
 __global__ void __launch_bounds__(256) quantize_v_kernel(View4 v, const float* v_inv, uint8_t* vt, int64_t kv_pad) {
-  constexpr int kPitch = 128 + 16;
-  __shared__ __align__(16) uint8_t tile[D * kPitch];
+  // Row d of the tile holds channel d's 128 keys; its 16-byte chunks are XOR-swizzled by d / 8
+  // so that the 16 lanes writing channels 8 l + j at once spread over the banks.
+  __shared__ __align__(16) uint8_t tile[D * 128];
+  auto at = [](int d, int pos) { return d * 128 + (pos ^ (((d / 8) % 8) << 4)); };
   const int bh = blockIdx.y, b = bh / v.H, h = bh % v.H;
   const int key0 = blockIdx.x * 128;
   for (int it = 0; it < 8; ++it) {
@@ -133,8 +138,8 @@ __global__ void __launch_bounds__(256) quantize_v_kernel(View4 v, const float* v
     }
     for (int j = 0; j < 8; j += 2) {
       const uint16_t two = __nv_cvt_float2_to_fp8x2(make_float2(e[j], e[j + 1]), __NV_SATFINITE, __NV_E4M3);
-      tile[(d0 + j) * kPitch + pos] = static_cast<uint8_t>(two & 0xff);
-      tile[(d0 + j + 1) * kPitch + pos] = static_cast<uint8_t>(two >> 8);
+      tile[at(d0 + j, pos)] = static_cast<uint8_t>(two & 0xff);
+      tile[at(d0 + j + 1, pos)] = static_cast<uint8_t>(two >> 8);
     }
   }
   __syncthreads();
@@ -143,7 +148,7 @@ __global__ void __launch_bounds__(256) quantize_v_kernel(View4 v, const float* v
     const int d = idx / 8, chunk = idx % 8;
     const uint32_t fill = d == D ? 0x38383838u : 0u;  // e4m3 1.0
     *reinterpret_cast<uint4*>(vt + (int64_t(bh) * kRows + d) * kv_pad + key0 + 16 * chunk) =
-        d < D ? *reinterpret_cast<const uint4*>(tile + d * kPitch + 16 * chunk) : make_uint4(fill, fill, fill, fill);
+        d < D ? *reinterpret_cast<const uint4*>(tile + at(d, 16 * chunk)) : make_uint4(fill, fill, fill, fill);
   }
 }
 

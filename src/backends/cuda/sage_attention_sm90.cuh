@@ -18,7 +18,11 @@
 //     S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before the softmax of block j+1.
 //   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
 //     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
-//     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA.
+//     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA. The row
+//     maxima are taken on the int32 scores (three-input integer max) before that add.
+//   - The softmax is bound by instruction issue (~7 instructions a score: the add, the max, the
+//     FFMA, the MUFU exp2, half an e4m3 pack, the fold of T into O), not by the MUFU or the
+//     tensor cores; every instruction taken out of it shows in the kernel's time.
 //   - P = 2^(s - m + log2 448), i.e. the softmax weights times 448, rounded to e4m3 (saturating)
 //     for P V. V^T carries a row of ones after the head dim: column 128 of P V is the row sum of
 //     the rounded weights, so numerator and denominator see the same weights and the softmax
@@ -54,9 +58,9 @@ constexpr int kQGroup = vgen::sage::kQGroup;
 constexpr int kKBlock = vgen::sage::kKBlock;
 
 // The consumer warpgroups do not take turns at the tensor cores as the bf16 kernel's do:
-// measured on an H200 (S=32760 H=12 / S=75600 H=40) 795 / 829 TFLOP/s without turns against
-// 784 / 815 with them: here the softmax, not the GEMMs, is the long phase, and the turns leave
-// one warp per scheduler to run it.
+// measured on an H200 (S=32760 H=12 / S=75600 H=40, 2026-12-03) 923 / 923 TFLOP/s without turns
+// against 871 / 884 with them: here the softmax, not the GEMMs, is the long phase, and the turns
+// leave one warp per scheduler to run it.
 template <int kStages_>
 struct Traits {
   static constexpr int kHeadDim = vgen::sage::kHeadDim;
@@ -125,8 +129,8 @@ struct Params {
   float scale_log2;  // softmax scale * log2(e)
 };
 
-// 2^x on the FMA pipe (ops/sage_attention.h: sage::exp2_poly), for a quarter of the weights:
-// the MUFU unit is the softmax's narrowest pipe.
+// 2^x on the FMA pipe (ops/sage_attention.h: sage::exp2_poly), for the keys sage::kPolyKeys
+// picks (none as tuned: see kPolyPeriod).
 __device__ __forceinline__ float exp2_poly(float x) { return vgen::sage::exp2_poly(x); }
 
 __device__ __forceinline__ uint32_t e4m3x4(float a, float b, float c, float d) {
@@ -287,18 +291,42 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       for (int i = 0; i < size(acc); ++i)
         if (8 * (i / 4) + (i % 2) >= limit) f[i] = -INFINITY;
     }
-    // Row maxima as a tree (a chain would be 32 dependent FMNMX).
+    // Row maxima as a tree (a chain would be 32 dependent max). Unmasked blocks take them on the
+    // int32 scores with the three-input integer max (VIMNMX3, Hopper's DPX): 17 instructions a
+    // row instead of 31 FMNMX, and the same maximum, as s -> kMagic + s is increasing. (Measured
+    // on an H200 with no polynomial keys: 923 TFLOP/s at S=32760 H=12 against 786 with FMNMX.)
     float mx[2];
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      float t[16];
+    if constexpr (!decltype(last)::value) {
       CUTE_UNROLL
-      for (int j = 0; j < 16; ++j) t[j] = fmaxf(f[4 * j + 2 * r], f[4 * j + 2 * r + 1]);
+      for (int r = 0; r < 2; ++r) {
+        int a[32];
+        CUTE_UNROLL
+        for (int j = 0; j < 16; ++j) {
+          a[2 * j] = acc(4 * j + 2 * r);
+          a[2 * j + 1] = acc(4 * j + 2 * r + 1);
+        }
+        int b[11];
+        CUTE_UNROLL
+        for (int j = 0; j < 10; ++j) b[j] = __vimax3_s32(a[3 * j], a[3 * j + 1], a[3 * j + 2]);
+        b[10] = max(a[30], a[31]);
+        int c4[4];
+        CUTE_UNROLL
+        for (int j = 0; j < 3; ++j) c4[j] = __vimax3_s32(b[3 * j], b[3 * j + 1], b[3 * j + 2]);
+        c4[3] = max(b[9], b[10]);
+        mx[r] = __int_as_float(__vimax3_s32(c4[0], c4[1], max(c4[2], c4[3])) + 0x4B400000);
+      }
+    } else {
       CUTE_UNROLL
-      for (int j = 0; j < 8; ++j) t[j] = fmaxf(t[j], t[j + 8]);
-      CUTE_UNROLL
-      for (int j = 0; j < 4; ++j) t[j] = fmaxf(t[j], t[j + 4]);
-      mx[r] = fmaxf(fmaxf(t[0], t[2]), fmaxf(t[1], t[3]));
+      for (int r = 0; r < 2; ++r) {
+        float t[16];
+        CUTE_UNROLL
+        for (int j = 0; j < 16; ++j) t[j] = fmaxf(f[4 * j + 2 * r], f[4 * j + 2 * r + 1]);
+        CUTE_UNROLL
+        for (int j = 0; j < 8; ++j) t[j] = fmaxf(t[j], t[j + 8]);
+        CUTE_UNROLL
+        for (int j = 0; j < 4; ++j) t[j] = fmaxf(t[j], t[j + 4]);
+        mx[r] = fmaxf(fmaxf(t[0], t[2]), fmaxf(t[1], t[3]));
+      }
     }
     float off[2];
     CUTE_UNROLL
@@ -313,8 +341,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     CUTE_UNROLL
     for (int i = 0; i < size(acc); ++i) {
       const float x = fmaf(f[i], c, -off[(i / 2) % 2]);
-      // Columns 24..31 of every 32 (sage::kPolyKeys) on the FMA pipe, the rest on the MUFU.
-      acc(i) = __float_as_int((i / 4) % 4 == 3 ? exp2_poly(x) : exp2_approx(x));
+      // The last 8 columns of every 8 kPolyPeriod (sage::kPolyKeys) on the FMA pipe, the rest
+      // on the MUFU.
+      constexpr int kPeriod = vgen::sage::kPolyPeriod > 0 ? vgen::sage::kPolyPeriod : 1;
+      const bool poly = vgen::sage::kPolyPeriod > 0 && (i / 4) % kPeriod == kPeriod - 1;
+      acc(i) = __float_as_int(poly ? exp2_poly(x) : exp2_approx(x));
     }
   };
   // The weights to e4m3, in the A operand's register order (the keys of V^T are permuted to
@@ -354,7 +385,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // registers, before the fold of block n - 2's T into O, which then runs under it; P(n - 1)
   // V(n - 1) follows into the freed T. (ptxas places the wait for that P V before the softmax
   // of block n, so it overlaps the other warpgroup's softmax, not this one's; a wait that
-  // ptxas cannot hoist, a branch on a softmax result, measured no faster.) At the top of
+  // ptxas cannot hoist, a branch on a softmax result, measured no faster; two register sets for
+  // P, so that no wait is needed, take 16 registers more than a consumer's 240: ptxas spills
+  // ~1 KB a thread.) At the top of
   // block n: P(n - 1) in p_regs, T = P(n - 2) V(n - 2) done (n >= 2), corr_prev = block
   // n - 2's rescale, corr_last = block n - 1's.
   float corr_last[2] = {corr_prev[0], corr_prev[1]};
