@@ -384,13 +384,18 @@ int run_generate_rank(const GenerateArgs& a, const PipelineOptions& options, con
   const double load_s = progress.end();
   estimator.record("load|" + device_key, model_bytes, load_s);
   if (!a.quiet && main_rank) {
-    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, seed %llu%s%s\n",
+    // With --latents the noise is the file's (every video's), and the seeds draw nothing.
+    const std::string noise =
+        a.latents_file.empty()
+            ? fmt::format("seed {}{}{}", first.seed, random ? " (random)" : "",
+                          total > 1 ? fmt::format("; {} videos, seeds {} to {}", total, first.seed, requests.back().seed)
+                                    : "")
+            : fmt::format("latents from {}{}", a.latents_file, total > 1 ? fmt::format("; {} videos", total) : "");
+    std::fprintf(stderr, "vgen: %s on %s (%s), %lldx%lld, %lld frames, %d steps, guidance %.2f, %s\n",
                  gen.pipeline().class_name().c_str(), options.device.str().c_str(),
                  std::string(dtype_name(options.dtype)).c_str(), static_cast<long long>(first.width),
                  static_cast<long long>(first.height), static_cast<long long>(first.num_frames),
-                 first.num_inference_steps, first.guidance_scale, static_cast<unsigned long long>(first.seed),
-                 random ? " (random)" : "",
-                 total > 1 ? fmt::format("; {} videos, seeds {} to {}", total, first.seed, requests.back().seed).c_str() : "");
+                 first.num_inference_steps, first.guidance_scale, noise.c_str());
   }
   // The seed is part of the result: print it even with --quiet when it was drawn.
   if (random && a.quiet && main_rank) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(first.seed));

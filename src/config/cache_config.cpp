@@ -113,8 +113,6 @@ std::optional<std::pair<std::string, std::string>> CacheConfig::problem() const 
     return bad("mag_ratios",
                "is required for cache_backend magcache: the magnitude ratios are model-dependent (diffusers' "
                "MagCacheConfig has no default either); calibrate them on the model");
-  if (mag && mag_ratios.size() < 2 && num_inference_steps.value_or(2) > 1)
-    return bad("mag_ratios", "needs at least 2 values to interpolate");
   if (tea && !coefficients.empty() && coefficients.size() < 2)
     return bad("coefficients", "needs at least 2 values (a polynomial, highest power first)");
   if (tea && !coefficients_2.empty() && coefficients_2.size() < 2)

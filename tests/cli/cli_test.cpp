@@ -705,3 +705,17 @@ TEST(Cli, TaylorSeerCacheFlags) {
     EXPECT_NE(r.out.find(expected), std::string::npos) << r.out;
   }
 }
+
+// With --latents the header names the file as the noise, not seeds that draw nothing.
+TEST(Cli, HeaderNamesTheLatentsFile) {
+  const std::string latents = fixture("wan21_t2v_tiny_ref/pipeline.safetensors");
+  const fs::path dir = fs::path(::testing::TempDir()) / "cli_latents_frames";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const Result r = run("generate --model " + fixture("wan21_t2v_tiny") +
+                       " --prompt 'a fox' --prompt 'a kite' --steps 1 --height 32 --width 48 --num-frames 9 --latents " +
+                       latents + " -o " + (dir / "%04d.png").string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("latents from " + latents + "; 2 videos"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("seeds"), std::string::npos) << r.out;
+}

@@ -193,6 +193,12 @@ TEST(StepCache, NearestInterpAsDiffusers) {
   EXPECT_EQ(nearest_interp(src, 12), (std::vector<float>{0, 1, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7}));
   EXPECT_EQ(nearest_interp({10, 11, 12}, 5), (std::vector<float>{10, 10, 11, 12, 12}));  // 0.5 -> 0, 1.5 -> 2
   EXPECT_EQ(nearest_interp(src, 1), (std::vector<float>{7}));
+  // One ratio is repeated (diffusers: scale 0, every index 0); MagCacheConfig takes one.
+  EXPECT_EQ(nearest_interp({1.2f}, 4), (std::vector<float>{1.2f, 1.2f, 1.2f, 1.2f}));
+  CacheConfig one;
+  one.cache_backend = CacheBackend::MagCache;
+  one.mag_ratios = {1.2};
+  EXPECT_FALSE(one.problem().has_value());
   EXPECT_DOUBLE_EQ(polyval({2.0, -1.0, 0.5}, 3.0), 2 * 9 - 3 + 0.5);
 }
 
