@@ -37,9 +37,9 @@ constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulati
 
 // The kernel can compute the weights of the last 8 keys of every 8 * kPolyPeriod with exp2_poly
 // on the FMA pipe instead of the MUFU's approximation, spreading the softmax over two pipes (0:
-// none). Tuned on an H200 (S=32760 H=12, TFLOP/s): none 923, 1/16 914, 1/8 885, 1/4 806 (with
-// the integer row max; 801 with 1/4 and FMNMX, the earlier setting): each polynomial costs the
-// issue slots of ~8 instructions, and issue, not the MUFU, bounds the softmax.
+// none). Tuned on an H200 (S=32760 H=12, TFLOP/s, one call): none 904, 1/16 902, 1/8 885, 1/4
+// 806 (with the integer row max; 801 with 1/4 and FMNMX, the earlier setting): each polynomial
+// costs the issue slots of ~8 instructions, and issue, not the MUFU, bounds the softmax.
 constexpr int kPolyPeriod = 0;
 constexpr bool kPolyKeys(int64_t j) {
   constexpr int kSpan = 8 * (kPolyPeriod > 0 ? kPolyPeriod : 1);
