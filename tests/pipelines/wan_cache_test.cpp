@@ -89,7 +89,7 @@ void check_case(const std::string& key, bool expect_skips = true) {
 TEST(WanCache, CasesAreAllTested) {
   std::vector<std::string> keys;
   for (const auto& [key, c] : cache_cases().at("cases").items()) keys.push_back(key);
-  EXPECT_EQ(keys, (std::vector<std::string>{"t2v_fbcache", "t2v_magcache", "t2v_taylorseer", "t2v_taylorseer_bf16",
+  EXPECT_EQ(keys, (std::vector<std::string>{"t2v_fbcache", "t2v_magcache", "t2v_magcache_one_ratio", "t2v_taylorseer", "t2v_taylorseer_bf16",
                                             "t2v_taylorseer_default", "t2v_teacache", "t2v_teacache_plain",
                                             "t2v_teacache_signed", "t2v_uncached", "wan22_taylorseer", "wan22_teacache", "wan22_uncached"}));
 }
@@ -99,6 +99,8 @@ TEST(WanCache, Wan21TeaCachePlain) { check_case("t2v_teacache_plain"); }
 // Rescaled distances below 0 are added as they are (np.poly1d in TeaCache4Wan2.1), not as |.|.
 TEST(WanCache, Wan21TeaCacheSignedDistances) { check_case("t2v_teacache_signed"); }
 TEST(WanCache, Wan21MagCacheAsDiffusers) { check_case("t2v_magcache"); }
+// One ratio, repeated over the steps by diffusers' nearest_interp.
+TEST(WanCache, Wan21MagCacheOneRatioAsDiffusers) { check_case("t2v_magcache_one_ratio"); }
 TEST(WanCache, Wan21FirstBlockCacheAsDiffusers) { check_case("t2v_fbcache"); }
 TEST(WanCache, Wan22Uncached) { check_case("wan22_uncached"); }
 TEST(WanCache, Wan22TeaCachePerExpert) { check_case("wan22_teacache"); }
