@@ -244,6 +244,19 @@ TEST(FluxPipeline, AnEngineCacheConfigFailsTheLoad) {
   }
 }
 
+// diffusers' run at 55x41 (rounded down to 48x32, the reference latents' size).
+TEST(FluxPipeline, OffGridSizeMatchesDiffusers) {
+  const auto pipe = load("flux_dev_tiny");
+  const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
+  GenerationParams p;
+  p.prompt = "a red fox jumps over the lazy dog";
+  p.num_inference_steps = 2;
+  p.guidance_scale = 3.5;
+  p.height = 55;
+  p.width = 41;
+  expect_matches(*pipe, ref, "dev_offgrid", p);
+}
+
 TEST(FluxPipeline, SizesOffTheGridAreRoundedDownAsDiffusersDoes) {
   const auto pipe = load("flux_dev_tiny");
   GenerationParams p;
