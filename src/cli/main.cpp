@@ -398,7 +398,7 @@ int run_generate_rank(const GenerateArgs& a, const PipelineOptions& options, con
                  first.num_inference_steps, first.guidance_scale, noise.c_str());
   }
   // The seed is part of the result: print it even with --quiet when it was drawn.
-  if (random && a.quiet && main_rank) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(first.seed));
+  if (random && a.quiet && main_rank && a.latents_file.empty()) std::fprintf(stderr, "vgen: random seed %llu\n", static_cast<unsigned long long>(first.seed));
 
   std::vector<std::pair<std::string, double>> timings;
   const auto add_timing = [&](const std::string& phase, double s) {

@@ -41,6 +41,9 @@ constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulati
 // 806 (with the integer row max; 801 with 1/4 and FMNMX, the earlier setting): each polynomial
 // costs the issue slots of ~8 instructions, and issue, not the MUFU, bounds the softmax.
 constexpr int kPolyPeriod = 0;
+// The kernel picks by column within each key block, the reference by key index: they agree when
+// the period divides the block.
+static_assert(kPolyPeriod >= 0 && kKBlock % (8 * (kPolyPeriod > 0 ? kPolyPeriod : 1)) == 0);
 constexpr bool kPolyKeys(int64_t j) {
   constexpr int kSpan = 8 * (kPolyPeriod > 0 ? kPolyPeriod : 1);
   return kPolyPeriod > 0 && j % kSpan >= kSpan - 8;

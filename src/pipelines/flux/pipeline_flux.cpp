@@ -54,6 +54,7 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
   }
   if (!options.lora.empty() || !options.lora_2.empty())
     fail("{}: {} takes no LoRA adapters in vgen yet", ckpt.root(), ckpt.class_name());
+  check_no_cache(options.cache, ckpt.class_name());  // before any weight loads
   std::unique_ptr<FluxPipeline> p(new FluxPipeline(std::move(context)));
   ContextScope scope(*p->context_);
   p->class_name_ = ckpt.class_name();
@@ -123,13 +124,19 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
                           vcfg.scale_factor())},
       {"scheduler", p->scheduler_->name()},
   };
-  check_no_cache(options.cache, p->class_name_);
   return p;
 }
 
 std::optional<int64_t> FluxPipeline::prompt_token_count(const std::string& prompt) const {
   // The T5 tokens (the longer of the two limits; CLIP is always cut at 77, as diffusers does).
   return static_cast<int64_t>(tokenizer_2_->encode(prompt).size());
+}
+
+bool FluxPipeline::first_size_warning(int64_t width, int64_t height) const {
+  const std::lock_guard<std::mutex> lock(size_warning_mutex_);
+  if (last_size_warned_ == std::make_pair(width, height)) return false;
+  last_size_warned_ = {width, height};
+  return true;
 }
 
 ResolvedParams FluxPipeline::resolve(const GenerationParams& params) const {
@@ -159,9 +166,10 @@ ResolvedParams FluxPipeline::resolve(const GenerationParams& params) const {
     const int64_t h = r.height / m * m, w = r.width / m * m;
     if (h == 0) fail("height must be at least {} (got {})", m, r.height);
     if (w == 0) fail("width must be at least {} (got {})", m, r.width);
-    std::cerr << fmt::format("warning: height and width must be multiples of {}: {}x{} runs as {}x{} (as diffusers "
-                             "resizes them)\n",
-                             m, r.width, r.height, w, h);
+    if (first_size_warning(r.width, r.height))
+      std::cerr << fmt::format("warning: height and width must be multiples of {}: {}x{} runs as {}x{} (as diffusers "
+                               "resizes them)\n",
+                               m, r.width, r.height, w, h);
     r.height = h;
     r.width = w;
   }
@@ -174,7 +182,7 @@ ResolvedParams FluxPipeline::resolve(const GenerationParams& params) const {
     if (w == 0 || h == 0)
       fail("height and width: {}x{} is too far from square (FluxKontextPipeline's max_area makes it {}x{})", r.width,
            r.height, w, h);
-    if (w != r.width || h != r.height)
+    if ((w != r.width || h != r.height) && first_size_warning(r.width, r.height))
       std::cerr << fmt::format("warning: {}x{} adjusted to {}x{} (FluxKontextPipeline's max_area 1024x1024)\n",
                                r.width, r.height, w, h);
     r.width = w;

@@ -207,6 +207,32 @@ const TeaCacheTable* published_teacache(const WanTransformer3DModelConfig& c, bo
   return nullptr;
 }
 
+// A step-cache config checked against a Wan model (an error names the field), TeaCache's published
+// coefficients filled in when none are given.
+void check_wan_cache(CacheConfig& cache, const WanTransformer3DModelConfig& tcfg, bool two_experts,
+                     bool expand_timesteps, const std::string& class_name, int64_t height, int64_t width) {
+  if (const auto p = cache.problem()) fail("cache_config.{}: {}", p->first, p->second);
+  if (cache.cache_backend == CacheBackend::TeaCache) {
+    const TeaCacheTable* table = published_teacache(tcfg, two_experts, expand_timesteps, height, width);
+    if (cache.coefficients.empty()) {
+      if (!table)
+        fail("cache_config.coefficients: TeaCache has no published coefficients for this model ({}, {} layers, {} "
+             "heads{}); give them (highest power first){}",
+             class_name, tcfg.num_layers, tcfg.num_attention_heads, two_experts ? ", two experts" : "",
+             two_experts ? ", and coefficients_2 for transformer_2" : "");
+      cache.coefficients = cache.use_ret_steps ? table->ret_steps : table->plain;
+    }
+    if (two_experts && cache.coefficients_2.empty())
+      fail("cache_config.coefficients_2: TeaCache on a two-expert model needs the coefficients of transformer_2 (none "
+           "are published for Wan2.2)");
+    if (!two_experts && !cache.coefficients_2.empty())
+      fail("cache_config.coefficients_2: this model has one transformer (coefficients_2 is transformer_2's)");
+  }
+  // TaylorSeer: the hooks diffusers would place must be ones vgen runs (an error names the field).
+  if (cache.cache_backend == CacheBackend::TaylorSeer)
+    resolve_taylorseer_hooks(cache, WanTransformer3DModel::module_names(tcfg));
+}
+
 }  // namespace
 
 std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpoint& ckpt, const PipelineOptions& options,
@@ -215,6 +241,15 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   for (const char* required : {"tokenizer", "text_encoder", "transformer", "vae", "scheduler"}) {
     if (!ckpt.has_component(required))
       fail("{}/model_index.json: {} needs a '{}' component", ckpt.root(), ckpt.class_name(), required);
+  }
+  {
+    // The engine's cache_config is checked against this model before any weight loads, so that
+    // a server does not load a model only to refuse every request. (The size only picks between
+    // the I2V 480P and 720P tables, which both exist.)
+    const std::string config_path = (std::filesystem::path(ckpt.component_dir("transformer")) / "config.json").string();
+    CacheConfig cache = options.cache;
+    check_wan_cache(cache, WanTransformer3DModelConfig::from_json(read_json_file(config_path), config_path),
+                    v.boundary_ratio.has_value(), v.expand_timesteps, ckpt.class_name(), 480, 832);
   }
   std::unique_ptr<WanPipeline> p(new WanPipeline(std::move(context)));
   ContextScope scope(*p->context_);
@@ -315,36 +350,12 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
                          vcfg.scale_factor_temporal, vcfg.scale_factor_spatial, vcfg.scale_factor_spatial,
                          image_input ? ", encoder and decoder" : ", decoder", describe_weights(ckpt, "vae")));
   p->description_.emplace_back("scheduler", p->scheduler_->name());
-  // The engine's cache_config is checked against this model now (at its default size), so that a
-  // server does not start only to refuse every request.
-  CacheConfig cache = options.cache;
-  p->check_cache(cache, p->capabilities_.default_height, p->capabilities_.default_width);
   return p;
 }
 
 void WanPipeline::check_cache(CacheConfig& cache, int64_t height, int64_t width) const {
-  const auto& tcfg = transformer_->config();
-  const PipelineCapabilities& c = capabilities_;
-  if (const auto p = cache.problem()) fail("cache_config.{}: {}", p->first, p->second);
-  if (cache.cache_backend == CacheBackend::TeaCache) {
-    const TeaCacheTable* table = published_teacache(tcfg, c.two_experts, expand_timesteps_, height, width);
-    if (cache.coefficients.empty()) {
-      if (!table)
-        fail("cache_config.coefficients: TeaCache has no published coefficients for this model ({}, {} layers, {} "
-             "heads{}); give them (highest power first){}",
-             class_name_, tcfg.num_layers, tcfg.num_attention_heads, c.two_experts ? ", two experts" : "",
-             c.two_experts ? ", and coefficients_2 for transformer_2" : "");
-      cache.coefficients = cache.use_ret_steps ? table->ret_steps : table->plain;
-    }
-    if (c.two_experts && cache.coefficients_2.empty())
-      fail("cache_config.coefficients_2: TeaCache on a two-expert model needs the coefficients of transformer_2 (none "
-           "are published for Wan2.2)");
-    if (!c.two_experts && !cache.coefficients_2.empty())
-      fail("cache_config.coefficients_2: this model has one transformer (coefficients_2 is transformer_2's)");
-  }
-  // TaylorSeer: the hooks diffusers would place must be ones vgen runs (an error names the field).
-  if (cache.cache_backend == CacheBackend::TaylorSeer)
-    resolve_taylorseer_hooks(cache, WanTransformer3DModel::module_names(tcfg));
+  check_wan_cache(cache, transformer_->config(), capabilities_.two_experts, expand_timesteps_, class_name_, height,
+                  width);
 }
 
 std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const {
