@@ -50,6 +50,17 @@ void expect_matches(DiffusionPipeline& pipe, const WeightStore& ref, const std::
   EXPECT_LE(worst, 1) << tag;
 }
 
+// A dev call of the fixture: its prompt, guidance 3.5, `steps` at height x width.
+GenerationParams dev_call(int steps, int64_t height, int64_t width) {
+  GenerationParams p;
+  p.prompt = "a red fox jumps over the lazy dog";
+  p.height = height;
+  p.width = width;
+  p.num_inference_steps = steps;
+  p.guidance_scale = 3.5;
+  return p;
+}
+
 }  // namespace
 
 TEST(FluxPipeline, DevMatchesDiffusers) {
@@ -63,27 +74,16 @@ TEST(FluxPipeline, DevMatchesDiffusers) {
   EXPECT_EQ(c.default_height, 1024);
   EXPECT_EQ(c.spatial_multiple, 16);
   const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
-  GenerationParams p;
-  p.prompt = "a red fox jumps over the lazy dog";
-  p.height = 48;
-  p.width = 32;
-  p.num_inference_steps = 3;
-  p.guidance_scale = 3.5;
-  expect_matches(*pipe, ref, "dev", p);
+  expect_matches(*pipe, ref, "dev", dev_call(3, 48, 32));
 }
 
 namespace {
 
 // The dev_cfg calls of the fixture: 2 steps, guidance 3.5, true_cfg_scale 2 with `negative`.
 GenerationParams true_cfg_call(const std::string& negative) {
-  GenerationParams p;
-  p.prompt = "a red fox jumps over the lazy dog";
+  GenerationParams p = dev_call(2, 48, 32);
   p.negative_prompt = negative;
   p.true_cfg_scale = 2.0;
-  p.height = 48;
-  p.width = 32;
-  p.num_inference_steps = 2;
-  p.guidance_scale = 3.5;
   return p;
 }
 
@@ -245,13 +245,7 @@ TEST(FluxPipeline, AnEngineCacheConfigFailsTheLoad) {
 TEST(FluxPipeline, OffGridSizeMatchesDiffusers) {
   const auto pipe = load("flux_dev_tiny");
   const WeightStore ref = reference("flux_dev_tiny_ref/pipeline.safetensors");
-  GenerationParams p;
-  p.prompt = "a red fox jumps over the lazy dog";
-  p.num_inference_steps = 2;
-  p.guidance_scale = 3.5;
-  p.height = 55;
-  p.width = 41;
-  expect_matches(*pipe, ref, "dev_offgrid", p);
+  expect_matches(*pipe, ref, "dev_offgrid", dev_call(2, 55, 41));
 }
 
 // FluxPipeline rounds a size off the 16-pixel grid down to it, with a warning (diffusers'
