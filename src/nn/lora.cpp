@@ -370,8 +370,7 @@ Tensor LoraSet::merge(const std::string& tensor_name, Tensor value) const {
     const float scaling = static_cast<float>(u->alpha_scale * u->scale);
     if (is_bias) {
       if (u->bias.shape() != value.shape())
-        fail("{}: LoRA bias '{}' has shape {}, but '{}' is {}", u->file, u->bias_key.empty() ? u->key : u->bias_key,
-             shape_str(u->bias.shape()),
+        fail("{}: LoRA bias '{}' has shape {}, but '{}' is {}", u->file, u->bias_key, shape_str(u->bias.shape()),
              tensor_name, shape_str(value.shape()));
       value = ops::add(value, ops::scale(u->bias.to(value.device()), scaling));
       continue;

@@ -31,10 +31,6 @@ double config_number(const Json& config, const char* key, double fallback) {
   return config.contains(key) && config.at(key).is_number() ? config.at(key).get<double>() : fallback;
 }
 
-}  // namespace
-
-namespace {
-
 // Step caching runs in the Wan pipelines only: a cache_config for FLUX is an error, not ignored.
 void check_no_cache(const CacheConfig& cache, const std::string& class_name) {
   if (cache.enabled())

@@ -353,11 +353,6 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   return p;
 }
 
-void WanPipeline::check_cache(CacheConfig& cache, int64_t height, int64_t width) const {
-  check_wan_cache(cache, transformer_->config(), capabilities_.two_experts, expand_timesteps_, class_name_, height,
-                  width);
-}
-
 std::vector<std::pair<std::string, std::string>> WanPipeline::describe() const {
   std::vector<std::pair<std::string, std::string>> d = description_;
   auto lora_row = [](const std::vector<nn::LoraAdapterSpec>& adapters) {
@@ -575,7 +570,7 @@ ResolvedParams WanPipeline::resolve(const GenerationParams& params) const {
     r.latents = params.latents;
   }
   r.cache = params.cache.value_or(options_.cache);
-  check_cache(r.cache, r.height, r.width);
+  check_wan_cache(r.cache, tcfg, c.two_experts, expand_timesteps_, class_name_, r.height, r.width);
   return r;
 }
 

@@ -43,9 +43,6 @@ class WanPipeline final : public DiffusionPipeline {
   // The explicit schedule (timesteps, sigmas, boundary_step) of resolve: checked against the
   // scheduler and the experts, num_inference_steps set from the lists' length.
   void resolve_schedule(const GenerationParams& params, ResolvedParams& r) const;
-  // Checks a step-cache config against this model at a size (an error names the field) and fills
-  // in TeaCache's published coefficients when none are given.
-  void check_cache(CacheConfig& cache, int64_t height, int64_t width) const;
   GenerationOutput generate(const ResolvedParams& params, const StepCallback& on_step = {}) override;
   // Requests that share everything but prompt and seed (and give no latents) run through the
   // transformer max_batch at a time: prompts encoded together, each video's noise from its own
