@@ -260,7 +260,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     CUTE_UNROLL
     for (int i = 0; i < size(acc) / 2; ++i) dst[i] = __floats2bfloat162_rn(acc(2 * i), acc(2 * i + 1));
   };
+  // A warp whose rows all kept their maxima (corr exactly 1, which after the first blocks is
+  // most blocks) skips the multiplications, which would leave O as it is.
   auto rescale_o = [&](const float (&corr)[2]) {
+    if (!__any_sync(0xffffffff, corr[0] != 1.f || corr[1] != 1.f)) return;
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr[(i / 2) % 2];
   };
