@@ -28,21 +28,50 @@ struct View4 {  // a bf16 [B, H, S, D] view, unit stride along D
 };
 
 // Partial per-channel sums of k and maxima of |v| over kStatRows keys:
-// part[bh][chunk][0][d] = sum k, part[bh][chunk][1][d] = max |v|.
-__global__ void kv_stats_kernel(View4 k, View4 v, float* part, int chunks) {
-  const int d = threadIdx.x, chunk = blockIdx.x, bh = blockIdx.y;
+// part[bh][chunk][0][d] = sum k, part[bh][chunk][1][d] = max |v|. 256 threads: thread t reads
+// channels 8 (t % 16) .. + 7 of rows t / 16, + 16, ... with 16-byte loads (all 32 of a thread's
+// loads in flight at once), then the 16 row groups are reduced through shared memory.
+__global__ void __launch_bounds__(256) kv_stats_kernel(View4 k, View4 v, float* part, int chunks) {
+  constexpr int kGroups = 16, kSteps = kStatRows / kGroups;
+  __shared__ float sums[kGroups][D], maxes[kGroups][D];
+  const int chunk = blockIdx.x, bh = blockIdx.y;
   const int b = bh / k.H, h = bh % k.H;
-  const int s0 = chunk * kStatRows, s1 = min(s0 + kStatRows, k.S);
-  const __nv_bfloat16* kp = k.p + b * k.sb + h * k.sh + d;
-  const __nv_bfloat16* vp = v.p + b * v.sb + h * v.sh + d;
-  float sum = 0.f, amax = 0.f;
-  for (int s = s0; s < s1; ++s) {
-    sum += __bfloat162float(kp[s * k.ss]);
-    amax = fmaxf(amax, fabsf(__bfloat162float(vp[s * v.ss])));
+  const int group = threadIdx.x / 16, d0 = 8 * (threadIdx.x % 16);
+  const int s0 = chunk * kStatRows;
+  const __nv_bfloat16* kp = k.p + b * k.sb + h * k.sh + d0;
+  const __nv_bfloat16* vp = v.p + b * v.sb + h * v.sh + d0;
+  uint4 kr[kSteps], vr[kSteps];
+  CUTE_UNROLL
+  for (int i = 0; i < kSteps; ++i) {
+    const int s = s0 + group + kGroups * i;
+    const bool in = s < k.S;
+    kr[i] = in ? *reinterpret_cast<const uint4*>(kp + int64_t(s) * k.ss) : make_uint4(0u, 0u, 0u, 0u);
+    vr[i] = in ? *reinterpret_cast<const uint4*>(vp + int64_t(s) * v.ss) : make_uint4(0u, 0u, 0u, 0u);
+  }
+  float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, amax[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  CUTE_UNROLL
+  for (int i = 0; i < kSteps; ++i)
+    CUTE_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      sum[j] += __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(&kr[i])[j]);
+      amax[j] = fmaxf(amax[j], fabsf(__bfloat162float(reinterpret_cast<const __nv_bfloat16*>(&vr[i])[j])));
+    }
+  CUTE_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    sums[group][d0 + j] = sum[j];
+    maxes[group][d0 + j] = amax[j];
+  }
+  __syncthreads();
+  if (threadIdx.x >= D) return;
+  const int d = threadIdx.x;
+  float total = 0.f, m = 0.f;
+  for (int g = 0; g < kGroups; ++g) {
+    total += sums[g][d];
+    m = fmaxf(m, maxes[g][d]);
   }
   float* out = part + (int64_t(bh) * chunks + chunk) * 2 * D;
-  out[d] = sum;
-  out[D + d] = amax;
+  out[d] = total;
+  out[D + d] = m;
 }
 
 // k_mean[bh][d]; v_scale = amax / 448 and v_inv = 448 / amax (1 and 0 for amax 0).
@@ -218,7 +247,7 @@ void sage_attention_sm90(const Tensor& q_in, const Tensor& k_in, const Tensor& v
   float* v_inv = v_scale + BH * D;
 
   const cudaStream_t st = stream();
-  kv_stats_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(BH)), D, 0, st>>>(
+  kv_stats_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(BH)), 256, 0, st>>>(
       vk, vv, static_cast<float*>(part.raw_data()), static_cast<int>(chunks));
   check_launch("sage attention (k, v statistics)", k, v);
   kv_finalize_kernel<<<static_cast<unsigned>(BH), D, 0, st>>>(static_cast<const float*>(part.raw_data()),

@@ -27,9 +27,10 @@
 //     for P V. V^T carries a row of ones after the head dim: column 128 of P V is the row sum of
 //     the rounded weights, so numerator and denominator see the same weights and the softmax
 //     needs no additions of its own.
-//   - Two levels: each block's P V goes into a fresh float32 accumulator T, added to O in
-//     registers (O = O * rescale + T): the tensor cores' FP8 accumulation never spans more than
-//     one block of 128 keys.
+//   - Two levels: the P V products of kFoldSpan key blocks add up on the tensor cores in a
+//     float32 accumulator T (its rows rescaled in registers, between two blocks, where a row's
+//     maximum rose), which is then added to O in registers (O = O * rescale + T): the tensor
+//     cores' FP8 accumulation never spans more than kFoldSpan blocks of 128 keys.
 //   - Epilogue: O * scale_v[d] / l, bf16.
 #pragma once
 
@@ -61,7 +62,7 @@ constexpr int kKBlock = vgen::sage::kKBlock;
 // measured on an H200 (S=32760 H=12 / S=75600 H=40, 2026-12-03) 923 / 923 TFLOP/s without turns
 // against 871 / 884 with them: here the softmax, not the GEMMs, is the long phase, and the turns
 // leave one warp per scheduler to run it.
-template <int kStages_>
+template <int kStages_, int kFoldSpan_ = 4>
 struct Traits {
   static constexpr int kHeadDim = vgen::sage::kHeadDim;
   // V^T rows: the head dim, then a row of ones (P's row sums come out of P V as column 128),
@@ -70,6 +71,13 @@ struct Traits {
   static constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
   static constexpr int kBlockN = kKBlock;
   static constexpr int kStages = kStages_;
+  // Key blocks whose P V products the tensor cores add up in one float32 accumulator T before
+  // it is folded into O (the second level); see the consumer loop. Measured on an H200
+  // (2026-12-03, one call, each twice, TFLOP/s at S=75600 H=40 / S=32760 H=12): 1 block 896-902
+  // / 880-881, 4 blocks 936-937 / 870-871, 2 blocks 848 / 802 (once); 8 blocks (950 / 888)
+  // fails the kernel's tests against the CPU reference: the FP8 accumulation of 1024 keys on
+  // the tensor cores is too coarse.
+  static constexpr int kFoldSpan = kFoldSpan_;
   static constexpr int kThreads = 384;
   static constexpr int kConsumerWarps = 8;
   using EQK = int8_t;
@@ -243,7 +251,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   constexpr float kLog2_448 = 8.807354922057604f;
   constexpr float kMagic = 12582912.f;  // 1.5 * 2^23: int32 s + its bits is the float kMagic + s
   float row_max[2] = {-INFINITY, -INFINITY};
-  float corr_prev[2] = {0.f, 0.f};
+  // The row maxima O's and T's weights are relative to (-inf: nothing in them yet).
+  float o_max[2] = {-INFINITY, -INFINITY};
+  float t_max[2] = {-INFINITY, -INFINITY};
 
   auto release = [&](uint64_t* bar) {
     __syncwarp();
@@ -260,11 +270,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     }
     warpgroup_commit_batch();
   };
-  auto gemm_pv = [&](int stage) {
+  // T = P V (fresh) or T += P V.
+  auto gemm_pv = [&](int stage, bool fresh) {
     warpgroup_fence_operand(tOrP);
     warpgroup_fence_operand(tOrT);
     warpgroup_arrive();
-    mma_pv.accumulate_ = GMMA::ScaleOut::Zero;
+    mma_pv.accumulate_ = fresh ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
     CUTE_UNROLL
     for (int k = 0; k < kKSteps; ++k) {
       cute::gemm(mma_pv, tOrP(_, _, k), tOrV(_, _, k, stage), tOrT);
@@ -276,11 +287,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // warp's 16 rows) and column 8 (i / 4) + 2 (lane % 4) + i % 2.
   //
   // The online softmax of block n, in place: the int32 scores s become the float32 weights
-  // 2^(s c - m + log2 448) (as bits), the running max moves on, `corr` is the old-to-new
-  // rescale. f = kMagic + s is the int32 read as float after an integer add; kMagic c is folded
-  // into the per-row offset K, whose rounding (a third of c) is far below the int8 scores'.
+  // 2^(s c - m + log2 448) (as bits), and the running max m moves on. f = kMagic + s is the
+  // int32 read as float after an integer add; kMagic c is folded into the per-row offset K,
+  // whose rounding (a third of c) is far below the int8 scores'.
   // `last` (compile-time) masks the keys past the end.
-  auto softmax = [&](auto& acc, int n, float k_scale_n, float (&corr)[2], auto last) {
+  auto softmax = [&](auto& acc, int n, float k_scale_n, auto last) {
     const float c = fmaxf(qs * k_scale_n, 1.17549435e-38f);
     float f[size(FragS{})];
     CUTE_UNROLL
@@ -335,7 +346,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
       const float m = fmaxf(row_max[r], (mx[r] - kMagic) * c);
-      corr[r] = row_max[r] == -INFINITY ? 0.f : exp2_approx(row_max[r] - m);
       row_max[r] = m;
       off[r] = fmaf(kMagic, c, m - kLog2_448);
     }
@@ -361,9 +371,37 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
         p_regs[4 * kk + j] = e4m3x4(w(base), w(base + 1), w(base + 4), w(base + 5));
       }
   };
-  auto fold_block = [&]() {
+  // The second level: O = O * 2^(o_max - t_max) + T (O then relative to T's maxima).
+  auto fold = [&]() {
+    float g[2];
     CUTE_UNROLL
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) = fmaf(tOrO(i), corr_prev[(i / 2) % 2], tOrT(i));
+    for (int r = 0; r < 2; ++r) {
+      g[r] = o_max[r] == -INFINITY ? 0.f : exp2_approx(o_max[r] - t_max[r]);
+      o_max[r] = t_max[r];
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) = fmaf(tOrO(i), g[(i / 2) % 2], tOrT(i));
+  };
+  // Before P(j) V(j) goes into T (P(j) in p_regs, row_max block j's running max, T's earlier
+  // products done): a span's first block folds T into O (none before block 0) and starts T
+  // afresh; a later block of the span moves T's rows to block j's maximum where it rose, which
+  // after the first blocks is rare, so that a warp whose rows all kept their maxima skips it.
+  // Folding once every kFoldSpan blocks, not every block, takes ~3/4 of the fold's FFMAs out of
+  // the softmax's issue slots. Returns whether P(j) V(j) starts T afresh.
+  auto prepare_t = [&](int j) {
+    bool fresh = j % T::kFoldSpan == 0;
+    if (fresh) {
+      if (j > 0) fold();
+    } else if (__any_sync(0xffffffff, t_max[0] != row_max[0] || t_max[1] != row_max[1])) {
+      float f[2];
+      CUTE_UNROLL
+      for (int r = 0; r < 2; ++r) f[r] = exp2_approx(t_max[r] - row_max[r]);
+      CUTE_UNROLL
+      for (int i = 0; i < size(tOrT); ++i) tOrT(i) *= f[(i / 2) % 2];
+    }
+    t_max[0] = row_max[0];
+    t_max[1] = row_max[1];
+    return fresh;
   };
 
   float k_scale_next = 0.f;
@@ -377,21 +415,19 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[0]);
-    if (n_blocks == 1) softmax(tSrS, 0, k_scale_n, corr_prev, cute::true_type{});
-    else softmax(tSrS, 0, k_scale_n, corr_prev, cute::false_type{});
+    if (n_blocks == 1) softmax(tSrS, 0, k_scale_n, cute::true_type{});
+    else softmax(tSrS, 0, k_scale_n, cute::false_type{});
     to_p(tSrS);
   }
   // The blocks after the first; the last one (masked) is a copy of its own, so that the others
   // carry no masking work. S(n) = Q K(n)^T is issued as soon as P(n - 1) is out of S's
-  // registers, before the fold of block n - 2's T into O, which then runs under it; P(n - 1)
-  // V(n - 1) follows into the freed T. (ptxas places the wait for that P V before the softmax
+  // registers, before T is made ready for block n - 1 (prepare_t), which then runs under it;
+  // P(n - 1) V(n - 1) follows into T. (ptxas places the wait for that P V before the softmax
   // of block n, so it overlaps the other warpgroup's softmax, not this one's; a wait that
   // ptxas cannot hoist, a branch on a softmax result, measured no faster; two register sets for
   // P, so that no wait is needed, take 16 registers more than a consumer's 240: ptxas spills
-  // ~1 KB a thread.) At the top of
-  // block n: P(n - 1) in p_regs, T = P(n - 2) V(n - 2) done (n >= 2), corr_prev = block
-  // n - 2's rescale, corr_last = block n - 1's.
-  float corr_last[2] = {corr_prev[0], corr_prev[1]};
+  // ~1 KB a thread.) At the top of block n: P(n - 1) in p_regs, row_max block n - 1's, T's
+  // products up to block n - 2 done.
   auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
@@ -400,15 +436,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     k_scale_next = n + 1 < n_blocks ? __ldg(k_scale + n + 1) : 0.f;
     Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
     gemm_qk(tSrS, s);
-    if (n >= 2) fold_block();  // O = O * corr(n - 2) + P(n - 2) V(n - 2), under S(n)
-    corr_prev[0] = corr_last[0];
-    corr_prev[1] = corr_last[1];
+    const bool fresh = prepare_t(n - 1);  // under S(n)
     Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
-    gemm_pv(sp);
+    gemm_pv(sp, fresh);
     warpgroup_wait<1>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[s]);
-    softmax(tSrS, n, k_scale_n, corr_last, last);
+    softmax(tSrS, n, k_scale_n, last);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrT);
     release(&ss.empty_v[sp]);
@@ -418,15 +452,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   if (n_blocks > 1) block(n_blocks - 1, cute::true_type{});
   {
     const int s = (n_blocks - 1) % kStages;
-    if (n_blocks >= 2) fold_block();
-    corr_prev[0] = corr_last[0];
-    corr_prev[1] = corr_last[1];
+    const bool fresh = prepare_t(n_blocks - 1);
     Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
-    gemm_pv(s);
+    gemm_pv(s, fresh);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrT);
     release(&ss.empty_v[s]);
-    fold_block();
+    fold();
   }
 
   // ---- epilogue: O * scale_v / l, bf16, straight to global memory ----
