@@ -58,6 +58,23 @@ import torch
 RESULTS = []
 
 
+def gpu_facts():
+    """Which physical GPU ran, and its clock and power limits (nvidia-smi; {} without it): lent
+    machines of one kind differ by a few percent under the power cap, and the quantized attention
+    kernel moves with the machine more than cuDNN does, so figures from two runs compare only when
+    they say whether the GPU was the same."""
+    fields = ["uuid", "clocks.max.sm", "power.limit"]
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits",
+                              f"--id={torch.cuda.current_device()}"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in out.stdout.strip().split(",")]
+    if out.returncode != 0 or len(values) != len(fields):
+        return {}
+    return {"gpu_" + f.replace(".", "_"): v for f, v in zip(fields, values)}
+
+
 def log(**kw):
     RESULTS.append(kw)
     print(json.dumps(kw), flush=True)
@@ -1122,7 +1139,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     if torch.cuda.is_available():
         log(what="env", gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-            diffusers=__import__("diffusers").__version__)
+            diffusers=__import__("diffusers").__version__, **gpu_facts())
     parts = {"attn": part_attn, "wan13": lambda a: part_transformer(a, "1.3b"), "vae": part_vae, "e2e": part_e2e,
              "acc13": lambda a: part_transformer(a, "1.3b", timing=False),
              "wan14": lambda a: part_transformer(a, "14b"), "ti2v5b": lambda a: part_transformer(a, "5b"),
