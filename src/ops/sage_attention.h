@@ -17,9 +17,10 @@
 //      w_j = e4m3(2^(fma(f_j, c, -K))) (448 times the softmax weight, rounded; 2^x is the
 //      hardware's approximation, or exp2_poly for the keys kPolyKeys picks);
 //      O = O * rescale + sum_j w_j v_code_j and l = l * rescale + sum_j w_j (each block's sums a
-//      float32 of their own: on the GPU one P V product whose V has a row of ones; the GPU adds
-//      the products of a few blocks on the tensor cores before O takes them, the same sums in
-//      exact arithmetic).
+//      float32 of their own here. On the GPU they are one P V product whose V has a row of ones,
+//      and the tensor cores add up the products of 4 blocks (their FP8 accumulation) before O
+//      takes them, rescaling within the 4 where a row's maximum rose: the same sums in exact
+//      arithmetic, rounded otherwise).
 //   5. out = O * v_scale / l, rounded to bf16.
 // Keys past Sk are not keys (masked); rows past Sq are not written.
 #pragma once

@@ -916,13 +916,22 @@ void attention_lse_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
 
 // sage_attention: the quantized kernel against the CPU's run of the same steps
 // (ops/sage_attention.h); [B, H, S, D] views of [B, S, H, D] buffers, D 128.
-void sage_attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, bool perf_only = false) {
+// `outlier` >= 0: that key is 8 times larger, so that many rows' maxima rise there, late in
+// the kernel's accumulation span of 4 key blocks (its in-span rescale).
+void sage_attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, bool perf_only = false,
+                         int64_t outlier = -1) {
   constexpr int64_t D = 128;
   const Bound bound{3e-3, -1, "the same int8 / e4m3 codes; float32 sums in another order, bf16 out"};
-  cs.add({Op::sage_attention, fmt::format("sage_attention bf16 B{} H{} Sq{} Sk{} D{}", B, H, Sq, Sk, D), DType::BF16,
+  const std::string what = outlier >= 0 ? fmt::format(" key {} x8", outlier) : "";
+  cs.add({Op::sage_attention, fmt::format("sage_attention bf16 B{} H{} Sq{} Sk{} D{}{}", B, H, Sq, Sk, D, what),
+          DType::BF16,
           [=](Gen& g) {
             std::vector<Input> v;
             for (int64_t S : {Sq, Sk, Sk}) v.push_back(in(g.normal({B, S, H, D}, DType::BF16), bshd_view));
+            if (outlier >= 0) {
+              Tensor key = v[1].base.narrow(1, outlier, 1);
+              key.copy_(ops::scale(key.to(DType::F32), 8.0f).to(DType::BF16));
+            }
             return v;
           },
           [](const Args& t, Device) { return Outputs{ops::sage_attention(t[0], t[1], t[2], 1.0f / std::sqrt(128.0f))}; },
@@ -961,6 +970,7 @@ void attention_cases(Cases& cs) {
                                                                 {1, 1, 300, 4100},
                                                                 {1, 12, 1500, 2100}})
     sage_attention_case(cs, B, H, Sq, Sk);
+  sage_attention_case(cs, 1, 2, 300, 1000, false, 800);  // key block 6 of 8: in the span of blocks 4-7
   sage_backend_case(cs, 2, 3, 300, 4100, 128);  // the quantized kernel (4096 keys or more)
   sage_backend_case(cs, 1, 2, 1000, 1000, 128);  // fewer keys: an exact kernel
   sage_backend_case(cs, 1, 2, 300, 4200, 64);    // head dim 64: an exact kernel

@@ -88,12 +88,13 @@ Tensor CpuBackend::attention_lse(const Tensor& q, const Tensor& k, const Tensor&
   return attend(q, k, v, {}, scale, l);
 }
 
-// ops/sage_attention.h's steps in order, with the kernel's float32 operations (its sums over
-// the statistics' 256-key chunks included), so that the two differ by summation order only.
+// ops/sage_attention.h's steps in order, with the kernel's float32 operations (its sums for K's
+// mean included: per 256-key chunk, 16 partial sums of every 16th key, added in order), so that
+// the two have the same codes and differ in the order of the later sums only.
 Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
   const Tensor fq = as_f32(q), fk = as_f32(k), fv = as_f32(v);
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2);
-  constexpr int64_t D = sage::kHeadDim, G = sage::kQGroup, N = sage::kKBlock, kStatRows = 256;
+  constexpr int64_t D = sage::kHeadDim, G = sage::kQGroup, N = sage::kKBlock, kStatRows = 256, kStatGroups = 16;
   const float sl2 = scale * 1.4426950408889634f;
   constexpr float kLog2_448 = 8.807354922057604f, kMagic = 12582912.0f;
   Tensor out = Tensor::empty({B, H, Sq, D});
@@ -117,12 +118,16 @@ Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor
     for (int64_t d = 0; d < D; ++d) {
       float sum = 0.0f, amax = 0.0f;
       for (int64_t s0 = 0; s0 < Sk; s0 += kStatRows) {
-        float part = 0.0f;
-        for (int64_t s = s0; s < std::min(Sk, s0 + kStatRows); ++s) {
-          part += kp[s * D + d];
-          amax = std::fmax(amax, std::fabs(vp[s * D + d]));
+        float chunk = 0.0f;
+        for (int64_t g = 0; g < kStatGroups; ++g) {
+          float part = 0.0f;
+          for (int64_t s = s0 + g; s < std::min(Sk, s0 + kStatRows); s += kStatGroups) {
+            part += kp[s * D + d];
+            amax = std::fmax(amax, std::fabs(vp[s * D + d]));
+          }
+          chunk += part;
         }
-        sum += part;
+        sum += chunk;
       }
       mean[d] = sum / static_cast<float>(Sk);
       v_scale[d] = amax > 0.0f ? amax / 448.0f : 1.0f;

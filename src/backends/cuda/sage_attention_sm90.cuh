@@ -15,14 +15,15 @@
 //   - warpgroup 0 produces: TMA loads of the Q tile and a ring of kStages K / V^T stages;
 //   - warpgroups 1 and 2 consume 64 query rows each; unlike the bf16 kernel they do not take
 //     turns at the tensor cores (Traits says why); within a warpgroup
-//     S(j+1) = Q K(j+1)^T and T = P(j) V(j) are issued before the softmax of block j+1.
+//     S(j+1) = Q K(j+1)^T and T (+)= P(j) V(j) are issued before the softmax of block j+1.
 //   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
 //     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
 //     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA. The row
 //     maxima are taken on the int32 scores (three-input integer max) before that add.
-//   - The softmax is bound by instruction issue (~7 instructions a score: the add, the max, the
-//     FFMA, the MUFU exp2, half an e4m3 pack, the fold of T into O), not by the MUFU or the
-//     tensor cores; every instruction taken out of it shows in the kernel's time.
+//   - The softmax is bound by instruction issue (~6 instructions a score: the add, the max, the
+//     FFMA, the MUFU exp2, half an e4m3 pack, and once every kFoldSpan blocks the fold of T into
+//     O), not by the MUFU or the tensor cores; instructions taken out of it show in the kernel's
+//     time, though not one for one (Traits::kFoldSpan has the measurements).
 //   - P = 2^(s - m + log2 448), i.e. the softmax weights times 448, rounded to e4m3 (saturating)
 //     for P V. V^T carries a row of ones after the head dim: column 128 of P V is the row sum of
 //     the rounded weights, so numerator and denominator see the same weights and the softmax
@@ -231,7 +232,8 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   Tensor tSrQ = thr_qk.partition_fragment_A(sQw);   // (MMA, MMA_M, MMA_K)
   Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);   // (MMA, MMA_N, MMA_K, stage)
-  // O and one block's P V, 136 columns: the head dim, then the row sums (column 128).
+  // O and T (the P V of up to kFoldSpan blocks), 136 columns: the head dim, then the row sums
+  // (column 128).
   Tensor tOrO = partition_fragment_C(mma_pv, Shape<_64, Int<T::kVRows>>{});
   Tensor tOrT = partition_fragment_C(mma_pv, Shape<_64, Int<T::kVRows>>{});
   using FragS = decltype(partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{}));
