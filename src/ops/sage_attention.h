@@ -37,6 +37,11 @@ namespace vgen::sage {
 constexpr int kHeadDim = 128;
 constexpr int kQGroup = 16;   // query rows per int8 scale
 constexpr int kKBlock = 128;  // keys per int8 scale, and per float32 accumulation block
+// K's mean is summed (float32, in this order) over chunks of kStatRows keys, each as kStatGroups
+// partial sums of every kStatGroups-th key: the GPU's statistics pass and the CPU reference alike,
+// so that both quantize K with the same mean.
+constexpr int kStatRows = 256;
+constexpr int kStatGroups = 16;
 
 // The kernel can compute the weights of the last 8 keys of every 8 * kPolyPeriod with exp2_poly
 // on the FMA pipe instead of the MUFU's approximation, spreading the softmax over two pipes (0:

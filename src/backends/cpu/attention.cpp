@@ -94,7 +94,8 @@ Tensor CpuBackend::attention_lse(const Tensor& q, const Tensor& k, const Tensor&
 Tensor CpuBackend::sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
   const Tensor fq = as_f32(q), fk = as_f32(k), fv = as_f32(v);
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), Sk = k.size(2);
-  constexpr int64_t D = sage::kHeadDim, G = sage::kQGroup, N = sage::kKBlock, kStatRows = 256, kStatGroups = 16;
+  constexpr int64_t D = sage::kHeadDim, G = sage::kQGroup, N = sage::kKBlock, kStatRows = sage::kStatRows,
+                    kStatGroups = sage::kStatGroups;
   const float sl2 = scale * 1.4426950408889634f;
   constexpr float kLog2_448 = 8.807354922057604f, kMagic = 12582912.0f;
   Tensor out = Tensor::empty({B, H, Sq, D});

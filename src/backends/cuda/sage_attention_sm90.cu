@@ -17,7 +17,7 @@ using cute::Int;
 using cute::_1;
 using Traits = s90::Traits<4>;
 constexpr int D = sage::kHeadDim;
-constexpr int kStatRows = 256;  // keys per partial sum of the statistics pass
+constexpr int kStatRows = sage::kStatRows;  // keys per partial sum of the statistics pass
 
 // ---- pre-pass kernels ---------------------------------------------------------------------
 
@@ -32,7 +32,8 @@ struct View4 {  // a bf16 [B, H, S, D] view, unit stride along D
 // channels 8 (t % 16) .. + 7 of rows t / 16, + 16, ... with 16-byte loads (all 32 of a thread's
 // loads in flight at once), then the 16 row groups are reduced through shared memory.
 __global__ void __launch_bounds__(256) kv_stats_kernel(View4 k, View4 v, float* part, int chunks) {
-  constexpr int kGroups = 16, kSteps = kStatRows / kGroups;
+  constexpr int kGroups = sage::kStatGroups, kSteps = kStatRows / kGroups;
+  static_assert(kGroups * (D / 8) == 256 && kStatRows % kGroups == 0);  // 16 threads a row, 8 channels each
   __shared__ float sums[kGroups][D], maxes[kGroups][D];
   const int chunk = blockIdx.x, bh = blockIdx.y;
   const int b = bh / k.H, h = bh % k.H;

@@ -63,7 +63,7 @@ class FluxPipeline final : public DiffusionPipeline {
 
   std::string class_name_;
   bool kontext_ = false;
-  // A size warning is printed once per requested size (resolve runs once per video).
+  // A size warning is not repeated for the size warned about last (resolve runs once per video).
   bool first_size_warning(int64_t width, int64_t height) const;
   mutable std::mutex size_warning_mutex_;
   mutable std::pair<int64_t, int64_t> last_size_warned_{0, 0};
