@@ -917,11 +917,19 @@ void attention_lse_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
 // sage_attention: the quantized kernel against the CPU's run of the same steps
 // (ops/sage_attention.h); [B, H, S, D] views of [B, S, H, D] buffers, D 128.
 // `outlier` >= 0: that key is 8 times larger, so that many rows' maxima rise there, late in
-// the kernel's accumulation span of 4 key blocks (its in-span rescale).
+// the kernel's accumulation span of 4 key blocks (its in-span rescale). Such a key's weight
+// dominates its rows, and once it is in T the tensor cores' FP8 accumulation (coarser than
+// float32) rounds the smaller products added after it: measured on an H200 (2026-12-03, relative
+// L2 against this reference, 300 x 1000): no outlier 0.0025; outlier key 100 (block 0, a span's
+// first) 0.0069, 400 (block 3, its last) 0.0034, 512 (block 4, a span's first) 0.0081, 800
+// (block 6) 0.0040, 950 (block 7) 0.0024. A wrong rescale is off by far more.
 void sage_attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, bool perf_only = false,
                          int64_t outlier = -1) {
   constexpr int64_t D = 128;
-  const Bound bound{3e-3, -1, "the same int8 / e4m3 codes; float32 sums in another order, bf16 out"};
+  const Bound bound = outlier < 0 ? Bound{3e-3, -1, "the same int8 / e4m3 codes; float32 sums in another order, bf16 out"}
+                                  : Bound{6e-3, -1,
+                                          "the same int8 / e4m3 codes; the tensor cores' FP8 accumulation after a "
+                                          "dominant weight, float32 sums in another order, bf16 out"};
   const std::string what = outlier >= 0 ? fmt::format(" key {} x8", outlier) : "";
   cs.add({Op::sage_attention, fmt::format("sage_attention bf16 B{} H{} Sq{} Sk{} D{}{}", B, H, Sq, Sk, D, what),
           DType::BF16,
