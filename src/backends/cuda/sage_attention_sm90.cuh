@@ -428,7 +428,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // of block n, so it overlaps the other warpgroup's softmax, not this one's; a wait that
   // ptxas cannot hoist, a branch on a softmax result, measured no faster; two register sets for
   // P, so that no wait is needed, take 16 registers more than a consumer's 240: ptxas spills
-  // ~1 KB a thread.) At the top of block n: P(n - 1) in p_regs, row_max block n - 1's, T's
+  // ~1 KB a thread; with O in shared memory instead, to make room, ptxas put the second set in
+  // the first's registers and the kernel ran 5-8% slower and failed its tests, 2026-12-03.)
+  // At the top of block n: P(n - 1) in p_regs, row_max block n - 1's, T's
   // products up to block n - 2 done.
   auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
