@@ -47,7 +47,8 @@ constexpr int kStatGroups = 16;
 // on the FMA pipe instead of the MUFU's approximation, spreading the softmax over two pipes (0:
 // none). Tuned on an H200 (S=32760 H=12, TFLOP/s, one call): none 904, 1/16 902, 1/8 885, 1/4
 // 806 (with the integer row max; 801 with 1/4 and FMNMX, the earlier setting): each polynomial
-// costs the issue slots of ~8 instructions, and issue, not the MUFU, bounds the softmax.
+// costs the issue slots of ~8 instructions and lengthens the warp's dependent chain, while the
+// MUFU is not saturated (48% busy per ncu, 2026-12-03).
 constexpr int kPolyPeriod = 0;
 // The kernel picks by column within each key block, the reference by key index: they agree when
 // the period divides the block.

@@ -20,10 +20,12 @@
 //     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
 //     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA. The row
 //     maxima are taken on the int32 scores (three-input integer max) before that add.
-//   - The softmax is bound by instruction issue (~6 instructions a score: the add, the max, the
-//     FFMA, the MUFU exp2, half an e4m3 pack, and once every kFoldSpan blocks the fold of T into
-//     O), not by the MUFU or the tensor cores; instructions taken out of it show in the kernel's
-//     time, though not one for one (Traits::kFoldSpan has the measurements).
+//   - The softmax (~6 instructions a score: the add, the max, the FFMA, the MUFU exp2, half an
+//     e4m3 pack, and once every kFoldSpan blocks the fold of T into O) saturates no unit: per
+//     ncu (S=32760 H=12, 2026-12-03) issue slots are 39% busy, the MUFU 48%, the tensor pipe 47%,
+//     and a warp mostly waits on its own dependent instructions (two consumer warps a
+//     scheduler); instructions taken out of it show in the kernel's time, though not one for one
+//     (Traits::kFoldSpan has the measurements).
 //   - P = 2^(s - m + log2 448), i.e. the softmax weights times 448, rounded to e4m3 (saturating)
 //     for P V. V^T carries a row of ones after the head dim: column 128 of P V is the row sum of
 //     the rounded weights, so numerator and denominator see the same weights and the softmax
