@@ -64,9 +64,18 @@ def gpu_facts():
     kernel moves with the machine more than cuDNN does, so figures from two runs compare only when
     they say whether the GPU was the same."""
     fields = ["uuid", "clocks.max.sm", "power.limit"]
+    # nvidia-smi numbers the GPUs as the machine does, torch as CUDA_VISIBLE_DEVICES does: ask by
+    # torch's UUID of the device (by index only where torch cannot say and nothing is remapped).
+    uuid = str(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", "") or "")
+    if uuid:
+        gpu = uuid if uuid.startswith("GPU-") else "GPU-" + uuid
+    elif not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        gpu = str(torch.cuda.current_device())
+    else:
+        return {}
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits",
-                              f"--id={torch.cuda.current_device()}"], capture_output=True, text=True, timeout=10)
+                              f"--id={gpu}"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {}
     values = [v.strip() for v in out.stdout.strip().split(",")]
