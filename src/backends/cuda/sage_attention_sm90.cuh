@@ -35,6 +35,9 @@
 //     maximum rose), which is then added to O in registers (O = O * rescale + T): the tensor
 //     cores' FP8 accumulation never spans more than kFoldSpan blocks of 128 keys.
 //   - Epilogue: O * scale_v[d] / l, bf16.
+// Measured slower or not worth it (README, Quantized attention; branches sage-3wg and
+// sage-wave-split): three consumer warpgroups with 64-key blocks; splitting the last wave of
+// tiles along the keys (under 1% faster, and P then rounds against a range's own running max).
 #pragma once
 
 #include <cuda_bf16.h>
