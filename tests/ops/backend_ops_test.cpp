@@ -922,7 +922,10 @@ void attention_lse_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
 // float32) rounds the smaller products added after it: measured on an H200 (2026-12-03, relative
 // L2 against this reference, 300 x 1000): no outlier 0.0025; outlier key 100 (block 0, a span's
 // first) 0.0069, 400 (block 3, its last) 0.0034, 512 (block 4, a span's first) 0.0081, 800
-// (block 6) 0.0040, 950 (block 7) 0.0024. A wrong rescale is off by far more.
+// (block 6) 0.0040, 950 (block 7) 0.0024. A missing in-span rescale is off by far more: 0.94
+// with key 800 (0.29-0.31 without an outlier), emulating these steps in numpy, 3 seeds,
+// 2026-12-03 (the emulation with the rescale is 0.037 from float32 attention, as the CPU
+// reference is).
 void sage_attention_case(Cases& cs, int64_t B, int64_t H, int64_t Sq, int64_t Sk, bool perf_only = false,
                          int64_t outlier = -1) {
   constexpr int64_t D = 128;
