@@ -44,7 +44,9 @@ ExecutionSettings ExecutionSettings::from_environment() {
     else s.conv_kernel = env_flag("VGEN_CONV_CUTLASS", false) ? "auto" : "cudnn";
   }
   s.gemm_autotune = env_flag("VGEN_GEMM_AUTOTUNE", true);
-  s.profile_ops = env_flag("VGEN_PROFILE_OPS", false);
+  const char* profile = std::getenv("VGEN_PROFILE_OPS");
+  s.profile_ops_by_shape = profile != nullptr && std::string(profile) == "shapes";
+  s.profile_ops = s.profile_ops_by_shape || env_flag("VGEN_PROFILE_OPS", false);
   return s;
 }
 

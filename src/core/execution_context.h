@@ -52,6 +52,8 @@ struct ExecutionSettings {
   bool cuda_graphs = true;
   // Time every op (on a GPU synchronizing around each) and print a table when the context ends.
   bool profile_ops = false;
+  // With profile_ops, one row per op and argument shapes (VGEN_PROFILE_OPS=shapes).
+  bool profile_ops_by_shape = false;
 
   // The defaults with the environment's overrides (VGEN_ATTENTION_BACKEND, VGEN_ALLOW_TF32,
   // VGEN_CONV_AUTOTUNE, VGEN_CONV_CUTLASS, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what

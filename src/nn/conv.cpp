@@ -43,6 +43,61 @@ Conv3d Conv3d::per_frame_conv2d(const Weights& weights, const std::string& prefi
 }
 
 namespace {
+
+// The 2x2 filters of UpsampleConv2d's phases from the 3x3 filter w [out, in, 3, 3] (float32,
+// host): [(a, b, out), in, 1, 2, 2].
+Tensor phase_filters(const Tensor& w) {
+  const int64_t out = w.size(0), in = w.size(1);
+  const std::vector<float> v = w.to_vector();
+  // taps[a][r]: the rows (or columns) of the 3x3 filter that tap r of phase a sums.
+  static constexpr int kTaps[2][2][2] = {{{0, 0}, {1, 2}}, {{0, 1}, {2, 2}}};
+  static constexpr int kCount[2][2] = {{1, 2}, {2, 1}};
+  std::vector<float> f(static_cast<size_t>(4 * out * in * 4), 0.0f);
+  for (int a = 0; a < 2; ++a)
+    for (int b = 0; b < 2; ++b)
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t c = 0; c < in; ++c) {
+          const float* src = &v[static_cast<size_t>((o * in + c) * 9)];
+          float* dst = &f[static_cast<size_t>((((2 * a + b) * out + o) * in + c) * 4)];
+          for (int r = 0; r < 2; ++r)
+            for (int s = 0; s < 2; ++s) {
+              float sum = 0.0f;
+              for (int i = 0; i < kCount[a][r]; ++i)
+                for (int j = 0; j < kCount[b][s]; ++j) sum += src[kTaps[a][r][i] * 3 + kTaps[b][s][j]];
+              dst[r * 2 + s] = sum;
+            }
+        }
+  return Tensor::from_vector(f, {4 * out, in, 1, 2, 2});
+}
+
+}  // namespace
+
+UpsampleConv2d::UpsampleConv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
+                               bool channels_last)
+    : conv_([&] {
+        const Tensor w = weights.on_host_f32().load(prefix + ".weight", {out, in, 3, 3});
+        const Tensor bias = weights.load(prefix + ".bias", {out});
+        Conv3dParams p;
+        p.padding = {0, 1, 1};
+        return Conv3d(phase_filters(w).to(weights.dtype()).to(weights.device()),
+                      ops::cat({bias, bias, bias, bias}, 0), p, channels_last);
+      }()),
+      out_(out) {}
+
+Tensor UpsampleConv2d::forward(const Tensor& x) const {
+  VGEN_CHECK(x.dim() == 5, "UpsampleConv2d: input {} is not [B, C, T, H, W]", x.str());
+  const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
+  const Tensor phases = conv_.forward(x);  // [B, 4 x out, T, H + 1, W + 1]
+  const Tensor y = Tensor::empty_like_format(phases, {b, out_, t, 2 * h, 2 * w}, phases.dtype());
+  const Tensor split = y.unflatten(4, {w, 2}).unflatten(3, {h, 2});  // [B, out, T, h, a, w, b]
+  for (int64_t pa = 0; pa < 2; ++pa)
+    for (int64_t pb = 0; pb < 2; ++pb)
+      split.select(6, pb).select(4, pa).copy_(
+          phases.narrow(1, (2 * pa + pb) * out_, out_).narrow(3, pa, h).narrow(4, pb, w));
+  return y;
+}
+
+namespace {
 thread_local Communicator* row_split = nullptr;
 }  // namespace
 

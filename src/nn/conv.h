@@ -60,10 +60,35 @@ class Conv3d {
   const Conv3dParams& params() const { return params_; }
 
  private:
+  friend class UpsampleConv2d;
   Conv3d(Tensor weight, Tensor bias, Conv3dParams params, bool channels_last);
 
   Tensor weight_, bias_;
   Conv3dParams params_;
+};
+
+// diffusers' 2-D upsamplers: every frame upsampled 2x by nearest neighbour (torch's "nearest"
+// and "nearest-exact" agree at scale 2), then torch.nn.Conv2d(in, out, 3, padding=1):
+// PREFIX.weight [out, in, 3, 3], PREFIX.bias [out]. Computed without the upsampled copy: output
+// pixel (2i + a, 2j + b) sees input rows i - 1, i, i (a = 0) or i, i, i + 1 (a = 1), and the
+// same for columns, so each of the four phases (a, b) is a 2x2 convolution of the input whose
+// taps are sums of the 3x3 filter's (rows {0}, {1, 2} for a = 0 and {0, 1}, {2} for a = 1).
+// One 2x2 convolution with padding 1 and 4 x out channels makes all four phases at
+// (H + 1) x (W + 1) positions (phase (a, b) is the window at offset (a, b)), and one copy per
+// phase interleaves them: 4/9 of the multiply-adds, and no 4x copy of the input. The same
+// values up to the order of the additions; the summed taps are formed in float32 from the
+// checkpoint and rounded once to the model's dtype.
+class UpsampleConv2d {
+ public:
+  UpsampleConv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out, bool channels_last);
+
+  // x [B, in, T, H, W] -> [B, out, T, 2H, 2W], in the memory format of the backend's
+  // convolution results (channels-last on a GPU when x is).
+  Tensor forward(const Tensor& x) const;
+
+ private:
+  Conv3d conv_;  // [4 x out, in, 1, 2, 2], padding 1 in height and width
+  int64_t out_;
 };
 
 // Frames of each causal conv's input kept for the next chunk (diffusers' CACHE_T).

@@ -15,7 +15,8 @@ namespace {
 
 class ProfilingBackend final : public Backend {
  public:
-  explicit ProfilingBackend(std::shared_ptr<Backend> inner) : owned_(std::move(inner)), inner_(owned_.get()) {}
+  ProfilingBackend(std::shared_ptr<Backend> inner, bool by_shape)
+      : owned_(std::move(inner)), inner_(owned_.get()), by_shape_(by_shape) {}
   ~ProfilingBackend() override { report(); }
 
   std::string name() const override { return inner_->name(); }
@@ -27,7 +28,11 @@ class ProfilingBackend final : public Backend {
   // Every op of the list, timed under its name; copies apart by direction (host transfers,
   // weight uploads while loading and results read back, are not device work).
 #define VGEN_PROFILED_OP(name, ret, params, args, kind) \
-  ret name params override { return timed(label(Op::name, args_device_hint args), [&] { return inner_->name args; }); }
+  ret name params override {                                                                              \
+    return timed(by_shape_ ? label(Op::name, args_device_hint args) + args_shapes args                      \
+                           : std::string(label(Op::name, args_device_hint args)),                           \
+                 [&] { return inner_->name args; });                                                         \
+  }
   VGEN_OP_LIST(VGEN_PROFILED_OP)
 #undef VGEN_PROFILED_OP
   void synchronize() override { inner_->synchronize(); }
@@ -43,7 +48,7 @@ class ProfilingBackend final : public Backend {
 
   // Times one call; nested calls (an op built from others) count only at the outer level.
   template <typename F>
-  auto timed(const char* op, F&& f) -> decltype(f()) {
+  auto timed(const std::string& op, F&& f) -> decltype(f()) {
     if (depth_++ > 0) {
       struct Leave { int& d; ~Leave() { --d; } } leave{depth_};
       return f();
@@ -61,7 +66,7 @@ class ProfilingBackend final : public Backend {
     }
   }
 
-  void record(const char* op, std::chrono::steady_clock::time_point t) {
+  void record(const std::string& op, std::chrono::steady_clock::time_point t) {
     inner_->synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     std::lock_guard<std::mutex> lock(mutex_);
@@ -76,9 +81,13 @@ class ProfilingBackend final : public Backend {
     double total = 0;
     for (const auto& r : rows) total += r.second.seconds;
     std::fprintf(stderr, "vgen op profile (%s, synchronized per op): %.3f s\n", inner_->name().c_str(), total);
-    for (const auto& [name, e] : rows)
-      std::fprintf(stderr, "  %-22s %9.4f s %5.1f%% %8ld calls\n", name.c_str(), e.seconds,
-                   total > 0 ? 100.0 * e.seconds / total : 0.0, e.calls);
+    for (const auto& [name, e] : rows) {
+      const double share = total > 0 ? 100.0 * e.seconds / total : 0.0;
+      if (by_shape_)
+        std::fprintf(stderr, "  %9.4f s %5.1f%% %8ld calls  %s\n", e.seconds, share, e.calls, name.c_str());
+      else
+        std::fprintf(stderr, "  %-22s %9.4f s %5.1f%% %8ld calls\n", name.c_str(), e.seconds, share, e.calls);
+    }
   }
 
   // The first tensor argument tells a copy's direction (copy(dst, src)); other ops ignore it.
@@ -98,6 +107,18 @@ class ProfilingBackend final : public Backend {
     (take(a), ...);
     return e;
   }
+  // " DTYPE[shape]" for each defined tensor argument.
+  template <typename... A>
+  static std::string args_shapes(const A&... a) {
+    std::string s;
+    auto take = [&](const auto& v) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(v)>, Tensor>) {
+        if (v.defined()) s += " " + std::string(dtype_name(v.dtype())) + shape_str(v.shape());
+      }
+    };
+    (take(a), ...);
+    return s;
+  }
   static const char* label(Op op, const CopyEnds& e) {
     if (op != Op::copy || e.dst == nullptr || e.src == nullptr) return op_name(op);
     const bool from_host = e.src->device().is_cpu(), to_host = e.dst->device().is_cpu();
@@ -108,6 +129,7 @@ class ProfilingBackend final : public Backend {
   std::shared_ptr<Backend> owned_;
   Backend* inner_;
   std::mutex mutex_;
+  bool by_shape_;
   std::map<std::string, Entry> entries_;
   static thread_local int depth_;
 };
@@ -116,8 +138,8 @@ thread_local int ProfilingBackend::depth_ = 0;
 
 }  // namespace
 
-std::shared_ptr<Backend> make_profiling_backend(std::shared_ptr<Backend> inner) {
-  return std::make_shared<ProfilingBackend>(std::move(inner));
+std::shared_ptr<Backend> make_profiling_backend(std::shared_ptr<Backend> inner, bool by_shape) {
+  return std::make_shared<ProfilingBackend>(std::move(inner), by_shape);
 }
 
 }  // namespace vgen

@@ -1,5 +1,6 @@
 // The nn layer: loading errors that name the tensor, fused projections in the right order,
-// attention against a plain loop, and the causal conv's chunked decode against one pass.
+// attention against a plain loop, the causal conv's chunked decode against one pass, and the
+// upsampler's phase convolutions against upsampling and convolving.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -240,4 +241,41 @@ TEST(NnCausalConv3d, WrittenInputEqualsGivenInput) {
     start += n;
   }
   EXPECT_EQ(conv.forward(x, writer(x), nullptr).to_vector(), conv.forward(x, nullptr).to_vector());
+}
+
+// The upsampler's 2x2 phase convolutions give diffusers' nearest 2x upsampling and 3x3
+// convolution (padding 1), here a plain loop over the upsampled frame: odd sizes, several
+// frames and batches, both memory formats; the filter counts as loaded.
+TEST(NnUpsampleConv2d, EqualsUpsampleThenConv) {
+  const int64_t B = 2, C = 3, O = 4, T = 2, H = 5, W = 7;
+  const Tensor w = values({O, C, 3, 3}, 4), bias = values({O}, 5), x = values({B, C, T, H, W}, 6);
+  const WeightStore store = store_of("upconv", {{"up.weight", w}, {"up.bias", bias}});
+  const nn::Weights weights(store, DType::F32, Device::cpu());
+  const std::vector<float> wv = w.to_vector(), bv = bias.to_vector(), xv = x.to_vector();
+  std::vector<float> want(static_cast<size_t>(B * O * T * 4 * H * W));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t yy = 0; yy < 2 * H; ++yy)
+          for (int64_t xx = 0; xx < 2 * W; ++xx) {
+            double sum = bv[static_cast<size_t>(o)];
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t kh = 0; kh < 3; ++kh)
+                for (int64_t kw = 0; kw < 3; ++kw) {
+                  const int64_t uy = yy + kh - 1, ux = xx + kw - 1;  // in the upsampled frame
+                  if (uy < 0 || uy >= 2 * H || ux < 0 || ux >= 2 * W) continue;
+                  sum += wv[static_cast<size_t>(((o * C + c) * 3 + kh) * 3 + kw)] *
+                         xv[static_cast<size_t>((((b * C + c) * T + t) * H + uy / 2) * W + ux / 2)];
+                }
+            want[static_cast<size_t>((((b * O + o) * T + t) * 2 * H + yy) * 2 * W + xx)] = static_cast<float>(sum);
+          }
+  const Tensor expected = Tensor::from_vector(want, {B, O, T, 2 * H, 2 * W});
+  for (bool channels_last : {false, true}) {
+    const nn::UpsampleConv2d up(weights, "up", C, O, channels_last);
+    const Tensor got = up.forward(channels_last ? x.to_channels_last_3d() : x);
+    ASSERT_EQ(got.shape(), expected.shape());
+    EXPECT_LT(max_abs_diff(got, expected), 1e-5) << "channels_last " << channels_last;
+  }
+  weights.check_all_used("test", "config.json");
+  expect_error([&] { nn::UpsampleConv2d(weights, "up", C + 1, O, false); }, "up.weight");
 }

@@ -13,7 +13,8 @@ Backend& cpu_backend() {
 namespace {
 
 std::shared_ptr<DeviceRuntime> create(int, const ExecutionSettings& settings, std::string*) {
-  if (settings.profile_ops) return make_profiling_backend(std::shared_ptr<Backend>(&cpu_backend(), [](Backend*) {}));
+  if (settings.profile_ops) return make_profiling_backend(std::shared_ptr<Backend>(&cpu_backend(), [](Backend*) {}),
+                                                         settings.profile_ops_by_shape);
   return std::shared_ptr<DeviceRuntime>(&cpu_backend(), [](DeviceRuntime*) {});
 }
 

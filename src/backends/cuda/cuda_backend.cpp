@@ -340,7 +340,7 @@ std::shared_ptr<DeviceRuntime> create(int index, const ExecutionSettings& settin
     return nullptr;
   }
   auto backend = std::make_shared<CudaBackend>(index, settings);
-  if (settings.profile_ops) return make_profiling_backend(backend);
+  if (settings.profile_ops) return make_profiling_backend(backend, settings.profile_ops_by_shape);
   return backend;
 }
 

@@ -178,7 +178,8 @@ std::unique_ptr<AutoencoderKL> AutoencoderKL::from_pretrained(const std::string&
     const std::string p = fmt::format("decoder.up_blocks.{}", i);
     for (int64_t j = 0; j < c.layers_per_block + 1; ++j)
       s.resnets.push_back(vae->resnet(w, fmt::format("{}.resnets.{}", p, j), j == 0 ? prev : out, out));
-    if (i != n - 1) s.resample = vae->conv(w, p + ".upsamplers.0.conv", out, out, 3);
+    if (i != n - 1)
+      s.upsample = std::make_unique<nn::UpsampleConv2d>(w, p + ".upsamplers.0.conv", out, out, vae->channels_last_);
     prev = out;
     vae->up_blocks_.push_back(std::move(s));
   }
@@ -218,7 +219,7 @@ Tensor AutoencoderKL::decode(const Tensor& z) const {
   x = dec_mid_.forward(x);
   for (const Stage& s : up_blocks_) {
     for (const Resnet& r : s.resnets) x = r.forward(x);
-    if (s.resample) x = s.resample->forward(ops::upsample_nearest2x(x));
+    if (s.upsample) x = s.upsample->forward(x);
   }
   x = dec_conv_out_->forward(dec_norm_out_.forward(x, true));
   return x.squeeze(2).contiguous();  // NCHW whatever the layout inside

@@ -83,7 +83,8 @@ class AutoencoderKL {
   };
   struct Stage {  // a DownEncoderBlock2D or UpDecoderBlock2D
     std::vector<Resnet> resnets;
-    std::unique_ptr<nn::Conv3d> resample;  // downsamplers.0.conv / upsamplers.0.conv
+    std::unique_ptr<nn::Conv3d> resample;             // downsamplers.0.conv
+    std::unique_ptr<nn::UpsampleConv2d> upsample;     // upsamplers.0 (nearest 2x, then its conv)
   };
 
   AutoencoderKL(AutoencoderKLConfig config, DType dtype, Device device);

@@ -89,11 +89,12 @@ Tensor zero_pad_bottom_right(const Tensor& x) {
 
 WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, WanResampleMode mode,
                          int64_t upsample_out_dim)
-    : mode_(mode),
-      resample_(is_upsample(mode) ? nn::Conv3d::per_frame_conv2d(load.weights, prefix + ".resample.1", dim,
-                                                                 upsample_out_dim, {3, 3}, {1, 1}, load.channels_last)
-                                  : nn::Conv3d::per_frame_conv2d(load.weights, prefix + ".resample.1", dim, dim, {3, 3},
-                                                                 {0, 0}, load.channels_last, {2, 2})) {
+    : mode_(mode) {
+  if (is_upsample(mode))
+    upsample_.emplace(load.weights, prefix + ".resample.1", dim, upsample_out_dim, load.channels_last);
+  else
+    downsample_.emplace(nn::Conv3d::per_frame_conv2d(load.weights, prefix + ".resample.1", dim, dim, {3, 3}, {0, 0},
+                                                     load.channels_last, {2, 2}));
   if (mode == WanResampleMode::Upsample3d)
     time_conv_.emplace(load.causal_conv(prefix + ".time_conv", dim, 2 * dim, {3, 1, 1}, {1, 0, 0}));
   if (mode == WanResampleMode::Downsample3d) {
@@ -131,12 +132,11 @@ Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) c
       x = y.view({b, 2, c, t, h, w}).permute({0, 2, 3, 1, 4, 5}).reshape({b, c, 2 * t, h, w});
     }
   }
-  // nearest-exact at scale 2 picks source index dst/2, as nearest does.
-  return resample_.forward(ops::upsample_nearest2x(x));
+  return upsample_->forward(x);
 }
 
 Tensor WanResample::downsample(Tensor x, nn::FeatCache& cache) const {
-  x = resample_.forward(zero_pad_bottom_right(x));
+  x = downsample_->forward(zero_pad_bottom_right(x));
   if (!down_time_conv_) return x;
   // diffusers: the first chunk only fills the cache (its frames pass through); later chunks
   // convolve [previous chunk's last frame, x] with stride 2 and keep x's last frame.

@@ -87,7 +87,8 @@ class WanResample {
   Tensor downsample(Tensor x, nn::FeatCache& cache) const;
 
   WanResampleMode mode_;
-  nn::Conv3d resample_;                        // resample.1, a Conv2d per frame
+  std::optional<nn::UpsampleConv2d> upsample_;  // upsampling: resample.0 and resample.1 (a Conv2d per frame)
+  std::optional<nn::Conv3d> downsample_;        // downsampling: resample.1, a stride-2 Conv2d per frame
   std::optional<nn::CausalConv3d> time_conv_;  // upsample3d: (3, 1, 1), 2 * dim channels
   std::optional<nn::Conv3d> down_time_conv_;   // downsample3d: (3, 1, 1), stride 2, no padding
   int64_t down_cache_slot_ = -1;               // downsample3d: the previous chunk's last frame
