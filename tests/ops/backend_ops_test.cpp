@@ -385,6 +385,24 @@ void copy_cases(Cases& cs) {
             [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 3, 5}, d))}; },
             [](const Args& t, Device) { return Outputs{ops::pad(t[0], 2, 1, 2)}; }, kSameBytes, {2, 3, 8}, d});
   }
+  // Innermost destination runs read from a source that steps by 2 or 3 elements or repeats one
+  // (the gathered-word copy; runs of other lengths fall back to element copies): the Wan2.2
+  // VAE's DupUp3D channel de-interleave and broadcasts.
+  for (DType d : {DType::BF16, DType::F32}) {
+    for (int64_t n : {16, 24, 12}) {
+      cs.add({Op::copy, fmt::format("copy {} [3,5,{},2] -> [3,5,2,{}] (source step 2)", dt(d), n, n), d,
+              [d, n](Gen& g) { return std::vector<Input>{in(g.normal({3, 5, n, 2}, d))}; },
+              [](const Args& t, Device) { return Outputs{t[0].transpose(2, 3).contiguous()}; }, kSameBytes,
+              {3, 5, 2, n}, d});
+    }
+    cs.add({Op::copy, fmt::format("copy {} [2,3,32] narrowed by 3 along channels (source step 3)", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 32, 3}, d))}; },
+            [](const Args& t, Device) { return Outputs{t[0].transpose(1, 2).narrow(1, 1, 2).contiguous()}; }, kSameBytes,
+            {2, 2, 32}, d});
+    cs.add({Op::copy, fmt::format("copy {} [4,1] expanded to [4,48] (source step 0)", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({4, 1}, d))}; },
+            [](const Args& t, Device) { return Outputs{t[0].expand({4, 48}).contiguous()}; }, kSameBytes, {4, 48}, d});
+  }
   cs.add({Op::copy, "copy f32 10-D reversed (dims that do not merge)", DType::F32,
           [](Gen& g) { return std::vector<Input>{in(g.normal({2, 2, 2, 2, 2, 2, 2, 2, 2, 3}))}; },
           [](const Args& t, Device) { return Outputs{t[0].permute({9, 8, 7, 6, 5, 4, 3, 2, 1, 0}).contiguous()}; },
