@@ -38,7 +38,6 @@
   X(embedding, Tensor, (const Tensor& ids, const Tensor& table), (ids, table), Primitive)                         \
   X(conv3d, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p),           \
     (x, weight, bias, p), Primitive)                                                                              \
-  X(upsample_nearest2x, Tensor, (const Tensor& x), (x), Primitive)                                                \
   X(sum_abs, double, (const Tensor& x), (x), Primitive)                                                           \
   X(quantize_fp8, QuantizedActivation, (const Tensor& x, QuantFormat format, const Tensor& input_scale),          \
     (x, format, input_scale), Primitive)                                                                          \

@@ -258,8 +258,6 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   return on(x, Op::conv3d, "conv3d").conv3d(x, weight, bias, params);
 }
 
-Tensor upsample_nearest2x(const Tensor& x) { return on(x, Op::upsample_nearest2x, "upsample_nearest2x").upsample_nearest2x(x); }
-
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   VGEN_CHECK(!tensors.empty(), "cat of no tensors");
   const Tensor& first = tensors[0];

@@ -60,7 +60,6 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 
 Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params);
-Tensor upsample_nearest2x(const Tensor& x);
 
 // Shape ops built from copies (the same on every backend).
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);

@@ -1191,7 +1191,8 @@ void conv3d_cases(Cases& cs) {
                true);
   cutlass_case({1, 64, 4, 6, 10}, {128, 64, 3, 1, 1}, true, conv_params({1, 1, 1}, {0, 0, 0}, 2), "3x1x1 time conv");
   cutlass_case({1, 128, 2, 5, 7}, {64, 128, 1, 1, 1}, false, conv_params({1, 1, 1}, {0, 0, 0}), "1x1x1 shortcut");
-  cutlass_case({1, 64, 2, 10, 12}, {64, 64, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}), "1x3x3 upsampler");
+  cutlass_case({1, 64, 2, 10, 12}, {64, 64, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}), "1x3x3");
+  cutlass_case({1, 64, 2, 10, 12}, {256, 64, 1, 2, 2}, true, conv_params({1, 1, 1}, {0, 1, 1}), "1x2x2 upsampler phases");
   cutlass_case({1, 256, 3, 8, 10}, {256, 256, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0), "256 channels");
   // A Wan VAE decoder convolution (perf mode).
   for (DType d : {DType::BF16, DType::F32})
@@ -1208,36 +1209,9 @@ void conv3d_cases(Cases& cs) {
                 DType::BF16, "Wan2.2 VAE 256 channels", false, true, -1, true, kernel);
     conv3d_case(cs, {1, 1024, 4, 88, 160}, {1024, 1024, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
                 DType::BF16, "Wan2.2 VAE 1024 channels", false, true, -1, true, kernel);
-    conv3d_case(cs, {1, 512, 4, 352, 640}, {512, 512, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}),
+    // The upsampler's four output phases as one 2x2 convolution of the 176x320 frames (nn::UpsampleConv2d).
+    conv3d_case(cs, {1, 512, 4, 176, 320}, {2048, 512, 1, 2, 2}, true, conv_params({1, 1, 1}, {0, 1, 1}),
                 DType::BF16, "Wan2.2 VAE upsampler 512 channels", false, true, -1, true, kernel);
-  }
-}
-
-void upsample_cases(Cases& cs) {
-  const auto run = [](const Args& t, Device) { return Outputs{ops::upsample_nearest2x(t[0])}; };
-  const auto up = [](Shape s) {
-    s[s.size() - 1] *= 2;
-    s[s.size() - 2] *= 2;
-    return s;
-  };
-  for (DType d : {DType::F32, DType::BF16, DType::F16}) {
-    for (const Shape& shape : std::vector<Shape>{{2, 3, 5, 7}, {1, 4, 6, 8}, {4, 4}, {1, 96, 2, 9, 16}}) {
-      cs.add({Op::upsample_nearest2x, fmt::format("upsample_nearest2x {}{}", dt(d), sh(shape)), d,
-              [d, shape](Gen& g) { return std::vector<Input>{in(g.normal(shape, d))}; }, run, kMoves, up(shape), d});
-    }
-  }
-  cs.add({Op::upsample_nearest2x, "upsample_nearest2x bf16[3,6,8] transposed", DType::BF16,
-          [](Gen& g) {
-            return std::vector<Input>{in(g.normal({3, 8, 6}, DType::BF16), [](const Tensor& t) { return t.transpose(1, 2); })};
-          },
-          run, kMoves, {3, 12, 16}, DType::BF16});
-  // Channels-last 3-D: every word width (C * element size of 16, 8, 4, 2 and 1 bytes).
-  for (DType d : {DType::F32, DType::BF16, DType::U8}) {
-    for (const Shape& shape : std::vector<Shape>{{2, 96, 2, 5, 7}, {1, 3, 3, 4, 6}, {1, 2, 1, 3, 3}, {1, 1, 2, 3, 5}}) {
-      cs.add({Op::upsample_nearest2x, fmt::format("upsample_nearest2x {}{} channels-last", dt(d), sh(shape)), d,
-              [d, shape](Gen& g) { return std::vector<Input>{cl(d == DType::U8 ? g.sample(shape, d) : g.normal(shape, d))}; },
-              run, kMoves, up(shape), d});
-    }
   }
 }
 
@@ -1652,7 +1626,6 @@ const std::vector<OpCase>& all_cases() {
     rope_cases(cs);
     embedding_cases(cs);
     conv3d_cases(cs);
-    upsample_cases(cs);
     sum_abs_cases(cs);
     modulated_layer_norm_cases(cs);
     gated_residual_cases(cs);

@@ -259,14 +259,6 @@ TEST(CudaBackend, ChannelsLastOutputsKeepTheirLayout) {
       EXPECT_TRUE(ops::conv3d(x, w, b, p).is_contiguous()) << what << " NCDHW";
     }
   }
-  // Upsampling, several word widths (C * element size; the 1-channel case is both layouts).
-  // (U8 would cover 1-byte words, but the CUDA backend's supports() refuses it now.)
-  for (DType dt : {DType::F32, DType::BF16}) {
-    for (const Shape& shape : std::vector<Shape>{{2, 96, 2, 5, 7}, {1, 3, 3, 4, 6}, {1, 2, 1, 3, 3}}) {
-      const Tensor x = gpu(rnd(shape, DType::F32, 10.0f)).to(dt).to_channels_last_3d();
-      EXPECT_TRUE(ops::upsample_nearest2x(x).is_channels_last_3d()) << dtype_name(dt) << " " << shape_str(shape);
-    }
-  }
 }
 
 // ---- GEMM autotuning belongs to the context ----------------------------------------------------

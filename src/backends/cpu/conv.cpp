@@ -57,22 +57,4 @@ Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& b
   return to_dtype(out, x.dtype());
 }
 
-Tensor CpuBackend::upsample_nearest2x(const Tensor& x) {
-  VGEN_CHECK(x.dim() >= 2, "upsample_nearest2x of {}", x.str());
-  const Tensor fx = as_f32(x);
-  const int64_t H = x.size(-2), W = x.size(-1), planes = x.numel() / (H * W);
-  Shape shape = x.shape();
-  shape[shape.size() - 2] = 2 * H;
-  shape.back() = 2 * W;
-  Tensor out = Tensor::empty(shape);
-  const float* p = fx.data<float>();
-  float* q = out.data<float>();
-#pragma omp parallel for
-  for (int64_t i = 0; i < planes; ++i) {
-    for (int64_t h = 0; h < 2 * H; ++h)
-      for (int64_t w = 0; w < 2 * W; ++w) q[(i * 2 * H + h) * 2 * W + w] = p[(i * H + h / 2) * W + w / 2];
-  }
-  return to_dtype(out, x.dtype());
-}
-
 }  // namespace vgen::cpu

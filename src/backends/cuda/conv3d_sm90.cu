@@ -11,11 +11,11 @@
 // GEMM view of the convolution: M = N * Do * Ho * Wo output positions, N = K output channels,
 // K = C * T * R * S (the filter taps times the input channels, C innermost).
 //
-// What it is for: the Wan2.2 VAE decoder at 704x1280x121 (2.0 PFLOP of convolutions, chunked
-// per latent frame) spends 24% each on 3x3x3 512->512 at 4x176x320 and 256->256 at 4x352x640
-// (GEMM 225280x512x13824 and 901120x256x6912, 150 calls each), 14% on 1024->1024 at 2x88x160,
-// 19% on the 1024->512 / 512->256 first convs of the last two blocks and 13% on the 1x3x3
-// upsampler convs; conv_in (48 channels) and conv_out (12) stay with cuDNN.
+// What it is for: the Wan2.2 VAE decoder at 704x1280x121 (1.86 PFLOP of convolutions, chunked
+// per latent frame) spends 26% each on 3x3x3 512->512 at 4x176x320 and 256->256 at 4x352x640
+// (GEMM 225280x512x13824 and 901120x256x6912, 150 calls each), 16% on 1024->1024 at 2x88x160,
+// 21% on the 1024->512 / 512->256 first convs of the last two blocks and 6% on the upsamplers'
+// 1x2x2 phase convs (nn::UpsampleConv2d); conv_in (48 channels) and conv_out (12) stay with cuDNN.
 //
 // The kernel body is compiled for sm_90a only (the __global__ wrapper below); other targets of
 // VGEN_CUDA_ARCHS get an empty body, and conv3d_sm90_rejects() refuses to run there.

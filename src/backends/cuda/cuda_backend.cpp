@@ -186,7 +186,6 @@ bool CudaBackend::supports(Op op, DType dtype) const {
     case Op::copy:
     case Op::fill:
     case Op::embedding:
-    case Op::upsample_nearest2x:
     case Op::binary:
     case Op::unary:
     case Op::axpby:

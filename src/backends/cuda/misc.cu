@@ -1,4 +1,4 @@
-// Embedding lookup, nearest-neighbour 2x upsampling and the sum of absolute values.
+// Embedding lookup and the sum of absolute values.
 
 #include <cuda_runtime.h>
 
@@ -35,52 +35,6 @@ __global__ void embedding_kernel(const int64_t* __restrict__ ids, const W* __res
     const W* src = table + id * words_per_row;
     W* dst = out + r * words_per_row;
     for (int64_t w = threadIdx.x; w < words_per_row; w += blockDim.x) dst[w] = src[w];
-  }
-}
-
-// ---- Upsampling ------------------------------------------------------------------------------
-
-// Each thread reads VEC elements of an input row and writes them doubled to two output rows.
-template <typename E, int VEC, bool kWide>
-__global__ void upsample2x_kernel(const E* __restrict__ x, E* __restrict__ out, int64_t H, int64_t W, int64_t n) {
-  const int64_t wv = W / VEC;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t row, col;  // input row (plane * H + h) and vector column
-    if constexpr (kWide) {
-      row = i / wv;
-      col = i - row * wv;
-    } else {
-      const uint32_t i32 = static_cast<uint32_t>(i), w32 = static_cast<uint32_t>(wv);
-      row = i32 / w32;
-      col = i32 - static_cast<uint32_t>(row) * w32;
-    }
-    const int64_t plane = kWide ? row / H : static_cast<uint32_t>(row) / static_cast<uint32_t>(H);
-    const int64_t h = row - plane * H;
-    const Vec<E, VEC> in = *reinterpret_cast<const Vec<E, VEC>*>(x + row * W + col * VEC);
-    Vec<E, 2 * VEC> o;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) o.v[2 * j] = o.v[2 * j + 1] = in.v[j];
-    E* top = out + ((plane * 2 * H + 2 * h) * 2 * W) + 2 * col * VEC;
-    *reinterpret_cast<Vec<E, 2 * VEC>*>(top) = o;
-    *reinterpret_cast<Vec<E, 2 * VEC>*>(top + 2 * W) = o;
-  }
-}
-
-// Channels-last 3-D: x [planes, H, W, cw words]; each thread copies one word of a position's
-// channels to the four output positions it becomes.
-template <typename Wd>
-__global__ void upsample2x_channels_last_kernel(const Wd* __restrict__ x, Wd* __restrict__ out, int64_t H, int64_t W,
-                                                int64_t cw, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = i % cw, pos = i / cw;
-    const int64_t w = pos % W, row = pos / W;
-    const int64_t h = row % H, plane = row / H;
-    const Wd v = x[i];
-    Wd* o = out + ((plane * 2 * H + 2 * h) * 2 * W + 2 * w) * cw + k;
-    o[0] = v;
-    o[cw] = v;
-    o[2 * W * cw] = v;
-    o[2 * W * cw + cw] = v;
   }
 }
 
@@ -157,63 +111,6 @@ Tensor CudaOps::embedding(const Tensor& ids_in, const Tensor& table_in) {
         "embedding: read the id check");
   check(cudaStreamSynchronize(stream()), "embedding: synchronize");
   VGEN_CHECK(host_flag[0] == 0, "embedding: token id {} out of range for a vocabulary of {}", host_flag[1], V);
-  return out;
-}
-
-namespace {
-
-// upsample_nearest2x of a channels-last 3-D [B, C, T, H, W]; the output in the same layout.
-Tensor upsample_channels_last(const Tensor& x) {
-  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
-  Tensor out = Tensor::empty_channels_last_3d({B, C, T, 2 * H, 2 * W}, x.dtype(), x.device());
-  if (x.numel() == 0) return out;
-  // The widest word that a position's channels are made of.
-  const int64_t bytes = C * static_cast<int64_t>(x.element_size());
-  int64_t word = 16;
-  while (word > 1 && (bytes % word != 0 || !aligned(x.raw_data(), word) || !aligned(out.raw_data(), word))) word /= 2;
-  const int64_t cw = bytes / word, n = B * T * H * W * cw;
-  constexpr int kThreads = 256;
-  dispatch_word(word, [&](auto e) {
-    using E = decltype(e);
-    upsample2x_channels_last_kernel<E><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
-        static_cast<const E*>(x.raw_data()), static_cast<E*>(out.raw_data()), H, W, cw, n);
-  });
-  check_launch("upsample_nearest2x (channels-last)", x);
-  return out;
-}
-
-}  // namespace
-
-Tensor CudaOps::upsample_nearest2x(const Tensor& x_in) {
-  require_cuda("upsample_nearest2x", x_in);
-  VGEN_CHECK(x_in.dim() >= 2, "upsample_nearest2x of {}", x_in.str());
-  if (x_in.is_channels_last_3d()) return upsample_channels_last(x_in);
-  const Tensor x = contiguous(x_in);
-  const int64_t H = x.size(-2), W = x.size(-1);
-  Shape shape = x.shape();
-  shape[shape.size() - 2] = 2 * H;
-  shape.back() = 2 * W;
-  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
-  if (x.numel() == 0) return out;
-  // Elements are moved as raw words: any dtype.
-  const int64_t es = static_cast<int64_t>(x.element_size());
-  const int64_t vmax = std::max<int64_t>(1, 8 / es);  // VEC inputs -> 2 * VEC outputs of up to 16 bytes
-  const bool vec = vmax > 1 && W % vmax == 0 && aligned(x.raw_data(), vmax * es) && aligned(out.raw_data(), 2 * vmax * es);
-  const int64_t n = x.numel() / (vec ? vmax : 1);
-  const bool wide = n >= (int64_t(1) << 31);
-  constexpr int kThreads = 256;
-  const unsigned blocks = blocks_for(n, kThreads);
-  dispatch_word(es, [&](auto e) {
-    using E = decltype(e);
-    constexpr int kVec = sizeof(E) >= 8 ? 1 : static_cast<int>(8 / sizeof(E));
-    const E* in = static_cast<const E*>(x.raw_data());
-    E* o = static_cast<E*>(out.raw_data());
-    if (vec && wide) upsample2x_kernel<E, kVec, true><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
-    else if (vec) upsample2x_kernel<E, kVec, false><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
-    else if (wide) upsample2x_kernel<E, 1, true><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
-    else upsample2x_kernel<E, 1, false><<<blocks, kThreads, 0, stream()>>>(in, o, H, W, n);
-  });
-  check_launch("upsample_nearest2x", x_in);
   return out;
 }
 
