@@ -125,15 +125,15 @@ Tensor gather_rows(const Tensor& x, Communicator& comm) {
   return x.is_channels_last_3d() ? out.to_channels_last_3d() : out;
 }
 
-Tensor Conv3d::forward(const Tensor& x, const Conv3dParams& params) const {
+Tensor Conv3d::forward(const Tensor& x, const Conv3dParams& params, const Tensor& residual) const {
   Communicator* split = RowSplit::current();
   if (split && split->size() > 1 && params.padding[1] > 0) {
     VGEN_CHECK(params.stride[1] == 1, "row-split conv: a height stride of {} is not split", params.stride[1]);
     Conv3dParams p = params;
     p.padding[1] = 0;
-    return ops::conv3d(with_neighbour_rows(x, params.padding[1], *split), weight_, bias_, p);
+    return ops::conv3d(with_neighbour_rows(x, params.padding[1], *split), weight_, bias_, p, residual);
   }
-  return ops::conv3d(x, weight_, bias_, params);
+  return ops::conv3d(x, weight_, bias_, params, residual);
 }
 
 CausalConv3d::CausalConv3d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out,
@@ -153,7 +153,7 @@ Tensor CausalConv3d::forward(const Tensor& x, FeatCache* cache) const {
 }
 
 Tensor CausalConv3d::forward(const Tensor& like, const std::function<void(const Tensor& x)>& write,
-                             FeatCache* cache) const {
+                             FeatCache* cache, const Tensor& residual) const {
   const Tensor past = causal_pad_ > 0 && cache ? (*cache)[slot_] : Tensor();
   const int64_t past_frames = past.defined() ? past.size(2) : 0;
   Shape shape = like.shape();
@@ -161,11 +161,12 @@ Tensor CausalConv3d::forward(const Tensor& like, const std::function<void(const 
   Tensor input = Tensor::empty_like_format(like, shape, like.dtype());
   if (past_frames > 0) input.narrow(2, 0, past_frames).copy_(past);
   write(input.narrow(2, past_frames, like.size(2)));
-  return convolve(input, past_frames, cache);
+  return convolve(input, past_frames, cache, residual);
 }
 
-Tensor CausalConv3d::convolve(const Tensor& input, int64_t past_frames, FeatCache* cache) const {
-  if (causal_pad_ == 0) return conv_.forward(input);
+Tensor CausalConv3d::convolve(const Tensor& input, int64_t past_frames, FeatCache* cache,
+                              const Tensor& residual) const {
+  if (causal_pad_ == 0) return conv_.forward(input, residual);
   if (cache) {
     // The last kCausalCacheFrames frames of the stream, as diffusers' callers store them; a
     // copy, so that the cache does not keep the whole input alive.
@@ -175,7 +176,7 @@ Tensor CausalConv3d::convolve(const Tensor& input, int64_t past_frames, FeatCach
   // The zero frames in front are the convolution's own (asymmetric) padding: no pad copy.
   Conv3dParams p = conv_.params();
   p.time_padding_before = causal_pad_ - past_frames;
-  return conv_.forward(input, p);
+  return conv_.forward(input, p, residual);
 }
 
 }  // namespace vgen::nn

@@ -54,9 +54,10 @@ class Conv3d {
                                  std::array<int64_t, 2> kernel, std::array<int64_t, 2> padding, bool channels_last,
                                  std::array<int64_t, 2> stride = {1, 1});
 
-  Tensor forward(const Tensor& x) const { return forward(x, params_); }
+  // `residual` (optional, the output's shape): added to the result (ops::conv3d).
+  Tensor forward(const Tensor& x, const Tensor& residual = Tensor()) const { return forward(x, params_, residual); }
   // With other stride/padding than the layer's (a causal conv's time padding).
-  Tensor forward(const Tensor& x, const Conv3dParams& params) const;
+  Tensor forward(const Tensor& x, const Conv3dParams& params, const Tensor& residual = Tensor()) const;
   const Conv3dParams& params() const { return params_; }
 
  private:
@@ -121,11 +122,14 @@ class CausalConv3d {
   // memory format of `like` (a tensor of x's shape, e.g. the input of the norm that makes x).
   // That tensor is the conv's input behind the cached frames, so x is not copied to join them
   // (the copy of a whole chunk that concatenating them takes).
-  Tensor forward(const Tensor& like, const std::function<void(const Tensor& x)>& write, FeatCache* cache) const;
+  // `residual` (optional, the output's shape): added to the result, fused where the backend can
+  // (a ResNet block's skip connection).
+  Tensor forward(const Tensor& like, const std::function<void(const Tensor& x)>& write, FeatCache* cache,
+                 const Tensor& residual = Tensor()) const;
 
  private:
   // Convolves `input`, whose first `past_frames` frames are the cached ones, and updates the cache.
-  Tensor convolve(const Tensor& input, int64_t past_frames, FeatCache* cache) const;
+  Tensor convolve(const Tensor& input, int64_t past_frames, FeatCache* cache, const Tensor& residual = Tensor()) const;
 
   Conv3d conv_;
   int64_t causal_pad_;

@@ -36,8 +36,8 @@
     (q, k, v, bias, scale), Primitive)                                                                            \
   X(rope, Tensor, (const Tensor& x, const Tensor& cos, const Tensor& sin), (x, cos, sin), Primitive)              \
   X(embedding, Tensor, (const Tensor& ids, const Tensor& table), (ids, table), Primitive)                         \
-  X(conv3d, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p),           \
-    (x, weight, bias, p), Primitive)                                                                              \
+  X(conv3d, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p,            \
+                     const Tensor& residual), (x, weight, bias, p, residual), Primitive)                           \
   X(sum_abs, double, (const Tensor& x), (x), Primitive)                                                           \
   X(quantize_fp8, QuantizedActivation, (const Tensor& x, QuantFormat format, const Tensor& input_scale),          \
     (x, format, input_scale), Primitive)                                                                          \

@@ -242,7 +242,8 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
   return on(table, Op::embedding, "embedding").embedding(ids, table);
 }
 
-Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params) {
+Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params,
+              const Tensor& residual) {
   VGEN_CHECK(x.dim() == 5 && weight.dim() == 5 && x.size(1) == weight.size(1),
              "conv3d: input {} does not match weight {}", x.str(), weight.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == weight.size(0), "conv3d: bias {} for weight {}", bias.str(), weight.str());
@@ -255,7 +256,17 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     VGEN_CHECK(x.size(2 + i) + before + params.padding[i] >= weight.size(2 + i),
                "conv3d: input {} smaller than kernel {}", x.str(), weight.str());
   }
-  return on(x, Op::conv3d, "conv3d").conv3d(x, weight, bias, params);
+  if (residual.defined()) {
+    Shape out{x.size(0), weight.size(0), 0, 0, 0};
+    for (int i = 0; i < 3; ++i) {
+      const int64_t before = i == 0 && params.time_padding_before >= 0 ? params.time_padding_before : params.padding[i];
+      out[2 + i] = (x.size(2 + i) + before + params.padding[i] - weight.size(2 + i)) / params.stride[i] + 1;
+    }
+    VGEN_CHECK(residual.shape() == out && residual.dtype() == x.dtype(),
+               "conv3d: residual {} for an output {} of {}", residual.str(), shape_str(out), dtype_name(x.dtype()));
+    same_device(x, residual, "conv3d");
+  }
+  return on(x, Op::conv3d, "conv3d").conv3d(x, weight, bias, params, residual);
 }
 
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {

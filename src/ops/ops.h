@@ -59,7 +59,10 @@ Tensor sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 
-Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params);
+// With `residual` (the output's shape and x's dtype): conv + bias + residual, rounded once to x's
+// dtype (a ResNet block's skip connection, fused into the convolution where the backend can).
+Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params,
+              const Tensor& residual = Tensor());
 
 // Shape ops built from copies (the same on every backend).
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim);

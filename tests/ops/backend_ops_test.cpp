@@ -1134,6 +1134,35 @@ void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const C
           Settings{"", tf32, kernel}, flops, perf_only});
 }
 
+// conv + bias + residual, rounded once (a ResNet block's skip connection): fused into cuDNN's
+// epilogue when the residual is laid out as the output (channels-last or NCDHW), else added
+// after (a residual in the other layout), with and without a bias.
+void conv3d_residual_cases(Cases& cs) {
+  struct R {
+    bool x_channels_last, residual_channels_last, bias;
+  };
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const R& r : {R{true, true, true}, R{false, false, true}, R{false, true, true}, R{true, true, false}}) {
+      const Shape xs{1, 32, 5, 9, 10}, ws{24, 32, 3, 3, 3};
+      const Conv3dParams p = conv_params({1, 1, 1}, {0, 1, 1}, 2);
+      const Shape out = conv_out(xs, ws, p);
+      cs.add({Op::conv3d,
+              fmt::format("conv3d {}{} * {}{} + residual, x {}, residual {}", dt(d), sh(xs), sh(ws),
+                          r.bias ? " + bias" : "", r.x_channels_last ? "channels-last" : "NCDHW",
+                          r.residual_channels_last ? "channels-last" : "NCDHW"),
+              d,
+              [=](Gen& g) {
+                Input x = in(g.normal(xs, d)), res = in(g.normal(out, d));
+                x.channels_last = r.x_channels_last;
+                res.channels_last = r.residual_channels_last;
+                return std::vector<Input>{x, in(g.normal(ws, d, 0.2f)), r.bias ? in(g.normal({ws[0]}, d)) : none(), res};
+              },
+              [p](const Args& t, Device) { return Outputs{ops::conv3d(t[0], t[1], t[2], p, t[3])}; }, by_dtype(d), out,
+              d, Settings{"", 0, ""}});
+    }
+  }
+}
+
 // The tile variants of vgen's CUTLASS convolution (backends/cuda/conv3d_sm90.h).
 constexpr const char* kCutlassVariants[] = {"128x128x64",  "128x128x64c2", "64x256x64",
                                             "64x256x64c2", "64x128x64x2",  "128x256x64coop"};
@@ -1626,6 +1655,7 @@ const std::vector<OpCase>& all_cases() {
     rope_cases(cs);
     embedding_cases(cs);
     conv3d_cases(cs);
+    conv3d_residual_cases(cs);
     sum_abs_cases(cs);
     modulated_layer_norm_cases(cs);
     gated_residual_cases(cs);

@@ -290,6 +290,16 @@ TEST(CpuReference, Conv3dMatchesDirectSum) {
             worst = std::max(worst, std::fabs(s - gv[(((n * 4 + o) * To + t) * Ho + h) * Wo + ww]));
           }
   EXPECT_LT(worst, 1e-5);
+  // With a residual: the direct sum plus the residual at every output position; one of another
+  // shape or dtype is refused, naming it.
+  const Tensor r = rnd(got.shape(), 16);
+  const std::vector<float> with = ops::conv3d(x, w, b, p, r).to_vector(), rv = r.to_vector();
+  double worst_r = 0;
+  for (size_t i = 0; i < gv.size(); ++i) worst_r = std::max(worst_r, std::fabs(static_cast<double>(gv[i]) + rv[i] - with[i]));
+  EXPECT_LT(worst_r, 1e-5);
+  using vgen::testing::expect_error;
+  expect_error([&] { ops::conv3d(x, w, b, p, rnd({2, 4, To, Ho, Wo + 1}, 17)); }, "residual F32[2, 4, 4, 2, 7]");
+  expect_error([&] { ops::conv3d(x, w, b, p, r.to(DType::BF16)); }, "conv3d: residual BF16");
 }
 
 TEST(CpuReference, RopeRotatesPairs) {

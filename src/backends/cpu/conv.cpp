@@ -1,4 +1,4 @@
-// 3-D convolution as im2col + GEMM over chunks of output positions, and 2x upsampling.
+// 3-D convolution as im2col + GEMM over chunks of output positions.
 #include <vector>
 
 #include "backends/cpu/cpu_backend.h"
@@ -6,7 +6,8 @@
 
 namespace vgen::cpu {
 
-Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) {
+Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p,
+                          const Tensor& residual) {
   const Tensor fx = as_f32(x), fw = as_f32(weight);
   const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t O = weight.size(0), kt = weight.size(2), kh = weight.size(3), kw = weight.size(4);
@@ -22,6 +23,7 @@ Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& b
   std::vector<float> col(static_cast<size_t>(K * chunk));
   std::vector<float> res(static_cast<size_t>(O * chunk));
   const Tensor fb = bias.defined() ? as_f32(bias) : Tensor();
+  const Tensor fr = residual.defined() ? as_f32(residual) : Tensor();  // contiguous [B, O, L]
   for (int64_t b = 0; b < B; ++b) {
     const float* xb = fx.data<float>() + b * C * T * H * W;
     float* ob = out.data<float>() + b * O * L;
@@ -50,7 +52,8 @@ Tensor CpuBackend::conv3d(const Tensor& x, const Tensor& weight, const Tensor& b
 #pragma omp parallel for
       for (int64_t o = 0; o < O; ++o) {
         const float bo = fb.defined() ? fb.data<float>()[o] : 0.0f;
-        for (int64_t j = 0; j < n; ++j) ob[o * L + l0 + j] = res[o * n + j] + bo;
+        const float* rb = fr.defined() ? fr.data<float>() + (b * O + o) * L + l0 : nullptr;
+        for (int64_t j = 0; j < n; ++j) ob[o * L + l0 + j] = res[o * n + j] + bo + (rb ? rb[j] : 0.0f);
       }
     }
   }

@@ -30,7 +30,8 @@ class CpuBackend final : public Backend {
   Tensor sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) override;
   Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) override;
   Tensor embedding(const Tensor& ids, const Tensor& table) override;
-  Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) override;
+  Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p,
+                const Tensor& residual) override;
   double sum_abs(const Tensor& x) override;
   QuantizedActivation quantize_fp8(const Tensor& x, QuantFormat format, const Tensor& input_scale) override;
   Tensor quantized_linear(const Tensor& x, const QuantizedWeight& weight, const Tensor& bias, Activation act) override;

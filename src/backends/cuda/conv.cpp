@@ -69,7 +69,7 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
-enum Uid : int64_t { kX = 1, kW = 2, kBias = 3, kY = 4 };
+enum Uid : int64_t { kX = 1, kW = 2, kBias = 3, kY = 4, kResidual = 5 };
 
 constexpr int64_t kConvAutotunePlans = 8;                     // candidates timed per graph
 constexpr int64_t kConvAutotuneWorkspace = int64_t{256} << 20;  // the most workspace a candidate may take
@@ -79,6 +79,7 @@ constexpr int64_t kConvAutotuneWorkspace = int64_t{256} << 20;  // the most work
 // channels_last, x, w and y are all channels-last 3-D.
 struct Conv {
   Tensor x, w, bias, y;
+  Tensor residual;  // added in the graph's epilogue when defined (y's shape, strides and dtype)
   std::array<int64_t, 3> stride{}, pad_before{}, pad_after{};
   bool channels_last = false;
 };
@@ -106,6 +107,7 @@ std::vector<int64_t> vec(const std::array<int64_t, 3>& a) { return {a[0], a[1], 
 std::unordered_map<int64_t, void*> variant_pack(const Conv& c, bool fuse_bias) {
   std::unordered_map<int64_t, void*> pack{{kX, c.x.raw_data()}, {kW, c.w.raw_data()}, {kY, c.y.raw_data()}};
   if (fuse_bias) pack.emplace(kBias, c.bias.raw_data());
+  if (c.residual.defined()) pack.emplace(kResidual, c.residual.raw_data());
   return pack;
 }
 
@@ -165,6 +167,15 @@ CudnnPlan build_plan(cudnnHandle_t handle, const Conv& c, bool fuse_bias, std::s
                            .set_mode(fe::PointwiseMode_t::ADD)
                            .set_compute_data_type(fe::DataType_t::FLOAT));
     }
+    if (c.residual.defined()) {
+      auto R = tensor("residual", kResidual, c.residual, c.residual.shape(), descriptor_strides(c.residual, c.channels_last));
+      y->set_data_type(fe::DataType_t::FLOAT);
+      y = g->pointwise(y, R,
+                       fe::graph::Pointwise_attributes()
+                           .set_name("add_residual")
+                           .set_mode(fe::PointwiseMode_t::ADD)
+                           .set_compute_data_type(fe::DataType_t::FLOAT));
+    }
     y->set_output(true).set_uid(kY).set_dim(c.y.shape()).set_stride(descriptor_strides(c.y, c.channels_last)).set_data_type(io);
 
     fe::error_t err = g->validate();
@@ -203,6 +214,7 @@ std::vector<int64_t> case_key(const Conv& c, bool bias) {
     key.push_back(cudnn_alignment(t->raw_data()));
   }
   key.push_back(bias ? cudnn_alignment(c.bias.raw_data()) : 0);
+  key.push_back(c.residual.defined() ? cudnn_alignment(c.residual.raw_data()) : -1);
   for (const auto* a : {&c.stride, &c.pad_before, &c.pad_after}) key.insert(key.end(), a->begin(), a->end());
   return key;
 }
@@ -219,7 +231,8 @@ bool run_cudnn(const Conv& c, bool fuse_bias) {
     std::string why;
     CudnnPlan plan = build_plan(st.cudnn.handle, c, fuse_bias, &why);
     if (!plan.graph)
-      spdlog::debug("conv3d: no cuDNN engine for {}{}: {}", conv_str(c), fuse_bias ? " + bias" : "", why);
+      spdlog::debug("conv3d: no cuDNN engine for {}{}{}: {}", conv_str(c), fuse_bias ? " + bias" : "",
+                    c.residual.defined() ? " + residual" : "", why);
     it = st.plans.emplace(std::move(key), std::move(plan)).first;
   }
   const CudnnPlan& plan = it->second;
@@ -407,8 +420,9 @@ void conv_im2col(const Conv& c) {
 
 }  // namespace
 
-Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p) {
-  for (const Tensor* t : {&x, &weight, &bias}) require_cuda("conv3d", *t);
+Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& p,
+                       const Tensor& residual) {
+  for (const Tensor* t : {&x, &weight, &bias, &residual}) require_cuda("conv3d", *t);
   require_float("conv3d", x);
   require_float("conv3d", weight);
   if (bias.defined()) require_float("conv3d", bias);
@@ -439,11 +453,20 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
   if (C == 0) {  // an empty sum: the bias (or zeros)
     Tensor y = Tensor::zeros(out_shape, dt, x.device());
     if (c.bias.defined()) y = ops::add(y, c.bias.view({1, O, 1, 1, 1}));
+    if (residual.defined()) y = ops::add(y, residual.to(dt));
     return y.to(x.dtype());
   }
 
   const bool force_im2col = env_flag("VGEN_CONV_IM2COL", false);
-  bool bias_done = false, done = false;
+  bool bias_done = false, done = false, residual_done = false;
+  // The residual joins cuDNN's epilogue (with the bias, when there is one) when it is laid out as
+  // y; on every other path (no engine for that graph, CUTLASS, whose epilogue here has no source
+  // operand, im2col) it is added to the rounded result.
+  if (residual.defined() && residual.dtype() == dt && residual.strides() == c.y.strides() && !force_im2col) {
+    Conv with = c;
+    with.residual = residual;
+    if (run_cudnn(with, c.bias.defined())) done = bias_done = residual_done = true;
+  }
   auto run = [&](const Conv& conv) {
     if (conv.bias.defined() && run_cudnn(conv, true)) return bias_done = true;
     return run_cudnn(conv, false);
@@ -454,7 +477,7 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (c.bias.defined() && !bias_done) c.y.copy_(ops::add(c.y, c.bias.view({1, O, 1, 1, 1})));
     return true;
   };
-  if (!force_im2col && run_cutlass_if_chosen(c, run_with_bias)) done = bias_done = true;
+  if (!done && !force_im2col && run_cutlass_if_chosen(c, run_with_bias)) done = bias_done = true;
   if (!force_im2col && !done) {
     done = run(c);
     if (!done && !c.x.is_contiguous()) {  // retry in plain NCDHW
@@ -473,6 +496,7 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
   }
   Tensor y = c.y;
   if (c.bias.defined() && !bias_done) y = ops::add(y, c.bias.view({1, O, 1, 1, 1}));
+  if (residual.defined() && !residual_done) y = ops::add(y, residual.to(dt));
   return y.to(x.dtype());
 }
 

@@ -66,10 +66,10 @@ Tensor AutoencoderKL::GroupNorm::forward(const Tensor& x, bool silu) const {
 
 Tensor AutoencoderKL::Resnet::forward(const Tensor& x) const {
   // ResnetBlock2D (no temb, output_scale_factor 1): norm1, silu, conv1, norm2, silu, conv2, + shortcut.
-  Tensor h = conv1->forward(norm1.forward(x, true));
-  h = conv2->forward(norm2.forward(h, true));
+  // The shortcut joins conv2's result (one rounding, where diffusers rounds both).
   const Tensor shortcut = conv_shortcut ? conv_shortcut->forward(x) : x;
-  return ops::add(shortcut, h);
+  const Tensor h = conv1->forward(norm1.forward(x, true));
+  return conv2->forward(norm2.forward(h, true), shortcut);
 }
 
 Tensor AutoencoderKL::MidBlock::forward(const Tensor& x) const {

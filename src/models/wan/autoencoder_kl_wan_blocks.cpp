@@ -24,8 +24,8 @@ Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   // Each norm writes its result straight into its conv's input, behind the cached frames.
   x = conv1_.forward(x, [&](const Tensor& out) { norm1_.forward(x, Activation::Silu, out); }, &cache);
   // dropout: identity at inference
-  x = conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache);
-  return ops::add(x, h);
+  // The skip connection joins conv2's result (one rounding, where diffusers rounds both).
+  return conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache, h);
 }
 
 WanAttentionBlock::WanAttentionBlock(const WanVaeLoad& load, const std::string& prefix, int64_t dim)
