@@ -32,7 +32,10 @@
 // (VGEN_CONV_CUTLASS=force) always runs CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
 // uses to check each).
 //
-// Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias). When
+// A residual (conv3d's optional addend) is added in the graph's epilogue or after the
+// convolution, whichever ran faster on the shape's first eager call (fuse_residual_chosen).
+//
+// Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias, residual). When
 // cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
 // tried, then a contiguous copy of x, and last an im2col (strided copies) + cuBLASLt GEMM path.
 // The environment variable VGEN_CONV_IM2COL=1 forces that last path (for tests and debugging).
@@ -252,6 +255,9 @@ struct ConvKernelChoices {
   explicit ConvKernelChoices(CudaBackend&) {}
   std::mutex mutex;
   std::map<std::vector<int64_t>, int> chosen;
+  // Per case with a residual (case_key of the fused graph): whether cuDNN's fused epilogue beat
+  // the plain graph plus a separate add on the case's first eager call.
+  std::map<std::vector<int64_t>, bool> fuse_residual;
 };
 
 // Milliseconds per launch of `launch` (one untimed launch first), or infinity when it declines
@@ -365,6 +371,34 @@ bool run_cutlass_if_chosen(const Conv& c, const std::function<bool()>& cudnn) {
   return true;
 }
 
+// Whether `with` (a case with a residual laid out as y) runs as one cuDNN graph whose epilogue
+// adds the residual, or as the plain path followed by a separate add. cuDNN's heuristics give the
+// fused graph an engine of its own: on an H200, at the Wan2.2 VAE's 256-1024 channels it took
+// 9-66% longer than the plain graph plus the add (synchronized profile), while the Wan2.1 VAE's
+// 480x832x81 decode took 0.72 s fused against 0.80 s. So the case's first eager call times both on its own
+// buffers (kTimedLaunches each) and keeps the faster; during graph capture, the plain path.
+bool fuse_residual_chosen(const Conv& with, const std::function<bool()>& fused, const std::function<bool()>& plain) {
+  ConvKernelChoices& st = active().state<ConvKernelChoices>();
+  const std::vector<int64_t> key = case_key(with, with.bias.defined());
+  {
+    std::lock_guard<std::mutex> lock(st.mutex);
+    if (auto it = st.fuse_residual.find(key); it != st.fuse_residual.end()) return it->second;
+  }
+  if (stream_capturing()) return false;
+  const float fused_ms = time_launches(fused);
+  if (!std::isfinite(fused_ms)) {
+    spdlog::debug("conv3d: no cuDNN engine for {} + residual; adding it after", conv_str(with));
+  }
+  const float plain_ms = std::isfinite(fused_ms) ? time_launches(plain) : 0.0f;
+  const bool fuse = fused_ms < plain_ms;
+  if (std::isfinite(fused_ms))
+    spdlog::debug("conv3d: residual {} for {} (fused {:.3f} ms, conv + add {:.3f} ms)", fuse ? "fused" : "added after",
+                  conv_str(with), fused_ms, plain_ms);
+  std::lock_guard<std::mutex> lock(st.mutex);
+  st.fuse_residual.emplace(key, fuse);
+  return fuse;
+}
+
 // im2col through strided copies of a zero-padded x, then one GEMM per chunk of output
 // positions: y[b][:, chunk] = w [O, K] @ columns [K, chunk]. No bias.
 void conv_im2col(const Conv& c) {
@@ -459,14 +493,6 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
 
   const bool force_im2col = env_flag("VGEN_CONV_IM2COL", false);
   bool bias_done = false, done = false, residual_done = false;
-  // The residual joins cuDNN's epilogue (with the bias, when there is one) when it is laid out as
-  // y; on every other path (no engine for that graph, CUTLASS, whose epilogue here has no source
-  // operand, im2col) it is added to the rounded result.
-  if (residual.defined() && residual.dtype() == dt && residual.strides() == c.y.strides() && !force_im2col) {
-    Conv with = c;
-    with.residual = residual;
-    if (run_cudnn(with, c.bias.defined())) done = bias_done = residual_done = true;
-  }
   auto run = [&](const Conv& conv) {
     if (conv.bias.defined() && run_cudnn(conv, true)) return bias_done = true;
     return run_cudnn(conv, false);
@@ -477,6 +503,21 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (c.bias.defined() && !bias_done) c.y.copy_(ops::add(c.y, c.bias.view({1, O, 1, 1, 1})));
     return true;
   };
+  // The residual joins cuDNN's epilogue (after the bias) where it is laid out as y and that was
+  // the faster on the case's first call (fuse_residual_chosen); on every other path (the plain
+  // graph, CUTLASS, whose epilogue here has no source operand, im2col) it is added to the rounded
+  // result.
+  if (residual.defined() && residual.dtype() == dt && residual.strides() == c.y.strides() && !force_im2col) {
+    Conv with = c;
+    with.residual = residual;
+    auto fused = [&] { return run_cudnn(with, with.bias.defined()); };
+    auto plain = [&] {
+      if (!run_with_bias()) return false;
+      ops::add(c.y, residual);
+      return true;
+    };
+    if (fuse_residual_chosen(with, fused, plain) && fused()) done = bias_done = residual_done = true;
+  }
   if (!done && !force_im2col && run_cutlass_if_chosen(c, run_with_bias)) done = bias_done = true;
   if (!force_im2col && !done) {
     done = run(c);
