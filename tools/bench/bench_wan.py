@@ -980,7 +980,9 @@ def part_flux(args):
     cfg = (dict(num_layers=double, num_single_layers=single, attention_head_dim=16, num_attention_heads=2,
                 joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True)
            if tiny else dict(num_layers=double, num_single_layers=single, guidance_embeds=True))
-    d = os.path.join(args.work, "flux_transformer")
+    # A pipeline's layout (flux/transformer beside flux/vae): vgen reads the VAE's compression
+    # from a `vae` folder beside the transformer, and work/vae may hold another part's Wan VAE.
+    d = os.path.join(args.work, "flux", "transformer")
     torch.manual_seed(0)
     with torch.device(dev):
         m = FluxTransformer2DModel(**cfg)
@@ -1029,7 +1031,7 @@ def part_flux(args):
         shutil.rmtree(d, ignore_errors=True)
 
     # The VAE: FLUX.1's AutoencoderKL config, decode of 16 x 128 x 128 latents in bf16.
-    vd = os.path.join(args.work, "flux_vae")
+    vd = os.path.join(args.work, "flux", "vae")
     vcfg = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                 up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[16, 16, 32, 32] if tiny else
                 [128, 256, 512, 512], layers_per_block=2, latent_channels=16, norm_num_groups=8 if tiny else 32,
