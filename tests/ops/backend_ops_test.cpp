@@ -1134,9 +1134,10 @@ void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const C
           Settings{"", tf32, kernel}, flops, perf_only});
 }
 
-// conv + bias + residual, rounded once (a ResNet block's skip connection): fused into cuDNN's
-// epilogue when the residual is laid out as the output (channels-last or NCDHW), else added
-// after (a residual in the other layout), with and without a bias.
+// conv + bias + residual, rounded once (a ResNet block's skip connection), with and without a
+// bias. On CUDA a residual laid out as the output (channels-last or NCDHW) joins cuDNN's
+// epilogue or is added after, whichever ran faster on the case's first call; one in the other
+// layout is always added after.
 void conv3d_residual_cases(Cases& cs) {
   struct R {
     bool x_channels_last, residual_channels_last, bias;
