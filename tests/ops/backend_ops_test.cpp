@@ -89,12 +89,14 @@ struct Settings {
   std::string attention;  // "" | "auto" | "cudnn" | "flash" | "reference"
   int tf32 = -1;          // -1: the environment's; 0 / 1: TF32 off / on
   std::string conv;       // "" | "auto" | "cudnn" | "cutlass" (ExecutionSettings::conv_kernel)
-  bool any() const { return !attention.empty() || tf32 >= 0 || !conv.empty(); }
+  bool conv_autotune = false;  // ExecutionSettings::conv_autotune on
+  bool any() const { return !attention.empty() || tf32 >= 0 || !conv.empty() || conv_autotune; }
   ExecutionSettings make() const {
     ExecutionSettings s = ExecutionSettings::from_environment();
     if (!attention.empty()) s.attention_backend = attention;
     if (tf32 >= 0) s.allow_tf32 = tf32 == 1;
     if (!conv.empty()) s.conv_kernel = conv;
+    if (conv_autotune) s.conv_autotune = true;
     return s;
   }
 };
@@ -1135,22 +1137,24 @@ void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const C
 }
 
 // conv + bias + residual, rounded once (a ResNet block's skip connection), with and without a
-// bias. On CUDA a residual laid out as the output (channels-last or NCDHW) joins cuDNN's
-// epilogue or is added after, whichever ran faster on the case's first call; one in the other
-// layout is always added after.
+// bias. On CUDA the residual is added after the convolution; with autotuning on, a residual laid
+// out as the output (channels-last or NCDHW) joins cuDNN's epilogue instead where that ran
+// faster on the case's first call (one in the other layout is always added after).
 void conv3d_residual_cases(Cases& cs) {
   struct R {
-    bool x_channels_last, residual_channels_last, bias;
+    bool x_channels_last, residual_channels_last, bias, autotune;
   };
   for (DType d : {DType::F32, DType::BF16}) {
-    for (const R& r : {R{true, true, true}, R{false, false, true}, R{false, true, true}, R{true, true, false}}) {
+    for (const R& r : {R{true, true, true, false}, R{false, false, true, false}, R{false, true, true, false},
+                       R{true, true, false, false}, R{true, true, true, true}, R{false, false, true, true},
+                       R{true, true, false, true}}) {
       const Shape xs{1, 32, 5, 9, 10}, ws{24, 32, 3, 3, 3};
       const Conv3dParams p = conv_params({1, 1, 1}, {0, 1, 1}, 2);
       const Shape out = conv_out(xs, ws, p);
       cs.add({Op::conv3d,
-              fmt::format("conv3d {}{} * {}{} + residual, x {}, residual {}", dt(d), sh(xs), sh(ws),
+              fmt::format("conv3d {}{} * {}{} + residual, x {}, residual {}{}", dt(d), sh(xs), sh(ws),
                           r.bias ? " + bias" : "", r.x_channels_last ? "channels-last" : "NCDHW",
-                          r.residual_channels_last ? "channels-last" : "NCDHW"),
+                          r.residual_channels_last ? "channels-last" : "NCDHW", r.autotune ? ", autotuned" : ""),
               d,
               [=](Gen& g) {
                 Input x = in(g.normal(xs, d)), res = in(g.normal(out, d));
@@ -1159,7 +1163,7 @@ void conv3d_residual_cases(Cases& cs) {
                 return std::vector<Input>{x, in(g.normal(ws, d, 0.2f)), r.bias ? in(g.normal({ws[0]}, d)) : none(), res};
               },
               [p](const Args& t, Device) { return Outputs{ops::conv3d(t[0], t[1], t[2], p, t[3])}; }, by_dtype(d), out,
-              d, Settings{"", 0, ""}});
+              d, Settings{"", 0, "", r.autotune}});
     }
   }
 }

@@ -32,8 +32,9 @@
 // (VGEN_CONV_CUTLASS=force) always runs CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
 // uses to check each).
 //
-// A residual (conv3d's optional addend) is added in the graph's epilogue or after the
-// convolution, whichever ran faster on the shape's first eager call (fuse_residual_chosen).
+// A residual (conv3d's optional addend) is added after the convolution; with autotuning on, in
+// the graph's epilogue instead where that ran faster on the shape's first eager call
+// (fuse_residual_chosen).
 //
 // Graphs are cached per (dtype, shapes, strides, alignments, padding, stride, bias, residual). When
 // cuDNN has no engine for the fused graph, a graph without the bias (bias added after) is
@@ -371,12 +372,15 @@ bool run_cutlass_if_chosen(const Conv& c, const std::function<bool()>& cudnn) {
   return true;
 }
 
-// Whether `with` (a case with a residual laid out as y) runs as one cuDNN graph whose epilogue
-// adds the residual, or as the plain path followed by a separate add. cuDNN's heuristics give the
-// fused graph an engine of its own: on an H200, at the Wan2.2 VAE's 256-1024 channels it took
-// 9-66% longer than the plain graph plus the add (synchronized profile), while the Wan2.1 VAE's
-// 480x832x81 decode took 0.72 s fused against 0.80 s. So the case's first eager call times both on its own
+// With autotuning on: whether `with` (a case with a residual laid out as y) runs as one cuDNN
+// graph whose epilogue adds the residual, or as the plain path followed by a separate add.
+// cuDNN gives the fused graph engines of its own: on an H200, at the Wan2.2 VAE's 512-1024
+// channels they took longer than the plain graph plus the add, while the Wan2.1 VAE's 480x832x81
+// decode took 0.72 s fused against 0.80 s. So the case's first eager call times both on its own
 // buffers (kTimedLaunches each) and keeps the faster; during graph capture, the plain path.
+// Without autotuning the plain path runs: the fused graphs' engines are compiled at run time,
+// which cost a process about 1 s more in its first decode (6-7 s the first time on a machine,
+// before the JIT cache has them), against 0.08 s gained per Wan2.1 decode.
 bool fuse_residual_chosen(const Conv& with, const std::function<bool()>& fused, const std::function<bool()>& plain) {
   ConvKernelChoices& st = active().state<ConvKernelChoices>();
   const std::vector<int64_t> key = case_key(with, with.bias.defined());
@@ -503,11 +507,12 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     if (c.bias.defined() && !bias_done) c.y.copy_(ops::add(c.y, c.bias.view({1, O, 1, 1, 1})));
     return true;
   };
-  // The residual joins cuDNN's epilogue (after the bias) where it is laid out as y and that was
-  // the faster on the case's first call (fuse_residual_chosen); on every other path (the plain
-  // graph, CUTLASS, whose epilogue here has no source operand, im2col) it is added to the rounded
-  // result.
-  if (residual.defined() && residual.dtype() == dt && residual.strides() == c.y.strides() && !force_im2col) {
+  // With autotuning on, the residual joins cuDNN's epilogue (after the bias) where it is laid out
+  // as y and that was the faster on the case's first call (fuse_residual_chosen); on every other
+  // path (the plain graph, CUTLASS, whose epilogue here has no source operand, im2col) it is
+  // added to the rounded result.
+  if (residual.defined() && residual.dtype() == dt && residual.strides() == c.y.strides() && !force_im2col &&
+      conv_autotune()) {
     Conv with = c;
     with.residual = residual;
     auto fused = [&] { return run_cudnn(with, with.bias.defined()); };
