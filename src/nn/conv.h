@@ -122,8 +122,8 @@ class CausalConv3d {
   // memory format of `like` (a tensor of x's shape, e.g. the input of the norm that makes x).
   // That tensor is the conv's input behind the cached frames, so x is not copied to join them
   // (the copy of a whole chunk that concatenating them takes).
-  // `residual` (optional, the output's shape): added to the result, fused where the backend can
-  // (a ResNet block's skip connection).
+  // `residual` (optional, the output's shape): added to the result (ops::conv3d; a ResNet
+  // block's skip connection).
   Tensor forward(const Tensor& like, const std::function<void(const Tensor& x)>& write, FeatCache* cache,
                  const Tensor& residual = Tensor()) const;
 

@@ -35,7 +35,7 @@
 //   rope(x, cos, sin)     rotary embedding on interleaved pairs: x [B, S, H, D], cos/sin [S, D] F32
 //   embedding(ids, table) table[ids]: ids I64 of any shape, table [V, D]
 //   conv3d(x, w, b, p, r) x [B, C, T, H, W], w [O, C, kt, kh, kw], b [O] (optional); r (optional):
-//                         a residual of the output's shape added before the result is rounded
+//                         a residual of the output's shape added to the result (see ops::conv3d)
 //   sum_abs               sum of |x| in double
 //   quantize_fp8(x, f, s) x [..., K] -> e4m3 [M, K] (M = rows of x) and float32 scales (ops/quant.h):
 //                         f Fp8PerTensor: one scale, s (a static input_scale [1]) or amax(|x|)/448;

@@ -249,19 +249,16 @@ Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   VGEN_CHECK(!bias.defined() || bias.numel() == weight.size(0), "conv3d: bias {} for weight {}", bias.str(), weight.str());
   VGEN_CHECK(params.time_padding_before >= -1, "conv3d: time_padding_before {} is negative",
              params.time_padding_before);
+  Shape out{x.size(0), weight.size(0), 0, 0, 0};
   for (int i = 0; i < 3; ++i) {
     const int64_t before = i == 0 && params.time_padding_before >= 0 ? params.time_padding_before : params.padding[i];
     VGEN_CHECK(params.stride[i] > 0 && params.padding[i] >= 0, "conv3d: stride {} / padding {} in dim {}",
                params.stride[i], params.padding[i], i);
-    VGEN_CHECK(x.size(2 + i) + before + params.padding[i] >= weight.size(2 + i),
-               "conv3d: input {} smaller than kernel {}", x.str(), weight.str());
+    const int64_t span = x.size(2 + i) + before + params.padding[i] - weight.size(2 + i);
+    VGEN_CHECK(span >= 0, "conv3d: input {} smaller than kernel {}", x.str(), weight.str());
+    out[2 + i] = span / params.stride[i] + 1;
   }
   if (residual.defined()) {
-    Shape out{x.size(0), weight.size(0), 0, 0, 0};
-    for (int i = 0; i < 3; ++i) {
-      const int64_t before = i == 0 && params.time_padding_before >= 0 ? params.time_padding_before : params.padding[i];
-      out[2 + i] = (x.size(2 + i) + before + params.padding[i] - weight.size(2 + i)) / params.stride[i] + 1;
-    }
     VGEN_CHECK(residual.shape() == out && residual.dtype() == x.dtype(),
                "conv3d: residual {} for an output {} of {}", residual.str(), shape_str(out), dtype_name(x.dtype()));
     same_device(x, residual, "conv3d");

@@ -59,8 +59,10 @@ Tensor sage_attention(const Tensor& q, const Tensor& k, const Tensor& v, float s
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 
-// With `residual` (the output's shape and x's dtype): conv + bias + residual, rounded once to x's
-// dtype (a ResNet block's skip connection, fused into the convolution where the backend can).
+// With `residual` (the output's shape and x's dtype): conv + bias + residual (a ResNet block's
+// skip connection). The CPU reference adds it before its one rounding to x's dtype; the CUDA
+// backend adds it to the rounded convolution, as an unfused add would, unless conv autotuning
+// chose cuDNN's fused epilogue for the shape (then before the one rounding).
 Tensor conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dParams& params,
               const Tensor& residual = Tensor());
 

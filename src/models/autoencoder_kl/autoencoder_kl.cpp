@@ -66,7 +66,7 @@ Tensor AutoencoderKL::GroupNorm::forward(const Tensor& x, bool silu) const {
 
 Tensor AutoencoderKL::Resnet::forward(const Tensor& x) const {
   // ResnetBlock2D (no temb, output_scale_factor 1): norm1, silu, conv1, norm2, silu, conv2, + shortcut.
-  // The shortcut joins conv2's result (one rounding, where diffusers rounds both).
+  // The shortcut is added to conv2's result by the convolution op (ops::conv3d).
   const Tensor shortcut = conv_shortcut ? conv_shortcut->forward(x) : x;
   const Tensor h = conv1->forward(norm1.forward(x, true));
   return conv2->forward(norm2.forward(h, true), shortcut);

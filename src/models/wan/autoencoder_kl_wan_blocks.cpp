@@ -24,7 +24,7 @@ Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   // Each norm writes its result straight into its conv's input, behind the cached frames.
   x = conv1_.forward(x, [&](const Tensor& out) { norm1_.forward(x, Activation::Silu, out); }, &cache);
   // dropout: identity at inference
-  // The skip connection joins conv2's result (one rounding, where diffusers rounds both).
+  // The skip connection is added to conv2's result by the convolution op (ops::conv3d).
   return conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache, h);
 }
 
