@@ -504,7 +504,7 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
   // The cuDNN path once, bias included, for the race with CUTLASS.
   auto run_with_bias = [&] {
     if (!run(c)) return false;
-    if (c.bias.defined() && !bias_done) c.y.copy_(ops::add(c.y, c.bias.view({1, O, 1, 1, 1})));
+    if (c.bias.defined() && !bias_done) add_in_place(c.y, c.bias.view({1, O, 1, 1, 1}));
     return true;
   };
   // With autotuning on, the residual joins cuDNN's epilogue (after the bias) where it is laid out
@@ -518,7 +518,7 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     auto fused = [&] { return run_cudnn(with, with.bias.defined()); };
     auto plain = [&] {
       if (!run_with_bias()) return false;
-      ops::add(c.y, residual);
+      add_in_place(c.y, residual);
       return true;
     };
     if (fuse_residual_chosen(with, fused, plain) && fused()) done = bias_done = residual_done = true;
@@ -540,10 +540,11 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
     spdlog::debug("conv3d: no cuDNN engine for {}; using im2col + GEMM", conv_str(c));
     conv_im2col(c);
   }
-  Tensor y = c.y;
-  if (c.bias.defined() && !bias_done) y = ops::add(y, c.bias.view({1, O, 1, 1, 1}));
-  if (residual.defined() && !residual_done) y = ops::add(y, residual.to(dt));
-  return y.to(x.dtype());
+  // Added in place: while the convolution's input is still alive (the caller's), a new buffer
+  // for the sum would raise the peak by one output.
+  if (c.bias.defined() && !bias_done) add_in_place(c.y, c.bias.view({1, O, 1, 1, 1}));
+  if (residual.defined() && !residual_done) add_in_place(c.y, residual.to(dt));
+  return c.y.to(x.dtype());
 }
 
 }  // namespace vgen::cuda

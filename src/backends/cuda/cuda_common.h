@@ -61,4 +61,10 @@ inline int64_t pointer_alignment(const void* p, int64_t cap) {
 // A contiguous tensor on the same device (t itself when it already is).
 Tensor contiguous(const Tensor& t);
 
+// out += b in place (elementwise.cu): out dense (in any memory order) and of a kernel float
+// dtype, b of out's dtype and broadcastable to its shape, any strides. For a result the
+// backend owns, e.g. a convolution's output when its epilogue did not take the bias or the
+// residual: no second buffer of the output's size.
+void add_in_place(const Tensor& out, const Tensor& b);
+
 }  // namespace vgen::cuda

@@ -241,6 +241,20 @@ Tensor CudaOps::binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   return result_as(out, a.dtype());
 }
 
+// Each thread reads the outputs it then writes (the same 16-byte words), so out may alias
+// the first input.
+void add_in_place(const Tensor& out, const Tensor& b) {
+  require_cuda("add_in_place", out);
+  require_cuda("add_in_place", b);
+  VGEN_CHECK(is_kernel_float(out.dtype()) && b.dtype() == out.dtype() && broadcast_shape(out, b) == out.shape(),
+             "add_in_place: {} into {}", b.str(), out.str());
+  const std::array<Shape, 2> strides{out.strides(), broadcast_strides(b, out.shape())};
+  VGEN_DISPATCH_FLOAT(out.dtype(), "add_in_place", {
+    launch_map<T>("add_in_place", out, out, BinaryFn{BinaryOp::Add}, strides, static_cast<const T*>(out.raw_data()),
+                  static_cast<const T*>(b.raw_data()));
+  });
+}
+
 Tensor CudaOps::unary(UnaryOp op, const Tensor& x, float alpha, float beta) {
   require_cuda("unary", x);
   const Tensor fx = as_kernel_float(x);
