@@ -27,20 +27,28 @@ namespace {
 // hiding a wrong op (a missing cache frame or a swapped time_conv half moves it by >1e-2).
 constexpr double kTolerance = 1e-5;
 
+// The decoder's head takes this many latent frames per call: the default, 1 (diffusers'
+// one-frame chunks throughout) and 2 (3 latent frames as a head of 2 and one of 1).
+constexpr int64_t kHeadFrames[] = {AutoencoderKLWan::kDefaultDecodeHeadFrames, 1, 2};
+
 void expect_decode_matches(const std::string& name) {
   const auto vae = AutoencoderKLWan::from_pretrained(fixture(name + "/vae"), DType::F32, Device::cpu());
   const WeightStore ref = reference(name + "_ref/vae.safetensors");
-  for (const auto& [z_name, video_name] : {std::pair{"z", "video"}, std::pair{"z_b", "video_b"}}) {
-    const Tensor z = ref.get(z_name);
-    const Tensor expected = ref.get(video_name);
-    const auto start = std::chrono::steady_clock::now();
-    const Tensor video = vae->decode(z);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    ASSERT_EQ(video.shape(), expected.shape()) << name << " " << z_name;
-    const double err = rel_l2(video, expected);
-    std::cout << name << " " << z_name << " " << shape_str(z.shape()) << " -> " << shape_str(video.shape())
-              << ": rel L2 " << err << ", max abs diff " << max_abs_diff(video, expected) << ", " << ms << " ms\n";
-    EXPECT_LT(err, kTolerance) << name << " " << z_name;
+  for (const int64_t head : kHeadFrames) {
+    vae->set_decode_head_frames(head);
+    for (const auto& [z_name, video_name] : {std::pair{"z", "video"}, std::pair{"z_b", "video_b"}}) {
+      const Tensor z = ref.get(z_name);
+      const Tensor expected = ref.get(video_name);
+      const auto start = std::chrono::steady_clock::now();
+      const Tensor video = vae->decode(z);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      const std::string what = fmt::format("{} {} (head of {} frames)", name, z_name, head);
+      ASSERT_EQ(video.shape(), expected.shape()) << what;
+      const double err = rel_l2(video, expected);
+      std::cout << what << " " << shape_str(z.shape()) << " -> " << shape_str(video.shape()) << ": rel L2 " << err
+                << ", max abs diff " << max_abs_diff(video, expected) << ", " << ms << " ms\n";
+      EXPECT_LT(err, kTolerance) << what;
+    }
   }
 }
 
@@ -221,16 +229,21 @@ TEST(WanVae, EncodeMatchesDiffusersWan22) {
 TEST(WanVae, DecodeMatchesDiffusersWan22) {
   const auto vae = AutoencoderKLWan::from_pretrained(fixture("wan_vae_tiny/wan22"), DType::F32, Device::cpu(),
                                                      kDecoderOnly);
-  for (const std::string c : {"t1", "t3"}) {
-    const Tensor z = extra_ref().get("wan22." + c + ".z");
-    const Tensor expected = extra_ref().get("wan22." + c + ".sample");
-    const Tensor video = vae->decode(z);
-    ASSERT_EQ(video.shape(), expected.shape()) << c;
-    const double err = rel_l2(video, expected);
-    std::cout << "wan22." << c << " decode " << shape_str(z.shape()) << " -> " << shape_str(video.shape())
-              << ": rel L2 " << err << ", max abs diff " << max_abs_diff(video, expected) << "\n";
-    EXPECT_LT(err, kTolerance) << c;
+  for (const int64_t head : kHeadFrames) {
+    vae->set_decode_head_frames(head);
+    for (const std::string c : {"t1", "t3"}) {
+      const Tensor z = extra_ref().get("wan22." + c + ".z");
+      const Tensor expected = extra_ref().get("wan22." + c + ".sample");
+      const Tensor video = vae->decode(z);
+      const std::string what = fmt::format("wan22.{} (head of {} frames)", c, head);
+      ASSERT_EQ(video.shape(), expected.shape()) << what;
+      const double err = rel_l2(video, expected);
+      std::cout << what << " decode " << shape_str(z.shape()) << " -> " << shape_str(video.shape()) << ": rel L2 "
+                << err << ", max abs diff " << max_abs_diff(video, expected) << "\n";
+      EXPECT_LT(err, kTolerance) << what;
+    }
   }
+  EXPECT_THROW(vae->set_decode_head_frames(0), Error);
 }
 
 // DupUp3D against its definition in diffusers (repeat_interleave of the channels, then groups

@@ -86,6 +86,16 @@ class AutoencoderKLWan {
   // unsplit one. Needs the latent height divisible by the ranks; else every rank decodes it all.
   Tensor decode(const Tensor& z, Communicator* split = nullptr) const;
 
+  // How many latent frames the decoder's head (conv_in, the mid block, the first up block's
+  // residual blocks: the smallest of its convolutions) takes per call; the rest of the decoder
+  // takes one, as diffusers' _decode. The same values for any count (1 is diffusers' order);
+  // more run those convolutions on more positions at once, and hold the head's results for
+  // that many frames while the rest decodes them: at the default 8, a sixth of the size of
+  // one of the last up block's per-chunk buffers for the Wan2.2 VAE (which also keeps the
+  // first up block's input for its shortcut), a twelfth for Wan2.1's. For tests and tuning.
+  void set_decode_head_frames(int64_t frames);
+  static constexpr int64_t kDefaultDecodeHeadFrames = 8;
+
  private:
   struct Encoder;  // quant_conv + WanEncoder3d, defined in the .cpp
   struct Decoder;  // post_quant_conv + WanDecoder3d
@@ -98,6 +108,7 @@ class AutoencoderKLWan {
   Device device_;
   std::unique_ptr<Encoder> encoder_;  // null when not loaded
   std::unique_ptr<Decoder> decoder_;
+  int64_t decode_head_frames_ = kDefaultDecodeHeadFrames;
 };
 
 }  // namespace vgen
