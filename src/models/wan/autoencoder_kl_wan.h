@@ -96,6 +96,12 @@ class AutoencoderKLWan {
   void set_decode_head_frames(int64_t frames);
   static constexpr int64_t kDefaultDecodeHeadFrames = 8;
 
+  // How many latent frames the rest of the decoder takes per call after the first (which is
+  // always one): 1, diffusers' _decode, by default. More gives the same values with fewer,
+  // larger convolutions and the activations of that many frames at once (its peak memory grows
+  // with it). Capped by the head's frames per call.
+  void set_decode_chunk_frames(int64_t frames);
+
  private:
   struct Encoder;  // quant_conv + WanEncoder3d, defined in the .cpp
   struct Decoder;  // post_quant_conv + WanDecoder3d
@@ -109,6 +115,7 @@ class AutoencoderKLWan {
   std::unique_ptr<Encoder> encoder_;  // null when not loaded
   std::unique_ptr<Decoder> decoder_;
   int64_t decode_head_frames_ = kDefaultDecodeHeadFrames;
+  int64_t decode_chunk_frames_ = 1;
 };
 
 }  // namespace vgen

@@ -105,7 +105,8 @@ WanDecoder3d::Head WanDecoder3d::head(Tensor x, nn::FeatCache& cache) const {
 }
 
 Tensor WanDecoder3d::tail(const Head& head, nn::FeatCache& cache, bool first_chunk) const {
-  VGEN_CHECK(head.x.size(2) == 1, "WanDecoder3d: the tail takes one latent frame, got {}", head.x.str());
+  VGEN_CHECK(!first_chunk || head.x.size(2) == 1, "WanDecoder3d: the first chunk is one latent frame, got {}",
+             head.x.str());
   Tensor x = std::visit([&](const auto& b) { return b.forward_upsample(head.x, head.input, cache, first_chunk); },
                         up_blocks_.front());
   for (size_t i = 1; i < up_blocks_.size(); ++i)

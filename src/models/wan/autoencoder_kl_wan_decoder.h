@@ -65,11 +65,16 @@ class WanDecoder3d {
   struct Head {
     Tensor x;      // [B, C, T, h, w]: the first up block's residual blocks' output
     Tensor input;  // the first up block's input (the mid block's output) when its shortcut needs it
-    Head frame(int64_t t) const { return {x.narrow(2, t, 1), input.defined() ? input.narrow(2, t, 1) : Tensor()}; }
+    // Latent frames [t, t + n).
+    Head frames(int64_t t, int64_t n) const {
+      return {x.narrow(2, t, n), input.defined() ? input.narrow(2, t, n) : Tensor()};
+    }
   };
   Head head(Tensor x, nn::FeatCache& cache) const;
-  // The rest for one latent frame of a head: the first up block's upsampler, the other up
-  // blocks, norm_out and conv_out.
+  // The rest for latent frames of a head (one when first_chunk: diffusers' first chunk skips
+  // the temporal upsamplers' time_conv; any number after it, whose causal convs, time_conv
+  // included, carry the earlier frames in the cache): the first up block's upsampler, the
+  // other up blocks, norm_out and conv_out.
   Tensor tail(const Head& head, nn::FeatCache& cache, bool first_chunk) const;
 
  private:
