@@ -185,7 +185,8 @@ NB_MODULE(_vgen, m) {
       .def_prop_ro("conv_autotune", [](const PipelineOptions& o) { return o.execution.conv_autotune; })
       .def_prop_ro("gemm_autotune", [](const PipelineOptions& o) { return o.execution.gemm_autotune; })
       .def_prop_ro("offload_text_encoder", [](const PipelineOptions& o) { return o.offload_text_encoder; })
-      .def_prop_ro("offload_idle_expert", [](const PipelineOptions& o) { return o.offload_idle_expert; });
+      .def_prop_ro("offload_idle_expert", [](const PipelineOptions& o) { return o.offload_idle_expert; })
+      .def_prop_ro("vae_chunk_frames", [](const PipelineOptions& o) { return o.vae_chunk_frames; });
 
   m.def("make_options", &make_options, nb::arg("device"), nb::arg("dtype"), nb::arg("vae_dtype"),
         nb::arg("engine_json"), nb::arg("lora"), nb::arg("lora_2"), nb::arg("lora_ignore_unmatched"),

@@ -64,10 +64,10 @@ class VisualGenArgs:
         model): "FILE", "FILE:SCALE", (FILE, SCALE) or a list of those.
       lora_ignore_unmatched, lora_cached_variants: as `vgen generate` / `vgen serve`.
       scheduler, flow_shift: override the checkpoint's scheduler (as `--scheduler`, `--flow-shift`).
-      quant_config, cache_config, parallel_config, attention, cuda_graph, conv, gemm, offload: the engine YAML's
-        sections as dicts (same keys, defaults and validation as `vgen serve --config`), e.g.
+      quant_config, cache_config, parallel_config, attention, cuda_graph, conv, gemm, offload, vae: the engine
+        YAML's sections as dicts (same keys, defaults and validation as `vgen serve --config`), e.g.
         attention={"backend": "cudnn"}, cuda_graph={"enabled": False},
-        offload={"text_encoder": True}. Any other keyword is passed on as a section, so the
+        offload={"text_encoder": True}, vae={"chunk_frames": 2}. Any other keyword is passed on as a section, so the
         YAML parser accepts or rejects it (naming it).
     Shortcuts: attention_backend="cudnn", cuda_graphs=False, conv_autotune=True,
       gemm_autotune=False, offload_text_encoder=True, offload_idle_expert=True set the same keys.

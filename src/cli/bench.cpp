@@ -60,6 +60,7 @@ PipelineOptions bench_options(const BenchArgs& a, Device device, DType dtype) {
   PipelineOptions o = default_pipeline_options(device);
   o.dtype = dtype;
   if (!a.vae_dtype.empty()) o.vae_dtype = parse_compute_dtype(a.vae_dtype);
+  o.vae_chunk_frames = a.vae_chunk_frames;
   o.offload_text_encoder = a.offload_text_encoder;
   o.offload_idle_expert = a.offload_idle_expert;
   if (a.attention_backend) o.execution.attention_backend = *a.attention_backend;

@@ -15,6 +15,7 @@ struct BenchArgs {
   std::string device = "auto";
   std::string dtype;   // compute dtype; empty: bf16 on a GPU, fp32 on the CPU
   std::string vae_dtype;  // empty: the model family's default
+  int64_t vae_chunk_frames = 1;  // the Wan VAE's latent frames per decoder call after the first
   std::optional<std::string> attention_backend;  // unset: VGEN_ATTENTION_BACKEND, else auto
   // Pixel size; unset: the model's defaults (its capabilities, or its family's for a component).
   std::optional<int64_t> height, width, num_frames;

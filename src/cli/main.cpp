@@ -50,6 +50,7 @@ struct GenerateArgs {
   std::string device = "auto";
   std::string dtype;
   std::string vae_dtype;  // empty: the model family's default
+  int64_t vae_chunk_frames = 1;
   std::optional<std::string> attention_backend;  // unset: the environment's (VGEN_ATTENTION_BACKEND) or auto
   bool cuda_graphs = true;
   bool conv_autotune = false;
@@ -266,6 +267,7 @@ int run_generate(GenerateArgs& a) {
   PipelineOptions options = default_pipeline_options(resolve_device(a.device));
   if (!a.dtype.empty()) options.dtype = parse_compute_dtype(a.dtype);
   if (!a.vae_dtype.empty()) options.vae_dtype = parse_compute_dtype(a.vae_dtype);
+  options.vae_chunk_frames = a.vae_chunk_frames;
   // One generation: the text encoder's memory goes to the transformer and VAE. Several keep
   // it rather than reload it for each video.
   options.offload_text_encoder = total == 1;
@@ -640,6 +642,8 @@ int main(int argc, char** argv) {
   gen->add_option("--device", g.device, "auto (a GPU when one is usable), cpu, cuda or cuda:N (default auto)");
   gen->add_option("--dtype", g.dtype, "Compute dtype of the transformer and text encoder: bf16, fp16, fp32 (default: bf16 on a GPU, fp32 on the CPU)");
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default: the model family's, as diffusers' examples run it; `vgen info` shows it)");
+  gen->add_option("--vae-chunk-frames", g.vae_chunk_frames, "Video models: latent frames the VAE decodes per call after the first (default 1, as diffusers): the same video, with fewer and larger convolutions and more peak memory")
+      ->check(cli::positive_number());
   gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (cuDNN's fused SDPA), flash (vgen's Hopper kernel, sm_90), reference, or sage (quantized INT8/FP8 kernel, sm_90: faster, lossy, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)");
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
@@ -709,6 +713,8 @@ int main(int argc, char** argv) {
   bench->add_option("--device", b.device, "auto, cpu or cuda (default auto)");
   bench->add_option("--dtype", b.dtype, "Compute dtype (default: bf16 on a GPU)");
   bench->add_option("--vae-dtype", b.vae_dtype, "VAE dtype for vae/pipeline (default: the model family's, as diffusers' examples run it)");
+  bench->add_option("--vae-chunk-frames", b.vae_chunk_frames, "vae/pipeline of a video model: latent frames the VAE decodes per call after the first (default 1)")
+      ->check(cli::positive_number());
   bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn, flash, reference or sage (quantized, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)");
   bench->add_option("--height", b.height, "Height in pixels (default: the model's)");
   bench->add_option("--width", b.width, "Width in pixels (default: the model's)");

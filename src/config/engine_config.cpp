@@ -180,6 +180,10 @@ EngineConfig parse_engine_config(const std::string& yaml_text, const std::string
   c.offload.idle_expert = offload.boolean("idle_expert", c.offload.idle_expert);
   offload.reject_unknown();
 
+  const ConfigReader vae = r.section("vae");
+  c.vae.chunk_frames = vae.integer("chunk_frames", c.vae.chunk_frames, 1, 1024);
+  vae.reject_unknown();
+
   r.reject_unknown();
   return c;
 }

@@ -9,6 +9,7 @@
 //   conv:        {autotune: true}
 //   gemm:        {autotune: true}
 //   offload:     {text_encoder: false, idle_expert: false}
+//   vae:         {chunk_frames: 1}
 //
 // Every section and key is optional (absent = the default below). Parsing is strict: an
 // unknown key at any level, a duplicate key, a value of the wrong type or out of range is
@@ -97,6 +98,12 @@ struct OffloadConfig {
   bool idle_expert = false;
 };
 
+struct VaeConfig {
+  // Video VAEs (Wan): latent frames decoded per call after the first (diffusers' _decode: 1).
+  // The same video; more is faster and takes more peak memory (--vae-chunk-frames).
+  int64_t chunk_frames = 1;
+};
+
 struct EngineConfig {
   QuantConfig quant_config;
   // Step caching (TeaCache, MagCache, First-Block-Cache) for requests that set none.
@@ -107,6 +114,7 @@ struct EngineConfig {
   ConvConfig conv;
   GemmConfig gemm;
   OffloadConfig offload;
+  VaeConfig vae;
 };
 
 // `source` names the text in errors (the file path).

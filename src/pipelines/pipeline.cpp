@@ -32,6 +32,7 @@ void apply_engine_config(const EngineConfig& config, PipelineOptions& options) {
   options.execution = execution_settings(config, ExecutionSettings::from_environment());
   options.offload_text_encoder = config.offload.text_encoder;
   options.offload_idle_expert = config.offload.idle_expert;
+  options.vae_chunk_frames = config.vae.chunk_frames;
   options.cache = config.cache_config;  // a request may set its own
   options.quant = config.quant_config;
 }

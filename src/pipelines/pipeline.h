@@ -155,6 +155,10 @@ struct PipelineOptions {
   // in bf16). vae_dtype_or(family default) reads it.
   std::optional<DType> vae_dtype;
   DType vae_dtype_or(DType family_default) const { return vae_dtype.value_or(family_default); }
+  // Latent frames the Wan VAE decodes per call after the first (diffusers' _decode: 1): the
+  // same video, with fewer and larger convolutions and that many frames' activations at once
+  // (more peak memory). AutoencoderKLWan::set_decode_chunk_frames; image models refuse > 1.
+  int64_t vae_chunk_frames = 1;
   // Frees the text encoder once the prompts of a generation are encoded (reloaded from the
   // checkpoint for the next one): its memory goes to the transformer and the VAE.
   bool offload_text_encoder = false;

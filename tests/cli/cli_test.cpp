@@ -719,3 +719,19 @@ TEST(Cli, HeaderNamesTheLatentsFile) {
   EXPECT_NE(r.out.find("latents from " + latents + "; 2 videos"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("seeds"), std::string::npos) << r.out;
 }
+
+// --vae-chunk-frames reaches the video VAE (the bench says what ran); an image model's VAE and
+// a count below 1 are refused, naming the option.
+TEST(Cli, VaeChunkFramesReachesTheVideoVae) {
+  const std::string size = " --device cpu --height 32 --width 48 --num-frames 9 --warmup 0 --iters 1";
+  const Result r = run("bench vae --model " + fixture("wan21_t2v_tiny") + size + " --vae-chunk-frames 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"vae_chunk_frames\":2"), std::string::npos) << r.out;
+  const Result image = run("bench vae --model " + fixture("flux_schnell_tiny") +
+                           " --device cpu --height 64 --width 64 --warmup 0 --iters 1 --vae-chunk-frames 2");
+  EXPECT_NE(image.code, 0);
+  EXPECT_NE(image.out.find("vae_chunk_frames 2: AutoencoderKL decodes one image"), std::string::npos) << image.out;
+  const Result zero = run("bench vae --model " + fixture("wan21_t2v_tiny") + size + " --vae-chunk-frames 0");
+  EXPECT_NE(zero.code, 0);
+  EXPECT_NE(zero.out.find("--vae-chunk-frames: must be a positive number"), std::string::npos) << zero.out;
+}

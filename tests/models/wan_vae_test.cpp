@@ -27,20 +27,35 @@ namespace {
 // hiding a wrong op (a missing cache frame or a swapped time_conv half moves it by >1e-2).
 constexpr double kTolerance = 1e-5;
 
+// Latent frames per call of the decoder's head and of the rest after the first chunk: the
+// defaults; diffusers' one frame throughout; 3 latent frames as heads of 2 and 1; the rest 2
+// frames at once (chunks 1 + 2), capped by a head's end (2 + 1 cut to 1 + 1 + 1), and 3.
+struct Chunking {
+  int64_t head, rest;
+};
+constexpr Chunking kChunkings[] = {{AutoencoderKLWan::kDefaultDecodeHeadFrames, 1}, {1, 1}, {2, 1},
+                                   {AutoencoderKLWan::kDefaultDecodeHeadFrames, 2}, {2, 2},
+                                   {AutoencoderKLWan::kDefaultDecodeHeadFrames, 3}};
+
 void expect_decode_matches(const std::string& name) {
   const auto vae = AutoencoderKLWan::from_pretrained(fixture(name + "/vae"), DType::F32, Device::cpu());
   const WeightStore ref = reference(name + "_ref/vae.safetensors");
-  for (const auto& [z_name, video_name] : {std::pair{"z", "video"}, std::pair{"z_b", "video_b"}}) {
-    const Tensor z = ref.get(z_name);
-    const Tensor expected = ref.get(video_name);
-    const auto start = std::chrono::steady_clock::now();
-    const Tensor video = vae->decode(z);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    ASSERT_EQ(video.shape(), expected.shape()) << name << " " << z_name;
-    const double err = rel_l2(video, expected);
-    std::cout << name << " " << z_name << " " << shape_str(z.shape()) << " -> " << shape_str(video.shape())
-              << ": rel L2 " << err << ", max abs diff " << max_abs_diff(video, expected) << ", " << ms << " ms\n";
-    EXPECT_LT(err, kTolerance) << name << " " << z_name;
+  for (const Chunking& chunking : kChunkings) {
+    vae->set_decode_head_frames(chunking.head);
+    vae->set_decode_chunk_frames(chunking.rest);
+    for (const auto& [z_name, video_name] : {std::pair{"z", "video"}, std::pair{"z_b", "video_b"}}) {
+      const Tensor z = ref.get(z_name);
+      const Tensor expected = ref.get(video_name);
+      const auto start = std::chrono::steady_clock::now();
+      const Tensor video = vae->decode(z);
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      const std::string what = fmt::format("{} {} (head {} / rest {} frames)", name, z_name, chunking.head, chunking.rest);
+      ASSERT_EQ(video.shape(), expected.shape()) << what;
+      const double err = rel_l2(video, expected);
+      std::cout << what << " " << shape_str(z.shape()) << " -> " << shape_str(video.shape()) << ": rel L2 " << err
+                << ", max abs diff " << max_abs_diff(video, expected) << ", " << ms << " ms\n";
+      EXPECT_LT(err, kTolerance) << what;
+    }
   }
 }
 
@@ -221,16 +236,23 @@ TEST(WanVae, EncodeMatchesDiffusersWan22) {
 TEST(WanVae, DecodeMatchesDiffusersWan22) {
   const auto vae = AutoencoderKLWan::from_pretrained(fixture("wan_vae_tiny/wan22"), DType::F32, Device::cpu(),
                                                      kDecoderOnly);
-  for (const std::string c : {"t1", "t3"}) {
-    const Tensor z = extra_ref().get("wan22." + c + ".z");
-    const Tensor expected = extra_ref().get("wan22." + c + ".sample");
-    const Tensor video = vae->decode(z);
-    ASSERT_EQ(video.shape(), expected.shape()) << c;
-    const double err = rel_l2(video, expected);
-    std::cout << "wan22." << c << " decode " << shape_str(z.shape()) << " -> " << shape_str(video.shape())
-              << ": rel L2 " << err << ", max abs diff " << max_abs_diff(video, expected) << "\n";
-    EXPECT_LT(err, kTolerance) << c;
+  for (const Chunking& chunking : kChunkings) {
+    vae->set_decode_head_frames(chunking.head);
+    vae->set_decode_chunk_frames(chunking.rest);
+    for (const std::string c : {"t1", "t3"}) {
+      const Tensor z = extra_ref().get("wan22." + c + ".z");
+      const Tensor expected = extra_ref().get("wan22." + c + ".sample");
+      const Tensor video = vae->decode(z);
+      const std::string what = fmt::format("wan22.{} (head {} / rest {} frames)", c, chunking.head, chunking.rest);
+      ASSERT_EQ(video.shape(), expected.shape()) << what;
+      const double err = rel_l2(video, expected);
+      std::cout << what << " decode " << shape_str(z.shape()) << " -> " << shape_str(video.shape()) << ": rel L2 "
+                << err << ", max abs diff " << max_abs_diff(video, expected) << "\n";
+      EXPECT_LT(err, kTolerance) << what;
+    }
   }
+  EXPECT_THROW(vae->set_decode_head_frames(0), Error);
+  EXPECT_THROW(vae->set_decode_chunk_frames(0), Error);
 }
 
 // DupUp3D against its definition in diffusers (repeat_interleave of the channels, then groups

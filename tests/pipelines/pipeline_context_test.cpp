@@ -101,6 +101,7 @@ attention: {backend: reference}
 cuda_graph: {enabled: false}
 conv: {autotune: false}
 offload: {text_encoder: true, idle_expert: true}
+vae: {chunk_frames: 2}
 )",
                                              "engine.yaml");
   PipelineOptions o = default_pipeline_options(Device::cpu());
@@ -113,4 +114,5 @@ offload: {text_encoder: true, idle_expert: true}
   EXPECT_FALSE(o.execution.conv_autotune);
   EXPECT_TRUE(o.offload_text_encoder);
   EXPECT_TRUE(o.offload_idle_expert);
+  EXPECT_EQ(o.vae_chunk_frames, 2);
 }

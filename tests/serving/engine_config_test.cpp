@@ -202,6 +202,8 @@ TEST(EngineConfig, WrongTypesAndRanges) {
   expect_contains(parse_error("gemm: {tune: true}"), "gemm.tune: unknown key");
   expect_contains(parse_error("gemm: false"), "gemm: expected a mapping");
   expect_contains(parse_error("parallel_config: {cfg_size: 3}"), "parallel_config.cfg_size: 3 is out of range [1, 2]");
+  expect_contains(parse_error("vae: {chunk_frames: 0}"), "vae.chunk_frames: 0 is out of range [1, 1024]");
+  expect_contains(parse_error("vae: {chunk: 2}"), "vae.chunk: unknown key");
   expect_contains(parse_error("parallel_config: {ulysses_size: 0}"), "parallel_config.ulysses_size: 0 is out of range");
   expect_contains(parse_error("parallel_config: {ulysses_size: [2]}"), "parallel_config.ulysses_size: expected an integer");
   expect_contains(parse_error("parallel_config: {ring_size: 0}"), "parallel_config.ring_size: 0 is out of range");

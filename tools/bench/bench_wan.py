@@ -465,6 +465,10 @@ def part_vae22(args):
     # As vgen serve runs it: convolution engines timed on first use (the first decode pays that).
     tuned = vgen(args, "vae", *common, "--iters", 2, "--warmup", 1, "--conv-autotune")
     compare(f"vae22_decode_{h}x{w}x{f}_bf16_autotuned", theirs, tuned, vgen_first_s=tuned.get("first_s"))
+    # Two latent frames per decoder call after the first (--vae-chunk-frames): the same video,
+    # fewer and larger convolutions, more peak memory.
+    chunked = vgen(args, "vae", *common, "--iters", 2, "--warmup", 1, "--vae-chunk-frames", 2)
+    compare(f"vae22_decode_{h}x{w}x{f}_bf16_chunk2", theirs, chunked, vgen_first_s=chunked.get("first_s"))
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
 

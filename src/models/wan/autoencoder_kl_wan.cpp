@@ -10,6 +10,7 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <tuple>
@@ -255,6 +256,16 @@ Tensor AutoencoderKLWan::encode(const Tensor& video) const {
   return latent;
 }
 
+void AutoencoderKLWan::set_decode_head_frames(int64_t frames) {
+  VGEN_CHECK(frames >= 1, "AutoencoderKLWan: decode_head_frames must be at least 1, got {}", frames);
+  decode_head_frames_ = frames;
+}
+
+void AutoencoderKLWan::set_decode_chunk_frames(int64_t frames) {
+  if (frames < 1) fail("AutoencoderKLWan: vae_chunk_frames must be at least 1, got {}", frames);
+  decode_chunk_frames_ = frames;
+}
+
 Tensor AutoencoderKLWan::decode(const Tensor& z, Communicator* split) const {
   if (!decoder_) fail("AutoencoderKLWan ({}): decode needs the decoder, which was not loaded (Parts::decoder)", dir_);
   if (z.dim() != 5 || z.size(1) != config_.z_dim || z.size(2) < 1)
@@ -273,15 +284,24 @@ Tensor AutoencoderKLWan::decode(const Tensor& z, Communicator* split) const {
   Tensor video = Tensor::empty({z.size(0), config_.out_channels / (p * p),
                                 1 + config_.frames_per_latent() * (num_frame - 1), z.size(3) * s, z.size(4) * s},
                                dtype_, device_);
-  // diffusers' _decode: one latent frame per decoder call, the first with first_chunk.
-  // Chunks are clamped, unpatchified and written in place of its torch.cat + unpatchify +
-  // final clamp (the same values: both are per element / per frame).
+  // diffusers' _decode: one latent frame per decoder call, the first with first_chunk. The
+  // decoder's head (WanDecoder3d::head) takes up to decode_head_frames_ latent frames per call
+  // instead and the rest (tail) up to decode_chunk_frames_ after the first, with the same
+  // values frame by frame; a tail chunk does not cross a head's end. Chunks are clamped,
+  // unpatchified and written in place of its torch.cat + unpatchify + final clamp (the same
+  // values: both are per element / per frame).
   nn::FeatCache cache(static_cast<size_t>(decoder_->cache_slots.count));
   int64_t frame = 0;
-  for (int64_t i = 0; i < num_frame; ++i) {
-    Tensor chunk = x.narrow(2, i, 1);
-    if (nn::vae_channels_last(device_)) chunk = chunk.to_channels_last_3d();
-    const Tensor out = ops::clamp(decoder_->decoder.forward(chunk, cache, i == 0), -1.0f, 1.0f);
+  WanDecoder3d::Head head;
+  for (int64_t i = 0, n = 1; i < num_frame; i += n) {
+    const int64_t in_head = i % decode_head_frames_;
+    if (in_head == 0) {
+      Tensor chunk = x.narrow(2, i, std::min(decode_head_frames_, num_frame - i));
+      if (nn::vae_channels_last(device_)) chunk = chunk.to_channels_last_3d();
+      head = decoder_->decoder.head(chunk, cache);
+    }
+    n = i == 0 ? 1 : std::min({decode_chunk_frames_, num_frame - i, decode_head_frames_ - in_head});
+    const Tensor out = ops::clamp(decoder_->decoder.tail(head.frames(in_head, n), cache, i == 0), -1.0f, 1.0f);
     VGEN_CHECK(
         frame + out.size(2) <= video.size(2) && out.size(3) * p == video.size(3) && out.size(4) * p == video.size(4),
         "AutoencoderKLWan: decoder chunk {} gave {} for an output of {}", i, out.str(), video.str());

@@ -86,6 +86,22 @@ class AutoencoderKLWan {
   // unsplit one. Needs the latent height divisible by the ranks; else every rank decodes it all.
   Tensor decode(const Tensor& z, Communicator* split = nullptr) const;
 
+  // How many latent frames the decoder's head (conv_in, the mid block, the first up block's
+  // residual blocks: the smallest of its convolutions) takes per call; the rest of the decoder
+  // takes one, as diffusers' _decode. The same values for any count (1 is diffusers' order);
+  // more run those convolutions on more positions at once, and hold the head's results for
+  // that many frames while the rest decodes them: at the default 8, a sixth of the size of
+  // one of the last up block's per-chunk buffers for the Wan2.2 VAE (which also keeps the
+  // first up block's input for its shortcut), a twelfth for Wan2.1's. For tests and tuning.
+  void set_decode_head_frames(int64_t frames);
+  static constexpr int64_t kDefaultDecodeHeadFrames = 8;
+
+  // How many latent frames the rest of the decoder takes per call after the first (which is
+  // always one): 1, diffusers' _decode, by default. More gives the same values with fewer,
+  // larger convolutions and the activations of that many frames at once (its peak memory grows
+  // with it). Capped by the head's frames per call.
+  void set_decode_chunk_frames(int64_t frames);
+
  private:
   struct Encoder;  // quant_conv + WanEncoder3d, defined in the .cpp
   struct Decoder;  // post_quant_conv + WanDecoder3d
@@ -98,6 +114,8 @@ class AutoencoderKLWan {
   Device device_;
   std::unique_ptr<Encoder> encoder_;  // null when not loaded
   std::unique_ptr<Decoder> decoder_;
+  int64_t decode_head_frames_ = kDefaultDecodeHeadFrames;
+  int64_t decode_chunk_frames_ = 1;
 };
 
 }  // namespace vgen

@@ -12,9 +12,16 @@ WanUpBlock::WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_
 }
 
 Tensor WanUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+  return forward_upsample(forward_resnets(std::move(x), cache), Tensor(), cache, first_chunk);
+}
+
+Tensor WanUpBlock::forward_resnets(Tensor x, nn::FeatCache& cache) const {
   for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
-  if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
   return x;
+}
+
+Tensor WanUpBlock::forward_upsample(Tensor x, const Tensor&, nn::FeatCache& cache, bool first_chunk) const {
+  return upsampler_ ? upsampler_->forward(std::move(x), cache, first_chunk) : x;
 }
 
 WanResidualUpBlock::WanResidualUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim,
@@ -30,7 +37,16 @@ WanResidualUpBlock::WanResidualUpBlock(const WanVaeLoad& load, const std::string
 Tensor WanResidualUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
   // Ops never write their inputs, so holding x is diffusers' x.clone().
   const Tensor input = x;
+  return forward_upsample(forward_resnets(std::move(x), cache), input, cache, first_chunk);
+}
+
+Tensor WanResidualUpBlock::forward_resnets(Tensor x, nn::FeatCache& cache) const {
   for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
+  return x;
+}
+
+Tensor WanResidualUpBlock::forward_upsample(Tensor x, const Tensor& input, nn::FeatCache& cache,
+                                            bool first_chunk) const {
   if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
   if (avg_shortcut_) x = ops::add(x, avg_shortcut_->forward(input, first_chunk));
   return x;
@@ -76,10 +92,25 @@ WanDecoder3d::WanDecoder3d(const WanVaeLoad& load, const AutoencoderKLWanConfig&
       conv_out_(load.causal_conv("decoder.conv_out", dims.back(), config.out_channels, {3, 3, 3}, {1, 1, 1})) {}
 
 Tensor WanDecoder3d::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+  return tail(head(std::move(x), cache), cache, first_chunk);
+}
+
+WanDecoder3d::Head WanDecoder3d::head(Tensor x, nn::FeatCache& cache) const {
   x = conv_in_.forward(x, &cache);
-  x = mid_block_.forward(std::move(x), cache);
-  for (const auto& block : up_blocks_)
-    x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, block);
+  Head h;
+  h.input = mid_block_.forward(std::move(x), cache);
+  h.x = std::visit([&](const auto& b) { return b.forward_resnets(h.input, cache); }, up_blocks_.front());
+  if (!std::visit([](const auto& b) { return b.has_shortcut(); }, up_blocks_.front())) h.input = Tensor();
+  return h;
+}
+
+Tensor WanDecoder3d::tail(const Head& head, nn::FeatCache& cache, bool first_chunk) const {
+  VGEN_CHECK(!first_chunk || head.x.size(2) == 1, "WanDecoder3d: the first chunk is one latent frame, got {}",
+             head.x.str());
+  Tensor x = std::visit([&](const auto& b) { return b.forward_upsample(head.x, head.input, cache, first_chunk); },
+                        up_blocks_.front());
+  for (size_t i = 1; i < up_blocks_.size(); ++i)
+    x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, up_blocks_[i]);
   return conv_out_.forward(x, [&](const Tensor& out) { norm_out_.forward(x, Activation::Silu, out); }, &cache);
 }
 

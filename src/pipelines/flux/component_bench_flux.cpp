@@ -76,6 +76,9 @@ ComponentBench autoencoder_kl_bench(const std::string& dir, const ComponentBench
   ContextScope scope(*context);
   const Device device = o.pipeline.device;
   const DType dtype = o.pipeline.vae_dtype_or(o.pipeline.dtype);
+  if (o.pipeline.vae_chunk_frames != 1)
+    fail("bench: vae_chunk_frames {}: AutoencoderKL decodes one image; the option is the Wan VAE's",
+         o.pipeline.vae_chunk_frames);
   std::shared_ptr<AutoencoderKL> vae = AutoencoderKL::from_pretrained(dir, dtype, device);
   const AutoencoderKLConfig& c = vae->config();
   const int64_t f = c.scale_factor();

@@ -51,6 +51,9 @@ std::unique_ptr<FluxPipeline> FluxPipeline::from_pretrained(const DiffusersCheck
   if (!options.lora.empty() || !options.lora_2.empty())
     fail("{}: {} takes no LoRA adapters in vgen yet", ckpt.root(), ckpt.class_name());
   check_no_cache(options.cache, ckpt.class_name());  // before any weight loads
+  if (options.vae_chunk_frames != 1)
+    fail("{}: vae_chunk_frames {}: {}'s VAE decodes one image; the option is the Wan VAE's", ckpt.root(),
+         options.vae_chunk_frames, ckpt.class_name());
   std::unique_ptr<FluxPipeline> p(new FluxPipeline(std::move(context)));
   ContextScope scope(*p->context_);
   p->class_name_ = ckpt.class_name();

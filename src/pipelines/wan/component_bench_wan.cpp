@@ -93,6 +93,7 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
   const DType dtype = o.pipeline.vae_dtype_or(DType::F32);
   std::shared_ptr<AutoencoderKLWan> vae = AutoencoderKLWan::from_pretrained(
       dir, dtype, device, AutoencoderKLWan::Parts{.encoder = o.encode, .decoder = !o.encode});
+  vae->set_decode_chunk_frames(o.pipeline.vae_chunk_frames);
   const AutoencoderKLWanConfig& c = vae->config();
   const PixelSize size = pixel_size(o, c.scale_factor_temporal, c.scale_factor_spatial);
   ComponentBench b;
@@ -108,6 +109,7 @@ ComponentBench wan_vae_bench(const std::string& dir, const ComponentBenchOptions
   if (!o.save_output.empty()) bench_save_raw_f32(run(), o.save_output);
   b.run = [run] { (void)run(); };
   b.facts = {{"h", size.height}, {"w", size.width}, {"frames", size.num_frames}, {"encode", o.encode},
+             {"vae_chunk_frames", o.pipeline.vae_chunk_frames},
              {"dtype", dtype_name(dtype)}};
   b.after = [] { return nlohmann::json::object(); };
   b.context = std::move(context);

@@ -278,6 +278,7 @@ std::unique_ptr<WanPipeline> WanPipeline::from_pretrained(const DiffusersCheckpo
   // decodes: the encoder's weights stay on disk.
   p->vae_ = AutoencoderKLWan::from_pretrained(ckpt.component_dir("vae"), options.vae_dtype_or(DType::F32), options.device,
                                              AutoencoderKLWan::Parts{.encoder = image_input, .decoder = true});
+  p->vae_->set_decode_chunk_frames(options.vae_chunk_frames);
   p->scheduler_ = make_scheduler(ckpt.component_config("scheduler"), ckpt.component_config_path("scheduler"), options.scheduler);
   const auto& vcfg = p->vae_->config();
   if (tcfg.text_dim != p->text_encoder_->config().d_model)
