@@ -197,6 +197,13 @@ TEST(ParallelVae, RowSplitDecodeEqualsTheWholeDecode) {
     std::vector<Tensor> got(5);
     ThreadGroup::run(5, [&](int rank, const std::shared_ptr<Communicator>& comm) { got[rank] = vae->decode(z, comm.get()); });
     EXPECT_EQ(max_abs_diff(got[4], want), 0.0);
+    // Several latent frames per decoder call (a 2-frame head, --vae-chunk-frames 2): the halo
+    // rows are exchanged for every frame of a chunk.
+    vae->set_decode_head_frames(2);
+    vae->set_decode_chunk_frames(2);
+    std::vector<Tensor> chunked(2);
+    ThreadGroup::run(2, [&](int rank, const std::shared_ptr<Communicator>& comm) { chunked[rank] = vae->decode(z, comm.get()); });
+    for (int r = 0; r < 2; ++r) EXPECT_LT(max_abs_diff(chunked[r], want), 5e-5) << name << " in 2-frame chunks, rank " << r;
   }
 }
 
