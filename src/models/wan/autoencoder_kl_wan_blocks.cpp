@@ -88,8 +88,7 @@ Tensor zero_pad_bottom_right(const Tensor& x) {
 }  // namespace
 
 WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, WanResampleMode mode,
-                         int64_t upsample_out_dim)
-    : mode_(mode) {
+                         int64_t upsample_out_dim) {
   if (is_upsample(mode))
     upsample_.emplace(load.weights, prefix + ".resample.1", dim, upsample_out_dim, load.channels_last);
   else
@@ -108,7 +107,7 @@ WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int6
 }
 
 Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
-  return is_upsample(mode_) ? upsample(std::move(x), cache, first_chunk) : downsample(std::move(x), cache);
+  return upsample_ ? upsample(std::move(x), cache, first_chunk) : downsample(std::move(x), cache);
 }
 
 Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) const {

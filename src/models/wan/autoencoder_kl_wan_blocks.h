@@ -86,7 +86,6 @@ class WanResample {
   Tensor upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
   Tensor downsample(Tensor x, nn::FeatCache& cache) const;
 
-  WanResampleMode mode_;
   std::optional<nn::UpsampleConv2d> upsample_;  // upsampling: resample.0 and resample.1 (a Conv2d per frame)
   std::optional<nn::Conv3d> downsample_;        // downsampling: resample.1, a stride-2 Conv2d per frame
   std::optional<nn::CausalConv3d> time_conv_;  // upsample3d: (3, 1, 1), 2 * dim channels
