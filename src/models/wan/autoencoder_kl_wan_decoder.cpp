@@ -47,6 +47,10 @@ Tensor WanResidualUpBlock::forward_resnets(Tensor x, nn::FeatCache& cache) const
 
 Tensor WanResidualUpBlock::forward_upsample(Tensor x, const Tensor& input, nn::FeatCache& cache,
                                             bool first_chunk) const {
+  // The shortcut's nearest-neighbour repeat of the block's input is added where the upsampler
+  // interleaves its phases, read as a stride-0 view: no output-sized copy of it, no extra pass.
+  if (upsampler_ && avg_shortcut_)
+    return upsampler_->forward(std::move(x), cache, first_chunk, avg_shortcut_->split_view(input, first_chunk));
   if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
   if (avg_shortcut_) x = ops::add(x, avg_shortcut_->forward(input, first_chunk));
   return x;
