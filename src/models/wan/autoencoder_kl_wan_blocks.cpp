@@ -19,6 +19,8 @@ WanResidualBlock::WanResidualBlock(const WanVaeLoad& load, const std::string& pr
     conv_shortcut_.emplace(load.causal_conv(prefix + ".conv_shortcut", in_dim, out_dim, {1, 1, 1}, {0, 0, 0}));
 }
 
+Tensor WanSkipSum::sum() const { return skip.defined() ? ops::add(x, skip) : x; }
+
 Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   const Tensor h = conv_shortcut_ ? conv_shortcut_->forward(x, nullptr) : x;
   // Each norm writes its result straight into its conv's input, behind the cached frames.
@@ -26,6 +28,25 @@ Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   // dropout: identity at inference
   // The skip connection is added to conv2's result by the convolution op (ops::conv3d).
   return conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache, h);
+}
+
+WanSkipSum WanResidualBlock::forward(WanSkipSum in, nn::FeatCache& cache) const {
+  Tensor x, h;
+  if (in.skip.defined() && !conv_shortcut_) {
+    // The previous block's skip connection, added by norm1 into that block's conv2 result (its
+    // own buffer) as it normalizes the sum into conv1's input: one pass fewer over the sum.
+    x = conv1_.forward(
+        in.x,
+        [&](const Tensor& out) { h = norm1_.forward_residual(in.x, in.skip, Activation::Silu, in.x, out).residual; },
+        &cache);
+  } else {
+    const Tensor input = in.sum();
+    h = conv_shortcut_ ? conv_shortcut_->forward(input, nullptr) : input;
+    x = conv1_.forward(input, [&](const Tensor& out) { norm1_.forward(input, Activation::Silu, out); }, &cache);
+  }
+  in = {};
+  x = conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache);
+  return {std::move(x), std::move(h)};
 }
 
 WanAttentionBlock::WanAttentionBlock(const WanVaeLoad& load, const std::string& prefix, int64_t dim)
@@ -63,9 +84,9 @@ WanMidBlock::WanMidBlock(const WanVaeLoad& load, const std::string& prefix, int6
       resnet1_(load, prefix + ".resnets.1", dim, dim) {}
 
 Tensor WanMidBlock::forward(Tensor x, nn::FeatCache& cache) const {
-  x = resnet0_.forward(std::move(x), cache);
+  x = resnet0_.forward(WanSkipSum{std::move(x), {}}, cache).sum();
   x = attention_.forward(x);
-  return resnet1_.forward(std::move(x), cache);
+  return resnet1_.forward(WanSkipSum{std::move(x), {}}, cache).sum();
 }
 
 namespace {

@@ -30,10 +30,23 @@ struct WanVaeLoad {
   }
 };
 
+// A residual block's output with its skip connection not yet added: x + skip (x alone when
+// skip is undefined). The next residual block's first channel norm, or the decoder's norm_out,
+// adds it as it reads the sum (ops::residual_channel_rms_norm), writing the sum into x: so x
+// must be the decode's own buffer (a conv's result), not a view of a tensor kept elsewhere.
+struct WanSkipSum {
+  Tensor x, skip;
+  // x + skip as a tensor (a new one), or x.
+  Tensor sum() const;
+};
+
 class WanResidualBlock {
  public:
   WanResidualBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim);
   Tensor forward(Tensor x, nn::FeatCache& cache) const;
+  // forward() with the skip connections left to the reader: the input's added by norm1 as it
+  // reads it (unless conv_shortcut needs the sum first), the output's left in the result.
+  WanSkipSum forward(WanSkipSum x, nn::FeatCache& cache) const;
 
  private:
   nn::ChannelRMSNorm norm1_;
