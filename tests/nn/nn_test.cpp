@@ -282,12 +282,12 @@ TEST(NnUpsampleConv2d, EqualsUpsampleThenConv) {
     const Tensor small = values({B, O, 1, 1, H, 1, W, 1}, 8);
     const Tensor repeated = small.expand({B, O, 1, 2, H, 2, W, 2});
     for (const Tensor& addend : {dense, dense.view({B, O, 2, 1, H, 2, W, 2}), repeated}) {
-      const Tensor sum = up.forward(channels_last ? x.to_channels_last_3d() : x, addend);
+      const Tensor sum = up.forward(channels_last ? x.to_channels_last_3d() : x, [&] { return addend; });
       const Tensor want_sum = ops::add(expected, addend.contiguous().view({B, O, T, 2 * H, 2 * W}));
       EXPECT_LT(max_abs_diff(sum, want_sum), 1e-5) << "channels_last " << channels_last << " addend " << addend.str();
     }
-    expect_error([&] { (void)up.forward(x, dense.view({B, O, T, 2 * H, 2 * W})); }, "addend");
-    expect_error([&] { (void)up.forward(x, values({B, O, 1, 2, H, 2, W + 1, 2}, 9)); }, "addend");
+    expect_error([&] { (void)up.forward(x, [&] { return dense.view({B, O, T, 2 * H, 2 * W}); }); }, "addend");
+    expect_error([&] { (void)up.forward(x, [&] { return values({B, O, 1, 2, H, 2, W + 1, 2}, 9); }); }, "addend");
   }
   weights.check_all_used("test", "config.json");
   expect_error([&] { nn::UpsampleConv2d(weights, "up", C + 1, O, false); }, "up.weight");

@@ -127,12 +127,14 @@ WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int6
   }
 }
 
-Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk, const Tensor& addend) const {
-  VGEN_CHECK(upsample_ || !addend.defined(), "WanResample: a downsampler takes no addend");
+Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk,
+                            const std::function<Tensor()>& addend) const {
+  VGEN_CHECK(upsample_ || !addend, "WanResample: a downsampler takes no addend");
   return upsample_ ? upsample(std::move(x), cache, first_chunk, addend) : downsample(std::move(x), cache);
 }
 
-Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk, const Tensor& addend) const {
+Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk,
+                             const std::function<Tensor()>& addend) const {
   // diffusers marks the first call "Rep" and skips time_conv (so the first latent frame
   // gives one frame); its second call convolves without cache_x (zero past), storing
   // [zeros, x] when x has one frame. An empty slot is that same zero past, so the only

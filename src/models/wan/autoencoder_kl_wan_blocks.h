@@ -5,6 +5,7 @@
 // cache, as diffusers' _encode / _decode.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -93,12 +94,13 @@ class WanResample {
   WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, WanResampleMode mode,
               int64_t upsample_out_dim);
   // first_chunk: the decoder's first latent frame (upsample3d skips time_conv for it).
-  // Upsampling: `addend` (the result split as UpsampleConv2d::forward takes it) is added to
-  // the result in the op that forms it.
-  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk, const Tensor& addend = {}) const;
+  // Upsampling: `addend` (making the result split as UpsampleConv2d::forward takes it) is
+  // added to the result in the op that forms it.
+  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk,
+                 const std::function<Tensor()>& addend = nullptr) const;
 
  private:
-  Tensor upsample(Tensor x, nn::FeatCache& cache, bool first_chunk, const Tensor& addend) const;
+  Tensor upsample(Tensor x, nn::FeatCache& cache, bool first_chunk, const std::function<Tensor()>& addend) const;
   Tensor downsample(Tensor x, nn::FeatCache& cache) const;
 
   std::optional<nn::UpsampleConv2d> upsample_;  // upsampling: resample.0 and resample.1 (a Conv2d per frame)

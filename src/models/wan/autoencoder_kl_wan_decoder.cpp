@@ -54,7 +54,9 @@ WanSkipSum WanResidualUpBlock::forward_upsample(WanSkipSum x, const Tensor& inpu
   // The shortcut's nearest-neighbour repeat of the block's input is added where the upsampler
   // interleaves its phases, read as a stride-0 view: no output-sized copy of it, no extra pass.
   if (upsampler_ && avg_shortcut_)
-    return {upsampler_->forward(x.sum(), cache, first_chunk, avg_shortcut_->split_view(input, first_chunk)), {}};
+    return {upsampler_->forward(x.sum(), cache, first_chunk,
+                                [&] { return avg_shortcut_->split_view(input, first_chunk); }),
+            {}};
   Tensor y = x.sum();
   if (upsampler_) y = upsampler_->forward(std::move(y), cache, first_chunk);
   if (avg_shortcut_) y = ops::add(y, avg_shortcut_->forward(input, first_chunk));
