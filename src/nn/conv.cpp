@@ -84,10 +84,11 @@ UpsampleConv2d::UpsampleConv2d(const Weights& weights, const std::string& prefix
       }()),
       out_(out) {}
 
-Tensor UpsampleConv2d::forward(const Tensor& x, const std::function<Tensor()>& make_addend) const {
+Tensor UpsampleConv2d::forward(Tensor x, const std::function<Tensor()>& make_addend) const {
   VGEN_CHECK(x.dim() == 5, "UpsampleConv2d: input {} is not [B, C, T, H, W]", x.str());
   const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4), o = out_;
   const Tensor phases = conv_.forward(x);  // [B, 4 x out, T, H + 1, W + 1]
+  x = Tensor();
   const Tensor addend = make_addend ? make_addend() : Tensor();
   const int64_t ft = addend.defined() && addend.dim() == 8 ? addend.size(3) : 1;
   VGEN_CHECK(!addend.defined() || (ft > 0 && t % ft == 0 && addend.shape() == Shape{b, o, t / ft, ft, h, 2, w, 2}),

@@ -89,8 +89,8 @@ class UpsampleConv2d {
   // as [B, out, T / ft, ft, H, 2, W, 2] (frame t * ft + f, row 2i + a, column 2j + b), any
   // strides (stride 0 where it repeats, e.g. a nearest-upsampled shortcut that is never
   // materialized). It is called after the convolution, so that a tensor it makes is not alive
-  // during it.
-  Tensor forward(const Tensor& x, const std::function<Tensor()>& addend = nullptr) const;
+  // during it; x is let go after the convolution (pass it moved so that it is freed there).
+  Tensor forward(Tensor x, const std::function<Tensor()>& addend = nullptr) const;
 
  private:
   Conv3d conv_;  // [4 x out, in, 1, 2, 2], padding 1 in height and width

@@ -155,7 +155,7 @@ Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk,
       x = y.view({b, 2, c, t, h, w}).permute({0, 2, 3, 1, 4, 5}).reshape({b, c, 2 * t, h, w});
     }
   }
-  return upsample_->forward(x, addend);
+  return upsample_->forward(std::move(x), addend);
 }
 
 Tensor WanResample::downsample(Tensor x, nn::FeatCache& cache) const {

@@ -22,7 +22,9 @@ WanSkipSum WanUpBlock::forward_resnets(WanSkipSum x, nn::FeatCache& cache) const
 
 WanSkipSum WanUpBlock::forward_upsample(WanSkipSum x, const Tensor&, nn::FeatCache& cache, bool first_chunk) const {
   if (!upsampler_) return x;
-  return {upsampler_->forward(x.sum(), cache, first_chunk), {}};
+  Tensor sum = x.sum();
+  x = {};  // the sum's parts, let go before the upsampler runs
+  return {upsampler_->forward(std::move(sum), cache, first_chunk), {}};
 }
 
 WanResidualUpBlock::WanResidualUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim,
@@ -51,13 +53,14 @@ WanSkipSum WanResidualUpBlock::forward_resnets(WanSkipSum x, nn::FeatCache& cach
 WanSkipSum WanResidualUpBlock::forward_upsample(WanSkipSum x, const Tensor& input, nn::FeatCache& cache,
                                                 bool first_chunk) const {
   if (!upsampler_ && !avg_shortcut_) return x;
+  Tensor y = x.sum();
+  x = {};  // the sum's parts, let go before the upsampler runs
   // The shortcut's nearest-neighbour repeat of the block's input is added where the upsampler
   // interleaves its phases, read as a stride-0 view: no output-sized copy of it, no extra pass.
   if (upsampler_ && avg_shortcut_)
-    return {upsampler_->forward(x.sum(), cache, first_chunk,
+    return {upsampler_->forward(std::move(y), cache, first_chunk,
                                 [&] { return avg_shortcut_->split_view(input, first_chunk); }),
             {}};
-  Tensor y = x.sum();
   if (upsampler_) y = upsampler_->forward(std::move(y), cache, first_chunk);
   if (avg_shortcut_) y = ops::add(y, avg_shortcut_->forward(input, first_chunk));
   return {std::move(y), {}};
