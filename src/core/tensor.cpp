@@ -308,6 +308,29 @@ Tensor Tensor::expand(const Shape& shape) const {
   return t;
 }
 
+Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
+  VGEN_CHECK(defined(), "as_strided of an undefined tensor");
+  VGEN_CHECK(shape.size() == strides.size(), "as_strided of {}: {} sizes and {} strides", str(), shape.size(),
+             strides.size());
+  int64_t last = offset_ + offset;  // the furthest element read, in the storage
+  bool empty = false;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    VGEN_CHECK(shape[d] >= 0 && strides[d] >= 0, "as_strided of {}: size {} stride {} in dim {}", str(), shape[d],
+               strides[d], d);
+    empty = empty || shape[d] == 0;
+    if (shape[d] > 0) last += (shape[d] - 1) * strides[d];
+  }
+  const int64_t elements = static_cast<int64_t>(storage_->nbytes() / element_size());
+  VGEN_CHECK(offset_ + offset >= 0 && (empty || last < elements),
+             "as_strided of {}: sizes {} strides {} offset {} leave its storage of {} elements", str(),
+             shape_str(shape), shape_str(strides), offset, elements);
+  Tensor t = *this;
+  t.offset_ += offset;
+  t.shape_ = shape;
+  t.strides_ = strides;
+  return t;
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   Tensor t = empty(shape_, dtype_, device());

@@ -130,6 +130,11 @@ class Tensor {
   // Size-1 dimensions repeated to `shape` (same rank) without copying: stride 0, as torch's
   // expand. Its elements alias each other, so it is for reading (a copy's source), not writing.
   Tensor expand(const Shape& shape) const;
+  // The elements at `offset` + sum(index[d] * strides[d]) from this tensor's first element, as
+  // torch's as_strided but relative to this view: any (non-negative) strides, e.g. a diagonal
+  // that no chain of the views above makes. Checked to stay inside the storage. Elements may
+  // alias each other, so such a view is for reading unless its strides keep them apart.
+  Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset = 0) const;
 
   // Copies.
   Tensor contiguous() const;

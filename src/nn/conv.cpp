@@ -84,17 +84,29 @@ UpsampleConv2d::UpsampleConv2d(const Weights& weights, const std::string& prefix
       }()),
       out_(out) {}
 
-Tensor UpsampleConv2d::forward(const Tensor& x) const {
+Tensor UpsampleConv2d::forward(Tensor x, const std::function<Tensor()>& make_addend) const {
   VGEN_CHECK(x.dim() == 5, "UpsampleConv2d: input {} is not [B, C, T, H, W]", x.str());
-  const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
+  const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4), o = out_;
   const Tensor phases = conv_.forward(x);  // [B, 4 x out, T, H + 1, W + 1]
-  const Tensor y = Tensor::empty_like_format(phases, {b, out_, t, 2 * h, 2 * w}, phases.dtype());
-  const Tensor split = y.unflatten(4, {w, 2}).unflatten(3, {h, 2});  // [B, out, T, h, a, w, b]
-  for (int64_t pa = 0; pa < 2; ++pa)
-    for (int64_t pb = 0; pb < 2; ++pb)
-      split.select(6, pb).select(4, pa).copy_(
-          phases.narrow(1, (2 * pa + pb) * out_, out_).narrow(3, pa, h).narrow(4, pb, w));
-  return y;
+  x = Tensor();
+  const Tensor addend = make_addend ? make_addend() : Tensor();
+  const int64_t ft = addend.defined() && addend.dim() == 8 ? addend.size(3) : 1;
+  VGEN_CHECK(!addend.defined() || (ft > 0 && t % ft == 0 && addend.shape() == Shape{b, o, t / ft, ft, h, 2, w, 2}),
+             "UpsampleConv2d: addend {} is not the result [{}, {}, {}, {}, {}] split as [B, C, T / ft, ft, H, 2, W, 2]",
+             addend.str(), b, o, t, 2 * h, 2 * w);
+  // Output pixel (2i + a, 2j + c) of channel k is phase (a, c)'s, channel (2a + c) * out + k at
+  // position (i + a, j + c): one strided view of the phases, [B, out, T / ft, ft, H, 2, W, 2].
+  const Shape& s = phases.strides();
+  const Tensor split = phases.as_strided({b, o, t / ft, ft, h, 2, w, 2},
+                                         {s[0], s[1], ft * s[2], s[2], s[3], s[3] + 2 * o * s[1], s[4], s[4] + o * s[1]});
+  // Written in the memory order of the phases' format: [B, T, H, 2, W, 2, out] channels-last.
+  const bool channels_last = phases.prefers_channels_last_3d();
+  const std::vector<int64_t> order =
+      channels_last ? std::vector<int64_t>{0, 2, 3, 4, 5, 6, 7, 1} : std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7};
+  const Tensor y = addend.defined() ? ops::add(split.permute(order), addend.permute(order))
+                                    : split.permute(order).contiguous();
+  VGEN_CHECK(y.is_contiguous(), "UpsampleConv2d: the interleaved phases {} are not dense", y.str());
+  return channels_last ? y.view({b, t, 2 * h, 2 * w, o}).permute({0, 4, 1, 2, 3}) : y.view({b, o, t, 2 * h, 2 * w});
 }
 
 namespace {

@@ -84,8 +84,13 @@ class UpsampleConv2d {
   UpsampleConv2d(const Weights& weights, const std::string& prefix, int64_t in, int64_t out, bool channels_last);
 
   // x [B, in, T, H, W] -> [B, out, T, 2H, 2W], in the memory format of the backend's
-  // convolution results (channels-last on a GPU when x is).
-  Tensor forward(const Tensor& x) const;
+  // convolution results (channels-last on a GPU when x is). With `addend`, the result plus
+  // addend(), in the one op that interleaves the phases: addend() is the result's shape split
+  // as [B, out, T / ft, ft, H, 2, W, 2] (frame t * ft + f, row 2i + a, column 2j + b), any
+  // strides (stride 0 where it repeats, e.g. a nearest-upsampled shortcut that is never
+  // materialized). It is called after the convolution, so that a tensor it makes is not alive
+  // during it; x is let go after the convolution (pass it moved so that it is freed there).
+  Tensor forward(Tensor x, const std::function<Tensor()>& addend = nullptr) const;
 
  private:
   Conv3d conv_;  // [4 x out, in, 1, 2, 2], padding 1 in height and width

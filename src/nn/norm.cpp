@@ -48,4 +48,9 @@ Tensor ChannelRMSNorm::forward(const Tensor& x, Activation act, const Tensor& ou
   return ops::channel_rms_norm(x, gamma_, {}, act, out);
 }
 
+ResidualNorm ChannelRMSNorm::forward_residual(const Tensor& x, const Tensor& y, Activation act,
+                                              const Tensor& residual, const Tensor& out) const {
+  return ops::residual_channel_rms_norm(x, y, gamma_, {}, act, residual, out);
+}
+
 }  // namespace vgen::nn

@@ -72,6 +72,10 @@ class ChannelRMSNorm {
   // act None or Silu; keeps a channels-last input's layout on the GPU. With `out` (x's shape,
   // e.g. frames of a larger buffer) the result is written there and out returned.
   Tensor forward(const Tensor& x, Activation act = Activation::None, const Tensor& out = {}) const;
+  // The skip connection x + y (written into `residual` when defined, which may be x) and
+  // forward() of it, in one op: {residual, normed}.
+  ResidualNorm forward_residual(const Tensor& x, const Tensor& y, Activation act, const Tensor& residual = {},
+                                const Tensor& out = {}) const;
 
  private:
   Tensor gamma_;

@@ -53,6 +53,13 @@
 //                         n.shift, n.eps) (n.scale defined) or layer_norm(residual, n.weight,
 //                         n.bias, n.eps), of the residual as rounded to x's dtype: the same
 //                         numbers as the ops in turn, without reading the residual back
+//   residual_channel_rms_norm(x, y, gamma, bias, act, residual, out)  the Wan VAE's skip connection
+//                         and the channel norm of the next block that reads it, in one pass:
+//                         residual = add(x, y) (x, y of one shape and dtype), written into
+//                         `residual` when defined (x's shape and dtype; may be x itself, each
+//                         element read before it is written), else a new tensor; normed =
+//                         channel_rms_norm(residual, gamma, bias, act, out) of the residual as
+//                         rounded to x's dtype: the same numbers as the ops in turn
 //   rms_norm_rope         rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x
 //                         [B, S, H, D] (rows may be strided, as a slice of a fused QKV
 //                         projection), weight [H * D] (Wan: across heads) or [D] (FLUX: each

@@ -48,6 +48,10 @@
   X(gated_residual, Tensor, (const Tensor& x, const Tensor& y, const Tensor& gate), (x, y, gate), Composite)      \
   X(residual_layer_norm, ResidualNorm, (const Tensor& x, const Tensor& y, const Tensor& gate,                     \
                                         const LayerNormParams& norm), (x, y, gate, norm), Composite)             \
+  X(residual_channel_rms_norm, ResidualNorm, (const Tensor& x, const Tensor& y, const Tensor& gamma,               \
+                                               const Tensor& bias, Activation act, const Tensor& residual,       \
+                                               const Tensor& out), (x, y, gamma, bias, act, residual, out),      \
+    Composite)                                                                                                    \
   X(rms_norm_rope, Tensor, (const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,                  \
                             const Tensor& sin), (x, weight, eps, cos, sin), Composite)                    \
   X(attention_lse, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse),   \

@@ -76,6 +76,17 @@ ResidualNorm Backend::residual_layer_norm(const Tensor& x, const Tensor& y, cons
   return {r, ops::layer_norm(r, n.weight, n.bias, n.eps)};
 }
 
+ResidualNorm Backend::residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma,
+                                                const Tensor& bias, Activation act, const Tensor& residual,
+                                                const Tensor& out) {
+  Tensor r = ops::add(x, y);
+  if (residual.defined()) {
+    Tensor(residual).copy_(r);
+    r = residual;
+  }
+  return {r, ops::channel_rms_norm(r, gamma, bias, act, out)};
+}
+
 Tensor Backend::rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
   const Shape shape = x.shape();
   // weight [D]: each head normalized on its own (FLUX's norm_q / norm_k).
@@ -352,6 +363,22 @@ ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor&
     VGEN_CHECK(!n.bias.defined() || n.bias.numel() == D, "{}: bias {} for x {}", op, n.bias.str(), x.str());
   }
   return on(x, Op::residual_layer_norm, op).residual_layer_norm(x, y, gate, n);
+}
+
+ResidualNorm residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma, const Tensor& bias,
+                                       Activation act, const Tensor& residual, const Tensor& out) {
+  const char* op = "residual_channel_rms_norm";
+  for (const Tensor* t : {&y, &gamma, &bias, &residual, &out})
+    if (t->defined()) same_device(x, *t, op);
+  VGEN_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype(), "{}: x {} and y {} differ", op, x.str(), y.str());
+  VGEN_CHECK(!residual.defined() || (residual.shape() == x.shape() && residual.dtype() == x.dtype()),
+             "{}: residual {} for x {}", op, residual.str(), x.str());
+  VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "{}: gamma {} for input {}", op, gamma.str(), x.str());
+  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "{}: bias {} for input {}", op, bias.str(), x.str());
+  VGEN_CHECK(act == Activation::None || act == Activation::Silu, "{}: only SiLU (or nothing) may follow", op);
+  VGEN_CHECK(!out.defined() || (out.shape() == x.shape() && out.dtype() == x.dtype()), "{}: output {} for input {}",
+             op, out.str(), x.str());
+  return on(x, Op::residual_channel_rms_norm, op).residual_channel_rms_norm(x, y, gamma, bias, act, residual, out);
 }
 
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {

@@ -77,6 +77,11 @@ Tensor modulated_layer_norm(const Tensor& x, const Tensor& scale, const Tensor& 
 Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
 // x + y (gate undefined) or gated_residual(x, y, gate), and that residual's layer norm.
 ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor& gate, const LayerNormParams& norm);
+// x + y (written into `residual` when defined, which may be x) and its channel_rms_norm (into
+// `out` when defined): {residual, normed}.
+ResidualNorm residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma, const Tensor& bias,
+                                       Activation act = Activation::None, const Tensor& residual = {},
+                                       const Tensor& out = {});
 // weight [H * D] normalizes each token's heads together, [D] each head on its own.
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin);
 

@@ -46,6 +46,20 @@ TEST(Tensor, UnflattenAndExpandAreViews) {
   EXPECT_THROW(col.expand({2, 1, 3}), Error);
 }
 
+TEST(Tensor, AsStridedViewsAnyStridesInsideTheStorage) {
+  // The diagonal of a [3, 4] (stride 5) and a window sliding over it, relative to a narrowed view.
+  const Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {3, 4});
+  EXPECT_EQ(t.as_strided({3}, {5}).contiguous().to_vector(), (std::vector<float>{0, 5, 10}));
+  const Tensor row1 = t.narrow(0, 1, 2);  // starts at element 4
+  EXPECT_EQ(row1.as_strided({2, 2}, {5, 1}, 1).contiguous().to_vector(), (std::vector<float>{5, 6, 10, 11}));
+  EXPECT_EQ(row1.as_strided({2, 2}, {5, 1}, 1).raw_data(), t.narrow(1, 1, 1).narrow(0, 1, 1).raw_data());
+  EXPECT_EQ(t.as_strided({0, 7}, {100, 100}).numel(), 0);  // empty: nothing read
+  EXPECT_THROW(t.as_strided({2, 2}, {5, 2}, 6), Error);   // element 6 + 5 + 2 = 13: past the end
+  EXPECT_THROW(t.as_strided({2}, {-1}, 3), Error);
+  EXPECT_THROW(t.as_strided({2}, {1}, -1), Error);
+  EXPECT_THROW(t.as_strided({2, 2}, {1}), Error);
+}
+
 TEST(Tensor, ChannelsLast3dLayoutIsKeptByClonesAndCat) {
   const Tensor x = randn({2, 3, 4, 5, 6}, 21);
   const Tensor cl = x.to_channels_last_3d();

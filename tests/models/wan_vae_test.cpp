@@ -290,6 +290,21 @@ TEST(WanVae, DupUp3DIsRepeatInterleaveThenRegroup) {
     const Tensor first = up.forward(x, /*first_chunk=*/true);
     const Tensor full = up.forward(x, /*first_chunk=*/false);
     EXPECT_EQ(first.to_vector(), full.narrow(2, c.ft - 1, t * c.ft - (c.ft - 1)).to_vector()) << what;
+    // split_view: the same elements split as [b, out, T / f, f, h, fs, w, fs], a view of x (no
+    // copy) where every output channel repeats one of x's, for whole chunks and a first chunk of
+    // one frame (f 1) or several (materialized).
+    const Tensor x1 = x.narrow(2, 0, 1);
+    for (const auto& [in, first_chunk] : {std::pair{x, false}, std::pair{x1, true}, std::pair{x, true}}) {
+      const Tensor v = up.split_view(in, first_chunk);
+      const Tensor dense = up.forward(in, first_chunk);
+      const int64_t f = first_chunk ? 1 : c.ft;
+      EXPECT_EQ(v.shape(), (Shape{b, c.out, dense.size(2) / f, f, h, c.fs, w, c.fs})) << what;
+      EXPECT_EQ(v.contiguous().to_vector(), dense.contiguous().to_vector()) << what << " first " << first_chunk;
+      // A view when output channel o repeats x's channel o (repeats == factor).
+      const bool one_channel = repeats == factor;
+      const bool whole_frames = !first_chunk || c.ft == 1 || in.size(2) == 1;
+      EXPECT_EQ(v.storage() == in.storage(), one_channel && whole_frames) << what << " first " << first_chunk;
+    }
   }
 }
 

@@ -14,6 +14,7 @@
 #include "nn/linear.h"
 #include "nn/norm.h"
 #include "nn/weights.h"
+#include "ops/ops.h"
 #include "support/errors.h"
 #include "support/parity.h"
 
@@ -275,6 +276,18 @@ TEST(NnUpsampleConv2d, EqualsUpsampleThenConv) {
     const Tensor got = up.forward(channels_last ? x.to_channels_last_3d() : x);
     ASSERT_EQ(got.shape(), expected.shape());
     EXPECT_LT(max_abs_diff(got, expected), 1e-5) << "channels_last " << channels_last;
+    // With an addend split as [B, O, T / ft, ft, H, 2, W, 2]: dense (ft 2 and 1), and a
+    // nearest-repeated one read through stride-0 dims (as the Wan2.2 decoder's shortcut).
+    const Tensor dense = values({B, O, 1, 2, H, 2, W, 2}, 7);
+    const Tensor small = values({B, O, 1, 1, H, 1, W, 1}, 8);
+    const Tensor repeated = small.expand({B, O, 1, 2, H, 2, W, 2});
+    for (const Tensor& addend : {dense, dense.view({B, O, 2, 1, H, 2, W, 2}), repeated}) {
+      const Tensor sum = up.forward(channels_last ? x.to_channels_last_3d() : x, [&] { return addend; });
+      const Tensor want_sum = ops::add(expected, addend.contiguous().view({B, O, T, 2 * H, 2 * W}));
+      EXPECT_LT(max_abs_diff(sum, want_sum), 1e-5) << "channels_last " << channels_last << " addend " << addend.str();
+    }
+    expect_error([&] { (void)up.forward(x, [&] { return dense.view({B, O, T, 2 * H, 2 * W}); }); }, "addend");
+    expect_error([&] { (void)up.forward(x, [&] { return values({B, O, 1, 2, H, 2, W + 1, 2}, 9); }); }, "addend");
   }
   weights.check_all_used("test", "config.json");
   expect_error([&] { nn::UpsampleConv2d(weights, "up", C + 1, O, false); }, "up.weight");

@@ -789,6 +789,57 @@ void channel_rms_norm_cases(Cases& cs) {
   }
 }
 
+// residual_channel_rms_norm (the Wan VAE's skip connection and the next channel norm): against
+// the CPU's composition, the residual written into x itself or a new tensor, the normed result
+// into frames of a larger buffer (a causal conv's input) or a new tensor; on a device, the fused
+// kernel (channels-last rows in registers) must equal that device's own composition byte for
+// byte. C 5 (not a vector multiple) and 1040 (too wide for registers) and a contiguous input
+// take the composition there.
+void expect_same_bytes(const Tensor& a, const Tensor& b, const std::string& what);
+
+void residual_channel_rms_norm_cases(Cases& cs) {
+  for (DType d : {DType::F32, DType::BF16}) {
+    for (const Shape& shape : vgen::testing::kChannelNormShapes) {
+      for (bool channels_last : {false, true}) {
+        for (int mode = 0; mode < 3; ++mode) {  // 0: new tensors, 1: residual into x, 2: and normed into frames
+          const Activation act = mode == 0 ? Activation::None : Activation::Silu;
+          const bool in_place = mode > 0, into_frames = mode == 2;
+          Shape buffer = shape;
+          buffer[2] += 2;
+          const std::string name =
+              fmt::format("residual_channel_rms_norm {}{}{} then {}{}{}", dt(d), sh(shape),
+                          channels_last ? " channels-last" : "", act_name(act), in_place ? ", residual into x" : "",
+                          into_frames ? fmt::format(", normed into frames of {}", sh(buffer)) : "");
+          cs.add({Op::residual_channel_rms_norm, name, d,
+                  [=](Gen& g) {
+                    auto lay = [&](const Tensor& t) { return channels_last ? cl(t) : in(t); };
+                    std::vector<Input> v{lay(g.normal(shape, d, 2.0f)), lay(g.normal(shape, d)),
+                                         in(g.normal({shape[1], 1, 1, 1}, d))};
+                    if (into_frames) v.push_back(lay(g.normal(buffer, d)));
+                    return v;
+                  },
+                  [=](const Args& t, Device dev) {
+                    const Tensor x0 = t[0].clone();  // x as it was, before the sum is written into it
+                    const Tensor out = into_frames ? t[3].narrow(2, 2, shape[2]) : Tensor();
+                    const ResidualNorm r =
+                        ops::residual_channel_rms_norm(t[0], t[1], t[2], {}, act, in_place ? t[0] : Tensor(), out);
+                    if (in_place) EXPECT_EQ(r.residual.raw_data(), t[0].raw_data()) << name;
+                    if (into_frames) EXPECT_EQ(r.normed.raw_data(), out.raw_data()) << name;
+                    if (!dev.is_cpu()) {
+                      const ResidualNorm c = backend_for(dev).Backend::residual_channel_rms_norm(x0, t[1], t[2], {}, act,
+                                                                                                 {}, {});
+                      expect_same_bytes(r.residual, c.residual, name + " residual");
+                      expect_same_bytes(r.normed, c.normed, name + " normed");
+                    }
+                    return Outputs{r.residual, into_frames ? t[3] : r.normed};
+                  },
+                  by_dtype(d), shape, d});
+        }
+      }
+    }
+  }
+}
+
 // torch.nn.GroupNorm (+ SiLU): odd channel counts and groups (C 6 in 3 groups, 96 in 32), one
 // position, odd spatial sizes, 4-D and 5-D inputs, channels-last 3-D inputs (on a device), a
 // group of ~1M values with a large mean, and (perf mode only) the FLUX VAE decoder's sizes.
@@ -1654,6 +1705,7 @@ const std::vector<OpCase>& all_cases() {
     layer_norm_cases(cs);
     rms_norm_cases(cs);
     channel_rms_norm_cases(cs);
+    residual_channel_rms_norm_cases(cs);
     group_norm_cases(cs);
     softmax_cases(cs);
     attention_cases(cs);

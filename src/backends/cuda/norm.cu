@@ -594,9 +594,14 @@ __global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out,
 // VEC per row; a group of G lanes per row (G divides 32), lane i of a group taking vectors
 // i, i + G, ... With CACHE > 0 (nv <= G * CACHE) a lane keeps its vectors in registers and x
 // is read once; CACHE == 0 reads the row twice.
-template <typename T, typename Tw, int VEC, int G, int CACHE, bool kSilu>
-__global__ void channel_rms_rows_kernel(const T* __restrict__ x, T* __restrict__ out, const Tw* __restrict__ gamma,
-                                        const Tw* __restrict__ bias, int64_t nv, int64_t rows, float scale) {
+// kRes (residual_channel_rms_norm; CACHE > 0): the row normalized is x + y rounded to T, which
+// is also written to res (laid out as x; res may be x: a lane reads all its elements before it
+// writes any). x and res are not __restrict__ for that reason.
+template <typename T, typename Tw, int VEC, int G, int CACHE, bool kSilu, bool kRes = false>
+__global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const Tw* __restrict__ gamma,
+                                        const Tw* __restrict__ bias, int64_t nv, int64_t rows, float scale,
+                                        const T* __restrict__ y = nullptr, T* res = nullptr) {
+  static_assert(!kRes || CACHE > 0, "the fused residual keeps the row in registers");
   constexpr int kRowsPerWarp = 32 / G;
   const int lane = threadIdx.x & 31, sub = lane % G, slot = lane / G;
   const int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5;
@@ -616,6 +621,12 @@ __global__ void channel_rms_rows_kernel(const T* __restrict__ x, T* __restrict__
         const int64_t i = sub + int64_t(k) * G;
         if (active && i < nv) {
           load_vec<VEC>(row + i * VEC, cache[k]);
+          if constexpr (kRes) {
+            float add[VEC];
+            load_vec<VEC>(y + (active ? r : 0) * C + i * VEC, add);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) cache[k][j] = to_float<T>(from_float<T>(cache[k][j] + add[j]));
+          }
 #pragma unroll
           for (int j = 0; j < VEC; ++j) ss += cache[k][j] * cache[k][j];
         }
@@ -645,7 +656,10 @@ __global__ void channel_rms_rows_kernel(const T* __restrict__ x, T* __restrict__
 #pragma unroll
       for (int k = 0; k < CACHE; ++k) {
         const int64_t i = sub + int64_t(k) * G;
-        if (i < nv) finish(i, cache[k]);
+        if (i < nv) {
+          if constexpr (kRes) store_vec<VEC>(res + r * C + i * VEC, cache[k]);
+          finish(i, cache[k]);
+        }
       }
     } else {
       for (int64_t i = sub; i < nv; i += G) {
@@ -1003,26 +1017,17 @@ Tensor CudaOps::softmax(const Tensor& x_in) {
   return out;
 }
 
-Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act,
-                                 const Tensor& dst) {
-  require_cuda("channel_rms_norm", x_in);
-  if (dst.defined()) require_cuda("channel_rms_norm", dst);
-  require_float("channel_rms_norm", x_in);
-  VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
-             "channel_rms_norm: x {} gamma {} bias {}", x_in.str(), gamma.str(), bias.str());
-  VGEN_CHECK(act == Activation::None || act == Activation::Silu,
-             "channel_rms_norm: only no activation or SiLU can follow the norm");
-  // Channels-last 3-D input: rows of C contiguous channels, output in the same layout.
-  const bool rows = x_in.is_channels_last_3d();
-  // `dst` is written in place when each batch sample of it is laid out as the result's rows (the
-  // frames of a causal conv's input buffer behind its cached ones), else through a copy.
-  if (dst.defined() && !(rows && dst.numel() > 0 && dst.narrow(0, 0, 1).is_channels_last_3d())) {
-    Tensor(dst).copy_(channel_rms_norm(x_in, gamma, bias, act, Tensor()));
-    return dst;
-  }
-  const Tensor x = rows ? x_in : contiguous(x_in);
-  Tensor out = dst.defined() ? dst : Tensor::empty_like_format(x, x.shape(), x.dtype());
-  if (x.numel() == 0) return out;
+namespace {
+
+// Lanes a channels-last row keeps in registers (kChannelRmsCache vectors a lane, 32 lanes).
+constexpr int kChannelRmsCache = 4;
+
+// channel_rms_norm of x into out (x's shape; rows as x's, or a batch stride of out_batch); with
+// y and res (residual_channel_rms_norm), of x + y, which is written to res. x is channels-last
+// (rows) or contiguous; y and res are laid out as x and need whole rows in registers.
+void launch_channel_rms(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act, const Tensor& out,
+                        const Tensor& y, const Tensor& res) {
+  const bool rows = x.is_channels_last_3d(), fused = y.defined();
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
   // Sample b's rows start at b * out_batch in out (in x, at b * inner * C).
   const int64_t out_batch = B > 1 ? out.strides()[0] : inner * C;
@@ -1032,12 +1037,16 @@ Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const 
   const int64_t es = static_cast<int64_t>(x.element_size());
   const int vec = rows ? pick_vec(static_cast<int>(16 / es), 1, C, {{x.raw_data(), es}, {out.raw_data(), es}}, {})
                        : pick_vec(static_cast<int>(16 / es), 1, inner, {{x.raw_data(), es}}, {});
+  VGEN_CHECK(!fused || (rows && vec == 16 / es && C / vec <= 32 * kChannelRmsCache),
+             "residual_channel_rms_norm: {} is not rows of whole 16-byte vectors held in registers", x.str());
   constexpr int kThreads = 256;
   dispatch_param(x.dtype(), wd, "channel_rms_norm", [&](auto tx, auto tw) {
     using T = decltype(tx);
     using Tw = decltype(tw);
     constexpr int kVec = 16 / sizeof(T);
     const T* in = static_cast<const T*>(x.raw_data());
+    const T* yp = fused ? static_cast<const T*>(y.raw_data()) : nullptr;
+    T* rp = fused ? static_cast<T*>(res.raw_data()) : nullptr;
     T* o = static_cast<T*>(out.raw_data());
     const Tw* gp = static_cast<const Tw*>(g.raw_data());
     const Tw* bp = b.defined() ? static_cast<const Tw*>(b.raw_data()) : nullptr;
@@ -1051,16 +1060,25 @@ Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const 
       }
       // Channels-last rows: the smallest group of lanes that holds a row in registers
       // (kCache vectors a lane), else whole warps reading the row twice.
-      constexpr int kCache = 4;
+      constexpr int kCache = kChannelRmsCache;
       // One launch over all rows when out's samples follow each other as x's do, else one a sample.
       const bool packed = out_batch == inner * C;
       const int64_t nv = C / V, nrows = packed ? B * inner : inner;
       auto launch = [&](auto g, auto cache) {
-        constexpr int Gs = decltype(g)::value;
+        constexpr int Gs = decltype(g)::value, Cs = decltype(cache)::value;
         const unsigned blocks = blocks_for((nrows + 32 / Gs - 1) / (32 / Gs) * 32, kThreads);
-        for (int64_t s = 0; s < (packed ? 1 : B); ++s)
-          channel_rms_rows_kernel<T, Tw, V, Gs, decltype(cache)::value, S>
+        for (int64_t s = 0; s < (packed ? 1 : B); ++s) {
+          if constexpr (Cs > 0) {
+            if (fused) {
+              channel_rms_rows_kernel<T, Tw, V, Gs, Cs, S, true><<<blocks, kThreads, 0, stream()>>>(
+                  in + s * inner * C, o + s * out_batch, gp, bp, nv, nrows, scale, yp + s * inner * C,
+                  rp + s * inner * C);
+              continue;
+            }
+          }
+          channel_rms_rows_kernel<T, Tw, V, Gs, Cs, S>
               <<<blocks, kThreads, 0, stream()>>>(in + s * inner * C, o + s * out_batch, gp, bp, nv, nrows, scale);
+        }
       };
       if constexpr (V != kVec) launch(Int<32>{}, Int<0>{});
       else if (nv > 32 * kCache) launch(Int<32>{}, Int<0>{});
@@ -1077,8 +1095,65 @@ Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const 
     if (act == Activation::Silu) with_vec(std::true_type{});
     else with_vec(std::false_type{});
   });
+}
+
+// Whether `dst` takes the result in place: each batch sample of it laid out as the result's
+// channels-last rows (the frames of a causal conv's input buffer behind its cached ones).
+bool writes_rows_into(const Tensor& x, const Tensor& dst) {
+  return x.is_channels_last_3d() && dst.numel() > 0 && dst.narrow(0, 0, 1).is_channels_last_3d();
+}
+
+}  // namespace
+
+Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act,
+                                 const Tensor& dst) {
+  require_cuda("channel_rms_norm", x_in);
+  if (dst.defined()) require_cuda("channel_rms_norm", dst);
+  require_float("channel_rms_norm", x_in);
+  VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
+             "channel_rms_norm: x {} gamma {} bias {}", x_in.str(), gamma.str(), bias.str());
+  VGEN_CHECK(act == Activation::None || act == Activation::Silu,
+             "channel_rms_norm: only no activation or SiLU can follow the norm");
+  // Channels-last 3-D input: rows of C contiguous channels, output in the same layout.
+  const bool rows = x_in.is_channels_last_3d();
+  // `dst` is written in place when laid out as the result's rows, else through a copy.
+  if (dst.defined() && !writes_rows_into(x_in, dst)) {
+    Tensor(dst).copy_(channel_rms_norm(x_in, gamma, bias, act, Tensor()));
+    return dst;
+  }
+  const Tensor x = rows ? x_in : contiguous(x_in);
+  Tensor out = dst.defined() ? dst : Tensor::empty_like_format(x, x.shape(), x.dtype());
+  if (x.numel() == 0) return out;
+  launch_channel_rms(x, gamma, bias, act, out, Tensor(), Tensor());
   check_launch("channel_rms_norm", x_in, gamma);
   return out;
+}
+
+ResidualNorm CudaOps::residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma,
+                                                const Tensor& bias, Activation act, const Tensor& residual,
+                                                const Tensor& dst) {
+  const char* op = "residual_channel_rms_norm";
+  for (const Tensor* t : {&x, &y, &residual, &dst})
+    if (t->defined()) require_cuda(op, *t);
+  require_float(op, x);
+  // One kernel: channels-last rows of x, y and the residual alike, each row held in registers
+  // (at 16-byte vectors, up to 32 x kChannelRmsCache of them: 1024 16-bit channels), and `dst`
+  // taking its rows in place; else the ops in turn.
+  const int64_t es = static_cast<int64_t>(x.element_size()), vec = 16 / es;
+  const int64_t C = x.dim() == 5 ? x.size(1) : 0;
+  auto aligned16 = [](const Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
+  const bool fused = x.dim() == 5 && x.numel() > 0 && is_kernel_float(x.dtype()) && x.is_channels_last_3d() &&
+                     y.strides() == x.strides() && (!residual.defined() || residual.strides() == x.strides()) &&
+                     C % vec == 0 && C / vec <= 32 * kChannelRmsCache && (!dst.defined() || writes_rows_into(x, dst)) &&
+                     aligned16(x) && aligned16(y) && aligned16(residual) && aligned16(dst);
+  if (!fused) return active().Backend::residual_channel_rms_norm(x, y, gamma, bias, act, residual, dst);
+  VGEN_CHECK(gamma.numel() == C && (!bias.defined() || bias.numel() == C), "{}: x {} gamma {} bias {}", op, x.str(),
+             gamma.str(), bias.str());
+  const Tensor res = residual.defined() ? residual : Tensor::empty_like_format(x, x.shape(), x.dtype());
+  const Tensor out = dst.defined() ? dst : Tensor::empty_like_format(x, x.shape(), x.dtype());
+  launch_channel_rms(x, gamma, bias, act, out, y, res);
+  check_launch(op, x, gamma);
+  return {res, out};
 }
 
 }  // namespace vgen::cuda

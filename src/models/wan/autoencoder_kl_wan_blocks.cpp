@@ -19,6 +19,8 @@ WanResidualBlock::WanResidualBlock(const WanVaeLoad& load, const std::string& pr
     conv_shortcut_.emplace(load.causal_conv(prefix + ".conv_shortcut", in_dim, out_dim, {1, 1, 1}, {0, 0, 0}));
 }
 
+Tensor WanSkipSum::sum() const { return skip.defined() ? ops::add(x, skip) : x; }
+
 Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   const Tensor h = conv_shortcut_ ? conv_shortcut_->forward(x, nullptr) : x;
   // Each norm writes its result straight into its conv's input, behind the cached frames.
@@ -26,6 +28,25 @@ Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   // dropout: identity at inference
   // The skip connection is added to conv2's result by the convolution op (ops::conv3d).
   return conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache, h);
+}
+
+WanSkipSum WanResidualBlock::forward(WanSkipSum in, nn::FeatCache& cache) const {
+  Tensor x, h;
+  if (in.skip.defined() && !conv_shortcut_) {
+    // The previous block's skip connection, added by norm1 into that block's conv2 result (its
+    // own buffer) as it normalizes the sum into conv1's input: one pass fewer over the sum.
+    x = conv1_.forward(
+        in.x,
+        [&](const Tensor& out) { h = norm1_.forward_residual(in.x, in.skip, Activation::Silu, in.x, out).residual; },
+        &cache);
+  } else {
+    const Tensor input = in.sum();
+    h = conv_shortcut_ ? conv_shortcut_->forward(input, nullptr) : input;
+    x = conv1_.forward(input, [&](const Tensor& out) { norm1_.forward(input, Activation::Silu, out); }, &cache);
+  }
+  in = {};
+  x = conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache);
+  return {std::move(x), std::move(h)};
 }
 
 WanAttentionBlock::WanAttentionBlock(const WanVaeLoad& load, const std::string& prefix, int64_t dim)
@@ -63,9 +84,9 @@ WanMidBlock::WanMidBlock(const WanVaeLoad& load, const std::string& prefix, int6
       resnet1_(load, prefix + ".resnets.1", dim, dim) {}
 
 Tensor WanMidBlock::forward(Tensor x, nn::FeatCache& cache) const {
-  x = resnet0_.forward(std::move(x), cache);
+  x = resnet0_.forward(WanSkipSum{std::move(x), {}}, cache).sum();
   x = attention_.forward(x);
-  return resnet1_.forward(std::move(x), cache);
+  return resnet1_.forward(WanSkipSum{std::move(x), {}}, cache).sum();
 }
 
 namespace {
@@ -106,11 +127,14 @@ WanResample::WanResample(const WanVaeLoad& load, const std::string& prefix, int6
   }
 }
 
-Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
-  return upsample_ ? upsample(std::move(x), cache, first_chunk) : downsample(std::move(x), cache);
+Tensor WanResample::forward(Tensor x, nn::FeatCache& cache, bool first_chunk,
+                            const std::function<Tensor()>& addend) const {
+  VGEN_CHECK(upsample_ || !addend, "WanResample: a downsampler takes no addend");
+  return upsample_ ? upsample(std::move(x), cache, first_chunk, addend) : downsample(std::move(x), cache);
 }
 
-Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk,
+                             const std::function<Tensor()>& addend) const {
   // diffusers marks the first call "Rep" and skips time_conv (so the first latent frame
   // gives one frame); its second call convolves without cache_x (zero past), storing
   // [zeros, x] when x has one frame. An empty slot is that same zero past, so the only
@@ -131,7 +155,7 @@ Tensor WanResample::upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) c
       x = y.view({b, 2, c, t, h, w}).permute({0, 2, 3, 1, 4, 5}).reshape({b, c, 2 * t, h, w});
     }
   }
-  return upsample_->forward(x);
+  return upsample_->forward(std::move(x), addend);
 }
 
 Tensor WanResample::downsample(Tensor x, nn::FeatCache& cache) const {
@@ -179,19 +203,19 @@ DupUp3D::DupUp3D(int64_t in_channels, int64_t out_channels, int64_t factor_t, in
   VGEN_CHECK(out_channels * factor % in_channels == 0, "DupUp3D: out_channels {} x factor {} not divisible by {}",
              out_channels, factor, in_channels);
   repeats_ = out_channels * factor / in_channels;
+  m_ = repeats_ % factor == 0 ? repeats_ / factor : 1;
 }
 
-Tensor DupUp3D::forward(const Tensor& x, bool first_chunk) const {
+Tensor DupUp3D::split_source(const Tensor& x) const {
   const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
-  const int64_t ft = factor_t_, fs = factor_s_, factor = ft * fs * fs;
+  const int64_t ft = factor_t_, fs = factor_s_, m = m_;
   // diffusers: channel n of repeat_interleave(x, repeats) is x's n / repeats; then channel
   // o * factor + (a * fs + p) * fs + q goes to position (frame t * ft + a, row h * fs + p,
-  // column w * fs + q) of output channel o. That is one copy into y seen as
-  // [b, o, t, a, h, p, w, q], from x with the repeated indices as stride-0 dims:
+  // column w * fs + q) of output channel o. That is y seen as [b, o, t, a, h, p, w, q] read
+  // from x with the repeated indices as stride-0 dims:
   //  - repeats a multiple m of factor: output channels (i, j < m) all come from x's i;
   //  - else, when repeats is the size of the innermost (a, p, q) offsets (1, fs, fs * fs or
   //    factor), those offsets repeat one channel and the outer ones index x's channels.
-  const int64_t m = repeats_ % factor == 0 ? repeats_ / factor : 1;
   std::array<int64_t, 3> from_x{ft, fs, fs};  // the extents of (a, p, q) that index x (1: repeated)
   int64_t rest = repeats_ / m;
   for (int d = 2; d >= 0 && rest > 1 && rest % from_x[static_cast<size_t>(d)] == 0; --d) {
@@ -204,11 +228,33 @@ Tensor DupUp3D::forward(const Tensor& x, bool first_chunk) const {
       rest == 1 ? x.unflatten(1, {out_channels_ / m, 1, from_x[0], from_x[1], from_x[2]})
                 : x.unsqueeze(2).expand({b, in_channels_, repeats_, t, h, w}).contiguous().view(
                       {b, out_channels_, 1, ft, fs, fs, t, h, w});
+  return src.permute({0, 1, 2, 6, 3, 7, 4, 8, 5}).expand({b, out_channels_ / m, m, t, ft, h, fs, w, fs});
+}
+
+Tensor DupUp3D::forward(const Tensor& x, bool first_chunk) const {
+  const int64_t b = x.size(0), t = x.size(2), h = x.size(3), w = x.size(4);
+  const int64_t ft = factor_t_, fs = factor_s_;
   Tensor y = Tensor::empty_like_format(x, {b, out_channels_, t * ft, h * fs, w * fs}, x.dtype());
-  Tensor dst = y.unflatten(4, {w, fs}).unflatten(3, {h, fs}).unflatten(2, {t, ft}).unflatten(1, {out_channels_ / m, m});
-  dst.copy_(src.permute({0, 1, 2, 6, 3, 7, 4, 8, 5}).expand(dst.shape()));
+  y.unflatten(4, {w, fs}).unflatten(3, {h, fs}).unflatten(2, {t, ft}).unflatten(1, {out_channels_ / m_, m_}).copy_(
+      split_source(x));
   if (first_chunk) y = y.narrow(2, ft - 1, t * ft - (ft - 1));
   return y;
+}
+
+Tensor DupUp3D::split_view(const Tensor& x, bool first_chunk) const {
+  const int64_t t = x.size(2), fs = factor_s_;
+  // The first chunk keeps frames [ft - 1, t * ft): the last of one input frame's ft. A view
+  // when output channel o repeats x's channel o (repeats == factor: Wan2.2's temporal blocks),
+  // whose channels a kernel then reads in 16-byte vectors; otherwise (e.g. o from x's 2o + p,
+  // row offset p: a stride-2 channel walk, read one element at a time, 0.3 s more per
+  // 704x1280x121 decode on an H200 than this copy) the repeat is materialized.
+  if (repeats_ == factor_t_ * fs * fs && (!first_chunk || factor_t_ == 1 || t == 1)) {
+    const Tensor v = split_source(x).select(2, 0);
+    return first_chunk ? v.narrow(3, factor_t_ - 1, 1) : v;
+  }
+  const Tensor y = forward(x, first_chunk);
+  const int64_t f = first_chunk ? 1 : factor_t_;
+  return y.unflatten(4, {y.size(4) / fs, fs}).unflatten(3, {y.size(3) / fs, fs}).unflatten(2, {y.size(2) / f, f});
 }
 
 Tensor patchify(const Tensor& x, int64_t patch_size) {

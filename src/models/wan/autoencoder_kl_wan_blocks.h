@@ -5,6 +5,7 @@
 // cache, as diffusers' _encode / _decode.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,10 +31,23 @@ struct WanVaeLoad {
   }
 };
 
+// A residual block's output with its skip connection not yet added: x + skip (x alone when
+// skip is undefined). The next residual block's first channel norm, or the decoder's norm_out,
+// adds it as it reads the sum (ops::residual_channel_rms_norm), writing the sum into x: so x
+// must be the decode's own buffer (a conv's result), not a view of a tensor kept elsewhere.
+struct WanSkipSum {
+  Tensor x, skip;
+  // x + skip as a tensor (a new one), or x.
+  Tensor sum() const;
+};
+
 class WanResidualBlock {
  public:
   WanResidualBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim);
   Tensor forward(Tensor x, nn::FeatCache& cache) const;
+  // forward() with the skip connections left to the reader: the input's added by norm1 as it
+  // reads it (unless conv_shortcut needs the sum first), the output's left in the result.
+  WanSkipSum forward(WanSkipSum x, nn::FeatCache& cache) const;
 
  private:
   nn::ChannelRMSNorm norm1_;
@@ -80,10 +94,13 @@ class WanResample {
   WanResample(const WanVaeLoad& load, const std::string& prefix, int64_t dim, WanResampleMode mode,
               int64_t upsample_out_dim);
   // first_chunk: the decoder's first latent frame (upsample3d skips time_conv for it).
-  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  // Upsampling: `addend` (making the result split as UpsampleConv2d::forward takes it) is
+  // added to the result in the op that forms it.
+  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk,
+                 const std::function<Tensor()>& addend = nullptr) const;
 
  private:
-  Tensor upsample(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  Tensor upsample(Tensor x, nn::FeatCache& cache, bool first_chunk, const std::function<Tensor()>& addend) const;
   Tensor downsample(Tensor x, nn::FeatCache& cache) const;
 
   std::optional<nn::UpsampleConv2d> upsample_;  // upsampling: resample.0 and resample.1 (a Conv2d per frame)
@@ -117,9 +134,19 @@ class DupUp3D {
  public:
   DupUp3D(int64_t in_channels, int64_t out_channels, int64_t factor_t, int64_t factor_s);
   Tensor forward(const Tensor& x, bool first_chunk) const;
+  // forward(x, first_chunk) split as [B, out, T / f, f, H, factor_s, W, factor_s] (frame t * f + i,
+  // row h * factor_s + p, column w * factor_s + q; f is factor_t, or 1 in the first chunk), as
+  // UpsampleConv2d takes its addend: where output channel o repeats x's channel o (repeats ==
+  // factor: Wan2.2's temporal up blocks), a view of x with stride 0 along the repeats and
+  // nothing materialized; else forward()'s result, split.
+  Tensor split_view(const Tensor& x, bool first_chunk) const;
 
  private:
+  // [b, out / m, m, t, factor_t, h, factor_s, w, factor_s]: the output's elements from x.
+  Tensor split_source(const Tensor& x) const;
+
   int64_t in_channels_, out_channels_, factor_t_, factor_s_, repeats_;
+  int64_t m_ = 1;  // output channels (i, j < m) that all repeat x's i
 };
 
 // diffusers' patchify: [B, C, F, H, W] -> [B, C * p * p, F, H / p, W / p], channel

@@ -11,17 +11,20 @@ WanUpBlock::WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_
   if (upsample_mode) upsampler_.emplace(load, prefix + ".upsamplers.0", out_dim, *upsample_mode, out_dim / 2);
 }
 
-Tensor WanUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
+WanSkipSum WanUpBlock::forward(WanSkipSum x, nn::FeatCache& cache, bool first_chunk) const {
   return forward_upsample(forward_resnets(std::move(x), cache), Tensor(), cache, first_chunk);
 }
 
-Tensor WanUpBlock::forward_resnets(Tensor x, nn::FeatCache& cache) const {
+WanSkipSum WanUpBlock::forward_resnets(WanSkipSum x, nn::FeatCache& cache) const {
   for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
   return x;
 }
 
-Tensor WanUpBlock::forward_upsample(Tensor x, const Tensor&, nn::FeatCache& cache, bool first_chunk) const {
-  return upsampler_ ? upsampler_->forward(std::move(x), cache, first_chunk) : x;
+WanSkipSum WanUpBlock::forward_upsample(WanSkipSum x, const Tensor&, nn::FeatCache& cache, bool first_chunk) const {
+  if (!upsampler_) return x;
+  Tensor sum = x.sum();
+  x = {};  // the sum's parts, let go before the upsampler runs
+  return {upsampler_->forward(std::move(sum), cache, first_chunk), {}};
 }
 
 WanResidualUpBlock::WanResidualUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim,
@@ -34,22 +37,33 @@ WanResidualUpBlock::WanResidualUpBlock(const WanVaeLoad& load, const std::string
                        temperal_upsample ? WanResampleMode::Upsample3d : WanResampleMode::Upsample2d, out_dim);
 }
 
-Tensor WanResidualUpBlock::forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const {
-  // Ops never write their inputs, so holding x is diffusers' x.clone().
-  const Tensor input = x;
+WanSkipSum WanResidualUpBlock::forward(WanSkipSum x, nn::FeatCache& cache, bool first_chunk) const {
+  // Ops never write their inputs, so holding x is diffusers' x.clone() (the shortcut's input is
+  // the sum, formed here when the block has a shortcut).
+  if (avg_shortcut_) x = {x.sum(), {}};
+  const Tensor input = avg_shortcut_ ? x.x : Tensor();
   return forward_upsample(forward_resnets(std::move(x), cache), input, cache, first_chunk);
 }
 
-Tensor WanResidualUpBlock::forward_resnets(Tensor x, nn::FeatCache& cache) const {
+WanSkipSum WanResidualUpBlock::forward_resnets(WanSkipSum x, nn::FeatCache& cache) const {
   for (const WanResidualBlock& resnet : resnets_) x = resnet.forward(std::move(x), cache);
   return x;
 }
 
-Tensor WanResidualUpBlock::forward_upsample(Tensor x, const Tensor& input, nn::FeatCache& cache,
-                                            bool first_chunk) const {
-  if (upsampler_) x = upsampler_->forward(std::move(x), cache, first_chunk);
-  if (avg_shortcut_) x = ops::add(x, avg_shortcut_->forward(input, first_chunk));
-  return x;
+WanSkipSum WanResidualUpBlock::forward_upsample(WanSkipSum x, const Tensor& input, nn::FeatCache& cache,
+                                                bool first_chunk) const {
+  if (!upsampler_ && !avg_shortcut_) return x;
+  Tensor y = x.sum();
+  x = {};  // the sum's parts, let go before the upsampler runs
+  // The shortcut's nearest-neighbour repeat of the block's input is added where the upsampler
+  // interleaves its phases, read as a stride-0 view: no output-sized copy of it, no extra pass.
+  if (upsampler_ && avg_shortcut_)
+    return {upsampler_->forward(std::move(y), cache, first_chunk,
+                                [&] { return avg_shortcut_->split_view(input, first_chunk); }),
+            {}};
+  if (upsampler_) y = upsampler_->forward(std::move(y), cache, first_chunk);
+  if (avg_shortcut_) y = ops::add(y, avg_shortcut_->forward(input, first_chunk));
+  return {std::move(y), {}};
 }
 
 namespace {
@@ -99,7 +113,9 @@ WanDecoder3d::Head WanDecoder3d::head(Tensor x, nn::FeatCache& cache) const {
   x = conv_in_.forward(x, &cache);
   Head h;
   h.input = mid_block_.forward(std::move(x), cache);
-  h.x = std::visit([&](const auto& b) { return b.forward_resnets(h.input, cache); }, up_blocks_.front());
+  // Formed whole: the tail takes it in views of a few frames (Head::frames).
+  h.x = std::visit([&](const auto& b) { return b.forward_resnets(WanSkipSum{h.input, {}}, cache); }, up_blocks_.front())
+            .sum();
   if (!std::visit([](const auto& b) { return b.has_shortcut(); }, up_blocks_.front())) h.input = Tensor();
   return h;
 }
@@ -107,11 +123,17 @@ WanDecoder3d::Head WanDecoder3d::head(Tensor x, nn::FeatCache& cache) const {
 Tensor WanDecoder3d::tail(const Head& head, nn::FeatCache& cache, bool first_chunk) const {
   VGEN_CHECK(!first_chunk || head.x.size(2) == 1, "WanDecoder3d: the first chunk is one latent frame, got {}",
              head.x.str());
-  Tensor x = std::visit([&](const auto& b) { return b.forward_upsample(head.x, head.input, cache, first_chunk); },
-                        up_blocks_.front());
+  WanSkipSum x = std::visit(
+      [&](const auto& b) { return b.forward_upsample(WanSkipSum{head.x, {}}, head.input, cache, first_chunk); },
+      up_blocks_.front());
   for (size_t i = 1; i < up_blocks_.size(); ++i)
     x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, up_blocks_[i]);
-  return conv_out_.forward(x, [&](const Tensor& out) { norm_out_.forward(x, Activation::Silu, out); }, &cache);
+  // The last block's skip connection is added by norm_out as it reads the sum.
+  if (x.skip.defined()) {
+    return conv_out_.forward(
+        x.x, [&](const Tensor& out) { norm_out_.forward_residual(x.x, x.skip, Activation::Silu, x.x, out); }, &cache);
+  }
+  return conv_out_.forward(x.x, [&](const Tensor& out) { norm_out_.forward(x.x, Activation::Silu, out); }, &cache);
 }
 
 }  // namespace vgen

@@ -18,11 +18,12 @@ class WanUpBlock {
  public:
   WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim, int64_t num_res_blocks,
              std::optional<WanResampleMode> upsample_mode);
-  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  // The result's skip connection is left to its reader when no upsampler follows (WanSkipSum).
+  WanSkipSum forward(WanSkipSum x, nn::FeatCache& cache, bool first_chunk) const;
   // forward() in two parts: the residual blocks, then the upsampler (`input`, the block's
   // input, is unused: Wan2.1 has no shortcut).
-  Tensor forward_resnets(Tensor x, nn::FeatCache& cache) const;
-  Tensor forward_upsample(Tensor x, const Tensor& input, nn::FeatCache& cache, bool first_chunk) const;
+  WanSkipSum forward_resnets(WanSkipSum x, nn::FeatCache& cache) const;
+  WanSkipSum forward_upsample(WanSkipSum x, const Tensor& input, nn::FeatCache& cache, bool first_chunk) const;
   bool has_shortcut() const { return false; }
 
  private:
@@ -36,11 +37,12 @@ class WanResidualUpBlock {
  public:
   WanResidualUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim,
                      int64_t num_res_blocks, bool temperal_upsample, bool up_flag);
-  Tensor forward(Tensor x, nn::FeatCache& cache, bool first_chunk) const;
+  // The result's skip connection is left to its reader when no upsampler follows (WanSkipSum).
+  WanSkipSum forward(WanSkipSum x, nn::FeatCache& cache, bool first_chunk) const;
   // forward() in two parts: the residual blocks, then the upsampler plus the shortcut of
   // `input` (the block's input).
-  Tensor forward_resnets(Tensor x, nn::FeatCache& cache) const;
-  Tensor forward_upsample(Tensor x, const Tensor& input, nn::FeatCache& cache, bool first_chunk) const;
+  WanSkipSum forward_resnets(WanSkipSum x, nn::FeatCache& cache) const;
+  WanSkipSum forward_upsample(WanSkipSum x, const Tensor& input, nn::FeatCache& cache, bool first_chunk) const;
   bool has_shortcut() const { return avg_shortcut_.has_value(); }
 
  private:
