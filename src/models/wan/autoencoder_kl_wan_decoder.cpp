@@ -1,6 +1,5 @@
 #include "models/wan/autoencoder_kl_wan_decoder.h"
 
-#include "ops/ops.h"
 
 namespace vgen {
 
@@ -52,18 +51,15 @@ WanSkipSum WanResidualUpBlock::forward_resnets(WanSkipSum x, nn::FeatCache& cach
 
 WanSkipSum WanResidualUpBlock::forward_upsample(WanSkipSum x, const Tensor& input, nn::FeatCache& cache,
                                                 bool first_chunk) const {
-  if (!upsampler_ && !avg_shortcut_) return x;
+  // The shortcut and the upsampler come together (up_flag).
+  if (!upsampler_) return x;
   Tensor y = x.sum();
   x = {};  // the sum's parts, let go before the upsampler runs
   // The shortcut's nearest-neighbour repeat of the block's input is added where the upsampler
   // interleaves its phases, read as a stride-0 view: no output-sized copy of it, no extra pass.
-  if (upsampler_ && avg_shortcut_)
-    return {upsampler_->forward(std::move(y), cache, first_chunk,
-                                [&] { return avg_shortcut_->split_view(input, first_chunk); }),
-            {}};
-  if (upsampler_) y = upsampler_->forward(std::move(y), cache, first_chunk);
-  if (avg_shortcut_) y = ops::add(y, avg_shortcut_->forward(input, first_chunk));
-  return {std::move(y), {}};
+  return {upsampler_->forward(std::move(y), cache, first_chunk,
+                              [&] { return avg_shortcut_->split_view(input, first_chunk); }),
+          {}};
 }
 
 namespace {
@@ -128,12 +124,12 @@ Tensor WanDecoder3d::tail(const Head& head, nn::FeatCache& cache, bool first_chu
       up_blocks_.front());
   for (size_t i = 1; i < up_blocks_.size(); ++i)
     x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, up_blocks_[i]);
-  // The last block's skip connection is added by norm_out as it reads the sum.
-  if (x.skip.defined()) {
-    return conv_out_.forward(
-        x.x, [&](const Tensor& out) { norm_out_.forward_residual(x.x, x.skip, Activation::Silu, x.x, out); }, &cache);
-  }
-  return conv_out_.forward(x.x, [&](const Tensor& out) { norm_out_.forward(x.x, Activation::Silu, out); }, &cache);
+  // The last block's skip connection, if left to it, is added by norm_out as it reads the sum.
+  auto write = [&](const Tensor& out) {
+    if (x.skip.defined()) norm_out_.forward_residual(x.x, x.skip, Activation::Silu, x.x, out);
+    else norm_out_.forward(x.x, Activation::Silu, out);
+  };
+  return conv_out_.forward(x.x, write, &cache);
 }
 
 }  // namespace vgen
