@@ -1,6 +1,5 @@
 #include "models/wan/autoencoder_kl_wan_decoder.h"
 
-
 namespace vgen {
 
 WanUpBlock::WanUpBlock(const WanVaeLoad& load, const std::string& prefix, int64_t in_dim, int64_t out_dim,
