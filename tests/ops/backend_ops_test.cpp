@@ -482,6 +482,45 @@ void binary_cases(Cases& cs) {
               broadcast(s.a, s.b), s.da});
     }
   }
+  // An operand whose innermost elements step by 2 to 8 (gathered into the 16-byte vector path) or
+  // 9 (one element a thread), at an odd offset; and the Wan2.2 VAE's spatial up block as it runs:
+  // the upsampler's phases [1, 4 x 8, 2, 5, 7] (channels-last memory) read through their diagonal
+  // view plus the nearest repeat of its input [1, 16, 2, 4, 6], output channel o from input
+  // channel 2o + p at row offset p, both read in place as [B, T, 1, H, 2, W, 2, C].
+  for (DType d : {DType::BF16, DType::F32}) {
+    for (int64_t step : {2, 3, 8, 9}) {
+      for (bool first : {false, true}) {
+        cs.add({Op::binary,
+                fmt::format("binary add {}[4,6,16] + {}[4,6,16]{} stepping by {}", dt(d), dt(d),
+                            first ? " (the first operand)" : "", step),
+                d,
+                [=](Gen& g) {
+                  const Input strided = in(g.normal({4, 6, 16 * step}, d), [step](const Tensor& t) {
+                    return t.unflatten(2, {16, step}).select(3, step - 1);
+                  });
+                  const Input plain = in(g.normal({4, 6, 16}, d));
+                  return first ? std::vector<Input>{strided, plain} : std::vector<Input>{plain, strided};
+                },
+                [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; }, by_dtype(d), {4, 6, 16}, d});
+      }
+    }
+    cs.add({Op::binary, fmt::format("binary add {} upsampler phases (diagonal view) + nearest repeat (channel step 2)", dt(d)),
+            d,
+            [d](Gen& g) {
+              // Memory order [B, T, H, W, C] for both.
+              const Input phases = in(g.normal({1, 2, 5, 7, 32}, d), [](const Tensor& t) {
+                const int64_t s1 = 1, s4 = 32, s3 = 7 * 32, s2 = 5 * 7 * 32;
+                return t.as_strided({1, 2, 1, 4, 2, 6, 2, 8}, {2 * s2, s2, s2, s3, s3 + 16 * s1, s4, s4 + 8 * s1, s1});
+              });
+              const Input x = in(g.normal({1, 2, 4, 6, 16}, d), [](const Tensor& t) {
+                const int64_t sT = 4 * 6 * 16, sH = 6 * 16, sW = 16;
+                return t.as_strided({1, 2, 1, 4, 2, 6, 2, 8}, {2 * sT, sT, 0, sH, 1, sW, 0, 2});
+              });
+              return std::vector<Input>{phases, x};
+            },
+            [](const Args& t, Device) { return Outputs{ops::add(t[0], t[1])}; }, by_dtype(d), {1, 2, 1, 4, 2, 6, 2, 8},
+            d});
+  }
   cs.add({Op::binary, "binary mul bf16[3,1536] by f32[1536], both views at an odd offset (no vector path)", DType::BF16,
           [](Gen& g) {
             return std::vector<Input>{in(g.normal({3, 1537}, DType::BF16), [](const Tensor& t) { return t.narrow(1, 1, 1536); }),

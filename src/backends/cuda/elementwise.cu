@@ -28,13 +28,21 @@ struct alignas(sizeof(T) * VEC) Vec {
   T v[VEC];
 };
 
-// VEC consecutive elements (or one element broadcast VEC times) as floats.
+// An input's innermost step in a vectorized launch, 4 bits an input: 0 broadcast, 1 contiguous
+// (one 16-byte load), 2 to kMaxGatherStep gathered element by element.
+constexpr int kMaxGatherStep = 8;
+__device__ __forceinline__ unsigned input_step(unsigned steps, int k) { return (steps >> (4 * k)) & 15u; }
+
+// VEC elements `step` apart (step 1: consecutive; 0: one element broadcast VEC times) as floats.
 template <int VEC, typename T>
-__device__ __forceinline__ void load_f(const T* p, bool bcast, float (&v)[VEC]) {
-  if (VEC == 1 || bcast) {
+__device__ __forceinline__ void load_f(const T* p, unsigned step, float (&v)[VEC]) {
+  if (VEC == 1 || step == 0) {
     const float x = to_float<T>(*p);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) v[j] = x;
+  } else if (step > 1) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) v[j] = to_float<T>(p[j * step]);
   } else {
     const Vec<T, VEC> r = *reinterpret_cast<const Vec<T, VEC>*>(p);
 #pragma unroll
@@ -43,10 +51,10 @@ __device__ __forceinline__ void load_f(const T* p, bool bcast, float (&v)[VEC]) 
 }
 
 template <int VEC, typename To, typename F, typename... Ts, size_t... Is>
-__device__ __forceinline__ void apply(To* out, const F& f, const int64_t (&off)[sizeof...(Ts)], unsigned bcast,
+__device__ __forceinline__ void apply(To* out, const F& f, const int64_t (&off)[sizeof...(Ts)], unsigned steps,
                                       std::index_sequence<Is...>, const Ts*... in) {
   float v[sizeof...(Ts)][VEC];
-  (load_f<VEC>(in + off[Is], (bcast >> Is) & 1u, v[Is]), ...);
+  (load_f<VEC>(in + off[Is], input_step(steps, Is), v[Is]), ...);
   Vec<To, VEC> o;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) o.v[j] = from_float<To>(f(v[Is][j]...));
@@ -55,12 +63,12 @@ __device__ __forceinline__ void apply(To* out, const F& f, const int64_t (&off)[
 
 // out[i] = f(in...[i]) for n groups of VEC outputs; the output is contiguous (in its memory order).
 template <typename To, int VEC, bool kWide, typename F, typename... Ts>
-__global__ void map_kernel(To* __restrict__ out, int64_t n, Indexer<sizeof...(Ts)> ix, unsigned bcast, F f,
+__global__ void map_kernel(To* __restrict__ out, int64_t n, Indexer<sizeof...(Ts)> ix, unsigned steps, F f,
                            const Ts* __restrict__... in) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t off[sizeof...(Ts)];
     ix.template offsets<kWide>(i, off);
-    apply<VEC>(out + i * VEC, f, off, bcast, std::index_sequence_for<Ts...>{}, in...);
+    apply<VEC>(out + i * VEC, f, off, steps, std::index_sequence_for<Ts...>{}, in...);
   }
 }
 
@@ -115,22 +123,25 @@ void launch_map(const char* op, const Tensor& out, const Tensor& culprit, F f,
   for (size_t d = 0; d < full.size.size(); ++d)
     for (int k = 0; k < N; ++k) l.stride[d][k] = full.stride[d][k + 1];
 
-  // 16-byte output vectors when every input is contiguous or broadcast along the innermost dim.
+  // 16-byte output vectors when every input is contiguous (16-byte aligned loads), broadcast, or
+  // steps by a few elements (gathered: a channel de-interleave such as the Wan2.2 VAE's DupUp3D
+  // read in place) along the innermost dim.
   constexpr int kVec = 16 / sizeof(To);
   const std::array<uintptr_t, N> ptrs{reinterpret_cast<uintptr_t>(in)...};
   const std::array<size_t, N> sizes{sizeof(Ts)...};
   bool vec = l.size[0] % kVec == 0 && reinterpret_cast<uintptr_t>(out.raw_data()) % 16 == 0;
   for (int k = 0; k < N && vec; ++k) {
-    if (l.stride[0][k] == 0) continue;
-    vec = l.stride[0][k] == 1 && ptrs[k] % (kVec * sizes[k]) == 0;
+    const int64_t step = l.stride[0][k];
+    if (step == 0 || (step > 1 && step <= kMaxGatherStep)) continue;
+    vec = step == 1 && ptrs[k] % (kVec * sizes[k]) == 0;
     for (size_t d = 1; d < l.size.size(); ++d) vec = vec && l.stride[d][k] % kVec == 0;
   }
-  unsigned bcast = 0;
+  unsigned steps = 0;
   if (vec) {
     l.size[0] /= kVec;
     for (int k = 0; k < N; ++k) {
-      if (l.stride[0][k] == 0) bcast |= 1u << k;
-      else l.stride[0][k] = kVec;
+      steps |= static_cast<unsigned>(l.stride[0][k]) << (4 * k);
+      l.stride[0][k] *= kVec;
     }
   }
   const int64_t count = l.numel();
@@ -138,10 +149,10 @@ void launch_map(const char* op, const Tensor& out, const Tensor& culprit, F f,
   const unsigned blocks = blocks_for(count, kThreads);
   const bool wide = count >= (int64_t(1) << 31);
   To* o = static_cast<To*>(out.raw_data());
-  if (vec && wide) map_kernel<To, kVec, true><<<blocks, kThreads, 0, stream()>>>(o, count, ix, bcast, f, in...);
-  else if (vec) map_kernel<To, kVec, false><<<blocks, kThreads, 0, stream()>>>(o, count, ix, bcast, f, in...);
-  else if (wide) map_kernel<To, 1, true><<<blocks, kThreads, 0, stream()>>>(o, count, ix, bcast, f, in...);
-  else map_kernel<To, 1, false><<<blocks, kThreads, 0, stream()>>>(o, count, ix, bcast, f, in...);
+  if (vec && wide) map_kernel<To, kVec, true><<<blocks, kThreads, 0, stream()>>>(o, count, ix, steps, f, in...);
+  else if (vec) map_kernel<To, kVec, false><<<blocks, kThreads, 0, stream()>>>(o, count, ix, steps, f, in...);
+  else if (wide) map_kernel<To, 1, true><<<blocks, kThreads, 0, stream()>>>(o, count, ix, steps, f, in...);
+  else map_kernel<To, 1, false><<<blocks, kThreads, 0, stream()>>>(o, count, ix, steps, f, in...);
   check_launch(op, culprit);
 }
 

@@ -244,11 +244,10 @@ Tensor DupUp3D::forward(const Tensor& x, bool first_chunk) const {
 Tensor DupUp3D::split_view(const Tensor& x, bool first_chunk) const {
   const int64_t t = x.size(2), fs = factor_s_;
   // The first chunk keeps frames [ft - 1, t * ft): the last of one input frame's ft. A view
-  // when output channel o repeats x's channel o (repeats == factor: Wan2.2's temporal blocks),
-  // whose channels a kernel then reads in 16-byte vectors; otherwise (e.g. o from x's 2o + p,
-  // row offset p: a stride-2 channel walk, read one element at a time, 0.07 s more per
-  // 704x1280x121 decode on an H200 than this copy) the repeat is materialized.
-  if (repeats_ == factor_t_ * fs * fs && (!first_chunk || factor_t_ == 1 || t == 1)) {
+  // when every output channel repeats one of x's (all Wan configs): output channel o reads x's
+  // channel o (the temporal blocks) or o * 2 + p (the spatial block, row offset p), a walk the
+  // CUDA elementwise kernels gather in 16-byte output words.
+  if (m_ == 1 && (!first_chunk || factor_t_ == 1 || t == 1)) {
     const Tensor v = split_source(x).select(2, 0);
     return first_chunk ? v.narrow(3, factor_t_ - 1, 1) : v;
   }

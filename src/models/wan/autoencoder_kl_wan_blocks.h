@@ -136,9 +136,9 @@ class DupUp3D {
   Tensor forward(const Tensor& x, bool first_chunk) const;
   // forward(x, first_chunk) split as [B, out, T / f, f, H, factor_s, W, factor_s] (frame t * f + i,
   // row h * factor_s + p, column w * factor_s + q; f is factor_t, or 1 in the first chunk), as
-  // UpsampleConv2d takes its addend: where output channel o repeats x's channel o (repeats ==
-  // factor: Wan2.2's temporal up blocks), a view of x with stride 0 along the repeats and
-  // nothing materialized; else forward()'s result, split.
+  // UpsampleConv2d takes its addend: where every output channel repeats one of x's (all Wan
+  // configs), a view of x with stride 0 along the repeats and nothing materialized; else
+  // forward()'s result, split.
   Tensor split_view(const Tensor& x, bool first_chunk) const;
 
  private:
