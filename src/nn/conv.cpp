@@ -164,26 +164,33 @@ Tensor CausalConv3d::forward(const Tensor& x, FeatCache* cache) const {
   return convolve(ops::cat({past, x}, 2), past.size(2), cache);
 }
 
-Tensor CausalConv3d::forward(const Tensor& like, const std::function<void(const Tensor& x)>& write,
-                             FeatCache* cache, const Tensor& residual) const {
+Tensor CausalConv3d::forward(const Tensor& like, const Writer& write, FeatCache* cache,
+                             const Tensor& residual) const {
   const Tensor past = causal_pad_ > 0 && cache ? (*cache)[slot_] : Tensor();
   const int64_t past_frames = past.defined() ? past.size(2) : 0;
   Shape shape = like.shape();
   shape[2] += past_frames;
   Tensor input = Tensor::empty_like_format(like, shape, like.dtype());
   if (past_frames > 0) input.narrow(2, 0, past_frames).copy_(past);
-  write(input.narrow(2, past_frames, like.size(2)));
-  return convolve(input, past_frames, cache, residual);
+  // The frames the cache keeps, written by `write` beside the input when x alone holds them.
+  Tensor tail;
+  if (causal_pad_ > 0 && cache && like.size(2) >= kCausalCacheFrames) {
+    Shape tail_shape = like.shape();
+    tail_shape[2] = kCausalCacheFrames;
+    tail = Tensor::empty_like_format(like, tail_shape, like.dtype());
+  }
+  write(input.narrow(2, past_frames, like.size(2)), tail);
+  return convolve(input, past_frames, cache, residual, tail);
 }
 
-Tensor CausalConv3d::convolve(const Tensor& input, int64_t past_frames, FeatCache* cache,
-                              const Tensor& residual) const {
+Tensor CausalConv3d::convolve(const Tensor& input, int64_t past_frames, FeatCache* cache, const Tensor& residual,
+                              const Tensor& tail) const {
   if (causal_pad_ == 0) return conv_.forward(input, residual);
   if (cache) {
     // The last kCausalCacheFrames frames of the stream, as diffusers' callers store them; a
     // copy, so that the cache does not keep the whole input alive.
     const int64_t n = std::min(input.size(2), kCausalCacheFrames);
-    (*cache)[slot_] = input.narrow(2, input.size(2) - n, n).clone();
+    (*cache)[slot_] = tail.defined() ? tail : input.narrow(2, input.size(2) - n, n).clone();
   }
   // The zero frames in front are the convolution's own (asymmetric) padding: no pad copy.
   Conv3dParams p = conv_.params();

@@ -126,15 +126,19 @@ class CausalConv3d {
   // The same for the x that `write` stores into the tensor it is given: x's shape, in the
   // memory format of `like` (a tensor of x's shape, e.g. the input of the norm that makes x).
   // That tensor is the conv's input behind the cached frames, so x is not copied to join them
-  // (the copy of a whole chunk that concatenating them takes).
+  // (the copy of a whole chunk that concatenating them takes). When x alone holds the frames the
+  // cache keeps, `write` also gets `tail` ([B, C, kCausalCacheFrames, H, W], else undefined) to
+  // store x's last frames in, which the cache then keeps (no copy read back from the input).
   // `residual` (optional, the output's shape): added to the result (ops::conv3d; a ResNet
   // block's skip connection).
-  Tensor forward(const Tensor& like, const std::function<void(const Tensor& x)>& write, FeatCache* cache,
-                 const Tensor& residual = Tensor()) const;
+  using Writer = std::function<void(const Tensor& x, const Tensor& tail)>;
+  Tensor forward(const Tensor& like, const Writer& write, FeatCache* cache, const Tensor& residual = Tensor()) const;
 
  private:
-  // Convolves `input`, whose first `past_frames` frames are the cached ones, and updates the cache.
-  Tensor convolve(const Tensor& input, int64_t past_frames, FeatCache* cache, const Tensor& residual = Tensor()) const;
+  // Convolves `input`, whose first `past_frames` frames are the cached ones, and updates the
+  // cache (with `tail`, the input's last frames already written, when defined).
+  Tensor convolve(const Tensor& input, int64_t past_frames, FeatCache* cache, const Tensor& residual = Tensor(),
+                  const Tensor& tail = Tensor()) const;
 
   Conv3d conv_;
   int64_t causal_pad_;

@@ -44,13 +44,13 @@ Tensor RMSNorm::forward_rope(const Tensor& x, const Tensor& cos, const Tensor& s
 ChannelRMSNorm::ChannelRMSNorm(const Weights& weights, const std::string& prefix, int64_t dim, bool images)
     : gamma_(weights.load(prefix + ".gamma", images ? Shape{dim, 1, 1} : Shape{dim, 1, 1, 1})) {}
 
-Tensor ChannelRMSNorm::forward(const Tensor& x, Activation act, const Tensor& out) const {
-  return ops::channel_rms_norm(x, gamma_, {}, act, out);
+Tensor ChannelRMSNorm::forward(const Tensor& x, Activation act, const Tensor& out, const Tensor& tail) const {
+  return ops::channel_rms_norm(x, gamma_, {}, act, out, tail);
 }
 
 ResidualNorm ChannelRMSNorm::forward_residual(const Tensor& x, const Tensor& y, Activation act,
-                                              const Tensor& residual, const Tensor& out) const {
-  return ops::residual_channel_rms_norm(x, y, gamma_, {}, act, residual, out);
+                                              const Tensor& residual, const Tensor& out, const Tensor& tail) const {
+  return ops::residual_channel_rms_norm(x, y, gamma_, {}, act, residual, out, tail);
 }
 
 }  // namespace vgen::nn

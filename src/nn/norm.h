@@ -70,12 +70,14 @@ class ChannelRMSNorm {
   // PREFIX.gamma [dim, 1, 1, 1] for video ([dim, 1, 1] when `images`).
   ChannelRMSNorm(const Weights& weights, const std::string& prefix, int64_t dim, bool images = false);
   // act None or Silu; keeps a channels-last input's layout on the GPU. With `out` (x's shape,
-  // e.g. frames of a larger buffer) the result is written there and out returned.
-  Tensor forward(const Tensor& x, Activation act = Activation::None, const Tensor& out = {}) const;
+  // e.g. frames of a larger buffer) the result is written there and out returned; with `tail`
+  // ([B, C, n, H, W]) its last n frames are written there too (ops::channel_rms_norm).
+  Tensor forward(const Tensor& x, Activation act = Activation::None, const Tensor& out = {},
+                 const Tensor& tail = {}) const;
   // The skip connection x + y (written into `residual` when defined, which may be x) and
   // forward() of it, in one op: {residual, normed}.
   ResidualNorm forward_residual(const Tensor& x, const Tensor& y, Activation act, const Tensor& residual = {},
-                                const Tensor& out = {}) const;
+                                const Tensor& out = {}, const Tensor& tail = {}) const;
 
  private:
   Tensor gamma_;

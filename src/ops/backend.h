@@ -22,7 +22,9 @@
 //                         sqrt(C) * gamma[C] + bias[C], then act (None or Silu) on the result as
 //                         rounded to x's dtype. CUDA keeps a channels-last 3-D input's layout.
 //                         out (optional): the result is written there and out returned (x's shape
-//                         and dtype, any strides: e.g. frames of a larger buffer)
+//                         and dtype, any strides: e.g. frames of a larger buffer). tail (optional,
+//                         x 5-D): [B, C, n, H, W], the result's last n frames written there too
+//                         (a causal conv's cached frames)
 //   group_norm(x, w, b, groups, eps, act)  torch.nn.GroupNorm: x [N, C, *spatial], float32 mean and
 //                         biased variance over each group's C / groups channels x all positions,
 //                         (x - mean) * rsqrt(var + eps) * w[C] + b[C] (either optional), rounded
@@ -53,12 +55,12 @@
 //                         n.shift, n.eps) (n.scale defined) or layer_norm(residual, n.weight,
 //                         n.bias, n.eps), of the residual as rounded to x's dtype: the same
 //                         numbers as the ops in turn, without reading the residual back
-//   residual_channel_rms_norm(x, y, gamma, bias, act, residual, out)  the Wan VAE's skip connection
+//   residual_channel_rms_norm(x, y, gamma, bias, act, residual, out, tail)  the Wan VAE's skip connection
 //                         and the channel norm of the next block that reads it, in one pass:
 //                         residual = add(x, y) (x, y of one shape and dtype), written into
 //                         `residual` when defined (x's shape and dtype; may be x itself, each
 //                         element read before it is written), else a new tensor; normed =
-//                         channel_rms_norm(residual, gamma, bias, act, out) of the residual as
+//                         channel_rms_norm(residual, gamma, bias, act, out, tail) of the residual as
 //                         rounded to x's dtype: the same numbers as the ops in turn
 //   rms_norm_rope         rope(rms_norm(x over its last two dims, weight, eps), cos, sin): x
 //                         [B, S, H, D] (rows may be strided, as a slice of a fused QKV

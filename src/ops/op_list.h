@@ -28,7 +28,7 @@
     (x, weight, bias, eps), Primitive)                                                                            \
   X(rms_norm, Tensor, (const Tensor& x, const Tensor& weight, float eps), (x, weight, eps), Primitive)            \
   X(channel_rms_norm, Tensor, (const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,         \
-                               const Tensor& out), (x, gamma, bias, act, out), Primitive)                         \
+                               const Tensor& out, const Tensor& tail), (x, gamma, bias, act, out, tail), Primitive) \
   X(group_norm, Tensor, (const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,     \
                          Activation act), (x, weight, bias, groups, eps, act), Primitive)                         \
   X(softmax, Tensor, (const Tensor& x), (x), Primitive)                                                           \
@@ -50,8 +50,8 @@
                                         const LayerNormParams& norm), (x, y, gate, norm), Composite)             \
   X(residual_channel_rms_norm, ResidualNorm, (const Tensor& x, const Tensor& y, const Tensor& gamma,               \
                                                const Tensor& bias, Activation act, const Tensor& residual,       \
-                                               const Tensor& out), (x, y, gamma, bias, act, residual, out),      \
-    Composite)                                                                                                    \
+                                               const Tensor& out, const Tensor& tail),                           \
+    (x, y, gamma, bias, act, residual, out, tail), Composite)                                                    \
   X(rms_norm_rope, Tensor, (const Tensor& x, const Tensor& weight, float eps, const Tensor& cos,                  \
                             const Tensor& sin), (x, weight, eps, cos, sin), Composite)                    \
   X(attention_lse, Tensor, (const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& lse),   \

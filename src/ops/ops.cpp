@@ -78,13 +78,13 @@ ResidualNorm Backend::residual_layer_norm(const Tensor& x, const Tensor& y, cons
 
 ResidualNorm Backend::residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma,
                                                 const Tensor& bias, Activation act, const Tensor& residual,
-                                                const Tensor& out) {
+                                                const Tensor& out, const Tensor& tail) {
   Tensor r = ops::add(x, y);
   if (residual.defined()) {
     Tensor(residual).copy_(r);
     r = residual;
   }
-  return {r, ops::channel_rms_norm(r, gamma, bias, act, out)};
+  return {r, ops::channel_rms_norm(r, gamma, bias, act, out, tail)};
 }
 
 Tensor Backend::rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {
@@ -181,7 +181,22 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   return on(x, Op::rms_norm, "rms_norm").rms_norm(x, weight, eps);
 }
 
-Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act, const Tensor& out) {
+namespace {
+
+// channel_rms_norm's `tail`: [B, C, n, H, W] of x's dtype and device for x [B, C, T, H, W], n <= T.
+void check_tail(const Tensor& x, const Tensor& tail, const char* op) {
+  if (!tail.defined()) return;
+  same_device(x, tail, op);
+  VGEN_CHECK(x.dim() == 5 && tail.dim() == 5 && tail.dtype() == x.dtype() && tail.size(0) == x.size(0) &&
+                 tail.size(1) == x.size(1) && tail.size(2) <= x.size(2) && tail.size(3) == x.size(3) &&
+                 tail.size(4) == x.size(4),
+             "{}: tail {} for input {} (its last frames)", op, tail.str(), x.str());
+}
+
+}  // namespace
+
+Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act, const Tensor& out,
+                        const Tensor& tail) {
   VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "channel_rms_norm: gamma {} for input {}", gamma.str(), x.str());
   VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "channel_rms_norm: bias {} for input {}", bias.str(), x.str());
   VGEN_CHECK(act == Activation::None || act == Activation::Silu, "channel_rms_norm: only SiLU (or nothing) may follow");
@@ -190,7 +205,8 @@ Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias
     VGEN_CHECK(out.shape() == x.shape() && out.dtype() == x.dtype(), "channel_rms_norm: output {} for input {}",
                out.str(), x.str());
   }
-  return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act, out);
+  check_tail(x, tail, "channel_rms_norm");
+  return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act, out, tail);
 }
 
 Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
@@ -366,7 +382,7 @@ ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor&
 }
 
 ResidualNorm residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma, const Tensor& bias,
-                                       Activation act, const Tensor& residual, const Tensor& out) {
+                                       Activation act, const Tensor& residual, const Tensor& out, const Tensor& tail) {
   const char* op = "residual_channel_rms_norm";
   for (const Tensor* t : {&y, &gamma, &bias, &residual, &out})
     if (t->defined()) same_device(x, *t, op);
@@ -378,7 +394,9 @@ ResidualNorm residual_channel_rms_norm(const Tensor& x, const Tensor& y, const T
   VGEN_CHECK(act == Activation::None || act == Activation::Silu, "{}: only SiLU (or nothing) may follow", op);
   VGEN_CHECK(!out.defined() || (out.shape() == x.shape() && out.dtype() == x.dtype()), "{}: output {} for input {}",
              op, out.str(), x.str());
-  return on(x, Op::residual_channel_rms_norm, op).residual_channel_rms_norm(x, y, gamma, bias, act, residual, out);
+  check_tail(x, tail, op);
+  return on(x, Op::residual_channel_rms_norm, op).residual_channel_rms_norm(x, y, gamma, bias, act, residual, out,
+                                                                            tail);
 }
 
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin) {

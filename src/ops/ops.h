@@ -36,9 +36,12 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
 // The Wan VAE's channel RMS norm, optionally fused with the SiLU that follows it
 // (act None or Silu; the same values as silu(channel_rms_norm(...))). With `out` (x's shape and
 // dtype, on x's device, any strides) the result is written there, and out returned: a causal
-// conv's input buffer takes the chunk behind its cached frames that way, without a copy.
+// conv's input buffer takes the chunk behind its cached frames that way, without a copy. With
+// `tail` ([B, C, n, H, W] for x [B, C, T, H, W], n <= T, x's dtype and device) the result's last
+// n frames are written there too: the frames that conv keeps for the next chunk, without
+// reading them back.
 Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act = Activation::None,
-                        const Tensor& out = {});
+                        const Tensor& out = {}, const Tensor& tail = {});
 // torch.nn.GroupNorm over x [N, C, *spatial] (weight, bias [C], either may be undefined),
 // optionally followed by SiLU (act None or Silu; the same values as silu(group_norm(...))).
 Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
@@ -78,10 +81,10 @@ Tensor gated_residual(const Tensor& x, const Tensor& y, const Tensor& gate);
 // x + y (gate undefined) or gated_residual(x, y, gate), and that residual's layer norm.
 ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor& gate, const LayerNormParams& norm);
 // x + y (written into `residual` when defined, which may be x) and its channel_rms_norm (into
-// `out` when defined): {residual, normed}.
+// `out` and `tail` when defined): {residual, normed}.
 ResidualNorm residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma, const Tensor& bias,
                                        Activation act = Activation::None, const Tensor& residual = {},
-                                       const Tensor& out = {});
+                                       const Tensor& out = {}, const Tensor& tail = {});
 // weight [H * D] normalizes each token's heads together, [D] each head on its own.
 Tensor rms_norm_rope(const Tensor& x, const Tensor& weight, float eps, const Tensor& cos, const Tensor& sin);
 

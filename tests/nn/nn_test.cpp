@@ -230,18 +230,31 @@ TEST(NnCausalConv3d, WrittenInputEqualsGivenInput) {
   nn::FeatCacheSlots slots;
   const nn::CausalConv3d conv(nn::Weights(store, DType::F32, Device::cpu()), "conv", 3, 2, {3, 3, 3}, {1, 1, 1},
                               /*channels_last=*/false, slots);
-  const Tensor x = values({1, 3, 6, 5, 5}, 3);
-  auto writer = [](const Tensor& frames) { return [frames](const Tensor& out) { Tensor(out).copy_(frames); }; };
+  const Tensor x = values({1, 3, 8, 5, 5}, 3);
+  // The writer also stores the chunk's last frames when it is given a tail (a chunk of 2 or more
+  // frames with a cache): those become the cache.
+  int64_t tails = 0;
+  auto writer = [&tails](const Tensor& frames) {
+    return [frames, &tails](const Tensor& out, const Tensor& tail) {
+      Tensor(out).copy_(frames);
+      if (!tail.defined()) return;
+      ++tails;
+      EXPECT_EQ(tail.shape(), (Shape{1, 3, nn::kCausalCacheFrames, 5, 5}));
+      Tensor(tail).copy_(frames.narrow(2, frames.size(2) - tail.size(2), tail.size(2)));
+    };
+  };
   nn::FeatCache given(1), written(1);
   int64_t start = 0;
-  for (int64_t n : {1, 1, 3, 1}) {
+  for (int64_t n : {1, 1, 3, 1, 2}) {
     const Tensor chunk = x.narrow(2, start, n).contiguous();
     EXPECT_EQ(conv.forward(chunk, writer(chunk), &written).to_vector(), conv.forward(chunk, &given).to_vector())
         << "frames " << start << " + " << n;
     EXPECT_EQ(written[0].to_vector(), given[0].to_vector()) << "frames " << start << " + " << n;
     start += n;
   }
+  EXPECT_EQ(tails, 2);
   EXPECT_EQ(conv.forward(x, writer(x), nullptr).to_vector(), conv.forward(x, nullptr).to_vector());
+  EXPECT_EQ(tails, 2);  // no cache: nothing kept
 }
 
 // The upsampler's 2x2 phase convolutions give diffusers' nearest 2x upsampling and 3x3

@@ -802,8 +802,31 @@ void channel_rms_norm_cases(Cases& cs) {
           by_dtype(DType::F32), {2, 5, 4, 6}, DType::F32});
   // Into frames [2, 2 + T) of a larger buffer (a causal conv's input behind its cached frames),
   // whose first frames must stay as they were; channels-last on a device (written in place,
-  // one sample at a time for a batch of 2) or not (through a copy).
+  // one sample at a time for a batch of 2) or not (through a copy). With a tail: the last 2
+  // frames also written into a [B, C, 2, H, W] of their own (by the kernel when channels-last).
   for (DType d : {DType::F32, DType::BF16}) {
+    for (const Shape& shape : std::vector<Shape>{{1, 16, 3, 4, 6}, {2, 16, 2, 3, 5}, {1, 1040, 2, 1, 3}}) {
+      for (bool channels_last : {false, true}) {
+        Shape buffer = shape, tail = shape;
+        buffer[2] += 2;
+        tail[2] = 2;
+        const std::string name = fmt::format("channel_rms_norm {}{}{} then silu into frames of {} and a tail {}", dt(d),
+                                             sh(shape), channels_last ? " channels-last" : "", sh(buffer), sh(tail));
+        cs.add({Op::channel_rms_norm, name, d,
+                [=](Gen& g) {
+                  auto lay = [&](const Tensor& t) { return channels_last ? cl(t) : in(t); };
+                  return std::vector<Input>{lay(g.normal(shape, d)), in(g.normal({shape[1], 1, 1, 1}, d)), none(),
+                                            lay(g.normal(buffer, d)), lay(g.normal(tail, d))};
+                },
+                [=](const Args& t, Device) {
+                  const Tensor out = t[3].narrow(2, 2, shape[2]);
+                  EXPECT_EQ(ops::channel_rms_norm(t[0], t[1], t[2], Activation::Silu, out, t[4]).raw_data(),
+                            out.raw_data());
+                  return Outputs{t[3], t[4]};
+                },
+                by_dtype(d), buffer, d});
+      }
+    }
     for (const Shape& shape : std::vector<Shape>{{1, 16, 3, 4, 6}, {2, 12, 2, 3, 5}}) {
       for (bool channels_last : {false, true}) {
         Shape buffer = shape;
@@ -840,36 +863,44 @@ void residual_channel_rms_norm_cases(Cases& cs) {
   for (DType d : {DType::F32, DType::BF16}) {
     for (const Shape& shape : vgen::testing::kChannelNormShapes) {
       for (bool channels_last : {false, true}) {
-        for (int mode = 0; mode < 3; ++mode) {  // 0: new tensors, 1: residual into x, 2: and normed into frames
+        // 0: new tensors, 1: residual into x, 2: and normed into frames, 3: and its last frame into a tail
+        for (int mode = 0; mode < 4; ++mode) {
           const Activation act = mode == 0 ? Activation::None : Activation::Silu;
-          const bool in_place = mode > 0, into_frames = mode == 2;
-          Shape buffer = shape;
+          const bool in_place = mode > 0, into_frames = mode >= 2, with_tail = mode == 3;
+          Shape buffer = shape, tail_shape = shape;
           buffer[2] += 2;
+          tail_shape[2] = 1;
           const std::string name =
-              fmt::format("residual_channel_rms_norm {}{}{} then {}{}{}", dt(d), sh(shape),
+              fmt::format("residual_channel_rms_norm {}{}{} then {}{}{}{}", dt(d), sh(shape),
                           channels_last ? " channels-last" : "", act_name(act), in_place ? ", residual into x" : "",
-                          into_frames ? fmt::format(", normed into frames of {}", sh(buffer)) : "");
+                          into_frames ? fmt::format(", normed into frames of {}", sh(buffer)) : "",
+                          with_tail ? fmt::format(" and a tail {}", sh(tail_shape)) : "");
           cs.add({Op::residual_channel_rms_norm, name, d,
                   [=](Gen& g) {
                     auto lay = [&](const Tensor& t) { return channels_last ? cl(t) : in(t); };
                     std::vector<Input> v{lay(g.normal(shape, d, 2.0f)), lay(g.normal(shape, d)),
                                          in(g.normal({shape[1], 1, 1, 1}, d))};
                     if (into_frames) v.push_back(lay(g.normal(buffer, d)));
+                    if (with_tail) v.push_back(lay(g.normal(tail_shape, d)));
                     return v;
                   },
                   [=](const Args& t, Device dev) {
                     const Tensor x0 = t[0].clone();  // x as it was, before the sum is written into it
                     const Tensor out = into_frames ? t[3].narrow(2, 2, shape[2]) : Tensor();
-                    const ResidualNorm r =
-                        ops::residual_channel_rms_norm(t[0], t[1], t[2], {}, act, in_place ? t[0] : Tensor(), out);
+                    const Tensor tail = with_tail ? t[4] : Tensor();
+                    const ResidualNorm r = ops::residual_channel_rms_norm(t[0], t[1], t[2], {}, act,
+                                                                          in_place ? t[0] : Tensor(), out, tail);
                     if (in_place) EXPECT_EQ(r.residual.raw_data(), t[0].raw_data()) << name;
                     if (into_frames) EXPECT_EQ(r.normed.raw_data(), out.raw_data()) << name;
                     if (!dev.is_cpu()) {
-                      const ResidualNorm c = backend_for(dev).Backend::residual_channel_rms_norm(x0, t[1], t[2], {}, act,
+                      const ResidualNorm c = backend_for(dev).Backend::residual_channel_rms_norm(x0, t[1], t[2], {}, act, {},
                                                                                                  {}, {});
                       expect_same_bytes(r.residual, c.residual, name + " residual");
                       expect_same_bytes(r.normed, c.normed, name + " normed");
+                      if (with_tail)
+                        expect_same_bytes(tail, c.normed.narrow(2, shape[2] - 1, 1), name + " tail");
                     }
+                    if (with_tail) return Outputs{r.residual, t[3], tail};
                     return Outputs{r.residual, into_frames ? t[3] : r.normed};
                   },
                   by_dtype(d), shape, d});

@@ -21,7 +21,7 @@ class CpuBackend final : public Backend {
   Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) override;
   Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) override;
   Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,
-                          const Tensor& out) override;
+                          const Tensor& out, const Tensor& tail) override;
   Tensor group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, float eps,
                     Activation act) override;
   Tensor softmax(const Tensor& x) override;

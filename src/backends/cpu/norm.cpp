@@ -57,7 +57,7 @@ Tensor CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps) {
 }
 
 Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,
-                                    const Tensor& dst) {
+                                    const Tensor& dst, const Tensor& tail) {
   const Tensor fx = as_f32(x), fg = as_f32(gamma);
   const Tensor fb = bias.defined() ? as_f32(bias) : Tensor();
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
@@ -84,6 +84,7 @@ Tensor CpuBackend::channel_rms_norm(const Tensor& x, const Tensor& gamma, const 
   }
   const Tensor y = to_dtype(out, x.dtype());
   const Tensor result = act == Activation::Silu ? unary(UnaryOp::Silu, y, 0.0f, 0.0f) : y;
+  if (tail.defined()) copy(tail, result.narrow(2, x.size(2) - tail.size(2), tail.size(2)));
   if (!dst.defined()) return result;
   copy(dst, result);  // the reference keeps to contiguous results; the device backends write in place
   return dst;

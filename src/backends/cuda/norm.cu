@@ -597,10 +597,13 @@ __global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out,
 // kRes (residual_channel_rms_norm; CACHE > 0): the row normalized is x + y rounded to T, which
 // is also written to res (laid out as x; res may be x: a lane reads all its elements before it
 // writes any). x and res are not __restrict__ for that reason.
+// tail (optional): rows [tail_start, inner) of each sample of `inner` rows (a causal conv's last
+// frames) written there too, as [samples, inner - tail_start] rows.
 template <typename T, typename Tw, int VEC, int G, int CACHE, bool kSilu, bool kRes = false>
 __global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const Tw* __restrict__ gamma,
                                         const Tw* __restrict__ bias, int64_t nv, int64_t rows, float scale,
-                                        const T* __restrict__ y = nullptr, T* res = nullptr) {
+                                        const T* __restrict__ y = nullptr, T* res = nullptr,
+                                        T* __restrict__ tail = nullptr, int64_t inner = 1, int64_t tail_start = 0) {
   static_assert(!kRes || CACHE > 0, "the fused residual keeps the row in registers");
   constexpr int kRowsPerWarp = 32 / G;
   const int lane = threadIdx.x & 31, sub = lane % G, slot = lane / G;
@@ -643,6 +646,11 @@ __global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const T
     for (int o = G / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if (!active) continue;
     const float factor = channel_rms_factor(ss, scale);
+    T* tail_row = nullptr;
+    if (tail) {
+      const int64_t sample = r / inner, local = r - sample * inner;
+      if (local >= tail_start) tail_row = tail + (sample * (inner - tail_start) + local - tail_start) * C;
+    }
     auto finish = [&](int64_t i, float (&v)[VEC]) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
@@ -651,6 +659,7 @@ __global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const T
         v[j] = channel_rms_out<T, kSilu>(v[j], factor, to_float<Tw>(gamma[c]), bb, bias != nullptr);
       }
       store_vec<VEC>(dst + i * VEC, v);
+      if (tail_row) store_vec<VEC>(tail_row + i * VEC, v);
     };
     if constexpr (CACHE > 0) {
 #pragma unroll
@@ -1026,7 +1035,7 @@ constexpr int kChannelRmsCache = 4;
 // y and res (residual_channel_rms_norm), of x + y, which is written to res. x is channels-last
 // (rows) or contiguous; y and res are laid out as x and need whole rows in registers.
 void launch_channel_rms(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act, const Tensor& out,
-                        const Tensor& y, const Tensor& res) {
+                        const Tensor& y, const Tensor& res, const Tensor& tail) {
   const bool rows = x.is_channels_last_3d(), fused = y.defined();
   const int64_t B = x.size(0), C = x.size(1), inner = x.numel() / (B * C);
   // Sample b's rows start at b * out_batch in out (in x, at b * inner * C).
@@ -1039,6 +1048,8 @@ void launch_channel_rms(const Tensor& x, const Tensor& gamma, const Tensor& bias
                        : pick_vec(static_cast<int>(16 / es), 1, inner, {{x.raw_data(), es}}, {});
   VGEN_CHECK(!fused || (rows && vec == 16 / es && C / vec <= 32 * kChannelRmsCache),
              "residual_channel_rms_norm: {} is not rows of whole 16-byte vectors held in registers", x.str());
+  VGEN_CHECK(!tail.defined() || (rows && vec == 16 / es), "channel_rms_norm: tail {} for {} is not rows of vectors",
+             tail.str(), x.str());
   constexpr int kThreads = 256;
   dispatch_param(x.dtype(), wd, "channel_rms_norm", [&](auto tx, auto tw) {
     using T = decltype(tx);
@@ -1047,6 +1058,9 @@ void launch_channel_rms(const Tensor& x, const Tensor& gamma, const Tensor& bias
     const T* in = static_cast<const T*>(x.raw_data());
     const T* yp = fused ? static_cast<const T*>(y.raw_data()) : nullptr;
     T* rp = fused ? static_cast<T*>(res.raw_data()) : nullptr;
+    T* tp = tail.defined() ? static_cast<T*>(tail.raw_data()) : nullptr;
+    // The tail's rows: the last tail.size(2) frames of each sample's inner rows.
+    const int64_t tail_rows = tp ? tail.numel() / (B * C) : 0, tail_start = inner - tail_rows;
     T* o = static_cast<T*>(out.raw_data());
     const Tw* gp = static_cast<const Tw*>(g.raw_data());
     const Tw* bp = b.defined() ? static_cast<const Tw*>(b.raw_data()) : nullptr;
@@ -1072,12 +1086,13 @@ void launch_channel_rms(const Tensor& x, const Tensor& gamma, const Tensor& bias
             if (fused) {
               channel_rms_rows_kernel<T, Tw, V, Gs, Cs, S, true><<<blocks, kThreads, 0, stream()>>>(
                   in + s * inner * C, o + s * out_batch, gp, bp, nv, nrows, scale, yp + s * inner * C,
-                  rp + s * inner * C);
+                  rp + s * inner * C, tp ? tp + s * tail_rows * C : nullptr, inner, tail_start);
               continue;
             }
           }
-          channel_rms_rows_kernel<T, Tw, V, Gs, Cs, S>
-              <<<blocks, kThreads, 0, stream()>>>(in + s * inner * C, o + s * out_batch, gp, bp, nv, nrows, scale);
+          channel_rms_rows_kernel<T, Tw, V, Gs, Cs, S><<<blocks, kThreads, 0, stream()>>>(
+              in + s * inner * C, o + s * out_batch, gp, bp, nv, nrows, scale, nullptr, nullptr,
+              tp ? tp + s * tail_rows * C : nullptr, inner, tail_start);
         }
       };
       if constexpr (V != kVec) launch(Int<32>{}, Int<0>{});
@@ -1103,12 +1118,31 @@ bool writes_rows_into(const Tensor& x, const Tensor& dst) {
   return x.is_channels_last_3d() && dst.numel() > 0 && dst.narrow(0, 0, 1).is_channels_last_3d();
 }
 
+// Whether the norm's kernel writes `tail` (the result's last frames) itself: channels-last rows of
+// x, of `dst` (if any) and of a dense tail, 16-byte aligned with whole vectors a row; else the
+// tail is copied from the result.
+bool writes_tail(const Tensor& x, const Tensor& tail, const Tensor& dst) {
+  const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
+  auto aligned16 = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
+  return tail.defined() && tail.numel() > 0 && x.dim() == 5 && x.is_channels_last_3d() && x.size(1) % vec == 0 &&
+         aligned16(x) && aligned16(tail) && tail.is_channels_last_3d() &&
+         tail.strides() == Tensor::empty_like_format(x, tail.shape(), x.dtype()).strides() &&
+         (!dst.defined() || (writes_rows_into(x, dst) && aligned16(dst)));
+}
+
 }  // namespace
 
 Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const Tensor& bias, Activation act,
-                                 const Tensor& dst) {
+                                 const Tensor& dst, const Tensor& tail) {
   require_cuda("channel_rms_norm", x_in);
   if (dst.defined()) require_cuda("channel_rms_norm", dst);
+  if (tail.defined()) require_cuda("channel_rms_norm", tail);
+  // A tail the kernel cannot write is copied from the result.
+  if (tail.defined() && !writes_tail(x_in, tail, dst)) {
+    const Tensor out = channel_rms_norm(x_in, gamma, bias, act, dst, Tensor());
+    if (tail.numel() > 0) Tensor(tail).copy_(out.narrow(2, out.size(2) - tail.size(2), tail.size(2)));
+    return out;
+  }
   require_float("channel_rms_norm", x_in);
   VGEN_CHECK(x_in.dim() >= 2 && gamma.numel() == x_in.size(1) && (!bias.defined() || bias.numel() == x_in.size(1)),
              "channel_rms_norm: x {} gamma {} bias {}", x_in.str(), gamma.str(), bias.str());
@@ -1118,22 +1152,22 @@ Tensor CudaOps::channel_rms_norm(const Tensor& x_in, const Tensor& gamma, const 
   const bool rows = x_in.is_channels_last_3d();
   // `dst` is written in place when laid out as the result's rows, else through a copy.
   if (dst.defined() && !writes_rows_into(x_in, dst)) {
-    Tensor(dst).copy_(channel_rms_norm(x_in, gamma, bias, act, Tensor()));
+    Tensor(dst).copy_(channel_rms_norm(x_in, gamma, bias, act, Tensor(), Tensor()));
     return dst;
   }
   const Tensor x = rows ? x_in : contiguous(x_in);
   Tensor out = dst.defined() ? dst : Tensor::empty_like_format(x, x.shape(), x.dtype());
   if (x.numel() == 0) return out;
-  launch_channel_rms(x, gamma, bias, act, out, Tensor(), Tensor());
+  launch_channel_rms(x, gamma, bias, act, out, Tensor(), Tensor(), tail);
   check_launch("channel_rms_norm", x_in, gamma);
   return out;
 }
 
 ResidualNorm CudaOps::residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma,
                                                 const Tensor& bias, Activation act, const Tensor& residual,
-                                                const Tensor& dst) {
+                                                const Tensor& dst, const Tensor& tail) {
   const char* op = "residual_channel_rms_norm";
-  for (const Tensor* t : {&x, &y, &residual, &dst})
+  for (const Tensor* t : {&x, &y, &residual, &dst, &tail})
     if (t->defined()) require_cuda(op, *t);
   require_float(op, x);
   // One kernel: channels-last rows of x, y and the residual alike, each row held in registers
@@ -1145,13 +1179,14 @@ ResidualNorm CudaOps::residual_channel_rms_norm(const Tensor& x, const Tensor& y
   const bool fused = x.dim() == 5 && x.numel() > 0 && is_kernel_float(x.dtype()) && x.is_channels_last_3d() &&
                      y.strides() == x.strides() && (!residual.defined() || residual.strides() == x.strides()) &&
                      C % vec == 0 && C / vec <= 32 * kChannelRmsCache && (!dst.defined() || writes_rows_into(x, dst)) &&
-                     aligned16(x) && aligned16(y) && aligned16(residual) && aligned16(dst);
-  if (!fused) return active().Backend::residual_channel_rms_norm(x, y, gamma, bias, act, residual, dst);
+                     aligned16(x) && aligned16(y) && aligned16(residual) && aligned16(dst) &&
+                     (!tail.defined() || writes_tail(x, tail, dst));
+  if (!fused) return active().Backend::residual_channel_rms_norm(x, y, gamma, bias, act, residual, dst, tail);
   VGEN_CHECK(gamma.numel() == C && (!bias.defined() || bias.numel() == C), "{}: x {} gamma {} bias {}", op, x.str(),
              gamma.str(), bias.str());
   const Tensor res = residual.defined() ? residual : Tensor::empty_like_format(x, x.shape(), x.dtype());
   const Tensor out = dst.defined() ? dst : Tensor::empty_like_format(x, x.shape(), x.dtype());
-  launch_channel_rms(x, gamma, bias, act, out, y, res);
+  launch_channel_rms(x, gamma, bias, act, out, y, res, tail);
   check_launch(op, x, gamma);
   return {res, out};
 }

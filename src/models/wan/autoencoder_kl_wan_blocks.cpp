@@ -24,10 +24,12 @@ Tensor WanSkipSum::sum() const { return skip.defined() ? ops::add(x, skip) : x; 
 Tensor WanResidualBlock::forward(Tensor x, nn::FeatCache& cache) const {
   const Tensor h = conv_shortcut_ ? conv_shortcut_->forward(x, nullptr) : x;
   // Each norm writes its result straight into its conv's input, behind the cached frames.
-  x = conv1_.forward(x, [&](const Tensor& out) { norm1_.forward(x, Activation::Silu, out); }, &cache);
+  x = conv1_.forward(
+      x, [&](const Tensor& out, const Tensor& tail) { norm1_.forward(x, Activation::Silu, out, tail); }, &cache);
   // dropout: identity at inference
   // The skip connection is added to conv2's result by the convolution op (ops::conv3d).
-  return conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache, h);
+  return conv2_.forward(
+      x, [&](const Tensor& out, const Tensor& tail) { norm2_.forward(x, Activation::Silu, out, tail); }, &cache, h);
 }
 
 WanSkipSum WanResidualBlock::forward(WanSkipSum in, nn::FeatCache& cache) const {
@@ -37,15 +39,20 @@ WanSkipSum WanResidualBlock::forward(WanSkipSum in, nn::FeatCache& cache) const 
     // own buffer) as it normalizes the sum into conv1's input: one pass fewer over the sum.
     x = conv1_.forward(
         in.x,
-        [&](const Tensor& out) { h = norm1_.forward_residual(in.x, in.skip, Activation::Silu, in.x, out).residual; },
+        [&](const Tensor& out, const Tensor& tail) {
+          h = norm1_.forward_residual(in.x, in.skip, Activation::Silu, in.x, out, tail).residual;
+        },
         &cache);
   } else {
     const Tensor input = in.sum();
     h = conv_shortcut_ ? conv_shortcut_->forward(input, nullptr) : input;
-    x = conv1_.forward(input, [&](const Tensor& out) { norm1_.forward(input, Activation::Silu, out); }, &cache);
+    x = conv1_.forward(
+        input, [&](const Tensor& out, const Tensor& tail) { norm1_.forward(input, Activation::Silu, out, tail); },
+        &cache);
   }
   in = {};
-  x = conv2_.forward(x, [&](const Tensor& out) { norm2_.forward(x, Activation::Silu, out); }, &cache);
+  x = conv2_.forward(
+      x, [&](const Tensor& out, const Tensor& tail) { norm2_.forward(x, Activation::Silu, out, tail); }, &cache);
   return {std::move(x), std::move(h)};
 }
 

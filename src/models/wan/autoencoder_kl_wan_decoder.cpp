@@ -124,9 +124,9 @@ Tensor WanDecoder3d::tail(const Head& head, nn::FeatCache& cache, bool first_chu
   for (size_t i = 1; i < up_blocks_.size(); ++i)
     x = std::visit([&](const auto& b) { return b.forward(std::move(x), cache, first_chunk); }, up_blocks_[i]);
   // The last block's skip connection, if left to it, is added by norm_out as it reads the sum.
-  auto write = [&](const Tensor& out) {
-    if (x.skip.defined()) norm_out_.forward_residual(x.x, x.skip, Activation::Silu, x.x, out);
-    else norm_out_.forward(x.x, Activation::Silu, out);
+  auto write = [&](const Tensor& out, const Tensor& tail) {
+    if (x.skip.defined()) norm_out_.forward_residual(x.x, x.skip, Activation::Silu, x.x, out, tail);
+    else norm_out_.forward(x.x, Activation::Silu, out, tail);
   };
   return conv_out_.forward(x.x, write, &cache);
 }

@@ -71,7 +71,8 @@ Tensor WanEncoder3d::forward(Tensor x, nn::FeatCache& cache) const {
         block);
   }
   x = mid_block_.forward(std::move(x), cache);
-  return conv_out_.forward(x, [&](const Tensor& out) { norm_out_.forward(x, Activation::Silu, out); }, &cache);
+  return conv_out_.forward(
+      x, [&](const Tensor& out, const Tensor& tail) { norm_out_.forward(x, Activation::Silu, out, tail); }, &cache);
 }
 
 }  // namespace vgen
