@@ -43,6 +43,7 @@ ExecutionSettings ExecutionSettings::from_environment() {
     if (v == "force") s.conv_kernel = "cutlass";
     else s.conv_kernel = env_flag("VGEN_CONV_CUTLASS", false) ? "auto" : "cudnn";
   }
+  s.conv_direct = env_flag("VGEN_CONV_DIRECT", true);
   s.gemm_autotune = env_flag("VGEN_GEMM_AUTOTUNE", true);
   const char* profile = std::getenv("VGEN_PROFILE_OPS");
   s.profile_ops_by_shape = profile != nullptr && std::string(profile) == "shapes";

@@ -45,6 +45,10 @@ struct ExecutionSettings {
   // "cutlass:<variant>" one tile variant, conv3d_sm90.h). VGEN_CONV_CUTLASS=1 gives "auto",
   // =force "cutlass", =0 "cudnn".
   std::string conv_kernel = "cudnn";
+  // Run 3x3x3 bf16 channels-last convolutions with at most 16 output channels (a VAE's
+  // conv_out) with vgen's direct kernel on the GPU (backends/cuda/conv3d_direct.h) rather than
+  // cuDNN. VGEN_CONV_DIRECT=0 turns it off.
+  bool conv_direct = true;
   // Time cuBLASLt's leading heuristic algorithms per GEMM shape on its first call and keep the
   // fastest (bf16/f16/f32 and FP8 GEMMs); off: the heuristic's first choice.
   bool gemm_autotune = true;
@@ -56,7 +60,7 @@ struct ExecutionSettings {
   bool profile_ops_by_shape = false;
 
   // The defaults with the environment's overrides (VGEN_ATTENTION_BACKEND, VGEN_ALLOW_TF32,
-  // VGEN_CONV_AUTOTUNE, VGEN_CONV_CUTLASS, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
+  // VGEN_CONV_AUTOTUNE, VGEN_CONV_CUTLASS, VGEN_CONV_DIRECT, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
   // front ends start from before applying their flags.
   static ExecutionSettings from_environment();
 };

@@ -90,13 +90,15 @@ struct Settings {
   int tf32 = -1;          // -1: the environment's; 0 / 1: TF32 off / on
   std::string conv;       // "" | "auto" | "cudnn" | "cutlass" (ExecutionSettings::conv_kernel)
   bool conv_autotune = false;  // ExecutionSettings::conv_autotune on
-  bool any() const { return !attention.empty() || tf32 >= 0 || !conv.empty() || conv_autotune; }
+  int conv_direct = -1;        // -1: the environment's; 0 / 1: ExecutionSettings::conv_direct off / on
+  bool any() const { return !attention.empty() || tf32 >= 0 || !conv.empty() || conv_autotune || conv_direct >= 0; }
   ExecutionSettings make() const {
     ExecutionSettings s = ExecutionSettings::from_environment();
     if (!attention.empty()) s.attention_backend = attention;
     if (tf32 >= 0) s.allow_tf32 = tf32 == 1;
     if (!conv.empty()) s.conv_kernel = conv;
     if (conv_autotune) s.conv_autotune = true;
+    if (conv_direct >= 0) s.conv_direct = conv_direct == 1;
     return s;
   }
 };
@@ -1232,18 +1234,19 @@ void embedding_cases(Cases& cs) {
 
 void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, DType d,
                  const std::string& what, bool strided_x, bool channels_last, int tf32, bool perf_only = false,
-                 const std::string& kernel = "") {
+                 const std::string& kernel = "", int direct = -1) {
   Bound bound = by_dtype(d);
   if (d == DType::F32 && tf32 != 0) bound = {5e-3, -1, "TF32 tensor cores: inputs rounded to 10-bit mantissas"};
   if (d == DType::F32 && tf32 == 0) bound.why = "float32 without TF32: summation order only";
   const Shape out = conv_out(xs, ws, p);
   const double flops = 2.0 * shape_numel(out) * ws[1] * ws[2] * ws[3] * ws[4];
   cs.add({Op::conv3d,
-          fmt::format("conv3d {}{} * {}{}{}{} stride {} pad {} before {} {}{}{}", dt(d), sh(xs), sh(ws),
+          fmt::format("conv3d {}{} * {}{}{}{} stride {} pad {} before {} {}{}{}{}", dt(d), sh(xs), sh(ws),
                       bias ? " + bias" : "", strided_x ? " x frames [1,T+1) of a longer clip" : "",
                       channels_last ? " channels-last" : "", sh({p.stride[0], p.stride[1], p.stride[2]}),
                       sh({p.padding[0], p.padding[1], p.padding[2]}), p.time_padding_before, what,
-                      tf32 < 0 ? "" : tf32 ? " tf32 on" : " tf32 off", kernel.empty() ? "" : " kernel " + kernel),
+                      tf32 < 0 ? "" : tf32 ? " tf32 on" : " tf32 off", kernel.empty() ? "" : " kernel " + kernel,
+                      direct < 0 ? "" : direct ? " direct kernel on" : " direct kernel off"),
           d,
           [=](Gen& g) {
             Shape big = xs;
@@ -1254,7 +1257,7 @@ void conv3d_case(Cases& cs, const Shape& xs, const Shape& ws, bool bias, const C
             return std::vector<Input>{x, in(g.normal(ws, d, perf_only ? 0.02f : 0.2f)), bias ? in(g.normal({ws[0]}, d)) : none()};
           },
           [p](const Args& t, Device) { return Outputs{ops::conv3d(t[0], t[1], t[2], p)}; }, bound, out, d,
-          Settings{"", tf32, kernel}, flops, perf_only});
+          Settings{"", tf32, kernel, false, direct}, flops, perf_only});
 }
 
 // conv + bias + residual, rounded once (a ResNet block's skip connection), with and without a
@@ -1349,6 +1352,26 @@ void conv3d_cases(Cases& cs) {
   cutlass_case({1, 64, 2, 10, 12}, {64, 64, 1, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}), "1x3x3");
   cutlass_case({1, 64, 2, 10, 12}, {256, 64, 1, 2, 2}, true, conv_params({1, 1, 1}, {0, 1, 1}), "1x2x2 upsampler phases");
   cutlass_case({1, 256, 3, 8, 10}, {256, 256, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0), "256 channels");
+  // vgen's direct kernel for few output channels (conv3d_direct.h: 3x3x3, at most 16 outputs,
+  // bf16 channels-last, input channels a multiple of 16; sm_80+, elsewhere cuDNN): a Wan2.2
+  // conv_out (12 outputs) in its first chunk, with past frames, partial tiles of 4 rows x 64
+  // columns, batch 2, frames of a longer clip, 1 and 16 outputs, no bias, "same" padding.
+  auto direct_case = [&](const Shape& xs, const Shape& ws, bool bias, const Conv3dParams& p, const std::string& what,
+                         bool strided_x = false) {
+    conv3d_case(cs, xs, ws, bias, p, DType::BF16, what, strided_x, true, -1, false, "", 1);
+  };
+  direct_case({1, 32, 1, 9, 11}, {12, 32, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), "first chunk, causal");
+  direct_case({1, 48, 6, 7, 70}, {12, 48, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0), "two past frames");
+  direct_case({2, 16, 3, 13, 5}, {3, 16, 3, 3, 3}, true, conv_params({1, 1, 1}, {1, 1, 1}), "3x3x3 same, batch 2, 3 out");
+  direct_case({1, 64, 4, 10, 130}, {16, 64, 3, 3, 3}, false, conv_params({1, 1, 1}, {0, 1, 1}, 1), "16 out, no bias",
+              true);
+  direct_case({1, 16, 3, 4, 64}, {1, 16, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), "1 out, whole tiles");
+  direct_case({1, 32, 3, 6, 9}, {5, 32, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 0, 0}, 0), "no padding");
+  // Perf mode: the Wan2.2 decoder's conv_out at 704x1280 (2 past frames + 4 new), the direct
+  // kernel off (cuDNN) and on.
+  for (int direct : {0, 1})
+    conv3d_case(cs, {1, 256, 6, 352, 640}, {12, 256, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 0),
+                DType::BF16, "Wan2.2 VAE conv_out", false, true, -1, true, "", direct);
   // A Wan VAE decoder convolution (perf mode).
   for (DType d : {DType::BF16, DType::F32})
     conv3d_case(cs, {1, 384, 6, 60, 104}, {384, 384, 3, 3, 3}, true, conv_params({1, 1, 1}, {0, 1, 1}, 2), d,

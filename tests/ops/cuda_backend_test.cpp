@@ -25,6 +25,7 @@
 #include "support/parity.h"
 #ifdef VGEN_WITH_CUDA
 #include "backends/cuda/attention.h"
+#include "backends/cuda/conv3d_direct.h"
 #include "backends/cuda/flash_attention_sm90.h"
 #include "backends/cuda/sage_attention_sm90.h"
 #include "backends/cuda/cuda_backend.h"
@@ -584,6 +585,58 @@ TEST(CudaBackend, Im2colFallbackMatchesCpu) {
     check_im2col({1, 4, 3, 7, 9}, {6, 4, 1, 2, 3}, true, params({1, 3, 2}, {0, 1, 2}), dt, "im2col odd kernel");
   }
   unsetenv("VGEN_CONV_IM2COL");
+}
+
+// vgen's direct kernel for few output channels, called directly (ops::conv3d picks it where it
+// takes the case, so the op table's cases could pass on cuDNN alone): it takes the table's
+// conv_out shapes, refuses what it cannot run, and matches the CPU on the same BF16 values.
+TEST(CudaBackend, DirectConvTakesFewOutputChannels) {
+  SKIP_WITHOUT_GPU();
+  const ScopedContext context(kGpu, ExecutionSettings::from_environment());
+  struct Case {
+    Shape xs, ws;
+    Conv3dParams p;
+    bool bias;
+  };
+  const Case cases[] = {{{1, 32, 1, 9, 11}, {12, 32, 3, 3, 3}, params({1, 1, 1}, {0, 1, 1}, 2), true},
+                        {{1, 48, 6, 7, 70}, {12, 48, 3, 3, 3}, params({1, 1, 1}, {0, 1, 1}, 0), true},
+                        {{2, 16, 3, 13, 5}, {3, 16, 3, 3, 3}, params({1, 1, 1}, {1, 1, 1}), false},
+                        {{1, 64, 4, 10, 130}, {16, 64, 3, 3, 3}, params({1, 1, 1}, {0, 1, 1}, 1), true}};
+  for (const Case& c : cases) {
+    const Tensor x = rnd(c.xs, DType::BF16), w = rnd(c.ws, DType::BF16, 0.2f);
+    const Tensor b = c.bias ? rnd({c.ws[0]}, DType::BF16) : Tensor();
+    const Tensor want = ops::conv3d(f32(x), f32(w), f32(b), c.p);
+    cuda::Conv3dDirectProblem p;
+    p.x = gpu(x).to_channels_last_3d();
+    p.w = gpu(w);
+    p.bias = gpu(b);
+    p.y = Tensor::empty_channels_last_3d(want.shape(), DType::BF16, kGpu);
+    p.pad_before = c.p.padding;
+    p.pad_after = c.p.padding;
+    if (c.p.time_padding_before >= 0) p.pad_before[0] = c.p.time_padding_before;
+    const std::string why = cuda::conv3d_direct_rejects(p);
+    if (why.find("needs an sm_80") == 0) GTEST_SKIP() << why;
+    ASSERT_EQ(why, "") << x.str();
+    cuda::conv3d_direct(p);
+    expect_close(p.y, want, 1e-2, "direct conv " + x.str() + " * " + w.str());
+  }
+  // What it refuses: 17 outputs, 24 input channels, a 1x3x3 filter, stride 2, NCDHW input.
+  auto problem = [](const Shape& xs, const Shape& ws, bool channels_last = true) {
+    cuda::Conv3dDirectProblem p;
+    p.x = channels_last ? Tensor::empty_channels_last_3d(xs, DType::BF16, kGpu) : Tensor::empty(xs, DType::BF16, kGpu);
+    p.w = Tensor::empty(ws, DType::BF16, kGpu);
+    p.y = Tensor::empty_channels_last_3d({xs[0], ws[0], xs[2] - ws[2] + 1, xs[3], xs[4]}, DType::BF16, kGpu);
+    p.pad_before = {0, (ws[3] - 1) / 2, 1};
+    p.pad_after = {0, (ws[3] - 1) / 2, 1};
+    return p;
+  };
+  EXPECT_NE(cuda::conv3d_direct_rejects(problem({1, 32, 3, 8, 8}, {17, 32, 3, 3, 3})), "");
+  EXPECT_NE(cuda::conv3d_direct_rejects(problem({1, 24, 3, 8, 8}, {12, 24, 3, 3, 3})), "");
+  EXPECT_NE(cuda::conv3d_direct_rejects(problem({1, 32, 3, 8, 8}, {12, 32, 1, 3, 3})), "");
+  EXPECT_NE(cuda::conv3d_direct_rejects(problem({1, 32, 3, 8, 8}, {12, 32, 3, 3, 3}, false)), "");
+  cuda::Conv3dDirectProblem strided = problem({1, 32, 3, 8, 8}, {12, 32, 3, 3, 3});
+  strided.stride = {1, 2, 2};
+  EXPECT_NE(cuda::conv3d_direct_rejects(strided), "");
 }
 
 // ---- matmul_float32_out ------------------------------------------------------------------------

@@ -32,6 +32,12 @@
 // (VGEN_CONV_CUTLASS=force) always runs CUTLASS where it takes the case, "cutlass:<variant>" that tile variant (what the op table test
 // uses to check each).
 //
+// Few output channels (a VAE's conv_out: 3x3x3, at most 16 outputs, bf16 channels-last, input
+// channels a multiple of 16) run vgen's direct kernel (conv3d_direct.h) on any sm_80+ GPU unless
+// ExecutionSettings::conv_direct is off (VGEN_CONV_DIRECT=0): as an implicit GEMM that shape is
+// bound by reloading each input element once per tap (on an H200 cuDNN ran the Wan2.2 decoder's
+// 256 -> 12 conv_out at ~90 TFLOP/s).
+//
 // A residual (conv3d's optional addend) is added after the convolution; with autotuning on, in
 // the graph's epilogue instead where that ran faster on the shape's first eager call
 // (fuse_residual_chosen).
@@ -57,6 +63,7 @@
 #include <mutex>
 #include <vector>
 
+#include "backends/cuda/conv3d_direct.h"
 #include "backends/cuda/conv3d_sm90.h"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/cuda_common.h"
@@ -522,6 +529,17 @@ Tensor CudaOps::conv3d(const Tensor& x, const Tensor& weight, const Tensor& bias
       return true;
     };
     if (fuse_residual_chosen(with, fused, plain) && fused()) done = bias_done = residual_done = true;
+  }
+  if (!done && !force_im2col && active().settings().conv_direct && c.x.dtype() == DType::BF16 && c.channels_last &&
+      c.w.size(0) <= kConv3dDirectMaxOut) {
+    const Conv3dDirectProblem d{c.x, c.w, c.bias, c.y, c.pad_before, c.pad_after, c.stride};
+    const std::string why = conv3d_direct_rejects(d);
+    if (why.empty()) {
+      conv3d_direct(d);
+      done = bias_done = true;
+    } else {
+      spdlog::debug("conv3d: the direct kernel does not take {}: {}", conv_str(c), why);
+    }
   }
   if (!done && !force_im2col && run_cutlass_if_chosen(c, run_with_bias)) done = bias_done = true;
   if (!force_im2col && !done) {
