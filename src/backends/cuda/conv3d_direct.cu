@@ -10,9 +10,14 @@
 // a warp loads the 6 input rows once and issues 12 x 2 MMAs from them.
 //
 // Shared memory layout: each staged position holds its 16 channels as two 16-byte halves, the
-// halves swapped at positions whose bit 2 is set, so that the 8 rows an ldmatrix phase reads
-// (8 consecutive positions, 32 bytes apart) fall in 8 different bank groups. The weights are
-// staged [tap][output][16 channels] with the same swap on the output index.
+// halves swapped at columns whose bit 2 is set, so that the 8 rows an ldmatrix phase reads
+// (8 consecutive columns of a row, 32 bytes apart) fall in 8 different bank groups. The weights
+// are staged [tap][output][16 channels] with the same swap on the output index.
+//
+// Staging: a thread copies the same one or two 16-byte pieces (column, half) of each of the 18
+// staged rows in every slice, so its columns' offsets and bounds are worked out once, and each
+// row's once per slice (the same for all threads): the copies cost a few instructions each,
+// which matters beside the 216 MMAs a warp issues per slice.
 #include "backends/cuda/conv3d_direct.h"
 
 #include <cuda_bf16.h>
@@ -49,9 +54,10 @@ struct Params {
   int col_tiles;            // ceil(Wo / kCols)
 };
 
-// Byte offset of a staged position's 16-byte half `half` (0: channels 0-7, 1: 8-15).
-__device__ __forceinline__ uint32_t swizzled(int pos, int half) {
-  return static_cast<uint32_t>(pos * kPosBytes + ((half ^ ((pos >> 2) & 1)) << 4));
+// Byte offset, within a staged row (or the weights' 16-output group), of column (or output)
+// `col`'s 16-byte half `half` (0: channels 0-7, 1: 8-15).
+__device__ __forceinline__ uint32_t swizzled(int col, int half) {
+  return static_cast<uint32_t>(col * kPosBytes + ((half ^ ((col >> 2) & 1)) << 4));
 }
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
@@ -73,23 +79,58 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// A thread's share of a staged row: columns `col[j]` (j < pieces), half `half`, the input
+// column each reads and whether it lies inside the input.
+struct RowPieces {
+  int pieces, half;
+  uint32_t dst[2];  // byte offsets within a staged row
+  int64_t src[2];   // element offsets of the input column (plus the half)
+  bool valid[2];
+};
+
+__device__ __forceinline__ RowPieces row_pieces(const Params& p, int w0) {
+  // 2 x 66 pieces a row: thread t takes (column t / 2, half t % 2), threads 0-3 also column
+  // 64 + t / 2.
+  RowPieces r{};
+  r.half = threadIdx.x & 1;
+  r.pieces = threadIdx.x < 2 * (kInCols - kCols) ? 2 : 1;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int col = (threadIdx.x >> 1) + j * kCols;
+    const int wi = w0 + col - p.pad_w;
+    r.dst[j] = swizzled(col, r.half);
+    r.valid[j] = wi >= 0 && wi < p.W;
+    r.src[j] = static_cast<int64_t>(wi) * p.xs[3] + r.half * 8;
+  }
+  return r;
+}
+
 // Stages input channels [16 s, 16 s + 16) of the tile's frames and the weights for them.
-__device__ __forceinline__ void stage(const Params& p, uint32_t smem, int s, int n, int t0, int h0, int w0) {
+__device__ __forceinline__ void stage(const Params& p, const RowPieces& rp, uint32_t smem, int s, int n, int t0,
+                                      int h0) {
   const __nv_bfloat16* x = p.x + n * p.xs[0] + s * kSlice;
-  constexpr int kCopies = 3 * kInRows * kInCols * 2;
-  for (int i = threadIdx.x; i < kCopies; i += kThreads) {
-    const int half = i & 1, pos = i >> 1;
-    const int col = pos % kInCols, row = (pos / kInCols) % kInRows, f = pos / (kInCols * kInRows);
-    const int ti = t0 + f - p.pad_t, hi = h0 + row - p.pad_h, wi = w0 + col - p.pad_w;
-    const bool valid = ti >= 0 && ti < p.T && hi >= 0 && hi < p.H && wi >= 0 && wi < p.W;
-    const __nv_bfloat16* src = valid ? x + ti * p.xs[1] + hi * p.xs[2] + wi * p.xs[3] + half * 8 : p.x;
-    cp_async16(smem + swizzled(pos, half), src, valid);
+#pragma unroll
+  for (int f = 0; f < 3; ++f) {
+#pragma unroll
+    for (int row = 0; row < kInRows; ++row) {
+      const int ti = t0 + f - p.pad_t, hi = h0 + row - p.pad_h;
+      const bool inside = ti >= 0 && ti < p.T && hi >= 0 && hi < p.H;
+      const __nv_bfloat16* src = x + ti * p.xs[1] + hi * p.xs[2];
+      const uint32_t dst = smem + (f * kInRows + row) * (kInCols * kPosBytes);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        if (j < rp.pieces) {
+          const bool valid = inside && rp.valid[j];
+          cp_async16(dst + rp.dst[j], valid ? src + rp.src[j] : p.x, valid);
+        }
+      }
+    }
   }
   const __nv_bfloat16* w = p.w + static_cast<int64_t>(s) * 27 * 16 * kSlice;
   const uint32_t wsmem = smem + kInputBytes;
   for (int i = threadIdx.x; i < 27 * 16 * 2; i += kThreads) {
     const int half = i & 1, row = i >> 1;  // row = tap * 16 + output
-    cp_async16(wsmem + static_cast<uint32_t>(row * kPosBytes + ((half ^ ((row >> 2) & 1)) << 4)), w + i * 8, true);
+    cp_async16(wsmem + (row >> 4) * (16 * kPosBytes) + swizzled(row & 15, half), w + i * 8, true);
   }
   asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -116,10 +157,11 @@ __global__ void __launch_bounds__(kThreads) conv3d_direct_kernel(const Params p)
   const int a_pos = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
   const int b_row = (lane & 7) + (lane >> 4) * 8, b_half = (lane >> 3) & 1;
 
-  stage(p, smem, 0, n, t0, h0, w0);
+  const RowPieces rp = row_pieces(p, w0);
+  stage(p, rp, smem, 0, n, t0, h0);
   for (int s = 0; s < slices; ++s) {
     if (s + 1 < slices) {
-      stage(p, smem + ((s + 1) % kStages) * kStageBytes, s + 1, n, t0, h0, w0);
+      stage(p, rp, smem + ((s + 1) % kStages) * kStageBytes, s + 1, n, t0, h0);
       asm volatile("cp.async.wait_group 1;\n" ::);
     } else {
       asm volatile("cp.async.wait_group 0;\n" ::);
@@ -133,14 +175,13 @@ __global__ void __launch_bounds__(kThreads) conv3d_direct_kernel(const Params p)
         uint32_t b[3][4];
 #pragma unroll
         for (int dh = 0; dh < 3; ++dh) {
-          const int row = ((dt * 3 + dh) * 3 + dw) * 16 + b_row;
-          ldmatrix_x4(wt + static_cast<uint32_t>(row * kPosBytes + ((b_half ^ ((row >> 2) & 1)) << 4)), b[dh]);
+          const int tap = (dt * 3 + dh) * 3 + dw;
+          ldmatrix_x4(wt + tap * (16 * kPosBytes) + swizzled(b_row, b_half), b[dh]);
         }
 #pragma unroll
         for (int ir = 0; ir < kInRows; ++ir) {
           uint32_t a[4];
-          const int pos = (dt * kInRows + ir) * kInCols + a_pos + dw;
-          ldmatrix_x4(in + swizzled(pos, a_half), a);
+          ldmatrix_x4(in + (dt * kInRows + ir) * (kInCols * kPosBytes) + swizzled(a_pos + dw, a_half), a);
 #pragma unroll
           for (int r = 0; r < kRows; ++r) {
             const int dh = ir - r;
