@@ -15,7 +15,8 @@
 // per latent frame) spends 26% each on 3x3x3 512->512 at 4x176x320 and 256->256 at 4x352x640
 // (GEMM 225280x512x13824 and 901120x256x6912, 150 calls each), 16% on 1024->1024 at 2x88x160,
 // 21% on the 1024->512 / 512->256 first convs of the last two blocks and 6% on the upsamplers'
-// 1x2x2 phase convs (nn::UpsampleConv2d); conv_in (48 channels) and conv_out (12) stay with cuDNN.
+// 1x2x2 phase convs (nn::UpsampleConv2d); conv_in (48 channels) stays with cuDNN, conv_out (12)
+// runs vgen's direct kernel (conv3d_direct.h).
 //
 // The kernel body is compiled for sm_90a only (the __global__ wrapper below); other targets of
 // VGEN_CUDA_ARCHS get an empty body, and conv3d_sm90_rejects() refuses to run there.
