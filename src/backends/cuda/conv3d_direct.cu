@@ -224,6 +224,9 @@ bool aligned16(const Tensor& t) { return pointer_alignment(t.raw_data(), 16) == 
 std::string conv3d_direct_rejects(const Conv3dDirectProblem& p) {
   const cudaDeviceProp& prop = device_properties();
   if (prop.major < 8) return fmt::format("needs an sm_80 or newer GPU (this is sm_{}{})", prop.major, prop.minor);
+  if (prop.sharedMemPerBlockOptin < static_cast<size_t>(kSmemBytes))
+    return fmt::format("needs an sm_80 or newer GPU with {} bytes of shared memory a block (this one has {})",
+                       kSmemBytes, prop.sharedMemPerBlockOptin);
   for (const Tensor* t : {&p.x, &p.w, &p.y})
     if (t->dim() != 5 || t->dtype() != DType::BF16) return "takes 5-D BF16 tensors only";
   if (p.bias.defined() && p.bias.numel() != p.w.size(0)) return "needs a bias of K values";

@@ -32,7 +32,8 @@ struct Conv3dDirectProblem {
 // Largest number of output channels the kernel takes (two n8 tiles of mma.sync).
 constexpr int64_t kConv3dDirectMaxOut = 16;
 
-// Why the kernel cannot run p ("" when it can): a GPU older than sm_80, a dtype, kernel size,
+// Why the kernel cannot run p ("" when it can): a GPU older than sm_80 or with less than 104 KB
+// of shared memory a block (sm_86/sm_89 have 99 KB), a dtype, kernel size,
 // channel count, stride, layout or alignment it does not take.
 std::string conv3d_direct_rejects(const Conv3dDirectProblem& p);
 
