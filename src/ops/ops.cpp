@@ -183,8 +183,19 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
 
 namespace {
 
-// channel_rms_norm's `tail`: [B, C, n, H, W] of x's dtype and device for x [B, C, T, H, W], n <= T.
-void check_tail(const Tensor& x, const Tensor& tail, const char* op) {
+// channel_rms_norm's arguments (and residual_channel_rms_norm's, `op` naming it): gamma and bias
+// [C], act None or Silu, out x's shape and dtype on x's device, tail [B, C, n, H, W] of x's dtype
+// and device for x [B, C, T, H, W], n <= T.
+void check_channel_rms_args(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act,
+                            const Tensor& out, const Tensor& tail) {
+  VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "{}: gamma {} for input {}", op, gamma.str(), x.str());
+  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "{}: bias {} for input {}", op, bias.str(), x.str());
+  VGEN_CHECK(act == Activation::None || act == Activation::Silu, "{}: only SiLU (or nothing) may follow", op);
+  if (out.defined()) {
+    same_device(x, out, op);
+    VGEN_CHECK(out.shape() == x.shape() && out.dtype() == x.dtype(), "{}: output {} for input {}", op, out.str(),
+               x.str());
+  }
   if (!tail.defined()) return;
   same_device(x, tail, op);
   VGEN_CHECK(x.dim() == 5 && tail.dim() == 5 && tail.dtype() == x.dtype() && tail.size(0) == x.size(0) &&
@@ -197,15 +208,7 @@ void check_tail(const Tensor& x, const Tensor& tail, const char* op) {
 
 Tensor channel_rms_norm(const Tensor& x, const Tensor& gamma, const Tensor& bias, Activation act, const Tensor& out,
                         const Tensor& tail) {
-  VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "channel_rms_norm: gamma {} for input {}", gamma.str(), x.str());
-  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "channel_rms_norm: bias {} for input {}", bias.str(), x.str());
-  VGEN_CHECK(act == Activation::None || act == Activation::Silu, "channel_rms_norm: only SiLU (or nothing) may follow");
-  if (out.defined()) {
-    same_device(x, out, "channel_rms_norm");
-    VGEN_CHECK(out.shape() == x.shape() && out.dtype() == x.dtype(), "channel_rms_norm: output {} for input {}",
-               out.str(), x.str());
-  }
-  check_tail(x, tail, "channel_rms_norm");
+  check_channel_rms_args("channel_rms_norm", x, gamma, bias, act, out, tail);
   return on(x, Op::channel_rms_norm, "channel_rms_norm").channel_rms_norm(x, gamma, bias, act, out, tail);
 }
 
@@ -384,17 +387,12 @@ ResidualNorm residual_layer_norm(const Tensor& x, const Tensor& y, const Tensor&
 ResidualNorm residual_channel_rms_norm(const Tensor& x, const Tensor& y, const Tensor& gamma, const Tensor& bias,
                                        Activation act, const Tensor& residual, const Tensor& out, const Tensor& tail) {
   const char* op = "residual_channel_rms_norm";
-  for (const Tensor* t : {&y, &gamma, &bias, &residual, &out})
+  for (const Tensor* t : {&y, &gamma, &bias, &residual})
     if (t->defined()) same_device(x, *t, op);
   VGEN_CHECK(y.shape() == x.shape() && y.dtype() == x.dtype(), "{}: x {} and y {} differ", op, x.str(), y.str());
   VGEN_CHECK(!residual.defined() || (residual.shape() == x.shape() && residual.dtype() == x.dtype()),
              "{}: residual {} for x {}", op, residual.str(), x.str());
-  VGEN_CHECK(x.dim() >= 2 && gamma.numel() == x.size(1), "{}: gamma {} for input {}", op, gamma.str(), x.str());
-  VGEN_CHECK(!bias.defined() || bias.numel() == x.size(1), "{}: bias {} for input {}", op, bias.str(), x.str());
-  VGEN_CHECK(act == Activation::None || act == Activation::Silu, "{}: only SiLU (or nothing) may follow", op);
-  VGEN_CHECK(!out.defined() || (out.shape() == x.shape() && out.dtype() == x.dtype()), "{}: output {} for input {}",
-             op, out.str(), x.str());
-  check_tail(x, tail, op);
+  check_channel_rms_args(op, x, gamma, bias, act, out, tail);
   return on(x, Op::residual_channel_rms_norm, op).residual_channel_rms_norm(x, y, gamma, bias, act, residual, out,
                                                                             tail);
 }
