@@ -425,6 +425,19 @@ void copy_cases(Cases& cs) {
             [d](Gen& g) { return std::vector<Input>{cl(g.normal({2, 16, 1, 5, 7}, d))}; },
             [](const Args& t, Device) { return Outputs{ops::pad(ops::pad(t[0], 4, 0, 1), 3, 0, 1)}; }, kMoves,
             {2, 16, 1, 6, 8}, d});
+    // A causal conv's cached last frames copied to the front of its next channels-last input:
+    // with one sample both are one dense span (one memcpy on a device); with two they are not.
+    for (int64_t n : {1, 2}) {
+      cs.add({Op::copy, fmt::format("copy {} channels-last [{},16,2,5,7] frames into the front of [{},16,4,5,7]", dt(d), n, n), d,
+              [d, n](Gen& g) {
+                return std::vector<Input>{cl(g.normal({n, 16, 3, 5, 7}, d)), cl(g.normal({n, 16, 4, 5, 7}, d))};
+              },
+              [](const Args& t, Device) {
+                t[1].narrow(2, 0, 2).copy_(t[0].narrow(2, 1, 2));
+                return Outputs{t[1]};
+              },
+              kMoves, {n, 16, 4, 5, 7}, d});
+    }
   }
 }
 

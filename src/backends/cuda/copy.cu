@@ -257,7 +257,10 @@ void device_copy(const Tensor& dst, const Tensor& src) {
   const int64_t n = dst.numel();
   if (n == 0) return;
   const DType sd = src.dtype(), dd = dst.dtype();
-  if (sd == dd && dst.is_contiguous() && src.is_contiguous()) {
+  // One memcpy where both are the same span of memory in the same order: contiguous, or dense
+  // channels-last 3-D (a causal conv's cached frames copied to the front of its next input).
+  if (sd == dd && ((dst.is_contiguous() && src.is_contiguous()) ||
+                   (dst.is_channels_last_3d() && src.is_channels_last_3d()))) {
     check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice, stream()),
           "device copy");
     return;
