@@ -403,6 +403,20 @@ void copy_cases(Cases& cs) {
             [d](Gen& g) { return std::vector<Input>{in(g.normal({2, 32, 3}, d))}; },
             [](const Args& t, Device) { return Outputs{t[0].transpose(1, 2).narrow(1, 1, 2).contiguous()}; }, kSameBytes,
             {2, 2, 32}, d});
+    // Destination runs shorter than a word: the Wan2.2 VAE's unpatchify of a channels-last
+    // decoder output (runs of 2 stepping 2, the runs 12 apart on a device), and runs of 4
+    // elements stepping 5, the runs 20 apart.
+    cs.add({Op::copy, fmt::format("copy {} channels-last [1,12,2,3,8] unpatchified to [1,3,2,6,16]", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{cl(g.normal({1, 12, 2, 3, 8}, d))}; },
+            [d](const Args& t, Device dev) {
+              Tensor v = Tensor::empty({1, 3, 2, 6, 16}, d, dev);
+              v.view({1, 3, 2, 3, 2, 8, 2}).copy_(t[0].unflatten(1, {3, 2, 2}).permute({0, 1, 4, 5, 3, 6, 2}));
+              return Outputs{v};
+            },
+            kSameBytes, {1, 3, 2, 6, 16}, d});
+    cs.add({Op::copy, fmt::format("copy {} [5,8,4] from every fifth element (runs stepping 5, 20 apart)", dt(d)), d,
+            [d](Gen& g) { return std::vector<Input>{in(g.normal({5, 8, 4, 5}, d))}; },
+            [](const Args& t, Device) { return Outputs{t[0].select(3, 1).contiguous()}; }, kSameBytes, {5, 8, 4}, d});
     cs.add({Op::copy, fmt::format("copy {} [4,1] expanded to [4,48] (source step 0)", dt(d)), d,
             [d](Gen& g) { return std::vector<Input>{in(g.normal({4, 1}, d))}; },
             [](const Args& t, Device) { return Outputs{t[0].expand({4, 48}).contiguous()}; }, kSameBytes, {4, 48}, d});

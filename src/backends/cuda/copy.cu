@@ -124,18 +124,23 @@ __global__ void copy_words_kernel(W* __restrict__ dst, const W* __restrict__ src
   }
 }
 
-// Same dtype, the destination's innermost run contiguous and the source's strided by `step`
-// elements (0: repeated): VEC elements gathered per thread and stored as one word (offsets:
-// destination in words, source in elements). The index arithmetic is done once per word.
+// Same dtype, the destination's innermost run contiguous: VEC elements gathered per thread and
+// stored as one word (offsets: destination in words, source in elements). Element j of a word
+// is read at (j % run) * step + (j / run) * step2 from the word's source offset: runs of `run`
+// elements stepping by `step` (0: repeated), the runs stepping by `step2`. The index arithmetic
+// is done once per word.
 template <typename T, int VEC, bool kWide>
 __global__ void gather_words_kernel(Vec<T, VEC>* __restrict__ dst, const T* __restrict__ src, Indexer<2> ix,
-                                    int64_t n, int64_t step) {
+                                    int64_t n, int run, int step, int step2) {
+  int at[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) at[j] = (j % run) * step + (j / run) * step2;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t off[2];
     ix.offsets<kWide>(i, off);
     Vec<T, VEC> w;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) w.v[j] = src[off[1] + j * step];
+    for (int j = 0; j < VEC; ++j) w.v[j] = src[off[1] + at[j]];
     dst[off[0]] = w;
   }
 }
@@ -222,16 +227,34 @@ void launch_convert(const Tensor& dst, const Tensor& src, Layout<2> l) {
 // broadcast): 16-byte destination words, each gathered by one thread. Word copies would move
 // one element per thread with the full index arithmetic each (about 0.2 TB/s on an H200).
 // Larger source steps are left to the element copy (no better coalesced this way).
+// A destination run shorter than a word that the next dim continues (runs of 2 elements two
+// apart, the runs 12 apart: the Wan2.2 VAE's unpatchify of a channels-last frame) is gathered
+// the same way, a word spanning several runs.
 bool try_gather_words(const Tensor& dst, const Tensor& src, Layout<2> l) {
   const int64_t es = static_cast<int64_t>(dst.element_size()), step = l.stride[0][1];
   if (l.stride[0][0] != 1 || step < 0 || step == 1 || step > 8 || es > 8) return false;
   const int64_t k = 16 / es;
-  bool ok = l.size[0] % k == 0 && reinterpret_cast<uintptr_t>(dst.raw_data()) % 16 == 0;
-  for (size_t d = 1; d < l.size.size(); ++d) ok = ok && l.stride[d][0] % k == 0;
-  if (!ok) return false;
-  l.size[0] /= k;
-  l.stride[0] = {1, step * k};
-  for (size_t d = 1; d < l.size.size(); ++d) l.stride[d][0] /= k;
+  if (reinterpret_cast<uintptr_t>(dst.raw_data()) % 16 != 0) return false;
+  const int64_t run = l.size[0];
+  const bool runs = run < k && k % run == 0 && l.size.size() > 1 && l.stride[1][0] == run &&
+                    l.size[1] % (k / run) == 0 && l.stride[1][1] >= 0 && l.stride[1][1] <= 64;
+  const int64_t step2 = runs ? l.stride[1][1] : 0;
+  if (runs) {  // merge the run into the next dim: words of k / run runs
+    l.size.erase(l.size.begin());
+    l.stride.erase(l.stride.begin());
+    l.size[0] /= k / run;
+    l.stride[0] = {k, step2 * (k / run)};
+  } else if (l.size[0] % k == 0) {
+    l.size[0] /= k;
+    l.stride[0] = {k, step * k};
+  } else {
+    return false;
+  }
+  for (size_t d = 0; d < l.size.size(); ++d) {
+    if (l.stride[d][0] % k != 0) return false;
+    l.stride[d][0] /= k;
+  }
+  const int run_len = static_cast<int>(runs ? run : k);
   const int64_t count = l.numel();
   const Indexer<2> ix = make_indexer(l);
   const unsigned blocks = blocks_for(count, kThreads);
@@ -240,8 +263,9 @@ bool try_gather_words(const Tensor& dst, const Tensor& src, Layout<2> l) {
     constexpr int V = 16 / sizeof(T);
     auto* d = static_cast<Vec<T, V>*>(dst.raw_data());
     const T* s = static_cast<const T*>(src.raw_data());
-    if (is_wide(count)) gather_words_kernel<T, V, true><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, step);
-    else gather_words_kernel<T, V, false><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, step);
+    const int st = static_cast<int>(step), st2 = static_cast<int>(step2);
+    if (is_wide(count)) gather_words_kernel<T, V, true><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, run_len, st, st2);
+    else gather_words_kernel<T, V, false><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, run_len, st, st2);
   };
   switch (es) {
     case 1: go(uint8_t{}); break;

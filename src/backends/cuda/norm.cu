@@ -600,7 +600,7 @@ __global__ void channel_rms_kernel(const T* __restrict__ x, T* __restrict__ out,
 // tail (optional): rows [tail_start, inner) of each sample of `inner` rows (a causal conv's last
 // frames) written there too, as [samples, inner - tail_start] rows.
 template <typename T, typename Tw, int VEC, int G, int CACHE, bool kSilu, bool kRes = false>
-__global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const Tw* __restrict__ gamma,
+__global__ void __launch_bounds__(256, 4) channel_rms_rows_kernel(const T* x, T* __restrict__ out, const Tw* __restrict__ gamma,
                                         const Tw* __restrict__ bias, int64_t nv, int64_t rows, float scale,
                                         const T* __restrict__ y = nullptr, T* res = nullptr,
                                         T* __restrict__ tail = nullptr, int64_t inner = 1, int64_t tail_start = 0) {
@@ -616,22 +616,27 @@ __global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const T
     const bool active = r < rows;
     const T* row = x + (active ? r : 0) * C;
     T* dst = out + r * C;
-    float cache[CACHE > 0 ? CACHE : 1][VEC];
+    // The cached row stays in T (half the registers of float32: more blocks an SM, more loads
+    // in flight); the residual sum is rounded to T anyway.
+    using Raw = Vec<T, VEC>;
+    Raw cache[CACHE > 0 ? CACHE : 1];
     float ss = 0.0f;
     if constexpr (CACHE > 0) {
 #pragma unroll
       for (int k = 0; k < CACHE; ++k) {
         const int64_t i = sub + int64_t(k) * G;
         if (active && i < nv) {
-          load_vec<VEC>(row + i * VEC, cache[k]);
+          cache[k] = *reinterpret_cast<const Raw*>(row + i * VEC);
           if constexpr (kRes) {
-            float add[VEC];
-            load_vec<VEC>(y + (active ? r : 0) * C + i * VEC, add);
+            const Raw add = *reinterpret_cast<const Raw*>(y + r * C + i * VEC);
 #pragma unroll
-            for (int j = 0; j < VEC; ++j) cache[k][j] = to_float<T>(from_float<T>(cache[k][j] + add[j]));
+            for (int j = 0; j < VEC; ++j) cache[k].v[j] = from_float<T>(to_float<T>(cache[k].v[j]) + to_float<T>(add.v[j]));
           }
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) ss += cache[k][j] * cache[k][j];
+          for (int j = 0; j < VEC; ++j) {
+            const float v = to_float<T>(cache[k].v[j]);
+            ss += v * v;
+          }
         }
       }
     } else {
@@ -666,8 +671,11 @@ __global__ void channel_rms_rows_kernel(const T* x, T* __restrict__ out, const T
       for (int k = 0; k < CACHE; ++k) {
         const int64_t i = sub + int64_t(k) * G;
         if (i < nv) {
-          if constexpr (kRes) store_vec<VEC>(res + r * C + i * VEC, cache[k]);
-          finish(i, cache[k]);
+          if constexpr (kRes) *reinterpret_cast<Raw*>(res + r * C + i * VEC) = cache[k];
+          float v[VEC];
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) v[j] = to_float<T>(cache[k].v[j]);
+          finish(i, v);
         }
       }
     } else {

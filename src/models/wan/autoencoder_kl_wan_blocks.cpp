@@ -280,9 +280,10 @@ void unpatchify_into(const Tensor& video, int64_t frame, const Tensor& x, int64_
                  video.size(3) == h * p && video.size(4) == w * p,
              "unpatchify: {} into frame {} of {}", x.str(), frame, video.str());
   // diffusers: x.view(b, c, p, p, t, h, w).permute(0, 1, 4, 5, 3, 6, 2) is [b, c, t, h, p, w, p].
+  // One copy from x as laid out (a channels-last x is read in place: runs of p elements p apart).
   video.view({b, c, video.size(2), h, p, w, p})
       .narrow(2, frame, t)
-      .copy_(x.contiguous().view({b, c, p, p, t, h, w}).permute({0, 1, 4, 5, 3, 6, 2}));
+      .copy_(x.unflatten(1, {c, p, p}).permute({0, 1, 4, 5, 3, 6, 2}));
 }
 
 }  // namespace vgen
