@@ -264,8 +264,10 @@ bool try_gather_words(const Tensor& dst, const Tensor& src, Layout<2> l) {
     auto* d = static_cast<Vec<T, V>*>(dst.raw_data());
     const T* s = static_cast<const T*>(src.raw_data());
     const int st = static_cast<int>(step), st2 = static_cast<int>(step2);
-    if (is_wide(count)) gather_words_kernel<T, V, true><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, run_len, st, st2);
-    else gather_words_kernel<T, V, false><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, run_len, st, st2);
+    if (is_wide(count))
+      gather_words_kernel<T, V, true><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, run_len, st, st2);
+    else
+      gather_words_kernel<T, V, false><<<blocks, kThreads, 0, stream()>>>(d, s, ix, count, run_len, st, st2);
   };
   switch (es) {
     case 1: go(uint8_t{}); break;
