@@ -217,8 +217,6 @@ __global__ void __launch_bounds__(kThreads) conv3d_direct_kernel(const Params p)
 #endif
 }
 
-bool aligned16(const Tensor& t) { return pointer_alignment(t.raw_data(), 16) == 16; }
-
 }  // namespace
 
 std::string conv3d_direct_rejects(const Conv3dDirectProblem& p) {

@@ -358,8 +358,6 @@ void launch(const Conv3dSm90Problem& p) {
   check_launch("conv3d sm90", p.x, p.w);
 }
 
-bool aligned16(const Tensor& t) { return pointer_alignment(t.raw_data(), 16) == 16; }
-
 }  // namespace
 
 const char* conv3d_sm90_variant_name(int variant) {

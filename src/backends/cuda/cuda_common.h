@@ -58,6 +58,10 @@ inline int64_t pointer_alignment(const void* p, int64_t cap) {
   return low < cap ? low : cap;
 }
 
+// Whether a tensor's first element is 16-byte aligned (TMA, 16-byte vector loads); an undefined
+// (optional) tensor counts as aligned.
+inline bool aligned16(const Tensor& t) { return !t.defined() || pointer_alignment(t.raw_data(), 16) == 16; }
+
 // A contiguous tensor on the same device (t itself when it already is).
 Tensor contiguous(const Tensor& t);
 

@@ -67,8 +67,6 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, cons
   check_launch("flash attention", q, k);
 }
 
-bool aligned16(const Tensor& t) { return pointer_alignment(t.raw_data(), 16) == 16; }
-
 }  // namespace
 
 std::string flash_attention_sm90_rejects(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias) {

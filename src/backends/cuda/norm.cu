@@ -1136,7 +1136,6 @@ bool writes_rows_into(const Tensor& x, const Tensor& dst) {
 // tail is copied from the result.
 bool writes_tail(const Tensor& x, const Tensor& tail, const Tensor& dst) {
   const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
-  auto aligned16 = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
   return tail.defined() && tail.numel() > 0 && x.dim() == 5 && x.is_channels_last_3d() && x.size(1) % vec == 0 &&
          aligned16(x) && aligned16(tail) && tail.is_channels_last_3d() &&
          tail.strides() == Tensor::empty_like_format(x, tail.shape(), x.dtype()).strides() &&
@@ -1188,7 +1187,6 @@ ResidualNorm CudaOps::residual_channel_rms_norm(const Tensor& x, const Tensor& y
   // taking its rows in place; else the ops in turn.
   const int64_t es = static_cast<int64_t>(x.element_size()), vec = 16 / es;
   const int64_t C = x.dim() == 5 ? x.size(1) : 0;
-  auto aligned16 = [](const Tensor& t) { return !t.defined() || reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0; };
   const bool fused = x.dim() == 5 && x.numel() > 0 && is_kernel_float(x.dtype()) && x.is_channels_last_3d() &&
                      y.strides() == x.strides() && (!residual.defined() || residual.strides() == x.strides()) &&
                      C % vec == 0 && C / vec <= 32 * kChannelRmsCache && (!dst.defined() || writes_rows_into(x, dst)) &&
