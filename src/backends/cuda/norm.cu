@@ -1132,13 +1132,13 @@ bool writes_rows_into(const Tensor& x, const Tensor& dst) {
 }
 
 // Whether the norm's kernel writes `tail` (the result's last frames) itself: channels-last rows of
-// x, of `dst` (if any) and of a dense tail, 16-byte aligned with whole vectors a row; else the
-// tail is copied from the result.
+// x, of `dst` (if any) and of a dense channels-last tail (its rows [N, T, H, W] in order, as the
+// kernel addresses them), 16-byte aligned with whole vectors a row; else the tail is copied from
+// the result.
 bool writes_tail(const Tensor& x, const Tensor& tail, const Tensor& dst) {
   const int64_t vec = 16 / static_cast<int64_t>(x.element_size());
   return tail.defined() && tail.numel() > 0 && x.dim() == 5 && x.is_channels_last_3d() && x.size(1) % vec == 0 &&
          aligned16(x) && aligned16(tail) && tail.is_channels_last_3d() &&
-         tail.strides() == Tensor::empty_like_format(x, tail.shape(), x.dtype()).strides() &&
          (!dst.defined() || (writes_rows_into(x, dst) && aligned16(dst)));
 }
 
