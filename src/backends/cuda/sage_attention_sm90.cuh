@@ -17,15 +17,17 @@
 //     turns at the tensor cores (Traits says why); within a warpgroup
 //     S(j+1) = Q K(j+1)^T and T (+)= P(j) V(j) are issued before the softmax of block j+1.
 //   - S is int32; s * scale_q * scale_k * softmax_scale * log2(e) is the score in log2 units.
-//     The int32 becomes float exactly with an integer add of the bits of 1.5 * 2^23 (|s| < 2^21
-//     for 128-long int8 dot products); the 1.5 * 2^23 comes off in the exponent's FFMA. The row
-//     maxima are taken on the int32 scores (three-input integer max) before that add.
-//   - The softmax (~6 instructions a score: the add, the max, the FFMA, the MUFU exp2, half an
-//     e4m3 pack, and once every kFoldSpan blocks the fold of T into O) saturates no unit: per
-//     ncu (S=32760 H=12, 2026-12-03) issue slots are 39% busy, the MUFU 48%, the tensor pipe 47%,
-//     and a warp mostly waits on its own dependent instructions (two consumer warps a
-//     scheduler); instructions taken out of it show in the kernel's time, though not one for one
-//     (Traits::kFoldSpan has the measurements).
+//     S's accumulators start from the bits of 1.5 * 2^23, so that Q K^T leaves the bits of the
+//     float 1.5 * 2^23 + s exactly (|s| < 2^21 for 128-long int8 dot products); the 1.5 * 2^23
+//     comes off in the exponent's FFMA. The row maxima are taken on those bits as int32 (three-input
+//     integer max; the order is s's).
+//   - The softmax (~5 instructions a score: the max, the FFMA, the MUFU exp2, half an e4m3 pack,
+//     and once every kFoldSpan blocks the fold of T into O) saturates no unit: per ncu (S=32760
+//     H=12, 2026-12-03, when it also had an integer add a score) issue slots were 39% busy, the
+//     MUFU 48%, the tensor pipe 47%, and a warp mostly waits on its own dependent instructions
+//     (two consumer warps a scheduler); instructions taken out of it show in the kernel's time,
+//     though not one for one (Traits::kFoldSpan and the preset in the consumer loop have the
+//     measurements).
 //   - P = 2^(s - m + log2 448), i.e. the softmax weights times 448, rounded to e4m3 (saturating)
 //     for P V. V^T carries a row of ones after the head dim: column 128 of P V is the row sum of
 //     the rounded weights, so numerator and denominator see the same weights and the softmax
@@ -120,6 +122,7 @@ struct Traits {
     cute::array_aligned<EQK, cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<EQK, cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<EV, cosize_v<SmemLayoutVt>, 1024> v;
+    uint32_t magic[4];  // the bits of 1.5 * 2^23 four times: S's preset (see the consumer loop)
     uint64_t bar_q;
     uint64_t full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages];
   };
@@ -173,6 +176,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
 
   if (threadIdx.x == 0) {
     Barrier::init(&ss.bar_q, 1);
+    for (int i = 0; i < 4; ++i) ss.magic[i] = 0x4B400000u;
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&ss.full_k[s], 1);
       Barrier::init(&ss.full_v[s], 1);
@@ -269,13 +273,29 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   auto gemm_qk = [&](auto& acc, int stage) {
     warpgroup_fence_operand(acc);
     warpgroup_arrive();
-    mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
+    mma_qk.accumulate_ = GMMA::ScaleOut::One;  // onto the preset
     CUTE_UNROLL
     for (int k = 0; k < size<2>(tSrQ); ++k) {
       cute::gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), acc);
       mma_qk.accumulate_ = GMMA::ScaleOut::One;
     }
     warpgroup_commit_batch();
+  };
+  // S's accumulators are preset to the bits of kMagic = 1.5 * 2^23 before each Q K^T, which adds
+  // the int32 scores s to them: they come out as the bits of the float kMagic + s (|s| < 2^21),
+  // and the softmax needs no integer add a score. Four registers an instruction: a volatile
+  // 16-byte shared-memory load of ss.magic (one address for every thread: a broadcast), which the
+  // compiler can neither fold into moves nor hoist out of the loop. (Measured on two H200s in
+  // the same calls, 2026-12-04, TFLOP/s at S=32760 H=12 / S=75600 H=40, each twice: 967 / 947
+  // and 963 / 966 against 910 / 938 and 951 / 949 with the integer add (GPU-2d452a7f);
+  // ptxas: ~64 instructions fewer a block, ~501 in the loop against 549.)
+  const uint32_t magic_smem = cute::cast_smem_ptr_to_uint(&ss.magic[0]);
+  auto preset = [&](auto& acc) {
+    CUTE_UNROLL
+    for (int j = 0; j < size(acc) / 4; ++j)
+      asm volatile("ld.volatile.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(acc(4 * j)), "=r"(acc(4 * j + 1)), "=r"(acc(4 * j + 2)), "=r"(acc(4 * j + 3))
+                   : "r"(magic_smem));
   };
   // T = P V (fresh) or T += P V.
   auto gemm_pv = [&](int stage, bool fresh) {
@@ -295,14 +315,14 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   //
   // The online softmax of block n, in place: the int32 scores s become the float32 weights
   // 2^(s c - m + log2 448) (as bits), and the running max m moves on. f = kMagic + s is the
-  // int32 read as float after an integer add; kMagic c is folded into the per-row offset K,
+  // accumulator read as float (see preset); kMagic c is folded into the per-row offset K,
   // whose rounding (a third of c) is far below the int8 scores'.
   // `last` (compile-time) masks the keys past the end.
   auto softmax = [&](auto& acc, int n, float k_scale_n, auto last) {
     const float c = fmaxf(qs * k_scale_n, 1.17549435e-38f);
     float f[size(FragS{})];
     CUTE_UNROLL
-    for (int i = 0; i < size(acc); ++i) f[i] = __int_as_float(acc(i) + 0x4B400000);
+    for (int i = 0; i < size(acc); ++i) f[i] = __int_as_float(acc(i));
     if constexpr (decltype(last)::value) {
       const int limit = p.seq_kv - n * kBlockN - quad_col;
       CUTE_UNROLL
@@ -332,7 +352,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
         CUTE_UNROLL
         for (int j = 0; j < 3; ++j) c4[j] = __vimax3_s32(b[3 * j], b[3 * j + 1], b[3 * j + 2]);
         c4[3] = max(b[9], b[10]);
-        mx[r] = __int_as_float(__vimax3_s32(c4[0], c4[1], max(c4[2], c4[3])) + 0x4B400000);
+        mx[r] = __int_as_float(__vimax3_s32(c4[0], c4[1], max(c4[2], c4[3])));
       }
     } else {
       CUTE_UNROLL
@@ -412,12 +432,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   };
 
   float k_scale_next = 0.f;
+  FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});  // S, every block's
   Barrier::wait(&ss.bar_q, 0);
   {
-    FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
     const float k_scale_n = __ldg(k_scale);
     k_scale_next = n_blocks > 1 ? __ldg(k_scale + 1) : 0.f;
     Barrier::wait(&ss.full_k[0], 0);
+    preset(tSrS);
     gemm_qk(tSrS, 0);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
@@ -439,10 +460,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // products up to block n - 2 done.
   auto block = [&](int n, auto last) {
     const int s = n % kStages, sp = (n - 1) % kStages;
-    FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
     // Block n's key scale was loaded a block ahead; n + 1's is loaded now.
     const float k_scale_n = k_scale_next;
     k_scale_next = n + 1 < n_blocks ? __ldg(k_scale + n + 1) : 0.f;
+    preset(tSrS);
     Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
     gemm_qk(tSrS, s);
     const bool fresh = prepare_t(n - 1);  // under S(n)
