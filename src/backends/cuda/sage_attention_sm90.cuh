@@ -37,9 +37,12 @@
 //     maximum rose), which is then added to O in registers (O = O * rescale + T): the tensor
 //     cores' FP8 accumulation never spans more than kFoldSpan blocks of 128 keys.
 //   - Epilogue: O * scale_v[d] / l, bf16.
-// Measured slower or not worth it (README, Quantized attention; branches sage-3wg and
-// sage-wave-split): three consumer warpgroups with 64-key blocks; splitting the last wave of
-// tiles along the keys (under 1% faster, and P then rounds against a range's own running max).
+// Measured slower or not worth it (README, Quantized attention, has the figures): three consumer
+// warpgroups with 64-key blocks; splitting the last wave of tiles along the keys (under 1%
+// faster, and P then rounds against a range's own running max); issuing S(n + 1) before the
+// softmax of block n into a second S register set, with O in shared memory to make room (no
+// faster at S=32760, 3% slower at S=75600); unrolling the loop by the ring's stages (within 1%
+// once S is preset, and a loop four times longer).
 #pragma once
 
 #include <cuda_bf16.h>
