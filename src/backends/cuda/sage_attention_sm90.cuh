@@ -288,10 +288,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // the int32 scores s to them: they come out as the bits of the float kMagic + s (|s| < 2^21),
   // and the softmax needs no integer add a score. Four registers an instruction: a volatile
   // 16-byte shared-memory load of ss.magic (one address for every thread: a broadcast), which the
-  // compiler can neither fold into moves nor hoist out of the loop. (Measured on two H200s in
-  // the same calls, 2026-12-04, TFLOP/s at S=32760 H=12 / S=75600 H=40, each twice: 967 / 947
-  // and 963 / 966 against 910 / 938 and 951 / 949 with the integer add (GPU-2d452a7f);
-  // ptxas: ~64 instructions fewer a block, ~501 in the loop against 549.)
+  // compiler can neither fold into moves nor hoist out of the loop. (Measured on an H200 in one
+  // call, 2026-12-04, GPU-2d452a7f, TFLOP/s, each twice: 967 / 947 against 910 / 938 with the
+  // integer add at S=32760 H=12, 963 / 966 against 951 / 949 at S=75600 H=40; ptxas: 499
+  // instructions a block in the main loop against 549.)
   const uint32_t magic_smem = cute::cast_smem_ptr_to_uint(&ss.magic[0]);
   auto preset = [&](auto& acc) {
     CUTE_UNROLL
