@@ -45,6 +45,9 @@
 // once S is preset, and a loop four times longer).
 #pragma once
 
+#include <bit>
+#include <cstdint>
+
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -68,6 +71,8 @@ using vgen_sm90::exp2_approx;
 
 constexpr int kQGroup = vgen::sage::kQGroup;
 constexpr int kKBlock = vgen::sage::kKBlock;
+// 1.5 * 2^23: an int32 s (|s| < 2^22) added to its bits gives the bits of the float kMagic + s.
+constexpr float kMagic = 12582912.f;
 
 // The consumer warpgroups do not take turns at the tensor cores as the bf16 kernel's do:
 // measured on an H200 (S=32760 H=12 / S=75600 H=40, 2026-12-03) 923 / 923 TFLOP/s without turns
@@ -179,7 +184,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
 
   if (threadIdx.x == 0) {
     Barrier::init(&ss.bar_q, 1);
-    for (int i = 0; i < 4; ++i) ss.magic[i] = 0x4B400000u;
+    for (int i = 0; i < 4; ++i) ss.magic[i] = std::bit_cast<uint32_t>(kMagic);
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&ss.full_k[s], 1);
       Barrier::init(&ss.full_v[s], 1);
@@ -263,7 +268,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // Rows past the end (their group past the end too) read a scale of 1: their scores are zeros.
   const float qs = (q_group < q_groups ? p.q_scale[bh * q_groups + q_group] : 1.f) * p.scale_log2;
   constexpr float kLog2_448 = 8.807354922057604f;
-  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23: int32 s + its bits is the float kMagic + s
   float row_max[2] = {-INFINITY, -INFINITY};
   // The row maxima O's and T's weights are relative to (-inf: nothing in them yet).
   float o_max[2] = {-INFINITY, -INFINITY};
