@@ -1169,10 +1169,16 @@ void attention_cases(Cases& cs) {
   attention_case(cs, 1, 2, 200, 300, 128, 0, DType::F16, "cudnn");
   // vgen's Hopper kernel (sm_90; elsewhere these run cuDNN): odd lengths, short and long key
   // sets (512 text tokens, + 257 image tokens for I2V), several heads and batches, D 64 and 128,
-  // 144 query tiles (more than one wave of CTAs).
+  // 144 query tiles (more than one wave of CTAs). On a 132-SM H200 the tiles of a last wave of at
+  // most 66 are split along the keys (flash_attention_sm90.cu): 144 tiles leave 12 (3 ranges
+  // each at D 128, 4 at D 64), 48 tiles split in 2, 2 tiles of 27 key blocks in 13 uneven
+  // ranges, 1 tile of 24 blocks (D 64) in 12; 100 tiles (1280 queries, 10 heads) are not split.
   for (auto [B, H, Sq, Sk, D] : std::vector<std::array<int64_t, 5>>{{2, 3, 1000, 1000, 128},
                                                                    {1, 12, 1500, 1000, 128},
                                                                    {1, 12, 1500, 1000, 64},
+                                                                   {1, 1, 200, 5000, 128},
+                                                                   {1, 1, 100, 3001, 64},
+                                                                   {1, 10, 1280, 1000, 128},
                                                                    {1, 4, 999, 512, 128},
                                                                    {1, 2, 1500, 769, 128},
                                                                    {2, 2, 1000, 512, 64},

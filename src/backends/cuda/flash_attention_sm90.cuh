@@ -16,6 +16,13 @@
 // Keys past the end are masked to -inf in the last block; query rows past the end are read as
 // zeros by TMA and not written.
 //
+// The grid is one CTA a tile, in order (m_block fastest, then head, then batch), but for the
+// tiles of the last, partly filled wave (the tiles past the largest multiple of the SM count):
+// each of those is split along the keys into `splits` ranges, one CTA each, so that the wave
+// that would have kept a few SMs busy for a whole tile's time spreads over all of them for a
+// fraction of it. A split CTA writes its unnormalised O and its rows' max and sum (float32) to a
+// workspace; the last of a tile's CTAs to finish (a counter) combines them and writes the tile.
+//
 // The math matches FlashAttention's: P is rounded to bf16 before P V, as cuDNN and
 // FlashAttention-3 do; the row sums are accumulated from the unrounded float32 P.
 #pragma once
@@ -78,6 +85,7 @@ struct Traits {
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     uint64_t bar_q;
     uint64_t full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages];
+    int combine;  // split tiles: whether this CTA is the tile's last (it combines the parts)
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;  // + alignment slack
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
@@ -93,6 +101,11 @@ struct Params {
   int64_t o_stride_s, o_stride_h, o_stride_b;  // elements; head dim contiguous
   int32_t seq_q, seq_kv, heads, batch;
   float scale_log2;  // softmax scale * log2(e)
+  // Tiles [0, whole_tiles) take a CTA each; each later tile takes `splits` CTAs (key ranges).
+  int32_t whole_tiles, splits;
+  float* part_o;      // split tiles: [split tile, split, kBlockM, kHeadDim] unnormalised O
+  float2* part_ml;    // [split tile, split, kBlockM]: (row max of the raw scores, row sum)
+  int32_t* arrived;   // [split tile]: CTAs done, zero before the launch
 };
 
 // The accumulator layout of m64nN wgmma atoms tiling 64 x kBlockN, ((2, 2, N/8), 1, atoms),
@@ -120,8 +133,18 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   const int warp_group = threadIdx.x / 128;
   const int wg_thread = threadIdx.x % 128;
   const int lane = threadIdx.x % 32;
-  const int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
   const int n_blocks = (p.seq_kv + kBlockN - 1) / kBlockN;
+  // This CTA's tile and its key blocks [n_begin, n_begin + n_count); split < 0: the whole tile.
+  int tile = blockIdx.x, split = -1, n_begin = 0, n_count = n_blocks;
+  if (tile >= p.whole_tiles) {
+    const int t = tile - p.whole_tiles;
+    tile = p.whole_tiles + t / p.splits;
+    split = t % p.splits;
+    n_begin = split * n_blocks / p.splits;
+    n_count = (split + 1) * n_blocks / p.splits - n_begin;
+  }
+  const int m_blocks = (p.seq_q + kBlockM - 1) / kBlockM;
+  const int m_block = tile % m_blocks, head = tile / m_blocks % p.heads, batch = tile / m_blocks / p.heads;
 
   if (threadIdx.x == 0) {
     Barrier::init(&ss.bar_q, 1);
@@ -167,8 +190,8 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
 
       TxBarrier::arrive_and_expect_tx(&ss.bar_q, T::kQBytes);
       copy(p.tma_q.with(ss.bar_q), tQg, tQs);
-      for (int n = 0; n < n_blocks; ++n) {
-        const int s = n % kStages, use = n / kStages;
+      for (int j = 0; j < n_count; ++j) {
+        const int n = n_begin + j, s = j % kStages, use = j / kStages;
         if (use > 0) Barrier::wait(&ss.empty_k[s], (use - 1) & 1);
         TxBarrier::arrive_and_expect_tx(&ss.full_k[s], T::kKVBytes);
         copy(p.tma_k.with(ss.full_k[s]), tKg(_, _, _, n), tKs(_, _, _, s));
@@ -284,23 +307,24 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     warpgroup_wait<0>();
     warpgroup_fence_operand(tSrS);
     release(&ss.empty_k[0]);
-    if (n_blocks == 1) mask_tail(tSrS, 0);
+    if (n_count == 1) mask_tail(tSrS, n_begin);
     softmax(tSrS, corr_last);
     to_p(tSrS);
   }
-  // One block after the first; `last` (a compile-time bool) masks the keys past the end: the
+  // Block j of the range after the first; `last` (a compile-time bool) masks the keys past the
+  // end (a range's last block, which only the tile's last range has keys past the end in): the
   // loop body exists twice, so that the other blocks carry no masking work. S(n) = Q K(n)^T is
   // issued as soon as P(n - 1) is out of S's registers, and O's rescale by block n - 1's
   // correction runs under it, before O += P(n - 1) V(n - 1) (measured on an H200: 665 / 720
   // TFLOP/s at S=75600 H=40 / S=32760 H=12, against 647 / 717 with the rescale before both).
-  auto block = [&](int n, auto last) {
-    const int s = n % kStages, sp = (n - 1) % kStages;
+  auto block = [&](int j, auto last) {
+    const int n = n_begin + j, s = j % kStages, sp = (j - 1) % kStages;
     FragS tSrS = partition_fragment_C(mma_qk, Shape<_64, Int<kBlockN>>{});
-    Barrier::wait(&ss.full_k[s], (n / kStages) & 1);
+    Barrier::wait(&ss.full_k[s], (j / kStages) & 1);
     named_sync(my_bar);
     gemm_qk(tSrS, s);
-    if (n >= 2) rescale_o(corr_last);  // O holds blocks up to n - 2 (none before n = 2)
-    Barrier::wait(&ss.full_v[sp], ((n - 1) / kStages) & 1);
+    if (j >= 2) rescale_o(corr_last);  // O holds blocks up to j - 2 (none before j = 2)
+    Barrier::wait(&ss.full_v[sp], ((j - 1) / kStages) & 1);
     gemm_pv(sp);
     named_arrive(other_bar);
     warpgroup_wait<1>();
@@ -313,12 +337,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     release(&ss.empty_v[sp]);
     to_p(tSrS);
   };
-  for (int n = 1; n < n_blocks - 1; ++n) block(n, cute::false_type{});
-  if (n_blocks > 1) block(n_blocks - 1, cute::true_type{});
+  for (int j = 1; j < n_count - 1; ++j) block(j, cute::false_type{});
+  if (n_count > 1) block(n_count - 1, cute::true_type{});
   {
-    const int s = (n_blocks - 1) % kStages;
-    if (n_blocks >= 2) rescale_o(corr_last);
-    Barrier::wait(&ss.full_v[s], ((n_blocks - 1) / kStages) & 1);
+    const int s = (n_count - 1) % kStages;
+    if (n_count >= 2) rescale_o(corr_last);
+    Barrier::wait(&ss.full_v[s], ((n_count - 1) / kStages) & 1);
     named_sync(my_bar);
     gemm_pv(s);
     if (wg == 0) named_arrive(other_bar);  // warpgroup 1's last turn is the last one
@@ -326,32 +350,86 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
     warpgroup_fence_operand(tOrO);
     release(&ss.empty_v[s]);
   }
-  // Turns alternate 0, 1, 0, 1, ...: each warpgroup syncs n_blocks + 1 times on its barrier,
-  // matched by warpgroup 1's opening arrive plus n_blocks arrives of 1 for barrier 1, and by
-  // n_blocks + 1 arrives of 0 for barrier 2, so no arrive is left pending at exit.
+  // Turns alternate 0, 1, 0, 1, ...: each warpgroup syncs n_count + 1 times on its barrier,
+  // matched by warpgroup 1's opening arrive plus n_count arrives of 1 for barrier 1, and by
+  // n_count + 1 arrives of 0 for barrier 2, so no arrive is left pending at exit.
 
   // ---- epilogue: O / l, bf16, straight to global memory ----
-  float inv[2];
+  float l[2];
   CUTE_UNROLL
   for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffff, l, 1);
-    l += __shfl_xor_sync(0xffffffff, l, 2);
-    inv[r] = l > 0.f ? 1.f / l : 0.f;
+    l[r] = row_sum[r];
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
   }
   const int warp_in_wg = wg_thread / 32;
-  const int row0 = m_block * kBlockM + wg * 64 + warp_in_wg * 16 + lane / 4;
+  const int tile_row0 = wg * 64 + warp_in_wg * 16 + lane / 4;  // + 8 r: this thread's rows in the tile
+  const int row0 = m_block * kBlockM + tile_row0;
   Element* out = p.o + int64_t(batch) * p.o_stride_b + int64_t(head) * p.o_stride_h;
+  auto store = [&](int i, float a, float b) {  // O's columns i, i + 1 of this thread's fragment
+    const int row = row0 + 8 * ((i / 2) % 2);
+    if (row < p.seq_q)
+      *reinterpret_cast<__nv_bfloat162*>(out + int64_t(row) * p.o_stride_s + 8 * (i / 4) + quad_col) =
+          __floats2bfloat162_rn(a, b);
+  };
+  if (split < 0) {
+    float inv[2];
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) inv[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); i += 2) store(i, tOrO(i) * inv[(i / 2) % 2], tOrO(i + 1) * inv[(i / 2) % 2]);
+    return;
+  }
+
+  // A split tile: this range's part to the workspace, each thread its own fragment's places.
+  const int64_t part0 = int64_t(tile - p.whole_tiles) * p.splits;  // the tile's first part
+  auto part_o = [&](int sp, int i) {
+    return reinterpret_cast<float2*>(p.part_o + ((part0 + sp) * kBlockM + tile_row0 + 8 * ((i / 2) % 2)) * kHeadDim +
+                                     8 * (i / 4) + quad_col);
+  };
+  auto part_ml = [&](int sp, int r) { return p.part_ml + (part0 + sp) * kBlockM + tile_row0 + 8 * r; };
   CUTE_UNROLL
-  for (int i = 0; i < size(tOrO); i += 2) {
-    const int r = (i / 2) % 2;
-    const int row = row0 + 8 * r;
-    if (row < p.seq_q) {
-      const int col = 8 * (i / 4) + quad_col;
-      *reinterpret_cast<__nv_bfloat162*>(out + int64_t(row) * p.o_stride_s + col) =
-          __floats2bfloat162_rn(tOrO(i) * inv[r], tOrO(i + 1) * inv[r]);
+  for (int i = 0; i < size(tOrO); i += 2) *part_o(split, i) = make_float2(tOrO(i), tOrO(i + 1));
+  if (lane % 4 == 0) {
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) *part_ml(split, r) = make_float2(row_max[r], l[r]);
+  }
+  __threadfence();
+  named_sync(3);  // the consumers' writes are done (and visible device-wide)
+  if (threadIdx.x == 128) ss.combine = atomicAdd(p.arrived + (tile - p.whole_tiles), 1) == p.splits - 1;
+  named_sync(3);
+  if (!ss.combine) return;
+  __threadfence();
+  // The last CTA of the tile: O = sum_s w_s O_s / sum_s w_s l_s, w_s = 2^((m_s - max_s m_s) scale
+  // log2 e), summed into this CTA's own part (still in registers).
+  auto weight = [&](float m_s, float m) { return m_s == -INFINITY ? 0.f : exp2_approx((m_s - m) * sl2); };
+  float m[2], inv[2];
+  CUTE_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    m[r] = -INFINITY;
+    for (int sp = 0; sp < p.splits; ++sp) m[r] = fmaxf(m[r], __ldcg(part_ml(sp, r)).x);
+    float sum = 0.f;
+    for (int sp = 0; sp < p.splits; ++sp) {
+      const float2 ml = __ldcg(part_ml(sp, r));
+      sum += weight(ml.x, m[r]) * ml.y;
+    }
+    inv[r] = sum > 0.f ? 1.f / sum : 0.f;
+    corr_last[r] = weight(row_max[r], m[r]);
+  }
+  CUTE_UNROLL
+  for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr_last[(i / 2) % 2];
+  for (int sp = 0; sp < p.splits; ++sp) {
+    if (sp == split) continue;
+    const float w[2] = {weight(__ldcg(part_ml(sp, 0)).x, m[0]), weight(__ldcg(part_ml(sp, 1)).x, m[1])};
+    CUTE_UNROLL
+    for (int i = 0; i < size(tOrO); i += 2) {
+      const float2 o = __ldcg(part_o(sp, i));
+      tOrO(i) = fmaf(w[(i / 2) % 2], o.x, tOrO(i));
+      tOrO(i + 1) = fmaf(w[(i / 2) % 2], o.y, tOrO(i + 1));
     }
   }
+  CUTE_UNROLL
+  for (int i = 0; i < size(tOrO); i += 2) store(i, tOrO(i) * inv[(i / 2) % 2], tOrO(i + 1) * inv[(i / 2) % 2]);
 #endif
 }
 
