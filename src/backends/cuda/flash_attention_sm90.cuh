@@ -1,6 +1,7 @@
 // Flash-attention forward for Hopper (sm_90a), bf16 in and out, float32 softmax and accumulators.
 //
-// One CTA computes a 128-row tile of queries of one (batch, head) against all keys:
+// One CTA computes a 128-row tile of queries of one (batch, head) against all keys (a range of
+// them for the split tail tiles, below):
 //   - warpgroup 0 is the producer: one thread issues TMA loads of the Q tile (once) and of the
 //     K and V tiles into a ring of kStages shared-memory stages, each guarded by a "full"
 //     mbarrier (transaction bytes) and an "empty" one (the 8 consumer warps release it);
