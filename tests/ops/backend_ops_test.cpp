@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -2074,5 +2075,27 @@ TEST(BackendOps, CasesAreWellFormed) {
     EXPECT_TRUE(c.bound.rel_l2 >= 0 || c.bound.max_abs >= 0) << c.name << " has no error bound";
     EXPECT_FALSE(c.bound.why.empty()) << c.name << ": say why the bound is what it is";
     EXPECT_TRUE(c.inputs && c.run) << c.name;
+  }
+}
+
+// The same inputs give the same bits on every call. The flash kernel's split tail tiles
+// (flash_attention_sm90.cu) are combined by whichever of a tile's CTAs finishes last, which
+// varies from call to call; the combine adds the ranges in their order whoever runs it. The
+// shape: 2 query tiles against 27 key blocks, 13 ranges each on a 132-SM H200 (elsewhere
+// "flash" runs cuDNN, held to the same).
+TEST(BackendOps, AttentionGivesTheSameBitsEveryCall) {
+  const std::vector<Device> devices = device_backends();
+  if (devices.empty()) GTEST_SKIP() << "no backend besides the CPU: " << backend_unavailable_reason(DeviceType::CUDA);
+  Gen gen(seed_of("attention same bits"));
+  const Tensor q = gen.normal({1, 200, 1, 128}, DType::BF16), k = gen.normal({1, 5000, 1, 128}, DType::BF16),
+               v = gen.normal({1, 5000, 1, 128}, DType::BF16);
+  for (const Device& d : devices) {
+    const vgen::testing::ScopedContext context(d, Settings{"flash"}.make());
+    const Tensor qd = bshd_view(q.to(d)), kd = bshd_view(k.to(d)), vd = bshd_view(v.to(d));
+    const Tensor first = ops::attention(qd, kd, vd, {}, 1.0f / std::sqrt(128.0f)).to(Device::cpu()).contiguous();
+    for (int i = 0; i < 20; ++i) {
+      const Tensor again = ops::attention(qd, kd, vd, {}, 1.0f / std::sqrt(128.0f)).to(Device::cpu()).contiguous();
+      ASSERT_EQ(std::memcmp(first.raw_data(), again.raw_data(), first.nbytes()), 0) << "call " << i + 2 << " on " << d.str();
+    }
   }
 }

@@ -402,7 +402,8 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   if (!ss.combine) return;
   __threadfence();
   // The last CTA of the tile: O = sum_s w_s O_s / sum_s w_s l_s, w_s = 2^((m_s - max_s m_s) scale
-  // log2 e), summed into this CTA's own part (still in registers).
+  // log2 e), summed in the order of the ranges whichever CTA finishes last (the same bits every
+  // run), its own part read back as the others are.
   auto weight = [&](float m_s, float m) { return m_s == -INFINITY ? 0.f : exp2_approx((m_s - m) * sl2); };
   float m[2], inv[2];
   CUTE_UNROLL
@@ -415,12 +416,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       sum += weight(ml.x, m[r]) * ml.y;
     }
     inv[r] = sum > 0.f ? 1.f / sum : 0.f;
-    corr_last[r] = weight(row_max[r], m[r]);
   }
-  CUTE_UNROLL
-  for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= corr_last[(i / 2) % 2];
+  clear(tOrO);
   for (int sp = 0; sp < p.splits; ++sp) {
-    if (sp == split) continue;
     const float w[2] = {weight(__ldcg(part_ml(sp, 0)).x, m[0]), weight(__ldcg(part_ml(sp, 1)).x, m[1])};
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); i += 2) {
