@@ -70,15 +70,16 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, cons
   const TileSplit split = tile_split(tiles, n_blocks, device_properties().multiProcessorCount);
   const int64_t split_tiles = tiles - split.whole_tiles;
   const int64_t parts = split_tiles * split.splits;
-  // The split tiles' workspace: unnormalised O, then (max, sum) a row, then the counters.
+  // The split tiles' workspace (float32 words): unnormalised O, (max, sum) a row, the counters.
+  const int64_t o_words = parts * T::kBlockM * T::kHeadDim, ml_words = parts * T::kBlockM * 2;
   Tensor work;
+  float* part_o = nullptr;
   if (parts > 0) {
-    work = Tensor::empty(Shape{parts * T::kBlockM * (T::kHeadDim + 2) + split_tiles}, DType::F32, q.device());
-    check(cudaMemsetAsync(static_cast<float*>(work.raw_data()) + parts * T::kBlockM * (T::kHeadDim + 2), 0,
-                          split_tiles * sizeof(int32_t), stream()),
+    work = Tensor::empty(Shape{o_words + ml_words + split_tiles}, DType::F32, q.device());
+    part_o = static_cast<float*>(work.raw_data());
+    check(cudaMemsetAsync(part_o + o_words + ml_words, 0, split_tiles * sizeof(int32_t), stream()),
           "flash attention: clear the split tiles' counters");
   }
-  float* const part_o = parts > 0 ? static_cast<float*>(work.raw_data()) : nullptr;
   fa90::Params<T> p{
       cute::make_tma_copy(cute::SM90_TMA_LOAD{}, global_view<T>(q), typename T::SmemLayoutQ{},
                     cute::Shape<Int<T::kBlockM>, Int<T::kHeadDim>>{}, _1{}),
@@ -98,8 +99,8 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, float scale, cons
       static_cast<int32_t>(split.whole_tiles),
       split.splits,
       part_o,
-      parts > 0 ? reinterpret_cast<float2*>(part_o + parts * T::kBlockM * T::kHeadDim) : nullptr,
-      parts > 0 ? reinterpret_cast<int32_t*>(part_o + parts * T::kBlockM * (T::kHeadDim + 2)) : nullptr,
+      parts > 0 ? reinterpret_cast<float2*>(part_o + o_words) : nullptr,
+      parts > 0 ? reinterpret_cast<int32_t*>(part_o + o_words + ml_words) : nullptr,
   };
   auto* kernel = fa90::forward_kernel<T>;
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(kernel), T::kSmemBytes, "flash attention");
@@ -124,8 +125,10 @@ std::string flash_attention_sm90_rejects(const Tensor& q, const Tensor& k, const
     if (t->size(0) != q.size(0) || t->size(1) != q.size(1)) return "needs equal batch and head counts";
     if (t->size(2) > INT32_MAX || t->size(1) > 65535 || t->size(0) > 65535) return "sizes out of range";
   }
-  // One CTA a tile of 128 queries (a few more for the split tail): the count must fit an int.
-  if ((q.size(2) + 127) / 128 * q.size(1) * q.size(0) > INT32_MAX / 2) return "sizes out of range";
+  // One CTA a tile of kBlockM queries (a few more for the split tail): the count must fit an int.
+  static_assert(kTraits128::kBlockM == kTraits64::kBlockM);
+  constexpr int64_t kBlockM = kTraits128::kBlockM;
+  if ((q.size(2) + kBlockM - 1) / kBlockM * q.size(1) * q.size(0) > INT32_MAX / 2) return "sizes out of range";
   const int64_t D = q.size(3);
   if (D != 64 && D != 128) return fmt::format("takes head dim 64 or 128 (not {})", D);
   if (k.size(3) != D || v.size(3) != D) return "needs equal head dims for q, k and v";

@@ -373,10 +373,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       *reinterpret_cast<__nv_bfloat162*>(out + int64_t(row) * p.o_stride_s + 8 * (i / 4) + quad_col) =
           __floats2bfloat162_rn(a, b);
   };
+  auto recip = [](float x) { return x > 0.f ? 1.f / x : 0.f; };  // of a row sum (0: no keys)
   if (split < 0) {
-    float inv[2];
-    CUTE_UNROLL
-    for (int r = 0; r < 2; ++r) inv[r] = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    const float inv[2] = {recip(l[0]), recip(l[1])};
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); i += 2) store(i, tOrO(i) * inv[(i / 2) % 2], tOrO(i + 1) * inv[(i / 2) % 2]);
     return;
@@ -404,22 +403,20 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
   // The last CTA of the tile: O = sum_s w_s O_s / sum_s w_s l_s, w_s = 2^((m_s - max_s m_s) scale
   // log2 e), summed in the order of the ranges whichever CTA finishes last (the same bits every
   // run), its own part read back as the others are.
-  auto weight = [&](float m_s, float m) { return m_s == -INFINITY ? 0.f : exp2_approx((m_s - m) * sl2); };
-  float m[2], inv[2];
-  CUTE_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    m[r] = -INFINITY;
-    for (int sp = 0; sp < p.splits; ++sp) m[r] = fmaxf(m[r], __ldcg(part_ml(sp, r)).x);
-    float sum = 0.f;
-    for (int sp = 0; sp < p.splits; ++sp) {
-      const float2 ml = __ldcg(part_ml(sp, r));
-      sum += weight(ml.x, m[r]) * ml.y;
-    }
-    inv[r] = sum > 0.f ? 1.f / sum : 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f};
+  for (int sp = 0; sp < p.splits; ++sp) {
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) m[r] = fmaxf(m[r], __ldcg(part_ml(sp, r)).x);
   }
   clear(tOrO);
   for (int sp = 0; sp < p.splits; ++sp) {
-    const float w[2] = {weight(__ldcg(part_ml(sp, 0)).x, m[0]), weight(__ldcg(part_ml(sp, 1)).x, m[1])};
+    float w[2];
+    CUTE_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const float2 ml = __ldcg(part_ml(sp, r));
+      w[r] = ml.x == -INFINITY ? 0.f : exp2_approx((ml.x - m[r]) * sl2);
+      sum[r] += w[r] * ml.y;
+    }
     CUTE_UNROLL
     for (int i = 0; i < size(tOrO); i += 2) {
       const float2 o = __ldcg(part_o(sp, i));
@@ -427,6 +424,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) forward_kernel(__grid_constant
       tOrO(i + 1) = fmaf(w[(i / 2) % 2], o.y, tOrO(i + 1));
     }
   }
+  const float inv[2] = {recip(sum[0]), recip(sum[1])};
   CUTE_UNROLL
   for (int i = 0; i < size(tOrO); i += 2) store(i, tOrO(i) * inv[(i / 2) % 2], tOrO(i + 1) * inv[(i / 2) % 2]);
 #endif
