@@ -141,6 +141,8 @@ int run_bench(const BenchArgs& a) {
     }
     out.update(bench.after());
   } else if (a.what == "pipeline") {
+    if (const std::string why = media::mp4_writer_problem(); a.output.ends_with(".mp4") && !why.empty())
+      fail("--output {}: {}", a.output, why);
     const auto t_load = Clock::now();
     std::unique_ptr<DiffusionPipeline> pipe = load_pipeline(a.model, options);
     const double load_s = seconds_since(t_load);

@@ -12,6 +12,7 @@
 #include <fmt/printf.h>
 
 #include "core/error.h"
+#include "media/mp4.h"
 
 namespace fs = std::filesystem;
 
@@ -68,6 +69,7 @@ OutputTarget plan_output(const std::string& path) {
     t.pattern = path;
   } else if (ext == ".mp4") {
     t.kind = OutputKind::Mp4;
+    if (const std::string why = media::mp4_writer_problem(); !why.empty()) fail("--output {}: {}", path, why);
   } else if (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".webp") {
     t.kind = OutputKind::Image;
   } else {

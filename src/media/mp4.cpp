@@ -8,12 +8,19 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string_view>
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "media/temp_file.h"
@@ -135,7 +142,8 @@ void encode_to_file(const std::string& file, const Tensor& input, const VideoEnc
   ret = avio_closep(&fmt->pb);
   VGEN_CHECK(ret >= 0, "{}: cannot close '{}': {}", what, file, libav::error_string(ret));
 }
-#else
+#endif
+
 std::string quoted(const std::string& s) {
   std::string out = "'";
   for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -148,12 +156,78 @@ std::string metadata_args(const Metadata& metadata) {
   return out;
 }
 
-// Expects check_frames to have passed.
-void encode_to_file(const std::string& file, const Tensor& input, const VideoEncodeOptions& options,
-                    const std::string& what) {
-  const Tensor frames = input.to(Device::cpu()).contiguous();
+bool is_executable_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+}
+
+// Whether /bin/sh would find `program`: a path (it holds a '/') to an executable file, or an
+// executable of that name in a folder of $PATH.
+bool program_found(const std::string& program) {
+  if (program.empty()) return false;
+  if (program.find('/') != std::string::npos) return is_executable_file(program);
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    const size_t colon = dirs.find(':');
+    const std::string_view dir = dirs.substr(0, colon);
+    if (is_executable_file((dir.empty() ? std::string(".") : std::string(dir)) + "/" + program)) return true;
+    if (colon == std::string_view::npos) return false;
+    dirs.remove_prefix(colon + 1);
+  }
+}
+
+#ifndef VGEN_WITH_LIBAV
+// The ffmpeg program a build without FFmpeg's libraries encodes through.
+std::string ffmpeg_program() {
   const char* env = std::getenv("VGEN_FFMPEG");
-  const std::string program = env != nullptr && *env != '\0' ? env : "ffmpeg";
+  return env != nullptr && *env != '\0' ? env : "ffmpeg";
+}
+#endif
+
+std::string install_hint() {
+#ifdef VGEN_WITH_LIBAV
+  return "give a path to an ffmpeg program with libx264";
+#else
+  return "this build has no FFmpeg libraries: install FFmpeg or set VGEN_FFMPEG to an ffmpeg program with libx264";
+#endif
+}
+
+// While alive, SIGPIPE is blocked on this thread. A write into a pipe whose reader has gone
+// then fails with EPIPE instead of ending the process (and a server with it); a SIGPIPE the
+// write left pending is taken before the thread's mask is restored.
+class SigpipeBlocked {
+ public:
+  SigpipeBlocked() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_, &previous_);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+  }
+  ~SigpipeBlocked() {
+    if (!was_pending_) {
+      const timespec now{};
+      while (sigtimedwait(&pipe_, nullptr, &now) == SIGPIPE) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+  SigpipeBlocked(const SigpipeBlocked&) = delete;
+  SigpipeBlocked& operator=(const SigpipeBlocked&) = delete;
+
+ private:
+  sigset_t pipe_{}, previous_{};
+  bool was_pending_ = false;
+};
+
+// The same encode through an ffmpeg program reading raw RGB frames on its standard input.
+// Expects check_frames to have passed.
+void encode_through_program(const std::string& program, const std::string& file, const Tensor& input,
+                            const VideoEncodeOptions& options, const std::string& what) {
+  VGEN_CHECK(program_found(program), "{}: no program '{}' found to encode with ({})", what, program, install_hint());
+  const Tensor frames = input.to(Device::cpu()).contiguous();
   const std::string command = fmt::format(
       "{} -hide_banner -loglevel error -y -f rawvideo -pix_fmt rgb24 -s {}x{} -framerate {:.10g} -i - "
       "-vf scale=out_color_matrix=bt709:out_range=tv -c:v libx264 -preset {} -crf {} -pix_fmt yuv420p "
@@ -161,25 +235,62 @@ void encode_to_file(const std::string& file, const Tensor& input, const VideoEnc
       "{}-f mp4 {}",
       quoted(program), frames.size(2), frames.size(1), options.fps, options.preset, options.crf, metadata_args(options.metadata),
       quoted(file));
-  FILE* pipe = popen(command.c_str(), "w");
-  VGEN_CHECK(pipe != nullptr, "{}: this build has no FFmpeg libraries and '{}' could not be started", what, program);
   const size_t bytes = frames.nbytes();
-  const size_t written = std::fwrite(frames.data<uint8_t>(), 1, bytes, pipe);
-  const int status = pclose(pipe);
-  VGEN_CHECK(written == bytes && status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-             "{}: this build has no FFmpeg libraries and '{}' failed (exit status {}); install FFmpeg or set "
-             "VGEN_FFMPEG to an ffmpeg program with libx264",
-             what, program, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  size_t written = 0;
+  int status = -1;
+  {
+    const SigpipeBlocked guard;  // over pclose too: it flushes what fwrite buffered
+    FILE* pipe = popen(command.c_str(), "w");
+    VGEN_CHECK(pipe != nullptr, "{}: '{}' could not be started: {}", what, program, std::strerror(errno));
+    written = std::fwrite(frames.data<uint8_t>(), 1, bytes, pipe);
+    status = pclose(pipe);
+  }
+  const bool exited = status != -1 && WIFEXITED(status);
+  if (exited && WEXITSTATUS(status) == 0 && written == bytes) return;
+  // /bin/sh runs it: a program killed by signal N leaves the shell's exit status 128 + N.
+  const int code = exited ? WEXITSTATUS(status) : -1;
+  const std::string how = status == -1           ? "its exit status is unknown"
+                          : WIFSIGNALED(status)  ? fmt::format("killed by signal {}", WTERMSIG(status))
+                          : code > 128 && code - 128 <= SIGRTMAX
+                              ? fmt::format("exit status {}: killed by signal {}", code, code - 128)
+                              : fmt::format("exit status {}", code);
+  fail("{}: '{}' failed ({}{}); {}", what, program, how,
+       written == bytes ? "" : fmt::format(", it took {} of the {} bytes of frames", written, bytes),
+       install_hint());
+}
+
+#ifndef VGEN_WITH_LIBAV
+void encode_to_file(const std::string& file, const Tensor& input, const VideoEncodeOptions& options,
+                    const std::string& what) {
+  encode_through_program(ffmpeg_program(), file, input, options, what);
 }
 #endif
 
 }  // namespace
+
+std::string mp4_writer_problem() {
+#ifdef VGEN_WITH_LIBAV
+  return "";
+#else
+  const std::string program = ffmpeg_program();
+  return program_found(program) ? "" : fmt::format("no program '{}' found to encode MP4s with ({})", program, install_hint());
+#endif
+}
 
 void write_mp4(const std::string& path, const Tensor& frames, const VideoEncodeOptions& options) {
   const std::string what = fmt::format("writing MP4 '{}'", path);
   check_frames(frames, options, what);  // fail before creating any file
   TempFile temp(path);
   encode_to_file(temp.path(), frames, options, what);
+  temp.rename_to(path);
+}
+
+void write_mp4_through_program(const std::string& program, const std::string& path, const Tensor& frames,
+                               const VideoEncodeOptions& options) {
+  const std::string what = fmt::format("writing MP4 '{}' through '{}'", path, program);
+  check_frames(frames, options, what);
+  TempFile temp(path);
+  encode_through_program(program, temp.path(), frames, options, what);
   temp.rename_to(path);
 }
 

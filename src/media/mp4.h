@@ -29,4 +29,15 @@ void write_mp4(const std::string& path, const Tensor& frames, const VideoEncodeO
 // The same MP4 as bytes (for responses), encoded through a temporary file.
 std::vector<uint8_t> encode_mp4(const Tensor& frames, const VideoEncodeOptions& options);
 
+// Why this build cannot write MP4s, or "" when it can: a build without FFmpeg's libraries
+// encodes through an ffmpeg program ($VGEN_FFMPEG, else the one on PATH), and says so here when
+// there is none. Callers check it before any work (the CLI, with --output *.mp4).
+std::string mp4_writer_problem();
+
+// The same MP4 through the ffmpeg program `program` (a path, or a name looked up on PATH), fed
+// raw RGB frames on its standard input: what a build without FFmpeg's libraries does. A program
+// that is missing, stops reading or fails is an error naming it; nothing is left behind.
+void write_mp4_through_program(const std::string& program, const std::string& path, const Tensor& frames,
+                               const VideoEncodeOptions& options);
+
 }  // namespace vgen::media

@@ -55,8 +55,9 @@ void send_json(HttpResponse& res, int status, const json& body) {
 void send_error(HttpResponse& res, const ApiError& e) {
   send_json(res, e.status, error_body(e.status, e.what(), e.param, e.code));
   if (e.status == 429 || e.status == 503) res.set_header("retry-after", "1");
-  // A failed generation is not transient: the SDK must not retry it.
-  if (e.code == "generation_failed") res.set_header("x-should-retry", "false");
+  // A failed generation, or a server that cannot write its output, is not transient: the SDK
+  // must not retry it.
+  if (e.code == "generation_failed" || e.code == "mp4_unavailable") res.set_header("x-should-retry", "false");
 }
 
 namespace {

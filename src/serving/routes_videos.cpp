@@ -54,8 +54,16 @@ int poll_after_ms(const ServerState& s) {
   return static_cast<int>(std::clamp(step_ms, 100.0, 2000.0));
 }
 
+// A build that cannot write MP4s (no FFmpeg libraries and no ffmpeg program) says so before
+// the generation, not after it.
+void require_mp4_writer() {
+  if (const std::string why = media::mp4_writer_problem(); !why.empty())
+    throw ApiError(500, fmt::format("this server cannot write MP4s: {}", why), std::nullopt, "mp4_unavailable");
+}
+
 void create_video(ServerState& s, const HttpRequest& req, HttpResponse& res) {
   const VideoPlan plan = plan_video(parse_video_request(body_fields(req)), s.model.info, *s.model.pipeline);
+  require_mp4_writer();
   VideoJob job;
   job.id = new_video_id();
   job.created_at = unix_now();
@@ -77,6 +85,7 @@ void create_video(ServerState& s, const HttpRequest& req, HttpResponse& res) {
 
 void generate_video_sync(ServerState& s, const HttpRequest& req, HttpResponse& res) {
   const VideoPlan plan = plan_video(parse_video_request(body_fields(req)), s.model.info, *s.model.pipeline);
+  require_mp4_writer();
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<uint8_t> mp4;
   try {

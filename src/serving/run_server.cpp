@@ -15,6 +15,7 @@
 
 #include "config/engine_config.h"
 #include "core/error.h"
+#include "media/mp4.h"
 #include "pipelines/pipeline.h"
 #include "serving/server.h"
 
@@ -45,6 +46,8 @@ int run_server(const ServeOptions& options) {
   resolve_device(options.device);
   if (!std::filesystem::is_regular_file(std::filesystem::path(options.model) / "model_index.json"))
     fail("{}: not a diffusers checkpoint folder (no model_index.json)", options.model);
+  if (const std::string why = media::mp4_writer_problem(); !why.empty())
+    spdlog::warn("{}: video requests will be refused until there is one", why);
   Server server(options, [options] { return load_served_model(options); });
 
   if (::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) fail("cannot create a pipe: {}", std::strerror(errno));

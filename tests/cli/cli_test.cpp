@@ -284,6 +284,13 @@ TEST(Cli, ChecksTheOutputFolderBeforeAnyWork) {
   EXPECT_EQ(line.find(".tmp"), std::string::npos) << r.out;
   const Result ext = run("generate --model /no/such/model --prompt x -o out.avi");
   EXPECT_NE(last_line(ext.out).find("--output out.avi: unsupported extension '.avi'"), std::string::npos) << ext.out;
+#ifndef VGEN_WITH_LIBAV
+  // Without FFmpeg's libraries MP4s go through an ffmpeg program: a missing one is found here,
+  // not after the generation.
+  const Result mp4 = run_with_env("VGEN_FFMPEG=/no/such/ffmpeg ", "generate --model /no/such/model --prompt x -o out.mp4");
+  EXPECT_NE(last_line(mp4.out).find("--output out.mp4: no program '/no/such/ffmpeg' found"), std::string::npos)
+      << mp4.out;
+#endif
 }
 
 // Every phase says when it starts and how long it took; denoising steps carry an ETA.

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -87,26 +88,23 @@ double mean_abs_diff(const std::vector<uint8_t>& a, const Tensor& b) {
 
 }  // namespace
 
-TEST(Mp4, WritesH264Yuv420pWithFaststart) {
-  REQUIRE_FFMPEG_TOOLS();
-  const std::string dir = fresh_dir("mp4_basic");
-  const std::string path = dir + "/gradient.mp4";
-  const Tensor frames = moving_gradient(17, 32, 48);
-  write_mp4(path, frames, {.fps = 16});
+namespace {
 
+// `path` holds `frames` (48x32 at 16 fps) as H.264 yuv420p, BT.709 limited range, faststart.
+void expect_faithful_h264(const std::string& path, const Tensor& frames) {
   const nlohmann::json info = probe(path);
   const nlohmann::json& stream = info["streams"][0];
   EXPECT_EQ(stream["codec_name"], "h264");
   EXPECT_EQ(stream["pix_fmt"], "yuv420p");
   EXPECT_EQ(stream["width"], 48);
   EXPECT_EQ(stream["height"], 32);
-  EXPECT_EQ(stream["nb_read_frames"], "17");
+  EXPECT_EQ(stream["nb_read_frames"], std::to_string(frames.size(0)));
   EXPECT_EQ(stream["r_frame_rate"], "16/1");
   EXPECT_EQ(stream["avg_frame_rate"], "16/1");
   EXPECT_EQ(stream["color_space"], "bt709");
   EXPECT_EQ(stream["color_range"], "tv");
   EXPECT_NE(info["format"]["format_name"].get<std::string>().find("mp4"), std::string::npos);
-  EXPECT_NEAR(std::stod(info["format"]["duration"].get<std::string>()), 17.0 / 16.0, 1e-3);
+  EXPECT_NEAR(std::stod(info["format"]["duration"].get<std::string>()), frames.size(0) / 16.0, 1e-3);
 
   // +faststart: the moov box comes before the media data.
   const std::vector<std::string> boxes = top_level_boxes(read_file(path));
@@ -121,8 +119,78 @@ TEST(Mp4, WritesH264Yuv420pWithFaststart) {
   // encode of it measures the same); a wrong matrix, range or frame order costs tens.
   const double error = mean_abs_diff(decode_rgb(path), frames);
   EXPECT_LT(error, 3.0) << "mean |decoded - original| = " << error;
+}
 
+}  // namespace
+
+TEST(Mp4, WritesH264Yuv420pWithFaststart) {
+  REQUIRE_FFMPEG_TOOLS();
+  const std::string dir = fresh_dir("mp4_basic");
+  const std::string path = dir + "/gradient.mp4";
+  const Tensor frames = moving_gradient(17, 32, 48);
+  write_mp4(path, frames, {.fps = 16});
+  expect_faithful_h264(path, frames);
   EXPECT_EQ(listing(dir), std::vector<std::string>{"gradient.mp4"}) << "temporary file left behind";
+}
+
+// Builds without FFmpeg's libraries pipe the frames through an ffmpeg program: the same file.
+TEST(Mp4, ThroughTheFfmpegProgramTheSameStream) {
+  REQUIRE_FFMPEG_TOOLS();
+  const std::string dir = fresh_dir("mp4_program_ok");
+  const Tensor frames = moving_gradient(17, 32, 48);
+  write_mp4_through_program("ffmpeg", dir + "/gradient.mp4", frames, {.fps = 16});
+  expect_faithful_h264(dir + "/gradient.mp4", frames);
+  EXPECT_EQ(listing(dir), std::vector<std::string>{"gradient.mp4"}) << "temporary file left behind";
+}
+
+// An encoder program that is missing, quits without reading the frames, is killed or fails: an
+// error naming it and what happened, and no file. The process lives on: a write into a pipe
+// whose reader has gone raises SIGPIPE, which would end it (and a server with it).
+TEST(Mp4, AFailingEncoderProgramIsAnErrorNotASignal) {
+  const std::string bin = fresh_dir("mp4_program_bin"), dir = fresh_dir("mp4_program_err");
+  const auto script = [&](const std::string& name, const std::string& body) {
+    const std::string path = bin + "/" + name;
+    std::ofstream(path) << "#!/bin/sh\n" << body << "\n";
+    fs::permissions(path, fs::perms::owner_all);
+    return path;
+  };
+  // 786 KB of frames, more than a pipe holds: the write itself meets the closed pipe.
+  const Tensor frames = moving_gradient(64, 64, 64);
+  const auto expect_error = [&](const std::string& program, const std::vector<std::string>& needles) {
+    try {
+      write_mp4_through_program(program, dir + "/out.mp4", frames, {.fps = 16});
+      ADD_FAILURE() << program << ": no error";
+    } catch (const Error& e) {
+      for (const std::string& needle : needles)
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "no '" << needle << "' in: " << e.what();
+    }
+  };
+  expect_error("/no/such/ffmpeg", {"writing MP4 '" + dir + "/out.mp4'", "no program '/no/such/ffmpeg' found"});
+  expect_error("vgen-no-such-ffmpeg", {"no program 'vgen-no-such-ffmpeg' found"});
+  expect_error(script("quits.sh", "exit 3"), {"quits.sh' failed (exit status 3, it took ", "of the 786432 bytes of frames"});
+  expect_error(script("killed.sh", "kill -9 $$"), {"killed.sh' failed (", "killed by signal 9"});
+  expect_error(script("fails.sh", "cat > /dev/null; exit 1"), {"fails.sh' failed (exit status 1)"});
+  const std::string not_executable = bin + "/plain";
+  std::ofstream(not_executable) << "ffmpeg\n";
+  expect_error(not_executable, {"no program '" + not_executable + "' found"});
+  EXPECT_TRUE(listing(dir).empty()) << "a file left behind";
+}
+
+// Whether this build can write MP4s, said before any work (the CLI checks it with --output
+// *.mp4, the server before it queues a video).
+TEST(Mp4, SaysWhenItCannotWriteMp4s) {
+#ifdef VGEN_WITH_LIBAV
+  EXPECT_EQ(mp4_writer_problem(), "");
+#else
+  const char* old = std::getenv("VGEN_FFMPEG");
+  const std::string saved = old != nullptr ? old : "";
+  ::setenv("VGEN_FFMPEG", "/no/such/ffmpeg", 1);
+  const std::string why = mp4_writer_problem();
+  if (old != nullptr) ::setenv("VGEN_FFMPEG", saved.c_str(), 1);
+  else ::unsetenv("VGEN_FFMPEG");
+  EXPECT_NE(why.find("no program '/no/such/ffmpeg' found"), std::string::npos) << why;
+  EXPECT_NE(why.find("VGEN_FFMPEG"), std::string::npos) << why;
+#endif
 }
 
 TEST(Mp4, FrameRatesIncludingNonInteger) {

@@ -64,10 +64,11 @@ def _kill_leftovers():
 class Server:
     """One `vgen serve` process; its log goes to media_dir/../server-N.log."""
 
-    def __init__(self, binary, model, media_dir, api_key=None, extra_args=()):
+    def __init__(self, binary, model, media_dir, api_key=None, extra_args=(), env=None):
         self.binary, self.model, self.media_dir = binary, model, media_dir
         self.api_key = api_key
         self.extra_args = list(extra_args)
+        self.env = None if env is None else {**os.environ, **env}
         self.proc = None
         self.port = None
         self.starts = 0
@@ -86,7 +87,7 @@ class Server:
         self.log_path = os.path.join(os.path.dirname(self.media_dir.rstrip("/")),
                                      f"server-{os.path.basename(self.media_dir)}-{self.starts}.log")
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         _processes.append(self.proc)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -177,6 +177,28 @@ def startup_errors(binary, model, root, t):
     t.check(code == 1 and "no_such_model" in line, f"missing model: {line}")
 
 
+def no_mp4_writer(binary, model, root, t):
+    """A build without FFmpeg's libraries encodes MP4s through an ffmpeg program. With none
+    ($VGEN_FFMPEG naming a missing one) the server warns at start and refuses video requests
+    before generating (500, not to be retried), storing no job. Builds with the libraries do not
+    use the program: they start without the warning and are not checked further here."""
+    server = Server(binary, model, os.path.join(root, "media_no_mp4"), env={"VGEN_FFMPEG": "/no/such/ffmpeg"}).start()
+    try:
+        if "no program '/no/such/ffmpeg' found" not in server.log_text():
+            print("  (this build has FFmpeg's libraries: nothing to check)")
+            return
+        t.check("video requests will be refused" in server.log_text(), "the start-up warning says what it means")
+        for path in ("/v1/videos", "/v1/videos/generations"):
+            status, h, data = request(server, "POST", path, {"prompt": "x", **FAST})
+            error = json.loads(data).get("error", {}) if is_error_body(h, data) else {}
+            t.check(status == 500 and error.get("code") == "mp4_unavailable" and "/no/such/ffmpeg" in error.get("message", "")
+                    and h.get("x-should-retry") == "false", f"{path} without an MP4 writer: {status} {data[:200]!r}")
+        status, _, data = request(server, "GET", "/v1/videos")
+        t.check(status == 200 and json.loads(data)["data"] == [], f"no job stored: {data[:200]!r}")
+    finally:
+        t.check(server.stop() == 0, "clean stop")
+
+
 def wait_for(server, video_id, condition, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -273,6 +295,8 @@ def main():
     finally:
         t.check(small.stop() == 0 and time.time() - t0 < 10, "SIGTERM with a running job stops quickly")
 
+    print("no MP4 writer:")
+    no_mp4_writer(binary, model, root, t)
     print("startup errors:")
     startup_errors(binary, model, root, t)
     t.finish(root)
