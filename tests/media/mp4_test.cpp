@@ -82,9 +82,11 @@ double mean_abs_diff(const std::vector<uint8_t>& a, const Tensor& b) {
   return sum / static_cast<double>(a.size());
 }
 
+// The tools that check the files, and something to write them with.
 #define REQUIRE_FFMPEG_TOOLS()                                                                     \
   if (!vgen::testing::have_program("ffprobe") || !vgen::testing::have_program("ffmpeg"))          \
-  GTEST_SKIP() << "ffprobe/ffmpeg not installed"
+    GTEST_SKIP() << "ffprobe/ffmpeg not installed";                                                 \
+  if (const std::string why = mp4_writer_problem(); !why.empty()) GTEST_SKIP() << why
 
 }  // namespace
 
@@ -283,6 +285,7 @@ TEST(Mp4, ErrorsNameTheProblemAndLeaveNoFiles) {
   // Directory missing: the temporary file cannot even be created.
   expect_mp4_error(dir + "/missing/out.mp4", moving_gradient(2, 32, 48), {.fps = 16}, "missing/out.mp4.tmp");
   // The destination is a directory: encoding succeeds, the rename fails, the temp file goes.
+  if (const std::string why = mp4_writer_problem(); !why.empty()) GTEST_SKIP() << why;
   fs::create_directories(dir + "/taken.mp4");
   fs::create_directories(dir + "/taken.mp4/child");
   expect_mp4_error(dir + "/taken.mp4", moving_gradient(2, 32, 48), {.fps = 16}, "cannot rename");
