@@ -277,6 +277,13 @@ int run_generate(GenerateArgs& a) {
   options.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) options.execution.conv_autotune = true;
   if (!a.gemm_autotune) options.execution.gemm_autotune = false;
+  // The flags are checked as they are parsed; what is left came from the environment
+  // (VGEN_ATTENTION_BACKEND), and a typo there should not cost a model load either.
+  try {
+    options.execution.validate();
+  } catch (const Error& e) {
+    fail("{} (from the environment: VGEN_ATTENTION_BACKEND)", e.what());
+  }
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;
@@ -644,7 +651,8 @@ int main(int argc, char** argv) {
   gen->add_option("--vae-dtype", g.vae_dtype, "The VAE's dtype (default: the model family's, as diffusers' examples run it; `vgen info` shows it)");
   gen->add_option("--vae-chunk-frames", g.vae_chunk_frames, "Video models: latent frames the VAE decodes per call after the first (default 1, as diffusers): the same video, with fewer and larger convolutions and more peak memory")
       ->check(cli::positive_number());
-  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (cuDNN's fused SDPA), flash (vgen's Hopper kernel, sm_90), reference, or sage (quantized INT8/FP8 kernel, sm_90: faster, lossy, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)");
+  gen->add_option("--attention-backend", g.attention_backend, "GPU attention: auto, cudnn (cuDNN's fused SDPA), flash (vgen's Hopper kernel, sm_90), reference, or sage (quantized INT8/FP8 kernel, sm_90: faster, lossy, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)")
+      ->check(CLI::IsMember(std::vector<std::string>(kAttentionBackendNames.begin(), kAttentionBackendNames.end())));
   gen->add_flag("!--no-cuda-graphs", g.cuda_graphs, "Run the transformer step eagerly instead of replaying it from a CUDA graph");
   gen->add_flag("--offload-idle-expert", g.offload_idle_expert, "Two-expert models (a high- and a low-noise transformer): keep the idle expert in host memory, one expert on the GPU at a time (for GPUs that cannot hold both; costs one upload per switch)");
   gen->add_option("--lora", g.lora, "LoRA adapter fused into the transformer at load, FILE or FILE:SCALE (diffusers' load_lora_weights + fuse_lora(lora_scale=SCALE), default scale 1); repeatable, applied in order. Original/ComfyUI (diffusion_model.), musubi-tuner/kohya (lora_unet_) and diffusers/PEFT keys");
@@ -715,7 +723,8 @@ int main(int argc, char** argv) {
   bench->add_option("--vae-dtype", b.vae_dtype, "VAE dtype for vae/pipeline (default: the model family's, as diffusers' examples run it)");
   bench->add_option("--vae-chunk-frames", b.vae_chunk_frames, "vae/pipeline of a video model: latent frames the VAE decodes per call after the first (default 1)")
       ->check(cli::positive_number());
-  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn, flash, reference or sage (quantized, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)");
+  bench->add_option("--attention-backend", b.attention_backend, "auto, cudnn, flash, reference or sage (quantized, opt-in) (default: VGEN_ATTENTION_BACKEND, else auto)")
+      ->check(CLI::IsMember(std::vector<std::string>(kAttentionBackendNames.begin(), kAttentionBackendNames.end())));
   bench->add_option("--height", b.height, "Height in pixels (default: the model's)");
   bench->add_option("--width", b.width, "Width in pixels (default: the model's)");
   bench->add_option("--num-frames", b.num_frames, "Frames (default: the model's)");

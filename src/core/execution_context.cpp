@@ -18,20 +18,18 @@ size_t slot(DeviceType type) { return type == DeviceType::CPU ? 0 : 1; }
 
 thread_local ExecutionContext* t_bound = nullptr;
 
-const char* const kAttentionBackends[] = {"auto", "cudnn", "flash", "reference", "sage"};
-
 const char* const kConvKernels[] = {"auto", "cudnn", "cutlass"};
 
-void validate(const ExecutionSettings& s) {
-  if (std::find(std::begin(kConvKernels), std::end(kConvKernels), s.conv_kernel) == std::end(kConvKernels) &&
-      s.conv_kernel.rfind("cutlass:", 0) != 0)
-    fail("unknown convolution kernel choice '{}': expected auto, cudnn, cutlass or cutlass:<variant>", s.conv_kernel);
-  for (const char* name : kAttentionBackends)
-    if (s.attention_backend == name) return;
-  fail("unknown attention backend '{}': expected auto, cudnn, flash, reference or sage", s.attention_backend);
-}
-
 }  // namespace
+
+void ExecutionSettings::validate() const {
+  if (std::find(std::begin(kConvKernels), std::end(kConvKernels), conv_kernel) == std::end(kConvKernels) &&
+      conv_kernel.rfind("cutlass:", 0) != 0)
+    fail("unknown convolution kernel choice '{}': expected auto, cudnn, cutlass or cutlass:<variant>", conv_kernel);
+  for (std::string_view name : kAttentionBackendNames)
+    if (attention_backend == name) return;
+  fail("unknown attention backend '{}': expected auto, cudnn, flash, reference or sage", attention_backend);
+}
 
 ExecutionSettings ExecutionSettings::from_environment() {
   ExecutionSettings s;
@@ -64,7 +62,7 @@ bool device_available(DeviceType type) { return device_unavailable_reason(type).
 
 ExecutionContext::ExecutionContext(Device device, ExecutionSettings settings, int rank, int world_size)
     : device_(device), settings_(std::move(settings)), rank_(rank), world_size_(world_size) {
-  validate(settings_);
+  settings_.validate();
   VGEN_CHECK(world_size_ >= 1 && rank_ >= 0 && rank_ < world_size_, "execution context: rank {} of {} processes",
              rank_, world_size_);
   if (!device_.is_cpu() && !device_available(device_.type))

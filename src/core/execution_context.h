@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/communicator.h"
@@ -25,6 +26,9 @@
 namespace vgen {
 
 class Tensor;
+
+// The choices of ExecutionSettings::attention_backend.
+inline constexpr std::array<std::string_view, 5> kAttentionBackendNames = {"auto", "cudnn", "flash", "reference", "sage"};
 
 // How ops run. Fixed once a context is built (make a second context to run differently).
 struct ExecutionSettings {
@@ -63,6 +67,10 @@ struct ExecutionSettings {
   // VGEN_CONV_AUTOTUNE, VGEN_CONV_CUTLASS, VGEN_CONV_DIRECT, VGEN_GEMM_AUTOTUNE, VGEN_PROFILE_OPS): what the process default context uses, and what
   // front ends start from before applying their flags.
   static ExecutionSettings from_environment();
+
+  // Throws naming an unknown attention backend or convolution kernel choice; contexts check it
+  // when built, front ends before they load anything.
+  void validate() const;
 };
 
 // The part of a backend the tensor layer itself needs: copies (including host transfers),

@@ -232,6 +232,26 @@ TEST(Cli, FlagRangeErrorsNameTheFlagInWords) {
   EXPECT_NE(port.out.find("--port: must be an integer from 0 to 65535, got 70000"), std::string::npos) << port.out;
 }
 
+// An unknown attention kernel, from the flag or from VGEN_ATTENTION_BACKEND, fails before the
+// model is opened (the model path here does not exist).
+TEST(Cli, UnknownAttentionBackendFailsBeforeLoading) {
+  const std::string base = "generate --model /no/such/model --prompt x -o out.mp4 ";
+  for (const char* what : {"generate", "bench"}) {
+    const Result flag = run(std::string(what) == "generate" ? base + "--attention-backend flsh"
+                                                            : "bench attention --attention-backend flsh");
+    EXPECT_NE(flag.code, 0) << what;
+    EXPECT_NE(flag.out.find("--attention-backend"), std::string::npos) << flag.out;
+    EXPECT_NE(flag.out.find("flsh"), std::string::npos) << flag.out;
+  }
+  const Result env = run_with_env("VGEN_ATTENTION_BACKEND=flsh ", base);
+  EXPECT_NE(env.code, 0);
+  EXPECT_NE(last_line(env.out).find("unknown attention backend 'flsh': expected auto, cudnn, flash, reference or sage "
+                                    "(from the environment: VGEN_ATTENTION_BACKEND)"),
+            std::string::npos)
+      << env.out;
+  EXPECT_EQ(env.out.find("/no/such/model"), std::string::npos) << "the model was looked at first:\n" << env.out;
+}
+
 // --seed -1 draws a seed and prints it; passing that seed back repeats the run exactly.
 TEST(Cli, SeedMinusOneDrawsAPrintedSeedThatRepeatsTheRun) {
   const std::string a = ::testing::TempDir() + "/cli_seed_a.png", b = ::testing::TempDir() + "/cli_seed_b.png";
