@@ -277,13 +277,7 @@ int run_generate(GenerateArgs& a) {
   options.execution.cuda_graphs = a.cuda_graphs;
   if (a.conv_autotune) options.execution.conv_autotune = true;
   if (!a.gemm_autotune) options.execution.gemm_autotune = false;
-  // The flags are checked as they are parsed; what is left came from the environment
-  // (VGEN_ATTENTION_BACKEND), and a typo there should not cost a model load either.
-  try {
-    options.execution.validate();
-  } catch (const Error& e) {
-    fail("{} (from the environment: VGEN_ATTENTION_BACKEND)", e.what());
-  }
+  if (!a.attention_backend) ExecutionSettings::check_environment();  // the flag is checked as it is parsed
   options.scheduler.scheduler = a.scheduler;
   options.scheduler.flow_shift = a.flow_shift;
   if (a.negative_prompt) a.params.negative_prompt = a.negative_prompt;

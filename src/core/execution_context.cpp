@@ -22,6 +22,16 @@ const char* const kConvKernels[] = {"auto", "cudnn", "cutlass"};
 
 }  // namespace
 
+void ExecutionSettings::check_environment() {
+  ExecutionSettings s;
+  s.attention_backend = from_environment().attention_backend;
+  try {
+    s.validate();
+  } catch (const Error& e) {
+    fail("VGEN_ATTENTION_BACKEND: {}", e.what());
+  }
+}
+
 void ExecutionSettings::validate() const {
   if (std::find(std::begin(kConvKernels), std::end(kConvKernels), conv_kernel) == std::end(kConvKernels) &&
       conv_kernel.rfind("cutlass:", 0) != 0)

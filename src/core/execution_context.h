@@ -69,8 +69,11 @@ struct ExecutionSettings {
   static ExecutionSettings from_environment();
 
   // Throws naming an unknown attention backend or convolution kernel choice; contexts check it
-  // when built, front ends before they load anything.
+  // when built.
   void validate() const;
+  // Throws naming VGEN_ATTENTION_BACKEND when it holds an unknown choice: front ends call it
+  // before they load anything, where no flag or config overrides it.
+  static void check_environment();
 };
 
 // The part of a backend the tensor layer itself needs: copies (including host transfers),

@@ -35,10 +35,12 @@ extern "C" void on_stop_signal(int sig) {
 }  // namespace
 
 int run_server(const ServeOptions& options) {
+  EngineConfig config;
   if (!options.config_file.empty()) {
-    const EngineConfig config = load_engine_config(options.config_file);
+    config = load_engine_config(options.config_file);
     require_implemented(config, options.config_file);
   }
+  if (config.attention.backend == AttentionBackend::Auto) ExecutionSettings::check_environment();
   // What can be known without loading fails here, before a media directory is made or the
   // port bound: an unusable device (--device cuda on a build or machine without one) or a
   // folder that is not a checkpoint. The load itself runs while /health answers 503; "listening"

@@ -245,11 +245,15 @@ TEST(Cli, UnknownAttentionBackendFailsBeforeLoading) {
   }
   const Result env = run_with_env("VGEN_ATTENTION_BACKEND=flsh ", base);
   EXPECT_NE(env.code, 0);
-  EXPECT_NE(last_line(env.out).find("unknown attention backend 'flsh': expected auto, cudnn, flash, reference or sage "
-                                    "(from the environment: VGEN_ATTENTION_BACKEND)"),
+  EXPECT_NE(last_line(env.out).find(
+                "VGEN_ATTENTION_BACKEND: unknown attention backend 'flsh': expected auto, cudnn, flash, reference or sage"),
             std::string::npos)
       << env.out;
   EXPECT_EQ(env.out.find("/no/such/model"), std::string::npos) << "the model was looked at first:\n" << env.out;
+  // A flag overrides the variable, which then does not matter.
+  const Result both = run_with_env("VGEN_ATTENTION_BACKEND=flsh ", base + "--attention-backend cudnn");
+  EXPECT_NE(both.out.find("/no/such/model"), std::string::npos) << both.out;
+  EXPECT_EQ(both.out.find("flsh"), std::string::npos) << both.out;
 }
 
 // --seed -1 draws a seed and prints it; passing that seed back repeats the run exactly.

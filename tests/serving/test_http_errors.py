@@ -152,14 +152,15 @@ def random_requests(server, t, count=300):
 
 def startup_errors(binary, model, root, t):
     """Problems found before serving end `vgen serve` with exit code 1 and a one-line reason."""
-    def run(args, config_text=None, model=model):
+    def run(args, config_text=None, model=model, env=None):
         config = os.path.join(root, "engine.yaml")
         if config_text is not None:
             with open(config, "w") as f:
                 f.write(config_text)
             args = args + ["--config", config]
         r = subprocess.run([binary, "serve", "--model", model, "--media-dir", os.path.join(root, "media_startup")]
-                           + args, capture_output=True, text=True, timeout=60)
+                           + args, capture_output=True, text=True, timeout=60,
+                           env=None if env is None else {**os.environ, **env})
         return r.returncode, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
 
     code, line = run(["--port", "0"], "parallel_config:\n  cfg_size: 2\n")
@@ -175,6 +176,13 @@ def startup_errors(binary, model, root, t):
     t.check(code == 1 and "cannot listen" in line, f"port in use: {line}")
     code, line = run(["--port", "0"], model=os.path.join(root, "no_such_model"))
     t.check(code == 1 and "no_such_model" in line, f"missing model: {line}")
+    # Before the model loads or the port is bound, unless the config's own choice overrides it.
+    code, line = run(["--port", "0"], model=os.path.join(root, "no_such_model"), env={"VGEN_ATTENTION_BACKEND": "flsh"})
+    t.check(code == 1 and "VGEN_ATTENTION_BACKEND: unknown attention backend 'flsh'" in line,
+            f"unknown attention backend in the environment: {line}")
+    code, line = run(["--port", "0"], "attention:\n  backend: cudnn\n", model=os.path.join(root, "no_such_model"),
+                     env={"VGEN_ATTENTION_BACKEND": "flsh"})
+    t.check(code == 1 and "no_such_model" in line, f"the config's backend overrides the environment's: {line}")
 
 
 def no_mp4_writer(binary, model, root, t):
