@@ -266,6 +266,17 @@ void encode_to_file(const std::string& file, const Tensor& input, const VideoEnc
 }
 #endif
 
+// Checks the frames (before any file exists), encodes into a temporary file beside `path` and
+// renames it into place.
+template <class Encode>
+void write_through_temp(const std::string& path, const Tensor& frames, const VideoEncodeOptions& options,
+                        const std::string& what, Encode encode) {
+  check_frames(frames, options, what);
+  TempFile temp(path);
+  encode(temp.path(), frames, options, what);
+  temp.rename_to(path);
+}
+
 }  // namespace
 
 std::string mp4_writer_problem() {
@@ -278,20 +289,15 @@ std::string mp4_writer_problem() {
 }
 
 void write_mp4(const std::string& path, const Tensor& frames, const VideoEncodeOptions& options) {
-  const std::string what = fmt::format("writing MP4 '{}'", path);
-  check_frames(frames, options, what);  // fail before creating any file
-  TempFile temp(path);
-  encode_to_file(temp.path(), frames, options, what);
-  temp.rename_to(path);
+  write_through_temp(path, frames, options, fmt::format("writing MP4 '{}'", path), encode_to_file);
 }
 
 void write_mp4_through_program(const std::string& program, const std::string& path, const Tensor& frames,
                                const VideoEncodeOptions& options) {
-  const std::string what = fmt::format("writing MP4 '{}' through '{}'", path, program);
-  check_frames(frames, options, what);
-  TempFile temp(path);
-  encode_through_program(program, temp.path(), frames, options, what);
-  temp.rename_to(path);
+  write_through_temp(path, frames, options, fmt::format("writing MP4 '{}' through '{}'", path, program),
+                     [&](const std::string& file, const Tensor& f, const VideoEncodeOptions& o, const std::string& what) {
+                       encode_through_program(program, file, f, o, what);
+                     });
 }
 
 std::vector<uint8_t> encode_mp4(const Tensor& frames, const VideoEncodeOptions& options) {
